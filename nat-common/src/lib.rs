@@ -1,0 +1,287 @@
+//! Types shared by the XDP datapath (`nat-ebpf`) and user space (`nat-ctl`).
+//!
+//! Every struct here is `#[repr(C)]` with explicit padding so that the kernel
+//! and user space agree on its layout byte for byte. Addresses are kept as
+//! network-order octets (what the packet carries, and what `Ipv4Addr` takes);
+//! ports are kept in host order so that user space can read them directly.
+#![no_std]
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `EndpointKey::direction` for an entry keyed by an internal endpoint
+/// (looked up by packets leaving the LAN).
+pub const DIR_OUTBOUND: u8 = 0;
+/// `EndpointKey::direction` for an entry keyed by an external port
+/// (looked up by packets arriving for the WAN address). `addr` is zero.
+pub const DIR_INBOUND: u8 = 1;
+
+/// Key of `BINDINGS` and `FORWARDS`: one entry per direction, so that every
+/// packet needs a single lookup whichever way it goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EndpointKey {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub direction: u8,
+}
+
+impl EndpointKey {
+    pub const fn outbound(proto: u8, addr: [u8; 4], port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            direction: DIR_OUTBOUND,
+        }
+    }
+
+    pub const fn inbound(proto: u8, external_port: u16) -> Self {
+        Self {
+            addr: [0; 4],
+            port: external_port,
+            proto,
+            direction: DIR_INBOUND,
+        }
+    }
+}
+
+/// A dynamic mapping created by the datapath. For an outbound key, `port` is
+/// the external port; for an inbound key, `addr:port` is the internal endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Binding {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// A static forwarding entry, written only by the controller. For an inbound
+/// key, `addr:port` is the internal server; for an outbound key (the server's
+/// replies), `port` is the external port and `addr` is unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Forward {
+    pub addr: [u8; 4],
+    pub port: u16,
+    /// Remotes allowed in: `allow_net/allow_prefix_len`; 0 allows any.
+    pub allow_prefix_len: u8,
+    pub _pad: u8,
+    pub allow_net: [u8; 4],
+    pub rule_id: u32,
+}
+
+/// Key of `SESSIONS`: one external endpoint talking to one remote endpoint.
+/// With address-dependent filtering the remote port is stored as 0; ICMP
+/// query sessions have remote port 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SessionKey {
+    pub remote_addr: [u8; 4],
+    pub remote_port: u16,
+    pub external_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const TCP_STATE_NONE: u8 = 0;
+/// Only the LAN side has spoken (SYN sent, no answer yet).
+pub const TCP_STATE_OPENING: u8 = 1;
+pub const TCP_STATE_ESTABLISHED: u8 = 2;
+/// A FIN has been seen in either direction.
+pub const TCP_STATE_CLOSING: u8 = 3;
+/// An RST has been seen.
+pub const TCP_STATE_CLOSED: u8 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Session {
+    pub last_seen_ns: u64,
+    pub internal_addr: [u8; 4],
+    pub internal_port: u16,
+    pub tcp_state: u8,
+    pub _pad: u8,
+}
+
+/// RFC 4787 filtering behaviour for inbound packets on a dynamic mapping.
+pub const FILTER_ENDPOINT_INDEPENDENT: u8 = 0;
+pub const FILTER_ADDRESS_DEPENDENT: u8 = 1;
+pub const FILTER_ADDRESS_AND_PORT_DEPENDENT: u8 = 2;
+
+/// What happens to an unsolicited inbound packet for the WAN address.
+pub const UNSOLICITED_PASS: u8 = 0;
+pub const UNSOLICITED_DROP: u8 = 1;
+
+/// The single entry of `CONFIG`. A zero `wan_addr` means "not configured":
+/// the datapath then passes everything to the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatConfig {
+    pub wan_addr: [u8; 4],
+    pub lan_net: [u8; 4],
+    pub lan_prefix_len: u8,
+    pub filtering: u8,
+    pub unsolicited: u8,
+    pub hairpin: u8,
+    pub wan_ifindex: u32,
+    pub lan_ifindex: u32,
+    /// Inclusive range of external ports handed out to dynamic mappings
+    /// (and of ICMP query ids).
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// Per-CPU packet and byte counts, indexed by [`Counter`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident = $label:literal,)*) => {
+        /// Index into `COUNTERS`: one per verdict and reason.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($(#[$doc])* $name,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+
+            /// Stable name used by `natctl stats` and the tests.
+            pub const fn label(self) -> &'static str {
+                match self { $(Counter::$name => $label,)* }
+            }
+
+            /// Counters named `drop_*` are the only verdicts that drop.
+            pub const fn drops(self) -> bool {
+                matches!(self, Counter::DropPortExhausted | Counter::DropUnsolicited | Counter::DropTableFull)
+            }
+        }
+    };
+}
+
+counters! {
+    /// Every frame seen on LAN ingress.
+    LanRx = "lan_rx",
+    /// Every frame seen on WAN ingress.
+    WanRx = "wan_rx",
+    /// LAN -> WAN, source translated, redirected out of the WAN NIC.
+    Snat = "snat",
+    /// WAN -> LAN reply on a dynamic mapping, redirected to the LAN.
+    Dnat = "dnat",
+    /// WAN -> LAN through a static forwarding entry.
+    Forwarded = "forwarded",
+    /// LAN -> WAN address -> LAN, both addresses translated.
+    Hairpin = "hairpin",
+    /// ICMP error about a translated flow, translated back toward the LAN.
+    IcmpErrorIn = "icmp_error_in",
+    /// ICMP error from a LAN host about an inbound flow, translated out.
+    IcmpErrorOut = "icmp_error_out",
+    /// A dynamic mapping was created.
+    NewBinding = "new_binding",
+    /// No free external port after the bounded probe: dropped.
+    DropPortExhausted = "drop_port_exhausted",
+    /// Unsolicited inbound packet handed to the kernel (router's own services).
+    UnsolicitedPass = "unsolicited_pass",
+    /// Unsolicited inbound packet dropped by configuration.
+    DropUnsolicited = "drop_unsolicited",
+    /// The mapping table is full: dropped.
+    DropTableFull = "drop_table_full",
+    /// Translated, but the session table is full: replies may be filtered.
+    SessionTableFull = "session_table_full",
+    /// Inbound packet on a forwarded port from a remote outside the rule's
+    /// allowed prefix (then handled as unsolicited).
+    RemoteNotAllowed = "remote_not_allowed",
+    PassNotIpv4 = "pass_not_ipv4",
+    PassVlan = "pass_vlan",
+    PassMalformed = "pass_malformed",
+    PassFragment = "pass_fragment",
+    PassTtlExpired = "pass_ttl_expired",
+    /// Not ours to translate: LAN-internal, to or from the router itself,
+    /// multicast or broadcast.
+    PassLocal = "pass_local",
+    PassUnsupportedProto = "pass_unsupported_proto",
+    /// The FIB has no forwarding route (unreachable, blackhole, ...).
+    PassNoRoute = "pass_no_route",
+    /// Larger than the egress MTU: the kernel fragments it or sends the
+    /// ICMP "fragmentation needed" that path MTU discovery relies on.
+    PassMtuExceeded = "pass_mtu_exceeded",
+    /// Translated, but the next hop's MAC is not known yet: the kernel
+    /// resolves it and forwards this packet.
+    PassNoNeighbour = "pass_no_neighbour",
+    /// The redirect to the egress NIC was refused.
+    PassRedirectFailed = "pass_redirect_failed",
+}
+
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+
+/// Map names, as user space finds them in the object and in bpffs.
+pub mod maps {
+    pub const CONFIG: &str = "CONFIG";
+    pub const FORWARDS: &str = "FORWARDS";
+    pub const BINDINGS: &str = "BINDINGS";
+    pub const SESSIONS: &str = "SESSIONS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EGRESS: &str = "EGRESS";
+}
+
+/// Program names in the object.
+pub mod programs {
+    pub const LAN: &str = "nat_lan";
+    pub const WAN: &str = "nat_wan";
+    /// Does nothing but pass: attached to a veth peer so that it accepts
+    /// frames redirected by XDP (the kernel enables NAPI only then).
+    pub const PASS: &str = "xdp_pass";
+}
+
+/// Default map sizes; user space may override them before loading.
+pub const DEFAULT_FORWARDS_MAX: u32 = 131_072;
+pub const DEFAULT_BINDINGS_MAX: u32 = 524_288;
+pub const DEFAULT_SESSIONS_MAX: u32 = 524_288;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made only of integers and byte
+    // arrays, with every padding byte spelled out as a field.
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Binding {}
+    unsafe impl aya::Pod for Forward {}
+    unsafe impl aya::Pod for SessionKey {}
+    unsafe impl aya::Pod for Session {}
+    unsafe impl aya::Pod for NatConfig {}
+    unsafe impl aya::Pod for CounterValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EndpointKey>(), 8);
+        assert_eq!(size_of::<Binding>(), 16);
+        assert_eq!(size_of::<Forward>(), 16);
+        assert_eq!(size_of::<SessionKey>(), 12);
+        assert_eq!(size_of::<Session>(), 16);
+        assert_eq!(size_of::<NatConfig>(), 24);
+        assert_eq!(size_of::<CounterValue>(), 16);
+    }
+
+    #[test]
+    fn counter_labels_are_unique() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*a as usize, i);
+            for b in &Counter::ALL[i + 1..] {
+                assert_ne!(a.label(), b.label());
+            }
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Port-forwarding rules as a router's "virtual server" page has them, their
+//! validation, and their expansion into datapath entries.
+use std::{collections::HashMap, fmt, net::Ipv4Addr, str::FromStr};
+
+use ipnet::Ipv4Net;
+use nat_common::{EndpointKey, Forward, PROTO_TCP, PROTO_UDP};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuleError {
+    #[error("unknown protocol {0:?}: expected tcp, udp or both")]
+    Protocol(String),
+    #[error("bad port {0:?}: expected a number from 1 to 65535")]
+    Port(String),
+    #[error(
+        "bad port range {0:?}: expected PORT or FIRST-LAST with FIRST <= LAST, from 1 to 65535"
+    )]
+    PortRange(String),
+    #[error("bad internal address {0:?}: expected an IPv4 address such as 192.168.0.12")]
+    Address(String),
+    #[error("bad allowed remote prefix {0:?}: expected a CIDR such as 198.51.100.0/24")]
+    Allow(String),
+    #[error("bad rule name {0:?}: expected 1 to 64 letters, digits, '-', '_' or '.'")]
+    Name(String),
+    #[error(
+        "bad forward {0:?}: expected PROTO/EXTERNAL=IP[:INTERNAL][,allow=CIDR][,name=NAME], \
+         e.g. tcp/2222=192.168.0.12:22,allow=198.51.100.0/24"
+    )]
+    Syntax(String),
+    #[error(
+        "rule {name}: external ports {external} and internal ports {internal} differ in size; \
+         a range must map to a range of the same size"
+    )]
+    RangeSize {
+        name: String,
+        external: PortRange,
+        internal: PortRange,
+    },
+    #[error("rule {name}: internal address {addr} is outside the LAN {lan}")]
+    OutsideLan {
+        name: String,
+        addr: Ipv4Addr,
+        lan: Ipv4Net,
+    },
+    #[error("rule {name}: internal address {addr} is the network or broadcast address of {lan}")]
+    NotAHost {
+        name: String,
+        addr: Ipv4Addr,
+        lan: Ipv4Net,
+    },
+    #[error("rule {name}: external {protocol} port {port} is already forwarded by rule {other}")]
+    Overlap {
+        name: String,
+        other: String,
+        protocol: &'static str,
+        port: u16,
+    },
+    #[error(
+        "rule {name}: internal {protocol} endpoint {addr}:{port} is already the target of rule \
+         {other}; its replies could not tell which external port to leave by"
+    )]
+    SharedTarget {
+        name: String,
+        other: String,
+        protocol: &'static str,
+        addr: Ipv4Addr,
+        port: u16,
+    },
+    #[error("a rule named {0} already exists")]
+    DuplicateName(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Both,
+}
+
+impl Protocol {
+    /// The IP protocol numbers this rule covers.
+    pub fn numbers(self) -> &'static [u8] {
+        match self {
+            Protocol::Tcp => &[PROTO_TCP],
+            Protocol::Udp => &[PROTO_UDP],
+            Protocol::Both => &[PROTO_TCP, PROTO_UDP],
+        }
+    }
+}
+
+pub fn protocol_name(number: u8) -> &'static str {
+    match number {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        nat_common::PROTO_ICMP => "ICMP",
+        _ => "?",
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = RuleError;
+    fn from_str(s: &str) -> Result<Self, RuleError> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "both" | "tcp+udp" => Ok(Protocol::Both),
+            _ => Err(RuleError::Protocol(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Both => "both",
+        })
+    }
+}
+
+/// An inclusive range of ports, never containing port 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        Self {
+            first: port,
+            last: port,
+        }
+    }
+
+    pub fn len(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    pub fn ports(self) -> impl Iterator<Item = u16> {
+        self.first..=self.last
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, RuleError> {
+    // Strict: no sign, no whitespace, no wrap-around.
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RuleError::Port(s.to_owned()));
+    }
+    match s.parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        _ => Err(RuleError::Port(s.to_owned())),
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = RuleError;
+    fn from_str(s: &str) -> Result<Self, RuleError> {
+        let range_error = |_| RuleError::PortRange(s.to_owned());
+        match s.split_once('-') {
+            None => parse_port(s).map(Self::single),
+            Some((first, last)) => {
+                let first = parse_port(first).map_err(range_error)?;
+                let last = parse_port(last).map_err(range_error)?;
+                if first > last {
+                    return Err(RuleError::PortRange(s.to_owned()));
+                }
+                Ok(Self { first, last })
+            }
+        }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// One port-forwarding rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardRule {
+    pub name: String,
+    pub protocol: Protocol,
+    pub external: PortRange,
+    pub internal_addr: Ipv4Addr,
+    pub internal: PortRange,
+    /// Remotes allowed in; `None` allows any.
+    pub allow: Option<Ipv4Net>,
+    pub enabled: bool,
+}
+
+pub fn validate_name(name: &str) -> Result<(), RuleError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::Name(name.to_owned()))
+    }
+}
+
+impl ForwardRule {
+    /// Checks the rule on its own and against the LAN it forwards into.
+    pub fn validate(&self, lan: Ipv4Net) -> Result<(), RuleError> {
+        validate_name(&self.name)?;
+        if self.external.len() != self.internal.len() {
+            return Err(RuleError::RangeSize {
+                name: self.name.clone(),
+                external: self.external,
+                internal: self.internal,
+            });
+        }
+        if !lan.contains(&self.internal_addr) {
+            return Err(RuleError::OutsideLan {
+                name: self.name.clone(),
+                addr: self.internal_addr,
+                lan,
+            });
+        }
+        if lan.prefix_len() < 31
+            && (self.internal_addr == lan.network() || self.internal_addr == lan.broadcast())
+        {
+            return Err(RuleError::NotAHost {
+                name: self.name.clone(),
+                addr: self.internal_addr,
+                lan,
+            });
+        }
+        Ok(())
+    }
+
+    /// The datapath entries for this rule: for every port and protocol, one
+    /// inbound entry (external port -> server) and one outbound entry
+    /// (server -> external port, for its replies).
+    pub fn entries(&self, rule_id: u32) -> Vec<(EndpointKey, Forward)> {
+        let (allow_net, allow_prefix_len) = match self.allow {
+            Some(net) => (net.network().octets(), net.prefix_len()),
+            None => ([0; 4], 0),
+        };
+        let mut entries = Vec::new();
+        for &proto in self.protocol.numbers() {
+            for (external, internal) in self.external.ports().zip(self.internal.ports()) {
+                let inbound = Forward {
+                    addr: self.internal_addr.octets(),
+                    port: internal,
+                    allow_prefix_len,
+                    _pad: 0,
+                    allow_net,
+                    rule_id,
+                };
+                let outbound = Forward {
+                    addr: [0; 4],
+                    port: external,
+                    ..inbound
+                };
+                entries.push((EndpointKey::inbound(proto, external), inbound));
+                entries.push((
+                    EndpointKey::outbound(proto, self.internal_addr.octets(), internal),
+                    outbound,
+                ));
+            }
+        }
+        entries
+    }
+}
+
+/// Checks a set of rules against each other: unique names, no external port
+/// forwarded twice, no internal endpoint targeted twice (its replies would
+/// not know which external port to use). Disabled rules still hold their
+/// name but no ports.
+pub fn check_conflicts(rules: &[ForwardRule]) -> Result<(), RuleError> {
+    let mut names = HashMap::new();
+    let mut external = HashMap::new();
+    let mut internal = HashMap::new();
+    for rule in rules {
+        if names.insert(rule.name.as_str(), ()).is_some() {
+            return Err(RuleError::DuplicateName(rule.name.clone()));
+        }
+        if !rule.enabled {
+            continue;
+        }
+        for &proto in rule.protocol.numbers() {
+            for (ext, int) in rule.external.ports().zip(rule.internal.ports()) {
+                if let Some(other) = external.insert((proto, ext), rule.name.as_str()) {
+                    return Err(RuleError::Overlap {
+                        name: rule.name.clone(),
+                        other: other.to_owned(),
+                        protocol: protocol_name(proto),
+                        port: ext,
+                    });
+                }
+                if let Some(other) =
+                    internal.insert((proto, rule.internal_addr, int), rule.name.as_str())
+                {
+                    return Err(RuleError::SharedTarget {
+                        name: rule.name.clone(),
+                        other: other.to_owned(),
+                        protocol: protocol_name(proto),
+                        addr: rule.internal_addr,
+                        port: int,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The compact form `natctl run --forward` takes:
+/// `PROTO/EXTERNAL=IP[:INTERNAL][,allow=CIDR][,name=NAME]`.
+impl FromStr for ForwardRule {
+    type Err = RuleError;
+    fn from_str(spec: &str) -> Result<Self, RuleError> {
+        let syntax = || RuleError::Syntax(spec.to_owned());
+        let mut parts = spec.split(',');
+        let mapping = parts.next().ok_or_else(syntax)?;
+        let (outside, inside) = mapping.split_once('=').ok_or_else(syntax)?;
+        let (protocol, external) = outside.split_once('/').ok_or_else(syntax)?;
+        let protocol: Protocol = protocol.parse()?;
+        let external: PortRange = external.parse()?;
+        let (addr, internal) = match inside.split_once(':') {
+            Some((addr, ports)) => (addr, ports.parse()?),
+            None => (inside, external),
+        };
+        let internal_addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| RuleError::Address(addr.to_owned()))?;
+        let mut rule = ForwardRule {
+            name: format!("{protocol}-{external}"),
+            protocol,
+            external,
+            internal_addr,
+            internal,
+            allow: None,
+            enabled: true,
+        };
+        for option in parts {
+            match option.split_once('=') {
+                Some(("allow", cidr)) => {
+                    rule.allow = Some(
+                        cidr.parse()
+                            .map_err(|_| RuleError::Allow(cidr.to_owned()))?,
+                    );
+                }
+                Some(("name", name)) => {
+                    validate_name(name)?;
+                    rule.name = name.to_owned();
+                }
+                _ => return Err(syntax()),
+            }
+        }
+        Ok(rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lan() -> Ipv4Net {
+        "192.168.0.0/24".parse().unwrap()
+    }
+
+    #[test]
+    fn parses_a_full_spec() {
+        let rule: ForwardRule = "tcp/2222=192.168.0.12:22,allow=198.51.100.0/24,name=ssh"
+            .parse()
+            .unwrap();
+        assert_eq!(rule.name, "ssh");
+        assert_eq!(rule.protocol, Protocol::Tcp);
+        assert_eq!(rule.external, PortRange::single(2222));
+        assert_eq!(rule.internal, PortRange::single(22));
+        assert_eq!(rule.allow, Some("198.51.100.0/24".parse().unwrap()));
+        rule.validate(lan()).unwrap();
+    }
+
+    #[test]
+    fn internal_port_defaults_to_external() {
+        let rule: ForwardRule = "both/6881-6889=192.168.0.20".parse().unwrap();
+        assert_eq!(rule.internal, rule.external);
+        assert_eq!(rule.entries(1).len(), 2 * 2 * 9);
+    }
+
+    #[test]
+    fn rejects_bad_values_and_names_them() {
+        let cases = [
+            ("foo/80=192.168.0.2", RuleError::Protocol("foo".into())),
+            ("tcp/0=192.168.0.2", RuleError::Port("0".into())),
+            ("tcp/70000=192.168.0.2", RuleError::Port("70000".into())),
+            ("tcp/+80=192.168.0.2", RuleError::Port("+80".into())),
+            (
+                "tcp/90-80=192.168.0.2",
+                RuleError::PortRange("90-80".into()),
+            ),
+            (
+                "tcp/80=192.168.0.300",
+                RuleError::Address("192.168.0.300".into()),
+            ),
+            (
+                "tcp/80=192.168.0.2,allow=1.2.3.4/40",
+                RuleError::Allow("1.2.3.4/40".into()),
+            ),
+            ("tcp/80=192.168.0.2,name=a b", RuleError::Name("a b".into())),
+            ("tcp:80", RuleError::Syntax("tcp:80".into())),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(spec.parse::<ForwardRule>().unwrap_err(), expected, "{spec}");
+        }
+        let message = "tcp/0=192.168.0.2"
+            .parse::<ForwardRule>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("\"0\"") && message.contains("1 to 65535"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn validation_against_the_lan() {
+        let outside: ForwardRule = "tcp/80=10.0.0.5".parse().unwrap();
+        assert!(matches!(
+            outside.validate(lan()),
+            Err(RuleError::OutsideLan { .. })
+        ));
+        let broadcast: ForwardRule = "tcp/80=192.168.0.255".parse().unwrap();
+        assert!(matches!(
+            broadcast.validate(lan()),
+            Err(RuleError::NotAHost { .. })
+        ));
+        let sizes: ForwardRule = "tcp/80-81=192.168.0.5:80".parse().unwrap();
+        assert!(matches!(
+            sizes.validate(lan()),
+            Err(RuleError::RangeSize { .. })
+        ));
+    }
+
+    #[test]
+    fn conflicts_are_found() {
+        let a: ForwardRule = "tcp/80-90=192.168.0.5,name=a".parse().unwrap();
+        let b: ForwardRule = "both/85=192.168.0.6,name=b".parse().unwrap();
+        assert!(matches!(
+            check_conflicts(&[a.clone(), b.clone()]),
+            Err(RuleError::Overlap { port: 85, .. })
+        ));
+        let mut disabled = b.clone();
+        disabled.enabled = false;
+        check_conflicts(&[a.clone(), disabled]).unwrap();
+        let c: ForwardRule = "udp/85=192.168.0.6,name=a".parse().unwrap();
+        assert_eq!(
+            check_conflicts(&[a.clone(), c]),
+            Err(RuleError::DuplicateName("a".into()))
+        );
+        let d: ForwardRule = "tcp/8080=192.168.0.5:80,name=d".parse().unwrap();
+        assert!(matches!(
+            check_conflicts(&[a, d]),
+            Err(RuleError::SharedTarget { port: 80, .. })
+        ));
+    }
+
+    #[test]
+    fn entries_map_ranges_port_by_port() {
+        let rule: ForwardRule = "udp/5000-5001=192.168.0.7:6000-6001,allow=198.51.100.0/24"
+            .parse()
+            .unwrap();
+        let entries = rule.entries(9);
+        let inbound = entries
+            .iter()
+            .find(|(key, _)| *key == EndpointKey::inbound(PROTO_UDP, 5001))
+            .unwrap();
+        assert_eq!(inbound.1.port, 6001);
+        assert_eq!(inbound.1.addr, [192, 168, 0, 7]);
+        assert_eq!(inbound.1.allow_prefix_len, 24);
+        assert_eq!(inbound.1.rule_id, 9);
+        let outbound = entries
+            .iter()
+            .find(|(key, _)| *key == EndpointKey::outbound(PROTO_UDP, [192, 168, 0, 7], 6001))
+            .unwrap();
+        assert_eq!(outbound.1.port, 5001);
+    }
+}

@@ -1,0 +1,35 @@
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use nat_common::Counter;
+
+use crate::{maps::COUNTERS, parse::frame_len};
+
+/// Per-CPU, so no atomics and no cache-line bouncing on the hot path.
+#[inline(always)]
+pub fn count(counter: Counter, bytes: usize) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot is only touched by this CPU, with
+        // preemption disabled for the duration of the program.
+        unsafe {
+            (*value).packets += 1;
+            (*value).bytes += bytes as u64;
+        }
+    }
+}
+
+/// Turns a stage's outcome into the XDP action: `Ok` is a packet the fast
+/// path finished (already counted); `Err` names why it stopped, which is
+/// counted here and, unless it is a drop, hands the packet to the kernel.
+#[inline(always)]
+pub fn settle(ctx: &XdpContext, outcome: Result<u32, Counter>) -> u32 {
+    match outcome {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason, frame_len(ctx));
+            if reason.drops() {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The last stage: route by the kernel's FIB, rewrite the MACs, decrement the
+//! TTL and redirect out of the egress NIC.
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use nat_common::Counter;
+use network_types::eth::EthHdr;
+
+use crate::{counters::count, maps::EGRESS, parse::Ipv4Packet, translate::decrement_ttl};
+
+const AF_INET: u8 = 2;
+
+pub struct Route {
+    pub ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    neighbour_known: bool,
+}
+
+/// Looks up the route the packet will take once translated to `src -> dst`.
+/// Done before any rewrite, so that a packet the fast path cannot finish
+/// reaches the kernel as it arrived.
+#[inline(always)]
+pub fn route(
+    ctx: &XdpContext,
+    packet: &Ipv4Packet,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Result<Route, Counter> {
+    // SAFETY: a plain C struct for which all zeroes is valid.
+    let mut params: FibParams = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = packet.proto;
+    params.__bindgen_anon_1.tot_len = packet.tot_len();
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: `params` is a valid, correctly sized bpf_fib_lookup.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0) };
+    let neighbour_known = match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        // The egress is known; the kernel will resolve the next hop's MAC.
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Counter::PassMtuExceeded),
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Err(Counter::PassLocal),
+        _ => return Err(Counter::PassNoRoute),
+    };
+    Ok(Route {
+        ifindex: params.ifindex,
+        smac: params.smac,
+        dmac: params.dmac,
+        neighbour_known,
+    })
+}
+
+/// Sends the translated packet on its way and counts it under `counter`.
+#[inline(always)]
+pub fn redirect(
+    eth: *mut EthHdr,
+    packet: &Ipv4Packet,
+    route: &Route,
+    counter: Counter,
+    frame_len: usize,
+) -> Result<u32, Counter> {
+    if !route.neighbour_known {
+        // Translated already: the kernel forwards it (and decrements the
+        // TTL) while it resolves the neighbour for the packets after it.
+        return Err(Counter::PassNoNeighbour);
+    }
+    decrement_ttl(packet);
+    // SAFETY: `eth` was bounds-checked by the parser.
+    unsafe {
+        (*eth).src_addr = route.smac;
+        (*eth).dst_addr = route.dmac;
+    }
+    let action = EGRESS
+        .redirect(route.ifindex, 0)
+        .map_err(|_| Counter::PassRedirectFailed)?;
+    count(counter, frame_len);
+    Ok(action)
+}

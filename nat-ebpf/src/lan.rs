@@ -1,0 +1,209 @@
+//! LAN ingress: source translation toward the WAN, and hairpin back into
+//! the LAN for a LAN host that reaches the WAN address.
+use aya_ebpf::programs::XdpContext;
+use nat_common::{Counter, NatConfig, PROTO_ICMP};
+use network_types::eth::EthHdr;
+
+use crate::{
+    counters::count,
+    forward::{redirect, route},
+    lookup::{
+        binding_inbound, binding_outbound, config, external_port_for, forward_inbound,
+        forward_outbound, in_prefix, now_ns, session_inbound_allowed, session_outbound,
+    },
+    parse::{
+        ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_ipv4,
+        quoted_offset,
+    },
+    translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+};
+
+#[inline(always)]
+fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
+    addr[0] >= 224 || addr == [255; 4]
+}
+
+pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
+    let len = frame_len(ctx);
+    count(Counter::LanRx, len);
+    let config = config().ok_or(Counter::PassLocal)?;
+    let (eth, packet) = parse_frame(ctx)?;
+    let src = packet.addr(Side::Source);
+    let dst = packet.addr(Side::Destination);
+    let lan = |addr| in_prefix(addr, config.lan_net, config.lan_prefix_len);
+    if !lan(src) || lan(dst) || is_multicast_or_broadcast(dst) {
+        return Err(Counter::PassLocal);
+    }
+    if packet.ttl() <= 1 {
+        return Err(Counter::PassTtlExpired);
+    }
+    match packet.icmp {
+        IcmpKind::Error => return icmp_error_outbound(ctx, config, eth, &packet, len),
+        IcmpKind::Other => return Err(Counter::PassUnsupportedProto),
+        // Only a request opens a query mapping; a LAN host's echo reply
+        // answers nobody we forwarded to it.
+        // SAFETY: `l4` holds 8 checked bytes.
+        IcmpKind::Query if unsafe { (*packet.l4)[0] } != ICMP_ECHO_REQUEST => {
+            return Err(Counter::PassLocal);
+        }
+        _ => {}
+    }
+    if dst == config.wan_addr {
+        return hairpin(ctx, config, eth, &packet, len);
+    }
+
+    let route = route(ctx, &packet, config.wan_addr, dst)?;
+    if route.ifindex != config.wan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    let now = now_ns();
+    let internal = Endpoint {
+        addr: src,
+        port: packet.port(Side::Source),
+    };
+    let (external_port, is_static) = external_port_for(config, packet.proto, internal, now, len)?;
+    if !is_static {
+        let remote = Endpoint {
+            addr: dst,
+            port: packet.port(Side::Destination),
+        };
+        session_outbound(
+            config,
+            packet.proto,
+            external_port,
+            remote,
+            internal,
+            packet.tcp_flags,
+            now,
+            len,
+        );
+    }
+    rewrite_endpoint(
+        &packet,
+        Side::Source,
+        Endpoint {
+            addr: config.wan_addr,
+            port: external_port,
+        },
+    );
+    redirect(eth, &packet, &route, Counter::Snat, len)
+}
+
+/// A LAN host reaching the WAN address on a forwarded port, or on another
+/// LAN host's mapping: both ends are translated so that the server's reply
+/// comes back through the router and not straight to the client.
+#[inline(always)]
+fn hairpin(
+    ctx: &XdpContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    packet: &Ipv4Packet,
+    len: usize,
+) -> Result<u32, Counter> {
+    // The router answers pings to its own address itself.
+    if config.hairpin == 0 || packet.proto == PROTO_ICMP {
+        return Err(Counter::PassLocal);
+    }
+    let now = now_ns();
+    let target_port = packet.port(Side::Destination);
+    let (target, is_forward) = match forward_inbound(packet.proto, target_port) {
+        Some(forward) => (
+            Endpoint {
+                addr: forward.addr,
+                port: forward.port,
+            },
+            true,
+        ),
+        None => (
+            binding_inbound(packet.proto, target_port, now).ok_or(Counter::PassLocal)?,
+            false,
+        ),
+    };
+    let route = route(ctx, packet, config.wan_addr, target.addr)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    let internal = Endpoint {
+        addr: packet.addr(Side::Source),
+        port: packet.port(Side::Source),
+    };
+    let (source_port, source_is_static) =
+        external_port_for(config, packet.proto, internal, now, len)?;
+    // What each side sees of the other is the WAN address and a port.
+    let source_outside = Endpoint {
+        addr: config.wan_addr,
+        port: source_port,
+    };
+    if !source_is_static {
+        let remote = Endpoint {
+            addr: config.wan_addr,
+            port: target_port,
+        };
+        session_outbound(
+            config,
+            packet.proto,
+            source_port,
+            remote,
+            internal,
+            packet.tcp_flags,
+            now,
+            len,
+        );
+    }
+    if !is_forward
+        && !session_inbound_allowed(
+            config,
+            packet.proto,
+            target_port,
+            source_outside,
+            packet.tcp_flags,
+            now,
+        )
+    {
+        return Err(Counter::PassLocal);
+    }
+    rewrite_endpoint(packet, Side::Source, source_outside);
+    rewrite_endpoint(packet, Side::Destination, target);
+    redirect(eth, packet, &route, Counter::Hairpin, len)
+}
+
+/// A LAN host's ICMP error about a packet that reached it through the NAT:
+/// the quoted packet's destination is the host's own endpoint, which must
+/// read as the external one outside.
+#[inline(always)]
+fn icmp_error_outbound(
+    ctx: &XdpContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    packet: &Ipv4Packet,
+    len: usize,
+) -> Result<u32, Counter> {
+    let quoted = parse_ipv4(ctx, quoted_offset(ctx, packet), true)?;
+    if quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query {
+        return Err(Counter::PassLocal);
+    }
+    let internal = Endpoint {
+        addr: quoted.addr(Side::Destination),
+        port: quoted.port(Side::Destination),
+    };
+    let external_port = match forward_outbound(quoted.proto, internal) {
+        Some(port) => port,
+        None => binding_outbound(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?,
+    };
+    let remote = packet.addr(Side::Destination);
+    let route = route(ctx, packet, config.wan_addr, remote)?;
+    if route.ifindex != config.wan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    let quoted_delta = rewrite_endpoint(
+        &quoted,
+        Side::Destination,
+        Endpoint {
+            addr: config.wan_addr,
+            port: external_port,
+        },
+    );
+    rewrite_addr(packet, Side::Source, config.wan_addr);
+    adjust_icmp_check(packet, quoted_delta);
+    redirect(eth, packet, &route, Counter::IcmpErrorOut, len)
+}

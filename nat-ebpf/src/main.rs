@@ -1,0 +1,48 @@
+//! The XDP NAT datapath. A packet goes through parse -> lookup -> translate
+//! (with checksum) -> forward; each stage lives in the file named for it.
+//! `lan` and `wan` hold the per-direction flow, and the entry points below
+//! are thin shims over them.
+#![no_std]
+#![no_main]
+
+mod checksum;
+mod counters;
+mod forward;
+mod lan;
+mod lookup;
+mod maps;
+mod parse;
+mod translate;
+mod wan;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// LAN ingress.
+#[xdp]
+pub fn nat_lan(ctx: XdpContext) -> u32 {
+    counters::settle(&ctx, lan::try_nat_lan(&ctx))
+}
+
+/// WAN ingress.
+#[xdp]
+pub fn nat_wan(ctx: XdpContext) -> u32 {
+    counters::settle(&ctx, wan::try_nat_wan(&ctx))
+}
+
+/// For a veth peer, which accepts XDP-redirected frames only while it has an
+/// XDP program of its own.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// bpf_fib_lookup is a GPL-only helper.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,136 @@
+//! WAN ingress: destination translation of replies on dynamic mappings and
+//! of new connections on static forwarding entries.
+use aya_ebpf::programs::XdpContext;
+use nat_common::{Counter, NatConfig, PROTO_ICMP, UNSOLICITED_DROP};
+use network_types::eth::EthHdr;
+
+use crate::{
+    counters::count,
+    forward::{redirect, route},
+    lookup::{
+        binding_inbound, config, forward_inbound, in_prefix, now_ns, session_inbound_allowed,
+    },
+    parse::{
+        ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_ipv4,
+        quoted_offset,
+    },
+    translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+};
+
+#[inline(always)]
+fn unsolicited(config: &NatConfig) -> Counter {
+    if config.unsolicited == UNSOLICITED_DROP {
+        Counter::DropUnsolicited
+    } else {
+        Counter::UnsolicitedPass
+    }
+}
+
+pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
+    let len = frame_len(ctx);
+    count(Counter::WanRx, len);
+    let config = config().ok_or(Counter::PassLocal)?;
+    let (eth, packet) = parse_frame(ctx)?;
+    if packet.addr(Side::Destination) != config.wan_addr {
+        return Err(Counter::PassLocal);
+    }
+    if packet.ttl() <= 1 {
+        return Err(Counter::PassTtlExpired);
+    }
+    match packet.icmp {
+        IcmpKind::Error => return icmp_error_inbound(ctx, config, eth, &packet, len),
+        IcmpKind::Other => return Err(Counter::PassLocal),
+        // Echo requests are for the router itself.
+        // SAFETY: `l4` holds 8 checked bytes.
+        IcmpKind::Query if unsafe { (*packet.l4)[0] } != ICMP_ECHO_REPLY => {
+            return Err(Counter::PassLocal);
+        }
+        _ => {}
+    }
+
+    let now = now_ns();
+    let remote = Endpoint {
+        addr: packet.addr(Side::Source),
+        port: packet.port(Side::Source),
+    };
+    let external_port = packet.port(Side::Destination);
+    let forward = if packet.proto == PROTO_ICMP {
+        None
+    } else {
+        forward_inbound(packet.proto, external_port)
+    };
+    let (target, counter) = match forward {
+        Some(forward) => {
+            if !in_prefix(remote.addr, forward.allow_net, forward.allow_prefix_len) {
+                count(Counter::RemoteNotAllowed, len);
+                return Err(unsolicited(config));
+            }
+            let target = Endpoint {
+                addr: forward.addr,
+                port: forward.port,
+            };
+            (target, Counter::Forwarded)
+        }
+        None => {
+            let target = binding_inbound(packet.proto, external_port, now)
+                .ok_or_else(|| unsolicited(config))?;
+            if !session_inbound_allowed(
+                config,
+                packet.proto,
+                external_port,
+                remote,
+                packet.tcp_flags,
+                now,
+            ) {
+                return Err(unsolicited(config));
+            }
+            (target, Counter::Dnat)
+        }
+    };
+    let route = route(ctx, &packet, remote.addr, target.addr)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    rewrite_endpoint(&packet, Side::Destination, target);
+    redirect(eth, &packet, &route, counter, len)
+}
+
+/// An ICMP error (unreachable, fragmentation needed, time exceeded) about a
+/// packet we translated on its way out: the quoted packet's source is our
+/// external endpoint, which the LAN host must see as its own again.
+#[inline(always)]
+fn icmp_error_inbound(
+    ctx: &XdpContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    packet: &Ipv4Packet,
+    len: usize,
+) -> Result<u32, Counter> {
+    let quoted = parse_ipv4(ctx, quoted_offset(ctx, packet), true)?;
+    if quoted.addr(Side::Source) != config.wan_addr
+        || (quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query)
+    {
+        return Err(Counter::PassLocal);
+    }
+    let external_port = quoted.port(Side::Source);
+    let forward = if quoted.proto == PROTO_ICMP {
+        None
+    } else {
+        forward_inbound(quoted.proto, external_port)
+    };
+    let target = match forward {
+        Some(forward) => Endpoint {
+            addr: forward.addr,
+            port: forward.port,
+        },
+        None => binding_inbound(quoted.proto, external_port, now_ns()).ok_or(Counter::PassLocal)?,
+    };
+    let route = route(ctx, packet, packet.addr(Side::Source), target.addr)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    let quoted_delta = rewrite_endpoint(&quoted, Side::Source, target);
+    rewrite_addr(packet, Side::Destination, target.addr);
+    adjust_icmp_check(packet, quoted_delta);
+    redirect(eth, packet, &route, Counter::IcmpErrorIn, len)
+}
