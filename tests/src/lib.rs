@@ -1,1 +1,34 @@
+//! Test harness for the NAT router: network namespaces that a test creates
+//! and removes itself, a packet lab that runs the datapath through
+//! `BPF_PROG_TEST_RUN`, and an end-to-end lab of LAN host, router and WAN
+//! host joined by veth pairs.
+//!
+//! Every address used lies inside namespaces created here: the WAN side uses
+//! 203.0.113.0/24 and 198.51.100.0/24 (documentation ranges), the LAN side
+//! 192.168.0.0/24 — none of it is reachable from, or routed to, the host.
+pub mod lab;
+pub mod netns;
+pub mod packet;
 
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, for at most `timeout`. Tests wait
+/// for conditions this way, never with fixed sleeps.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
