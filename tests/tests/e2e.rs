@@ -1,0 +1,253 @@
+//! End-to-end: real TCP, UDP and ping between namespaces through the router,
+//! with the real `natctl` binary running the XDP datapath and no nftables
+//! NAT on the router, so only XDP can translate.
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use nat_tests::{
+    lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
+    wait_for,
+};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn join<T>(handle: JoinHandle<Result<T>>) -> T {
+    handle
+        .join()
+        .expect("thread panicked")
+        .expect("thread failed")
+}
+
+/// Deterministic bytes that no offset or reordering bug can reproduce.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    let (stream, peer) = wait_for("an incoming connection", IO_TIMEOUT, || {
+        listener.accept().ok()
+    })?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok((stream, peer))
+}
+
+fn counter(lab: &Lab, label: &str) -> u64 {
+    lab.counters().expect("natctl stats")[label]
+}
+
+#[test]
+fn tcp_transfer_through_the_nat_keeps_every_byte() {
+    let mut lab = Lab::start(&[]).unwrap();
+    let ruleset = lab.router.exec("nft", &["list", "ruleset"]).unwrap();
+    assert!(
+        ruleset.stdout.is_empty(),
+        "the router must have no nftables rules"
+    );
+
+    let listener = join(lab.wan.spawn(|| Ok(TcpListener::bind((WAN_HOST, 9000))?)));
+    const LEN: usize = 6 << 20;
+    let upload = pattern(LEN, 1);
+    let download = pattern(LEN, 2);
+
+    let server_download = download.clone();
+    let server = std::thread::spawn(move || -> Result<(Vec<u8>, SocketAddr)> {
+        let (mut stream, peer) = accept(&listener)?;
+        let mut received = Vec::with_capacity(LEN);
+        (&mut stream).take(LEN as u64).read_to_end(&mut received)?;
+        stream.write_all(&server_download)?;
+        Ok((received, peer))
+    });
+    let mut stream = join(lab.lan.spawn(move || connect((WAN_HOST, 9000).into())));
+    stream.write_all(&upload).unwrap();
+    let mut received = Vec::with_capacity(LEN);
+    (&mut stream)
+        .take(LEN as u64)
+        .read_to_end(&mut received)
+        .unwrap();
+    let (server_received, peer) = join(server);
+
+    assert!(server_received == upload, "upload corrupted or cut short");
+    assert!(received == download, "download corrupted or cut short");
+    assert_eq!(
+        peer.ip(),
+        ROUTER_WAN,
+        "the WAN host must see the WAN address"
+    );
+
+    // Thousands of segments each way: they must have taken the XDP path.
+    assert!(counter(&lab, "snat") > 1000, "{:?}", lab.counters());
+    assert!(counter(&lab, "dnat") > 1000, "{:?}", lab.counters());
+    let table = lab.table().unwrap();
+    assert!(
+        table.iter().any(|entry| entry["type"] == "DYNAMIC"
+            && entry["protocol"] == "TCP"
+            && entry["remote_port"] == 9000
+            && entry["local_ip"] == "192.168.0.12"),
+        "{table:#?}"
+    );
+    let output = lab.stop().unwrap();
+    assert!(output.contains("datapath detached"), "{output}");
+}
+
+#[test]
+fn udp_both_ways_and_icmp_errors_come_back_translated() {
+    let lab = Lab::start(&[]).unwrap();
+    let wan_socket = join(lab.wan.spawn(|| Ok(UdpSocket::bind((WAN_HOST, 9001))?)));
+    wan_socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let lan_socket = join(lab.lan.spawn(|| {
+        let socket = UdpSocket::bind((LAN_SERVER, 0))?;
+        socket.connect((WAN_HOST, 9001))?;
+        Ok(socket)
+    }));
+    lan_socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+
+    lan_socket.send(b"ping over udp").unwrap();
+    let mut buffer = [0u8; 64];
+    let (len, from) = wan_socket.recv_from(&mut buffer).unwrap();
+    assert_eq!(&buffer[..len], b"ping over udp");
+    assert_eq!(from.ip(), ROUTER_WAN);
+    wan_socket.send_to(b"pong over udp", from).unwrap();
+    let len = lan_socket.recv(&mut buffer).unwrap();
+    assert_eq!(&buffer[..len], b"pong over udp");
+
+    // A closed port on the WAN host answers with ICMP port unreachable,
+    // quoting our translated packet; only if the datapath translates it
+    // back does the LAN socket learn of it (ECONNREFUSED).
+    lan_socket.connect((WAN_HOST, 9)).unwrap();
+    let refused = (0..10).any(|_| {
+        let _ = lan_socket.send(b"anyone?");
+        matches!(lan_socket.recv(&mut buffer), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+    });
+    assert!(refused, "port unreachable never reached the LAN host");
+    assert!(counter(&lab, "icmp_error_in") >= 1, "{:?}", lab.counters());
+}
+
+#[test]
+fn ping_works_and_ttl_expiry_is_reported_by_the_router() {
+    let lab = Lab::start(&[]).unwrap();
+    lab.lan
+        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "203.0.113.2"])
+        .unwrap();
+    assert!(counter(&lab, "dnat") >= 2, "{:?}", lab.counters());
+
+    // TTL 1: the router must not forward it, and the kernel it is handed
+    // to answers "time to live exceeded" from the router's LAN address.
+    let output = lab
+        .lan
+        .command("ping")
+        .args(["-c", "1", "-t", "1", "-W", "2", "203.0.113.2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("Time to live exceeded") && text.contains(&ROUTER_LAN.to_string()),
+        "{text}"
+    );
+    assert!(counter(&lab, "pass_ttl_expired") >= 1);
+}
+
+#[test]
+fn forwarding_entry_reaches_the_lan_server_and_nothing_else_gets_in() {
+    let lab = Lab::start(&["--forward", "tcp/8080=192.168.0.12:8000,name=web"]).unwrap();
+    let web = join(lab.lan.spawn(|| Ok(TcpListener::bind((LAN_SERVER, 8000))?)));
+    let other = join(lab.lan.spawn(|| Ok(TcpListener::bind((LAN_SERVER, 7000))?)));
+
+    // From the WAN, through the forwarding entry.
+    let client = lab.wan.spawn(|| {
+        let mut stream = connect((ROUTER_WAN, 8080).into())?;
+        stream.write_all(b"GET /")?;
+        let mut reply = [0u8; 5];
+        stream.read_exact(&mut reply)?;
+        Ok(reply)
+    });
+    let (mut stream, peer) = accept(&web).unwrap();
+    assert_eq!(peer.ip(), WAN_HOST, "the server sees the real client");
+    let mut request = [0u8; 5];
+    stream.read_exact(&mut request).unwrap();
+    assert_eq!(&request, b"GET /");
+    stream.write_all(b"hello").unwrap();
+    assert_eq!(&join(client), b"hello");
+    assert!(counter(&lab, "forwarded") >= 3, "{:?}", lab.counters());
+
+    // Unsolicited: no entry for port 7000, so the LAN server there is
+    // unreachable; the router's own stack refuses the connection.
+    let attempt = join(
+        lab.wan
+            .spawn(|| Ok(connect((ROUTER_WAN, 7000).into()).is_err())),
+    );
+    assert!(attempt, "a connection to an unforwarded port must fail");
+    other.set_nonblocking(true).unwrap();
+    assert!(
+        matches!(other.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock),
+        "an unsolicited connection reached the LAN"
+    );
+    assert!(counter(&lab, "unsolicited_pass") >= 1);
+
+    // Hairpin: a LAN host reaching the WAN address on the forwarded port.
+    let client = lab
+        .lan
+        .spawn(|| connect_from(LAN_CLIENT, (ROUTER_WAN, 8080).into()));
+    let (mut stream, peer) = accept(&web).unwrap();
+    let mut hairpin_client = join(client);
+    assert_eq!(
+        peer.ip(),
+        ROUTER_WAN,
+        "hairpinned traffic comes from the WAN address"
+    );
+    hairpin_client.write_all(b"loop!").unwrap();
+    stream.read_exact(&mut request).unwrap();
+    assert_eq!(&request, b"loop!");
+    stream.write_all(b"back!").unwrap();
+    let mut reply = [0u8; 5];
+    hairpin_client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"back!");
+    assert!(counter(&lab, "hairpin") >= 3, "{:?}", lab.counters());
+
+    let table = lab.table().unwrap();
+    assert!(
+        table.iter().any(|entry| entry["type"] == "STATIC"
+            && entry["external_port"] == 8080
+            && entry["local_ip"] == "192.168.0.12"
+            && entry["local_port"] == 8000),
+        "{table:#?}"
+    );
+}
+
+/// A TCP connection from a chosen local address (std cannot bind before
+/// connecting).
+fn connect_from(local: std::net::Ipv4Addr, remote: SocketAddr) -> Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::from((local, 0)).into())?;
+    socket.connect_timeout(&remote.into(), Duration::from_secs(10))?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
