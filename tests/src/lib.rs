@@ -9,6 +9,7 @@
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod traffic;
 
 use std::time::{Duration, Instant};
 

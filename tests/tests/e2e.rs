@@ -8,51 +8,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use nat_tests::{
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
-    wait_for,
+    traffic::{accept, connect, connect_from, pattern},
 };
-
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn join<T>(handle: JoinHandle<Result<T>>) -> T {
     handle
         .join()
         .expect("thread panicked")
         .expect("thread failed")
-}
-
-/// Deterministic bytes that no offset or reordering bug can reproduce.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-fn connect(addr: SocketAddr) -> Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(stream)
-}
-
-fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr)> {
-    listener.set_nonblocking(true)?;
-    let (stream, peer) = wait_for("an incoming connection", IO_TIMEOUT, || {
-        listener.accept().ok()
-    })?;
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok((stream, peer))
 }
 
 fn counter(lab: &Lab, label: &str) -> u64 {
@@ -237,17 +203,4 @@ fn forwarding_entry_reaches_the_lan_server_and_nothing_else_gets_in() {
             && entry["local_port"] == 8000),
         "{table:#?}"
     );
-}
-
-/// A TCP connection from a chosen local address (std cannot bind before
-/// connecting).
-fn connect_from(local: std::net::Ipv4Addr, remote: SocketAddr) -> Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SocketAddr::from((local, 0)).into())?;
-    socket.connect_timeout(&remote.into(), Duration::from_secs(10))?;
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(stream)
 }
