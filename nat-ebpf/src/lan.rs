@@ -8,8 +8,9 @@ use crate::{
     counters::count,
     forward::{redirect, route},
     lookup::{
-        binding_inbound, binding_outbound, config, external_port_for, forward_inbound,
-        forward_outbound, in_prefix, now_ns, session_inbound_allowed, session_outbound,
+        Conversation, binding_inbound, binding_outbound, config, external_port_for,
+        forward_inbound, forward_outbound, in_prefix, now_ns, session_inbound_allowed,
+        session_outbound,
     },
     parse::{
         ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_ipv4,
@@ -67,16 +68,13 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
             addr: dst,
             port: packet.port(Side::Destination),
         };
-        session_outbound(
-            config,
-            packet.proto,
+        let conversation = Conversation {
+            proto: packet.proto,
             external_port,
             remote,
-            internal,
-            packet.tcp_flags,
-            now,
-            len,
-        );
+            tcp_flags: packet.tcp_flags,
+        };
+        session_outbound(config, &conversation, internal, now, len);
     }
     rewrite_endpoint(
         &packet,
@@ -139,27 +137,22 @@ fn hairpin(
             addr: config.wan_addr,
             port: target_port,
         };
-        session_outbound(
-            config,
-            packet.proto,
-            source_port,
+        let conversation = Conversation {
+            proto: packet.proto,
+            external_port: source_port,
             remote,
-            internal,
-            packet.tcp_flags,
-            now,
-            len,
-        );
+            tcp_flags: packet.tcp_flags,
+        };
+        session_outbound(config, &conversation, internal, now, len);
     }
-    if !is_forward
-        && !session_inbound_allowed(
-            config,
-            packet.proto,
-            target_port,
-            source_outside,
-            packet.tcp_flags,
-            now,
-        )
-    {
+    // The target's side of the same conversation, for its filter.
+    let reverse = Conversation {
+        proto: packet.proto,
+        external_port: target_port,
+        remote: source_outside,
+        tcp_flags: packet.tcp_flags,
+    };
+    if !is_forward && !session_inbound_allowed(config, &reverse, now) {
         return Err(Counter::PassLocal);
     }
     rewrite_endpoint(packet, Side::Source, source_outside);

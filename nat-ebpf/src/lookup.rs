@@ -179,17 +179,28 @@ fn create_binding(
     Err(Counter::DropPortExhausted)
 }
 
+/// One external endpoint talking to one remote endpoint, as a packet of
+/// that conversation shows it.
+#[derive(Clone, Copy)]
+pub struct Conversation {
+    pub proto: u8,
+    pub external_port: u16,
+    pub remote: Endpoint,
+    pub tcp_flags: u8,
+}
+
 #[inline(always)]
-fn session_key(config: &NatConfig, proto: u8, external_port: u16, remote: Endpoint) -> SessionKey {
+fn session_key(config: &NatConfig, conversation: &Conversation) -> SessionKey {
+    let proto = conversation.proto;
     let remote_port = if proto == PROTO_ICMP || config.filtering == FILTER_ADDRESS_DEPENDENT {
         0
     } else {
-        remote.port
+        conversation.remote.port
     };
     SessionKey {
-        remote_addr: remote.addr,
+        remote_addr: conversation.remote.addr,
         remote_port,
-        external_port,
+        external_port: conversation.external_port,
         proto,
         _pad: [0; 3],
     }
@@ -214,11 +225,11 @@ fn next_tcp_state(state: u8, flags: u8, outbound: bool) -> u8 {
 }
 
 #[inline(always)]
-fn touch_session(session: *mut Session, proto: u8, tcp_flags: u8, outbound: bool, now: u64) {
+fn touch_session(session: *mut Session, conversation: &Conversation, outbound: bool, now: u64) {
     // SAFETY: a pointer returned by a map lookup.
     unsafe {
-        if proto == PROTO_TCP {
-            let state = next_tcp_state((*session).tcp_state, tcp_flags, outbound);
+        if conversation.proto == PROTO_TCP {
+            let state = next_tcp_state((*session).tcp_state, conversation.tcp_flags, outbound);
             if state != (*session).tcp_state {
                 (*session).tcp_state = state;
                 (*session).last_seen_ns = now;
@@ -236,21 +247,18 @@ fn touch_session(session: *mut Session, proto: u8, tcp_flags: u8, outbound: bool
 #[inline(always)]
 pub fn session_outbound(
     config: &NatConfig,
-    proto: u8,
-    external_port: u16,
-    remote: Endpoint,
+    conversation: &Conversation,
     internal: Endpoint,
-    tcp_flags: u8,
     now: u64,
     frame_len: usize,
 ) {
-    let key = session_key(config, proto, external_port, remote);
+    let key = session_key(config, conversation);
     if let Some(session) = SESSIONS.get_ptr_mut(key) {
-        touch_session(session, proto, tcp_flags, true, now);
+        touch_session(session, conversation, true, now);
         return;
     }
-    let tcp_state = if proto == PROTO_TCP {
-        next_tcp_state(TCP_STATE_NONE, tcp_flags, true)
+    let tcp_state = if conversation.proto == PROTO_TCP {
+        next_tcp_state(TCP_STATE_NONE, conversation.tcp_flags, true)
     } else {
         TCP_STATE_NONE
     };
@@ -267,20 +275,13 @@ pub fn session_outbound(
     }
 }
 
-/// Whether the configured filtering lets `remote` in on `external_port`.
+/// Whether the configured filtering lets the conversation's remote in.
 #[inline(always)]
-pub fn session_inbound_allowed(
-    config: &NatConfig,
-    proto: u8,
-    external_port: u16,
-    remote: Endpoint,
-    tcp_flags: u8,
-    now: u64,
-) -> bool {
-    let key = session_key(config, proto, external_port, remote);
+pub fn session_inbound_allowed(config: &NatConfig, conversation: &Conversation, now: u64) -> bool {
+    let key = session_key(config, conversation);
     match SESSIONS.get_ptr_mut(key) {
         Some(session) => {
-            touch_session(session, proto, tcp_flags, false, now);
+            touch_session(session, conversation, false, now);
             true
         }
         None => config.filtering == FILTER_ENDPOINT_INDEPENDENT,

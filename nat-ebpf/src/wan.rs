@@ -8,7 +8,8 @@ use crate::{
     counters::count,
     forward::{redirect, route},
     lookup::{
-        binding_inbound, config, forward_inbound, in_prefix, now_ns, session_inbound_allowed,
+        Conversation, binding_inbound, config, forward_inbound, in_prefix, now_ns,
+        session_inbound_allowed,
     },
     parse::{
         ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_ipv4,
@@ -74,14 +75,13 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         None => {
             let target = binding_inbound(packet.proto, external_port, now)
                 .ok_or_else(|| unsolicited(config))?;
-            if !session_inbound_allowed(
-                config,
-                packet.proto,
+            let conversation = Conversation {
+                proto: packet.proto,
                 external_port,
                 remote,
-                packet.tcp_flags,
-                now,
-            ) {
+                tcp_flags: packet.tcp_flags,
+            };
+            if !session_inbound_allowed(config, &conversation, now) {
                 return Err(unsolicited(config));
             }
             (target, Counter::Dnat)

@@ -3,7 +3,7 @@
 //! NAT on the router, so only XDP can translate.
 use std::{
     io::{ErrorKind, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, UdpSocket},
     thread::JoinHandle,
     time::Duration,
 };
@@ -11,7 +11,7 @@ use std::{
 use anyhow::Result;
 use nat_tests::{
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
-    traffic::{accept, connect, connect_from, pattern},
+    traffic::{IO_TIMEOUT, accept, connect, connect_from, pattern},
 };
 
 fn join<T>(handle: JoinHandle<Result<T>>) -> T {
