@@ -1,1 +1,134 @@
-fn main() {}
+//! `cargo xtask`: the single entry point for setting up a machine and for
+//! building, testing and running the NAT router.
+//!
+//! Kept free of aya and nat-ctl so it compiles on a fresh machine, before
+//! `cargo xtask setup` has installed bpf-linker.
+
+mod bench;
+mod cmd;
+mod demo;
+mod router;
+mod setup;
+mod suite;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set up, test and run the XDP NAT router"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks (Debian packages, nightly rust-src,
+    /// bpf-linker) and mount bpffs. Safe to run again.
+    Setup,
+    /// Set up, then run rustfmt, clippy and the whole test suite (needs root).
+    Test {
+        /// Passed to the test binaries: `cargo xtask test -- --nocapture`.
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Set up, then run the network-namespace demo lab (needs root).
+    Demo,
+    /// Set up, build natctl and run it on this machine's interfaces.
+    Run {
+        /// The WAN (upstream) interface.
+        #[arg(long)]
+        wan: String,
+        /// The LAN (downstream) interface.
+        #[arg(long)]
+        lan: String,
+        /// Further `natctl run` options, e.g. `--forward tcp/2222=192.168.0.12:22`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        natctl_args: Vec<String>,
+    },
+    /// Benchmarks: not implemented yet (issue 5); exits with status 2.
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Command::Test { test_args } => suite::run(&test_args).map(|()| ExitCode::SUCCESS),
+        Command::Demo => demo::run(),
+        Command::Run {
+            wan,
+            lan,
+            natctl_args,
+        } => router::run(&wan, &lan, &natctl_args),
+        Command::Bench => Ok(bench::run()),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("xtask: error: {err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_natctl_options_through() {
+        let Command::Run {
+            wan,
+            lan,
+            natctl_args,
+        } = parse(&[
+            "run",
+            "--wan",
+            "eth0",
+            "--lan",
+            "eth1",
+            "--forward",
+            "tcp/2222=192.168.0.12:22,name=ssh",
+            "--no-hairpin",
+        ])
+        else {
+            panic!("not run");
+        };
+        assert_eq!((wan.as_str(), lan.as_str()), ("eth0", "eth1"));
+        assert_eq!(
+            natctl_args,
+            [
+                "--forward",
+                "tcp/2222=192.168.0.12:22,name=ssh",
+                "--no-hairpin"
+            ]
+        );
+    }
+
+    #[test]
+    fn test_args_after_double_dash() {
+        let Command::Test { test_args } = parse(&["test", "--", "--nocapture"]) else {
+            panic!("not test");
+        };
+        assert_eq!(test_args, ["--nocapture"]);
+        let Command::Test { test_args } = parse(&["test"]) else {
+            panic!("not test");
+        };
+        assert!(test_args.is_empty());
+    }
+}

@@ -1,0 +1,24 @@
+//! `cargo xtask demo`: the network-namespace demo lab (natlab, in the tests
+//! crate).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::{cmd, setup};
+
+pub fn run() -> Result<ExitCode> {
+    setup::run()?;
+    // exec: natlab's exit status becomes ours, and Ctrl-C reaches it while
+    // it cleans its namespaces up.
+    Err(cmd::exec(&mut cmd::cargo([
+        "run",
+        "--release",
+        "-p",
+        "nat-tests",
+        "--bin",
+        "natlab",
+        "--",
+        "demo",
+    ])))
+}

@@ -1,0 +1,303 @@
+//! `cargo xtask setup`: brings a fresh Debian machine to the point where the
+//! workspace builds and its tests run. Every step checks first and is skipped
+//! when already satisfied, so running it again is quick.
+
+use std::{
+    env, fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+
+/// The toolchain that builds the eBPF object (`-Z build-std=core`).
+const NIGHTLY: &str = "nightly";
+
+/// Tools the tests and the demo lab call, as Debian packages.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "netcat-openbsd",
+    "tcpdump",
+    "ethtool",
+    "bpftool",
+    "nftables",
+    "conntrack",
+    "iperf3",
+    "miniupnpc",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> Result<()> {
+    let root = cmd::is_root()?;
+    nightly_toolchain()?;
+    debian_packages(root)?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs(root)?;
+    Ok(())
+}
+
+fn step(name: &str, outcome: &str) {
+    println!("xtask: setup: {name}: {outcome}");
+}
+
+/// rustup and the nightly toolchain cannot be installed from here (no other
+/// toolchain can be fetched on the machines this targets), only reported.
+fn nightly_toolchain() -> Result<()> {
+    let Some(toolchains) = cmd::probe(Command::new("rustup").args(["toolchain", "list"])) else {
+        bail!("rustup is missing: install it from https://rustup.rs");
+    };
+    let installed = toolchains
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .any(|name| name == NIGHTLY || name.starts_with(&format!("{NIGHTLY}-")));
+    if !installed {
+        bail!("the {NIGHTLY} toolchain is missing: rustup toolchain install {NIGHTLY}");
+    }
+    let version = cmd::probe(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"]))
+        .with_context(|| {
+        format!("the {NIGHTLY} toolchain has no working rustc: rustup toolchain install {NIGHTLY}")
+    })?;
+    step(
+        "nightly toolchain",
+        &format!("present ({})", version.trim()),
+    );
+    Ok(())
+}
+
+fn debian_packages(root: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    for &package in DEBIAN_PACKAGES {
+        let status = Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", package])
+            .output()
+            .with_context(|| {
+                format!(
+                    "dpkg-query is missing: this step supports Debian only; install by hand: {}",
+                    DEBIAN_PACKAGES.join(" ")
+                )
+            })?;
+        if String::from_utf8_lossy(&status.stdout).trim() != "install ok installed" {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        step("Debian packages", "all present");
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !root {
+        bail!(
+            "missing Debian packages: {list}; as root run: apt-get update && apt-get install -y {list}"
+        );
+    }
+    step("Debian packages", &format!("installing {list}"));
+    cmd::run(Command::new("apt-get").arg("update")).context("apt-get update")?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(&missing),
+    )
+    .context("installing Debian packages")?;
+    Ok(())
+}
+
+/// `-Z build-std=core` needs the standard library's source.
+fn rust_src() -> Result<()> {
+    let components = cmd::probe(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        NIGHTLY,
+        "--installed",
+    ]))
+    .context("could not list the nightly toolchain's components")?;
+    if components
+        .lines()
+        .any(|line| line.trim() == "rust-src" || line.starts_with("rust-src-"))
+    {
+        step("nightly rust-src", "present");
+        return Ok(());
+    }
+    step("nightly rust-src", "installing");
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// bpf-linker's version as the build sees it: `rustup run nightly` puts the
+/// nightly's lib directory, where its libLLVM lives, on the loader path.
+fn bpf_linker_version() -> Option<String> {
+    cmd::probe(Command::new("rustup").args(["run", NIGHTLY, "bpf-linker", "--version"]))
+        .map(|out| out.trim().to_owned())
+}
+
+fn bpf_linker_ok(version: Option<&str>) -> bool {
+    version.is_some_and(|v| v.split_whitespace().any(|word| word == BPF_LINKER_VERSION))
+}
+
+/// bpf-linker links against the nightly's own LLVM, so the two always agree on
+/// the bitcode the nightly emits.
+fn bpf_linker() -> Result<()> {
+    let name = format!("bpf-linker {BPF_LINKER_VERSION}");
+    let found = bpf_linker_version();
+    if bpf_linker_ok(found.as_deref()) {
+        step(&name, "present");
+        return Ok(());
+    }
+    let (prefix, llvm_major) = llvm_prefix()?;
+    step(
+        &name,
+        &format!(
+            "building against the nightly's LLVM {llvm_major} (about 2 minutes; found: {})",
+            found.as_deref().unwrap_or("none")
+        ),
+    );
+    let install = |locked: bool| {
+        let mut install = Command::new("cargo");
+        install
+            .env("LLVM_PREFIX", &prefix)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(locked.then_some("--locked"))
+            // Reached only when the installed one does not run (e.g. the
+            // nightly's libLLVM changed), so replace it.
+            .arg("--force")
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{llvm_major}"));
+        install
+    };
+    // The published lock file may pin crates that need a newer rustc than
+    // this machine's; cargo then resolves compatible versions itself.
+    if cmd::run(&mut install(true)).is_err() {
+        println!("xtask: setup: {name}: retrying without --locked");
+        cmd::run(&mut install(false)).context("building bpf-linker")?;
+    }
+    let after = bpf_linker_version();
+    if !bpf_linker_ok(after.as_deref()) {
+        bail!(
+            "bpf-linker was installed but `rustup run {NIGHTLY} bpf-linker --version` reports {}; \
+             is ~/.cargo/bin on PATH?",
+            after.as_deref().unwrap_or("nothing (it did not run)")
+        );
+    }
+    step(&name, "installed");
+    Ok(())
+}
+
+/// A directory whose `lib/libLLVM.so` is the nightly's libLLVM, as
+/// bpf-linker's build expects in LLVM_PREFIX; returns it with LLVM's major
+/// version. Kept in a stable place: the symlink is read at build time only.
+fn llvm_prefix() -> Result<(PathBuf, String)> {
+    let sysroot =
+        cmd::probe(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))
+            .context("could not find the nightly's sysroot")?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = nightly_libllvm(&lib)?;
+    let file_name = libllvm
+        .file_name()
+        .and_then(|name| name.to_str())
+        .context("libLLVM file name is not UTF-8")?;
+    let llvm_major = llvm_major(file_name)
+        .with_context(|| format!("no LLVM version in the file name {file_name}"))?;
+
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    let prefix = PathBuf::from(home).join(".local/share/nat-router/llvm");
+    let link = prefix.join("lib/libLLVM.so");
+    if fs::read_link(&link).ok().as_deref() != Some(libllvm.as_path()) {
+        fs::create_dir_all(prefix.join("lib"))
+            .with_context(|| format!("creating {}", prefix.join("lib").display()))?;
+        match fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", link.display())),
+        }
+        symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
+        println!("xtask: linked {} -> {}", link.display(), libllvm.display());
+    }
+    Ok((prefix, llvm_major))
+}
+
+/// The nightly's `lib/libLLVM.so.<version>` (its name carries LLVM's and
+/// rustc's versions, which change with every nightly).
+fn nightly_libllvm(lib: &Path) -> Result<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(lib).with_context(|| format!("reading {}", lib.display()))? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("libLLVM.so.")
+        {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "the {NIGHTLY} toolchain has no {}/libLLVM.so.*, which bpf-linker needs: \
+             rustup toolchain install {NIGHTLY}",
+            lib.display()
+        ),
+        many => bail!(
+            "several libLLVM.so.* in {}, cannot tell which to use: {many:?}",
+            lib.display()
+        ),
+    }
+}
+
+/// "libLLVM.so.22.1-rust-1.97.0-nightly" -> "22".
+fn llvm_major(file_name: &str) -> Option<String> {
+    let version = file_name.strip_prefix("libLLVM.so.")?;
+    let major: String = version.chars().take_while(char::is_ascii_digit).collect();
+    (!major.is_empty()).then_some(major)
+}
+
+/// natctl pins its maps under /sys/fs/bpf, which a fresh machine has not
+/// mounted.
+fn bpffs(root: bool) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<_> = line.split_whitespace().collect();
+        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+    });
+    if mounted {
+        step(&format!("bpffs at {BPFFS}"), "mounted");
+        return Ok(());
+    }
+    if !root {
+        bail!("bpffs is not mounted at {BPFFS}; as root run: mount -t bpf bpf {BPFFS}");
+    }
+    step(&format!("bpffs at {BPFFS}"), "mounting");
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_from_nightly_file_name() {
+        assert_eq!(
+            llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly").as_deref(),
+            Some("22")
+        );
+        assert_eq!(llvm_major("libLLVM.so.").as_deref(), None);
+        assert_eq!(llvm_major("libLLVM-22.so").as_deref(), None);
+    }
+
+    #[test]
+    fn bpf_linker_version_match() {
+        assert!(bpf_linker_ok(Some("bpf-linker 0.13.0")));
+        assert!(!bpf_linker_ok(Some("bpf-linker 0.13.01")));
+        assert!(!bpf_linker_ok(Some("bpf-linker 0.12.0")));
+        assert!(!bpf_linker_ok(None));
+    }
+}
