@@ -12,10 +12,7 @@ use crate::{
         forward_inbound, forward_outbound, in_prefix, now_ns, session_inbound_allowed,
         session_outbound,
     },
-    parse::{
-        ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_ipv4,
-        quoted_offset,
-    },
+    parse::{ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
     translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
@@ -171,7 +168,7 @@ fn icmp_error_outbound(
     packet: &Ipv4Packet,
     len: usize,
 ) -> Result<u32, Counter> {
-    let quoted = parse_ipv4(ctx, quoted_offset(ctx, packet), true)?;
+    let quoted = parse_quoted(ctx, packet)?;
     if quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query {
         return Err(Counter::PassLocal);
     }

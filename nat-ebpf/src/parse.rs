@@ -71,17 +71,24 @@ pub fn parse_frame(ctx: &XdpContext) -> Result<(*mut EthHdr, Ipv4Packet), Counte
         ETH_P_8021Q | ETH_P_8021AD => return Err(Counter::PassVlan),
         _ => return Err(Counter::PassNotIpv4),
     }
-    let packet = parse_ipv4(ctx, EthHdr::LEN, false)?;
+    let packet = parse_ipv4(ctx, EthHdr::LEN, None)?;
     Ok((eth, packet))
 }
 
 /// Parses the IPv4 header at `offset` and the L4 header after it.
 ///
-/// `quoted` is set for the datagram inside an ICMP error: it is truncated by
-/// design, so only its first 8 L4 bytes are required and its total length is
-/// not checked against the frame.
+/// `quoted_end` is set for the datagram inside an ICMP error, to the offset
+/// where the enclosing ICMP message ends: the quote is truncated by design,
+/// so only its first 8 L4 bytes are required and its total length is not
+/// checked. Whatever lies past that end (an Ethernet trailer) is not part of
+/// the message and must be neither rewritten nor added to its checksum.
 #[inline(always)]
-pub fn parse_ipv4(ctx: &XdpContext, offset: usize, quoted: bool) -> Result<Ipv4Packet, Counter> {
+fn parse_ipv4(
+    ctx: &XdpContext,
+    offset: usize,
+    quoted_end: Option<usize>,
+) -> Result<Ipv4Packet, Counter> {
+    let quoted = quoted_end.is_some();
     let ip: *mut Ipv4Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
     // SAFETY: `ip` was bounds-checked above.
     let (vihl, tot_len, frags, proto) = unsafe {
@@ -107,7 +114,16 @@ pub fn parse_ipv4(ctx: &XdpContext, offset: usize, quoted: bool) -> Result<Ipv4P
     }
 
     let l4_offset = offset + header_len;
+    // Whether the first `len` L4 bytes lie inside the enclosing ICMP
+    // message. A datagram that is not quoted had its total length checked
+    // against the frame already; checking again would let the compiler
+    // prove the `ptr_at` checks redundant and drop them, which the verifier
+    // cannot follow.
+    let in_message = |len: usize| quoted_end.is_none_or(|end| l4_offset + len <= end);
     let l4: *mut [u8; L4_PREFIX_LEN] = ptr_at(ctx, l4_offset).ok_or(Counter::PassMalformed)?;
+    if !in_message(L4_PREFIX_LEN) {
+        return Err(Counter::PassMalformed);
+    }
     let l4_len = tot_len - header_len;
     let (check_offset, min_len) = match proto {
         PROTO_TCP => (16, TCP_HEADER_LEN),
@@ -118,7 +134,8 @@ pub fn parse_ipv4(ctx: &XdpContext, offset: usize, quoted: bool) -> Result<Ipv4P
     if l4_len < min_len {
         return Err(Counter::PassMalformed);
     }
-    let l4_check: Option<*mut [u8; 2]> = ptr_at(ctx, l4_offset + check_offset);
+    let l4_check: Option<*mut [u8; 2]> =
+        ptr_at(ctx, l4_offset + check_offset).filter(|_| in_message(check_offset + 2));
     if !quoted && l4_check.is_none() {
         return Err(Counter::PassMalformed);
     }
@@ -152,10 +169,17 @@ pub fn parse_ipv4(ctx: &XdpContext, offset: usize, quoted: bool) -> Result<Ipv4P
     })
 }
 
-/// Where the quoted datagram of an ICMP error starts.
+/// Parses the datagram quoted by the ICMP error `packet`, within the bounds
+/// of the ICMP message.
 #[inline(always)]
-pub fn quoted_offset(ctx: &XdpContext, packet: &Ipv4Packet) -> usize {
-    packet.l4 as usize - ctx.data() + L4_PREFIX_LEN
+pub fn parse_quoted(ctx: &XdpContext, packet: &Ipv4Packet) -> Result<Ipv4Packet, Counter> {
+    let ip_offset = packet.ip as usize - ctx.data();
+    let end = ip_offset + usize::from(packet.tot_len());
+    parse_ipv4(
+        ctx,
+        packet.l4 as usize - ctx.data() + L4_PREFIX_LEN,
+        Some(end),
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,7 @@ use crate::{
         Conversation, binding_inbound, config, forward_inbound, in_prefix, now_ns,
         session_inbound_allowed,
     },
-    parse::{
-        ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_ipv4,
-        quoted_offset,
-    },
+    parse::{ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
     translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
@@ -106,7 +103,7 @@ fn icmp_error_inbound(
     packet: &Ipv4Packet,
     len: usize,
 ) -> Result<u32, Counter> {
-    let quoted = parse_ipv4(ctx, quoted_offset(ctx, packet), true)?;
+    let quoted = parse_quoted(ctx, packet)?;
     if quoted.addr(Side::Source) != config.wan_addr
         || (quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query)
     {
