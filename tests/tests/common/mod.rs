@@ -1,0 +1,600 @@
+//! Frame builders and an independent verifier for the packet tests.
+//!
+//! Frames are built with etherparse and every checksum of a frame the
+//! datapath hands back is recomputed with etherparse, never with the
+//! datapath's own checksum code.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use etherparse::{
+    EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpHeaders, IpNumber,
+    Ipv4Header, PacketBuilder, PacketBuilderStep, TcpHeader, UdpHeader,
+};
+use nat_tests::packet::*;
+
+/// A second Internet host inside 198.51.100.0/24 (the allow prefix the
+/// tests use), next to `REMOTE`.
+pub const REMOTE2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+/// An Internet host outside 198.51.100.0/24.
+pub const OTHER_REMOTE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 33);
+/// A router somewhere on the path, the source of ICMP errors in transit.
+pub const HOP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+
+const ETH_LEN: usize = 14;
+
+pub fn ep(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(addr, port)
+}
+
+pub fn is_lan(addr: Ipv4Addr) -> bool {
+    addr.octets()[..3] == [192, 168, 0]
+}
+
+/// The MAC of a LAN host (made up for hosts the lab has no neighbour for).
+pub fn host_mac(addr: Ipv4Addr) -> [u8; 6] {
+    match addr {
+        LAN_HOST => LAN_HOST_MAC,
+        LAN_HOST2 => LAN_HOST2_MAC,
+        _ => [0x02, 0, 0, 0, 0x0f, addr.octets()[3]],
+    }
+}
+
+/// Ethernet source and destination of a frame as it reaches the router:
+/// from a LAN host to the LAN NIC, or from the gateway to the WAN NIC.
+pub fn ingress_macs(src: Ipv4Addr) -> ([u8; 6], [u8; 6]) {
+    if is_lan(src) {
+        (host_mac(src), LAN_MAC)
+    } else {
+        (GATEWAY_MAC, WAN_MAC)
+    }
+}
+
+pub fn ip_builder(src: Ipv4Addr, dst: Ipv4Addr) -> PacketBuilderStep<IpHeaders> {
+    let (smac, dmac) = ingress_macs(src);
+    PacketBuilder::ethernet2(smac, dmac).ipv4(src.octets(), dst.octets(), 64)
+}
+
+pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ip_builder(*src.ip(), *dst.ip())
+        .udp(src.port(), dst.port())
+        .write(&mut frame, payload)
+        .unwrap();
+    frame
+}
+
+pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut header = TcpHeader::new(src.port(), dst.port(), 0x1234_5678, 64240);
+    header.fin = flags & FIN != 0;
+    header.syn = flags & SYN != 0;
+    header.rst = flags & RST != 0;
+    header.psh = flags & PSH != 0;
+    header.ack = flags & ACK != 0;
+    if header.ack {
+        header.acknowledgment_number = 0x0bad_cafe;
+    }
+    let mut frame = Vec::new();
+    ip_builder(*src.ip(), *dst.ip())
+        .tcp_header(header)
+        .write(&mut frame, payload)
+        .unwrap();
+    frame
+}
+
+pub const PING_DATA: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz!";
+
+pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ip_builder(src, dst)
+        .icmpv4_echo_request(id, seq)
+        .write(&mut frame, PING_DATA)
+        .unwrap();
+    frame
+}
+
+pub fn echo_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ip_builder(src, dst)
+        .icmpv4_echo_reply(id, seq)
+        .write(&mut frame, PING_DATA)
+        .unwrap();
+    frame
+}
+
+/// An ICMP message whose body is `quote` (for an error: the offending IP
+/// datagram, or its beginning).
+pub fn icmp(src: Ipv4Addr, dst: Ipv4Addr, kind: Icmpv4Type, quote: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ip_builder(src, dst)
+        .icmpv4(kind)
+        .write(&mut frame, quote)
+        .unwrap();
+    frame
+}
+
+/// An IPv4 packet of any protocol with an opaque payload.
+pub fn raw_ip(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ip_builder(src, dst)
+        .write(&mut frame, IpNumber(proto), payload)
+        .unwrap();
+    frame
+}
+
+/// The IP datagram a frame carries (without Ethernet header or trailer).
+pub fn datagram(frame: &[u8]) -> &[u8] {
+    let total_len = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    &frame[ETH_LEN..ETH_LEN + total_len]
+}
+
+/// What an ICMP error quotes at least (RFC 792): the IP header and the
+/// first 8 bytes of data.
+pub fn minimal_quote(frame: &[u8]) -> &[u8] {
+    let header_len = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    &frame[ETH_LEN..ETH_LEN + header_len + 8]
+}
+
+/// Rewrites the IP header through `change`, then fixes its total length
+/// (the options may have changed size) and its checksum.
+pub fn with_ip(frame: &[u8], change: impl FnOnce(&mut Ipv4Header)) -> Vec<u8> {
+    let (eth, rest) = Ethernet2Header::from_slice(frame).unwrap();
+    let (mut ip, rest) = Ipv4Header::from_slice(rest).unwrap();
+    let (payload, trailer) = rest.split_at(usize::from(ip.payload_len().unwrap()));
+    change(&mut ip);
+    ip.set_payload_len(payload.len()).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = eth.to_bytes().to_vec();
+    out.extend_from_slice(&ip.to_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(trailer);
+    out
+}
+
+/// The Internet checksum of `bytes`, for crafting broken input frames only.
+fn inet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Overwrites raw bytes of the IP header (offsets relative to its start)
+/// and fixes its checksum over the 20 base bytes, so that only the intended
+/// field is wrong.
+pub fn patch_ip(frame: &[u8], offset: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[ETH_LEN + offset..ETH_LEN + offset + bytes.len()].copy_from_slice(bytes);
+    out[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+    let check = inet_checksum(&out[ETH_LEN..ETH_LEN + 20]);
+    out[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&check.to_be_bytes());
+    out
+}
+
+/// A fixed-seed xorshift generator: "random" payloads that are the same on
+/// every run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp(TcpHeader),
+    Udp(UdpHeader),
+    Icmp(Icmpv4Header),
+}
+
+/// The datagram quoted by an ICMP error.
+#[derive(Clone, Debug)]
+pub struct Quoted {
+    pub ip: Ipv4Header,
+    /// Whatever follows the quoted IP header (at least 8 bytes).
+    pub data: Vec<u8>,
+}
+
+impl Quoted {
+    fn port(&self, at: usize) -> u16 {
+        if self.ip.protocol == IpNumber::ICMP {
+            u16::from_be_bytes([self.data[4], self.data[5]])
+        } else {
+            u16::from_be_bytes([self.data[at], self.data[at + 1]])
+        }
+    }
+
+    /// Source address and port (the id for an ICMP query).
+    pub fn src(&self) -> SocketAddrV4 {
+        ep(Ipv4Addr::from(self.ip.source), self.port(0))
+    }
+
+    pub fn dst(&self) -> SocketAddrV4 {
+        ep(Ipv4Addr::from(self.ip.destination), self.port(2))
+    }
+
+    /// The quoted L4 checksum field.
+    pub fn l4_checksum(&self) -> u16 {
+        let at = match self.ip.protocol {
+            IpNumber::TCP => 16,
+            IpNumber::UDP => 6,
+            _ => 2,
+        };
+        u16::from_be_bytes([self.data[at], self.data[at + 1]])
+    }
+
+    /// Whether the whole offending datagram was quoted.
+    pub fn is_complete(&self) -> bool {
+        self.data.len() == usize::from(self.ip.payload_len().unwrap())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub eth: Ethernet2Header,
+    pub ip: Ipv4Header,
+    pub l4: L4,
+    /// The L4 payload (inside the IP total length).
+    pub payload: Vec<u8>,
+    /// Bytes of the frame after the IP datagram (Ethernet padding).
+    pub trailer: Vec<u8>,
+    pub quoted: Option<Quoted>,
+}
+
+impl Parsed {
+    fn ports(&self) -> (u16, u16) {
+        match &self.l4 {
+            L4::Tcp(tcp) => (tcp.source_port, tcp.destination_port),
+            L4::Udp(udp) => (udp.source_port, udp.destination_port),
+            L4::Icmp(icmp) => match icmp.icmp_type {
+                Icmpv4Type::EchoRequest(echo) | Icmpv4Type::EchoReply(echo) => (echo.id, echo.id),
+                _ => (0, 0),
+            },
+        }
+    }
+
+    /// Source address and port (the id for an ICMP query, 0 for others).
+    pub fn src(&self) -> SocketAddrV4 {
+        ep(Ipv4Addr::from(self.ip.source), self.ports().0)
+    }
+
+    pub fn dst(&self) -> SocketAddrV4 {
+        ep(Ipv4Addr::from(self.ip.destination), self.ports().1)
+    }
+
+    pub fn ttl(&self) -> u8 {
+        self.ip.time_to_live
+    }
+
+    pub fn icmp(&self) -> &Icmpv4Header {
+        match &self.l4 {
+            L4::Icmp(icmp) => icmp,
+            other => panic!("not ICMP: {other:?}"),
+        }
+    }
+
+    pub fn echo(&self) -> IcmpEchoHeader {
+        match self.icmp().icmp_type {
+            Icmpv4Type::EchoRequest(echo) | Icmpv4Type::EchoReply(echo) => echo,
+            ref other => panic!("not an echo: {other:?}"),
+        }
+    }
+
+    pub fn quoted(&self) -> &Quoted {
+        self.quoted.as_ref().expect("not an ICMP error")
+    }
+
+    pub fn l4_checksum(&self) -> u16 {
+        match &self.l4 {
+            L4::Tcp(tcp) => tcp.checksum,
+            L4::Udp(udp) => udp.checksum,
+            L4::Icmp(icmp) => icmp.checksum,
+        }
+    }
+}
+
+fn is_icmp_error(kind: &Icmpv4Type) -> bool {
+    matches!(
+        kind,
+        Icmpv4Type::DestinationUnreachable(_)
+            | Icmpv4Type::TimeExceeded(_)
+            | Icmpv4Type::ParameterProblem(_)
+    )
+}
+
+/// Splits an Ethernet + IPv4 + TCP/UDP/ICMP frame into its parts.
+pub fn parse(frame: &[u8]) -> Parsed {
+    let (eth, rest) = Ethernet2Header::from_slice(frame).expect("Ethernet header");
+    assert_eq!(eth.ether_type, EtherType::IPV4, "not IPv4");
+    let (ip, rest) = Ipv4Header::from_slice(rest).expect("IPv4 header");
+    let l4_len = usize::from(ip.payload_len().expect("IPv4 total length"));
+    assert!(l4_len <= rest.len(), "IPv4 total length beyond the frame");
+    let (l4_bytes, trailer) = rest.split_at(l4_len);
+    let (l4, payload) = match ip.protocol {
+        IpNumber::TCP => {
+            let (tcp, payload) = TcpHeader::from_slice(l4_bytes).expect("TCP header");
+            (L4::Tcp(tcp), payload)
+        }
+        IpNumber::UDP => {
+            let (udp, payload) = UdpHeader::from_slice(l4_bytes).expect("UDP header");
+            assert_eq!(usize::from(udp.length), l4_bytes.len(), "UDP length");
+            (L4::Udp(udp), payload)
+        }
+        IpNumber::ICMP => {
+            let (icmp, payload) = Icmpv4Header::from_slice(l4_bytes).expect("ICMP header");
+            (L4::Icmp(icmp), payload)
+        }
+        other => panic!("unexpected protocol {other:?}"),
+    };
+    let quoted = match &l4 {
+        L4::Icmp(icmp) if is_icmp_error(&icmp.icmp_type) => {
+            let (qip, data) = Ipv4Header::from_slice(payload).expect("quoted IPv4 header");
+            assert!(data.len() >= 8, "an ICMP error quotes 8 bytes of data");
+            Some(Quoted {
+                ip: qip,
+                data: data.to_vec(),
+            })
+        }
+        _ => None,
+    };
+    Parsed {
+        eth,
+        ip,
+        l4,
+        payload: payload.to_vec(),
+        trailer: trailer.to_vec(),
+        quoted,
+    }
+}
+
+/// Verifies every checksum of the frame with etherparse: the IPv4 header,
+/// TCP/UDP (with pseudo-header) or ICMP, and for an ICMP error the quoted
+/// IPv4 header and, when the quote holds all of it, the quoted L4 checksum.
+pub fn assert_checksums_ok(frame: &[u8]) -> Parsed {
+    let p = parse(frame);
+    assert_eq!(
+        p.ip.header_checksum,
+        p.ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    match &p.l4 {
+        L4::Tcp(tcp) => assert_eq!(
+            tcp.checksum,
+            tcp.calc_checksum_ipv4(&p.ip, &p.payload).unwrap(),
+            "TCP checksum"
+        ),
+        L4::Udp(udp) => {
+            // Zero means "no checksum" (RFC 768).
+            if udp.checksum != 0 {
+                assert_eq!(
+                    udp.checksum,
+                    udp.calc_checksum_ipv4(&p.ip, &p.payload).unwrap(),
+                    "UDP checksum"
+                );
+            }
+        }
+        L4::Icmp(icmp) => assert_eq!(
+            icmp.checksum,
+            icmp.icmp_type.calc_checksum(&p.payload),
+            "ICMP checksum"
+        ),
+    }
+    if let Some(q) = &p.quoted {
+        assert_eq!(
+            q.ip.header_checksum,
+            q.ip.calc_header_checksum(),
+            "quoted IPv4 header checksum"
+        );
+        if q.is_complete() {
+            match q.ip.protocol {
+                IpNumber::TCP => {
+                    let (tcp, payload) = TcpHeader::from_slice(&q.data).unwrap();
+                    assert_eq!(
+                        tcp.checksum,
+                        tcp.calc_checksum_ipv4(&q.ip, payload).unwrap(),
+                        "quoted TCP checksum"
+                    );
+                }
+                IpNumber::UDP => {
+                    let (udp, payload) = UdpHeader::from_slice(&q.data).unwrap();
+                    if udp.checksum != 0 {
+                        assert_eq!(
+                            udp.checksum,
+                            udp.calc_checksum_ipv4(&q.ip, payload).unwrap(),
+                            "quoted UDP checksum"
+                        );
+                    }
+                }
+                IpNumber::ICMP => {
+                    let (icmp, payload) = Icmpv4Header::from_slice(&q.data).unwrap();
+                    assert_eq!(
+                        icmp.checksum,
+                        icmp.icmp_type.calc_checksum(payload),
+                        "quoted ICMP checksum"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    p
+}
+
+/// Where a translated frame leaves the router.
+#[derive(Clone, Copy, Debug)]
+pub enum Egress {
+    /// Out of the WAN NIC to the default gateway.
+    Wan,
+    /// Out of the LAN NIC to this LAN host.
+    Lan(Ipv4Addr),
+}
+
+impl Egress {
+    pub fn macs(self) -> ([u8; 6], [u8; 6]) {
+        match self {
+            Egress::Wan => (WAN_MAC, GATEWAY_MAC),
+            Egress::Lan(host) => (LAN_MAC, host_mac(host)),
+        }
+    }
+}
+
+/// Checks a frame the datapath redirected: the verdict, the MACs of the
+/// egress NIC and the next hop, the TTL decremented by one, the new
+/// endpoints, every checksum, and that nothing else changed.
+pub fn assert_routed(
+    verdict: &Verdict,
+    input: &[u8],
+    egress: Egress,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+) -> Parsed {
+    assert_eq!(verdict.action, XDP_REDIRECT, "verdict");
+    let out = assert_checksums_ok(&verdict.frame);
+    let (smac, dmac) = egress.macs();
+    assert_eq!(out.eth.source, smac, "source MAC");
+    assert_eq!(out.eth.destination, dmac, "destination MAC");
+    assert_translated(&out, input, src, dst, 1);
+    out
+}
+
+/// Checks a translated frame against the one that went in: endpoints as
+/// given, TTL lower by `hops`, every other header field, the payload and
+/// any trailer unchanged.
+pub fn assert_translated(
+    out: &Parsed,
+    input: &[u8],
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    hops: u8,
+) {
+    let inp = parse(input);
+    assert_eq!(out.src(), src, "source endpoint");
+    assert_eq!(out.dst(), dst, "destination endpoint");
+    assert_eq!(out.ttl(), inp.ttl() - hops, "TTL");
+    let mut expected_ip = inp.ip.clone();
+    expected_ip.source = out.ip.source;
+    expected_ip.destination = out.ip.destination;
+    expected_ip.time_to_live = out.ip.time_to_live;
+    expected_ip.header_checksum = out.ip.header_checksum;
+    assert_eq!(out.ip, expected_ip, "other IPv4 header fields");
+    let mut expected_l4 = inp.l4.clone();
+    match (&mut expected_l4, &out.l4) {
+        (L4::Tcp(e), L4::Tcp(o)) => {
+            e.source_port = o.source_port;
+            e.destination_port = o.destination_port;
+            e.checksum = o.checksum;
+        }
+        (L4::Udp(e), L4::Udp(o)) => {
+            e.source_port = o.source_port;
+            e.destination_port = o.destination_port;
+            e.checksum = o.checksum;
+        }
+        (L4::Icmp(e), L4::Icmp(o)) => {
+            if let (
+                Icmpv4Type::EchoRequest(e) | Icmpv4Type::EchoReply(e),
+                Icmpv4Type::EchoRequest(o) | Icmpv4Type::EchoReply(o),
+            ) = (&mut e.icmp_type, &o.icmp_type)
+            {
+                e.id = o.id;
+            }
+            e.checksum = o.checksum;
+        }
+        _ => panic!("protocol changed"),
+    }
+    assert_eq!(out.l4, expected_l4, "other L4 header fields");
+    if inp.quoted.is_none() {
+        assert_eq!(out.payload, inp.payload, "payload");
+    }
+    assert_eq!(out.trailer, inp.trailer, "bytes after the datagram");
+}
+
+/// Checks an ICMP error the datapath redirected: the outer packet as
+/// `assert_routed` does, the quoted endpoints, every checksum (quoted ones
+/// included), and that the rest of the quote is unchanged.
+pub fn assert_error_routed(
+    verdict: &Verdict,
+    input: &[u8],
+    egress: Egress,
+    outer: (Ipv4Addr, Ipv4Addr),
+    quoted_src: SocketAddrV4,
+    quoted_dst: SocketAddrV4,
+) -> Parsed {
+    let out = assert_routed(verdict, input, egress, ep(outer.0, 0), ep(outer.1, 0));
+    let inp = parse(input);
+    let (q, qin) = (out.quoted(), inp.quoted());
+    assert_eq!(q.src(), quoted_src, "quoted source");
+    assert_eq!(q.dst(), quoted_dst, "quoted destination");
+    let mut expected_ip = qin.ip.clone();
+    expected_ip.source = q.ip.source;
+    expected_ip.destination = q.ip.destination;
+    expected_ip.header_checksum = q.ip.header_checksum;
+    assert_eq!(q.ip, expected_ip, "other quoted IPv4 header fields");
+    assert_eq!(q.data.len(), qin.data.len(), "quote length");
+    // Past the ports (or ICMP id) and the L4 checksum, the quote is as sent.
+    let (ports, check) = match q.ip.protocol {
+        IpNumber::TCP => (0..4, 16..18),
+        IpNumber::UDP => (0..4, 6..8),
+        _ => (4..6, 2..4),
+    };
+    for i in 0..q.data.len() {
+        if !ports.contains(&i) && !check.contains(&i) {
+            assert_eq!(q.data[i], qin.data[i], "quoted byte {i}");
+        }
+    }
+    out
+}
+
+/// Checks that the datapath handed the frame to the kernel as it came.
+pub fn assert_passed_untouched(verdict: &Verdict, input: &[u8]) {
+    assert_eq!(verdict.action, XDP_PASS, "verdict");
+    assert_eq!(verdict.frame, input, "a passed frame must not be modified");
+}
+
+/// Counter value by label, 0 for a counter never hit.
+pub fn counter(lab: &PacketLab, label: &str) -> u64 {
+    let counters = lab.counters().unwrap();
+    assert!(
+        nat_common::Counter::ALL.iter().any(|c| c.label() == label),
+        "no counter named {label}"
+    );
+    counters.get(label).copied().unwrap_or(0)
+}
+
+/// Asserts several counters at once, naming every mismatch.
+pub fn assert_counters(lab: &PacketLab, expected: &[(&str, u64)]) {
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter_map(|&(label, want)| {
+            let got = counter(lab, label);
+            (got != want).then(|| format!("{label}: expected {want}, got {got}"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "counters: {}\nall: {:?}",
+        wrong.join("; "),
+        lab.counters().unwrap()
+    );
+}

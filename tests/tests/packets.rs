@@ -1,0 +1,1591 @@
+//! Packet tests of the XDP datapath through `BPF_PROG_TEST_RUN`: a crafted
+//! frame in, the verdict and the rewritten frame out. Every test builds its
+//! own `PacketLab` (its own network namespace and maps), so they run in
+//! parallel and start from empty tables and zero counters.
+//!
+//! Every frame that comes out translated is checked field by field
+//! (addresses, ports or ICMP id, TTL, MACs, everything else unchanged) and
+//! all of its checksums are recomputed with etherparse (`common`).
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use common::*;
+use etherparse::{
+    EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Type, IpFragOffset, PacketBuilder, VlanId,
+    icmpv4::{DestUnreachableHeader, TimeExceededCode},
+};
+use nat_common::{
+    FILTER_ADDRESS_DEPENDENT, FILTER_ENDPOINT_INDEPENDENT, NatConfig, PROTO_TCP, PROTO_UDP,
+    UNSOLICITED_DROP,
+};
+use nat_tests::packet::*;
+
+fn fresh_lab() -> PacketLab {
+    PacketLab::new().unwrap()
+}
+
+fn lab_with(adjust: impl FnOnce(&mut NatConfig)) -> PacketLab {
+    PacketLab::with_config(adjust).unwrap()
+}
+
+fn in_range(lab: &PacketLab, port: u16) -> bool {
+    (lab.config.port_min..=lab.config.port_max).contains(&port)
+}
+
+/// Sends `frame` from the LAN and expects it out of the WAN NIC from the
+/// WAN address, destination unchanged; returns the external port.
+fn snat(lab: &mut PacketLab, frame: &[u8]) -> u16 {
+    let inp = parse(frame);
+    let v = lab.from_lan(frame).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT, "SNAT verdict");
+    let port = assert_checksums_ok(&v.frame).src().port();
+    // An ICMP query's id stands for both ports.
+    let dst = match inp.l4 {
+        L4::Icmp(_) => ep(*inp.dst().ip(), port),
+        _ => inp.dst(),
+    };
+    assert_routed(&v, frame, Egress::Wan, ep(WAN_ADDR, port), dst);
+    assert!(
+        in_range(lab, port),
+        "external port {port} outside the range"
+    );
+    port
+}
+
+/// The datagram as it left the LAN host but one hop further on: what an
+/// ICMP error about it must quote once translated back.
+fn after_one_hop(frame: &[u8]) -> Vec<u8> {
+    datagram(&with_ip(frame, |ip| ip.time_to_live -= 1)).to_vec()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Outbound: source translation and the creation of mappings.
+
+#[test]
+fn outbound_tcp_keeps_a_free_source_port() {
+    let mut lab = fresh_lab();
+    let syn = tcp(ep(LAN_HOST, 40000), ep(REMOTE, 443), SYN, b"");
+    let v = lab.from_lan(&syn).unwrap();
+    assert_routed(&v, &syn, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 443));
+    assert_counters(&lab, &[("lan_rx", 1), ("snat", 1), ("new_binding", 1)]);
+
+    // The rest of the connection uses the same mapping.
+    let data = tcp(
+        ep(LAN_HOST, 40000),
+        ep(REMOTE, 443),
+        ACK | PSH,
+        b"GET / HTTP/1.1\r\nHost: example\r\n\r\n",
+    );
+    let v = lab.from_lan(&data).unwrap();
+    assert_routed(&v, &data, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 443));
+    assert_counters(&lab, &[("lan_rx", 2), ("snat", 2), ("new_binding", 1)]);
+}
+
+#[test]
+fn outbound_udp_keeps_a_free_source_port() {
+    let mut lab = fresh_lab();
+    let query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"a DNS query");
+    let v = lab.from_lan(&query).unwrap();
+    assert_routed(&v, &query, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 53));
+    assert_counters(&lab, &[("lan_rx", 1), ("snat", 1), ("new_binding", 1)]);
+}
+
+#[test]
+fn tcp_and_udp_have_separate_port_spaces() {
+    let mut lab = fresh_lab();
+    let u = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"x");
+    let t = tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 80), SYN, b"");
+    assert_eq!(snat(&mut lab, &u), 40000);
+    assert_eq!(snat(&mut lab, &t), 40000);
+    assert_counters(&lab, &[("new_binding", 2)]);
+}
+
+#[test]
+fn second_host_with_the_same_port_gets_another_external_port() {
+    for proto in [PROTO_TCP, PROTO_UDP] {
+        let mut lab = fresh_lab();
+        let frame = |host| match proto {
+            PROTO_TCP => tcp(ep(host, 40000), ep(REMOTE, 80), SYN, b""),
+            _ => udp(ep(host, 40000), ep(REMOTE, 53), b"x"),
+        };
+        assert_eq!(snat(&mut lab, &frame(LAN_HOST)), 40000);
+        let second = snat(&mut lab, &frame(LAN_HOST2));
+        assert_ne!(second, 40000, "proto {proto}: the two mappings collide");
+        // Both mappings stay in place: each host keeps its own port.
+        assert_eq!(snat(&mut lab, &frame(LAN_HOST)), 40000);
+        assert_eq!(snat(&mut lab, &frame(LAN_HOST2)), second);
+        assert_counters(&lab, &[("new_binding", 2), ("snat", 4)]);
+
+        // And replies to each external port reach the right host.
+        let reply = |port| match proto {
+            PROTO_TCP => tcp(ep(REMOTE, 80), ep(WAN_ADDR, port), SYN | ACK, b""),
+            _ => udp(ep(REMOTE, 53), ep(WAN_ADDR, port), b"y"),
+        };
+        let remote_port = if proto == PROTO_TCP { 80 } else { 53 };
+        for (host, port) in [(LAN_HOST, 40000), (LAN_HOST2, second)] {
+            let r = reply(port);
+            let v = lab.from_wan(&r).unwrap();
+            assert_routed(
+                &v,
+                &r,
+                Egress::Lan(host),
+                ep(REMOTE, remote_port),
+                ep(host, 40000),
+            );
+        }
+    }
+}
+
+#[test]
+fn mapping_is_endpoint_independent() {
+    let mut lab = fresh_lab();
+    // Let .12 hold 40000 so that .13's mapping is a remapped one.
+    snat(&mut lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"x"));
+    let first = snat(&mut lab, &udp(ep(LAN_HOST2, 40000), ep(REMOTE, 53), b"x"));
+    let second = snat(
+        &mut lab,
+        &udp(ep(LAN_HOST2, 40000), ep(OTHER_REMOTE, 123), b"x"),
+    );
+    let third = snat(&mut lab, &udp(ep(LAN_HOST2, 40000), ep(REMOTE, 5060), b"x"));
+    assert_eq!(first, second, "same internal endpoint, another remote");
+    assert_eq!(first, third, "same internal endpoint, another remote port");
+    assert_counters(&lab, &[("new_binding", 2), ("snat", 4)]);
+}
+
+#[test]
+fn port_outside_the_dynamic_range_is_remapped_into_it() {
+    let mut lab = lab_with(|c| {
+        c.port_min = 20000;
+        c.port_max = 20099;
+    });
+    let mut seen = Vec::new();
+    for (i, port) in [1023u16, 19999, 20100, 65535, 53].into_iter().enumerate() {
+        let frame = if i % 2 == 0 {
+            udp(ep(LAN_HOST, port), ep(REMOTE, 53), b"x")
+        } else {
+            tcp(ep(LAN_HOST, port), ep(REMOTE, 443), SYN, b"")
+        };
+        let external = snat(&mut lab, &frame);
+        assert!((20000..=20099).contains(&external), "{port} -> {external}");
+        seen.push(external);
+    }
+    // A port inside the range is kept.
+    assert_eq!(
+        snat(&mut lab, &udp(ep(LAN_HOST2, 20050), ep(REMOTE, 53), b"x")),
+        20050
+    );
+    assert_counters(&lab, &[("new_binding", 6)]);
+}
+
+#[test]
+fn a_port_held_by_a_static_forward_is_never_taken() {
+    let mut lab = fresh_lab();
+    lab.forward("tcp/40000=192.168.0.12:80").unwrap();
+    let external = snat(
+        &mut lab,
+        &tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 443), SYN, b""),
+    );
+    assert_ne!(external, 40000);
+    // The forward is TCP only: UDP 40000 is free.
+    assert_eq!(
+        snat(&mut lab, &udp(ep(LAN_HOST2, 40000), ep(REMOTE, 53), b"x")),
+        40000
+    );
+
+    // With the forwarded port the whole range, there is nothing to take.
+    let mut lab = lab_with(|c| {
+        c.port_min = 40000;
+        c.port_max = 40000;
+    });
+    lab.forward("tcp/40000=192.168.0.12:80").unwrap();
+    let syn = tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 443), SYN, b"");
+    let v = lab.from_lan(&syn).unwrap();
+    assert_eq!(v.action, XDP_DROP);
+    assert_counters(
+        &lab,
+        &[("drop_port_exhausted", 1), ("new_binding", 0), ("snat", 0)],
+    );
+}
+
+#[test]
+fn exhausted_port_range_drops_and_counts() {
+    let mut lab = lab_with(|c| {
+        c.port_min = 50000;
+        c.port_max = 50000;
+    });
+    assert_eq!(
+        snat(&mut lab, &udp(ep(LAN_HOST, 50000), ep(REMOTE, 53), b"x")),
+        50000
+    );
+    for frame in [
+        udp(ep(LAN_HOST2, 50000), ep(REMOTE, 53), b"x"),
+        udp(ep(LAN_HOST, 1234), ep(REMOTE, 53), b"x"),
+    ] {
+        let v = lab.from_lan(&frame).unwrap();
+        assert_eq!(v.action, XDP_DROP, "no port left: drop, never collide");
+    }
+    assert_counters(
+        &lab,
+        &[("drop_port_exhausted", 2), ("new_binding", 1), ("snat", 1)],
+    );
+    // The existing mapping is unaffected.
+    assert_eq!(
+        snat(&mut lab, &udp(ep(LAN_HOST, 50000), ep(REMOTE, 53), b"x")),
+        50000
+    );
+    let reply = udp(ep(REMOTE, 53), ep(WAN_ADDR, 50000), b"y");
+    let v = lab.from_wan(&reply).unwrap();
+    assert_routed(
+        &v,
+        &reply,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 53),
+        ep(LAN_HOST, 50000),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Inbound: replies on dynamic mappings, and filtering.
+
+#[test]
+fn udp_reply_is_translated_back() {
+    let mut lab = fresh_lab();
+    snat(&mut lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q"));
+    let reply = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"an answer");
+    let v = lab.from_wan(&reply).unwrap();
+    assert_routed(
+        &v,
+        &reply,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 53),
+        ep(LAN_HOST, 40000),
+    );
+    assert_counters(&lab, &[("wan_rx", 1), ("dnat", 1)]);
+}
+
+#[test]
+fn tcp_reply_is_translated_back_to_a_remapped_port() {
+    let mut lab = fresh_lab();
+    snat(
+        &mut lab,
+        &tcp(ep(LAN_HOST, 40000), ep(REMOTE, 443), SYN, b""),
+    );
+    let external = snat(
+        &mut lab,
+        &tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 443), SYN, b""),
+    );
+    let syn_ack = tcp(ep(REMOTE, 443), ep(WAN_ADDR, external), SYN | ACK, b"");
+    let v = lab.from_wan(&syn_ack).unwrap();
+    assert_routed(
+        &v,
+        &syn_ack,
+        Egress::Lan(LAN_HOST2),
+        ep(REMOTE, 443),
+        ep(LAN_HOST2, 40000),
+    );
+    let data = tcp(ep(REMOTE, 443), ep(WAN_ADDR, external), ACK | PSH, b"hello");
+    let v = lab.from_wan(&data).unwrap();
+    assert_routed(
+        &v,
+        &data,
+        Egress::Lan(LAN_HOST2),
+        ep(REMOTE, 443),
+        ep(LAN_HOST2, 40000),
+    );
+    assert_counters(&lab, &[("dnat", 2)]);
+}
+
+/// Opens a UDP mapping .12:40000 -> REMOTE:53 (external port 40000).
+fn open_udp(lab: &mut PacketLab) {
+    assert_eq!(
+        snat(lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q")),
+        40000
+    );
+}
+
+fn assert_refused(lab: &mut PacketLab, frame: &[u8], action: u32) {
+    let v = lab.from_wan(frame).unwrap();
+    assert_eq!(v.action, action, "refused packet verdict");
+    if action == XDP_PASS {
+        assert_eq!(v.frame, frame, "a passed frame must not be modified");
+    }
+}
+
+fn assert_accepted(lab: &mut PacketLab, frame: &[u8], remote: SocketAddrV4) {
+    let v = lab.from_wan(frame).unwrap();
+    assert_routed(
+        &v,
+        frame,
+        Egress::Lan(LAN_HOST),
+        remote,
+        ep(LAN_HOST, 40000),
+    );
+}
+
+#[test]
+fn address_and_port_dependent_filtering_is_the_default() {
+    let mut lab = fresh_lab();
+    open_udp(&mut lab);
+    assert_refused(
+        &mut lab,
+        &udp(ep(REMOTE, 54), ep(WAN_ADDR, 40000), b"x"),
+        XDP_PASS,
+    );
+    assert_refused(
+        &mut lab,
+        &udp(ep(REMOTE2, 53), ep(WAN_ADDR, 40000), b"x"),
+        XDP_PASS,
+    );
+    assert_counters(&lab, &[("unsolicited_pass", 2), ("dnat", 0)]);
+    assert_accepted(
+        &mut lab,
+        &udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"x"),
+        ep(REMOTE, 53),
+    );
+    assert_counters(&lab, &[("unsolicited_pass", 2), ("dnat", 1)]);
+}
+
+#[test]
+fn filtered_packets_are_dropped_when_so_configured() {
+    let mut lab = lab_with(|c| c.unsolicited = UNSOLICITED_DROP);
+    open_udp(&mut lab);
+    assert_refused(
+        &mut lab,
+        &udp(ep(REMOTE, 54), ep(WAN_ADDR, 40000), b"x"),
+        XDP_DROP,
+    );
+    assert_refused(
+        &mut lab,
+        &udp(ep(OTHER_REMOTE, 53), ep(WAN_ADDR, 40000), b"x"),
+        XDP_DROP,
+    );
+    assert_counters(
+        &lab,
+        &[
+            ("drop_unsolicited", 2),
+            ("unsolicited_pass", 0),
+            ("dnat", 0),
+        ],
+    );
+}
+
+#[test]
+fn address_dependent_filtering() {
+    let mut lab = lab_with(|c| c.filtering = FILTER_ADDRESS_DEPENDENT);
+    open_udp(&mut lab);
+    for port in [53, 54, 9999] {
+        assert_accepted(
+            &mut lab,
+            &udp(ep(REMOTE, port), ep(WAN_ADDR, 40000), b"x"),
+            ep(REMOTE, port),
+        );
+    }
+    assert_refused(
+        &mut lab,
+        &udp(ep(REMOTE2, 53), ep(WAN_ADDR, 40000), b"x"),
+        XDP_PASS,
+    );
+    assert_counters(&lab, &[("dnat", 3), ("unsolicited_pass", 1)]);
+}
+
+#[test]
+fn endpoint_independent_filtering() {
+    let mut lab = lab_with(|c| c.filtering = FILTER_ENDPOINT_INDEPENDENT);
+    // Nothing is let in before the mapping exists.
+    assert_refused(
+        &mut lab,
+        &udp(ep(OTHER_REMOTE, 7777), ep(WAN_ADDR, 40000), b"x"),
+        XDP_PASS,
+    );
+    open_udp(&mut lab);
+    for remote in [ep(REMOTE, 53), ep(REMOTE, 54), ep(OTHER_REMOTE, 7777)] {
+        assert_accepted(&mut lab, &udp(remote, ep(WAN_ADDR, 40000), b"x"), remote);
+    }
+    assert_counters(&lab, &[("dnat", 3), ("unsolicited_pass", 1)]);
+}
+
+#[test]
+fn unsolicited_packets_without_a_mapping() {
+    let mut lab = fresh_lab();
+    let frames = [
+        udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"x"),
+        tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 22), SYN, b""),
+        echo_reply(REMOTE, WAN_ADDR, 4242, 1),
+    ];
+    for frame in &frames {
+        assert_refused(&mut lab, frame, XDP_PASS);
+    }
+    assert_counters(&lab, &[("unsolicited_pass", 3), ("wan_rx", 3)]);
+
+    let mut lab = lab_with(|c| c.unsolicited = UNSOLICITED_DROP);
+    for frame in &frames {
+        assert_refused(&mut lab, frame, XDP_DROP);
+    }
+    assert_counters(&lab, &[("drop_unsolicited", 3), ("unsolicited_pass", 0)]);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Static forwarding.
+
+#[test]
+fn forward_reaches_the_internal_server() {
+    let mut lab = fresh_lab();
+    lab.forward("tcp/8080=192.168.0.12:80").unwrap();
+    let syn = tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 8080), SYN, b"");
+    let v = lab.from_wan(&syn).unwrap();
+    assert_routed(
+        &v,
+        &syn,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 5555),
+        ep(LAN_HOST, 80),
+    );
+    // Another remote too: no allow prefix.
+    let syn = tcp(ep(OTHER_REMOTE, 6666), ep(WAN_ADDR, 8080), SYN, b"");
+    let v = lab.from_wan(&syn).unwrap();
+    assert_routed(
+        &v,
+        &syn,
+        Egress::Lan(LAN_HOST),
+        ep(OTHER_REMOTE, 6666),
+        ep(LAN_HOST, 80),
+    );
+    // The rule is TCP only.
+    assert_refused(
+        &mut lab,
+        &udp(ep(REMOTE, 5555), ep(WAN_ADDR, 8080), b"x"),
+        XDP_PASS,
+    );
+    assert_counters(&lab, &[("forwarded", 2), ("unsolicited_pass", 1)]);
+}
+
+#[test]
+fn forward_range_maps_port_by_port() {
+    let mut lab = fresh_lab();
+    lab.forward("udp/5000-5002=192.168.0.13:6000-6002").unwrap();
+    for offset in 0..3 {
+        let frame = udp(ep(REMOTE, 3333), ep(WAN_ADDR, 5000 + offset), b"x");
+        let v = lab.from_wan(&frame).unwrap();
+        assert_routed(
+            &v,
+            &frame,
+            Egress::Lan(LAN_HOST2),
+            ep(REMOTE, 3333),
+            ep(LAN_HOST2, 6000 + offset),
+        );
+    }
+    for port in [4999, 5003] {
+        assert_refused(
+            &mut lab,
+            &udp(ep(REMOTE, 3333), ep(WAN_ADDR, port), b"x"),
+            XDP_PASS,
+        );
+    }
+    // Replies leave from the matching external port.
+    for offset in 0..3 {
+        let frame = udp(ep(LAN_HOST2, 6000 + offset), ep(REMOTE, 3333), b"y");
+        let v = lab.from_lan(&frame).unwrap();
+        assert_routed(
+            &v,
+            &frame,
+            Egress::Wan,
+            ep(WAN_ADDR, 5000 + offset),
+            ep(REMOTE, 3333),
+        );
+    }
+    assert_counters(
+        &lab,
+        &[
+            ("forwarded", 3),
+            ("snat", 3),
+            ("unsolicited_pass", 2),
+            ("new_binding", 0),
+        ],
+    );
+}
+
+#[test]
+fn forward_allow_prefix() {
+    for unsolicited in [None, Some(UNSOLICITED_DROP)] {
+        let mut lab = lab_with(|c| {
+            if let Some(u) = unsolicited {
+                c.unsolicited = u;
+            }
+        });
+        lab.forward("tcp/8080=192.168.0.12:80,allow=198.51.100.0/24")
+            .unwrap();
+        for remote in [REMOTE, REMOTE2] {
+            let syn = tcp(ep(remote, 5555), ep(WAN_ADDR, 8080), SYN, b"");
+            let v = lab.from_wan(&syn).unwrap();
+            assert_routed(
+                &v,
+                &syn,
+                Egress::Lan(LAN_HOST),
+                ep(remote, 5555),
+                ep(LAN_HOST, 80),
+            );
+        }
+        let outside = tcp(ep(OTHER_REMOTE, 5555), ep(WAN_ADDR, 8080), SYN, b"");
+        let refused = if unsolicited.is_some() {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        };
+        assert_refused(&mut lab, &outside, refused);
+        let (pass, drop) = if unsolicited.is_some() {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        assert_counters(
+            &lab,
+            &[
+                ("forwarded", 2),
+                ("remote_not_allowed", 1),
+                ("unsolicited_pass", pass),
+                ("drop_unsolicited", drop),
+            ],
+        );
+    }
+}
+
+#[test]
+fn forwarded_servers_reply_leaves_from_the_forwarded_port() {
+    let mut lab = fresh_lab();
+    lab.forward("tcp/8080=192.168.0.12:80").unwrap();
+    let syn = tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 8080), SYN, b"");
+    assert_eq!(lab.from_wan(&syn).unwrap().action, XDP_REDIRECT);
+    for flags in [SYN | ACK, ACK | PSH, FIN | ACK] {
+        let reply = tcp(
+            ep(LAN_HOST, 80),
+            ep(REMOTE, 5555),
+            flags,
+            b"HTTP/1.1 200 OK",
+        );
+        let v = lab.from_lan(&reply).unwrap();
+        assert_routed(
+            &v,
+            &reply,
+            Egress::Wan,
+            ep(WAN_ADDR, 8080),
+            ep(REMOTE, 5555),
+        );
+    }
+    assert_counters(&lab, &[("forwarded", 1), ("snat", 3), ("new_binding", 0)]);
+}
+
+// ---------------------------------------------------------------------------
+// 4. ICMP echo.
+
+#[test]
+fn ping_id_is_mapped_and_the_reply_translated_back() {
+    let mut lab = fresh_lab();
+    // Id 7 lies outside the dynamic range (1024-65535): it must be remapped.
+    let request = echo_request(LAN_HOST, REMOTE, 7, 1);
+    let v = lab.from_lan(&request).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT);
+    let out = parse(&v.frame);
+    let id = out.echo().id;
+    assert!(in_range(&lab, id), "ICMP id {id} outside the range");
+    assert_routed(&v, &request, Egress::Wan, ep(WAN_ADDR, id), ep(REMOTE, id));
+    assert!(matches!(
+        out.icmp().icmp_type,
+        Icmpv4Type::EchoRequest(IcmpEchoHeader { seq: 1, .. })
+    ));
+
+    let reply = echo_reply(REMOTE, WAN_ADDR, id, 1);
+    let v = lab.from_wan(&reply).unwrap();
+    assert_routed(
+        &v,
+        &reply,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 7),
+        ep(LAN_HOST, 7),
+    );
+    // The next ping of the same series uses the same id.
+    let request = echo_request(LAN_HOST, REMOTE, 7, 2);
+    let v = lab.from_lan(&request).unwrap();
+    assert_routed(&v, &request, Egress::Wan, ep(WAN_ADDR, id), ep(REMOTE, id));
+    assert_counters(&lab, &[("snat", 2), ("dnat", 1), ("new_binding", 1)]);
+}
+
+#[test]
+fn pings_of_two_hosts_with_the_same_id_do_not_collide() {
+    let mut lab = fresh_lab();
+    let first = snat(&mut lab, &echo_request(LAN_HOST, REMOTE, 0x1234, 1));
+    assert_eq!(first, 0x1234, "a free id in range is kept");
+    let second = snat(&mut lab, &echo_request(LAN_HOST2, REMOTE, 0x1234, 1));
+    assert_ne!(second, first);
+    for (host, id) in [(LAN_HOST, first), (LAN_HOST2, second)] {
+        let reply = echo_reply(REMOTE, WAN_ADDR, id, 1);
+        let v = lab.from_wan(&reply).unwrap();
+        assert_routed(
+            &v,
+            &reply,
+            Egress::Lan(host),
+            ep(REMOTE, 0x1234),
+            ep(host, 0x1234),
+        );
+    }
+}
+
+#[test]
+fn echo_requests_to_the_router_go_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let from_wan = echo_request(REMOTE, WAN_ADDR, 99, 1);
+    assert_passed_untouched(&lab.from_wan(&from_wan).unwrap(), &from_wan);
+    // From the LAN, to either of the router's addresses.
+    for dst in [WAN_ADDR, LAN_ADDR] {
+        let from_lan = echo_request(LAN_HOST, dst, 99, 1);
+        assert_passed_untouched(&lab.from_lan(&from_lan).unwrap(), &from_lan);
+    }
+    // A LAN host's echo reply to the Internet opens nothing.
+    let reply = echo_reply(LAN_HOST, REMOTE, 99, 1);
+    assert_passed_untouched(&lab.from_lan(&reply).unwrap(), &reply);
+    assert_counters(&lab, &[("pass_local", 4), ("snat", 0), ("new_binding", 0)]);
+}
+
+// ---------------------------------------------------------------------------
+// 5. ICMP errors.
+
+fn port_unreachable() -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
+}
+
+fn frag_needed(mtu: u16) -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: mtu,
+    })
+}
+
+fn ttl_exceeded() -> Icmpv4Type {
+    Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)
+}
+
+#[test]
+fn port_unreachable_about_a_udp_flow() {
+    let mut lab = fresh_lab();
+    let query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"a DNS query");
+    let out = lab.from_lan(&query).unwrap();
+    let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&out.frame));
+    let v = lab.from_wan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Lan(LAN_HOST),
+        (REMOTE, LAN_HOST),
+        ep(LAN_HOST, 40000),
+        ep(REMOTE, 53),
+    );
+    assert!(p.quoted().is_complete());
+    // The quote now reads as the datagram the host sent, checksums included.
+    assert_eq!(p.payload, after_one_hop(&query));
+    assert_counters(&lab, &[("icmp_error_in", 1), ("dnat", 0)]);
+}
+
+#[test]
+fn fragmentation_needed_about_a_tcp_flow() {
+    let mut lab = fresh_lab();
+    let mut rng = Rng::new(42);
+    let segment = tcp(
+        ep(LAN_HOST, 40001),
+        ep(REMOTE, 443),
+        ACK | PSH,
+        &rng.bytes(1400),
+    );
+    let segment = with_ip(&segment, |ip| ip.dont_fragment = true);
+    let out = lab.from_lan(&segment).unwrap();
+    assert_routed(
+        &out,
+        &segment,
+        Egress::Wan,
+        ep(WAN_ADDR, 40001),
+        ep(REMOTE, 443),
+    );
+    // A complete quote, the 576-byte one Linux sends, and the RFC 792 minimum.
+    let quotes = [
+        datagram(&out.frame).to_vec(),
+        datagram(&out.frame)[..548].to_vec(),
+        minimal_quote(&out.frame).to_vec(),
+    ];
+    for quote in quotes {
+        let error = icmp(HOP, WAN_ADDR, frag_needed(1280), &quote);
+        let v = lab.from_wan(&error).unwrap();
+        let p = assert_error_routed(
+            &v,
+            &error,
+            Egress::Lan(LAN_HOST),
+            (HOP, LAN_HOST),
+            ep(LAN_HOST, 40001),
+            ep(REMOTE, 443),
+        );
+        assert_eq!(p.icmp().icmp_type, frag_needed(1280), "next-hop MTU kept");
+        let sent = after_one_hop(&segment);
+        assert_eq!(
+            p.payload,
+            sent[..quote.len()],
+            "quote of {} bytes",
+            quote.len()
+        );
+    }
+    assert_counters(&lab, &[("icmp_error_in", 3)]);
+}
+
+#[test]
+fn time_exceeded_about_udp_and_a_ping() {
+    let mut lab = fresh_lab();
+    let probe = udp(ep(LAN_HOST2, 33434), ep(REMOTE, 33435), b"traceroute");
+    let probe = with_ip(&probe, |ip| ip.time_to_live = 2);
+    let out = lab.from_lan(&probe).unwrap();
+    assert_routed(
+        &out,
+        &probe,
+        Egress::Wan,
+        ep(WAN_ADDR, 33434),
+        ep(REMOTE, 33435),
+    );
+    let error = icmp(HOP, WAN_ADDR, ttl_exceeded(), minimal_quote(&out.frame));
+    let v = lab.from_wan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Lan(LAN_HOST2),
+        (HOP, LAN_HOST2),
+        ep(LAN_HOST2, 33434),
+        ep(REMOTE, 33435),
+    );
+    assert_eq!(p.payload, after_one_hop(&probe)[..28]);
+
+    let ping = echo_request(LAN_HOST, REMOTE, 7, 3);
+    let out = lab.from_lan(&ping).unwrap();
+    let id = parse(&out.frame).echo().id;
+    assert_ne!(id, 7);
+    let error = icmp(HOP, WAN_ADDR, ttl_exceeded(), datagram(&out.frame));
+    let v = lab.from_wan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Lan(LAN_HOST),
+        (HOP, LAN_HOST),
+        ep(LAN_HOST, 7),
+        ep(REMOTE, 7),
+    );
+    assert!(p.quoted().is_complete());
+    assert_eq!(p.payload, after_one_hop(&ping));
+    assert_counters(&lab, &[("icmp_error_in", 2)]);
+}
+
+#[test]
+fn icmp_error_followed_by_ethernet_padding() {
+    // Bytes after the IP datagram (a trailer some NICs leave) are not part
+    // of the ICMP message: neither rewritten nor summed.
+    let mut lab = fresh_lab();
+    let syn = tcp(ep(LAN_HOST, 40002), ep(REMOTE, 443), SYN, b"");
+    let out = lab.from_lan(&syn).unwrap();
+    let mut error = icmp(
+        REMOTE,
+        WAN_ADDR,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+        minimal_quote(&out.frame),
+    );
+    error.extend_from_slice(&[0xa5; 16]);
+    let v = lab.from_wan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Lan(LAN_HOST),
+        (REMOTE, LAN_HOST),
+        ep(LAN_HOST, 40002),
+        ep(REMOTE, 443),
+    );
+    assert_eq!(p.trailer, [0xa5; 16]);
+    assert_eq!(p.payload, after_one_hop(&syn)[..28]);
+
+    // The same from a LAN host, about a forwarded flow.
+    lab.forward("tcp/8080=192.168.0.13:80").unwrap();
+    let syn = tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 8080), SYN, b"");
+    let delivered = lab.from_wan(&syn).unwrap();
+    let mut error = icmp(
+        LAN_HOST2,
+        REMOTE,
+        port_unreachable(),
+        minimal_quote(&delivered.frame),
+    );
+    error.extend_from_slice(&[0x5a; 16]);
+    let v = lab.from_lan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Wan,
+        (WAN_ADDR, REMOTE),
+        ep(REMOTE, 5555),
+        ep(WAN_ADDR, 8080),
+    );
+    assert_eq!(p.trailer, [0x5a; 16]);
+
+    // A quote too short to hold the ports is not completed from the
+    // trailer: there is nothing to translate it by.
+    let mut error = icmp(
+        REMOTE,
+        WAN_ADDR,
+        port_unreachable(),
+        &minimal_quote(&out.frame)[..24],
+    );
+    error.extend_from_slice(&[0xa5; 16]);
+    assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
+    assert_counters(
+        &lab,
+        &[
+            ("icmp_error_in", 1),
+            ("icmp_error_out", 1),
+            ("pass_malformed", 1),
+        ],
+    );
+}
+
+#[test]
+fn icmp_error_about_a_forwarded_servers_reply() {
+    let mut lab = fresh_lab();
+    lab.forward("udp/8053=192.168.0.12:53").unwrap();
+    let answer = udp(ep(LAN_HOST, 53), ep(REMOTE, 5555), b"answer");
+    let out = lab.from_lan(&answer).unwrap();
+    assert_routed(
+        &out,
+        &answer,
+        Egress::Wan,
+        ep(WAN_ADDR, 8053),
+        ep(REMOTE, 5555),
+    );
+    let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&out.frame));
+    let v = lab.from_wan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Lan(LAN_HOST),
+        (REMOTE, LAN_HOST),
+        ep(LAN_HOST, 53),
+        ep(REMOTE, 5555),
+    );
+    assert_eq!(p.payload, after_one_hop(&answer));
+}
+
+#[test]
+fn lan_hosts_icmp_error_about_a_forwarded_flow() {
+    let mut lab = fresh_lab();
+    lab.forward("udp/8053=192.168.0.12:53").unwrap();
+    let query = udp(ep(REMOTE, 5555), ep(WAN_ADDR, 8053), b"query");
+    let delivered = lab.from_wan(&query).unwrap();
+    assert_eq!(delivered.action, XDP_REDIRECT);
+    let error = icmp(
+        LAN_HOST,
+        REMOTE,
+        port_unreachable(),
+        datagram(&delivered.frame),
+    );
+    let v = lab.from_lan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Wan,
+        (WAN_ADDR, REMOTE),
+        ep(REMOTE, 5555),
+        ep(WAN_ADDR, 8053),
+    );
+    // The remote sees its own datagram quoted, as it reached us.
+    assert_eq!(p.payload, after_one_hop(&query));
+    assert_counters(&lab, &[("icmp_error_out", 1), ("snat", 0)]);
+}
+
+#[test]
+fn lan_hosts_icmp_error_about_a_reply_on_a_dynamic_mapping() {
+    let mut lab = fresh_lab();
+    let external = snat(&mut lab, &udp(ep(LAN_HOST, 1000), ep(REMOTE, 53), b"q"));
+    assert_ne!(external, 1000, "1000 lies below the dynamic range");
+    let reply = udp(ep(REMOTE, 53), ep(WAN_ADDR, external), b"late answer");
+    let delivered = lab.from_wan(&reply).unwrap();
+    assert_eq!(delivered.action, XDP_REDIRECT);
+    let error = icmp(
+        LAN_HOST,
+        REMOTE,
+        port_unreachable(),
+        minimal_quote(&delivered.frame),
+    );
+    let v = lab.from_lan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Wan,
+        (WAN_ADDR, REMOTE),
+        ep(REMOTE, 53),
+        ep(WAN_ADDR, external),
+    );
+    assert_eq!(p.payload, after_one_hop(&reply)[..28]);
+    assert_counters(&lab, &[("icmp_error_out", 1)]);
+}
+
+#[test]
+fn icmp_errors_about_nothing_we_translated_go_to_the_kernel() {
+    let mut lab = fresh_lab();
+    // About a datagram the router itself sent (no mapping for the port).
+    let own = udp(ep(WAN_ADDR, 12345), ep(REMOTE, 53), b"q");
+    let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&own));
+    assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
+    // About a datagram from another source address.
+    let other = udp(
+        ep(Ipv4Addr::new(203, 0, 113, 9), 40000),
+        ep(REMOTE, 53),
+        b"q",
+    );
+    let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&other));
+    assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
+    // From a LAN host about a flow that never came through the NAT.
+    let stray = udp(ep(REMOTE, 53), ep(LAN_HOST, 40000), b"q");
+    let error = icmp(LAN_HOST, REMOTE, port_unreachable(), datagram(&stray));
+    assert_passed_untouched(&lab.from_lan(&error).unwrap(), &error);
+    assert_counters(
+        &lab,
+        &[
+            ("pass_local", 3),
+            ("icmp_error_in", 0),
+            ("icmp_error_out", 0),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Hairpin.
+
+#[test]
+fn hairpin_to_a_forwarded_port_and_back() {
+    let mut lab = fresh_lab();
+    lab.forward("tcp/8080=192.168.0.12:80").unwrap();
+    let syn = tcp(ep(LAN_HOST2, 45000), ep(WAN_ADDR, 8080), SYN, b"");
+    let v = lab.from_lan(&syn).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT);
+    let port = parse(&v.frame).src().port();
+    assert!(in_range(&lab, port));
+    assert_routed(
+        &v,
+        &syn,
+        Egress::Lan(LAN_HOST),
+        ep(WAN_ADDR, port),
+        ep(LAN_HOST, 80),
+    );
+
+    for flags in [SYN | ACK, ACK | PSH] {
+        let reply = tcp(ep(LAN_HOST, 80), ep(WAN_ADDR, port), flags, b"hi");
+        let v = lab.from_lan(&reply).unwrap();
+        assert_routed(
+            &v,
+            &reply,
+            Egress::Lan(LAN_HOST2),
+            ep(WAN_ADDR, 8080),
+            ep(LAN_HOST2, 45000),
+        );
+    }
+    let ack = tcp(ep(LAN_HOST2, 45000), ep(WAN_ADDR, 8080), ACK, b"");
+    let v = lab.from_lan(&ack).unwrap();
+    assert_routed(
+        &v,
+        &ack,
+        Egress::Lan(LAN_HOST),
+        ep(WAN_ADDR, port),
+        ep(LAN_HOST, 80),
+    );
+    assert_counters(&lab, &[("hairpin", 4), ("snat", 0), ("new_binding", 1)]);
+}
+
+#[test]
+fn hairpin_off_leaves_it_to_the_kernel() {
+    let mut lab = lab_with(|c| c.hairpin = 0);
+    lab.forward("tcp/8080=192.168.0.12:80").unwrap();
+    let syn = tcp(ep(LAN_HOST2, 45000), ep(WAN_ADDR, 8080), SYN, b"");
+    assert_passed_untouched(&lab.from_lan(&syn).unwrap(), &syn);
+    assert_counters(&lab, &[("hairpin", 0), ("pass_local", 1)]);
+}
+
+#[test]
+fn hairpin_to_another_hosts_dynamic_mapping_follows_filtering() {
+    // Endpoint-independent filtering: .13 may reach .12's mapping.
+    let mut lab = lab_with(|c| c.filtering = FILTER_ENDPOINT_INDEPENDENT);
+    open_udp(&mut lab);
+    let frame = udp(ep(LAN_HOST2, 45000), ep(WAN_ADDR, 40000), b"p2p");
+    let v = lab.from_lan(&frame).unwrap();
+    assert_routed(
+        &v,
+        &frame,
+        Egress::Lan(LAN_HOST),
+        ep(WAN_ADDR, 45000),
+        ep(LAN_HOST, 40000),
+    );
+    let back = udp(ep(LAN_HOST, 40000), ep(WAN_ADDR, 45000), b"p2p back");
+    let v = lab.from_lan(&back).unwrap();
+    assert_routed(
+        &v,
+        &back,
+        Egress::Lan(LAN_HOST2),
+        ep(WAN_ADDR, 40000),
+        ep(LAN_HOST2, 45000),
+    );
+    assert_counters(&lab, &[("hairpin", 2)]);
+
+    // Address-and-port-dependent: .12 never sent to .13's side of it.
+    let mut lab = fresh_lab();
+    open_udp(&mut lab);
+    assert_passed_untouched(&lab.from_lan(&frame).unwrap(), &frame);
+    assert_counters(&lab, &[("hairpin", 0), ("pass_local", 1)]);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Checksums.
+
+#[test]
+fn udp_without_checksum_stays_without() {
+    let mut lab = fresh_lab();
+    let mut query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"no checksum");
+    query[40..42].fill(0);
+    let v = lab.from_lan(&query).unwrap();
+    let p = assert_routed(&v, &query, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 53));
+    assert_eq!(p.l4_checksum(), 0);
+
+    let mut reply = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"none either");
+    reply[40..42].fill(0);
+    let v = lab.from_wan(&reply).unwrap();
+    let p = assert_routed(
+        &v,
+        &reply,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 53),
+        ep(LAN_HOST, 40000),
+    );
+    assert_eq!(p.l4_checksum(), 0);
+
+    // Quoted in an ICMP error, it stays zero as well.
+    let out = lab.from_lan(&query).unwrap();
+    let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&out.frame));
+    let v = lab.from_wan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Lan(LAN_HOST),
+        (REMOTE, LAN_HOST),
+        ep(LAN_HOST, 40000),
+        ep(REMOTE, 53),
+    );
+    assert_eq!(p.quoted().l4_checksum(), 0);
+}
+
+/// A payload whose first word makes the UDP checksum of `after` (the
+/// datagram as translated) come out as zero, which must be sent as 0xffff.
+fn payload_for_zero_checksum(after: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+    let mut payload = b"\0\0 checksum zero".to_vec();
+    // With the word at 0 the checksum is !S; adding !S makes the sum 0xffff.
+    let check = parse(&after(&payload)).l4_checksum();
+    payload[..2].copy_from_slice(&check.to_be_bytes());
+    let p = parse(&after(&payload));
+    assert_eq!(p.l4_checksum(), 0xffff, "etherparse agrees it is zero");
+    payload
+}
+
+#[test]
+fn udp_checksum_that_comes_out_zero_is_sent_as_ffff() {
+    let mut lab = fresh_lab();
+    let payload = payload_for_zero_checksum(|p| udp(ep(WAN_ADDR, 40000), ep(REMOTE, 53), p));
+    let query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), &payload);
+    let v = lab.from_lan(&query).unwrap();
+    let p = assert_routed(&v, &query, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 53));
+    assert_eq!(p.l4_checksum(), 0xffff);
+
+    let payload = payload_for_zero_checksum(|p| udp(ep(REMOTE, 53), ep(LAN_HOST, 40000), p));
+    let reply = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), &payload);
+    let v = lab.from_wan(&reply).unwrap();
+    let p = assert_routed(
+        &v,
+        &reply,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 53),
+        ep(LAN_HOST, 40000),
+    );
+    assert_eq!(p.l4_checksum(), 0xffff);
+}
+
+#[test]
+fn checksums_stay_right_on_random_payloads() {
+    let mut lab = lab_with(|c| c.filtering = FILTER_ENDPOINT_INDEPENDENT);
+    let mut rng = Rng::new(0x5eed);
+    let sizes = [0, 1, 2, 3, 7, 8, 63, 64, 255, 256, 511, 1000, 1399, 1460];
+    for (i, &size) in sizes.iter().enumerate() {
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let host = if i % 2 == 0 { LAN_HOST } else { LAN_HOST2 };
+            // Ports all over the range, some kept, some remapped.
+            let port = (rng.next_u64() % 65535) as u16 + 1;
+            let remote = ep(
+                Ipv4Addr::new(198, 51, 100, (rng.next_u64() % 250) as u8 + 1),
+                (rng.next_u64() % 65535) as u16 + 1,
+            );
+            let build = |src, dst, payload: &[u8]| match proto {
+                PROTO_TCP => tcp(src, dst, ACK | PSH, payload),
+                _ => udp(src, dst, payload),
+            };
+            let out = build(ep(host, port), remote, &rng.bytes(size));
+            let external = snat(&mut lab, &out);
+            let back = build(remote, ep(WAN_ADDR, external), &rng.bytes(size));
+            let v = lab.from_wan(&back).unwrap();
+            assert_routed(&v, &back, Egress::Lan(host), remote, ep(host, port));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 8. What goes to the kernel.
+
+/// A UDP query from .12 and, once it is mapped, a reply: frames that would
+/// be translated if they were whole and well formed.
+fn mapped_pair(lab: &mut PacketLab) -> (Vec<u8>, Vec<u8>) {
+    let query = udp(
+        ep(LAN_HOST, 40000),
+        ep(REMOTE, 53),
+        b"a query of some length",
+    );
+    open_udp(lab);
+    let reply = udp(
+        ep(REMOTE, 53),
+        ep(WAN_ADDR, 40000),
+        b"a reply of some length",
+    );
+    (query, reply)
+}
+
+#[test]
+fn non_ipv4_goes_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let mut arp = Ethernet2Header {
+        source: LAN_HOST_MAC,
+        destination: [0xff; 6],
+        ether_type: EtherType::ARP,
+    }
+    .to_bytes()
+    .to_vec();
+    // who-has 192.168.0.1 tell 192.168.0.12
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&LAN_HOST_MAC);
+    arp.extend_from_slice(&LAN_HOST.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&LAN_ADDR.octets());
+    arp.resize(60, 0);
+    let mut ipv6 = Vec::new();
+    PacketBuilder::ethernet2(LAN_HOST_MAC, LAN_MAC)
+        .ipv6([0xfd; 16], [0x20; 16], 64)
+        .udp(40000, 53)
+        .write(&mut ipv6, b"x")
+        .unwrap();
+    let mut zeros = [0u8; 60].to_vec();
+    zeros[12..14].copy_from_slice(&0x88ccu16.to_be_bytes()); // LLDP
+    for frame in [&arp, &ipv6, &zeros] {
+        assert_passed_untouched(&lab.from_lan(frame).unwrap(), frame);
+        assert_passed_untouched(&lab.from_wan(frame).unwrap(), frame);
+    }
+    assert_counters(&lab, &[("pass_not_ipv4", 6), ("lan_rx", 3), ("wan_rx", 3)]);
+}
+
+#[test]
+fn vlan_tagged_frames_go_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let (query, reply) = mapped_pair(&mut lab);
+    let tag = |frame: &[u8], tpid: u16| {
+        let mut tagged = frame[..12].to_vec();
+        tagged.extend_from_slice(&tpid.to_be_bytes());
+        tagged.extend_from_slice(&10u16.to_be_bytes());
+        tagged.extend_from_slice(&frame[12..]);
+        tagged
+    };
+    let mut built = Vec::new();
+    PacketBuilder::ethernet2(LAN_HOST_MAC, LAN_MAC)
+        .single_vlan(VlanId::try_new(10).unwrap())
+        .ipv4(LAN_HOST.octets(), REMOTE.octets(), 64)
+        .udp(40000, 53)
+        .write(&mut built, b"x")
+        .unwrap();
+    for frame in [&built, &tag(&query, 0x8100), &tag(&query, 0x88a8)] {
+        assert_passed_untouched(&lab.from_lan(frame).unwrap(), frame);
+    }
+    for frame in [tag(&reply, 0x8100), tag(&reply, 0x88a8)] {
+        assert_passed_untouched(&lab.from_wan(&frame).unwrap(), &frame);
+    }
+    assert_counters(&lab, &[("pass_vlan", 5)]);
+}
+
+#[test]
+fn truncated_frames_go_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let (query, reply) = mapped_pair(&mut lab);
+    let syn = tcp(ep(LAN_HOST, 40000), ep(REMOTE, 80), SYN, b"");
+    let ping = echo_request(LAN_HOST, REMOTE, 4000, 1);
+    // An ICMP error about the mapped flow, to be cut inside the quote.
+    let sent = udp(ep(WAN_ADDR, 40000), ep(REMOTE, 53), b"a query");
+    let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&sent));
+    let mut malformed = 0;
+    let cases: [(&[u8], &[usize], bool); 5] = [
+        (&query, &[14, 15, 33, 34, 41], true),
+        (&syn, &[14, 33, 34, 41, 53], true),
+        (&ping, &[14, 33, 34, 41], true),
+        (&reply, &[14, 33, 34, 41], false),
+        // Quoted IP header cut; quoted ports cut.
+        (&error, &[52, 61, 66], false),
+    ];
+    for (frame, cuts, lan) in cases {
+        for &cut in cuts {
+            let cut_frame = &frame[..cut];
+            // Cut as it is, and with a total length that agrees with the
+            // cut (a well-formed IP header, a short L4 header).
+            let mut variants = vec![cut_frame.to_vec()];
+            if cut >= 34 {
+                let len = (cut - 14) as u16;
+                variants.push(patch_ip(cut_frame, 2, &len.to_be_bytes()));
+            }
+            for variant in variants {
+                let v = if lan {
+                    lab.from_lan(&variant).unwrap()
+                } else {
+                    lab.from_wan(&variant).unwrap()
+                };
+                assert_passed_untouched(&v, &variant);
+                malformed += 1;
+            }
+        }
+    }
+    assert_counters(
+        &lab,
+        &[("pass_malformed", malformed), ("snat", 1), ("dnat", 0)],
+    );
+
+    // Shorter than an Ethernet header: BPF_PROG_TEST_RUN refuses such a
+    // frame (EINVAL, as NICs drop runts); should a kernel run the program
+    // on it, it must pass it.
+    for len in [0, 1, 13] {
+        if let Ok(v) = lab.from_lan(&query[..len]) {
+            assert_passed_untouched(&v, &query[..len]);
+        }
+    }
+}
+
+#[test]
+fn malformed_ip_headers_go_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let (query, reply) = mapped_pair(&mut lab);
+    let broken = |frame: &[u8]| {
+        let total = (frame.len() - 14) as u16;
+        [
+            patch_ip(frame, 0, &[0x44]),                    // IHL 4
+            patch_ip(frame, 0, &[0x40]),                    // IHL 0
+            patch_ip(frame, 0, &[0x65]),                    // version 6
+            patch_ip(frame, 0, &[0x4f]),                    // IHL 15, beyond the datagram
+            patch_ip(frame, 2, &(total + 1).to_be_bytes()), // longer than the frame
+            patch_ip(frame, 2, &19u16.to_be_bytes()),       // shorter than the header
+            patch_ip(frame, 2, &0u16.to_be_bytes()),        // zero
+        ]
+    };
+    for frame in broken(&query) {
+        assert_passed_untouched(&lab.from_lan(&frame).unwrap(), &frame);
+    }
+    for frame in broken(&reply) {
+        assert_passed_untouched(&lab.from_wan(&frame).unwrap(), &frame);
+    }
+    assert_counters(&lab, &[("pass_malformed", 14), ("snat", 1), ("dnat", 0)]);
+}
+
+#[test]
+fn ip_options_are_translated_using_the_header_length() {
+    let mut lab = fresh_lab();
+    // Router alert (RFC 2113), IHL 6; and a NOP-padded record route, IHL 8.
+    let options: [&[u8]; 2] = [
+        &[0x94, 0x04, 0x00, 0x00],
+        &[0x01, 0x07, 0x0b, 0x04, 0, 0, 0, 0, 0, 0, 0, 0],
+    ];
+    for (i, opts) in options.into_iter().enumerate() {
+        let port = 40000 + i as u16;
+        let query = with_ip(&udp(ep(LAN_HOST, port), ep(REMOTE, 53), b"opts"), |ip| {
+            ip.options = opts.try_into().unwrap()
+        });
+        assert_eq!(usize::from(query[14] & 0x0f) * 4, 20 + opts.len());
+        let out = lab.from_lan(&query).unwrap();
+        let p = assert_routed(
+            &out,
+            &query,
+            Egress::Wan,
+            ep(WAN_ADDR, port),
+            ep(REMOTE, 53),
+        );
+        assert_eq!(p.ip.options.as_slice(), opts);
+
+        let reply = with_ip(
+            &udp(ep(REMOTE, 53), ep(WAN_ADDR, port), b"opts back"),
+            |ip| ip.options = opts.try_into().unwrap(),
+        );
+        let v = lab.from_wan(&reply).unwrap();
+        assert_routed(
+            &v,
+            &reply,
+            Egress::Lan(LAN_HOST),
+            ep(REMOTE, 53),
+            ep(LAN_HOST, port),
+        );
+
+        // An ICMP error quoting the datagram with its options.
+        let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&out.frame));
+        let v = lab.from_wan(&error).unwrap();
+        let p = assert_error_routed(
+            &v,
+            &error,
+            Egress::Lan(LAN_HOST),
+            (REMOTE, LAN_HOST),
+            ep(LAN_HOST, port),
+            ep(REMOTE, 53),
+        );
+        assert_eq!(p.payload, after_one_hop(&query));
+    }
+}
+
+#[test]
+fn fragments_go_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let (query, reply) = mapped_pair(&mut lab);
+    let fragments = |frame: &[u8]| {
+        [
+            with_ip(frame, |ip| ip.more_fragments = true),
+            with_ip(frame, |ip| {
+                ip.fragment_offset = IpFragOffset::try_new(185).unwrap();
+            }),
+            with_ip(frame, |ip| {
+                ip.more_fragments = true;
+                ip.fragment_offset = IpFragOffset::try_new(1).unwrap();
+            }),
+        ]
+    };
+    for frame in fragments(&query) {
+        assert_passed_untouched(&lab.from_lan(&frame).unwrap(), &frame);
+    }
+    for frame in fragments(&reply) {
+        assert_passed_untouched(&lab.from_wan(&frame).unwrap(), &frame);
+    }
+    assert_counters(&lab, &[("pass_fragment", 6), ("snat", 1), ("dnat", 0)]);
+
+    // Don't-fragment is no fragment: translated as usual.
+    let df = with_ip(&query, |ip| ip.dont_fragment = true);
+    let v = lab.from_lan(&df).unwrap();
+    assert_routed(&v, &df, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 53));
+}
+
+#[test]
+fn expiring_ttl_goes_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let (query, reply) = mapped_pair(&mut lab);
+    for ttl in [0, 1] {
+        let frame = with_ip(&query, |ip| ip.time_to_live = ttl);
+        assert_passed_untouched(&lab.from_lan(&frame).unwrap(), &frame);
+        let frame = with_ip(&reply, |ip| ip.time_to_live = ttl);
+        assert_passed_untouched(&lab.from_wan(&frame).unwrap(), &frame);
+    }
+    assert_counters(&lab, &[("pass_ttl_expired", 4), ("dnat", 0)]);
+    // TTL 2 still makes it, with TTL 1.
+    let frame = with_ip(&reply, |ip| ip.time_to_live = 2);
+    let v = lab.from_wan(&frame).unwrap();
+    let p = assert_routed(
+        &v,
+        &frame,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 53),
+        ep(LAN_HOST, 40000),
+    );
+    assert_eq!(p.ttl(), 1);
+}
+
+#[test]
+fn unresolved_lan_neighbour_goes_to_the_kernel_translated() {
+    let mut lab = fresh_lab();
+    lab.forward("tcp/8081=192.168.0.99:80").unwrap();
+    let syn = tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 8081), SYN, b"");
+    let v = lab.from_wan(&syn).unwrap();
+    assert_eq!(v.action, XDP_PASS);
+    let p = assert_checksums_ok(&v.frame);
+    // Translated, but not routed: the kernel forwards it (TTL, MACs).
+    assert_translated(&p, &syn, ep(REMOTE, 5555), ep(LAN_UNRESOLVED, 80), 0);
+    assert_eq!(p.eth.source, GATEWAY_MAC);
+    assert_eq!(p.eth.destination, WAN_MAC);
+    assert_counters(&lab, &[("pass_no_neighbour", 1), ("forwarded", 0)]);
+}
+
+#[test]
+fn local_and_multicast_traffic_goes_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let from_lan = [
+        udp(ep(LAN_HOST, 40000), ep(LAN_HOST2, 53), b"x"),
+        tcp(ep(LAN_HOST, 40000), ep(LAN_ADDR, 22), SYN, b""),
+        tcp(ep(LAN_HOST, 40000), ep(WAN_ADDR, 22), SYN, b""),
+        udp(
+            ep(LAN_HOST, 40000),
+            ep(Ipv4Addr::new(239, 255, 255, 250), 1900),
+            b"M-SEARCH",
+        ),
+        udp(
+            ep(LAN_HOST, 68),
+            ep(Ipv4Addr::BROADCAST, 67),
+            b"DHCPDISCOVER",
+        ),
+        udp(
+            ep(LAN_HOST, 137),
+            ep(Ipv4Addr::new(192, 168, 0, 255), 137),
+            b"x",
+        ),
+        // Not from the LAN prefix.
+        udp(ep(Ipv4Addr::new(10, 9, 9, 9), 40000), ep(REMOTE, 53), b"x"),
+    ];
+    for frame in &from_lan {
+        assert_passed_untouched(&lab.from_lan(frame).unwrap(), frame);
+    }
+    let from_wan = [
+        udp(
+            ep(REMOTE, 53),
+            ep(Ipv4Addr::new(203, 0, 113, 77), 40000),
+            b"x",
+        ),
+        udp(ep(REMOTE, 53), ep(LAN_HOST, 40000), b"x"),
+        udp(
+            ep(REMOTE, 5353),
+            ep(Ipv4Addr::new(224, 0, 0, 251), 5353),
+            b"x",
+        ),
+    ];
+    for frame in &from_wan {
+        assert_passed_untouched(&lab.from_wan(frame).unwrap(), frame);
+    }
+    assert_counters(&lab, &[("pass_local", 10), ("new_binding", 0)]);
+}
+
+#[test]
+fn unsupported_protocols_go_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let gre = raw_ip(LAN_HOST, REMOTE, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
+    assert_passed_untouched(&lab.from_lan(&gre).unwrap(), &gre);
+    let gre = raw_ip(REMOTE, WAN_ADDR, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
+    assert_passed_untouched(&lab.from_wan(&gre).unwrap(), &gre);
+    // An ICMP timestamp request is neither a query we map nor an error.
+    let timestamp = icmp(
+        LAN_HOST,
+        REMOTE,
+        Icmpv4Type::TimestampRequest(etherparse::icmpv4::TimestampMessage {
+            id: 1,
+            seq: 1,
+            originate_timestamp: 0,
+            receive_timestamp: 0,
+            transmit_timestamp: 0,
+        }),
+        b"",
+    );
+    assert_passed_untouched(&lab.from_lan(&timestamp).unwrap(), &timestamp);
+    assert_counters(&lab, &[("pass_unsupported_proto", 3), ("new_binding", 0)]);
+}
+
+#[test]
+fn ethernet_padding_is_kept_and_left_alone() {
+    // A 42-byte UDP frame padded to the 60-byte Ethernet minimum.
+    let mut lab = fresh_lab();
+    for payload in [&b""[..], b"ab"] {
+        let mut query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), payload);
+        query.resize(60, 0xee);
+        let v = lab.from_lan(&query).unwrap();
+        let p = assert_routed(&v, &query, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 53));
+        assert!(p.trailer.iter().all(|&b| b == 0xee));
+    }
+    let mut ping = Vec::new();
+    ip_builder(LAN_HOST, REMOTE)
+        .icmpv4_echo_request(5000, 1)
+        .write(&mut ping, b"")
+        .unwrap();
+    ping.resize(60, 0xee);
+    assert_eq!(snat(&mut lab, &ping), 5000);
+}
+
+// ---------------------------------------------------------------------------
+// 9. Counters.
+
+/// Runs a frame through one side of the router, counting it in `sent`.
+fn send(lab: &mut PacketLab, sent: &mut u64, from_lan: bool, frame: &[u8]) -> Verdict {
+    *sent += 1;
+    if from_lan {
+        lab.from_lan(frame).unwrap()
+    } else {
+        lab.from_wan(frame).unwrap()
+    }
+}
+
+#[test]
+fn counters_follow_every_frame() {
+    let mut lab = fresh_lab();
+    lab.forward("tcp/8080=192.168.0.12:80").unwrap();
+    let (mut lan, mut wan) = (0, 0);
+    let query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q");
+    // SNAT with a new binding, then one on it.
+    let out = send(&mut lab, &mut lan, true, &query);
+    send(&mut lab, &mut lan, true, &query);
+    // Hairpin (a second binding, for .13).
+    let syn = tcp(ep(LAN_HOST2, 45000), ep(WAN_ADDR, 8080), SYN, b"");
+    send(&mut lab, &mut lan, true, &syn);
+    // Passed: local, malformed.
+    let local = udp(ep(LAN_HOST, 1), ep(LAN_HOST2, 2), b"x");
+    send(&mut lab, &mut lan, true, &local);
+    send(&mut lab, &mut lan, true, &query[..20]);
+
+    // DNAT twice, a forward, an ICMP error in, an unsolicited packet.
+    let reply = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"a");
+    send(&mut lab, &mut wan, false, &reply);
+    let delivered = send(&mut lab, &mut wan, false, &reply);
+    let syn = tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 8080), SYN, b"");
+    send(&mut lab, &mut wan, false, &syn);
+    let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&out.frame));
+    send(&mut lab, &mut wan, false, &error);
+    let stray = udp(ep(REMOTE, 53), ep(WAN_ADDR, 1), b"a");
+    send(&mut lab, &mut wan, false, &stray);
+
+    // An ICMP error out.
+    let error = icmp(
+        LAN_HOST,
+        REMOTE,
+        port_unreachable(),
+        datagram(&delivered.frame),
+    );
+    let v = send(&mut lab, &mut lan, true, &error);
+    assert_eq!(v.action, XDP_REDIRECT);
+
+    assert_counters(
+        &lab,
+        &[
+            ("lan_rx", lan),
+            ("wan_rx", wan),
+            ("snat", 2),
+            ("new_binding", 2),
+            ("hairpin", 1),
+            ("dnat", 2),
+            ("forwarded", 1),
+            ("icmp_error_in", 1),
+            ("icmp_error_out", 1),
+            ("unsolicited_pass", 1),
+            ("pass_local", 1),
+            ("pass_malformed", 1),
+        ],
+    );
+    // Every frame got exactly one verdict, counted once.
+    let counters = lab.counters().unwrap();
+    let verdicts: u64 = counters
+        .iter()
+        .filter(|(label, _)| {
+            !matches!(
+                **label,
+                "lan_rx" | "wan_rx" | "new_binding" | "remote_not_allowed" | "session_table_full"
+            )
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(verdicts, lan + wan, "{counters:?}");
+}
