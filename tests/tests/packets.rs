@@ -159,23 +159,33 @@ fn port_outside_the_dynamic_range_is_remapped_into_it() {
         c.port_min = 20000;
         c.port_max = 20099;
     });
-    let mut seen = Vec::new();
-    for (i, port) in [1023u16, 19999, 20100, 65535, 53].into_iter().enumerate() {
-        let frame = if i % 2 == 0 {
-            udp(ep(LAN_HOST, port), ep(REMOTE, 53), b"x")
-        } else {
-            tcp(ep(LAN_HOST, port), ep(REMOTE, 443), SYN, b"")
-        };
-        let external = snat(&mut lab, &frame);
-        assert!((20000..=20099).contains(&external), "{port} -> {external}");
-        seen.push(external);
-    }
-    // A port inside the range is kept.
+    // A port inside the range is kept (asked first: a remapped port below
+    // could take it by chance).
     assert_eq!(
         snat(&mut lab, &udp(ep(LAN_HOST2, 20050), ep(REMOTE, 53), b"x")),
         20050
     );
-    assert_counters(&lab, &[("new_binding", 6)]);
+    let mut udp_ports = vec![20050];
+    let mut tcp_ports = Vec::new();
+    for (i, port) in [1023u16, 19999, 20100, 65535, 53, 20050]
+        .into_iter()
+        .enumerate()
+    {
+        let (frame, seen) = if i % 2 == 0 {
+            (
+                udp(ep(LAN_HOST, port), ep(REMOTE, 53), b"x"),
+                &mut udp_ports,
+            )
+        } else {
+            let frame = tcp(ep(LAN_HOST, port), ep(REMOTE, 443), SYN, b"");
+            (frame, &mut tcp_ports)
+        };
+        let external = snat(&mut lab, &frame);
+        assert!((20000..=20099).contains(&external), "{port} -> {external}");
+        assert!(!seen.contains(&external), "{external} handed out twice");
+        seen.push(external);
+    }
+    assert_counters(&lab, &[("new_binding", 7)]);
 }
 
 #[test]
@@ -617,6 +627,10 @@ fn pings_of_two_hosts_with_the_same_id_do_not_collide() {
     assert_eq!(first, 0x1234, "a free id in range is kept");
     let second = snat(&mut lab, &echo_request(LAN_HOST2, REMOTE, 0x1234, 1));
     assert_ne!(second, first);
+    // Another remote's reply is not let in (filtering applies to ICMP).
+    let stray = echo_reply(REMOTE2, WAN_ADDR, first, 1);
+    assert_passed_untouched(&lab.from_wan(&stray).unwrap(), &stray);
+    assert_counters(&lab, &[("unsolicited_pass", 1)]);
     for (host, id) in [(LAN_HOST, first), (LAN_HOST2, second)] {
         let reply = echo_reply(REMOTE, WAN_ADDR, id, 1);
         let v = lab.from_wan(&reply).unwrap();
@@ -994,6 +1008,26 @@ fn hairpin_to_a_forwarded_port_and_back() {
         ep(LAN_HOST, 80),
     );
     assert_counters(&lab, &[("hairpin", 4), ("snat", 0), ("new_binding", 1)]);
+
+    // The server reaching its own forwarded port.
+    let syn = tcp(ep(LAN_HOST, 46000), ep(WAN_ADDR, 8080), SYN, b"");
+    let v = lab.from_lan(&syn).unwrap();
+    assert_routed(
+        &v,
+        &syn,
+        Egress::Lan(LAN_HOST),
+        ep(WAN_ADDR, 46000),
+        ep(LAN_HOST, 80),
+    );
+    let syn_ack = tcp(ep(LAN_HOST, 80), ep(WAN_ADDR, 46000), SYN | ACK, b"");
+    let v = lab.from_lan(&syn_ack).unwrap();
+    assert_routed(
+        &v,
+        &syn_ack,
+        Egress::Lan(LAN_HOST),
+        ep(WAN_ADDR, 8080),
+        ep(LAN_HOST, 46000),
+    );
 }
 
 #[test]
@@ -1076,15 +1110,13 @@ fn udp_without_checksum_stays_without() {
     assert_eq!(p.quoted().l4_checksum(), 0);
 }
 
-/// A payload whose first word makes the UDP checksum of `after` (the
-/// datagram as translated) come out as zero, which must be sent as 0xffff.
+/// A payload whose first word makes the one's complement sum of `after`
+/// (the segment as translated) 0xffff, so that its checksum comes out zero.
 fn payload_for_zero_checksum(after: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
     let mut payload = b"\0\0 checksum zero".to_vec();
     // With the word at 0 the checksum is !S; adding !S makes the sum 0xffff.
     let check = parse(&after(&payload)).l4_checksum();
     payload[..2].copy_from_slice(&check.to_be_bytes());
-    let p = parse(&after(&payload));
-    assert_eq!(p.l4_checksum(), 0xffff, "etherparse agrees it is zero");
     payload
 }
 
@@ -1108,6 +1140,38 @@ fn udp_checksum_that_comes_out_zero_is_sent_as_ffff() {
         ep(LAN_HOST, 40000),
     );
     assert_eq!(p.l4_checksum(), 0xffff);
+}
+
+#[test]
+fn tcp_checksum_that_comes_out_zero_is_sent_as_zero() {
+    // TCP has no "no checksum" value: a zero stays zero (and 0xffff, its
+    // other one's complement form, would be wrong to etherparse).
+    let mut lab = fresh_lab();
+    let payload =
+        payload_for_zero_checksum(|p| tcp(ep(WAN_ADDR, 40000), ep(REMOTE, 443), ACK | PSH, p));
+    let segment = tcp(ep(LAN_HOST, 40000), ep(REMOTE, 443), ACK | PSH, &payload);
+    let v = lab.from_lan(&segment).unwrap();
+    let p = assert_routed(
+        &v,
+        &segment,
+        Egress::Wan,
+        ep(WAN_ADDR, 40000),
+        ep(REMOTE, 443),
+    );
+    assert_eq!(p.l4_checksum(), 0);
+
+    let payload =
+        payload_for_zero_checksum(|p| tcp(ep(REMOTE, 443), ep(LAN_HOST, 40000), ACK | PSH, p));
+    let segment = tcp(ep(REMOTE, 443), ep(WAN_ADDR, 40000), ACK | PSH, &payload);
+    let v = lab.from_wan(&segment).unwrap();
+    let p = assert_routed(
+        &v,
+        &segment,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 443),
+        ep(LAN_HOST, 40000),
+    );
+    assert_eq!(p.l4_checksum(), 0);
 }
 
 #[test]
@@ -1414,6 +1478,72 @@ fn unresolved_lan_neighbour_goes_to_the_kernel_translated() {
     assert_eq!(p.eth.source, GATEWAY_MAC);
     assert_eq!(p.eth.destination, WAN_MAC);
     assert_counters(&lab, &[("pass_no_neighbour", 1), ("forwarded", 0)]);
+}
+
+#[test]
+fn larger_than_the_egress_mtu_goes_to_the_kernel() {
+    // The kernel fragments it, or sends the "fragmentation needed" that
+    // path MTU discovery relies on; the datapath must not translate it.
+    let mut lab = fresh_lab();
+    lab.forward("udp/8053=192.168.0.12:53").unwrap();
+    let mut rng = Rng::new(7);
+    let big = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), &rng.bytes(1600));
+    assert_passed_untouched(&lab.from_lan(&big).unwrap(), &big);
+    let big = udp(ep(REMOTE, 5555), ep(WAN_ADDR, 8053), &rng.bytes(1600));
+    assert_passed_untouched(&lab.from_wan(&big).unwrap(), &big);
+    assert_counters(
+        &lab,
+        &[
+            ("pass_mtu_exceeded", 2),
+            ("new_binding", 0),
+            ("forwarded", 0),
+        ],
+    );
+    // Exactly the MTU still goes through.
+    let full = udp(ep(REMOTE, 5555), ep(WAN_ADDR, 8053), &rng.bytes(1500 - 28));
+    let v = lab.from_wan(&full).unwrap();
+    assert_routed(
+        &v,
+        &full,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 5555),
+        ep(LAN_HOST, 53),
+    );
+}
+
+#[test]
+fn unroutable_and_lan_routed_destinations_go_to_the_kernel() {
+    let mut lab = fresh_lab();
+    let netns = &lab.netns;
+    netns
+        .ip(&["route", "add", "unreachable", "198.18.0.0/15"])
+        .unwrap();
+    netns
+        .ip(&["route", "add", "blackhole", "198.51.100.128/25"])
+        .unwrap();
+    // A network behind a LAN router: not for the WAN, not for the NAT.
+    netns
+        .ip(&["route", "add", "10.20.0.0/16", "via", "192.168.0.13"])
+        .unwrap();
+    for dst in [
+        Ipv4Addr::new(198, 18, 0, 1),
+        Ipv4Addr::new(198, 51, 100, 200),
+    ] {
+        let frame = udp(ep(LAN_HOST, 40000), ep(dst, 53), b"x");
+        assert_passed_untouched(&lab.from_lan(&frame).unwrap(), &frame);
+    }
+    let frame = tcp(
+        ep(LAN_HOST, 40000),
+        ep(Ipv4Addr::new(10, 20, 0, 5), 443),
+        SYN,
+        b"",
+    );
+    assert_passed_untouched(&lab.from_lan(&frame).unwrap(), &frame);
+    // No mapping was created for any of them.
+    assert_counters(
+        &lab,
+        &[("pass_no_route", 2), ("pass_local", 1), ("new_binding", 0)],
+    );
 }
 
 #[test]
