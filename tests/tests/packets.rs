@@ -1408,6 +1408,20 @@ fn ip_options_are_translated_using_the_header_length() {
             ep(REMOTE, 53),
         );
         assert_eq!(p.payload, after_one_hop(&query));
+
+        // And one that carries options itself.
+        let error = with_ip(&error, |ip| ip.options = opts.try_into().unwrap());
+        let v = lab.from_wan(&error).unwrap();
+        let p = assert_error_routed(
+            &v,
+            &error,
+            Egress::Lan(LAN_HOST),
+            (REMOTE, LAN_HOST),
+            ep(LAN_HOST, port),
+            ep(REMOTE, 53),
+        );
+        assert_eq!(p.ip.options.as_slice(), opts);
+        assert_eq!(p.payload, after_one_hop(&query));
     }
 }
 
@@ -1439,6 +1453,28 @@ fn fragments_go_to_the_kernel() {
     let df = with_ip(&query, |ip| ip.dont_fragment = true);
     let v = lab.from_lan(&df).unwrap();
     assert_routed(&v, &df, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 53));
+
+    // An ICMP error quoting a first fragment still has the ports: it is
+    // translated. One quoting a later fragment has none: the kernel's.
+    let first = with_ip(&v.frame, |ip| ip.more_fragments = true);
+    let error = icmp(HOP, WAN_ADDR, ttl_exceeded(), minimal_quote(&first));
+    let v = lab.from_wan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Lan(LAN_HOST),
+        (HOP, LAN_HOST),
+        ep(LAN_HOST, 40000),
+        ep(REMOTE, 53),
+    );
+    let sent = with_ip(&df, |ip| ip.more_fragments = true);
+    assert_eq!(p.payload, after_one_hop(&sent)[..28]);
+    let later = with_ip(&first, |ip| {
+        ip.fragment_offset = IpFragOffset::try_new(185).unwrap();
+    });
+    let error = icmp(HOP, WAN_ADDR, ttl_exceeded(), minimal_quote(&later));
+    assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
+    assert_counters(&lab, &[("pass_fragment", 7), ("icmp_error_in", 1)]);
 }
 
 #[test]
