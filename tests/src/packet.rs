@@ -68,8 +68,12 @@ impl PacketLab {
         // Both ends of each veth stay in the namespace: the peers only have
         // to exist and be up for the router's NICs to be up.
         let setup: &[&[&str]] = &[
-            &["link", "add", "wan0", "type", "veth", "peer", "name", "wan0p"],
-            &["link", "add", "lan0", "type", "veth", "peer", "name", "lan0p"],
+            &[
+                "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p",
+            ],
+            &[
+                "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+            ],
             &["link", "set", "wan0", "address", &mac(WAN_MAC)],
             &["link", "set", "lan0", "address", &mac(LAN_MAC)],
             &["link", "set", "wan0p", "up"],
@@ -78,10 +82,48 @@ impl PacketLab {
             &["link", "set", "lan0", "up"],
             &["addr", "add", "203.0.113.1/24", "dev", "wan0"],
             &["addr", "add", "192.168.0.1/24", "dev", "lan0"],
-            &["route", "add", "default", "via", "203.0.113.254", "dev", "wan0"],
-            &["neigh", "replace", "203.0.113.254", "lladdr", &mac(GATEWAY_MAC), "dev", "wan0", "nud", "permanent"],
-            &["neigh", "replace", "192.168.0.12", "lladdr", &mac(LAN_HOST_MAC), "dev", "lan0", "nud", "permanent"],
-            &["neigh", "replace", "192.168.0.13", "lladdr", &mac(LAN_HOST2_MAC), "dev", "lan0", "nud", "permanent"],
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                "203.0.113.254",
+                "dev",
+                "wan0",
+            ],
+            &[
+                "neigh",
+                "replace",
+                "203.0.113.254",
+                "lladdr",
+                &mac(GATEWAY_MAC),
+                "dev",
+                "wan0",
+                "nud",
+                "permanent",
+            ],
+            &[
+                "neigh",
+                "replace",
+                "192.168.0.12",
+                "lladdr",
+                &mac(LAN_HOST_MAC),
+                "dev",
+                "lan0",
+                "nud",
+                "permanent",
+            ],
+            &[
+                "neigh",
+                "replace",
+                "192.168.0.13",
+                "lladdr",
+                &mac(LAN_HOST2_MAC),
+                "dev",
+                "lan0",
+                "nud",
+                "permanent",
+            ],
         ];
         for args in setup {
             netns.ip(args)?;
