@@ -55,7 +55,7 @@ pub fn natctl_path() -> Result<PathBuf> {
         }
     }
     bail!(
-        "natctl not found beside {}: build it first (`cargo build -p nat-ctl`, which `cargo test` does) or set NATCTL",
+        "natctl not found beside {}: build it first (`cargo build -p nat-ctl --bins`; `cargo xtask test` does) or set NATCTL",
         exe.display()
     )
 }

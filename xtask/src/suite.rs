@@ -14,7 +14,7 @@ pub fn run(test_args: &[String]) -> Result<()> {
         test.push("--");
         test.extend(test_args.iter().map(String::as_str));
     }
-    let steps: [(&str, Vec<&str>); 3] = [
+    let steps: [(&str, Vec<&str>); 4] = [
         ("fmt", vec!["fmt", "--all", "--", "--check"]),
         // --workspace only checks, so it covers nat-ebpf too although that
         // crate links only for the bpf target.
@@ -29,6 +29,9 @@ pub fn run(test_args: &[String]) -> Result<()> {
                 "warnings",
             ],
         ),
+        // The end-to-end tests run the real natctl binary, which `cargo
+        // test` does not put in target/debug by itself.
+        ("build", vec!["build", "--package", "nat-ctl", "--bins"]),
         // The default members: everything but nat-ebpf, which nat-ctl's
         // build script builds for the bpf target.
         ("test", test),
