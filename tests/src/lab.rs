@@ -85,6 +85,15 @@ impl Drop for BpfFs {
     }
 }
 
+/// A file removed on drop, however the lab's start-up ends.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 /// Attaches `xdp_pass` to a veth in `netns`: a veth accepts frames that XDP
 /// redirects to it only while its peer runs an XDP program.
 fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
@@ -109,7 +118,7 @@ fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
 
 pub struct Lab {
     natctl: Option<Child>,
-    log: PathBuf,
+    log: TempFile,
     pins: PathBuf,
     _peer_programs: Vec<Ebpf>,
     _bpffs: BpfFs,
@@ -130,7 +139,8 @@ impl Lab {
         );
         let bpffs = BpfFs::mount(std::env::temp_dir().join(&name))?;
         let pins = bpffs.dir.join("natctl");
-        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let natctl = natctl_path()?;
+        let log = TempFile(std::env::temp_dir().join(format!("{name}.log")));
 
         let lan = Netns::new("lan")?;
         let router = Netns::new("router")?;
@@ -156,8 +166,8 @@ impl Lab {
 
         let peer_programs = vec![attach_pass(&lan, "eth0")?, attach_pass(&wan, "eth0")?];
 
-        let log_file = fs::File::create(&log)?;
-        let mut command = router.command(natctl_path()?.to_str().context("path")?);
+        let log_file = fs::File::create(&log.0)?;
+        let mut command = router.command(natctl.to_str().context("path")?);
         command
             .args(["run", "--wan", "wan0", "--lan", "lan0", "--pin-dir"])
             .arg(&pins)
@@ -181,7 +191,7 @@ impl Lab {
     }
 
     fn wait_running(&mut self) -> Result<()> {
-        let log = self.log.clone();
+        let log = self.log.0.clone();
         let child = self.natctl.as_mut().expect("natctl running");
         let ready = wait_for(
             "natctl to attach the datapath",
@@ -202,7 +212,7 @@ impl Lab {
     }
 
     pub fn natctl_log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        fs::read_to_string(&self.log.0).unwrap_or_default()
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -269,7 +279,6 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = fs::remove_file(&self.log);
-        // Then the fields: peer programs, the bpffs, the namespaces.
+        // Then the fields: the log, peer programs, the bpffs, the namespaces.
     }
 }
