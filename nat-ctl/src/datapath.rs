@@ -1,8 +1,5 @@
 //! Loading and attaching the XDP datapath, and typed access to its maps.
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -268,16 +265,5 @@ impl Maps {
                 Ok((counter, total))
             })
             .collect()
-    }
-
-    pub fn wan_addr(&self) -> Result<Ipv4Addr> {
-        let config = self
-            .config
-            .get(&0, 0)
-            .map_err(|source| DatapathError::Map {
-                name: maps::CONFIG,
-                source,
-            })?;
-        Ok(Ipv4Addr::from(config.wan_addr))
     }
 }

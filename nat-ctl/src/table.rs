@@ -40,7 +40,7 @@ fn tcp_state_name(state: u8) -> &'static str {
 }
 
 /// The datapath's clock: `bpf_ktime_get_coarse_ns` is CLOCK_MONOTONIC_COARSE.
-pub fn datapath_now() -> Duration {
+fn datapath_now() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .map(Duration::from)
         .unwrap_or_default()
