@@ -64,14 +64,65 @@ pub struct Binding {
 /// key, `addr:port` is the internal server; for an outbound key (the server's
 /// replies), `port` is the external port and `addr` is unused.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Forward {
     pub addr: [u8; 4],
     pub port: u16,
-    /// Remotes allowed in: `allow_net/allow_prefix_len`; 0 allows any.
-    pub allow_prefix_len: u8,
+    /// `FORWARD_RESTRICTED`: only remotes listed in `ALLOWED_REMOTES` for
+    /// this rule may come in.
+    pub flags: u8,
     pub _pad: u8,
-    pub allow_net: [u8; 4],
+    /// Index into `RULE_COUNTERS`, and the rule's key in `ALLOWED_REMOTES`.
+    pub rule_id: u32,
+}
+
+pub const FORWARD_RESTRICTED: u8 = 1;
+
+/// Rule ids run from 1 to `MAX_RULES - 1`; 0 is never a rule.
+pub const MAX_RULES: u32 = 8192;
+
+/// Data of an `ALLOWED_REMOTES` key (an LPM trie): the rule id, always
+/// matched in full, then the remote's address, matched up to the allowed
+/// prefix. The key's prefix length is therefore `32 + prefix`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AllowedRemote {
+    /// Big-endian, like everything an LPM trie compares bit by bit.
+    pub rule_id: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+impl AllowedRemote {
+    pub const fn new(rule_id: u32, addr: [u8; 4]) -> Self {
+        Self {
+            rule_id: rule_id.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// Packets and bytes through one rule, per CPU, indexed by rule id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleCounters {
+    /// Remote -> server.
+    pub inbound: CounterValue,
+    /// Server -> remote.
+    pub outbound: CounterValue,
+}
+
+/// Sent to user space through `NEW_CONNECTIONS` when a remote opens a new
+/// conversation with a forwarded port (not per packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnectionEvent {
+    pub remote_addr: [u8; 4],
+    pub internal_addr: [u8; 4],
+    pub remote_port: u16,
+    pub external_port: u16,
+    pub internal_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
     pub rule_id: u32,
 }
 
@@ -101,6 +152,10 @@ pub const TCP_STATE_CLOSED: u8 = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Session {
     pub last_seen_ns: u64,
+    /// Both directions together, added atomically: a flow's two directions
+    /// may run on different CPUs.
+    pub packets: u64,
+    pub bytes: u64,
     pub internal_addr: [u8; 4],
     pub internal_port: u16,
     pub tcp_state: u8,
@@ -217,6 +272,9 @@ counters! {
     PassNoNeighbour = "pass_no_neighbour",
     /// The redirect to the egress NIC was refused.
     PassRedirectFailed = "pass_redirect_failed",
+    /// A new connection on a forwarded port could not be reported to the
+    /// controller (its ring was full); the packet itself went through.
+    ConnectionEventLost = "connection_event_lost",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
@@ -229,6 +287,10 @@ pub mod maps {
     pub const SESSIONS: &str = "SESSIONS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EGRESS: &str = "EGRESS";
+    pub const FORWARD_SESSIONS: &str = "FORWARD_SESSIONS";
+    pub const ALLOWED_REMOTES: &str = "ALLOWED_REMOTES";
+    pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+    pub const NEW_CONNECTIONS: &str = "NEW_CONNECTIONS";
 }
 
 /// Program names in the object.
@@ -244,6 +306,14 @@ pub mod programs {
 pub const DEFAULT_FORWARDS_MAX: u32 = 131_072;
 pub const DEFAULT_BINDINGS_MAX: u32 = 524_288;
 pub const DEFAULT_SESSIONS_MAX: u32 = 524_288;
+/// Conversations through forwarded ports: an LRU, because they only feed
+/// the table, the counters and the connection log, and a flood of new
+/// remotes must not crowd out the dynamic sessions that filtering needs.
+pub const DEFAULT_FORWARD_SESSIONS_MAX: u32 = 65_536;
+pub const ALLOWED_REMOTES_MAX: u32 = 16_384;
+/// Bytes of the new-connection ring; when it is full, events are counted
+/// as lost rather than slowing the datapath.
+pub const NEW_CONNECTIONS_BYTES: u32 = 256 * 1024;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -257,6 +327,9 @@ mod pod {
     unsafe impl aya::Pod for Session {}
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for CounterValue {}
+    unsafe impl aya::Pod for AllowedRemote {}
+    unsafe impl aya::Pod for RuleCounters {}
+    unsafe impl aya::Pod for ConnectionEvent {}
 }
 
 #[cfg(test)]
@@ -268,9 +341,12 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 8);
         assert_eq!(size_of::<Binding>(), 16);
-        assert_eq!(size_of::<Forward>(), 16);
+        assert_eq!(size_of::<Forward>(), 12);
+        assert_eq!(size_of::<AllowedRemote>(), 8);
+        assert_eq!(size_of::<RuleCounters>(), 32);
+        assert_eq!(size_of::<ConnectionEvent>(), 20);
         assert_eq!(size_of::<SessionKey>(), 12);
-        assert_eq!(size_of::<Session>(), 16);
+        assert_eq!(size_of::<Session>(), 32);
         assert_eq!(size_of::<NatConfig>(), 24);
         assert_eq!(size_of::<CounterValue>(), 16);
     }

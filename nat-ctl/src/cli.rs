@@ -211,9 +211,9 @@ fn run_datapath(run: RunConfig) -> Result<()> {
     datapath.maps.allow_egress(wan_ifindex)?;
     datapath.maps.allow_egress(lan_ifindex)?;
     for (rule_id, rule) in run.forwards.iter().enumerate() {
-        for (key, value) in rule.entries(rule_id as u32 + 1) {
-            datapath.maps.insert_forward(key, value)?;
-        }
+        datapath
+            .maps
+            .insert_rule(&rule.entries(rule_id as u32 + 1))?;
     }
     let (_, lan_mode) = datapath.attach(programs::LAN, &run.lan, lan_ifindex, run.xdp_mode)?;
     let (_, wan_mode) = datapath.attach(programs::WAN, &run.wan, wan_ifindex, run.xdp_mode)?;

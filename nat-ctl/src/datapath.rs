@@ -3,12 +3,20 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{
+        Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLinkId,
+    },
+    util::nr_cpus,
 };
 use nat_common::{
-    Binding, Counter, CounterValue, EndpointKey, Forward, NatConfig, Session, SessionKey, maps,
-    programs,
+    AllowedRemote, Binding, Counter, CounterValue, EndpointKey, Forward, NatConfig, RuleCounters,
+    Session, SessionKey, maps, programs,
 };
 
 /// The XDP object, built by this crate's build script.
@@ -40,6 +48,11 @@ pub enum DatapathError {
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("pinning the XDP link of {program}: {reason}")]
+    PinLink {
+        program: &'static str,
+        reason: String,
+    },
     #[error("attaching {program} to {interface} failed in native and generic mode: {source}")]
     Attach {
         program: &'static str,
@@ -66,6 +79,7 @@ pub struct TableSizes {
     pub forwards: u32,
     pub bindings: u32,
     pub sessions: u32,
+    pub forward_sessions: u32,
 }
 
 impl Default for TableSizes {
@@ -74,6 +88,7 @@ impl Default for TableSizes {
             forwards: nat_common::DEFAULT_FORWARDS_MAX,
             bindings: nat_common::DEFAULT_BINDINGS_MAX,
             sessions: nat_common::DEFAULT_SESSIONS_MAX,
+            forward_sessions: nat_common::DEFAULT_FORWARD_SESSIONS_MAX,
         }
     }
 }
@@ -91,6 +106,7 @@ impl Datapath {
             .map_max_entries(maps::FORWARDS, sizes.forwards)
             .map_max_entries(maps::BINDINGS, sizes.bindings)
             .map_max_entries(maps::SESSIONS, sizes.sessions)
+            .map_max_entries(maps::FORWARD_SESSIONS, sizes.forward_sessions)
             .load(OBJECT)?;
         for name in [programs::LAN, programs::WAN, programs::PASS] {
             program(&mut ebpf, name)?
@@ -142,6 +158,42 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// Pins the link of an attached program at `path`, so that the program
+    /// stays attached after this process exits (or is killed) until the
+    /// pin is removed: a restarted daemon then finds the datapath running.
+    pub fn pin_link(&mut self, name: &'static str, link_id: XdpLinkId, path: &Path) -> Result<()> {
+        let link = self
+            .program(name)?
+            .take_link(link_id)
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let fd_link = FdLink::try_from(link).map_err(|error| DatapathError::PinLink {
+            program: name,
+            reason: format!(
+                "{error} (this kernel attached XDP without a bpf_link, which cannot be pinned)"
+            ),
+        })?;
+        fd_link.pin(path).map_err(|error| DatapathError::PinLink {
+            program: name,
+            reason: format!("{}: {error}", path.display()),
+        })?;
+        Ok(())
+    }
+}
+
+/// Detaches a program pinned by [`Datapath::pin_link`]: removing the last
+/// reference to the link detaches it. Returns whether there was a pin.
+pub fn unpin_link(path: &Path) -> std::io::Result<bool> {
+    match PinnedLink::from_pin(path) {
+        Ok(pinned) => {
+            drop(pinned.unpin()?);
+            Ok(true)
+        }
+        Err(_) if !path.exists() => Ok(false),
+        Err(error) => Err(std::io::Error::other(error)),
+    }
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
@@ -161,15 +213,24 @@ pub struct Maps {
     pub sessions: HashMap<MapData, SessionKey, Session>,
     pub counters: PerCpuArray<MapData, CounterValue>,
     pub egress: DevMapHash<MapData>,
+    pub forward_sessions: HashMap<MapData, SessionKey, Session>,
+    pub allowed_remotes: LpmTrie<MapData, AllowedRemote, u8>,
+    pub rule_counters: PerCpuArray<MapData, RuleCounters>,
+    /// Taken by whoever logs new connections.
+    pub new_connections: Option<RingBuf<MapData>>,
 }
 
-pub const PINNED: [&str; 6] = [
+pub const PINNED: [&str; 10] = [
     maps::CONFIG,
     maps::FORWARDS,
     maps::BINDINGS,
     maps::SESSIONS,
     maps::COUNTERS,
     maps::EGRESS,
+    maps::FORWARD_SESSIONS,
+    maps::ALLOWED_REMOTES,
+    maps::RULE_COUNTERS,
+    maps::NEW_CONNECTIONS,
 ];
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(name: &'static str, map: Map) -> Result<T> {
@@ -180,7 +241,7 @@ impl Maps {
     /// Takes the maps out of a freshly loaded object, pinning each under
     /// `pin_dir` when given (so that `natctl table` and `stats` can read them).
     fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self> {
-        let mut take = |name: &'static str| {
+        let take = |name: &'static str| {
             let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
             if let Some(dir) = pin_dir {
                 let path = dir.join(name);
@@ -189,28 +250,49 @@ impl Maps {
             }
             Ok::<_, DatapathError>(map)
         };
-        Ok(Self {
-            config: typed(maps::CONFIG, take(maps::CONFIG)?)?,
-            forwards: typed(maps::FORWARDS, take(maps::FORWARDS)?)?,
-            bindings: typed(maps::BINDINGS, take(maps::BINDINGS)?)?,
-            sessions: typed(maps::SESSIONS, take(maps::SESSIONS)?)?,
-            counters: typed(maps::COUNTERS, take(maps::COUNTERS)?)?,
-            egress: typed(maps::EGRESS, take(maps::EGRESS)?)?,
+        Self::from_source(take)
+    }
+
+    /// Opens the maps a running datapath pinned under `dir`. A pin whose
+    /// key or value size differs from this build's is refused.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Self::from_source(|name: &'static str| {
+            MapData::from_pin(dir.join(name))
+                .and_then(Map::from_map_data)
+                .map_err(|source| DatapathError::Map { name, source })
         })
     }
 
-    /// Opens the maps a running datapath pinned under `dir`.
-    pub fn open_pinned(dir: &Path) -> Result<Self> {
-        let open = |name: &'static str| {
-            MapData::from_pin(dir.join(name)).map_err(|source| DatapathError::Map { name, source })
-        };
+    fn from_source(mut source: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        // A macro, not a closure: each map converts to a different type.
+        macro_rules! open {
+            ($name:expr) => {
+                typed($name, source($name)?)?
+            };
+        }
         Ok(Self {
-            config: typed(maps::CONFIG, Map::Array(open(maps::CONFIG)?))?,
-            forwards: typed(maps::FORWARDS, Map::HashMap(open(maps::FORWARDS)?))?,
-            bindings: typed(maps::BINDINGS, Map::HashMap(open(maps::BINDINGS)?))?,
-            sessions: typed(maps::SESSIONS, Map::HashMap(open(maps::SESSIONS)?))?,
-            counters: typed(maps::COUNTERS, Map::PerCpuArray(open(maps::COUNTERS)?))?,
-            egress: typed(maps::EGRESS, Map::DevMapHash(open(maps::EGRESS)?))?,
+            config: open!(maps::CONFIG),
+            forwards: open!(maps::FORWARDS),
+            bindings: open!(maps::BINDINGS),
+            sessions: open!(maps::SESSIONS),
+            counters: open!(maps::COUNTERS),
+            egress: open!(maps::EGRESS),
+            forward_sessions: open!(maps::FORWARD_SESSIONS),
+            allowed_remotes: open!(maps::ALLOWED_REMOTES),
+            rule_counters: open!(maps::RULE_COUNTERS),
+            new_connections: Some(open!(maps::NEW_CONNECTIONS)),
+        })
+    }
+
+    /// Whether every map of a datapath is pinned under `dir`.
+    pub fn all_pinned(dir: &Path) -> bool {
+        PINNED.iter().all(|name| dir.join(name).exists())
+    }
+
+    pub fn config(&self) -> Result<NatConfig> {
+        self.config.get(&0, 0).map_err(|source| DatapathError::Map {
+            name: maps::CONFIG,
+            source,
         })
     }
 
@@ -244,6 +326,79 @@ impl Maps {
             })
     }
 
+    /// Adds a rule's entries: its allowed remotes first, so that a
+    /// restricted forward is never briefly open to everyone.
+    pub fn insert_rule(&mut self, entries: &crate::rules::RuleEntries) -> Result<()> {
+        for allowed in &entries.allowed {
+            self.insert_allowed(&allowed.key())?;
+        }
+        for &(key, value) in &entries.forwards {
+            self.insert_forward(key, value)?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_forward(&mut self, key: &EndpointKey) -> Result<()> {
+        match self.forwards.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map {
+                name: maps::FORWARDS,
+                source,
+            }),
+        }
+    }
+
+    pub fn insert_allowed(&mut self, key: &Key<AllowedRemote>) -> Result<()> {
+        self.allowed_remotes
+            .insert(key, 1, 0)
+            .map_err(|source| DatapathError::Map {
+                name: maps::ALLOWED_REMOTES,
+                source,
+            })
+    }
+
+    pub fn remove_allowed(&mut self, key: &Key<AllowedRemote>) -> Result<()> {
+        match self.allowed_remotes.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map {
+                name: maps::ALLOWED_REMOTES,
+                source,
+            }),
+        }
+    }
+
+    /// A rule's packets and bytes, summed over the CPUs.
+    pub fn rule_counters(&self, rule_id: u32) -> Result<RuleCounters> {
+        let per_cpu = self
+            .rule_counters
+            .get(&rule_id, 0)
+            .map_err(|source| DatapathError::Map {
+                name: maps::RULE_COUNTERS,
+                source,
+            })?;
+        Ok(per_cpu
+            .iter()
+            .fold(RuleCounters::default(), |sum, value| RuleCounters {
+                inbound: add(sum.inbound, value.inbound),
+                outbound: add(sum.outbound, value.outbound),
+            }))
+    }
+
+    /// Zeroes a rule id's counters before the id is given to a new rule.
+    pub fn reset_rule_counters(&mut self, rule_id: u32) -> Result<()> {
+        let map_error = |source| DatapathError::Map {
+            name: maps::RULE_COUNTERS,
+            source,
+        };
+        let cpus =
+            nr_cpus().map_err(|(_, error)| map_error(aya::maps::MapError::IoError(error)))?;
+        let zeroes = PerCpuValues::try_from(vec![RuleCounters::default(); cpus])
+            .map_err(|error| map_error(aya::maps::MapError::IoError(error)))?;
+        self.rule_counters
+            .set(rule_id, zeroes, 0)
+            .map_err(map_error)
+    }
+
     /// Every counter, summed over the CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, CounterValue)>> {
         Counter::ALL
@@ -255,15 +410,18 @@ impl Maps {
                         source,
                     }
                 })?;
-                let total =
-                    per_cpu
-                        .iter()
-                        .fold(CounterValue::default(), |sum, value| CounterValue {
-                            packets: sum.packets + value.packets,
-                            bytes: sum.bytes + value.bytes,
-                        });
+                let total = per_cpu
+                    .iter()
+                    .fold(CounterValue::default(), |sum, value| add(sum, *value));
                 Ok((counter, total))
             })
             .collect()
+    }
+}
+
+fn add(a: CounterValue, b: CounterValue) -> CounterValue {
+    CounterValue {
+        packets: a.packets + b.packets,
+        bytes: a.bytes + b.bytes,
     }
 }

@@ -2,8 +2,10 @@
 //! validation, and their expansion into datapath entries.
 use std::{collections::HashMap, fmt, net::Ipv4Addr, str::FromStr};
 
+use aya::maps::lpm_trie::Key;
 use ipnet::Ipv4Net;
-use nat_common::{EndpointKey, Forward, PROTO_TCP, PROTO_UDP};
+use nat_common::{AllowedRemote, EndpointKey, FORWARD_RESTRICTED, Forward, PROTO_TCP, PROTO_UDP};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
@@ -69,7 +71,8 @@ pub enum RuleError {
     DuplicateName(String),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -119,7 +122,8 @@ impl fmt::Display for Protocol {
 }
 
 /// An inclusive range of ports, never containing port 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct PortRange {
     pub first: u16,
     pub last: u16,
@@ -175,6 +179,32 @@ impl FromStr for PortRange {
     }
 }
 
+impl TryFrom<String> for PortRange {
+    type Error = RuleError;
+    fn try_from(s: String) -> Result<Self, RuleError> {
+        s.parse()
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(range: PortRange) -> String {
+        range.to_string()
+    }
+}
+
+impl TryFrom<String> for Protocol {
+    type Error = RuleError;
+    fn try_from(s: String) -> Result<Self, RuleError> {
+        s.parse()
+    }
+}
+
+impl From<Protocol> for String {
+    fn from(protocol: Protocol) -> String {
+        protocol.to_string()
+    }
+}
+
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.first == self.last {
@@ -185,17 +215,45 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// One port-forwarding rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One port-forwarding rule, as the store and the API carry it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ForwardRule {
     pub name: String,
     pub protocol: Protocol,
     pub external: PortRange,
     pub internal_addr: Ipv4Addr,
     pub internal: PortRange,
-    /// Remotes allowed in; `None` allows any.
-    pub allow: Option<Ipv4Net>,
+    /// Remote prefixes allowed in; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Ipv4Net>,
+    #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// What one rule puts into the datapath.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RuleEntries {
+    pub forwards: Vec<(EndpointKey, Forward)>,
+    pub allowed: Vec<AllowEntry>,
+}
+
+/// An `ALLOWED_REMOTES` key, in a form that can be compared and hashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllowEntry {
+    /// 32 (the rule id) + the prefix length.
+    pub prefix_len: u32,
+    pub remote: AllowedRemote,
+}
+
+impl AllowEntry {
+    pub fn key(&self) -> Key<AllowedRemote> {
+        Key::new(self.prefix_len, self.remote)
+    }
 }
 
 pub fn validate_name(name: &str) -> Result<(), RuleError> {
@@ -240,23 +298,27 @@ impl ForwardRule {
         Ok(())
     }
 
-    /// The datapath entries for this rule: for every port and protocol, one
-    /// inbound entry (external port -> server) and one outbound entry
-    /// (server -> external port, for its replies).
-    pub fn entries(&self, rule_id: u32) -> Vec<(EndpointKey, Forward)> {
-        let (allow_net, allow_prefix_len) = match self.allow {
-            Some(net) => (net.network().octets(), net.prefix_len()),
-            None => ([0; 4], 0),
+    /// The datapath entries for this rule (none while it is disabled): for
+    /// every port and protocol, one inbound entry (external port -> server)
+    /// and one outbound entry (server -> external port, for its replies);
+    /// and one allowed-remote entry per allowed prefix.
+    pub fn entries(&self, rule_id: u32) -> RuleEntries {
+        let mut entries = RuleEntries::default();
+        if !self.enabled {
+            return entries;
+        }
+        let flags = if self.allow.is_empty() {
+            0
+        } else {
+            FORWARD_RESTRICTED
         };
-        let mut entries = Vec::new();
         for &proto in self.protocol.numbers() {
             for (external, internal) in self.external.ports().zip(self.internal.ports()) {
                 let inbound = Forward {
                     addr: self.internal_addr.octets(),
                     port: internal,
-                    allow_prefix_len,
+                    flags,
                     _pad: 0,
-                    allow_net,
                     rule_id,
                 };
                 let outbound = Forward {
@@ -264,12 +326,21 @@ impl ForwardRule {
                     port: external,
                     ..inbound
                 };
-                entries.push((EndpointKey::inbound(proto, external), inbound));
-                entries.push((
+                entries
+                    .forwards
+                    .push((EndpointKey::inbound(proto, external), inbound));
+                entries.forwards.push((
                     EndpointKey::outbound(proto, self.internal_addr.octets(), internal),
                     outbound,
                 ));
             }
+        }
+        for net in &self.allow {
+            let net = net.trunc();
+            entries.allowed.push(AllowEntry {
+                prefix_len: 32 + u32::from(net.prefix_len()),
+                remote: AllowedRemote::new(rule_id, net.network().octets()),
+            });
         }
         entries
     }
@@ -317,6 +388,13 @@ pub fn check_conflicts(rules: &[ForwardRule]) -> Result<(), RuleError> {
     Ok(())
 }
 
+/// A remote prefix such as `198.51.100.0/24`, or a single address.
+pub fn parse_allow(s: &str) -> Result<Ipv4Net, RuleError> {
+    s.parse::<Ipv4Net>()
+        .or_else(|_| s.parse::<Ipv4Addr>().map(Ipv4Net::from))
+        .map_err(|_| RuleError::Allow(s.to_owned()))
+}
+
 /// The compact form `natctl run --forward` takes:
 /// `PROTO/EXTERNAL=IP[:INTERNAL][,allow=CIDR][,name=NAME]`.
 impl FromStr for ForwardRule {
@@ -342,17 +420,12 @@ impl FromStr for ForwardRule {
             external,
             internal_addr,
             internal,
-            allow: None,
+            allow: Vec::new(),
             enabled: true,
         };
         for option in parts {
             match option.split_once('=') {
-                Some(("allow", cidr)) => {
-                    rule.allow = Some(
-                        cidr.parse()
-                            .map_err(|_| RuleError::Allow(cidr.to_owned()))?,
-                    );
-                }
+                Some(("allow", cidr)) => rule.allow.push(parse_allow(cidr)?),
                 Some(("name", name)) => {
                     validate_name(name)?;
                     rule.name = name.to_owned();
@@ -381,7 +454,7 @@ mod tests {
         assert_eq!(rule.protocol, Protocol::Tcp);
         assert_eq!(rule.external, PortRange::single(2222));
         assert_eq!(rule.internal, PortRange::single(22));
-        assert_eq!(rule.allow, Some("198.51.100.0/24".parse().unwrap()));
+        assert_eq!(rule.allow, vec!["198.51.100.0/24".parse().unwrap()]);
         rule.validate(lan()).unwrap();
     }
 
@@ -389,7 +462,7 @@ mod tests {
     fn internal_port_defaults_to_external() {
         let rule: ForwardRule = "both/6881-6889=192.168.0.20".parse().unwrap();
         assert_eq!(rule.internal, rule.external);
-        assert_eq!(rule.entries(1).len(), 2 * 2 * 9);
+        assert_eq!(rule.entries(1).forwards.len(), 2 * 2 * 9);
     }
 
     #[test]
@@ -475,13 +548,21 @@ mod tests {
             .parse()
             .unwrap();
         let entries = rule.entries(9);
+        assert_eq!(
+            entries.allowed,
+            vec![AllowEntry {
+                prefix_len: 56,
+                remote: AllowedRemote::new(9, [198, 51, 100, 0])
+            }]
+        );
+        let entries = entries.forwards;
         let inbound = entries
             .iter()
             .find(|(key, _)| *key == EndpointKey::inbound(PROTO_UDP, 5001))
             .unwrap();
         assert_eq!(inbound.1.port, 6001);
         assert_eq!(inbound.1.addr, [192, 168, 0, 7]);
-        assert_eq!(inbound.1.allow_prefix_len, 24);
+        assert_eq!(inbound.1.flags, FORWARD_RESTRICTED);
         assert_eq!(inbound.1.rule_id, 9);
         let outbound = entries
             .iter()

@@ -1,7 +1,10 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use nat_common::Counter;
 
-use crate::{maps::COUNTERS, parse::frame_len};
+use crate::{
+    maps::{COUNTERS, RULE_COUNTERS},
+    parse::frame_len,
+};
 
 /// Per-CPU, so no atomics and no cache-line bouncing on the hot path.
 #[inline(always)]
@@ -10,6 +13,24 @@ pub fn count(counter: Counter, bytes: usize) {
         // SAFETY: a per-CPU slot is only touched by this CPU, with
         // preemption disabled for the duration of the program.
         unsafe {
+            (*value).packets += 1;
+            (*value).bytes += bytes as u64;
+        }
+    }
+}
+
+/// A packet through static rule `rule_id`, remote -> server (`inbound`) or
+/// back.
+#[inline(always)]
+pub fn count_rule(rule_id: u32, inbound: bool, bytes: usize) {
+    if let Some(value) = RULE_COUNTERS.get_ptr_mut(rule_id) {
+        // SAFETY: as in `count`.
+        unsafe {
+            let value = if inbound {
+                &raw mut (*value).inbound
+            } else {
+                &raw mut (*value).outbound
+            };
             (*value).packets += 1;
             (*value).bytes += bytes as u64;
         }

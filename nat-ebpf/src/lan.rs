@@ -5,14 +5,14 @@ use nat_common::{Counter, NatConfig, PROTO_ICMP};
 use network_types::eth::EthHdr;
 
 use crate::{
-    counters::count,
+    counters::{count, count_rule},
     forward::{redirect, route},
     lookup::{
-        Conversation, binding_inbound, binding_outbound, config, external_port_for,
-        forward_inbound, forward_outbound, in_prefix, now_ns, session_inbound_allowed,
-        session_outbound,
+        binding_inbound, binding_outbound, config, external_port_for, forward_inbound,
+        forward_outbound, in_prefix, now_ns,
     },
     parse::{ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
+    session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
     translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
@@ -59,26 +59,28 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
         addr: src,
         port: packet.port(Side::Source),
     };
-    let (external_port, is_static) = external_port_for(config, packet.proto, internal, now, len)?;
-    if !is_static {
-        let remote = Endpoint {
+    let external = external_port_for(config, packet.proto, internal, now, len)?;
+    let conversation = Conversation {
+        proto: packet.proto,
+        external_port: external.port,
+        remote: Endpoint {
             addr: dst,
             port: packet.port(Side::Destination),
-        };
-        let conversation = Conversation {
-            proto: packet.proto,
-            external_port,
-            remote,
-            tcp_flags: packet.tcp_flags,
-        };
+        },
+        tcp_flags: packet.tcp_flags,
+    };
+    if external.rule_id == 0 {
         session_outbound(config, &conversation, internal, now, len);
+    } else {
+        forward_session_outbound(&conversation, internal, now, len);
+        count_rule(external.rule_id, false, len);
     }
     rewrite_endpoint(
         &packet,
         Side::Source,
         Endpoint {
             addr: config.wan_addr,
-            port: external_port,
+            port: external.port,
         },
     );
     redirect(eth, &packet, &route, Counter::Snat, len)
@@ -101,18 +103,13 @@ fn hairpin(
     }
     let now = now_ns();
     let target_port = packet.port(Side::Destination);
-    let (target, is_forward) = match forward_inbound(packet.proto, target_port) {
-        Some(forward) => (
-            Endpoint {
-                addr: forward.addr,
-                port: forward.port,
-            },
-            true,
-        ),
-        None => (
-            binding_inbound(packet.proto, target_port, now).ok_or(Counter::PassLocal)?,
-            false,
-        ),
+    let forward = forward_inbound(packet.proto, target_port);
+    let target = match forward {
+        Some(forward) => Endpoint {
+            addr: forward.addr,
+            port: forward.port,
+        },
+        None => binding_inbound(packet.proto, target_port, now).ok_or(Counter::PassLocal)?,
     };
     let route = route(ctx, packet, config.wan_addr, target.addr)?;
     if route.ifindex != config.lan_ifindex {
@@ -122,21 +119,20 @@ fn hairpin(
         addr: packet.addr(Side::Source),
         port: packet.port(Side::Source),
     };
-    let (source_port, source_is_static) =
-        external_port_for(config, packet.proto, internal, now, len)?;
+    let source = external_port_for(config, packet.proto, internal, now, len)?;
     // What each side sees of the other is the WAN address and a port.
     let source_outside = Endpoint {
         addr: config.wan_addr,
-        port: source_port,
+        port: source.port,
     };
-    if !source_is_static {
+    if source.rule_id == 0 {
         let remote = Endpoint {
             addr: config.wan_addr,
             port: target_port,
         };
         let conversation = Conversation {
             proto: packet.proto,
-            external_port: source_port,
+            external_port: source.port,
             remote,
             tcp_flags: packet.tcp_flags,
         };
@@ -149,8 +145,15 @@ fn hairpin(
         remote: source_outside,
         tcp_flags: packet.tcp_flags,
     };
-    if !is_forward && !session_inbound_allowed(config, &reverse, now) {
-        return Err(Counter::PassLocal);
+    match forward {
+        // A rule's allowed remotes restrict the outside; LAN hosts may
+        // always use it.
+        Some(forward) => count_rule(forward.rule_id, true, len),
+        None => {
+            if !session_inbound_allowed(config, &reverse, now, len) {
+                return Err(Counter::PassLocal);
+            }
+        }
     }
     rewrite_endpoint(packet, Side::Source, source_outside);
     rewrite_endpoint(packet, Side::Destination, target);
@@ -177,7 +180,7 @@ fn icmp_error_outbound(
         port: quoted.port(Side::Destination),
     };
     let external_port = match forward_outbound(quoted.proto, internal) {
-        Some(port) => port,
+        Some(forward) => forward.port,
         None => binding_outbound(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?,
     };
     let remote = packet.addr(Side::Destination);

@@ -1,20 +1,20 @@
-//! Table lookups: configuration, static forwards, dynamic bindings (created
-//! here on the first outbound packet) and the sessions that filtering and
-//! aging need.
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
+//! Table lookups: configuration, static forwards and their allowed remotes,
+//! and dynamic bindings (created here on the first outbound packet).
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    maps::lpm_trie::Key,
+};
 use nat_common::{
-    Binding, Counter, EndpointKey, FILTER_ADDRESS_DEPENDENT, FILTER_ENDPOINT_INDEPENDENT, Forward,
-    NatConfig, PROTO_ICMP, PROTO_TCP, Session, SessionKey, TCP_STATE_CLOSED, TCP_STATE_CLOSING,
-    TCP_STATE_ESTABLISHED, TCP_STATE_NONE, TCP_STATE_OPENING,
+    AllowedRemote, Binding, Counter, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig,
 };
 
 use crate::{
     counters::count,
-    maps::{BINDINGS, CONFIG, FORWARDS, SESSIONS},
+    maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS},
     translate::Endpoint,
 };
 
-const BPF_NOEXIST: u64 = 1;
+pub const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 
 /// How many external ports a new mapping tries before giving up. Bounded so
@@ -23,12 +23,7 @@ const PORT_PROBES: u32 = 16;
 
 /// Last-seen times are rewritten at most this often: aging works in seconds,
 /// and not dirtying the entry on every packet keeps its cache line shared.
-const TOUCH_GRANULARITY_NS: u64 = 250_000_000;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+pub const TOUCH_GRANULARITY_NS: u64 = 250_000_000;
 
 #[inline(always)]
 pub fn config() -> Option<&'static NatConfig> {
@@ -61,12 +56,24 @@ pub fn forward_inbound(proto: u8, external_port: u16) -> Option<Forward> {
     }
 }
 
-/// The external port of a static rule whose internal server is `internal`.
+/// The static rule whose internal server is `internal`: its `port` is the
+/// external port.
 #[inline(always)]
-pub fn forward_outbound(proto: u8, internal: Endpoint) -> Option<u16> {
+pub fn forward_outbound(proto: u8, internal: Endpoint) -> Option<Forward> {
     let key = EndpointKey::outbound(proto, internal.addr, internal.port);
     // SAFETY: as for `forward_inbound`.
-    unsafe { FORWARDS.get(key).map(|forward| forward.port) }
+    unsafe { FORWARDS.get(key).copied() }
+}
+
+/// Whether `remote` may use the forward: any remote, unless the rule lists
+/// the prefixes allowed in.
+#[inline(always)]
+pub fn remote_allowed(forward: &Forward, remote: [u8; 4]) -> bool {
+    if forward.flags & FORWARD_RESTRICTED == 0 {
+        return true;
+    }
+    let key = Key::new(64, AllowedRemote::new(forward.rule_id, remote));
+    ALLOWED_REMOTES.get(key).is_some()
 }
 
 #[inline(always)]
@@ -100,6 +107,14 @@ pub fn binding_outbound(proto: u8, internal: Endpoint, now: u64) -> Option<u16> 
     Some(unsafe { (*binding).port })
 }
 
+/// Where a LAN endpoint appears outside.
+#[derive(Clone, Copy)]
+pub struct External {
+    pub port: u16,
+    /// The static rule that fixes the port; 0 for a dynamic mapping.
+    pub rule_id: u32,
+}
+
 /// The external port of `internal`, from a static rule, an existing mapping,
 /// or a new endpoint-independent mapping.
 #[inline(always)]
@@ -109,16 +124,19 @@ pub fn external_port_for(
     internal: Endpoint,
     now: u64,
     frame_len: usize,
-) -> Result<(u16, bool), Counter> {
-    if let Some(port) = forward_outbound(proto, internal) {
-        return Ok((port, true));
+) -> Result<External, Counter> {
+    if let Some(forward) = forward_outbound(proto, internal) {
+        return Ok(External {
+            port: forward.port,
+            rule_id: forward.rule_id,
+        });
     }
     if let Some(port) = binding_outbound(proto, internal, now) {
-        return Ok((port, false));
+        return Ok(External { port, rule_id: 0 });
     }
     let port = create_binding(config, proto, internal, now)?;
     count(Counter::NewBinding, frame_len);
-    Ok((port, false))
+    Ok(External { port, rule_id: 0 })
 }
 
 /// Claims an external port for `internal`: its own port when that is in the
@@ -177,113 +195,4 @@ fn create_binding(
         return binding_outbound(proto, internal, now).ok_or(Counter::DropTableFull);
     }
     Err(Counter::DropPortExhausted)
-}
-
-/// One external endpoint talking to one remote endpoint, as a packet of
-/// that conversation shows it.
-#[derive(Clone, Copy)]
-pub struct Conversation {
-    pub proto: u8,
-    pub external_port: u16,
-    pub remote: Endpoint,
-    pub tcp_flags: u8,
-}
-
-#[inline(always)]
-fn session_key(config: &NatConfig, conversation: &Conversation) -> SessionKey {
-    let proto = conversation.proto;
-    let remote_port = if proto == PROTO_ICMP || config.filtering == FILTER_ADDRESS_DEPENDENT {
-        0
-    } else {
-        conversation.remote.port
-    };
-    SessionKey {
-        remote_addr: conversation.remote.addr,
-        remote_port,
-        external_port: conversation.external_port,
-        proto,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
-fn next_tcp_state(state: u8, flags: u8, outbound: bool) -> u8 {
-    if flags & TCP_RST != 0 {
-        TCP_STATE_CLOSED
-    } else if flags & TCP_FIN != 0 {
-        TCP_STATE_CLOSING
-    } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        if outbound { TCP_STATE_OPENING } else { state }
-    } else if state == TCP_STATE_OPENING && !outbound {
-        TCP_STATE_ESTABLISHED
-    } else if state == TCP_STATE_NONE {
-        // Picked up mid-stream (e.g. the table was flushed).
-        TCP_STATE_ESTABLISHED
-    } else {
-        state
-    }
-}
-
-#[inline(always)]
-fn touch_session(session: *mut Session, conversation: &Conversation, outbound: bool, now: u64) {
-    // SAFETY: a pointer returned by a map lookup.
-    unsafe {
-        if conversation.proto == PROTO_TCP {
-            let state = next_tcp_state((*session).tcp_state, conversation.tcp_flags, outbound);
-            if state != (*session).tcp_state {
-                (*session).tcp_state = state;
-                (*session).last_seen_ns = now;
-                return;
-            }
-        }
-        if now.wrapping_sub((*session).last_seen_ns) > TOUCH_GRANULARITY_NS {
-            (*session).last_seen_ns = now;
-        }
-    }
-}
-
-/// Records that `internal` (seen outside as `external_port`) talked to
-/// `remote`, which is what lets the remote's replies through the filter.
-#[inline(always)]
-pub fn session_outbound(
-    config: &NatConfig,
-    conversation: &Conversation,
-    internal: Endpoint,
-    now: u64,
-    frame_len: usize,
-) {
-    let key = session_key(config, conversation);
-    if let Some(session) = SESSIONS.get_ptr_mut(key) {
-        touch_session(session, conversation, true, now);
-        return;
-    }
-    let tcp_state = if conversation.proto == PROTO_TCP {
-        next_tcp_state(TCP_STATE_NONE, conversation.tcp_flags, true)
-    } else {
-        TCP_STATE_NONE
-    };
-    let session = Session {
-        last_seen_ns: now,
-        internal_addr: internal.addr,
-        internal_port: internal.port,
-        tcp_state,
-        _pad: 0,
-    };
-    // Racing CPUs may both insert; either value is right.
-    if SESSIONS.insert(key, session, 0).is_err() {
-        count(Counter::SessionTableFull, frame_len);
-    }
-}
-
-/// Whether the configured filtering lets the conversation's remote in.
-#[inline(always)]
-pub fn session_inbound_allowed(config: &NatConfig, conversation: &Conversation, now: u64) -> bool {
-    let key = session_key(config, conversation);
-    match SESSIONS.get_ptr_mut(key) {
-        Some(session) => {
-            touch_session(session, conversation, false, now);
-            true
-        }
-        None => config.filtering == FILTER_ENDPOINT_INDEPENDENT,
-    }
 }

@@ -7,6 +7,9 @@
 // program with an empty main.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// For `atomic_xadd`: the BPF target's core has no atomic fetch_add.
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, adt_const_params))]
 
 mod checksum;
 mod counters;
@@ -15,6 +18,7 @@ mod lan;
 mod lookup;
 mod maps;
 mod parse;
+mod session;
 mod translate;
 mod wan;
 

@@ -1,11 +1,12 @@
 //! The maps shared with user space. Their names are `nat_common::maps`.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use nat_common::{
-    Binding, COUNTER_COUNT, CounterValue, DEFAULT_BINDINGS_MAX, DEFAULT_FORWARDS_MAX,
-    DEFAULT_SESSIONS_MAX, EndpointKey, Forward, NatConfig, Session, SessionKey,
+    ALLOWED_REMOTES_MAX, AllowedRemote, Binding, COUNTER_COUNT, CounterValue, DEFAULT_BINDINGS_MAX,
+    DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX, EndpointKey, Forward,
+    MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, RuleCounters, Session, SessionKey,
 };
 
 #[map(name = "CONFIG")]
@@ -33,3 +34,18 @@ pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(C
 /// The NICs we may redirect to, keyed by ifindex.
 #[map(name = "EGRESS")]
 pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(16, 0);
+
+#[map(name = "FORWARD_SESSIONS")]
+pub static FORWARD_SESSIONS: LruHashMap<SessionKey, Session> =
+    LruHashMap::with_max_entries(DEFAULT_FORWARD_SESSIONS_MAX, 0);
+
+/// Remote prefixes allowed through restricted forwards, per rule id.
+#[map(name = "ALLOWED_REMOTES")]
+pub static ALLOWED_REMOTES: LpmTrie<AllowedRemote, u8> =
+    LpmTrie::with_max_entries(ALLOWED_REMOTES_MAX, 0);
+
+#[map(name = "RULE_COUNTERS")]
+pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "NEW_CONNECTIONS")]
+pub static NEW_CONNECTIONS: RingBuf = RingBuf::with_byte_size(NEW_CONNECTIONS_BYTES, 0);

@@ -5,13 +5,11 @@ use nat_common::{Counter, NatConfig, PROTO_ICMP, UNSOLICITED_DROP};
 use network_types::eth::EthHdr;
 
 use crate::{
-    counters::count,
+    counters::{count, count_rule},
     forward::{redirect, route},
-    lookup::{
-        Conversation, binding_inbound, config, forward_inbound, in_prefix, now_ns,
-        session_inbound_allowed,
-    },
+    lookup::{binding_inbound, config, forward_inbound, now_ns, remote_allowed},
     parse::{ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
+    session::{Conversation, forward_session_inbound, session_inbound_allowed},
     translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
@@ -52,6 +50,12 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         port: packet.port(Side::Source),
     };
     let external_port = packet.port(Side::Destination);
+    let conversation = Conversation {
+        proto: packet.proto,
+        external_port,
+        remote,
+        tcp_flags: packet.tcp_flags,
+    };
     let forward = if packet.proto == PROTO_ICMP {
         None
     } else {
@@ -59,7 +63,7 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     let (target, counter) = match forward {
         Some(forward) => {
-            if !in_prefix(remote.addr, forward.allow_net, forward.allow_prefix_len) {
+            if !remote_allowed(&forward, remote.addr) {
                 count(Counter::RemoteNotAllowed, len);
                 return Err(unsolicited(config));
             }
@@ -72,13 +76,7 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         None => {
             let target = binding_inbound(packet.proto, external_port, now)
                 .ok_or_else(|| unsolicited(config))?;
-            let conversation = Conversation {
-                proto: packet.proto,
-                external_port,
-                remote,
-                tcp_flags: packet.tcp_flags,
-            };
-            if !session_inbound_allowed(config, &conversation, now) {
+            if !session_inbound_allowed(config, &conversation, now, len) {
                 return Err(unsolicited(config));
             }
             (target, Counter::Dnat)
@@ -87,6 +85,12 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
     let route = route(ctx, &packet, remote.addr, target.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
+    }
+    if let Some(forward) = forward {
+        // After the route check: a conversation is logged only once it is
+        // actually let through to the server.
+        forward_session_inbound(&conversation, target, &forward, now, len);
+        count_rule(forward.rule_id, true, len);
     }
     rewrite_endpoint(&packet, Side::Destination, target);
     redirect(eth, &packet, &route, counter, len)

@@ -162,9 +162,9 @@ impl PacketLab {
     /// Adds a forwarding entry in `natctl run --forward` syntax.
     pub fn forward(&mut self, spec: &str) -> Result<()> {
         let rule: ForwardRule = spec.parse()?;
-        for (key, value) in rule.entries(self.next_rule_id) {
-            self.datapath.maps.insert_forward(key, value)?;
-        }
+        self.datapath
+            .maps
+            .insert_rule(&rule.entries(self.next_rule_id))?;
         self.next_rule_id += 1;
         Ok(())
     }

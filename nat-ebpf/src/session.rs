@@ -1,0 +1,255 @@
+//! Sessions: one external port talking to one remote endpoint. Dynamic
+//! sessions let replies through the filter and carry the TCP state that
+//! aging needs; forward sessions record conversations through static rules
+//! for the table and the connection log. Both count packets and bytes.
+use nat_common::{
+    ConnectionEvent, Counter, FILTER_ADDRESS_DEPENDENT, FILTER_ENDPOINT_INDEPENDENT, Forward,
+    NatConfig, PROTO_ICMP, PROTO_TCP, Session, SessionKey, TCP_STATE_CLOSED, TCP_STATE_CLOSING,
+    TCP_STATE_ESTABLISHED, TCP_STATE_NONE, TCP_STATE_OPENING,
+};
+
+use crate::{
+    counters::count,
+    lookup::{BPF_NOEXIST, TOUCH_GRANULARITY_NS},
+    maps::{FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
+    translate::Endpoint,
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// One external endpoint talking to one remote endpoint, as a packet of
+/// that conversation shows it.
+#[derive(Clone, Copy)]
+pub struct Conversation {
+    pub proto: u8,
+    pub external_port: u16,
+    pub remote: Endpoint,
+    pub tcp_flags: u8,
+}
+
+#[inline(always)]
+fn session_key(config: &NatConfig, conversation: &Conversation) -> SessionKey {
+    let proto = conversation.proto;
+    let remote_port = if proto == PROTO_ICMP || config.filtering == FILTER_ADDRESS_DEPENDENT {
+        0
+    } else {
+        conversation.remote.port
+    };
+    SessionKey {
+        remote_addr: conversation.remote.addr,
+        remote_port,
+        external_port: conversation.external_port,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// `from_opener`: the packet comes from the side expected to open
+/// connections (the LAN host on a dynamic mapping, the remote on a forward).
+#[inline(always)]
+fn next_tcp_state(state: u8, flags: u8, from_opener: bool) -> u8 {
+    if flags & TCP_RST != 0 {
+        TCP_STATE_CLOSED
+    } else if flags & TCP_FIN != 0 {
+        TCP_STATE_CLOSING
+    } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        if from_opener {
+            TCP_STATE_OPENING
+        } else {
+            state
+        }
+    } else if state == TCP_STATE_OPENING && !from_opener {
+        TCP_STATE_ESTABLISHED
+    } else if state == TCP_STATE_NONE {
+        // Picked up mid-stream (e.g. the table was flushed).
+        TCP_STATE_ESTABLISHED
+    } else {
+        state
+    }
+}
+
+/// A BPF atomic add (`lock xadd`): the core library offers no `fetch_add`
+/// for the BPF target, whose atomics have no compare-and-swap.
+///
+/// # Safety
+/// `counter` must point into a map value, 8-byte aligned.
+#[inline(always)]
+unsafe fn atomic_add(counter: *mut u64, value: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, value,
+        );
+    }
+    // The host build (clippy) only needs this to type-check.
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        *counter += value;
+    }
+}
+
+#[inline(always)]
+fn touch_session(
+    session: *mut Session,
+    conversation: &Conversation,
+    from_opener: bool,
+    now: u64,
+    frame_len: usize,
+) {
+    // SAFETY: a pointer returned by a map lookup.
+    unsafe {
+        atomic_add(&raw mut (*session).packets, 1);
+        atomic_add(&raw mut (*session).bytes, frame_len as u64);
+        if conversation.proto == PROTO_TCP {
+            let state = next_tcp_state((*session).tcp_state, conversation.tcp_flags, from_opener);
+            if state != (*session).tcp_state {
+                (*session).tcp_state = state;
+                (*session).last_seen_ns = now;
+                return;
+            }
+        }
+        if now.wrapping_sub((*session).last_seen_ns) > TOUCH_GRANULARITY_NS {
+            (*session).last_seen_ns = now;
+        }
+    }
+}
+
+/// Records that `internal` (seen outside as `external_port`) talked to
+/// `remote`, which is what lets the remote's replies through the filter.
+#[inline(always)]
+pub fn session_outbound(
+    config: &NatConfig,
+    conversation: &Conversation,
+    internal: Endpoint,
+    now: u64,
+    frame_len: usize,
+) {
+    let key = session_key(config, conversation);
+    if let Some(session) = SESSIONS.get_ptr_mut(key) {
+        touch_session(session, conversation, true, now, frame_len);
+        return;
+    }
+    let tcp_state = if conversation.proto == PROTO_TCP {
+        next_tcp_state(TCP_STATE_NONE, conversation.tcp_flags, true)
+    } else {
+        TCP_STATE_NONE
+    };
+    let session = new_session(internal, tcp_state, now, frame_len);
+    // Racing CPUs may both insert; either value is right.
+    if SESSIONS.insert(key, session, 0).is_err() {
+        count(Counter::SessionTableFull, frame_len);
+    }
+}
+
+#[inline(always)]
+fn new_session(internal: Endpoint, tcp_state: u8, now: u64, frame_len: usize) -> Session {
+    Session {
+        last_seen_ns: now,
+        packets: 1,
+        bytes: frame_len as u64,
+        internal_addr: internal.addr,
+        internal_port: internal.port,
+        tcp_state,
+        _pad: 0,
+    }
+}
+
+/// Whether the configured filtering lets the conversation's remote in.
+#[inline(always)]
+pub fn session_inbound_allowed(
+    config: &NatConfig,
+    conversation: &Conversation,
+    now: u64,
+    frame_len: usize,
+) -> bool {
+    let key = session_key(config, conversation);
+    match SESSIONS.get_ptr_mut(key) {
+        Some(session) => {
+            touch_session(session, conversation, false, now, frame_len);
+            true
+        }
+        None => config.filtering == FILTER_ENDPOINT_INDEPENDENT,
+    }
+}
+
+#[inline(always)]
+fn forward_session_key(conversation: &Conversation) -> SessionKey {
+    SessionKey {
+        remote_addr: conversation.remote.addr,
+        remote_port: conversation.remote.port,
+        external_port: conversation.external_port,
+        proto: conversation.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// A remote's packet to a forwarded port. A conversation seen for the first
+/// time is reported to the controller, which logs it.
+#[inline(always)]
+pub fn forward_session_inbound(
+    conversation: &Conversation,
+    server: Endpoint,
+    forward: &Forward,
+    now: u64,
+    frame_len: usize,
+) {
+    let key = forward_session_key(conversation);
+    if let Some(session) = FORWARD_SESSIONS.get_ptr_mut(key) {
+        touch_session(session, conversation, true, now, frame_len);
+        return;
+    }
+    let tcp_state = if conversation.proto == PROTO_TCP {
+        next_tcp_state(TCP_STATE_NONE, conversation.tcp_flags, true)
+    } else {
+        TCP_STATE_NONE
+    };
+    let session = new_session(server, tcp_state, now, frame_len);
+    // Only the CPU whose insert wins reports the conversation.
+    if FORWARD_SESSIONS.insert(key, session, BPF_NOEXIST).is_err() {
+        return;
+    }
+    let event = ConnectionEvent {
+        remote_addr: conversation.remote.addr,
+        internal_addr: server.addr,
+        remote_port: conversation.remote.port,
+        external_port: conversation.external_port,
+        internal_port: server.port,
+        proto: conversation.proto,
+        _pad: 0,
+        rule_id: forward.rule_id,
+    };
+    if NEW_CONNECTIONS
+        .output::<ConnectionEvent>(&event, 0)
+        .is_err()
+    {
+        count(Counter::ConnectionEventLost, frame_len);
+    }
+}
+
+/// A forwarded server's packet to a remote. The server may also be the one
+/// that opens (a game server, a peer), so an unknown conversation is added,
+/// but not reported: the log is about who comes in.
+#[inline(always)]
+pub fn forward_session_outbound(
+    conversation: &Conversation,
+    server: Endpoint,
+    now: u64,
+    frame_len: usize,
+) {
+    let key = forward_session_key(conversation);
+    if let Some(session) = FORWARD_SESSIONS.get_ptr_mut(key) {
+        touch_session(session, conversation, false, now, frame_len);
+        return;
+    }
+    let tcp_state = if conversation.proto == PROTO_TCP {
+        next_tcp_state(TCP_STATE_NONE, conversation.tcp_flags, true)
+    } else {
+        TCP_STATE_NONE
+    };
+    let _ = FORWARD_SESSIONS.insert(key, new_session(server, tcp_state, now, frame_len), 0);
+}
