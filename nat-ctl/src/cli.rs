@@ -1,245 +1,431 @@
-//! Command-line interface.
-use std::path::{Path, PathBuf};
+//! Command-line interface: `natctl daemon`, and the thin clients of its API.
+use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf, str::FromStr};
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use nat_common::{
-    FILTER_ADDRESS_AND_PORT_DEPENDENT, FILTER_ADDRESS_DEPENDENT, FILTER_ENDPOINT_INDEPENDENT,
-    NatConfig, UNSOLICITED_DROP, UNSOLICITED_PASS, programs,
-};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+use ipnet::Ipv4Net;
 use nat_ctl::{
-    datapath::{AttachMode, Datapath, Maps, TableSizes},
-    interfaces,
-    rules::{ForwardRule, PortRange, check_conflicts},
-    table,
+    api::{Client, ClientError, RuleChange, TableFilter},
+    config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET_PATH},
+    daemon::{self, DaemonOptions},
+    datapath::AttachMode,
+    rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow},
+    table::{self, Stats, TableRow},
 };
+use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(name = "natctl", version, about = "XDP NAT router control")]
 pub struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "NATCTL_SOCKET", default_value = DEFAULT_SOCKET_PATH)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
-/// RFC 4787 filtering of inbound packets on dynamic mappings.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Filtering {
-    /// Anyone may reach a mapping once it exists (full cone).
-    EndpointIndependent,
-    /// Only addresses the LAN host has sent to (restricted cone).
-    AddressDependent,
-    /// Only address:port pairs the LAN host has sent to (port-restricted).
-    AddressAndPortDependent,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Unsolicited {
-    /// Hand to the router's own stack (its services, ICMP, RST).
-    Pass,
-    /// Drop silently (stealth).
-    Drop,
-}
-
 #[derive(Subcommand)]
 enum Command {
-    /// Load and attach the datapath, run until SIGINT/SIGTERM, then detach.
-    Run {
-        /// The WAN NIC; its first IPv4 address is the public address.
+    /// Load (or pick up) the datapath and serve the API until SIGTERM; the
+    /// datapath keeps forwarding after the daemon stops.
+    Daemon {
+        /// The WAN NIC; its IPv4 address is the public address.
         #[arg(long)]
         wan: String,
         /// The LAN NIC; its IPv4 prefix is the LAN.
         #[arg(long)]
         lan: String,
-        /// A forwarding entry: PROTO/EXTERNAL=IP[:INTERNAL][,allow=CIDR][,name=NAME],
-        /// e.g. tcp/2222=192.168.0.12:22,allow=198.51.100.0/24 (repeatable).
-        #[arg(long = "forward", value_name = "SPEC")]
-        forwards: Vec<ForwardRule>,
-        #[arg(long, value_enum, default_value_t = Filtering::AddressAndPortDependent)]
-        filtering: Filtering,
-        #[arg(long, value_enum, default_value_t = Unsolicited::Pass)]
-        unsolicited: Unsolicited,
-        /// Do not let LAN hosts reach forwarded ports through the WAN address.
+        /// Configuration file [default: /etc/natctl/natctl.toml if present].
         #[arg(long)]
-        no_hairpin: bool,
-        /// External ports (and ICMP ids) for dynamic mappings.
-        #[arg(long, default_value = "1024-65535")]
-        ports: PortRange,
+        config: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
-        /// Pin the maps in this bpffs directory so that `table` and `stats`
-        /// can read them.
-        #[arg(long, default_value = "/sys/fs/bpf/natctl")]
-        pin_dir: PathBuf,
+        /// bpffs directory for the pinned maps and links (overrides the file).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// Rule store (overrides the file).
+        #[arg(long)]
+        rules_file: Option<PathBuf>,
     },
-    /// Show the NAT table: static forwards and live dynamic entries.
+    /// Add a port-forwarding rule.
+    Add {
+        /// A name for the rule: letters, digits, '-', '_', '.'.
+        name: String,
+        #[command(flatten)]
+        rule: RuleArgs,
+        /// Add it switched off.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Change fields of a rule; the others keep their values.
+    Modify {
+        name: String,
+        /// Rename the rule.
+        #[arg(long = "name", value_name = "NEW_NAME")]
+        new_name: Option<String>,
+        #[arg(long = "proto", value_name = "tcp|udp|both")]
+        protocol: Option<Protocol>,
+        /// External port or range, e.g. 8080 or 6881-6889.
+        #[arg(long)]
+        external: Option<PortRange>,
+        /// IP[:PORT[-PORT]]; without ports, the internal ports stay.
+        #[arg(long)]
+        internal: Option<InternalTarget>,
+        /// Replace the allowed remote prefixes (repeatable).
+        #[arg(long, value_parser = parse_allow, conflicts_with = "allow_any")]
+        allow: Vec<Ipv4Net>,
+        /// Allow any remote again.
+        #[arg(long)]
+        allow_any: bool,
+    },
+    /// Remove a rule.
+    Remove { name: String },
+    /// Switch a rule on.
+    Enable { name: String },
+    /// Switch a rule off, keeping it.
+    Disable { name: String },
+    /// List the rules with their hit counters.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the NAT table: rules, conversations through them, dynamic
+    /// entries.
     Table {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = "/sys/fs/bpf/natctl")]
-        pin_dir: PathBuf,
+        /// tcp, udp or icmp.
+        #[arg(long = "proto")]
+        protocol: Option<String>,
+        /// A local or remote address.
+        #[arg(long)]
+        address: Option<Ipv4Addr>,
+        /// A local, external or remote port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// static, dynamic or upnp.
+        #[arg(long = "type")]
+        kind: Option<String>,
     },
-    /// Show the datapath's counters.
+    /// Show the datapath's counters and per-rule hits.
     Stats {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = "/sys/fs/bpf/natctl")]
+    },
+    /// Show what the daemon runs on.
+    Status,
+    /// Re-read the configuration file and the rule store (as SIGHUP).
+    Reload,
+    /// Detach the datapath and remove its pins (stops the daemon too).
+    Down {
+        /// Where to look when no daemon is running.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
 }
 
+#[derive(Args)]
+struct RuleArgs {
+    #[arg(long = "proto", value_name = "tcp|udp|both")]
+    protocol: Protocol,
+    /// External port or range, e.g. 8080 or 6881-6889.
+    #[arg(long)]
+    external: PortRange,
+    /// The LAN server: IP[:PORT[-PORT]]; the ports default to the external
+    /// ones.
+    #[arg(long)]
+    internal: InternalTarget,
+    /// Only these remotes may come in (repeatable); default: any.
+    #[arg(long, value_parser = parse_allow)]
+    allow: Vec<Ipv4Net>,
+}
+
+/// `--internal IP[:PORT[-PORT]]`.
+#[derive(Clone, Debug)]
+struct InternalTarget {
+    addr: Ipv4Addr,
+    ports: Option<PortRange>,
+}
+
+impl FromStr for InternalTarget {
+    type Err = RuleError;
+    fn from_str(s: &str) -> Result<Self, RuleError> {
+        let (addr, ports) = match s.split_once(':') {
+            Some((addr, ports)) => (addr, Some(ports.parse()?)),
+            None => (s, None),
+        };
+        let addr = addr
+            .parse()
+            .map_err(|_| RuleError::Address(addr.to_owned()))?;
+        Ok(Self { addr, ports })
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
+    let client = Client::new(&cli.socket);
     match cli.command {
-        Command::Run {
+        Command::Daemon {
             wan,
             lan,
-            forwards,
-            filtering,
-            unsolicited,
-            no_hairpin,
-            ports,
+            config,
             xdp_mode,
             pin_dir,
+            rules_file,
+        } => daemon::run(DaemonOptions {
+            wan,
+            lan,
+            config,
+            xdp_mode,
+            socket: Some(cli.socket),
+            pin_dir,
+            rules_file,
+        }),
+        Command::Add {
+            name,
+            rule,
+            disabled,
         } => {
-            let config = RunConfig {
-                wan,
-                lan,
-                forwards,
-                filtering,
-                unsolicited,
-                hairpin: !no_hairpin,
-                ports,
-                xdp_mode,
-                pin_dir,
+            let rule = ForwardRule {
+                name,
+                protocol: rule.protocol,
+                external: rule.external,
+                internal_addr: rule.internal.addr,
+                internal: rule.internal.ports.unwrap_or(rule.external),
+                allow: rule.allow,
+                enabled: !disabled,
             };
-            run_datapath(config)
+            let added = call(&client, Method::POST, "/v1/rules", Some(json(&rule)?))?;
+            println!("added {}", one_rule(&added)?);
+            Ok(())
         }
-        Command::Table { json, pin_dir } => {
-            let maps = open_pins(&pin_dir)?;
-            let entries = table::read_table(&maps)?;
+        Command::Modify {
+            name,
+            new_name,
+            protocol,
+            external,
+            internal,
+            allow,
+            allow_any,
+        } => {
+            let change = RuleChange {
+                name: new_name,
+                protocol,
+                external,
+                internal_addr: internal.as_ref().map(|target| target.addr),
+                internal: internal.and_then(|target| target.ports),
+                allow: if allow_any {
+                    Some(Vec::new())
+                } else if allow.is_empty() {
+                    None
+                } else {
+                    Some(allow)
+                },
+                enabled: None,
+            };
+            let modified = call(
+                &client,
+                Method::PATCH,
+                &format!("/v1/rules/{name}"),
+                Some(json(&change)?),
+            )?;
+            println!("modified {}", one_rule(&modified)?);
+            Ok(())
+        }
+        Command::Remove { name } => {
+            call(&client, Method::DELETE, &format!("/v1/rules/{name}"), None)?;
+            println!("removed {name}");
+            Ok(())
+        }
+        Command::Enable { name } => {
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/rules/{name}/enable"),
+                None,
+            )?;
+            println!("enabled {name}");
+            Ok(())
+        }
+        Command::Disable { name } => {
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/rules/{name}/disable"),
+                None,
+            )?;
+            println!("disabled {name}");
+            Ok(())
+        }
+        Command::List { json } => {
+            let rules = call(&client, Method::GET, "/v1/rules", None)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                println!("{}", serde_json::to_string_pretty(&rules)?);
             } else {
-                print!("{}", table::format_table(&entries));
+                let rules: Vec<ListedRule> =
+                    serde_json::from_value(rules).context("reading the daemon's rule list")?;
+                print!("{}", format_rules(&rules));
             }
             Ok(())
         }
-        Command::Stats { json, pin_dir } => {
-            let maps = open_pins(&pin_dir)?;
-            let counters = maps.counters()?;
+        Command::Table {
+            json,
+            protocol,
+            address,
+            port,
+            kind,
+        } => {
+            let filter = TableFilter {
+                protocol,
+                address,
+                port,
+                kind,
+            };
+            let rows = call(
+                &client,
+                Method::GET,
+                &format!("/v1/table?{}", filter.query()),
+                None,
+            )?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&table::counters_json(&counters))?
-                );
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", table::format_counters(&counters));
+                let rows: Vec<TableRow> =
+                    serde_json::from_value(rows).context("reading the daemon's NAT table")?;
+                print!("{}", table::format_table(&rows));
             }
             Ok(())
         }
+        Command::Stats { json } => {
+            let stats = call(&client, Method::GET, "/v1/stats", None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                let stats: Stats =
+                    serde_json::from_value(stats).context("reading the daemon's counters")?;
+                print!("{}", table::format_stats(&stats));
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let status = call(&client, Method::GET, "/v1/status", None)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Reload => {
+            let reloaded = call(&client, Method::POST, "/v1/reload", None)?;
+            println!("{}", reloaded["reloaded"].as_str().unwrap_or("reloaded"));
+            Ok(())
+        }
+        Command::Down { pin_dir } => match block_on(client.call(Method::POST, "/v1/down", None)) {
+            Ok(_) => {
+                println!("datapath detached; the daemon is stopping");
+                Ok(())
+            }
+            // A daemon killed without `down` leaves the datapath pinned.
+            Err(ClientError::NotRunning(_)) => {
+                if daemon::teardown(&pin_dir)? {
+                    println!(
+                        "no daemon was running; detached the datapath pinned in {}",
+                        pin_dir.display()
+                    );
+                } else {
+                    println!(
+                        "nothing to do: no daemon is running and nothing is pinned in {}",
+                        pin_dir.display()
+                    );
+                }
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        },
     }
 }
 
-fn open_pins(pin_dir: &Path) -> Result<Maps> {
-    Maps::open_pinned(pin_dir).with_context(|| {
-        format!(
-            "no running datapath pinned at {}: start one with `natctl run --wan IF --lan IF`",
-            pin_dir.display()
-        )
-    })
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded tokio runtime")
+        .block_on(future)
 }
 
-struct RunConfig {
-    wan: String,
-    lan: String,
-    forwards: Vec<ForwardRule>,
-    filtering: Filtering,
-    unsolicited: Unsolicited,
-    hairpin: bool,
-    ports: PortRange,
-    xdp_mode: AttachMode,
-    pin_dir: PathBuf,
+fn call(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    Ok(block_on(client.call(method, path, body))?)
 }
 
-fn run_datapath(run: RunConfig) -> Result<()> {
-    if run.wan == run.lan {
-        bail!(
-            "--wan and --lan are both {:?}: the router needs two different NICs",
-            run.wan
+fn json(value: &impl serde::Serialize) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(value)?)
+}
+
+/// A rule as the API lists it.
+#[derive(Deserialize)]
+struct ListedRule {
+    #[serde(flatten)]
+    rule: ForwardRule,
+    inbound: table::Traffic,
+    outbound: table::Traffic,
+}
+
+/// `web: tcp 8080 -> 192.168.0.12:8000 from any remote, enabled`.
+fn one_rule(value: &serde_json::Value) -> Result<String> {
+    let ListedRule { rule, .. } =
+        serde_json::from_value(value.clone()).context("reading the daemon's answer")?;
+    let allow = if rule.allow.is_empty() {
+        "any remote".to_owned()
+    } else {
+        rule.allow
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Ok(format!(
+        "{}: {} {} -> {}:{} from {allow}, {}",
+        rule.name,
+        rule.protocol,
+        rule.external,
+        rule.internal_addr,
+        rule.internal,
+        if rule.enabled { "enabled" } else { "disabled" }
+    ))
+}
+
+fn format_rules(rules: &[ListedRule]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<5} {:>11} {:<27} {:<8} {:>16} {:>16} ALLOWED REMOTES",
+        "NAME", "PROTO", "EXTERNAL", "INTERNAL", "ENABLED", "IN PKTS/BYTES", "OUT PKTS/BYTES"
+    );
+    for listed in rules {
+        let rule = &listed.rule;
+        let allow = if rule.allow.is_empty() {
+            "any".to_owned()
+        } else {
+            rule.allow
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<5} {:>11} {:<27} {:<8} {:>16} {:>16} {}",
+            rule.name,
+            rule.protocol.to_string(),
+            rule.external.to_string(),
+            format!("{}:{}", rule.internal_addr, rule.internal),
+            if rule.enabled { "yes" } else { "no" },
+            format!("{}/{}", listed.inbound.packets, listed.inbound.bytes),
+            format!("{}/{}", listed.outbound.packets, listed.outbound.bytes),
+            allow
         );
     }
-    let wan_ifindex = interfaces::ifindex(&run.wan)?;
-    let lan_ifindex = interfaces::ifindex(&run.lan)?;
-    let wan_net = interfaces::ipv4_network(&run.wan)?;
-    let lan_net = interfaces::ipv4_network(&run.lan)?.trunc();
-    for rule in &run.forwards {
-        rule.validate(lan_net)?;
-    }
-    check_conflicts(&run.forwards)?;
-
-    interfaces::prepare_router(&run.lan, &run.wan)?;
-    std::fs::create_dir_all(&run.pin_dir)
-        .with_context(|| format!("creating pin directory {}", run.pin_dir.display()))?;
-    // A previous run killed before it could clean up leaves stale pins.
-    Maps::unpin(&run.pin_dir);
-    let mut datapath =
-        Datapath::load(TableSizes::default(), Some(&run.pin_dir)).with_context(|| {
-            format!(
-                "loading the datapath (is {} on a bpffs? `mount -t bpf bpf DIR`)",
-                run.pin_dir.display()
-            )
-        })?;
-    let config = NatConfig {
-        wan_addr: wan_net.addr().octets(),
-        lan_net: lan_net.network().octets(),
-        lan_prefix_len: lan_net.prefix_len(),
-        filtering: match run.filtering {
-            Filtering::EndpointIndependent => FILTER_ENDPOINT_INDEPENDENT,
-            Filtering::AddressDependent => FILTER_ADDRESS_DEPENDENT,
-            Filtering::AddressAndPortDependent => FILTER_ADDRESS_AND_PORT_DEPENDENT,
-        },
-        unsolicited: match run.unsolicited {
-            Unsolicited::Pass => UNSOLICITED_PASS,
-            Unsolicited::Drop => UNSOLICITED_DROP,
-        },
-        hairpin: u8::from(run.hairpin),
-        wan_ifindex,
-        lan_ifindex,
-        port_min: run.ports.first,
-        port_max: run.ports.last,
-    };
-    datapath.maps.set_config(&config)?;
-    datapath.maps.allow_egress(wan_ifindex)?;
-    datapath.maps.allow_egress(lan_ifindex)?;
-    for (rule_id, rule) in run.forwards.iter().enumerate() {
-        datapath
-            .maps
-            .insert_rule(&rule.entries(rule_id as u32 + 1))?;
-    }
-    let (_, lan_mode) = datapath.attach(programs::LAN, &run.lan, lan_ifindex, run.xdp_mode)?;
-    let (_, wan_mode) = datapath.attach(programs::WAN, &run.wan, wan_ifindex, run.xdp_mode)?;
-    println!(
-        "natctl: NAT running: WAN {} ({wan_net}, {wan_mode:?}), LAN {} ({lan_net}, {lan_mode:?}), {} forward(s); maps pinned in {}",
-        run.wan,
-        run.lan,
-        run.forwards.len(),
-        run.pin_dir.display()
-    );
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result,
-            _ = terminate.recv() => Ok(()),
-        }
-    })?;
-
-    Maps::unpin(&run.pin_dir);
-    // Dropping the datapath detaches both programs.
-    drop(datapath);
-    println!("natctl: stopped, datapath detached");
-    Ok(())
+    out
 }

@@ -40,6 +40,12 @@ pub enum DatapathError {
     },
     #[error("map EGRESS: {0}")]
     Egress(#[source] aya::maps::xdp::XdpMapError),
+    #[error("reading map {name}: {source}")]
+    Walk {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the object has no map named {0}")]
     MissingMap(&'static str),
     #[error("pinning {path}: {source}")]
@@ -115,6 +121,12 @@ impl Datapath {
         }
         let maps = Maps::take(&mut ebpf, pin_dir)?;
         Ok(Self { ebpf, maps })
+    }
+
+    /// The maps, once the programs are attached and their links pinned:
+    /// the programs then live on in the kernel without this object.
+    pub fn into_maps(self) -> Maps {
+        self.maps
     }
 
     pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp> {
@@ -336,6 +348,93 @@ impl Maps {
             self.insert_forward(key, value)?;
         }
         Ok(())
+    }
+
+    /// Makes FORWARDS and ALLOWED_REMOTES hold exactly `desired`, by the
+    /// smallest set of changes from what they hold now (so that a restarted
+    /// daemon leaves unchanged entries alone). All or nothing: after a
+    /// failed step, the steps already taken are undone.
+    pub fn sync_rules(&mut self, desired: &crate::rules::RuleEntries) -> Result<()> {
+        use std::collections::{HashMap as Map_, HashSet};
+
+        use crate::rules::AllowEntry;
+
+        let current_forwards: Map_<EndpointKey, Forward> = self
+            .forwards
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| DatapathError::Map {
+                name: maps::FORWARDS,
+                source,
+            })?;
+        let current_allowed: HashSet<AllowEntry> = self
+            .allowed_remotes
+            .keys()
+            .map(|key| {
+                key.map(|key| AllowEntry {
+                    prefix_len: key.prefix_len(),
+                    remote: key.data(),
+                })
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| DatapathError::Map {
+                name: maps::ALLOWED_REMOTES,
+                source,
+            })?;
+        let desired_forwards: Map_<EndpointKey, Forward> =
+            desired.forwards.iter().copied().collect();
+        let desired_allowed: HashSet<AllowEntry> = desired.allowed.iter().copied().collect();
+
+        enum Undo {
+            PutForward(EndpointKey, Forward),
+            RemoveForward(EndpointKey),
+            PutAllowed(AllowEntry),
+            RemoveAllowed(AllowEntry),
+        }
+        let mut undo = Vec::new();
+        let mut apply = || -> Result<()> {
+            // Allowed remotes go in before the forwards that need them and
+            // come out after, so no restricted port is ever open to all.
+            for entry in desired_allowed.difference(&current_allowed) {
+                self.insert_allowed(&entry.key())?;
+                undo.push(Undo::RemoveAllowed(*entry));
+            }
+            for (key, value) in &desired_forwards {
+                let old = current_forwards.get(key);
+                if old == Some(value) {
+                    continue;
+                }
+                self.insert_forward(*key, *value)?;
+                undo.push(match old {
+                    Some(old) => Undo::PutForward(*key, *old),
+                    None => Undo::RemoveForward(*key),
+                });
+            }
+            for (key, value) in &current_forwards {
+                if !desired_forwards.contains_key(key) {
+                    self.remove_forward(key)?;
+                    undo.push(Undo::PutForward(*key, *value));
+                }
+            }
+            for entry in current_allowed.difference(&desired_allowed) {
+                self.remove_allowed(&entry.key())?;
+                undo.push(Undo::PutAllowed(*entry));
+            }
+            Ok(())
+        };
+        let outcome = apply();
+        if outcome.is_err() {
+            for step in undo.into_iter().rev() {
+                // Best effort: these restore entries that were just there.
+                let _ = match step {
+                    Undo::PutForward(key, value) => self.insert_forward(key, value),
+                    Undo::RemoveForward(key) => self.remove_forward(&key),
+                    Undo::PutAllowed(entry) => self.insert_allowed(&entry.key()),
+                    Undo::RemoveAllowed(entry) => self.remove_allowed(&entry.key()),
+                };
+            }
+        }
+        outcome
     }
 
     pub fn remove_forward(&mut self, key: &EndpointKey) -> Result<()> {

@@ -1,8 +1,18 @@
-//! What the controller needs to know about, and set on, the router's NICs.
-use std::{fs, net::Ipv4Addr};
+//! What the controller needs to know about, and set on, the router's NICs:
+//! their indexes and IPv4 addresses (learned, and followed, over rtnetlink)
+//! and the kernel settings the datapath relies on.
+use std::{fs, net::IpAddr, net::Ipv4Addr};
 
+use futures::{StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
 use ipnet::Ipv4Net;
 use nix::{ifaddrs::getifaddrs, net::if_::if_nametoindex};
+use rtnetlink::{
+    Handle, MulticastGroup,
+    packet_route::{
+        AddressFamily,
+        address::{AddressAttribute, AddressMessage},
+    },
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterfaceError {
@@ -14,6 +24,14 @@ pub enum InterfaceError {
     NoIpv4(String),
     #[error("listing interface addresses failed: {0}")]
     List(#[source] nix::Error),
+    #[error("asking the kernel for the addresses of interface index {ifindex}: {source}")]
+    Netlink {
+        ifindex: u32,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("opening an rtnetlink socket: {0}")]
+    NetlinkSocket(#[source] std::io::Error),
     #[error("setting {path} to {value}: {source}")]
     Sysctl {
         path: String,
@@ -73,4 +91,71 @@ pub fn prepare_router(lan: &str, wan: &str) -> Result<(), InterfaceError> {
     sysctl(format!("/proc/sys/net/ipv4/conf/{lan}/accept_local"), "1")?;
     sysctl(format!("/proc/sys/net/ipv4/conf/{lan}/rp_filter"), "2")?;
     Ok(())
+}
+
+/// An rtnetlink handle, with its connection running on the current tokio
+/// runtime.
+pub fn netlink() -> Result<Handle, InterfaceError> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(InterfaceError::NetlinkSocket)?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn ipv4_of(message: &AddressMessage) -> Option<Ipv4Net> {
+    if message.header.family != AddressFamily::Inet {
+        return None;
+    }
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
+    // a point-to-point link (PPPoE WANs), and the same otherwise.
+    let local = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            AddressAttribute::Local(IpAddr::V4(addr)) => Some(*addr),
+            _ => None,
+        });
+    let address = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            AddressAttribute::Address(IpAddr::V4(addr)) => Some(*addr),
+            _ => None,
+        });
+    Ipv4Net::new(local.or(address)?, message.header.prefix_len).ok()
+}
+
+/// The first IPv4 address of interface `ifindex`, with its prefix; `None`
+/// when it has none (yet: a WAN waiting for DHCP).
+pub async fn ipv4_network_of(
+    handle: &Handle,
+    ifindex: u32,
+) -> Result<Option<Ipv4Net>, InterfaceError> {
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .map_err(|source| InterfaceError::Netlink { ifindex, source })?
+    {
+        if message.header.index == ifindex
+            && let Some(net) = ipv4_of(&message)
+        {
+            return Ok(Some(net));
+        }
+    }
+    Ok(None)
+}
+
+/// A stream that yields whenever an IPv4 address is added or removed on
+/// any interface; the caller re-reads what it cares about.
+pub fn address_changes() -> Result<impl futures::Stream<Item = ()> + Unpin, InterfaceError> {
+    let (connection, _, messages): (_, _, UnboundedReceiver<_>) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
+            .map_err(InterfaceError::NetlinkSocket)?;
+    tokio::spawn(connection);
+    Ok(messages.map(|_| ()))
 }

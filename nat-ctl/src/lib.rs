@@ -1,6 +1,12 @@
 //! The controller side of the NAT router: loading the XDP datapath, the
-//! forwarding-rule model, and reading the NAT table back.
+//! forwarding-rule model and its store, aging, and the control API.
+pub mod aging;
+pub mod batch;
+pub mod api;
+pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod interfaces;
 pub mod rules;
+pub mod store;
 pub mod table;

@@ -69,6 +69,21 @@ pub enum RuleError {
     },
     #[error("a rule named {0} already exists")]
     DuplicateName(String),
+    #[error("no rule named {0:?} (see `natctl list`)")]
+    NotFound(String),
+    #[error("too many rules: at most {} are supported", nat_common::MAX_RULES - 1)]
+    TooMany,
+    #[error(
+        "rule {name}: external {protocol} port {port} is in use by a dynamic mapping of \
+         {internal} (a LAN host's own connection); pick another port, or retry once that \
+         connection has ended and its mapping expired"
+    )]
+    InUseByMapping {
+        name: String,
+        protocol: &'static str,
+        port: u16,
+        internal: std::net::SocketAddrV4,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -395,7 +410,109 @@ pub fn parse_allow(s: &str) -> Result<Ipv4Net, RuleError> {
         .map_err(|_| RuleError::Allow(s.to_owned()))
 }
 
-/// The compact form `natctl run --forward` takes:
+/// The rules in force, each with the id the datapath knows it by (its index
+/// into the per-rule counters and its key among the allowed remotes). Ids
+/// stay with a rule across modifications and renames.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    rules: Vec<(u32, ForwardRule)>,
+}
+
+impl RuleSet {
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &ForwardRule)> {
+        self.rules.iter().map(|(id, rule)| (*id, rule))
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<(u32, &ForwardRule)> {
+        self.iter().find(|(_, rule)| rule.name == name)
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<&ForwardRule> {
+        self.iter()
+            .find(|(rule_id, _)| *rule_id == id)
+            .map(|(_, rule)| rule)
+    }
+
+    pub fn to_vec(&self) -> Vec<ForwardRule> {
+        self.rules.iter().map(|(_, rule)| rule.clone()).collect()
+    }
+
+    /// Adds a rule under `id`, or under the lowest free id; returns the id.
+    pub fn add(&mut self, rule: ForwardRule, id: Option<u32>) -> Result<u32, RuleError> {
+        if self.get(&rule.name).is_some() {
+            return Err(RuleError::DuplicateName(rule.name));
+        }
+        let taken = |candidate: u32| self.rules.iter().any(|(used, _)| *used == candidate);
+        let id = match id {
+            Some(id) if (1..nat_common::MAX_RULES).contains(&id) && !taken(id) => id,
+            _ => (1..nat_common::MAX_RULES)
+                .find(|&candidate| !taken(candidate))
+                .ok_or(RuleError::TooMany)?,
+        };
+        self.rules.push((id, rule));
+        Ok(id)
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Result<&mut ForwardRule, RuleError> {
+        self.rules
+            .iter_mut()
+            .find(|(_, rule)| rule.name == name)
+            .map(|(_, rule)| rule)
+            .ok_or_else(|| RuleError::NotFound(name.to_owned()))
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<ForwardRule, RuleError> {
+        let index = self
+            .rules
+            .iter()
+            .position(|(_, rule)| rule.name == name)
+            .ok_or_else(|| RuleError::NotFound(name.to_owned()))?;
+        Ok(self.rules.remove(index).1)
+    }
+
+    /// Every rule on its own against the LAN, then against each other.
+    pub fn validate(&self, lan: Ipv4Net) -> Result<(), RuleError> {
+        for (_, rule) in &self.rules {
+            rule.validate(lan)?;
+        }
+        check_conflicts(&self.to_vec())
+    }
+
+    /// Everything the enabled rules put into the datapath.
+    pub fn entries(&self) -> RuleEntries {
+        let mut all = RuleEntries::default();
+        for (id, rule) in &self.rules {
+            let entries = rule.entries(*id);
+            all.forwards.extend(entries.forwards);
+            all.allowed.extend(entries.allowed);
+        }
+        all
+    }
+
+    /// The (protocol, external port) pairs the enabled rules hold.
+    pub fn claimed_ports(&self) -> std::collections::HashSet<(u8, u16)> {
+        self.rules
+            .iter()
+            .filter(|(_, rule)| rule.enabled)
+            .flat_map(|(_, rule)| {
+                rule.protocol
+                    .numbers()
+                    .iter()
+                    .flat_map(move |&proto| rule.external.ports().map(move |port| (proto, port)))
+            })
+            .collect()
+    }
+}
+
+/// A compact one-line form, used by the packet tests:
 /// `PROTO/EXTERNAL=IP[:INTERNAL][,allow=CIDR][,name=NAME]`.
 impl FromStr for ForwardRule {
     type Err = RuleError;
@@ -540,6 +657,29 @@ mod tests {
             check_conflicts(&[a, d]),
             Err(RuleError::SharedTarget { port: 80, .. })
         ));
+    }
+
+    #[test]
+    fn rule_set_keeps_ids_and_names_unique() {
+        let mut set = RuleSet::default();
+        let a: ForwardRule = "tcp/80=192.168.0.5,name=a".parse().unwrap();
+        let b: ForwardRule = "tcp/81=192.168.0.5,name=b".parse().unwrap();
+        assert_eq!(set.add(a.clone(), None).unwrap(), 1);
+        assert_eq!(set.add(b.clone(), Some(7)).unwrap(), 7);
+        assert_eq!(
+            set.add(a.clone(), None),
+            Err(RuleError::DuplicateName("a".into()))
+        );
+        set.get_mut("a").unwrap().name = "renamed".into();
+        assert_eq!(set.get("renamed").unwrap().0, 1);
+        assert_eq!(set.remove("a"), Err(RuleError::NotFound("a".into())));
+        set.remove("renamed").unwrap();
+        // The freed id is reused; a taken one is not.
+        assert_eq!(set.add(a, Some(7)).unwrap(), 1);
+        assert_eq!(set.claimed_ports().len(), 2);
+        set.get_mut("b").unwrap().enabled = false;
+        assert_eq!(set.claimed_ports().len(), 1);
+        assert!(set.entries().forwards.len() == 2);
     }
 
     #[test]

@@ -1,32 +1,136 @@
 //! The NAT table as users know it from their router: static entries from the
-//! forwarding rules and dynamic entries from live sessions.
-use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
+//! forwarding rules, conversations through them, and dynamic entries from
+//! live sessions; and the counters behind `natctl stats`.
+use std::{fmt::Write as _, net::Ipv4Addr};
 
 use nat_common::{
-    Counter, CounterValue, DIR_INBOUND, TCP_STATE_CLOSED, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED,
-    TCP_STATE_OPENING,
+    Counter, CounterValue, PROTO_ICMP, Session, SessionKey, TCP_STATE_CLOSED, TCP_STATE_CLOSING,
+    TCP_STATE_ESTABLISHED, TCP_STATE_OPENING,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
+    aging::{self, SweepReport},
+    api::TableFilter,
+    batch,
+    config::Timeouts,
     datapath::{DatapathError, Maps},
-    rules::protocol_name,
+    rules::{PortRange, Protocol, RuleSet, protocol_name},
 };
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct TableEntry {
+/// A port, or a rule's range of ports; unlike a [`PortRange`] it may be 0
+/// (an ICMP query id).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ports {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Ports {
+    fn one(port: u16) -> Self {
+        Self {
+            first: port,
+            last: port,
+        }
+    }
+
+    fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl From<PortRange> for Ports {
+    fn from(range: PortRange) -> Self {
+        Self {
+            first: range.first,
+            last: range.last,
+        }
+    }
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl From<Ports> for String {
+    fn from(ports: Ports) -> String {
+        ports.to_string()
+    }
+}
+
+impl TryFrom<String> for Ports {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || format!("bad port or range {text:?}");
+        let (first, last) = text.split_once('-').unwrap_or((&text, &text));
+        let first = first.parse().map_err(|_| bad())?;
+        let last = last.parse().map_err(|_| bad())?;
+        Ok(Self { first, last })
+    }
+}
+
+/// One row of the NAT table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableRow {
     pub local_ip: Ipv4Addr,
-    pub local_port: u16,
-    pub external_port: u16,
-    /// `None` for a static entry: any remote.
+    pub local_port: Ports,
+    pub external_port: Ports,
+    /// `None`: any remote (a static rule).
     pub remote_ip: Option<Ipv4Addr>,
     pub remote_port: Option<u16>,
-    pub protocol: &'static str,
+    /// TCP, UDP, ICMP, or TCP/UDP for a rule covering both.
+    pub protocol: String,
+    /// STATIC (a rule, or a conversation through one) or DYNAMIC.
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Seconds since the last packet; `None` for a static entry.
-    pub idle_secs: Option<u64>,
-    pub state: Option<&'static str>,
+    pub kind: String,
+    /// Seconds left before the entry expires if idle; `None`: permanent.
+    pub timeout_secs: Option<u64>,
+    /// The TCP state of a conversation.
+    pub state: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// The rule behind a static row.
+    pub rule: Option<String>,
+}
+
+impl TableRow {
+    fn matches(&self, filter: &TableFilter) -> bool {
+        if let Some(protocol) = &filter.protocol
+            && !self
+                .protocol
+                .to_ascii_lowercase()
+                .split('/')
+                .any(|p| p == protocol)
+        {
+            return false;
+        }
+        if let Some(address) = filter.address
+            && self.local_ip != address
+            && self.remote_ip != Some(address)
+        {
+            return false;
+        }
+        if let Some(port) = filter.port
+            && !self.local_port.contains(port)
+            && !self.external_port.contains(port)
+            && self.remote_port != Some(port)
+        {
+            return false;
+        }
+        if let Some(kind) = &filter.kind
+            && !self.kind.eq_ignore_ascii_case(kind)
+        {
+            return false;
+        }
+        true
+    }
 }
 
 fn tcp_state_name(state: u8) -> &'static str {
@@ -39,119 +143,374 @@ fn tcp_state_name(state: u8) -> &'static str {
     }
 }
 
-/// The datapath's clock: `bpf_ktime_get_coarse_ns` is CLOCK_MONOTONIC_COARSE.
-fn datapath_now() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .map(Duration::from)
-        .unwrap_or_default()
+fn conversation_row(
+    key: &SessionKey,
+    session: &Session,
+    kind: &str,
+    rule: Option<String>,
+    timeouts: &Timeouts,
+    now_ns: u64,
+) -> TableRow {
+    let timeout = aging::session_timeout(timeouts, key.proto, session.tcp_state);
+    TableRow {
+        local_ip: Ipv4Addr::from(session.internal_addr),
+        local_port: Ports::one(session.internal_port),
+        external_port: Ports::one(key.external_port),
+        remote_ip: Some(Ipv4Addr::from(key.remote_addr)),
+        // Address-dependent filtering and ICMP keep no remote port.
+        remote_port: (key.remote_port != 0 || key.proto == PROTO_ICMP).then_some(key.remote_port),
+        protocol: protocol_name(key.proto).to_owned(),
+        kind: kind.to_owned(),
+        timeout_secs: Some(aging::remaining(session.last_seen_ns, now_ns, timeout).as_secs()),
+        state: (key.proto == nat_common::PROTO_TCP)
+            .then(|| tcp_state_name(session.tcp_state).to_owned()),
+        packets: session.packets,
+        bytes: session.bytes,
+        rule,
+    }
 }
 
-pub fn read_table(maps: &Maps) -> Result<Vec<TableEntry>, DatapathError> {
-    let map_error = |source| DatapathError::Map {
-        name: nat_common::maps::FORWARDS,
-        source,
-    };
-    let mut entries = Vec::new();
-    for item in maps.forwards.iter() {
-        let (key, forward) = item.map_err(map_error)?;
-        if key.direction != DIR_INBOUND {
-            continue;
-        }
-        entries.push(TableEntry {
-            local_ip: Ipv4Addr::from(forward.addr),
-            local_port: forward.port,
-            external_port: key.port,
+/// The NAT table, filtered: the enabled rules, then the conversations
+/// through them, then the dynamic entries.
+pub fn table_rows(
+    rules: &RuleSet,
+    maps: &Maps,
+    timeouts: &Timeouts,
+    now_ns: u64,
+    filter: &TableFilter,
+) -> Result<Vec<TableRow>, DatapathError> {
+    let mut rows = Vec::new();
+    for (id, rule) in rules.iter().filter(|(_, rule)| rule.enabled) {
+        let counters = maps.rule_counters(id)?;
+        let row = TableRow {
+            local_ip: rule.internal_addr,
+            local_port: rule.internal.into(),
+            external_port: rule.external.into(),
             remote_ip: None,
             remote_port: None,
-            protocol: protocol_name(key.proto),
-            kind: "STATIC",
-            idle_secs: None,
+            protocol: match rule.protocol {
+                Protocol::Tcp => "TCP",
+                Protocol::Udp => "UDP",
+                Protocol::Both => "TCP/UDP",
+            }
+            .to_owned(),
+            kind: "STATIC".to_owned(),
+            timeout_secs: None,
             state: None,
-        });
+            packets: counters.inbound.packets + counters.outbound.packets,
+            bytes: counters.inbound.bytes + counters.outbound.bytes,
+            rule: Some(rule.name.clone()),
+        };
+        if row.matches(filter) {
+            rows.push(row);
+        }
     }
-    let now = datapath_now().as_nanos() as u64;
-    for item in maps.sessions.iter() {
-        let (key, session) = item.map_err(|source| DatapathError::Map {
-            name: nat_common::maps::SESSIONS,
-            source,
-        })?;
-        entries.push(TableEntry {
-            local_ip: Ipv4Addr::from(session.internal_addr),
-            local_port: session.internal_port,
-            external_port: key.external_port,
-            remote_ip: Some(Ipv4Addr::from(key.remote_addr)),
-            remote_port: Some(key.remote_port),
-            protocol: protocol_name(key.proto),
-            kind: "DYNAMIC",
-            idle_secs: Some(now.saturating_sub(session.last_seen_ns) / 1_000_000_000),
-            state: (key.proto == nat_common::PROTO_TCP).then(|| tcp_state_name(session.tcp_state)),
-        });
-    }
-    entries.sort_by_key(|e| {
+    let rule_of = |proto: u8, port: u16| {
+        rules
+            .iter()
+            .find(|(_, rule)| {
+                rule.enabled
+                    && rule.protocol.numbers().contains(&proto)
+                    && (rule.external.first..=rule.external.last).contains(&port)
+            })
+            .map(|(_, rule)| rule.name.clone())
+    };
+    let mut conversations = Vec::new();
+    batch::for_each_in(
+        &maps.forward_sessions,
+        |key: &SessionKey, session: &Session| {
+            let rule = rule_of(key.proto, key.external_port);
+            let row = conversation_row(key, session, "STATIC", rule, timeouts, now_ns);
+            if row.matches(filter) {
+                conversations.push(row);
+            }
+        },
+    )
+    .map_err(|source| DatapathError::Walk {
+        name: nat_common::maps::FORWARD_SESSIONS,
+        source,
+    })?;
+    let mut dynamic = Vec::new();
+    batch::for_each_in(&maps.sessions, |key: &SessionKey, session: &Session| {
+        let row = conversation_row(key, session, "DYNAMIC", None, timeouts, now_ns);
+        if row.matches(filter) {
+            dynamic.push(row);
+        }
+    })
+    .map_err(|source| DatapathError::Walk {
+        name: nat_common::maps::SESSIONS,
+        source,
+    })?;
+    let order = |row: &TableRow| {
         (
-            e.kind,
-            e.protocol,
-            e.external_port,
-            e.remote_ip,
-            e.remote_port,
+            row.external_port.first,
+            row.protocol.clone(),
+            row.remote_ip,
+            row.remote_port,
         )
-    });
-    Ok(entries)
+    };
+    conversations.sort_by_key(order);
+    dynamic.sort_by_key(order);
+    rows.extend(conversations);
+    rows.extend(dynamic);
+    Ok(rows)
 }
 
-pub fn format_table(entries: &[TableEntry]) -> String {
+pub fn format_table(rows: &[TableRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>5} {:>8} {:<15} {:>6} {:<5} {:<8} {:>9} STATE",
-        "LOCAL IP", "PORT", "EXTERNAL", "REMOTE IP", "PORT", "PROTO", "TYPE", "IDLE"
+        "{:<15} {:>11} {:>11} {:<15} {:>6} {:<7} {:<7} {:>9} {:<11} {:>9} {:>11} RULE",
+        "LOCAL IP",
+        "LOCAL PORT",
+        "EXTERNAL",
+        "REMOTE IP",
+        "PORT",
+        "PROTO",
+        "TYPE",
+        "TIMEOUT",
+        "STATE",
+        "PACKETS",
+        "BYTES"
     );
-    for e in entries {
-        let remote_ip = e.remote_ip.map_or("ANY".to_owned(), |ip| ip.to_string());
-        let remote_port = e.remote_port.map_or("ANY".to_owned(), |p| p.to_string());
-        let idle = e
-            .idle_secs
+    for row in rows {
+        let remote_ip = row.remote_ip.map_or("ANY".to_owned(), |ip| ip.to_string());
+        let remote_port = row.remote_port.map_or("ANY".to_owned(), |p| p.to_string());
+        let timeout = row
+            .timeout_secs
             .map_or("PERMANENT".to_owned(), |s| format!("{s}s"));
         let _ = writeln!(
             out,
-            "{:<15} {:>5} {:>8} {:<15} {:>6} {:<5} {:<8} {:>9} {}",
-            e.local_ip,
-            e.local_port,
-            e.external_port,
+            "{:<15} {:>11} {:>11} {:<15} {:>6} {:<7} {:<7} {:>9} {:<11} {:>9} {:>11} {}",
+            row.local_ip,
+            row.local_port.to_string(),
+            row.external_port.to_string(),
             remote_ip,
             remote_port,
-            e.protocol,
-            e.kind,
-            idle,
-            e.state.unwrap_or("-")
+            row.protocol,
+            row.kind,
+            timeout,
+            row.state.as_deref().unwrap_or("-"),
+            row.packets,
+            row.bytes,
+            row.rule.as_deref().unwrap_or("-"),
         );
     }
     out
 }
 
-pub fn format_counters(counters: &[(Counter, CounterValue)]) -> String {
+/// Packets and bytes through one rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleStats {
+    pub name: String,
+    pub inbound: Traffic,
+    pub outbound: Traffic,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<CounterValue> for Traffic {
+    fn from(value: CounterValue) -> Self {
+        Self {
+            packets: value.packets,
+            bytes: value.bytes,
+        }
+    }
+}
+
+/// What `natctl stats` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    /// Every datapath counter by its label (see `nat_common::Counter`).
+    pub counters: std::collections::BTreeMap<String, Traffic>,
+    pub rules: Vec<RuleStats>,
+    pub dynamic_mappings: usize,
+    pub last_sweep: Option<SweepReport>,
+}
+
+pub fn stats(
+    rules: &RuleSet,
+    maps: &Maps,
+    last_sweep: Option<SweepReport>,
+) -> Result<Stats, DatapathError> {
+    let counters = maps
+        .counters()?
+        .into_iter()
+        .map(|(counter, value)| (counter.label().to_owned(), value.into()))
+        .collect();
+    let mut rule_stats = Vec::new();
+    for (id, rule) in rules.iter() {
+        let counters = maps.rule_counters(id)?;
+        rule_stats.push(RuleStats {
+            name: rule.name.clone(),
+            inbound: counters.inbound.into(),
+            outbound: counters.outbound.into(),
+        });
+    }
+    // Each mapping is held twice (one key per direction).
+    let mut binding_keys = 0usize;
+    batch::for_each_in(
+        &maps.bindings,
+        |_: &nat_common::EndpointKey, _: &nat_common::Binding| binding_keys += 1,
+    )
+    .map_err(|source| DatapathError::Walk {
+        name: nat_common::maps::BINDINGS,
+        source,
+    })?;
+    Ok(Stats {
+        counters,
+        rules: rule_stats,
+        // An approximation while halves are being added or removed.
+        dynamic_mappings: binding_keys / 2,
+        last_sweep,
+    })
+}
+
+/// Groups of counters as a user reads them, in this order.
+const GROUPS: &[(&str, &[Counter])] = &[
+    ("received", &[Counter::LanRx, Counter::WanRx]),
+    (
+        "translated",
+        &[
+            Counter::Snat,
+            Counter::Dnat,
+            Counter::Forwarded,
+            Counter::Hairpin,
+            Counter::IcmpErrorIn,
+            Counter::IcmpErrorOut,
+        ],
+    ),
+    ("mappings", &[Counter::NewBinding]),
+    (
+        "dropped",
+        &[
+            Counter::DropPortExhausted,
+            Counter::DropUnsolicited,
+            Counter::DropTableFull,
+        ],
+    ),
+];
+
+pub fn format_stats(stats: &Stats) -> String {
     let mut out = String::new();
-    for (counter, value) in counters {
+    let line = |out: &mut String, label: &str, traffic: Traffic| {
         let _ = writeln!(
             out,
-            "{:<24} {:>12} packets {:>14} bytes",
-            counter.label(),
-            value.packets,
-            value.bytes
+            "  {:<24} {:>12} packets {:>14} bytes",
+            label, traffic.packets, traffic.bytes
         );
+    };
+    let mut shown = std::collections::HashSet::new();
+    for (group, counters) in GROUPS {
+        let _ = writeln!(out, "{group}:");
+        for counter in *counters {
+            shown.insert(counter.label());
+            line(
+                &mut out,
+                counter.label(),
+                stats
+                    .counters
+                    .get(counter.label())
+                    .copied()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    let _ = writeln!(out, "passed to the kernel and other events:");
+    for (label, traffic) in &stats.counters {
+        if !shown.contains(label.as_str()) {
+            line(&mut out, label, *traffic);
+        }
+    }
+    let _ = writeln!(out, "dynamic mappings: {}", stats.dynamic_mappings);
+    if let Some(sweep) = &stats.last_sweep {
+        let _ = writeln!(
+            out,
+            "last aging sweep: {} entries scanned in {:.1} ms; removed {} sessions, {} forward sessions, {} mappings",
+            sweep.scanned,
+            sweep.elapsed.as_secs_f64() * 1000.0,
+            sweep.sessions_removed,
+            sweep.forward_sessions_removed,
+            sweep.bindings_removed
+        );
+    }
+    if !stats.rules.is_empty() {
+        let _ = writeln!(out, "rules:");
+        for rule in &stats.rules {
+            let _ = writeln!(
+                out,
+                "  {:<24} in {:>10} packets {:>12} bytes   out {:>10} packets {:>12} bytes",
+                rule.name,
+                rule.inbound.packets,
+                rule.inbound.bytes,
+                rule.outbound.packets,
+                rule.outbound.bytes
+            );
+        }
     }
     out
 }
 
-pub fn counters_json(counters: &[(Counter, CounterValue)]) -> serde_json::Value {
-    let map = counters
-        .iter()
-        .map(|(counter, value)| {
-            (
-                counter.label().to_owned(),
-                serde_json::json!({ "packets": value.packets, "bytes": value.bytes }),
-            )
-        })
-        .collect::<serde_json::Map<_, _>>();
-    serde_json::Value::Object(map)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_row() -> TableRow {
+        TableRow {
+            local_ip: "192.168.0.12".parse().unwrap(),
+            local_port: Ports::try_from("6881-6889".to_owned()).unwrap(),
+            external_port: Ports::try_from("6881-6889".to_owned()).unwrap(),
+            remote_ip: None,
+            remote_port: None,
+            protocol: "TCP/UDP".into(),
+            kind: "STATIC".into(),
+            timeout_secs: None,
+            state: None,
+            packets: 0,
+            bytes: 0,
+            rule: Some("torrent".into()),
+        }
+    }
+
+    #[test]
+    fn filters_match_ranges_both_protocols_and_either_address() {
+        let row = rule_row();
+        let filter = |f: TableFilter| row.matches(&f);
+        assert!(filter(TableFilter::default()));
+        assert!(filter(TableFilter {
+            protocol: Some("udp".into()),
+            ..Default::default()
+        }));
+        assert!(!filter(TableFilter {
+            protocol: Some("icmp".into()),
+            ..Default::default()
+        }));
+        assert!(filter(TableFilter {
+            port: Some(6885),
+            ..Default::default()
+        }));
+        assert!(!filter(TableFilter {
+            port: Some(6890),
+            ..Default::default()
+        }));
+        assert!(filter(TableFilter {
+            address: Some("192.168.0.12".parse().unwrap()),
+            kind: Some("STATIC".into()),
+            ..Default::default()
+        }));
+        assert!(!filter(TableFilter {
+            kind: Some("DYNAMIC".into()),
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn format_shows_permanent_and_any() {
+        let text = format_table(&[rule_row()]);
+        assert!(text.contains("PERMANENT") && text.contains("ANY") && text.contains("6881-6889"));
+    }
 }

@@ -117,9 +117,11 @@ fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
 }
 
 pub struct Lab {
-    natctl: Option<Child>,
+    daemon: Option<Child>,
     log: TempFile,
     pins: PathBuf,
+    state: TempDir,
+    config: PathBuf,
     _peer_programs: Vec<Ebpf>,
     _bpffs: BpfFs,
     pub lan: Netns,
@@ -127,10 +129,25 @@ pub struct Lab {
     pub wan: Netns,
 }
 
+/// A directory removed with its contents on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Lab {
-    /// Builds the topology and starts `natctl run` on the router with
-    /// `extra_args` (e.g. `--forward tcp/8080=192.168.0.12:8000`).
-    pub fn start(extra_args: &[&str]) -> Result<Self> {
+    /// Builds the topology and starts `natctl daemon` on the router with
+    /// the default configuration.
+    pub fn start() -> Result<Self> {
+        Self::start_with_config("")
+    }
+
+    /// As [`Lab::start`], with `extra` appended to the daemon's
+    /// configuration file (e.g. a `[timeouts]` table).
+    pub fn start_with_config(extra: &str) -> Result<Self> {
         require_root();
         let name = format!(
             "nat-lab-{}-{}",
@@ -139,7 +156,18 @@ impl Lab {
         );
         let bpffs = BpfFs::mount(std::env::temp_dir().join(&name))?;
         let pins = bpffs.dir.join("natctl");
-        let natctl = natctl_path()?;
+        let state = TempDir(std::env::temp_dir().join(format!("{name}-state")));
+        fs::create_dir_all(&state.0)?;
+        let config = state.0.join("natctl.toml");
+        fs::write(
+            &config,
+            format!(
+                "rules_file = {:?}\nsocket = {:?}\npin_dir = {:?}\n{extra}\n",
+                state.0.join("rules.toml"),
+                state.0.join("natctl.sock"),
+                pins
+            ),
+        )?;
         let log = TempFile(std::env::temp_dir().join(format!("{name}.log")));
 
         let lan = Netns::new("lan")?;
@@ -165,50 +193,79 @@ impl Lab {
         }
 
         let peer_programs = vec![attach_pass(&lan, "eth0")?, attach_pass(&wan, "eth0")?];
-
-        let log_file = fs::File::create(&log.0)?;
-        let mut command = router.command(natctl.to_str().context("path")?);
-        command
-            .args(["run", "--wan", "wan0", "--lan", "lan0", "--pin-dir"])
-            .arg(&pins)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let natctl = command.spawn().context("starting natctl")?;
         let mut lab = Self {
-            natctl: Some(natctl),
+            daemon: None,
             log,
             pins,
+            state,
+            config,
             _peer_programs: peer_programs,
             _bpffs: bpffs,
             lan,
             router,
             wan,
         };
-        lab.wait_running()?;
+        lab.start_daemon()?;
         Ok(lab)
     }
 
-    fn wait_running(&mut self) -> Result<()> {
+    /// Starts `natctl daemon` in the router's namespace and waits until it
+    /// serves its API (a restart picks up the pinned datapath).
+    pub fn start_daemon(&mut self) -> Result<()> {
+        if self.daemon.is_some() {
+            bail!("the daemon is already running");
+        }
+        let natctl = natctl_path()?;
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log.0)?;
+        let before = fs::metadata(&self.log.0)?.len() as usize;
+        let mut command = self.router.command(natctl.to_str().context("path")?);
+        command
+            .args(["--socket"])
+            .arg(self.socket())
+            .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
+            .arg(&self.config)
+            .env("NATCTL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        let mut child = command.spawn().context("starting natctl daemon")?;
         let log = self.log.0.clone();
-        let child = self.natctl.as_mut().expect("natctl running");
         let ready = wait_for(
-            "natctl to attach the datapath",
+            "natctl daemon to serve its API",
             Duration::from_secs(30),
             || {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Some(Err(status));
                 }
                 let text = fs::read_to_string(&log).unwrap_or_default();
-                text.contains("NAT running").then_some(Ok(()))
+                text.get(before..)
+                    .is_some_and(|new| new.contains("API on"))
+                    .then_some(Ok(()))
             },
         );
         match ready {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(status)) => bail!("natctl exited ({status}): {}", self.natctl_log()),
-            Err(error) => bail!("{error}: {}", self.natctl_log()),
+            Ok(Ok(())) => {
+                self.daemon = Some(child);
+                Ok(())
+            }
+            Ok(Err(status)) => bail!("natctl daemon exited ({status}): {}", self.natctl_log()),
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{error}: {}", self.natctl_log())
+            }
         }
+    }
+
+    /// Kills the daemon with SIGKILL: no clean-up at all.
+    pub fn kill_daemon(&mut self) -> Result<()> {
+        let mut child = self.daemon.take().context("no daemon running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     pub fn natctl_log(&self) -> String {
@@ -219,14 +276,32 @@ impl Lab {
         &self.pins
     }
 
-    /// Runs a `natctl` subcommand against this lab's datapath.
-    pub fn natctl(&self, args: &[&str]) -> Result<String> {
+    pub fn socket(&self) -> PathBuf {
+        self.state.0.join("natctl.sock")
+    }
+
+    pub fn rules_file(&self) -> PathBuf {
+        self.state.0.join("rules.toml")
+    }
+
+    pub fn config_file(&self) -> &Path {
+        &self.config
+    }
+
+    /// Runs a `natctl` subcommand against this lab's daemon, whatever the
+    /// outcome.
+    pub fn natctl_output(&self, args: &[&str]) -> Result<std::process::Output> {
         let natctl = natctl_path()?;
-        let output = Command::new(&natctl)
+        Ok(Command::new(&natctl)
+            .arg("--socket")
+            .arg(self.socket())
             .args(args)
-            .arg("--pin-dir")
-            .arg(&self.pins)
-            .output()?;
+            .output()?)
+    }
+
+    /// Runs a `natctl` subcommand that must succeed; returns its stdout.
+    pub fn natctl(&self, args: &[&str]) -> Result<String> {
+        let output = self.natctl_output(args)?;
         if !output.status.success() {
             bail!(
                 "natctl {} failed: {}",
@@ -240,7 +315,9 @@ impl Lab {
     /// Counter label -> packets.
     pub fn counters(&self) -> Result<HashMap<String, u64>> {
         let json: serde_json::Value = serde_json::from_str(&self.natctl(&["stats", "--json"])?)?;
-        let object = json.as_object().context("stats --json is not an object")?;
+        let object = json["counters"]
+            .as_object()
+            .context("stats --json has no counters object")?;
         Ok(object
             .iter()
             .map(|(label, value)| (label.clone(), value["packets"].as_u64().unwrap_or(0)))
@@ -248,16 +325,24 @@ impl Lab {
     }
 
     pub fn table(&self) -> Result<Vec<serde_json::Value>> {
-        let json: serde_json::Value = serde_json::from_str(&self.natctl(&["table", "--json"])?)?;
+        self.table_filtered(&[])
+    }
+
+    /// `natctl table --json` with filter arguments such as `--proto udp`.
+    pub fn table_filtered(&self, filter: &[&str]) -> Result<Vec<serde_json::Value>> {
+        let mut args = vec!["table", "--json"];
+        args.extend_from_slice(filter);
+        let json: serde_json::Value = serde_json::from_str(&self.natctl(&args)?)?;
         Ok(json
             .as_array()
             .context("table --json is not an array")?
             .clone())
     }
 
-    /// Stops natctl with SIGTERM and returns its output.
+    /// Stops the daemon with SIGTERM (the datapath stays) and returns the
+    /// log.
     pub fn stop(&mut self) -> Result<String> {
-        if let Some(mut child) = self.natctl.take() {
+        if let Some(mut child) = self.daemon.take() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let status = wait_for("natctl to stop", Duration::from_secs(15), || {
@@ -271,14 +356,41 @@ impl Lab {
         }
         Ok(self.natctl_log())
     }
+
+    /// `natctl down`: detaches the datapath; waits for the daemon to exit.
+    pub fn down(&mut self) -> Result<String> {
+        let pin_dir = self.pins.to_str().context("path")?.to_owned();
+        let output = self.natctl(&["down", "--pin-dir", &pin_dir])?;
+        if let Some(mut child) = self.daemon.take() {
+            let exited = wait_for("natctl to exit after down", Duration::from_secs(15), || {
+                child.try_wait().ok().flatten()
+            });
+            if exited.is_err() {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("natctl did not exit after down: {}", self.natctl_log());
+            }
+        }
+        Ok(output)
+    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut child) = self.natctl.take() {
+        if let Some(mut child) = self.daemon.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Then the fields: the log, peer programs, the bpffs, the namespaces.
+        // Detach whatever is still pinned before the bpffs goes.
+        if let Ok(natctl) = natctl_path() {
+            let _ = Command::new(natctl)
+                .arg("--socket")
+                .arg(self.socket())
+                .args(["down", "--pin-dir"])
+                .arg(&self.pins)
+                .output();
+        }
+        // Then the fields: the log, state, peer programs, the bpffs, the
+        // namespaces.
     }
 }

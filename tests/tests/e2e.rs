@@ -27,7 +27,7 @@ fn counter(lab: &Lab, label: &str) -> u64 {
 
 #[test]
 fn tcp_transfer_through_the_nat_keeps_every_byte() {
-    let mut lab = Lab::start(&[]).unwrap();
+    let mut lab = Lab::start().unwrap();
     let ruleset = lab.router.exec("nft", &["list", "ruleset"]).unwrap();
     assert!(
         ruleset.stdout.is_empty(),
@@ -75,13 +75,13 @@ fn tcp_transfer_through_the_nat_keeps_every_byte() {
             && entry["local_ip"] == "192.168.0.12"),
         "{table:#?}"
     );
-    let output = lab.stop().unwrap();
+    let output = lab.down().unwrap();
     assert!(output.contains("datapath detached"), "{output}");
 }
 
 #[test]
 fn udp_both_ways_and_icmp_errors_come_back_translated() {
-    let lab = Lab::start(&[]).unwrap();
+    let lab = Lab::start().unwrap();
     let wan_socket = join(lab.wan.spawn(|| Ok(UdpSocket::bind((WAN_HOST, 9001))?)));
     wan_socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let lan_socket = join(lab.lan.spawn(|| {
@@ -116,7 +116,7 @@ fn udp_both_ways_and_icmp_errors_come_back_translated() {
 
 #[test]
 fn ping_works_and_ttl_expiry_is_reported_by_the_router() {
-    let lab = Lab::start(&[]).unwrap();
+    let lab = Lab::start().unwrap();
     lab.lan
         .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "203.0.113.2"])
         .unwrap();
@@ -140,7 +140,18 @@ fn ping_works_and_ttl_expiry_is_reported_by_the_router() {
 
 #[test]
 fn forwarding_entry_reaches_the_lan_server_and_nothing_else_gets_in() {
-    let lab = Lab::start(&["--forward", "tcp/8080=192.168.0.12:8000,name=web"]).unwrap();
+    let lab = Lab::start().unwrap();
+    lab.natctl(&[
+        "add",
+        "web",
+        "--proto",
+        "tcp",
+        "--external",
+        "8080",
+        "--internal",
+        "192.168.0.12:8000",
+    ])
+    .unwrap();
     let web = join(lab.lan.spawn(|| Ok(TcpListener::bind((LAN_SERVER, 8000))?)));
     let other = join(lab.lan.spawn(|| Ok(TcpListener::bind((LAN_SERVER, 7000))?)));
 
@@ -198,9 +209,10 @@ fn forwarding_entry_reaches_the_lan_server_and_nothing_else_gets_in() {
     let table = lab.table().unwrap();
     assert!(
         table.iter().any(|entry| entry["type"] == "STATIC"
-            && entry["external_port"] == 8080
+            && entry["external_port"] == "8080"
             && entry["local_ip"] == "192.168.0.12"
-            && entry["local_port"] == 8000),
+            && entry["local_port"] == "8000"
+            && entry["rule"] == "web"),
         "{table:#?}"
     );
 }

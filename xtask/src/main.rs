@@ -38,7 +38,7 @@ enum Command {
     },
     /// Set up, then run the network-namespace demo lab (needs root).
     Demo,
-    /// Set up, build natctl and run it on this machine's interfaces.
+    /// Set up, build natctl and run its daemon on this machine's interfaces.
     Run {
         /// The WAN (upstream) interface.
         #[arg(long)]
@@ -46,7 +46,7 @@ enum Command {
         /// The LAN (downstream) interface.
         #[arg(long)]
         lan: String,
-        /// Further `natctl run` options, e.g. `--forward tcp/2222=192.168.0.12:22`.
+        /// Further `natctl daemon` options, e.g. `--config /etc/natctl/natctl.toml`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         natctl_args: Vec<String>,
     },
@@ -102,9 +102,10 @@ mod tests {
             "eth0",
             "--lan",
             "eth1",
-            "--forward",
-            "tcp/2222=192.168.0.12:22,name=ssh",
-            "--no-hairpin",
+            "--config",
+            "/tmp/natctl.toml",
+            "--xdp-mode",
+            "generic",
         ])
         else {
             panic!("not run");
@@ -112,11 +113,7 @@ mod tests {
         assert_eq!((wan.as_str(), lan.as_str()), ("eth0", "eth1"));
         assert_eq!(
             natctl_args,
-            [
-                "--forward",
-                "tcp/2222=192.168.0.12:22,name=ssh",
-                "--no-hairpin"
-            ]
+            ["--config", "/tmp/natctl.toml", "--xdp-mode", "generic"]
         );
     }
 

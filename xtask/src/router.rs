@@ -13,8 +13,9 @@ pub fn run(wan: &str, lan: &str, natctl_args: &[String]) -> Result<ExitCode> {
     let natctl = cmd::target_dir()?.join("release").join("natctl");
     let mut command = std::process::Command::new(natctl);
     command
-        .args(["run", "--wan", wan, "--lan", lan])
+        .args(["daemon", "--wan", wan, "--lan", lan])
         .args(natctl_args);
-    // exec: natctl runs in the foreground and detaches on Ctrl-C itself.
+    // exec: the daemon runs in the foreground; Ctrl-C stops it and leaves
+    // the datapath forwarding, `natctl down` detaches it.
     Err(cmd::exec(&mut command))
 }

@@ -38,10 +38,22 @@ fn demo() -> Result<()> {
     step(
         "Building the lab: LAN host 192.168.0.12 -- router (192.168.0.1 | 203.0.113.1) -- WAN host 203.0.113.2",
     );
-    let forward = "tcp/8080=192.168.0.12:8000,name=web";
-    let mut lab = Lab::start(&["--forward", forward])?;
-    println!("natctl run --wan wan0 --lan lan0 --forward {forward}");
+    let mut lab = Lab::start()?;
+    println!("natctl daemon --wan wan0 --lan lan0");
     print!("{}", lab.natctl_log());
+    let add = [
+        "add",
+        "web",
+        "--proto",
+        "tcp",
+        "--external",
+        "8080",
+        "--internal",
+        "192.168.0.12:8000",
+    ];
+    println!("natctl {}", add.join(" "));
+    print!("{}", lab.natctl(&add)?);
+    print!("{}", lab.natctl(&["list"])?);
 
     step("LAN host pings the WAN host (ICMP id mapped like a port)");
     let ping = lab
@@ -78,14 +90,22 @@ fn demo() -> Result<()> {
     join(client)?;
     println!("LAN server got {text:?} from {peer}");
 
+    step("The daemon's log of new inbound connections on forwarded ports");
+    for line in lab
+        .natctl_log()
+        .lines()
+        .filter(|line| line.contains("new inbound"))
+    {
+        println!("{line}");
+    }
+
     step("natctl table");
     print!("{}", lab.natctl(&["table"])?);
     step("natctl stats (packets that took the XDP path)");
     print!("{}", lab.natctl(&["stats"])?);
 
-    step("Stopping natctl and removing the lab");
-    print!("{}", lab.stop()?.lines().last().unwrap_or_default());
-    println!();
+    step("natctl down: detaching the datapath and removing the lab");
+    print!("{}", lab.down()?);
     Ok(())
 }
 

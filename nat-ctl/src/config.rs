@@ -1,0 +1,542 @@
+//! The daemon's configuration file (TOML). Read, never written, by the
+//! daemon; SIGHUP re-reads it.
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
+
+use crate::{rules::PortRange, store};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/natctl/natctl.toml";
+pub const DEFAULT_SOCKET_PATH: &str = "/run/natctl/natctl.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/natctl";
+
+/// Below this, a handful of LAN hosts opening connections would exhaust the
+/// dynamic ports and new flows would be dropped.
+const MIN_DYNAMIC_PORTS: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} line {line}: not UTF-8 text; the config file must be UTF-8", path.display())]
+    NotUtf8 { path: PathBuf, line: usize },
+    #[error("{} line {line}, column {column}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The daemon's settings; every key is optional.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    #[serde(deserialize_with = "rules_file")]
+    pub rules_file: PathBuf,
+    #[serde(deserialize_with = "socket")]
+    pub socket: PathBuf,
+    #[serde(deserialize_with = "pin_dir")]
+    pub pin_dir: PathBuf,
+    pub nat: NatSettings,
+    pub timeouts: Timeouts,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            rules_file: PathBuf::from(store::DEFAULT_RULES_PATH),
+            socket: PathBuf::from(DEFAULT_SOCKET_PATH),
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            nat: NatSettings::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// The `[nat]` table: the NAT behaviour of RFC 4787 the datapath applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatSettings {
+    pub filtering: Filtering,
+    /// What becomes of a packet from the WAN that matches no entry.
+    pub unsolicited: Unsolicited,
+    /// Lets LAN hosts reach a forwarded port through the public address.
+    pub hairpin: bool,
+    /// The ports outbound flows are mapped to.
+    #[serde(deserialize_with = "dynamic_ports")]
+    pub ports: PortRange,
+}
+
+impl Default for NatSettings {
+    fn default() -> Self {
+        Self {
+            filtering: Filtering::default(),
+            unsolicited: Unsolicited::default(),
+            hairpin: true,
+            ports: PortRange {
+                first: 1024,
+                last: 65535,
+            },
+        }
+    }
+}
+
+/// Which remote endpoints may send in through a mapping (RFC 4787 section 5).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Anyone, once the mapping exists ("full cone").
+    EndpointIndependent,
+    /// Only addresses the LAN host has sent to.
+    AddressDependent,
+    /// Only address and port pairs the LAN host has sent to: the safest,
+    /// and what RFC 4787 recommends when in doubt.
+    #[default]
+    AddressAndPortDependent,
+}
+
+impl Filtering {
+    pub fn datapath_value(self) -> u8 {
+        match self {
+            Filtering::EndpointIndependent => nat_common::FILTER_ENDPOINT_INDEPENDENT,
+            Filtering::AddressDependent => nat_common::FILTER_ADDRESS_DEPENDENT,
+            Filtering::AddressAndPortDependent => nat_common::FILTER_ADDRESS_AND_PORT_DEPENDENT,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Filtering::EndpointIndependent => "endpoint-independent",
+            Filtering::AddressDependent => "address-dependent",
+            Filtering::AddressAndPortDependent => "address-and-port-dependent",
+        }
+    }
+}
+
+impl std::fmt::Display for Filtering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What to do with a WAN packet that matches no mapping and no forward.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unsolicited {
+    /// Hand it to the router's own stack, which may be serving it.
+    #[default]
+    Pass,
+    Drop,
+}
+
+impl Unsolicited {
+    pub fn datapath_value(self) -> u8 {
+        match self {
+            Unsolicited::Pass => nat_common::UNSOLICITED_PASS,
+            Unsolicited::Drop => nat_common::UNSOLICITED_DROP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unsolicited::Pass => "pass",
+            Unsolicited::Drop => "drop",
+        }
+    }
+}
+
+impl std::fmt::Display for Unsolicited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl DaemonConfig {
+    /// `None`: the default path, where a missing file means defaults.
+    /// `Some(path)`: the file must exist. Also returns the file actually read.
+    pub fn load(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        match path {
+            Some(path) => Self::load_file(path, true),
+            None => Self::load_file(Path::new(DEFAULT_CONFIG_PATH), false),
+        }
+    }
+
+    fn load_file(path: &Path, required: bool) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if !required && error.kind() == io::ErrorKind::NotFound => {
+                return Ok((Self::default(), None));
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let text = String::from_utf8(bytes).map_err(|error| ConfigError::NotUtf8 {
+            path: path.to_owned(),
+            line: store::line_of_byte(error.as_bytes(), error.utf8_error().valid_up_to()),
+        })?;
+        Ok((Self::parse(&text, path)?, Some(path.to_owned())))
+    }
+
+    /// Parses the text of a config file; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|error| {
+            let (line, column, message) = store::toml_error_position(text, &error);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        })
+    }
+}
+
+/// How often to look for idle entries: a quarter of the shortest timeout,
+/// so that an entry outlives its timeout by at most a quarter of it, but
+/// at least every 30 s (no point sweeping faster than entries can expire
+/// at realistic timeouts) and at most every second (short timeouts in tests).
+pub fn sweep_interval(timeouts: &Timeouts) -> Duration {
+    let shortest = [
+        timeouts.tcp_established,
+        timeouts.tcp_transitory,
+        timeouts.udp,
+        timeouts.icmp,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or_default();
+    (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+// Checked while deserializing rather than afterwards, so that the error
+// carries the value's position in the file.
+
+fn absolute_path<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    key: &str,
+    example: &str,
+) -> Result<PathBuf, D::Error> {
+    let path = PathBuf::deserialize(deserializer)?;
+    if !path.is_absolute() {
+        return Err(D::Error::custom(format!(
+            "{key} = {:?}: expected an absolute path such as {example}",
+            path.display().to_string()
+        )));
+    }
+    Ok(path)
+}
+
+fn rules_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    absolute_path(deserializer, "rules_file", store::DEFAULT_RULES_PATH)
+}
+
+fn socket<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    absolute_path(deserializer, "socket", DEFAULT_SOCKET_PATH)
+}
+
+// A relative pin directory would depend on the daemon's working directory,
+// and the pins must be found again by the next daemon.
+fn pin_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    absolute_path(deserializer, "pin_dir", DEFAULT_PIN_DIR)
+}
+
+fn dynamic_ports<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PortRange, D::Error> {
+    let ports = PortRange::deserialize(deserializer)?;
+    if ports.len() < MIN_DYNAMIC_PORTS {
+        return Err(D::Error::custom(format!(
+            "ports = \"{ports}\": the dynamic range needs at least {MIN_DYNAMIC_PORTS} ports"
+        )));
+    }
+    Ok(ports)
+}
+
+/// How long a dynamic entry may stay idle, by protocol and TCP state
+/// (RFC 5382 and RFC 4787 defaults). Written in seconds in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// An established TCP connection (RFC 5382: at least 2 h 4 min).
+    #[serde(with = "seconds")]
+    pub tcp_established: Duration,
+    /// TCP before the handshake completes, or after a FIN or RST (4 min).
+    #[serde(with = "seconds")]
+    pub tcp_transitory: Duration,
+    /// UDP (RFC 4787: at least 2 min, 5 min recommended).
+    #[serde(with = "seconds")]
+    pub udp: Duration,
+    /// ICMP queries (RFC 5508: 60 s).
+    #[serde(with = "seconds")]
+    pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: Duration::from_secs(7440),
+            tcp_transitory: Duration::from_secs(240),
+            udp: Duration::from_secs(300),
+            icmp: Duration::from_secs(60),
+        }
+    }
+}
+
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let secs = i64::deserialize(deserializer)?;
+        if !(1..=86_400 * 7).contains(&secs) {
+            return Err(D::Error::custom(format!(
+                "timeout {secs} s: expected a number of seconds from 1 to 604800 (7 days)"
+            )));
+        }
+        Ok(Duration::from_secs(secs as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(text: &str) -> (usize, usize, String) {
+        match DaemonConfig::parse(text, Path::new("/etc/natctl/natctl.toml")).unwrap_err() {
+            ConfigError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            } => (line, column, message),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let config = DaemonConfig::parse("", Path::new("natctl.toml")).unwrap();
+        assert_eq!(config, DaemonConfig::default());
+        assert_eq!(config.rules_file, Path::new("/var/lib/natctl/rules.toml"));
+        assert_eq!(config.socket, Path::new("/run/natctl/natctl.sock"));
+        assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/natctl"));
+        assert_eq!(config.nat.filtering, Filtering::AddressAndPortDependent);
+        assert_eq!(config.nat.unsolicited, Unsolicited::Pass);
+        assert!(config.nat.hairpin);
+        assert_eq!(config.nat.ports.to_string(), "1024-65535");
+        assert_eq!(config.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn missing_default_file_is_the_defaults() {
+        let path = std::env::temp_dir().join(format!(
+            "natctl-config-{}-missing-default.toml",
+            std::process::id()
+        ));
+        let (config, read) = DaemonConfig::load_file(&path, false).unwrap();
+        assert_eq!(config, DaemonConfig::default());
+        assert_eq!(read, None);
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error_naming_it() {
+        let path = std::env::temp_dir().join(format!(
+            "natctl-config-{}-missing-explicit.toml",
+            std::process::id()
+        ));
+        let error = DaemonConfig::load(Some(&path)).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains(&*path.to_string_lossy()),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn explicit_file_is_read() {
+        let path = std::env::temp_dir().join(format!(
+            "natctl-config-{}-explicit.toml",
+            std::process::id()
+        ));
+        fs::write(&path, "[nat]\nhairpin = false\n").unwrap();
+        let loaded = DaemonConfig::load(Some(&path));
+        let _ = fs::remove_file(&path);
+        let (config, read) = loaded.unwrap();
+        assert!(!config.nat.hairpin);
+        assert_eq!(read.as_deref(), Some(path.as_path()));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+rules_file = "/srv/natctl/rules.toml"
+socket = "/run/natctl.sock"
+pin_dir = "/sys/fs/bpf/nat"
+
+[nat]
+filtering = "endpoint-independent"
+unsolicited = "drop"
+hairpin = false
+ports = "40000-49999"
+
+[timeouts]
+tcp_established = 3600
+tcp_transitory = 120
+udp = 60
+icmp = 30
+"#;
+        let config = DaemonConfig::parse(text, Path::new("natctl.toml")).unwrap();
+        assert_eq!(
+            config,
+            DaemonConfig {
+                rules_file: "/srv/natctl/rules.toml".into(),
+                socket: "/run/natctl.sock".into(),
+                pin_dir: "/sys/fs/bpf/nat".into(),
+                nat: NatSettings {
+                    filtering: Filtering::EndpointIndependent,
+                    unsolicited: Unsolicited::Drop,
+                    hairpin: false,
+                    ports: PortRange {
+                        first: 40000,
+                        last: 49999
+                    },
+                },
+                timeouts: Timeouts {
+                    tcp_established: Duration::from_secs(3600),
+                    tcp_transitory: Duration::from_secs(120),
+                    udp: Duration::from_secs(60),
+                    icmp: Duration::from_secs(30),
+                },
+            }
+        );
+        assert_eq!(
+            config.nat.filtering.datapath_value(),
+            nat_common::FILTER_ENDPOINT_INDEPENDENT
+        );
+        assert_eq!(
+            config.nat.unsolicited.datapath_value(),
+            nat_common::UNSOLICITED_DROP
+        );
+        // What the daemon could write back reads the same.
+        let written = toml::to_string(&config).unwrap();
+        assert_eq!(
+            DaemonConfig::parse(&written, Path::new("natctl.toml")).unwrap(),
+            config
+        );
+    }
+
+    #[test]
+    fn bad_filtering_names_the_value_the_choices_and_the_line() {
+        let (line, column, message) = invalid("[nat]\nfiltering = \"full-cone\"\n");
+        assert_eq!((line, column), (2, 13), "{message}");
+        for word in [
+            "full-cone",
+            "endpoint-independent",
+            "address-dependent",
+            "address-and-port-dependent",
+        ] {
+            assert!(message.contains(word), "{word}: {message}");
+        }
+    }
+
+    #[test]
+    fn zero_and_negative_timeouts_are_rejected_with_their_line() {
+        for value in ["0", "-1"] {
+            let text = format!("[timeouts]\nudp = 300\n\nicmp = {value}\n");
+            let (line, _, message) = invalid(&text);
+            assert_eq!(line, 4, "{message}");
+            assert!(message.contains(&format!("timeout {value} s")), "{message}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let (line, _, message) = invalid("socket = \"/run/x.sock\"\nsockt = \"/run/y\"\n");
+        assert_eq!(line, 2, "{message}");
+        assert!(message.contains("sockt"), "{message}");
+        let (line, _, message) = invalid("[nat]\nhairpin = true\nfilter = \"pass\"\n");
+        assert_eq!(line, 3, "{message}");
+        assert!(message.contains("filter"), "{message}");
+    }
+
+    #[test]
+    fn tiny_port_range_is_rejected() {
+        let (line, _, message) = invalid("[nat]\nports = \"60000-60003\"\n");
+        assert_eq!(line, 2, "{message}");
+        assert_eq!(
+            message,
+            "ports = \"60000-60003\": the dynamic range needs at least 16 ports"
+        );
+        DaemonConfig::parse("[nat]\nports = \"60000-60015\"\n", Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_are_rejected() {
+        let (line, _, message) = invalid("\nrules_file = \"rules.toml\"\n");
+        assert_eq!(line, 2, "{message}");
+        assert!(
+            message.contains("\"rules.toml\"") && message.contains("absolute"),
+            "{message}"
+        );
+        let (_, _, message) = invalid("socket = \"natctl.sock\"\n");
+        assert!(message.contains("natctl.sock"), "{message}");
+    }
+
+    #[test]
+    fn error_display_names_file_line_and_column() {
+        let error = DaemonConfig::parse(
+            "[nat]\nunsolicited = \"reject\"\n",
+            Path::new("/etc/natctl/natctl.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("/etc/natctl/natctl.toml line 2, column 15: "),
+            "{error}"
+        );
+        assert!(
+            error.contains("reject") && error.contains("drop"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn sweep_interval_is_a_quarter_of_the_shortest_timeout_clamped() {
+        assert_eq!(
+            sweep_interval(&Timeouts::default()),
+            Duration::from_secs(15)
+        );
+        let mut timeouts = Timeouts {
+            icmp: Duration::from_secs(2),
+            ..Timeouts::default()
+        };
+        assert_eq!(sweep_interval(&timeouts), Duration::from_secs(1));
+        timeouts.icmp = Duration::from_secs(600);
+        timeouts.udp = Duration::from_secs(600);
+        timeouts.tcp_transitory = Duration::from_secs(600);
+        assert_eq!(sweep_interval(&timeouts), Duration::from_secs(30));
+        timeouts.tcp_transitory = Duration::from_secs(100);
+        assert_eq!(sweep_interval(&timeouts), Duration::from_secs(25));
+    }
+}

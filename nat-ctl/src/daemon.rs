@@ -1,0 +1,839 @@
+//! `natctl daemon`: the only writer of the datapath's maps and of the rule
+//! store. It loads (or picks up) the pinned datapath, follows the NICs'
+//! addresses, serves the control API, ages entries out and logs new
+//! inbound connections.
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use nat_common::{ConnectionEvent, EndpointKey, NatConfig, programs};
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, sync::watch};
+
+use crate::{
+    aging::{self, SweepReport},
+    api::{self, ApiError, Controller, Request},
+    config::{self, DaemonConfig},
+    datapath::{self, AttachMode, Datapath, Maps, TableSizes},
+    interfaces,
+    rules::{ForwardRule, RuleError, RuleSet, protocol_name},
+    store, table,
+};
+
+/// Pins of the two XDP links, beside the maps'.
+const LINK_LAN: &str = "link_nat_lan";
+const LINK_WAN: &str = "link_nat_wan";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// What `natctl daemon` was started with; the flags win over the file.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub wan: String,
+    pub lan: String,
+    pub config: Option<PathBuf>,
+    pub xdp_mode: AttachMode,
+    pub socket: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub rules_file: Option<PathBuf>,
+}
+
+impl DaemonOptions {
+    fn load_config(&self) -> Result<(DaemonConfig, Option<PathBuf>), config::ConfigError> {
+        let (mut config, file) = DaemonConfig::load(self.config.as_deref())?;
+        if let Some(socket) = &self.socket {
+            config.socket = socket.clone();
+        }
+        if let Some(pin_dir) = &self.pin_dir {
+            config.pin_dir = pin_dir.clone();
+        }
+        if let Some(rules_file) = &self.rules_file {
+            config.rules_file = rules_file.clone();
+        }
+        Ok((config, file))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Nic {
+    name: String,
+    ifindex: u32,
+    /// `None` while the interface has no IPv4 address.
+    network: Option<Ipv4Net>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    Running,
+    /// Exit, leaving the datapath attached and pinned.
+    Stop,
+    /// The datapath was detached: exit.
+    Down,
+}
+
+struct State {
+    config: DaemonConfig,
+    maps: Maps,
+    rules: RuleSet,
+    wan: Nic,
+    lan: Nic,
+    last_sweep: Option<SweepReport>,
+}
+
+struct Daemon {
+    state: Mutex<State>,
+    lifecycle: watch::Sender<Lifecycle>,
+    options: DaemonOptions,
+    config_file: Option<PathBuf>,
+    started: Instant,
+    adopted: bool,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (the datapath stays) or
+/// `natctl down` (the datapath is detached).
+pub fn run(options: DaemonOptions) -> Result<()> {
+    if options.wan == options.lan {
+        bail!(
+            "--wan and --lan are both {:?}: the router needs two different NICs",
+            options.wan
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run_async(options))
+}
+
+fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
+    let (wan_addr, lan_net) = match (wan.network, lan.network) {
+        (Some(wan), Some(lan)) => (wan.addr(), lan.trunc()),
+        // Without both addresses the datapath must not translate: a zero
+        // WAN address makes it pass everything to the kernel.
+        _ => (std::net::Ipv4Addr::UNSPECIFIED, Ipv4Net::default()),
+    };
+    NatConfig {
+        wan_addr: wan_addr.octets(),
+        lan_net: lan_net.network().octets(),
+        lan_prefix_len: lan_net.prefix_len(),
+        filtering: config.nat.filtering.datapath_value(),
+        unsolicited: config.nat.unsolicited.datapath_value(),
+        hairpin: u8::from(config.nat.hairpin),
+        wan_ifindex: wan.ifindex,
+        lan_ifindex: lan.ifindex,
+        port_min: config.nat.ports.first,
+        port_max: config.nat.ports.last,
+    }
+}
+
+/// The rules of the store, checked as a whole; an error names the file and
+/// the line of the rule at fault.
+fn rules_from_store(path: &Path, lan: Option<Ipv4Net>, previous: &RuleSet) -> Result<RuleSet> {
+    let loaded = store::load_rules(path)?;
+    let at =
+        |line: usize, error: RuleError| anyhow::anyhow!("{} line {line}: {error}", path.display());
+    let mut rules = RuleSet::default();
+    for entry in &loaded {
+        // Keep each rule's id (and so its counters) across a reload.
+        let id = previous.get(&entry.rule.name).map(|(id, _)| id);
+        rules
+            .add(entry.rule.clone(), id)
+            .map_err(|error| at(entry.line, error))?;
+        if let Some(lan) = lan {
+            entry
+                .rule
+                .validate(lan)
+                .map_err(|error| at(entry.line, error))?;
+        }
+    }
+    if let Err(error) = crate::rules::check_conflicts(&rules.to_vec()) {
+        let name = match &error {
+            RuleError::Overlap { name, .. }
+            | RuleError::SharedTarget { name, .. }
+            | RuleError::DuplicateName(name) => Some(name.as_str()),
+            _ => None,
+        };
+        let line = loaded
+            .iter()
+            .rev()
+            .find(|entry| Some(entry.rule.name.as_str()) == name)
+            .map_or(1, |entry| entry.line);
+        return Err(at(line, error));
+    }
+    Ok(rules)
+}
+
+fn check_bpffs(dir: &Path) -> Result<()> {
+    let probe = if dir.exists() {
+        dir
+    } else {
+        dir.parent().unwrap_or(dir)
+    };
+    let stat = nix::sys::statfs::statfs(probe)
+        .with_context(|| format!("checking the filesystem of {}", probe.display()))?;
+    if stat.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a BPF filesystem, so the datapath could not outlive the daemon: \
+             mount one with `mount -t bpf bpf {}`",
+            dir.display(),
+            probe.display()
+        );
+    }
+    Ok(())
+}
+
+/// Detaches the datapath pinned under `dir` and removes its pins. Returns
+/// whether anything was there.
+pub fn teardown(dir: &Path) -> Result<bool> {
+    let mut found = false;
+    for link in [LINK_LAN, LINK_WAN] {
+        found |= datapath::unpin_link(&dir.join(link))
+            .with_context(|| format!("detaching {}", dir.join(link).display()))?;
+    }
+    found |= datapath::PINNED.iter().any(|name| dir.join(name).exists());
+    Maps::unpin(dir);
+    let _ = std::fs::remove_dir(dir);
+    Ok(found)
+}
+
+/// Picks up a datapath a previous daemon left pinned (its flows never
+/// stopped), or loads and attaches a fresh one. Either way the maps end up
+/// holding `config` and `rules`.
+fn start_datapath(
+    config: &DaemonConfig,
+    mode: AttachMode,
+    wan: &Nic,
+    lan: &Nic,
+    rules: &RuleSet,
+) -> Result<(Maps, bool)> {
+    let dir = &config.pin_dir;
+    let nat = nat_config(config, wan, lan);
+    let links_pinned = dir.join(LINK_LAN).exists() && dir.join(LINK_WAN).exists();
+    if links_pinned && Maps::all_pinned(dir) {
+        let mut maps = Maps::open_pinned(dir).with_context(|| {
+            format!(
+                "the datapath pinned in {} cannot be used by this natctl (an older version?); \
+                 `natctl down --pin-dir {}` detaches it",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        let running = maps.config()?;
+        if (running.wan_ifindex, running.lan_ifindex) != (wan.ifindex, lan.ifindex) {
+            bail!(
+                "the datapath pinned in {} runs on other NICs (WAN ifindex {}, LAN ifindex {}, \
+                 not {} and {}): `natctl down` detaches it first",
+                dir.display(),
+                running.wan_ifindex,
+                running.lan_ifindex,
+                wan.ifindex,
+                lan.ifindex
+            );
+        }
+        maps.set_config(&nat)?;
+        maps.sync_rules(&rules.entries())?;
+        return Ok((maps, true));
+    }
+    if teardown(dir)? {
+        tracing::warn!(
+            "found an incomplete datapath in {}; removed it and starting afresh",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let attach = || -> Result<Maps> {
+        let mut datapath = Datapath::load(TableSizes::default(), Some(dir))?;
+        datapath.maps.set_config(&nat)?;
+        datapath.maps.allow_egress(wan.ifindex)?;
+        datapath.maps.allow_egress(lan.ifindex)?;
+        datapath.maps.sync_rules(&rules.entries())?;
+        // Rules and configuration are in place before the first packet.
+        for (program, nic, pin) in [
+            (programs::LAN, lan, LINK_LAN),
+            (programs::WAN, wan, LINK_WAN),
+        ] {
+            let (link, used) = datapath.attach(program, &nic.name, nic.ifindex, mode)?;
+            datapath.pin_link(program, link, &dir.join(pin))?;
+            tracing::info!("{program} attached to {} in {used:?} mode", nic.name);
+        }
+        Ok(datapath.into_maps())
+    };
+    match attach() {
+        Ok(maps) => Ok((maps, false)),
+        Err(error) => {
+            // Leave nothing half attached behind.
+            let _ = teardown(dir);
+            Err(error)
+        }
+    }
+}
+
+async fn run_async(options: DaemonOptions) -> Result<()> {
+    let (config, config_file) = options.load_config()?;
+    let wan_ifindex = interfaces::ifindex(&options.wan)?;
+    let lan_ifindex = interfaces::ifindex(&options.lan)?;
+    let netlink = interfaces::netlink()?;
+    let wan = Nic {
+        name: options.wan.clone(),
+        ifindex: wan_ifindex,
+        network: interfaces::ipv4_network_of(&netlink, wan_ifindex).await?,
+    };
+    let lan = Nic {
+        name: options.lan.clone(),
+        ifindex: lan_ifindex,
+        network: interfaces::ipv4_network_of(&netlink, lan_ifindex).await?,
+    };
+    let Some(lan_net) = lan.network else {
+        return Err(interfaces::InterfaceError::NoIpv4(lan.name.clone()).into());
+    };
+    if wan.network.is_none() {
+        tracing::warn!(
+            "WAN {} has no IPv4 address yet: passing all traffic to the kernel until it gets one",
+            wan.name
+        );
+    }
+    let rules = rules_from_store(
+        &config.rules_file,
+        Some(lan_net.trunc()),
+        &RuleSet::default(),
+    )?;
+
+    // Refuse early if another daemon serves the socket, before touching
+    // its datapath.
+    let listener = api::bind(&config.socket)
+        .with_context(|| format!("opening the API socket {}", config.socket.display()))?;
+    check_bpffs(&config.pin_dir)?;
+    interfaces::prepare_router(&lan.name, &wan.name)?;
+    let (maps, adopted) = match start_datapath(&config, options.xdp_mode, &wan, &lan, &rules) {
+        Ok(started) => started,
+        Err(error) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(error);
+        }
+    };
+    tracing::info!(
+        "NAT {}: WAN {} ({}), LAN {} ({}), {} rule(s) from {}; maps pinned in {}; API on {}",
+        if adopted {
+            "picked up from the pinned datapath, flows kept"
+        } else {
+            "started"
+        },
+        wan.name,
+        wan.network
+            .map_or("no address".to_owned(), |net| net.to_string()),
+        lan.name,
+        lan_net.trunc(),
+        rules.len(),
+        config.rules_file.display(),
+        config.pin_dir.display(),
+        config.socket.display()
+    );
+
+    let (lifecycle, mut lifecycle_changes) = watch::channel(Lifecycle::Running);
+    let mut maps = maps;
+    let ring = maps.new_connections.take();
+    let socket = config.socket.clone();
+    let daemon = Arc::new(Daemon {
+        state: Mutex::new(State {
+            config,
+            maps,
+            rules,
+            wan,
+            lan,
+            last_sweep: None,
+        }),
+        lifecycle,
+        options,
+        config_file,
+        started: Instant::now(),
+        adopted,
+    });
+
+    let (api_stop_tx, api_stop) = watch::channel(false);
+    let server = tokio::spawn(api::serve(
+        listener,
+        daemon.clone() as Arc<dyn Controller>,
+        api_stop,
+    ));
+    tokio::spawn(sweep_loop(daemon.clone()));
+    if let Some(ring) = ring {
+        tokio::spawn(connection_log(daemon.clone(), ring));
+    }
+    tokio::spawn(follow_addresses(daemon.clone(), netlink));
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let outcome = loop {
+        tokio::select! {
+            _ = terminate.recv() => break Lifecycle::Stop,
+            _ = interrupt.recv() => break Lifecycle::Stop,
+            _ = hangup.recv() => match daemon.reload() {
+                Ok(summary) => tracing::info!("SIGHUP: {summary}"),
+                Err(error) => tracing::error!("SIGHUP: {error}"),
+            },
+            changed = lifecycle_changes.changed() => {
+                if changed.is_err() {
+                    break Lifecycle::Stop;
+                }
+                let now = *lifecycle_changes.borrow();
+                if now != Lifecycle::Running {
+                    break now;
+                }
+            }
+        }
+    };
+    let _ = api_stop_tx.send(true);
+    let _ = server.await;
+    let _ = std::fs::remove_file(&socket);
+    match outcome {
+        Lifecycle::Down => tracing::info!("datapath detached and unpinned; daemon stopped"),
+        _ => tracing::info!(
+            "daemon stopped; the datapath keeps forwarding (`natctl down` detaches it)"
+        ),
+    }
+    Ok(())
+}
+
+async fn sweep_loop(daemon: Arc<Daemon>) {
+    loop {
+        let interval = config::sweep_interval(&daemon.lock().config.timeouts);
+        tokio::time::sleep(interval).await;
+        let daemon = daemon.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut state = daemon.lock();
+            let timeouts = state.config.timeouts;
+            let report = aging::sweep(&mut state.maps, &timeouts, aging::datapath_now_ns());
+            if let Ok(report) = &report {
+                state.last_sweep = Some(report.clone());
+            }
+            report
+        })
+        .await;
+        match outcome {
+            Ok(Ok(report)) => {
+                if report.sessions_removed
+                    + report.bindings_removed
+                    + report.forward_sessions_removed
+                    > 0
+                {
+                    tracing::debug!(?report, "aging sweep");
+                }
+            }
+            Ok(Err(error)) => tracing::error!("aging sweep failed: {error}"),
+            Err(error) => tracing::error!("aging sweep panicked: {error}"),
+        }
+    }
+}
+
+/// Logs each new conversation on a forwarded port, as the datapath reports
+/// it (once per conversation, never per packet).
+async fn connection_log(daemon: Arc<Daemon>, ring: aya::maps::RingBuf<aya::maps::MapData>) {
+    // SAFETY: the ring owns its map fd and never replaces or closes it
+    // while the AsyncFd holds it.
+    let mut ring = match unsafe { AsyncFd::register(ring) } {
+        Ok(ring) => ring,
+        Err(error) => {
+            tracing::error!("cannot watch the new-connection ring: {error}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(error) => {
+                tracing::error!("new-connection ring: {error}");
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<ConnectionEvent>() {
+                // SAFETY: the datapath writes whole ConnectionEvents, a
+                // plain-integer repr(C) struct; read_unaligned copes with
+                // the ring's alignment.
+                events.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<ConnectionEvent>())
+                });
+            }
+        }
+        guard.clear_ready();
+        if events.is_empty() {
+            continue;
+        }
+        let state = daemon.lock();
+        for event in events {
+            let rule = state
+                .rules
+                .by_id(event.rule_id)
+                .map_or("?", |rule| rule.name.as_str());
+            tracing::info!(
+                target: "natctl::connections",
+                "new inbound {} connection from {}:{} to external port {} (rule {rule}) -> {}:{}",
+                protocol_name(event.proto),
+                std::net::Ipv4Addr::from(event.remote_addr),
+                event.remote_port,
+                event.external_port,
+                std::net::Ipv4Addr::from(event.internal_addr),
+                event.internal_port,
+            );
+        }
+    }
+}
+
+/// Re-reads both NICs' addresses whenever the kernel reports a change, and
+/// moves the datapath to the new ones.
+async fn follow_addresses(daemon: Arc<Daemon>, netlink: rtnetlink::Handle) {
+    let mut changes = match interfaces::address_changes() {
+        Ok(changes) => changes,
+        Err(error) => {
+            tracing::error!("cannot follow address changes: {error}");
+            return;
+        }
+    };
+    while changes.next().await.is_some() {
+        let (wan_ifindex, lan_ifindex) = {
+            let state = daemon.lock();
+            (state.wan.ifindex, state.lan.ifindex)
+        };
+        let wan = interfaces::ipv4_network_of(&netlink, wan_ifindex).await;
+        let lan = interfaces::ipv4_network_of(&netlink, lan_ifindex).await;
+        let (Ok(wan), Ok(lan)) = (wan, lan) else {
+            tracing::warn!("re-reading the NICs' addresses failed; keeping the current ones");
+            continue;
+        };
+        let mut state = daemon.lock();
+        if state.wan.network == wan && state.lan.network == lan {
+            continue;
+        }
+        tracing::info!(
+            "addresses changed: WAN {} -> {}, LAN {} -> {}",
+            show(state.wan.network),
+            show(wan),
+            show(state.lan.network),
+            show(lan)
+        );
+        state.wan.network = wan;
+        state.lan.network = lan;
+        let nat = nat_config(&state.config, &state.wan, &state.lan);
+        if let Err(error) = state.maps.set_config(&nat) {
+            tracing::error!("updating the datapath's configuration: {error}");
+        }
+        if let Some(lan) = lan {
+            for (_, rule) in state.rules.iter() {
+                if let Err(error) = rule.validate(lan.trunc()) {
+                    tracing::warn!("{error}");
+                }
+            }
+        }
+    }
+}
+
+fn show(network: Option<Ipv4Net>) -> String {
+    network.map_or("none".to_owned(), |net| net.to_string())
+}
+
+/// A rule as `natctl list` shows it.
+#[derive(Serialize)]
+struct RuleView<'a> {
+    #[serde(flatten)]
+    rule: &'a ForwardRule,
+    id: u32,
+    inbound: table::Traffic,
+    outbound: table::Traffic,
+}
+
+fn rule_error(error: RuleError) -> ApiError {
+    match error {
+        RuleError::NotFound(_) => ApiError::not_found(error.to_string()),
+        RuleError::DuplicateName(_)
+        | RuleError::Overlap { .. }
+        | RuleError::SharedTarget { .. }
+        | RuleError::InUseByMapping { .. } => ApiError::conflict(error.to_string()),
+        _ => ApiError::bad_request(error.to_string()),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(error.to_string())
+}
+
+fn to_json(value: impl Serialize) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(internal)
+}
+
+impl State {
+    fn lan_net(&self) -> Result<Ipv4Net, ApiError> {
+        self.lan.network.map(|net| net.trunc()).ok_or_else(|| {
+            ApiError::conflict(format!(
+                "the LAN {} has no IPv4 address, so rules cannot be checked against it",
+                self.lan.name
+            ))
+        })
+    }
+
+    /// Applies a change to the rules all or nothing: validated as a whole,
+    /// written to the maps (undone on failure), then saved (maps undone if
+    /// the save fails).
+    fn change(
+        &mut self,
+        edit: impl FnOnce(&mut RuleSet) -> Result<(), RuleError>,
+    ) -> Result<RuleSet, ApiError> {
+        let mut next = self.rules.clone();
+        edit(&mut next).map_err(rule_error)?;
+        next.validate(self.lan_net()?).map_err(rule_error)?;
+        for (id, _) in next.iter() {
+            if self.rules.by_id(id).is_none() {
+                self.maps.reset_rule_counters(id).map_err(internal)?;
+            }
+        }
+        self.maps.sync_rules(&next.entries()).map_err(internal)?;
+        // Checked once the new forwards are in: from then on the datapath
+        // gives none of their ports to a new dynamic mapping, so a mapping
+        // found now is one that was there before.
+        if let Err(conflict) = self.check_mappings(&next) {
+            let _ = self.maps.sync_rules(&self.rules.entries());
+            return Err(rule_error(conflict));
+        }
+        if let Err(error) = store::save_rules(&self.config.rules_file, &next.to_vec()) {
+            let _ = self.maps.sync_rules(&self.rules.entries());
+            return Err(ApiError::internal(format!("{error}; nothing was changed")));
+        }
+        let previous = std::mem::replace(&mut self.rules, next);
+        Ok(previous)
+    }
+
+    /// A port a rule newly claims must not be a live dynamic mapping's.
+    fn check_mappings(&self, next: &RuleSet) -> Result<(), RuleError> {
+        let held = self.rules.claimed_ports();
+        let mut claimed: Vec<_> = next.claimed_ports().difference(&held).copied().collect();
+        claimed.sort_unstable();
+        for (proto, port) in claimed {
+            if let Ok(binding) = self
+                .maps
+                .bindings
+                .get(&EndpointKey::inbound(proto, port), 0)
+            {
+                let name = next
+                    .iter()
+                    .find(|(_, rule)| {
+                        rule.enabled
+                            && rule.protocol.numbers().contains(&proto)
+                            && (rule.external.first..=rule.external.last).contains(&port)
+                    })
+                    .map_or_else(String::new, |(_, rule)| rule.name.clone());
+                return Err(RuleError::InUseByMapping {
+                    name,
+                    protocol: protocol_name(proto),
+                    port,
+                    internal: std::net::SocketAddrV4::new(binding.addr.into(), binding.port),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn rule_view(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        let (id, rule) = self
+            .rules
+            .get(name)
+            .ok_or_else(|| rule_error(RuleError::NotFound(name.to_owned())))?;
+        let counters = self.maps.rule_counters(id).map_err(internal)?;
+        to_json(RuleView {
+            rule,
+            id,
+            inbound: counters.inbound.into(),
+            outbound: counters.outbound.into(),
+        })
+    }
+}
+
+impl Daemon {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent maps (each step
+        // is one syscall): carry on with the state as it is.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Re-reads the configuration file and the rule store (SIGHUP). Nothing
+    /// changes unless both are valid.
+    fn reload(&self) -> Result<String, ApiError> {
+        let (config, _) = self.options.load_config().map_err(|error| {
+            ApiError::bad_request(format!("configuration not reloaded: {error}"))
+        })?;
+        let mut state = self.lock();
+        let lan = state.lan.network.map(|net| net.trunc());
+        let rules = rules_from_store(&config.rules_file, lan, &state.rules)
+            .map_err(|error| ApiError::bad_request(format!("rules not reloaded: {error:#}")))?;
+        if config.pin_dir != state.config.pin_dir || config.socket != state.config.socket {
+            tracing::warn!("a new pin_dir or socket takes effect when the daemon restarts");
+        }
+        for (id, _) in rules.iter() {
+            if state.rules.by_id(id).is_none() {
+                state.maps.reset_rule_counters(id).map_err(internal)?;
+            }
+        }
+        state.maps.sync_rules(&rules.entries()).map_err(internal)?;
+        let keep = (state.config.pin_dir.clone(), state.config.socket.clone());
+        state.config = DaemonConfig {
+            pin_dir: keep.0,
+            socket: keep.1,
+            ..config
+        };
+        let nat = nat_config(&state.config, &state.wan, &state.lan);
+        state.maps.set_config(&nat).map_err(internal)?;
+        state.rules = rules;
+        Ok(format!(
+            "reloaded {} and {} rule(s) from {}",
+            self.config_file
+                .as_ref()
+                .map_or("the default configuration".to_owned(), |file| file
+                    .display()
+                    .to_string()),
+            state.rules.len(),
+            state.config.rules_file.display()
+        ))
+    }
+
+    fn status(&self) -> Result<serde_json::Value, ApiError> {
+        let state = self.lock();
+        Ok(serde_json::json!({
+            "wan": state.wan,
+            "lan": state.lan,
+            "rules": state.rules.len(),
+            "config_file": self.config_file,
+            "rules_file": state.config.rules_file,
+            "pin_dir": state.config.pin_dir,
+            "nat": state.config.nat,
+            "timeouts": state.config.timeouts,
+            "picked_up_pinned_datapath": self.adopted,
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "pid": std::process::id(),
+        }))
+    }
+}
+
+impl Controller for Daemon {
+    fn handle(&self, request: Request) -> Result<serde_json::Value, ApiError> {
+        match request {
+            Request::Status => self.status(),
+            Request::ListRules => {
+                let state = self.lock();
+                let mut views = Vec::new();
+                for (id, rule) in state.rules.iter() {
+                    let counters = state.maps.rule_counters(id).map_err(internal)?;
+                    views.push(RuleView {
+                        rule,
+                        id,
+                        inbound: counters.inbound.into(),
+                        outbound: counters.outbound.into(),
+                    });
+                }
+                to_json(views)
+            }
+            Request::AddRule(rule) => {
+                let name = rule.name.clone();
+                let mut state = self.lock();
+                state.change(|rules| rules.add(rule, None).map(drop))?;
+                let (_, added) = state.rules.get(&name).expect("just added");
+                tracing::info!("rule added: {}", describe(added));
+                state.rule_view(&name)
+            }
+            Request::ModifyRule { name, change } => {
+                if change.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "nothing to change in rule {name}: give at least one of --name, --proto, \
+                         --external, --internal, --allow, --allow-any"
+                    )));
+                }
+                let new_name = change.name.clone().unwrap_or_else(|| name.clone());
+                let mut state = self.lock();
+                state.change(|rules| {
+                    change.apply_to(rules.get_mut(&name)?);
+                    Ok(())
+                })?;
+                let (_, modified) = state.rules.get(&new_name).expect("just modified");
+                tracing::info!("rule {name} modified: {}", describe(modified));
+                state.rule_view(&new_name)
+            }
+            Request::RemoveRule(name) => {
+                let mut state = self.lock();
+                state.change(|rules| rules.remove(&name).map(drop))?;
+                tracing::info!("rule {name} removed");
+                Ok(serde_json::json!({ "removed": name }))
+            }
+            Request::SetEnabled { name, enabled } => {
+                let mut state = self.lock();
+                state.change(|rules| {
+                    rules.get_mut(&name)?.enabled = enabled;
+                    Ok(())
+                })?;
+                tracing::info!(
+                    "rule {name} {}",
+                    if enabled { "enabled" } else { "disabled" }
+                );
+                state.rule_view(&name)
+            }
+            Request::Table(filter) => {
+                let state = self.lock();
+                let rows = table::table_rows(
+                    &state.rules,
+                    &state.maps,
+                    &state.config.timeouts,
+                    aging::datapath_now_ns(),
+                    &filter,
+                )
+                .map_err(internal)?;
+                to_json(rows)
+            }
+            Request::Stats => {
+                let state = self.lock();
+                to_json(
+                    table::stats(&state.rules, &state.maps, state.last_sweep.clone())
+                        .map_err(internal)?,
+                )
+            }
+            Request::Reload => {
+                let summary = self.reload()?;
+                tracing::info!("API reload: {summary}");
+                Ok(serde_json::json!({ "reloaded": summary }))
+            }
+            Request::Down => {
+                let state = self.lock();
+                let dir = state.config.pin_dir.clone();
+                teardown(&dir).map_err(|error| internal(format!("{error:#}")))?;
+                let _ = self.lifecycle.send(Lifecycle::Down);
+                Ok(serde_json::json!({ "detached": true, "pin_dir": dir }))
+            }
+        }
+    }
+}
+
+fn describe(rule: &ForwardRule) -> String {
+    let allow = if rule.allow.is_empty() {
+        "any remote".to_owned()
+    } else {
+        rule.allow
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{} {} external {} -> {}:{} from {}{}",
+        rule.name,
+        rule.protocol,
+        rule.external,
+        rule.internal_addr,
+        rule.internal,
+        allow,
+        if rule.enabled { "" } else { " (disabled)" }
+    )
+}

@@ -1,0 +1,455 @@
+//! The aging sweep and the batch map walk, against the real maps of a
+//! loaded (not attached) datapath. The tables are filled from user space
+//! with `last_seen_ns` stamps relative to the datapath's clock, then swept.
+//!
+//! Nothing is attached and no packet is sent, so no network namespace is
+//! needed; each test loads its own datapath, so they run in parallel.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    os::fd::AsFd as _,
+    time::Duration,
+};
+
+use aya::maps::{HashMap, IterableMap as _, MapData};
+use nat_common::{
+    Binding, EndpointKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_CLOSING,
+    TCP_STATE_ESTABLISHED, TCP_STATE_NONE, TCP_STATE_OPENING,
+};
+use nat_ctl::{
+    aging::{SweepReport, datapath_now_ns, sweep},
+    batch,
+    config::Timeouts,
+    datapath::{Datapath, TableSizes},
+};
+use nat_tests::netns::require_root;
+
+const SEC: u64 = 1_000_000_000;
+const WAN: [u8; 4] = [203, 0, 113, 1];
+const REMOTE: [u8; 4] = [198, 51, 100, 7];
+
+fn load(sessions: u32, bindings: u32, forward_sessions: u32) -> Datapath {
+    require_root();
+    Datapath::load(
+        TableSizes {
+            forwards: 64,
+            bindings,
+            sessions,
+            forward_sessions,
+        },
+        None,
+    )
+    .expect("loading the datapath")
+}
+
+/// The sweep's "now": the datapath's clock, but at least 3 hours after boot
+/// so that "idle for longer than the 2 h 4 min TCP timeout" is a valid
+/// stamp on a machine that booted recently. Nothing refreshes the entries
+/// (no program is attached), so only the differences matter.
+fn sweep_now() -> u64 {
+    datapath_now_ns().max(3 * 3600 * SEC)
+}
+
+fn lan(host: u8) -> [u8; 4] {
+    [192, 168, 0, host]
+}
+
+fn session_key(proto: u8, external_port: u16) -> SessionKey {
+    SessionKey {
+        remote_addr: REMOTE,
+        remote_port: if proto == PROTO_ICMP { 0 } else { 443 },
+        external_port,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+fn session(last_seen_ns: u64, tcp_state: u8) -> Session {
+    Session {
+        last_seen_ns,
+        packets: 3,
+        bytes: 180,
+        internal_addr: lan(12),
+        internal_port: 40000,
+        tcp_state,
+        _pad: 0,
+    }
+}
+
+fn insert_session(
+    map: &mut HashMap<MapData, SessionKey, Session>,
+    proto: u8,
+    external_port: u16,
+    last_seen_ns: u64,
+    tcp_state: u8,
+) -> SessionKey {
+    let key = session_key(proto, external_port);
+    map.insert(key, session(last_seen_ns, tcp_state), 0)
+        .expect("inserting a session");
+    key
+}
+
+fn binding(addr: [u8; 4], port: u16, last_seen_ns: u64) -> Binding {
+    Binding {
+        addr,
+        port,
+        _pad: [0; 2],
+        last_seen_ns,
+    }
+}
+
+fn inbound_half(
+    map: &mut HashMap<MapData, EndpointKey, Binding>,
+    proto: u8,
+    external_port: u16,
+    internal: ([u8; 4], u16),
+    last_seen_ns: u64,
+) -> EndpointKey {
+    let key = EndpointKey::inbound(proto, external_port);
+    map.insert(key, binding(internal.0, internal.1, last_seen_ns), 0)
+        .expect("inserting an inbound binding");
+    key
+}
+
+fn outbound_half(
+    map: &mut HashMap<MapData, EndpointKey, Binding>,
+    proto: u8,
+    internal: ([u8; 4], u16),
+    external_port: u16,
+    last_seen_ns: u64,
+) -> EndpointKey {
+    let key = EndpointKey::outbound(proto, internal.0, internal.1);
+    map.insert(key, binding(WAN, external_port, last_seen_ns), 0)
+        .expect("inserting an outbound binding");
+    key
+}
+
+/// A whole mapping: internal endpoint <-> external port, each half with its
+/// own idle time. Returns (inbound key, outbound key).
+fn mapping(
+    map: &mut HashMap<MapData, EndpointKey, Binding>,
+    proto: u8,
+    internal: ([u8; 4], u16),
+    external_port: u16,
+    inbound_seen: u64,
+    outbound_seen: u64,
+) -> [EndpointKey; 2] {
+    [
+        inbound_half(map, proto, external_port, internal, inbound_seen),
+        outbound_half(map, proto, internal, external_port, outbound_seen),
+    ]
+}
+
+fn sorted_sessions(map: &HashMap<MapData, SessionKey, Session>) -> BTreeSet<(u8, u16, u16)> {
+    map.keys()
+        .map(|key| key.expect("reading a session key"))
+        .map(|k| (k.proto, k.external_port, k.remote_port))
+        .collect()
+}
+
+fn endpoint_tuple(key: &EndpointKey) -> (u8, u8, [u8; 4], u16) {
+    (key.proto, key.direction, key.addr, key.port)
+}
+
+fn sorted_bindings(
+    map: &HashMap<MapData, EndpointKey, Binding>,
+) -> BTreeSet<(u8, u8, [u8; 4], u16)> {
+    map.keys()
+        .map(|key| endpoint_tuple(&key.expect("reading a binding key")))
+        .collect()
+}
+
+fn session_tuples(keys: &[SessionKey]) -> BTreeSet<(u8, u16, u16)> {
+    keys.iter()
+        .map(|k| (k.proto, k.external_port, k.remote_port))
+        .collect()
+}
+
+fn binding_tuples(keys: &[EndpointKey]) -> BTreeSet<(u8, u8, [u8; 4], u16)> {
+    keys.iter().map(endpoint_tuple).collect()
+}
+
+fn assert_counts(
+    report: &SweepReport,
+    scanned: usize,
+    sessions: usize,
+    forward: usize,
+    bindings: usize,
+) {
+    assert_eq!(
+        (
+            report.scanned,
+            report.sessions_removed,
+            report.forward_sessions_removed,
+            report.bindings_removed
+        ),
+        (scanned, sessions, forward, bindings),
+        "(scanned, sessions, forward sessions, bindings) in {report:?}"
+    );
+}
+
+#[test]
+fn sweep_removes_exactly_the_expired_entries() {
+    let mut datapath = load(256, 256, 256);
+    let maps = &mut datapath.maps;
+    let timeouts = Timeouts::default();
+    let now = sweep_now();
+    let ago = |secs: u64| now - secs * SEC;
+
+    // Sessions. Timeouts: TCP established 7440 s, other TCP 240 s, UDP
+    // 300 s, ICMP 60 s; idle exactly the timeout is not expired yet.
+    let s = &mut maps.sessions;
+    let tcp_established_old = insert_session(s, PROTO_TCP, 2001, ago(7441), TCP_STATE_ESTABLISHED);
+    let tcp_established_idle = insert_session(s, PROTO_TCP, 2002, ago(1000), TCP_STATE_ESTABLISHED);
+    let tcp_opening_old = insert_session(s, PROTO_TCP, 2003, ago(241), TCP_STATE_OPENING);
+    let tcp_closing_fresh = insert_session(s, PROTO_TCP, 2004, ago(100), TCP_STATE_CLOSING);
+    let udp_old = insert_session(s, PROTO_UDP, 3001, ago(301), TCP_STATE_NONE);
+    let udp_fresh = insert_session(s, PROTO_UDP, 3002, ago(10), TCP_STATE_NONE);
+    let icmp_old = insert_session(s, PROTO_ICMP, 4001, ago(61), TCP_STATE_NONE);
+    let icmp_at_timeout = insert_session(s, PROTO_ICMP, 4002, ago(60), TCP_STATE_NONE);
+    // Stamped after the sweep read its clock: never expired.
+    let udp_future = insert_session(s, PROTO_UDP, 3003, now + SEC, TCP_STATE_NONE);
+
+    // Bindings. Mapping timeouts: TCP 240 s, UDP 300 s, ICMP 60 s.
+    let b = &mut maps.bindings;
+    // Idle itself, but its session (established, 1000 s) is live: kept.
+    let kept_live = mapping(b, PROTO_TCP, (lan(12), 40002), 2002, ago(1000), ago(1000));
+    // No live session and both halves idle: both go.
+    let gone_tcp = mapping(b, PROTO_TCP, (lan(12), 40001), 2001, ago(300), ago(300));
+    // Its session expired, but one half is still fresh: kept.
+    let kept_inbound_fresh = mapping(b, PROTO_TCP, (lan(12), 40003), 2003, ago(10), ago(300));
+    let kept_outbound_fresh = mapping(b, PROTO_TCP, (lan(12), 40005), 2005, ago(300), ago(10));
+    let gone_udp = mapping(b, PROTO_UDP, (lan(13), 50001), 3001, ago(301), ago(400));
+    let kept_udp_at_timeout = mapping(b, PROTO_UDP, (lan(13), 50004), 3004, ago(300), ago(299));
+    let gone_icmp = mapping(b, PROTO_ICMP, (lan(12), 7), 4001, ago(61), ago(61));
+    // Orphans: an idle inbound half without outbound, an idle outbound
+    // half without inbound, and two idle halves pointing elsewhere.
+    let gone_orphan_in = inbound_half(b, PROTO_UDP, 3005, (lan(50), 5005), ago(400));
+    let kept_orphan_in_fresh = inbound_half(b, PROTO_UDP, 3006, (lan(50), 5006), ago(10));
+    let gone_orphan_out = outbound_half(b, PROTO_TCP, (lan(51), 6000), 2006, ago(500));
+    let gone_crossed_out = outbound_half(b, PROTO_UDP, (lan(52), 7000), 3007, ago(400));
+    let gone_crossed_in = inbound_half(b, PROTO_UDP, 3007, (lan(53), 7001), ago(400));
+    // An idle orphan on a port that has a live session (udp_fresh): kept.
+    let kept_orphan_in_live = inbound_half(b, PROTO_UDP, 3002, (lan(54), 5002), ago(400));
+
+    // Forward sessions (an LRU map).
+    let f = &mut maps.forward_sessions;
+    let fwd_tcp_old = insert_session(f, PROTO_TCP, 8080, ago(7441), TCP_STATE_ESTABLISHED);
+    let fwd_tcp_idle = insert_session(f, PROTO_TCP, 8081, ago(239), TCP_STATE_OPENING);
+    let fwd_udp_old = insert_session(f, PROTO_UDP, 5353, ago(301), TCP_STATE_NONE);
+    let fwd_icmp_fresh = insert_session(f, PROTO_ICMP, 9, ago(30), TCP_STATE_NONE);
+
+    let report = sweep(maps, &timeouts, now).expect("sweep");
+    eprintln!("{report:?}");
+    assert_counts(&report, 9 + 20 + 4, 4, 2, 10);
+
+    assert_eq!(
+        sorted_sessions(&maps.sessions),
+        session_tuples(&[
+            tcp_established_idle,
+            tcp_closing_fresh,
+            udp_fresh,
+            icmp_at_timeout,
+            udp_future,
+        ]),
+        "sessions left"
+    );
+    let mut kept = Vec::new();
+    for pair in [
+        kept_live,
+        kept_inbound_fresh,
+        kept_outbound_fresh,
+        kept_udp_at_timeout,
+    ] {
+        kept.extend_from_slice(&pair);
+    }
+    kept.extend([kept_orphan_in_fresh, kept_orphan_in_live]);
+    assert_eq!(
+        sorted_bindings(&maps.bindings),
+        binding_tuples(&kept),
+        "bindings left"
+    );
+    assert_eq!(
+        sorted_sessions(&maps.forward_sessions),
+        session_tuples(&[fwd_tcp_idle, fwd_icmp_fresh]),
+        "forward sessions left"
+    );
+    // The removed ones, spelled out.
+    for key in gone_tcp.iter().chain(&gone_udp).chain(&gone_icmp).chain(&[
+        gone_orphan_in,
+        gone_orphan_out,
+        gone_crossed_in,
+        gone_crossed_out,
+    ]) {
+        assert!(
+            maps.bindings.get(key, 0).is_err(),
+            "{key:?} should have been removed"
+        );
+    }
+    for key in [tcp_established_old, tcp_opening_old, udp_old, icmp_old] {
+        assert!(
+            maps.sessions.get(&key, 0).is_err(),
+            "{key:?} should be gone"
+        );
+    }
+    for key in [fwd_tcp_old, fwd_udp_old] {
+        assert!(
+            maps.forward_sessions.get(&key, 0).is_err(),
+            "{key:?} should be gone"
+        );
+    }
+    // Survivors keep their values untouched.
+    let survivor = maps.bindings.get(&kept_live[1], 0).unwrap();
+    assert_eq!(survivor, binding(WAN, 2002, ago(1000)));
+
+    // A second sweep at the same time finds nothing more to do.
+    let again = sweep(maps, &timeouts, now).expect("second sweep");
+    assert_counts(&again, 5 + 10 + 2, 0, 0, 0);
+}
+
+#[test]
+fn sweep_keeps_everything_fresh_and_handles_empty_maps() {
+    let mut datapath = load(64, 64, 64);
+    let maps = &mut datapath.maps;
+    let timeouts = Timeouts::default();
+    let now = sweep_now();
+
+    let empty = sweep(maps, &timeouts, now).expect("sweep of empty maps");
+    assert_counts(&empty, 0, 0, 0, 0);
+
+    insert_session(
+        &mut maps.sessions,
+        PROTO_UDP,
+        3001,
+        now - SEC,
+        TCP_STATE_NONE,
+    );
+    mapping(
+        &mut maps.bindings,
+        PROTO_UDP,
+        (lan(12), 5000),
+        3001,
+        now - SEC,
+        now,
+    );
+    insert_session(
+        &mut maps.forward_sessions,
+        PROTO_TCP,
+        80,
+        now,
+        TCP_STATE_ESTABLISHED,
+    );
+    let report = sweep(maps, &timeouts, now).expect("sweep");
+    assert_counts(&report, 4, 0, 0, 0);
+
+    // With a shorter UDP timeout, the same entries are all old.
+    let short = Timeouts {
+        udp: Duration::from_millis(500),
+        tcp_established: Duration::ZERO,
+        ..timeouts
+    };
+    let report = sweep(maps, &short, now + 2 * SEC).expect("sweep");
+    assert_counts(&report, 4, 1, 1, 2);
+    let report = sweep(maps, &short, now + 2 * SEC).expect("sweep");
+    assert_counts(&report, 0, 0, 0, 0);
+}
+
+/// Fills `map` with `n` distinct sessions whose value encodes the key.
+fn fill_sessions(map: &mut HashMap<MapData, SessionKey, Session>, n: u32) {
+    for i in 0..n {
+        let key = numbered_key(i);
+        let mut value = session(u64::from(i), TCP_STATE_NONE);
+        value.packets = u64::from(i) * 3;
+        map.insert(key, value, 0).expect("inserting a session");
+    }
+}
+
+fn numbered_key(i: u32) -> SessionKey {
+    SessionKey {
+        remote_addr: [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+        remote_port: 1000 + (i % 7) as u16,
+        external_port: (i % 60000) as u16,
+        proto: PROTO_UDP,
+        _pad: [0; 3],
+    }
+}
+
+fn numbered_index(key: &SessionKey) -> u32 {
+    u32::from_be_bytes([
+        0,
+        key.remote_addr[1],
+        key.remote_addr[2],
+        key.remote_addr[3],
+    ])
+}
+
+/// Walks `map` with the batch walk and checks it against aya's iterator:
+/// every entry visited exactly once, with its own value.
+fn check_walk(map: &HashMap<MapData, SessionKey, Session>, n: u32, chunk: u32) {
+    let mut visits: BTreeMap<u32, u32> = BTreeMap::new();
+    let visited = batch::for_each_entry(
+        map.map().fd().as_fd(),
+        chunk,
+        |key: &SessionKey, value: &Session| {
+            let i = numbered_index(key);
+            assert_eq!(*key, numbered_key(i), "key {i}");
+            assert_eq!(value.last_seen_ns, u64::from(i), "value of key {i}");
+            assert_eq!(value.packets, u64::from(i) * 3, "value of key {i}");
+            *visits.entry(i).or_default() += 1;
+        },
+    )
+    .unwrap_or_else(|error| panic!("batch walk with chunk {chunk}: {error}"));
+    assert_eq!(visited, n as usize, "entries visited with chunk {chunk}");
+    let twice: Vec<_> = visits.iter().filter(|&(_, &v)| v != 1).collect();
+    assert!(twice.is_empty(), "visited more than once: {twice:?}");
+    let by_iter: BTreeSet<u32> = map
+        .iter()
+        .map(|item| {
+            let (key, value) = item.expect("aya iter");
+            let i = numbered_index(&key);
+            assert_eq!(value.last_seen_ns, u64::from(i));
+            i
+        })
+        .collect();
+    assert_eq!(by_iter.len(), n as usize, "aya's iter");
+    let by_batch: BTreeSet<u32> = visits.into_keys().collect();
+    assert_eq!(by_batch, by_iter, "batch walk and aya's iter disagree");
+}
+
+#[test]
+fn batch_walk_visits_every_entry_once() {
+    const N: u32 = 10_000;
+    let mut datapath = load(16_384, 64, 16_384);
+    let maps = &mut datapath.maps;
+    // An empty map: nothing, and no error.
+    check_walk(&maps.sessions, 0, batch::DEFAULT_CHUNK);
+    fill_sessions(&mut maps.sessions, N);
+    // Chunk 1 is smaller than a bucket that holds two entries: the walk has
+    // to grow it (ENOSPC) rather than fail or skip the bucket.
+    for chunk in [batch::DEFAULT_CHUNK, 1, 3, 1000, N, 1 << 20] {
+        check_walk(&maps.sessions, N, chunk);
+    }
+    // The same through the LRU hash map.
+    fill_sessions(&mut maps.forward_sessions, N);
+    check_walk(&maps.forward_sessions, N, batch::DEFAULT_CHUNK);
+    assert_eq!(
+        batch::for_each_in(&maps.forward_sessions, |_, _| {}).unwrap(),
+        N as usize
+    );
+}
+
+#[test]
+fn batch_walk_refuses_mismatched_maps() {
+    let datapath = load(64, 64, 64);
+    let maps = &datapath.maps;
+    let fd = maps.sessions.map().fd().as_fd();
+    let error = batch::for_each_entry::<u32, Session>(fd, 16, |_, _| {}).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+    let error = batch::for_each_entry::<SessionKey, Binding>(fd, 16, |_, _| {}).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+    // An array (CONFIG) has the wrong layout for a hash walk.
+    let config_fd = maps.config.map().fd().as_fd();
+    let error =
+        batch::for_each_entry::<u32, nat_common::NatConfig>(config_fd, 16, |_, _| {}).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+}
