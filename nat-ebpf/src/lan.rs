@@ -125,7 +125,10 @@ fn hairpin(
         addr: config.wan_addr,
         port: source.port,
     };
-    if source.rule_id == 0 {
+    if source.rule_id != 0 {
+        // A forwarded server answering a LAN client through the WAN address.
+        count_rule(source.rule_id, false, len);
+    } else {
         let remote = Endpoint {
             addr: config.wan_addr,
             port: target_port,

@@ -56,7 +56,10 @@ fn next_tcp_state(state: u8, flags: u8, from_opener: bool) -> u8 {
     } else if flags & TCP_FIN != 0 {
         TCP_STATE_CLOSING
     } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        if from_opener {
+        // A SYN opens a connection on a fresh or finished conversation; on
+        // a live one it is a stray duplicate that must not shorten its
+        // timeout.
+        if from_opener && state != TCP_STATE_ESTABLISHED {
             TCP_STATE_OPENING
         } else {
             state
@@ -200,7 +203,18 @@ pub fn forward_session_inbound(
 ) {
     let key = forward_session_key(conversation);
     if let Some(session) = FORWARD_SESSIONS.get_ptr_mut(key) {
+        // SAFETY: a pointer returned by a map lookup.
+        let finished = unsafe {
+            matches!((*session).tcp_state, TCP_STATE_CLOSING | TCP_STATE_CLOSED)
+        };
+        let reopened = conversation.proto == PROTO_TCP
+            && finished
+            && conversation.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         touch_session(session, conversation, true, now, frame_len);
+        if reopened {
+            // The remote reused its port for a new connection: log it too.
+            report_connection(conversation, server, forward, frame_len);
+        }
         return;
     }
     let tcp_state = if conversation.proto == PROTO_TCP {
@@ -210,9 +224,18 @@ pub fn forward_session_inbound(
     };
     let session = new_session(server, tcp_state, now, frame_len);
     // Only the CPU whose insert wins reports the conversation.
-    if FORWARD_SESSIONS.insert(key, session, BPF_NOEXIST).is_err() {
-        return;
+    if FORWARD_SESSIONS.insert(key, session, BPF_NOEXIST).is_ok() {
+        report_connection(conversation, server, forward, frame_len);
     }
+}
+
+#[inline(always)]
+fn report_connection(
+    conversation: &Conversation,
+    server: Endpoint,
+    forward: &Forward,
+    frame_len: usize,
+) {
     let event = ConnectionEvent {
         remote_addr: conversation.remote.addr,
         internal_addr: server.addr,
