@@ -204,9 +204,8 @@ pub fn forward_session_inbound(
     let key = forward_session_key(conversation);
     if let Some(session) = FORWARD_SESSIONS.get_ptr_mut(key) {
         // SAFETY: a pointer returned by a map lookup.
-        let finished = unsafe {
-            matches!((*session).tcp_state, TCP_STATE_CLOSING | TCP_STATE_CLOSED)
-        };
+        let finished =
+            unsafe { matches!((*session).tcp_state, TCP_STATE_CLOSING | TCP_STATE_CLOSED) };
         let reopened = conversation.proto == PROTO_TCP
             && finished
             && conversation.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
