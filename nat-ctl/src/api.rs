@@ -6,7 +6,8 @@
 //!   (the fields to change), `DELETE rules/NAME`, `POST rules/NAME/enable`,
 //!   `POST rules/NAME/disable`
 //! - `GET table?protocol=&address=&port=&type=`, `GET stats`
-//! - `POST reload` (as SIGHUP), `POST down` (detach and stop)
+//! - `POST reload` (as SIGHUP), `POST upnp/on`, `POST upnp/off`,
+//!   `POST down` (detach and stop)
 use std::{
     convert::Infallible,
     net::Ipv4Addr,
@@ -38,12 +39,20 @@ pub enum Request {
     Status,
     ListRules,
     AddRule(ForwardRule),
-    ModifyRule { name: String, change: RuleChange },
+    ModifyRule {
+        name: String,
+        change: RuleChange,
+    },
     RemoveRule(String),
-    SetEnabled { name: String, enabled: bool },
+    SetEnabled {
+        name: String,
+        enabled: bool,
+    },
     Table(TableFilter),
     Stats,
     Reload,
+    /// Switch the UPnP IGD on or off (off also removes its mappings).
+    Upnp(bool),
     Down,
 }
 
@@ -272,8 +281,12 @@ pub fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Re
         ["table"] if method == Method::GET => Ok(Request::Table(TableFilter::parse(query)?)),
         ["stats"] if method == Method::GET => Ok(Request::Stats),
         ["reload"] if method == Method::POST => Ok(Request::Reload),
+        ["upnp", switch @ ("on" | "off")] if method == Method::POST => {
+            Ok(Request::Upnp(*switch == "on"))
+        }
         ["down"] if method == Method::POST => Ok(Request::Down),
         ["status" | "stats" | "table" | "reload" | "down"]
+        | ["upnp", "on" | "off"]
         | ["rules"]
         | ["rules", _]
         | ["rules", _, "enable" | "disable"] => Err(wrong_method()),

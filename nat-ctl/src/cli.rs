@@ -117,6 +117,13 @@ enum Command {
     Status,
     /// Re-read the configuration file and the rule store (as SIGHUP).
     Reload,
+    /// Switch the UPnP IGD on or off until the daemon restarts (set
+    /// `[upnp] enabled` in the configuration to make it last); off also
+    /// removes the mappings clients made.
+    Upnp {
+        #[arg(value_parser = ["on", "off"])]
+        switch: String,
+    },
     /// Detach the datapath and remove its pins (stops the daemon too).
     Down {
         /// Where to look when no daemon is running.
@@ -194,6 +201,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 internal: rule.internal.ports.unwrap_or(rule.external),
                 allow: rule.allow,
                 enabled: !disabled,
+                upnp: None,
             };
             let added = call(&client, Method::POST, "/v1/rules", Some(json(&rule)?))?;
             println!("added {}", one_rule(&added)?);
@@ -317,6 +325,19 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", reloaded["reloaded"].as_str().unwrap_or("reloaded"));
             Ok(())
         }
+        Command::Upnp { switch } => {
+            let answer = call(&client, Method::POST, &format!("/v1/upnp/{switch}"), None)?;
+            let removed = answer["removed"]
+                .as_array()
+                .map(|names| names.len())
+                .unwrap_or(0);
+            if switch == "off" {
+                println!("UPnP off; removed {removed} mapping(s) clients had made");
+            } else {
+                println!("UPnP on");
+            }
+            Ok(())
+        }
         Command::Down { pin_dir } => match block_on(client.call(Method::POST, "/v1/down", None)) {
             Ok(_) => {
                 println!("datapath detached; the daemon is stopping");
@@ -400,8 +421,15 @@ fn format_rules(rules: &[ListedRule]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<5} {:>11} {:<27} {:<8} {:>16} {:>16} ALLOWED REMOTES",
-        "NAME", "PROTO", "EXTERNAL", "INTERNAL", "ENABLED", "IN PKTS/BYTES", "OUT PKTS/BYTES"
+        "{:<20} {:<6} {:<5} {:>11} {:<27} {:<8} {:>16} {:>16} ALLOWED REMOTES",
+        "NAME",
+        "TYPE",
+        "PROTO",
+        "EXTERNAL",
+        "INTERNAL",
+        "ENABLED",
+        "IN PKTS/BYTES",
+        "OUT PKTS/BYTES"
     );
     for listed in rules {
         let rule = &listed.rule;
@@ -416,8 +444,9 @@ fn format_rules(rules: &[ListedRule]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<20} {:<5} {:>11} {:<27} {:<8} {:>16} {:>16} {}",
+            "{:<20} {:<6} {:<5} {:>11} {:<27} {:<8} {:>16} {:>16} {}",
             rule.name,
+            rule.kind(),
             rule.protocol.to_string(),
             rule.external.to_string(),
             format!("{}:{}", rule.internal_addr, rule.internal),

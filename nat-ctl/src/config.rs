@@ -49,6 +49,118 @@ pub struct DaemonConfig {
     pub pin_dir: PathBuf,
     pub nat: NatSettings,
     pub timeouts: Timeouts,
+    pub upnp: UpnpSettings,
+}
+
+/// The `[upnp]` table: the IGD served on the LAN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpnpSettings {
+    pub enabled: bool,
+    /// A client may only map ports to itself, and only delete its own
+    /// mappings.
+    pub secure_mode: bool,
+    /// The IGD version described by default: 2, or 1.
+    #[serde(deserialize_with = "igd_version")]
+    pub igd_version: u8,
+    /// Clients whose User-Agent contains one of these get the IGDv1
+    /// description: some (Windows, Xbox) break on v2.
+    pub v1_user_agents: Vec<String>,
+    /// The HTTP port for descriptions and control; 0 picks a free one.
+    pub http_port: u16,
+    /// The longest lease granted, in seconds (IGDv2: 604800, a week).
+    #[serde(deserialize_with = "max_lease")]
+    pub max_lease: u32,
+    /// Checked in order, first match wins; no match is a denial. Empty:
+    /// the safe default, ports 1024-65535 both sides, any LAN host.
+    pub permissions: Vec<UpnpPermission>,
+}
+
+impl Default for UpnpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            secure_mode: true,
+            igd_version: 2,
+            v1_user_agents: vec!["Windows".into(), "Xbox".into()],
+            http_port: 0,
+            max_lease: 604_800,
+            permissions: Vec::new(),
+        }
+    }
+}
+
+impl UpnpSettings {
+    /// The permission rules in force: the configured ones, or the default.
+    pub fn effective_permissions(&self) -> Vec<UpnpPermission> {
+        if !self.permissions.is_empty() {
+            return self.permissions.clone();
+        }
+        let unprivileged = PortRange {
+            first: 1024,
+            last: 65535,
+        };
+        vec![UpnpPermission {
+            action: PermissionAction::Allow,
+            external: unprivileged,
+            internal: ipnet::Ipv4Net::default(),
+            internal_ports: unprivileged,
+        }]
+    }
+
+    /// Whether a mapping of `external` to `internal:internal_port` may be
+    /// made.
+    pub fn permits(&self, external: u16, internal: std::net::Ipv4Addr, internal_port: u16) -> bool {
+        self.effective_permissions()
+            .iter()
+            .find(|rule| {
+                (rule.external.first..=rule.external.last).contains(&external)
+                    && rule.internal.contains(&internal)
+                    && (rule.internal_ports.first..=rule.internal_ports.last)
+                        .contains(&internal_port)
+            })
+            .is_some_and(|rule| rule.action == PermissionAction::Allow)
+    }
+}
+
+/// One `[[upnp.permissions]]` entry, as miniupnpd's `allow`/`deny` lines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpnpPermission {
+    pub action: PermissionAction,
+    /// External ports, e.g. "1024-65535".
+    pub external: PortRange,
+    /// Internal addresses, e.g. "192.168.0.0/24".
+    pub internal: ipnet::Ipv4Net,
+    /// Internal ports.
+    pub internal_ports: PortRange,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PermissionAction {
+    Allow,
+    Deny,
+}
+
+fn igd_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let version = i64::deserialize(deserializer)?;
+    match version {
+        1 | 2 => Ok(version as u8),
+        _ => Err(D::Error::custom(format!(
+            "igd_version = {version}: expected 1 or 2"
+        ))),
+    }
+}
+
+fn max_lease<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let secs = i64::deserialize(deserializer)?;
+    if !(1..=604_800).contains(&secs) {
+        return Err(D::Error::custom(format!(
+            "max_lease = {secs}: expected seconds from 1 to 604800 (a week)"
+        )));
+    }
+    Ok(secs as u32)
 }
 
 impl Default for DaemonConfig {
@@ -59,6 +171,7 @@ impl Default for DaemonConfig {
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             nat: NatSettings::default(),
             timeouts: Timeouts::default(),
+            upnp: UpnpSettings::default(),
         }
     }
 }
@@ -405,6 +518,19 @@ tcp_established = 3600
 tcp_transitory = 120
 udp = 60
 icmp = 30
+
+[upnp]
+enabled = false
+secure_mode = false
+igd_version = 1
+http_port = 5000
+max_lease = 3600
+
+[[upnp.permissions]]
+action = "deny"
+external = "6000-6999"
+internal = "192.168.0.0/24"
+internal_ports = "1-65535"
 "#;
         let config = DaemonConfig::parse(text, Path::new("natctl.toml")).unwrap();
         assert_eq!(
@@ -428,8 +554,31 @@ icmp = 30
                     udp: Duration::from_secs(60),
                     icmp: Duration::from_secs(30),
                 },
+                upnp: UpnpSettings {
+                    enabled: false,
+                    secure_mode: false,
+                    igd_version: 1,
+                    http_port: 5000,
+                    max_lease: 3600,
+                    permissions: vec![UpnpPermission {
+                        action: PermissionAction::Deny,
+                        external: "6000-6999".parse().unwrap(),
+                        internal: "192.168.0.0/24".parse().unwrap(),
+                        internal_ports: "1-65535".parse().unwrap(),
+                    }],
+                    ..UpnpSettings::default()
+                },
             }
         );
+        // First match wins; no match denies.
+        let upnp = &config.upnp;
+        let host = "192.168.0.12".parse().unwrap();
+        assert!(!upnp.permits(6500, host, 6500));
+        assert!(!upnp.permits(7000, host, 7000));
+        let defaults = UpnpSettings::default();
+        assert!(defaults.permits(7000, host, 7000));
+        assert!(!defaults.permits(80, host, 8080));
+        assert!(!defaults.permits(8080, host, 22));
         assert_eq!(
             config.nat.filtering.datapath_value(),
             nat_common::FILTER_ENDPOINT_INDEPENDENT

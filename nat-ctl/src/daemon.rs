@@ -3,15 +3,19 @@
 //! addresses, serves the control API, ages entries out and logs new
 //! inbound connections.
 use std::{
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
-    time::Instant,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Instant, SystemTime},
 };
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
-use nat_common::{ConnectionEvent, EndpointKey, NatConfig, programs};
+use nat_common::{ConnectionEvent, Counter, EndpointKey, NatConfig, programs};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::watch};
 
@@ -23,6 +27,13 @@ use crate::{
     interfaces,
     rules::{ForwardRule, RuleError, RuleSet, protocol_name},
     store, table,
+    upnp::{
+        IgdVersion,
+        http::Control,
+        igd::{self, Gateway, GatewayError, Totals},
+        service::{self, Running, ServiceConfig},
+        soap::{SoapRequest, UpnpError},
+    },
 };
 
 /// Pins of the two XDP links, beside the maps'.
@@ -91,6 +102,11 @@ struct Daemon {
     config_file: Option<PathBuf>,
     started: Instant,
     adopted: bool,
+    /// `natctl upnp on|off`; starts as the configuration says.
+    upnp_wanted: AtomicBool,
+    /// Wakes the UPnP supervisor: a switch, an address or a reload.
+    upnp_changed: tokio::sync::Notify,
+    boot_id: u32,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (the datapath stays) or
@@ -200,6 +216,44 @@ pub fn teardown(dir: &Path) -> Result<bool> {
     Ok(found)
 }
 
+/// The ids the pinned datapath knows the rules by, so that a restarted
+/// daemon keeps each rule's counters: an enabled rule's first inbound entry
+/// carries its id. Rules found there keep it; the others get free ids with
+/// their counters zeroed (the slot may hold a removed rule's counts).
+fn recover_ids(maps: &mut Maps, rules: &RuleSet) -> Result<RuleSet> {
+    let mut found = Vec::new();
+    for (_, rule) in rules.iter() {
+        let pinned = rule.enabled.then(|| {
+            let key = EndpointKey::inbound(rule.protocol.numbers()[0], rule.external.first);
+            maps.forwards.get(&key, 0).ok()
+        });
+        let id = pinned.flatten().filter(|forward| {
+            forward.addr == rule.internal_addr.octets() && forward.port == rule.internal.first
+        });
+        found.push((rule.clone(), id.map(|forward| forward.rule_id)));
+    }
+    let mut recovered = RuleSet::default();
+    // Known ids first, so that no fresh id takes one of them.
+    for (rule, id) in found.iter().filter(|(_, id)| id.is_some()) {
+        recovered.add(rule.clone(), *id)?;
+    }
+    let mut order = Vec::new();
+    for (rule, id) in &found {
+        if id.is_none() {
+            let fresh = recovered.add(rule.clone(), None)?;
+            maps.reset_rule_counters(fresh)?;
+        }
+        order.push(rule.name.clone());
+    }
+    // Keep the store's order (GetGenericPortMappingEntry indexes by it).
+    let mut ordered = RuleSet::default();
+    for name in order {
+        let (id, rule) = recovered.get(&name).expect("added above");
+        ordered.add(rule.clone(), Some(id))?;
+    }
+    Ok(ordered)
+}
+
 /// Picks up a datapath a previous daemon left pinned (its flows never
 /// stopped), or loads and attaches a fresh one. Either way the maps end up
 /// holding `config` and `rules`.
@@ -208,7 +262,7 @@ fn start_datapath(
     mode: AttachMode,
     wan: &Nic,
     lan: &Nic,
-    rules: &RuleSet,
+    rules: &mut RuleSet,
 ) -> Result<(Maps, bool)> {
     let dir = &config.pin_dir;
     let nat = nat_config(config, wan, lan);
@@ -235,6 +289,7 @@ fn start_datapath(
             );
         }
         maps.set_config(&nat)?;
+        *rules = recover_ids(&mut maps, rules)?;
         maps.sync_rules(&rules.entries())?;
         return Ok((maps, true));
     }
@@ -296,7 +351,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             wan.name
         );
     }
-    let rules = rules_from_store(
+    let mut rules = rules_from_store(
         &config.rules_file,
         Some(lan_net.trunc()),
         &RuleSet::default(),
@@ -308,7 +363,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         .with_context(|| format!("opening the API socket {}", config.socket.display()))?;
     check_bpffs(&config.pin_dir)?;
     interfaces::prepare_router(&lan.name, &wan.name)?;
-    let (maps, adopted) = match start_datapath(&config, options.xdp_mode, &wan, &lan, &rules) {
+    let (maps, adopted) = match start_datapath(&config, options.xdp_mode, &wan, &lan, &mut rules) {
         Ok(started) => started,
         Err(error) => {
             let _ = std::fs::remove_file(&config.socket);
@@ -334,6 +389,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     );
 
     let (lifecycle, mut lifecycle_changes) = watch::channel(Lifecycle::Running);
+    let upnp_enabled = config.upnp.enabled;
     let mut maps = maps;
     let ring = maps.new_connections.take();
     let socket = config.socket.clone();
@@ -351,6 +407,9 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         config_file,
         started: Instant::now(),
         adopted,
+        upnp_wanted: AtomicBool::new(upnp_enabled),
+        upnp_changed: tokio::sync::Notify::new(),
+        boot_id: unix_now() as u32,
     });
 
     let (api_stop_tx, api_stop) = watch::channel(false);
@@ -364,6 +423,15 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         tokio::spawn(connection_log(daemon.clone(), ring));
     }
     tokio::spawn(follow_addresses(daemon.clone(), netlink));
+    tokio::spawn(expire_leases(daemon.clone()));
+    if !upnp_enabled {
+        // Switched off in the configuration: no client's mapping stays open.
+        if let Err(error) = daemon.handle(Request::Upnp(false)) {
+            tracing::error!("removing UPnP mappings: {error}");
+        }
+    }
+    let (upnp_stop_tx, upnp_stop) = watch::channel(false);
+    let upnp = tokio::spawn(supervise_upnp(daemon.clone(), upnp_stop));
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -388,6 +456,9 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             }
         }
     };
+    // The IGD says goodbye (SSDP byebye) before the daemon goes.
+    let _ = upnp_stop_tx.send(true);
+    let _ = upnp.await;
     let _ = api_stop_tx.send(true);
     let _ = server.await;
     let _ = std::fs::remove_file(&socket);
@@ -531,6 +602,241 @@ async fn follow_addresses(daemon: Arc<Daemon>, netlink: rtnetlink::Handle) {
                 }
             }
         }
+        drop(state);
+        daemon.upnp_changed.notify_one();
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// Removes UPnP mappings whose lease has run out, within a second of it.
+async fn expire_leases(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let daemon = daemon.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = unix_now();
+            let mut state = daemon.lock();
+            let expired: Vec<String> = state
+                .rules
+                .iter()
+                .filter(|(_, rule)| {
+                    rule.upnp
+                        .as_ref()
+                        .and_then(|lease| lease.expires_at)
+                        .is_some_and(|expires| expires <= now)
+                })
+                .map(|(_, rule)| rule.name.clone())
+                .collect();
+            if expired.is_empty() {
+                return;
+            }
+            match state.change(|rules| {
+                for name in &expired {
+                    rules.remove(name)?;
+                }
+                Ok(())
+            }) {
+                Ok(_) => tracing::info!("UPnP lease expired: removed {}", expired.join(", ")),
+                Err(error) => tracing::error!("removing expired UPnP mappings: {}", error.api),
+            }
+        })
+        .await;
+    }
+}
+
+/// Keeps the IGD running exactly while it is wanted and the LAN has an
+/// address, restarting it when the address or its settings change.
+async fn supervise_upnp(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    let mut running: Option<(Running, ServiceConfig)> = None;
+    loop {
+        let desired = {
+            let state = daemon.lock();
+            let settings = &state.config.upnp;
+            match state.lan.network {
+                Some(lan) if daemon.upnp_wanted.load(Ordering::SeqCst) => {
+                    let igd = if settings.igd_version == 1 {
+                        IgdVersion::V1
+                    } else {
+                        IgdVersion::V2
+                    };
+                    Some(ServiceConfig {
+                        lan_ifname: state.lan.name.clone(),
+                        lan_addr: lan.addr(),
+                        lan_net: lan.trunc(),
+                        http_port: settings.http_port,
+                        identity: service::identity(&state.lan.name, igd, daemon.boot_id),
+                        igd,
+                        v1_user_agents: settings.v1_user_agents.clone(),
+                    })
+                }
+                _ => None,
+            }
+        };
+        let unchanged = match (&running, &desired) {
+            (Some((_, current)), Some(wanted)) => {
+                (
+                    current.lan_addr,
+                    current.http_port,
+                    current.igd,
+                    &current.v1_user_agents,
+                ) == (
+                    wanted.lan_addr,
+                    wanted.http_port,
+                    wanted.igd,
+                    &wanted.v1_user_agents,
+                )
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            if let Some((service, _)) = running.take() {
+                service.stop().await;
+                tracing::info!("UPnP IGD stopped");
+            }
+            if let Some(config) = desired {
+                let control = Arc::new(UpnpControl(daemon.clone())) as Arc<dyn Control>;
+                match service::start(config.clone(), control) {
+                    Ok(service) => {
+                        tracing::info!(
+                            "UPnP IGD on {} ({}), description at {}",
+                            config.lan_ifname,
+                            config.lan_addr,
+                            service.location
+                        );
+                        running = Some((service, config));
+                    }
+                    Err(error) => tracing::error!("UPnP IGD could not start: {error}"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = daemon.upnp_changed.notified() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    if let Some((service, _)) = running.take() {
+        service.stop().await;
+    }
+}
+
+/// The IGD's view of the daemon, for one request.
+struct DaemonGateway<'a> {
+    state: &'a mut State,
+    started: Instant,
+}
+
+impl Gateway for DaemonGateway<'_> {
+    fn external_address(&self) -> Option<Ipv4Addr> {
+        self.state.wan.network.map(|net| net.addr())
+    }
+
+    fn lan(&self) -> Option<Ipv4Net> {
+        self.state.lan.network.map(|net| net.trunc())
+    }
+
+    fn rules(&self) -> Vec<ForwardRule> {
+        self.state.rules.to_vec()
+    }
+
+    fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
+        let summary: Vec<String> = add.iter().map(describe).collect();
+        self.state
+            .change(|rules| {
+                let mut ids = std::collections::HashMap::new();
+                for name in remove {
+                    if let Some((id, _)) = rules.get(name) {
+                        ids.insert(name.clone(), id);
+                    }
+                    rules.remove(name)?;
+                }
+                for rule in add {
+                    let id = ids.get(&rule.name).copied();
+                    rules.add(rule, id)?;
+                }
+                Ok(())
+            })
+            .map_err(|error| match error.rule {
+                Some(rule) => GatewayError::Rule(rule),
+                None => GatewayError::Failed(error.api.message),
+            })?;
+        if !remove.is_empty() {
+            tracing::info!("UPnP: removed {}", remove.join(", "));
+        }
+        for line in summary {
+            tracing::info!("UPnP: mapped {line}");
+        }
+        Ok(())
+    }
+
+    fn totals(&self) -> Totals {
+        let counters = self.state.maps.counters().unwrap_or_default();
+        let mut totals = Totals::default();
+        for (counter, value) in counters {
+            match counter {
+                Counter::Snat | Counter::IcmpErrorOut => {
+                    totals.bytes_sent += value.bytes;
+                    totals.packets_sent += value.packets;
+                }
+                Counter::WanRx => {
+                    totals.bytes_received += value.bytes;
+                    totals.packets_received += value.packets;
+                }
+                _ => {}
+            }
+        }
+        totals
+    }
+
+    fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn now_unix(&self) -> u64 {
+        unix_now()
+    }
+}
+
+struct UpnpControl(Arc<Daemon>);
+
+impl Control for UpnpControl {
+    fn control(
+        &self,
+        caller: Ipv4Addr,
+        request: &SoapRequest,
+    ) -> Result<Vec<(&'static str, String)>, UpnpError> {
+        let daemon = &self.0;
+        if !daemon.upnp_wanted.load(Ordering::SeqCst) {
+            return Err(UpnpError::ActionNotAuthorized);
+        }
+        let mut state = daemon.lock();
+        let settings = state.config.upnp.clone();
+        let igd = if settings.igd_version == 1 {
+            IgdVersion::V1
+        } else {
+            IgdVersion::V2
+        };
+        let mut gateway = DaemonGateway {
+            state: &mut state,
+            started: daemon.started,
+        };
+        let outcome = igd::handle(&mut gateway, &settings, igd, caller, request);
+        if let Err(error) = &outcome {
+            tracing::info!(
+                "UPnP {} from {caller} refused: {} {}",
+                request.action,
+                error.code(),
+                error.description()
+            );
+        }
+        outcome
     }
 }
 
@@ -546,6 +852,35 @@ struct RuleView<'a> {
     id: u32,
     inbound: table::Traffic,
     outbound: table::Traffic,
+}
+
+/// A refused change: the API's answer, and the rule error behind it when
+/// the rules themselves were at fault (UPnP maps those to its own codes).
+#[derive(Debug)]
+struct ChangeError {
+    api: ApiError,
+    rule: Option<RuleError>,
+}
+
+impl From<RuleError> for ChangeError {
+    fn from(error: RuleError) -> Self {
+        Self {
+            api: rule_error(error.clone()),
+            rule: Some(error),
+        }
+    }
+}
+
+impl From<ApiError> for ChangeError {
+    fn from(api: ApiError) -> Self {
+        Self { api, rule: None }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(error: ChangeError) -> Self {
+        error.api
+    }
 }
 
 fn rule_error(error: RuleError) -> ApiError {
@@ -583,10 +918,10 @@ impl State {
     fn change(
         &mut self,
         edit: impl FnOnce(&mut RuleSet) -> Result<(), RuleError>,
-    ) -> Result<RuleSet, ApiError> {
+    ) -> Result<RuleSet, ChangeError> {
         let mut next = self.rules.clone();
-        edit(&mut next).map_err(rule_error)?;
-        next.validate(self.lan_net()?).map_err(rule_error)?;
+        edit(&mut next)?;
+        next.validate(self.lan_net()?)?;
         for (id, _) in next.iter() {
             if self.rules.by_id(id).is_none() {
                 self.maps.reset_rule_counters(id).map_err(internal)?;
@@ -598,11 +933,11 @@ impl State {
         // found now is one that was there before.
         if let Err(conflict) = self.check_mappings(&next) {
             let _ = self.maps.sync_rules(&self.rules.entries());
-            return Err(rule_error(conflict));
+            return Err(conflict.into());
         }
         if let Err(error) = store::save_rules(&self.config.rules_file, &next.to_vec()) {
             let _ = self.maps.sync_rules(&self.rules.entries());
-            return Err(ApiError::internal(format!("{error}; nothing was changed")));
+            return Err(ApiError::internal(format!("{error}; nothing was changed")).into());
         }
         let previous = std::mem::replace(&mut self.rules, next);
         Ok(previous)
@@ -690,6 +1025,9 @@ impl Daemon {
         let nat = nat_config(&state.config, &state.wan, &state.lan);
         state.maps.set_config(&nat).map_err(internal)?;
         state.rules = rules;
+        self.upnp_wanted
+            .store(state.config.upnp.enabled, Ordering::SeqCst);
+        self.upnp_changed.notify_one();
         Ok(format!(
             "reloaded {} and {} rule(s) from {}",
             self.config_file
@@ -714,6 +1052,7 @@ impl Daemon {
             "nat": state.config.nat,
             "timeouts": state.config.timeouts,
             "picked_up_pinned_datapath": self.adopted,
+            "upnp": self.upnp_wanted.load(Ordering::SeqCst),
             "uptime_secs": self.started.elapsed().as_secs(),
             "pid": std::process::id(),
         }))
@@ -788,6 +1127,7 @@ impl Controller for Daemon {
                     &state.maps,
                     &state.config.timeouts,
                     aging::datapath_now_ns(),
+                    unix_now(),
                     &filter,
                 )
                 .map_err(internal)?;
@@ -804,6 +1144,38 @@ impl Controller for Daemon {
                 let summary = self.reload()?;
                 tracing::info!("API reload: {summary}");
                 Ok(serde_json::json!({ "reloaded": summary }))
+            }
+            Request::Upnp(on) => {
+                self.upnp_wanted.store(on, Ordering::SeqCst);
+                let mut removed = Vec::new();
+                if !on {
+                    // Off means closed: a client's mappings go with it.
+                    let mut state = self.lock();
+                    let names: Vec<String> = state
+                        .rules
+                        .iter()
+                        .filter(|(_, rule)| rule.upnp.is_some())
+                        .map(|(_, rule)| rule.name.clone())
+                        .collect();
+                    state.change(|rules| {
+                        for name in &names {
+                            rules.remove(name)?;
+                        }
+                        Ok(())
+                    })?;
+                    removed = names;
+                }
+                self.upnp_changed.notify_one();
+                tracing::info!(
+                    "UPnP switched {}{}",
+                    if on { "on" } else { "off" },
+                    if removed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; removed {}", removed.join(", "))
+                    }
+                );
+                Ok(serde_json::json!({ "upnp": on, "removed": removed }))
             }
             Request::Down => {
                 let state = self.lock();

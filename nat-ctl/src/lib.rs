@@ -1,8 +1,8 @@
 //! The controller side of the NAT router: loading the XDP datapath, the
 //! forwarding-rule model and its store, aging, and the control API.
 pub mod aging;
-pub mod batch;
 pub mod api;
+pub mod batch;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
@@ -10,3 +10,4 @@ pub mod interfaces;
 pub mod rules;
 pub mod store;
 pub mod table;
+pub mod upnp;

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use nat_common::{AllowedRemote, EndpointKey, FORWARD_RESTRICTED, Forward, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
     #[error("unknown protocol {0:?}: expected tcp, udp or both")]
     Protocol(String),
@@ -244,10 +244,39 @@ pub struct ForwardRule {
     pub allow: Vec<Ipv4Net>,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    /// Set on a mapping a UPnP client made: who, why, and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upnp: Option<UpnpLease>,
 }
 
 fn enabled_by_default() -> bool {
     true
+}
+
+/// What a UPnP mapping carries besides the rule itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpnpLease {
+    /// The LAN host that asked for the mapping.
+    pub client: Ipv4Addr,
+    #[serde(default)]
+    pub description: String,
+    /// When the mapping expires, in seconds since the Unix epoch (wall
+    /// clock, so that the remaining lease survives a restart); absent for a
+    /// permanent mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl ForwardRule {
+    /// STATIC for the user's rules, UPNP for a client's mapping.
+    pub fn kind(&self) -> &'static str {
+        if self.upnp.is_some() {
+            "UPNP"
+        } else {
+            "STATIC"
+        }
+    }
 }
 
 /// What one rule puts into the datapath.
@@ -435,6 +464,15 @@ impl RuleSet {
         self.iter().find(|(_, rule)| rule.name == name)
     }
 
+    /// Replaces the rule named `name`, keeping its id (and counters).
+    pub fn replace(&mut self, name: &str, rule: ForwardRule) -> Result<(), RuleError> {
+        if rule.name != name && self.get(&rule.name).is_some() {
+            return Err(RuleError::DuplicateName(rule.name));
+        }
+        *self.get_mut(name)? = rule;
+        Ok(())
+    }
+
     pub fn by_id(&self, id: u32) -> Option<&ForwardRule> {
         self.iter()
             .find(|(rule_id, _)| *rule_id == id)
@@ -539,6 +577,7 @@ impl FromStr for ForwardRule {
             internal,
             allow: Vec::new(),
             enabled: true,
+            upnp: None,
         };
         for option in parts {
             match option.split_once('=') {

@@ -87,7 +87,7 @@ pub struct TableRow {
     pub remote_port: Option<u16>,
     /// TCP, UDP, ICMP, or TCP/UDP for a rule covering both.
     pub protocol: String,
-    /// STATIC (a rule, or a conversation through one) or DYNAMIC.
+    /// STATIC or UPNP (a rule, or a conversation through one), or DYNAMIC.
     #[serde(rename = "type")]
     pub kind: String,
     /// Seconds left before the entry expires if idle; `None`: permanent.
@@ -177,6 +177,7 @@ pub fn table_rows(
     maps: &Maps,
     timeouts: &Timeouts,
     now_ns: u64,
+    unix_now: u64,
     filter: &TableFilter,
 ) -> Result<Vec<TableRow>, DatapathError> {
     let mut rows = Vec::new();
@@ -194,8 +195,13 @@ pub fn table_rows(
                 Protocol::Both => "TCP/UDP",
             }
             .to_owned(),
-            kind: "STATIC".to_owned(),
-            timeout_secs: None,
+            kind: rule.kind().to_owned(),
+            // A UPnP mapping's lease runs out; a static rule's does not.
+            timeout_secs: rule
+                .upnp
+                .as_ref()
+                .and_then(|lease| lease.expires_at)
+                .map(|expires| expires.saturating_sub(unix_now)),
             state: None,
             packets: counters.inbound.packets + counters.outbound.packets,
             bytes: counters.inbound.bytes + counters.outbound.bytes,
@@ -213,14 +219,15 @@ pub fn table_rows(
                     && rule.protocol.numbers().contains(&proto)
                     && (rule.external.first..=rule.external.last).contains(&port)
             })
-            .map(|(_, rule)| rule.name.clone())
+            .map(|(_, rule)| (rule.name.clone(), rule.kind()))
     };
     let mut conversations = Vec::new();
     batch::for_each_in(
         &maps.forward_sessions,
         |key: &SessionKey, session: &Session| {
-            let rule = rule_of(key.proto, key.external_port);
-            let row = conversation_row(key, session, "STATIC", rule, timeouts, now_ns);
+            let (rule, kind) = rule_of(key.proto, key.external_port)
+                .map_or((None, "STATIC"), |(name, kind)| (Some(name), kind));
+            let row = conversation_row(key, session, kind, rule, timeouts, now_ns);
             if row.matches(filter) {
                 conversations.push(row);
             }

@@ -1,0 +1,400 @@
+//! The IGD's HTTP server: descriptions and SOAP control, on the LAN address
+//! and the LAN NIC only. Everything about a request is checked before it
+//! reaches the actions: the peer is a LAN host, the Host header is an IP
+//! literal (no DNS rebinding), sizes and times are bounded.
+use std::{
+    convert::Infallible,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode, body::Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::Ipv4Net;
+use tokio::{net::TcpListener, sync::watch};
+
+use super::{
+    Identity, IgdVersion, SERVICE_WAN_COMMON, SERVICE_WAN_IP, description, paths,
+    soap::{self, SoapRequest, UpnpError},
+};
+
+/// SOAP requests are a few hundred bytes; anything near this is abuse.
+pub const MAX_BODY: usize = 16 * 1024;
+/// hyper's smallest read buffer: request heads beyond it are refused.
+const MAX_HEAD: usize = 8192;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client (slow or stuck) gets this long for a whole connection.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 32;
+
+/// Runs the actions for the HTTP server: the daemon, over its rules.
+pub trait Control: Send + Sync + 'static {
+    fn control(
+        &self,
+        caller: Ipv4Addr,
+        request: &SoapRequest,
+    ) -> Result<Vec<(&'static str, String)>, UpnpError>;
+}
+
+/// What the server describes and where.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub lan_ifname: String,
+    pub lan_addr: Ipv4Addr,
+    pub lan_net: Ipv4Net,
+    pub identity: Identity,
+    pub igd: IgdVersion,
+    /// User-Agent substrings that get the IGDv1 description.
+    pub v1_user_agents: Vec<String>,
+}
+
+/// Binds the HTTP listener to the LAN address, on the LAN NIC only (a WAN
+/// host that routes to the LAN address through the WAN NIC gets nothing).
+pub fn bind(lan_ifname: &str, lan_addr: Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind_device(Some(lan_ifname.as_bytes()))
+        .map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!("binding the UPnP HTTP socket to {lan_ifname}: {error}"),
+            )
+        })?;
+    socket.bind(&SocketAddr::from((lan_addr, port)).into())?;
+    socket.listen(64)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// `Host: 192.168.0.1:5000` or `Host: 192.168.0.1`: only IP literals, so a
+/// web page whose name was rebound to our address cannot reach us.
+pub fn host_is_ip_literal(host: &str) -> bool {
+    host.parse::<SocketAddrV4>().is_ok() || host.parse::<Ipv4Addr>().is_ok()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .header("connection", "close")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("a response from valid parts")
+}
+
+fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/xml; charset=\"utf-8\"")
+        .header("ext", "")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a response from valid parts")
+}
+
+/// What a request head asks for, once checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    RootDescription(IgdVersion),
+    WanIpScpd(IgdVersion),
+    WanCommonScpd,
+    /// A SOAP call to the control URL of `service` (a base URN).
+    Control {
+        service: &'static str,
+        soap_action: Option<String>,
+    },
+    Subscribe,
+    NotFound,
+    MethodNotAllowed,
+}
+
+/// Why a request head is refused before anything else is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No Host header, or not an IP literal (DNS rebinding).
+    Host,
+    /// A header that is not text.
+    BadHeader,
+}
+
+/// Checks a request head and routes it: the server's one entry point for
+/// untrusted heads (and the fuzz target's). `headers` are (name, value)
+/// pairs as they came; names compare case-insensitively. Returns the route
+/// and the URL base (`http://HOST`) descriptions refer to.
+pub fn route_head(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    default_igd: IgdVersion,
+    v1_user_agents: &[String],
+) -> Result<(Route, String), Refusal> {
+    let header = |name: &str| -> Result<Option<&str>, Refusal> {
+        match headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        {
+            Some((_, value)) => std::str::from_utf8(value)
+                .map(|value| Some(value.trim()))
+                .map_err(|_| Refusal::BadHeader),
+            None => Ok(None),
+        }
+    };
+    let host = header("host")?.unwrap_or("");
+    if !host_is_ip_literal(host) {
+        return Err(Refusal::Host);
+    }
+    let agent = header("user-agent")?.unwrap_or("");
+    let version = if v1_user_agents
+        .iter()
+        .any(|needle| !needle.is_empty() && agent.contains(needle.as_str()))
+    {
+        IgdVersion::V1
+    } else {
+        default_igd
+    };
+    let route = match (method, path) {
+        ("GET", paths::ROOT_DESCRIPTION) => Route::RootDescription(version),
+        ("GET", paths::ROOT_DESCRIPTION_V1) => Route::RootDescription(IgdVersion::V1),
+        ("GET", paths::ROOT_DESCRIPTION_V2) => Route::RootDescription(IgdVersion::V2),
+        ("GET", paths::WAN_IP_SCPD) => Route::WanIpScpd(version),
+        ("GET", paths::WAN_IP_SCPD_V1) => Route::WanIpScpd(IgdVersion::V1),
+        ("GET", paths::WAN_COMMON_SCPD) => Route::WanCommonScpd,
+        ("POST", paths::WAN_IP_CONTROL | paths::WAN_COMMON_CONTROL) => Route::Control {
+            service: if path == paths::WAN_IP_CONTROL {
+                SERVICE_WAN_IP
+            } else {
+                SERVICE_WAN_COMMON
+            },
+            soap_action: header("soapaction")?.map(str::to_owned),
+        },
+        // Eventing is not offered: a subscription would let a client make
+        // the router send HTTP requests to an address of its choosing.
+        ("SUBSCRIBE" | "UNSUBSCRIBE", paths::WAN_IP_EVENTS | paths::WAN_COMMON_EVENTS) => {
+            Route::Subscribe
+        }
+        ("GET" | "POST", _) => Route::NotFound,
+        _ => Route::MethodNotAllowed,
+    };
+    Ok((route, format!("http://{host}")))
+}
+
+/// A request already known to come from a LAN host.
+async fn respond(
+    config: &HttpConfig,
+    control: &dyn Control,
+    caller: Ipv4Addr,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    let routed = route_head(
+        parts.method.as_str(),
+        parts.uri.path(),
+        &headers,
+        config.igd,
+        &config.v1_user_agents,
+    );
+    let (route, url_base) = match routed {
+        Ok(routed) => routed,
+        Err(Refusal::Host) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the Host header must be an IP address\n",
+            );
+        }
+        Err(Refusal::BadHeader) => {
+            return text(StatusCode::BAD_REQUEST, "malformed header\n");
+        }
+    };
+    match route {
+        Route::RootDescription(version) => xml(
+            StatusCode::OK,
+            description::root_description(&config.identity, version, &url_base),
+        ),
+        Route::WanIpScpd(version) => xml(StatusCode::OK, description::wan_ip_scpd(version)),
+        Route::WanCommonScpd => xml(StatusCode::OK, description::wan_common_scpd()),
+        Route::Control {
+            service,
+            soap_action,
+        } => {
+            let body = match Limited::new(body, MAX_BODY).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                }
+            };
+            let request = match soap::parse_request(&body, soap_action.as_deref()) {
+                Ok(request) => request,
+                Err(error) => {
+                    return xml(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        soap::fault(error.upnp_error()),
+                    );
+                }
+            };
+            if request
+                .service_type
+                .rsplit_once(':')
+                .is_none_or(|(base, _)| base != service)
+            {
+                return xml(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    soap::fault(UpnpError::InvalidAction),
+                );
+            }
+            // Map writes and an fsync of the store: keep them off the reactor.
+            match tokio::task::block_in_place(|| control.control(caller, &request)) {
+                Ok(args) => xml(
+                    StatusCode::OK,
+                    soap::response(&request.service_type, &request.action, &args),
+                ),
+                Err(error) => xml(StatusCode::INTERNAL_SERVER_ERROR, soap::fault(error)),
+            }
+        }
+        Route::Subscribe => text(
+            StatusCode::PRECONDITION_FAILED,
+            "event subscriptions are not offered\n",
+        ),
+        Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::MethodNotAllowed => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+    }
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<HttpConfig>,
+    control: Arc<dyn Control>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::debug!("UPnP HTTP accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let caller = match peer {
+            SocketAddr::V4(peer)
+                if config.lan_net.contains(peer.ip()) && *peer.ip() != config.lan_addr =>
+            {
+                *peer.ip()
+            }
+            _ => {
+                tracing::debug!("UPnP HTTP: refused {peer}, not a LAN host");
+                continue;
+            }
+        };
+        let config = config.clone();
+        let control = control.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |request| {
+                let config = config.clone();
+                let control = control.clone();
+                async move {
+                    Ok::<_, Infallible>(respond(&config, control.as_ref(), caller, request).await)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Route, Refusal> {
+        let headers: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_bytes()))
+            .collect();
+        route_head(
+            method,
+            path,
+            &headers,
+            IgdVersion::V2,
+            &["Windows".to_owned()],
+        )
+        .map(|(route, _)| route)
+    }
+
+    #[test]
+    fn heads_are_checked_then_routed() {
+        let host = ("Host", "192.168.0.1:5000");
+        assert_eq!(
+            route("GET", "/rootDesc.xml", &[host]),
+            Ok(Route::RootDescription(IgdVersion::V2))
+        );
+        assert_eq!(
+            route(
+                "GET",
+                "/rootDesc.xml",
+                &[host, ("User-Agent", "Microsoft-Windows/10.0 UPnP/1.0")]
+            ),
+            Ok(Route::RootDescription(IgdVersion::V1))
+        );
+        assert_eq!(
+            route("GET", "/rootDesc.xml", &[("host", "evil.example:5000")]),
+            Err(Refusal::Host)
+        );
+        assert_eq!(route("GET", "/rootDesc.xml", &[]), Err(Refusal::Host));
+        assert_eq!(
+            route(
+                "POST",
+                "/ctl/IPConn",
+                &[host, ("SOAPAction", "\"urn:x#y\"")]
+            ),
+            Ok(Route::Control {
+                service: SERVICE_WAN_IP,
+                soap_action: Some("\"urn:x#y\"".to_owned())
+            })
+        );
+        assert_eq!(
+            route("SUBSCRIBE", "/evt/IPConn", &[host]),
+            Ok(Route::Subscribe)
+        );
+        assert_eq!(
+            route("PUT", "/ctl/IPConn", &[host]),
+            Ok(Route::MethodNotAllowed)
+        );
+        assert_eq!(route("GET", "/etc/passwd", &[host]), Ok(Route::NotFound));
+    }
+
+    #[test]
+    fn host_must_be_an_ip_literal() {
+        assert!(host_is_ip_literal("192.168.0.1"));
+        assert!(host_is_ip_literal("192.168.0.1:5000"));
+        assert!(!host_is_ip_literal("router.example"));
+        assert!(!host_is_ip_literal("attacker.example:5000"));
+        assert!(!host_is_ip_literal(""));
+        assert!(!host_is_ip_literal("192.168.0.1:99999"));
+    }
+}

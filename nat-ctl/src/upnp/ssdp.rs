@@ -1,0 +1,1838 @@
+//! SSDP (UPnP Device Architecture 1.1/2.0 discovery) for the IGD, on the
+//! LAN side only.
+//!
+//! The parsing and message building are pure functions so that they can be
+//! unit-tested and fuzzed; [`run`] wires them to one UDP socket bound to the
+//! LAN interface.
+//!
+//! Everything a LAN host can make us do is bounded: a search is at most
+//! [`MAX_DATAGRAM`] bytes and [`MAX_HEADERS`] header lines, each source gets
+//! a few searches a second from a small map of token buckets, all sources
+//! together get a few more, and at most [`MAX_PENDING`] responses wait for
+//! their MX delay at any time. What does not fit is dropped (and logged at
+//! debug level), never queued.
+use std::{
+    collections::HashMap,
+    fmt, io,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::Ipv4Net;
+use rand::Rng;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    net::UdpSocket,
+    sync::watch,
+    time::{Instant, sleep, sleep_until},
+};
+
+use super::{
+    DEVICE_IGD, DEVICE_WAN, DEVICE_WAN_CONNECTION, Identity, IgdVersion, SERVICE_WAN_COMMON,
+    SERVICE_WAN_IP, type_urn,
+};
+
+pub const SSDP_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 255, 250);
+pub const SSDP_PORT: u16 = 1900;
+/// UDA 1.1 recommends at least 30 minutes.
+pub const DEFAULT_MAX_AGE: u32 = 1800;
+/// Well inside [`DEFAULT_MAX_AGE`], so that one lost round of NOTIFYs does
+/// not make control points forget the gateway.
+pub const DEFAULT_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// UDA limits SSDP messages to what fits in one unfragmented datagram; real
+/// searches are under 300 bytes.
+pub const MAX_DATAGRAM: usize = 2048;
+/// Header lines after the request line.
+pub const MAX_HEADERS: usize = 32;
+/// UDA: an MX above 5 is to be treated as 5.
+pub const MAX_MX: u8 = 5;
+/// Responses scheduled and not yet sent, across all searches.
+pub const MAX_PENDING: usize = 64;
+/// Sources with a token bucket; beyond this the stalest is forgotten.
+const MAX_SOURCES: usize = 256;
+const PER_SOURCE_RATE: f64 = 10.0;
+const PER_SOURCE_BURST: f64 = 10.0;
+/// A LAN host can spoof many sources inside the LAN prefix; this caps what
+/// all of them together can make us send.
+const GLOBAL_RATE: f64 = 50.0;
+const GLOBAL_BURST: f64 = 50.0;
+/// UDA asks for each NOTIFY round to be sent more than once because UDP
+/// loses datagrams; the copies go this far apart.
+const ALIVE_REPEAT_GAP: Duration = Duration::from_millis(200);
+/// A persistent receive error must not turn the loop into a busy loop.
+const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Untrusted text quoted in errors and logs is cut to this many characters.
+const QUOTE_LIMIT: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SsdpError {
+    #[error("SSDP datagram of {0} bytes exceeds the {MAX_DATAGRAM}-byte limit")]
+    TooLarge(usize),
+    #[error("SSDP datagram is not UTF-8")]
+    NotUtf8,
+    #[error("not an M-SEARCH request line: {0:?}")]
+    BadRequestLine(String),
+    #[error("more than {MAX_HEADERS} header lines")]
+    TooManyHeaders,
+    #[error("malformed header line {0}")]
+    BadHeader(usize),
+    #[error("duplicate {0} header")]
+    DuplicateHeader(&'static str),
+    #[error("an M-SEARCH carries no body")]
+    UnexpectedBody,
+    #[error("MAN header missing or not \"ssdp:discover\"")]
+    BadMan,
+    #[error("ST header missing or empty")]
+    MissingSt,
+    #[error("MX header {0:?} is not a non-negative integer")]
+    BadMx(String),
+    #[error("invalid SSDP configuration: {0}")]
+    Config(String),
+    #[error("SSDP on interface {ifname}: cannot {what}: {source}")]
+    Socket {
+        ifname: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An M-SEARCH, as far as the IGD cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchRequest {
+    pub st: String,
+    /// Required for multicast searches only; the caller knows which it got.
+    /// Values above [`MAX_MX`] are already clamped to it.
+    pub mx: Option<u8>,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl SearchRequest {
+    /// A plain `recvfrom` does not tell the destination address, so the HOST
+    /// header stands for it.
+    pub fn is_multicast(&self) -> bool {
+        self.host
+            .as_deref()
+            .is_some_and(|host| host == "239.255.255.250:1900" || host == "239.255.255.250")
+    }
+}
+
+fn quote(text: &str) -> String {
+    text.chars().take(QUOTE_LIMIT).collect()
+}
+
+/// RFC 7230 `tchar`.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// Header values must never carry what could end a line or hide in a log.
+fn is_clean(text: &str) -> bool {
+    text.chars().all(|c| c == '\t' || !c.is_control())
+}
+
+fn set_once(slot: &mut Option<String>, name: &'static str, value: &str) -> Result<(), SsdpError> {
+    if slot.is_some() {
+        return Err(SsdpError::DuplicateHeader(name));
+    }
+    *slot = Some(value.to_owned());
+    Ok(())
+}
+
+fn parse_mx(value: &str) -> Result<u8, SsdpError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SsdpError::BadMx(quote(value)));
+    }
+    // Any number of digits is a valid (huge) MX; only its clamped value
+    // matters, so nothing here can overflow.
+    let digits = value.trim_start_matches('0');
+    if digits.len() > 3 {
+        return Ok(MAX_MX);
+    }
+    let number: u16 = digits.parse().unwrap_or(0);
+    Ok(number.min(u16::from(MAX_MX)) as u8)
+}
+
+/// Parses an SSDP M-SEARCH. Total: any input gives a value or an error.
+///
+/// A datagram holds exactly one message, so headers may end with the
+/// datagram instead of with a blank line (some control points omit it).
+pub fn parse_search(datagram: &[u8]) -> Result<SearchRequest, SsdpError> {
+    if datagram.len() > MAX_DATAGRAM {
+        return Err(SsdpError::TooLarge(datagram.len()));
+    }
+    let text = std::str::from_utf8(datagram).map_err(|_| SsdpError::NotUtf8)?;
+    let mut lines = text
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line));
+
+    let request_line = lines.next().unwrap_or_default();
+    if request_line != "M-SEARCH * HTTP/1.1" {
+        return Err(SsdpError::BadRequestLine(quote(request_line)));
+    }
+
+    let (mut man, mut st, mut mx, mut host, mut user_agent) = (None, None, None, None, None);
+    let mut count = 0;
+    for line in lines.by_ref() {
+        if line.is_empty() {
+            break;
+        }
+        count += 1;
+        if count > MAX_HEADERS {
+            return Err(SsdpError::TooManyHeaders);
+        }
+        // Obsolete line folding is refused along with everything else that
+        // is not `name: value` on one line.
+        let (name, value) = line.split_once(':').ok_or(SsdpError::BadHeader(count))?;
+        if name.is_empty() || !name.chars().all(is_token_char) || !is_clean(value) {
+            return Err(SsdpError::BadHeader(count));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if name.eq_ignore_ascii_case("MAN") {
+            set_once(&mut man, "MAN", value)?;
+        } else if name.eq_ignore_ascii_case("ST") {
+            set_once(&mut st, "ST", value)?;
+        } else if name.eq_ignore_ascii_case("MX") {
+            set_once(&mut mx, "MX", value)?;
+        } else if name.eq_ignore_ascii_case("HOST") {
+            set_once(&mut host, "HOST", value)?;
+        } else if name.eq_ignore_ascii_case("USER-AGENT") {
+            set_once(&mut user_agent, "USER-AGENT", value)?;
+        }
+    }
+    if lines.any(|line| !line.is_empty()) {
+        return Err(SsdpError::UnexpectedBody);
+    }
+
+    if man.as_deref() != Some("\"ssdp:discover\"") {
+        return Err(SsdpError::BadMan);
+    }
+    let st = st.filter(|st| !st.is_empty()).ok_or(SsdpError::MissingSt)?;
+    let mx = mx.as_deref().map(parse_mx).transpose()?;
+    Ok(SearchRequest {
+        st,
+        mx,
+        host,
+        user_agent,
+    })
+}
+
+/// The devices of the IGD tree, each with its uuid.
+fn devices(identity: &Identity) -> [(&'static str, &str); 3] {
+    [
+        (DEVICE_IGD, &identity.uuids[0]),
+        (DEVICE_WAN, &identity.uuids[1]),
+        (DEVICE_WAN_CONNECTION, &identity.uuids[2]),
+    ]
+}
+
+/// The services, each with the uuid of the device that holds it.
+fn services(identity: &Identity) -> [(&'static str, &str); 2] {
+    [
+        (SERVICE_WAN_COMMON, &identity.uuids[1]),
+        (SERVICE_WAN_IP, &identity.uuids[2]),
+    ]
+}
+
+fn our_version(base: &str, igd: IgdVersion) -> u8 {
+    type_urn(base, igd)
+        .rsplit_once(':')
+        .and_then(|(_, version)| version.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A type version as UDA writes it: a positive decimal without leading
+/// zeros, so that the ST we echo is always in canonical form.
+fn parse_version(text: &str) -> Option<u8> {
+    if text.is_empty() || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Everything the gateway announces: (NT, USN) for each NOTIFY round.
+pub fn announcements(identity: &Identity, igd: IgdVersion) -> Vec<(String, String)> {
+    let root = &identity.uuids[0];
+    let mut all = vec![(
+        "upnp:rootdevice".to_owned(),
+        format!("uuid:{root}::upnp:rootdevice"),
+    )];
+    all.extend(
+        identity
+            .uuids
+            .iter()
+            .map(|uuid| (format!("uuid:{uuid}"), format!("uuid:{uuid}"))),
+    );
+    for (base, uuid) in devices(identity).into_iter().chain(services(identity)) {
+        let urn = type_urn(base, igd);
+        all.push((urn.clone(), format!("uuid:{uuid}::{urn}")));
+    }
+    all
+}
+
+/// The (ST, USN) pairs that answer a search for `st`; empty when nothing of
+/// ours matches. A type searched at a lower version than ours is answered at
+/// the version searched, as UDA requires of backward-compatible devices.
+pub fn matches(st: &str, identity: &Identity, igd: IgdVersion) -> Vec<(String, String)> {
+    if st == "ssdp:all" {
+        return announcements(identity, igd);
+    }
+    if st == "upnp:rootdevice" {
+        let root = &identity.uuids[0];
+        return vec![(st.to_owned(), format!("uuid:{root}::upnp:rootdevice"))];
+    }
+    if let Some(wanted) = st.strip_prefix("uuid:") {
+        // UUIDs are hexadecimal, whose case carries no meaning.
+        return identity
+            .uuids
+            .iter()
+            .find(|uuid| uuid.eq_ignore_ascii_case(wanted))
+            .map(|uuid| vec![(format!("uuid:{uuid}"), format!("uuid:{uuid}"))])
+            .unwrap_or_default();
+    }
+    let Some((base, version)) = st.rsplit_once(':') else {
+        return Vec::new();
+    };
+    let Some(version) = parse_version(version) else {
+        return Vec::new();
+    };
+    devices(identity)
+        .into_iter()
+        .chain(services(identity))
+        .filter(|&(ours, _)| ours == base && version <= our_version(ours, igd))
+        .map(|(ours, uuid)| {
+            let urn = format!("{ours}:{version}");
+            let usn = format!("uuid:{uuid}::{urn}");
+            (urn, usn)
+        })
+        .collect()
+}
+
+/// An RFC 1123 date (`Sun, 06 Nov 1994 08:49:37 GMT`), as HTTP's DATE wants.
+pub fn http_date(time: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // A clock before 1970 is broken; the epoch is as good a date as any.
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days`, for days since 1970-01-01 (which
+/// are never negative here).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The unicast answer to a search, for one (ST, USN).
+pub fn search_response(
+    st: &str,
+    usn: &str,
+    location: &str,
+    identity: &Identity,
+    max_age: u32,
+) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\n\
+         CACHE-CONTROL: max-age={max_age}\r\n\
+         DATE: {date}\r\n\
+         EXT:\r\n\
+         LOCATION: {location}\r\n\
+         SERVER: {server}\r\n\
+         ST: {st}\r\n\
+         USN: {usn}\r\n\
+         BOOTID.UPNP.ORG: {boot}\r\n\
+         CONFIGID.UPNP.ORG: {config}\r\n\
+         \r\n",
+        date = http_date(SystemTime::now()),
+        server = identity.server,
+        boot = identity.boot_id,
+        config = identity.config_id,
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyKind {
+    Alive,
+    ByeBye,
+}
+
+/// A multicast NOTIFY for one (NT, USN). A byebye carries no LOCATION,
+/// CACHE-CONTROL or SERVER: it only withdraws.
+pub fn notify(
+    kind: NotifyKind,
+    nt: &str,
+    usn: &str,
+    location: &str,
+    identity: &Identity,
+    max_age: u32,
+) -> String {
+    let host = SocketAddrV4::new(SSDP_GROUP, SSDP_PORT);
+    let (boot, config) = (identity.boot_id, identity.config_id);
+    match kind {
+        NotifyKind::Alive => format!(
+            "NOTIFY * HTTP/1.1\r\n\
+             HOST: {host}\r\n\
+             CACHE-CONTROL: max-age={max_age}\r\n\
+             LOCATION: {location}\r\n\
+             NT: {nt}\r\n\
+             NTS: ssdp:alive\r\n\
+             SERVER: {server}\r\n\
+             USN: {usn}\r\n\
+             BOOTID.UPNP.ORG: {boot}\r\n\
+             CONFIGID.UPNP.ORG: {config}\r\n\
+             \r\n",
+            server = identity.server,
+        ),
+        NotifyKind::ByeBye => format!(
+            "NOTIFY * HTTP/1.1\r\n\
+             HOST: {host}\r\n\
+             NT: {nt}\r\n\
+             NTS: ssdp:byebye\r\n\
+             USN: {usn}\r\n\
+             BOOTID.UPNP.ORG: {boot}\r\n\
+             CONFIGID.UPNP.ORG: {config}\r\n\
+             \r\n"
+        ),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SsdpConfig {
+    pub lan_ifname: String,
+    pub lan_addr: Ipv4Addr,
+    pub lan_net: Ipv4Net,
+    /// The root description's URL, with an IP literal host (control points
+    /// on the LAN may have no name service for the gateway), e.g.
+    /// `http://192.168.0.1:5000/rootDesc.xml`.
+    pub location: String,
+    pub identity: Identity,
+    pub igd: IgdVersion,
+    /// Seconds; [`DEFAULT_MAX_AGE`] unless there is a reason.
+    pub max_age: u32,
+    /// [`DEFAULT_NOTIFY_INTERVAL`] unless there is a reason; must stay below
+    /// `max_age`.
+    pub notify_interval: Duration,
+}
+
+/// `http://a.b.c.d[:port]/path`, nothing that could break a header line.
+fn valid_location(location: &str) -> bool {
+    let Some(rest) = location.strip_prefix("http://") else {
+        return false;
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host_ok = match authority.split_once(':') {
+        Some((host, port)) => {
+            host.parse::<Ipv4Addr>().is_ok() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => authority.parse::<Ipv4Addr>().is_ok(),
+    };
+    host_ok
+        && path.starts_with('/')
+        && !location
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+}
+
+impl SsdpConfig {
+    /// Everything the messages carry comes from here, so a value that could
+    /// inject a header line or break a USN is refused up front.
+    fn validate(&self) -> Result<(), SsdpError> {
+        let bad = |what: String| Err(SsdpError::Config(what));
+        if !valid_location(&self.location) {
+            return bad(format!(
+                "LOCATION {:?} is not an http:// URL with an IPv4 literal host and a path",
+                self.location
+            ));
+        }
+        if !self.lan_net.contains(&self.lan_addr) {
+            return bad(format!("{} is not inside {}", self.lan_addr, self.lan_net));
+        }
+        for uuid in &self.identity.uuids {
+            if uuid.is_empty()
+                || uuid.len() > 128
+                || !uuid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                return bad(format!(
+                    "device uuid {uuid:?} is not a bare UUID (no \"uuid:\" prefix)"
+                ));
+            }
+        }
+        if !is_clean(&self.identity.server) || self.identity.server.contains('\t') {
+            return bad("the SERVER string contains control characters".to_owned());
+        }
+        if self.max_age == 0 {
+            return bad("max-age must be at least 1 second".to_owned());
+        }
+        if self.notify_interval < Duration::from_secs(1)
+            || self.notify_interval >= Duration::from_secs(self.max_age.into())
+        {
+            return bad(format!(
+                "the NOTIFY interval {:?} must be at least 1 s and below max-age ({} s)",
+                self.notify_interval, self.max_age
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a datagram got no answer; logged at debug level only.
+#[derive(Debug)]
+enum Dropped {
+    ForeignSource,
+    OwnAddress,
+    /// Answering privileged ports would let a spoofed search aim us at
+    /// echo-like services.
+    PrivilegedPort,
+    NotSearch,
+    Malformed(SsdpError),
+    MulticastWithoutMx,
+    NoMatch(String),
+    SourceRateLimited,
+    GlobalRateLimited,
+    QueueFull {
+        wanted: usize,
+    },
+}
+
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dropped::ForeignSource => f.write_str("source outside the LAN prefix"),
+            Dropped::OwnAddress => f.write_str("source is the gateway itself"),
+            Dropped::PrivilegedPort => f.write_str("source port below 1024"),
+            Dropped::NotSearch => f.write_str("not an M-SEARCH"),
+            Dropped::Malformed(error) => write!(f, "malformed: {error}"),
+            Dropped::MulticastWithoutMx => f.write_str("multicast search without MX"),
+            Dropped::NoMatch(st) => write!(f, "nothing of ours matches ST {st:?}"),
+            Dropped::SourceRateLimited => f.write_str("source over its search rate"),
+            Dropped::GlobalRateLimited => f.write_str("all sources over the search rate"),
+            Dropped::QueueFull { wanted } => write!(
+                f,
+                "{wanted} responses do not fit in the {MAX_PENDING} pending"
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.last = now;
+    }
+
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.refill(now, rate, burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pending {
+    due: Instant,
+    to: SocketAddrV4,
+    st: String,
+    usn: String,
+}
+
+/// The search-answering state, apart from any socket so that tests can
+/// drive it with made-up datagrams and times.
+struct Responder {
+    lan_addr: Ipv4Addr,
+    lan_net: Ipv4Net,
+    identity: Identity,
+    igd: IgdVersion,
+    pending: Vec<Pending>,
+    sources: HashMap<Ipv4Addr, Bucket>,
+    global: Bucket,
+    dropped: u64,
+}
+
+impl Responder {
+    fn new(config: &SsdpConfig, now: Instant) -> Self {
+        Self {
+            lan_addr: config.lan_addr,
+            lan_net: config.lan_net,
+            identity: config.identity.clone(),
+            igd: config.igd,
+            pending: Vec::with_capacity(MAX_PENDING),
+            sources: HashMap::with_capacity(MAX_SOURCES),
+            global: Bucket::full(GLOBAL_BURST, now),
+            dropped: 0,
+        }
+    }
+
+    /// Handles one received datagram: schedules its responses, or says why
+    /// it gets none.
+    fn on_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Result<usize, Dropped> {
+        let SocketAddr::V4(from) = from else {
+            return Err(Dropped::ForeignSource);
+        };
+        let ip = *from.ip();
+        if ip == self.lan_addr {
+            return Err(Dropped::OwnAddress);
+        }
+        let subnet_broadcast = self.lan_net.prefix_len() < 31
+            && (ip == self.lan_net.network() || ip == self.lan_net.broadcast());
+        if !self.lan_net.contains(&ip) || subnet_broadcast {
+            return Err(Dropped::ForeignSource);
+        }
+        if from.port() < 1024 {
+            return Err(Dropped::PrivilegedPort);
+        }
+        // Other devices' NOTIFYs and responses reach the same port all the
+        // time; they are not errors worth a log line each.
+        if !datagram.starts_with(b"M-SEARCH ") {
+            return Err(Dropped::NotSearch);
+        }
+        let search = parse_search(datagram).map_err(Dropped::Malformed)?;
+        let mx = match (search.mx, search.is_multicast()) {
+            (None, true) => return Err(Dropped::MulticastWithoutMx),
+            (mx, _) => mx.unwrap_or(0),
+        };
+        let answers = matches(&search.st, &self.identity, self.igd);
+        if answers.is_empty() {
+            return Err(Dropped::NoMatch(quote(&search.st)));
+        }
+        // Searches that match nothing cost nothing to ignore, so only the
+        // ones we would answer are charged.
+        if !self.take_source_token(ip, now) {
+            return Err(Dropped::SourceRateLimited);
+        }
+        if !self.global.take(now, GLOBAL_RATE, GLOBAL_BURST) {
+            return Err(Dropped::GlobalRateLimited);
+        }
+        // All or nothing: a partial answer to ssdp:all would look like a
+        // different device tree.
+        if self.pending.len() + answers.len() > MAX_PENDING {
+            return Err(Dropped::QueueFull {
+                wanted: answers.len(),
+            });
+        }
+        let window_ms = u64::from(mx) * 1000;
+        let scheduled = answers.len();
+        for (st, usn) in answers {
+            // UDA spreads responses over [0, MX) so that many devices do not
+            // answer a multicast search in the same instant.
+            let delay = if window_ms == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(rng.random_range(0..window_ms))
+            };
+            self.pending.push(Pending {
+                due: now + delay,
+                to: from,
+                st,
+                usn,
+            });
+        }
+        Ok(scheduled)
+    }
+
+    fn take_source_token(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+        if !self.sources.contains_key(&ip) && self.sources.len() >= MAX_SOURCES {
+            // A bucket that has refilled is the same as no bucket.
+            let refill = Duration::from_secs_f64(PER_SOURCE_BURST / PER_SOURCE_RATE);
+            self.sources
+                .retain(|_, bucket| now.saturating_duration_since(bucket.last) < refill);
+            if self.sources.len() >= MAX_SOURCES
+                && let Some(stalest) = self
+                    .sources
+                    .iter()
+                    .min_by_key(|(_, bucket)| bucket.last)
+                    .map(|(ip, _)| *ip)
+            {
+                self.sources.remove(&stalest);
+            }
+        }
+        self.sources
+            .entry(ip)
+            .or_insert_with(|| Bucket::full(PER_SOURCE_BURST, now))
+            .take(now, PER_SOURCE_RATE, PER_SOURCE_BURST)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.iter().map(|pending| pending.due).min()
+    }
+
+    /// Removes and returns the responses due by `now`.
+    fn take_due(&mut self, now: Instant) -> Vec<Pending> {
+        let (due, later) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|pending| pending.due <= now);
+        self.pending = later;
+        due
+    }
+}
+
+fn socket_error(ifname: &str, what: &'static str) -> impl FnOnce(io::Error) -> SsdpError {
+    let ifname = ifname.to_owned();
+    move |source| SsdpError::Socket {
+        ifname,
+        what,
+        source,
+    }
+}
+
+/// The one SSDP socket: bound to the LAN interface, so that nothing that
+/// arrives on any other interface (the WAN above all) ever reaches it,
+/// whatever its addresses.
+fn open_socket(config: &SsdpConfig) -> Result<UdpSocket, SsdpError> {
+    let ifname = config.lan_ifname.as_str();
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(socket_error(ifname, "create a UDP socket"))?;
+    // Other SSDP software on the router (a media server) shares the port.
+    socket
+        .set_reuse_address(true)
+        .map_err(socket_error(ifname, "set SO_REUSEADDR"))?;
+    socket
+        .set_reuse_port(true)
+        .map_err(socket_error(ifname, "set SO_REUSEPORT"))?;
+    socket
+        .bind_device(Some(ifname.as_bytes()))
+        .map_err(socket_error(
+            ifname,
+            "bind to the interface (SO_BINDTODEVICE)",
+        ))?;
+    // Without this Linux delivers to a 0.0.0.0 socket the groups joined by
+    // any socket on the host, not only ours.
+    socket
+        .set_multicast_all_v4(false)
+        .map_err(socket_error(ifname, "clear IP_MULTICAST_ALL"))?;
+    let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SSDP_PORT);
+    socket
+        .bind(&any.into())
+        .map_err(socket_error(ifname, "bind 0.0.0.0:1900"))?;
+    socket
+        .join_multicast_v4(&SSDP_GROUP, &config.lan_addr)
+        .map_err(socket_error(ifname, "join 239.255.255.250"))?;
+    socket
+        .set_multicast_if_v4(&config.lan_addr)
+        .map_err(socket_error(ifname, "set IP_MULTICAST_IF"))?;
+    // UDA: TTL 2 by default, enough for the LAN and no further.
+    socket
+        .set_multicast_ttl_v4(2)
+        .map_err(socket_error(ifname, "set the multicast TTL"))?;
+    socket
+        .set_multicast_loop_v4(false)
+        .map_err(socket_error(ifname, "disable multicast loopback"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(socket_error(ifname, "make the socket non-blocking"))?;
+    UdpSocket::from_std(socket.into()).map_err(socket_error(ifname, "register with tokio"))
+}
+
+/// Sends one NOTIFY round. Send errors (the link going down) are logged,
+/// not fatal: the next round may well get through.
+async fn send_notifies(
+    socket: &UdpSocket,
+    config: &SsdpConfig,
+    targets: &[(String, String)],
+    kind: NotifyKind,
+) {
+    let group = SocketAddr::from((SSDP_GROUP, SSDP_PORT));
+    let mut failed = 0;
+    let mut first_error = None;
+    for (nt, usn) in targets {
+        let message = notify(
+            kind,
+            nt,
+            usn,
+            &config.location,
+            &config.identity,
+            config.max_age,
+        );
+        if let Err(error) = socket.send_to(message.as_bytes(), group).await {
+            failed += 1;
+            first_error.get_or_insert(error);
+        }
+    }
+    if let Some(error) = first_error {
+        tracing::warn!(
+            "SSDP on {}: {failed} of {} NOTIFY {kind:?} failed: {error}",
+            config.lan_ifname,
+            targets.len()
+        );
+    }
+}
+
+/// Runs SSDP on the LAN until `shutdown` turns true (or its sender goes),
+/// then withdraws the announcements and returns.
+pub async fn run(config: SsdpConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), SsdpError> {
+    config.validate()?;
+    let socket = open_socket(&config)?;
+    if *shutdown.borrow_and_update() {
+        return Ok(());
+    }
+    let targets = announcements(&config.identity, config.igd);
+    let mut responder = Responder::new(&config, Instant::now());
+    // One more byte than allowed, so that an oversize datagram shows as
+    // such instead of being silently truncated.
+    let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
+    let mut next_alive = Instant::now();
+    let mut repeat_round = false;
+    tracing::info!(
+        "SSDP on {} ({}): announcing {}",
+        config.lan_ifname,
+        config.lan_addr,
+        config.location
+    );
+
+    loop {
+        let next_due = responder.next_due();
+        tokio::select! {
+            biased;
+            // The guard wait_for returns is not Send; only the wake-up
+            // matters (a dropped sender counts as a shutdown too).
+            _ = async { shutdown.wait_for(|&stop| stop).await.map(drop) } => break,
+            _ = sleep_until(next_alive) => {
+                send_notifies(&socket, &config, &targets, NotifyKind::Alive).await;
+                // Each round goes out twice, ALIVE_REPEAT_GAP apart.
+                next_alive = Instant::now()
+                    + if repeat_round { config.notify_interval } else { ALIVE_REPEAT_GAP };
+                repeat_round = !repeat_round;
+            }
+            _ = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                for pending in responder.take_due(Instant::now()) {
+                    let message = search_response(
+                        &pending.st,
+                        &pending.usn,
+                        &config.location,
+                        &config.identity,
+                        config.max_age,
+                    );
+                    if let Err(error) = socket.send_to(message.as_bytes(), pending.to).await {
+                        tracing::debug!("SSDP: response to {} failed: {error}", pending.to);
+                    }
+                }
+            }
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok((len, from)) => {
+                    let outcome = responder.on_datagram(
+                        from,
+                        &buffer[..len],
+                        Instant::now(),
+                        &mut rand::rng(),
+                    );
+                    match outcome {
+                        Ok(count) => tracing::debug!("SSDP: {count} responses scheduled for {from}"),
+                        Err(Dropped::NotSearch) => {}
+                        Err(reason) => {
+                            responder.dropped += 1;
+                            tracing::debug!(
+                                "SSDP: dropped datagram from {from} ({} dropped so far): {reason}",
+                                responder.dropped
+                            );
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!("SSDP on {}: receive failed: {error}", config.lan_ifname);
+                    sleep(RECV_ERROR_BACKOFF).await;
+                }
+            },
+        }
+    }
+
+    send_notifies(&socket, &config, &targets, NotifyKind::ByeBye).await;
+    tracing::info!("SSDP on {}: withdrawn", config.lan_ifname);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPNPC_SEARCH: &[u8] = b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nMAN: \"ssdp:discover\"\r\nMX: 2\r\n\r\n";
+
+    fn identity() -> Identity {
+        Identity {
+            uuids: [
+                "3b9c1e2a-0000-4000-8000-000000000001".to_owned(),
+                "3b9c1e2a-0000-4000-8000-000000000002".to_owned(),
+                "3b9c1e2a-0000-4000-8000-000000000003".to_owned(),
+            ],
+            friendly_name: "natctl gateway".to_owned(),
+            boot_id: 7,
+            config_id: 3,
+            server: "Linux/6.12 UPnP/2.0 natctl/0.1".to_owned(),
+        }
+    }
+
+    fn search(st: &str, mx: Option<&str>) -> Vec<u8> {
+        let mut text = format!(
+            "M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nST: {st}\r\n"
+        );
+        if let Some(mx) = mx {
+            text.push_str(&format!("MX: {mx}\r\n"));
+        }
+        text.push_str("\r\n");
+        text.into_bytes()
+    }
+
+    #[test]
+    fn parses_upnpc_search() {
+        let search = parse_search(UPNPC_SEARCH).unwrap();
+        assert_eq!(
+            search,
+            SearchRequest {
+                st: "urn:schemas-upnp-org:device:InternetGatewayDevice:1".to_owned(),
+                mx: Some(2),
+                host: Some("239.255.255.250:1900".to_owned()),
+                user_agent: None,
+            }
+        );
+        assert!(search.is_multicast());
+    }
+
+    #[test]
+    fn parses_lowercase_headers_bare_lf_and_unknown_headers() {
+        let text = b"M-SEARCH * HTTP/1.1\nhost:192.168.0.1:1900\nman:\"ssdp:discover\"\nst:ssdp:all\nuser-agent: Foo/1 UPnP/1.1 Bar/2\nx-custom: whatever\ncpfn.upnp.org: cp\n\n";
+        let search = parse_search(text).unwrap();
+        assert_eq!(search.st, "ssdp:all");
+        assert_eq!(search.mx, None);
+        assert_eq!(search.host.as_deref(), Some("192.168.0.1:1900"));
+        assert_eq!(search.user_agent.as_deref(), Some("Foo/1 UPnP/1.1 Bar/2"));
+        assert!(!search.is_multicast());
+    }
+
+    #[test]
+    fn accepts_a_search_ending_without_blank_line() {
+        let text = b"M-SEARCH * HTTP/1.1\r\nMAN: \"ssdp:discover\"\r\nST: upnp:rootdevice\r\nMX: 1";
+        assert_eq!(parse_search(text).unwrap().mx, Some(1));
+    }
+
+    #[test]
+    fn requires_man_and_st() {
+        let no_man = b"M-SEARCH * HTTP/1.1\r\nST: ssdp:all\r\nMX: 1\r\n\r\n";
+        assert!(matches!(parse_search(no_man), Err(SsdpError::BadMan)));
+        let unquoted = b"M-SEARCH * HTTP/1.1\r\nMAN: ssdp:discover\r\nST: ssdp:all\r\n\r\n";
+        assert!(matches!(parse_search(unquoted), Err(SsdpError::BadMan)));
+        let no_st = b"M-SEARCH * HTTP/1.1\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\n\r\n";
+        assert!(matches!(parse_search(no_st), Err(SsdpError::MissingSt)));
+        let empty_st = b"M-SEARCH * HTTP/1.1\r\nMAN: \"ssdp:discover\"\r\nST:  \r\n\r\n";
+        assert!(matches!(parse_search(empty_st), Err(SsdpError::MissingSt)));
+    }
+
+    #[test]
+    fn mx_is_strict_and_clamped() {
+        for bad in ["-1", "abc", "", "1.5", "+2", "2 3"] {
+            assert!(
+                matches!(
+                    parse_search(&search("ssdp:all", Some(bad))),
+                    Err(SsdpError::BadMx(_))
+                ),
+                "MX {bad:?}"
+            );
+        }
+        for (mx, expected) in [
+            ("0", 0),
+            ("3", 3),
+            ("5", 5),
+            ("6", 5),
+            ("120", 5),
+            ("007", 5),
+            ("99999999999999999999999", 5),
+        ] {
+            let parsed = parse_search(&search("ssdp:all", Some(mx))).unwrap();
+            assert_eq!(parsed.mx, Some(expected), "MX {mx:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_framing() {
+        let oversize = [b'a'; MAX_DATAGRAM + 1];
+        assert!(matches!(
+            parse_search(&oversize),
+            Err(SsdpError::TooLarge(_))
+        ));
+        // Exactly at the limit is fine, one byte more is not.
+        let head = "M-SEARCH * HTTP/1.1\r\nMAN: \"ssdp:discover\"\r\nST: ssdp:all\r\nX-Pad: ";
+        let pad = "p".repeat(MAX_DATAGRAM - head.len() - 4);
+        let limit = format!("{head}{pad}\r\n\r\n");
+        assert_eq!(limit.len(), MAX_DATAGRAM);
+        assert!(parse_search(limit.as_bytes()).is_ok());
+        let over = format!("{head}{pad}p\r\n\r\n");
+        assert!(matches!(
+            parse_search(over.as_bytes()),
+            Err(SsdpError::TooLarge(2049))
+        ));
+
+        let mut many =
+            String::from("M-SEARCH * HTTP/1.1\r\nMAN: \"ssdp:discover\"\r\nST: ssdp:all\r\n");
+        for i in 0..MAX_HEADERS - 2 {
+            many.push_str(&format!("X-{i}: y\r\n"));
+        }
+        assert!(parse_search(format!("{many}\r\n").as_bytes()).is_ok());
+        many.push_str("X-last: y\r\n\r\n");
+        assert!(matches!(
+            parse_search(many.as_bytes()),
+            Err(SsdpError::TooManyHeaders)
+        ));
+
+        for bad in [
+            &b""[..],
+            b"\r\n",
+            b"\x00\x01\x02garbage\xff",
+            b"m-search * HTTP/1.1\r\n\r\n",
+            b"M-SEARCH * HTTP/1.0\r\n\r\n",
+            b"M-SEARCH  * HTTP/1.1\r\n\r\n",
+            b"NOTIFY * HTTP/1.1\r\n\r\n",
+            b"M-SEARCH * HTTP/1.1\r\nMAN \"ssdp:discover\"\r\n\r\n",
+            b"M-SEARCH * HTTP/1.1\r\n : x\r\n\r\n",
+            b"M-SEARCH * HTTP/1.1\r\nST: a\r\n folded\r\n\r\n",
+            b"M-SEARCH * HTTP/1.1\r\nST: a\rb\r\nMAN: \"ssdp:discover\"\r\n\r\n",
+            b"M-SEARCH * HTTP/1.1\r\nST: a\r\nST: b\r\nMAN: \"ssdp:discover\"\r\n\r\n",
+            b"M-SEARCH * HTTP/1.1\r\nST: a\r\nMAN: \"ssdp:discover\"\r\n\r\nbody",
+        ] {
+            assert!(
+                parse_search(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let non_utf8 = b"M-SEARCH * HTTP/1.1\r\nST: \xc3\x28\r\nMAN: \"ssdp:discover\"\r\n\r\n";
+        assert!(matches!(parse_search(non_utf8), Err(SsdpError::NotUtf8)));
+    }
+
+    #[test]
+    fn parsing_is_total_on_noise() {
+        // A cheap stand-in for the fuzzer: mangle a valid search every way.
+        let base = search("ssdp:all", Some("3"));
+        let mut rng = rand::rng();
+        for _ in 0..20_000 {
+            let mut bytes = base.clone();
+            for _ in 0..rng.random_range(1..8) {
+                let at = rng.random_range(0..bytes.len());
+                match rng.random_range(0..3) {
+                    0 => bytes[at] = rng.random(),
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, rng.random()),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let _ = parse_search(&bytes);
+        }
+    }
+
+    fn sts(answers: &[(String, String)]) -> Vec<&str> {
+        answers.iter().map(|(st, _)| st.as_str()).collect()
+    }
+
+    #[test]
+    fn matches_each_kind_of_search() {
+        let id = identity();
+        let [u0, u1, u2] = &id.uuids;
+
+        assert_eq!(
+            matches("upnp:rootdevice", &id, IgdVersion::V2),
+            [(
+                "upnp:rootdevice".to_owned(),
+                format!("uuid:{u0}::upnp:rootdevice")
+            )]
+        );
+        assert_eq!(
+            matches(&format!("uuid:{u1}"), &id, IgdVersion::V2),
+            [(format!("uuid:{u1}"), format!("uuid:{u1}"))]
+        );
+        assert_eq!(
+            matches(&format!("uuid:{}", u2.to_uppercase()), &id, IgdVersion::V1),
+            [(format!("uuid:{u2}"), format!("uuid:{u2}"))]
+        );
+        assert!(
+            matches(
+                "uuid:3b9c1e2a-0000-4000-8000-000000000009",
+                &id,
+                IgdVersion::V2
+            )
+            .is_empty()
+        );
+
+        let igd2 = "urn:schemas-upnp-org:device:InternetGatewayDevice:2";
+        assert_eq!(
+            matches(igd2, &id, IgdVersion::V2),
+            [(igd2.to_owned(), format!("uuid:{u0}::{igd2}"))]
+        );
+        assert!(matches(igd2, &id, IgdVersion::V1).is_empty());
+        let igd1 = "urn:schemas-upnp-org:device:InternetGatewayDevice:1";
+        assert_eq!(
+            matches(igd1, &id, IgdVersion::V2),
+            [(igd1.to_owned(), format!("uuid:{u0}::{igd1}"))]
+        );
+
+        let wan_device = "urn:schemas-upnp-org:device:WANDevice:1";
+        assert_eq!(
+            matches(wan_device, &id, IgdVersion::V1),
+            [(wan_device.to_owned(), format!("uuid:{u1}::{wan_device}"))]
+        );
+        let connection = "urn:schemas-upnp-org:device:WANConnectionDevice:2";
+        assert_eq!(
+            matches(connection, &id, IgdVersion::V2),
+            [(connection.to_owned(), format!("uuid:{u2}::{connection}"))]
+        );
+
+        // A lower version is answered at the version searched.
+        let ip1 = "urn:schemas-upnp-org:service:WANIPConnection:1";
+        assert_eq!(
+            matches(ip1, &id, IgdVersion::V2),
+            [(ip1.to_owned(), format!("uuid:{u2}::{ip1}"))]
+        );
+        let common1 = "urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1";
+        assert_eq!(
+            matches(common1, &id, IgdVersion::V2),
+            [(common1.to_owned(), format!("uuid:{u1}::{common1}"))]
+        );
+        // WANCommonInterfaceConfig is version 1 in IGDv2 too.
+        assert!(
+            matches(
+                "urn:schemas-upnp-org:service:WANCommonInterfaceConfig:2",
+                &id,
+                IgdVersion::V2
+            )
+            .is_empty()
+        );
+
+        for unknown in [
+            "",
+            "ssdp:al",
+            "urn:schemas-upnp-org:device:MediaServer:1",
+            "urn:schemas-upnp-org:service:WANPPPConnection:1",
+            "urn:schemas-upnp-org:service:WANIPConnection:3",
+            "urn:schemas-upnp-org:service:WANIPConnection:0",
+            "urn:schemas-upnp-org:service:WANIPConnection:01",
+            "urn:schemas-upnp-org:service:WANIPConnection:",
+            "urn:schemas-upnp-org:service:WANIPConnection",
+            "urn:schemas-upnp-org:service:WANIPConnection:1:1",
+            "urn:schemas-upnp-org:service:WANIPConnection:999999",
+            "URN:SCHEMAS-UPNP-ORG:SERVICE:WANIPCONNECTION:1",
+            "uuid:",
+        ] {
+            assert!(
+                matches(unknown, &id, IgdVersion::V2).is_empty(),
+                "{unknown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ssdp_all_answers_every_announcement() {
+        let id = identity();
+        for igd in [IgdVersion::V1, IgdVersion::V2] {
+            let all = matches("ssdp:all", &id, igd);
+            assert_eq!(all.len(), 9);
+            assert_eq!(all, announcements(&id, igd));
+            let mut usns: Vec<_> = all.iter().map(|(_, usn)| usn.clone()).collect();
+            usns.sort();
+            usns.dedup();
+            assert_eq!(usns.len(), 9, "USNs must be unique");
+        }
+        let v2 = announcements(&id, IgdVersion::V2);
+        let targets = sts(&v2);
+        assert_eq!(targets[0], "upnp:rootdevice");
+        for expected in [
+            "urn:schemas-upnp-org:device:InternetGatewayDevice:2",
+            "urn:schemas-upnp-org:device:WANDevice:2",
+            "urn:schemas-upnp-org:device:WANConnectionDevice:2",
+            "urn:schemas-upnp-org:service:WANIPConnection:2",
+            "urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1",
+        ] {
+            assert!(targets.contains(&expected), "{expected}");
+        }
+        // Every announced target, searched for, is answered with itself.
+        for (nt, usn) in &v2 {
+            if nt != "upnp:rootdevice" {
+                assert_eq!(
+                    matches(nt, &id, IgdVersion::V2),
+                    [(nt.clone(), usn.clone())]
+                );
+            }
+        }
+    }
+
+    fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+        message.split("\r\n").find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    fn assert_crlf(message: &str) {
+        assert!(message.ends_with("\r\n\r\n"), "{message:?}");
+        assert_eq!(
+            message.matches('\n').count(),
+            message.matches("\r\n").count()
+        );
+        assert_eq!(message.matches("\r\n\r\n").count(), 1);
+    }
+
+    #[test]
+    fn search_response_has_every_header() {
+        let id = identity();
+        let location = "http://192.168.0.1:5000/rootDesc.xml";
+        let usn = format!("uuid:{}::upnp:rootdevice", id.uuids[0]);
+        let message = search_response("upnp:rootdevice", &usn, location, &id, 1800);
+        assert_crlf(&message);
+        assert!(message.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert_eq!(header(&message, "CACHE-CONTROL"), Some("max-age=1800"));
+        assert_eq!(header(&message, "EXT"), Some(""));
+        assert_eq!(header(&message, "LOCATION"), Some(location));
+        assert_eq!(header(&message, "SERVER"), Some(id.server.as_str()));
+        assert_eq!(header(&message, "ST"), Some("upnp:rootdevice"));
+        assert_eq!(header(&message, "USN"), Some(usn.as_str()));
+        assert_eq!(header(&message, "BOOTID.UPNP.ORG"), Some("7"));
+        assert_eq!(header(&message, "CONFIGID.UPNP.ORG"), Some("3"));
+        let date = header(&message, "DATE").unwrap();
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
+    }
+
+    #[test]
+    fn notify_has_every_header() {
+        let id = identity();
+        let location = "http://192.168.0.1:5000/rootDesc.xml";
+        let nt = "urn:schemas-upnp-org:service:WANIPConnection:2";
+        let usn = format!("uuid:{}::{nt}", id.uuids[2]);
+
+        let alive = notify(NotifyKind::Alive, nt, &usn, location, &id, 1800);
+        assert_crlf(&alive);
+        assert!(alive.starts_with("NOTIFY * HTTP/1.1\r\n"));
+        assert_eq!(header(&alive, "HOST"), Some("239.255.255.250:1900"));
+        assert_eq!(header(&alive, "CACHE-CONTROL"), Some("max-age=1800"));
+        assert_eq!(header(&alive, "LOCATION"), Some(location));
+        assert_eq!(header(&alive, "SERVER"), Some(id.server.as_str()));
+        assert_eq!(header(&alive, "NT"), Some(nt));
+        assert_eq!(header(&alive, "NTS"), Some("ssdp:alive"));
+        assert_eq!(header(&alive, "USN"), Some(usn.as_str()));
+        assert_eq!(header(&alive, "BOOTID.UPNP.ORG"), Some("7"));
+        assert_eq!(header(&alive, "CONFIGID.UPNP.ORG"), Some("3"));
+
+        let bye = notify(NotifyKind::ByeBye, nt, &usn, location, &id, 1800);
+        assert_crlf(&bye);
+        assert!(bye.starts_with("NOTIFY * HTTP/1.1\r\n"));
+        assert_eq!(header(&bye, "HOST"), Some("239.255.255.250:1900"));
+        assert_eq!(header(&bye, "NT"), Some(nt));
+        assert_eq!(header(&bye, "NTS"), Some("ssdp:byebye"));
+        assert_eq!(header(&bye, "USN"), Some(usn.as_str()));
+        assert_eq!(header(&bye, "BOOTID.UPNP.ORG"), Some("7"));
+        assert_eq!(header(&bye, "CONFIGID.UPNP.ORG"), Some("3"));
+        for absent in ["LOCATION", "CACHE-CONTROL", "SERVER"] {
+            assert_eq!(header(&bye, absent), None, "{absent}");
+        }
+    }
+
+    #[test]
+    fn formats_http_dates() {
+        let at = |secs| http_date(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(at(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(at(1_709_210_096), "Thu, 29 Feb 2024 12:34:56 GMT");
+        assert_eq!(at(4_102_444_799), "Thu, 31 Dec 2099 23:59:59 GMT");
+        assert_eq!(
+            http_date(UNIX_EPOCH - Duration::from_secs(5)),
+            "Thu, 01 Jan 1970 00:00:00 GMT"
+        );
+    }
+
+    fn config() -> SsdpConfig {
+        SsdpConfig {
+            lan_ifname: "lan0".to_owned(),
+            lan_addr: Ipv4Addr::new(192, 168, 77, 1),
+            lan_net: "192.168.77.0/24".parse().unwrap(),
+            location: "http://192.168.77.1:5000/rootDesc.xml".to_owned(),
+            identity: identity(),
+            igd: IgdVersion::V2,
+            max_age: DEFAULT_MAX_AGE,
+            notify_interval: DEFAULT_NOTIFY_INTERVAL,
+        }
+    }
+
+    #[test]
+    fn validates_config() {
+        assert!(config().validate().is_ok());
+        for location in [
+            "http://gateway.lan:5000/rootDesc.xml",
+            "https://192.168.77.1/rootDesc.xml",
+            "http://192.168.77.1:5000",
+            "http://192.168.77.1:0/x",
+            "http://192.168.77.1:5000/x\r\nX-Injected: 1",
+            "http://192.168.77.1:5000/a b",
+        ] {
+            let mut bad = config();
+            bad.location = location.to_owned();
+            assert!(bad.validate().is_err(), "{location:?}");
+        }
+        let mut bad = config();
+        bad.identity.uuids[1] = "uuid:3b9c1e2a".to_owned();
+        assert!(bad.validate().is_err());
+        let mut bad = config();
+        bad.identity.server = "x\r\nEvil: 1".to_owned();
+        assert!(bad.validate().is_err());
+        let mut bad = config();
+        bad.lan_addr = Ipv4Addr::new(10, 0, 0, 1);
+        assert!(bad.validate().is_err());
+        let mut bad = config();
+        bad.notify_interval = Duration::ZERO;
+        assert!(bad.validate().is_err());
+        let mut bad = config();
+        bad.notify_interval = Duration::from_secs(1800);
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn run_can_be_spawned() {
+        // The daemon spawns it on a multi-threaded runtime.
+        fn assert_send<T: Send>(_: &T) {}
+        let (_stop, shutdown) = watch::channel(false);
+        assert_send(&run(config(), shutdown));
+    }
+
+    fn from(last: u8, port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(192, 168, 77, last), port))
+    }
+
+    #[test]
+    fn responder_filters_sources_and_schedules_within_mx() {
+        let now = Instant::now();
+        let mut responder = Responder::new(&config(), now);
+        let mut rng = rand::rng();
+        let all = search("ssdp:all", Some("3"));
+
+        for (source, expected) in [
+            (SocketAddr::from(([10, 0, 0, 2], 50000)), "ForeignSource"),
+            (from(1, 50000), "OwnAddress"),
+            (from(0, 50000), "ForeignSource"),
+            (from(255, 50000), "ForeignSource"),
+            (from(2, 7), "PrivilegedPort"),
+        ] {
+            let outcome = responder.on_datagram(source, &all, now, &mut rng);
+            assert!(
+                format!("{outcome:?}").contains(expected),
+                "{source}: {outcome:?}"
+            );
+        }
+        assert!(matches!(
+            responder.on_datagram(from(2, 50000), &search("ssdp:all", None), now, &mut rng),
+            Err(Dropped::MulticastWithoutMx)
+        ));
+        assert!(matches!(
+            responder.on_datagram(from(2, 50000), b"NOTIFY * HTTP/1.1\r\n\r\n", now, &mut rng),
+            Err(Dropped::NotSearch)
+        ));
+        assert!(matches!(
+            responder.on_datagram(
+                from(2, 50000),
+                &search("urn:schemas-upnp-org:device:MediaServer:1", Some("1")),
+                now,
+                &mut rng
+            ),
+            Err(Dropped::NoMatch(_))
+        ));
+        assert!(responder.pending.is_empty());
+
+        assert_eq!(
+            responder
+                .on_datagram(from(2, 50000), &all, now, &mut rng)
+                .unwrap(),
+            9
+        );
+        assert!(responder.pending.iter().all(|pending| {
+            pending.due >= now
+                && pending.due < now + Duration::from_secs(3)
+                && pending.to == SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 2), 50000)
+        }));
+        let next = responder.next_due().unwrap();
+        assert!(
+            responder
+                .take_due(now - Duration::from_millis(1))
+                .is_empty()
+        );
+        let due = responder.take_due(next);
+        assert!(!due.is_empty());
+        assert_eq!(
+            responder.take_due(now + Duration::from_secs(3)).len(),
+            9 - due.len()
+        );
+        assert_eq!(responder.next_due(), None);
+
+        // A unicast search without MX is answered at once.
+        let unicast = b"M-SEARCH * HTTP/1.1\r\nHOST: 192.168.77.1:1900\r\nMAN: \"ssdp:discover\"\r\nST: upnp:rootdevice\r\n\r\n";
+        assert_eq!(
+            responder
+                .on_datagram(from(3, 40000), unicast, now, &mut rng)
+                .unwrap(),
+            1
+        );
+        assert_eq!(responder.take_due(now).len(), 1);
+    }
+
+    #[test]
+    fn responder_rate_limits_per_source() {
+        let mut now = Instant::now();
+        let mut responder = Responder::new(&config(), now);
+        let mut rng = rand::rng();
+        let root = search("upnp:rootdevice", Some("1"));
+        for _ in 0..PER_SOURCE_BURST as usize {
+            responder
+                .on_datagram(from(2, 50000), &root, now, &mut rng)
+                .unwrap();
+            responder.take_due(now + Duration::from_secs(1));
+        }
+        assert!(matches!(
+            responder.on_datagram(from(2, 50000), &root, now, &mut rng),
+            Err(Dropped::SourceRateLimited)
+        ));
+        // Another source is not affected, and the first recovers in time.
+        responder
+            .on_datagram(from(3, 50000), &root, now, &mut rng)
+            .unwrap();
+        now += Duration::from_millis(200);
+        responder
+            .on_datagram(from(2, 50001), &root, now, &mut rng)
+            .unwrap();
+    }
+
+    #[test]
+    fn responder_bounds_pending_sources_and_total_rate() {
+        let now = Instant::now();
+        let mut responder = Responder::new(&config(), now);
+        let mut rng = rand::rng();
+        let all = search("ssdp:all", Some("5"));
+        let fits = MAX_PENDING / 9;
+        for i in 0..fits {
+            responder
+                .on_datagram(from(10 + i as u8, 50000), &all, now, &mut rng)
+                .unwrap();
+        }
+        assert!(matches!(
+            responder.on_datagram(from(100, 50000), &all, now, &mut rng),
+            Err(Dropped::QueueFull { wanted: 9 })
+        ));
+        assert_eq!(responder.pending.len(), fits * 9);
+        assert!(responder.pending.len() <= MAX_PENDING);
+
+        // Spoofing many LAN sources runs into the global bucket.
+        let mut responder = Responder::new(&config(), now);
+        let root = search("upnp:rootdevice", Some("1"));
+        let mut accepted = 0;
+        let mut limited = 0;
+        for i in 0..200u32 {
+            let source = SocketAddr::from((Ipv4Addr::from(0xc0a8_4d00 + 2 + i % 250), 50000));
+            match responder.on_datagram(source, &root, now, &mut rng) {
+                Ok(_) => accepted += 1,
+                Err(Dropped::GlobalRateLimited) => limited += 1,
+                Err(other) => panic!("{other}"),
+            }
+            responder.take_due(now + Duration::from_secs(1));
+        }
+        assert_eq!(accepted, GLOBAL_BURST as usize);
+        assert_eq!(limited, 200 - accepted);
+
+        // The bucket map stays bounded whatever the number of sources.
+        let mut responder = Responder::new(&config(), now);
+        let big = Responder {
+            lan_net: "10.0.0.0/8".parse().unwrap(),
+            lan_addr: Ipv4Addr::new(10, 0, 0, 1),
+            ..responder
+        };
+        responder = big;
+        for i in 0..2000u32 {
+            let at = now + Duration::from_millis(u64::from(i));
+            let source = SocketAddr::from((Ipv4Addr::from(0x0a00_0100 + i), 50000));
+            let _ = responder.on_datagram(source, &root, at, &mut rng);
+            responder.take_due(at + Duration::from_secs(1));
+            assert!(responder.sources.len() <= MAX_SOURCES);
+        }
+    }
+
+    /// Runs the service for real inside network namespaces: a router with a
+    /// LAN and a WAN veth, a LAN client and a WAN host.
+    mod netns {
+        use std::{
+            collections::HashSet,
+            fs::File,
+            os::fd::AsRawFd,
+            process::Command,
+            sync::{
+                Arc,
+                atomic::{AtomicBool, AtomicU32, Ordering},
+                mpsc,
+            },
+            thread::{self, JoinHandle},
+            time::Instant as StdInstant,
+        };
+
+        use super::*;
+
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+
+        fn run_ip(args: &[&str]) {
+            let output = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("running ip (iproute2 must be installed)");
+            assert!(
+                output.status.success(),
+                "`ip {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+
+        /// A namespace with a unique name, deleted on drop.
+        struct Ns(String);
+
+        impl Ns {
+            fn new(role: &str) -> Self {
+                let name = format!(
+                    "ssdp-{role}-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                );
+                run_ip(&["netns", "add", &name]);
+                let ns = Self(name);
+                ns.ip(&["link", "set", "lo", "up"]);
+                ns
+            }
+
+            fn ip(&self, args: &[&str]) {
+                let mut full = vec!["-n", self.0.as_str()];
+                full.extend_from_slice(args);
+                run_ip(&full);
+            }
+
+            fn sysctl(&self, key: &str, value: &str) {
+                run_ip(&[
+                    "netns",
+                    "exec",
+                    &self.0,
+                    "sysctl",
+                    "-qw",
+                    &format!("{key}={value}"),
+                ]);
+            }
+
+            /// Runs `work` on a new thread moved into the namespace; sockets
+            /// it opens stay there.
+            fn spawn<T: Send + 'static>(
+                &self,
+                work: impl FnOnce() -> T + Send + 'static,
+            ) -> JoinHandle<T> {
+                let path = format!("/run/netns/{}", self.0);
+                thread::spawn(move || {
+                    let file = File::open(&path).expect("opening the namespace");
+                    // SAFETY: setns only changes this thread's namespace.
+                    let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(ret, 0, "setns: {}", io::Error::last_os_error());
+                    work()
+                })
+            }
+        }
+
+        impl Drop for Ns {
+            fn drop(&mut self) {
+                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            }
+        }
+
+        const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+        const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+        /// The WAN host claims a LAN address: only the device binding keeps
+        /// its searches out.
+        const SPOOFER: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 99);
+        const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+        const LOCATION: &str = "http://192.168.77.1:5000/rootDesc.xml";
+
+        fn udp(bind: SocketAddrV4, multicast_if: Ipv4Addr) -> std::net::UdpSocket {
+            let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            socket.set_reuse_address(true).unwrap();
+            socket.bind(&bind.into()).unwrap();
+            socket.set_multicast_if_v4(&multicast_if).unwrap();
+            socket.set_multicast_loop_v4(false).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            socket.into()
+        }
+
+        /// Sends `search` up to `attempts` times and collects what answers
+        /// it until `want` responses came or `window` passed per attempt.
+        fn search_and_collect(
+            socket: &std::net::UdpSocket,
+            to: SocketAddrV4,
+            search: &[u8],
+            attempts: usize,
+            want: usize,
+            window: Duration,
+        ) -> Vec<String> {
+            let mut buffer = [0u8; 4096];
+            for _ in 0..attempts {
+                socket.send_to(search, to).unwrap();
+                let mut got = Vec::new();
+                let deadline = StdInstant::now() + window;
+                while StdInstant::now() < deadline && got.len() < want {
+                    if let Ok((len, _)) = socket.recv_from(&mut buffer) {
+                        got.push(String::from_utf8_lossy(&buffer[..len]).into_owned());
+                    }
+                }
+                if !got.is_empty() {
+                    return got;
+                }
+            }
+            Vec::new()
+        }
+
+        /// Waits until `done` holds for the messages seen, or fails.
+        fn wait_for_notifies(
+            messages: &mpsc::Receiver<String>,
+            seen: &mut Vec<String>,
+            timeout: Duration,
+            done: impl Fn(&[String]) -> bool,
+        ) {
+            let deadline = StdInstant::now() + timeout;
+            while !done(seen) {
+                let left = deadline.saturating_duration_since(StdInstant::now());
+                match messages.recv_timeout(left) {
+                    Ok(message) => seen.push(message),
+                    Err(_) => panic!("timed out; NOTIFYs seen: {seen:#?}"),
+                }
+            }
+        }
+
+        fn usns_with(messages: &[String], nts: &str) -> Vec<String> {
+            messages
+                .iter()
+                .filter(|message| header(message, "NTS") == Some(nts))
+                .filter_map(|message| header(message, "USN").map(str::to_owned))
+                .collect()
+        }
+
+        fn distinct(usns: Vec<String>) -> usize {
+            usns.into_iter().collect::<HashSet<_>>().len()
+        }
+
+        #[test]
+        fn answers_lan_searches_only_and_announces() {
+            assert!(
+                nix::unistd::Uid::effective().is_root(),
+                "this test needs root (network namespaces)"
+            );
+            let router = Ns::new("gw");
+            let client = Ns::new("lan");
+            let wan = Ns::new("wan");
+            router.ip(&[
+                "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", &client.0,
+            ]);
+            router.ip(&[
+                "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", &wan.0,
+            ]);
+            router.ip(&["addr", "add", "192.168.77.1/24", "dev", "lan0"]);
+            router.ip(&["addr", "add", "10.77.0.1/24", "dev", "wan0"]);
+            router.ip(&["link", "set", "lan0", "up"]);
+            router.ip(&["link", "set", "wan0", "up"]);
+            // Were the socket not bound to lan0, answers to the spoofer would
+            // go back out of the WAN, where the test would see them.
+            router.ip(&["route", "add", "192.168.77.99/32", "dev", "wan0"]);
+            router.sysctl("net.ipv4.conf.all.rp_filter", "0");
+            router.sysctl("net.ipv4.conf.wan0.rp_filter", "0");
+            client.ip(&["addr", "add", "192.168.77.2/24", "dev", "eth0"]);
+            client.ip(&["link", "set", "eth0", "up"]);
+            wan.ip(&["addr", "add", "192.168.77.99/24", "dev", "eth0"]);
+            wan.ip(&["addr", "add", "10.77.0.2/24", "dev", "eth0"]);
+            wan.ip(&["link", "set", "eth0", "up"]);
+
+            // The client listens for NOTIFYs before the service starts.
+            let (notify_tx, notifies) = mpsc::channel();
+            let (ready_tx, ready) = mpsc::channel();
+            let stop = Arc::new(AtomicBool::new(false));
+            let listener = client.spawn({
+                let stop = stop.clone();
+                move || {
+                    let socket = udp(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SSDP_PORT), CLIENT);
+                    socket.join_multicast_v4(&SSDP_GROUP, &CLIENT).unwrap();
+                    ready_tx.send(()).unwrap();
+                    let mut buffer = [0u8; 4096];
+                    let deadline = StdInstant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && StdInstant::now() < deadline {
+                        if let Ok((len, _)) = socket.recv_from(&mut buffer) {
+                            let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
+                            if text.starts_with("NOTIFY ") && notify_tx.send(text).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+            ready.recv_timeout(Duration::from_secs(10)).unwrap();
+
+            let identity = identity();
+            let config = SsdpConfig {
+                lan_ifname: "lan0".to_owned(),
+                lan_addr: ROUTER_LAN,
+                lan_net: "192.168.77.0/24".parse().unwrap(),
+                location: LOCATION.to_owned(),
+                identity: identity.clone(),
+                igd: IgdVersion::V2,
+                max_age: DEFAULT_MAX_AGE,
+                notify_interval: DEFAULT_NOTIFY_INTERVAL,
+            };
+            let (shutdown_tx, shutdown) = watch::channel(false);
+            let service = router.spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(run(config, shutdown))
+            });
+
+            // Each announcement goes out twice at start.
+            let mut seen = Vec::new();
+            wait_for_notifies(&notifies, &mut seen, Duration::from_secs(10), |seen| {
+                let alive = usns_with(seen, "ssdp:alive");
+                alive.len() >= 18 && distinct(alive) == 9
+            });
+            for message in &seen {
+                assert_eq!(header(message, "LOCATION"), Some(LOCATION));
+                assert_eq!(header(message, "HOST"), Some("239.255.255.250:1900"));
+            }
+
+            // A multicast search from the LAN is answered, within MX.
+            let searcher = client.spawn(move || {
+                let socket = udp(SocketAddrV4::new(CLIENT, 0), CLIENT);
+                let group = SocketAddrV4::new(SSDP_GROUP, SSDP_PORT);
+                let one = search_and_collect(
+                    &socket,
+                    group,
+                    UPNPC_SEARCH,
+                    3,
+                    1,
+                    Duration::from_secs(3),
+                );
+                let all = search_and_collect(
+                    &socket,
+                    group,
+                    &search("ssdp:all", Some("1")),
+                    3,
+                    9,
+                    Duration::from_secs(3),
+                );
+                let unicast = b"M-SEARCH * HTTP/1.1\r\nHOST: 192.168.77.1:1900\r\nMAN: \"ssdp:discover\"\r\nST: upnp:rootdevice\r\n\r\n";
+                let direct = search_and_collect(
+                    &socket,
+                    SocketAddrV4::new(ROUTER_LAN, SSDP_PORT),
+                    unicast,
+                    3,
+                    1,
+                    Duration::from_secs(1),
+                );
+                (one, all, direct)
+            });
+            let (one, all, direct) = searcher.join().unwrap();
+            let igd1 = "urn:schemas-upnp-org:device:InternetGatewayDevice:1";
+            assert_eq!(one.len(), 1, "{one:#?}");
+            assert!(one[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", one[0]);
+            assert_eq!(header(&one[0], "LOCATION"), Some(LOCATION));
+            assert_eq!(header(&one[0], "ST"), Some(igd1));
+            let usn = format!("uuid:{}::{igd1}", identity.uuids[0]);
+            assert_eq!(header(&one[0], "USN"), Some(usn.as_str()));
+            assert_eq!(
+                all.iter()
+                    .filter_map(|m| header(m, "USN"))
+                    .collect::<HashSet<_>>()
+                    .len(),
+                9,
+                "{all:#?}"
+            );
+            assert_eq!(direct.len(), 1, "{direct:#?}");
+            assert_eq!(header(&direct[0], "ST"), Some("upnp:rootdevice"));
+
+            // The same searches from the WAN side, even from a LAN source
+            // address, to the group or to the router's WAN address, get
+            // nothing back.
+            let from_wan = wan.spawn(|| {
+                let socket = udp(SocketAddrV4::new(SPOOFER, 0), SPOOFER);
+                let multicast = search_and_collect(
+                    &socket,
+                    SocketAddrV4::new(SSDP_GROUP, SSDP_PORT),
+                    UPNPC_SEARCH,
+                    2,
+                    1,
+                    Duration::from_millis(1500),
+                );
+                let unicast = b"M-SEARCH * HTTP/1.1\r\nHOST: 10.77.0.1:1900\r\nMAN: \"ssdp:discover\"\r\nST: ssdp:all\r\n\r\n";
+                let direct = search_and_collect(
+                    &socket,
+                    SocketAddrV4::new(ROUTER_WAN, SSDP_PORT),
+                    unicast,
+                    2,
+                    1,
+                    Duration::from_millis(500),
+                );
+                (multicast, direct)
+            });
+            let (multicast, direct) = from_wan.join().unwrap();
+            assert!(multicast.is_empty(), "{multicast:#?}");
+            assert!(direct.is_empty(), "{direct:#?}");
+
+            // Shutdown withdraws every announcement, then returns.
+            shutdown_tx.send(true).unwrap();
+            let outcome = service.join().unwrap();
+            assert!(outcome.is_ok(), "{outcome:?}");
+            wait_for_notifies(&notifies, &mut seen, Duration::from_secs(10), |seen| {
+                distinct(usns_with(seen, "ssdp:byebye")) == 9
+            });
+            stop.store(true, Ordering::Relaxed);
+            listener.join().unwrap();
+        }
+    }
+}
