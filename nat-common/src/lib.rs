@@ -291,6 +291,9 @@ pub mod maps {
     pub const ALLOWED_REMOTES: &str = "ALLOWED_REMOTES";
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
     pub const NEW_CONNECTIONS: &str = "NEW_CONNECTIONS";
+    pub const SWEEP_PARAMS: &str = "SWEEP_PARAMS";
+    pub const SWEEP_STATS: &str = "SWEEP_STATS";
+    pub const LIVE_PORTS: &str = "LIVE_PORTS";
 }
 
 /// Program names in the object.
@@ -300,7 +303,40 @@ pub mod programs {
     /// Does nothing but pass: attached to a veth peer so that it accepts
     /// frames redirected by XDP (the kernel enables NAPI only then).
     pub const PASS: &str = "xdp_pass";
+    /// The aging sweep, run by user space through BPF_PROG_TEST_RUN.
+    pub const SWEEP: &str = "nat_sweep";
 }
+
+/// What one in-kernel aging sweep is told: idle timeouts in nanoseconds,
+/// and a generation number that marks this sweep's live ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SweepParams {
+    pub tcp_established_ns: u64,
+    pub tcp_transitory_ns: u64,
+    pub udp_ns: u64,
+    pub icmp_ns: u64,
+    /// The time to judge idleness by; 0: the kernel's clock now (tests set
+    /// it to sweep a scenario as of a chosen instant).
+    pub now_ns: u64,
+    /// Never 0: a port marked with this sweep's number has a live session.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// What one in-kernel aging sweep did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SweepStats {
+    pub scanned: u64,
+    pub sessions_removed: u64,
+    pub forward_sessions_removed: u64,
+    /// BINDINGS entries: a mapping is two.
+    pub bindings_removed: u64,
+}
+
+/// `LIVE_PORTS` slots: one per (protocol, external port).
+pub const LIVE_PORT_SLOTS: u32 = 3 * 65_536;
 
 /// Default map sizes; user space may override them before loading.
 pub const DEFAULT_FORWARDS_MAX: u32 = 131_072;
@@ -330,6 +366,8 @@ mod pod {
     unsafe impl aya::Pod for AllowedRemote {}
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for ConnectionEvent {}
+    unsafe impl aya::Pod for SweepParams {}
+    unsafe impl aya::Pod for SweepStats {}
 }
 
 #[cfg(test)]
@@ -345,6 +383,8 @@ mod tests {
         assert_eq!(size_of::<AllowedRemote>(), 8);
         assert_eq!(size_of::<RuleCounters>(), 32);
         assert_eq!(size_of::<ConnectionEvent>(), 20);
+        assert_eq!(size_of::<SweepParams>(), 48);
+        assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
         assert_eq!(size_of::<NatConfig>(), 24);

@@ -1,9 +1,16 @@
 //! Aging: the periodic sweep that removes dynamic entries the datapath has
 //! not refreshed for longer than their timeout.
 //!
+//! The daemon runs the sweep in the kernel ([`KernelSweep`]: the datapath's
+//! `nat_sweep` program, through BPF_PROG_TEST_RUN), which walks the tables
+//! at tens of nanoseconds an entry and judges each entry as it is at that
+//! instant. The same rules, in user space, are [`sweep`]: the fallback for a
+//! datapath pinned without the sweep program, and the reference the tests
+//! compare the kernel's sweep with.
+//!
 //! The datapath stamps `last_seen_ns` with `bpf_ktime_get_coarse_ns`
-//! (CLOCK_MONOTONIC_COARSE) and never deletes anything itself; this sweep
-//! does, in user space:
+//! (CLOCK_MONOTONIC_COARSE) and never deletes anything itself; the user-space
+//! sweep works as follows:
 //!
 //! 1. one batch walk of `SESSIONS` ([`crate::batch`]) collects the expired
 //!    sessions and marks, in a bitmap of 3 protocols x 65536 ports, every
@@ -34,11 +41,12 @@ use std::{
 use aya::{
     Pod,
     maps::{HashMap, MapData, MapError},
+    programs::{TestRun, TestRunOptions, Xdp},
     sys::SyscallError,
 };
 use nat_common::{
     Binding, DIR_INBOUND, EndpointKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey,
-    TCP_STATE_ESTABLISHED, maps as names,
+    SweepParams, TCP_STATE_ESTABLISHED, maps as names, programs,
 };
 use serde::Serialize;
 
@@ -384,6 +392,97 @@ fn remove_bindings(
         count(removal);
     }
     Ok(removed)
+}
+
+/// Runs the datapath's sweep program once with `params`.
+pub fn run_sweep_program(
+    program: &Xdp,
+    maps: &mut Maps,
+    params: SweepParams,
+) -> Result<SweepReport> {
+    let start = Instant::now();
+    maps.sweep_params
+        .set(0, params, 0)
+        .map_err(|source| DatapathError::Map {
+            name: names::SWEEP_PARAMS,
+            source,
+        })?;
+    // The program ignores its packet; XDP test runs need an Ethernet
+    // header's worth of one.
+    let frame = [0u8; 64];
+    let outcome = program
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::new()
+        })
+        .map_err(|source| DatapathError::Program {
+            name: programs::SWEEP,
+            source,
+        })?;
+    if outcome.return_value != 0 {
+        // The program refuses to run without parameters.
+        return Err(DatapathError::Map {
+            name: names::SWEEP_PARAMS,
+            source: MapError::KeyNotFound,
+        });
+    }
+    let stats = maps
+        .sweep_stats
+        .get(&0, 0)
+        .map_err(|source| DatapathError::Map {
+            name: names::SWEEP_STATS,
+            source,
+        })?;
+    Ok(SweepReport {
+        scanned: stats.scanned as usize,
+        sessions_removed: stats.sessions_removed as usize,
+        forward_sessions_removed: stats.forward_sessions_removed as usize,
+        bindings_removed: stats.bindings_removed as usize,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The parameters of one kernel sweep; `now_ns` 0 is the kernel's clock.
+pub fn sweep_params(timeouts: &Timeouts, now_ns: u64, generation: u32) -> SweepParams {
+    SweepParams {
+        tcp_established_ns: timeouts.tcp_established.as_nanos() as u64,
+        tcp_transitory_ns: timeouts.tcp_transitory.as_nanos() as u64,
+        udp_ns: timeouts.udp.as_nanos() as u64,
+        icmp_ns: timeouts.icmp.as_nanos() as u64,
+        now_ns,
+        generation,
+        _pad: 0,
+    }
+}
+
+/// The datapath's own sweep program, pinned, run on demand by the daemon.
+pub struct KernelSweep {
+    program: Xdp,
+    generation: u32,
+}
+
+impl KernelSweep {
+    /// Opens the sweep program pinned at `path` (see
+    /// [`crate::datapath::Datapath::pin_program`]).
+    pub fn from_pin(path: &std::path::Path) -> Result<Self> {
+        let program = Xdp::from_pin(path, aya_obj::programs::XdpAttachType::Interface).map_err(
+            |source| DatapathError::Program {
+                name: programs::SWEEP,
+                source,
+            },
+        )?;
+        Ok(Self {
+            program,
+            generation: 0,
+        })
+    }
+
+    /// One sweep with `timeouts`, as of the kernel's clock now.
+    pub fn run(&mut self, maps: &mut Maps, timeouts: &Timeouts) -> Result<SweepReport> {
+        // Never 0: 0 is what LIVE_PORTS holds for a port never marked.
+        self.generation = self.generation.wrapping_add(1).max(1);
+        run_sweep_program(&self.program, maps, sweep_params(timeouts, 0, self.generation))
+    }
 }
 
 #[cfg(test)]

@@ -36,9 +36,10 @@ use crate::{
     },
 };
 
-/// Pins of the two XDP links, beside the maps'.
+/// Pins of the two XDP links and of the sweep program, beside the maps'.
 const LINK_LAN: &str = "link_nat_lan";
 const LINK_WAN: &str = "link_nat_wan";
+const PROG_SWEEP: &str = "prog_nat_sweep";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// What `natctl daemon` was started with; the flags win over the file.
@@ -89,6 +90,9 @@ enum Lifecycle {
 struct State {
     config: DaemonConfig,
     maps: Maps,
+    /// The datapath's sweep program; `None` for a datapath pinned without
+    /// it, which is then swept from user space.
+    kernel_sweep: Option<aging::KernelSweep>,
     rules: RuleSet,
     wan: Nic,
     lan: Nic,
@@ -212,6 +216,7 @@ pub fn teardown(dir: &Path) -> Result<bool> {
     }
     found |= datapath::PINNED.iter().any(|name| dir.join(name).exists());
     Maps::unpin(dir);
+    let _ = std::fs::remove_file(dir.join(PROG_SWEEP));
     let _ = std::fs::remove_dir(dir);
     Ok(found)
 }
@@ -315,6 +320,7 @@ fn start_datapath(
             datapath.pin_link(program, link, &dir.join(pin))?;
             tracing::info!("{program} attached to {} in {used:?} mode", nic.name);
         }
+        datapath.pin_program(programs::SWEEP, &dir.join(PROG_SWEEP))?;
         Ok(datapath.into_maps())
     };
     match attach() {
@@ -390,11 +396,19 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
 
     let (lifecycle, mut lifecycle_changes) = watch::channel(Lifecycle::Running);
     let upnp_enabled = config.upnp.enabled;
+    let kernel_sweep = match aging::KernelSweep::from_pin(&config.pin_dir.join(PROG_SWEEP)) {
+        Ok(sweep) => Some(sweep),
+        Err(error) => {
+            tracing::warn!("aging from user space: no sweep program pinned ({error})");
+            None
+        }
+    };
     let mut maps = maps;
     let ring = maps.new_connections.take();
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon {
         state: Mutex::new(State {
+            kernel_sweep,
             config,
             maps,
             rules,
@@ -479,7 +493,11 @@ async fn sweep_loop(daemon: Arc<Daemon>) {
         let outcome = tokio::task::spawn_blocking(move || {
             let mut state = daemon.lock();
             let timeouts = state.config.timeouts;
-            let report = aging::sweep(&mut state.maps, &timeouts, aging::datapath_now_ns());
+            let state = &mut *state;
+            let report = match state.kernel_sweep.as_mut() {
+                Some(sweep) => sweep.run(&mut state.maps, &timeouts),
+                None => aging::sweep(&mut state.maps, &timeouts, aging::datapath_now_ns()),
+            };
             if let Ok(report) = &report {
                 state.last_sweep = Some(report.clone());
             }

@@ -16,7 +16,7 @@ use aya::{
 };
 use nat_common::{
     AllowedRemote, Binding, Counter, CounterValue, EndpointKey, Forward, NatConfig, RuleCounters,
-    Session, SessionKey, maps, programs,
+    Session, SessionKey, SweepParams, SweepStats, maps, programs,
 };
 
 /// The XDP object, built by this crate's build script.
@@ -114,7 +114,7 @@ impl Datapath {
             .map_max_entries(maps::SESSIONS, sizes.sessions)
             .map_max_entries(maps::FORWARD_SESSIONS, sizes.forward_sessions)
             .load(OBJECT)?;
-        for name in [programs::LAN, programs::WAN, programs::PASS] {
+        for name in [programs::LAN, programs::WAN, programs::PASS, programs::SWEEP] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
@@ -193,6 +193,29 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// Runs the loaded sweep program once (tests and benchmarks; the daemon
+    /// uses a pinned one, see `aging::KernelSweep`).
+    pub fn run_sweep(
+        &mut self,
+        params: nat_common::SweepParams,
+    ) -> Result<crate::aging::SweepReport> {
+        let program = program(&mut self.ebpf, programs::SWEEP)?;
+        crate::aging::run_sweep_program(program, &mut self.maps, params)
+    }
+
+    /// Pins a loaded program (the sweep) so that a restarted daemon can run
+    /// it without loading the object again.
+    pub fn pin_program(&mut self, name: &'static str, path: &Path) -> Result<()> {
+        self.program(name)?
+            .pin(path)
+            .map_err(|source| DatapathError::Pin {
+                path: path.to_owned(),
+                source,
+            })
+    }
+}
+
 /// Detaches a program pinned by [`Datapath::pin_link`]: removing the last
 /// reference to the link detaches it. Returns whether there was a pin.
 pub fn unpin_link(path: &Path) -> std::io::Result<bool> {
@@ -230,9 +253,11 @@ pub struct Maps {
     pub rule_counters: PerCpuArray<MapData, RuleCounters>,
     /// Taken by whoever logs new connections.
     pub new_connections: Option<RingBuf<MapData>>,
+    pub sweep_params: Array<MapData, SweepParams>,
+    pub sweep_stats: Array<MapData, SweepStats>,
 }
 
-pub const PINNED: [&str; 10] = [
+pub const PINNED: [&str; 12] = [
     maps::CONFIG,
     maps::FORWARDS,
     maps::BINDINGS,
@@ -243,6 +268,8 @@ pub const PINNED: [&str; 10] = [
     maps::ALLOWED_REMOTES,
     maps::RULE_COUNTERS,
     maps::NEW_CONNECTIONS,
+    maps::SWEEP_PARAMS,
+    maps::SWEEP_STATS,
 ];
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(name: &'static str, map: Map) -> Result<T> {
@@ -293,6 +320,8 @@ impl Maps {
             allowed_remotes: open!(maps::ALLOWED_REMOTES),
             rule_counters: open!(maps::RULE_COUNTERS),
             new_connections: Some(open!(maps::NEW_CONNECTIONS)),
+            sweep_params: open!(maps::SWEEP_PARAMS),
+            sweep_stats: open!(maps::SWEEP_STATS),
         })
     }
 

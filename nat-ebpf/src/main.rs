@@ -11,6 +11,7 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics, adt_const_params))]
 
+mod aging;
 mod checksum;
 mod counters;
 mod forward;
@@ -34,6 +35,12 @@ pub fn nat_lan(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn nat_wan(ctx: XdpContext) -> u32 {
     counters::settle(&ctx, wan::try_nat_wan(&ctx))
+}
+
+/// The aging sweep; never attached, run through BPF_PROG_TEST_RUN.
+#[xdp]
+pub fn nat_sweep(_ctx: XdpContext) -> u32 {
+    aging::try_nat_sweep()
 }
 
 /// For a veth peer, which accepts XDP-redirected frames only while it has an

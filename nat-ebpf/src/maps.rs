@@ -6,7 +6,8 @@ use aya_ebpf::{
 use nat_common::{
     ALLOWED_REMOTES_MAX, AllowedRemote, Binding, COUNTER_COUNT, CounterValue, DEFAULT_BINDINGS_MAX,
     DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX, EndpointKey, Forward,
-    MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, RuleCounters, Session, SessionKey,
+    LIVE_PORT_SLOTS, MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, RuleCounters, Session,
+    SessionKey, SweepParams, SweepStats,
 };
 
 #[map(name = "CONFIG")]
@@ -49,3 +50,14 @@ pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entr
 
 #[map(name = "NEW_CONNECTIONS")]
 pub static NEW_CONNECTIONS: RingBuf = RingBuf::with_byte_size(NEW_CONNECTIONS_BYTES, 0);
+
+#[map(name = "SWEEP_PARAMS")]
+pub static SWEEP_PARAMS: Array<SweepParams> = Array::with_max_entries(1, 0);
+
+#[map(name = "SWEEP_STATS")]
+pub static SWEEP_STATS: Array<SweepStats> = Array::with_max_entries(1, 0);
+
+/// The generation of the last sweep that saw a live session on each
+/// (protocol, external port): no clearing between sweeps needed.
+#[map(name = "LIVE_PORTS")]
+pub static LIVE_PORTS: Array<u32> = Array::with_max_entries(LIVE_PORT_SLOTS, 0);

@@ -1,0 +1,229 @@
+//! The aging sweep, in the kernel. User space runs `nat_sweep` through
+//! BPF_PROG_TEST_RUN: walking the tables here costs tens of nanoseconds an
+//! entry where a user-space walk pays a syscall or two per expired entry,
+//! and each entry is judged as it is at that instant, so a flow that just
+//! sent a packet is never removed on a stale reading.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::bpf_for_each_map_elem;
+use nat_common::{
+    Binding, DIR_INBOUND, EndpointKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey,
+    SweepParams, SweepStats, TCP_STATE_ESTABLISHED,
+};
+
+use crate::{
+    lookup::now_ns,
+    maps::{BINDINGS, FORWARD_SESSIONS, LIVE_PORTS, SESSIONS, SWEEP_PARAMS, SWEEP_STATS},
+};
+
+/// Passed to every callback of one sweep.
+struct Sweep {
+    now: u64,
+    params: SweepParams,
+    stats: SweepStats,
+}
+
+#[inline(always)]
+fn idle_past(last_seen_ns: u64, now: u64, timeout_ns: u64) -> bool {
+    // A stamp from the future (a racing CPU) is not idle.
+    now > last_seen_ns && now - last_seen_ns > timeout_ns
+}
+
+#[inline(always)]
+fn session_timeout(params: &SweepParams, proto: u8, tcp_state: u8) -> u64 {
+    match proto {
+        PROTO_TCP if tcp_state == TCP_STATE_ESTABLISHED => params.tcp_established_ns,
+        PROTO_TCP => params.tcp_transitory_ns,
+        PROTO_ICMP => params.icmp_ns,
+        _ => params.udp_ns,
+    }
+}
+
+/// A mapping outlives its sessions by the shortest timeout its protocol
+/// has: it goes only when none of them is alive.
+#[inline(always)]
+fn binding_timeout(params: &SweepParams, proto: u8) -> u64 {
+    match proto {
+        PROTO_TCP => params.tcp_transitory_ns.min(params.tcp_established_ns),
+        PROTO_ICMP => params.icmp_ns,
+        _ => params.udp_ns,
+    }
+}
+
+#[inline(always)]
+fn port_slot(proto: u8, port: u16) -> Option<u32> {
+    let base = match proto {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        PROTO_ICMP => 2,
+        _ => return None,
+    };
+    Some(base * 65_536 + u32::from(port))
+}
+
+#[inline(always)]
+fn mark_live(sweep: &Sweep, proto: u8, port: u16) {
+    if let Some(slot) = port_slot(proto, port)
+        && let Some(mark) = LIVE_PORTS.get_ptr_mut(slot)
+    {
+        // SAFETY: a pointer returned by a map lookup; only the sweep
+        // writes LIVE_PORTS.
+        unsafe { *mark = sweep.params.generation };
+    }
+}
+
+#[inline(always)]
+fn is_live(sweep: &Sweep, proto: u8, port: u16) -> bool {
+    port_slot(proto, port)
+        .and_then(|slot| LIVE_PORTS.get(slot))
+        .is_some_and(|mark| *mark == sweep.params.generation)
+}
+
+extern "C" fn visit_session(
+    _map: *mut c_void,
+    key: *const SessionKey,
+    value: *mut Session,
+    sweep: *mut Sweep,
+) -> i64 {
+    // SAFETY: the kernel passes this map's key and value and our context.
+    let (key, session, sweep) = unsafe { (*key, *value, &mut *sweep) };
+    sweep.stats.scanned += 1;
+    let timeout = session_timeout(&sweep.params, key.proto, session.tcp_state);
+    if idle_past(session.last_seen_ns, sweep.now, timeout) {
+        if SESSIONS.remove(key).is_ok() {
+            sweep.stats.sessions_removed += 1;
+        }
+    } else {
+        mark_live(sweep, key.proto, key.external_port);
+    }
+    0
+}
+
+extern "C" fn visit_forward_session(
+    _map: *mut c_void,
+    key: *const SessionKey,
+    value: *mut Session,
+    sweep: *mut Sweep,
+) -> i64 {
+    // SAFETY: as in `visit_session`.
+    let (key, session, sweep) = unsafe { (*key, *value, &mut *sweep) };
+    sweep.stats.scanned += 1;
+    let timeout = session_timeout(&sweep.params, key.proto, session.tcp_state);
+    if idle_past(session.last_seen_ns, sweep.now, timeout) && FORWARD_SESSIONS.remove(key).is_ok()
+    {
+        sweep.stats.forward_sessions_removed += 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn remove_binding(sweep: &mut Sweep, key: &EndpointKey) {
+    if BINDINGS.remove(key).is_ok() {
+        sweep.stats.bindings_removed += 1;
+    }
+}
+
+/// A mapping is an inbound half (external port -> internal endpoint) and an
+/// outbound half (internal endpoint -> external port). The inbound half
+/// decides for both; an outbound half is only looked at on its own when
+/// its partner is gone (an orphan, e.g. after a crash mid-creation).
+extern "C" fn visit_binding(
+    _map: *mut c_void,
+    key: *const EndpointKey,
+    value: *mut Binding,
+    sweep: *mut Sweep,
+) -> i64 {
+    // SAFETY: as in `visit_session`.
+    let (key, binding, sweep) = unsafe { (*key, *value, &mut *sweep) };
+    sweep.stats.scanned += 1;
+    let timeout = binding_timeout(&sweep.params, key.proto);
+    if !idle_past(binding.last_seen_ns, sweep.now, timeout) {
+        return 0;
+    }
+    if key.direction == DIR_INBOUND {
+        if is_live(sweep, key.proto, key.port) {
+            return 0;
+        }
+        let outbound = EndpointKey::outbound(key.proto, binding.addr, binding.port);
+        // SAFETY: a map lookup, copied out at once.
+        if let Some(partner) = unsafe { BINDINGS.get(outbound) }.copied()
+            && partner.port == key.port
+        {
+            if !idle_past(partner.last_seen_ns, sweep.now, timeout) {
+                return 0;
+            }
+            // The outbound half first: a new packet of the flow then makes
+            // a fresh mapping rather than using a half-removed one.
+            remove_binding(sweep, &outbound);
+        }
+        remove_binding(sweep, &key);
+    } else {
+        let inbound = EndpointKey::inbound(key.proto, binding.port);
+        // SAFETY: a map lookup, copied out at once.
+        let paired = unsafe { BINDINGS.get(inbound) }
+            .is_some_and(|partner| partner.addr == key.addr && partner.port == key.port);
+        if !paired {
+            remove_binding(sweep, &key);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn for_each<K, V>(
+    map: *const c_void,
+    callback: extern "C" fn(*mut c_void, *const K, *mut V, *mut Sweep) -> i64,
+    sweep: &mut Sweep,
+) {
+    // SAFETY: `map` is one of our map definitions (the loader turns its
+    // address into the map), `callback` matches the helper's callback
+    // signature for that map, and `sweep` lives on this stack frame for
+    // the whole call.
+    unsafe {
+        bpf_for_each_map_elem(
+            map as *mut c_void,
+            callback as *mut c_void,
+            sweep as *mut Sweep as *mut c_void,
+            0,
+        );
+    }
+}
+
+pub fn try_nat_sweep() -> u32 {
+    let Some(params) = SWEEP_PARAMS.get(0).copied() else {
+        return 1;
+    };
+    if params.generation == 0 {
+        return 1;
+    }
+    let mut sweep = Sweep {
+        now: if params.now_ns != 0 {
+            params.now_ns
+        } else {
+            now_ns()
+        },
+        params,
+        stats: SweepStats::default(),
+    };
+    // Sessions first: they mark the ports whose mappings must stay.
+    for_each(
+        &SESSIONS as *const _ as *const c_void,
+        visit_session,
+        &mut sweep,
+    );
+    for_each(
+        &FORWARD_SESSIONS as *const _ as *const c_void,
+        visit_forward_session,
+        &mut sweep,
+    );
+    for_each(
+        &BINDINGS as *const _ as *const c_void,
+        visit_binding,
+        &mut sweep,
+    );
+    if let Some(stats) = SWEEP_STATS.get_ptr_mut(0) {
+        // SAFETY: a pointer returned by a map lookup.
+        unsafe { *stats = sweep.stats };
+    }
+    0
+}
