@@ -393,28 +393,10 @@ struct ListedRule {
     outbound: table::Traffic,
 }
 
-/// `web: tcp 8080 -> 192.168.0.12:8000 from any remote, enabled`.
 fn one_rule(value: &serde_json::Value) -> Result<String> {
     let ListedRule { rule, .. } =
         serde_json::from_value(value.clone()).context("reading the daemon's answer")?;
-    let allow = if rule.allow.is_empty() {
-        "any remote".to_owned()
-    } else {
-        rule.allow
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Ok(format!(
-        "{}: {} {} -> {}:{} from {allow}, {}",
-        rule.name,
-        rule.protocol,
-        rule.external,
-        rule.internal_addr,
-        rule.internal,
-        if rule.enabled { "enabled" } else { "disabled" }
-    ))
+    Ok(rule.to_string())
 }
 
 fn format_rules(rules: &[ListedRule]) -> String {
@@ -433,15 +415,7 @@ fn format_rules(rules: &[ListedRule]) -> String {
     );
     for listed in rules {
         let rule = &listed.rule;
-        let allow = if rule.allow.is_empty() {
-            "any".to_owned()
-        } else {
-            rule.allow
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let allow = rule.allowed_remotes();
         let _ = writeln!(
             out,
             "{:<20} {:<6} {:<5} {:>11} {:<27} {:<8} {:>16} {:>16} {}",

@@ -765,7 +765,7 @@ impl Gateway for DaemonGateway<'_> {
     }
 
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
-        let summary: Vec<String> = add.iter().map(describe).collect();
+        let summary: Vec<String> = add.iter().map(ToString::to_string).collect();
         self.state
             .change(|rules| {
                 let mut ids = std::collections::HashMap::new();
@@ -1100,7 +1100,7 @@ impl Controller for Daemon {
                 let mut state = self.lock();
                 state.change(|rules| rules.add(rule, None).map(drop))?;
                 let (_, added) = state.rules.get(&name).expect("just added");
-                tracing::info!("rule added: {}", describe(added));
+                tracing::info!("rule added: {}", added);
                 state.rule_view(&name)
             }
             Request::ModifyRule { name, change } => {
@@ -1117,7 +1117,7 @@ impl Controller for Daemon {
                     Ok(())
                 })?;
                 let (_, modified) = state.rules.get(&new_name).expect("just modified");
-                tracing::info!("rule {name} modified: {}", describe(modified));
+                tracing::info!("rule {name} modified: {}", modified);
                 state.rule_view(&new_name)
             }
             Request::RemoveRule(name) => {
@@ -1206,24 +1206,3 @@ impl Controller for Daemon {
     }
 }
 
-fn describe(rule: &ForwardRule) -> String {
-    let allow = if rule.allow.is_empty() {
-        "any remote".to_owned()
-    } else {
-        rule.allow
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "{} {} external {} -> {}:{} from {}{}",
-        rule.name,
-        rule.protocol,
-        rule.external,
-        rule.internal_addr,
-        rule.internal,
-        allow,
-        if rule.enabled { "" } else { " (disabled)" }
-    )
-}

@@ -268,7 +268,37 @@ pub struct UpnpLease {
     pub expires_at: Option<u64>,
 }
 
+impl fmt::Display for ForwardRule {
+    /// `web: tcp 8080 -> 192.168.0.12:8000 from any remote, enabled`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} {} -> {}:{} from {}, {}",
+            self.name,
+            self.protocol,
+            self.external,
+            self.internal_addr,
+            self.internal,
+            self.allowed_remotes(),
+            if self.enabled { "enabled" } else { "disabled" }
+        )
+    }
+}
+
 impl ForwardRule {
+    /// The allowed remote prefixes, or "any remote".
+    pub fn allowed_remotes(&self) -> String {
+        if self.allow.is_empty() {
+            "any remote".to_owned()
+        } else {
+            self.allow
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+
     /// STATIC for the user's rules, UPNP for a client's mapping.
     pub fn kind(&self) -> &'static str {
         if self.upnp.is_some() {
