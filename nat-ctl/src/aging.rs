@@ -465,12 +465,13 @@ impl KernelSweep {
     /// Opens the sweep program pinned at `path` (see
     /// [`crate::datapath::Datapath::pin_program`]).
     pub fn from_pin(path: &std::path::Path) -> Result<Self> {
-        let program = Xdp::from_pin(path, aya_obj::programs::XdpAttachType::Interface).map_err(
-            |source| DatapathError::Program {
-                name: programs::SWEEP,
-                source,
-            },
-        )?;
+        let program =
+            Xdp::from_pin(path, aya_obj::programs::XdpAttachType::Interface).map_err(|source| {
+                DatapathError::Program {
+                    name: programs::SWEEP,
+                    source,
+                }
+            })?;
         Ok(Self {
             program,
             generation: 0,
@@ -481,7 +482,11 @@ impl KernelSweep {
     pub fn run(&mut self, maps: &mut Maps, timeouts: &Timeouts) -> Result<SweepReport> {
         // Never 0: 0 is what LIVE_PORTS holds for a port never marked.
         self.generation = self.generation.wrapping_add(1).max(1);
-        run_sweep_program(&self.program, maps, sweep_params(timeouts, 0, self.generation))
+        run_sweep_program(
+            &self.program,
+            maps,
+            sweep_params(timeouts, 0, self.generation),
+        )
     }
 }
 
