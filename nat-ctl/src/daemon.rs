@@ -1205,4 +1205,3 @@ impl Controller for Daemon {
         }
     }
 }
-

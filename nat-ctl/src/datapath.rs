@@ -114,7 +114,12 @@ impl Datapath {
             .map_max_entries(maps::SESSIONS, sizes.sessions)
             .map_max_entries(maps::FORWARD_SESSIONS, sizes.forward_sessions)
             .load(OBJECT)?;
-        for name in [programs::LAN, programs::WAN, programs::PASS, programs::SWEEP] {
+        for name in [
+            programs::LAN,
+            programs::WAN,
+            programs::PASS,
+            programs::SWEEP,
+        ] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;

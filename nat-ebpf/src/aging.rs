@@ -109,8 +109,7 @@ extern "C" fn visit_forward_session(
     let (key, session, sweep) = unsafe { (*key, *value, &mut *sweep) };
     sweep.stats.scanned += 1;
     let timeout = session_timeout(&sweep.params, key.proto, session.tcp_state);
-    if idle_past(session.last_seen_ns, sweep.now, timeout) && FORWARD_SESSIONS.remove(key).is_ok()
-    {
+    if idle_past(session.last_seen_ns, sweep.now, timeout) && FORWARD_SESSIONS.remove(key).is_ok() {
         sweep.stats.forward_sessions_removed += 1;
     }
     0
