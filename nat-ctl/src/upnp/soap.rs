@@ -551,6 +551,16 @@ impl XmlDoc {
         self.event(Event::End(quick_xml::events::BytesEnd::new(name)));
     }
 
+    /// `<name><![CDATA[text]]></name>`, split where `text` holds `]]>`.
+    pub(crate) fn cdata(&mut self, name: &str, text: &str) {
+        self.event(Event::Start(BytesStart::new(name)));
+        let text = xml_chars(text);
+        for section in quick_xml::events::BytesCData::escaped(&text) {
+            self.event(Event::CData(section));
+        }
+        self.event(Event::End(quick_xml::events::BytesEnd::new(name)));
+    }
+
     pub(crate) fn finish(self, line_end: &str) -> String {
         let mut buf = self.writer.into_inner();
         buf.extend_from_slice(line_end.as_bytes());
@@ -583,7 +593,14 @@ pub fn response(service_type: &str, action: &str, args: &[(&str, String)]) -> St
     let element = format!("u:{action}Response");
     doc.open(&element, &[("xmlns:u", service_type)]);
     for (name, value) in args {
-        doc.text(name, value);
+        // An embedded XML document (GetListOfPortMappings' NewPortListing)
+        // goes in CDATA: miniupnpc's parser reads it only that way, and any
+        // XML parser reads the same text either way.
+        if value.starts_with("<?xml") {
+            doc.cdata(name, value);
+        } else {
+            doc.text(name, value);
+        }
     }
     doc.close(&element);
     envelope_close(&mut doc);
@@ -684,6 +701,36 @@ pub fn parse_protocol(value: &str) -> Result<&'static str, UpnpError> {
 /// (the empty wildcard is for the caller to handle before).
 pub fn parse_ipv4(value: &str) -> Result<Ipv4Addr, UpnpError> {
     value.trim().parse().map_err(|_| UpnpError::InvalidArgs)
+}
+
+#[cfg(test)]
+mod cdata_tests {
+    use super::*;
+
+    #[test]
+    fn embedded_documents_go_in_cdata_and_read_back_the_same() {
+        let listing = "<?xml version=\"1.0\"?><p:PortMappingList><p:NewDescription>a]]>b</p:NewDescription></p:PortMappingList>";
+        let body = response(
+            "urn:schemas-upnp-org:service:WANIPConnection:2",
+            "GetListOfPortMappings",
+            &[("NewPortListing", listing.to_owned())],
+        );
+        assert!(body.contains("<NewPortListing><![CDATA[<?xml"), "{body}");
+        // An XML parser gets the document back unchanged.
+        let mut reader = quick_xml::Reader::from_str(&body);
+        let mut text = String::new();
+        let mut inside = false;
+        loop {
+            match reader.read_event().unwrap() {
+                Event::Start(start) if start.name().as_ref() == "NewPortListing" => inside = true,
+                Event::End(end) if end.name().as_ref() == "NewPortListing" => break,
+                Event::CData(data) if inside => text.push_str(&data.into_inner()),
+                Event::Eof => panic!("no NewPortListing in {body}"),
+                _ => {}
+            }
+        }
+        assert_eq!(text, listing);
+    }
 }
 
 #[cfg(test)]
