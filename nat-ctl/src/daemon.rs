@@ -88,6 +88,10 @@ enum Lifecycle {
 }
 
 struct State {
+    /// Rule changes not yet in the store ([`Durability::Soon`]).
+    store_dirty: bool,
+    /// Wakes the task that saves them.
+    store_changed: Arc<tokio::sync::Notify>,
     config: DaemonConfig,
     maps: Maps,
     /// The datapath's sweep program; `None` for a datapath pinned without
@@ -396,6 +400,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
 
     let (lifecycle, mut lifecycle_changes) = watch::channel(Lifecycle::Running);
     let upnp_enabled = config.upnp.enabled;
+    let store_changed = Arc::new(tokio::sync::Notify::new());
     let kernel_sweep = match aging::KernelSweep::from_pin(&config.pin_dir.join(PROG_SWEEP)) {
         Ok(sweep) => Some(sweep),
         Err(error) => {
@@ -408,6 +413,8 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon {
         state: Mutex::new(State {
+            store_dirty: false,
+            store_changed: store_changed.clone(),
             kernel_sweep,
             config,
             maps,
@@ -438,6 +445,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     }
     tokio::spawn(follow_addresses(daemon.clone(), netlink));
     tokio::spawn(expire_leases(daemon.clone()));
+    tokio::spawn(save_deferred(daemon.clone(), store_changed));
     if !upnp_enabled {
         // Switched off in the configuration: no client's mapping stays open.
         if let Err(error) = daemon.handle(Request::Upnp(false)) {
@@ -475,6 +483,9 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     let _ = upnp.await;
     let _ = api_stop_tx.send(true);
     let _ = server.await;
+    if let Err(error) = daemon.lock().flush() {
+        tracing::error!("saving the last rule changes: {error}");
+    }
     let _ = std::fs::remove_file(&socket);
     match outcome {
         Lifecycle::Down => tracing::info!("datapath detached and unpinned; daemon stopped"),
@@ -631,6 +642,23 @@ fn unix_now() -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
+/// Saves deferred rule changes, a batch at a time.
+async fn save_deferred(daemon: Arc<Daemon>, changed: Arc<tokio::sync::Notify>) {
+    loop {
+        changed.notified().await;
+        tokio::time::sleep(SAVE_DELAY).await;
+        let daemon = daemon.clone();
+        let saved = tokio::task::spawn_blocking(move || daemon.lock().flush()).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!("saving rule changes (will retry with the next one): {error}")
+            }
+            Err(error) => tracing::error!("saving rule changes: {error}"),
+        }
+    }
+}
+
 /// Removes UPnP mappings whose lease has run out, within a second of it.
 async fn expire_leases(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -655,12 +683,15 @@ async fn expire_leases(daemon: Arc<Daemon>) {
             if expired.is_empty() {
                 return;
             }
-            match state.change(|rules| {
-                for name in &expired {
-                    rules.remove(name)?;
-                }
-                Ok(())
-            }) {
+            match state.change(
+                |rules| {
+                    for name in &expired {
+                        rules.remove(name)?;
+                    }
+                    Ok(())
+                },
+                Durability::Soon,
+            ) {
                 Ok(_) => tracing::info!("UPnP lease expired: removed {}", expired.join(", ")),
                 Err(error) => tracing::error!("removing expired UPnP mappings: {}", error.api),
             }
@@ -767,20 +798,23 @@ impl Gateway for DaemonGateway<'_> {
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
         let summary: Vec<String> = add.iter().map(ToString::to_string).collect();
         self.state
-            .change(|rules| {
-                let mut ids = std::collections::HashMap::new();
-                for name in remove {
-                    if let Some((id, _)) = rules.get(name) {
-                        ids.insert(name.clone(), id);
+            .change(
+                |rules| {
+                    let mut ids = std::collections::HashMap::new();
+                    for name in remove {
+                        if let Some((id, _)) = rules.get(name) {
+                            ids.insert(name.clone(), id);
+                        }
+                        rules.remove(name)?;
                     }
-                    rules.remove(name)?;
-                }
-                for rule in add {
-                    let id = ids.get(&rule.name).copied();
-                    rules.add(rule, id)?;
-                }
-                Ok(())
-            })
+                    for rule in add {
+                        let id = ids.get(&rule.name).copied();
+                        rules.add(rule, id)?;
+                    }
+                    Ok(())
+                },
+                Durability::Soon,
+            )
             .map_err(|error| match error.rule {
                 Some(rule) => GatewayError::Rule(rule),
                 None => GatewayError::Failed(error.api.message),
@@ -872,6 +906,21 @@ struct RuleView<'a> {
     outbound: table::Traffic,
 }
 
+/// When a rule change reaches the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Before the change is acknowledged: the user's own rules.
+    Saved,
+    /// Within [`SAVE_DELAY`], together with any other changes by then: UPnP
+    /// mappings and lease expiry, which clients make at a high rate and
+    /// renew by themselves. Saved at a clean stop too; a `kill -9` inside
+    /// that window loses them from the store (not from the datapath).
+    Soon,
+}
+
+/// How long deferred changes wait for company before they are saved.
+const SAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A refused change: the API's answer, and the rule error behind it when
 /// the rules themselves were at fault (UPnP maps those to its own codes).
 #[derive(Debug)]
@@ -936,6 +985,7 @@ impl State {
     fn change(
         &mut self,
         edit: impl FnOnce(&mut RuleSet) -> Result<(), RuleError>,
+        durability: Durability,
     ) -> Result<RuleSet, ChangeError> {
         let mut next = self.rules.clone();
         edit(&mut next)?;
@@ -945,20 +995,44 @@ impl State {
                 self.maps.reset_rule_counters(id).map_err(internal)?;
             }
         }
-        self.maps.sync_rules(&next.entries()).map_err(internal)?;
+        // The daemon is the maps' only writer: the difference between the
+        // rule sets is the difference between what the maps hold and what
+        // they must hold, so only the changed entries are touched.
+        let (current, desired) = (self.rules.entries(), next.entries());
+        self.maps
+            .change_rules(&current, &desired)
+            .map_err(internal)?;
         // Checked once the new forwards are in: from then on the datapath
         // gives none of their ports to a new dynamic mapping, so a mapping
         // found now is one that was there before.
         if let Err(conflict) = self.check_mappings(&next) {
-            let _ = self.maps.sync_rules(&self.rules.entries());
+            let _ = self.maps.change_rules(&desired, &current);
             return Err(conflict.into());
         }
-        if let Err(error) = store::save_rules(&self.config.rules_file, &next.to_vec()) {
-            let _ = self.maps.sync_rules(&self.rules.entries());
-            return Err(ApiError::internal(format!("{error}; nothing was changed")).into());
+        match durability {
+            Durability::Saved => {
+                if let Err(error) = store::save_rules(&self.config.rules_file, &next.to_vec()) {
+                    let _ = self.maps.change_rules(&desired, &current);
+                    return Err(ApiError::internal(format!("{error}; nothing was changed")).into());
+                }
+                self.store_dirty = false;
+            }
+            Durability::Soon => {
+                self.store_dirty = true;
+                self.store_changed.notify_one();
+            }
         }
         let previous = std::mem::replace(&mut self.rules, next);
         Ok(previous)
+    }
+
+    /// Writes the rules if a change has not been saved yet.
+    fn flush(&mut self) -> Result<(), store::StoreError> {
+        if self.store_dirty {
+            store::save_rules(&self.config.rules_file, &self.rules.to_vec())?;
+            self.store_dirty = false;
+        }
+        Ok(())
     }
 
     /// A port a rule newly claims must not be a live dynamic mapping's.
@@ -1043,6 +1117,9 @@ impl Daemon {
         let nat = nat_config(&state.config, &state.wan, &state.lan);
         state.maps.set_config(&nat).map_err(internal)?;
         state.rules = rules;
+        // The file is the truth now: UPnP changes not saved yet are gone
+        // with the rules they changed.
+        state.store_dirty = false;
         self.upnp_wanted
             .store(state.config.upnp.enabled, Ordering::SeqCst);
         self.upnp_changed.notify_one();
@@ -1098,7 +1175,7 @@ impl Controller for Daemon {
             Request::AddRule(rule) => {
                 let name = rule.name.clone();
                 let mut state = self.lock();
-                state.change(|rules| rules.add(rule, None).map(drop))?;
+                state.change(|rules| rules.add(rule, None).map(drop), Durability::Saved)?;
                 let (_, added) = state.rules.get(&name).expect("just added");
                 tracing::info!("rule added: {}", added);
                 state.rule_view(&name)
@@ -1112,26 +1189,32 @@ impl Controller for Daemon {
                 }
                 let new_name = change.name.clone().unwrap_or_else(|| name.clone());
                 let mut state = self.lock();
-                state.change(|rules| {
-                    change.apply_to(rules.get_mut(&name)?);
-                    Ok(())
-                })?;
+                state.change(
+                    |rules| {
+                        change.apply_to(rules.get_mut(&name)?);
+                        Ok(())
+                    },
+                    Durability::Saved,
+                )?;
                 let (_, modified) = state.rules.get(&new_name).expect("just modified");
                 tracing::info!("rule {name} modified: {}", modified);
                 state.rule_view(&new_name)
             }
             Request::RemoveRule(name) => {
                 let mut state = self.lock();
-                state.change(|rules| rules.remove(&name).map(drop))?;
+                state.change(|rules| rules.remove(&name).map(drop), Durability::Saved)?;
                 tracing::info!("rule {name} removed");
                 Ok(serde_json::json!({ "removed": name }))
             }
             Request::SetEnabled { name, enabled } => {
                 let mut state = self.lock();
-                state.change(|rules| {
-                    rules.get_mut(&name)?.enabled = enabled;
-                    Ok(())
-                })?;
+                state.change(
+                    |rules| {
+                        rules.get_mut(&name)?.enabled = enabled;
+                        Ok(())
+                    },
+                    Durability::Saved,
+                )?;
                 tracing::info!(
                     "rule {name} {}",
                     if enabled { "enabled" } else { "disabled" }
@@ -1175,12 +1258,15 @@ impl Controller for Daemon {
                         .filter(|(_, rule)| rule.upnp.is_some())
                         .map(|(_, rule)| rule.name.clone())
                         .collect();
-                    state.change(|rules| {
-                        for name in &names {
-                            rules.remove(name)?;
-                        }
-                        Ok(())
-                    })?;
+                    state.change(
+                        |rules| {
+                            for name in &names {
+                                rules.remove(name)?;
+                            }
+                            Ok(())
+                        },
+                        Durability::Saved,
+                    )?;
                     removed = names;
                 }
                 self.upnp_changed.notify_one();

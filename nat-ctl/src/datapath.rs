@@ -389,11 +389,9 @@ impl Maps {
     /// daemon leaves unchanged entries alone). All or nothing: after a
     /// failed step, the steps already taken are undone.
     pub fn sync_rules(&mut self, desired: &crate::rules::RuleEntries) -> Result<()> {
-        use std::collections::{HashMap as Map_, HashSet};
+        use crate::rules::{AllowEntry, RuleEntries};
 
-        use crate::rules::AllowEntry;
-
-        let current_forwards: Map_<EndpointKey, Forward> = self
+        let forwards: Vec<(EndpointKey, Forward)> = self
             .forwards
             .iter()
             .collect::<std::result::Result<_, _>>()
@@ -401,7 +399,7 @@ impl Maps {
                 name: maps::FORWARDS,
                 source,
             })?;
-        let current_allowed: HashSet<AllowEntry> = self
+        let allowed: Vec<AllowEntry> = self
             .allowed_remotes
             .keys()
             .map(|key| {
@@ -415,6 +413,24 @@ impl Maps {
                 name: maps::ALLOWED_REMOTES,
                 source,
             })?;
+        self.change_rules(&RuleEntries { forwards, allowed }, desired)
+    }
+
+    /// Moves FORWARDS and ALLOWED_REMOTES from `current` (what they hold,
+    /// as the only writer knows it) to `desired`, touching only the entries
+    /// that differ. All or nothing, as [`Maps::sync_rules`].
+    pub fn change_rules(
+        &mut self,
+        current: &crate::rules::RuleEntries,
+        desired: &crate::rules::RuleEntries,
+    ) -> Result<()> {
+        use std::collections::{HashMap as Map_, HashSet};
+
+        use crate::rules::AllowEntry;
+
+        let current_forwards: Map_<EndpointKey, Forward> =
+            current.forwards.iter().copied().collect();
+        let current_allowed: HashSet<AllowEntry> = current.allowed.iter().copied().collect();
         let desired_forwards: Map_<EndpointKey, Forward> =
             desired.forwards.iter().copied().collect();
         let desired_allowed: HashSet<AllowEntry> = desired.allowed.iter().copied().collect();

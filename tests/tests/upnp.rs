@@ -1249,6 +1249,18 @@ fn a_leased_mapping_survives_a_daemon_restart() {
     let expires = find_rule(&lab, "upnp-tcp-8080").unwrap()["upnp"]["expires_at"].clone();
     assert!(expires.is_u64(), "{expires}");
     assert_eq!(wan_tcp_reaches(&lab, 8080, &server).ip(), WAN_HOST);
+    // UPnP changes reach the store in batches, a fraction of a second
+    // later: a kill -9 before that loses them (a clean stop saves them).
+    wait_for(
+        "the mapping to reach the store",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(lab.rules_file())
+                .ok()
+                .filter(|text| text.contains("upnp-tcp-8080"))
+        },
+    )
+    .unwrap();
 
     lab.kill_daemon().unwrap();
     lab.start_daemon().unwrap();
