@@ -990,8 +990,9 @@ impl State {
         let mut next = self.rules.clone();
         edit(&mut next)?;
         next.validate(self.lan_net()?)?;
+        let known: std::collections::HashSet<u32> = self.rules.iter().map(|(id, _)| id).collect();
         for (id, _) in next.iter() {
-            if self.rules.by_id(id).is_none() {
+            if !known.contains(&id) {
                 self.maps.reset_rule_counters(id).map_err(internal)?;
             }
         }

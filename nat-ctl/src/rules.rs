@@ -518,11 +518,14 @@ impl RuleSet {
         if self.get(&rule.name).is_some() {
             return Err(RuleError::DuplicateName(rule.name));
         }
-        let taken = |candidate: u32| self.rules.iter().any(|(used, _)| *used == candidate);
+        let mut taken = vec![false; nat_common::MAX_RULES as usize];
+        for (used, _) in &self.rules {
+            taken[*used as usize] = true;
+        }
         let id = match id {
-            Some(id) if (1..nat_common::MAX_RULES).contains(&id) && !taken(id) => id,
+            Some(id) if (1..nat_common::MAX_RULES).contains(&id) && !taken[id as usize] => id,
             _ => (1..nat_common::MAX_RULES)
-                .find(|&candidate| !taken(candidate))
+                .find(|&candidate| !taken[candidate as usize])
                 .ok_or(RuleError::TooMany)?,
         };
         self.rules.push((id, rule));

@@ -25,9 +25,10 @@ use super::{
 pub const MAX_BODY: usize = 16 * 1024;
 /// hyper's smallest read buffer: request heads beyond it are refused.
 const MAX_HEAD: usize = 8192;
+/// Also the longest a kept-alive connection may sit idle between requests.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A client (slow or stuck) gets this long for a whole connection.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+/// A client (slow or stuck) gets this long to send a request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
 
@@ -225,12 +226,16 @@ async fn respond(
             service,
             soap_action,
         } => {
-            let body = match Limited::new(body, MAX_BODY).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-                }
-            };
+            let body =
+                match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect())
+                    .await
+                {
+                    Ok(Ok(collected)) => collected.to_bytes(),
+                    Ok(Err(_)) => {
+                        return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                    }
+                    Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+                };
             let request = match soap::parse_request(&body, soap_action.as_deref()) {
                 Ok(request) => request,
                 Err(error) => {
@@ -322,7 +327,9 @@ pub async fn serve(
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            // Slow heads and bodies are cut by their own timeouts; an active
+            // kept-alive connection may go on.
+            let _ = connection.await;
         });
     }
 }
