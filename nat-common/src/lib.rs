@@ -351,6 +351,67 @@ pub const ALLOWED_REMOTES_MAX: u32 = 16_384;
 /// as lost rather than slowing the datapath.
 pub const NEW_CONNECTIONS_BYTES: u32 = 256 * 1024;
 
+/// Benchmark-only programs and maps (`nat-ebpf/src/bench.rs`): a traffic
+/// generator, a counting sink, a plain forwarder without NAT, and a wrapper
+/// that restores a frame template before tail-calling the datapath, for
+/// `BPF_PROG_TEST_RUN` with `repeat`. Never loaded by `natctl`.
+pub mod bench {
+    /// Copies the template, varies a port, returns `XDP_TX`: driven by
+    /// `BPF_PROG_TEST_RUN` in live-frames mode on a sending host's veth.
+    pub const GENERATOR: &str = "bench_gen";
+    /// Counts every frame in `BENCH_RX` and drops it.
+    pub const SINK: &str = "bench_sink";
+    /// FIB lookup, MAC rewrite and `EGRESS` redirect, no NAT.
+    pub const FORWARDER: &str = "bench_fwd";
+    /// Restores the template, then tail-calls the program in `BENCH_NEXT`.
+    pub const RESTORE: &str = "bench_restore";
+
+    pub const TEMPLATE_MAP: &str = "BENCH_TEMPLATE";
+    pub const SEQ_MAP: &str = "BENCH_SEQ";
+    pub const NEXT_MAP: &str = "BENCH_NEXT";
+    pub const RX_MAP: &str = "BENCH_RX";
+
+    /// Longest frame a template holds; its length must be a multiple of 4.
+    pub const TEMPLATE_MAX: usize = 128;
+
+    /// The single entry of `BENCH_TEMPLATE`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct BenchTemplate {
+        /// Bytes of `frame` copied into the packet (a multiple of 4).
+        pub len: u32,
+        /// How many values the varied port takes, `base_port` upwards, one
+        /// per packet in turn; 0 or 1: the port stays as in `frame`.
+        pub flows: u32,
+        /// Offset of the varied 16-bit port in the frame.
+        pub port_offset: u32,
+        /// Offset of the L4 checksum covering that port, fixed up
+        /// incrementally; 0: none.
+        pub check_offset: u32,
+        pub base_port: u16,
+        pub _pad: [u8; 6],
+        pub frame: [u8; TEMPLATE_MAX],
+    }
+
+    impl Default for BenchTemplate {
+        fn default() -> Self {
+            Self {
+                len: 0,
+                flows: 0,
+                port_offset: 0,
+                check_offset: 0,
+                base_port: 0,
+                _pad: [0; 6],
+                frame: [0; TEMPLATE_MAX],
+            }
+        }
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), integers and byte arrays, padding spelled out.
+    unsafe impl aya::Pod for BenchTemplate {}
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -388,6 +449,7 @@ mod tests {
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
         assert_eq!(size_of::<NatConfig>(), 24);
+        assert_eq!(size_of::<bench::BenchTemplate>(), 152);
         assert_eq!(size_of::<CounterValue>(), 16);
     }
 

@@ -12,6 +12,7 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics, adt_const_params))]
 
 mod aging;
+mod bench;
 mod checksum;
 mod counters;
 mod forward;

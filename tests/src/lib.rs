@@ -6,6 +6,7 @@
 //! Every address used lies inside namespaces created here: the WAN side uses
 //! 203.0.113.0/24 and 198.51.100.0/24 (documentation ranges), the LAN side
 //! 192.168.0.0/24 — none of it is reachable from, or routed to, the host.
+pub mod bench;
 pub mod lab;
 pub mod netns;
 pub mod packet;

@@ -70,12 +70,11 @@ fn wait_igd(lab: &Lab, starts: usize) -> u16 {
     })
     .unwrap_or_else(|error| panic!("{error}: {}", lab.natctl_log()));
     let after = &log[log.rfind(HTTP_UP).unwrap() + HTTP_UP.len()..];
-    let port = after
+    after
         .split('/')
         .next()
         .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no port in the IGD's log line: {after:?}"));
-    port
+        .unwrap_or_else(|| panic!("no port in the IGD's log line: {after:?}"))
 }
 
 /// Waits until `needle` appears at least `count` times in the daemon's log.

@@ -36,6 +36,13 @@ enum Command {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Run each cargo-fuzz target (nat-ctl/fuzz) for a bounded time from its
+    /// seed corpus, as the last step of `test` does; fails on a crash.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = suite::FUZZ_SECONDS)]
+        seconds: u32,
+    },
     /// Set up, then run the network-namespace demo lab (needs root).
     Demo,
     /// Set up, build natctl and run its daemon on this machine's interfaces.
@@ -50,8 +57,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         natctl_args: Vec<String>,
     },
-    /// Benchmarks: not implemented yet (issue 5); exits with status 2.
-    Bench,
+    /// Set up, build, run every benchmark on the netns lab and write
+    /// target/bench/report.md and report.json (needs root).
+    Bench {
+        /// Small counts and short samples (for CI): keeps it working, the
+        /// figures are only indicative.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,13 +72,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Command::Test { test_args } => suite::run(&test_args).map(|()| ExitCode::SUCCESS),
+        Command::Fuzz { seconds } => setup::fuzz_tools()
+            .and_then(|()| suite::fuzz(seconds))
+            .map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run(),
         Command::Run {
             wan,
             lan,
             natctl_args,
         } => router::run(&wan, &lan, &natctl_args),
-        Command::Bench => Ok(bench::run()),
+        Command::Bench { quick } => bench::run(quick),
     };
     result.unwrap_or_else(|err| {
         eprintln!("xtask: error: {err:#}");
@@ -115,6 +131,27 @@ mod tests {
             natctl_args,
             ["--config", "/tmp/natctl.toml", "--xdp-mode", "generic"]
         );
+    }
+
+    #[test]
+    fn fuzz_seconds() {
+        let Command::Fuzz { seconds } = parse(&["fuzz"]) else {
+            panic!("not fuzz");
+        };
+        assert_eq!(seconds, suite::FUZZ_SECONDS);
+        let Command::Fuzz { seconds } = parse(&["fuzz", "--seconds", "5"]) else {
+            panic!("not fuzz");
+        };
+        assert_eq!(seconds, 5);
+    }
+
+    #[test]
+    fn bench_quick_flag() {
+        assert!(matches!(parse(&["bench"]), Command::Bench { quick: false }));
+        assert!(matches!(
+            parse(&["bench", "--quick"]),
+            Command::Bench { quick: true }
+        ));
     }
 
     #[test]

@@ -28,6 +28,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "conntrack",
     "iperf3",
     "miniupnpc",
+    // The reference IGD the benchmarks compare with; never started as a
+    // service (see `debian_packages`).
+    "miniupnpd",
+    "miniupnpd-nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -40,8 +44,15 @@ pub fn run() -> Result<()> {
     debian_packages(root)?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs(root)?;
     Ok(())
+}
+
+/// What `cargo xtask fuzz` needs, no more: it runs without root.
+pub fn fuzz_tools() -> Result<()> {
+    nightly_toolchain()?;
+    cargo_fuzz()
 }
 
 fn step(name: &str, outcome: &str) {
@@ -99,6 +110,24 @@ fn debian_packages(root: bool) -> Result<()> {
         );
     }
     step("Debian packages", &format!("installing {list}"));
+    if missing
+        .iter()
+        .any(|package| package.starts_with("miniupnpd"))
+    {
+        // The benchmarks run miniupnpd in a namespace of their own; the
+        // package must not start it on this machine's interfaces.
+        let mut preseed = Command::new("debconf-set-selections");
+        preseed.stdin(std::process::Stdio::piped());
+        let mut child = preseed.spawn().context("debconf-set-selections")?;
+        std::io::Write::write_all(
+            child.stdin.as_mut().context("stdin")?,
+            b"miniupnpd miniupnpd/start_daemon boolean false\n",
+        )?;
+        drop(child.stdin.take());
+        if !child.wait()?.success() {
+            bail!("debconf-set-selections failed");
+        }
+    }
     cmd::run(Command::new("apt-get").arg("update")).context("apt-get update")?;
     cmd::run(
         Command::new("apt-get")
@@ -187,6 +216,26 @@ fn bpf_linker() -> Result<()> {
         );
     }
     step(&name, "installed");
+    Ok(())
+}
+
+/// cargo-fuzz runs the fuzz targets in nat-ctl/fuzz (`cargo xtask fuzz`,
+/// also part of `cargo xtask test`).
+fn cargo_fuzz() -> Result<()> {
+    let version = || cmd::probe(Command::new("cargo").args(["fuzz", "--version"]));
+    if let Some(found) = version() {
+        step("cargo-fuzz", &format!("present ({})", found.trim()));
+        return Ok(());
+    }
+    step("cargo-fuzz", "installing (about 90 seconds)");
+    cmd::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+        .context("installing cargo-fuzz")?;
+    if version().is_none() {
+        bail!(
+            "cargo-fuzz was installed but `cargo fuzz --version` does not run; is ~/.cargo/bin on PATH?"
+        );
+    }
+    step("cargo-fuzz", "installed");
     Ok(())
 }
 

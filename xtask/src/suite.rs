@@ -1,8 +1,24 @@
-//! `cargo xtask test`: the whole check the CI runs (.ci/run).
+//! `cargo xtask test`: the whole check the CI runs (.ci/run), and `cargo
+//! xtask fuzz`, its last step.
 
-use anyhow::{Result, bail};
+use std::fs;
+
+use anyhow::{Context, Result, bail};
 
 use crate::{cmd, setup};
+
+/// The cargo-fuzz crate, relative to the workspace root. It is a workspace
+/// of its own, so fmt, clippy and the tests of `run` do not see it.
+const FUZZ_DIR: &str = "nat-ctl/fuzz";
+/// Its targets: the parsers of what LAN hosts send to the UPnP service.
+pub const FUZZ_TARGETS: &[&str] = &["ssdp", "soap", "http_head"];
+/// How long `cargo xtask test` runs each target.
+pub const FUZZ_SECONDS: u32 = 20;
+/// One input running longer than this is a hang, reported like a crash
+/// (libFuzzer's default is 20 minutes).
+const FUZZ_INPUT_TIMEOUT_SECS: u32 = 10;
+/// cargo-fuzz needs a nightly (`-Z sanitizer`).
+const NIGHTLY: &str = "+nightly";
 
 pub fn run(test_args: &[String]) -> Result<()> {
     setup::run()?;
@@ -46,6 +62,68 @@ pub fn run(test_args: &[String]) -> Result<()> {
             );
         }
     }
-    println!("xtask: test: fmt, clippy and tests passed");
+    // The benchmarks at small counts, so that they keep working; their
+    // figures are not judged here.
+    if crate::bench::run(true)? != std::process::ExitCode::SUCCESS {
+        bail!("step `bench --quick` failed: see target/bench/report.md");
+    }
+    fuzz(FUZZ_SECONDS)?;
+    println!("xtask: test: fmt, clippy, tests, quick benchmarks and fuzzing passed");
+    Ok(())
+}
+
+/// Builds the fuzz targets, then runs each for `seconds` from its seed
+/// corpus; fails if one crashes or hangs. New inputs libFuzzer finds go to a scratch
+/// corpus under the fuzz crate's target directory (kept, so that each run
+/// starts where the last one stopped), never into the committed seeds;
+/// crashing inputs go to nat-ctl/fuzz/artifacts/<target>/. Both are
+/// ignored by git.
+pub fn fuzz(seconds: u32) -> Result<()> {
+    let fuzz_dir = cmd::workspace_root().join(FUZZ_DIR);
+    // One build for all targets (the runs reuse it), so that a compile
+    // error is told apart from a crash.
+    let mut build = cmd::cargo([NIGHTLY, "fuzz", "build", "--fuzz-dir", FUZZ_DIR]);
+    let status = cmd::status(&mut build)?;
+    if !status.success() {
+        bail!(
+            "step `fuzz build` failed: `{}` ({status})",
+            cmd::display(&build)
+        );
+    }
+    let mut crashed = Vec::new();
+    for &target in FUZZ_TARGETS {
+        let scratch = fuzz_dir.join("target").join("corpus").join(target);
+        fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+        let seeds = fuzz_dir.join("corpus").join(target);
+        // libFuzzer writes new inputs to the first corpus directory only.
+        let mut run = cmd::cargo([NIGHTLY, "fuzz", "run", target, "--fuzz-dir", FUZZ_DIR]);
+        run.arg(&scratch)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-timeout={FUZZ_INPUT_TIMEOUT_SECS}"))
+            // Past the parsers' own limits (16 KiB SOAP bodies, 2 KiB SSDP
+            // datagrams, 8 KiB heads), so that short runs reach them too.
+            .arg("-max_len=20000");
+        let status = cmd::status(&mut run)?;
+        if !status.success() {
+            eprintln!(
+                "xtask: fuzz: {target} failed ({status}); the crashing input is in {}",
+                fuzz_dir.join("artifacts").join(target).display()
+            );
+            crashed.push(target);
+        }
+    }
+    if !crashed.is_empty() {
+        bail!(
+            "step `fuzz` failed for {}; reproduce with `cargo {NIGHTLY} fuzz run <target> \
+             --fuzz-dir {FUZZ_DIR} <input>`",
+            crashed.join(", ")
+        );
+    }
+    println!(
+        "xtask: fuzz: {} ran {seconds} s each without a crash",
+        FUZZ_TARGETS.join(", ")
+    );
     Ok(())
 }

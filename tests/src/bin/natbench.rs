@@ -1,9 +1,18 @@
-//! `natbench`: micro-benchmarks of the controller against real maps of a
-//! loaded (not attached) datapath. Prints one JSON object per run.
+//! `natbench`: the benchmarks of `cargo xtask bench` (issue 5). Each
+//! subcommand prints one JSON object; `report` turns what they printed into
+//! the report. See `nat_tests::bench`.
+//!
+//! - `throughput`: part 1, Mpps through our NAT, a plain XDP forwarder and
+//!   nftables in the netns lab;
+//! - `cost`: part 3, ns per packet through `BPF_PROG_TEST_RUN`;
+//! - `scale`: part 4, both with 1k, 100k and 1M live mappings;
+//! - `sweep`: part 4, the aging sweep and map memory (below);
+//! - `report`: the markdown and JSON report.
 //!
 //! `natbench sweep --entries N` fills N sessions and up to N/2 mappings
 //! (an inbound and an outbound `BINDINGS` entry each), half of them idle
-//! past their timeout, then times the aging sweep.
+//! past their timeout, then times the aging sweep: the daemon's, in the
+//! kernel, and the user-space fallback, each on a fresh fill.
 //!
 //! One WAN address has at most 3 x 64512 mappings (TCP, UDP and ICMP ids
 //! 1024-65535: an inbound key is just protocol and external port), so N/2
@@ -18,13 +27,14 @@ use aya::maps::{HashMap, IterableMap as _, MapData};
 use clap::{Parser, Subcommand};
 use nat_common::{
     Binding, EndpointKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey,
-    TCP_STATE_ESTABLISHED, TCP_STATE_NONE,
+    TCP_STATE_ESTABLISHED, TCP_STATE_NONE, programs,
 };
 use nat_ctl::{
-    aging::{datapath_now_ns, sweep},
+    aging::{SweepReport, datapath_now_ns, run_sweep_program, sweep, sweep_params},
     config::Timeouts,
-    datapath::{Datapath, TableSizes},
+    datapath::{Datapath, Maps, TableSizes},
 };
+use nat_tests::bench;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -41,6 +51,70 @@ enum Command {
         /// Sessions to create (and up to half as many mappings).
         #[arg(long, default_value_t = 1_000_000)]
         entries: u32,
+    },
+    /// Part 1: 64-byte UDP throughput of our NAT, a plain XDP forwarder
+    /// and nftables, side by side (needs root).
+    Throughput {
+        /// Seconds of sending per sample.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        /// Samples per router and case, alternating between the routers.
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Flow counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,10000")]
+        flows: Vec<u32>,
+        /// Seconds of sending per router and case before the samples.
+        #[arg(long, default_value_t = 0.5)]
+        warmup_secs: f64,
+        /// Only these routers: xdp_nat, xdp_forwarder, nftables, no_router.
+        #[arg(long, value_delimiter = ',')]
+        routers: Vec<String>,
+    },
+    /// Part 3: ns per packet through BPF_PROG_TEST_RUN (needs root).
+    Cost {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 100_000)]
+        repeat: u32,
+        /// Measurements per case, alternating between the cases.
+        #[arg(long, default_value_t = 11)]
+        reps: u32,
+        /// New flows (runs) per new-flow measurement.
+        #[arg(long, default_value_t = 10_000)]
+        new_flow_repeat: u32,
+    },
+    /// Part 4: throughput and per-packet cost with many live mappings
+    /// (needs root).
+    Scale {
+        /// Live mappings to fill, one router each.
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+        sizes: Vec<u32>,
+        /// Seconds of sending per throughput sample.
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+        /// Throughput samples per case and size, alternating between sizes.
+        #[arg(long, default_value_t = 5)]
+        reps: u32,
+        #[arg(long, default_value_t = 0.3)]
+        warmup_secs: f64,
+        /// BPF_PROG_TEST_RUN runs per cost measurement.
+        #[arg(long, default_value_t = 100_000)]
+        repeat: u32,
+        /// Cost measurements per case and size.
+        #[arg(long, default_value_t = 11)]
+        cost_reps: u32,
+        /// Flows of the hot set, the same at every size.
+        #[arg(long, default_value_t = 1000)]
+        hot_flows: u32,
+    },
+    /// Writes DIR/report.json and DIR/report.md from DIR/parts/*.json and
+    /// prints the markdown.
+    Report {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The parts ran with small counts.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -95,27 +169,10 @@ fn secs(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
 
-fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
-    anyhow::ensure!(entries >= 2, "--entries must be at least 2");
-    let pairs = (entries / 2).min(MAX_MAPPINGS);
-    let sizes = TableSizes {
-        forwards: 1024,
-        bindings: 2 * entries + 1024,
-        sessions: entries + 1024,
-        forward_sessions: 1024,
-    };
-    let mut datapath = Datapath::load(sizes, None).context("loading the datapath")?;
-    let maps = &mut datapath.maps;
-    let timeouts = Timeouts::default();
-    // At least 3 h after boot, so that "idle past 2 h 4 min" is a valid
-    // stamp; nothing runs on these maps, so only differences matter.
-    let now = datapath_now_ns().max(3 * 3600 * SEC);
-    let old = now - 8000 * SEC;
-    let fresh = now - SEC;
-    // Odd mappings, and every session on them, are idle past any timeout.
+/// Fills `entries` sessions and `pairs` mappings; odd mappings, and every
+/// session on them, idle since `old`, the others since `fresh`.
+fn fill(maps: &mut Maps, entries: u32, pairs: u32, old: u64, fresh: u64) -> Result<()> {
     let seen = |j: u32| if j % 2 == 1 { old } else { fresh };
-
-    let fill_start = Instant::now();
     for j in 0..pairs {
         let (proto, external_port, internal, internal_port) = mapping(j);
         let last_seen_ns = seen(j);
@@ -173,32 +230,78 @@ fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
             .insert(key, session, 0)
             .context("inserting a session")?;
     }
-    let fill = fill_start.elapsed();
+    Ok(())
+}
+
+/// Times the aging sweep twice over the same tables: the daemon's, in the
+/// kernel (`nat_sweep` through BPF_PROG_TEST_RUN), and the user-space
+/// fallback (`nat_ctl::aging::sweep`). Each runs on a fresh fill, once with
+/// half the entries expired and once more with nothing left to remove.
+fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
+    anyhow::ensure!(entries >= 2, "--entries must be at least 2");
+    let pairs = (entries / 2).min(MAX_MAPPINGS);
+    let sizes = TableSizes {
+        forwards: 1024,
+        bindings: 2 * entries + 1024,
+        sessions: entries + 1024,
+        forward_sessions: 1024,
+    };
+    // The maps are pinned so that a second handle on them can go with the
+    // sweep program, which borrows the loaded object.
+    let bpffs = bench::PrivateBpffs::mount("sweep")?;
+    let mut datapath = Datapath::load(sizes, Some(bpffs.path())).context("loading the datapath")?;
+    let mut maps = Maps::open_pinned(bpffs.path()).context("opening the pinned maps")?;
+    let timeouts = Timeouts::default();
+    // At least 3 h after boot, so that "idle past 2 h 4 min" is a valid
+    // stamp; nothing runs on these maps, so only differences matter, and
+    // both sweeps are told this time.
+    let now = datapath_now_ns().max(3 * 3600 * SEC);
+    let old = now - 8000 * SEC;
+    let fresh = now - SEC;
+
+    let fill_start = Instant::now();
+    fill(&mut maps, entries, pairs, old, fresh)?;
+    let fill_time = fill_start.elapsed();
 
     let sessions_memory = map_figures(&maps.sessions, sizes.sessions, u64::from(entries))?;
     let bindings_memory = map_figures(&maps.bindings, sizes.bindings, 2 * u64::from(pairs))?;
     let per_session = memlock(&maps.sessions)? as f64 / f64::from(sizes.sessions);
     let per_binding = memlock(&maps.bindings)? as f64 / f64::from(sizes.bindings);
 
-    let report = sweep(maps, &timeouts, now).context("sweep")?;
-    // Again at once: nothing left to remove, so this is the walk alone.
-    let idle_report = sweep(maps, &timeouts, now).context("second sweep")?;
-
     let expired_pairs = pairs / 2;
     let expired_sessions = (0..entries).filter(|i| (i % pairs) % 2 == 1).count();
-    anyhow::ensure!(
-        report.sessions_removed == expired_sessions
-            && report.bindings_removed == 2 * expired_pairs as usize
-            && idle_report.sessions_removed + idle_report.bindings_removed == 0,
-        "unexpected removals: {report:?}, then {idle_report:?} (expected {expired_sessions} sessions and {} bindings)",
-        2 * expired_pairs
-    );
+    let check = |what: &str, report: &SweepReport, idle: &SweepReport| {
+        anyhow::ensure!(
+            report.sessions_removed == expired_sessions
+                && report.bindings_removed == 2 * expired_pairs as usize
+                && idle.sessions_removed + idle.bindings_removed == 0,
+            "{what}: unexpected removals: {report:?}, then {idle:?} (expected {expired_sessions} sessions and {} bindings)",
+            2 * expired_pairs
+        );
+        Ok(())
+    };
+
+    let program = datapath.program(programs::SWEEP)?;
+    let kernel = run_sweep_program(program, &mut maps, sweep_params(&timeouts, now, 1))
+        .context("kernel sweep")?;
+    let kernel_idle = run_sweep_program(program, &mut maps, sweep_params(&timeouts, now, 2))
+        .context("second kernel sweep")?;
+    check("kernel sweep", &kernel, &kernel_idle)?;
+
+    fill(&mut maps, entries, pairs, old, fresh)?;
+    let report = sweep(&mut maps, &timeouts, now).context("sweep")?;
+    // Again at once: nothing left to remove, so this is the walk alone.
+    let idle_report = sweep(&mut maps, &timeouts, now).context("second sweep")?;
+    check("user-space sweep", &report, &idle_report)?;
 
     Ok(json!({
         "entries": entries,
         "binding_pairs": pairs,
         "binding_pairs_capped": pairs < entries / 2,
-        "fill_secs": secs(fill),
+        "fill_secs": secs(fill_time),
+        "kernel_sweep_secs": secs(kernel.elapsed),
+        "kernel_scanned": kernel.scanned,
+        "kernel_sweep_nothing_to_remove_secs": secs(kernel_idle.elapsed),
         "sweep_secs": secs(report.elapsed),
         "scanned": report.scanned,
         "sessions_removed": report.sessions_removed,
@@ -214,11 +317,68 @@ fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
     }))
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let start = Instant::now();
+    let loadavg_before = loadavg();
+    let mut result = match cli.command {
         Command::Sweep { entries } => bench_sweep(entries)?,
+        Command::Throughput {
+            secs,
+            reps,
+            flows,
+            warmup_secs,
+            routers,
+        } => bench::throughput::run(&bench::throughput::Options {
+            secs,
+            reps,
+            flows,
+            warmup_secs,
+            routers,
+        })?,
+        Command::Cost {
+            repeat,
+            reps,
+            new_flow_repeat,
+        } => bench::cost::run(&bench::cost::Options {
+            repeat,
+            reps,
+            new_flow_repeat,
+        })?,
+        Command::Scale {
+            sizes,
+            secs,
+            reps,
+            warmup_secs,
+            repeat,
+            cost_reps,
+            hot_flows,
+        } => bench::scale::run(&bench::scale::Options {
+            sizes,
+            secs,
+            reps,
+            warmup_secs,
+            repeat,
+            cost_reps,
+            hot_flows,
+        })?,
+        Command::Report { dir, quick } => {
+            print!("{}", bench::report::write(&dir, quick)?);
+            return Ok(());
+        }
     };
+    if let Some(object) = result.as_object_mut() {
+        object.insert("elapsed_secs".to_owned(), json!(secs(start.elapsed())));
+        object.insert("loadavg_before".to_owned(), json!(loadavg_before));
+        object.insert("loadavg_after".to_owned(), json!(loadavg()));
+    }
     println!("{result}");
     Ok(())
 }

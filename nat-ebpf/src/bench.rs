@@ -1,0 +1,151 @@
+//! Benchmark-only programs (`natbench`, `cargo xtask bench`); `natctl` never
+//! loads them. Names are in `nat_common::bench`.
+//!
+//! - `bench_gen`: the traffic generator. Driven by `BPF_PROG_TEST_RUN` in
+//!   live-frames mode on a sending host's veth, it copies a frame template
+//!   into every packet (the kernel recycles the pages without resetting
+//!   them), varies the source port per packet for many flows, and returns
+//!   `XDP_TX`.
+//! - `bench_sink`: counts and drops; attached to the receiving host's veth
+//!   (which also makes that veth accept redirected frames).
+//! - `bench_fwd`: a plain XDP forwarder, the limit of this machine: the
+//!   same parser and forwarding stage (FIB lookup, TTL, MAC rewrite,
+//!   `EGRESS` redirect) as the NAT, without any translation.
+//! - `bench_restore`: for per-packet cost through `BPF_PROG_TEST_RUN` with
+//!   `repeat`, where every run would otherwise see the frame the run before
+//!   rewrote. It restores the template (moving the port on as the generator
+//!   does), then tail-calls the program user space put in `BENCH_NEXT`: the
+//!   real, unmodified `nat_lan` or `nat_wan`, `bench_fwd`, or `xdp_pass` for
+//!   the baseline, so that every case pays the same restore and tail call.
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+use nat_common::{
+    Counter,
+    bench::{BenchTemplate, TEMPLATE_MAX},
+};
+
+use crate::{
+    checksum::{CsumDelta, load16, store16},
+    counters::settle,
+    forward::{redirect, route},
+    parse::{Side, frame_len, parse_frame, ptr_at},
+};
+
+#[map(name = "BENCH_TEMPLATE")]
+static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
+
+/// Packets generated so far on this CPU: picks the next flow.
+#[map(name = "BENCH_SEQ")]
+static BENCH_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: the program `bench_restore` hands the packet to.
+#[map(name = "BENCH_NEXT")]
+static BENCH_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Frames the sink received, per CPU.
+#[map(name = "BENCH_RX")]
+static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const WORDS: usize = TEMPLATE_MAX / 4;
+/// Offsets are masked so that the verifier sees them bounded.
+const OFFSET_MASK: u32 = (TEMPLATE_MAX as u32) - 1;
+
+/// Writes the template over the packet and moves its port on to the next
+/// flow. `None` when there is no template or the packet is shorter.
+#[inline(always)]
+fn restore_template(ctx: &XdpContext) -> Option<()> {
+    let template = BENCH_TEMPLATE.get(0)?;
+    let len = template.len as usize;
+    for i in 0..WORDS {
+        let offset = i * 4;
+        if offset + 4 > len {
+            break;
+        }
+        let dst: *mut [u8; 4] = ptr_at(ctx, offset)?;
+        // SAFETY: `dst` was bounds-checked; `offset + 4 <= TEMPLATE_MAX`.
+        unsafe {
+            *dst = *(template.frame.as_ptr().add(offset) as *const [u8; 4]);
+        }
+    }
+    if template.flows > 1 {
+        let seq = BENCH_SEQ.get_ptr_mut(0)?;
+        // SAFETY: a per-CPU slot, touched only by this CPU.
+        let n = unsafe {
+            let n = *seq;
+            *seq = n + 1;
+            n
+        };
+        let port = template
+            .base_port
+            .wrapping_add((n % u64::from(template.flows)) as u16);
+        let port_ptr: *mut [u8; 2] = ptr_at(ctx, (template.port_offset & OFFSET_MASK) as usize)?;
+        let old = load16(port_ptr);
+        store16(port_ptr, port);
+        if template.check_offset != 0 {
+            let check: *mut [u8; 2] = ptr_at(ctx, (template.check_offset & OFFSET_MASK) as usize)?;
+            let value = load16(check);
+            // A zero UDP checksum means "none" and stays so.
+            if value != 0 {
+                let mut delta = CsumDelta::default();
+                delta.word(old, port);
+                store16(check, delta.apply(value));
+            }
+        }
+    }
+    Some(())
+}
+
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    match restore_template(&ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[xdp]
+pub fn bench_sink(_ctx: XdpContext) -> u32 {
+    if let Some(count) = BENCH_RX.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, touched only by this CPU.
+        unsafe { *count += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Routes the packet as it is: no lookup of any NAT table, no rewrite but
+/// the TTL and the MACs.
+#[inline(always)]
+fn try_forward(ctx: &XdpContext) -> Result<u32, Counter> {
+    let len = frame_len(ctx);
+    let (eth, packet) = parse_frame(ctx)?;
+    if packet.ttl() <= 1 {
+        return Err(Counter::PassTtlExpired);
+    }
+    let route = route(
+        ctx,
+        &packet,
+        packet.addr(Side::Source),
+        packet.addr(Side::Destination),
+    )?;
+    redirect(eth, &packet, &route, Counter::Forwarded, len)
+}
+
+#[xdp]
+pub fn bench_fwd(ctx: XdpContext) -> u32 {
+    settle(&ctx, try_forward(&ctx))
+}
+
+#[xdp]
+pub fn bench_restore(ctx: XdpContext) -> u32 {
+    if restore_template(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: BENCH_NEXT holds XDP programs only.
+    unsafe { BENCH_NEXT.tail_call(&ctx, 0) };
+    // Reached only when the slot is empty.
+    xdp_action::XDP_ABORTED
+}

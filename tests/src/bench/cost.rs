@@ -1,0 +1,280 @@
+//! Part 3: the cost of one packet through `BPF_PROG_TEST_RUN` with
+//! `repeat`, as the kernel times it (mean ns per run).
+//!
+//! A repeated run would see the frame the run before rewrote, so every case
+//! runs `bench_restore`, which writes the frame template back (and, for new
+//! flows, moves the source port on), then tail-calls the real `nat_lan` or
+//! `nat_wan`, the plain forwarder, or `xdp_pass`. The last is the baseline:
+//! the ratio of a case to it is what the NAT adds to a program that does
+//! the same restore and tail call and nothing else. The truly minimal
+//! program (`xdp_pass` run directly) is reported too.
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{ProgramFd, Xdp};
+use nat_common::{
+    Counter, EndpointKey, PROTO_UDP, SessionKey,
+    bench::{BenchTemplate, FORWARDER, RESTORE},
+    programs,
+};
+use nat_ctl::datapath::{Datapath, TableSizes};
+use serde_json::{Value, json};
+
+use super::{
+    Spread,
+    bpf::{BenchMaps, XDP_PASS, XDP_REDIRECT, time_runs, verdict_name},
+    frames::{Vary, template},
+    topo::{
+        FLOW_BASE_PORT, FORWARD_PORT, NatRouter, ROUTER_WAN, RouterKind, SINK_PORT, Topology,
+        WAN_HOST, inbound_flow, outbound_flow,
+    },
+};
+
+/// Source ports of the new flows: a range no other case uses.
+pub const NEW_FLOW_BASE_PORT: u16 = 20000;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Runs per measurement.
+    pub repeat: u32,
+    /// Measurements per case, alternating between the cases.
+    pub reps: u32,
+    /// New flows per measurement: each run creates one.
+    pub new_flow_repeat: u32,
+}
+
+/// `bench_restore` and the programs it hands packets to, in one loaded
+/// instance of our NAT.
+pub struct CostRig<'a> {
+    pub datapath: &'a mut Datapath,
+    pub maps: BenchMaps,
+    pub lan_ifindex: u32,
+    pub wan_ifindex: u32,
+    next: HashMap<&'static str, ProgramFd>,
+}
+
+impl<'a> CostRig<'a> {
+    /// Call inside the router's namespace.
+    pub fn new(router: NatRouter<'a>) -> Result<Self> {
+        let NatRouter {
+            datapath,
+            lan_ifindex,
+            wan_ifindex,
+        } = router;
+        for name in [RESTORE, FORWARDER] {
+            let program = datapath.program(name)?;
+            if program.fd().is_err() {
+                program.load().with_context(|| format!("loading {name}"))?;
+            }
+        }
+        let maps = BenchMaps::of_programs(&[&*datapath.program(RESTORE)?])?;
+        let mut next = HashMap::new();
+        for name in [programs::PASS, FORWARDER, programs::LAN, programs::WAN] {
+            next.insert(name, datapath.program(name)?.fd()?.try_clone()?);
+        }
+        Ok(Self {
+            datapath,
+            maps,
+            lan_ifindex,
+            wan_ifindex,
+            next,
+        })
+    }
+
+    fn restore(&mut self) -> Result<&Xdp> {
+        Ok(&*self.datapath.program(RESTORE)?)
+    }
+
+    /// Mean ns per run of `bench_restore` then `next` on `template`,
+    /// arriving on `ifindex`; fails unless the verdict is `expect`.
+    pub fn time(
+        &mut self,
+        next: &'static str,
+        template: &BenchTemplate,
+        ifindex: u32,
+        repeat: u32,
+        expect: u32,
+    ) -> Result<f64> {
+        self.maps.set_template(template)?;
+        self.maps.reset_seq()?;
+        let fd = self.next.get(next).context("unknown program")?;
+        self.maps.set_next(fd)?;
+        let frame = template.frame[..template.len as usize].to_vec();
+        let (action, ns) = time_runs(self.restore()?, &frame, ifindex, repeat)?;
+        if action != expect {
+            bail!(
+                "bench_restore -> {next}: {} where {} was expected",
+                verdict_name(action),
+                verdict_name(expect)
+            );
+        }
+        Ok(ns)
+    }
+
+    /// Mean ns per run of `xdp_pass` itself, without restore or tail call.
+    pub fn time_minimal(&mut self, template: &BenchTemplate, repeat: u32) -> Result<f64> {
+        let frame = template.frame[..template.len as usize].to_vec();
+        let lan = self.lan_ifindex;
+        let (action, ns) = time_runs(self.datapath.program(programs::PASS)?, &frame, lan, repeat)?;
+        if action != XDP_PASS {
+            bail!("xdp_pass returned {}", verdict_name(action));
+        }
+        Ok(ns)
+    }
+
+    pub fn counter(&self, counter: Counter) -> Result<u64> {
+        Ok(self
+            .datapath
+            .maps
+            .counters()?
+            .into_iter()
+            .find(|(c, _)| *c == counter)
+            .map_or(0, |(_, value)| value.packets))
+    }
+
+    /// The external port of the LAN host's UDP `port`, if it has a
+    /// mapping.
+    pub fn external_port(&self, port: u16) -> Option<u16> {
+        let key = EndpointKey::outbound(PROTO_UDP, super::topo::LAN_HOST.octets(), port);
+        let binding = self.datapath.maps.bindings.get(&key, 0).ok()?;
+        Some(binding.port)
+    }
+
+    /// Removes the mappings (both directions) and the session to the WAN
+    /// host's sink port of the LAN host's UDP `ports`.
+    pub fn remove_flows(&mut self, ports: std::ops::Range<u32>) -> Result<()> {
+        for port in ports {
+            let port = port as u16;
+            let Some(external) = self.external_port(port) else {
+                continue;
+            };
+            let maps = &mut self.datapath.maps;
+            maps.bindings.remove(&EndpointKey::outbound(
+                PROTO_UDP,
+                super::topo::LAN_HOST.octets(),
+                port,
+            ))?;
+            maps.bindings
+                .remove(&EndpointKey::inbound(PROTO_UDP, external))?;
+            let _ = maps.sessions.remove(&SessionKey {
+                remote_addr: WAN_HOST.octets(),
+                remote_port: SINK_PORT,
+                external_port: external,
+                proto: PROTO_UDP,
+                _pad: [0; 3],
+            });
+        }
+        Ok(())
+    }
+
+    /// One new flow per run: `repeat` runs from as many fresh source ports,
+    /// each of which must create a mapping; the mappings are removed again
+    /// afterwards, so that every measurement starts from the same table.
+    pub fn time_new_flows(&mut self, repeat: u32) -> Result<f64> {
+        let base = u32::from(NEW_FLOW_BASE_PORT);
+        let template = template(&outbound_flow(NEW_FLOW_BASE_PORT), Vary::SourcePort(repeat));
+        self.remove_flows(base..base + repeat)?;
+        let before = self.counter(Counter::NewBinding)?;
+        let lan = self.lan_ifindex;
+        let ns = self.time(programs::LAN, &template, lan, repeat, XDP_REDIRECT)?;
+        let created = self.counter(Counter::NewBinding)? - before;
+        self.remove_flows(base..base + repeat)?;
+        if created != u64::from(repeat) {
+            bail!("{repeat} runs created {created} mappings, not one each");
+        }
+        Ok(ns)
+    }
+}
+
+/// The established and forwarded cases, by name: which program, which
+/// template, which NIC.
+fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, BenchTemplate, u32)>> {
+    let outbound = template(&outbound_flow(FLOW_BASE_PORT), Vary::Fixed);
+    // Establish the flow, then find its external port.
+    let lan = rig.lan_ifindex;
+    let wan = rig.wan_ifindex;
+    rig.time(programs::LAN, &outbound, lan, 1, XDP_REDIRECT)?;
+    let external = rig
+        .external_port(FLOW_BASE_PORT)
+        .context("the established flow has no mapping")?;
+    let reply = template(
+        &inbound_flow(SINK_PORT, std::net::SocketAddrV4::new(ROUTER_WAN, external)),
+        Vary::Fixed,
+    );
+    let forwarded = template(
+        &inbound_flow(
+            FLOW_BASE_PORT,
+            std::net::SocketAddrV4::new(ROUTER_WAN, FORWARD_PORT),
+        ),
+        Vary::Fixed,
+    );
+    Ok(vec![
+        ("restore_only", programs::PASS, outbound, lan),
+        ("forwarder", FORWARDER, outbound, lan),
+        ("established_outbound", programs::LAN, outbound, lan),
+        ("established_inbound", programs::WAN, reply, wan),
+        ("forwarded_inbound", programs::WAN, forwarded, wan),
+    ])
+}
+
+pub fn run(options: &Options) -> Result<Value> {
+    let mut topology = Topology::build(RouterKind::NatLib {
+        sizes: TableSizes::default(),
+        forward: true,
+    })?;
+    topology.with_nat(|router| {
+        let mut rig = CostRig::new(router)?;
+        let cases = cases(&mut rig)?;
+        let minimal_template = cases[0].2;
+        let mut ns: HashMap<&str, Vec<f64>> = HashMap::new();
+        for rep in 0..options.reps as usize {
+            ns.entry("minimal")
+                .or_default()
+                .push(rig.time_minimal(&minimal_template, options.repeat)?);
+            for i in 0..cases.len() {
+                let (name, next, template, ifindex) = cases[(i + rep) % cases.len()];
+                let expect = if next == programs::PASS {
+                    XDP_PASS
+                } else {
+                    XDP_REDIRECT
+                };
+                let before = rig.counter(Counter::NewBinding)?;
+                let value = rig.time(next, &template, ifindex, options.repeat, expect)?;
+                if rig.counter(Counter::NewBinding)? != before {
+                    bail!("{name} created mappings: it is not an established flow");
+                }
+                ns.entry(name).or_default().push(value);
+            }
+            ns.entry("new_flow")
+                .or_default()
+                .push(rig.time_new_flows(options.new_flow_repeat)?);
+        }
+        let baseline = ns["restore_only"].clone();
+        let minimal = ns["minimal"].clone();
+        let mut out = serde_json::Map::new();
+        for (name, values) in &ns {
+            let ratio: Vec<f64> = values.iter().zip(&baseline).map(|(v, b)| v / b).collect();
+            let over: Vec<f64> = values.iter().zip(&baseline).map(|(v, b)| v - b).collect();
+            let ratio_minimal: Vec<f64> =
+                values.iter().zip(&minimal).map(|(v, m)| v / m).collect();
+            out.insert(
+                (*name).to_owned(),
+                json!({
+                    "ns": Spread::of(values).json(),
+                    "ratio_vs_restore_only": Spread::of(&ratio).json(),
+                    "ns_over_restore_only": Spread::of(&over).json(),
+                    "ratio_vs_minimal": Spread::of(&ratio_minimal).json(),
+                }),
+            );
+        }
+        Ok(json!({
+            "repeat": options.repeat,
+            "reps": options.reps,
+            "new_flow_repeat": options.new_flow_repeat,
+            "frame_bytes": super::frames::FRAME_LEN,
+            "table_sizes": "natctl defaults",
+            "unit": "ns per run: BPF_PROG_TEST_RUN's duration, the kernel's mean over `repeat` runs (whole ns)",
+            "cases": out,
+        }))
+    })
+}

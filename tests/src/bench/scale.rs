@@ -1,0 +1,366 @@
+//! Part 4: throughput and per-packet cost of established flows while the
+//! tables hold many live mappings.
+//!
+//! A "mapping" here is one live conversation: a `SESSIONS` entry (external
+//! port and remote endpoint) on a dynamic mapping (an inbound and an
+//! outbound `BINDINGS` entry). One WAN address has at most 3 x 64512
+//! dynamic mappings (an inbound key is only protocol and external port), so
+//! beyond 193,536 the extra conversations are further remotes on the same
+//! mappings: 1M live mappings are 1M sessions on 193,536 mappings. Every
+//! size runs with the same table sizes, so that only how full they are
+//! differs.
+//!
+//! The flows measured are among those filled: the LAN host's UDP ports
+//! from 1024 up, each mapped to the same external port, each in a session
+//! with the WAN host's port 9. They are measured as 1 flow, a fixed hot set
+//! (the same for every size) and as many as the size allows (at most
+//! 64512, one LAN address's ports), in both directions.
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use nat_common::{
+    Binding, Counter, DEFAULT_BINDINGS_MAX, DEFAULT_SESSIONS_MAX, EndpointKey, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_ESTABLISHED, TCP_STATE_NONE, programs,
+};
+use nat_ctl::{aging::datapath_now_ns, datapath::TableSizes};
+use serde_json::{Value, json};
+
+use super::{
+    Spread,
+    bpf::XDP_REDIRECT,
+    cost::CostRig,
+    frames::{Flow, Vary, template},
+    throughput::samples_json,
+    topo::{
+        Direction, LAN_HOST, NatRouter, ROUTER_WAN, RouterKind, SINK_PORT, Topology, WAN_HOST,
+        inbound_flow, outbound_flow,
+    },
+};
+
+const PORT_MIN: u32 = 1024;
+const PORTS: u32 = 65536 - PORT_MIN;
+/// The most dynamic mappings one WAN address holds.
+pub const MAX_PAIRS: u32 = 3 * PORTS;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Live mappings to fill, e.g. 1k, 100k, 1M.
+    pub sizes: Vec<u32>,
+    pub secs: f64,
+    pub reps: u32,
+    pub warmup_secs: f64,
+    /// `BPF_PROG_TEST_RUN` runs per cost measurement.
+    pub repeat: u32,
+    /// Cost measurements per case and size.
+    pub cost_reps: u32,
+    /// The hot set, the same at every size (at most the smallest size).
+    pub hot_flows: u32,
+}
+
+/// Mapping `j`: protocol, external port, internal endpoint. The first
+/// 64512 are the LAN host's UDP ports, which the traffic uses.
+fn mapping(j: u32) -> (u8, u16, [u8; 4], u16) {
+    if j < PORTS {
+        let port = (PORT_MIN + j) as u16;
+        return (PROTO_UDP, port, LAN_HOST.octets(), port);
+    }
+    let k = j - PORTS;
+    let proto = if k < PORTS { PROTO_TCP } else { PROTO_ICMP };
+    let external = (PORT_MIN + k % PORTS) as u16;
+    let internal = [192, 168, 0, 100 + (k % 100) as u8];
+    (proto, external, internal, (PORT_MIN + k / 100) as u16)
+}
+
+/// Fills `mappings` live conversations (see the module's note); returns
+/// the number of dynamic mappings used.
+fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
+    let maps = &mut router.datapath.maps;
+    let pairs = mappings.min(MAX_PAIRS);
+    let now = datapath_now_ns();
+    for j in 0..pairs {
+        let (proto, external, internal, internal_port) = mapping(j);
+        maps.bindings.insert(
+            EndpointKey::inbound(proto, external),
+            Binding {
+                addr: internal,
+                port: internal_port,
+                _pad: [0; 2],
+                last_seen_ns: now,
+            },
+            0,
+        )?;
+        maps.bindings.insert(
+            EndpointKey::outbound(proto, internal, internal_port),
+            Binding {
+                addr: ROUTER_WAN.octets(),
+                port: external,
+                _pad: [0; 2],
+                last_seen_ns: now,
+            },
+            0,
+        )?;
+    }
+    for i in 0..mappings {
+        let j = i % pairs;
+        let (proto, external, internal, internal_port) = mapping(j);
+        let (remote_addr, remote_port) = if i < pairs && j < PORTS {
+            (WAN_HOST.octets(), SINK_PORT)
+        } else if i < pairs {
+            ([100, 64, 0, 1], 443)
+        } else {
+            (
+                [100, 128 + ((i >> 16) & 63) as u8, (i >> 8) as u8, i as u8],
+                443,
+            )
+        };
+        let key = SessionKey {
+            remote_addr,
+            remote_port: if proto == PROTO_ICMP { 0 } else { remote_port },
+            external_port: external,
+            proto,
+            _pad: [0; 3],
+        };
+        let session = Session {
+            last_seen_ns: now,
+            packets: 1,
+            bytes: 60,
+            internal_addr: internal,
+            internal_port,
+            tcp_state: if proto == PROTO_TCP {
+                TCP_STATE_ESTABLISHED
+            } else {
+                TCP_STATE_NONE
+            },
+            _pad: 0,
+        };
+        maps.sessions.insert(key, session, 0)?;
+    }
+    Ok(pairs)
+}
+
+/// Flow sets measured at a size: label and count.
+fn flow_sets(options: &Options, mappings: u32) -> [(&'static str, u32); 3] {
+    [
+        ("1", 1),
+        ("hot", options.hot_flows.min(mappings)),
+        ("all", mappings.min(PORTS)),
+    ]
+}
+
+/// The first filled flow, from the LAN host (`LanToWan`) or its reply
+/// from the WAN host, its port varied over `flows`.
+fn flow_template(direction: Direction, flows: u32) -> nat_common::bench::BenchTemplate {
+    let port = PORT_MIN as u16;
+    let (flow, vary): (Flow, Vary) = match direction {
+        Direction::LanToWan => (outbound_flow(port), Vary::SourcePort(flows)),
+        Direction::WanToLan => (
+            inbound_flow(SINK_PORT, std::net::SocketAddrV4::new(ROUTER_WAN, port)),
+            Vary::DestinationPort(flows),
+        ),
+    };
+    template(&flow, if flows > 1 { vary } else { Vary::Fixed })
+}
+
+pub fn run(options: &Options) -> Result<Value> {
+    let largest = options.sizes.iter().copied().max().unwrap_or(1).max(1);
+    if options.sizes.contains(&0) {
+        bail!("a size of 0 mappings");
+    }
+    let sizes = TableSizes {
+        forwards: 1024,
+        bindings: DEFAULT_BINDINGS_MAX.max(2 * largest.min(MAX_PAIRS) + 4096),
+        sessions: DEFAULT_SESSIONS_MAX.max(largest + 65536),
+        forward_sessions: 1024,
+    };
+    let mut topologies = Vec::new();
+    let mut fills = Vec::new();
+    for &mappings in &options.sizes {
+        let mut topology = Topology::build(RouterKind::NatLib {
+            sizes,
+            forward: false,
+        })?;
+        let start = Instant::now();
+        let pairs = topology.with_nat(|mut router| fill(&mut router, mappings))?;
+        fills.push(json!({
+            "mappings": mappings,
+            "sessions": mappings,
+            "binding_pairs": pairs,
+            "bindings_entries": 2 * pairs,
+            "fill_secs": start.elapsed().as_secs_f64(),
+        }));
+        topologies.push(topology);
+    }
+
+    // Throughput: (direction, flow set) x size, repetitions alternating
+    // between the sizes.
+    let directions = [Direction::LanToWan, Direction::WanToLan];
+    let mut throughput = Vec::new();
+    for direction in directions {
+        for set in 0..3 {
+            let mut per_size: Vec<Vec<_>> = vec![Vec::new(); topologies.len()];
+            let warm = |topology: &mut Topology, mappings: u32, secs: f64| {
+                let flows = flow_sets(options, mappings)[set].1;
+                let template = flow_template(direction, flows);
+                topology.measure(direction, &template, secs)
+            };
+            for (t, topology) in topologies.iter_mut().enumerate() {
+                let sample = warm(topology, options.sizes[t], options.warmup_secs)?;
+                if sample.received == 0 {
+                    bail!("nothing received at {} mappings", options.sizes[t]);
+                }
+            }
+            for rep in 0..options.reps as usize {
+                for i in 0..topologies.len() {
+                    let t = (i + rep) % topologies.len();
+                    let sample = warm(&mut topologies[t], options.sizes[t], options.secs)?;
+                    per_size[t].push(sample);
+                }
+            }
+            let results: Vec<Value> = options
+                .sizes
+                .iter()
+                .zip(&per_size)
+                .map(|(&mappings, samples)| {
+                    let mut value = samples_json(samples);
+                    value["mappings"] = json!(mappings);
+                    value["flows"] = json!(flow_sets(options, mappings)[set].1);
+                    value
+                })
+                .collect();
+            throughput.push(json!({
+                "direction": direction.label(),
+                "flow_set": flow_sets(options, largest)[set].0,
+                "results": results,
+            }));
+        }
+    }
+
+    let mut evidence = Vec::new();
+    for (t, topology) in topologies.iter_mut().enumerate() {
+        let mut value = topology.router_evidence()?;
+        value["mappings"] = json!(options.sizes[t]);
+        evidence.push(value);
+    }
+
+    // Per-packet cost, each size on its own router.
+    let mut cost_ns: Vec<Vec<Vec<f64>>> = Vec::new(); // [size][case]
+    let mut case_names = Vec::new();
+    for (t, topology) in topologies.iter_mut().enumerate() {
+        let mappings = options.sizes[t];
+        let per_case = topology.with_nat(|router| {
+            let mut rig = CostRig::new(router)?;
+            let lan = rig.lan_ifindex;
+            let wan = rig.wan_ifindex;
+            let mut cases = vec![(
+                "restore_only".to_owned(),
+                programs::PASS,
+                flow_template(Direction::LanToWan, 1),
+                lan,
+            )];
+            for direction in directions {
+                for (label, flows) in flow_sets(options, mappings) {
+                    let (name, program, ifindex) = match direction {
+                        Direction::LanToWan => ("established_outbound", programs::LAN, lan),
+                        Direction::WanToLan => ("established_inbound", programs::WAN, wan),
+                    };
+                    cases.push((
+                        format!("{name}_{label}"),
+                        program,
+                        flow_template(direction, flows),
+                        ifindex,
+                    ));
+                }
+            }
+            let mut ns = vec![Vec::new(); cases.len()];
+            for rep in 0..options.cost_reps as usize {
+                for i in 0..cases.len() {
+                    let c = (i + rep) % cases.len();
+                    let (name, program, template, ifindex) = &cases[c];
+                    let expect = if *program == programs::PASS {
+                        super::bpf::XDP_PASS
+                    } else {
+                        XDP_REDIRECT
+                    };
+                    let before = rig.counter(Counter::NewBinding)?;
+                    ns[c].push(rig.time(program, template, *ifindex, options.repeat, expect)?);
+                    if rig.counter(Counter::NewBinding)? != before {
+                        bail!("{name} at {mappings} mappings created mappings: the fill is wrong");
+                    }
+                }
+            }
+            Ok((cases.into_iter().map(|c| c.0).collect::<Vec<_>>(), ns))
+        })?;
+        case_names = per_case.0;
+        cost_ns.push(per_case.1);
+    }
+    let cost: Vec<Value> = case_names
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let results: Vec<Value> = options
+                .sizes
+                .iter()
+                .enumerate()
+                .map(|(t, &mappings)| {
+                    let ratio: Vec<f64> = cost_ns[t][c]
+                        .iter()
+                        .zip(&cost_ns[t][0])
+                        .map(|(v, b)| v / b)
+                        .collect();
+                    let flows = match name.rsplit('_').next() {
+                        Some("hot") => flow_sets(options, mappings)[1].1,
+                        Some("all") => flow_sets(options, mappings)[2].1,
+                        _ => 1,
+                    };
+                    json!({
+                        "mappings": mappings,
+                        "flows": flows,
+                        "ns": Spread::of(&cost_ns[t][c]).json(),
+                        "ratio_vs_restore_only": Spread::of(&ratio).json(),
+                    })
+                })
+                .collect();
+            json!({ "case": name, "results": results })
+        })
+        .collect();
+
+    Ok(json!({
+        "sizes": options.sizes,
+        "table_max_entries": { "bindings": sizes.bindings, "sessions": sizes.sessions },
+        "max_binding_pairs_per_wan_address": MAX_PAIRS,
+        "hot_flows": options.hot_flows,
+        "secs_per_sample": options.secs,
+        "reps": options.reps,
+        "repeat": options.repeat,
+        "cost_reps": options.cost_reps,
+        "router": "our XDP NAT loaded by natbench (same programs as natctl, tables sized for the largest size), no aging running",
+        "fill": fills,
+        "throughput": throughput,
+        "router_counters_after_throughput": evidence,
+        "cost": cost,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn mappings_are_distinct_and_traffic_ones_keep_their_port() {
+        let mut inbound = HashSet::new();
+        let mut outbound = HashSet::new();
+        for j in 0..MAX_PAIRS {
+            let (proto, external, internal, port) = mapping(j);
+            assert!(inbound.insert((proto, external)), "inbound {j}");
+            assert!(outbound.insert((proto, internal, port)), "outbound {j}");
+            if j < PORTS {
+                assert_eq!(
+                    (proto, internal, port),
+                    (PROTO_UDP, LAN_HOST.octets(), external)
+                );
+            }
+        }
+    }
+}

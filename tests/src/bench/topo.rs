@@ -1,0 +1,706 @@
+//! The benchmark topology: a LAN host, a router and a WAN host, each in a
+//! namespace of its own, joined by veth pairs, the same addresses as the
+//! end-to-end lab, with one of several routers in the middle.
+//!
+//! ```text
+//!  lan host                  router                     wan host
+//!  192.168.0.12/24  eth0 -- lan0 192.168.0.1/24
+//!                           wan0 203.0.113.1/24 -- eth0 203.0.113.2/24
+//! ```
+//! Both hosts run the sink (`bench_sink`, which also makes their veth
+//! accept redirected frames) and send with the generator (`bench_gen`,
+//! driven through `BPF_PROG_TEST_RUN`). MACs are fixed and every neighbour
+//! entry is permanent, so that no packet waits for ARP.
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use nat_common::{
+    FILTER_ADDRESS_AND_PORT_DEPENDENT, NatConfig, UNSOLICITED_PASS, bench::BenchTemplate, programs,
+};
+use nat_ctl::{
+    datapath::{AttachMode, Datapath, TableSizes},
+    rules::ForwardRule,
+};
+use serde_json::{Value, json};
+
+use super::{
+    PrivateBpffs,
+    bpf::{BenchObject, send_live},
+    frames::{Flow, Vary, template},
+    in_netns,
+};
+use crate::{
+    lab::natctl_path,
+    netns::{Netns, require_root},
+    wait_for,
+};
+
+pub const LAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
+pub const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+pub const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const WAN_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const LAN_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0c];
+pub const ROUTER_LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+pub const ROUTER_WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
+pub const WAN_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
+
+/// The forwarding entry WAN -> LAN traffic goes through: UDP to the
+/// router's WAN address on this port reaches the LAN host on the same port.
+pub const FORWARD_PORT: u16 = 5001;
+/// Where the hosts' flows start: the source port of the first flow.
+pub const FLOW_BASE_PORT: u16 = 10000;
+/// The WAN host's port that LAN -> WAN flows go to.
+pub const SINK_PORT: u16 = 9;
+
+/// Frames per `BPF_PROG_TEST_RUN` call of the generator: a few ms each.
+const BURST: u32 = 8192;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Clone, Copy, Debug)]
+pub enum RouterKind {
+    /// Our XDP NAT, run by the real `natctl daemon` (default configuration
+    /// and table sizes) with a forwarding rule for WAN -> LAN.
+    NatDaemon,
+    /// Our XDP NAT loaded and attached through `nat_ctl::datapath` by this
+    /// process, with the given table sizes, so that the benchmark can fill
+    /// its tables and run its programs through `BPF_PROG_TEST_RUN`.
+    NatLib {
+        sizes: TableSizes,
+        /// Whether to add the forwarding entry (`FORWARD_PORT`).
+        forward: bool,
+    },
+    /// `bench_fwd`: FIB lookup, MAC rewrite, redirect; no NAT.
+    Forwarder,
+    /// The kernel: nftables masquerade out of wan0 and a DNAT rule for the
+    /// forwarded port, with `xdp_pass` on the router's veths.
+    Nftables,
+    /// No router: the hosts' veths joined directly, for what the generator
+    /// and the sink alone reach on this machine.
+    Direct,
+}
+
+impl RouterKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RouterKind::NatDaemon | RouterKind::NatLib { .. } => "xdp_nat",
+            RouterKind::Forwarder => "xdp_forwarder",
+            RouterKind::Nftables => "nftables",
+            RouterKind::Direct => "no_router",
+        }
+    }
+
+    fn translates(&self) -> bool {
+        !matches!(self, RouterKind::Forwarder | RouterKind::Direct)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    LanToWan,
+    WanToLan,
+}
+
+impl Direction {
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::LanToWan => "lan_to_wan",
+            Direction::WanToLan => "wan_to_lan",
+        }
+    }
+}
+
+/// A LAN -> WAN flow from the LAN host's `port` to the WAN host.
+pub fn outbound_flow(port: u16) -> Flow {
+    Flow {
+        src_mac: LAN_HOST_MAC,
+        dst_mac: ROUTER_LAN_MAC,
+        src: SocketAddrV4::new(LAN_HOST, port),
+        dst: SocketAddrV4::new(WAN_HOST, SINK_PORT),
+    }
+}
+
+/// A WAN -> LAN packet from the WAN host's `port` to `dst`.
+pub fn inbound_flow(port: u16, dst: SocketAddrV4) -> Flow {
+    Flow {
+        src_mac: WAN_HOST_MAC,
+        dst_mac: ROUTER_WAN_MAC,
+        src: SocketAddrV4::new(WAN_HOST, port),
+        dst,
+    }
+}
+
+/// A host: its namespace, its veth and the object holding its generator
+/// and sink.
+pub struct Host {
+    pub object: BenchObject,
+    pub ifindex: u32,
+    /// Frames the sink received during this process's measurements.
+    pub received_total: u64,
+    // Last: the namespace goes after the programs.
+    pub netns: Netns,
+}
+
+impl Host {
+    fn start(netns: Netns) -> Result<Self> {
+        let ifindex = netns.ifindex("eth0")?;
+        // A spare veth pair for the generator to stay attached to (it never
+        // receives anything there). An XDP program that is attached
+        // somewhere stays in the kernel's XDP dispatcher; one that is not
+        // is added to it and removed again by every BPF_PROG_TEST_RUN
+        // call, two dispatcher updates with a synchronize_rcu() each, which
+        // left the sending thread asleep most of the time.
+        netns.ip(&[
+            "link", "add", "gen0", "type", "veth", "peer", "name", "gen1",
+        ])?;
+        netns.ip(&["link", "set", "gen0", "up"])?;
+        netns.ip(&["link", "set", "gen1", "up"])?;
+        let parking = netns.ifindex("gen0")?;
+        let object = in_netns(&netns, || {
+            let mut object = BenchObject::load()?;
+            object.attach(nat_common::bench::GENERATOR, parking)?;
+            object.attach(nat_common::bench::SINK, ifindex)?;
+            Ok(object)
+        })?;
+        Ok(Self {
+            object,
+            ifindex,
+            received_total: 0,
+            netns,
+        })
+    }
+}
+
+enum Router {
+    Daemon(NatDaemon),
+    Lib(Box<Datapath>),
+    /// Held only so that its programs stay attached.
+    Bench(#[allow(dead_code)] Box<BenchObject>),
+    None,
+}
+
+/// One measurement: frames offered by the generator and received by the
+/// sink over the sending time.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub sent: u64,
+    pub received: u64,
+    pub secs: f64,
+    /// CPU time the sending thread was given over `secs` (the generator
+    /// and whatever the kernel ran on its behalf): on a shared machine,
+    /// how much of a core it actually had.
+    pub sender_cpu_secs: f64,
+}
+
+impl Sample {
+    pub fn mpps(&self) -> f64 {
+        self.received as f64 / self.secs / 1e6
+    }
+
+    pub fn offered_mpps(&self) -> f64 {
+        self.sent as f64 / self.secs / 1e6
+    }
+}
+
+/// Our NAT as loaded by this process, and the router's NICs.
+pub struct NatRouter<'a> {
+    pub datapath: &'a mut Datapath,
+    pub lan_ifindex: u32,
+    pub wan_ifindex: u32,
+}
+
+pub struct Topology {
+    pub kind: RouterKind,
+    router: Router,
+    pub router_lan_ifindex: u32,
+    pub router_wan_ifindex: u32,
+    pub lan: Host,
+    pub wan: Host,
+    // Last: the router's namespace goes after everything in it.
+    pub router_ns: Netns,
+}
+
+/// User and system time of the calling thread.
+fn thread_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+fn mac(bytes: [u8; 6]) -> String {
+    bytes.map(|b| format!("{b:02x}")).join(":")
+}
+
+impl Topology {
+    pub fn build(kind: RouterKind) -> Result<Self> {
+        require_root();
+        let lan_ns = Netns::new("blan")?;
+        let router_ns = Netns::new("brtr")?;
+        let wan_ns = Netns::new("bwan")?;
+        if let RouterKind::Direct = kind {
+            lan_ns.veth("eth0", &wan_ns, "eth0")?;
+            let lan = Host::start(lan_ns)?;
+            let wan = Host::start(wan_ns)?;
+            return Ok(Self {
+                kind,
+                router: Router::None,
+                router_lan_ifindex: 0,
+                router_wan_ifindex: 0,
+                lan,
+                wan,
+                router_ns,
+            });
+        }
+        router_ns.veth("lan0", &lan_ns, "eth0")?;
+        router_ns.veth("wan0", &wan_ns, "eth0")?;
+        for (netns, interface, address, mac_addr) in [
+            (&router_ns, "lan0", "192.168.0.1/24", ROUTER_LAN_MAC),
+            (&router_ns, "wan0", "203.0.113.1/24", ROUTER_WAN_MAC),
+            (&lan_ns, "eth0", "192.168.0.12/24", LAN_HOST_MAC),
+            (&wan_ns, "eth0", "203.0.113.2/24", WAN_HOST_MAC),
+        ] {
+            netns.ip(&["link", "set", interface, "address", &mac(mac_addr)])?;
+            netns.ip(&["addr", "add", address, "dev", interface])?;
+        }
+        for (netns, addr, mac_addr, interface) in [
+            (&router_ns, LAN_HOST, LAN_HOST_MAC, "lan0"),
+            (&router_ns, WAN_HOST, WAN_HOST_MAC, "wan0"),
+            (&lan_ns, ROUTER_LAN, ROUTER_LAN_MAC, "eth0"),
+            (&wan_ns, ROUTER_WAN, ROUTER_WAN_MAC, "eth0"),
+        ] {
+            netns.ip(&[
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &mac(mac_addr),
+                "dev",
+                interface,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        lan_ns.ip(&["route", "add", "default", "via", "192.168.0.1"])?;
+        if !kind.translates() {
+            // Without NAT the WAN host reaches the LAN directly.
+            wan_ns.ip(&["route", "add", "192.168.0.0/24", "via", "203.0.113.1"])?;
+        }
+        router_ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+        let router_lan_ifindex = router_ns.ifindex("lan0")?;
+        let router_wan_ifindex = router_ns.ifindex("wan0")?;
+
+        let lan = Host::start(lan_ns)?;
+        let wan = Host::start(wan_ns)?;
+        let router = match kind {
+            RouterKind::NatDaemon => Router::Daemon(NatDaemon::start(&router_ns)?),
+            RouterKind::NatLib { sizes, forward } => {
+                Router::Lib(Box::new(in_netns(&router_ns, || {
+                    nat_lib(sizes, forward, router_lan_ifindex, router_wan_ifindex)
+                })?))
+            }
+            RouterKind::Forwarder => Router::Bench(Box::new(in_netns(&router_ns, || {
+                let mut object = BenchObject::load()?;
+                object.allow_egress(&[router_lan_ifindex, router_wan_ifindex])?;
+                object.attach(nat_common::bench::FORWARDER, router_lan_ifindex)?;
+                object.attach(nat_common::bench::FORWARDER, router_wan_ifindex)?;
+                Ok(object)
+            })?)),
+            RouterKind::Direct => unreachable!("handled above"),
+            RouterKind::Nftables => {
+                let object = in_netns(&router_ns, || {
+                    let mut object = BenchObject::load()?;
+                    object.attach(programs::PASS, router_lan_ifindex)?;
+                    object.attach(programs::PASS, router_wan_ifindex)?;
+                    Ok(object)
+                })?;
+                nftables_nat(&router_ns)?;
+                Router::Bench(Box::new(object))
+            }
+        };
+        Ok(Self {
+            kind,
+            router,
+            router_lan_ifindex,
+            router_wan_ifindex,
+            lan,
+            wan,
+            router_ns,
+        })
+    }
+
+    /// Runs `work` inside the router's namespace on the NAT this process
+    /// loaded (`RouterKind::NatLib`).
+    pub fn with_nat<T: Send>(
+        &mut self,
+        work: impl FnOnce(NatRouter<'_>) -> Result<T> + Send,
+    ) -> Result<T> {
+        let Router::Lib(datapath) = &mut self.router else {
+            bail!("not a router this process loaded");
+        };
+        let router = NatRouter {
+            datapath,
+            lan_ifindex: self.router_lan_ifindex,
+            wan_ifindex: self.router_wan_ifindex,
+        };
+        in_netns(&self.router_ns, || work(router))
+    }
+
+    /// Where WAN -> LAN traffic is sent: the forwarding entry on the WAN
+    /// address, or the LAN host itself when nothing translates.
+    pub fn inbound_target(&self) -> SocketAddrV4 {
+        if self.kind.translates() {
+            SocketAddrV4::new(ROUTER_WAN, FORWARD_PORT)
+        } else {
+            SocketAddrV4::new(LAN_HOST, FORWARD_PORT)
+        }
+    }
+
+    /// The template for `flows` flows in `direction`: the sender's source
+    /// port varies, from `FLOW_BASE_PORT` up.
+    pub fn flows_template(&self, direction: Direction, flows: u32) -> BenchTemplate {
+        let vary = if flows > 1 {
+            Vary::SourcePort(flows)
+        } else {
+            Vary::Fixed
+        };
+        match direction {
+            Direction::LanToWan => template(&outbound_flow(FLOW_BASE_PORT), vary),
+            Direction::WanToLan => {
+                template(&inbound_flow(FLOW_BASE_PORT, self.inbound_target()), vary)
+            }
+        }
+    }
+
+    /// Sends `template` from the host on the `from` side for `secs`
+    /// (bounded by time and by count), and counts what the other host
+    /// receives.
+    pub fn measure(
+        &mut self,
+        from: Direction,
+        template: &BenchTemplate,
+        secs: f64,
+    ) -> Result<Sample> {
+        let (sender, receiver) = match from {
+            Direction::LanToWan => (&mut self.lan, &mut self.wan),
+            Direction::WanToLan => (&mut self.wan, &mut self.lan),
+        };
+        sender.object.maps.set_template(template)?;
+        sender.object.maps.reset_seq()?;
+        let frame = template.frame[..template.len as usize].to_vec();
+        let ifindex = sender.ifindex;
+        let before = receiver.object.maps.received()?;
+        let Host { object, netns, .. } = sender;
+        let program = &*object.program(nat_common::bench::GENERATOR)?;
+        let duration = Duration::from_secs_f64(secs);
+        // No more than 20 Mpps could ever be offered: a bound on the count
+        // whatever the clock does.
+        let max_bursts = (secs * 20e6 / f64::from(BURST)).ceil() as u64 + 1;
+        let (sent, secs, sender_cpu_secs) = in_netns(netns, || {
+            let cpu_before = thread_cpu_secs();
+            let start = Instant::now();
+            let mut sent = 0u64;
+            for _ in 0..max_bursts {
+                if start.elapsed() >= duration {
+                    break;
+                }
+                send_live(program, &frame, ifindex, BURST)?;
+                sent += u64::from(BURST);
+            }
+            Ok((
+                sent,
+                start.elapsed().as_secs_f64(),
+                thread_cpu_secs() - cpu_before,
+            ))
+        })?;
+        // Let what is in flight arrive.
+        std::thread::sleep(Duration::from_millis(30));
+        let received = receiver.object.maps.received()? - before;
+        receiver.received_total += received;
+        Ok(Sample {
+            sent,
+            received,
+            secs,
+            sender_cpu_secs,
+        })
+    }
+
+    /// What the router counted, as evidence that it did what was measured:
+    /// the packets our XDP programs finished themselves against all the
+    /// sink received (a packet handed to the kernel would be forwarded by
+    /// it, untranslated, and counted all the same), or nftables' conntrack
+    /// entries. Fails when the XDP programs did not finish nearly all of
+    /// them.
+    pub fn router_evidence(&mut self) -> Result<Value> {
+        let sink_received = self.lan.received_total + self.wan.received_total;
+        let (fast_path, mut evidence) = match &mut self.router {
+            Router::Daemon(daemon) => {
+                let stats: Value = serde_json::from_str(&daemon.natctl(&["stats", "--json"])?)?;
+                let counters = stats["counters"].as_object().cloned().unwrap_or_default();
+                let pick = |label: &str| counters[label]["packets"].as_u64().unwrap_or(0);
+                let passed: u64 = counters
+                    .iter()
+                    .filter(|(label, _)| label.starts_with("pass_"))
+                    .map(|(_, value)| value["packets"].as_u64().unwrap_or(0))
+                    .sum();
+                let fast = pick("snat") + pick("dnat") + pick("forwarded");
+                (
+                    Some(fast),
+                    json!({
+                        "snat": pick("snat"),
+                        "dnat": pick("dnat"),
+                        "forwarded": pick("forwarded"),
+                        "new_binding": pick("new_binding"),
+                        "passed_to_kernel": passed,
+                    }),
+                )
+            }
+            Router::Lib(datapath) => {
+                let counters = datapath.maps.counters()?;
+                let pick = |label: &str| {
+                    counters
+                        .iter()
+                        .find(|(counter, _)| counter.label() == label)
+                        .map_or(0, |(_, value)| value.packets)
+                };
+                let passed: u64 = counters
+                    .iter()
+                    .filter(|(counter, _)| counter.label().starts_with("pass_"))
+                    .map(|(_, value)| value.packets)
+                    .sum();
+                let fast = pick("snat") + pick("dnat") + pick("forwarded");
+                (
+                    Some(fast),
+                    json!({
+                        "snat": pick("snat"),
+                        "dnat": pick("dnat"),
+                        "new_binding": pick("new_binding"),
+                        "passed_to_kernel": passed,
+                    }),
+                )
+            }
+            Router::Bench(object) => match self.kind {
+                RouterKind::Nftables => {
+                    let output = self.router_ns.exec("conntrack", &["-C"])?;
+                    let count: u64 = String::from_utf8_lossy(&output.stdout).trim().parse()?;
+                    (None, json!({ "conntrack_entries": count }))
+                }
+                _ => {
+                    let fast = object.counter_packets(nat_common::Counter::Forwarded)?;
+                    (Some(fast), json!({ "redirected": fast }))
+                }
+            },
+            Router::None => (None, json!({})),
+        };
+        evidence["sink_received"] = json!(sink_received);
+        if let Some(fast) = fast_path {
+            evidence["fast_path"] = json!(fast);
+            // A few frames of the kernel's own (neighbour and router
+            // solicitations) may reach the sinks too.
+            if (fast as f64) < 0.99 * sink_received as f64 {
+                bail!(
+                    "{}: its XDP programs finished {fast} packets but the sinks received \
+                     {sink_received}: the rest went through the kernel, so the figures \
+                     would not be this router's",
+                    self.kind.label()
+                );
+            }
+        }
+        Ok(evidence)
+    }
+}
+
+/// Our NAT loaded and attached by this process (call inside the router's
+/// namespace).
+fn nat_lib(
+    sizes: TableSizes,
+    forward: bool,
+    lan_ifindex: u32,
+    wan_ifindex: u32,
+) -> Result<Datapath> {
+    let mut datapath = Datapath::load(sizes, None)?;
+    datapath.maps.set_config(&NatConfig {
+        wan_addr: ROUTER_WAN.octets(),
+        lan_net: [192, 168, 0, 0],
+        lan_prefix_len: 24,
+        filtering: FILTER_ADDRESS_AND_PORT_DEPENDENT,
+        unsolicited: UNSOLICITED_PASS,
+        hairpin: 1,
+        wan_ifindex,
+        lan_ifindex,
+        port_min: 1024,
+        port_max: 65535,
+    })?;
+    datapath.maps.allow_egress(wan_ifindex)?;
+    datapath.maps.allow_egress(lan_ifindex)?;
+    if forward {
+        let rule: ForwardRule = format!("udp/{FORWARD_PORT}={LAN_HOST}:{FORWARD_PORT}").parse()?;
+        datapath.maps.insert_rule(&rule.entries(1))?;
+    }
+    datapath.attach(programs::LAN, "lan0", lan_ifindex, AttachMode::Native)?;
+    datapath.attach(programs::WAN, "wan0", wan_ifindex, AttachMode::Native)?;
+    Ok(datapath)
+}
+
+/// The kernel's NAT on the same topology: masquerade out of wan0, and the
+/// forwarded port as a DNAT rule.
+fn nftables_nat(router: &Netns) -> Result<()> {
+    let rules = format!(
+        "table ip natbench {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname \"wan0\" udp dport {FORWARD_PORT} dnat to {LAN_HOST}:{FORWARD_PORT}
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname \"wan0\" masquerade
+    }}
+}}
+"
+    );
+    let path = std::env::temp_dir().join(format!(
+        "natbench-{}-{}.nft",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::write(&path, rules)?;
+    let result = router.exec("nft", &["-f", path.to_str().context("path")?]);
+    let _ = fs::remove_file(&path);
+    result.map(drop)
+}
+
+/// `natctl daemon` in the router's namespace, with its pins in a private
+/// bpffs and its state in a temporary directory, as the end-to-end lab runs
+/// it.
+struct NatDaemon {
+    child: Option<Child>,
+    dir: PathBuf,
+    // After the daemon, which pins into it.
+    bpffs: PrivateBpffs,
+}
+
+impl NatDaemon {
+    fn start(router: &Netns) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "natbench-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir)?;
+        let mut daemon = Self {
+            child: None,
+            dir: dir.clone(),
+            bpffs: PrivateBpffs::mount("natctl")?,
+        };
+        let config = dir.join("natctl.toml");
+        fs::write(
+            &config,
+            format!(
+                "rules_file = {:?}\nsocket = {:?}\npin_dir = {:?}\n\n[upnp]\nenabled = false\n",
+                dir.join("rules.toml"),
+                daemon.socket(),
+                daemon.pins()
+            ),
+        )?;
+        let log = dir.join("natctl.log");
+        let log_file = fs::File::create(&log)?;
+        let natctl = natctl_path()?;
+        let mut command = router.command(natctl.to_str().context("path")?);
+        command
+            .arg("--socket")
+            .arg(daemon.socket())
+            .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
+            .arg(&config)
+            .env("NATCTL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        daemon.child = Some(command.spawn().context("starting natctl daemon")?);
+        let child = daemon.child.as_mut().expect("just set");
+        let ready = wait_for(
+            "natctl daemon to serve its API",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(Err(status));
+                }
+                fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("API on")
+                    .then_some(Ok(()))
+            },
+        );
+        match ready {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => bail!(
+                "natctl daemon exited ({status}): {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            ),
+            Err(error) => bail!("{error}: {}", fs::read_to_string(&log).unwrap_or_default()),
+        }
+        daemon.natctl(&[
+            "add",
+            "bench",
+            "--proto",
+            "udp",
+            "--external",
+            &FORWARD_PORT.to_string(),
+            "--internal",
+            &format!("{LAN_HOST}:{FORWARD_PORT}"),
+        ])?;
+        Ok(daemon)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("natctl.sock")
+    }
+
+    fn pins(&self) -> PathBuf {
+        self.bpffs.path().join("natctl")
+    }
+
+    fn natctl(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new(natctl_path()?)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "natctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+}
+
+impl Drop for NatDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Ok(natctl) = natctl_path() {
+            let _ = Command::new(natctl)
+                .arg("--socket")
+                .arg(self.socket())
+                .args(["down", "--pin-dir"])
+                .arg(self.pins())
+                .output();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
