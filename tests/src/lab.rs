@@ -96,7 +96,7 @@ impl Drop for TempFile {
 
 /// Attaches `xdp_pass` to a veth in `netns`: a veth accepts frames that XDP
 /// redirects to it only while its peer runs an XDP program.
-fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
+pub fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| -> Result<Ebpf> {
@@ -258,6 +258,35 @@ impl Lab {
                 bail!("{error}: {}", self.natctl_log())
             }
         }
+    }
+
+    /// A WAN host's TCP connection to the router's WAN address on `port`
+    /// reaches `listener` on the LAN: the bytes arrive, a reply goes back.
+    /// Returns the peer address the LAN server saw.
+    pub fn wan_tcp_reaches(
+        &self,
+        port: u16,
+        listener: &std::net::TcpListener,
+    ) -> std::net::SocketAddr {
+        use std::io::{Read as _, Write as _};
+        let client = self.wan.spawn(move || {
+            let mut stream = crate::traffic::connect((ROUTER_WAN, port).into())?;
+            stream.write_all(b"hello from the wan")?;
+            let mut reply = [0u8; 2];
+            stream.read_exact(&mut reply)?;
+            anyhow::ensure!(&reply == b"ok", "unexpected reply {reply:?}");
+            Ok(())
+        });
+        let (mut stream, peer) = crate::traffic::accept(listener).unwrap();
+        let mut request = [0u8; 18];
+        stream.read_exact(&mut request).unwrap();
+        assert_eq!(&request, b"hello from the wan");
+        stream.write_all(b"ok").unwrap();
+        client
+            .join()
+            .expect("the WAN client panicked")
+            .expect("the WAN client failed");
+        peer
     }
 
     /// Kills the daemon with SIGKILL: no clean-up at all.

@@ -120,27 +120,6 @@ fn pins_left(lab: &Lab) -> Vec<String> {
     }
 }
 
-/// A WAN host's TCP connection to the router's WAN address on `port`
-/// reaches `listener` on the LAN: the bytes arrive, a reply goes back.
-/// Returns the peer address the LAN server saw.
-fn wan_tcp_reaches(lab: &Lab, port: u16, listener: &TcpListener) -> SocketAddr {
-    let client = lab.wan.spawn(move || {
-        let mut stream = connect((ROUTER_WAN, port).into())?;
-        stream.write_all(b"hello from the wan")?;
-        let mut reply = [0u8; 2];
-        stream.read_exact(&mut reply)?;
-        ensure!(&reply == b"ok", "unexpected reply {reply:?}");
-        Ok(())
-    });
-    let (mut stream, peer) = accept(listener).unwrap();
-    let mut request = [0u8; 18];
-    stream.read_exact(&mut request).unwrap();
-    assert_eq!(&request, b"hello from the wan");
-    stream.write_all(b"ok").unwrap();
-    join(client);
-    peer
-}
-
 /// Nothing gets through: the WAN host's connection attempt to `port` fails,
 /// and none of `listeners` accepts anything within a bounded wait.
 fn wan_tcp_blocked(lab: &Lab, port: u16, listeners: &[&TcpListener], what: &str) {
@@ -324,7 +303,7 @@ fn rule_lifecycle_add_modify_disable_enable_remove() {
     assert_eq!(web["inbound"]["packets"], 0, "{web:#?}");
 
     // Through the rule.
-    let peer = wan_tcp_reaches(&lab, 8080, &old_target);
+    let peer = lab.wan_tcp_reaches(8080, &old_target);
     assert_eq!(peer.ip(), WAN_HOST, "the LAN server sees the real client");
 
     // Hit counters, per-rule stats, the NAT table, the connection log.
@@ -383,7 +362,7 @@ fn rule_lifecycle_add_modify_disable_enable_remove() {
     let modified = natctl(&lab, "modify web --internal 192.168.0.12:8001");
     assert!(modified.contains("8001"), "{modified}");
     assert_eq!(rule(&rules(&lab), "web")["internal"], "8001");
-    let peer = wan_tcp_reaches(&lab, 8080, &new_target);
+    let peer = lab.wan_tcp_reaches(8080, &new_target);
     assert_eq!(peer.ip(), WAN_HOST);
     assert_no_connection(&old_target, "after modify, the old target");
 
@@ -401,7 +380,7 @@ fn rule_lifecycle_add_modify_disable_enable_remove() {
     // Enable: back.
     natctl(&lab, "enable web");
     assert_eq!(rule(&rules(&lab), "web")["enabled"], true);
-    let peer = wan_tcp_reaches(&lab, 8080, &new_target);
+    let peer = lab.wan_tcp_reaches(8080, &new_target);
     assert_eq!(peer.ip(), WAN_HOST);
 
     // Remove: gone.
@@ -438,7 +417,7 @@ fn both_protocols_allow_lists_and_port_ranges() {
     assert_eq!(game["internal"], "27015");
     assert_eq!(game["allow"], serde_json::json!(["203.0.113.0/24"]));
 
-    assert_eq!(wan_tcp_reaches(&lab, 27015, &tcp).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(27015, &tcp).ip(), WAN_HOST);
     assert_eq!(udp_reaches(&wan_udp, 27015, &udp).ip(), WAN_HOST);
 
     // The WAN host is no longer in the allowed prefix.
@@ -465,7 +444,7 @@ fn both_protocols_allow_lists_and_port_ranges() {
             .is_none_or(|allow| allow == &serde_json::json!([])),
         "{game:#?}"
     );
-    assert_eq!(wan_tcp_reaches(&lab, 27015, &tcp).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(27015, &tcp).ip(), WAN_HOST);
     assert_eq!(udp_reaches(&wan_udp, 27015, &udp).ip(), WAN_HOST);
 
     // A range maps port by port: 5001 -> 6001, and the reply leaves from 5001.
@@ -641,7 +620,7 @@ fn bad_rules_are_refused_and_change_nothing() {
 
     // And the rules that were there still work.
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &listener).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
 }
 
 // ---------------------------------------------------------------------------
@@ -687,7 +666,7 @@ fn without_a_daemon_clients_say_so_and_the_datapath_keeps_forwarding() {
     outbound_client.read_exact(&mut buffer[..4]).unwrap();
     assert_eq!(&buffer[..4], b"on..");
     // New ones too: through the rule, and a new dynamic mapping.
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &listener).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
     let client = lab.lan.spawn(|| {
         let mut stream = connect((WAN_HOST, 9000).into())?;
         stream.write_all(b"new")?;
@@ -924,7 +903,7 @@ fn sigkill_mid_transfer_loses_no_byte_and_keeps_mappings_and_rules() {
     assert_eq!(row["external_port"], up_peer.port().to_string(), "{row:#?}");
     assert_eq!(without_counters(&rules(&lab)), rules_before);
     // And the rule still takes new connections.
-    assert_eq!(wan_tcp_reaches(&lab, 8443, &lan_listener).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8443, &lan_listener).ip(), WAN_HOST);
 }
 
 /// A rule's id and hit counters belong to it across a daemon restart that
@@ -942,7 +921,7 @@ fn rule_ids_and_hit_counters_survive_a_daemon_restart() {
     );
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     for _ in 0..2 {
-        assert_eq!(wan_tcp_reaches(&lab, 8080, &listener).ip(), WAN_HOST);
+        assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
     }
     natctl(&lab, "remove spare");
     let before = rules(&lab);
@@ -964,7 +943,7 @@ fn rule_ids_and_hit_counters_survive_a_daemon_restart() {
         "the rule's hit counter went from {packets_before} to {packets_after} across the restart"
     );
     // Counting carries on under the rule.
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &listener).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
     let packets_later = rule(&rules(&lab), "web")["inbound"]["packets"]
         .as_u64()
         .unwrap();
@@ -993,7 +972,7 @@ fn after_a_reboot_the_rules_come_back_from_the_store() {
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     let game = udp_socket(&lab.lan, LAN_CLIENT, 27016);
     let wan_udp = udp_socket(&lab.wan, WAN_HOST, 0);
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &listener).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
     assert_eq!(udp_reaches(&wan_udp, 27016, &game).ip(), WAN_HOST);
     let before = without_counters(&rules(&lab));
     assert_eq!(before.len(), 3);
@@ -1012,7 +991,7 @@ fn after_a_reboot_the_rules_come_back_from_the_store() {
     assert_eq!(status["picked_up_pinned_datapath"], false, "{status:#?}");
     assert_eq!(status["rules"], 3, "{status:#?}");
     assert_eq!(without_counters(&rules(&lab)), before);
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &listener).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
     assert_eq!(udp_reaches(&wan_udp, 27016, &game).ip(), WAN_HOST);
 }
 
@@ -1051,7 +1030,7 @@ fn an_invalid_store_stops_the_daemon_and_is_never_overwritten() {
         "the log does not name the file and line 3: {new}\n({error})"
     );
     assert_eq!(fs::read(lab.rules_file()).unwrap(), garbage.as_bytes());
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &listener).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
 
     // After a reboot (nothing pinned): refused the same way.
     lab.down().unwrap();
@@ -1133,7 +1112,7 @@ fn hand_edits_take_effect_on_reload_and_sighup_and_bad_ones_change_nothing() {
         "the daemon rewrote the file"
     );
     assert_eq!(udp_reaches(&wan_udp, 9999, &hand).ip(), WAN_HOST);
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &web).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &web).ip(), WAN_HOST);
 
     // SIGHUP does the same as `natctl reload`.
     text.push_str(&hand_rule("hup", "tcp", "2222", "192.168.0.12", "8022"));
@@ -1159,7 +1138,7 @@ fn hand_edits_take_effect_on_reload_and_sighup_and_bad_ones_change_nothing() {
         "{}",
         lab.natctl_log()
     );
-    assert_eq!(wan_tcp_reaches(&lab, 2222, &ssh).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(2222, &ssh).ip(), WAN_HOST);
     assert_eq!(udp_reaches(&wan_udp, 9999, &hand).ip(), WAN_HOST);
 
     // A new dynamic port range in the configuration file.

@@ -26,11 +26,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use nat_tests::{
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
     netns::Netns,
-    traffic::{accept, connect},
     wait_for,
 };
 use serde_json::Value;
@@ -273,27 +272,6 @@ fn udp_socket(netns: &Netns, addr: Ipv4Addr, port: u16) -> UdpSocket {
         .set_read_timeout(Some(Duration::from_secs(1)))
         .unwrap();
     socket
-}
-
-/// A WAN host's TCP connection to the router's WAN address on `port`
-/// reaches `listener` on the LAN: the bytes arrive, a reply goes back.
-/// Returns the peer address the LAN server saw.
-fn wan_tcp_reaches(lab: &Lab, port: u16, listener: &TcpListener) -> SocketAddr {
-    let client = lab.wan.spawn(move || {
-        let mut stream = connect((ROUTER_WAN, port).into())?;
-        stream.write_all(b"hello from the wan")?;
-        let mut reply = [0u8; 2];
-        stream.read_exact(&mut reply)?;
-        ensure!(&reply == b"ok", "unexpected reply {reply:?}");
-        Ok(())
-    });
-    let (mut stream, peer) = accept(listener).unwrap();
-    let mut request = [0u8; 18];
-    stream.read_exact(&mut request).unwrap();
-    assert_eq!(&request, b"hello from the wan");
-    stream.write_all(b"ok").unwrap();
-    join(client);
-    peer
 }
 
 /// Nothing gets through: the WAN host's connection attempt to `port` fails
@@ -647,7 +625,7 @@ fn add_use_list_and_delete_tcp_and_udp_mappings() {
         "{added}"
     );
     // Use it: a WAN host gets to the LAN server, which sees the real client.
-    let peer = wan_tcp_reaches(&lab, 8080, &server);
+    let peer = lab.wan_tcp_reaches(8080, &server);
     assert_eq!(peer.ip(), WAN_HOST);
 
     // Add, UDP, and use it both ways.
@@ -776,7 +754,7 @@ fn add_use_list_and_delete_tcp_and_udp_mappings() {
 
     // A mapping `natctl remove` takes away is gone for UPnP too.
     upnpc_ok(&lab, "-e cli -a 192.168.0.12 8000 8081 TCP 600");
-    wan_tcp_reaches(&lab, 8081, &server);
+    lab.wan_tcp_reaches(8081, &server);
     natctl(&lab, "remove upnp-tcp-8081");
     assert_eq!(list_generic(&lab), Vec::new());
     wan_tcp_blocked(&lab, 8081, &server, "after natctl remove");
@@ -819,8 +797,8 @@ fn add_any_port_mapping_avoids_a_static_rule_and_range_delete_takes_own_mappings
     assert_eq!(rule["upnp"]["client"], "192.168.0.12");
     assert_eq!(rule["internal"], "8000");
     // It works, and the static rule still leads where it did.
-    assert_eq!(wan_tcp_reaches(&lab, reserved, &server).ip(), WAN_HOST);
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &static_target).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(reserved, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &static_target).ip(), WAN_HOST);
     let listing = list_generic(&lab);
     assert_eq!(
         listing.len(),
@@ -847,7 +825,7 @@ fn add_any_port_mapping_avoids_a_static_rule_and_range_delete_takes_own_mappings
         "{deleted}"
     );
     assert!(find_rule(&lab, "web").is_some(), "the static rule stays");
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &static_target).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &static_target).ip(), WAN_HOST);
     wan_tcp_blocked(&lab, reserved, &server, "after upnpc -N");
     // Nothing of UPnP's left in the range: 730.
     upnpc_refused(&lab, "-N 1024 65535 TCP", 730);
@@ -870,7 +848,7 @@ fn a_mapping_goes_when_its_lease_runs_out() {
     upnpc_ok(&lab, "-e short -a 192.168.0.12 8000 8080 TCP 3");
     let added = Instant::now();
     // While it lasts, it works.
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
     if let Some(entry) = listed_mapping(&list_generic(&lab), "TCP", 8080) {
         assert!((1..=3).contains(&entry.lease), "{entry:?}");
     }
@@ -951,7 +929,7 @@ fn secure_mode_keeps_clients_to_their_own_mappings_and_permissions_hold() {
     assert_eq!(mine["internal"], "8000");
     let theirs = find_rule(&lab, "upnp-tcp-9001").expect("upnp-tcp-9001");
     assert_eq!(theirs["upnp"]["client"], "192.168.0.13");
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
 
     // Back to .12: a privileged external port is refused by the default
     // permissions, and so is a privileged internal one.
@@ -986,7 +964,7 @@ fn upnp_off_hides_the_gateway_and_removes_mappings_and_on_brings_it_back() {
         &lab,
         "add web --proto tcp --external 8443 --internal 192.168.0.12:8001",
     );
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
 
     let off = natctl(&lab, "upnp off");
     assert!(off.contains("removed 1 mapping"), "{off}");
@@ -1037,7 +1015,7 @@ fn upnp_off_hides_the_gateway_and_removes_mappings_and_on_brings_it_back() {
         run.text()
     );
     upnpc_ok(&lab, "-a 192.168.0.12 8000 8080 TCP 600");
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
 }
 
 // ---------------------------------------------------------------------------
@@ -1247,7 +1225,7 @@ fn a_leased_mapping_survives_a_daemon_restart() {
     let before = listed_mapping(&list_generic(&lab), "TCP", 8080).expect("TCP 8080 listed");
     let expires = find_rule(&lab, "upnp-tcp-8080").unwrap()["upnp"]["expires_at"].clone();
     assert!(expires.is_u64(), "{expires}");
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
     // UPnP changes reach the store in batches, a fraction of a second
     // later: a kill -9 before that loses them (a clean stop saves them).
     wait_for(
@@ -1295,7 +1273,7 @@ fn a_leased_mapping_survives_a_daemon_restart() {
         .and_then(|row| row["timeout_secs"].as_u64())
         .expect("a UPnP rule row with a timeout");
     assert!((1..300).contains(&row_timeout), "{row_timeout}");
-    assert_eq!(wan_tcp_reaches(&lab, 8080, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
     // And the restarted IGD still manages it.
     upnpc_ok(&lab, "-d 8080 TCP");
     wan_tcp_blocked(&lab, 8080, &server, "after delete following the restart");

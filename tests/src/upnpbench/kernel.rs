@@ -13,12 +13,8 @@
 use std::{fs, path::PathBuf};
 
 use anyhow::{Context, Result};
-use aya::{
-    Ebpf,
-    programs::{Xdp, XdpMode},
-};
-use nat_common::programs;
-use nat_tests::netns::Netns;
+use aya::Ebpf;
+use nat_tests::{lab::attach_pass, netns::Netns};
 
 /// A directory removed with its contents on drop.
 pub struct TempDir(pub PathBuf);
@@ -42,28 +38,6 @@ impl Drop for TempDir {
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// Attaches `xdp_pass` to `interface` in `netns` (as the lab does for its
-/// hosts).
-pub fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<Ebpf> {
-                netns.enter()?;
-                let mut ebpf = Ebpf::load(nat_ctl::datapath::OBJECT)?;
-                let program: &mut Xdp = ebpf
-                    .program_mut(programs::PASS)
-                    .context("xdp_pass missing from the object")?
-                    .try_into()?;
-                program.load()?;
-                let ifindex = nix::net::if_::if_nametoindex(interface)?;
-                program.attach_to_if_index(ifindex, XdpMode::Driver)?;
-                Ok(ebpf)
-            })
-            .join()
-            .expect("attach thread panicked")
-    })
-}
 
 pub struct KernelLab {
     // Dropped first: the programs, then the namespaces.
