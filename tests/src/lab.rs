@@ -341,6 +341,23 @@ impl Lab {
         Ok(String::from_utf8(output.stdout)?)
     }
 
+    /// Runs a `natctl` command given as one string (arguments split at
+    /// spaces) that must succeed; panics with the daemon's log otherwise.
+    pub fn run(&self, command: &str) -> String {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        self.natctl(&args)
+            .unwrap_or_else(|error| panic!("{error:#}\n{}", self.natctl_log()))
+    }
+
+    /// `natctl list --json`: the rules as the daemon lists them.
+    pub fn rules(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(&self.run("list --json"))
+            .expect("list --json is JSON")
+            .as_array()
+            .expect("list --json is an array")
+            .clone()
+    }
+
     /// Counter label -> packets.
     pub fn counters(&self) -> Result<HashMap<String, u64>> {
         let json: serde_json::Value = serde_json::from_str(&self.natctl(&["stats", "--json"])?)?;

@@ -57,23 +57,6 @@ fn words(command: &str) -> Vec<&str> {
     command.split_whitespace().collect()
 }
 
-/// Runs a `natctl` command that must succeed (arguments split at spaces);
-/// returns its stdout.
-fn natctl(lab: &Lab, command: &str) -> String {
-    lab.natctl(&words(command))
-        .unwrap_or_else(|error| panic!("{error:#}\n{}", lab.natctl_log()))
-}
-
-/// `natctl list --json`.
-fn rules(lab: &Lab) -> Vec<Value> {
-    let text = natctl(lab, "list --json");
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .expect("list --json is an array")
-        .clone()
-}
-
 fn rule<'a>(rules: &'a [Value], name: &str) -> &'a Value {
     rules
         .iter()
@@ -223,7 +206,7 @@ struct Refusal {
 /// the rules file's bytes and the static NAT table. Returns a description
 /// of whatever was wrong.
 fn refused(lab: &Lab, args: &[&str], needles: &[&str]) -> Result<Refusal, String> {
-    let list = natctl(lab, "list --json");
+    let list = lab.run("list --json");
     let file = fs::read(lab.rules_file()).ok();
     let table = static_table(lab);
     let output = lab.natctl_output(args).unwrap();
@@ -286,12 +269,9 @@ fn rule_lifecycle_add_modify_disable_enable_remove() {
     let old_target = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     let new_target = tcp_listener(&lab.lan, LAN_SERVER, 8001);
 
-    let added = natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.12:8000",
-    );
+    let added = lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     assert!(added.contains("web") && added.contains("8080"), "{added}");
-    let listed = rules(&lab);
+    let listed = lab.rules();
     assert_eq!(listed.len(), 1, "{listed:#?}");
     let web = &listed[0];
     assert_eq!(web["name"], "web");
@@ -307,7 +287,7 @@ fn rule_lifecycle_add_modify_disable_enable_remove() {
     assert_eq!(peer.ip(), WAN_HOST, "the LAN server sees the real client");
 
     // Hit counters, per-rule stats, the NAT table, the connection log.
-    let listed = rules(&lab);
+    let listed = lab.rules();
     let web = rule(&listed, "web");
     assert!(
         web["inbound"]["packets"].as_u64().unwrap() > 0
@@ -359,16 +339,16 @@ fn rule_lifecycle_add_modify_disable_enable_remove() {
     .unwrap_or_else(|error| panic!("{error}: {}", lab.natctl_log()));
 
     // Modify: the rule now leads to port 8001.
-    let modified = natctl(&lab, "modify web --internal 192.168.0.12:8001");
+    let modified = lab.run("modify web --internal 192.168.0.12:8001");
     assert!(modified.contains("8001"), "{modified}");
-    assert_eq!(rule(&rules(&lab), "web")["internal"], "8001");
+    assert_eq!(rule(&lab.rules(), "web")["internal"], "8001");
     let peer = lab.wan_tcp_reaches(8080, &new_target);
     assert_eq!(peer.ip(), WAN_HOST);
     assert_no_connection(&old_target, "after modify, the old target");
 
     // Disable: nothing gets in.
-    natctl(&lab, "disable web");
-    assert_eq!(rule(&rules(&lab), "web")["enabled"], false);
+    lab.run("disable web");
+    assert_eq!(rule(&lab.rules(), "web")["enabled"], false);
     assert!(
         !static_table(&lab)
             .iter()
@@ -378,14 +358,14 @@ fn rule_lifecycle_add_modify_disable_enable_remove() {
     wan_tcp_blocked(&lab, 8080, &[&new_target, &old_target], "disabled");
 
     // Enable: back.
-    natctl(&lab, "enable web");
-    assert_eq!(rule(&rules(&lab), "web")["enabled"], true);
+    lab.run("enable web");
+    assert_eq!(rule(&lab.rules(), "web")["enabled"], true);
     let peer = lab.wan_tcp_reaches(8080, &new_target);
     assert_eq!(peer.ip(), WAN_HOST);
 
     // Remove: gone.
-    natctl(&lab, "remove web");
-    assert_eq!(rules(&lab), Vec::<Value>::new());
+    lab.run("remove web");
+    assert_eq!(lab.rules(), Vec::<Value>::new());
     assert_eq!(lab.natctl(&["list", "--json"]).unwrap().trim(), "[]");
     wan_tcp_blocked(&lab, 8080, &[&new_target, &old_target], "removed");
     assert!(
@@ -407,11 +387,10 @@ fn both_protocols_allow_lists_and_port_ranges() {
     let udp = udp_socket(&lab.lan, LAN_SERVER, 27015);
     let wan_udp = udp_socket(&lab.wan, WAN_HOST, 0);
 
-    natctl(
-        &lab,
+    lab.run(
         "add game --proto both --external 27015 --internal 192.168.0.12 --allow 203.0.113.0/24",
     );
-    let listed = rules(&lab);
+    let listed = lab.rules();
     let game = rule(&listed, "game");
     assert_eq!(game["protocol"], "both");
     assert_eq!(game["internal"], "27015");
@@ -421,9 +400,9 @@ fn both_protocols_allow_lists_and_port_ranges() {
     assert_eq!(udp_reaches(&wan_udp, 27015, &udp).ip(), WAN_HOST);
 
     // The WAN host is no longer in the allowed prefix.
-    natctl(&lab, "modify game --allow 198.51.100.0/24");
+    lab.run("modify game --allow 198.51.100.0/24");
     assert_eq!(
-        rule(&rules(&lab), "game")["allow"],
+        rule(&lab.rules(), "game")["allow"],
         serde_json::json!(["198.51.100.0/24"])
     );
     let not_allowed = counter(&lab, "remote_not_allowed");
@@ -436,8 +415,8 @@ fn both_protocols_allow_lists_and_port_ranges() {
     );
 
     // Any remote again.
-    natctl(&lab, "modify game --allow-any");
-    let listed = rules(&lab);
+    lab.run("modify game --allow-any");
+    let listed = lab.rules();
     let game = rule(&listed, "game");
     assert!(
         game.get("allow")
@@ -448,10 +427,7 @@ fn both_protocols_allow_lists_and_port_ranges() {
     assert_eq!(udp_reaches(&wan_udp, 27015, &udp).ip(), WAN_HOST);
 
     // A range maps port by port: 5001 -> 6001, and the reply leaves from 5001.
-    natctl(
-        &lab,
-        "add range --proto udp --external 5000-5002 --internal 192.168.0.13:6000-6002",
-    );
+    lab.run("add range --proto udp --external 5000-5002 --internal 192.168.0.13:6000-6002");
     let ranged = udp_socket(&lab.lan, LAN_CLIENT, 6001);
     let neighbour = udp_socket(&lab.lan, LAN_CLIENT, 6000);
     let peer = udp_reaches(&wan_udp, 5001, &ranged);
@@ -490,10 +466,7 @@ fn both_protocols_allow_lists_and_port_ranges() {
 #[test]
 fn bad_arguments_are_refused_in_one_line_naming_the_value() {
     let lab = Lab::start().unwrap();
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.12:8000",
-    );
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     let cases: &[(&str, &[&str])] = &[
         (
             "add x --proto sctp --external 9000 --internal 192.168.0.12",
@@ -525,14 +498,8 @@ fn bad_arguments_are_refused_in_one_line_naming_the_value() {
 #[test]
 fn bad_rules_are_refused_and_change_nothing() {
     let lab = Lab::start().unwrap();
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.12:8000",
-    );
-    natctl(
-        &lab,
-        "add dns --proto udp --external 5353 --internal 192.168.0.13",
-    );
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
+    lab.run("add dns --proto udp --external 5353 --internal 192.168.0.13");
     let cases: &[(&str, &[&str])] = &[
         (
             "add x --proto udp --external 5000-5002 --internal 192.168.0.12:6000-6001",
@@ -630,10 +597,7 @@ fn bad_rules_are_refused_and_change_nothing() {
 #[test]
 fn without_a_daemon_clients_say_so_and_the_datapath_keeps_forwarding() {
     let mut lab = Lab::start().unwrap();
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.12:8000",
-    );
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     // An inbound flow through the rule and an outbound flow, both
     // established while the daemon runs.
@@ -772,15 +736,11 @@ fn dynamic_tcp_row(lab: &Lab, remote_port: u16) -> Option<Value> {
 #[test]
 fn sigkill_mid_transfer_loses_no_byte_and_keeps_mappings_and_rules() {
     let mut lab = Lab::start_with_config("[nat]\nports = \"50000-50999\"\n").unwrap();
-    natctl(
-        &lab,
-        "add bulk --proto tcp --external 8443 --internal 192.168.0.12",
-    );
-    natctl(
-        &lab,
+    lab.run("add bulk --proto tcp --external 8443 --internal 192.168.0.12");
+    lab.run(
         "add voice --proto udp --external 3478-3479 --internal 192.168.0.13 --allow 203.0.113.0/24",
     );
-    let rules_before = without_counters(&rules(&lab));
+    let rules_before = without_counters(&lab.rules());
 
     let upload = Arc::new(pattern(BULK, 51));
     let download = Arc::new(pattern(BULK, 52));
@@ -901,7 +861,7 @@ fn sigkill_mid_transfer_loses_no_byte_and_keeps_mappings_and_rules() {
     );
     let row = dynamic_tcp_row(&lab, 9100).expect("the upload's dynamic row after the restart");
     assert_eq!(row["external_port"], up_peer.port().to_string(), "{row:#?}");
-    assert_eq!(without_counters(&rules(&lab)), rules_before);
+    assert_eq!(without_counters(&lab.rules()), rules_before);
     // And the rule still takes new connections.
     assert_eq!(lab.wan_tcp_reaches(8443, &lan_listener).ip(), WAN_HOST);
 }
@@ -911,27 +871,21 @@ fn sigkill_mid_transfer_loses_no_byte_and_keeps_mappings_and_rules() {
 #[test]
 fn rule_ids_and_hit_counters_survive_a_daemon_restart() {
     let mut lab = Lab::start().unwrap();
-    natctl(
-        &lab,
-        "add spare --proto udp --external 7777 --internal 192.168.0.13",
-    );
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.12:8000",
-    );
+    lab.run("add spare --proto udp --external 7777 --internal 192.168.0.13");
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     for _ in 0..2 {
         assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
     }
-    natctl(&lab, "remove spare");
-    let before = rules(&lab);
+    lab.run("remove spare");
+    let before = lab.rules();
     let web_before = rule(&before, "web").clone();
     let packets_before = web_before["inbound"]["packets"].as_u64().unwrap();
     assert!(packets_before > 0, "{web_before:#?}");
 
     lab.kill_daemon().unwrap();
     lab.start_daemon().unwrap();
-    let after = rules(&lab);
+    let after = lab.rules();
     let web_after = rule(&after, "web");
     assert_eq!(
         web_after["id"], web_before["id"],
@@ -944,7 +898,7 @@ fn rule_ids_and_hit_counters_survive_a_daemon_restart() {
     );
     // Counting carries on under the rule.
     assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
-    let packets_later = rule(&rules(&lab), "web")["inbound"]["packets"]
+    let packets_later = rule(&lab.rules(), "web")["inbound"]["packets"]
         .as_u64()
         .unwrap();
     assert!(packets_later > packets_after.max(packets_before));
@@ -957,24 +911,16 @@ fn rule_ids_and_hit_counters_survive_a_daemon_restart() {
 #[test]
 fn after_a_reboot_the_rules_come_back_from_the_store() {
     let mut lab = Lab::start().unwrap();
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.12:8000",
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
+    lab.run("add game --proto both --external 27015-27016 --internal 192.168.0.13 --allow 203.0.113.0/24 --allow 198.51.100.0/24",
     );
-    natctl(
-        &lab,
-        "add game --proto both --external 27015-27016 --internal 192.168.0.13 --allow 203.0.113.0/24 --allow 198.51.100.0/24",
-    );
-    natctl(
-        &lab,
-        "add off --proto udp --external 6000 --internal 192.168.0.12 --disabled",
-    );
+    lab.run("add off --proto udp --external 6000 --internal 192.168.0.12 --disabled");
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     let game = udp_socket(&lab.lan, LAN_CLIENT, 27016);
     let wan_udp = udp_socket(&lab.wan, WAN_HOST, 0);
     assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
     assert_eq!(udp_reaches(&wan_udp, 27016, &game).ip(), WAN_HOST);
-    let before = without_counters(&rules(&lab));
+    let before = without_counters(&lab.rules());
     assert_eq!(before.len(), 3);
 
     // Power cut, then the boot: nothing pinned survives.
@@ -990,7 +936,7 @@ fn after_a_reboot_the_rules_come_back_from_the_store() {
     let status = json(&lab, &["status"]);
     assert_eq!(status["picked_up_pinned_datapath"], false, "{status:#?}");
     assert_eq!(status["rules"], 3, "{status:#?}");
-    assert_eq!(without_counters(&rules(&lab)), before);
+    assert_eq!(without_counters(&lab.rules()), before);
     assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
     assert_eq!(udp_reaches(&wan_udp, 27016, &game).ip(), WAN_HOST);
 }
@@ -1002,10 +948,7 @@ fn after_a_reboot_the_rules_come_back_from_the_store() {
 #[test]
 fn an_invalid_store_stops_the_daemon_and_is_never_overwritten() {
     let mut lab = Lab::start().unwrap();
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.12:8000",
-    );
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     lab.stop().unwrap();
 
@@ -1066,10 +1009,7 @@ fn hand_rule(name: &str, protocol: &str, external: &str, addr: &str, internal: &
 #[test]
 fn hand_edits_take_effect_on_reload_and_sighup_and_bad_ones_change_nothing() {
     let lab = Lab::start().unwrap();
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.12:8000",
-    );
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     let web = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     let hand = udp_socket(&lab.lan, LAN_CLIENT, 9999);
     let wan_udp = udp_socket(&lab.wan, WAN_HOST, 0);
@@ -1079,14 +1019,14 @@ fn hand_edits_take_effect_on_reload_and_sighup_and_bad_ones_change_nothing() {
     let mut text = fs::read_to_string(lab.rules_file()).unwrap();
     text.push_str(&hand_rule("hand", "udp", "9999", "192.168.0.13", "9999"));
     fs::write(lab.rules_file(), &text).unwrap();
-    let reloaded = natctl(&lab, "reload");
+    let reloaded = lab.run("reload");
     assert!(reloaded.contains("2 rule(s)"), "{reloaded}");
-    let listed = rules(&lab);
+    let listed = lab.rules();
     let hand_rule_listed = rule(&listed, "hand");
     assert_eq!(hand_rule_listed["protocol"], "udp");
     assert_eq!(hand_rule_listed["internal_addr"], "192.168.0.13");
     assert_eq!(udp_reaches(&wan_udp, 9999, &hand).ip(), WAN_HOST);
-    let good = rules(&lab);
+    let good = lab.rules();
 
     // An invalid hand edit: reload fails naming the line; nothing changes.
     let line = text.lines().count() + 4;
@@ -1105,7 +1045,7 @@ fn hand_edits_take_effect_on_reload_and_sighup_and_bad_ones_change_nothing() {
         stderr.contains(&format!("line {line}")) && stderr.contains("sctp"),
         "{stderr}"
     );
-    assert_eq!(without_counters(&rules(&lab)), without_counters(&good));
+    assert_eq!(without_counters(&lab.rules()), without_counters(&good));
     assert_eq!(
         fs::read_to_string(lab.rules_file()).unwrap(),
         bad,
@@ -1127,7 +1067,7 @@ fn hand_edits_take_effect_on_reload_and_sighup_and_bad_ones_change_nothing() {
     )
     .unwrap();
     wait_for("the rule added by SIGHUP", Duration::from_secs(10), || {
-        rules(&lab)
+        lab.rules()
             .iter()
             .any(|rule| rule["name"] == "hup")
             .then_some(())
@@ -1145,7 +1085,7 @@ fn hand_edits_take_effect_on_reload_and_sighup_and_bad_ones_change_nothing() {
     let mut config = fs::read_to_string(lab.config_file()).unwrap();
     config.push_str("\n[nat]\nports = \"50000-50999\"\n");
     fs::write(lab.config_file(), &config).unwrap();
-    natctl(&lab, "reload");
+    lab.run("reload");
     let status = json(&lab, &["status"]);
     assert_eq!(status["nat"]["ports"], "50000-50999", "{status:#?}");
     let wan = udp_socket(&lab.wan, WAN_HOST, 9500);

@@ -229,26 +229,12 @@ fn words(command: &str) -> Vec<&str> {
     command.split_whitespace().collect()
 }
 
-fn natctl(lab: &Lab, command: &str) -> String {
-    lab.natctl(&words(command))
-        .unwrap_or_else(|error| panic!("{error:#}\n{}", lab.natctl_log()))
-}
-
-/// `natctl list --json`.
-fn rules(lab: &Lab) -> Vec<Value> {
-    serde_json::from_str::<Value>(&natctl(lab, "list --json"))
-        .unwrap()
-        .as_array()
-        .expect("list --json is an array")
-        .clone()
-}
-
 fn find_rule(lab: &Lab, name: &str) -> Option<Value> {
-    rules(lab).into_iter().find(|rule| rule["name"] == name)
+    lab.rules().into_iter().find(|rule| rule["name"] == name)
 }
 
 fn upnp_rule_names(lab: &Lab) -> Vec<String> {
-    rules(lab)
+    lab.rules()
         .iter()
         .filter(|rule| !rule["upnp"].is_null())
         .map(|rule| rule["name"].as_str().unwrap_or_default().to_owned())
@@ -600,7 +586,7 @@ fn discovery_finds_the_gateway_and_status_and_empty_lists_work() {
         list.text()
     );
     assert_eq!(parse_listing(&list.stdout), Vec::new(), "{}", list.text());
-    assert!(rules(&lab).is_empty());
+    assert!(lab.rules().is_empty());
 }
 
 // ---------------------------------------------------------------------------
@@ -705,7 +691,7 @@ fn add_use_list_and_delete_tcp_and_udp_mappings() {
     );
     let udp_rule = find_rule(&lab, "upnp-udp-9000").expect("upnp-udp-9000 in natctl list");
     assert_eq!(udp_rule["upnp"]["description"], "voice");
-    let text = natctl(&lab, "list");
+    let text = lab.run("list");
     for name in ["upnp-tcp-8080", "upnp-udp-9000"] {
         assert!(
             text.lines()
@@ -755,10 +741,10 @@ fn add_use_list_and_delete_tcp_and_udp_mappings() {
     // A mapping `natctl remove` takes away is gone for UPnP too.
     upnpc_ok(&lab, "-e cli -a 192.168.0.12 8000 8081 TCP 600");
     lab.wan_tcp_reaches(8081, &server);
-    natctl(&lab, "remove upnp-tcp-8081");
+    lab.run("remove upnp-tcp-8081");
     assert_eq!(list_generic(&lab), Vec::new());
     wan_tcp_blocked(&lab, 8081, &server, "after natctl remove");
-    assert!(rules(&lab).is_empty());
+    assert!(lab.rules().is_empty());
     check_all(problems);
 }
 
@@ -771,10 +757,7 @@ fn add_any_port_mapping_avoids_a_static_rule_and_range_delete_takes_own_mappings
     let lab = upnp_lab();
     let static_target = tcp_listener(&lab.lan, LAN_CLIENT, 9090);
     let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8080 --internal 192.168.0.13:9090",
-    );
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.13:9090");
 
     // AddPortMapping on the static rule's port: another mechanism has it.
     upnpc_refused(&lab, "-a 192.168.0.12 8000 8080 TCP 600", 729);
@@ -793,7 +776,7 @@ fn add_any_port_mapping_avoids_a_static_rule_and_range_delete_takes_own_mappings
     assert_ne!(reserved, 8080, "{added}");
     assert!(reserved >= 1024, "{added}");
     let name = format!("upnp-tcp-{reserved}");
-    let rule = find_rule(&lab, &name).unwrap_or_else(|| panic!("no {name}: {:#?}", rules(&lab)));
+    let rule = find_rule(&lab, &name).unwrap_or_else(|| panic!("no {name}: {:#?}", lab.rules()));
     assert_eq!(rule["upnp"]["client"], "192.168.0.12");
     assert_eq!(rule["internal"], "8000");
     // It works, and the static rule still leads where it did.
@@ -811,7 +794,7 @@ fn add_any_port_mapping_avoids_a_static_rule_and_range_delete_takes_own_mappings
     upnpc_ok(&lab, "-a 192.168.0.12 8001 8090 TCP 600");
     upnpc_ok(&lab, "-a 192.168.0.12 8002 8091 TCP 600");
     upnpc_ok(&lab, "-a 192.168.0.12 8003 8092 UDP 600");
-    assert_eq!(upnp_rule_names(&lab).len(), 4, "{:#?}", rules(&lab));
+    assert_eq!(upnp_rule_names(&lab).len(), 4, "{:#?}", lab.rules());
 
     // DeletePortMappingRange over all of them: TCP only, UPnP only.
     let deleted = upnpc_ok(&lab, "-N 1024 65535 TCP");
@@ -960,13 +943,10 @@ fn upnp_off_hides_the_gateway_and_removes_mappings_and_on_brings_it_back() {
     let lab = upnp_lab();
     let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     upnpc_ok(&lab, "-a 192.168.0.12 8000 8080 TCP 600");
-    natctl(
-        &lab,
-        "add web --proto tcp --external 8443 --internal 192.168.0.12:8001",
-    );
+    lab.run("add web --proto tcp --external 8443 --internal 192.168.0.12:8001");
     assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
 
-    let off = natctl(&lab, "upnp off");
+    let off = lab.run("upnp off");
     assert!(off.contains("removed 1 mapping"), "{off}");
     assert_eq!(upnp_rule_names(&lab), Vec::<String>::new());
     assert!(find_rule(&lab, "web").is_some(), "static rules stay");
@@ -1003,7 +983,7 @@ fn upnp_off_hides_the_gateway_and_removes_mappings_and_on_brings_it_back() {
     );
 
     // On again: discovered, and mappings can be made.
-    let on = natctl(&lab, "upnp on");
+    let on = lab.run("upnp on");
     assert!(on.contains("UPnP on"), "{on}");
     wait_igd(&lab, 2);
     let run = run_upnpc(&lab.lan, &["-i", "-s"]);
@@ -1102,7 +1082,7 @@ fn nothing_answers_on_the_wan_side() {
         ));
     }
     check_all(problems);
-    assert!(rules(&lab).is_empty());
+    assert!(lab.rules().is_empty());
 }
 
 // ---------------------------------------------------------------------------
@@ -1172,7 +1152,7 @@ fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
         let raw = lan_http(&lab, soap_request(GOOD_HOST, "AddPortMapping", &args));
         expect(&format!("AddPortMapping with {what}"), &raw, 500, Some(402));
     }
-    assert_eq!(rules(&lab), Vec::<Value>::new(), "nothing was mapped");
+    assert_eq!(lab.rules(), Vec::<Value>::new(), "nothing was mapped");
 
     // An oversize body (100 KiB) is refused.
     let filler = "x".repeat(100 * 1024);
@@ -1187,7 +1167,7 @@ fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
         b"SUBSCRIBE /evt/IPConn HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nCALLBACK: <http://192.168.0.12:9999/>\r\nNT: upnp:event\r\nTIMEOUT: Second-1800\r\nConnection: close\r\n\r\n".to_vec(),
     );
     expect("SUBSCRIBE /evt/IPConn", &raw, 412, None);
-    assert_eq!(rules(&lab), Vec::<Value>::new(), "nothing was mapped");
+    assert_eq!(lab.rules(), Vec::<Value>::new(), "nothing was mapped");
 
     // The daemon is still there and a good request works.
     let raw = lan_http(
