@@ -9,7 +9,7 @@ use nat_ctl::{
     api::{Client, ClientError, RuleChange, TableFilter},
     config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET_PATH},
     daemon::{self, DaemonOptions},
-    datapath::AttachMode,
+    datapath::{AttachMode, pins},
     rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow},
     table::{self, Stats, TableRow},
 };
@@ -345,7 +345,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             // A daemon killed without `down` leaves the datapath pinned.
             Err(ClientError::NotRunning(_)) => {
-                if daemon::teardown(&pin_dir)? {
+                if pins::teardown(&pin_dir)? {
                     println!(
                         "no daemon was running; detached the datapath pinned in {}",
                         pin_dir.display()

@@ -2,7 +2,6 @@
 //! forwarding-rule model and its store, aging, and the control API.
 pub mod aging;
 pub mod api;
-pub mod batch;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

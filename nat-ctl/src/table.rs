@@ -10,11 +10,10 @@ use nat_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    aging::{self, SweepReport},
+    aging,
     api::TableFilter,
-    batch,
     config::Timeouts,
-    datapath::{DatapathError, Maps},
+    datapath::{self, DatapathError, MapView, SweepReport},
     rules::{PortRange, Protocol, RuleSet, protocol_name},
 };
 
@@ -174,7 +173,7 @@ fn conversation_row(
 /// through them, then the dynamic entries.
 pub fn table_rows(
     rules: &RuleSet,
-    maps: &Maps,
+    maps: &MapView,
     timeouts: &Timeouts,
     now_ns: u64,
     unix_now: u64,
@@ -222,8 +221,8 @@ pub fn table_rows(
             .map(|(_, rule)| (rule.name.clone(), rule.kind()))
     };
     let mut conversations = Vec::new();
-    batch::for_each_in(
-        &maps.forward_sessions,
+    datapath::for_each_in(
+        maps.forward_sessions(),
         |key: &SessionKey, session: &Session| {
             let (rule, kind) = rule_of(key.proto, key.external_port)
                 .map_or((None, "STATIC"), |(name, kind)| (Some(name), kind));
@@ -238,7 +237,7 @@ pub fn table_rows(
         source,
     })?;
     let mut dynamic = Vec::new();
-    batch::for_each_in(&maps.sessions, |key: &SessionKey, session: &Session| {
+    datapath::for_each_in(maps.sessions(), |key: &SessionKey, session: &Session| {
         let row = conversation_row(key, session, "DYNAMIC", None, timeouts, now_ns);
         if row.matches(filter) {
             dynamic.push(row);
@@ -341,7 +340,7 @@ pub struct Stats {
 
 pub fn stats(
     rules: &RuleSet,
-    maps: &Maps,
+    maps: &MapView,
     last_sweep: Option<SweepReport>,
 ) -> Result<Stats, DatapathError> {
     let counters = maps
@@ -360,8 +359,8 @@ pub fn stats(
     }
     // Each mapping is held twice (one key per direction).
     let mut binding_keys = 0usize;
-    batch::for_each_in(
-        &maps.bindings,
+    datapath::for_each_in(
+        maps.bindings(),
         |_: &nat_common::EndpointKey, _: &nat_common::Binding| binding_keys += 1,
     )
     .map_err(|source| DatapathError::Walk {

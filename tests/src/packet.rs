@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use nat_common::{FILTER_ADDRESS_AND_PORT_DEPENDENT, NatConfig, UNSOLICITED_PASS, programs};
 use nat_ctl::{
-    datapath::{Datapath, TableSizes},
+    datapath::{Datapath, MapChange, TableSizes},
     rules::ForwardRule,
 };
 
@@ -146,9 +146,10 @@ impl PacketLab {
             port_max: 65535,
         };
         adjust(&mut config);
-        datapath.maps.set_config(&config)?;
-        datapath.maps.allow_egress(wan_ifindex)?;
-        datapath.maps.allow_egress(lan_ifindex)?;
+        let writer = datapath.maps_mut().writer();
+        writer.set_config(&config)?;
+        writer.allow_egress(wan_ifindex)?;
+        writer.allow_egress(lan_ifindex)?;
         Ok(Self {
             datapath,
             config,
@@ -163,8 +164,12 @@ impl PacketLab {
     pub fn forward(&mut self, spec: &str) -> Result<()> {
         let rule: ForwardRule = spec.parse()?;
         self.datapath
-            .maps
-            .insert_rule(&rule.entries(self.next_rule_id))?;
+            .maps_mut()
+            .writer()
+            .apply(&MapChange::between(
+                &Default::default(),
+                &rule.entries(self.next_rule_id),
+            ))?;
         self.next_rule_id += 1;
         Ok(())
     }
@@ -208,7 +213,8 @@ impl PacketLab {
     pub fn counters(&self) -> Result<HashMap<&'static str, u64>> {
         Ok(self
             .datapath
-            .maps
+            .maps()
+            .view()
             .counters()?
             .into_iter()
             .map(|(counter, value)| (counter.label(), value.packets))

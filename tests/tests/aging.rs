@@ -1,5 +1,6 @@
-//! The aging sweep and the batch map walk, against the real maps of a
-//! loaded (not attached) datapath. The tables are filled from user space
+//! The aging sweep (the datapath's own `nat_sweep`, as the daemon runs it)
+//! and the batch map walk, against the real maps of a loaded (not attached)
+//! datapath. The tables are filled from user space
 //! with `last_seen_ns` stamps relative to the datapath's clock, then swept.
 //!
 //! Nothing is attached and no packet is sent, so no network namespace is
@@ -17,10 +18,9 @@ use nat_common::{
     TCP_STATE_ESTABLISHED, TCP_STATE_NONE, TCP_STATE_OPENING,
 };
 use nat_ctl::{
-    aging::{SweepReport, datapath_now_ns, sweep, sweep_params},
-    batch,
+    aging::{datapath_now_ns, sweep_params},
     config::Timeouts,
-    datapath::{Datapath, TableSizes},
+    datapath::{self as batch, Datapath, SweepReport, TableSizes},
 };
 use nat_tests::netns::require_root;
 
@@ -188,49 +188,25 @@ fn assert_counts(
     );
 }
 
-/// Which implementation sweeps: the user-space one, or the datapath's own
-/// program (what the daemon runs); both must decide alike.
-#[derive(Clone, Copy, Debug)]
-enum Sweeper {
-    UserSpace,
-    Kernel,
-}
-
-fn run(
-    sweeper: Sweeper,
-    datapath: &mut Datapath,
-    timeouts: &Timeouts,
-    now: u64,
-    generation: u32,
-) -> SweepReport {
-    match sweeper {
-        Sweeper::UserSpace => sweep(&mut datapath.maps, timeouts, now).expect("sweep"),
-        Sweeper::Kernel => datapath
-            .run_sweep(sweep_params(timeouts, now, generation))
-            .expect("kernel sweep"),
-    }
-}
-
-#[test]
-fn sweep_removes_exactly_the_expired_entries() {
-    removes_exactly_the_expired_entries(Sweeper::UserSpace);
+/// One kernel sweep as of `now`; `generation` must differ from the last
+/// sweep's on the same datapath, as the daemon's sweep handle makes sure.
+fn run(datapath: &mut Datapath, timeouts: &Timeouts, now: u64, generation: u32) -> SweepReport {
+    datapath
+        .run_sweep(sweep_params(timeouts, now, generation))
+        .expect("kernel sweep")
 }
 
 #[test]
 fn kernel_sweep_removes_exactly_the_expired_entries() {
-    removes_exactly_the_expired_entries(Sweeper::Kernel);
-}
-
-fn removes_exactly_the_expired_entries(sweeper: Sweeper) {
     let mut datapath = load(256, 256, 256);
-    let maps = &mut datapath.maps;
+    let maps = datapath.maps_mut().view_mut();
     let timeouts = Timeouts::default();
     let now = sweep_now();
     let ago = |secs: u64| now - secs * SEC;
 
     // Sessions. Timeouts: TCP established 7440 s, other TCP 240 s, UDP
     // 300 s, ICMP 60 s; idle exactly the timeout is not expired yet.
-    let s = &mut maps.sessions;
+    let s = maps.sessions_mut();
     let tcp_established_old = insert_session(s, PROTO_TCP, 2001, ago(7441), TCP_STATE_ESTABLISHED);
     let tcp_established_idle = insert_session(s, PROTO_TCP, 2002, ago(1000), TCP_STATE_ESTABLISHED);
     let tcp_opening_old = insert_session(s, PROTO_TCP, 2003, ago(241), TCP_STATE_OPENING);
@@ -243,7 +219,7 @@ fn removes_exactly_the_expired_entries(sweeper: Sweeper) {
     let udp_future = insert_session(s, PROTO_UDP, 3003, now + SEC, TCP_STATE_NONE);
 
     // Bindings. Mapping timeouts: TCP 240 s, UDP 300 s, ICMP 60 s.
-    let b = &mut maps.bindings;
+    let b = maps.bindings_mut();
     // Idle itself, but its session (established, 1000 s) is live: kept.
     let kept_live = mapping(b, PROTO_TCP, (lan(12), 40002), 2002, ago(1000), ago(1000));
     // No live session and both halves idle: both go.
@@ -265,26 +241,23 @@ fn removes_exactly_the_expired_entries(sweeper: Sweeper) {
     let kept_orphan_in_live = inbound_half(b, PROTO_UDP, 3002, (lan(54), 5002), ago(400));
 
     // Forward sessions (an LRU map).
-    let f = &mut maps.forward_sessions;
+    let f = maps.forward_sessions_mut();
     let fwd_tcp_old = insert_session(f, PROTO_TCP, 8080, ago(7441), TCP_STATE_ESTABLISHED);
     let fwd_tcp_idle = insert_session(f, PROTO_TCP, 8081, ago(239), TCP_STATE_OPENING);
     let fwd_udp_old = insert_session(f, PROTO_UDP, 5353, ago(301), TCP_STATE_NONE);
     let fwd_icmp_fresh = insert_session(f, PROTO_ICMP, 9, ago(30), TCP_STATE_NONE);
 
-    let report = run(sweeper, &mut datapath, &timeouts, now, 1);
-    eprintln!("{sweeper:?}: {report:?}");
+    let report = run(&mut datapath, &timeouts, now, 1);
+    eprintln!("{report:?}");
     // The kernel visits entries as it walks: an outbound half its inbound
     // partner removed before the walk reached it is not visited (3 such
     // mappings here), so it may count fewer entries scanned.
-    let scanned = match sweeper {
-        Sweeper::Kernel => report.scanned.clamp(9 + 20 + 4 - 3, 9 + 20 + 4),
-        Sweeper::UserSpace => 9 + 20 + 4,
-    };
+    let scanned = report.scanned.clamp(9 + 20 + 4 - 3, 9 + 20 + 4);
     assert_counts(&report, scanned, 4, 2, 10);
-    let maps = &mut datapath.maps;
+    let maps = datapath.maps().view();
 
     assert_eq!(
-        sorted_sessions(&maps.sessions),
+        sorted_sessions(maps.sessions()),
         session_tuples(&[
             tcp_established_idle,
             tcp_closing_fresh,
@@ -305,12 +278,12 @@ fn removes_exactly_the_expired_entries(sweeper: Sweeper) {
     }
     kept.extend([kept_orphan_in_fresh, kept_orphan_in_live]);
     assert_eq!(
-        sorted_bindings(&maps.bindings),
+        sorted_bindings(maps.bindings()),
         binding_tuples(&kept),
         "bindings left"
     );
     assert_eq!(
-        sorted_sessions(&maps.forward_sessions),
+        sorted_sessions(maps.forward_sessions()),
         session_tuples(&[fwd_tcp_idle, fwd_icmp_fresh]),
         "forward sessions left"
     );
@@ -322,50 +295,50 @@ fn removes_exactly_the_expired_entries(sweeper: Sweeper) {
         gone_crossed_out,
     ]) {
         assert!(
-            maps.bindings.get(key, 0).is_err(),
+            maps.bindings().get(key, 0).is_err(),
             "{key:?} should have been removed"
         );
     }
     for key in [tcp_established_old, tcp_opening_old, udp_old, icmp_old] {
         assert!(
-            maps.sessions.get(&key, 0).is_err(),
+            maps.sessions().get(&key, 0).is_err(),
             "{key:?} should be gone"
         );
     }
     for key in [fwd_tcp_old, fwd_udp_old] {
         assert!(
-            maps.forward_sessions.get(&key, 0).is_err(),
+            maps.forward_sessions().get(&key, 0).is_err(),
             "{key:?} should be gone"
         );
     }
     // Survivors keep their values untouched.
-    let survivor = maps.bindings.get(&kept_live[1], 0).unwrap();
+    let survivor = maps.bindings().get(&kept_live[1], 0).unwrap();
     assert_eq!(survivor, binding(WAN, 2002, ago(1000)));
 
     // A second sweep at the same time finds nothing more to do.
-    let again = run(sweeper, &mut datapath, &timeouts, now, 2);
+    let again = run(&mut datapath, &timeouts, now, 2);
     assert_counts(&again, 5 + 10 + 2, 0, 0, 0);
 }
 
 #[test]
 fn sweep_keeps_everything_fresh_and_handles_empty_maps() {
     let mut datapath = load(64, 64, 64);
-    let maps = &mut datapath.maps;
     let timeouts = Timeouts::default();
     let now = sweep_now();
 
-    let empty = sweep(maps, &timeouts, now).expect("sweep of empty maps");
+    let empty = run(&mut datapath, &timeouts, now, 1);
     assert_counts(&empty, 0, 0, 0, 0);
 
+    let maps = datapath.maps_mut().view_mut();
     insert_session(
-        &mut maps.sessions,
+        maps.sessions_mut(),
         PROTO_UDP,
         3001,
         now - SEC,
         TCP_STATE_NONE,
     );
     mapping(
-        &mut maps.bindings,
+        maps.bindings_mut(),
         PROTO_UDP,
         (lan(12), 5000),
         3001,
@@ -373,13 +346,13 @@ fn sweep_keeps_everything_fresh_and_handles_empty_maps() {
         now,
     );
     insert_session(
-        &mut maps.forward_sessions,
+        maps.forward_sessions_mut(),
         PROTO_TCP,
         80,
         now,
         TCP_STATE_ESTABLISHED,
     );
-    let report = sweep(maps, &timeouts, now).expect("sweep");
+    let report = run(&mut datapath, &timeouts, now, 2);
     assert_counts(&report, 4, 0, 0, 0);
 
     // With a shorter UDP timeout, the same entries are all old.
@@ -388,9 +361,12 @@ fn sweep_keeps_everything_fresh_and_handles_empty_maps() {
         tcp_established: Duration::ZERO,
         ..timeouts
     };
-    let report = sweep(maps, &short, now + 2 * SEC).expect("sweep");
-    assert_counts(&report, 4, 1, 1, 2);
-    let report = sweep(maps, &short, now + 2 * SEC).expect("sweep");
+    let report = run(&mut datapath, &short, now + 2 * SEC, 3);
+    // The mapping's outbound half is not visited when its inbound half,
+    // walked first, removed it.
+    let scanned = report.scanned.clamp(3, 4);
+    assert_counts(&report, scanned, 1, 1, 2);
+    let report = run(&mut datapath, &short, now + 2 * SEC, 4);
     assert_counts(&report, 0, 0, 0, 0);
 }
 
@@ -460,35 +436,34 @@ fn check_walk(map: &HashMap<MapData, SessionKey, Session>, n: u32, chunk: u32) {
 fn batch_walk_visits_every_entry_once() {
     const N: u32 = 10_000;
     let mut datapath = load(16_384, 64, 16_384);
-    let maps = &mut datapath.maps;
+    let maps = datapath.maps_mut().view_mut();
     // An empty map: nothing, and no error.
-    check_walk(&maps.sessions, 0, batch::DEFAULT_CHUNK);
-    fill_sessions(&mut maps.sessions, N);
+    check_walk(maps.sessions(), 0, batch::DEFAULT_CHUNK);
+    fill_sessions(maps.sessions_mut(), N);
     // Chunk 1 is smaller than a bucket that holds two entries: the walk has
     // to grow it (ENOSPC) rather than fail or skip the bucket.
     for chunk in [batch::DEFAULT_CHUNK, 1, 3, 1000, N, 1 << 20] {
-        check_walk(&maps.sessions, N, chunk);
+        check_walk(maps.sessions(), N, chunk);
     }
     // The same through the LRU hash map.
-    fill_sessions(&mut maps.forward_sessions, N);
-    check_walk(&maps.forward_sessions, N, batch::DEFAULT_CHUNK);
+    fill_sessions(maps.forward_sessions_mut(), N);
+    check_walk(maps.forward_sessions(), N, batch::DEFAULT_CHUNK);
     assert_eq!(
-        batch::for_each_in(&maps.forward_sessions, |_, _| {}).unwrap(),
+        batch::for_each_in(maps.forward_sessions(), |_, _| {}).unwrap(),
         N as usize
     );
 }
 
 #[test]
 fn batch_walk_refuses_mismatched_maps() {
-    let datapath = load(64, 64, 64);
-    let maps = &datapath.maps;
-    let fd = maps.sessions.map().fd().as_fd();
+    let mut datapath = load(64, 64, 64);
+    let fd = datapath.maps().view().sessions().map().fd().as_fd();
     let error = batch::for_each_entry::<u32, Session>(fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
     let error = batch::for_each_entry::<SessionKey, Binding>(fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
     // An array (CONFIG) has the wrong layout for a hash walk.
-    let config_fd = maps.config.map().fd().as_fd();
+    let config_fd = datapath.maps_mut().writer().config_map().map().fd().as_fd();
     let error =
         batch::for_each_entry::<u32, nat_common::NatConfig>(config_fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");

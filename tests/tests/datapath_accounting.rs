@@ -47,11 +47,11 @@ fn entries(map: &HashMap<MapData, SessionKey, Session>) -> Vec<(SessionKey, Sess
 }
 
 fn dynamic_sessions(lab: &PacketLab) -> Vec<(SessionKey, Session)> {
-    entries(&lab.datapath.maps.sessions)
+    entries(lab.datapath.maps().view().sessions())
 }
 
 fn forward_sessions(lab: &PacketLab) -> Vec<(SessionKey, Session)> {
-    entries(&lab.datapath.maps.forward_sessions)
+    entries(lab.datapath.maps().view().forward_sessions())
 }
 
 /// The only entry of a session map, which must hold exactly one.
@@ -66,16 +66,18 @@ fn only(all: Vec<(SessionKey, Session)>, what: &str) -> (SessionKey, Session) {
 
 fn session(lab: &PacketLab, key: SessionKey) -> Session {
     lab.datapath
-        .maps
-        .sessions
+        .maps()
+        .view()
+        .sessions()
         .get(&key, 0)
         .unwrap_or_else(|e| panic!("no session {key:?}: {e}; all: {:?}", dynamic_sessions(lab)))
 }
 
 fn forward_session(lab: &PacketLab, key: SessionKey) -> Session {
     lab.datapath
-        .maps
-        .forward_sessions
+        .maps()
+        .view()
+        .forward_sessions()
         .get(&key, 0)
         .unwrap_or_else(|e| {
             panic!(
@@ -110,12 +112,7 @@ fn assert_session(
 
 /// Every event waiting in `NEW_CONNECTIONS`, oldest first.
 fn events(lab: &mut PacketLab) -> Vec<ConnectionEvent> {
-    let ring = lab
-        .datapath
-        .maps
-        .new_connections
-        .as_mut()
-        .expect("PacketLab's datapath still holds the NEW_CONNECTIONS ring");
+    let ring = lab.datapath.maps_mut().new_connections_mut();
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         assert_eq!(
@@ -150,7 +147,7 @@ fn event(
 }
 
 fn rule(lab: &PacketLab, id: u32) -> RuleCounters {
-    lab.datapath.maps.rule_counters(id).unwrap()
+    lab.datapath.maps().view().rule_counters(id).unwrap()
 }
 
 fn cv(packets: u64, bytes: usize) -> CounterValue {
@@ -445,7 +442,7 @@ fn forward_session_follows_a_tcp_connection_from_the_remote() {
         dynamic_sessions(&lab)
     );
     assert_eq!(
-        lab.datapath.maps.bindings.keys().count(),
+        lab.datapath.maps().view().bindings().keys().count(),
         0,
         "forwarded traffic made dynamic mappings"
     );

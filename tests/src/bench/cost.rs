@@ -125,7 +125,8 @@ impl<'a> CostRig<'a> {
     pub fn counter(&self, counter: Counter) -> Result<u64> {
         Ok(self
             .datapath
-            .maps
+            .maps()
+            .view()
             .counters()?
             .into_iter()
             .find(|(c, _)| *c == counter)
@@ -136,7 +137,7 @@ impl<'a> CostRig<'a> {
     /// mapping.
     pub fn external_port(&self, port: u16) -> Option<u16> {
         let key = EndpointKey::outbound(PROTO_UDP, super::topo::LAN_HOST.octets(), port);
-        let binding = self.datapath.maps.bindings.get(&key, 0).ok()?;
+        let binding = self.datapath.maps().view().binding(&key).ok()??;
         Some(binding.port)
     }
 
@@ -148,15 +149,15 @@ impl<'a> CostRig<'a> {
             let Some(external) = self.external_port(port) else {
                 continue;
             };
-            let maps = &mut self.datapath.maps;
-            maps.bindings.remove(&EndpointKey::outbound(
+            let maps = self.datapath.maps_mut().view_mut();
+            maps.bindings_mut().remove(&EndpointKey::outbound(
                 PROTO_UDP,
                 super::topo::LAN_HOST.octets(),
                 port,
             ))?;
-            maps.bindings
+            maps.bindings_mut()
                 .remove(&EndpointKey::inbound(PROTO_UDP, external))?;
-            let _ = maps.sessions.remove(&SessionKey {
+            let _ = maps.sessions_mut().remove(&SessionKey {
                 remote_addr: WAN_HOST.octets(),
                 remote_port: SINK_PORT,
                 external_port: external,

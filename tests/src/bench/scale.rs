@@ -74,12 +74,12 @@ fn mapping(j: u32) -> (u8, u16, [u8; 4], u16) {
 /// Fills `mappings` live conversations (see the module's note); returns
 /// the number of dynamic mappings used.
 fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
-    let maps = &mut router.datapath.maps;
+    let maps = router.datapath.maps_mut().view_mut();
     let pairs = mappings.min(MAX_PAIRS);
     let now = datapath_now_ns();
     for j in 0..pairs {
         let (proto, external, internal, internal_port) = mapping(j);
-        maps.bindings.insert(
+        maps.bindings_mut().insert(
             EndpointKey::inbound(proto, external),
             Binding {
                 addr: internal,
@@ -89,7 +89,7 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
             },
             0,
         )?;
-        maps.bindings.insert(
+        maps.bindings_mut().insert(
             EndpointKey::outbound(proto, internal, internal_port),
             Binding {
                 addr: ROUTER_WAN.octets(),
@@ -133,7 +133,7 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
             },
             _pad: 0,
         };
-        maps.sessions.insert(key, session, 0)?;
+        maps.sessions_mut().insert(key, session, 0)?;
     }
     Ok(pairs)
 }

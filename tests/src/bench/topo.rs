@@ -25,7 +25,7 @@ use nat_common::{
     FILTER_ADDRESS_AND_PORT_DEPENDENT, NatConfig, UNSOLICITED_PASS, bench::BenchTemplate, programs,
 };
 use nat_ctl::{
-    datapath::{AttachMode, Datapath, TableSizes},
+    datapath::{AttachMode, Datapath, MapChange, TableSizes},
     rules::ForwardRule,
 };
 use serde_json::{Value, json};
@@ -467,7 +467,7 @@ impl Topology {
                 )
             }
             Router::Lib(datapath) => {
-                let counters = datapath.maps.counters()?;
+                let counters = datapath.maps().view().counters()?;
                 let pick = |label: &str| {
                     counters
                         .iter()
@@ -530,7 +530,7 @@ fn nat_lib(
     wan_ifindex: u32,
 ) -> Result<Datapath> {
     let mut datapath = Datapath::load(sizes, None)?;
-    datapath.maps.set_config(&NatConfig {
+    datapath.maps_mut().writer().set_config(&NatConfig {
         wan_addr: ROUTER_WAN.octets(),
         lan_net: [192, 168, 0, 0],
         lan_prefix_len: 24,
@@ -542,11 +542,14 @@ fn nat_lib(
         port_min: 1024,
         port_max: 65535,
     })?;
-    datapath.maps.allow_egress(wan_ifindex)?;
-    datapath.maps.allow_egress(lan_ifindex)?;
+    datapath.maps_mut().writer().allow_egress(wan_ifindex)?;
+    datapath.maps_mut().writer().allow_egress(lan_ifindex)?;
     if forward {
         let rule: ForwardRule = format!("udp/{FORWARD_PORT}={LAN_HOST}:{FORWARD_PORT}").parse()?;
-        datapath.maps.insert_rule(&rule.entries(1))?;
+        datapath
+            .maps_mut()
+            .writer()
+            .apply(&MapChange::between(&Default::default(), &rule.entries(1)))?;
     }
     datapath.attach(programs::LAN, "lan0", lan_ifindex, AttachMode::Native)?;
     datapath.attach(programs::WAN, "wan0", wan_ifindex, AttachMode::Native)?;

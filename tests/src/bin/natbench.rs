@@ -27,12 +27,12 @@ use aya::maps::{HashMap, IterableMap as _, MapData};
 use clap::{Parser, Subcommand};
 use nat_common::{
     Binding, EndpointKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey,
-    TCP_STATE_ESTABLISHED, TCP_STATE_NONE, programs,
+    TCP_STATE_ESTABLISHED, TCP_STATE_NONE,
 };
 use nat_ctl::{
-    aging::{SweepReport, datapath_now_ns, run_sweep_program, sweep, sweep_params},
+    aging::{datapath_now_ns, sweep_params},
     config::Timeouts,
-    datapath::{Datapath, Maps, TableSizes},
+    datapath::{Datapath, MapView, SweepReport, TableSizes},
 };
 use nat_tests::bench;
 use serde_json::json;
@@ -171,12 +171,12 @@ fn secs(duration: Duration) -> f64 {
 
 /// Fills `entries` sessions and `pairs` mappings; odd mappings, and every
 /// session on them, idle since `old`, the others since `fresh`.
-fn fill(maps: &mut Maps, entries: u32, pairs: u32, old: u64, fresh: u64) -> Result<()> {
+fn fill(maps: &mut MapView, entries: u32, pairs: u32, old: u64, fresh: u64) -> Result<()> {
     let seen = |j: u32| if j % 2 == 1 { old } else { fresh };
     for j in 0..pairs {
         let (proto, external_port, internal, internal_port) = mapping(j);
         let last_seen_ns = seen(j);
-        maps.bindings
+        maps.bindings_mut()
             .insert(
                 EndpointKey::inbound(proto, external_port),
                 Binding {
@@ -188,7 +188,7 @@ fn fill(maps: &mut Maps, entries: u32, pairs: u32, old: u64, fresh: u64) -> Resu
                 0,
             )
             .context("inserting an inbound binding")?;
-        maps.bindings
+        maps.bindings_mut()
             .insert(
                 EndpointKey::outbound(proto, internal, internal_port),
                 Binding {
@@ -226,17 +226,16 @@ fn fill(maps: &mut Maps, entries: u32, pairs: u32, old: u64, fresh: u64) -> Resu
             },
             _pad: 0,
         };
-        maps.sessions
+        maps.sessions_mut()
             .insert(key, session, 0)
             .context("inserting a session")?;
     }
     Ok(())
 }
 
-/// Times the aging sweep twice over the same tables: the daemon's, in the
-/// kernel (`nat_sweep` through BPF_PROG_TEST_RUN), and the user-space
-/// fallback (`nat_ctl::aging::sweep`). Each runs on a fresh fill, once with
-/// half the entries expired and once more with nothing left to remove.
+/// Times the daemon's aging sweep (`nat_sweep` through BPF_PROG_TEST_RUN),
+/// once with half the entries expired and once more with nothing left to
+/// remove.
 fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
     anyhow::ensure!(entries >= 2, "--entries must be at least 2");
     let pairs = (entries / 2).min(MAX_MAPPINGS);
@@ -246,11 +245,7 @@ fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
         sessions: entries + 1024,
         forward_sessions: 1024,
     };
-    // The maps are pinned so that a second handle on them can go with the
-    // sweep program, which borrows the loaded object.
-    let bpffs = bench::PrivateBpffs::mount("sweep")?;
-    let mut datapath = Datapath::load(sizes, Some(bpffs.path())).context("loading the datapath")?;
-    let mut maps = Maps::open_pinned(bpffs.path()).context("opening the pinned maps")?;
+    let mut datapath = Datapath::load(sizes, None).context("loading the datapath")?;
     let timeouts = Timeouts::default();
     // At least 3 h after boot, so that "idle past 2 h 4 min" is a valid
     // stamp; nothing runs on these maps, so only differences matter, and
@@ -260,13 +255,14 @@ fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
     let fresh = now - SEC;
 
     let fill_start = Instant::now();
-    fill(&mut maps, entries, pairs, old, fresh)?;
+    fill(datapath.maps_mut().view_mut(), entries, pairs, old, fresh)?;
     let fill_time = fill_start.elapsed();
+    let maps = datapath.maps().view();
 
-    let sessions_memory = map_figures(&maps.sessions, sizes.sessions, u64::from(entries))?;
-    let bindings_memory = map_figures(&maps.bindings, sizes.bindings, 2 * u64::from(pairs))?;
-    let per_session = memlock(&maps.sessions)? as f64 / f64::from(sizes.sessions);
-    let per_binding = memlock(&maps.bindings)? as f64 / f64::from(sizes.bindings);
+    let sessions_memory = map_figures(maps.sessions(), sizes.sessions, u64::from(entries))?;
+    let bindings_memory = map_figures(maps.bindings(), sizes.bindings, 2 * u64::from(pairs))?;
+    let per_session = memlock(maps.sessions())? as f64 / f64::from(sizes.sessions);
+    let per_binding = memlock(maps.bindings())? as f64 / f64::from(sizes.bindings);
 
     let expired_pairs = pairs / 2;
     let expired_sessions = (0..entries).filter(|i| (i % pairs) % 2 == 1).count();
@@ -281,18 +277,14 @@ fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
         Ok(())
     };
 
-    let program = datapath.program(programs::SWEEP)?;
-    let kernel = run_sweep_program(program, &mut maps, sweep_params(&timeouts, now, 1))
+    let kernel = datapath
+        .run_sweep(sweep_params(&timeouts, now, 1))
         .context("kernel sweep")?;
-    let kernel_idle = run_sweep_program(program, &mut maps, sweep_params(&timeouts, now, 2))
+    // Again at once: nothing left to remove, so this is the walk alone.
+    let kernel_idle = datapath
+        .run_sweep(sweep_params(&timeouts, now, 2))
         .context("second kernel sweep")?;
     check("kernel sweep", &kernel, &kernel_idle)?;
-
-    fill(&mut maps, entries, pairs, old, fresh)?;
-    let report = sweep(&mut maps, &timeouts, now).context("sweep")?;
-    // Again at once: nothing left to remove, so this is the walk alone.
-    let idle_report = sweep(&mut maps, &timeouts, now).context("second sweep")?;
-    check("user-space sweep", &report, &idle_report)?;
 
     Ok(json!({
         "entries": entries,
@@ -302,13 +294,10 @@ fn bench_sweep(entries: u32) -> Result<serde_json::Value> {
         "kernel_sweep_secs": secs(kernel.elapsed),
         "kernel_scanned": kernel.scanned,
         "kernel_sweep_nothing_to_remove_secs": secs(kernel_idle.elapsed),
-        "sweep_secs": secs(report.elapsed),
-        "scanned": report.scanned,
-        "sessions_removed": report.sessions_removed,
-        "bindings_removed": report.bindings_removed,
-        "forward_sessions_removed": report.forward_sessions_removed,
-        "sweep_nothing_to_remove_secs": secs(idle_report.elapsed),
-        "scanned_nothing_to_remove": idle_report.scanned,
+        "sessions_removed": kernel.sessions_removed,
+        "bindings_removed": kernel.bindings_removed,
+        "forward_sessions_removed": kernel.forward_sessions_removed,
+        "scanned_nothing_to_remove": kernel_idle.scanned,
         "sessions": sessions_memory,
         "bindings": bindings_memory,
         // Preallocated hash maps: what each slot costs whether used or not.

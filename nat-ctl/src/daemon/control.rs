@@ -1,0 +1,236 @@
+//! The control API's handler: each request decoded by [`crate::api`] is
+//! answered here, rule changes through the one transaction.
+use std::sync::atomic::Ordering;
+
+use super::{
+    Daemon, Lifecycle,
+    state::{ApiResult, Durability, internal, to_json},
+};
+use crate::{
+    aging,
+    api::{ApiError, Controller, Request, RuleChange, TableFilter},
+    config::DaemonConfig,
+    datapath::pins,
+    rules::ForwardRule,
+    table,
+};
+
+impl Controller for Daemon {
+    fn handle(&self, request: Request) -> ApiResult {
+        match request {
+            Request::Status => self.status(),
+            Request::ListRules => self.list_rules(),
+            Request::AddRule(rule) => self.add_rule(rule),
+            Request::ModifyRule { name, change } => self.modify_rule(&name, change),
+            Request::RemoveRule(name) => self.remove_rule(&name),
+            Request::SetEnabled { name, enabled } => self.set_enabled(&name, enabled),
+            Request::Table(filter) => self.table(&filter),
+            Request::Stats => self.stats(),
+            Request::Reload => {
+                let summary = self.reload()?;
+                tracing::info!("API reload: {summary}");
+                Ok(serde_json::json!({ "reloaded": summary }))
+            }
+            Request::Upnp(on) => self.switch_upnp(on),
+            Request::Down => self.down(),
+        }
+    }
+}
+
+impl Daemon {
+    fn list_rules(&self) -> ApiResult {
+        let state = self.lock();
+        let views = state
+            .rules
+            .iter()
+            .map(|(id, rule)| state.view_of(id, rule))
+            .collect::<Result<Vec<_>, _>>()?;
+        to_json(views)
+    }
+
+    fn add_rule(&self, rule: ForwardRule) -> ApiResult {
+        let name = rule.name.clone();
+        let mut state = self.lock();
+        state.change(|rules| rules.add(rule, None).map(drop), Durability::Saved)?;
+        let (_, added) = state.rules.get(&name).expect("just added");
+        tracing::info!("rule added: {added}");
+        state.rule_view(&name)
+    }
+
+    fn modify_rule(&self, name: &str, change: RuleChange) -> ApiResult {
+        if change.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "nothing to change in rule {name}: give at least one of --name, --proto, \
+                 --external, --internal, --allow, --allow-any"
+            )));
+        }
+        let new_name = change.name.clone().unwrap_or_else(|| name.to_owned());
+        let mut state = self.lock();
+        state.change(
+            |rules| {
+                change.apply_to(rules.get_mut(name)?);
+                Ok(())
+            },
+            Durability::Saved,
+        )?;
+        let (_, modified) = state.rules.get(&new_name).expect("just modified");
+        tracing::info!("rule {name} modified: {modified}");
+        state.rule_view(&new_name)
+    }
+
+    fn remove_rule(&self, name: &str) -> ApiResult {
+        let mut state = self.lock();
+        state.change(|rules| rules.remove(name).map(drop), Durability::Saved)?;
+        tracing::info!("rule {name} removed");
+        Ok(serde_json::json!({ "removed": name }))
+    }
+
+    fn set_enabled(&self, name: &str, enabled: bool) -> ApiResult {
+        let mut state = self.lock();
+        state.change(
+            |rules| {
+                rules.get_mut(name)?.enabled = enabled;
+                Ok(())
+            },
+            Durability::Saved,
+        )?;
+        tracing::info!(
+            "rule {name} {}",
+            if enabled { "enabled" } else { "disabled" }
+        );
+        state.rule_view(name)
+    }
+
+    fn table(&self, filter: &TableFilter) -> ApiResult {
+        let state = self.lock();
+        let rows = table::table_rows(
+            &state.rules,
+            &state.view,
+            &state.config.timeouts,
+            aging::datapath_now_ns(),
+            super::unix_now(),
+            filter,
+        )
+        .map_err(internal)?;
+        to_json(rows)
+    }
+
+    fn stats(&self) -> ApiResult {
+        let state = self.lock();
+        to_json(
+            table::stats(&state.rules, &state.view, state.last_sweep.clone()).map_err(internal)?,
+        )
+    }
+
+    /// `natctl upnp on|off`. Off means closed: the clients' mappings go
+    /// with it.
+    pub(super) fn switch_upnp(&self, on: bool) -> ApiResult {
+        self.upnp_wanted.store(on, Ordering::SeqCst);
+        let mut removed = Vec::new();
+        if !on {
+            let mut state = self.lock();
+            let names: Vec<String> = state
+                .rules
+                .iter()
+                .filter(|(_, rule)| rule.upnp.is_some())
+                .map(|(_, rule)| rule.name.clone())
+                .collect();
+            state.change(
+                |rules| {
+                    for name in &names {
+                        rules.remove(name)?;
+                    }
+                    Ok(())
+                },
+                Durability::Saved,
+            )?;
+            removed = names;
+        }
+        self.upnp_changed.notify_one();
+        tracing::info!(
+            "UPnP switched {}{}",
+            if on { "on" } else { "off" },
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!("; removed {}", removed.join(", "))
+            }
+        );
+        Ok(serde_json::json!({ "upnp": on, "removed": removed }))
+    }
+
+    fn down(&self) -> ApiResult {
+        let state = self.lock();
+        let dir = state.config.pin_dir.clone();
+        pins::teardown(&dir).map_err(internal)?;
+        let _ = self.lifecycle.send(Lifecycle::Down);
+        Ok(serde_json::json!({ "detached": true, "pin_dir": dir }))
+    }
+
+    /// Re-reads the configuration file and the rule store (SIGHUP). Nothing
+    /// changes unless both are valid and the rules pass the same
+    /// transaction as any other change.
+    pub(super) fn reload(&self) -> Result<String, ApiError> {
+        let (config, _) = self.options.load_config().map_err(|error| {
+            ApiError::bad_request(format!("configuration not reloaded: {error}"))
+        })?;
+        let mut state = self.lock();
+        let lan = state.lan.network.map(|net| net.trunc());
+        let loaded = super::rules_from_store(&config.rules_file, lan, &state.rules)
+            .map_err(|error| ApiError::bad_request(format!("rules not reloaded: {error:#}")))?;
+        if config.pin_dir != state.config.pin_dir || config.socket != state.config.socket {
+            tracing::warn!("a new pin_dir or socket takes effect when the daemon restarts");
+        }
+        state
+            .change(
+                |rules| {
+                    *rules = loaded;
+                    Ok(())
+                },
+                Durability::FromStore,
+            )
+            .map_err(|error| ApiError {
+                message: format!("rules not reloaded: {}", error.api.message),
+                ..error.api
+            })?;
+        let kept = (state.config.pin_dir.clone(), state.config.socket.clone());
+        state.config = DaemonConfig {
+            pin_dir: kept.0,
+            socket: kept.1,
+            ..config
+        };
+        let nat = super::nat_config(&state.config, &state.wan, &state.lan);
+        state.writer.set_config(&nat).map_err(internal)?;
+        self.upnp_wanted
+            .store(state.config.upnp.enabled, Ordering::SeqCst);
+        self.upnp_changed.notify_one();
+        Ok(format!(
+            "reloaded {} and {} rule(s) from {}",
+            self.config_file
+                .as_ref()
+                .map_or("the default configuration".to_owned(), |file| file
+                    .display()
+                    .to_string()),
+            state.rules.len(),
+            state.config.rules_file.display()
+        ))
+    }
+
+    fn status(&self) -> ApiResult {
+        let state = self.lock();
+        Ok(serde_json::json!({
+            "wan": state.wan,
+            "lan": state.lan,
+            "rules": state.rules.len(),
+            "config_file": self.config_file,
+            "rules_file": state.config.rules_file,
+            "pin_dir": state.config.pin_dir,
+            "nat": state.config.nat,
+            "timeouts": state.config.timeouts,
+            "picked_up_pinned_datapath": self.adopted,
+            "upnp": self.upnp_wanted.load(Ordering::SeqCst),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "pid": std::process::id(),
+        }))
+    }
+}

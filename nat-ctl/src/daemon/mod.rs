@@ -1,0 +1,358 @@
+//! `natctl daemon`: the only writer of the datapath's maps and of the rule
+//! store. It loads (or picks up) the pinned datapath, follows the NICs'
+//! addresses, serves the control API, ages entries out and logs new
+//! inbound connections.
+//!
+//! - `state`: the daemon's state and the rule transaction, the one way
+//!   rules change;
+//! - `control`: the control API's handler;
+//! - `tasks`: aging, the connection log, address changes, deferred saves,
+//!   lease expiry;
+//! - `upnp`: the IGD's supervisor and its adapters.
+mod control;
+mod state;
+mod tasks;
+mod upnp;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, atomic::AtomicBool},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+use ipnet::Ipv4Net;
+use nat_common::NatConfig;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use self::state::{SAVE_DELAY, State};
+use crate::{
+    api::{self, Controller},
+    config::{self, DaemonConfig},
+    datapath::{AttachMode, pins},
+    interfaces,
+    rules::{RuleError, RuleSet},
+    store,
+};
+
+/// What `natctl daemon` was started with; the flags win over the file.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub wan: String,
+    pub lan: String,
+    pub config: Option<PathBuf>,
+    pub xdp_mode: AttachMode,
+    pub socket: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub rules_file: Option<PathBuf>,
+}
+
+impl DaemonOptions {
+    fn load_config(&self) -> Result<(DaemonConfig, Option<PathBuf>), config::ConfigError> {
+        let (mut config, file) = DaemonConfig::load(self.config.as_deref())?;
+        if let Some(socket) = &self.socket {
+            config.socket = socket.clone();
+        }
+        if let Some(pin_dir) = &self.pin_dir {
+            config.pin_dir = pin_dir.clone();
+        }
+        if let Some(rules_file) = &self.rules_file {
+            config.rules_file = rules_file.clone();
+        }
+        Ok((config, file))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Nic {
+    pub name: String,
+    pub ifindex: u32,
+    /// `None` while the interface has no IPv4 address.
+    pub network: Option<Ipv4Net>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lifecycle {
+    Running,
+    /// Exit, leaving the datapath attached and pinned.
+    Stop,
+    /// The datapath was detached: exit.
+    Down,
+}
+
+pub(super) struct Daemon {
+    state: Mutex<State>,
+    lifecycle: watch::Sender<Lifecycle>,
+    options: DaemonOptions,
+    config_file: Option<PathBuf>,
+    started: Instant,
+    adopted: bool,
+    /// `natctl upnp on|off`; starts as the configuration says.
+    upnp_wanted: AtomicBool,
+    /// Wakes the UPnP supervisor: a switch, an address or a reload.
+    upnp_changed: tokio::sync::Notify,
+    boot_id: u32,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (the datapath stays) or
+/// `natctl down` (the datapath is detached).
+pub fn run(options: DaemonOptions) -> Result<()> {
+    if options.wan == options.lan {
+        bail!(
+            "--wan and --lan are both {:?}: the router needs two different NICs",
+            options.wan
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run_async(options))
+}
+
+fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
+    let (wan_addr, lan_net) = match (wan.network, lan.network) {
+        (Some(wan), Some(lan)) => (wan.addr(), lan.trunc()),
+        // Without both addresses the datapath must not translate: a zero
+        // WAN address makes it pass everything to the kernel.
+        _ => (std::net::Ipv4Addr::UNSPECIFIED, Ipv4Net::default()),
+    };
+    NatConfig {
+        wan_addr: wan_addr.octets(),
+        lan_net: lan_net.network().octets(),
+        lan_prefix_len: lan_net.prefix_len(),
+        filtering: config.nat.filtering.datapath_value(),
+        unsolicited: config.nat.unsolicited.datapath_value(),
+        hairpin: u8::from(config.nat.hairpin),
+        wan_ifindex: wan.ifindex,
+        lan_ifindex: lan.ifindex,
+        port_min: config.nat.ports.first,
+        port_max: config.nat.ports.last,
+    }
+}
+
+/// The rules of the store, checked as a whole; an error names the file and
+/// the line of the rule at fault.
+fn rules_from_store(path: &Path, lan: Option<Ipv4Net>, previous: &RuleSet) -> Result<RuleSet> {
+    let loaded = store::load_rules(path)?;
+    let at =
+        |line: usize, error: RuleError| anyhow::anyhow!("{} line {line}: {error}", path.display());
+    let mut rules = RuleSet::default();
+    for entry in &loaded {
+        // Keep each rule's id (and so its counters) across a reload.
+        let id = previous.get(&entry.rule.name).map(|(id, _)| id);
+        rules
+            .add(entry.rule.clone(), id)
+            .map_err(|error| at(entry.line, error))?;
+        if let Some(lan) = lan {
+            entry
+                .rule
+                .validate(lan)
+                .map_err(|error| at(entry.line, error))?;
+        }
+    }
+    if let Err(error) = crate::rules::check_conflicts(&rules.to_vec()) {
+        let name = match &error {
+            RuleError::Overlap { name, .. }
+            | RuleError::SharedTarget { name, .. }
+            | RuleError::DuplicateName(name) => Some(name.as_str()),
+            _ => None,
+        };
+        let line = loaded
+            .iter()
+            .rev()
+            .find(|entry| Some(entry.rule.name.as_str()) == name)
+            .map_or(1, |entry| entry.line);
+        return Err(at(line, error));
+    }
+    Ok(rules)
+}
+
+async fn run_async(options: DaemonOptions) -> Result<()> {
+    let (config, config_file) = options.load_config()?;
+    let wan_ifindex = interfaces::ifindex(&options.wan)?;
+    let lan_ifindex = interfaces::ifindex(&options.lan)?;
+    let netlink = interfaces::netlink()?;
+    let wan = Nic {
+        name: options.wan.clone(),
+        ifindex: wan_ifindex,
+        network: interfaces::ipv4_network_of(&netlink, wan_ifindex).await?,
+    };
+    let lan = Nic {
+        name: options.lan.clone(),
+        ifindex: lan_ifindex,
+        network: interfaces::ipv4_network_of(&netlink, lan_ifindex).await?,
+    };
+    let Some(lan_net) = lan.network else {
+        return Err(interfaces::InterfaceError::NoIpv4(lan.name.clone()).into());
+    };
+    if wan.network.is_none() {
+        tracing::warn!(
+            "WAN {} has no IPv4 address yet: passing all traffic to the kernel until it gets one",
+            wan.name
+        );
+    }
+    let rules = rules_from_store(
+        &config.rules_file,
+        Some(lan_net.trunc()),
+        &RuleSet::default(),
+    )?;
+
+    // Refuse early if another daemon serves the socket, before touching
+    // its datapath.
+    let listener = api::bind(&config.socket)
+        .with_context(|| format!("opening the API socket {}", config.socket.display()))?;
+    let started = pins::check_bpffs(&config.pin_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(interfaces::prepare_router(&lan.name, &wan.name)?))
+        .and_then(|()| {
+            Ok(pins::adopt_or_load(
+                &config.pin_dir,
+                &nat_config(&config, &wan, &lan),
+                pins::Nic {
+                    name: &wan.name,
+                    ifindex: wan.ifindex,
+                },
+                pins::Nic {
+                    name: &lan.name,
+                    ifindex: lan.ifindex,
+                },
+                options.xdp_mode,
+                &rules,
+            )?)
+        });
+    let running = match started {
+        Ok(running) => running,
+        Err(error) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(error);
+        }
+    };
+    let adopted = running.adopted;
+    let rules = running.rules;
+    tracing::info!(
+        "NAT {}: WAN {} ({}), LAN {} ({}), {} rule(s) from {}; maps pinned in {}; API on {}",
+        if adopted {
+            "picked up from the pinned datapath, flows kept"
+        } else {
+            "started"
+        },
+        wan.name,
+        show(wan.network),
+        lan.name,
+        lan_net.trunc(),
+        rules.len(),
+        config.rules_file.display(),
+        config.pin_dir.display(),
+        config.socket.display()
+    );
+
+    let (lifecycle, mut lifecycle_changes) = watch::channel(Lifecycle::Running);
+    let upnp_enabled = config.upnp.enabled;
+    let store_changed = Arc::new(tokio::sync::Notify::new());
+    let ring = running.new_connections;
+    let socket = config.socket.clone();
+    let daemon = Arc::new(Daemon {
+        state: Mutex::new(State {
+            store_dirty: false,
+            store_changed: store_changed.clone(),
+            config,
+            writer: running.writer,
+            view: running.view,
+            sweep: running.sweep,
+            rules,
+            wan,
+            lan,
+            last_sweep: None,
+        }),
+        lifecycle,
+        options,
+        config_file,
+        started: Instant::now(),
+        adopted,
+        upnp_wanted: AtomicBool::new(upnp_enabled),
+        upnp_changed: tokio::sync::Notify::new(),
+        boot_id: unix_now() as u32,
+    });
+
+    let (api_stop_tx, api_stop) = watch::channel(false);
+    let server = tokio::spawn(api::serve(
+        listener,
+        daemon.clone() as Arc<dyn Controller>,
+        api_stop,
+    ));
+    tokio::spawn(tasks::sweep_loop(daemon.clone()));
+    tokio::spawn(tasks::connection_log(daemon.clone(), ring));
+    tokio::spawn(tasks::follow_addresses(daemon.clone(), netlink));
+    tokio::spawn(tasks::expire_leases(daemon.clone()));
+    tokio::spawn(tasks::save_deferred(daemon.clone(), store_changed));
+    if !upnp_enabled {
+        // Switched off in the configuration: no client's mapping stays open.
+        if let Err(error) = daemon.switch_upnp(false) {
+            tracing::error!("removing UPnP mappings: {error}");
+        }
+    }
+    let (upnp_stop_tx, upnp_stop) = watch::channel(false);
+    let upnp = tokio::spawn(upnp::supervise_upnp(daemon.clone(), upnp_stop));
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let outcome = loop {
+        tokio::select! {
+            _ = terminate.recv() => break Lifecycle::Stop,
+            _ = interrupt.recv() => break Lifecycle::Stop,
+            _ = hangup.recv() => match daemon.reload() {
+                Ok(summary) => tracing::info!("SIGHUP: {summary}"),
+                Err(error) => tracing::error!("SIGHUP: {error}"),
+            },
+            changed = lifecycle_changes.changed() => {
+                if changed.is_err() {
+                    break Lifecycle::Stop;
+                }
+                let now = *lifecycle_changes.borrow();
+                if now != Lifecycle::Running {
+                    break now;
+                }
+            }
+        }
+    };
+    // The IGD says goodbye (SSDP byebye) before the daemon goes.
+    let _ = upnp_stop_tx.send(true);
+    let _ = upnp.await;
+    let _ = api_stop_tx.send(true);
+    let _ = server.await;
+    if let Err(error) = daemon.lock().flush() {
+        tracing::error!("saving the last rule changes: {error}");
+    }
+    let _ = std::fs::remove_file(&socket);
+    match outcome {
+        Lifecycle::Down => tracing::info!("datapath detached and unpinned; daemon stopped"),
+        _ => tracing::info!(
+            "daemon stopped; the datapath keeps forwarding (`natctl down` detaches it)"
+        ),
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+fn show(network: Option<Ipv4Net>) -> String {
+    network.map_or("none".to_owned(), |net| net.to_string())
+}
+
+impl Daemon {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent maps (each step
+        // is one syscall): carry on with the state as it is.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,208 @@
+//! The daemon's background tasks: the aging sweep, the connection log, the
+//! NICs' addresses, deferred saves of the rule store and lease expiry.
+use std::sync::Arc;
+
+use futures::StreamExt;
+use nat_common::ConnectionEvent;
+use tokio::io::unix::AsyncFd;
+
+use super::{Daemon, SAVE_DELAY, nat_config, show, state::Durability, unix_now};
+use crate::{aging, config, interfaces, rules::protocol_name};
+
+/// Runs the kernel's aging sweep every [`config::sweep_interval`].
+pub(super) async fn sweep_loop(daemon: Arc<Daemon>) {
+    loop {
+        let interval = config::sweep_interval(&daemon.lock().config.timeouts);
+        tokio::time::sleep(interval).await;
+        let daemon = daemon.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut state = daemon.lock();
+            let params = aging::sweep_params(&state.config.timeouts, 0, 0);
+            let report = state.sweep.run(params);
+            if let Ok(report) = &report {
+                state.last_sweep = Some(report.clone());
+            }
+            report
+        })
+        .await;
+        match outcome {
+            Ok(Ok(report)) => {
+                if report.sessions_removed
+                    + report.bindings_removed
+                    + report.forward_sessions_removed
+                    > 0
+                {
+                    tracing::debug!(?report, "aging sweep");
+                }
+            }
+            Ok(Err(error)) => tracing::error!("aging sweep failed: {error}"),
+            Err(error) => tracing::error!("aging sweep panicked: {error}"),
+        }
+    }
+}
+
+/// Logs each new conversation on a forwarded port, as the datapath reports
+/// it (once per conversation, never per packet).
+pub(super) async fn connection_log(
+    daemon: Arc<Daemon>,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+) {
+    // SAFETY: the ring owns its map fd and never replaces or closes it
+    // while the AsyncFd holds it.
+    let mut ring = match unsafe { AsyncFd::register(ring) } {
+        Ok(ring) => ring,
+        Err(error) => {
+            tracing::error!("cannot watch the new-connection ring: {error}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(error) => {
+                tracing::error!("new-connection ring: {error}");
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<ConnectionEvent>() {
+                // SAFETY: the datapath writes whole ConnectionEvents, a
+                // plain-integer repr(C) struct; read_unaligned copes with
+                // the ring's alignment.
+                events.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<ConnectionEvent>())
+                });
+            }
+        }
+        guard.clear_ready();
+        if events.is_empty() {
+            continue;
+        }
+        let state = daemon.lock();
+        for event in events {
+            let rule = state
+                .rules
+                .by_id(event.rule_id)
+                .map_or("?", |rule| rule.name.as_str());
+            tracing::info!(
+                target: "natctl::connections",
+                "new inbound {} connection from {}:{} to external port {} (rule {rule}) -> {}:{}",
+                protocol_name(event.proto),
+                std::net::Ipv4Addr::from(event.remote_addr),
+                event.remote_port,
+                event.external_port,
+                std::net::Ipv4Addr::from(event.internal_addr),
+                event.internal_port,
+            );
+        }
+    }
+}
+
+/// Re-reads both NICs' addresses whenever the kernel reports a change, and
+/// moves the datapath to the new ones.
+pub(super) async fn follow_addresses(daemon: Arc<Daemon>, netlink: rtnetlink::Handle) {
+    let mut changes = match interfaces::address_changes() {
+        Ok(changes) => changes,
+        Err(error) => {
+            tracing::error!("cannot follow address changes: {error}");
+            return;
+        }
+    };
+    while changes.next().await.is_some() {
+        let (wan_ifindex, lan_ifindex) = {
+            let state = daemon.lock();
+            (state.wan.ifindex, state.lan.ifindex)
+        };
+        let wan = interfaces::ipv4_network_of(&netlink, wan_ifindex).await;
+        let lan = interfaces::ipv4_network_of(&netlink, lan_ifindex).await;
+        let (Ok(wan), Ok(lan)) = (wan, lan) else {
+            tracing::warn!("re-reading the NICs' addresses failed; keeping the current ones");
+            continue;
+        };
+        let mut state = daemon.lock();
+        if state.wan.network == wan && state.lan.network == lan {
+            continue;
+        }
+        tracing::info!(
+            "addresses changed: WAN {} -> {}, LAN {} -> {}",
+            show(state.wan.network),
+            show(wan),
+            show(state.lan.network),
+            show(lan)
+        );
+        state.wan.network = wan;
+        state.lan.network = lan;
+        let nat = nat_config(&state.config, &state.wan, &state.lan);
+        if let Err(error) = state.writer.set_config(&nat) {
+            tracing::error!("updating the datapath's configuration: {error}");
+        }
+        if let Some(lan) = lan {
+            for (_, rule) in state.rules.iter() {
+                if let Err(error) = rule.validate(lan.trunc()) {
+                    tracing::warn!("{error}");
+                }
+            }
+        }
+        drop(state);
+        daemon.upnp_changed.notify_one();
+    }
+}
+
+/// Saves deferred rule changes, a batch at a time.
+pub(super) async fn save_deferred(daemon: Arc<Daemon>, changed: Arc<tokio::sync::Notify>) {
+    loop {
+        changed.notified().await;
+        tokio::time::sleep(SAVE_DELAY).await;
+        let daemon = daemon.clone();
+        let saved = tokio::task::spawn_blocking(move || daemon.lock().flush()).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!("saving rule changes (will retry with the next one): {error}")
+            }
+            Err(error) => tracing::error!("saving rule changes: {error}"),
+        }
+    }
+}
+
+/// Removes UPnP mappings whose lease has run out, within a second of it.
+pub(super) async fn expire_leases(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let daemon = daemon.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = unix_now();
+            let mut state = daemon.lock();
+            let expired: Vec<String> = state
+                .rules
+                .iter()
+                .filter(|(_, rule)| {
+                    rule.upnp
+                        .as_ref()
+                        .and_then(|lease| lease.expires_at)
+                        .is_some_and(|expires| expires <= now)
+                })
+                .map(|(_, rule)| rule.name.clone())
+                .collect();
+            if expired.is_empty() {
+                return;
+            }
+            match state.change(
+                |rules| {
+                    for name in &expired {
+                        rules.remove(name)?;
+                    }
+                    Ok(())
+                },
+                Durability::Soon,
+            ) {
+                Ok(_) => tracing::info!("UPnP lease expired: removed {}", expired.join(", ")),
+                Err(error) => tracing::error!("removing expired UPnP mappings: {}", error.api),
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,220 @@
+//! The UPnP IGD's place in the daemon: a supervisor that runs the service
+//! while it is wanted, and the adapters through which its requests reach
+//! the rule transaction.
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
+
+use ipnet::Ipv4Net;
+use nat_common::Counter;
+use tokio::sync::watch;
+
+use super::{
+    Daemon,
+    state::{Durability, State},
+    unix_now,
+};
+use crate::{
+    rules::ForwardRule,
+    upnp::{
+        IgdVersion,
+        http::Control,
+        igd::{self, Gateway, GatewayError, Totals},
+        service::{self, Running, ServiceConfig},
+        soap::{SoapRequest, UpnpError},
+    },
+};
+
+/// Keeps the IGD running exactly while it is wanted and the LAN has an
+/// address, restarting it when the address or its settings change.
+pub(super) async fn supervise_upnp(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    let mut running: Option<(Running, ServiceConfig)> = None;
+    loop {
+        let desired = {
+            let state = daemon.lock();
+            let settings = &state.config.upnp;
+            match state.lan.network {
+                Some(lan) if daemon.upnp_wanted.load(Ordering::SeqCst) => {
+                    let igd = if settings.igd_version == 1 {
+                        IgdVersion::V1
+                    } else {
+                        IgdVersion::V2
+                    };
+                    Some(ServiceConfig {
+                        lan_ifname: state.lan.name.clone(),
+                        lan_addr: lan.addr(),
+                        lan_net: lan.trunc(),
+                        http_port: settings.http_port,
+                        identity: service::identity(&state.lan.name, igd, daemon.boot_id),
+                        igd,
+                        v1_user_agents: settings.v1_user_agents.clone(),
+                    })
+                }
+                _ => None,
+            }
+        };
+        let unchanged = match (&running, &desired) {
+            (Some((_, current)), Some(wanted)) => {
+                (
+                    current.lan_addr,
+                    current.http_port,
+                    current.igd,
+                    &current.v1_user_agents,
+                ) == (
+                    wanted.lan_addr,
+                    wanted.http_port,
+                    wanted.igd,
+                    &wanted.v1_user_agents,
+                )
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            if let Some((service, _)) = running.take() {
+                service.stop().await;
+                tracing::info!("UPnP IGD stopped");
+            }
+            if let Some(config) = desired {
+                let control = Arc::new(UpnpControl(daemon.clone())) as Arc<dyn Control>;
+                match service::start(config.clone(), control) {
+                    Ok(service) => {
+                        tracing::info!(
+                            "UPnP IGD on {} ({}), description at {}",
+                            config.lan_ifname,
+                            config.lan_addr,
+                            service.location
+                        );
+                        running = Some((service, config));
+                    }
+                    Err(error) => tracing::error!("UPnP IGD could not start: {error}"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = daemon.upnp_changed.notified() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    if let Some((service, _)) = running.take() {
+        service.stop().await;
+    }
+}
+
+/// The IGD's view of the daemon, for one request.
+struct DaemonGateway<'a> {
+    state: &'a mut State,
+    started: Instant,
+}
+
+impl Gateway for DaemonGateway<'_> {
+    fn external_address(&self) -> Option<Ipv4Addr> {
+        self.state.wan.network.map(|net| net.addr())
+    }
+
+    fn lan(&self) -> Option<Ipv4Net> {
+        self.state.lan.network.map(|net| net.trunc())
+    }
+
+    fn rules(&self) -> Vec<ForwardRule> {
+        self.state.rules.to_vec()
+    }
+
+    fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
+        let summary: Vec<String> = add.iter().map(ToString::to_string).collect();
+        self.state
+            .change(
+                |rules| {
+                    let mut ids = std::collections::HashMap::new();
+                    for name in remove {
+                        if let Some((id, _)) = rules.get(name) {
+                            ids.insert(name.clone(), id);
+                        }
+                        rules.remove(name)?;
+                    }
+                    for rule in add {
+                        let id = ids.get(&rule.name).copied();
+                        rules.add(rule, id)?;
+                    }
+                    Ok(())
+                },
+                Durability::Soon,
+            )
+            .map_err(|error| match error.rule {
+                Some(rule) => GatewayError::Rule(rule),
+                None => GatewayError::Failed(error.api.message),
+            })?;
+        if !remove.is_empty() {
+            tracing::info!("UPnP: removed {}", remove.join(", "));
+        }
+        for line in summary {
+            tracing::info!("UPnP: mapped {line}");
+        }
+        Ok(())
+    }
+
+    fn totals(&self) -> Totals {
+        let counters = self.state.view.counters().unwrap_or_default();
+        let mut totals = Totals::default();
+        for (counter, value) in counters {
+            match counter {
+                Counter::Snat | Counter::IcmpErrorOut => {
+                    totals.bytes_sent += value.bytes;
+                    totals.packets_sent += value.packets;
+                }
+                Counter::WanRx => {
+                    totals.bytes_received += value.bytes;
+                    totals.packets_received += value.packets;
+                }
+                _ => {}
+            }
+        }
+        totals
+    }
+
+    fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn now_unix(&self) -> u64 {
+        unix_now()
+    }
+}
+
+struct UpnpControl(Arc<Daemon>);
+
+impl Control for UpnpControl {
+    fn control(
+        &self,
+        caller: Ipv4Addr,
+        request: &SoapRequest,
+    ) -> Result<Vec<(&'static str, String)>, UpnpError> {
+        let daemon = &self.0;
+        if !daemon.upnp_wanted.load(Ordering::SeqCst) {
+            return Err(UpnpError::ActionNotAuthorized);
+        }
+        let mut state = daemon.lock();
+        let settings = state.config.upnp.clone();
+        let igd = if settings.igd_version == 1 {
+            IgdVersion::V1
+        } else {
+            IgdVersion::V2
+        };
+        let mut gateway = DaemonGateway {
+            state: &mut state,
+            started: daemon.started,
+        };
+        let outcome = igd::handle(&mut gateway, &settings, igd, caller, request);
+        if let Err(error) = &outcome {
+            tracing::info!(
+                "UPnP {} from {caller} refused: {} {}",
+                request.action,
+                error.code(),
+                error.description()
+            );
+        }
+        outcome
+    }
+}

@@ -1,0 +1,128 @@
+//! The writer of the maps user space owns: the configuration, the egress
+//! devices and the rule maps. Only the daemon's rule transaction holds one;
+//! rules change only through [`MapWriter::apply`].
+use aya::maps::{
+    Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::LpmTrie,
+};
+use nat_common::{AllowedRemote, EndpointKey, Forward, NatConfig, RuleCounters, maps as names};
+
+use super::{DatapathError, MapChange, Result, Step, is_not_found, map_error};
+use crate::rules::{AllowEntry, RuleEntries};
+
+pub struct MapWriter {
+    pub(super) config: Array<MapData, NatConfig>,
+    pub(super) egress: DevMapHash<MapData>,
+    pub(super) forwards: HashMap<MapData, EndpointKey, Forward>,
+    pub(super) allowed_remotes: LpmTrie<MapData, AllowedRemote, u8>,
+    pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
+}
+
+impl MapWriter {
+    pub fn config(&self) -> Result<NatConfig> {
+        self.config.get(&0, 0).map_err(map_error(names::CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: &NatConfig) -> Result<()> {
+        self.config
+            .set(0, config, 0)
+            .map_err(map_error(names::CONFIG))
+    }
+
+    /// Lets the datapath redirect to `ifindex`.
+    pub fn allow_egress(&mut self, ifindex: u32) -> Result<()> {
+        self.egress
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(DatapathError::Egress)
+    }
+
+    /// The forward a pinned datapath holds for `key`, if any.
+    pub fn forward(&self, key: &EndpointKey) -> Result<Option<Forward>> {
+        match self.forwards.get(key, 0) {
+            Ok(forward) => Ok(Some(forward)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(map_error(names::FORWARDS)(error)),
+        }
+    }
+
+    /// What the rule maps hold now, read back from the kernel: the starting
+    /// point of the first change after picking up a pinned datapath.
+    pub fn entries(&self) -> Result<RuleEntries> {
+        let forwards = self
+            .forwards
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_error(names::FORWARDS))?;
+        let allowed = self
+            .allowed_remotes
+            .keys()
+            .map(|key| {
+                key.map(|key| AllowEntry {
+                    prefix_len: key.prefix_len(),
+                    remote: key.data(),
+                })
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_error(names::ALLOWED_REMOTES))?;
+        Ok(RuleEntries { forwards, allowed })
+    }
+
+    /// Carries out `change`, all or nothing: after a failed step, the steps
+    /// already taken are undone (best effort: they restore entries that
+    /// were just there). Counters of fresh rule ids are zeroed first, so no
+    /// packet of a new rule is counted for an old one.
+    pub fn apply(&mut self, change: &MapChange) -> Result<()> {
+        for &rule_id in change.fresh_rule_ids() {
+            self.reset_rule_counters(rule_id)?;
+        }
+        for (done, step) in change.steps().enumerate() {
+            if let Err(error) = self.step(step) {
+                for undo in change.undo_of(done) {
+                    let _ = self.step(undo);
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: Step) -> Result<()> {
+        match step {
+            Step::PutAllowed(entry) => self
+                .allowed_remotes
+                .insert(&entry.key(), 1, 0)
+                .map_err(map_error(names::ALLOWED_REMOTES)),
+            Step::RemoveAllowed(entry) => match self.allowed_remotes.remove(&entry.key()) {
+                Err(error) if !is_not_found(&error) => {
+                    Err(map_error(names::ALLOWED_REMOTES)(error))
+                }
+                _ => Ok(()),
+            },
+            Step::PutForward(key, value) => self
+                .forwards
+                .insert(key, value, 0)
+                .map_err(map_error(names::FORWARDS)),
+            Step::RemoveForward(key) => match self.forwards.remove(&key) {
+                Err(error) if !is_not_found(&error) => Err(map_error(names::FORWARDS)(error)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn reset_rule_counters(&mut self, rule_id: u32) -> Result<()> {
+        let io = |error| map_error(names::RULE_COUNTERS)(aya::maps::MapError::IoError(error));
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| io(error))?;
+        let zeroes = PerCpuValues::try_from(vec![RuleCounters::default(); cpus]).map_err(io)?;
+        self.rule_counters
+            .set(rule_id, zeroes, 0)
+            .map_err(map_error(names::RULE_COUNTERS))
+    }
+}
+
+#[cfg(feature = "harness")]
+impl MapWriter {
+    /// The configuration array itself, for tests of code that must refuse
+    /// an array map.
+    pub fn config_map(&self) -> &Array<MapData, NatConfig> {
+        &self.config
+    }
+}
