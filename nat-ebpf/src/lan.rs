@@ -6,7 +6,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     counters::{count, count_rule},
-    forward::{redirect, route},
+    egress::{redirect, route},
     lookup::{
         binding_inbound, binding_outbound, config, external_port_for, forward_inbound,
         forward_outbound, in_prefix, now_ns,

@@ -1,5 +1,5 @@
 //! The XDP NAT datapath. A packet goes through parse -> lookup -> translate
-//! (with checksum) -> forward; each stage lives in the file named for it.
+//! (with checksum) -> egress; each stage lives in the file named for it.
 //! `lan` and `wan` hold the per-direction flow, and the entry points below
 //! are thin shims over them.
 // Built for the BPF target by nat-ctl's build script. `cargo clippy
@@ -15,7 +15,7 @@ mod aging;
 mod bench;
 mod checksum;
 mod counters;
-mod forward;
+mod egress;
 mod lan;
 mod lookup;
 mod maps;

@@ -6,7 +6,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     counters::{count, count_rule},
-    forward::{redirect, route},
+    egress::{redirect, route},
     lookup::{binding_inbound, config, forward_inbound, now_ns, remote_allowed},
     parse::{ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
