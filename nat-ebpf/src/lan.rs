@@ -11,9 +11,12 @@ use crate::{
         binding_inbound, binding_outbound, config, external_port_for, forward_inbound,
         forward_outbound, in_prefix, now_ns,
     },
-    parse::{ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
+    parse::{
+        Endpoint, ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame,
+        parse_quoted,
+    },
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
-    translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
 #[inline(always)]
@@ -40,8 +43,7 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
         IcmpKind::Other => return Err(Counter::PassUnsupportedProto),
         // Only a request opens a query mapping; a LAN host's echo reply
         // answers nobody we forwarded to it.
-        // SAFETY: `l4` holds 8 checked bytes.
-        IcmpKind::Query if unsafe { (*packet.l4)[0] } != ICMP_ECHO_REQUEST => {
+        IcmpKind::Query if packet.icmp_type() != ICMP_ECHO_REQUEST => {
             return Err(Counter::PassLocal);
         }
         _ => {}
@@ -55,18 +57,12 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
         return Err(Counter::PassLocal);
     }
     let now = now_ns();
-    let internal = Endpoint {
-        addr: src,
-        port: packet.port(Side::Source),
-    };
+    let internal = packet.endpoint(Side::Source);
     let external = external_port_for(config, packet.proto, internal, now, len)?;
     let conversation = Conversation {
         proto: packet.proto,
         external_port: external.port,
-        remote: Endpoint {
-            addr: dst,
-            port: packet.port(Side::Destination),
-        },
+        remote: packet.endpoint(Side::Destination),
         tcp_flags: packet.tcp_flags,
     };
     if external.rule_id == 0 {
@@ -115,10 +111,7 @@ fn hairpin(
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
-    let internal = Endpoint {
-        addr: packet.addr(Side::Source),
-        port: packet.port(Side::Source),
-    };
+    let internal = packet.endpoint(Side::Source);
     let source = external_port_for(config, packet.proto, internal, now, len)?;
     // What each side sees of the other is the WAN address and a port.
     let source_outside = Endpoint {
@@ -178,10 +171,7 @@ fn icmp_error_outbound(
     if quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query {
         return Err(Counter::PassLocal);
     }
-    let internal = Endpoint {
-        addr: quoted.addr(Side::Destination),
-        port: quoted.port(Side::Destination),
-    };
+    let internal = quoted.endpoint(Side::Destination);
     let external_port = match forward_outbound(quoted.proto, internal) {
         Some(forward) => forward.port,
         None => binding_outbound(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?,

@@ -11,7 +11,7 @@ use nat_common::{
 use crate::{
     counters::count,
     maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS},
-    translate::Endpoint,
+    parse::Endpoint,
 };
 
 pub const BPF_NOEXIST: u64 = 1;

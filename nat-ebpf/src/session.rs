@@ -12,7 +12,7 @@ use crate::{
     counters::count,
     lookup::{BPF_NOEXIST, TOUCH_GRANULARITY_NS},
     maps::{FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
-    translate::Endpoint,
+    parse::Endpoint,
 };
 
 const TCP_FIN: u8 = 0x01;

@@ -8,9 +8,11 @@ use crate::{
     counters::{count, count_rule},
     egress::{redirect, route},
     lookup::{binding_inbound, config, forward_inbound, now_ns, remote_allowed},
-    parse::{ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
+    parse::{
+        Endpoint, ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted,
+    },
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
-    translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
 #[inline(always)]
@@ -37,18 +39,14 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         IcmpKind::Error => return icmp_error_inbound(ctx, config, eth, &packet, len),
         IcmpKind::Other => return Err(Counter::PassLocal),
         // Echo requests are for the router itself.
-        // SAFETY: `l4` holds 8 checked bytes.
-        IcmpKind::Query if unsafe { (*packet.l4)[0] } != ICMP_ECHO_REPLY => {
+        IcmpKind::Query if packet.icmp_type() != ICMP_ECHO_REPLY => {
             return Err(Counter::PassLocal);
         }
         _ => {}
     }
 
     let now = now_ns();
-    let remote = Endpoint {
-        addr: packet.addr(Side::Source),
-        port: packet.port(Side::Source),
-    };
+    let remote = packet.endpoint(Side::Source);
     let external_port = packet.port(Side::Destination);
     let conversation = Conversation {
         proto: packet.proto,
