@@ -5,11 +5,12 @@ use nat_common::{Counter, NatConfig, PROTO_ICMP};
 use network_types::eth::EthHdr;
 
 use crate::{
+    binding::external_port_for,
     counters::{count, count_rule},
     egress::{redirect, route},
     lookup::{
-        binding_inbound, binding_outbound, config, external_port_for, forward_inbound,
-        forward_outbound, in_prefix, now_ns,
+        binding_inbound, binding_outbound, config, forward_inbound, forward_outbound, in_prefix,
+        now_ns,
     },
     parse::{
         Endpoint, ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame,

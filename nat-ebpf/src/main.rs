@@ -13,6 +13,7 @@
 
 mod aging;
 mod bench;
+mod binding;
 mod checksum;
 mod counters;
 mod egress;

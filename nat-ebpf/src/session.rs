@@ -10,8 +10,8 @@ use nat_common::{
 
 use crate::{
     counters::count,
-    lookup::{BPF_NOEXIST, TOUCH_GRANULARITY_NS},
-    maps::{FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
+    lookup::TOUCH_GRANULARITY_NS,
+    maps::{BPF_NOEXIST, FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
     parse::Endpoint,
 };
 
