@@ -6,7 +6,7 @@ use nat_common::{Binding, Counter, EndpointKey, NatConfig};
 
 use crate::{
     counters::count,
-    lookup::{External, binding_outbound, forward_inbound, forward_outbound},
+    lookup::{External, binding_outbound, forward_inbound, outbound_external},
     maps::{BINDINGS, BPF_NOEXIST},
     parse::Endpoint,
 };
@@ -27,14 +27,8 @@ pub fn external_port_for(
     now: u64,
     frame_len: usize,
 ) -> Result<External, Counter> {
-    if let Some(forward) = forward_outbound(proto, internal) {
-        return Ok(External {
-            port: forward.port,
-            rule_id: forward.rule_id,
-        });
-    }
-    if let Some(port) = binding_outbound(proto, internal, now) {
-        return Ok(External { port, rule_id: 0 });
+    if let Some(external) = outbound_external(proto, internal, now) {
+        return Ok(external);
     }
     let port = create_binding(config, proto, internal, now)?;
     count(Counter::NewBinding, frame_len);

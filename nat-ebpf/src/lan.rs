@@ -8,10 +8,7 @@ use crate::{
     binding::external_port_for,
     counters::{count, count_rule},
     egress::{redirect, route},
-    lookup::{
-        binding_inbound, binding_outbound, config, forward_inbound, forward_outbound, in_prefix,
-        now_ns,
-    },
+    lookup::{Target, config, in_prefix, inbound_target, now_ns, outbound_external},
     parse::{
         Endpoint, ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame,
         parse_quoted,
@@ -100,15 +97,9 @@ fn hairpin(
     }
     let now = now_ns();
     let target_port = packet.port(Side::Destination);
-    let forward = forward_inbound(packet.proto, target_port);
-    let target = match forward {
-        Some(forward) => Endpoint {
-            addr: forward.addr,
-            port: forward.port,
-        },
-        None => binding_inbound(packet.proto, target_port, now).ok_or(Counter::PassLocal)?,
-    };
-    let route = route(ctx, packet, config.wan_addr, target.addr)?;
+    let target = inbound_target(packet.proto, target_port, now).ok_or(Counter::PassLocal)?;
+    let to = target.endpoint();
+    let route = route(ctx, packet, config.wan_addr, to.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
@@ -142,18 +133,18 @@ fn hairpin(
         remote: source_outside,
         tcp_flags: packet.tcp_flags,
     };
-    match forward {
+    match target {
         // A rule's allowed remotes restrict the outside; LAN hosts may
         // always use it.
-        Some(forward) => count_rule(forward.rule_id, true, len),
-        None => {
+        Target::Forward(forward) => count_rule(forward.rule_id, true, len),
+        Target::Binding(_) => {
             if !session_inbound_allowed(config, &reverse, now, len) {
                 return Err(Counter::PassLocal);
             }
         }
     }
     rewrite_endpoint(packet, Side::Source, source_outside);
-    rewrite_endpoint(packet, Side::Destination, target);
+    rewrite_endpoint(packet, Side::Destination, to);
     redirect(eth, packet, &route, Counter::Hairpin, len)
 }
 
@@ -173,10 +164,7 @@ fn icmp_error_outbound(
         return Err(Counter::PassLocal);
     }
     let internal = quoted.endpoint(Side::Destination);
-    let external_port = match forward_outbound(quoted.proto, internal) {
-        Some(forward) => forward.port,
-        None => binding_outbound(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?,
-    };
+    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?;
     let remote = packet.addr(Side::Destination);
     let route = route(ctx, packet, config.wan_addr, remote)?;
     if route.ifindex != config.wan_ifindex {
@@ -187,7 +175,7 @@ fn icmp_error_outbound(
         Side::Destination,
         Endpoint {
             addr: config.wan_addr,
-            port: external_port,
+            port: external.port,
         },
     );
     rewrite_addr(packet, Side::Source, config.wan_addr);

@@ -1,7 +1,9 @@
 //! Table reads: configuration, static forwards and their allowed remotes,
 //! and existing dynamic bindings. New bindings are made in `binding`.
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
-use nat_common::{AllowedRemote, Binding, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig};
+use nat_common::{
+    AllowedRemote, Binding, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig, PROTO_ICMP,
+};
 
 use crate::{
     maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS},
@@ -100,4 +102,54 @@ pub struct External {
     pub port: u16,
     /// The static rule that fixes the port; 0 for a dynamic mapping.
     pub rule_id: u32,
+}
+
+/// The external port of `internal`: its static rule's, else its existing
+/// dynamic mapping's. A rule wins so that a forwarded server's replies
+/// leave by the port its clients came in on.
+#[inline(always)]
+pub fn outbound_external(proto: u8, internal: Endpoint, now: u64) -> Option<External> {
+    if let Some(forward) = forward_outbound(proto, internal) {
+        return Some(External {
+            port: forward.port,
+            rule_id: forward.rule_id,
+        });
+    }
+    let port = binding_outbound(proto, internal, now)?;
+    Some(External { port, rule_id: 0 })
+}
+
+/// Who is behind an external port.
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// The server of a static rule.
+    Forward(Forward),
+    /// The internal endpoint of a dynamic mapping.
+    Binding(Endpoint),
+}
+
+impl Target {
+    #[inline(always)]
+    pub fn endpoint(&self) -> Endpoint {
+        match self {
+            Target::Forward(forward) => Endpoint {
+                addr: forward.addr,
+                port: forward.port,
+            },
+            Target::Binding(internal) => *internal,
+        }
+    }
+}
+
+/// Who is behind `external_port`: a static rule, else a dynamic mapping
+/// (dynamic ports never collide with a rule's, see `binding`). ICMP query
+/// ids are only ever dynamic.
+#[inline(always)]
+pub fn inbound_target(proto: u8, external_port: u16, now: u64) -> Option<Target> {
+    if proto != PROTO_ICMP
+        && let Some(forward) = forward_inbound(proto, external_port)
+    {
+        return Some(Target::Forward(forward));
+    }
+    binding_inbound(proto, external_port, now).map(Target::Binding)
 }
