@@ -6,6 +6,10 @@
 //! ports are kept in host order so that user space can read them directly.
 #![no_std]
 
+pub mod aging;
+
+pub use aging::{LIVE_PORT_SLOTS, idle_past, live_port_slot, remaining_ns};
+
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -334,9 +338,6 @@ pub struct SweepStats {
     /// BINDINGS entries: a mapping is two.
     pub bindings_removed: u64,
 }
-
-/// `LIVE_PORTS` slots: one per (protocol, external port).
-pub const LIVE_PORT_SLOTS: u32 = 3 * 65_536;
 
 /// Default map sizes; user space may override them before loading.
 pub const DEFAULT_FORWARDS_MAX: u32 = 131_072;

@@ -7,8 +7,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_for_each_map_elem;
 use nat_common::{
-    Binding, DIR_INBOUND, EndpointKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey,
-    SweepParams, SweepStats, TCP_STATE_ESTABLISHED,
+    Binding, DIR_INBOUND, EndpointKey, Session, SessionKey, SweepParams, SweepStats, idle_past,
+    live_port_slot,
 };
 
 use crate::{
@@ -24,46 +24,8 @@ struct Sweep {
 }
 
 #[inline(always)]
-fn idle_past(last_seen_ns: u64, now: u64, timeout_ns: u64) -> bool {
-    // A stamp from the future (a racing CPU) is not idle.
-    now > last_seen_ns && now - last_seen_ns > timeout_ns
-}
-
-#[inline(always)]
-fn session_timeout(params: &SweepParams, proto: u8, tcp_state: u8) -> u64 {
-    match proto {
-        PROTO_TCP if tcp_state == TCP_STATE_ESTABLISHED => params.tcp_established_ns,
-        PROTO_TCP => params.tcp_transitory_ns,
-        PROTO_ICMP => params.icmp_ns,
-        _ => params.udp_ns,
-    }
-}
-
-/// A mapping outlives its sessions by the shortest timeout its protocol
-/// has: it goes only when none of them is alive.
-#[inline(always)]
-fn binding_timeout(params: &SweepParams, proto: u8) -> u64 {
-    match proto {
-        PROTO_TCP => params.tcp_transitory_ns.min(params.tcp_established_ns),
-        PROTO_ICMP => params.icmp_ns,
-        _ => params.udp_ns,
-    }
-}
-
-#[inline(always)]
-fn port_slot(proto: u8, port: u16) -> Option<u32> {
-    let base = match proto {
-        PROTO_TCP => 0,
-        PROTO_UDP => 1,
-        PROTO_ICMP => 2,
-        _ => return None,
-    };
-    Some(base * 65_536 + u32::from(port))
-}
-
-#[inline(always)]
 fn mark_live(sweep: &Sweep, proto: u8, port: u16) {
-    if let Some(slot) = port_slot(proto, port)
+    if let Some(slot) = live_port_slot(proto, port)
         && let Some(mark) = LIVE_PORTS.get_ptr_mut(slot)
     {
         // SAFETY: a pointer returned by a map lookup; only the sweep
@@ -74,7 +36,7 @@ fn mark_live(sweep: &Sweep, proto: u8, port: u16) {
 
 #[inline(always)]
 fn is_live(sweep: &Sweep, proto: u8, port: u16) -> bool {
-    port_slot(proto, port)
+    live_port_slot(proto, port)
         .and_then(|slot| LIVE_PORTS.get(slot))
         .is_some_and(|mark| *mark == sweep.params.generation)
 }
@@ -88,7 +50,9 @@ extern "C" fn visit_session(
     // SAFETY: the kernel passes this map's key and value and our context.
     let (key, session, sweep) = unsafe { (*key, *value, &mut *sweep) };
     sweep.stats.scanned += 1;
-    let timeout = session_timeout(&sweep.params, key.proto, session.tcp_state);
+    let timeout = sweep
+        .params
+        .session_timeout_ns(key.proto, session.tcp_state);
     if idle_past(session.last_seen_ns, sweep.now, timeout) {
         if SESSIONS.remove(key).is_ok() {
             sweep.stats.sessions_removed += 1;
@@ -108,7 +72,9 @@ extern "C" fn visit_forward_session(
     // SAFETY: as in `visit_session`.
     let (key, session, sweep) = unsafe { (*key, *value, &mut *sweep) };
     sweep.stats.scanned += 1;
-    let timeout = session_timeout(&sweep.params, key.proto, session.tcp_state);
+    let timeout = sweep
+        .params
+        .session_timeout_ns(key.proto, session.tcp_state);
     if idle_past(session.last_seen_ns, sweep.now, timeout) && FORWARD_SESSIONS.remove(key).is_ok() {
         sweep.stats.forward_sessions_removed += 1;
     }
@@ -135,7 +101,7 @@ extern "C" fn visit_binding(
     // SAFETY: as in `visit_session`.
     let (key, binding, sweep) = unsafe { (*key, *value, &mut *sweep) };
     sweep.stats.scanned += 1;
-    let timeout = binding_timeout(&sweep.params, key.proto);
+    let timeout = sweep.params.binding_timeout_ns(key.proto);
     if !idle_past(binding.last_seen_ns, sweep.now, timeout) {
         return 0;
     }

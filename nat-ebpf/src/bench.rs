@@ -9,7 +9,7 @@
 //! - `bench_sink`: counts and drops; attached to the receiving host's veth
 //!   (which also makes that veth accept redirected frames).
 //! - `bench_fwd`: a plain XDP forwarder, the limit of this machine: the
-//!   same parser and forwarding stage (FIB lookup, TTL, MAC rewrite,
+//!   same parser and egress stage (FIB lookup, TTL, MAC rewrite,
 //!   `EGRESS` redirect) as the NAT, without any translation.
 //! - `bench_restore`: for per-packet cost through `BPF_PROG_TEST_RUN` with
 //!   `repeat`, where every run would otherwise see the frame the run before
@@ -31,7 +31,7 @@ use nat_common::{
 use crate::{
     checksum::{CsumDelta, load16, store16},
     counters::settle,
-    forward::{redirect, route},
+    egress::{redirect, route},
     parse::{Side, frame_len, parse_frame, ptr_at},
 };
 
@@ -119,7 +119,7 @@ pub fn bench_sink(_ctx: XdpContext) -> u32 {
 /// Routes the packet as it is: no lookup of any NAT table, no rewrite but
 /// the TTL and the MACs.
 #[inline(always)]
-fn try_forward(ctx: &XdpContext) -> Result<u32, Counter> {
+fn try_bench_fwd(ctx: &XdpContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     let (eth, packet) = parse_frame(ctx)?;
     if packet.ttl() <= 1 {
@@ -136,7 +136,7 @@ fn try_forward(ctx: &XdpContext) -> Result<u32, Counter> {
 
 #[xdp]
 pub fn bench_fwd(ctx: XdpContext) -> u32 {
-    settle(&ctx, try_forward(&ctx))
+    settle(&ctx, try_bench_fwd(&ctx))
 }
 
 #[xdp]

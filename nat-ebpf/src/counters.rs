@@ -1,3 +1,5 @@
+//! Per-CPU counters, and the verdict: `settle` turns the outcome of a
+//! direction's stages into the XDP action and counts why it stopped.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use nat_common::Counter;
 

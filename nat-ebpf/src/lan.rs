@@ -5,15 +5,16 @@ use nat_common::{Counter, NatConfig, PROTO_ICMP};
 use network_types::eth::EthHdr;
 
 use crate::{
+    binding::external_port_for,
     counters::{count, count_rule},
-    forward::{redirect, route},
-    lookup::{
-        binding_inbound, binding_outbound, config, external_port_for, forward_inbound,
-        forward_outbound, in_prefix, now_ns,
+    egress::{redirect, route},
+    lookup::{Target, config, in_prefix, inbound_target, now_ns, outbound_external},
+    parse::{
+        Endpoint, ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame,
+        parse_quoted,
     },
-    parse::{ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
-    translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
 #[inline(always)]
@@ -40,8 +41,7 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
         IcmpKind::Other => return Err(Counter::PassUnsupportedProto),
         // Only a request opens a query mapping; a LAN host's echo reply
         // answers nobody we forwarded to it.
-        // SAFETY: `l4` holds 8 checked bytes.
-        IcmpKind::Query if unsafe { (*packet.l4)[0] } != ICMP_ECHO_REQUEST => {
+        IcmpKind::Query if packet.icmp_type() != ICMP_ECHO_REQUEST => {
             return Err(Counter::PassLocal);
         }
         _ => {}
@@ -55,18 +55,12 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
         return Err(Counter::PassLocal);
     }
     let now = now_ns();
-    let internal = Endpoint {
-        addr: src,
-        port: packet.port(Side::Source),
-    };
+    let internal = packet.endpoint(Side::Source);
     let external = external_port_for(config, packet.proto, internal, now, len)?;
     let conversation = Conversation {
         proto: packet.proto,
         external_port: external.port,
-        remote: Endpoint {
-            addr: dst,
-            port: packet.port(Side::Destination),
-        },
+        remote: packet.endpoint(Side::Destination),
         tcp_flags: packet.tcp_flags,
     };
     if external.rule_id == 0 {
@@ -103,22 +97,13 @@ fn hairpin(
     }
     let now = now_ns();
     let target_port = packet.port(Side::Destination);
-    let forward = forward_inbound(packet.proto, target_port);
-    let target = match forward {
-        Some(forward) => Endpoint {
-            addr: forward.addr,
-            port: forward.port,
-        },
-        None => binding_inbound(packet.proto, target_port, now).ok_or(Counter::PassLocal)?,
-    };
-    let route = route(ctx, packet, config.wan_addr, target.addr)?;
+    let target = inbound_target(packet.proto, target_port, now).ok_or(Counter::PassLocal)?;
+    let to = target.endpoint();
+    let route = route(ctx, packet, config.wan_addr, to.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
-    let internal = Endpoint {
-        addr: packet.addr(Side::Source),
-        port: packet.port(Side::Source),
-    };
+    let internal = packet.endpoint(Side::Source);
     let source = external_port_for(config, packet.proto, internal, now, len)?;
     // What each side sees of the other is the WAN address and a port.
     let source_outside = Endpoint {
@@ -148,18 +133,18 @@ fn hairpin(
         remote: source_outside,
         tcp_flags: packet.tcp_flags,
     };
-    match forward {
+    match target {
         // A rule's allowed remotes restrict the outside; LAN hosts may
         // always use it.
-        Some(forward) => count_rule(forward.rule_id, true, len),
-        None => {
+        Target::Forward(forward) => count_rule(forward.rule_id, true, len),
+        Target::Binding(_) => {
             if !session_inbound_allowed(config, &reverse, now, len) {
                 return Err(Counter::PassLocal);
             }
         }
     }
     rewrite_endpoint(packet, Side::Source, source_outside);
-    rewrite_endpoint(packet, Side::Destination, target);
+    rewrite_endpoint(packet, Side::Destination, to);
     redirect(eth, packet, &route, Counter::Hairpin, len)
 }
 
@@ -178,14 +163,8 @@ fn icmp_error_outbound(
     if quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query {
         return Err(Counter::PassLocal);
     }
-    let internal = Endpoint {
-        addr: quoted.addr(Side::Destination),
-        port: quoted.port(Side::Destination),
-    };
-    let external_port = match forward_outbound(quoted.proto, internal) {
-        Some(forward) => forward.port,
-        None => binding_outbound(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?,
-    };
+    let internal = quoted.endpoint(Side::Destination);
+    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?;
     let remote = packet.addr(Side::Destination);
     let route = route(ctx, packet, config.wan_addr, remote)?;
     if route.ifindex != config.wan_ifindex {
@@ -196,7 +175,7 @@ fn icmp_error_outbound(
         Side::Destination,
         Endpoint {
             addr: config.wan_addr,
-            port: external_port,
+            port: external.port,
         },
     );
     rewrite_addr(packet, Side::Source, config.wan_addr);

@@ -1,25 +1,14 @@
-//! Table lookups: configuration, static forwards and their allowed remotes,
-//! and dynamic bindings (created here on the first outbound packet).
-use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
-    maps::lpm_trie::Key,
-};
+//! Table reads: configuration, static forwards and their allowed remotes,
+//! and existing dynamic bindings. New bindings are made in `binding`.
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use nat_common::{
-    AllowedRemote, Binding, Counter, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig,
+    AllowedRemote, Binding, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig, PROTO_ICMP,
 };
 
 use crate::{
-    counters::count,
     maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS},
-    translate::Endpoint,
+    parse::Endpoint,
 };
-
-pub const BPF_NOEXIST: u64 = 1;
-const EEXIST: i32 = 17;
-
-/// How many external ports a new mapping tries before giving up. Bounded so
-/// that a nearly full range costs a fixed worst case per packet.
-const PORT_PROBES: u32 = 16;
 
 /// Last-seen times are rewritten at most this often: aging works in seconds,
 /// and not dirtying the entry on every packet keeps its cache line shared.
@@ -115,84 +104,52 @@ pub struct External {
     pub rule_id: u32,
 }
 
-/// The external port of `internal`, from a static rule, an existing mapping,
-/// or a new endpoint-independent mapping.
+/// The external port of `internal`: its static rule's, else its existing
+/// dynamic mapping's. A rule wins so that a forwarded server's replies
+/// leave by the port its clients came in on.
 #[inline(always)]
-pub fn external_port_for(
-    config: &NatConfig,
-    proto: u8,
-    internal: Endpoint,
-    now: u64,
-    frame_len: usize,
-) -> Result<External, Counter> {
+pub fn outbound_external(proto: u8, internal: Endpoint, now: u64) -> Option<External> {
     if let Some(forward) = forward_outbound(proto, internal) {
-        return Ok(External {
+        return Some(External {
             port: forward.port,
             rule_id: forward.rule_id,
         });
     }
-    if let Some(port) = binding_outbound(proto, internal, now) {
-        return Ok(External { port, rule_id: 0 });
-    }
-    let port = create_binding(config, proto, internal, now)?;
-    count(Counter::NewBinding, frame_len);
-    Ok(External { port, rule_id: 0 })
+    let port = binding_outbound(proto, internal, now)?;
+    Some(External { port, rule_id: 0 })
 }
 
-/// Claims an external port for `internal`: its own port when that is in the
-/// dynamic range and free, else a bounded number of pseudo-random probes.
-/// Claims are atomic (`BPF_NOEXIST`) and skip ports held by static rules.
-#[inline(always)]
-fn create_binding(
-    config: &NatConfig,
-    proto: u8,
-    internal: Endpoint,
-    now: u64,
-) -> Result<u16, Counter> {
-    let port_min = u32::from(config.port_min);
-    let span = u32::from(config.port_max).saturating_sub(port_min) + 1;
-    let own_port = u32::from(internal.port);
-    let keep_own = own_port >= port_min && own_port - port_min < span;
-    let inbound_value = Binding {
-        addr: internal.addr,
-        port: internal.port,
-        _pad: [0; 2],
-        last_seen_ns: now,
-    };
-    for probe in 0..PORT_PROBES {
-        let candidate = if probe == 0 && keep_own {
-            own_port
-        } else {
-            // SAFETY: a helper without arguments.
-            port_min + unsafe { bpf_get_prandom_u32() } % span
-        };
-        let port = candidate as u16;
-        let inbound = EndpointKey::inbound(proto, port);
-        if forward_inbound(proto, port).is_some() {
-            continue;
+/// Who is behind an external port.
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// The server of a static rule.
+    Forward(Forward),
+    /// The internal endpoint of a dynamic mapping.
+    Binding(Endpoint),
+}
+
+impl Target {
+    #[inline(always)]
+    pub fn endpoint(&self) -> Endpoint {
+        match self {
+            Target::Forward(forward) => Endpoint {
+                addr: forward.addr,
+                port: forward.port,
+            },
+            Target::Binding(internal) => *internal,
         }
-        match BINDINGS.insert(inbound, inbound_value, BPF_NOEXIST) {
-            Ok(()) => {}
-            Err(err) if err == -EEXIST => continue,
-            Err(_) => return Err(Counter::DropTableFull),
-        }
-        let outbound = EndpointKey::outbound(proto, internal.addr, internal.port);
-        let outbound_value = Binding {
-            addr: config.wan_addr,
-            port,
-            _pad: [0; 2],
-            last_seen_ns: now,
-        };
-        if BINDINGS
-            .insert(outbound, outbound_value, BPF_NOEXIST)
-            .is_ok()
-        {
-            return Ok(port);
-        }
-        // Another CPU mapped the same endpoint first: give our port back
-        // and use theirs, so the mapping stays endpoint-independent.
-        let _ = BINDINGS.remove(inbound);
-        return binding_outbound(proto, internal, now).ok_or(Counter::DropTableFull);
     }
-    Err(Counter::DropPortExhausted)
+}
+
+/// Who is behind `external_port`: a static rule, else a dynamic mapping
+/// (dynamic ports never collide with a rule's, see `binding`). ICMP query
+/// ids are only ever dynamic.
+#[inline(always)]
+pub fn inbound_target(proto: u8, external_port: u16, now: u64) -> Option<Target> {
+    if proto != PROTO_ICMP
+        && let Some(forward) = forward_inbound(proto, external_port)
+    {
+        return Some(Target::Forward(forward));
+    }
+    binding_inbound(proto, external_port, now).map(Target::Binding)
 }

@@ -1,7 +1,26 @@
-//! The XDP NAT datapath. A packet goes through parse -> lookup -> translate
-//! (with checksum) -> forward; each stage lives in the file named for it.
-//! `lan` and `wan` hold the per-direction flow, and the entry points below
-//! are thin shims over them.
+//! The XDP NAT datapath. A packet goes through parse -> lookup -> binding
+//! creation (first outbound packet only) -> session/filter -> translate
+//! (with checksum) -> egress, each stage a small function in the file named
+//! for it:
+//!
+//! - `parse`: Ethernet, IPv4 and the L4 header, also inside ICMP errors;
+//!   what it yields (`Ipv4Packet`, `Endpoint`);
+//! - `lookup`: table reads (configuration, static forwards and their
+//!   allowed remotes, existing bindings; "forward rule, else binding" in
+//!   both directions);
+//! - `binding`: new dynamic mappings (port choice, bounded probes,
+//!   `BPF_NOEXIST` claims);
+//! - `session`: per-conversation state (filtering, TCP state, counts,
+//!   new-connection events);
+//! - `translate` and `checksum`: header rewrites and their incremental
+//!   checksum updates;
+//! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
+//! - `counters`: per-CPU counters and the final verdict.
+//!
+//! `lan` and `wan` hold the per-direction flow (`try_nat_lan`,
+//! `try_nat_wan`), `aging` the sweep (`try_nat_sweep`); the entry points
+//! below are thin shims over them. `maps` declares the maps, `bench` the
+//! benchmark-only programs.
 // Built for the BPF target by nat-ctl's build script. `cargo clippy
 // --workspace` also checks it for the host, where it is an ordinary std
 // program with an empty main.
@@ -13,9 +32,10 @@
 
 mod aging;
 mod bench;
+mod binding;
 mod checksum;
 mod counters;
-mod forward;
+mod egress;
 mod lan;
 mod lookup;
 mod maps;

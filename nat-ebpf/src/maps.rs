@@ -10,6 +10,10 @@ use nat_common::{
     SessionKey, SweepParams, SweepStats,
 };
 
+/// Map update flag: insert only if the key is absent, so that of two CPUs
+/// claiming the same key exactly one wins.
+pub const BPF_NOEXIST: u64 = 1;
+
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 

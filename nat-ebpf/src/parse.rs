@@ -188,6 +188,14 @@ pub enum Side {
     Destination,
 }
 
+/// One end of a flow: an address and a port, or for an ICMP query its id,
+/// which stands for the port on both ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: [u8; 4],
+    pub port: u16,
+}
+
 impl Ipv4Packet {
     #[inline(always)]
     pub fn addr_ptr(&self, side: Side) -> *mut [u8; 4] {
@@ -221,6 +229,21 @@ impl Ipv4Packet {
     #[inline(always)]
     pub fn port(&self, side: Side) -> u16 {
         crate::checksum::load16(self.port_ptr(side))
+    }
+
+    #[inline(always)]
+    pub fn endpoint(&self, side: Side) -> Endpoint {
+        Endpoint {
+            addr: self.addr(side),
+            port: self.port(side),
+        }
+    }
+
+    /// Meaningful only when `icmp` is not `NotIcmp`.
+    #[inline(always)]
+    pub fn icmp_type(&self) -> u8 {
+        // SAFETY: `l4` holds 8 checked bytes.
+        unsafe { (*self.l4)[0] }
     }
 
     #[inline(always)]

@@ -10,9 +10,9 @@ use nat_common::{
 
 use crate::{
     counters::count,
-    lookup::{BPF_NOEXIST, TOUCH_GRANULARITY_NS},
-    maps::{FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
-    translate::Endpoint,
+    lookup::TOUCH_GRANULARITY_NS,
+    maps::{BPF_NOEXIST, FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
+    parse::Endpoint,
 };
 
 const TCP_FIN: u8 = 0x01;

@@ -5,14 +5,8 @@ use nat_common::{PROTO_ICMP, PROTO_UDP};
 
 use crate::{
     checksum::{CsumDelta, load16, store16},
-    parse::{Ipv4Packet, Side},
+    parse::{Endpoint, Ipv4Packet, Side},
 };
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Endpoint {
-    pub addr: [u8; 4],
-    pub port: u16,
-}
 
 /// Rewrites the address of `side`, fixing the IP header checksum. Returns
 /// the delta of every byte changed (address and header checksum), for the

@@ -6,11 +6,11 @@ use network_types::eth::EthHdr;
 
 use crate::{
     counters::{count, count_rule},
-    forward::{redirect, route},
-    lookup::{binding_inbound, config, forward_inbound, now_ns, remote_allowed},
+    egress::{redirect, route},
+    lookup::{Target, config, inbound_target, now_ns, remote_allowed},
     parse::{ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
-    translate::{Endpoint, adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
 #[inline(always)]
@@ -37,18 +37,14 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         IcmpKind::Error => return icmp_error_inbound(ctx, config, eth, &packet, len),
         IcmpKind::Other => return Err(Counter::PassLocal),
         // Echo requests are for the router itself.
-        // SAFETY: `l4` holds 8 checked bytes.
-        IcmpKind::Query if unsafe { (*packet.l4)[0] } != ICMP_ECHO_REPLY => {
+        IcmpKind::Query if packet.icmp_type() != ICMP_ECHO_REPLY => {
             return Err(Counter::PassLocal);
         }
         _ => {}
     }
 
     let now = now_ns();
-    let remote = Endpoint {
-        addr: packet.addr(Side::Source),
-        port: packet.port(Side::Source),
-    };
+    let remote = packet.endpoint(Side::Source);
     let external_port = packet.port(Side::Destination);
     let conversation = Conversation {
         proto: packet.proto,
@@ -56,43 +52,35 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         remote,
         tcp_flags: packet.tcp_flags,
     };
-    let forward = if packet.proto == PROTO_ICMP {
-        None
-    } else {
-        forward_inbound(packet.proto, external_port)
-    };
-    let (target, counter) = match forward {
-        Some(forward) => {
+    let target =
+        inbound_target(packet.proto, external_port, now).ok_or_else(|| unsolicited(config))?;
+    let counter = match target {
+        Target::Forward(forward) => {
             if !remote_allowed(&forward, remote.addr) {
                 count(Counter::RemoteNotAllowed, len);
                 return Err(unsolicited(config));
             }
-            let target = Endpoint {
-                addr: forward.addr,
-                port: forward.port,
-            };
-            (target, Counter::Forwarded)
+            Counter::Forwarded
         }
-        None => {
-            let target = binding_inbound(packet.proto, external_port, now)
-                .ok_or_else(|| unsolicited(config))?;
+        Target::Binding(_) => {
             if !session_inbound_allowed(config, &conversation, now, len) {
                 return Err(unsolicited(config));
             }
-            (target, Counter::Dnat)
+            Counter::Dnat
         }
     };
-    let route = route(ctx, &packet, remote.addr, target.addr)?;
+    let to = target.endpoint();
+    let route = route(ctx, &packet, remote.addr, to.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
-    if let Some(forward) = forward {
+    if let Target::Forward(forward) = target {
         // After the route check: a conversation is logged only once it is
         // actually let through to the server.
-        forward_session_inbound(&conversation, target, &forward, now, len);
+        forward_session_inbound(&conversation, to, &forward, now, len);
         count_rule(forward.rule_id, true, len);
     }
-    rewrite_endpoint(&packet, Side::Destination, target);
+    rewrite_endpoint(&packet, Side::Destination, to);
     redirect(eth, &packet, &route, counter, len)
 }
 
@@ -113,25 +101,15 @@ fn icmp_error_inbound(
     {
         return Err(Counter::PassLocal);
     }
-    let external_port = quoted.port(Side::Source);
-    let forward = if quoted.proto == PROTO_ICMP {
-        None
-    } else {
-        forward_inbound(quoted.proto, external_port)
-    };
-    let target = match forward {
-        Some(forward) => Endpoint {
-            addr: forward.addr,
-            port: forward.port,
-        },
-        None => binding_inbound(quoted.proto, external_port, now_ns()).ok_or(Counter::PassLocal)?,
-    };
-    let route = route(ctx, packet, packet.addr(Side::Source), target.addr)?;
+    let to = inbound_target(quoted.proto, quoted.port(Side::Source), now_ns())
+        .ok_or(Counter::PassLocal)?
+        .endpoint();
+    let route = route(ctx, packet, packet.addr(Side::Source), to.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
-    let quoted_delta = rewrite_endpoint(&quoted, Side::Source, target);
-    rewrite_addr(packet, Side::Destination, target.addr);
+    let quoted_delta = rewrite_endpoint(&quoted, Side::Source, to);
+    rewrite_addr(packet, Side::Destination, to.addr);
     adjust_icmp_check(packet, quoted_delta);
     redirect(eth, packet, &route, Counter::IcmpErrorIn, len)
 }

@@ -1,0 +1,169 @@
+//! The aging decisions, written once for the kernel's sweep (`nat_sweep`)
+//! and for user space (the NAT table's time left, tests): how long an entry
+//! may stay idle, whether it has, and how long it has left.
+//!
+//! Times are nanoseconds of the datapath's clock (`bpf_ktime_get_coarse_ns`,
+//! CLOCK_MONOTONIC_COARSE). Inlined always, as everything the datapath
+//! calls, so that the kernel's sweep compiles to what it did when it had
+//! its own copy.
+use crate::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, SweepParams, TCP_STATE_ESTABLISHED};
+
+impl SweepParams {
+    /// How long a session may stay idle: by TCP state for TCP, by protocol
+    /// otherwise (a protocol the datapath does not track gets the UDP
+    /// timeout).
+    #[inline(always)]
+    pub const fn session_timeout_ns(&self, proto: u8, tcp_state: u8) -> u64 {
+        match proto {
+            PROTO_TCP if tcp_state == TCP_STATE_ESTABLISHED => self.tcp_established_ns,
+            PROTO_TCP => self.tcp_transitory_ns,
+            PROTO_ICMP => self.icmp_ns,
+            _ => self.udp_ns,
+        }
+    }
+
+    /// How long a mapping without any live session may stay idle: the
+    /// shortest timeout a session of its protocol can have, so that it goes
+    /// only once none of them can be alive. A mapping with a live session is
+    /// kept whatever its own age.
+    #[inline(always)]
+    pub const fn binding_timeout_ns(&self, proto: u8) -> u64 {
+        match proto {
+            PROTO_TCP => {
+                if self.tcp_transitory_ns < self.tcp_established_ns {
+                    self.tcp_transitory_ns
+                } else {
+                    self.tcp_established_ns
+                }
+            }
+            PROTO_ICMP => self.icmp_ns,
+            _ => self.udp_ns,
+        }
+    }
+}
+
+/// Idle for strictly longer than `timeout_ns`. A `last_seen_ns` after
+/// `now_ns` (a packet stamped by another CPU after the sweep read the clock)
+/// is never idle.
+#[inline(always)]
+pub const fn idle_past(last_seen_ns: u64, now_ns: u64, timeout_ns: u64) -> bool {
+    now_ns > last_seen_ns && now_ns - last_seen_ns > timeout_ns
+}
+
+/// Time left before the entry is idle past `timeout_ns`; zero once it is.
+/// A `last_seen_ns` after `now_ns` has the whole timeout left.
+#[inline(always)]
+pub const fn remaining_ns(last_seen_ns: u64, now_ns: u64, timeout_ns: u64) -> u64 {
+    let idle = now_ns.saturating_sub(last_seen_ns);
+    timeout_ns.saturating_sub(idle)
+}
+
+/// `LIVE_PORTS` slots: one per (protocol, external port), for the three
+/// protocols that have mappings.
+pub const LIVE_PORT_SLOTS: u32 = 3 * 65_536;
+
+/// The `LIVE_PORTS` slot of a (protocol, external port): TCP, then UDP,
+/// then ICMP, 65536 ports each. Other protocols have no mappings, so no
+/// slot.
+#[inline(always)]
+pub const fn live_port_slot(proto: u8, port: u16) -> Option<u32> {
+    let row = match proto {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        PROTO_ICMP => 2,
+        _ => return None,
+    };
+    Some(row * 65_536 + port as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{TCP_STATE_CLOSED, TCP_STATE_CLOSING, TCP_STATE_NONE, TCP_STATE_OPENING};
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// The defaults of the configuration (RFC 5382 and 4787).
+    fn params() -> SweepParams {
+        SweepParams {
+            tcp_established_ns: 7440 * SEC,
+            tcp_transitory_ns: 240 * SEC,
+            udp_ns: 300 * SEC,
+            icmp_ns: 60 * SEC,
+            now_ns: 0,
+            generation: 1,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn session_timeout_by_protocol_and_state() {
+        let p = params();
+        assert_eq!(
+            p.session_timeout_ns(PROTO_TCP, TCP_STATE_ESTABLISHED),
+            7440 * SEC
+        );
+        for state in [
+            TCP_STATE_NONE,
+            TCP_STATE_OPENING,
+            TCP_STATE_CLOSING,
+            TCP_STATE_CLOSED,
+        ] {
+            assert_eq!(p.session_timeout_ns(PROTO_TCP, state), 240 * SEC);
+        }
+        assert_eq!(p.session_timeout_ns(PROTO_UDP, TCP_STATE_NONE), 300 * SEC);
+        // tcp_state means nothing outside TCP.
+        assert_eq!(
+            p.session_timeout_ns(PROTO_UDP, TCP_STATE_ESTABLISHED),
+            300 * SEC
+        );
+        assert_eq!(p.session_timeout_ns(PROTO_ICMP, TCP_STATE_NONE), 60 * SEC);
+        assert_eq!(p.session_timeout_ns(47, TCP_STATE_NONE), p.udp_ns);
+    }
+
+    #[test]
+    fn binding_timeout_is_the_shortest_session_timeout() {
+        let mut p = params();
+        assert_eq!(p.binding_timeout_ns(PROTO_TCP), 240 * SEC);
+        assert_eq!(p.binding_timeout_ns(PROTO_UDP), 300 * SEC);
+        assert_eq!(p.binding_timeout_ns(PROTO_ICMP), 60 * SEC);
+        assert_eq!(p.binding_timeout_ns(47), p.udp_ns);
+        p.tcp_established_ns = 100 * SEC;
+        assert_eq!(p.binding_timeout_ns(PROTO_TCP), 100 * SEC);
+    }
+
+    #[test]
+    fn expiry_needs_strictly_more_idle_than_the_timeout() {
+        let timeout = 60 * SEC;
+        let now = 1_000 * SEC;
+        assert!(!idle_past(now, now, timeout));
+        assert!(!idle_past(now - 60 * SEC, now, timeout));
+        assert!(idle_past(now - 60 * SEC - 1, now, timeout));
+        assert!(idle_past(0, now, timeout));
+        // Stamped after the sweep read the clock: never idle.
+        assert!(!idle_past(now + 1, now, timeout));
+        assert!(!idle_past(u64::MAX, now, timeout));
+        assert!(!idle_past(u64::MAX, 0, 0));
+    }
+
+    #[test]
+    fn remaining_saturates() {
+        let timeout = 60 * SEC;
+        let now = 1_000 * SEC;
+        assert_eq!(remaining_ns(now, now, timeout), timeout);
+        assert_eq!(remaining_ns(now - 20 * SEC, now, timeout), 40 * SEC);
+        assert_eq!(remaining_ns(now - 60 * SEC, now, timeout), 0);
+        assert_eq!(remaining_ns(0, now, timeout), 0);
+        assert_eq!(remaining_ns(now + 5 * SEC, now, timeout), timeout);
+    }
+
+    #[test]
+    fn live_port_slots_are_per_protocol() {
+        assert_eq!(live_port_slot(PROTO_TCP, 0), Some(0));
+        assert_eq!(live_port_slot(PROTO_TCP, 65535), Some(65_535));
+        assert_eq!(live_port_slot(PROTO_UDP, 0), Some(65_536));
+        assert_eq!(live_port_slot(PROTO_ICMP, 4242), Some(2 * 65_536 + 4242));
+        assert_eq!(live_port_slot(PROTO_ICMP, 65535), Some(LIVE_PORT_SLOTS - 1));
+        assert_eq!(live_port_slot(47, 1), None);
+    }
+}

@@ -1,0 +1,94 @@
+//! Binding creation: a new dynamic mapping for a LAN endpoint's first
+//! outbound packet, endpoint-independent (RFC 4787), on a port no static
+//! rule and no other mapping holds.
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use nat_common::{Binding, Counter, EndpointKey, NatConfig};
+
+use crate::{
+    counters::count,
+    lookup::{External, binding_outbound, forward_inbound, outbound_external},
+    maps::{BINDINGS, BPF_NOEXIST},
+    parse::Endpoint,
+};
+
+const EEXIST: i32 = 17;
+
+/// How many external ports a new mapping tries before giving up. Bounded so
+/// that a nearly full range costs a fixed worst case per packet.
+const PORT_PROBES: u32 = 16;
+
+/// The external port of `internal`, from a static rule, an existing mapping,
+/// or a new endpoint-independent mapping.
+#[inline(always)]
+pub fn external_port_for(
+    config: &NatConfig,
+    proto: u8,
+    internal: Endpoint,
+    now: u64,
+    frame_len: usize,
+) -> Result<External, Counter> {
+    if let Some(external) = outbound_external(proto, internal, now) {
+        return Ok(external);
+    }
+    let port = create_binding(config, proto, internal, now)?;
+    count(Counter::NewBinding, frame_len);
+    Ok(External { port, rule_id: 0 })
+}
+
+/// Claims an external port for `internal`: its own port when that is in the
+/// dynamic range and free, else a bounded number of pseudo-random probes.
+/// Claims are atomic (`BPF_NOEXIST`) and skip ports held by static rules.
+#[inline(always)]
+fn create_binding(
+    config: &NatConfig,
+    proto: u8,
+    internal: Endpoint,
+    now: u64,
+) -> Result<u16, Counter> {
+    let port_min = u32::from(config.port_min);
+    let span = u32::from(config.port_max).saturating_sub(port_min) + 1;
+    let own_port = u32::from(internal.port);
+    let keep_own = own_port >= port_min && own_port - port_min < span;
+    let inbound_value = Binding {
+        addr: internal.addr,
+        port: internal.port,
+        _pad: [0; 2],
+        last_seen_ns: now,
+    };
+    for probe in 0..PORT_PROBES {
+        let candidate = if probe == 0 && keep_own {
+            own_port
+        } else {
+            // SAFETY: a helper without arguments.
+            port_min + unsafe { bpf_get_prandom_u32() } % span
+        };
+        let port = candidate as u16;
+        let inbound = EndpointKey::inbound(proto, port);
+        if forward_inbound(proto, port).is_some() {
+            continue;
+        }
+        match BINDINGS.insert(inbound, inbound_value, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(err) if err == -EEXIST => continue,
+            Err(_) => return Err(Counter::DropTableFull),
+        }
+        let outbound = EndpointKey::outbound(proto, internal.addr, internal.port);
+        let outbound_value = Binding {
+            addr: config.wan_addr,
+            port,
+            _pad: [0; 2],
+            last_seen_ns: now,
+        };
+        if BINDINGS
+            .insert(outbound, outbound_value, BPF_NOEXIST)
+            .is_ok()
+        {
+            return Ok(port);
+        }
+        // Another CPU mapped the same endpoint first: give our port back
+        // and use theirs, so the mapping stays endpoint-independent.
+        let _ = BINDINGS.remove(inbound);
+        return binding_outbound(proto, internal, now).ok_or(Counter::DropTableFull);
+    }
+    Err(Counter::DropPortExhausted)
+}
