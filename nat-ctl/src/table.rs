@@ -1,11 +1,11 @@
 //! The NAT table as users know it from their router: static entries from the
 //! forwarding rules, conversations through them, and dynamic entries from
 //! live sessions; and the counters behind `natctl stats`.
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use nat_common::{
-    Counter, CounterValue, PROTO_ICMP, Session, SessionKey, TCP_STATE_CLOSED, TCP_STATE_CLOSING,
-    TCP_STATE_ESTABLISHED, TCP_STATE_OPENING,
+    Counter, CounterValue, PROTO_ICMP, Session, SessionKey, SweepParams, TCP_STATE_CLOSED,
+    TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED, TCP_STATE_OPENING,
 };
 use serde::{Deserialize, Serialize};
 
@@ -147,10 +147,10 @@ fn conversation_row(
     session: &Session,
     kind: &str,
     rule: Option<String>,
-    timeouts: &Timeouts,
-    now_ns: u64,
+    policy: &SweepParams,
 ) -> TableRow {
-    let timeout = aging::session_timeout(timeouts, key.proto, session.tcp_state);
+    let timeout_ns = policy.session_timeout_ns(key.proto, session.tcp_state);
+    let left_ns = nat_common::remaining_ns(session.last_seen_ns, policy.now_ns, timeout_ns);
     TableRow {
         local_ip: Ipv4Addr::from(session.internal_addr),
         local_port: Ports::one(session.internal_port),
@@ -160,7 +160,7 @@ fn conversation_row(
         remote_port: (key.remote_port != 0 || key.proto == PROTO_ICMP).then_some(key.remote_port),
         protocol: protocol_name(key.proto).to_owned(),
         kind: kind.to_owned(),
-        timeout_secs: Some(aging::remaining(session.last_seen_ns, now_ns, timeout).as_secs()),
+        timeout_secs: Some(Duration::from_nanos(left_ns).as_secs()),
         state: (key.proto == nat_common::PROTO_TCP)
             .then(|| tcp_state_name(session.tcp_state).to_owned()),
         packets: session.packets,
@@ -220,13 +220,15 @@ pub fn table_rows(
             })
             .map(|(_, rule)| (rule.name.clone(), rule.kind()))
     };
+    // The sweep's own decisions, so the table shows what it will do.
+    let policy = aging::sweep_params(timeouts, now_ns, 0);
     let mut conversations = Vec::new();
     datapath::for_each_in(
         maps.forward_sessions(),
         |key: &SessionKey, session: &Session| {
             let (rule, kind) = rule_of(key.proto, key.external_port)
                 .map_or((None, "STATIC"), |(name, kind)| (Some(name), kind));
-            let row = conversation_row(key, session, kind, rule, timeouts, now_ns);
+            let row = conversation_row(key, session, kind, rule, &policy);
             if row.matches(filter) {
                 conversations.push(row);
             }
@@ -238,7 +240,7 @@ pub fn table_rows(
     })?;
     let mut dynamic = Vec::new();
     datapath::for_each_in(maps.sessions(), |key: &SessionKey, session: &Session| {
-        let row = conversation_row(key, session, "DYNAMIC", None, timeouts, now_ns);
+        let row = conversation_row(key, session, "DYNAMIC", None, &policy);
         if row.matches(filter) {
             dynamic.push(row);
         }
