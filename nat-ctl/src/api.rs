@@ -24,7 +24,10 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::{net::UnixListener, sync::watch};
 
-use crate::rules::{ForwardRule, PortRange, Protocol};
+use crate::{
+    connections::{Connections, DRAIN_DEADLINE},
+    rules::{ForwardRule, PortRange, Protocol},
+};
 
 /// Request bodies are small JSON objects: anything larger is refused.
 const MAX_BODY: usize = 64 * 1024;
@@ -362,12 +365,15 @@ pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the API until `shutdown` turns true.
+/// Serves the API until `shutdown` turns true; then lets the requests in
+/// flight finish (a `natctl down` gets its answer) within
+/// [`DRAIN_DEADLINE`].
 pub async fn serve(
     listener: UnixListener,
     controller: Arc<dyn Controller>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut connections = Connections::new(shutdown.clone());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -381,17 +387,20 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let controller = controller.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let controller = controller.clone();
-                async move { Ok::<_, Infallible>(serve_request(controller, request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        let service = hyper::service::service_fn(move |request| {
+            let controller = controller.clone();
+            async move { Ok::<_, Infallible>(serve_request(controller, request).await) }
         });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        connections.spawn(connection, Some(CONNECTION_TIMEOUT));
+    }
+    drop(listener);
+    let cut = connections.drain(DRAIN_DEADLINE).await;
+    if cut > 0 {
+        tracing::warn!("stopping: {cut} API connection(s) cut after {DRAIN_DEADLINE:?}");
     }
 }
 
@@ -535,6 +544,46 @@ mod tests {
         assert!(error.message.contains("sctp"), "{error}");
         let error = route(&Method::PATCH, "/v1/rules/web", "", br#"{"colour":"red"}"#).unwrap_err();
         assert!(error.message.contains("colour"), "{error}");
+    }
+
+    /// Stops the server from inside a request, as `natctl down` does, and
+    /// answers only after that.
+    struct StopsTheServer(watch::Sender<bool>);
+
+    impl Controller for StopsTheServer {
+        fn handle(&self, _: Request) -> Result<serde_json::Value, ApiError> {
+            let _ = self.0.send(true);
+            // The answer is still being made when the accept loop stops.
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(serde_json::json!({ "detached": true }))
+        }
+    }
+
+    #[test]
+    fn a_request_that_stops_the_server_still_gets_its_answer() {
+        let dir = std::env::temp_dir().join(format!("natctl-api-{}", std::process::id()));
+        let socket = dir.join("natctl.sock");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(async { bind(&socket) }).unwrap();
+        let client_socket = socket.clone();
+        let client = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(Client::new(client_socket).call(Method::POST, "/v1/down", None))
+        });
+        let (stop, stopped) = watch::channel(false);
+        runtime.block_on(serve(listener, Arc::new(StopsTheServer(stop)), stopped));
+        // As the daemon does once `serve` returns: every task left is gone.
+        drop(runtime);
+        let answer = client.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(answer.expect("the answer")["detached"], true);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod aging;
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;

@@ -319,11 +319,12 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             }
         }
     };
-    // The IGD says goodbye (SSDP byebye) before the daemon goes.
+    // Both servers stop accepting and finish the responses in flight (the
+    // `natctl down` that stopped us gets its answer); the IGD says goodbye
+    // (SSDP byebye) before the daemon goes.
     let _ = upnp_stop_tx.send(true);
-    let _ = upnp.await;
     let _ = api_stop_tx.send(true);
-    let _ = server.await;
+    let _ = tokio::join!(upnp, server);
     if let Err(error) = daemon.lock().flush() {
         tracing::error!("saving the last rule changes: {error}");
     }

@@ -16,6 +16,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::Ipv4Net;
 use tokio::{net::TcpListener, sync::watch};
 
+use crate::connections::{Connections, DRAIN_DEADLINE};
+
 use super::{
     Identity, IgdVersion, SERVICE_WAN_COMMON, SERVICE_WAN_IP, description, paths,
     soap::{self, SoapRequest, UpnpError},
@@ -273,7 +275,8 @@ async fn respond(
     }
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves until `shutdown` turns true; then lets the requests in flight
+/// finish within [`DRAIN_DEADLINE`].
 pub async fn serve(
     listener: TcpListener,
     config: Arc<HttpConfig>,
@@ -281,13 +284,14 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = Connections::new(shutdown.clone());
     loop {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => return,
+                Err(_) => break,
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -298,7 +302,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         let caller = match peer {
             SocketAddr::V4(peer)
@@ -313,25 +317,25 @@ pub async fn serve(
         };
         let config = config.clone();
         let control = control.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |request| {
-                let config = config.clone();
-                let control = control.clone();
-                async move {
-                    Ok::<_, Infallible>(respond(&config, control.as_ref(), caller, request).await)
-                }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
-            // Slow heads and bodies are cut by their own timeouts; an active
-            // kept-alive connection may go on.
-            let _ = connection.await;
+        let service = hyper::service::service_fn(move |request| {
+            // Held for as long as the connection serves: the slot frees
+            // when hyper drops the service with the connection.
+            let _slot = &permit;
+            let config = config.clone();
+            let control = control.clone();
+            async move { Ok::<_, Infallible>(respond(&config, control.as_ref(), caller, request).await) }
         });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(TokioIo::new(stream), service);
+        // Slow heads and bodies are cut by their own timeouts; an active
+        // kept-alive connection may go on.
+        connections.spawn(connection, None);
     }
+    drop(listener);
+    connections.drain(DRAIN_DEADLINE).await;
 }
 
 #[cfg(test)]

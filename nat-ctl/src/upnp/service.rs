@@ -17,8 +17,10 @@ const MAX_AGE: u32 = 1800;
 /// Re-announced well within MAX_AGE, so that a lost NOTIFY does not make
 /// clients forget the gateway.
 const NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
-/// How long a stop waits for the byebyes to go out.
-const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stop waits for each task: the byebyes to go out, the HTTP
+/// requests in flight to be answered.
+const STOP_TIMEOUT: Duration =
+    Duration::from_secs(crate::connections::DRAIN_DEADLINE.as_secs() + 1);
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {

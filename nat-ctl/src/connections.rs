@@ -1,0 +1,85 @@
+//! The connections of the daemon's HTTP servers (the control API and the
+//! IGD), tracked so that a stop is graceful: accepting stops, every request
+//! in flight gets its whole response (hyper's graceful shutdown closes a
+//! connection once the response in hand is written), and whatever is still
+//! open at the deadline is cut.
+use std::{error::Error as StdError, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    server::conn::http1::Connection,
+    service::HttpService,
+};
+use tokio::{sync::watch, task::JoinSet};
+
+/// How long a stop waits for responses in flight.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct Connections {
+    tasks: JoinSet<()>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connections {
+    /// Connections that finish up when `stop` turns true.
+    pub fn new(stop: watch::Receiver<bool>) -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            stop,
+        }
+    }
+
+    /// Serves `connection` until it closes, `limit` passes (if given), or a
+    /// stop lets it finish the response in hand.
+    pub fn spawn<I, S>(&mut self, connection: Connection<I, S>, limit: Option<Duration>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: HttpService<Incoming, ResBody = Full<Bytes>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        // Finished connections are reaped as new ones come, so the set
+        // holds only live ones.
+        while self.tasks.try_join_next().is_some() {}
+        let mut stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let limit = async {
+                match limit {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut limit = std::pin::pin!(limit);
+            let mut stopping = *stop.borrow();
+            if stopping {
+                connection.as_mut().graceful_shutdown();
+            }
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    _ = &mut limit => return,
+                    changed = stop.changed(), if !stopping => {
+                        if changed.is_err() || *stop.borrow() {
+                            stopping = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Waits for every connection to finish, at most `deadline`; cuts the
+    /// rest. Returns how many were cut.
+    pub async fn drain(mut self, deadline: Duration) -> usize {
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(deadline, all).await.is_ok() {
+            return 0;
+        }
+        let cut = self.tasks.len();
+        self.tasks.shutdown().await;
+        cut
+    }
+}
