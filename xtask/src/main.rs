@@ -32,6 +32,11 @@ enum Command {
     Setup,
     /// Set up, then run rustfmt, clippy and the whole test suite (needs root).
     Test {
+        /// Instead: run the tests (`cargo test`) this many times in a row
+        /// with every core kept busy by a spin loop, stopping at the first
+        /// failure, to shake out tests that only hold on an idle machine.
+        #[arg(long, value_name = "RUNS")]
+        stress: Option<u32>,
         /// Passed to the test binaries: `cargo xtask test -- --nocapture`.
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -71,7 +76,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
-        Command::Test { test_args } => suite::run(&test_args).map(|()| ExitCode::SUCCESS),
+        Command::Test {
+            stress: None,
+            test_args,
+        } => suite::run(&test_args).map(|()| ExitCode::SUCCESS),
+        Command::Test {
+            stress: Some(runs),
+            test_args,
+        } => suite::stress(runs, &test_args).map(|()| ExitCode::SUCCESS),
         Command::Fuzz { seconds } => setup::fuzz_tools()
             .and_then(|()| suite::fuzz(seconds))
             .map(|()| ExitCode::SUCCESS),
@@ -156,13 +168,29 @@ mod tests {
 
     #[test]
     fn test_args_after_double_dash() {
-        let Command::Test { test_args } = parse(&["test", "--", "--nocapture"]) else {
+        let Command::Test { test_args, stress } = parse(&["test", "--", "--nocapture"]) else {
             panic!("not test");
         };
         assert_eq!(test_args, ["--nocapture"]);
-        let Command::Test { test_args } = parse(&["test"]) else {
+        assert_eq!(stress, None);
+        let Command::Test { test_args, .. } = parse(&["test"]) else {
             panic!("not test");
         };
         assert!(test_args.is_empty());
+    }
+
+    #[test]
+    fn stress_takes_a_number_of_runs() {
+        let Command::Test { stress, test_args } =
+            parse(&["test", "--stress", "5", "--", "--test-threads=2"])
+        else {
+            panic!("not test");
+        };
+        assert_eq!(stress, Some(5));
+        assert_eq!(test_args, ["--test-threads=2"]);
+        assert!(
+            Cli::try_parse_from(["xtask", "test", "--stress", "many"]).is_err(),
+            "--stress takes a number"
+        );
     }
 }
