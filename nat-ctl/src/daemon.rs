@@ -29,10 +29,11 @@ use crate::{
     store, table,
     upnp::{
         IgdVersion,
+        error::UpnpError,
         http::Control,
         igd::{self, Gateway, GatewayError, Totals},
         service::{self, Running, ServiceConfig},
-        soap::{SoapRequest, UpnpError},
+        soap::SoapRequest,
     },
 };
 
