@@ -1,10 +1,10 @@
 //! The UPnP (UDA) and IGD error codes a control request is answered with:
 //! shared by the SOAP layer, which turns them into faults, and the actions
 //! and the daemon, which decide them.
-use std::fmt;
 
 /// The UPnP (UDA) and IGD error codes the gateway answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} {}", self.code(), self.description())]
 pub enum UpnpError {
     InvalidAction,
     InvalidArgs,
@@ -76,11 +76,3 @@ impl UpnpError {
         }
     }
 }
-
-impl fmt::Display for UpnpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.code(), self.description())
-    }
-}
-
-impl std::error::Error for UpnpError {}
