@@ -1,5 +1,8 @@
 //! The control API: HTTP/1.1 with JSON bodies on a root-only Unix socket.
-//! The daemon serves it; every other `natctl` subcommand is a client.
+//! The daemon serves it ([`server`]); every other `natctl` subcommand is a
+//! client ([`client`]). This file is the wire they share: the routes
+//! ([`route`] decodes them, [`Request::to_http`] encodes them) and the
+//! bodies.
 //!
 //! Routes (all under `/v1`):
 //! - `GET status`, `GET rules`, `POST rules` (a rule), `PATCH rules/NAME`
@@ -8,33 +11,23 @@
 //! - `GET table?protocol=&address=&port=&type=`, `GET stats`
 //! - `POST reload` (as SIGHUP), `POST upnp/on`, `POST upnp/off`,
 //!   `POST down` (detach and stop)
-use std::{
-    convert::Infallible,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+pub mod client;
+pub mod server;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request as HttpRequest, Response, StatusCode, body::Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use hyper::Method;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use tokio::{net::UnixListener, sync::watch};
 
-use crate::{
-    connections::{Connections, DRAIN_DEADLINE},
-    rules::{ForwardRule, PortRange, Protocol},
+pub use self::{
+    client::{Client, ClientError},
+    server::{Controller, bind, serve},
 };
-
-/// Request bodies are small JSON objects: anything larger is refused.
-const MAX_BODY: usize = 64 * 1024;
-/// A client that does not send its request head in time is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// No request takes longer than this, even a slow client's.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::{
+    rules::{ForwardRule, PortRange, Protocol},
+    table::Traffic,
+};
 
 /// What a client asks the daemon, decoded from the HTTP request.
 #[derive(Debug, PartialEq)]
@@ -129,7 +122,7 @@ pub struct TableFilter {
 
 impl TableFilter {
     /// The query string a client sends.
-    pub fn query(&self) -> String {
+    fn query(&self) -> String {
         let mut pairs = Vec::new();
         if let Some(protocol) = &self.protocol {
             pairs.push(format!("protocol={protocol}"));
@@ -197,6 +190,49 @@ impl TableFilter {
     }
 }
 
+/// A rule as the API lists it: `GET rules`, and the answer to every change
+/// of one rule. On the wire, the rule's own fields beside `id`, `inbound`
+/// and `outbound`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedRule {
+    #[serde(flatten)]
+    pub rule: ForwardRule,
+    /// The rule's index in the datapath's maps.
+    pub id: u32,
+    /// From remotes to the LAN server.
+    pub inbound: Traffic,
+    /// The LAN server's replies.
+    pub outbound: Traffic,
+}
+
+/// The answer to `DELETE rules/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: String,
+}
+
+/// The answer to `POST reload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// What was read, and from where.
+    pub reloaded: String,
+}
+
+/// The answer to `POST upnp/on` and `POST upnp/off`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpnpSwitched {
+    pub upnp: bool,
+    /// The names of the mappings clients had made, removed by `off`.
+    pub removed: Vec<String>,
+}
+
+/// The answer to `POST down`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {
+    pub detached: bool,
+    pub pin_dir: PathBuf,
+}
+
 /// An error for the client: an HTTP status and one line saying what was
 /// wrong and what would be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -239,11 +275,6 @@ impl ApiError {
 #[derive(Serialize, Deserialize)]
 struct ErrorBody {
     error: String,
-}
-
-/// What serves the requests: the daemon.
-pub trait Controller: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> Result<serde_json::Value, ApiError>;
 }
 
 fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
@@ -297,185 +328,46 @@ pub fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Re
     }
 }
 
-fn respond(status: u16, body: &impl Serialize) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("a response from valid parts")
-}
-
-async fn serve_request(
-    controller: Arc<dyn Controller>,
-    request: HttpRequest<Incoming>,
-) -> Response<Full<Bytes>> {
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return respond(
-                413,
-                &ErrorBody {
-                    error: format!("request body larger than {MAX_BODY} bytes, or cut short"),
-                },
-            );
-        }
-    };
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().unwrap_or("").to_owned();
-    let outcome = route(&parts.method, &path, &query, &body).and_then(|request| {
-        // Map and file work is short and synchronous; keep it off the
-        // reactor so that other clients and timers are not held up.
-        tokio::task::block_in_place(|| controller.handle(request))
-    });
-    match outcome {
-        Ok(value) => respond(200, &value),
-        Err(error) => respond(
-            error.status,
-            &ErrorBody {
-                error: error.message,
-            },
-        ),
-    }
-}
-
-/// Binds the API socket: its directory is created root-only, a stale socket
-/// left by a killed daemon is replaced, and the socket itself is 0600.
-pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = socket.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!(
-                "another daemon is already serving {}: stop it first",
-                socket.display()
+impl Request {
+    /// The method, path (with its query) and JSON body that [`route`]
+    /// decodes back into this request.
+    pub fn to_http(&self) -> Result<(Method, String, Vec<u8>), serde_json::Error> {
+        let (method, path, body) = match self {
+            Request::Status => (Method::GET, "/v1/status".to_owned(), Vec::new()),
+            Request::ListRules => (Method::GET, "/v1/rules".to_owned(), Vec::new()),
+            Request::AddRule(rule) => (
+                Method::POST,
+                "/v1/rules".to_owned(),
+                serde_json::to_vec(rule)?,
             ),
-        ));
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// Serves the API until `shutdown` turns true; then lets the requests in
-/// flight finish (a `natctl down` gets its answer) within
-/// [`DRAIN_DEADLINE`].
-pub async fn serve(
-    listener: UnixListener,
-    controller: Arc<dyn Controller>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut connections = Connections::new(shutdown.clone());
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!("API socket accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
+            Request::ModifyRule { name, change } => (
+                Method::PATCH,
+                format!("/v1/rules/{name}"),
+                serde_json::to_vec(change)?,
+            ),
+            Request::RemoveRule(name) => (Method::DELETE, format!("/v1/rules/{name}"), Vec::new()),
+            Request::SetEnabled { name, enabled } => {
+                let action = if *enabled { "enable" } else { "disable" };
+                (
+                    Method::POST,
+                    format!("/v1/rules/{name}/{action}"),
+                    Vec::new(),
+                )
+            }
+            Request::Table(filter) => (
+                Method::GET,
+                format!("/v1/table?{}", filter.query()),
+                Vec::new(),
+            ),
+            Request::Stats => (Method::GET, "/v1/stats".to_owned(), Vec::new()),
+            Request::Reload => (Method::POST, "/v1/reload".to_owned(), Vec::new()),
+            Request::Upnp(on) => {
+                let switch = if *on { "on" } else { "off" };
+                (Method::POST, format!("/v1/upnp/{switch}"), Vec::new())
+            }
+            Request::Down => (Method::POST, "/v1/down".to_owned(), Vec::new()),
         };
-        let controller = controller.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let controller = controller.clone();
-            async move { Ok::<_, Infallible>(serve_request(controller, request).await) }
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        connections.spawn(connection, Some(CONNECTION_TIMEOUT));
-    }
-    drop(listener);
-    let cut = connections.drain(DRAIN_DEADLINE).await;
-    if cut > 0 {
-        tracing::warn!("stopping: {cut} API connection(s) cut after {DRAIN_DEADLINE:?}");
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error(
-        "no natctl daemon is running (nothing listens on {0}); start one with `natctl daemon --wan IF --lan IF`"
-    )]
-    NotRunning(PathBuf),
-    #[error("cannot reach the daemon at {socket}: {source} (the API is root-only)")]
-    Connect {
-        socket: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("talking to the daemon: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("{0}")]
-    Rejected(String),
-    #[error("the daemon sent a response that is not JSON: {0}")]
-    BadResponse(String),
-}
-
-/// A client of the control API.
-pub struct Client {
-    socket: PathBuf,
-}
-
-impl Client {
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self {
-            socket: socket.into(),
-        }
-    }
-
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                    ClientError::NotRunning(self.socket.clone())
-                }
-                _ => ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                },
-            })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let body = body.map(|value| value.to_string()).unwrap_or_default();
-        let request = HttpRequest::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "natctl")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("a request from valid parts");
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        if status.is_success() {
-            serde_json::from_slice(&bytes)
-                .map_err(|_| ClientError::BadResponse(String::from_utf8_lossy(&bytes).into_owned()))
-        } else {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|body| body.error)
-                .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-            Err(ClientError::Rejected(message))
-        }
+        Ok((method, path, body))
     }
 }
 
@@ -546,44 +438,85 @@ mod tests {
         assert!(error.message.contains("colour"), "{error}");
     }
 
-    /// Stops the server from inside a request, as `natctl down` does, and
-    /// answers only after that.
-    struct StopsTheServer(watch::Sender<bool>);
-
-    impl Controller for StopsTheServer {
-        fn handle(&self, _: Request) -> Result<serde_json::Value, ApiError> {
-            let _ = self.0.send(true);
-            // The answer is still being made when the accept loop stops.
-            std::thread::sleep(Duration::from_millis(200));
-            Ok(serde_json::json!({ "detached": true }))
+    #[test]
+    fn every_request_routes_back_to_itself() {
+        let rule: ForwardRule = "tcp/8080=192.168.0.12:80".parse().unwrap();
+        let requests = [
+            Request::Status,
+            Request::ListRules,
+            Request::AddRule(rule),
+            Request::ModifyRule {
+                name: "web".into(),
+                change: RuleChange {
+                    external: Some("9090".parse().unwrap()),
+                    allow: Some(Vec::new()),
+                    ..Default::default()
+                },
+            },
+            Request::RemoveRule("web".into()),
+            Request::SetEnabled {
+                name: "web".into(),
+                enabled: true,
+            },
+            Request::SetEnabled {
+                name: "web".into(),
+                enabled: false,
+            },
+            Request::Table(TableFilter::default()),
+            Request::Table(TableFilter {
+                protocol: Some("udp".into()),
+                address: Some(Ipv4Addr::new(192, 168, 0, 12)),
+                port: Some(53),
+                kind: Some("DYNAMIC".into()),
+            }),
+            Request::Stats,
+            Request::Reload,
+            Request::Upnp(true),
+            Request::Upnp(false),
+            Request::Down,
+        ];
+        for request in requests {
+            let (method, target, body) = request.to_http().unwrap();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            assert_eq!(route(&method, path, query, &body).unwrap(), request);
         }
     }
 
     #[test]
-    fn a_request_that_stops_the_server_still_gets_its_answer() {
-        let dir = std::env::temp_dir().join(format!("natctl-api-{}", std::process::id()));
-        let socket = dir.join("natctl.sock");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime.block_on(async { bind(&socket) }).unwrap();
-        let client_socket = socket.clone();
-        let client = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(Client::new(client_socket).call(Method::POST, "/v1/down", None))
+    fn a_listed_rule_is_the_rule_beside_its_id_and_counters() {
+        let mut rule: ForwardRule = "tcp/8080=192.168.0.12:80".parse().unwrap();
+        rule.allow = vec!["198.51.100.0/24".parse().unwrap()];
+        rule.upnp = Some(crate::rules::UpnpLease {
+            client: Ipv4Addr::new(192, 168, 0, 12),
+            description: "game".into(),
+            expires_at: Some(1_800_000_000),
         });
-        let (stop, stopped) = watch::channel(false);
-        runtime.block_on(serve(listener, Arc::new(StopsTheServer(stop)), stopped));
-        // As the daemon does once `serve` returns: every task left is gone.
-        drop(runtime);
-        let answer = client.join().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(answer.expect("the answer")["detached"], true);
+        let listed = ListedRule {
+            rule,
+            id: 3,
+            inbound: Traffic {
+                packets: 2,
+                bytes: 120,
+            },
+            outbound: Traffic::default(),
+        };
+        let json = serde_json::to_value(&listed).unwrap();
+        let mut expected = serde_json::to_value(&listed.rule).unwrap();
+        let fields = expected.as_object_mut().unwrap();
+        fields.insert("id".into(), 3.into());
+        fields.insert(
+            "inbound".into(),
+            serde_json::json!({ "packets": 2, "bytes": 120 }),
+        );
+        fields.insert(
+            "outbound".into(),
+            serde_json::json!({ "packets": 0, "bytes": 0 }),
+        );
+        assert_eq!(json, expected);
+        // `natctl list --json` prints what it read: reading loses nothing.
+        let read: ListedRule = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(read, listed);
+        assert_eq!(serde_json::to_value(&read).unwrap(), json);
     }
 
     #[test]

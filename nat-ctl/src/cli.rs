@@ -1,19 +1,17 @@
 //! Command-line interface: `natctl daemon`, and the thin clients of its API.
 use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf, str::FromStr};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use hyper::Method;
 use ipnet::Ipv4Net;
 use nat_ctl::{
-    api::{Client, ClientError, RuleChange, TableFilter},
+    api::{Client, ClientError, ListedRule, RuleChange, TableFilter},
     config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET_PATH},
     daemon::{self, DaemonOptions},
     datapath::{AttachMode, pins},
     rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow},
-    table::{self, Stats, TableRow},
+    table,
 };
-use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(name = "natctl", version, about = "XDP NAT router control")]
@@ -203,8 +201,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 enabled: !disabled,
                 upnp: None,
             };
-            let added = call(&client, Method::POST, "/v1/rules", Some(json(&rule)?))?;
-            println!("added {}", one_rule(&added)?);
+            let added = block_on(client.add_rule(&rule))?;
+            println!("added {}", added.rule);
             Ok(())
         }
         Command::Modify {
@@ -231,47 +229,30 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 enabled: None,
             };
-            let modified = call(
-                &client,
-                Method::PATCH,
-                &format!("/v1/rules/{name}"),
-                Some(json(&change)?),
-            )?;
-            println!("modified {}", one_rule(&modified)?);
+            let modified = block_on(client.modify_rule(&name, &change))?;
+            println!("modified {}", modified.rule);
             Ok(())
         }
         Command::Remove { name } => {
-            call(&client, Method::DELETE, &format!("/v1/rules/{name}"), None)?;
+            block_on(client.remove_rule(&name))?;
             println!("removed {name}");
             Ok(())
         }
         Command::Enable { name } => {
-            call(
-                &client,
-                Method::POST,
-                &format!("/v1/rules/{name}/enable"),
-                None,
-            )?;
+            block_on(client.set_enabled(&name, true))?;
             println!("enabled {name}");
             Ok(())
         }
         Command::Disable { name } => {
-            call(
-                &client,
-                Method::POST,
-                &format!("/v1/rules/{name}/disable"),
-                None,
-            )?;
+            block_on(client.set_enabled(&name, false))?;
             println!("disabled {name}");
             Ok(())
         }
         Command::List { json } => {
-            let rules = call(&client, Method::GET, "/v1/rules", None)?;
+            let rules = block_on(client.list_rules())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rules)?);
+                print_json(&rules)?;
             } else {
-                let rules: Vec<ListedRule> =
-                    serde_json::from_value(rules).context("reading the daemon's rule list")?;
                 print!("{}", format_rules(&rules));
             }
             Ok(())
@@ -289,56 +270,42 @@ pub fn run(cli: Cli) -> Result<()> {
                 port,
                 kind,
             };
-            let rows = call(
-                &client,
-                Method::GET,
-                &format!("/v1/table?{}", filter.query()),
-                None,
-            )?;
+            let rows = block_on(client.table(&filter))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                print_json(&rows)?;
             } else {
-                let rows: Vec<TableRow> =
-                    serde_json::from_value(rows).context("reading the daemon's NAT table")?;
                 print!("{}", table::format_table(&rows));
             }
             Ok(())
         }
         Command::Stats { json } => {
-            let stats = call(&client, Method::GET, "/v1/stats", None)?;
+            let stats = block_on(client.stats())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                print_json(&stats)?;
             } else {
-                let stats: Stats =
-                    serde_json::from_value(stats).context("reading the daemon's counters")?;
                 print!("{}", table::format_stats(&stats));
             }
             Ok(())
         }
-        Command::Status => {
-            let status = call(&client, Method::GET, "/v1/status", None)?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
-            Ok(())
-        }
+        Command::Status => print_json(&block_on(client.status())?),
         Command::Reload => {
-            let reloaded = call(&client, Method::POST, "/v1/reload", None)?;
-            println!("{}", reloaded["reloaded"].as_str().unwrap_or("reloaded"));
+            println!("{}", block_on(client.reload())?.reloaded);
             Ok(())
         }
         Command::Upnp { switch } => {
-            let answer = call(&client, Method::POST, &format!("/v1/upnp/{switch}"), None)?;
-            let removed = answer["removed"]
-                .as_array()
-                .map(|names| names.len())
-                .unwrap_or(0);
-            if switch == "off" {
-                println!("UPnP off; removed {removed} mapping(s) clients had made");
-            } else {
+            let on = switch == "on";
+            let answer = block_on(client.upnp(on))?;
+            if on {
                 println!("UPnP on");
+            } else {
+                println!(
+                    "UPnP off; removed {} mapping(s) clients had made",
+                    answer.removed.len()
+                );
             }
             Ok(())
         }
-        Command::Down { pin_dir } => match block_on(client.call(Method::POST, "/v1/down", None)) {
+        Command::Down { pin_dir } => match block_on(client.down()) {
             Ok(_) => {
                 println!("datapath detached; the daemon is stopping");
                 Ok(())
@@ -371,32 +338,12 @@ fn block_on<T>(future: impl Future<Output = T>) -> T {
         .block_on(future)
 }
 
-fn call(
-    client: &Client,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<serde_json::Value> {
-    Ok(block_on(client.call(method, path, body))?)
-}
-
-fn json(value: &impl serde::Serialize) -> Result<serde_json::Value> {
-    Ok(serde_json::to_value(value)?)
-}
-
-/// A rule as the API lists it.
-#[derive(Deserialize)]
-struct ListedRule {
-    #[serde(flatten)]
-    rule: ForwardRule,
-    inbound: table::Traffic,
-    outbound: table::Traffic,
-}
-
-fn one_rule(value: &serde_json::Value) -> Result<String> {
-    let ListedRule { rule, .. } =
-        serde_json::from_value(value.clone()).context("reading the daemon's answer")?;
-    Ok(rule.to_string())
+/// Prints an answer for `--json` through a `Value`, whose map sorts the
+/// keys: the order they have always been printed in.
+fn print_json(answer: &impl serde::Serialize) -> Result<()> {
+    let value = serde_json::to_value(answer)?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
 }
 
 fn format_rules(rules: &[ListedRule]) -> String {

@@ -8,7 +8,10 @@ use super::{
 };
 use crate::{
     aging,
-    api::{ApiError, Controller, Request, RuleChange, TableFilter},
+    api::{
+        ApiError, Controller, Detached, Reloaded, Removed, Request, RuleChange, TableFilter,
+        UpnpSwitched,
+    },
     config::DaemonConfig,
     datapath::pins,
     rules::ForwardRule,
@@ -29,7 +32,7 @@ impl Controller for Daemon {
             Request::Reload => {
                 let summary = self.reload()?;
                 tracing::info!("API reload: {summary}");
-                Ok(serde_json::json!({ "reloaded": summary }))
+                to_json(Reloaded { reloaded: summary })
             }
             Request::Upnp(on) => self.switch_upnp(on),
             Request::Down => self.down(),
@@ -43,7 +46,7 @@ impl Daemon {
         let views = state
             .rules
             .iter()
-            .map(|(id, rule)| state.view_of(id, rule))
+            .map(|(id, rule)| state.listed(id, rule))
             .collect::<Result<Vec<_>, _>>()?;
         to_json(views)
     }
@@ -82,7 +85,9 @@ impl Daemon {
         let mut state = self.lock();
         state.change(|rules| rules.remove(name).map(drop), Durability::Saved)?;
         tracing::info!("rule {name} removed");
-        Ok(serde_json::json!({ "removed": name }))
+        to_json(Removed {
+            removed: name.to_owned(),
+        })
     }
 
     fn set_enabled(&self, name: &str, enabled: bool) -> ApiResult {
@@ -156,7 +161,7 @@ impl Daemon {
                 format!("; removed {}", removed.join(", "))
             }
         );
-        Ok(serde_json::json!({ "upnp": on, "removed": removed }))
+        to_json(UpnpSwitched { upnp: on, removed })
     }
 
     fn down(&self) -> ApiResult {
@@ -164,7 +169,10 @@ impl Daemon {
         let dir = state.config.pin_dir.clone();
         pins::teardown(&dir).map_err(internal)?;
         let _ = self.lifecycle.send(Lifecycle::Down);
-        Ok(serde_json::json!({ "detached": true, "pin_dir": dir }))
+        to_json(Detached {
+            detached: true,
+            pin_dir: dir,
+        })
     }
 
     /// Re-reads the configuration file and the rule store (SIGHUP). Nothing

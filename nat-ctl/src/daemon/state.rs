@@ -10,11 +10,11 @@ use serde::Serialize;
 
 use super::Nic;
 use crate::{
-    api::ApiError,
+    api::{ApiError, ListedRule},
     config::DaemonConfig,
     datapath::{KernelSweep, MapChange, MapView, MapWriter, SweepReport},
-    rules::{RuleError, RuleSet, protocol_name},
-    store, table,
+    rules::{ForwardRule, RuleError, RuleSet, protocol_name},
+    store,
 };
 
 pub(super) struct State {
@@ -101,16 +101,6 @@ pub(super) fn internal(error: impl std::fmt::Display) -> ApiError {
 
 pub(super) fn to_json(value: impl Serialize) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(value).map_err(internal)
-}
-
-/// A rule as `natctl list` shows it.
-#[derive(Serialize)]
-pub(super) struct RuleView<'a> {
-    #[serde(flatten)]
-    pub rule: &'a crate::rules::ForwardRule,
-    pub id: u32,
-    pub inbound: table::Traffic,
-    pub outbound: table::Traffic,
 }
 
 impl State {
@@ -210,17 +200,14 @@ impl State {
             .rules
             .get(name)
             .ok_or_else(|| rule_error(RuleError::NotFound(name.to_owned())))?;
-        self.view_of(id, rule).and_then(to_json)
+        self.listed(id, rule).and_then(to_json)
     }
 
-    pub fn view_of<'a>(
-        &self,
-        id: u32,
-        rule: &'a crate::rules::ForwardRule,
-    ) -> Result<RuleView<'a>, ApiError> {
+    /// A rule as `natctl list` shows it: with its id and counters.
+    pub fn listed(&self, id: u32, rule: &ForwardRule) -> Result<ListedRule, ApiError> {
         let counters = self.view.rule_counters(id).map_err(internal)?;
-        Ok(RuleView {
-            rule,
+        Ok(ListedRule {
+            rule: rule.clone(),
             id,
             inbound: counters.inbound.into(),
             outbound: counters.outbound.into(),

@@ -20,10 +20,11 @@ use crate::{
     rules::ForwardRule,
     upnp::{
         IgdVersion,
+        error::UpnpError,
         http::Control,
         igd::{self, Gateway, GatewayError, Totals},
         service::{self, Running, ServiceConfig},
-        soap::{SoapRequest, UpnpError},
+        soap::SoapRequest,
     },
 };
 

@@ -7,7 +7,7 @@
 //! [`wan_common_action_names`] so the control server can answer `401 Invalid
 //! Action` for anything else.
 
-use super::soap::XmlDoc;
+use super::xml::XmlDoc;
 use super::{
     DEVICE_IGD, DEVICE_WAN, DEVICE_WAN_CONNECTION, Identity, IgdVersion, SERVICE_WAN_COMMON,
     SERVICE_WAN_IP, paths, type_urn,

@@ -19,8 +19,10 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::connections::{Connections, DRAIN_DEADLINE};
 
 use super::{
-    Identity, IgdVersion, SERVICE_WAN_COMMON, SERVICE_WAN_IP, description, paths,
-    soap::{self, SoapRequest, UpnpError},
+    Identity, IgdVersion, SERVICE_WAN_COMMON, SERVICE_WAN_IP, description,
+    error::UpnpError,
+    paths,
+    soap::{self, SoapRequest},
 };
 
 /// SOAP requests are a few hundred bytes; anything near this is abuse.

@@ -8,9 +8,8 @@ use ipnet::Ipv4Net;
 use super::{
     IgdVersion, SERVICE_WAN_COMMON, SERVICE_WAN_IP,
     description::{self, PortMappingEntry},
-    soap::{
-        SoapRequest, UpnpError, parse_bool, parse_ipv4, parse_protocol, parse_u16_port, parse_u32,
-    },
+    error::UpnpError,
+    soap::{SoapRequest, parse_bool, parse_ipv4, parse_protocol, parse_u16_port, parse_u32},
 };
 use crate::{
     config::UpnpSettings,

@@ -1,16 +1,19 @@
 //! UPnP IGD on the LAN side: SSDP discovery (`ssdp`), device and service
-//! descriptions (`description`), SOAP control (`soap`), the actions
-//! themselves (`igd`) and their HTTP server (`http`).
+//! descriptions (`description`), SOAP control (`soap`) with its fault codes
+//! (`error`), the actions themselves (`igd`) and their HTTP server (`http`);
+//! every document is written with one XML writer (`xml`).
 //!
 //! UPnP mappings are ordinary forwarding rules carrying a lease
 //! (`rules::UpnpLease`), so they show in `natctl list` and `natctl table`
 //! and can be removed from the CLI.
 pub mod description;
+pub mod error;
 pub mod http;
 pub mod igd;
 pub mod service;
 pub mod soap;
 pub mod ssdp;
+mod xml;
 
 /// Which IGD the descriptions and SSDP announce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

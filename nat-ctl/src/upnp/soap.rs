@@ -1,6 +1,8 @@
 //! SOAP 1.1 for UPnP control (UDA 1.1 §3 / UDA 2.0 §3): parsing action
 //! requests, writing action responses and UPnP faults, and the strict
-//! parsers of argument values the actions use.
+//! parsers of argument values the actions use. The fault codes are
+//! [`UpnpError`] (in `error`); the documents are written with `xml`'s
+//! writer.
 //!
 //! # Errors and what the HTTP layer answers
 //!
@@ -23,10 +25,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use quick_xml::Writer;
-use quick_xml::events::{BytesStart, BytesText, Event};
+use quick_xml::events::Event;
 use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::reader::NsReader;
+
+use super::error::UpnpError;
+use super::xml::{XmlDoc, is_xml_char};
 
 /// The SOAP 1.1 envelope namespace.
 pub const SOAP_ENVELOPE_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
@@ -127,88 +131,6 @@ impl SoapError {
     }
 }
 
-/// The UPnP (UDA) and IGD error codes the gateway answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpnpError {
-    InvalidAction,
-    InvalidArgs,
-    ActionFailed,
-    ActionNotAuthorized,
-    SpecifiedArrayIndexInvalid,
-    NoSuchEntryInArray,
-    WildCardNotPermittedInSrcIP,
-    WildCardNotPermittedInExtPort,
-    ConflictInMappingEntry,
-    SamePortValuesRequired,
-    OnlyPermanentLeasesSupported,
-    RemoteHostOnlySupportsWildcard,
-    ExternalPortOnlySupportsWildcard,
-    NoPortMapsAvailable,
-    ConflictWithOtherMechanisms,
-    PortMappingNotFound,
-    WildCardNotPermittedInIntPort,
-    InconsistentParameters,
-}
-
-impl UpnpError {
-    /// The `errorCode` of the fault.
-    pub fn code(self) -> u16 {
-        match self {
-            UpnpError::InvalidAction => 401,
-            UpnpError::InvalidArgs => 402,
-            UpnpError::ActionFailed => 501,
-            UpnpError::ActionNotAuthorized => 606,
-            UpnpError::SpecifiedArrayIndexInvalid => 713,
-            UpnpError::NoSuchEntryInArray => 714,
-            UpnpError::WildCardNotPermittedInSrcIP => 715,
-            UpnpError::WildCardNotPermittedInExtPort => 716,
-            UpnpError::ConflictInMappingEntry => 718,
-            UpnpError::SamePortValuesRequired => 724,
-            UpnpError::OnlyPermanentLeasesSupported => 725,
-            UpnpError::RemoteHostOnlySupportsWildcard => 726,
-            UpnpError::ExternalPortOnlySupportsWildcard => 727,
-            UpnpError::NoPortMapsAvailable => 728,
-            UpnpError::ConflictWithOtherMechanisms => 729,
-            UpnpError::PortMappingNotFound => 730,
-            UpnpError::WildCardNotPermittedInIntPort => 732,
-            UpnpError::InconsistentParameters => 733,
-        }
-    }
-
-    /// The `errorDescription` of the fault: the UDA wording for 4xx-6xx,
-    /// the IGD error names for 7xx.
-    pub fn description(self) -> &'static str {
-        match self {
-            UpnpError::InvalidAction => "Invalid Action",
-            UpnpError::InvalidArgs => "Invalid Args",
-            UpnpError::ActionFailed => "Action Failed",
-            UpnpError::ActionNotAuthorized => "Action not authorized",
-            UpnpError::SpecifiedArrayIndexInvalid => "SpecifiedArrayIndexInvalid",
-            UpnpError::NoSuchEntryInArray => "NoSuchEntryInArray",
-            UpnpError::WildCardNotPermittedInSrcIP => "WildCardNotPermittedInSrcIP",
-            UpnpError::WildCardNotPermittedInExtPort => "WildCardNotPermittedInExtPort",
-            UpnpError::ConflictInMappingEntry => "ConflictInMappingEntry",
-            UpnpError::SamePortValuesRequired => "SamePortValuesRequired",
-            UpnpError::OnlyPermanentLeasesSupported => "OnlyPermanentLeasesSupported",
-            UpnpError::RemoteHostOnlySupportsWildcard => "RemoteHostOnlySupportsWildcard",
-            UpnpError::ExternalPortOnlySupportsWildcard => "ExternalPortOnlySupportsWildcard",
-            UpnpError::NoPortMapsAvailable => "NoPortMapsAvailable",
-            UpnpError::ConflictWithOtherMechanisms => "ConflictWithOtherMechanisms",
-            UpnpError::PortMappingNotFound => "PortMappingNotFound",
-            UpnpError::WildCardNotPermittedInIntPort => "WildCardNotPermittedInIntPort",
-            UpnpError::InconsistentParameters => "InconsistentParameters",
-        }
-    }
-}
-
-impl fmt::Display for UpnpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.code(), self.description())
-    }
-}
-
-impl std::error::Error for UpnpError {}
-
 // ---------------------------------------------------------------------------
 // Parsing requests
 
@@ -234,11 +156,6 @@ fn xml_error(e: impl fmt::Display) -> SoapError {
         message.truncate(end);
     }
     SoapError::Xml(message)
-}
-
-/// Whether `c` is a `Char` of XML 1.0.
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 fn is_xml_whitespace(s: &str) -> bool {
@@ -490,84 +407,6 @@ fn append_value(
 
 // ---------------------------------------------------------------------------
 // Writing responses
-
-/// `s` with every character XML 1.0 cannot carry replaced by U+FFFD, so
-/// that any string can be written into a well-formed document.
-pub(crate) fn xml_chars(s: &str) -> Cow<'_, str> {
-    if s.chars().all(is_xml_char) {
-        Cow::Borrowed(s)
-    } else {
-        Cow::Owned(
-            s.chars()
-                .map(|c| if is_xml_char(c) { c } else { '\u{FFFD}' })
-                .collect(),
-        )
-    }
-}
-
-/// A small document builder over quick-xml's [`Writer`]: text and
-/// attribute values are escaped by quick-xml after [`xml_chars`].
-pub(crate) struct XmlDoc {
-    writer: Writer<Vec<u8>>,
-}
-
-impl XmlDoc {
-    /// A document starting with `<?xml version="1.0"?>` and `line_end`;
-    /// indented by two spaces if `indent`.
-    pub(crate) fn new(indent: bool, line_end: &str) -> Self {
-        let mut buf = Vec::with_capacity(1024);
-        buf.extend_from_slice(b"<?xml version=\"1.0\"?>");
-        buf.extend_from_slice(line_end.as_bytes());
-        let writer = if indent {
-            Writer::new_with_indent(buf, b' ', 2)
-        } else {
-            Writer::new(buf)
-        };
-        XmlDoc { writer }
-    }
-
-    fn event(&mut self, event: Event<'_>) {
-        // Writing into a Vec cannot fail.
-        let _ = self.writer.write_event(event);
-    }
-
-    pub(crate) fn open(&mut self, name: &str, attrs: &[(&str, &str)]) {
-        let mut start = BytesStart::new(name);
-        for (key, value) in attrs {
-            start.push_attribute((*key, xml_chars(value).as_ref()));
-        }
-        self.event(Event::Start(start));
-    }
-
-    pub(crate) fn close(&mut self, name: &str) {
-        self.event(Event::End(quick_xml::events::BytesEnd::new(name)));
-    }
-
-    /// `<name>text</name>`.
-    pub(crate) fn text(&mut self, name: &str, text: &str) {
-        self.event(Event::Start(BytesStart::new(name)));
-        // Also for "": keeps `<name></name>` on one line when indenting.
-        self.event(Event::Text(BytesText::new(&xml_chars(text))));
-        self.event(Event::End(quick_xml::events::BytesEnd::new(name)));
-    }
-
-    /// `<name><![CDATA[text]]></name>`, split where `text` holds `]]>`.
-    pub(crate) fn cdata(&mut self, name: &str, text: &str) {
-        self.event(Event::Start(BytesStart::new(name)));
-        let text = xml_chars(text);
-        for section in quick_xml::events::BytesCData::escaped(&text) {
-            self.event(Event::CData(section));
-        }
-        self.event(Event::End(quick_xml::events::BytesEnd::new(name)));
-    }
-
-    pub(crate) fn finish(self, line_end: &str) -> String {
-        let mut buf = self.writer.into_inner();
-        buf.extend_from_slice(line_end.as_bytes());
-        // Only str pieces were written.
-        String::from_utf8(buf).unwrap_or_default()
-    }
-}
 
 fn envelope_open(doc: &mut XmlDoc) {
     doc.open(
