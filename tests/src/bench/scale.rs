@@ -67,7 +67,9 @@ fn mapping(j: u32) -> (u8, u16, [u8; 4], u16) {
     let k = j - PORTS;
     let proto = if k < PORTS { PROTO_TCP } else { PROTO_ICMP };
     let external = (PORT_MIN + k % PORTS) as u16;
-    let internal = [192, 168, 0, 100 + (k % 100) as u8];
+    // LAN hosts .100 to .199.
+    let [a, b, c, _] = crate::plan::LAN_NET.octets();
+    let internal = [a, b, c, 100 + (k % 100) as u8];
     (proto, external, internal, (PORT_MIN + k / 100) as u16)
 }
 

@@ -13,7 +13,7 @@
 //! entry is permanent, so that no packet waits for ARP.
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -39,17 +39,14 @@ use super::{
 use crate::{
     lab::natctl_path,
     netns::{Netns, require_root},
+    plan::{self, HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, cidr, mac},
     wait_for,
 };
 
-pub const LAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
-pub const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-pub const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-pub const WAN_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-pub const LAN_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0c];
-pub const ROUTER_LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-pub const ROUTER_WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
-pub const WAN_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
+pub use crate::plan::{
+    LAN_HOST, LAN_HOST_MAC, ROUTER_LAN, ROUTER_LAN_MAC, ROUTER_WAN, ROUTER_WAN_MAC, WAN_HOST,
+    WAN_HOST_MAC,
+};
 
 /// The forwarding entry WAN -> LAN traffic goes through: UDP to the
 /// router's WAN address on this port reaches the LAN host on the same port.
@@ -239,10 +236,6 @@ fn thread_cpu_secs() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-fn mac(bytes: [u8; 6]) -> String {
-    bytes.map(|b| format!("{b:02x}")).join(":")
-}
-
 impl Topology {
     pub fn build(kind: RouterKind) -> Result<Self> {
         require_root();
@@ -263,22 +256,22 @@ impl Topology {
                 router_ns,
             });
         }
-        router_ns.veth("lan0", &lan_ns, "eth0")?;
-        router_ns.veth("wan0", &wan_ns, "eth0")?;
+        router_ns.veth(ROUTER_LAN_IF, &lan_ns, HOST_IF)?;
+        router_ns.veth(ROUTER_WAN_IF, &wan_ns, HOST_IF)?;
         for (netns, interface, address, mac_addr) in [
-            (&router_ns, "lan0", "192.168.0.1/24", ROUTER_LAN_MAC),
-            (&router_ns, "wan0", "203.0.113.1/24", ROUTER_WAN_MAC),
-            (&lan_ns, "eth0", "192.168.0.12/24", LAN_HOST_MAC),
-            (&wan_ns, "eth0", "203.0.113.2/24", WAN_HOST_MAC),
+            (&router_ns, ROUTER_LAN_IF, ROUTER_LAN, ROUTER_LAN_MAC),
+            (&router_ns, ROUTER_WAN_IF, ROUTER_WAN, ROUTER_WAN_MAC),
+            (&lan_ns, HOST_IF, LAN_HOST, LAN_HOST_MAC),
+            (&wan_ns, HOST_IF, WAN_HOST, WAN_HOST_MAC),
         ] {
             netns.ip(&["link", "set", interface, "address", &mac(mac_addr)])?;
-            netns.ip(&["addr", "add", address, "dev", interface])?;
+            netns.ip(&["addr", "add", &cidr(address), "dev", interface])?;
         }
         for (netns, addr, mac_addr, interface) in [
-            (&router_ns, LAN_HOST, LAN_HOST_MAC, "lan0"),
-            (&router_ns, WAN_HOST, WAN_HOST_MAC, "wan0"),
-            (&lan_ns, ROUTER_LAN, ROUTER_LAN_MAC, "eth0"),
-            (&wan_ns, ROUTER_WAN, ROUTER_WAN_MAC, "eth0"),
+            (&router_ns, LAN_HOST, LAN_HOST_MAC, ROUTER_LAN_IF),
+            (&router_ns, WAN_HOST, WAN_HOST_MAC, ROUTER_WAN_IF),
+            (&lan_ns, ROUTER_LAN, ROUTER_LAN_MAC, HOST_IF),
+            (&wan_ns, ROUTER_WAN, ROUTER_WAN_MAC, HOST_IF),
         ] {
             netns.ip(&[
                 "neigh",
@@ -292,14 +285,20 @@ impl Topology {
                 "permanent",
             ])?;
         }
-        lan_ns.ip(&["route", "add", "default", "via", "192.168.0.1"])?;
+        lan_ns.ip(&["route", "add", "default", "via", &ROUTER_LAN.to_string()])?;
         if !kind.translates() {
             // Without NAT the WAN host reaches the LAN directly.
-            wan_ns.ip(&["route", "add", "192.168.0.0/24", "via", "203.0.113.1"])?;
+            wan_ns.ip(&[
+                "route",
+                "add",
+                &plan::lan_cidr(),
+                "via",
+                &ROUTER_WAN.to_string(),
+            ])?;
         }
         router_ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
-        let router_lan_ifindex = router_ns.ifindex("lan0")?;
-        let router_wan_ifindex = router_ns.ifindex("wan0")?;
+        let router_lan_ifindex = router_ns.ifindex(ROUTER_LAN_IF)?;
+        let router_wan_ifindex = router_ns.ifindex(ROUTER_WAN_IF)?;
 
         let lan = Host::start(lan_ns)?;
         let wan = Host::start(wan_ns)?;
@@ -532,8 +531,8 @@ fn nat_lib(
     let mut datapath = Datapath::load(sizes, None)?;
     datapath.maps.set_config(&NatConfig {
         wan_addr: ROUTER_WAN.octets(),
-        lan_net: [192, 168, 0, 0],
-        lan_prefix_len: 24,
+        lan_net: plan::LAN_NET.octets(),
+        lan_prefix_len: plan::LAN_PREFIX,
         filtering: FILTER_ADDRESS_AND_PORT_DEPENDENT,
         unsolicited: UNSOLICITED_PASS,
         hairpin: 1,

@@ -4,7 +4,7 @@
 //! nftables backend) in the same topology.
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{SocketAddrV4, UdpSocket},
     path::PathBuf,
     sync::{
         Arc,
@@ -14,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{lab::Lab, netns::Netns, wait_for};
 use anyhow::{Context, Result, bail};
-use nat_tests::{lab::Lab, netns::Netns, wait_for};
 use serde_json::{Value, json};
 
 use super::{
@@ -25,12 +25,11 @@ use super::{
     soap::{Action, Client, Endpoint, Timing},
     summary_ms, target,
 };
-use crate::progress;
+use crate::{
+    plan::{self, LAN_HOST, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
+    progress,
+};
 
-const LAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
-const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-const WAN_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const HTTP_PORT: u16 = 5000;
 const LEASE: u32 = 3600;
 /// External (= internal) ports of the request benchmark: 20000 + i.
@@ -117,9 +116,10 @@ impl MiniUpnpd {
                  upnp_forward_chain=miniupnpd\n\
                  upnp_nat_chain=prerouting_miniupnpd\n\
                  upnp_nat_postrouting_chain=postrouting_miniupnpd\n\
-                 allow 1024-65535 192.168.0.0/24 1024-65535\n\
+                 allow 1024-65535 {lan} 1024-65535\n\
                  deny 0-65535 0.0.0.0/0 0-65535\n",
-                dir.0.join("upnp.leases").display()
+                dir.0.join("upnp.leases").display(),
+                lan = plan::lan_cidr(),
             ),
         )?;
         let daemon = Self { pidfile, dir };
@@ -675,7 +675,7 @@ pub fn run(scale: &Scale) -> Result<Value> {
             "c4_close": format!("{CONCURRENCY} clients at once, one request per connection"),
             "c1_keepalive": "one client reusing its connection while the server allows (miniupnpd closes after every response)",
         },
-        "request": "N AddPortMapping (UDP, external = internal port 20000+i, to the LAN host itself as secure mode requires, lease 3600 s, SOAP WANIPConnection:1) from 192.168.0.12 to 192.168.0.1:5000/ctl/IPConn, then N DeletePortMapping of the same; the IGD holds 0..N mappings during a run",
+        "request": format!("N AddPortMapping (UDP, external = internal port {REQUEST_BASE}+i, to the LAN host itself as secure mode requires, lease {LEASE} s, SOAP WANIPConnection:1) from {LAN_HOST} to {ROUTER_LAN}:{HTTP_PORT}/ctl/IPConn, then N DeletePortMapping of the same; the IGD holds 0..N mappings during a run"),
         "latency_definition": "latency: connect to whole response read; server_time: request written to first response byte; p50_fewest_mappings/p50_most_mappings: p50 over the tenth of each run in which the IGD held the fewest / the most mappings (the start and the end of an add run, the end and the start of a delete run)",
         "miniupnpd_setup": {
             "version": String::from_utf8_lossy(&std::process::Command::new("miniupnpd").arg("--version").output()?.stdout).trim().replace('\n', "; "),
