@@ -4,6 +4,7 @@
 //! The `upnpbench` binary parses its command line and calls [`run`].
 pub mod iperf;
 pub mod kernel;
+pub mod report;
 pub mod soap;
 pub mod upnp;
 
