@@ -18,6 +18,7 @@ pub mod bpf;
 pub mod cost;
 pub mod frames;
 pub mod report;
+mod routers;
 pub mod scale;
 pub mod sweep;
 pub mod throughput;

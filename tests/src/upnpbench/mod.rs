@@ -2,8 +2,10 @@
 //! the UPnP IGD's request rate, latency and reply-to-forwarding delay
 //! against miniupnpd, every figure measured in the run that prints it.
 //! The `upnpbench` binary parses its command line and calls [`run`].
+mod delay;
 pub mod iperf;
 pub mod kernel;
+mod miniupnpd;
 pub mod report;
 pub mod soap;
 pub mod upnp;
