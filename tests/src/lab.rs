@@ -30,14 +30,14 @@ use nat_common::programs;
 
 use crate::{
     netns::{Netns, require_root, run},
-    wait_for,
+    plan, wait_for,
 };
 
-pub const LAN_SERVER: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
-pub const LAN_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 13);
-pub const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-pub const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-pub const WAN_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub use crate::plan::{ROUTER_LAN, ROUTER_WAN, WAN_HOST};
+/// The LAN host's address that serves (see [`crate::plan`]).
+pub const LAN_SERVER: Ipv4Addr = plan::LAN_HOST;
+/// The LAN host's address that acts as a client.
+pub const LAN_CLIENT: Ipv4Addr = plan::LAN_HOST2;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -173,15 +173,8 @@ impl Lab {
         let lan = Netns::new("lan")?;
         let router = Netns::new("router")?;
         let wan = Netns::new("wan")?;
-        router.veth("lan0", &lan, "eth0")?;
-        router.veth("wan0", &wan, "eth0")?;
-        router.ip(&["addr", "add", "192.168.0.1/24", "dev", "lan0"])?;
-        router.ip(&["addr", "add", "203.0.113.1/24", "dev", "wan0"])?;
-        lan.ip(&["addr", "add", "192.168.0.12/24", "dev", "eth0"])?;
-        lan.ip(&["addr", "add", "192.168.0.13/24", "dev", "eth0"])?;
-        lan.ip(&["route", "add", "default", "via", "192.168.0.1"])?;
-        wan.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
-        // No route back to 192.168.0.0/24 on the WAN host: only NAT works.
+        plan::link_hosts(&router, &lan, &wan, None)?;
+        // No route back to the LAN on the WAN host: only NAT works.
 
         // A veth hands the router TCP/UDP packets whose checksum is only the
         // pseudo-header sum (checksum offload, CHECKSUM_PARTIAL); once XDP

@@ -3,14 +3,19 @@
 //! `BPF_PROG_TEST_RUN`, and an end-to-end lab of LAN host, router and WAN
 //! host joined by veth pairs.
 //!
-//! Every address used lies inside namespaces created here: the WAN side uses
-//! 203.0.113.0/24 and 198.51.100.0/24 (documentation ranges), the LAN side
-//! 192.168.0.0/24 — none of it is reachable from, or routed to, the host.
+//! It also holds the benchmarks of `cargo xtask bench`: [`bench`] (run by
+//! `natbench`) and [`upnpbench`] (run by `upnpbench`).
+//!
+//! Every address used lies inside namespaces created here, all of them
+//! from one address plan, [`plan`]: none of it is reachable from, or routed
+//! to, the host.
 pub mod bench;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod plan;
 pub mod traffic;
+pub mod upnpbench;
 
 use std::time::{Duration, Instant};
 

@@ -12,22 +12,19 @@ use nat_ctl::{
     rules::ForwardRule,
 };
 
-use crate::netns::{Netns, require_root};
+use crate::{
+    netns::{Netns, require_root},
+    plan::{self, ROUTER_LAN_IF, ROUTER_WAN_IF, cidr, mac},
+};
 
-pub const WAN_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-pub const WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
-pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0x01];
-/// A host out on the Internet, reached through the gateway.
-pub const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-pub const LAN_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-pub const LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
-pub const LAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
-pub const LAN_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
-pub const LAN_HOST2: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 13);
-pub const LAN_HOST2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0d];
-/// A LAN address with no neighbour entry.
-pub const LAN_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 99);
+// The router's side of the address plan under the packet lab's names.
+pub use crate::plan::{
+    GATEWAY, GATEWAY_MAC, LAN_HOST, LAN_HOST_MAC, LAN_HOST2, LAN_HOST2_MAC, LAN_UNRESOLVED, REMOTE,
+};
+pub const WAN_ADDR: Ipv4Addr = plan::ROUTER_WAN;
+pub const WAN_MAC: [u8; 6] = plan::ROUTER_WAN_MAC;
+pub const LAN_ADDR: Ipv4Addr = plan::ROUTER_LAN;
+pub const LAN_MAC: [u8; 6] = plan::ROUTER_LAN_MAC;
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -50,10 +47,6 @@ pub struct PacketLab {
     pub netns: Netns,
 }
 
-fn mac(bytes: [u8; 6]) -> String {
-    bytes.map(|b| format!("{b:02x}")).join(":")
-}
-
 impl PacketLab {
     /// A router with the default configuration (address-and-port-dependent
     /// filtering, unsolicited packets to the kernel, hairpin on, dynamic
@@ -67,76 +60,68 @@ impl PacketLab {
         let netns = Netns::new("pkt")?;
         // Both ends of each veth stay in the namespace: the peers only have
         // to exist and be up for the router's NICs to be up.
+        let (wan, lan) = (ROUTER_WAN_IF, ROUTER_LAN_IF);
+        let (wan_peer, lan_peer) = (format!("{wan}p"), format!("{lan}p"));
+        let neighbour = |addr: Ipv4Addr, lladdr: [u8; 6], dev: &'static str| {
+            let (addr, lladdr) = (addr.to_string(), mac(lladdr));
+            move |netns: &Netns| {
+                netns.ip(&[
+                    "neigh",
+                    "replace",
+                    &addr,
+                    "lladdr",
+                    &lladdr,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])
+            }
+        };
         let setup: &[&[&str]] = &[
             &[
-                "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p",
+                "link", "add", wan, "type", "veth", "peer", "name", &wan_peer,
             ],
             &[
-                "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+                "link", "add", lan, "type", "veth", "peer", "name", &lan_peer,
             ],
-            &["link", "set", "wan0", "address", &mac(WAN_MAC)],
-            &["link", "set", "lan0", "address", &mac(LAN_MAC)],
-            &["link", "set", "wan0p", "up"],
-            &["link", "set", "lan0p", "up"],
-            &["link", "set", "wan0", "up"],
-            &["link", "set", "lan0", "up"],
-            &["addr", "add", "203.0.113.1/24", "dev", "wan0"],
-            &["addr", "add", "192.168.0.1/24", "dev", "lan0"],
+            &["link", "set", wan, "address", &mac(WAN_MAC)],
+            &["link", "set", lan, "address", &mac(LAN_MAC)],
+            &["link", "set", &wan_peer, "up"],
+            &["link", "set", &lan_peer, "up"],
+            &["link", "set", wan, "up"],
+            &["link", "set", lan, "up"],
+            &["addr", "add", &cidr(WAN_ADDR), "dev", wan],
+            &["addr", "add", &cidr(LAN_ADDR), "dev", lan],
             &[
                 "route",
                 "add",
                 "default",
                 "via",
-                "203.0.113.254",
+                &GATEWAY.to_string(),
                 "dev",
-                "wan0",
-            ],
-            &[
-                "neigh",
-                "replace",
-                "203.0.113.254",
-                "lladdr",
-                &mac(GATEWAY_MAC),
-                "dev",
-                "wan0",
-                "nud",
-                "permanent",
-            ],
-            &[
-                "neigh",
-                "replace",
-                "192.168.0.12",
-                "lladdr",
-                &mac(LAN_HOST_MAC),
-                "dev",
-                "lan0",
-                "nud",
-                "permanent",
-            ],
-            &[
-                "neigh",
-                "replace",
-                "192.168.0.13",
-                "lladdr",
-                &mac(LAN_HOST2_MAC),
-                "dev",
-                "lan0",
-                "nud",
-                "permanent",
+                wan,
             ],
         ];
         for args in setup {
             netns.ip(args)?;
         }
+        for add in [
+            neighbour(GATEWAY, GATEWAY_MAC, wan),
+            neighbour(LAN_HOST, LAN_HOST_MAC, lan),
+            neighbour(LAN_HOST2, LAN_HOST2_MAC, lan),
+        ] {
+            add(&netns)?;
+        }
         netns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         netns.enter()?;
-        let wan_ifindex = netns.ifindex("wan0")?;
-        let lan_ifindex = netns.ifindex("lan0")?;
+        let wan_ifindex = netns.ifindex(ROUTER_WAN_IF)?;
+        let lan_ifindex = netns.ifindex(ROUTER_LAN_IF)?;
         let mut datapath = Datapath::load(TableSizes::default(), None)?;
         let mut config = NatConfig {
             wan_addr: WAN_ADDR.octets(),
-            lan_net: [192, 168, 0, 0],
-            lan_prefix_len: 24,
+            lan_net: plan::LAN_NET.octets(),
+            lan_prefix_len: plan::LAN_PREFIX,
             filtering: FILTER_ADDRESS_AND_PORT_DEPENDENT,
             unsolicited: UNSOLICITED_PASS,
             hairpin: 1,

@@ -22,11 +22,11 @@ use nat_ctl::{
     config::Timeouts,
     datapath::{self as batch, Datapath, SweepReport, TableSizes},
 };
-use nat_tests::netns::require_root;
+use nat_tests::{netns::require_root, plan};
 
 const SEC: u64 = 1_000_000_000;
-const WAN: [u8; 4] = [203, 0, 113, 1];
-const REMOTE: [u8; 4] = [198, 51, 100, 7];
+const WAN: [u8; 4] = plan::ROUTER_WAN.octets();
+const REMOTE: [u8; 4] = plan::REMOTE.octets();
 
 fn load(sessions: u32, bindings: u32, forward_sessions: u32) -> Datapath {
     require_root();
@@ -51,7 +51,8 @@ fn sweep_now() -> u64 {
 }
 
 fn lan(host: u8) -> [u8; 4] {
-    [192, 168, 0, host]
+    let [a, b, c, _] = plan::LAN_NET.octets();
+    [a, b, c, host]
 }
 
 fn session_key(proto: u8, external_port: u16) -> SessionKey {

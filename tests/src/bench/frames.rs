@@ -83,19 +83,18 @@ pub fn template(flow: &Flow, vary: Vary) -> BenchTemplate {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use etherparse::{SlicedPacket, TransportSlice};
 
     use super::*;
+    use crate::plan::{LAN_HOST, WAN_HOST};
 
     #[test]
     fn frame_is_minimum_size_udp_at_the_offsets_the_template_uses() {
         let flow = Flow {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 2],
-            src: SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 12), 0x1234),
-            dst: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 2), 0x5678),
+            src: SocketAddrV4::new(LAN_HOST, 0x1234),
+            dst: SocketAddrV4::new(WAN_HOST, 0x5678),
         };
         let frame = flow.frame();
         assert_eq!(frame.len(), FRAME_LEN);

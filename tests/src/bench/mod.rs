@@ -6,14 +6,21 @@
 //!   nftables, side by side;
 //! - [`cost`]: nanoseconds per packet through `BPF_PROG_TEST_RUN`;
 //! - [`scale`]: both again with tables holding many live mappings;
+//! - [`sweep`]: the aging sweep over a full table, and map memory;
 //! - [`report`]: the markdown and JSON report, with a verdict per target.
 //!
-//! Every figure is measured by the run that reports it.
+//! Each part returns a typed output (what `natbench` prints as JSON) and
+//! has a `report` module beside it that turns that output into the
+//! report's rows and its section; [`report`] reads the outputs back and
+//! puts the report together. Every figure is measured by the run that
+//! reports it.
 pub mod bpf;
 pub mod cost;
 pub mod frames;
 pub mod report;
+mod routers;
 pub mod scale;
+pub mod sweep;
 pub mod throughput;
 pub mod topo;
 
@@ -25,7 +32,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::netns::{Netns, run};
 
@@ -87,13 +94,27 @@ pub fn in_netns<T: Send>(netns: &Netns, work: impl FnOnce() -> Result<T> + Send)
     })
 }
 
-/// Median, minimum and maximum of repeated measurements.
-#[derive(Clone, Debug)]
+/// Median, minimum and maximum of repeated measurements. Without samples
+/// they are NaN, which JSON writes as `null` (and reads back as NaN).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spread {
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
+    #[serde(default, deserialize_with = "nans_if_null")]
     pub samples: Vec<f64>,
+}
+
+fn nan_if_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
+fn nans_if_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f64>, D::Error> {
+    let values = Vec::<Option<f64>>::deserialize(deserializer)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 impl Spread {
@@ -114,13 +135,9 @@ impl Spread {
         }
     }
 
-    pub fn json(&self) -> Value {
-        json!({
-            "median": self.median,
-            "min": self.min,
-            "max": self.max,
-            "samples": self.samples,
-        })
+    /// The median, unless there was none.
+    pub fn median(&self) -> Option<f64> {
+        (!self.median.is_nan()).then_some(self.median)
     }
 }
 
@@ -134,5 +151,16 @@ mod tests {
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
         assert_eq!(Spread::of(&[4.0, 1.0]).median, 2.5);
         assert!(Spread::of(&[]).median.is_nan());
+    }
+
+    #[test]
+    fn spread_reads_back_what_it_wrote() {
+        let text = serde_json::to_string(&Spread::of(&[])).unwrap();
+        assert_eq!(
+            text,
+            r#"{"median":null,"min":null,"max":null,"samples":[]}"#
+        );
+        let back: Spread = serde_json::from_str(&text).unwrap();
+        assert!(back.median().is_none() && back.min.is_nan());
     }
 }

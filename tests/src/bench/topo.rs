@@ -12,44 +12,30 @@
 //! driven through `BPF_PROG_TEST_RUN`). MACs are fixed and every neighbour
 //! entry is permanent, so that no packet waits for ARP.
 use std::{
-    fs,
-    net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    net::SocketAddrV4,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
-use nat_common::{
-    FILTER_ADDRESS_AND_PORT_DEPENDENT, NatConfig, UNSOLICITED_PASS, bench::BenchTemplate, programs,
-};
-use nat_ctl::{
-    datapath::{AttachMode, Datapath, MapChange, TableSizes},
-    rules::ForwardRule,
-};
+use anyhow::{Result, bail};
+use nat_common::{bench::BenchTemplate, programs};
+use nat_ctl::datapath::{Datapath, TableSizes};
 use serde_json::{Value, json};
 
 use super::{
-    PrivateBpffs,
     bpf::{BenchObject, send_live},
     frames::{Flow, Vary, template},
     in_netns,
+    routers::{NatDaemon, nat_lib, nftables_nat},
 };
 use crate::{
-    lab::natctl_path,
     netns::{Netns, require_root},
-    wait_for,
+    plan::{self, HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, cidr, mac},
 };
 
-pub const LAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
-pub const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-pub const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-pub const WAN_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-pub const LAN_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0c];
-pub const ROUTER_LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-pub const ROUTER_WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
-pub const WAN_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
+pub use crate::plan::{
+    LAN_HOST, LAN_HOST_MAC, ROUTER_LAN, ROUTER_LAN_MAC, ROUTER_WAN, ROUTER_WAN_MAC, WAN_HOST,
+    WAN_HOST_MAC,
+};
 
 /// The forwarding entry WAN -> LAN traffic goes through: UDP to the
 /// router's WAN address on this port reaches the LAN host on the same port.
@@ -61,8 +47,6 @@ pub const SINK_PORT: u16 = 9;
 
 /// Frames per `BPF_PROG_TEST_RUN` call of the generator: a few ms each.
 const BURST: u32 = 8192;
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 #[derive(Clone, Copy, Debug)]
 pub enum RouterKind {
@@ -239,10 +223,6 @@ fn thread_cpu_secs() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-fn mac(bytes: [u8; 6]) -> String {
-    bytes.map(|b| format!("{b:02x}")).join(":")
-}
-
 impl Topology {
     pub fn build(kind: RouterKind) -> Result<Self> {
         require_root();
@@ -263,22 +243,22 @@ impl Topology {
                 router_ns,
             });
         }
-        router_ns.veth("lan0", &lan_ns, "eth0")?;
-        router_ns.veth("wan0", &wan_ns, "eth0")?;
+        router_ns.veth(ROUTER_LAN_IF, &lan_ns, HOST_IF)?;
+        router_ns.veth(ROUTER_WAN_IF, &wan_ns, HOST_IF)?;
         for (netns, interface, address, mac_addr) in [
-            (&router_ns, "lan0", "192.168.0.1/24", ROUTER_LAN_MAC),
-            (&router_ns, "wan0", "203.0.113.1/24", ROUTER_WAN_MAC),
-            (&lan_ns, "eth0", "192.168.0.12/24", LAN_HOST_MAC),
-            (&wan_ns, "eth0", "203.0.113.2/24", WAN_HOST_MAC),
+            (&router_ns, ROUTER_LAN_IF, ROUTER_LAN, ROUTER_LAN_MAC),
+            (&router_ns, ROUTER_WAN_IF, ROUTER_WAN, ROUTER_WAN_MAC),
+            (&lan_ns, HOST_IF, LAN_HOST, LAN_HOST_MAC),
+            (&wan_ns, HOST_IF, WAN_HOST, WAN_HOST_MAC),
         ] {
             netns.ip(&["link", "set", interface, "address", &mac(mac_addr)])?;
-            netns.ip(&["addr", "add", address, "dev", interface])?;
+            netns.ip(&["addr", "add", &cidr(address), "dev", interface])?;
         }
         for (netns, addr, mac_addr, interface) in [
-            (&router_ns, LAN_HOST, LAN_HOST_MAC, "lan0"),
-            (&router_ns, WAN_HOST, WAN_HOST_MAC, "wan0"),
-            (&lan_ns, ROUTER_LAN, ROUTER_LAN_MAC, "eth0"),
-            (&wan_ns, ROUTER_WAN, ROUTER_WAN_MAC, "eth0"),
+            (&router_ns, LAN_HOST, LAN_HOST_MAC, ROUTER_LAN_IF),
+            (&router_ns, WAN_HOST, WAN_HOST_MAC, ROUTER_WAN_IF),
+            (&lan_ns, ROUTER_LAN, ROUTER_LAN_MAC, HOST_IF),
+            (&wan_ns, ROUTER_WAN, ROUTER_WAN_MAC, HOST_IF),
         ] {
             netns.ip(&[
                 "neigh",
@@ -292,14 +272,20 @@ impl Topology {
                 "permanent",
             ])?;
         }
-        lan_ns.ip(&["route", "add", "default", "via", "192.168.0.1"])?;
+        lan_ns.ip(&["route", "add", "default", "via", &ROUTER_LAN.to_string()])?;
         if !kind.translates() {
             // Without NAT the WAN host reaches the LAN directly.
-            wan_ns.ip(&["route", "add", "192.168.0.0/24", "via", "203.0.113.1"])?;
+            wan_ns.ip(&[
+                "route",
+                "add",
+                &plan::lan_cidr(),
+                "via",
+                &ROUTER_WAN.to_string(),
+            ])?;
         }
         router_ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
-        let router_lan_ifindex = router_ns.ifindex("lan0")?;
-        let router_wan_ifindex = router_ns.ifindex("wan0")?;
+        let router_lan_ifindex = router_ns.ifindex(ROUTER_LAN_IF)?;
+        let router_wan_ifindex = router_ns.ifindex(ROUTER_WAN_IF)?;
 
         let lan = Host::start(lan_ns)?;
         let wan = Host::start(wan_ns)?;
@@ -518,192 +504,5 @@ impl Topology {
             }
         }
         Ok(evidence)
-    }
-}
-
-/// Our NAT loaded and attached by this process (call inside the router's
-/// namespace).
-fn nat_lib(
-    sizes: TableSizes,
-    forward: bool,
-    lan_ifindex: u32,
-    wan_ifindex: u32,
-) -> Result<Datapath> {
-    let mut datapath = Datapath::load(sizes, None)?;
-    datapath.maps_mut().writer().set_config(&NatConfig {
-        wan_addr: ROUTER_WAN.octets(),
-        lan_net: [192, 168, 0, 0],
-        lan_prefix_len: 24,
-        filtering: FILTER_ADDRESS_AND_PORT_DEPENDENT,
-        unsolicited: UNSOLICITED_PASS,
-        hairpin: 1,
-        wan_ifindex,
-        lan_ifindex,
-        port_min: 1024,
-        port_max: 65535,
-    })?;
-    datapath.maps_mut().writer().allow_egress(wan_ifindex)?;
-    datapath.maps_mut().writer().allow_egress(lan_ifindex)?;
-    if forward {
-        let rule: ForwardRule = format!("udp/{FORWARD_PORT}={LAN_HOST}:{FORWARD_PORT}").parse()?;
-        datapath
-            .maps_mut()
-            .writer()
-            .apply(&MapChange::between(&Default::default(), &rule.entries(1)))?;
-    }
-    datapath.attach(programs::LAN, "lan0", lan_ifindex, AttachMode::Native)?;
-    datapath.attach(programs::WAN, "wan0", wan_ifindex, AttachMode::Native)?;
-    Ok(datapath)
-}
-
-/// The kernel's NAT on the same topology: masquerade out of wan0, and the
-/// forwarded port as a DNAT rule.
-fn nftables_nat(router: &Netns) -> Result<()> {
-    let rules = format!(
-        "table ip natbench {{
-    chain prerouting {{
-        type nat hook prerouting priority dstnat; policy accept;
-        iifname \"wan0\" udp dport {FORWARD_PORT} dnat to {LAN_HOST}:{FORWARD_PORT}
-    }}
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname \"wan0\" masquerade
-    }}
-}}
-"
-    );
-    let path = std::env::temp_dir().join(format!(
-        "natbench-{}-{}.nft",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::write(&path, rules)?;
-    let result = router.exec("nft", &["-f", path.to_str().context("path")?]);
-    let _ = fs::remove_file(&path);
-    result.map(drop)
-}
-
-/// `natctl daemon` in the router's namespace, with its pins in a private
-/// bpffs and its state in a temporary directory, as the end-to-end lab runs
-/// it.
-struct NatDaemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    // After the daemon, which pins into it.
-    bpffs: PrivateBpffs,
-}
-
-impl NatDaemon {
-    fn start(router: &Netns) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "natbench-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir)?;
-        let mut daemon = Self {
-            child: None,
-            dir: dir.clone(),
-            bpffs: PrivateBpffs::mount("natctl")?,
-        };
-        let config = dir.join("natctl.toml");
-        fs::write(
-            &config,
-            format!(
-                "rules_file = {:?}\nsocket = {:?}\npin_dir = {:?}\n\n[upnp]\nenabled = false\n",
-                dir.join("rules.toml"),
-                daemon.socket(),
-                daemon.pins()
-            ),
-        )?;
-        let log = dir.join("natctl.log");
-        let log_file = fs::File::create(&log)?;
-        let natctl = natctl_path()?;
-        let mut command = router.command(natctl.to_str().context("path")?);
-        command
-            .arg("--socket")
-            .arg(daemon.socket())
-            .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
-            .arg(&config)
-            .env("NATCTL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        daemon.child = Some(command.spawn().context("starting natctl daemon")?);
-        let child = daemon.child.as_mut().expect("just set");
-        let ready = wait_for(
-            "natctl daemon to serve its API",
-            Duration::from_secs(30),
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Some(Err(status));
-                }
-                fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("API on")
-                    .then_some(Ok(()))
-            },
-        );
-        match ready {
-            Ok(Ok(())) => {}
-            Ok(Err(status)) => bail!(
-                "natctl daemon exited ({status}): {}",
-                fs::read_to_string(&log).unwrap_or_default()
-            ),
-            Err(error) => bail!("{error}: {}", fs::read_to_string(&log).unwrap_or_default()),
-        }
-        daemon.natctl(&[
-            "add",
-            "bench",
-            "--proto",
-            "udp",
-            "--external",
-            &FORWARD_PORT.to_string(),
-            "--internal",
-            &format!("{LAN_HOST}:{FORWARD_PORT}"),
-        ])?;
-        Ok(daemon)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("natctl.sock")
-    }
-
-    fn pins(&self) -> PathBuf {
-        self.bpffs.path().join("natctl")
-    }
-
-    fn natctl(&self, args: &[&str]) -> Result<String> {
-        let output = Command::new(natctl_path()?)
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()?;
-        if !output.status.success() {
-            bail!(
-                "natctl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8(output.stdout)?)
-    }
-}
-
-impl Drop for NatDaemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Ok(natctl) = natctl_path() {
-            let _ = Command::new(natctl)
-                .arg("--socket")
-                .arg(self.socket())
-                .args(["down", "--pin-dir"])
-                .arg(self.pins())
-                .output();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }

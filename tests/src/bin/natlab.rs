@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use nat_tests::{
-    lab::{LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
+    lab::{LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
     traffic::{accept, connect},
 };
 
@@ -35,9 +35,9 @@ fn join<T>(handle: std::thread::JoinHandle<Result<T>>) -> Result<T> {
 }
 
 fn demo() -> Result<()> {
-    step(
-        "Building the lab: LAN host 192.168.0.12 -- router (192.168.0.1 | 203.0.113.1) -- WAN host 203.0.113.2",
-    );
+    step(&format!(
+        "Building the lab: LAN host {LAN_SERVER} -- router ({ROUTER_LAN} | {ROUTER_WAN}) -- WAN host {WAN_HOST}"
+    ));
     let mut lab = Lab::start()?;
     println!("natctl daemon --wan wan0 --lan lan0");
     print!("{}", lab.natctl_log());
@@ -49,16 +49,17 @@ fn demo() -> Result<()> {
         "--external",
         "8080",
         "--internal",
-        "192.168.0.12:8000",
+        &format!("{LAN_SERVER}:8000"),
     ];
     println!("natctl {}", add.join(" "));
     print!("{}", lab.natctl(&add)?);
     print!("{}", lab.natctl(&["list"])?);
 
     step("LAN host pings the WAN host (ICMP id mapped like a port)");
-    let ping = lab
-        .lan
-        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "203.0.113.2"])?;
+    let ping = lab.lan.exec(
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "2", &WAN_HOST.to_string()],
+    )?;
     print!("{}", String::from_utf8_lossy(&ping.stdout));
 
     step("LAN host opens a TCP connection to the WAN host (source NAT)");
@@ -72,12 +73,14 @@ fn demo() -> Result<()> {
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     join(client)?;
-    println!("WAN host got {text:?} from {peer} (the router's WAN address, not 192.168.0.12)");
+    println!("WAN host got {text:?} from {peer} (the router's WAN address, not {LAN_SERVER})");
     if peer.ip() != ROUTER_WAN {
         bail!("the WAN host saw {peer}, expected {ROUTER_WAN}");
     }
 
-    step("WAN host connects to 203.0.113.1:8080, forwarded to the LAN server 192.168.0.12:8000");
+    step(&format!(
+        "WAN host connects to {ROUTER_WAN}:8080, forwarded to the LAN server {LAN_SERVER}:8000"
+    ));
     let web = join(lab.lan.spawn(|| Ok(TcpListener::bind((LAN_SERVER, 8000))?)))?;
     let client = lab.wan.spawn(|| {
         let mut stream = connect((ROUTER_WAN, 8080).into())?;

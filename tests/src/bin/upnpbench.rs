@@ -10,16 +10,10 @@
 //! ```
 //! Needs root, `iperf3`, `miniupnpd` (Debian, nftables backend), `nft`,
 //! `ethtool`, `ip`, `ss`, and `natctl` beside this executable (`cargo build
-//! --release -p nat-ctl -p nat-tests --bins`).
-#[path = "../upnpbench/mod.rs"]
-mod upnpbench;
-
-use std::time::Instant;
-
-use anyhow::Result;
+//! --release -p nat-ctl -p nat-tests --bins`). The benchmarks themselves are
+//! `nat_tests::upnpbench`.
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
-use upnpbench::{RequestSet, Scale, iperf, preflight, upnp};
+use nat_tests::upnpbench::{self, Run};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks: TCP goodput vs nftables, UPnP IGD vs miniupnpd")]
@@ -53,7 +47,7 @@ enum Command {
 }
 
 /// Overrides of the UPnP request runs (for investigation).
-#[derive(clap::Args, Clone, Copy)]
+#[derive(clap::Args, Clone, Copy, Default)]
 struct Custom {
     /// Requests per run (one table size), instead of the mode's sizes.
     #[arg(long)]
@@ -64,8 +58,19 @@ struct Custom {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    match run(cli.command) {
+    let (iperf, upnp, quick, custom) = match Cli::parse().command {
+        Command::Iperf { quick } => (true, false, quick, Custom::default()),
+        Command::Upnp { quick, custom } => (false, true, quick, custom),
+        Command::All { quick, custom } => (true, true, quick, custom),
+    };
+    let run = Run {
+        iperf,
+        upnp,
+        quick,
+        requests: custom.requests,
+        rounds: custom.rounds,
+    };
+    match upnpbench::run(&run) {
         Ok(report) => {
             println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
             upnpbench::exit(0);
@@ -75,60 +80,4 @@ fn main() {
             upnpbench::exit(1);
         }
     }
-}
-
-fn run(command: Command) -> Result<Value> {
-    let started = Instant::now();
-    let (do_iperf, do_upnp, quick, custom) = match command {
-        Command::Iperf { quick } => (true, false, quick, None),
-        Command::Upnp { quick, custom } => (false, true, quick, Some(custom)),
-        Command::All { quick, custom } => (true, true, quick, Some(custom)),
-    };
-    let mut programs = vec!["ip", "ss", "nft", "ethtool", "timeout"];
-    if do_iperf {
-        programs.push("iperf3");
-    }
-    if do_upnp {
-        programs.push("miniupnpd");
-    }
-    preflight(&programs)?;
-    upnpbench::install_signal_cleanup()?;
-    let mut scale = Scale::new(quick);
-    if let Some(Custom {
-        requests: Some(requests),
-        rounds,
-    }) = custom
-    {
-        if !(1..=20000).contains(&requests) {
-            anyhow::bail!("--requests must be 1 to 20000");
-        }
-        scale.request_sets = vec![RequestSet {
-            requests,
-            rounds: rounds.max(1),
-            modes: vec![0, 1, 2],
-        }];
-    }
-    let mut report = json!({
-        "mode": if quick { "quick" } else { "full" },
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel_release() },
-    });
-    let mut targets = Vec::new();
-    if do_iperf {
-        report["iperf"] = iperf::run(&scale)?;
-    }
-    if do_upnp {
-        let result = upnp::run(&scale)?;
-        targets.extend(upnp::targets(&result));
-        report["upnp"] = result;
-    }
-    report["targets"] = json!(targets);
-    report["elapsed_s"] = json!(upnpbench::round3(started.elapsed().as_secs_f64()));
-    Ok(report)
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }

@@ -6,29 +6,34 @@ use std::{
     time::Duration,
 };
 
+use crate::{lab::Lab, netns::Netns, wait_for};
 use anyhow::{Context, Result, bail};
-use nat_tests::{lab::Lab, netns::Netns, wait_for};
 use serde_json::{Value, json};
 
 use super::{Scale, kernel::KernelLab, round3, run_bounded};
+use crate::plan::{LAN_HOST, ROUTER_LAN, ROUTER_LAN_IF, ROUTER_WAN, ROUTER_WAN_IF, WAN_HOST};
 use crate::progress;
 
 const PORT: &str = "5201";
 
 /// nftables for the comparison: masquerade out of wan0, and the same
 /// forward natctl gets (TCP 5201 -> the LAN host).
-const RULESET: &str = r#"
-table ip upnpbench {
-    chain prerouting {
+fn ruleset() -> String {
+    format!(
+        r#"
+table ip upnpbench {{
+    chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
-        iifname "wan0" tcp dport 5201 dnat to 192.168.0.12
-    }
-    chain postrouting {
+        iifname "{ROUTER_WAN_IF}" tcp dport {PORT} dnat to {LAN_HOST}
+    }}
+    chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan0" masquerade
-    }
+        oifname "{ROUTER_WAN_IF}" masquerade
+    }}
+}}
+"#
+    )
 }
-"#;
 
 /// An iperf3 server, killed on drop whatever happens.
 struct Server(Child);
@@ -140,11 +145,11 @@ pub fn run(scale: &Scale) -> Result<Value> {
         "--external",
         PORT,
         "--internal",
-        "192.168.0.12",
+        &LAN_HOST.to_string(),
     ])?;
     progress!("iperf: starting the nftables topologies");
-    let kernel = KernelLab::start(RULESET, None, true)?;
-    let offload = KernelLab::start(RULESET, None, false)?;
+    let kernel = KernelLab::start(&ruleset(), None, true)?;
+    let offload = KernelLab::start(&ruleset(), None, false)?;
     let mut sides = [
         Side {
             label: "xdp_nat",
@@ -181,9 +186,9 @@ pub fn run(scale: &Scale) -> Result<Value> {
             );
             let run = iperf(
                 side.wan,
-                "203.0.113.2",
+                &WAN_HOST.to_string(),
                 side.lan,
-                "203.0.113.2",
+                &WAN_HOST.to_string(),
                 scale.iperf_secs,
                 omit,
             )
@@ -197,9 +202,9 @@ pub fn run(scale: &Scale) -> Result<Value> {
             );
             let run = iperf(
                 side.lan,
-                "192.168.0.12",
+                &LAN_HOST.to_string(),
                 side.wan,
-                "203.0.113.1",
+                &ROUTER_WAN.to_string(),
                 scale.iperf_secs,
                 omit,
             )
@@ -214,10 +219,10 @@ pub fn run(scale: &Scale) -> Result<Value> {
         "seconds": scale.iperf_secs,
         "omitted_seconds": omit,
         "rounds": scale.iperf_rounds,
-        "topology": "LAN host 192.168.0.12 -- router (lan0 192.168.0.1, wan0 203.0.113.1) -- WAN host 203.0.113.2, veth pairs",
+        "topology": format!("LAN host {LAN_HOST} -- router ({ROUTER_LAN_IF} {ROUTER_LAN}, {ROUTER_WAN_IF} {ROUTER_WAN}) -- WAN host {WAN_HOST}, veth pairs"),
         "variants": {
-            "xdp_nat": "natctl daemon (XDP) on the router, a forward tcp 5201 -> 192.168.0.12; hosts as the lab sets them: tx checksum offload off (an XDP-redirected CHECKSUM_PARTIAL frame would be dropped) and xdp_pass (a veth only takes redirected frames then), hence no TSO/GSO: MTU-sized segments",
-            "nftables": "kernel forwarding with nftables masquerade and dnat tcp 5201 -> 192.168.0.12, router veths without XDP; hosts exactly as for xdp_nat; the like-for-like comparison",
+            "xdp_nat": format!("natctl daemon (XDP) on the router, a forward tcp {PORT} -> {LAN_HOST}; hosts as the lab sets them: tx checksum offload off (an XDP-redirected CHECKSUM_PARTIAL frame would be dropped) and xdp_pass (a veth only takes redirected frames then), hence no TSO/GSO: MTU-sized segments"),
+            "nftables": format!("kernel forwarding with nftables masquerade and dnat tcp {PORT} -> {LAN_HOST}, router veths without XDP; hosts exactly as for xdp_nat; the like-for-like comparison"),
             "nftables_host_offloads": "as nftables but the hosts keep veth defaults (TSO/GSO, no XDP): 64 KB super-packets cross the kernel router, which the XDP datapath cannot take; shown for context, not in the ratio",
         },
         "natctl_counters": counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),

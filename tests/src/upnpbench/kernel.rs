@@ -6,15 +6,15 @@
 //!  192.168.0.12/24  eth0 -- lan0 192.168.0.1/24
 //!  192.168.0.13/24          wan0 203.0.113.1/24 -- eth0 203.0.113.2/24
 //! ```
-//! As in `nat_tests::lab::Lab`, the hosts' veths normally have transmit
+//! As in `crate::lab::Lab`, the hosts' veths normally have transmit
 //! checksum offload off and `xdp_pass` attached, so that the two routers
 //! are compared with identical hosts; the router's veths run no XDP
 //! program.
 use std::{fs, path::PathBuf};
 
+use crate::{lab::attach_pass, netns::Netns, plan};
 use anyhow::{Context, Result};
 use aya::Ebpf;
-use nat_tests::{lab::attach_pass, netns::Netns};
 
 /// A directory removed with its contents on drop.
 pub struct TempDir(pub PathBuf);
@@ -57,18 +57,8 @@ impl KernelLab {
         let lan = Netns::new("ulan")?;
         let router = Netns::new("urouter")?;
         let wan = Netns::new("uwan")?;
-        router.veth("lan0", &lan, "eth0")?;
-        router.veth("wan0", &wan, "eth0")?;
-        router.ip(&["addr", "add", "192.168.0.1/24", "dev", "lan0"])?;
-        if let Some(label) = wan_label {
-            router.ip(&["addr", "add", label, "dev", "wan0"])?;
-        }
-        router.ip(&["addr", "add", "203.0.113.1/24", "dev", "wan0"])?;
-        lan.ip(&["addr", "add", "192.168.0.12/24", "dev", "eth0"])?;
-        lan.ip(&["addr", "add", "192.168.0.13/24", "dev", "eth0"])?;
-        lan.ip(&["route", "add", "default", "via", "192.168.0.1"])?;
-        wan.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
-        // No route back to 192.168.0.0/24 on the WAN host: only NAT works.
+        plan::link_hosts(&router, &lan, &wan, wan_label)?;
+        // No route back to the LAN on the WAN host: only NAT works.
         router.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         let mut peer_programs = Vec::new();
         if lab_hosts {

@@ -1,15 +1,19 @@
 //! `upnpbench`: TCP goodput through the NAT against nftables (iperf3), and
 //! the UPnP IGD's request rate, latency and reply-to-forwarding delay
 //! against miniupnpd, every figure measured in the run that prints it.
+//! The `upnpbench` binary parses its command line and calls [`run`].
+mod delay;
 pub mod iperf;
 pub mod kernel;
+mod miniupnpd;
+pub mod report;
 pub mod soap;
 pub mod upnp;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
@@ -78,6 +82,67 @@ impl Scale {
     }
 }
 
+/// What one `upnpbench` run measures.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub iperf: bool,
+    pub upnp: bool,
+    pub quick: bool,
+    /// Instead of the mode's request sets: one of this many requests.
+    pub requests: Option<usize>,
+    /// Rounds of that one set.
+    pub rounds: usize,
+}
+
+/// Runs the benchmarks `what` asks for and returns the report upnpbench
+/// prints: `{ "mode", "machine", "iperf", "upnp", "targets", "elapsed_s" }`.
+pub fn run(what: &Run) -> Result<Value> {
+    let started = Instant::now();
+    let mut programs = vec!["ip", "ss", "nft", "ethtool", "timeout"];
+    if what.iperf {
+        programs.push("iperf3");
+    }
+    if what.upnp {
+        programs.push("miniupnpd");
+    }
+    preflight(&programs)?;
+    install_signal_cleanup()?;
+    let mut scale = Scale::new(what.quick);
+    if let Some(requests) = what.requests {
+        if !(1..=20000).contains(&requests) {
+            anyhow::bail!("--requests must be 1 to 20000");
+        }
+        scale.request_sets = vec![RequestSet {
+            requests,
+            rounds: what.rounds.max(1),
+            modes: vec![0, 1, 2],
+        }];
+    }
+    let mut report = json!({
+        "mode": if what.quick { "quick" } else { "full" },
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel_release() },
+    });
+    let mut targets = Vec::new();
+    if what.iperf {
+        report["iperf"] = iperf::run(&scale)?;
+    }
+    if what.upnp {
+        let result = upnp::run(&scale)?;
+        targets.extend(upnp::targets(&result));
+        report["upnp"] = result;
+    }
+    report["targets"] = json!(targets);
+    report["elapsed_s"] = json!(round3(started.elapsed().as_secs_f64()));
+    Ok(report)
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// Progress goes to stderr: stdout carries exactly one JSON object.
 #[macro_export]
 macro_rules! progress {
@@ -123,7 +188,7 @@ pub fn preflight(programs: &[&str]) -> Result<()> {
 }
 
 fn crate_natctl() -> Result<PathBuf> {
-    nat_tests::lab::natctl_path().map_err(|error| {
+    crate::lab::natctl_path().map_err(|error| {
         anyhow::anyhow!(
             "{error} (build both: `cargo build --release -p nat-ctl -p nat-tests --bins`)"
         )

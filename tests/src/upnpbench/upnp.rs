@@ -3,174 +3,41 @@
 //! datapath forwards, for natctl and for miniupnpd (Debian package,
 //! nftables backend) in the same topology.
 use std::{
-    fs,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    path::PathBuf,
+    net::SocketAddrV4,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc,
+        atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use crate::{lab::Lab, netns::Netns, wait_for};
 use anyhow::{Context, Result, bail};
-use nat_tests::{lab::Lab, netns::Netns, wait_for};
 use serde_json::{Value, json};
 
 use super::{
     Scale,
-    kernel::{KernelLab, TempDir},
-    median, p_ms, round3,
+    delay::forwarding_delay,
+    kernel::KernelLab,
+    median,
+    miniupnpd::{MINIUPNPD_EXT_LABEL, MINIUPNPD_RULESET, MiniUpnpd},
+    p_ms, round3,
     soap::{Action, Client, Endpoint, Timing},
     summary_ms, target,
 };
-use crate::progress;
+use crate::{
+    plan::{LAN_HOST, ROUTER_LAN, ROUTER_WAN},
+    progress,
+};
 
-const LAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
-const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-const WAN_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-const HTTP_PORT: u16 = 5000;
-const LEASE: u32 = 3600;
+pub(super) const HTTP_PORT: u16 = 5000;
+pub(super) const LEASE: u32 = 3600;
 /// External (= internal) ports of the request benchmark: 20000 + i.
 const REQUEST_BASE: u16 = 20000;
-/// Ports of the forwarding-delay mappings: 40000 + k.
-const PROBE_BASE: u16 = 40000;
-const PROBE_INTERVAL: Duration = Duration::from_micros(100);
-/// A mapping that does not forward within this long counts as failed.
-const PROBE_LIMIT: Duration = Duration::from_secs(2);
-const PROBE_MAGIC: u32 = 0x5550_4e50;
 const CONCURRENCY: usize = 4;
 /// Add/delete pairs sent to each IGD before anything is measured.
 const WARMUP: u16 = 5;
 const WARMUP_BASE: u16 = 19000;
-
-/// miniupnpd treats every special-purpose IPv4 block (RFC 1918, the
-/// documentation ranges, 198.18.0.0/15, ...) as "reserved" and refuses to
-/// map anything while its external interface's first address is one of
-/// them ("Port forwarding is impossible", and ext_ip= is checked the same
-/// way). So wan0 first gets this /32, which miniupnpd takes as the
-/// external address; the traffic itself stays on 203.0.113.0/24 (the WAN
-/// host sends to 203.0.113.1, and miniupnpd's DNAT rules match on the
-/// interface and port, not the address). Nothing ever sends a packet to
-/// this address, and the isolated namespaces have no route anywhere else.
-const MINIUPNPD_EXT_LABEL: &str = "100.128.0.1/32";
-
-/// The router's nftables for miniupnpd: what the package's nft_init.sh
-/// builds (miniupnpd's default table and chain names), plus masquerade.
-const MINIUPNPD_RULESET: &str = r#"
-table inet filter {
-    chain forward {
-        type filter hook forward priority 0; policy drop;
-        ct state established,related accept
-        jump miniupnpd
-        iifname "lan0" oifname "wan0" accept
-    }
-    chain miniupnpd {
-    }
-    chain prerouting {
-        type nat hook prerouting priority -100; policy accept;
-        jump prerouting_miniupnpd
-    }
-    chain postrouting {
-        type nat hook postrouting priority 100; policy accept;
-        jump postrouting_miniupnpd
-        oifname "wan0" masquerade
-    }
-    chain prerouting_miniupnpd {
-    }
-    chain postrouting_miniupnpd {
-    }
-}
-"#;
-
-/// miniupnpd running daemonized in the router's namespace; stopped (by the
-/// pid in its pid file) on drop.
-struct MiniUpnpd {
-    pidfile: PathBuf,
-    dir: TempDir,
-}
-
-impl MiniUpnpd {
-    fn start(router: &Netns) -> Result<Self> {
-        let dir = TempDir::new("miniupnpd")?;
-        let pidfile = dir.0.join("miniupnpd.pid");
-        let conf = dir.0.join("miniupnpd.conf");
-        let uuid = format!("75706e70-0000-4000-8000-{:012x}", std::process::id());
-        fs::write(
-            &conf,
-            format!(
-                "ext_ifname=wan0\n\
-                 listening_ip=lan0\n\
-                 port={HTTP_PORT}\n\
-                 enable_natpmp=no\n\
-                 enable_upnp=yes\n\
-                 secure_mode=yes\n\
-                 system_uptime=yes\n\
-                 notify_interval=60\n\
-                 clean_ruleset_interval=600\n\
-                 lease_file={}\n\
-                 uuid={uuid}\n\
-                 upnp_table_name=filter\n\
-                 upnp_nat_table_name=filter\n\
-                 upnp_forward_chain=miniupnpd\n\
-                 upnp_nat_chain=prerouting_miniupnpd\n\
-                 upnp_nat_postrouting_chain=postrouting_miniupnpd\n\
-                 allow 1024-65535 192.168.0.0/24 1024-65535\n\
-                 deny 0-65535 0.0.0.0/0 0-65535\n",
-                dir.0.join("upnp.leases").display()
-            ),
-        )?;
-        let daemon = Self { pidfile, dir };
-        // Without -d it daemonizes and logs only notices (to syslog), as
-        // it runs in production; the pid file is how we find it again.
-        let mut command = router.command("miniupnpd");
-        command.arg("-f").arg(&conf).arg("-P").arg(&daemon.pidfile);
-        let output = super::run_bounded(&mut command, Duration::from_secs(10))?;
-        if !output.status.success() {
-            bail!(
-                "miniupnpd failed to start ({}): {}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        wait_for("miniupnpd's pid file", Duration::from_secs(10), || {
-            daemon.pid()
-        })?;
-        Ok(daemon)
-    }
-
-    /// The pid from the pid file, if that process is a miniupnpd.
-    fn pid(&self) -> Option<i32> {
-        let pid: i32 = fs::read_to_string(&self.pidfile)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline)
-            .contains("miniupnpd")
-            .then_some(pid)
-    }
-}
-
-impl Drop for MiniUpnpd {
-    fn drop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        let Some(pid) = self.pid() else { return };
-        let pid = nix::unistd::Pid::from_raw(pid);
-        let _ = kill(pid, Signal::SIGTERM);
-        let gone = wait_for("miniupnpd to stop", Duration::from_secs(5), || {
-            (!PathBuf::from(format!("/proc/{pid}")).exists()).then_some(())
-        });
-        if gone.is_err() {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        let _ = &self.dir;
-    }
-}
 
 /// One IGD under test: where it listens and how to count its mappings.
 struct Igd<'a> {
@@ -181,7 +48,7 @@ struct Igd<'a> {
     count: Box<dyn Fn() -> Result<usize> + 'a>,
 }
 
-fn endpoint() -> Endpoint {
+pub(super) fn endpoint() -> Endpoint {
     Endpoint {
         server: SocketAddrV4::new(ROUTER_LAN, HTTP_PORT),
         path: "/ctl/IPConn".into(),
@@ -364,153 +231,6 @@ fn mode_json(runs: &ModeRuns, requests: usize) -> Value {
     json!({ "add": phase(&runs.add, true), "delete": phase(&runs.delete, false) })
 }
 
-/// What the forwarding-delay prober on the WAN host is told: probe this
-/// port until `stop`.
-struct ProbeOrder {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    done: mpsc::Sender<u32>,
-}
-
-/// The WAN-side prober: for each order, a fresh socket (so that no
-/// conntrack entry from an earlier probe can stand in the way) sends a
-/// probe to ROUTER_WAN:port every PROBE_INTERVAL until told to stop, at
-/// most PROBE_LIMIT long. Each probe carries its sequence number and send
-/// time (nanoseconds since `epoch`).
-fn prober(
-    wan: &Netns,
-    epoch: Instant,
-) -> (
-    mpsc::Sender<ProbeOrder>,
-    std::thread::JoinHandle<Result<()>>,
-) {
-    let (orders, inbox) = mpsc::channel::<ProbeOrder>();
-    let handle = wan.spawn(move || {
-        // Sleeps of 100 µs, not 150: the default timer slack is 50 µs.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
-        while let Ok(order) = inbox.recv() {
-            let socket = UdpSocket::bind(SocketAddrV4::new(WAN_HOST, 0))?;
-            let to = SocketAddrV4::new(ROUTER_WAN, order.port);
-            let start = Instant::now();
-            let mut sent = 0u32;
-            let mut next = start;
-            while !order.stop.load(Ordering::Acquire) && start.elapsed() < PROBE_LIMIT {
-                let mut payload = [0u8; 16];
-                payload[..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
-                payload[4..8].copy_from_slice(&sent.to_be_bytes());
-                let at = epoch.elapsed().as_nanos() as u64;
-                payload[8..].copy_from_slice(&at.to_be_bytes());
-                socket.send_to(&payload, to)?;
-                sent += 1;
-                next += PROBE_INTERVAL;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                }
-            }
-            let _ = order.done.send(sent);
-        }
-        Ok(())
-    });
-    (orders, handle)
-}
-
-/// One mapping's reply-to-forwarding measurement.
-struct Delay {
-    /// 200 reply read -> first probe received by the LAN host.
-    received: Duration,
-    /// 200 reply read -> that probe sent by the WAN host.
-    sent: Duration,
-    /// Probes sent (and lost) before the first that came through.
-    lost: u32,
-}
-
-/// For each port: bind the LAN host's UDP socket, AddPortMapping, and the
-/// moment the reply is read start probing from the WAN host until a probe
-/// arrives; then DeletePortMapping.
-fn forwarding_delay(lan: &Netns, wan: &Netns, count: usize) -> Result<Value> {
-    let epoch = Instant::now();
-    let (orders, prober) = prober(wan, epoch);
-    let endpoint = endpoint();
-    let measured = lan
-        .spawn(move || -> Result<(Vec<Delay>, Vec<u16>)> {
-            let mut delays = Vec::new();
-            let mut failed = Vec::new();
-            for k in 0..count {
-                let port = PROBE_BASE + k as u16;
-                let socket = UdpSocket::bind(SocketAddrV4::new(LAN_HOST, port))?;
-                socket.set_read_timeout(Some(PROBE_LIMIT + Duration::from_millis(500)))?;
-                let mut client = Client::new(endpoint.clone(), false);
-                client.call(&Action::Add {
-                    port,
-                    client: LAN_HOST,
-                    lease: LEASE,
-                })?;
-                let replied = epoch.elapsed();
-                let stop = Arc::new(AtomicBool::new(false));
-                let (done, sent_count) = mpsc::channel();
-                orders
-                    .send(ProbeOrder {
-                        port,
-                        stop: stop.clone(),
-                        done,
-                    })
-                    .context("the prober is gone")?;
-                let mut buffer = [0u8; 64];
-                let outcome = loop {
-                    match socket.recv_from(&mut buffer) {
-                        Ok((16, _)) if buffer[..4] == PROBE_MAGIC.to_be_bytes() => {
-                            let received = epoch.elapsed();
-                            let seq = u32::from_be_bytes(buffer[4..8].try_into().unwrap());
-                            let at = u64::from_be_bytes(buffer[8..16].try_into().unwrap());
-                            break Some(Delay {
-                                received: received.saturating_sub(replied),
-                                sent: Duration::from_nanos(at).saturating_sub(replied),
-                                lost: seq,
-                            });
-                        }
-                        Ok(_) => continue,
-                        Err(_) => break None,
-                    }
-                };
-                stop.store(true, Ordering::Release);
-                let _ = sent_count.recv_timeout(PROBE_LIMIT + Duration::from_secs(1));
-                match outcome {
-                    Some(delay) => delays.push(delay),
-                    None => failed.push(port),
-                }
-                Client::new(endpoint.clone(), false).call(&Action::Delete { port })?;
-            }
-            drop(orders);
-            Ok((delays, failed))
-        })
-        .join()
-        .expect("forwarding-delay thread panicked");
-    let prober_result = prober.join().expect("prober panicked");
-    let (delays, failed) = measured?;
-    prober_result?;
-    if delays.is_empty() {
-        bail!(
-            "not one of {count} mappings forwarded a probe within {PROBE_LIMIT:?}: the IGD's mappings do not reach the datapath"
-        );
-    }
-    let received: Vec<Duration> = delays.iter().map(|d| d.received).collect();
-    let sent: Vec<Duration> = delays.iter().map(|d| d.sent).collect();
-    let lost: Vec<u32> = delays.iter().map(|d| d.lost).collect();
-    Ok(json!({
-        "mappings": count,
-        "forwarded": delays.len(),
-        "not_forwarded_within_2s": failed,
-        "reply_to_first_probe_received": summary_ms(&received),
-        "reply_to_that_probe_sent": summary_ms(&sent),
-        "probes_lost_before_it": {
-            "max": lost.iter().max(),
-            "mappings_with_any_lost": lost.iter().filter(|l| **l > 0).count(),
-        },
-        "probe_interval_us": PROBE_INTERVAL.as_micros() as u64,
-    }))
-}
-
 /// Counts natctl's UPnP mappings (`natctl list --json`).
 fn natctl_mappings(lab: &Lab) -> Result<usize> {
     let list: Value = serde_json::from_str(&lab.natctl(&["list", "--json"])?)?;
@@ -675,7 +395,7 @@ pub fn run(scale: &Scale) -> Result<Value> {
             "c4_close": format!("{CONCURRENCY} clients at once, one request per connection"),
             "c1_keepalive": "one client reusing its connection while the server allows (miniupnpd closes after every response)",
         },
-        "request": "N AddPortMapping (UDP, external = internal port 20000+i, to the LAN host itself as secure mode requires, lease 3600 s, SOAP WANIPConnection:1) from 192.168.0.12 to 192.168.0.1:5000/ctl/IPConn, then N DeletePortMapping of the same; the IGD holds 0..N mappings during a run",
+        "request": format!("N AddPortMapping (UDP, external = internal port {REQUEST_BASE}+i, to the LAN host itself as secure mode requires, lease {LEASE} s, SOAP WANIPConnection:1) from {LAN_HOST} to {ROUTER_LAN}:{HTTP_PORT}/ctl/IPConn, then N DeletePortMapping of the same; the IGD holds 0..N mappings during a run"),
         "latency_definition": "latency: connect to whole response read; server_time: request written to first response byte; p50_fewest_mappings/p50_most_mappings: p50 over the tenth of each run in which the IGD held the fewest / the most mappings (the start and the end of an add run, the end and the start of a delete run)",
         "miniupnpd_setup": {
             "version": String::from_utf8_lossy(&std::process::Command::new("miniupnpd").arg("--version").output()?.stdout).trim().replace('\n', "; "),
@@ -693,9 +413,9 @@ pub fn run(scale: &Scale) -> Result<Value> {
         result[igd.label]["forwarding_delay"] = forwarding_delay(igd.lan, igd.wan, scale.probes)
             .with_context(|| format!("{} forwarding delay", igd.label))?;
     }
-    result["forwarding_delay_definition"] = json!(
-        "for each mapping: the LAN host binds UDP 192.168.0.12:port, sends AddPortMapping (port = 40000+k), and as soon as the 200 reply is read the WAN host (a fresh socket each time) sends a UDP probe to 203.0.113.1:port every 100 us until one arrives; reply_to_first_probe_received: reply read -> probe received (includes one trip through the router), reply_to_that_probe_sent: reply read -> that probe sent, probes_lost_before_it: probes sent before the mapping forwarded"
-    );
+    result["forwarding_delay_definition"] = json!(format!(
+        "for each mapping: the LAN host binds UDP {LAN_HOST}:port, sends AddPortMapping (port = 40000+k), and as soon as the 200 reply is read the WAN host (a fresh socket each time) sends a UDP probe to {ROUTER_WAN}:port every 100 us until one arrives; reply_to_first_probe_received: reply read -> probe received (includes one trip through the router), reply_to_that_probe_sent: reply read -> that probe sent, probes_lost_before_it: probes sent before the mapping forwarded"
+    ));
     drop(igds);
     drop(miniupnpd);
     drop(kernel);

@@ -13,13 +13,10 @@ use etherparse::{
 };
 use nat_tests::packet::*;
 
-/// A second Internet host inside 198.51.100.0/24 (the allow prefix the
-/// tests use), next to `REMOTE`.
-pub const REMOTE2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
-/// An Internet host outside 198.51.100.0/24.
-pub const OTHER_REMOTE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 33);
-/// A router somewhere on the path, the source of ICMP errors in transit.
-pub const HOP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// `REMOTE2` is inside 198.51.100.0/24 (the allow prefix the tests use),
+/// `OTHER_REMOTE` outside it; `HOP` sends ICMP errors in transit.
+#[allow(unused_imports)] // not every test file uses all three
+pub use nat_tests::plan::{HOP, OTHER_REMOTE, REMOTE2};
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -34,7 +31,7 @@ pub fn ep(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
 }
 
 pub fn is_lan(addr: Ipv4Addr) -> bool {
-    addr.octets()[..3] == [192, 168, 0]
+    nat_tests::plan::is_lan(addr)
 }
 
 /// The MAC of a LAN host (made up for hosts the lab has no neighbour for).

@@ -7,8 +7,11 @@
 //! `nat_wan`, the plain forwarder, or `xdp_pass`. The last is the baseline:
 //! the ratio of a case to it is what the NAT adds to a program that does
 //! the same restore and tail call and nothing else. The truly minimal
-//! program (`xdp_pass` run directly) is reported too.
-use std::collections::HashMap;
+//! program (`xdp_pass` run directly) is reported too. [`report`] judges
+//! its [`Output`].
+pub mod report;
+
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{ProgramFd, Xdp};
@@ -18,7 +21,7 @@ use nat_common::{
     programs,
 };
 use nat_ctl::datapath::{Datapath, TableSizes};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{
     Spread,
@@ -29,6 +32,30 @@ use super::{
         WAN_HOST, inbound_flow, outbound_flow,
     },
 };
+
+/// What `natbench cost` prints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Output {
+    pub repeat: u32,
+    pub reps: u32,
+    pub new_flow_repeat: u32,
+    pub frame_bytes: usize,
+    pub table_sizes: String,
+    pub unit: String,
+    /// By case name: `minimal`, `restore_only`, `forwarder`,
+    /// `established_outbound`, `established_inbound`, `forwarded_inbound`,
+    /// `new_flow`.
+    pub cases: BTreeMap<String, CaseOutput>,
+}
+
+/// One case's ns per run, and against the baseline and the minimal program.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaseOutput {
+    pub ns: Spread,
+    pub ratio_vs_restore_only: Spread,
+    pub ns_over_restore_only: Spread,
+    pub ratio_vs_minimal: Spread,
+}
 
 /// Source ports of the new flows: a range no other case uses.
 pub const NEW_FLOW_BASE_PORT: u16 = 20000;
@@ -218,7 +245,7 @@ fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, Bench
     ])
 }
 
-pub fn run(options: &Options) -> Result<Value> {
+pub fn run(options: &Options) -> Result<Output> {
     let mut topology = Topology::build(RouterKind::NatLib {
         sizes: TableSizes::default(),
         forward: true,
@@ -252,30 +279,31 @@ pub fn run(options: &Options) -> Result<Value> {
         }
         let baseline = ns["restore_only"].clone();
         let minimal = ns["minimal"].clone();
-        let mut out = serde_json::Map::new();
+        let mut cases = BTreeMap::new();
         for (name, values) in &ns {
             let ratio: Vec<f64> = values.iter().zip(&baseline).map(|(v, b)| v / b).collect();
             let over: Vec<f64> = values.iter().zip(&baseline).map(|(v, b)| v - b).collect();
-            let ratio_minimal: Vec<f64> =
-                values.iter().zip(&minimal).map(|(v, m)| v / m).collect();
-            out.insert(
+            let ratio_minimal: Vec<f64> = values.iter().zip(&minimal).map(|(v, m)| v / m).collect();
+            cases.insert(
                 (*name).to_owned(),
-                json!({
-                    "ns": Spread::of(values).json(),
-                    "ratio_vs_restore_only": Spread::of(&ratio).json(),
-                    "ns_over_restore_only": Spread::of(&over).json(),
-                    "ratio_vs_minimal": Spread::of(&ratio_minimal).json(),
-                }),
+                CaseOutput {
+                    ns: Spread::of(values),
+                    ratio_vs_restore_only: Spread::of(&ratio),
+                    ns_over_restore_only: Spread::of(&over),
+                    ratio_vs_minimal: Spread::of(&ratio_minimal),
+                },
             );
         }
-        Ok(json!({
-            "repeat": options.repeat,
-            "reps": options.reps,
-            "new_flow_repeat": options.new_flow_repeat,
-            "frame_bytes": super::frames::FRAME_LEN,
-            "table_sizes": "natctl defaults",
-            "unit": "ns per run: BPF_PROG_TEST_RUN's duration, the kernel's mean over `repeat` runs (whole ns)",
-            "cases": out,
-        }))
+        Ok(Output {
+            repeat: options.repeat,
+            reps: options.reps,
+            new_flow_repeat: options.new_flow_repeat,
+            frame_bytes: super::frames::FRAME_LEN,
+            table_sizes: "natctl defaults".to_owned(),
+            unit: "ns per run: BPF_PROG_TEST_RUN's duration, the kernel's mean over `repeat` \
+                   runs (whole ns)"
+                .to_owned(),
+            cases,
+        })
     })
 }

@@ -14,7 +14,10 @@
 //! from 1024 up, each mapped to the same external port, each in a session
 //! with the WAN host's port 9. They are measured as 1 flow, a fixed hot set
 //! (the same for every size) and as many as the size allows (at most
-//! 64512, one LAN address's ports), in both directions.
+//! 64512, one LAN address's ports), in both directions. [`report`] judges
+//! its [`Output`].
+pub mod report;
+
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -23,14 +26,15 @@ use nat_common::{
     PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_ESTABLISHED, TCP_STATE_NONE, programs,
 };
 use nat_ctl::{aging::datapath_now_ns, datapath::TableSizes};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{
     Spread,
     bpf::XDP_REDIRECT,
     cost::CostRig,
     frames::{Flow, Vary, template},
-    throughput::samples_json,
+    throughput::Samples,
     topo::{
         Direction, LAN_HOST, NatRouter, ROUTER_WAN, RouterKind, SINK_PORT, Topology, WAN_HOST,
         inbound_flow, outbound_flow,
@@ -41,6 +45,78 @@ const PORT_MIN: u32 = 1024;
 const PORTS: u32 = 65536 - PORT_MIN;
 /// The most dynamic mappings one WAN address holds.
 pub const MAX_PAIRS: u32 = 3 * PORTS;
+
+/// What `natbench scale` prints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Output {
+    pub sizes: Vec<u32>,
+    pub table_max_entries: TableMax,
+    pub max_binding_pairs_per_wan_address: u32,
+    pub hot_flows: u32,
+    pub secs_per_sample: f64,
+    pub reps: u32,
+    pub repeat: u32,
+    pub cost_reps: u32,
+    pub router: String,
+    pub fill: Vec<Fill>,
+    /// One entry per direction and flow set, each with every size.
+    pub throughput: Vec<ThroughputEntry>,
+    /// Each size's router counters (as the router reports them, with its
+    /// `mappings`).
+    pub router_counters_after_throughput: Vec<Value>,
+    /// One entry per cost case, each with every size.
+    pub cost: Vec<CostEntry>,
+}
+
+/// The tables' sizes, the same at every size.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct TableMax {
+    pub bindings: u32,
+    pub sessions: u32,
+}
+
+/// How one size was filled.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fill {
+    pub mappings: u32,
+    pub sessions: u32,
+    pub binding_pairs: u32,
+    pub bindings_entries: u32,
+    pub fill_secs: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThroughputEntry {
+    pub direction: String,
+    /// `1`, `hot` or `all`.
+    pub flow_set: String,
+    pub results: Vec<SizedSamples>,
+}
+
+/// The throughput at one size.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SizedSamples {
+    pub mappings: u32,
+    pub flows: u32,
+    #[serde(flatten)]
+    pub samples: Samples,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CostEntry {
+    /// `restore_only`, or `established_{outbound,inbound}_{1,hot,all}`.
+    pub case: String,
+    pub results: Vec<SizedCost>,
+}
+
+/// The per-packet cost at one size.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SizedCost {
+    pub mappings: u32,
+    pub flows: u32,
+    pub ns: Spread,
+    pub ratio_vs_restore_only: Spread,
+}
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -67,7 +143,9 @@ fn mapping(j: u32) -> (u8, u16, [u8; 4], u16) {
     let k = j - PORTS;
     let proto = if k < PORTS { PROTO_TCP } else { PROTO_ICMP };
     let external = (PORT_MIN + k % PORTS) as u16;
-    let internal = [192, 168, 0, 100 + (k % 100) as u8];
+    // LAN hosts .100 to .199.
+    let [a, b, c, _] = crate::plan::LAN_NET.octets();
+    let internal = [a, b, c, 100 + (k % 100) as u8];
     (proto, external, internal, (PORT_MIN + k / 100) as u16)
 }
 
@@ -161,7 +239,7 @@ fn flow_template(direction: Direction, flows: u32) -> nat_common::bench::BenchTe
     template(&flow, if flows > 1 { vary } else { Vary::Fixed })
 }
 
-pub fn run(options: &Options) -> Result<Value> {
+pub fn run(options: &Options) -> Result<Output> {
     let largest = options.sizes.iter().copied().max().unwrap_or(1).max(1);
     if options.sizes.contains(&0) {
         bail!("a size of 0 mappings");
@@ -181,13 +259,13 @@ pub fn run(options: &Options) -> Result<Value> {
         })?;
         let start = Instant::now();
         let pairs = topology.with_nat(|mut router| fill(&mut router, mappings))?;
-        fills.push(json!({
-            "mappings": mappings,
-            "sessions": mappings,
-            "binding_pairs": pairs,
-            "bindings_entries": 2 * pairs,
-            "fill_secs": start.elapsed().as_secs_f64(),
-        }));
+        fills.push(Fill {
+            mappings,
+            sessions: mappings,
+            binding_pairs: pairs,
+            bindings_entries: 2 * pairs,
+            fill_secs: start.elapsed().as_secs_f64(),
+        });
         topologies.push(topology);
     }
 
@@ -216,29 +294,28 @@ pub fn run(options: &Options) -> Result<Value> {
                     per_size[t].push(sample);
                 }
             }
-            let results: Vec<Value> = options
+            let results = options
                 .sizes
                 .iter()
                 .zip(&per_size)
-                .map(|(&mappings, samples)| {
-                    let mut value = samples_json(samples);
-                    value["mappings"] = json!(mappings);
-                    value["flows"] = json!(flow_sets(options, mappings)[set].1);
-                    value
+                .map(|(&mappings, samples)| SizedSamples {
+                    mappings,
+                    flows: flow_sets(options, mappings)[set].1,
+                    samples: Samples::of(samples),
                 })
                 .collect();
-            throughput.push(json!({
-                "direction": direction.label(),
-                "flow_set": flow_sets(options, largest)[set].0,
-                "results": results,
-            }));
+            throughput.push(ThroughputEntry {
+                direction: direction.label().to_owned(),
+                flow_set: flow_sets(options, largest)[set].0.to_owned(),
+                results,
+            });
         }
     }
 
     let mut evidence = Vec::new();
     for (t, topology) in topologies.iter_mut().enumerate() {
         let mut value = topology.router_evidence()?;
-        value["mappings"] = json!(options.sizes[t]);
+        value["mappings"] = options.sizes[t].into();
         evidence.push(value);
     }
 
@@ -293,11 +370,11 @@ pub fn run(options: &Options) -> Result<Value> {
         case_names = per_case.0;
         cost_ns.push(per_case.1);
     }
-    let cost: Vec<Value> = case_names
+    let cost = case_names
         .iter()
         .enumerate()
         .map(|(c, name)| {
-            let results: Vec<Value> = options
+            let results = options
                 .sizes
                 .iter()
                 .enumerate()
@@ -312,33 +389,41 @@ pub fn run(options: &Options) -> Result<Value> {
                         Some("all") => flow_sets(options, mappings)[2].1,
                         _ => 1,
                     };
-                    json!({
-                        "mappings": mappings,
-                        "flows": flows,
-                        "ns": Spread::of(&cost_ns[t][c]).json(),
-                        "ratio_vs_restore_only": Spread::of(&ratio).json(),
-                    })
+                    SizedCost {
+                        mappings,
+                        flows,
+                        ns: Spread::of(&cost_ns[t][c]),
+                        ratio_vs_restore_only: Spread::of(&ratio),
+                    }
                 })
                 .collect();
-            json!({ "case": name, "results": results })
+            CostEntry {
+                case: name.clone(),
+                results,
+            }
         })
         .collect();
 
-    Ok(json!({
-        "sizes": options.sizes,
-        "table_max_entries": { "bindings": sizes.bindings, "sessions": sizes.sessions },
-        "max_binding_pairs_per_wan_address": MAX_PAIRS,
-        "hot_flows": options.hot_flows,
-        "secs_per_sample": options.secs,
-        "reps": options.reps,
-        "repeat": options.repeat,
-        "cost_reps": options.cost_reps,
-        "router": "our XDP NAT loaded by natbench (same programs as natctl, tables sized for the largest size), no aging running",
-        "fill": fills,
-        "throughput": throughput,
-        "router_counters_after_throughput": evidence,
-        "cost": cost,
-    }))
+    Ok(Output {
+        sizes: options.sizes.clone(),
+        table_max_entries: TableMax {
+            bindings: sizes.bindings,
+            sessions: sizes.sessions,
+        },
+        max_binding_pairs_per_wan_address: MAX_PAIRS,
+        hot_flows: options.hot_flows,
+        secs_per_sample: options.secs,
+        reps: options.reps,
+        repeat: options.repeat,
+        cost_reps: options.cost_reps,
+        router: "our XDP NAT loaded by natbench (same programs as natctl, tables sized for the \
+                 largest size), no aging running"
+            .to_owned(),
+        fill: fills,
+        throughput,
+        router_counters_after_throughput: evidence,
+        cost,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,132 @@
+//! Part 3's rows and section of the report: established flows against the
+//! baseline (<= 1.5x), the other cases for information.
+use std::fmt::Write as _;
+
+use super::Output;
+use crate::bench::report::{Row, Verdict, spread_text};
+
+const COST_CASES: [(&str, &str); 7] = [
+    ("minimal", "minimal XDP program (xdp_pass run directly)"),
+    (
+        "restore_only",
+        "baseline: restore the frame, tail-call xdp_pass",
+    ),
+    ("forwarder", "plain XDP forwarder (no NAT)"),
+    ("established_outbound", "NAT, established flow LAN -> WAN"),
+    (
+        "established_inbound",
+        "NAT, established flow WAN -> LAN (reply)",
+    ),
+    ("forwarded_inbound", "NAT, WAN -> LAN on a forwarded port"),
+    ("new_flow", "NAT, new flow (creates a mapping)"),
+];
+
+pub fn rows(data: &Output, rows: &mut Vec<Row>) {
+    let cases = &data.cases;
+    let ns_of = |case: &str| cases.get(case).and_then(|c| c.ns.median());
+    let minimal = ns_of("minimal");
+    let baseline = ns_of("restore_only");
+    for case in ["established_outbound", "established_inbound"] {
+        let (Some(ns), Some(ratio), Some(base), Some(minimal)) = (
+            ns_of(case),
+            cases
+                .get(case)
+                .and_then(|c| c.ratio_vs_restore_only.median()),
+            baseline,
+            minimal,
+        ) else {
+            continue;
+        };
+        // The NAT program alone against the minimal program: take out what
+        // the restore and the tail call cost.
+        let alone = (ns - base + minimal) / minimal;
+        let forwarder = ns_of("forwarder");
+        let why = if ratio <= 1.5 {
+            String::new()
+        } else {
+            let stage = forwarder.map_or(String::new(), |fwd| {
+                format!(
+                    "the forwarding stage alone (FIB lookup, TTL, MACs, redirect: the plain \
+                     forwarder) costs {:.0} ns, {:.1}x the baseline, and the NAT's own work \
+                     (its table lookups, the session's atomic counters, the rewrites) adds \
+                     {:.0} ns on top; ",
+                    fwd - base,
+                    fwd / base,
+                    ns - fwd
+                )
+            });
+            format!(
+                "{stage}the baseline ({base:.0} ns) is almost only the test harness, the \
+                 restore and the tail call"
+            )
+        };
+        rows.push(Row {
+            part: 3,
+            what: COST_CASES
+                .iter()
+                .find(|(name, _)| *name == case)
+                .map_or(case, |(_, text)| text)
+                .to_owned(),
+            target: "<= 1.5x the baseline".to_owned(),
+            measured: format!(
+                "{ratio:.2}x ({ns:.0} vs {base:.0} ns; the NAT program alone vs the minimal \
+                 program, estimated: {alone:.1}x; vs the plain forwarder: {})",
+                forwarder.map_or("-".to_owned(), |fwd| format!("{:.2}x", ns / fwd))
+            ),
+            verdict: Verdict::judge(ratio <= 1.5),
+            why,
+        });
+    }
+    for case in ["forwarded_inbound", "new_flow"] {
+        if let Some(ns) = ns_of(case) {
+            rows.push(Row {
+                part: 3,
+                what: COST_CASES
+                    .iter()
+                    .find(|(name, _)| *name == case)
+                    .map_or(case, |(_, text)| text)
+                    .to_owned(),
+                target: "-".to_owned(),
+                measured: format!(
+                    "{ns:.0} ns, {:.2}x the baseline",
+                    cases
+                        .get(case)
+                        .and_then(|c| c.ratio_vs_restore_only.median())
+                        .unwrap_or(f64::NAN)
+                ),
+                verdict: Verdict::Info,
+                why: String::new(),
+            });
+        }
+    }
+}
+
+pub fn detail(data: &Output, md: &mut String) {
+    let _ = writeln!(
+        md,
+        "{}; {} runs per measurement, median (min-max) of {} alternating measurements; new \
+         flows: {} runs per measurement, each from a fresh source port, the mappings removed \
+         between measurements (the table stays far from full, so the first port probed is \
+         free). Every case restores a {}-byte frame template before the program runs, as a \
+         repeated run would otherwise see the frame it rewrote.\n",
+        data.unit, data.repeat, data.reps, data.new_flow_repeat, data.frame_bytes,
+    );
+    let _ = writeln!(
+        md,
+        "| Case | ns per packet | ns over the baseline | x baseline | x minimal |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for (name, text) in COST_CASES {
+        let Some(c) = data.cases.get(name) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {text} | {} | {} | {} | {} |",
+            spread_text(&c.ns, 0),
+            spread_text(&c.ns_over_restore_only, 0),
+            spread_text(&c.ratio_vs_restore_only, 2),
+            spread_text(&c.ratio_vs_minimal, 2),
+        );
+    }
+}
