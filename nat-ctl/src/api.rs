@@ -24,6 +24,7 @@ pub use self::{
     client::{Client, ClientError},
     server::{Controller, bind, serve},
 };
+pub use crate::table::TableFilter;
 use crate::{
     rules::{ForwardRule, PortRange, Protocol},
     table::Traffic,
@@ -108,86 +109,72 @@ impl RuleChange {
     }
 }
 
-/// Which NAT table rows to show; every given field must match.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableFilter {
-    pub protocol: Option<String>,
-    /// Matches the local or the remote address.
-    pub address: Option<Ipv4Addr>,
-    /// Matches the local, external or remote port.
-    pub port: Option<u16>,
-    /// STATIC, DYNAMIC (or UPNP).
-    pub kind: Option<String>,
+/// The query string of `GET table` for `filter`.
+fn table_query(filter: &TableFilter) -> String {
+    let mut pairs = Vec::new();
+    if let Some(protocol) = &filter.protocol {
+        pairs.push(format!("protocol={protocol}"));
+    }
+    if let Some(address) = filter.address {
+        pairs.push(format!("address={address}"));
+    }
+    if let Some(port) = filter.port {
+        pairs.push(format!("port={port}"));
+    }
+    if let Some(kind) = &filter.kind {
+        pairs.push(format!("type={kind}"));
+    }
+    pairs.join("&")
 }
 
-impl TableFilter {
-    /// The query string a client sends.
-    fn query(&self) -> String {
-        let mut pairs = Vec::new();
-        if let Some(protocol) = &self.protocol {
-            pairs.push(format!("protocol={protocol}"));
-        }
-        if let Some(address) = self.address {
-            pairs.push(format!("address={address}"));
-        }
-        if let Some(port) = self.port {
-            pairs.push(format!("port={port}"));
-        }
-        if let Some(kind) = &self.kind {
-            pairs.push(format!("type={kind}"));
-        }
-        pairs.join("&")
-    }
-
-    /// Parses the query string. Hand-written: the values are plain tokens
-    /// (no percent-encoding needed), and anything else is refused.
-    fn parse(query: &str) -> Result<Self, ApiError> {
-        let mut filter = TableFilter::default();
-        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| ApiError::bad_request(format!("bad query parameter {pair:?}")))?;
-            match key {
-                "protocol" => {
-                    let protocol = value.to_ascii_lowercase();
-                    if !matches!(protocol.as_str(), "tcp" | "udp" | "icmp") {
-                        return Err(ApiError::bad_request(format!(
-                            "unknown protocol {value:?}: expected tcp, udp or icmp"
-                        )));
-                    }
-                    filter.protocol = Some(protocol);
-                }
-                "address" => {
-                    filter.address = Some(value.parse().map_err(|_| {
-                        ApiError::bad_request(format!(
-                            "bad address {value:?}: expected an IPv4 address such as 192.168.0.12"
-                        ))
-                    })?);
-                }
-                "port" => {
-                    let range: PortRange = value
-                        .parse()
-                        .map_err(|error| ApiError::bad_request(format!("{error}")))?;
-                    filter.port = Some(range.first);
-                }
-                "type" => {
-                    let kind = value.to_ascii_uppercase();
-                    if !matches!(kind.as_str(), "STATIC" | "DYNAMIC" | "UPNP") {
-                        return Err(ApiError::bad_request(format!(
-                            "unknown type {value:?}: expected static, dynamic or upnp"
-                        )));
-                    }
-                    filter.kind = Some(kind);
-                }
-                _ => {
+/// Parses the query string of `GET table`. Hand-written: the values are
+/// plain tokens (no percent-encoding needed), and anything else is refused.
+fn parse_table_query(query: &str) -> Result<TableFilter, ApiError> {
+    let mut filter = TableFilter::default();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| ApiError::bad_request(format!("bad query parameter {pair:?}")))?;
+        match key {
+            "protocol" => {
+                let protocol = value.to_ascii_lowercase();
+                if !matches!(protocol.as_str(), "tcp" | "udp" | "icmp") {
                     return Err(ApiError::bad_request(format!(
-                        "unknown query parameter {key:?}: expected protocol, address, port or type"
+                        "unknown protocol {value:?}: expected tcp, udp or icmp"
                     )));
                 }
+                filter.protocol = Some(protocol);
+            }
+            "address" => {
+                filter.address = Some(value.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "bad address {value:?}: expected an IPv4 address such as 192.168.0.12"
+                    ))
+                })?);
+            }
+            "port" => {
+                let range: PortRange = value
+                    .parse()
+                    .map_err(|error| ApiError::bad_request(format!("{error}")))?;
+                filter.port = Some(range.first);
+            }
+            "type" => {
+                let kind = value.to_ascii_uppercase();
+                if !matches!(kind.as_str(), "STATIC" | "DYNAMIC" | "UPNP") {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown type {value:?}: expected static, dynamic or upnp"
+                    )));
+                }
+                filter.kind = Some(kind);
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {key:?}: expected protocol, address, port or type"
+                )));
             }
         }
-        Ok(filter)
     }
+    Ok(filter)
 }
 
 /// A rule as the API lists it: `GET rules`, and the answer to every change
@@ -312,7 +299,7 @@ pub fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Re
                 enabled: *action == "enable",
             })
         }
-        ["table"] if method == Method::GET => Ok(Request::Table(TableFilter::parse(query)?)),
+        ["table"] if method == Method::GET => Ok(Request::Table(parse_table_query(query)?)),
         ["stats"] if method == Method::GET => Ok(Request::Stats),
         ["reload"] if method == Method::POST => Ok(Request::Reload),
         ["upnp", switch @ ("on" | "off")] if method == Method::POST => {
@@ -356,7 +343,7 @@ impl Request {
             }
             Request::Table(filter) => (
                 Method::GET,
-                format!("/v1/table?{}", filter.query()),
+                format!("/v1/table?{}", table_query(filter)),
                 Vec::new(),
             ),
             Request::Stats => (Method::GET, "/v1/stats".to_owned(), Vec::new()),

@@ -11,11 +11,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     aging,
-    api::TableFilter,
     config::Timeouts,
     datapath::{self, DatapathError, MapView, SweepReport},
     rules::{PortRange, Protocol, RuleSet, protocol_name},
 };
+
+/// Which NAT table rows to show; every given field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableFilter {
+    pub protocol: Option<String>,
+    /// Matches the local or the remote address.
+    pub address: Option<Ipv4Addr>,
+    /// Matches the local, external or remote port.
+    pub port: Option<u16>,
+    /// STATIC, DYNAMIC (or UPNP).
+    pub kind: Option<String>,
+}
 
 /// A port, or a rule's range of ports; unlike a [`PortRange`] it may be 0
 /// (an ICMP query id).
