@@ -48,6 +48,7 @@ pub struct DaemonConfig {
     #[serde(deserialize_with = "pin_dir")]
     pub pin_dir: PathBuf,
     pub nat: NatSettings,
+    #[serde(deserialize_with = "timeouts")]
     pub timeouts: Timeouts,
     pub upnp: UpnpSettings,
 }
@@ -398,6 +399,11 @@ pub struct Timeouts {
     /// ICMP queries (RFC 5508: 60 s).
     #[serde(with = "seconds")]
     pub icmp: Duration,
+    /// Allows timeouts shorter than the RFCs' minimums. Off, a file that
+    /// sets one is refused: a NAT that forgets mappings early breaks
+    /// long-lived connections and keep-alive intervals that apps choose by
+    /// these RFCs.
+    pub below_rfc_minimums: bool,
 }
 
 impl Default for Timeouts {
@@ -407,8 +413,62 @@ impl Default for Timeouts {
             tcp_transitory: Duration::from_secs(240),
             udp: Duration::from_secs(300),
             icmp: Duration::from_secs(60),
+            below_rfc_minimums: false,
         }
     }
+}
+
+/// The shortest timeout each RFC allows: key, minimum, and who says so.
+const TIMEOUT_FLOORS: [(&str, Duration, &str); 4] = [
+    (
+        "tcp_established",
+        Duration::from_secs(7440),
+        "RFC 5382 REQ-5 (2 h 4 min)",
+    ),
+    (
+        "tcp_transitory",
+        Duration::from_secs(240),
+        "RFC 5382 REQ-5 (4 min)",
+    ),
+    ("udp", Duration::from_secs(120), "RFC 4787 REQ-5 (2 min)"),
+    ("icmp", Duration::from_secs(60), "RFC 5508 REQ-1 (60 s)"),
+];
+
+impl Timeouts {
+    fn by_key(&self, key: &str) -> Duration {
+        match key {
+            "tcp_established" => self.tcp_established,
+            "tcp_transitory" => self.tcp_transitory,
+            "udp" => self.udp,
+            _ => self.icmp,
+        }
+    }
+
+    /// Refuses a timeout below its RFC's minimum unless
+    /// `below_rfc_minimums` says so.
+    pub fn check_floors(&self) -> Result<(), String> {
+        if self.below_rfc_minimums {
+            return Ok(());
+        }
+        for (key, floor, source) in TIMEOUT_FLOORS {
+            let value = self.by_key(key);
+            if value < floor {
+                return Err(format!(
+                    "{key} = {}: below the {} s minimum of {source}; raise it, or set \
+                     below_rfc_minimums = true in [timeouts] to allow it",
+                    value.as_secs(),
+                    floor.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn timeouts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timeouts, D::Error> {
+    let timeouts = Timeouts::deserialize(deserializer)?;
+    timeouts.check_floors().map_err(D::Error::custom)?;
+    Ok(timeouts)
 }
 
 mod seconds {
@@ -518,6 +578,7 @@ tcp_established = 3600
 tcp_transitory = 120
 udp = 60
 icmp = 30
+below_rfc_minimums = true
 
 [upnp]
 enabled = false
@@ -553,6 +614,7 @@ internal_ports = "1-65535"
                     tcp_transitory: Duration::from_secs(120),
                     udp: Duration::from_secs(60),
                     icmp: Duration::from_secs(30),
+                    below_rfc_minimums: true,
                 },
                 upnp: UpnpSettings {
                     enabled: false,
@@ -617,6 +679,39 @@ internal_ports = "1-65535"
             assert_eq!(line, 4, "{message}");
             assert!(message.contains(&format!("timeout {value} s")), "{message}");
         }
+    }
+
+    #[test]
+    fn timeouts_below_the_rfc_minimums_need_saying_so() {
+        for (text, key, floor) in [
+            (
+                "[timeouts]\ntcp_established = 7439\n",
+                "tcp_established = 7439",
+                "7440 s",
+            ),
+            (
+                "[timeouts]\ntcp_transitory = 60\n",
+                "tcp_transitory = 60",
+                "240 s",
+            ),
+            ("[timeouts]\nudp = 119\n", "udp = 119", "RFC 4787"),
+            ("[timeouts]\nicmp = 30\n", "icmp = 30", "RFC 5508"),
+        ] {
+            let (line, _, message) = invalid(text);
+            assert_eq!(line, 1, "{message}");
+            assert!(message.contains(key), "{key}: {message}");
+            assert!(message.contains(floor), "{floor}: {message}");
+            assert!(message.contains("below_rfc_minimums = true"), "{message}");
+            let allowed = format!("{text}below_rfc_minimums = true\n");
+            let config = DaemonConfig::parse(&allowed, Path::new("x")).unwrap();
+            assert!(config.timeouts.below_rfc_minimums);
+        }
+        // At the floors exactly: fine without saying so.
+        DaemonConfig::parse(
+            "[timeouts]\ntcp_established = 7440\ntcp_transitory = 240\nudp = 120\nicmp = 60\n",
+            Path::new("x"),
+        )
+        .unwrap();
     }
 
     #[test]

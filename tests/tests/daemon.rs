@@ -1102,7 +1102,7 @@ fn udp_row(rows: &[Value], local: SocketAddr) -> Option<&Value> {
 #[test]
 fn idle_flows_age_out_and_busy_ones_stay() {
     let lab = Lab::start_with_config(
-        "[timeouts]\nudp = 3\nicmp = 3\ntcp_transitory = 3\ntcp_established = 5\n",
+        "[timeouts]\nudp = 3\nicmp = 3\ntcp_transitory = 3\ntcp_established = 5\nbelow_rfc_minimums = true\n",
     )
     .unwrap();
     let wan = udp_socket(&lab.wan, WAN_HOST, 9200);

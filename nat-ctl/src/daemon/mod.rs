@@ -111,11 +111,33 @@ pub fn run(options: DaemonOptions) -> Result<()> {
         .block_on(run_async(options))
 }
 
+/// Why the WAN and LAN addresses cannot work together, if they cannot:
+/// a LAN prefix that overlaps the WAN subnet would make some outside hosts
+/// unreachable and let LAN addresses pass for outside ones (RFC 4787
+/// REQ-7).
+fn address_conflict(wan: Ipv4Net, lan: Ipv4Net) -> Option<String> {
+    let lan = lan.trunc();
+    let wan_subnet = wan.trunc();
+    if lan.contains(&wan.addr()) {
+        return Some(format!(
+            "the WAN address {} is inside the LAN prefix {lan}",
+            wan.addr()
+        ));
+    }
+    if lan.contains(&wan_subnet) || wan_subnet.contains(&lan) {
+        return Some(format!(
+            "the LAN prefix {lan} overlaps the WAN subnet {wan_subnet}"
+        ));
+    }
+    None
+}
+
 fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
     let (wan_addr, lan_net) = match (wan.network, lan.network) {
-        (Some(wan), Some(lan)) => (wan.addr(), lan.trunc()),
-        // Without both addresses the datapath must not translate: a zero
-        // WAN address makes it pass everything to the kernel.
+        (Some(wan), Some(lan)) if address_conflict(wan, lan).is_none() => (wan.addr(), lan.trunc()),
+        // Without both addresses, or with addresses that conflict, the
+        // datapath must not translate: a zero WAN address makes it pass
+        // everything to the kernel.
         _ => (std::net::Ipv4Addr::UNSPECIFIED, Ipv4Net::default()),
     };
     NatConfig {
@@ -191,6 +213,13 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         tracing::warn!(
             "WAN {} has no IPv4 address yet: passing all traffic to the kernel until it gets one",
             wan.name
+        );
+    }
+    if let Some(conflict) = wan.network.and_then(|wan| address_conflict(wan, lan_net)) {
+        bail!(
+            "{conflict} (WAN {}, LAN {}): renumber the LAN so that the two do not overlap",
+            wan.name,
+            lan.name
         );
     }
     let rules = rules_from_store(
@@ -355,5 +384,40 @@ impl Daemon {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn overlapping_wan_and_lan_addresses_are_a_conflict() {
+        assert_eq!(
+            address_conflict(net("203.0.113.1/24"), net("192.168.0.1/24")),
+            None
+        );
+        // A CGNAT upstream beside a private LAN: fine.
+        assert_eq!(
+            address_conflict(net("100.64.3.7/10"), net("10.0.0.1/8")),
+            None
+        );
+        let inside = address_conflict(net("192.168.0.50/32"), net("192.168.0.1/24")).unwrap();
+        assert!(
+            inside.contains("192.168.0.50") && inside.contains("192.168.0.0/24"),
+            "{inside}"
+        );
+        // The upstream modem hands out the same private range as the LAN.
+        let same = address_conflict(net("192.168.1.20/24"), net("192.168.1.1/24")).unwrap();
+        assert!(same.contains("192.168.1.20"), "{same}");
+        let wider = address_conflict(net("10.1.2.3/8"), net("10.200.0.1/16")).unwrap();
+        assert!(
+            wider.contains("overlaps the WAN subnet 10.0.0.0/8"),
+            "{wider}"
+        );
     }
 }

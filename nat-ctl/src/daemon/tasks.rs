@@ -6,7 +6,7 @@ use futures::StreamExt;
 use nat_common::ConnectionEvent;
 use tokio::io::unix::AsyncFd;
 
-use super::{Daemon, SAVE_DELAY, nat_config, show, state::Durability, unix_now};
+use super::{Daemon, SAVE_DELAY, address_conflict, nat_config, show, state::Durability, unix_now};
 use crate::{aging, config, interfaces, rules::protocol_name};
 
 /// Runs the kernel's aging sweep every [`config::sweep_interval`].
@@ -133,6 +133,14 @@ pub(super) async fn follow_addresses(daemon: Arc<Daemon>, netlink: rtnetlink::Ha
         );
         state.wan.network = wan;
         state.lan.network = lan;
+        if let (Some(wan), Some(lan)) = (wan, lan)
+            && let Some(conflict) = address_conflict(wan, lan)
+        {
+            tracing::error!(
+                "{conflict}: not translating until the addresses no longer overlap; renumber \
+                 the LAN"
+            );
+        }
         let nat = nat_config(&state.config, &state.wan, &state.lan);
         if let Err(error) = state.writer.set_config(&nat) {
             tracing::error!("updating the datapath's configuration: {error}");
