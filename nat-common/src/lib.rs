@@ -8,7 +8,9 @@
 
 pub mod aging;
 
-pub use aging::{LIVE_PORT_SLOTS, idle_past, live_port_slot, remaining_ns};
+pub use aging::{
+    LIVE_PORT_SLOTS, STAMP_SLACK_NS, TOUCH_GRANULARITY_NS, idle_past, live_port_slot, remaining_ns,
+};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;

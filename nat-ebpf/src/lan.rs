@@ -97,7 +97,7 @@ fn hairpin(
     }
     let now = now_ns();
     let target_port = packet.port(Side::Destination);
-    let target = inbound_target(packet.proto, target_port, now).ok_or(Counter::PassLocal)?;
+    let target = inbound_target(packet.proto, target_port).ok_or(Counter::PassLocal)?;
     let to = target.endpoint();
     let route = route(ctx, packet, config.wan_addr, to.addr)?;
     if route.ifindex != config.lan_ifindex {
@@ -138,8 +138,10 @@ fn hairpin(
         // always use it.
         Target::Forward(forward) => count_rule(forward.rule_id, true, len),
         Target::Binding(_) => {
+            // Refused as it would be from outside; passed to the router's
+            // own stack it would be answered with a reset instead.
             if !session_inbound_allowed(config, &reverse, now, len) {
-                return Err(Counter::PassLocal);
+                return Err(Counter::DropUnsolicited);
             }
         }
     }

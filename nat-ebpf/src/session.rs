@@ -10,7 +10,6 @@ use nat_common::{
 
 use crate::{
     counters::count,
-    lookup::TOUCH_GRANULARITY_NS,
     maps::{BPF_NOEXIST, FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
     parse::Endpoint,
 };
@@ -116,7 +115,7 @@ fn touch_session(
                 return;
             }
         }
-        if now.wrapping_sub((*session).last_seen_ns) > TOUCH_GRANULARITY_NS {
+        if now.wrapping_sub((*session).last_seen_ns) > nat_common::TOUCH_GRANULARITY_NS {
             (*session).last_seen_ns = now;
         }
     }

@@ -52,8 +52,7 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         remote,
         tcp_flags: packet.tcp_flags,
     };
-    let target =
-        inbound_target(packet.proto, external_port, now).ok_or_else(|| unsolicited(config))?;
+    let target = inbound_target(packet.proto, external_port).ok_or_else(|| unsolicited(config))?;
     let counter = match target {
         Target::Forward(forward) => {
             if !remote_allowed(&forward, remote.addr) {
@@ -101,7 +100,8 @@ fn icmp_error_inbound(
     {
         return Err(Counter::PassLocal);
     }
-    let to = inbound_target(quoted.proto, quoted.port(Side::Source), now_ns())
+    // An error never refreshes the mapping it is about (RFC 5508 REQ-6).
+    let to = inbound_target(quoted.proto, quoted.port(Side::Source))
         .ok_or(Counter::PassLocal)?
         .endpoint();
     let route = route(ctx, packet, packet.addr(Side::Source), to.addr)?;
