@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use aya::maps::IterableMap as _;
 use common::*;
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use nat_common::{EndpointKey, PROTO_UDP};
