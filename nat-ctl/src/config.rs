@@ -72,6 +72,10 @@ pub struct UpnpSettings {
     /// The longest lease granted, in seconds (IGDv2: 604800, a week).
     #[serde(deserialize_with = "max_lease")]
     pub max_lease: u32,
+    /// Whether a lease of 0 may mean a permanent mapping (IGDv1 clients
+    /// ask for it). Off, 0 means `max_lease`: a mapping a client forgot
+    /// must not outlive it, and reboots, for ever.
+    pub allow_permanent: bool,
     /// Checked in order, first match wins; no match is a denial. Empty:
     /// the safe default, ports 1024-65535 both sides, any LAN host.
     pub permissions: Vec<UpnpPermission>,
@@ -86,6 +90,7 @@ impl Default for UpnpSettings {
             v1_user_agents: vec!["Windows".into(), "Xbox".into()],
             http_port: 0,
             max_lease: 604_800,
+            allow_permanent: false,
             permissions: Vec::new(),
         }
     }

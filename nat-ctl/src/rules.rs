@@ -49,6 +49,11 @@ pub enum RuleError {
         addr: Ipv4Addr,
         lan: Ipv4Net,
     },
+    #[error(
+        "rule {name}: internal address {addr} is the router's own LAN address; forward to a LAN \
+         host instead"
+    )]
+    RouterAddress { name: String, addr: Ipv4Addr },
     #[error("rule {name}: external {protocol} port {port} is already forwarded by rule {other}")]
     Overlap {
         name: String,
@@ -343,8 +348,13 @@ pub fn validate_name(name: &str) -> Result<(), RuleError> {
 }
 
 impl ForwardRule {
-    /// Checks the rule on its own and against the LAN it forwards into.
+    /// Checks the rule on its own and against the LAN it forwards into;
+    /// `lan` is the router's LAN address with its prefix (192.168.0.1/24),
+    /// which no rule may forward to: the datapath would send the router's
+    /// own traffic on that port to itself.
     pub fn validate(&self, lan: Ipv4Net) -> Result<(), RuleError> {
+        let router = lan.addr();
+        let lan = lan.trunc();
         validate_name(&self.name)?;
         if self.external.len() != self.internal.len() {
             return Err(RuleError::RangeSize {
@@ -367,6 +377,12 @@ impl ForwardRule {
                 name: self.name.clone(),
                 addr: self.internal_addr,
                 lan,
+            });
+        }
+        if self.internal_addr == router {
+            return Err(RuleError::RouterAddress {
+                name: self.name.clone(),
+                addr: router,
             });
         }
         Ok(())
@@ -701,6 +717,18 @@ mod tests {
             broadcast.validate(lan()),
             Err(RuleError::NotAHost { .. })
         ));
+        // The router's own LAN address, given with the LAN's prefix.
+        let router: ForwardRule = "tcp/80=192.168.0.1,name=web".parse().unwrap();
+        let error = router
+            .validate("192.168.0.1/24".parse().unwrap())
+            .unwrap_err();
+        assert!(matches!(error, RuleError::RouterAddress { .. }), "{error}");
+        assert!(error.to_string().contains("192.168.0.1"), "{error}");
+        // Errors name the LAN by its prefix, not the router's address.
+        let error = outside
+            .validate("192.168.0.1/24".parse().unwrap())
+            .unwrap_err();
+        assert!(error.to_string().contains("192.168.0.0/24"), "{error}");
         let sizes: ForwardRule = "tcp/80-81=192.168.0.5:80".parse().unwrap();
         assert!(matches!(
             sizes.validate(lan()),

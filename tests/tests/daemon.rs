@@ -502,6 +502,10 @@ fn bad_rules_are_refused_and_change_nothing() {
             &["192.168.0.255"],
         ),
         (
+            "add x --proto tcp --external 2222 --internal 192.168.0.1:22",
+            &["192.168.0.1", "router's own LAN address"],
+        ),
+        (
             "add x --proto tcp --external 8080 --internal 192.168.0.13",
             &["8080", "web"],
         ),

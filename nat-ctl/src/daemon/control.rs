@@ -183,7 +183,7 @@ impl Daemon {
             ApiError::bad_request(format!("configuration not reloaded: {error}"))
         })?;
         let mut state = self.lock();
-        let lan = state.lan.network.map(|net| net.trunc());
+        let lan = state.lan.network;
         let loaded = super::rules_from_store(&config.rules_file, lan, &state.rules)
             .map_err(|error| ApiError::bad_request(format!("rules not reloaded: {error:#}")))?;
         if config.pin_dir != state.config.pin_dir || config.socket != state.config.socket {

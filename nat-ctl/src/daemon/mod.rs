@@ -222,11 +222,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             lan.name
         );
     }
-    let rules = rules_from_store(
-        &config.rules_file,
-        Some(lan_net.trunc()),
-        &RuleSet::default(),
-    )?;
+    let rules = rules_from_store(&config.rules_file, Some(lan_net), &RuleSet::default())?;
 
     // Refuse early if another daemon serves the socket, before touching
     // its datapath.

@@ -147,7 +147,7 @@ pub(super) async fn follow_addresses(daemon: Arc<Daemon>, netlink: rtnetlink::Ha
         }
         if let Some(lan) = lan {
             for (_, rule) in state.rules.iter() {
-                if let Err(error) = rule.validate(lan.trunc()) {
+                if let Err(error) = rule.validate(lan) {
                     tracing::warn!("{error}");
                 }
             }

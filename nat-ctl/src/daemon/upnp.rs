@@ -116,7 +116,7 @@ impl Gateway for DaemonGateway<'_> {
     }
 
     fn lan(&self) -> Option<Ipv4Net> {
-        self.state.lan.network.map(|net| net.trunc())
+        self.state.lan.network
     }
 
     fn rules(&self) -> Vec<ForwardRule> {

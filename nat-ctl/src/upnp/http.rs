@@ -124,6 +124,12 @@ pub enum Refusal {
     Host,
     /// A header that is not text.
     BadHeader,
+    /// A control request a web page could have made: with an `Origin`
+    /// header (browsers send one on cross-site requests; UPnP clients
+    /// never do), without SOAPAction, or without an XML body type. The
+    /// last two can only be sent cross-site after a CORS preflight, which
+    /// is never granted.
+    CrossSite(&'static str),
 }
 
 /// Checks a request head and routes it: the server's one entry point for
@@ -168,14 +174,25 @@ pub fn route_head(
         ("GET", paths::WAN_IP_SCPD) => Route::WanIpScpd(version),
         ("GET", paths::WAN_IP_SCPD_V1) => Route::WanIpScpd(IgdVersion::V1),
         ("GET", paths::WAN_COMMON_SCPD) => Route::WanCommonScpd,
-        ("POST", paths::WAN_IP_CONTROL | paths::WAN_COMMON_CONTROL) => Route::Control {
-            service: if path == paths::WAN_IP_CONTROL {
-                SERVICE_WAN_IP
-            } else {
-                SERVICE_WAN_COMMON
-            },
-            soap_action: header("soapaction")?.map(str::to_owned),
-        },
+        ("POST", paths::WAN_IP_CONTROL | paths::WAN_COMMON_CONTROL) => {
+            if header("origin")?.is_some() {
+                return Err(Refusal::CrossSite("an Origin header"));
+            }
+            let Some(soap_action) = header("soapaction")? else {
+                return Err(Refusal::CrossSite("no SOAPAction header"));
+            };
+            if !header("content-type")?.is_some_and(is_xml_media_type) {
+                return Err(Refusal::CrossSite("a body that is not text/xml"));
+            }
+            Route::Control {
+                service: if path == paths::WAN_IP_CONTROL {
+                    SERVICE_WAN_IP
+                } else {
+                    SERVICE_WAN_COMMON
+                },
+                soap_action: Some(soap_action.to_owned()),
+            }
+        }
         // Eventing is not offered: a subscription would let a client make
         // the router send HTTP requests to an address of its choosing.
         ("SUBSCRIBE" | "UNSUBSCRIBE", paths::WAN_IP_EVENTS | paths::WAN_COMMON_EVENTS) => {
@@ -185,6 +202,13 @@ pub fn route_head(
         _ => Route::MethodNotAllowed,
     };
     Ok((route, format!("http://{host}")))
+}
+
+/// `text/xml` or `application/xml`, with or without parameters.
+fn is_xml_media_type(value: &str) -> bool {
+    let media_type = value.split(';').next().unwrap_or("").trim();
+    media_type.eq_ignore_ascii_case("text/xml")
+        || media_type.eq_ignore_ascii_case("application/xml")
 }
 
 /// A request already known to come from a LAN host.
@@ -217,6 +241,13 @@ async fn respond(
         }
         Err(Refusal::BadHeader) => {
             return text(StatusCode::BAD_REQUEST, "malformed header\n");
+        }
+        Err(Refusal::CrossSite(why)) => {
+            tracing::info!("UPnP control request from {caller} refused: {why}");
+            return text(
+                StatusCode::FORBIDDEN,
+                "control requests need SOAPAction, a text/xml body and no Origin\n",
+            );
         }
     };
     match route {
@@ -359,6 +390,61 @@ mod tests {
         .map(|(route, _)| route)
     }
 
+    /// What a web page can send without a CORS preflight: no SOAPAction,
+    /// a text/plain or form body, and its Origin (Filet-o-Firewall).
+    #[test]
+    fn control_requests_a_web_page_could_make_are_refused() {
+        let host = ("Host", "192.168.0.1:5000");
+        let action = (
+            "SOAPAction",
+            "\"urn:schemas-upnp-org:service:WANIPConnection:1#AddPortMapping\"",
+        );
+        let xml = ("Content-Type", "text/xml");
+        for (headers, why) in [
+            (vec![host, xml], "no SOAPAction header"),
+            (
+                vec![host, action, ("Content-Type", "text/plain")],
+                "a body that is not text/xml",
+            ),
+            (
+                vec![
+                    host,
+                    action,
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                "a body that is not text/xml",
+            ),
+            (vec![host, action], "a body that is not text/xml"),
+            (
+                vec![host, action, xml, ("Origin", "http://evil.example")],
+                "an Origin header",
+            ),
+            (
+                vec![host, action, xml, ("origin", "null")],
+                "an Origin header",
+            ),
+        ] {
+            assert_eq!(
+                route("POST", "/ctl/IPConn", &headers),
+                Err(Refusal::CrossSite(why)),
+                "{headers:?}"
+            );
+        }
+        for content_type in ["text/xml", "TEXT/XML; charset=utf-8", "application/xml"] {
+            assert!(
+                matches!(
+                    route(
+                        "POST",
+                        "/ctl/IPConn",
+                        &[host, action, ("Content-Type", content_type)]
+                    ),
+                    Ok(Route::Control { .. })
+                ),
+                "{content_type}"
+            );
+        }
+    }
+
     #[test]
     fn heads_are_checked_then_routed() {
         let host = ("Host", "192.168.0.1:5000");
@@ -379,11 +465,12 @@ mod tests {
             Err(Refusal::Host)
         );
         assert_eq!(route("GET", "/rootDesc.xml", &[]), Err(Refusal::Host));
+        let xml = ("Content-Type", "text/xml; charset=\"utf-8\"");
         assert_eq!(
             route(
                 "POST",
                 "/ctl/IPConn",
-                &[host, ("SOAPAction", "\"urn:x#y\"")]
+                &[host, xml, ("SOAPAction", "\"urn:x#y\"")]
             ),
             Ok(Route::Control {
                 service: SERVICE_WAN_IP,
