@@ -35,6 +35,56 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections one LAN host may hold at once, so that one cannot take
+/// every slot.
+const MAX_PER_HOST: usize = 4;
+/// The longest any connection lives, requests, answers and idle time
+/// together: a reader too slow to take its answer holds a slot no longer.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The connections each LAN host holds.
+#[derive(Clone, Default)]
+struct PerHost(Arc<std::sync::Mutex<std::collections::HashMap<Ipv4Addr, usize>>>);
+
+/// One of a host's connections; gives its place back when dropped.
+struct HostSlot {
+    hosts: PerHost,
+    host: Ipv4Addr,
+}
+
+impl PerHost {
+    fn claim(&self, host: Ipv4Addr) -> Option<HostSlot> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(host).or_default();
+        if *count >= MAX_PER_HOST {
+            return None;
+        }
+        *count += 1;
+        Some(HostSlot {
+            hosts: self.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .hosts
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.host) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.host);
+            }
+        }
+    }
+}
 
 /// Runs the actions for the HTTP server: the daemon, over its rules.
 pub trait Control: Send + Sync + 'static {
@@ -317,6 +367,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let hosts = PerHost::default();
     let mut connections = Connections::new(shutdown.clone());
     loop {
         let permit = tokio::select! {
@@ -348,12 +399,16 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(host_slot) = hosts.claim(caller) else {
+            tracing::debug!("UPnP HTTP: refused {peer}, already {MAX_PER_HOST} connections");
+            continue;
+        };
         let config = config.clone();
         let control = control.clone();
         let service = hyper::service::service_fn(move |request| {
-            // Held for as long as the connection serves: the slot frees
+            // Held for as long as the connection serves: the slots free
             // when hyper drops the service with the connection.
-            let _slot = &permit;
+            let _slots = (&permit, &host_slot);
             let config = config.clone();
             let control = control.clone();
             async move { Ok::<_, Infallible>(respond(&config, control.as_ref(), caller, request).await) }
@@ -363,9 +418,9 @@ pub async fn serve(
             .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(MAX_HEAD)
             .serve_connection(TokioIo::new(stream), service);
-        // Slow heads and bodies are cut by their own timeouts; an active
-        // kept-alive connection may go on.
-        connections.spawn(connection, None);
+        // Slow heads and bodies are cut by their own timeouts, and the
+        // whole connection by its deadline.
+        connections.spawn(connection, Some(CONNECTION_DEADLINE));
     }
     drop(listener);
     connections.drain(DRAIN_DEADLINE).await;
@@ -443,6 +498,25 @@ mod tests {
                 "{content_type}"
             );
         }
+    }
+
+    #[test]
+    fn one_host_holds_a_few_connections_at_most() {
+        let hosts = PerHost::default();
+        let one = Ipv4Addr::new(192, 168, 0, 12);
+        let other = Ipv4Addr::new(192, 168, 0, 13);
+        let mut held: Vec<HostSlot> = (0..MAX_PER_HOST)
+            .map(|_| hosts.claim(one).expect("below the cap"))
+            .collect();
+        assert!(hosts.claim(one).is_none(), "over the cap");
+        assert!(hosts.claim(other).is_some(), "another host has its own");
+        held.pop();
+        assert!(
+            hosts.claim(one).is_some(),
+            "a closed connection frees its place"
+        );
+        drop(held);
+        assert!(hosts.0.lock().unwrap().is_empty(), "every place given back");
     }
 
     #[test]

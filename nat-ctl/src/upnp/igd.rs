@@ -89,6 +89,43 @@ fn service(request: &SoapRequest) -> Option<&'static str> {
         .find(|known| *known == base)
 }
 
+/// The actions a client may name, as logs may repeat them.
+const ACTIONS: [&str; 16] = [
+    "GetExternalIPAddress",
+    "GetStatusInfo",
+    "GetConnectionTypeInfo",
+    "GetNATRSIPStatus",
+    "AddPortMapping",
+    "AddAnyPortMapping",
+    "DeletePortMapping",
+    "DeletePortMappingRange",
+    "GetSpecificPortMappingEntry",
+    "GetGenericPortMappingEntry",
+    "GetListOfPortMappings",
+    "GetCommonLinkProperties",
+    "GetTotalBytesSent",
+    "GetTotalBytesReceived",
+    "GetTotalPacketsSent",
+    "GetTotalPacketsReceived",
+];
+
+/// An action name fit for a log line: a known one as it is, anything else
+/// (chosen by whoever sent it) quoted, escaped and cut short.
+pub fn action_label(action: &str) -> String {
+    if ACTIONS.contains(&action) {
+        return action.to_owned();
+    }
+    let short: String = action.chars().take(32).collect();
+    format!(
+        "unknown action {short:?}{}",
+        if short.len() < action.len() {
+            "..."
+        } else {
+            ""
+        }
+    )
+}
+
 /// One control request from `caller`, a LAN host. The reply is the list of
 /// output arguments, or the UPnP error to answer with.
 pub fn handle(
@@ -1084,6 +1121,19 @@ mod tests {
         };
         let request = request(2, "GetGenericPortMappingEntry", &generic);
         assert!(handle(&mut gateway, &open, IgdVersion::V2, OTHER, &request).is_ok());
+    }
+
+    #[test]
+    fn action_names_in_logs_are_known_or_escaped() {
+        assert_eq!(action_label("AddPortMapping"), "AddPortMapping");
+        let hostile = action_label("Evil\nFAKE LOG LINE\u{1b}[31m");
+        assert!(
+            !hostile.contains('\n') && !hostile.contains('\u{1b}'),
+            "{hostile}"
+        );
+        assert!(hostile.starts_with("unknown action \""), "{hostile}");
+        let long = action_label(&"A".repeat(500));
+        assert!(long.len() < 60 && long.ends_with("..."), "{long}");
     }
 
     #[test]
