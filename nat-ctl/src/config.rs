@@ -20,12 +20,10 @@ const MIN_DYNAMIC_PORTS: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The reason is part of the message, not a source, so that a chain of
+    // errors printed with `{:#}` says it once.
+    #[error("cannot read config file {}: {}", path.display(), reason(error))]
+    Read { path: PathBuf, error: io::Error },
     #[error("{} line {line}: not UTF-8 text; the config file must be UTF-8", path.display())]
     NotUtf8 { path: PathBuf, line: usize },
     #[error("{} line {line}, column {column}: {message}", path.display())]
@@ -284,6 +282,14 @@ impl std::fmt::Display for Unsolicited {
     }
 }
 
+fn reason(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotFound => "no such file".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
 impl DaemonConfig {
     /// `None`: the default path, where a missing file means defaults.
     /// `Some(path)`: the file must exist. Also returns the file actually read.
@@ -300,10 +306,10 @@ impl DaemonConfig {
             Err(error) if !required && error.kind() == io::ErrorKind::NotFound => {
                 return Ok((Self::default(), None));
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    error,
                 });
             }
         };
@@ -548,6 +554,12 @@ mod tests {
         assert!(
             error.to_string().contains(&*path.to_string_lossy()),
             "{error}"
+        );
+        // One clean line, once: the reason is not repeated as a source.
+        let line = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(
+            line,
+            format!("cannot read config file {}: no such file", path.display())
         );
     }
 
