@@ -304,6 +304,10 @@ pub mod maps {
 pub mod programs {
     pub const LAN: &str = "nat_lan";
     pub const WAN: &str = "nat_wan";
+    /// The same two in TC mode (`sched_cls` on the NIC's ingress), for NICs
+    /// that may hand over partial checksums (veth, tun/tap, virtio_net).
+    pub const LAN_TC: &str = "nat_lan_tc";
+    pub const WAN_TC: &str = "nat_wan_tc";
     /// Does nothing but pass: attached to a veth peer so that it accepts
     /// frames redirected by XDP (the kernel enables NAPI only then).
     pub const PASS: &str = "xdp_pass";

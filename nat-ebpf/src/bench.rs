@@ -131,7 +131,7 @@ fn try_bench_fwd(ctx: &XdpContext) -> Result<u32, Counter> {
         packet.addr(Side::Source),
         packet.addr(Side::Destination),
     )?;
-    redirect(eth, &packet, &route, Counter::Forwarded, len)
+    redirect(ctx, eth, &packet, &route, Counter::Forwarded, len)
 }
 
 #[xdp]
