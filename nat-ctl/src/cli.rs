@@ -8,7 +8,7 @@ use nat_ctl::{
     api::{Client, ClientError, ListedRule, RuleChange, TableFilter},
     config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET_PATH},
     daemon::{self, DaemonOptions},
-    datapath::{AttachMode, pins},
+    datapath::{Attach, AttachMode, pins},
     rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow},
     table,
 };
@@ -37,6 +37,13 @@ enum Command {
         /// Configuration file [default: /etc/natctl/natctl.toml if present].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Per NIC: TC for drivers that may hand over partial checksums
+        /// (veth, tun/tap, virtio_net), XDP otherwise (auto); or the same
+        /// mode on both.
+        #[arg(long, value_enum, default_value_t = Attach::Auto)]
+        attach: Attach,
+        /// For the NICs that get XDP: native with a generic fallback
+        /// (auto), or only one of them.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
         /// bpffs directory for the pinned maps and links (overrides the file).
@@ -174,6 +181,7 @@ pub fn run(cli: Cli) -> Result<()> {
             wan,
             lan,
             config,
+            attach,
             xdp_mode,
             pin_dir,
             rules_file,
@@ -181,6 +189,7 @@ pub fn run(cli: Cli) -> Result<()> {
             wan,
             lan,
             config,
+            attach,
             xdp_mode,
             socket: Some(cli.socket),
             pin_dir,
