@@ -30,11 +30,12 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
-use nat_common::PROTO_UDP;
+use nat_common::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     checksum::{CsumDelta, load16, store16},
     maps::EGRESS,
+    parse::Ipv4Packet,
 };
 
 /// The few things that differ between XDP and TC.
@@ -55,9 +56,9 @@ pub trait NatContext {
     fn ifindex(&self) -> u32;
     /// The raw context, for helpers such as `bpf_fib_lookup`.
     fn raw(&self) -> *mut c_void;
-    /// The length `bpf_fib_lookup` checks against the egress MTU, from the
-    /// IP header's total length.
-    fn fib_tot_len(&self, ip_tot_len: u16) -> u16;
+    /// The length `bpf_fib_lookup` checks against the egress MTU: the IP
+    /// datagram's, or for a GSO packet that of its segments.
+    fn fib_tot_len(&self, packet: &Ipv4Packet) -> u16;
     /// Updates the packet's own L4 checksum at `check` for a rewrite that
     /// moved pseudo-header words by `pseudo` (zero for ICMP) and words the
     /// checksum covers by `covered`.
@@ -129,8 +130,8 @@ impl NatContext for XdpContext {
     }
 
     #[inline(always)]
-    fn fib_tot_len(&self, ip_tot_len: u16) -> u16 {
-        ip_tot_len
+    fn fib_tot_len(&self, packet: &Ipv4Packet) -> u16 {
+        packet.tot_len()
     }
 
     #[inline(always)]
@@ -259,12 +260,31 @@ impl NatContext for TcPacket {
         self.ctx.as_ptr()
     }
 
-    /// 0: the kernel checks the skb itself against the egress MTU, which
-    /// lets a GSO packet through (its segments fit; its total length does
-    /// not).
+    /// A GSO packet (TSO on the sender, GRO) is longer than the MTU as a
+    /// whole; what must fit is each segment: the IP and L4 headers and
+    /// `gso_size` bytes of payload.
     #[inline(always)]
-    fn fib_tot_len(&self, _ip_tot_len: u16) -> u16 {
-        0
+    fn fib_tot_len(&self, packet: &Ipv4Packet) -> u16 {
+        // SAFETY: the context is a valid __sk_buff.
+        let gso_size = unsafe { (*self.ctx.skb.skb).gso_size } as usize;
+        if gso_size == 0 {
+            return packet.tot_len();
+        }
+        let ip_len = packet.l4 as usize - packet.ip as usize;
+        let l4_len = match packet.proto {
+            PROTO_TCP => {
+                // The data offset; the parser checked the 20-byte header.
+                let offset = packet.l4 as usize + 12;
+                if offset + 1 > self.ctx.data_end() {
+                    return packet.tot_len();
+                }
+                // SAFETY: bounds-checked just above.
+                usize::from(unsafe { *(offset as *const u8) } >> 4) * 4
+            }
+            PROTO_UDP => 8,
+            _ => 0,
+        };
+        (ip_len + l4_len + gso_size).min(usize::from(u16::MAX)) as u16
     }
 
     #[inline(always)]

@@ -38,7 +38,7 @@ pub fn route<C: NatContext>(
     let mut params: FibParams = unsafe { zeroed() };
     params.family = AF_INET;
     params.l4_protocol = packet.proto;
-    params.__bindgen_anon_1.tot_len = ctx.fib_tot_len(packet.tot_len());
+    params.__bindgen_anon_1.tot_len = ctx.fib_tot_len(packet);
     params.ifindex = ctx.ifindex();
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);

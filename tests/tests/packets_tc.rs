@@ -263,7 +263,7 @@ fn tc_and_xdp_write_the_same_bytes() {
             true,
             udp(ep(LAN_HOST2, 40999), ep(REMOTE, 53), &rng.bytes(300)),
         ),
-        (true, echo_request(LAN_HOST, REMOTE, 7, 1)),
+        (true, echo_request(LAN_HOST, REMOTE, 40007, 1)),
         (
             false,
             udp(ep(REMOTE, 5555), ep(WAN_ADDR, 8053), &rng.bytes(100)),
@@ -288,9 +288,9 @@ fn tc_and_xdp_write_the_same_bytes() {
 #[test]
 fn tc_gso_packet_larger_than_the_mtu_is_translated() {
     // A GSO skb (TSO on the sender, GRO) is longer than the MTU while each
-    // of its segments fits: TC lets the kernel check the skb against the
-    // egress MTU, which lets it through. (XDP never sees GSO packets; an
-    // oversized frame there goes to the kernel, `pass_mtu_exceeded`.)
+    // of its segments fits: TC checks the segments' length against the
+    // egress MTU. (XDP never sees GSO packets; an oversized frame there goes
+    // to the kernel, `pass_mtu_exceeded`.)
     let mut lab = tc_lab();
     snat(
         &mut lab,
@@ -309,5 +309,20 @@ fn tc_gso_packet_larger_than_the_mtu_is_translated() {
     // The same bytes without GSO do not fit: to the kernel, untouched.
     let v = lab.from_lan(&big).unwrap();
     assert_passed_untouched(&v, &big);
-    assert_counters(&lab, &[("snat", 2), ("pass_mtu_exceeded", 1)]);
+    // Nor do segments larger than the MTU (20 + 20 + 1461 > 1500): the
+    // kernel sends "fragmentation needed".
+    let meta = SkbMeta {
+        gso_size: 1461,
+        gso_segs: 2,
+    };
+    let v = lab.run_tc(programs::LAN_TC, lan, &big, meta).unwrap();
+    assert_passed_untouched(&v, &big);
+    // Exactly the MTU still goes through.
+    let meta = SkbMeta {
+        gso_size: 1460,
+        gso_segs: 2,
+    };
+    let v = lab.run_tc(programs::LAN_TC, lan, &big, meta).unwrap();
+    assert_routed(&v, &big, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 443));
+    assert_counters(&lab, &[("snat", 3), ("pass_mtu_exceeded", 2)]);
 }
