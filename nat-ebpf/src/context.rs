@@ -191,6 +191,12 @@ impl TcPacket {
         }
     }
 
+    /// The skb, for helpers such as a tail call.
+    #[inline(always)]
+    pub fn context(&self) -> &TcContext {
+        &self.ctx
+    }
+
     /// Applies the recorded L4 checksum update, after the flow is done with
     /// the packet's pointers (the helper invalidates them). Returns the
     /// action: `action`, or a drop if the checksum could not be written (the
