@@ -166,7 +166,9 @@ fn kernel_order(delta: CsumDelta) -> u32 {
 
 /// Enough for the Ethernet header, an IPv4 header with options, an ICMP
 /// header and the datagram it quotes (IPv4 header with options, 8 bytes):
-/// `bpf_skb_pull_data` makes that much linear when it is not.
+/// `bpf_skb_pull_data` makes that much linear when it is not. Only paged
+/// skbs pay for it (on veth a GSO packet, whose linear part holds just its
+/// headers: once per tens of KB).
 const HEADERS_LEN: u32 = 14 + 60 + 8 + 60 + 8;
 
 /// A `sched_cls` skb on a NIC's ingress.
@@ -209,7 +211,9 @@ impl TcPacket {
         }
         let offset = pending.offset as usize;
         // UDP: a zero checksum ("none") stays zero; a computed zero is sent
-        // as 0xffff.
+        // as 0xffff. Right under CHECKSUM_PARTIAL too: the field then holds
+        // the folded pseudo-header sum, never 0 (the protocol number in it
+        // is not), so the flag never skips an update there.
         let udp = if pending.proto == PROTO_UDP {
             u64::from(BPF_F_MARK_MANGLED_0)
         } else {

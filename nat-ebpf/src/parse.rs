@@ -3,9 +3,9 @@
 use core::{mem::size_of, ptr::addr_of_mut};
 
 use nat_common::{Counter, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::context::NatContext;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
