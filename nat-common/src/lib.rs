@@ -306,6 +306,10 @@ pub mod maps {
 pub mod programs {
     pub const LAN: &str = "nat_lan";
     pub const WAN: &str = "nat_wan";
+    /// The same two in TC mode (`sched_cls` on the NIC's ingress), for NICs
+    /// that may hand over partial checksums (veth, tun/tap, virtio_net).
+    pub const LAN_TC: &str = "nat_lan_tc";
+    pub const WAN_TC: &str = "nat_wan_tc";
     /// Does nothing but pass: attached to a veth peer so that it accepts
     /// frames redirected by XDP (the kernel enables NAPI only then).
     pub const PASS: &str = "xdp_pass";
@@ -368,10 +372,16 @@ pub mod bench {
     pub const FORWARDER: &str = "bench_fwd";
     /// Restores the template, then tail-calls the program in `BENCH_NEXT`.
     pub const RESTORE: &str = "bench_restore";
+    /// The same for the TC programs: restores, then tail-calls the program
+    /// in `BENCH_NEXT_TC`.
+    pub const RESTORE_TC: &str = "bench_restore_tc";
+    /// Returns `TC_ACT_OK`: the TC baseline behind `bench_restore_tc`.
+    pub const TC_PASS: &str = "bench_tc_pass";
 
     pub const TEMPLATE_MAP: &str = "BENCH_TEMPLATE";
     pub const SEQ_MAP: &str = "BENCH_SEQ";
     pub const NEXT_MAP: &str = "BENCH_NEXT";
+    pub const NEXT_TC_MAP: &str = "BENCH_NEXT_TC";
     pub const RX_MAP: &str = "BENCH_RX";
 
     /// Longest frame a template holds; its length must be a multiple of 4.

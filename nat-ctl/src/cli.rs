@@ -8,7 +8,7 @@ use nat_ctl::{
     api::{Client, ClientError, ListedRule, RuleChange, TableFilter},
     config::{DEFAULT_CONFIG_PATH, DaemonConfig},
     daemon::{self, DaemonOptions},
-    datapath::{AttachMode, pins},
+    datapath::{Attach, AttachMode, pins},
     rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow},
     table,
 };
@@ -39,6 +39,13 @@ enum Command {
         /// The LAN NIC; its IPv4 prefix is the LAN.
         #[arg(long)]
         lan: String,
+        /// Per NIC: TC for drivers that may hand over partial checksums
+        /// (veth, tun/tap, virtio_net), XDP otherwise (auto); or the same
+        /// mode on both.
+        #[arg(long, value_enum, default_value_t = Attach::Auto)]
+        attach: Attach,
+        /// For the NICs that get XDP: native with a generic fallback
+        /// (auto), or only one of them.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
         /// bpffs directory for the pinned maps and links (overrides the file).
@@ -207,6 +214,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Daemon {
             wan,
             lan,
+            attach,
             xdp_mode,
             pin_dir,
             rules_file,
@@ -215,6 +223,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 wan,
                 lan,
                 config: cli.config,
+                attach,
                 xdp_mode,
                 socket: cli.socket,
                 pin_dir,

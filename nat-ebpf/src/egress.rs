@@ -1,20 +1,19 @@
 //! The last stage: route by the kernel's FIB, rewrite the MACs, decrement the
-//! TTL and redirect out of the egress NIC.
+//! TTL and redirect out of the egress NIC (the `EGRESS` devmap in XDP,
+//! `bpf_redirect` in TC: [`NatContext::redirect`]).
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
-    programs::XdpContext,
 };
 use nat_common::Counter;
 use network_types::eth::EthHdr;
 
-use crate::{counters::count, maps::EGRESS, parse::Ipv4Packet, translate::decrement_ttl};
+use crate::{context::NatContext, counters::count, parse::Ipv4Packet, translate::decrement_ttl};
 
 const AF_INET: u8 = 2;
 
@@ -29,8 +28,8 @@ pub struct Route {
 /// Done before any rewrite, so that a packet the fast path cannot finish
 /// reaches the kernel as it arrived.
 #[inline(always)]
-pub fn route(
-    ctx: &XdpContext,
+pub fn route<C: NatContext>(
+    ctx: &C,
     packet: &Ipv4Packet,
     src: [u8; 4],
     dst: [u8; 4],
@@ -39,12 +38,12 @@ pub fn route(
     let mut params: FibParams = unsafe { zeroed() };
     params.family = AF_INET;
     params.l4_protocol = packet.proto;
-    params.__bindgen_anon_1.tot_len = packet.tot_len();
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_1.tot_len = ctx.fib_tot_len(packet);
+    params.ifindex = ctx.ifindex();
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: `params` is a valid, correctly sized bpf_fib_lookup.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), &mut params, size_of::<FibParams>() as i32, 0) };
     let neighbour_known = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         // The egress is known; the kernel will resolve the next hop's MAC.
@@ -63,7 +62,8 @@ pub fn route(
 
 /// Sends the translated packet on its way and counts it under `counter`.
 #[inline(always)]
-pub fn redirect(
+pub fn redirect<C: NatContext>(
+    ctx: &C,
     eth: *mut EthHdr,
     packet: &Ipv4Packet,
     route: &Route,
@@ -81,9 +81,9 @@ pub fn redirect(
         (*eth).src_addr = route.smac;
         (*eth).dst_addr = route.dmac;
     }
-    let action = EGRESS
-        .redirect(route.ifindex, 0)
-        .map_err(|_| Counter::PassRedirectFailed)?;
+    let action = ctx
+        .redirect(route.ifindex)
+        .ok_or(Counter::PassRedirectFailed)?;
     count(counter, frame_len);
     Ok(action)
 }

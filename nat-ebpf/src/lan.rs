@@ -1,11 +1,11 @@
 //! LAN ingress: source translation toward the WAN, and hairpin back into
 //! the LAN for a LAN host that reaches the WAN address.
-use aya_ebpf::programs::XdpContext;
 use nat_common::{Counter, NatConfig, PROTO_ICMP};
 use network_types::eth::EthHdr;
 
 use crate::{
     binding::external_port_for,
+    context::NatContext,
     counters::{count, count_rule},
     egress::{redirect, route},
     lookup::{Target, config, in_prefix, inbound_target, now_ns, outbound_external},
@@ -14,7 +14,7 @@ use crate::{
         parse_quoted,
     },
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
-    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
 
 #[inline(always)]
@@ -22,7 +22,7 @@ fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
     addr[0] >= 224 || addr == [255; 4]
 }
 
-pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
+pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::LanRx, len);
     let config = config().ok_or(Counter::PassLocal)?;
@@ -70,6 +70,7 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
         count_rule(external.rule_id, false, len);
     }
     rewrite_endpoint(
+        ctx,
         &packet,
         Side::Source,
         Endpoint {
@@ -77,7 +78,7 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
             port: external.port,
         },
     );
-    redirect(eth, &packet, &route, Counter::Snat, len)
+    redirect(ctx, eth, &packet, &route, Counter::Snat, len)
 }
 
 /// A LAN host reaching the WAN address on a forwarded port, or on another
@@ -85,7 +86,7 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
 /// comes back through the router and not straight to the client.
 #[inline(always)]
 fn hairpin(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     packet: &Ipv4Packet,
@@ -145,9 +146,9 @@ fn hairpin(
             }
         }
     }
-    rewrite_endpoint(packet, Side::Source, source_outside);
-    rewrite_endpoint(packet, Side::Destination, to);
-    redirect(eth, packet, &route, Counter::Hairpin, len)
+    rewrite_endpoint(ctx, packet, Side::Source, source_outside);
+    rewrite_endpoint(ctx, packet, Side::Destination, to);
+    redirect(ctx, eth, packet, &route, Counter::Hairpin, len)
 }
 
 /// A LAN host's ICMP error about a packet that reached it through the NAT:
@@ -155,7 +156,7 @@ fn hairpin(
 /// read as the external one outside.
 #[inline(always)]
 fn icmp_error_outbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     packet: &Ipv4Packet,
@@ -172,7 +173,7 @@ fn icmp_error_outbound(
     if route.ifindex != config.wan_ifindex {
         return Err(Counter::PassLocal);
     }
-    let quoted_delta = rewrite_endpoint(
+    let quoted_delta = rewrite_quoted_endpoint(
         &quoted,
         Side::Destination,
         Endpoint {
@@ -181,6 +182,6 @@ fn icmp_error_outbound(
         },
     );
     rewrite_addr(packet, Side::Source, config.wan_addr);
-    adjust_icmp_check(packet, quoted_delta);
-    redirect(eth, packet, &route, Counter::IcmpErrorOut, len)
+    adjust_icmp_check(ctx, packet, quoted_delta);
+    redirect(ctx, eth, packet, &route, Counter::IcmpErrorOut, len)
 }

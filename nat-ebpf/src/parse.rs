@@ -2,9 +2,10 @@
 //! reads the header embedded in an ICMP error.
 use core::{mem::size_of, ptr::addr_of_mut};
 
-use aya_ebpf::programs::XdpContext;
 use nat_common::{Counter, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::context::NatContext;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -47,7 +48,7 @@ pub struct Ipv4Packet {
 }
 
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl NatContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     if start + offset + size_of::<T>() > ctx.data_end() {
         return None;
@@ -56,13 +57,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
+pub fn frame_len(ctx: &impl NatContext) -> usize {
+    ctx.packet_len()
 }
 
 /// Parses an Ethernet frame carrying IPv4; anything else is for the kernel.
 #[inline(always)]
-pub fn parse_frame(ctx: &XdpContext) -> Result<(*mut EthHdr, Ipv4Packet), Counter> {
+pub fn parse_frame(ctx: &impl NatContext) -> Result<(*mut EthHdr, Ipv4Packet), Counter> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassMalformed)?;
     // SAFETY: `eth` was bounds-checked above.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -84,7 +85,7 @@ pub fn parse_frame(ctx: &XdpContext) -> Result<(*mut EthHdr, Ipv4Packet), Counte
 /// the message and must be neither rewritten nor added to its checksum.
 #[inline(always)]
 fn parse_ipv4(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     offset: usize,
     quoted_end: Option<usize>,
 ) -> Result<Ipv4Packet, Counter> {
@@ -172,7 +173,7 @@ fn parse_ipv4(
 /// Parses the datagram quoted by the ICMP error `packet`, within the bounds
 /// of the ICMP message.
 #[inline(always)]
-pub fn parse_quoted(ctx: &XdpContext, packet: &Ipv4Packet) -> Result<Ipv4Packet, Counter> {
+pub fn parse_quoted(ctx: &impl NatContext, packet: &Ipv4Packet) -> Result<Ipv4Packet, Counter> {
     let ip_offset = packet.ip as usize - ctx.data();
     let end = ip_offset + usize::from(packet.tot_len());
     parse_ipv4(

@@ -1,16 +1,16 @@
 //! WAN ingress: destination translation of replies on dynamic mappings and
 //! of new connections on static forwarding entries.
-use aya_ebpf::programs::XdpContext;
 use nat_common::{Counter, NatConfig, PROTO_ICMP, UNSOLICITED_DROP};
 use network_types::eth::EthHdr;
 
 use crate::{
+    context::NatContext,
     counters::{count, count_rule},
     egress::{redirect, route},
     lookup::{Target, config, inbound_target, now_ns, remote_allowed},
     parse::{ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
-    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
 
 #[inline(always)]
@@ -22,7 +22,7 @@ fn unsolicited(config: &NatConfig) -> Counter {
     }
 }
 
-pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
+pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::WanRx, len);
     let config = config().ok_or(Counter::PassLocal)?;
@@ -79,8 +79,8 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         forward_session_inbound(&conversation, to, &forward, now, len);
         count_rule(forward.rule_id, true, len);
     }
-    rewrite_endpoint(&packet, Side::Destination, to);
-    redirect(eth, &packet, &route, counter, len)
+    rewrite_endpoint(ctx, &packet, Side::Destination, to);
+    redirect(ctx, eth, &packet, &route, counter, len)
 }
 
 /// An ICMP error (unreachable, fragmentation needed, time exceeded) about a
@@ -88,7 +88,7 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
 /// external endpoint, which the LAN host must see as its own again.
 #[inline(always)]
 fn icmp_error_inbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     packet: &Ipv4Packet,
@@ -108,8 +108,8 @@ fn icmp_error_inbound(
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
-    let quoted_delta = rewrite_endpoint(&quoted, Side::Source, to);
+    let quoted_delta = rewrite_quoted_endpoint(&quoted, Side::Source, to);
     rewrite_addr(packet, Side::Destination, to.addr);
-    adjust_icmp_check(packet, quoted_delta);
-    redirect(eth, packet, &route, Counter::IcmpErrorIn, len)
+    adjust_icmp_check(ctx, packet, quoted_delta);
+    redirect(ctx, eth, packet, &route, Counter::IcmpErrorIn, len)
 }

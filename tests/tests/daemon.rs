@@ -588,7 +588,9 @@ fn bad_rules_are_refused_and_change_nothing() {
 
 #[test]
 fn without_a_daemon_clients_say_so_and_the_datapath_keeps_forwarding() {
-    let mut lab = Lab::start().unwrap();
+    // XDP mode, so that `ip link` shows the attachment `down` removes (the
+    // TC mode's TCX links are checked in e2e.rs).
+    let mut lab = Lab::start_xdp().unwrap();
     lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     // An inbound flow through the rule and an outbound flow, both

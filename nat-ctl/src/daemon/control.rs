@@ -236,6 +236,10 @@ impl Daemon {
             "nat": state.config.nat,
             "timeouts": state.config.timeouts,
             "picked_up_pinned_datapath": self.adopted,
+            "attach": {
+                "lan": self.attach[0],
+                "wan": self.attach[1],
+            },
             "upnp": self.upnp_wanted.load(Ordering::SeqCst),
             "uptime_secs": self.started.elapsed().as_secs(),
             "pid": std::process::id(),

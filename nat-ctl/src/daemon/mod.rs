@@ -30,7 +30,7 @@ use self::state::{SAVE_DELAY, State};
 use crate::{
     api::{self, Controller},
     config::{self, DaemonConfig},
-    datapath::{AttachMode, pins},
+    datapath::{Attach, AttachMode, NicAttach, pins},
     interfaces,
     rules::{RuleError, RuleSet},
     store,
@@ -42,6 +42,9 @@ pub struct DaemonOptions {
     pub wan: String,
     pub lan: String,
     pub config: Option<PathBuf>,
+    /// XDP, TC or by the driver, per NIC.
+    pub attach: Attach,
+    /// Native or generic, for the NICs that get XDP.
     pub xdp_mode: AttachMode,
     pub socket: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
@@ -88,6 +91,8 @@ pub(super) struct Daemon {
     config_file: Option<PathBuf>,
     started: Instant,
     adopted: bool,
+    /// How the LAN and the WAN NIC are attached, and why (`natctl status`).
+    attach: [NicAttach; 2],
     /// `natctl upnp on|off`; starts as the configuration says.
     upnp_wanted: AtomicBool,
     /// Wakes the UPnP supervisor: a switch, an address or a reload.
@@ -243,7 +248,10 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
                     name: &lan.name,
                     ifindex: lan.ifindex,
                 },
-                options.xdp_mode,
+                pins::AttachRequest {
+                    attach: options.attach,
+                    xdp_mode: options.xdp_mode,
+                },
                 &rules,
             )?)
         });
@@ -256,6 +264,15 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     };
     let adopted = running.adopted;
     let rules = running.rules;
+    for (role, nic) in [("LAN", &running.lan_attach), ("WAN", &running.wan_attach)] {
+        let mode = match (nic.mode, nic.xdp_mode.as_str()) {
+            (crate::datapath::Mode::Tc, _) => "TC (sched_cls ingress)".to_owned(),
+            (crate::datapath::Mode::Xdp, "") => "XDP".to_owned(),
+            (crate::datapath::Mode::Xdp, xdp) => format!("XDP ({xdp})"),
+        };
+        tracing::info!("{role} {}: {mode} mode; {}", nic.interface, nic.reason);
+    }
+    let attach = [running.lan_attach, running.wan_attach];
     tracing::info!(
         "NAT {}: WAN {} ({}), LAN {} ({}), {} rule(s) from {}; maps pinned in {}; API on {}",
         if adopted {
@@ -296,6 +313,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         config_file,
         started: Instant::now(),
         adopted,
+        attach,
         upnp_wanted: AtomicBool::new(upnp_enabled),
         upnp_changed: tokio::sync::Notify::new(),
         boot_id: unix_now() as u32,
