@@ -6,16 +6,29 @@
 //! CLOCK_MONOTONIC_COARSE). Inlined always, as everything the datapath
 //! calls, so that the kernel's sweep compiles to what it did when it had
 //! its own copy.
-use crate::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, SweepParams, TCP_STATE_ESTABLISHED};
+use crate::{
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, SweepParams, TCP_STATE_ESTABLISHED,
+    TCP_STATE_HALF_CLOSED_BY_ANSWERER, TCP_STATE_HALF_CLOSED_BY_OPENER,
+};
 
 impl SweepParams {
     /// How long a session may stay idle: by TCP state for TCP, by protocol
     /// otherwise (a protocol the datapath does not track gets the UDP
-    /// timeout).
+    /// timeout). A half-closed connection still carries data one way, so
+    /// it keeps the established timeout until the second FIN.
     #[inline(always)]
     pub const fn session_timeout_ns(&self, proto: u8, tcp_state: u8) -> u64 {
         match proto {
-            PROTO_TCP if tcp_state == TCP_STATE_ESTABLISHED => self.tcp_established_ns,
+            PROTO_TCP
+                if matches!(
+                    tcp_state,
+                    TCP_STATE_ESTABLISHED
+                        | TCP_STATE_HALF_CLOSED_BY_OPENER
+                        | TCP_STATE_HALF_CLOSED_BY_ANSWERER
+                ) =>
+            {
+                self.tcp_established_ns
+            }
             PROTO_TCP => self.tcp_transitory_ns,
             PROTO_ICMP => self.icmp_ns,
             _ => self.udp_ns,
@@ -122,6 +135,12 @@ mod tests {
             TCP_STATE_CLOSED,
         ] {
             assert_eq!(p.session_timeout_ns(PROTO_TCP, state), 240 * SEC);
+        }
+        for half_closed in [
+            TCP_STATE_HALF_CLOSED_BY_OPENER,
+            TCP_STATE_HALF_CLOSED_BY_ANSWERER,
+        ] {
+            assert_eq!(p.session_timeout_ns(PROTO_TCP, half_closed), 7440 * SEC);
         }
         assert_eq!(p.session_timeout_ns(PROTO_UDP, TCP_STATE_NONE), 300 * SEC);
         // tcp_state means nothing outside TCP.

@@ -149,10 +149,15 @@ pub const TCP_STATE_NONE: u8 = 0;
 /// Only the LAN side has spoken (SYN sent, no answer yet).
 pub const TCP_STATE_OPENING: u8 = 1;
 pub const TCP_STATE_ESTABLISHED: u8 = 2;
-/// A FIN has been seen in either direction.
+/// FINs have been seen in both directions.
 pub const TCP_STATE_CLOSING: u8 = 3;
-/// An RST has been seen.
+/// An RST has been seen (data after it brings the connection back).
 pub const TCP_STATE_CLOSED: u8 = 4;
+/// The side that opened the connection has sent its FIN; the other may
+/// still send data for as long as it likes (RFC 5382 REQ-2, RFC 7857).
+pub const TCP_STATE_HALF_CLOSED_BY_OPENER: u8 = 5;
+/// The other side has sent its FIN; the opener may still send data.
+pub const TCP_STATE_HALF_CLOSED_BY_ANSWERER: u8 = 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

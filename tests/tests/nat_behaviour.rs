@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use common::*;
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
-use nat_common::{EndpointKey, PROTO_UDP};
+use nat_common::{
+    EndpointKey, PROTO_TCP, PROTO_UDP, TCP_STATE_CLOSED, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED,
+    TCP_STATE_HALF_CLOSED_BY_OPENER, TCP_STATE_OPENING,
+};
 use nat_ctl::{
     aging::{datapath_now_ns, sweep_params},
     config::Timeouts,
@@ -125,4 +128,99 @@ fn icmp_errors_do_not_keep_a_mapping_alive() {
         !has_mapping(&lab, 40000),
         "the error kept the mapping alive"
     );
+}
+
+/// The TCP state of the only dynamic session.
+fn tcp_state(lab: &PacketLab) -> u8 {
+    let sessions: Vec<_> = lab
+        .datapath
+        .maps()
+        .view()
+        .sessions()
+        .iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    sessions[0].1.tcp_state
+}
+
+/// One TCP segment of the LAN host's connection to REMOTE:443, outbound or
+/// inbound, which must be translated.
+fn segment(lab: &mut PacketLab, from_lan: bool, flags: u8) {
+    let (frame, verdict) = if from_lan {
+        let frame = tcp(ep(LAN_HOST, 40000), ep(REMOTE, 443), flags, b"data");
+        let verdict = lab.from_lan(&frame).unwrap();
+        (frame, verdict)
+    } else {
+        let frame = tcp(ep(REMOTE, 443), ep(WAN_ADDR, 40000), flags, b"data");
+        let verdict = lab.from_wan(&frame).unwrap();
+        (frame, verdict)
+    };
+    assert_eq!(
+        verdict.action,
+        XDP_REDIRECT,
+        "flags {flags:#04x} from {}: {frame:?}",
+        if from_lan { "the LAN" } else { "outside" }
+    );
+}
+
+/// RFC 5382 REQ-2 and RFC 7857: a half-closed connection still carries
+/// data one way and keeps the established timeout; only the second FIN
+/// makes it transitory.
+#[test]
+fn a_half_closed_connection_stays_established_until_the_second_fin() {
+    let mut lab = PacketLab::new().unwrap();
+    segment(&mut lab, true, SYN);
+    segment(&mut lab, false, SYN | ACK);
+    segment(&mut lab, true, ACK);
+    assert_eq!(tcp_state(&lab), TCP_STATE_ESTABLISHED);
+    // The LAN host is done sending; the remote goes on.
+    segment(&mut lab, true, FIN | ACK);
+    assert_eq!(tcp_state(&lab), TCP_STATE_HALF_CLOSED_BY_OPENER);
+    segment(&mut lab, false, ACK | PSH);
+    segment(&mut lab, true, ACK);
+    assert_eq!(tcp_state(&lab), TCP_STATE_HALF_CLOSED_BY_OPENER);
+    let params = sweep_params(&Timeouts::default(), 0, 0);
+    assert_eq!(
+        params.session_timeout_ns(PROTO_TCP, TCP_STATE_HALF_CLOSED_BY_OPENER),
+        params.tcp_established_ns
+    );
+    // A retransmitted FIN from the same side changes nothing.
+    segment(&mut lab, true, FIN | ACK);
+    assert_eq!(tcp_state(&lab), TCP_STATE_HALF_CLOSED_BY_OPENER);
+    // The remote's FIN closes it.
+    segment(&mut lab, false, FIN | ACK);
+    assert_eq!(tcp_state(&lab), TCP_STATE_CLOSING);
+    assert_eq!(
+        params.session_timeout_ns(PROTO_TCP, TCP_STATE_CLOSING),
+        params.tcp_transitory_ns
+    );
+}
+
+/// RFC 7857: an RST does not end a connection that goes on (the RST was
+/// spoofed, or lost on its way): data after it brings it back.
+#[test]
+fn data_after_a_reset_brings_the_connection_back() {
+    let mut lab = PacketLab::new().unwrap();
+    segment(&mut lab, true, SYN);
+    segment(&mut lab, false, SYN | ACK);
+    segment(&mut lab, true, ACK);
+    segment(&mut lab, false, RST);
+    assert_eq!(tcp_state(&lab), TCP_STATE_CLOSED);
+    segment(&mut lab, true, ACK | PSH);
+    assert_eq!(tcp_state(&lab), TCP_STATE_ESTABLISHED);
+}
+
+/// RFC 5382 REQ-2a: simultaneous open. Both ends send a SYN; the remote's
+/// arrives after the LAN host's went out, answers it with SYN+ACK, and the
+/// connection is established.
+#[test]
+fn simultaneous_open_reaches_established() {
+    let mut lab = PacketLab::new().unwrap();
+    segment(&mut lab, true, SYN);
+    assert_eq!(tcp_state(&lab), TCP_STATE_OPENING);
+    segment(&mut lab, false, SYN);
+    segment(&mut lab, true, SYN | ACK);
+    segment(&mut lab, false, SYN | ACK);
+    assert_eq!(tcp_state(&lab), TCP_STATE_ESTABLISHED);
 }
