@@ -1,13 +1,23 @@
-//! Table reads: configuration, static forwards and their allowed remotes,
-//! and existing dynamic bindings. New bindings are made in `binding`.
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+//! Lookups: configuration, static forwards and their allowed remotes,
+//! existing dynamic bindings, and the router's own sockets. New bindings
+//! are made in `binding`.
+use aya_ebpf::{
+    bindings::{
+        BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{bpf_ktime_get_coarse_ns, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
+    maps::lpm_trie::Key,
+};
 use nat_common::{
     AllowedRemote, Binding, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
+    context::NatContext,
     maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS},
-    parse::Endpoint,
+    parse::{Endpoint, Ipv4Packet, Side},
 };
 
 #[inline(always)]
@@ -118,6 +128,41 @@ pub fn outbound_external(proto: u8, internal: Endpoint, now: u64) -> Option<Exte
     }
     let port = binding_outbound(proto, internal, now)?;
     Some(External { port, rule_id: 0 })
+}
+
+/// Whether one of the router's own sockets wants `packet`, which came to
+/// its WAN address: a service it runs (SSH, a VPN), or its own client
+/// traffic (DNS, NTP, DHCP renewals). Asked only of packets no mapping or
+/// rule takes, so it costs nothing on the fast path.
+#[inline(always)]
+pub fn local_socket_wants(ctx: &impl NatContext, packet: &Ipv4Packet) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: u32::from_ne_bytes(packet.addr(Side::Source)),
+                daddr: u32::from_ne_bytes(packet.addr(Side::Destination)),
+                sport: packet.port(Side::Source).to_be(),
+                dport: packet.port(Side::Destination).to_be(),
+            },
+        },
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: the context is the program's, the tuple lives on this stack
+    // frame for the call, and a socket found is released at once. Each
+    // helper is called by name: the verifier refuses indirect calls.
+    unsafe {
+        let socket = match packet.proto {
+            PROTO_TCP => bpf_sk_lookup_tcp(ctx.raw(), &mut tuple, size, netns, 0),
+            PROTO_UDP => bpf_sk_lookup_udp(ctx.raw(), &mut tuple, size, netns, 0),
+            _ => return false,
+        };
+        if socket.is_null() {
+            return false;
+        }
+        bpf_sk_release(socket.cast());
+    }
+    true
 }
 
 /// Who is behind an external port.

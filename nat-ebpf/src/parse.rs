@@ -27,6 +27,13 @@ pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// An ICMP message is either a query (whose id is mapped like a port) or an
 /// error (which quotes the packet it is about).
+
+/// TCP header flags, as `Ipv4Packet::tcp_flags` holds them.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum IcmpKind {
     NotIcmp,

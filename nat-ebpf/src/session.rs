@@ -12,13 +12,8 @@ use nat_common::{
 use crate::{
     counters::count,
     maps::{BPF_NOEXIST, FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
-    parse::Endpoint,
+    parse::{Endpoint, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// One external endpoint talking to one remote endpoint, as a packet of
 /// that conversation shows it.

@@ -1,21 +1,33 @@
 //! WAN ingress: destination translation of replies on dynamic mappings and
 //! of new connections on static forwarding entries.
-use nat_common::{Counter, NatConfig, PROTO_ICMP, UNSOLICITED_DROP};
+use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, UNSOLICITED_DROP};
 use network_types::eth::EthHdr;
 
 use crate::{
     context::NatContext,
     counters::{count, count_rule},
     egress::{redirect, route},
-    lookup::{Target, config, inbound_target, now_ns, remote_allowed},
-    parse::{ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
+    lookup::{Target, config, inbound_target, local_socket_wants, now_ns, remote_allowed},
+    parse::{
+        ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, TCP_ACK, TCP_SYN, frame_len, parse_frame,
+        parse_quoted,
+    },
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
 
+/// What becomes of a packet to the WAN address that no mapping or rule
+/// lets in: the router's own sockets get theirs; a TCP SYN is never
+/// answered, so that TCP hole punching and simultaneous open work (RFC 5382
+/// REQ-4); the rest goes to the router's stack or is dropped, as
+/// `unsolicited` says.
 #[inline(always)]
-fn unsolicited(config: &NatConfig) -> Counter {
-    if config.unsolicited == UNSOLICITED_DROP {
+fn unsolicited(ctx: &impl NatContext, config: &NatConfig, packet: &Ipv4Packet) -> Counter {
+    if local_socket_wants(ctx, packet) {
+        Counter::UnsolicitedPass
+    } else if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        Counter::DropUnsolicited
+    } else if config.unsolicited == UNSOLICITED_DROP {
         Counter::DropUnsolicited
     } else {
         Counter::UnsolicitedPass
@@ -52,18 +64,19 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
         remote,
         tcp_flags: packet.tcp_flags,
     };
-    let target = inbound_target(packet.proto, external_port).ok_or_else(|| unsolicited(config))?;
+    let target = inbound_target(packet.proto, external_port)
+        .ok_or_else(|| unsolicited(ctx, config, &packet))?;
     let counter = match target {
         Target::Forward(forward) => {
             if !remote_allowed(&forward, remote.addr) {
                 count(Counter::RemoteNotAllowed, len);
-                return Err(unsolicited(config));
+                return Err(unsolicited(ctx, config, &packet));
             }
             Counter::Forwarded
         }
         Target::Binding(_) => {
             if !session_inbound_allowed(config, &conversation, now, len) {
-                return Err(unsolicited(config));
+                return Err(unsolicited(ctx, config, &packet));
             }
             Counter::Dnat
         }

@@ -9,7 +9,7 @@ use common::*;
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use nat_common::{
     EndpointKey, PROTO_TCP, PROTO_UDP, TCP_STATE_CLOSED, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED,
-    TCP_STATE_HALF_CLOSED_BY_OPENER, TCP_STATE_OPENING,
+    TCP_STATE_HALF_CLOSED_BY_OPENER, TCP_STATE_OPENING, UNSOLICITED_DROP, UNSOLICITED_PASS,
 };
 use nat_ctl::{
     aging::{datapath_now_ns, sweep_params},
@@ -223,4 +223,63 @@ fn simultaneous_open_reaches_established() {
     segment(&mut lab, true, SYN | ACK);
     segment(&mut lab, false, SYN | ACK);
     assert_eq!(tcp_state(&lab), TCP_STATE_ESTABLISHED);
+}
+
+/// RFC 5382 REQ-4 and issue 11: what no mapping or rule takes goes to a
+/// socket of the router's own if one wants it (its services, its own DNS
+/// or NTP), even with `unsolicited = "drop"`; an unsolicited SYN nobody
+/// wants is dropped unanswered, so that hole punching works.
+#[test]
+fn the_routers_own_sockets_get_their_packets_and_stray_syns_no_answer() {
+    for unsolicited in [UNSOLICITED_PASS, UNSOLICITED_DROP] {
+        let mut lab = PacketLab::with_config(|c| c.unsolicited = unsolicited).unwrap();
+        // The router's SSH server and one of its own UDP client sockets.
+        let (ssh, ntp) = lab
+            .netns
+            .spawn(|| {
+                let ssh = std::net::TcpListener::bind((WAN_ADDR, 22))?;
+                let ntp = std::net::UdpSocket::bind((WAN_ADDR, 40123))?;
+                ntp.connect((REMOTE, 123))?;
+                Ok((ssh, ntp))
+            })
+            .join()
+            .unwrap()
+            .unwrap();
+        for (frame, verdict, what) in [
+            (
+                tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 22), SYN, b""),
+                XDP_PASS,
+                "a SYN to the router's SSH",
+            ),
+            (
+                udp(ep(REMOTE, 123), ep(WAN_ADDR, 40123), b"ntp"),
+                XDP_PASS,
+                "the router's NTP answer",
+            ),
+            (
+                tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 2222), SYN, b""),
+                XDP_DROP,
+                "a SYN nobody listens for",
+            ),
+        ] {
+            assert_eq!(
+                lab.from_wan(&frame).unwrap().action,
+                verdict,
+                "{what}, unsolicited = {unsolicited}"
+            );
+        }
+        // Nothing listens: UDP goes to the stack or the floor as configured.
+        let stray = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40999), b"x");
+        let expected = if unsolicited == UNSOLICITED_DROP {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        };
+        assert_eq!(
+            lab.from_wan(&stray).unwrap().action,
+            expected,
+            "unsolicited = {unsolicited}"
+        );
+        drop((ssh, ntp));
+    }
 }
