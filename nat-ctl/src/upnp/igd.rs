@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     config::UpnpSettings,
-    rules::{ForwardRule, PortRange, Protocol, RuleError, UpnpLease},
+    rules::{ForwardRule, Lease, PortRange, Protocol, RuleError},
 };
 
 /// How many ports AddAnyPortMapping tries before answering 728.
@@ -276,7 +276,9 @@ fn add_port_mapping(
         internal: PortRange::single(internal_port),
         allow: remote.clone(),
         enabled,
-        upnp: Some(UpnpLease {
+        upnp: Some(Lease {
+            origin: crate::rules::LeaseOrigin::Upnp,
+            nonce: None,
             client: caller,
             description: description.to_owned(),
             expires_at: (lease != 0).then(|| now + u64::from(lease)),
@@ -306,9 +308,9 @@ fn add_port_mapping(
         let rules = gateway.rules();
         let mut remove = Vec::new();
         if let Some(existing) = find(&rules, protocol, port) {
+            // A NAT-PMP or PCP mapping is not UPnP's to renew or take over.
             let renewable = existing
-                .upnp
-                .as_ref()
+                .upnp_lease()
                 .is_some_and(|lease| lease.client == caller || !settings.secure_mode)
                 && existing.internal_addr == client;
             if !renewable {
@@ -353,8 +355,7 @@ fn add_port_mapping(
 }
 
 fn may_manage(settings: &UpnpSettings, caller: Ipv4Addr, rule: &ForwardRule) -> bool {
-    rule.upnp
-        .as_ref()
+    rule.upnp_lease()
         .is_some_and(|lease| !settings.secure_mode || lease.client == caller)
 }
 
@@ -371,7 +372,7 @@ fn delete_port_mapping(
     // Only UPnP mappings are visible to UPnP; the user's rules are not ours
     // to delete.
     let rule = find(&rules, protocol, port)
-        .filter(|rule| rule.upnp.is_some())
+        .filter(|rule| rule.upnp_lease().is_some())
         .ok_or(UpnpError::NoSuchEntryInArray)?;
     if !may_manage(settings, caller, rule) {
         return Err(UpnpError::ActionNotAuthorized);
@@ -394,7 +395,7 @@ fn port_range(request: &SoapRequest) -> Result<(u16, u16, &'static str, bool), U
 }
 
 fn in_range(rule: &ForwardRule, start: u16, end: u16, protocol: &str) -> bool {
-    rule.upnp.is_some()
+    rule.upnp_lease().is_some()
         && protocol_name(rule.protocol) == protocol
         && (start..=end).contains(&rule.external.first)
 }
@@ -458,7 +459,7 @@ fn upnp_mappings(gateway: &impl Gateway) -> Vec<ForwardRule> {
     gateway
         .rules()
         .into_iter()
-        .filter(|rule| rule.upnp.is_some())
+        .filter(|rule| rule.upnp_lease().is_some())
         .collect()
 }
 
