@@ -702,6 +702,44 @@ mod tests {
     }
 
     #[test]
+    fn a_natpmp_mapping_is_not_upnps_to_renew_delete_or_list() {
+        let mut gateway = FakeGateway::new();
+        let mut rule: ForwardRule = "tcp/6881=192.168.0.12,name=natpmp-tcp-6881"
+            .parse()
+            .unwrap();
+        rule.upnp = Some(Lease {
+            origin: crate::rules::LeaseOrigin::Natpmp,
+            client: ME,
+            description: "NAT-PMP".into(),
+            expires_at: Some(1_003_600),
+            nonce: None,
+        });
+        gateway.apply(&[], vec![rule]).unwrap();
+        // The same client, the same port: still not UPnP's mapping.
+        assert_eq!(
+            call(
+                &mut gateway,
+                ME,
+                2,
+                "AddPortMapping",
+                &add_args("6881", "192.168.0.12", "60")
+            ),
+            Err(UpnpError::ConflictInMappingEntry)
+        );
+        let delete = [
+            ("NewRemoteHost", ""),
+            ("NewExternalPort", "6881"),
+            ("NewProtocol", "TCP"),
+        ];
+        assert_eq!(
+            call(&mut gateway, ME, 2, "DeletePortMapping", &delete),
+            Err(UpnpError::NoSuchEntryInArray)
+        );
+        assert_eq!(gateway.rules().len(), 1);
+        assert_eq!(gateway.rules()[0].kind(), "NATPMP");
+    }
+
+    #[test]
     fn secure_mode_and_permissions() {
         let mut gateway = FakeGateway::new();
         // Mapping to someone else.
