@@ -4,6 +4,7 @@
 //! with UPnP off getting its mapping by NAT-PMP/PCP; raw PCP for what no
 //! packaged client does (MAP with options, THIRD_PARTY, the header's
 //! address check). In each case a WAN host connects through the mapping.
+//! PEER reports the datapath's dynamic mapping of a flow.
 //! Also: lifetime expiry, secure mode between two LAN hosts, nothing
 //! answering from the WAN side, the announcement after a WAN address
 //! change, and a mapping that survives a daemon restart.
@@ -480,4 +481,67 @@ fn libtorrent_gets_its_port_mapping_by_natpmp() {
         connected,
         "the WAN host could not connect to port {port}: {seen:#?}"
     );
+}
+
+/// A PCP PEER request (RFC 6887 figure 10) for UDP.
+fn pcp_peer(client: Ipv4Addr, internal: u16, remote: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(remote) = remote else {
+        panic!("IPv4 only")
+    };
+    let mut out = pcp_map(client, 9, internal, 0, 600, &[]);
+    out[1] = 2;
+    out[36] = 17;
+    out.extend_from_slice(&remote.port().to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&mapped(*remote.ip()));
+    out
+}
+
+#[test]
+fn pcp_peer_reports_the_dynamic_mapping_of_a_flow() {
+    let lab = lab_with("");
+    let remote = SocketAddr::from((WAN_HOST, 9999));
+    // Before any traffic there is no mapping to report.
+    let answer = exchange(
+        &lab.lan,
+        LAN_SERVER,
+        server(),
+        pcp_peer(LAN_SERVER, 5400, remote),
+    )
+    .expect("a PCP answer");
+    assert_eq!(&answer[..2], &[2, 0x82]);
+    assert_eq!(answer[3], 11, "CANNOT_PROVIDE_EXTERNAL: {answer:?}");
+
+    // A flow out: the WAN host sees its external port.
+    let wan = join(lab.wan.spawn(move || {
+        let socket = UdpSocket::bind(remote)?;
+        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+        Ok(socket)
+    }));
+    let lan = join(lab.lan.spawn(|| Ok(UdpSocket::bind((LAN_SERVER, 5400))?)));
+    let mut buffer = [0u8; 16];
+    let mut seen = None;
+    for _ in 0..5 {
+        lan.send_to(b"out", remote).unwrap();
+        if let Ok((_, from)) = wan.recv_from(&mut buffer) {
+            seen = Some(from);
+            break;
+        }
+    }
+    let seen = seen.expect("the LAN host's datagram reached the WAN host");
+    assert_eq!(seen.ip(), std::net::IpAddr::V4(ROUTER_WAN));
+
+    let answer = exchange(
+        &lab.lan,
+        LAN_SERVER,
+        server(),
+        pcp_peer(LAN_SERVER, 5400, remote),
+    )
+    .expect("a PCP answer");
+    assert_eq!(answer.len(), 80, "{answer:?}");
+    assert_eq!(answer[3], 0, "SUCCESS: {answer:?}");
+    assert_eq!(u16::from_be_bytes([answer[42], answer[43]]), seen.port());
+    assert_eq!(&answer[56..60], &ROUTER_WAN.octets());
+    // PEER made no rule: the mapping is the datapath's.
+    assert!(lab.rules().is_empty());
 }

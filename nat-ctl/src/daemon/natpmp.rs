@@ -8,6 +8,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
+use nat_common::EndpointKey;
 use tokio::sync::watch;
 
 use super::{Daemon, unix_now, upnp::DaemonGateway};
@@ -15,7 +16,7 @@ use crate::{
     natpmp::{
         server::{Gateway, Outcome, Policy, Server},
         service::{self, Control, Running, ServiceConfig},
-        wire,
+        wire::{self, MapProtocol},
     },
     rules::ForwardRule,
     upnp::igd::GatewayError,
@@ -77,6 +78,19 @@ impl Gateway for DaemonGateway<'_> {
 
     fn now_unix(&self) -> u64 {
         unix_now()
+    }
+
+    /// The outbound half of the datapath's mapping (its value holds the
+    /// external port).
+    fn dynamic_mapping(&self, protocol: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
+        let key = EndpointKey::outbound(protocol.number(), internal.ip().octets(), internal.port());
+        let binding = self.state.view.binding(&key).ok().flatten()?;
+        let timeouts = &self.state.config.timeouts;
+        let idle = match protocol {
+            MapProtocol::Udp => timeouts.udp,
+            MapProtocol::Tcp => timeouts.tcp_established,
+        };
+        Some((binding.port, idle.as_secs().min(u64::from(u32::MAX)) as u32))
     }
 }
 

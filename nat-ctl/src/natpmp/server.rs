@@ -42,6 +42,13 @@ pub trait Gateway {
     /// the name of a removed one keeps its id).
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError>;
     fn now_unix(&self) -> u64;
+    /// The external port of the dynamic mapping the datapath made for
+    /// `internal` (its first packet out), and how long it lives idle, in
+    /// seconds; `None` when it has none.
+    fn dynamic_mapping(&self, protocol: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
+        let _ = (protocol, internal);
+        None
+    }
 }
 
 /// The policy a request is judged by.
@@ -609,9 +616,7 @@ fn pcp(
                 options: Vec::new(),
             };
         }
-        // PEER would pre-create a dynamic mapping, which only the datapath
-        // makes (on the first packet): not offered.
-        PcpBody::Peer(_) => return error(PcpResult::UnsuppOpcode, Some(request.body.clone())),
+        PcpBody::Peer(peer) => return pcp_peer(gateway, policy, caller, &request, *peer, epoch),
         PcpBody::Map(map) => *map,
     };
     let body = Some(request.body.clone());
@@ -701,6 +706,91 @@ fn pcp(
     }
 }
 
+/// PEER (RFC 6887 section 12) where it fits the mapping model: the
+/// datapath makes dynamic mappings itself, on a host's first packet out,
+/// so PEER reports the one there is (a forwarding rule's port, else the
+/// dynamic mapping's) and cannot create one ahead of the traffic
+/// (CANNOT_PROVIDE_EXTERNAL, short-lived: retry once the flow has
+/// started). Its lifetime is the mapping's idle timeout at most; a
+/// lifetime of 0 is acknowledged, the mapping ages out by itself.
+fn pcp_peer(
+    gateway: &mut dyn Gateway,
+    policy: &Policy,
+    caller: Ipv4Addr,
+    request: &PcpRequest,
+    peer: wire::PeerData,
+    epoch: u32,
+) -> PcpResponse {
+    let body = Some(request.body.clone());
+    let error = |result: PcpResult| PcpResponse {
+        opcode: request.opcode,
+        result,
+        lifetime: result.error_lifetime(),
+        epoch,
+        body: body.clone(),
+        options: Vec::new(),
+    };
+    let protocol = match peer.map.protocol {
+        wire::PROTO_TCP => MapProtocol::Tcp,
+        wire::PROTO_UDP => MapProtocol::Udp,
+        _ => return error(PcpResult::UnsuppProtocol),
+    };
+    if peer.map.internal_port == 0
+        || peer.remote_port == 0
+        || wire::unmapped(peer.remote_addr).is_none()
+    {
+        return error(PcpResult::MalformedRequest);
+    }
+    let internal = match request.third_party() {
+        None => caller,
+        Some(_) if policy.upnp.secure_mode => return error(PcpResult::NotAuthorized),
+        Some(addr) => match wire::unmapped(addr) {
+            Some(addr) => addr,
+            None => return error(PcpResult::MalformedOption),
+        },
+    };
+    let Some(external_addr) = gateway.external_address() else {
+        return error(PcpResult::NetworkFailure);
+    };
+    let number = protocol.number();
+    let port = peer.map.internal_port;
+    let by_rule = gateway.rules().into_iter().find_map(|rule| {
+        (rule.enabled
+            && rule.internal_addr == internal
+            && rule.protocol.numbers().contains(&number)
+            && (rule.internal.first..=rule.internal.last).contains(&port))
+        .then(|| {
+            let external = rule.external.first + (port - rule.internal.first);
+            let left = rule
+                .upnp
+                .as_ref()
+                .and_then(|lease| lease.expires_at)
+                .map_or(u32::MAX, |at| at.saturating_sub(gateway.now_unix()) as u32);
+            (external, left)
+        })
+    });
+    let found =
+        by_rule.or_else(|| gateway.dynamic_mapping(protocol, SocketAddrV4::new(internal, port)));
+    let Some((external, most)) = found else {
+        return error(PcpResult::CannotProvideExternal);
+    };
+    PcpResponse {
+        opcode: request.opcode,
+        result: PcpResult::Success,
+        lifetime: request.lifetime.min(most).min(policy.natpmp.max_lifetime),
+        epoch,
+        body: Some(PcpBody::Peer(wire::PeerData {
+            map: MapData {
+                external_port: external,
+                external_addr: wire::mapped(external_addr),
+                ..peer.map
+            },
+            ..peer
+        })),
+        options: request.options.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,6 +805,7 @@ mod tests {
         rules: RuleSet,
         now: u64,
         wan: Option<Ipv4Addr>,
+        dynamic: Vec<(MapProtocol, SocketAddrV4, u16)>,
     }
 
     impl Gateway for Fake {
@@ -746,6 +837,16 @@ mod tests {
         fn now_unix(&self) -> u64 {
             self.now
         }
+        fn dynamic_mapping(
+            &self,
+            protocol: MapProtocol,
+            internal: SocketAddrV4,
+        ) -> Option<(u16, u32)> {
+            self.dynamic
+                .iter()
+                .find(|(p, i, _)| *p == protocol && *i == internal)
+                .map(|(_, _, external)| (*external, 300))
+        }
     }
 
     fn fake() -> Fake {
@@ -753,6 +854,7 @@ mod tests {
             rules: RuleSet::default(),
             now: 1_000_000,
             wan: Some(WAN),
+            dynamic: Vec::new(),
         }
     }
 
@@ -1071,6 +1173,62 @@ mod tests {
         let request = pcp_map_request(CLIENT, 5002, 0, 60, vec![]);
         let answer = send(&mut gateway, &policy, CLIENT, &pcp_request_bytes(&request));
         assert_eq!(answer[3], PcpResult::NetworkFailure as u8);
+    }
+
+    fn peer_request(internal: u16, lifetime: u32, protocol: u8) -> Vec<u8> {
+        let request = PcpRequest {
+            opcode: wire::PCP_OP_PEER,
+            lifetime,
+            client: mapped(CLIENT),
+            body: PcpBody::Peer(wire::PeerData {
+                map: MapData {
+                    nonce: [3; 12],
+                    protocol,
+                    internal_port: internal,
+                    external_port: 0,
+                    external_addr: std::net::Ipv6Addr::UNSPECIFIED,
+                },
+                remote_port: 443,
+                remote_addr: mapped(Ipv4Addr::new(198, 51, 100, 7)),
+            }),
+            options: vec![],
+        };
+        pcp_request_bytes(&request)
+    }
+
+    #[test]
+    fn pcp_peer_reports_the_mapping_there_is() {
+        let mut gateway = fake();
+        let policy = policy();
+        // No traffic yet: nothing to report, retry soon.
+        let answer = send(&mut gateway, &policy, CLIENT, &peer_request(5000, 600, 17));
+        assert_eq!(answer[3], PcpResult::CannotProvideExternal as u8);
+        assert_eq!(&answer[4..8], &wire::SHORT_ERROR_LIFETIME.to_be_bytes());
+        // The datapath's dynamic mapping: its port, its idle timeout.
+        gateway
+            .dynamic
+            .push((MapProtocol::Udp, SocketAddrV4::new(CLIENT, 5000), 5000));
+        let answer = send(&mut gateway, &policy, CLIENT, &peer_request(5000, 600, 17));
+        assert_eq!(answer.len(), 24 + 56);
+        assert_eq!(&answer[..4], &[2, 0x82, 0, 0]);
+        assert_eq!(&answer[4..8], &300u32.to_be_bytes());
+        assert_eq!(&answer[42..44], &5000u16.to_be_bytes());
+        assert_eq!(&answer[56..60], &WAN.octets());
+        assert_eq!(&answer[60..62], &443u16.to_be_bytes());
+        // A forwarding rule's endpoint: the rule's port.
+        send(
+            &mut gateway,
+            &policy,
+            CLIENT,
+            &pmp_map(MapProtocol::Tcp, 6881, 7000, 60),
+        );
+        let answer = send(&mut gateway, &policy, CLIENT, &peer_request(6881, 600, 6));
+        assert_eq!(answer[3], 0);
+        assert_eq!(&answer[42..44], &7000u16.to_be_bytes());
+        assert_eq!(&answer[4..8], &60u32.to_be_bytes());
+        // Malformed: internal port 0.
+        let answer = send(&mut gateway, &policy, CLIENT, &peer_request(0, 600, 6));
+        assert_eq!(answer[3], PcpResult::MalformedRequest as u8);
     }
 
     #[test]
