@@ -1,6 +1,7 @@
 //! NAT-PMP and PCP datagrams from the LAN: classifying and parsing them,
 //! answering them through the server over an in-memory gateway (mappings
-//! made, renewed and deleted as the datagrams ask), and re-parsing the
+//! made, renewed and deleted as the datagrams ask; PEER finding a dynamic
+//! mapping for every endpoint), and re-parsing the
 //! PCP requests we can re-encode.
 #![no_main]
 
@@ -15,7 +16,7 @@ use nat_ctl::{
     config::{NatpmpSettings, UpnpSettings},
     natpmp::{
         server::{Gateway, Outcome, Policy, Server},
-        wire::{self, Incoming},
+        wire::{self, Incoming, MapProtocol},
     },
     rules::{ForwardRule, RuleSet},
     upnp::igd::GatewayError,
@@ -43,12 +44,17 @@ impl Gateway for Fake {
         for rule in add {
             next.add(rule, None).map_err(GatewayError::Rule)?;
         }
-        next.validate(self.lan().unwrap()).map_err(GatewayError::Rule)?;
+        next.validate(self.lan().unwrap())
+            .map_err(GatewayError::Rule)?;
         self.rules = next;
         Ok(())
     }
     fn now_unix(&self) -> u64 {
         1_000_000
+    }
+    /// Every endpoint has a dynamic mapping, so PEER's answers are built.
+    fn dynamic_mapping(&self, _: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
+        Some((internal.port(), 300))
     }
 }
 
@@ -75,7 +81,9 @@ fuzz_target!(|data: &[u8]| {
     let from = SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 12), 5350);
     // Twice: the second time renews (or deletes) what the first made.
     for _ in 0..2 {
-        if let Outcome::Answer(answer) = server.handle(&mut gateway, &policy, from, data, Instant::now()) {
+        if let Outcome::Answer(answer) =
+            server.handle(&mut gateway, &policy, from, data, Instant::now())
+        {
             assert!(answer.len() <= wire::PCP_MAX_LEN);
             assert!(answer.len() >= 8);
             assert!(answer[1] & wire::RESPONSE_BIT != 0);
