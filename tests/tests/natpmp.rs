@@ -438,7 +438,7 @@ sys.stdout.flush()
 "#;
 
 #[test]
-fn libtorrent_gets_its_port_mapping_by_natpmp() {
+fn libtorrent_with_upnp_off_gets_its_port_mapping() {
     let lab = lab_with("[upnp]\nenabled = false\n");
     let mut child = lab
         .lan
@@ -478,7 +478,8 @@ fn libtorrent_gets_its_port_mapping_by_natpmp() {
             lab.natctl_log()
         );
     };
-    // libtorrent speaks PCP first and NAT-PMP when PCP is refused: either
+    // libtorrent (2.0) speaks PCP first (it maps pcp-tcp-6881 and
+    // pcp-udp-6881 here) and NAT-PMP when PCP is refused: either
     // makes a mapping of its own type.
     let rules = lab.rules();
     assert!(
@@ -487,6 +488,11 @@ fn libtorrent_gets_its_port_mapping_by_natpmp() {
             .any(|kind| rule["name"] == format!("{kind}-tcp-{port}"))),
         "{rules:#?}"
     );
+    let names: Vec<&str> = rules
+        .iter()
+        .filter_map(|rule| rule["name"].as_str())
+        .collect();
+    eprintln!("libtorrent's mappings: {names:?}");
     // The WAN host reaches libtorrent's listener through the mapping.
     let connected = wan_connects(&lab, port);
     let _ = child.kill();
