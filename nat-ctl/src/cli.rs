@@ -111,7 +111,7 @@ enum Command {
         /// A local, external or remote port.
         #[arg(long)]
         port: Option<u16>,
-        /// static, dynamic or upnp.
+        /// static, dynamic, upnp, natpmp or pcp.
         #[arg(long = "type")]
         kind: Option<String>,
     },
@@ -128,6 +128,13 @@ enum Command {
     /// `[upnp] enabled` in the configuration to make it last); off also
     /// removes the mappings clients made.
     Upnp {
+        #[arg(value_parser = ["on", "off"])]
+        switch: String,
+    },
+    /// Switch the NAT-PMP and PCP server (one switch for both: they share
+    /// UDP port 5351) on or off until the daemon restarts (`[natpmp]
+    /// enabled` makes it last); off also removes their mappings.
+    Natpmp {
         #[arg(value_parser = ["on", "off"])]
         switch: String,
     },
@@ -358,6 +365,19 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 println!(
                     "UPnP off; removed {} mapping(s) clients had made",
+                    answer.removed.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Natpmp { switch } => {
+            let on = switch == "on";
+            let answer = block_on(client.natpmp(on))?;
+            if on {
+                println!("NAT-PMP/PCP on");
+            } else {
+                println!(
+                    "NAT-PMP/PCP off; removed {} mapping(s) clients had made",
                     answer.removed.len()
                 );
             }

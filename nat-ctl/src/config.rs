@@ -49,6 +49,45 @@ pub struct DaemonConfig {
     #[serde(deserialize_with = "timeouts")]
     pub timeouts: Timeouts,
     pub upnp: UpnpSettings,
+    pub natpmp: NatpmpSettings,
+}
+
+/// The `[natpmp]` table: the NAT-PMP (RFC 6886) and PCP (RFC 6887) server
+/// on the LAN, one switch for both (they share UDP port 5351). Secure mode
+/// and the permissions are the `[upnp]` table's: one policy for every
+/// protocol a client maps ports with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatpmpSettings {
+    pub enabled: bool,
+    /// The longest lifetime granted, in seconds; a client asking for more
+    /// gets this (both RFCs let the server shorten a lifetime).
+    #[serde(deserialize_with = "max_lease")]
+    pub max_lifetime: u32,
+    /// Requests per second one LAN host may make (twice that in a burst);
+    /// beyond it requests are dropped unanswered.
+    #[serde(deserialize_with = "rate_limit")]
+    pub rate_limit: u32,
+}
+
+impl Default for NatpmpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_lifetime: 86_400,
+            rate_limit: 200,
+        }
+    }
+}
+
+fn rate_limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let rate = i64::deserialize(deserializer)?;
+    if !(1..=1_000_000).contains(&rate) {
+        return Err(D::Error::custom(format!(
+            "rate_limit = {rate}: expected requests per second from 1 to 1000000"
+        )));
+    }
+    Ok(rate as u32)
 }
 
 /// The `[upnp]` table: the IGD served on the LAN.
@@ -176,6 +215,7 @@ impl Default for DaemonConfig {
             nat: NatSettings::default(),
             timeouts: Timeouts::default(),
             upnp: UpnpSettings::default(),
+            natpmp: NatpmpSettings::default(),
         }
     }
 }
@@ -647,6 +687,7 @@ internal_ports = "1-65535"
                     }],
                     ..UpnpSettings::default()
                 },
+                natpmp: NatpmpSettings::default(),
             }
         );
         // First match wins; no match denies.

@@ -98,7 +98,8 @@ pub struct TableRow {
     pub remote_port: Option<u16>,
     /// TCP, UDP, ICMP, or TCP/UDP for a rule covering both.
     pub protocol: String,
-    /// STATIC or UPNP (a rule, or a conversation through one), or DYNAMIC.
+    /// STATIC, UPNP, NATPMP or PCP (a rule, or a conversation through one),
+    /// or DYNAMIC.
     #[serde(rename = "type")]
     pub kind: String,
     /// Seconds left before the entry expires if idle; `None`: permanent.

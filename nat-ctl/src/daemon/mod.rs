@@ -8,8 +8,10 @@
 //! - `control`: the control API's handler;
 //! - `tasks`: aging, the connection log, address changes, deferred saves,
 //!   lease expiry;
-//! - `upnp`: the IGD's supervisor and its adapters.
+//! - `upnp`: the IGD's supervisor and its adapters;
+//! - `natpmp`: the NAT-PMP/PCP server's supervisor and adapter.
 mod control;
+mod natpmp;
 mod state;
 mod tasks;
 mod upnp;
@@ -97,6 +99,10 @@ pub(super) struct Daemon {
     upnp_wanted: AtomicBool,
     /// Wakes the UPnP supervisor: a switch, an address or a reload.
     upnp_changed: tokio::sync::Notify,
+    /// `natctl natpmp on|off` (NAT-PMP and PCP together).
+    natpmp_wanted: AtomicBool,
+    /// Wakes the NAT-PMP/PCP supervisor.
+    natpmp_changed: tokio::sync::Notify,
     boot_id: u32,
 }
 
@@ -292,6 +298,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
 
     let (lifecycle, mut lifecycle_changes) = watch::channel(Lifecycle::Running);
     let upnp_enabled = config.upnp.enabled;
+    let natpmp_enabled = config.natpmp.enabled;
     let store_changed = Arc::new(tokio::sync::Notify::new());
     let ring = running.new_connections;
     let socket = config.socket.clone();
@@ -316,6 +323,8 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         attach,
         upnp_wanted: AtomicBool::new(upnp_enabled),
         upnp_changed: tokio::sync::Notify::new(),
+        natpmp_wanted: AtomicBool::new(natpmp_enabled),
+        natpmp_changed: tokio::sync::Notify::new(),
         boot_id: unix_now() as u32,
     });
 
@@ -336,8 +345,12 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             tracing::error!("removing UPnP mappings: {error}");
         }
     }
+    if !natpmp_enabled && let Err(error) = daemon.switch_natpmp(false) {
+        tracing::error!("removing NAT-PMP/PCP mappings: {error}");
+    }
     let (upnp_stop_tx, upnp_stop) = watch::channel(false);
-    let upnp = tokio::spawn(upnp::supervise_upnp(daemon.clone(), upnp_stop));
+    let upnp = tokio::spawn(upnp::supervise_upnp(daemon.clone(), upnp_stop.clone()));
+    let natpmp = tokio::spawn(natpmp::supervise_natpmp(daemon.clone(), upnp_stop));
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -367,7 +380,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     // (SSDP byebye) before the daemon goes.
     let _ = upnp_stop_tx.send(true);
     let _ = api_stop_tx.send(true);
-    let _ = tokio::join!(upnp, server);
+    let _ = tokio::join!(upnp, natpmp, server);
     if let Err(error) = daemon.lock().flush() {
         tracing::error!("saving the last rule changes: {error}");
     }
