@@ -113,6 +113,13 @@ pub struct UpnpSettings {
     /// ask for it). Off, 0 means `max_lease`: a mapping a client forgot
     /// must not outlive it, and reboots, for ever.
     pub allow_permanent: bool,
+    /// The most mappings one LAN host may hold through UPnP, NAT-PMP and
+    /// PCP together, enabled or not.
+    pub max_mappings_per_client: usize,
+    /// The most such mappings all hosts together may hold: the rest of the
+    /// rule table is kept for the admin's own rules.
+    #[serde(deserialize_with = "max_mappings")]
+    pub max_mappings: usize,
     /// Checked in order, first match wins; no match is a denial. Empty:
     /// the safe default, ports 1024-65535 both sides, any LAN host.
     pub permissions: Vec<UpnpPermission>,
@@ -128,6 +135,8 @@ impl Default for UpnpSettings {
             http_port: 0,
             max_lease: 604_800,
             allow_permanent: false,
+            max_mappings_per_client: 128,
+            max_mappings: 4096,
             permissions: Vec::new(),
         }
     }
@@ -194,6 +203,21 @@ fn igd_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Erro
             "igd_version = {version}: expected 1 or 2"
         ))),
     }
+}
+
+/// Rule slots never given to clients, whatever `max_mappings` says.
+const ADMIN_RULE_SLOTS: usize = 256;
+
+fn max_mappings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let most = nat_common::MAX_RULES as usize - 1 - ADMIN_RULE_SLOTS;
+    let value = i64::deserialize(deserializer)?;
+    if !(0..=most as i64).contains(&value) {
+        return Err(D::Error::custom(format!(
+            "max_mappings = {value}: expected 0 to {most}, so that {ADMIN_RULE_SLOTS} rules are \
+             always left for the admin"
+        )));
+    }
+    Ok(value as usize)
 }
 
 fn max_lease<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
@@ -770,6 +794,18 @@ internal_ports = "1-65535"
             Path::new("x"),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn client_mappings_leave_room_for_the_admins_rules() {
+        let (line, _, message) = invalid("[upnp]\nmax_mappings = 8191\n");
+        assert_eq!(line, 2, "{message}");
+        assert!(
+            message.contains("max_mappings = 8191") && message.contains("admin"),
+            "{message}"
+        );
+        let config = DaemonConfig::parse("[upnp]\nmax_mappings = 100\n", Path::new("x")).unwrap();
+        assert_eq!(config.upnp.max_mappings, 100);
     }
 
     #[test]

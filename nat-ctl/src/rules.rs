@@ -79,6 +79,16 @@ pub enum RuleError {
     #[error("too many rules: at most {} are supported", nat_common::MAX_RULES - 1)]
     TooMany,
     #[error(
+        "{client} already holds {limit} mappings made by UPnP, NAT-PMP or PCP, the most one \
+         LAN host may (max_mappings_per_client); remove some first"
+    )]
+    ClientQuota { client: Ipv4Addr, limit: usize },
+    #[error(
+        "the LAN's hosts already hold {limit} mappings made by UPnP, NAT-PMP or PCP, the most \
+         there may be (max_mappings); the rest is kept for the admin's rules"
+    )]
+    LeasedQuota { limit: usize },
+    #[error(
         "rule {name}: external {protocol} port {port} is in use by a dynamic mapping of \
          {internal} (a LAN host's own connection); pick another port, or retry once that \
          connection has ended and its mapping expired"
@@ -364,6 +374,11 @@ impl ForwardRule {
     /// The lease, when a client made this mapping with `origin`.
     pub fn lease_of(&self, origin: LeaseOrigin) -> Option<&Lease> {
         self.upnp.as_ref().filter(|lease| lease.origin == origin)
+    }
+
+    /// The LAN host that asked for this mapping, if a client made it.
+    pub fn client(&self) -> Option<Ipv4Addr> {
+        self.upnp.as_ref().map(|lease| lease.client)
     }
 
     /// The lease of a UPnP mapping (not of a NAT-PMP or PCP one).

@@ -280,7 +280,9 @@ fn map(gateway: &mut dyn Gateway, policy: &Policy, ask: Ask) -> Result<(u16, u32
 
 fn failure(error: GatewayError) -> MapFailure {
     match error {
-        GatewayError::Rule(RuleError::TooMany) => MapFailure::TooMany,
+        GatewayError::Rule(
+            RuleError::TooMany | RuleError::ClientQuota { .. } | RuleError::LeasedQuota { .. },
+        ) => MapFailure::TooMany,
         GatewayError::Rule(RuleError::SharedTarget {
             other, addr, port, ..
         }) => MapFailure::TargetTaken(addr, port, other),

@@ -264,7 +264,9 @@ fn rule_error(error: GatewayError) -> UpnpError {
         GatewayError::Rule(RuleError::InUseByMapping { .. }) => {
             UpnpError::ConflictWithOtherMechanisms
         }
-        GatewayError::Rule(RuleError::TooMany) => UpnpError::NoPortMapsAvailable,
+        GatewayError::Rule(
+            RuleError::TooMany | RuleError::ClientQuota { .. } | RuleError::LeasedQuota { .. },
+        ) => UpnpError::NoPortMapsAvailable,
         GatewayError::Rule(RuleError::DuplicateName(_)) => UpnpError::ConflictInMappingEntry,
         GatewayError::Rule(_) => UpnpError::InvalidArgs,
         GatewayError::Failed(_) => UpnpError::ActionFailed,
