@@ -406,7 +406,7 @@ const GROUPS: &[(&str, &[Counter])] = &[
             Counter::IcmpErrorOut,
         ],
     ),
-    ("mappings", &[Counter::NewBinding]),
+    ("events", &[Counter::NewBinding]),
     (
         "dropped",
         &[
@@ -417,14 +417,34 @@ const GROUPS: &[(&str, &[Counter])] = &[
     ),
 ];
 
+/// Counters that count events, not traffic: the packet that caused one is
+/// counted by its own verdict, so their bytes mean nothing.
+const EVENTS: &[(Counter, &str)] = &[
+    (Counter::NewBinding, "mappings created"),
+    (Counter::SessionTableFull, "sessions not recorded"),
+    (
+        Counter::RemoteNotAllowed,
+        "refused by a rule's allowed remotes",
+    ),
+    (Counter::ConnectionEventLost, "connections not logged"),
+];
+
 pub fn format_stats(stats: &Stats) -> String {
     let mut out = String::new();
-    let line = |out: &mut String, label: &str, traffic: Traffic| {
-        let _ = writeln!(
-            out,
-            "  {:<24} {:>12} packets {:>14} bytes",
-            label, traffic.packets, traffic.bytes
-        );
+    let line = |out: &mut String, label: &str, traffic: Traffic| match EVENTS
+        .iter()
+        .find(|(counter, _)| counter.label() == label)
+    {
+        Some((_, what)) => {
+            let _ = writeln!(out, "  {label:<24} {:>12} {what}", traffic.packets);
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>12} packets {:>14} bytes",
+                label, traffic.packets, traffic.bytes
+            );
+        }
     };
     let mut shown = std::collections::HashSet::new();
     for (group, counters) in GROUPS {
@@ -534,5 +554,33 @@ mod tests {
     fn format_shows_permanent_and_any() {
         let text = format_table(&[rule_row()]);
         assert!(text.contains("PERMANENT") && text.contains("ANY") && text.contains("6881-6889"));
+    }
+
+    #[test]
+    fn event_counters_are_shown_as_counts_not_traffic() {
+        let traffic = |packets, bytes| Traffic { packets, bytes };
+        let stats = Stats {
+            counters: [
+                ("new_binding".to_owned(), traffic(7, 420)),
+                ("snat".to_owned(), traffic(100, 6000)),
+            ]
+            .into_iter()
+            .collect(),
+            rules: Vec::new(),
+            dynamic_mappings: 7,
+            last_sweep: None,
+        };
+        let text = format_stats(&stats);
+        let binding = text
+            .lines()
+            .find(|line| line.contains("new_binding"))
+            .unwrap();
+        assert!(binding.contains("7 mappings created"), "{binding}");
+        assert!(!binding.contains("bytes"), "{binding}");
+        let snat = text.lines().find(|line| line.contains("snat")).unwrap();
+        assert!(
+            snat.contains("100 packets") && snat.contains("6000 bytes"),
+            "{snat}"
+        );
     }
 }
