@@ -50,6 +50,18 @@ pub struct DaemonConfig {
     pub timeouts: Timeouts,
     pub upnp: UpnpSettings,
     pub natpmp: NatpmpSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// The `[metrics]` table: the Prometheus endpoint, off unless `listen` is
+/// set. It has no authentication: give it a loopback or management
+/// address, never the WAN's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served, e.g. "127.0.0.1:9469".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The `[natpmp]` table: the NAT-PMP (RFC 6886) and PCP (RFC 6887) server
@@ -240,6 +252,7 @@ impl Default for DaemonConfig {
             timeouts: Timeouts::default(),
             upnp: UpnpSettings::default(),
             natpmp: NatpmpSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -673,6 +686,9 @@ action = "deny"
 external = "6000-6999"
 internal = "192.168.0.0/24"
 internal_ports = "1-65535"
+
+[metrics]
+listen = "127.0.0.1:9469"
 "#;
         let config = DaemonConfig::parse(text, Path::new("natctl.toml")).unwrap();
         assert_eq!(
@@ -712,6 +728,9 @@ internal_ports = "1-65535"
                     ..UpnpSettings::default()
                 },
                 natpmp: NatpmpSettings::default(),
+                metrics: MetricsSettings {
+                    listen: Some("127.0.0.1:9469".parse().unwrap()),
+                },
             }
         );
         // First match wins; no match denies.

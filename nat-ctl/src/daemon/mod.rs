@@ -11,6 +11,7 @@
 //! - `upnp`: the IGD's supervisor and its adapters;
 //! - `natpmp`: the NAT-PMP/PCP server's supervisor and adapter.
 mod control;
+mod metrics;
 mod natpmp;
 mod state;
 mod tasks;
@@ -104,6 +105,8 @@ pub(super) struct Daemon {
     /// Wakes the NAT-PMP/PCP supervisor.
     natpmp_changed: tokio::sync::Notify,
     boot_id: u32,
+    /// Client requests so far (for the metrics): protocol, action, result.
+    requests: Mutex<std::collections::BTreeMap<(&'static str, String, String), u64>>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (the datapath stays) or
@@ -235,6 +238,13 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     }
     let rules = rules_from_store(&config.rules_file, Some(lan_net), &RuleSet::default())?;
 
+    let metrics_listener =
+        match config.metrics.listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("opening the metrics endpoint {addr} ([metrics] listen)")
+            })?),
+            None => None,
+        };
     // Refuse early if another daemon serves the socket, before touching
     // its datapath.
     let listener = api::bind(&config.socket)
@@ -326,6 +336,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         natpmp_wanted: AtomicBool::new(natpmp_enabled),
         natpmp_changed: tokio::sync::Notify::new(),
         boot_id: unix_now() as u32,
+        requests: Mutex::default(),
     });
 
     let (api_stop_tx, api_stop) = watch::channel(false);
@@ -350,7 +361,15 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     }
     let (upnp_stop_tx, upnp_stop) = watch::channel(false);
     let upnp = tokio::spawn(upnp::supervise_upnp(daemon.clone(), upnp_stop.clone()));
-    let natpmp = tokio::spawn(natpmp::supervise_natpmp(daemon.clone(), upnp_stop));
+    let natpmp = tokio::spawn(natpmp::supervise_natpmp(daemon.clone(), upnp_stop.clone()));
+    let metrics = match metrics_listener {
+        Some(listener) => tokio::spawn(crate::metrics::serve(
+            listener,
+            daemon.clone() as Arc<dyn crate::metrics::Source>,
+            upnp_stop,
+        )),
+        None => tokio::spawn(async {}),
+    };
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -380,7 +399,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     // (SSDP byebye) before the daemon goes.
     let _ = upnp_stop_tx.send(true);
     let _ = api_stop_tx.send(true);
-    let _ = tokio::join!(upnp, natpmp, server);
+    let _ = tokio::join!(upnp, natpmp, metrics, server);
     if let Err(error) = daemon.lock().flush() {
         tracing::error!("saving the last rule changes: {error}");
     }

@@ -116,7 +116,11 @@ impl Control for NatpmpControl {
             started: daemon.started,
             who,
         };
-        server.handle(&mut gateway, &policy, from, data, now)
+        let outcome = server.handle(&mut gateway, &policy, from, data, now);
+        drop(state);
+        let (protocol, action, result) = request_labels(data, &outcome);
+        daemon.count_request(protocol, action.to_owned(), result);
+        outcome
     }
 
     fn external_address(&self) -> Option<Ipv4Addr> {
@@ -126,4 +130,32 @@ impl Control for NatpmpControl {
     fn rate_limit(&self) -> u32 {
         self.0.lock().config.natpmp.rate_limit
     }
+}
+
+/// A request's labels for the metrics: the protocol, the opcode's name,
+/// and the answer's result code ("dropped" when unanswered). Only known
+/// names: each is a time series.
+fn request_labels(data: &[u8], outcome: &Outcome) -> (&'static str, &'static str, String) {
+    let opcode = data.get(1).map_or(255, |op| op & 0x7f);
+    let (protocol, action) = match (data.first(), opcode) {
+        (Some(&wire::PMP_VERSION), 0) => ("NAT-PMP", "address"),
+        (Some(&wire::PMP_VERSION), 1) => ("NAT-PMP", "map_udp"),
+        (Some(&wire::PMP_VERSION), 2) => ("NAT-PMP", "map_tcp"),
+        (Some(&wire::PMP_VERSION), _) => ("NAT-PMP", "unknown"),
+        (_, 0) => ("PCP", "announce"),
+        (_, 1) => ("PCP", "map"),
+        (_, 2) => ("PCP", "peer"),
+        _ => ("PCP", "unknown"),
+    };
+    let result = match outcome {
+        // NAT-PMP: a 16-bit result code at bytes 2..4; PCP: byte 3.
+        Outcome::Answer(answer) if protocol == "NAT-PMP" => {
+            answer.get(2..4).map_or("?".to_owned(), |code| {
+                u16::from_be_bytes([code[0], code[1]]).to_string()
+            })
+        }
+        Outcome::Answer(answer) => answer.get(3).map_or("?".to_owned(), u8::to_string),
+        Outcome::Dropped(_) => "dropped".to_owned(),
+    };
+    (protocol, action, result)
 }

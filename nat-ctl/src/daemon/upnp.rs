@@ -265,6 +265,14 @@ impl Control for UpnpControl {
         };
         let outcome = igd::handle(&mut gateway, &settings, igd, caller, request);
         drop(state);
+        daemon.count_request(
+            "UPnP",
+            igd::action_metric(&request.action).to_owned(),
+            match &outcome {
+                Ok(_) => "ok".to_owned(),
+                Err(error) => error.code().to_string(),
+            },
+        );
         if let Err(error) = &outcome {
             let budget = self
                 .refusals

@@ -109,6 +109,15 @@ const ACTIONS: [&str; 16] = [
     "GetTotalPacketsReceived",
 ];
 
+/// An action name fit for a metric's label: a known one, else "unknown".
+pub fn action_metric(action: &str) -> &'static str {
+    ACTIONS
+        .iter()
+        .find(|known| **known == action)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// An action name fit for a log line: a known one as it is, anything else
 /// (chosen by whoever sent it) quoted, escaped and cut short.
 pub fn action_label(action: &str) -> String {
