@@ -150,6 +150,12 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Print the completion script for a shell (for packaging).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page in roff (for packaging).
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Subcommand)]
@@ -240,6 +246,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config {
             action: ConfigAction::Check { file },
         } => return check_config(file.as_deref().or(cli.config.as_deref())),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "natctl", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .section("8")
+                .render(&mut std::io::stdout())?;
+            return Ok(());
+        }
         command => command,
     };
     let down_pin_dir = match &command {
@@ -250,7 +268,10 @@ pub fn run(cli: Cli) -> Result<()> {
     let (socket, pin_dir) = client_paths(cli.config.as_deref(), cli.socket, down_pin_dir)?;
     let client = Client::new(&socket);
     match command {
-        Command::Daemon { .. } | Command::Config { .. } => unreachable!("handled above"),
+        Command::Daemon { .. }
+        | Command::Config { .. }
+        | Command::Completions { .. }
+        | Command::Manpage => unreachable!("handled above"),
         Command::Add {
             name,
             rule,

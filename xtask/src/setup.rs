@@ -24,6 +24,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "ethtool",
     "bpftool",
+    // systemd-analyze, which checks the unit `cargo xtask install` writes.
+    "systemd",
     "nftables",
     "conntrack",
     "iperf3",
@@ -50,6 +52,13 @@ pub fn run() -> Result<()> {
     cargo_fuzz()?;
     bpffs(root)?;
     Ok(())
+}
+
+/// What building natctl needs (`cargo xtask install`), no more.
+pub fn build_tools() -> Result<()> {
+    nightly_toolchain()?;
+    rust_src()?;
+    bpf_linker()
 }
 
 /// What `cargo xtask fuzz` needs, no more: it runs without root.

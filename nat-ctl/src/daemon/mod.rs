@@ -371,6 +371,9 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         None => tokio::spawn(async {}),
     };
 
+    // systemd (Type=notify) learns the service is up only now, with the
+    // datapath attached and the API served. Without systemd this is a no-op.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -379,10 +382,14 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         tokio::select! {
             _ = terminate.recv() => break Lifecycle::Stop,
             _ = interrupt.recv() => break Lifecycle::Stop,
-            _ = hangup.recv() => match daemon.reload() {
-                Ok(summary) => tracing::info!("SIGHUP: {summary}"),
-                Err(error) => tracing::error!("SIGHUP: {error}"),
-            },
+            _ = hangup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                match daemon.reload() {
+                    Ok(summary) => tracing::info!("SIGHUP: {summary}"),
+                    Err(error) => tracing::error!("SIGHUP: {error}"),
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
             changed = lifecycle_changes.changed() => {
                 if changed.is_err() {
                     break Lifecycle::Stop;
@@ -394,6 +401,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             }
         }
     };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // Both servers stop accepting and finish the responses in flight (the
     // `natctl down` that stopped us gets its answer); the IGD says goodbye
     // (SSDP byebye) before the daemon goes.
