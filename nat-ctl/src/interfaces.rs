@@ -93,6 +93,17 @@ pub fn prepare_router(lan: &str, wan: &str) -> Result<(), InterfaceError> {
     Ok(())
 }
 
+/// Undoes the forwarding of `prepare_router` on both NICs, for `natctl
+/// down`: with the datapath gone nothing translates, and a kernel that
+/// still forwarded would send LAN hosts' packets out of the WAN NIC with
+/// their LAN source addresses.
+pub fn stop_forwarding(lan: &str, wan: &str) -> Result<(), InterfaceError> {
+    for nic in [lan, wan] {
+        sysctl(format!("/proc/sys/net/ipv4/conf/{nic}/forwarding"), "0")?;
+    }
+    Ok(())
+}
+
 /// An rtnetlink handle, with its connection running on the current tokio
 /// runtime.
 pub fn netlink() -> Result<Handle, InterfaceError> {

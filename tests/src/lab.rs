@@ -29,6 +29,7 @@ use aya::{
 use nat_common::programs;
 
 use crate::{
+    capture::WanCapture,
     netns::{Netns, require_root, run},
     plan, wait_for,
 };
@@ -124,6 +125,8 @@ pub struct Lab {
     config: PathBuf,
     _peer_programs: Vec<Ebpf>,
     _bpffs: BpfFs,
+    /// Every frame the router sends to the WAN host, checked on drop.
+    capture: Option<WanCapture>,
     pub lan: Netns,
     pub router: Netns,
     pub wan: Netns,
@@ -186,6 +189,7 @@ impl Lab {
         }
 
         let peer_programs = vec![attach_pass(&lan, "eth0")?, attach_pass(&wan, "eth0")?];
+        let capture = Some(WanCapture::start(&wan, plan::HOST_IF)?);
         let mut lab = Self {
             daemon: None,
             log,
@@ -194,6 +198,7 @@ impl Lab {
             config,
             _peer_programs: peer_programs,
             _bpffs: bpffs,
+            capture,
             lan,
             router,
             wan,
@@ -288,6 +293,16 @@ impl Lab {
         child.kill()?;
         child.wait()?;
         Ok(())
+    }
+
+    /// Ends the WAN capture now and fails if any frame the router sent
+    /// out of its WAN NIC had a LAN-prefix source (the lab checks this on
+    /// drop anyway); returns how many frames it saw.
+    pub fn check_no_lan_leak(&mut self) -> Result<u64> {
+        match self.capture.take() {
+            Some(mut capture) => capture.finish(),
+            None => Ok(0),
+        }
     }
 
     pub fn natctl_log(&self) -> String {
@@ -428,6 +443,13 @@ impl Drop for Lab {
                 .args(["down", "--pin-dir"])
                 .arg(&self.pins)
                 .output();
+        }
+        // The invariant of every lab, checked unless the test failed
+        // already (a second panic would abort and hide the first).
+        if let Err(error) = self.check_no_lan_leak()
+            && !std::thread::panicking()
+        {
+            panic!("{error:#}");
         }
         // Then the fields: the log, state, peer programs, the bpffs, the
         // namespaces.
