@@ -7,11 +7,11 @@ use network_types::eth::EthHdr;
 use crate::{
     binding::external_port_for,
     counters::{count, count_rule},
-    egress::{redirect, route},
+    egress::{redirect, route, route_fragmentable},
+    frag,
     lookup::{Target, config, in_prefix, inbound_target, now_ns, outbound_external},
     parse::{
-        Endpoint, ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame,
-        parse_quoted,
+        Endpoint, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted,
     },
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
@@ -26,31 +26,49 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::LanRx, len);
     let config = config().ok_or(Counter::PassLocal)?;
-    let (eth, packet) = parse_frame(ctx)?;
-    let src = packet.addr(Side::Source);
-    let dst = packet.addr(Side::Destination);
+    let (eth, hdr) = parse_frame_header(ctx)?;
+    let src = hdr.addr(Side::Source);
+    let dst = hdr.addr(Side::Destination);
     let lan = |addr| in_prefix(addr, config.lan_net, config.lan_prefix_len);
     if !lan(src) || lan(dst) || is_multicast_or_broadcast(dst) {
         return Err(Counter::PassLocal);
     }
-    if packet.ttl() <= 1 {
+    if hdr.ttl() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    match packet.icmp {
-        IcmpKind::Error => return icmp_error_outbound(ctx, config, eth, &packet, len),
-        IcmpKind::Other => return Err(Counter::PassUnsupportedProto),
-        // Only a request opens a query mapping; a LAN host's echo reply
-        // answers nobody we forwarded to it.
-        IcmpKind::Query if packet.icmp_type() != ICMP_ECHO_REQUEST => {
+    let to_router = dst == config.wan_addr;
+    // From here on, what is passed to the kernel untranslated is for the
+    // router itself or routed elsewhere than the WAN: anything else the
+    // kernel would forward out of the WAN NIC with its LAN source, so it is
+    // translated first or dropped.
+    if hdr.is_later_fragment() {
+        if to_router {
             return Err(Counter::PassLocal);
+        }
+        return frag::outbound(ctx, config, eth, &hdr, len);
+    }
+    let packet = match parse_l4(ctx, hdr, None) {
+        Ok(packet) => packet,
+        Err(reason) if to_router => return Err(reason),
+        Err(Counter::PassMalformed) => return Err(Counter::DropMalformed),
+        Err(Counter::PassUnsupportedProto) => return Err(Counter::DropUnsupportedProto),
+        Err(reason) => return Err(reason),
+    };
+    match packet.icmp {
+        // An error to the router itself is the kernel's to read.
+        IcmpKind::Error if to_router => return Err(Counter::PassLocal),
+        IcmpKind::Error => return icmp_error_outbound(ctx, config, eth, &packet, len),
+        _ if to_router => return hairpin(ctx, config, eth, &packet, len),
+        IcmpKind::Other => return Err(Counter::DropIcmpUnknown),
+        // Only a request opens a query mapping; a LAN host's reply answers
+        // nobody we forwarded to it.
+        IcmpKind::Query if !packet.is_icmp_request() => {
+            return Err(Counter::DropIcmpUntranslated);
         }
         _ => {}
     }
-    if dst == config.wan_addr {
-        return hairpin(ctx, config, eth, &packet, len);
-    }
 
-    let route = route(ctx, &packet, config.wan_addr, dst)?;
+    let route = route_fragmentable(ctx, &packet, config.wan_addr, dst)?;
     if route.ifindex != config.wan_ifindex {
         return Err(Counter::PassLocal);
     }
@@ -68,6 +86,10 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
     } else {
         forward_session_outbound(&conversation, internal, now, len);
         count_rule(external.rule_id, false, len);
+    }
+    if packet.is_fragment() {
+        frag::track(&packet, config.wan_addr, now, len);
+        frag::note_peer(dst, packet.proto, src, now);
     }
     rewrite_endpoint(
         &packet,
@@ -159,14 +181,17 @@ fn icmp_error_outbound(
     packet: &Ipv4Packet,
     len: usize,
 ) -> Result<u32, Counter> {
-    let quoted = parse_quoted(ctx, packet)?;
+    // About nothing the NAT translated: dropped, never passed to a kernel
+    // that would forward it with the host's address.
+    let untranslated = Counter::DropIcmpUntranslated;
+    let quoted = parse_quoted(ctx, packet).map_err(|_| untranslated)?;
     if quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query {
-        return Err(Counter::PassLocal);
+        return Err(untranslated);
     }
     let internal = quoted.endpoint(Side::Destination);
-    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?;
+    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(untranslated)?;
     let remote = packet.addr(Side::Destination);
-    let route = route(ctx, packet, config.wan_addr, remote)?;
+    let route = route_fragmentable(ctx, packet, config.wan_addr, remote)?;
     if route.ifindex != config.wan_ifindex {
         return Err(Counter::PassLocal);
     }

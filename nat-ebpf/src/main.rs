@@ -14,6 +14,8 @@
 //!   new-connection events);
 //! - `translate` and `checksum`: header rewrites and their incremental
 //!   checksum updates;
+//! - `frag`: IP fragments, the first by its L4 header, the later ones by
+//!   the record of their datagram (`FRAGS`);
 //! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
 //! - `counters`: per-CPU counters and the final verdict.
 //!
@@ -36,6 +38,7 @@ mod binding;
 mod checksum;
 mod counters;
 mod egress;
+mod frag;
 mod lan;
 mod lookup;
 mod maps;

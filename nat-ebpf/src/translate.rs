@@ -5,17 +5,17 @@ use nat_common::{PROTO_ICMP, PROTO_UDP};
 
 use crate::{
     checksum::{CsumDelta, load16, store16},
-    parse::{Endpoint, Ipv4Packet, Side},
+    parse::{Endpoint, IpHeader, Ipv4Packet, Side},
 };
 
 /// Rewrites the address of `side`, fixing the IP header checksum. Returns
 /// the delta of every byte changed (address and header checksum), for the
 /// checksum of an enclosing ICMP error.
 #[inline(always)]
-pub fn rewrite_addr(packet: &Ipv4Packet, side: Side, addr: [u8; 4]) -> (CsumDelta, CsumDelta) {
+pub fn rewrite_addr(packet: &IpHeader, side: Side, addr: [u8; 4]) -> (CsumDelta, CsumDelta) {
     let addr_ptr = packet.addr_ptr(side);
     let mut addr_delta = CsumDelta::default();
-    // SAFETY: in bounds by construction of `Ipv4Packet`.
+    // SAFETY: in bounds by construction of `IpHeader`.
     let check = unsafe {
         addr_delta.addr(*addr_ptr, addr);
         *addr_ptr = addr;
@@ -76,8 +76,8 @@ pub fn adjust_icmp_check(packet: &Ipv4Packet, delta: CsumDelta) {
 
 /// Decrements the TTL as a router must, with the header checksum.
 #[inline(always)]
-pub fn decrement_ttl(packet: &Ipv4Packet) {
-    // SAFETY: in bounds by construction of `Ipv4Packet`.
+pub fn decrement_ttl(packet: &IpHeader) {
+    // SAFETY: in bounds by construction of `IpHeader`.
     unsafe {
         let ip = packet.ip;
         let ttl = (*ip).ttl;

@@ -6,18 +6,23 @@ use network_types::eth::EthHdr;
 
 use crate::{
     counters::{count, count_rule},
-    egress::{redirect, route},
+    egress::{redirect, route, route_fragmentable},
+    frag,
     lookup::{Target, config, inbound_target, now_ns, remote_allowed},
-    parse::{ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame, parse_quoted},
+    parse::{IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted},
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
 
+/// What becomes of a packet no mapping or rule lets in. A first fragment
+/// handed to the router's stack is recorded as the router's, so that the
+/// rest of its datagram goes there too.
 #[inline(always)]
-fn unsolicited(config: &NatConfig) -> Counter {
+fn unsolicited(config: &NatConfig, packet: &Ipv4Packet, now: u64, len: usize) -> Counter {
     if config.unsolicited == UNSOLICITED_DROP {
         Counter::DropUnsolicited
     } else {
+        frag::track(packet, config.wan_addr, now, len);
         Counter::UnsolicitedPass
     }
 }
@@ -26,18 +31,22 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::WanRx, len);
     let config = config().ok_or(Counter::PassLocal)?;
-    let (eth, packet) = parse_frame(ctx)?;
-    if packet.addr(Side::Destination) != config.wan_addr {
+    let (eth, hdr) = parse_frame_header(ctx)?;
+    if hdr.addr(Side::Destination) != config.wan_addr {
         return Err(Counter::PassLocal);
     }
-    if packet.ttl() <= 1 {
+    if hdr.ttl() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
+    if hdr.is_later_fragment() {
+        return frag::inbound(ctx, config, eth, &hdr, len);
+    }
+    let packet = parse_l4(ctx, hdr, None)?;
     match packet.icmp {
         IcmpKind::Error => return icmp_error_inbound(ctx, config, eth, &packet, len),
         IcmpKind::Other => return Err(Counter::PassLocal),
-        // Echo requests are for the router itself.
-        IcmpKind::Query if packet.icmp_type() != ICMP_ECHO_REPLY => {
+        // Echo and timestamp requests are for the router itself.
+        IcmpKind::Query if packet.is_icmp_request() => {
             return Err(Counter::PassLocal);
         }
         _ => {}
@@ -52,27 +61,31 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         remote,
         tcp_flags: packet.tcp_flags,
     };
-    let target =
-        inbound_target(packet.proto, external_port, now).ok_or_else(|| unsolicited(config))?;
+    let target = inbound_target(packet.proto, external_port, now)
+        .ok_or_else(|| unsolicited(config, &packet, now, len))?;
     let counter = match target {
         Target::Forward(forward) => {
             if !remote_allowed(&forward, remote.addr) {
                 count(Counter::RemoteNotAllowed, len);
-                return Err(unsolicited(config));
+                return Err(unsolicited(config, &packet, now, len));
             }
             Counter::Forwarded
         }
         Target::Binding(_) => {
             if !session_inbound_allowed(config, &conversation, now, len) {
-                return Err(unsolicited(config));
+                return Err(unsolicited(config, &packet, now, len));
             }
             Counter::Dnat
         }
     };
     let to = target.endpoint();
-    let route = route(ctx, &packet, remote.addr, to.addr)?;
+    let route = route_fragmentable(ctx, &packet, remote.addr, to.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
+    }
+    if packet.is_fragment() {
+        frag::track(&packet, to.addr, now, len);
+        frag::note_peer(remote.addr, packet.proto, to.addr, now);
     }
     if let Target::Forward(forward) = target {
         // After the route check: a conversation is logged only once it is

@@ -176,7 +176,7 @@ fn read(socket: &OwnedFd, stop: &AtomicBool, seen: &Seen) {
             continue;
         }
         // The WAN host's own frames are not the router's.
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         seen.frames.fetch_add(1, Ordering::Relaxed);

@@ -413,8 +413,23 @@ impl Lab {
 
     /// `natctl down`: detaches the datapath; waits for the daemon to exit.
     pub fn down(&mut self) -> Result<String> {
+        // On the router, as an operator would run it: without a daemon the
+        // CLI itself turns that namespace's forwarding off.
         let pin_dir = self.pins.to_str().context("path")?.to_owned();
-        let output = self.natctl(&["down", "--pin-dir", &pin_dir])?;
+        let output = self
+            .router
+            .command(natctl_path()?.to_str().context("path")?)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["down", "--pin-dir", &pin_dir])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "natctl down failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let output = String::from_utf8(output.stdout)?;
         if let Some(mut child) = self.daemon.take() {
             let exited = wait_for("natctl to exit after down", Duration::from_secs(15), || {
                 child.try_wait().ok().flatten()

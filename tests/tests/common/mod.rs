@@ -267,6 +267,9 @@ impl Parsed {
             L4::Udp(udp) => (udp.source_port, udp.destination_port),
             L4::Icmp(icmp) => match icmp.icmp_type {
                 Icmpv4Type::EchoRequest(echo) | Icmpv4Type::EchoReply(echo) => (echo.id, echo.id),
+                Icmpv4Type::TimestampRequest(ref ts) | Icmpv4Type::TimestampReply(ref ts) => {
+                    (ts.id, ts.id)
+                }
                 _ => (0, 0),
             },
         }
@@ -516,6 +519,13 @@ pub fn assert_translated(
             {
                 e.id = o.id;
             }
+            if let (
+                Icmpv4Type::TimestampRequest(e) | Icmpv4Type::TimestampReply(e),
+                Icmpv4Type::TimestampRequest(o) | Icmpv4Type::TimestampReply(o),
+            ) = (&mut e.icmp_type, &o.icmp_type)
+            {
+                e.id = o.id;
+            }
             e.checksum = o.checksum;
         }
         _ => panic!("protocol changed"),
@@ -569,6 +579,11 @@ pub fn assert_passed_untouched(verdict: &Verdict, input: &[u8]) {
     assert_eq!(verdict.frame, input, "a passed frame must not be modified");
 }
 
+/// Checks that the datapath dropped the frame.
+pub fn assert_dropped(verdict: &Verdict) {
+    assert_eq!(verdict.action, XDP_DROP, "verdict");
+}
+
 /// Counter value by label, 0 for a counter never hit.
 pub fn counter(lab: &PacketLab, label: &str) -> u64 {
     let counters = lab.counters().unwrap();
@@ -594,4 +609,95 @@ pub fn assert_counters(lab: &PacketLab, expected: &[(&str, u64)]) {
         wrong.join("; "),
         lab.counters().unwrap()
     );
+}
+
+/// The IPv4 header checksum of `header` (its checksum field included:
+/// 0 when it is right).
+fn ip_header_sum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn set_ip_checksum(header: &mut [u8]) {
+    header[10..12].copy_from_slice(&[0, 0]);
+    let sum = ip_header_sum(header);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// Splits the datagram of `frame` into fragments of at most `chunk` data
+/// bytes (a multiple of 8), each a frame with its own IPv4 header: the
+/// same id, DF clear, MF on all but the last.
+pub fn fragment(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0);
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let data = &frame[14 + ihl..14 + total];
+    data.chunks(chunk)
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut out = frame[..14 + ihl].to_vec();
+            let offset = (i * chunk / 8) as u16;
+            let more = (i + 1) * chunk < data.len();
+            let len = (ihl + piece.len()) as u16;
+            out[16..18].copy_from_slice(&len.to_be_bytes());
+            out[20..22].copy_from_slice(&(offset | if more { 0x2000 } else { 0 }).to_be_bytes());
+            set_ip_checksum(&mut out[14..14 + ihl]);
+            out.extend_from_slice(piece);
+            out
+        })
+        .collect()
+}
+
+/// The (MF, offset in bytes, id) of a fragment frame, checking its IPv4
+/// header checksum.
+pub fn fragment_fields(frame: &[u8]) -> (bool, usize, u16) {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    assert_eq!(
+        ip_header_sum(&frame[14..14 + ihl]),
+        0,
+        "IPv4 header checksum"
+    );
+    let frags = u16::from_be_bytes([frame[20], frame[21]]);
+    (
+        frags & 0x2000 != 0,
+        usize::from(frags & 0x1fff) * 8,
+        u16::from_be_bytes([frame[18], frame[19]]),
+    )
+}
+
+/// Puts fragment frames (in any order) back together into the frame of
+/// their whole datagram, with the first one's Ethernet and IPv4 headers;
+/// every IPv4 header checksum is checked on the way.
+pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut pieces: Vec<(usize, &[u8])> = frames
+        .iter()
+        .map(|frame| {
+            let (_, offset, _) = fragment_fields(frame);
+            let ihl = usize::from(frame[14] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            (offset, &frame[14 + ihl..14 + total])
+        })
+        .collect();
+    pieces.sort_by_key(|(offset, _)| *offset);
+    let first = frames
+        .iter()
+        .find(|frame| fragment_fields(frame).1 == 0)
+        .expect("no first fragment");
+    let ihl = usize::from(first[14] & 0x0f) * 4;
+    let mut out = first[..14 + ihl].to_vec();
+    for (offset, data) in pieces {
+        assert_eq!(out.len() - 14 - ihl, offset, "a hole or an overlap");
+        out.extend_from_slice(data);
+    }
+    let len = (out.len() - 14) as u16;
+    out[16..18].copy_from_slice(&len.to_be_bytes());
+    out[20..22].copy_from_slice(&0u16.to_be_bytes());
+    set_ip_checksum(&mut out[14..14 + ihl]);
+    out
 }
