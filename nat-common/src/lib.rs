@@ -175,6 +175,12 @@ pub const FILTER_ADDRESS_AND_PORT_DEPENDENT: u8 = 2;
 pub const UNSOLICITED_PASS: u8 = 0;
 pub const UNSOLICITED_DROP: u8 = 1;
 
+/// IP protocols other than TCP, UDP and ICMP (GRE, ESP, AH, SCTP, ...):
+/// translated by address, one LAN host per (protocol, remote address) at a
+/// time (VPN passthrough), or dropped from the LAN.
+pub const OTHER_PROTOCOLS_TRANSLATE: u8 = 0;
+pub const OTHER_PROTOCOLS_DROP: u8 = 1;
+
 /// The single entry of `CONFIG`. A zero `wan_addr` means "not configured":
 /// the datapath then passes everything to the kernel.
 #[repr(C)]
@@ -192,6 +198,9 @@ pub struct NatConfig {
     /// (and of ICMP query ids).
     pub port_min: u16,
     pub port_max: u16,
+    /// `OTHER_PROTOCOLS_TRANSLATE` or `OTHER_PROTOCOLS_DROP`.
+    pub other_protocols: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
@@ -229,6 +238,7 @@ macro_rules! counters {
                         | Counter::DropIcmpUntranslated
                         | Counter::DropIcmpUnknown
                         | Counter::DropFragUntracked
+                        | Counter::DropProtoBusy
                 )
             }
         }
@@ -314,6 +324,10 @@ counters! {
     /// A later fragment from outside whose datagram is not tracked (its
     /// first fragment not seen, expired or evicted): dropped.
     DropFragUntracked = "drop_frag_untracked",
+    /// From the LAN, another IP protocol (GRE, ESP, ...) to a remote that
+    /// another LAN host already talks to in that protocol: only one can be
+    /// translated by address. Dropped until that one ages out.
+    DropProtoBusy = "drop_proto_busy",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
@@ -526,7 +540,7 @@ mod tests {
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
-        assert_eq!(size_of::<NatConfig>(), 24);
+        assert_eq!(size_of::<NatConfig>(), 28);
         assert_eq!(size_of::<bench::BenchTemplate>(), 152);
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);

@@ -138,9 +138,14 @@ fn parse_table_query(query: &str) -> Result<TableFilter, ApiError> {
         match key {
             "protocol" => {
                 let protocol = value.to_ascii_lowercase();
-                if !matches!(protocol.as_str(), "tcp" | "udp" | "icmp") {
+                // The names `natctl table` shows, other protocols (by
+                // address) included.
+                if !matches!(
+                    protocol.as_str(),
+                    "tcp" | "udp" | "icmp" | "gre" | "esp" | "ah" | "sctp" | "ipip" | "ipv6"
+                ) {
                     return Err(ApiError::bad_request(format!(
-                        "unknown protocol {value:?}: expected tcp, udp or icmp"
+                        "unknown protocol {value:?}: expected tcp, udp, icmp, gre, esp, ah, sctp, ipip or ipv6"
                     )));
                 }
                 filter.protocol = Some(protocol);

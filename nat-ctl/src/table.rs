@@ -401,15 +401,29 @@ const GROUPS: &[(&str, &[Counter])] = &[
             Counter::Hairpin,
             Counter::IcmpErrorIn,
             Counter::IcmpErrorOut,
+            Counter::FragTranslated,
         ],
     ),
     ("mappings", &[Counter::NewBinding]),
+    (
+        "fragments",
+        &[
+            Counter::FragTracked,
+            Counter::FragExpired,
+            Counter::DropFragUntracked,
+        ],
+    ),
     (
         "dropped",
         &[
             Counter::DropPortExhausted,
             Counter::DropUnsolicited,
             Counter::DropTableFull,
+            Counter::DropMalformed,
+            Counter::DropUnsupportedProto,
+            Counter::DropProtoBusy,
+            Counter::DropIcmpUntranslated,
+            Counter::DropIcmpUnknown,
         ],
     ),
 ];

@@ -1,7 +1,7 @@
 //! LAN ingress: source translation toward the WAN, and hairpin back into
 //! the LAN for a LAN host that reaches the WAN address.
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Counter, NatConfig, PROTO_ICMP};
+use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -13,6 +13,7 @@ use crate::{
     parse::{
         Endpoint, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted,
     },
+    proto,
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
@@ -46,6 +47,12 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
             return Err(Counter::PassLocal);
         }
         return frag::outbound(ctx, config, eth, &hdr, len);
+    }
+    if !matches!(hdr.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+        if to_router {
+            return Err(Counter::PassUnsupportedProto);
+        }
+        return proto::outbound(ctx, config, eth, &hdr, len);
     }
     let packet = match parse_l4(ctx, hdr, None) {
         Ok(packet) => packet,

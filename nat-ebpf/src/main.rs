@@ -16,6 +16,7 @@
 //!   checksum updates;
 //! - `frag`: IP fragments, the first by its L4 header, the later ones by
 //!   the record of their datagram (`FRAGS`);
+//! - `proto`: other IP protocols (GRE, ESP, ...), by address;
 //! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
 //! - `counters`: per-CPU counters and the final verdict.
 //!
@@ -43,6 +44,7 @@ mod lan;
 mod lookup;
 mod maps;
 mod parse;
+mod proto;
 mod session;
 mod translate;
 mod wan;

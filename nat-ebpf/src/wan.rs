@@ -1,7 +1,7 @@
 //! WAN ingress: destination translation of replies on dynamic mappings and
 //! of new connections on static forwarding entries.
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Counter, NatConfig, PROTO_ICMP, UNSOLICITED_DROP};
+use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, UNSOLICITED_DROP};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -10,6 +10,7 @@ use crate::{
     frag,
     lookup::{Target, config, inbound_target, now_ns, remote_allowed},
     parse::{IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted},
+    proto,
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
 };
@@ -40,6 +41,9 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
     }
     if hdr.is_later_fragment() {
         return frag::inbound(ctx, config, eth, &hdr, len);
+    }
+    if !matches!(hdr.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+        return proto::inbound(ctx, config, eth, &hdr, len);
     }
     let packet = parse_l4(ctx, hdr, None)?;
     match packet.icmp {

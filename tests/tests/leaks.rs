@@ -6,8 +6,8 @@ use std::{net::UdpSocket, os::fd::AsRawFd, thread::JoinHandle, time::Duration};
 
 use anyhow::Result;
 use nat_tests::{
-    lab::{LAN_SERVER, Lab, WAN_HOST},
-    traffic::{icmp_message, pattern, raw_socket},
+    lab::{LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
+    traffic::{icmp_message, pattern, raw_recv, raw_socket},
 };
 
 fn join<T>(handle: JoinHandle<Result<T>>) -> T {
@@ -51,7 +51,7 @@ fn what_the_fast_path_cannot_translate_never_leaves_with_a_lan_source() {
         socket.send_to(&pattern(1472, 4), (WAN_HOST, 9100))?;
         let to = |proto| raw_socket(proto, LAN_SERVER);
         let wan: std::net::SocketAddr = (WAN_HOST, 0).into();
-        // GRE and ESP.
+        // GRE and ESP (translated by address).
         to(47)?.send_to(&[0, 0, 0x08, 0, 0x45, 0, 0, 20], &wan.into())?;
         to(50)?.send_to(&[0, 0, 0, 1, 0, 0, 0, 1, 0xaa, 0xbb], &wan.into())?;
         let icmp = to(libc::IPPROTO_ICMP)?;
@@ -80,7 +80,6 @@ fn what_the_fast_path_cannot_translate_never_leaves_with_a_lan_source() {
     // Each by its named reason.
     let counters = lab.counters().unwrap();
     for (label, at_least) in [
-        ("drop_unsupported_proto", 2),
         ("drop_icmp_untranslated", 2),
         ("drop_icmp_unknown", 1),
         ("pass_mtu_translated", 1),
@@ -89,4 +88,35 @@ fn what_the_fast_path_cannot_translate_never_leaves_with_a_lan_source() {
     ] {
         assert!(counters[label] >= at_least, "{label}: {counters:?}");
     }
+}
+
+#[test]
+fn gre_and_esp_pass_through_by_address_and_show_in_the_table() {
+    let lab = Lab::start().unwrap();
+    for proto in [47, 50] {
+        // Both raw sockets first, then a packet each way.
+        let wan = join(lab.wan.spawn(move || raw_socket(proto, WAN_HOST)));
+        let lan = join(lab.lan.spawn(move || raw_socket(proto, LAN_SERVER)));
+        let out = [0, 0, 0x08, 0, 0xde, 0xad, proto as u8, 1];
+        let back = [0, 0, 0x08, 0, 0xbe, 0xef, proto as u8, 2];
+        let wan_dst: std::net::SocketAddr = (WAN_HOST, 0).into();
+        lan.send_to(&out, &wan_dst.into()).unwrap();
+        let body = |datagram: &[u8]| datagram[usize::from(datagram[0] & 0x0f) * 4..].to_vec();
+        let (got, from) = raw_recv(&wan, |d| body(d) == out).unwrap();
+        assert_eq!((body(&got), from), (out.to_vec(), ROUTER_WAN));
+        let router: std::net::SocketAddr = (ROUTER_WAN, 0).into();
+        wan.send_to(&back, &router.into()).unwrap();
+        let (got, from) = raw_recv(&lan, |d| body(d) == back).unwrap();
+        assert_eq!((body(&got), from), (back.to_vec(), WAN_HOST));
+    }
+    let rows = lab.table_filtered(&["--proto", "gre"]).unwrap();
+    assert!(
+        rows.iter()
+            .any(|row| row["local_ip"] == LAN_SERVER.to_string()
+                && row["remote_ip"] == WAN_HOST.to_string()
+                && row["protocol"] == "GRE"
+                && row["type"] == "DYNAMIC"),
+        "{rows:#?}"
+    );
+    assert!(!lab.table_filtered(&["--proto", "esp"]).unwrap().is_empty());
 }

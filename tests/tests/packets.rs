@@ -1635,21 +1635,79 @@ fn local_and_multicast_traffic_goes_to_the_kernel() {
 }
 
 #[test]
-fn unsupported_protocols_are_dropped_from_the_lan_and_passed_from_the_wan() {
+fn other_protocols_are_translated_by_address_one_host_per_remote() {
     let mut lab = fresh_lab();
-    // From the LAN the kernel would forward it untranslated: dropped.
+    // GRE (PPTP), ESP and AH (IPsec), SCTP, IP-in-IP: out and back.
+    for proto in [47u8, 50, 51, 132, 4] {
+        let out = raw_ip(LAN_HOST, REMOTE, proto, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
+        let v = lab.from_lan(&out).unwrap();
+        assert_addr_routed(&v, &out, Egress::Wan, WAN_ADDR, REMOTE);
+        let back = raw_ip(REMOTE, WAN_ADDR, proto, &[0, 0, 0x08, 0, 5, 6, 7, 8]);
+        let v = lab.from_wan(&back).unwrap();
+        assert_addr_routed(&v, &back, Egress::Lan(LAN_HOST), REMOTE, LAN_HOST);
+    }
+    assert_counters(&lab, &[("snat", 5), ("dnat", 5), ("new_binding", 5)]);
+    // One LAN host per protocol and remote: another host's GRE to the
+    // same remote is dropped; to another remote it is its own.
+    let gre = |src, dst| raw_ip(src, dst, 47, &[0, 0, 0x08, 0, 9, 9, 9, 9]);
+    assert_dropped(&lab.from_lan(&gre(LAN_HOST2, REMOTE)).unwrap());
+    let out = gre(LAN_HOST2, REMOTE2);
+    assert_addr_routed(
+        &lab.from_lan(&out).unwrap(),
+        &out,
+        Egress::Wan,
+        WAN_ADDR,
+        REMOTE2,
+    );
+    let back = gre(REMOTE2, WAN_ADDR);
+    let v = lab.from_wan(&back).unwrap();
+    assert_addr_routed(&v, &back, Egress::Lan(LAN_HOST2), REMOTE2, LAN_HOST2);
+    // From a remote nobody talks to, and to the router itself: the
+    // router's own.
+    let stray = gre(OTHER_REMOTE, WAN_ADDR);
+    assert_passed_untouched(&lab.from_wan(&stray).unwrap(), &stray);
+    let to_router = gre(LAN_HOST, WAN_ADDR);
+    assert_passed_untouched(&lab.from_lan(&to_router).unwrap(), &to_router);
+    // DCCP's checksum covers the addresses: never translated by address.
+    let dccp = raw_ip(LAN_HOST, REMOTE, 33, &[0; 16]);
+    assert_dropped(&lab.from_lan(&dccp).unwrap());
+    assert_counters(
+        &lab,
+        &[
+            ("drop_proto_busy", 1),
+            ("drop_unsupported_proto", 1),
+            ("pass_unsupported_proto", 2),
+        ],
+    );
+    // Aged like a UDP session: once the sweep removes LAN_HOST's, the
+    // remote's GRE is nobody's and LAN_HOST2 may take the pair.
+    let now = nat_ctl::aging::datapath_now_ns() + 301_000_000_000;
+    let params = nat_ctl::aging::sweep_params(&Default::default(), now, 1);
+    lab.datapath.run_sweep(params).unwrap();
+    let back = gre(REMOTE, WAN_ADDR);
+    assert_passed_untouched(&lab.from_wan(&back).unwrap(), &back);
+    let out = gre(LAN_HOST2, REMOTE);
+    assert_addr_routed(
+        &lab.from_lan(&out).unwrap(),
+        &out,
+        Egress::Wan,
+        WAN_ADDR,
+        REMOTE,
+    );
+}
+
+#[test]
+fn other_protocols_can_be_dropped_instead() {
+    let mut lab = lab_with(|c| c.other_protocols = nat_common::OTHER_PROTOCOLS_DROP);
     let gre = raw_ip(LAN_HOST, REMOTE, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
     assert_dropped(&lab.from_lan(&gre).unwrap());
-    // To the router itself it is the kernel's.
-    let to_router = raw_ip(LAN_HOST, WAN_ADDR, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
-    assert_passed_untouched(&lab.from_lan(&to_router).unwrap(), &to_router);
     let gre = raw_ip(REMOTE, WAN_ADDR, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
     assert_passed_untouched(&lab.from_wan(&gre).unwrap(), &gre);
     assert_counters(
         &lab,
         &[
             ("drop_unsupported_proto", 1),
-            ("pass_unsupported_proto", 2),
+            ("pass_unsupported_proto", 1),
             ("new_binding", 0),
         ],
     );

@@ -129,6 +129,8 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
         lan_ifindex: lan.ifindex,
         port_min: config.nat.ports.first,
         port_max: config.nat.ports.last,
+        other_protocols: config.nat.other_protocols.datapath_value(),
+        _pad: [0; 3],
     }
 }
 

@@ -701,3 +701,29 @@ pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
     set_ip_checksum(&mut out[14..14 + ihl]);
     out
 }
+
+/// Checks a frame of a protocol without ports that the datapath
+/// redirected: the egress MACs, the new addresses, TTL one lower, the IPv4
+/// header checksum, and every byte after the IPv4 header unchanged.
+pub fn assert_addr_routed(
+    verdict: &Verdict,
+    input: &[u8],
+    egress: Egress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) {
+    assert_eq!(verdict.action, XDP_REDIRECT, "verdict");
+    let out = &verdict.frame;
+    let (smac, dmac) = egress.macs();
+    assert_eq!(out[6..12], smac, "source MAC");
+    assert_eq!(out[..6], dmac, "destination MAC");
+    assert_eq!(
+        fragment_fields(out),
+        fragment_fields(input),
+        "id, MF, offset"
+    );
+    assert_eq!(out[26..30], src.octets(), "source address");
+    assert_eq!(out[30..34], dst.octets(), "destination address");
+    assert_eq!(out[22], input[22] - 1, "TTL");
+    assert_eq!(out[34..], input[34..], "everything after the IPv4 header");
+}

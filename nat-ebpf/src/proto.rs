@@ -1,0 +1,90 @@
+//! IP protocols other than TCP, UDP and ICMP (GRE for PPTP, ESP and AH
+//! for IPsec, SCTP, IP-in-IP, ...). They have no ports to map, so they are
+//! translated by address, as home routers pass VPNs through: the first
+//! LAN host to send a protocol to a remote holds that (protocol, remote)
+//! pair, a `SESSIONS` entry with both ports 0 (shown in `natctl table`,
+//! aged by the sweep like a UDP session), and the remote's packets of that
+//! protocol go to it; another host sending the same protocol to the same
+//! remote meanwhile is `drop_proto_busy`. `other_protocols = "drop"` drops
+//! them from the LAN instead (from the WAN they are then the router's).
+//!
+//! Protocols whose checksum covers the IP addresses (DCCP, UDP-Lite) would
+//! leave with a wrong one: they are never translated by address.
+use aya_ebpf::programs::XdpContext;
+use nat_common::{Counter, NatConfig, OTHER_PROTOCOLS_TRANSLATE, UNSOLICITED_DROP};
+use network_types::eth::EthHdr;
+
+use crate::{
+    egress::{redirect, route_fragmentable},
+    frag,
+    lookup::now_ns,
+    parse::{IpHeader, Side},
+    session::{address_session_inbound, address_session_outbound},
+    translate::rewrite_addr,
+};
+
+const PROTO_DCCP: u8 = 33;
+const PROTO_UDPLITE: u8 = 136;
+
+#[inline(always)]
+fn translated(config: &NatConfig, proto: u8) -> bool {
+    config.other_protocols == OTHER_PROTOCOLS_TRANSLATE
+        && proto != PROTO_DCCP
+        && proto != PROTO_UDPLITE
+}
+
+/// From a LAN host to the outside: its source becomes the WAN address.
+#[inline(always)]
+pub fn outbound(
+    ctx: &XdpContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    hdr: &IpHeader,
+    len: usize,
+) -> Result<u32, Counter> {
+    if !translated(config, hdr.proto) {
+        return Err(Counter::DropUnsupportedProto);
+    }
+    let remote = hdr.addr(Side::Destination);
+    let route = route_fragmentable(ctx, hdr, config.wan_addr, remote)?;
+    if route.ifindex != config.wan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    let now = now_ns();
+    let host = hdr.addr(Side::Source);
+    address_session_outbound(hdr.proto, host, remote, now, len)?;
+    frag::track(hdr, config.wan_addr, now, len);
+    rewrite_addr(hdr, Side::Source, config.wan_addr);
+    redirect(eth, hdr, &route, Counter::Snat, len)
+}
+
+/// From outside to the WAN address: to the LAN host that holds the
+/// (protocol, remote) pair; none: the router's own.
+#[inline(always)]
+pub fn inbound(
+    ctx: &XdpContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    hdr: &IpHeader,
+    len: usize,
+) -> Result<u32, Counter> {
+    if !translated(config, hdr.proto) {
+        return Err(Counter::PassUnsupportedProto);
+    }
+    let remote = hdr.addr(Side::Source);
+    let now = now_ns();
+    let Some(host) = address_session_inbound(hdr.proto, remote, now, len) else {
+        return Err(if config.unsolicited == UNSOLICITED_DROP {
+            Counter::DropUnsolicited
+        } else {
+            Counter::PassUnsupportedProto
+        });
+    };
+    let route = route_fragmentable(ctx, hdr, remote, host)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    frag::track(hdr, host, now, len);
+    rewrite_addr(hdr, Side::Destination, host);
+    redirect(eth, hdr, &route, Counter::Dnat, len)
+}
