@@ -239,6 +239,7 @@ macro_rules! counters {
                         | Counter::DropIcmpUnknown
                         | Counter::DropFragUntracked
                         | Counter::DropProtoBusy
+                        | Counter::DropNoWanAddress
                 )
             }
         }
@@ -328,6 +329,9 @@ counters! {
     /// another LAN host already talks to in that protocol: only one can be
     /// translated by address. Dropped until that one ages out.
     DropProtoBusy = "drop_proto_busy",
+    /// From the LAN to the outside while the WAN NIC has no address
+    /// (nothing to translate to; the kernel would forward it as it is).
+    DropNoWanAddress = "drop_no_wan_address",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -424,6 +424,7 @@ const GROUPS: &[(&str, &[Counter])] = &[
             Counter::DropProtoBusy,
             Counter::DropIcmpUntranslated,
             Counter::DropIcmpUnknown,
+            Counter::DropNoWanAddress,
         ],
     ),
 ];

@@ -9,7 +9,9 @@ use crate::{
     counters::{count, count_rule},
     egress::{redirect, route, route_fragmentable},
     frag,
-    lookup::{Target, config, in_prefix, inbound_target, now_ns, outbound_external},
+    lookup::{
+        Target, config, config_without_wan, in_prefix, inbound_target, now_ns, outbound_external,
+    },
     parse::{
         Endpoint, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted,
     },
@@ -26,7 +28,9 @@ fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
 pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::LanRx, len);
-    let config = config().ok_or(Counter::PassLocal)?;
+    let Some(config) = config() else {
+        return Err(without_wan_address(ctx));
+    };
     let (eth, hdr) = parse_frame_header(ctx)?;
     let src = hdr.addr(Side::Source);
     let dst = hdr.addr(Side::Destination);
@@ -107,6 +111,26 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
         },
     );
     redirect(eth, &packet, &route, Counter::Snat, len)
+}
+
+/// Nothing to translate to (the WAN NIC has no address, or no
+/// configuration yet): what LAN hosts send to the outside is dropped, as
+/// the kernel would forward it untranslated; the rest is the kernel's.
+#[inline(always)]
+fn without_wan_address(ctx: &XdpContext) -> Counter {
+    let Some(config) = config_without_wan() else {
+        return Counter::PassLocal;
+    };
+    let Ok((_, hdr)) = parse_frame_header(ctx) else {
+        return Counter::PassLocal;
+    };
+    let dst = hdr.addr(Side::Destination);
+    let lan = |addr| in_prefix(addr, config.lan_net, config.lan_prefix_len);
+    if lan(hdr.addr(Side::Source)) && !lan(dst) && !is_multicast_or_broadcast(dst) {
+        Counter::DropNoWanAddress
+    } else {
+        Counter::PassLocal
+    }
 }
 
 /// A LAN host reaching the WAN address on a forwarded port, or on another

@@ -1927,3 +1927,25 @@ fn counters_follow_every_frame() {
         .sum();
     assert_eq!(verdicts, lan + wan, "{counters:?}");
 }
+
+#[test]
+fn without_a_wan_address_nothing_from_the_lan_goes_out() {
+    // The daemon writes a zero WAN address (and the LAN prefix) while the
+    // WAN NIC has none: nothing to translate to, and the kernel would
+    // forward it untranslated.
+    let mut lab = lab_with(|c| c.wan_addr = [0; 4]);
+    let out = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q");
+    assert_dropped(&lab.from_lan(&out).unwrap());
+    let local = udp(ep(LAN_HOST, 40000), ep(LAN_ADDR, 53), b"q");
+    assert_passed_untouched(&lab.from_lan(&local).unwrap(), &local);
+    let from_wan = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"a");
+    assert_passed_untouched(&lab.from_wan(&from_wan).unwrap(), &from_wan);
+    assert_counters(
+        &lab,
+        &[
+            ("drop_no_wan_address", 1),
+            ("pass_local", 2),
+            ("new_binding", 0),
+        ],
+    );
+}

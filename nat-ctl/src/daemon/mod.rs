@@ -114,8 +114,11 @@ pub fn run(options: DaemonOptions) -> Result<()> {
 fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
     let (wan_addr, lan_net) = match (wan.network, lan.network) {
         (Some(wan), Some(lan)) => (wan.addr(), lan.trunc()),
-        // Without both addresses the datapath must not translate: a zero
-        // WAN address makes it pass everything to the kernel.
+        // Without a WAN address the datapath must not translate: a zero
+        // WAN address stops it. The LAN prefix stays, so that it still
+        // drops what LAN hosts send out (the kernel would forward it
+        // untranslated).
+        (None, Some(lan)) => (std::net::Ipv4Addr::UNSPECIFIED, lan.trunc()),
         _ => (std::net::Ipv4Addr::UNSPECIFIED, Ipv4Net::default()),
     };
     NatConfig {
