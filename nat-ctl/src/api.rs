@@ -138,14 +138,14 @@ fn parse_table_query(query: &str) -> Result<TableFilter, ApiError> {
         match key {
             "protocol" => {
                 let protocol = value.to_ascii_lowercase();
-                // The names `natctl table` shows, other protocols (by
-                // address) included.
+                // And the VPN protocols translated by address (the table
+                // shows others, SCTP or IPv6-in-IPv4, unfiltered).
                 if !matches!(
                     protocol.as_str(),
-                    "tcp" | "udp" | "icmp" | "gre" | "esp" | "ah" | "sctp" | "ipip" | "ipv6"
+                    "tcp" | "udp" | "icmp" | "gre" | "esp" | "ah"
                 ) {
                     return Err(ApiError::bad_request(format!(
-                        "unknown protocol {value:?}: expected tcp, udp, icmp, gre, esp, ah, sctp, ipip or ipv6"
+                        "unknown protocol {value:?}: expected tcp, udp, icmp, gre, esp or ah"
                     )));
                 }
                 filter.protocol = Some(protocol);
