@@ -240,6 +240,7 @@ macro_rules! counters {
                         | Counter::DropFragUntracked
                         | Counter::DropProtoBusy
                         | Counter::DropNoWanAddress
+                        | Counter::DropToLanPrefix
                 )
             }
         }
@@ -332,6 +333,10 @@ counters! {
     /// From the LAN to the outside while the WAN NIC has no address
     /// (nothing to translate to; the kernel would forward it as it is).
     DropNoWanAddress = "drop_no_wan_address",
+    /// From the WAN to an address in the LAN prefix (the router's own LAN
+    /// address included): only the NAT reaches the LAN, and the kernel
+    /// would forward it there untranslated or answer from a LAN address.
+    DropToLanPrefix = "drop_to_lan_prefix",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -425,6 +425,7 @@ const GROUPS: &[(&str, &[Counter])] = &[
             Counter::DropIcmpUntranslated,
             Counter::DropIcmpUnknown,
             Counter::DropNoWanAddress,
+            Counter::DropToLanPrefix,
         ],
     ),
 ];

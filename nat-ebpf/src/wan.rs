@@ -8,7 +8,7 @@ use crate::{
     counters::{count, count_rule},
     egress::{redirect, route, route_fragmentable},
     frag,
-    lookup::{Target, config, inbound_target, now_ns, remote_allowed},
+    lookup::{Target, config, in_prefix, inbound_target, now_ns, remote_allowed},
     parse::{IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted},
     proto,
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
@@ -33,7 +33,14 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
     count(Counter::WanRx, len);
     let config = config().ok_or(Counter::PassLocal)?;
     let (eth, hdr) = parse_frame_header(ctx)?;
-    if hdr.addr(Side::Destination) != config.wan_addr {
+    let dst = hdr.addr(Side::Destination);
+    // Only the NAT reaches the LAN from outside: the kernel would forward
+    // this into the LAN untranslated, or answer it from its LAN address
+    // out of the WAN NIC.
+    if in_prefix(dst, config.lan_net, config.lan_prefix_len) {
+        return Err(Counter::DropToLanPrefix);
+    }
+    if dst != config.wan_addr {
         return Err(Counter::PassLocal);
     }
     if hdr.ttl() <= 1 {

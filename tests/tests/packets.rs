@@ -1615,13 +1615,19 @@ fn local_and_multicast_traffic_goes_to_the_kernel() {
     for frame in &from_lan {
         assert_passed_untouched(&lab.from_lan(frame).unwrap(), frame);
     }
+    // From the WAN to a LAN address: only the NAT reaches the LAN; the
+    // kernel would forward it there untranslated (or answer it from its
+    // own LAN address).
+    let to_lan = udp(ep(REMOTE, 53), ep(LAN_HOST, 40000), b"x");
+    assert_dropped(&lab.from_wan(&to_lan).unwrap());
+    let to_router_lan = tcp(ep(REMOTE, 5555), ep(LAN_ADDR, 5000), SYN, b"");
+    assert_dropped(&lab.from_wan(&to_router_lan).unwrap());
     let from_wan = [
         udp(
             ep(REMOTE, 53),
             ep(Ipv4Addr::new(203, 0, 113, 77), 40000),
             b"x",
         ),
-        udp(ep(REMOTE, 53), ep(LAN_HOST, 40000), b"x"),
         udp(
             ep(REMOTE, 5353),
             ep(Ipv4Addr::new(224, 0, 0, 251), 5353),
@@ -1631,7 +1637,14 @@ fn local_and_multicast_traffic_goes_to_the_kernel() {
     for frame in &from_wan {
         assert_passed_untouched(&lab.from_wan(frame).unwrap(), frame);
     }
-    assert_counters(&lab, &[("pass_local", 10), ("new_binding", 0)]);
+    assert_counters(
+        &lab,
+        &[
+            ("pass_local", 9),
+            ("drop_to_lan_prefix", 2),
+            ("new_binding", 0),
+        ],
+    );
 }
 
 #[test]
