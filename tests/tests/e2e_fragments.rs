@@ -266,3 +266,53 @@ fn icmp_timestamp_is_answered_through_the_nat() {
         lab.counters()
     );
 }
+
+#[test]
+fn df_set_and_too_big_gets_fragmentation_needed_back_at_the_lan_host() {
+    let lab = Lab::start().unwrap();
+    lab.router
+        .ip(&["link", "set", "wan0", "mtu", "1400"])
+        .unwrap();
+    let mtu = join(lab.lan.spawn(|| {
+        use std::os::fd::AsRawFd;
+        let socket = UdpSocket::bind((LAN_SERVER, 0))?;
+        socket.connect((WAN_HOST, 9500))?;
+        let fd = socket.as_raw_fd();
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: a valid socket and option pointer.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as u32,
+            );
+        }
+        // A full-size datagram with DF: the router's kernel answers
+        // "fragmentation needed" quoting it as sent, which only this
+        // socket's kernel can match to the socket. Bounded retries.
+        let mut mtu: libc::c_int = 0;
+        for _ in 0..20 {
+            let _ = socket.send(&pattern(1472, 5));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut len = size_of::<libc::c_int>() as u32;
+            // SAFETY: as above.
+            unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU,
+                    (&raw mut mtu).cast(),
+                    &mut len,
+                );
+            }
+            if mtu == 1400 {
+                break;
+            }
+        }
+        Ok(mtu)
+    }));
+    assert_eq!(mtu, 1400, "{:?}", lab.counters());
+    assert!(counter(&lab, "pass_mtu_exceeded") >= 1);
+}
