@@ -111,24 +111,9 @@ pub fn parse_frame_header(ctx: &XdpContext) -> Result<(*mut EthHdr, IpHeader), C
     Ok((eth, hdr))
 }
 
-/// Parses the IPv4 header at `offset` and the L4 header after it.
-///
-/// `quoted_end` is set for the datagram inside an ICMP error, to the offset
-/// where the enclosing ICMP message ends: the quote is truncated by design,
-/// so only its first 8 L4 bytes are required and its total length is not
-/// checked. Whatever lies past that end (an Ethernet trailer) is not part of
-/// the message and must be neither rewritten nor added to its checksum.
-#[inline(always)]
-fn parse_ipv4(
-    ctx: &XdpContext,
-    offset: usize,
-    quoted_end: Option<usize>,
-) -> Result<Ipv4Packet, Counter> {
-    let hdr = parse_ip_header(ctx, offset, quoted_end.is_some())?;
-    parse_l4(ctx, hdr, quoted_end)
-}
-
-/// The IPv4 header at `offset` (see `parse_ipv4` for `quoted`).
+/// The IPv4 header at `offset`. `quoted`: the datagram inside an ICMP
+/// error, whose total length is not checked (the quote is truncated by
+/// design).
 #[inline(always)]
 fn parse_ip_header(ctx: &XdpContext, offset: usize, quoted: bool) -> Result<IpHeader, Counter> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
@@ -157,7 +142,13 @@ fn parse_ip_header(ctx: &XdpContext, offset: usize, quoted: bool) -> Result<IpHe
     })
 }
 
-/// The L4 header after `hdr`; `quoted_end` as for `parse_ipv4`. A later
+/// The L4 header after `hdr`.
+///
+/// `quoted_end` is set for the datagram inside an ICMP error, to the offset
+/// where the enclosing ICMP message ends: only its first 8 L4 bytes are
+/// required. Whatever lies past that end (an Ethernet trailer) is not part
+/// of the message and must be neither rewritten nor added to its checksum.
+/// A later
 /// fragment has none (`pass_fragment`: its caller asked `frag` first); a
 /// first fragment has its L4 header like a whole datagram.
 #[inline(always)]
@@ -233,13 +224,33 @@ pub fn parse_l4(
 /// of the ICMP message.
 #[inline(always)]
 pub fn parse_quoted(ctx: &XdpContext, packet: &Ipv4Packet) -> Result<Ipv4Packet, Counter> {
+    match parse_quoted_any(ctx, packet)? {
+        Quoted::Datagram(quoted) => Ok(quoted),
+        Quoted::Other(_) => Err(Counter::PassUnsupportedProto),
+    }
+}
+
+/// What an ICMP error quotes: a datagram with its L4 header, or the IP
+/// header of another protocol (translated by address), which must lie
+/// inside the ICMP message whole.
+pub enum Quoted {
+    Datagram(Ipv4Packet),
+    Other(IpHeader),
+}
+
+/// As `parse_quoted`, the IP header parsed once whatever the protocol.
+#[inline(always)]
+pub fn parse_quoted_any(ctx: &XdpContext, packet: &Ipv4Packet) -> Result<Quoted, Counter> {
     let ip_offset = packet.ip as usize - ctx.data();
     let end = ip_offset + usize::from(packet.tot_len());
-    parse_ipv4(
-        ctx,
-        packet.l4 as usize - ctx.data() + L4_PREFIX_LEN,
-        Some(end),
-    )
+    let hdr = parse_ip_header(ctx, packet.l4 as usize - ctx.data() + L4_PREFIX_LEN, true)?;
+    if !matches!(hdr.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+        if hdr.l4_offset > end {
+            return Err(Counter::PassMalformed);
+        }
+        return Ok(Quoted::Other(hdr));
+    }
+    Ok(Quoted::Datagram(parse_l4(ctx, hdr, Some(end))?))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -15,12 +15,12 @@ use nat_common::{Counter, NatConfig, OTHER_PROTOCOLS_TRANSLATE, UNSOLICITED_DROP
 use network_types::eth::EthHdr;
 
 use crate::{
-    egress::{redirect, route_fragmentable},
+    egress::{redirect, route, route_fragmentable},
     frag,
     lookup::now_ns,
-    parse::{IpHeader, Side},
+    parse::{IpHeader, Ipv4Packet, Side},
     session::{address_session_inbound, address_session_outbound},
-    translate::rewrite_addr,
+    translate::{adjust_icmp_check, rewrite_addr},
 };
 
 const PROTO_DCCP: u8 = 33;
@@ -87,4 +87,32 @@ pub fn inbound(
     frag::track(hdr, host, now, len);
     rewrite_addr(hdr, Side::Destination, host);
     redirect(eth, hdr, &route, Counter::Dnat, len)
+}
+
+/// An ICMP error from outside about a packet of another protocol that we
+/// translated by address: the quoted source and the outer destination
+/// become the LAN host again, the ICMP checksum follows the quote.
+#[inline(always)]
+pub fn icmp_error_inbound(
+    ctx: &XdpContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    packet: &Ipv4Packet,
+    quoted: &IpHeader,
+    len: usize,
+) -> Result<u32, Counter> {
+    if !translated(config, quoted.proto) {
+        return Err(Counter::PassLocal);
+    }
+    let remote = quoted.addr(Side::Destination);
+    let host =
+        address_session_inbound(quoted.proto, remote, now_ns(), len).ok_or(Counter::PassLocal)?;
+    let route = route(ctx, packet, packet.addr(Side::Source), host)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    let (_, quoted_delta) = rewrite_addr(quoted, Side::Source, host);
+    rewrite_addr(packet, Side::Destination, host);
+    adjust_icmp_check(packet, quoted_delta);
+    redirect(eth, packet, &route, Counter::IcmpErrorIn, len)
 }

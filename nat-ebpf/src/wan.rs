@@ -9,7 +9,10 @@ use crate::{
     egress::{redirect, route, route_fragmentable},
     frag,
     lookup::{Target, config, in_prefix, inbound_target, now_ns, remote_allowed},
-    parse::{IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted},
+    parse::{
+        IcmpKind, Ipv4Packet, Quoted, Side, frame_len, parse_frame_header, parse_l4,
+        parse_quoted_any,
+    },
     proto,
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
@@ -119,7 +122,17 @@ fn icmp_error_inbound(
     packet: &Ipv4Packet,
     len: usize,
 ) -> Result<u32, Counter> {
-    let quoted = parse_quoted(ctx, packet)?;
+    let quoted = match parse_quoted_any(ctx, packet)? {
+        Quoted::Datagram(quoted) => quoted,
+        // About another protocol we translated by address (e.g. "too big"
+        // for an ESP packet, which IPsec's path MTU relies on).
+        Quoted::Other(quoted) => {
+            if quoted.addr(Side::Source) != config.wan_addr {
+                return Err(Counter::PassLocal);
+            }
+            return proto::icmp_error_inbound(ctx, config, eth, packet, &quoted, len);
+        }
+    };
     if quoted.addr(Side::Source) != config.wan_addr
         || (quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query)
     {

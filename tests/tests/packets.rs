@@ -1710,6 +1710,35 @@ fn other_protocols_are_translated_by_address_one_host_per_remote() {
 }
 
 #[test]
+fn icmp_errors_about_other_protocols_come_back_by_address() {
+    let mut lab = fresh_lab();
+    // ESP out; "fragmentation needed" about it from a hop on the way.
+    let esp = raw_ip(LAN_HOST, REMOTE, 50, &[0, 0, 0, 1, 0, 0, 0, 1, 0xaa, 0xbb]);
+    let out = lab.from_lan(&esp).unwrap();
+    assert_addr_routed(&out, &esp, Egress::Wan, WAN_ADDR, REMOTE);
+    let error = icmp(HOP, WAN_ADDR, frag_needed(1400), datagram(&out.frame));
+    let v = lab.from_wan(&error).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT);
+    let frame = &v.frame;
+    let (smac, dmac) = Egress::Lan(LAN_HOST).macs();
+    assert_eq!(
+        (frame[6..12].to_vec(), frame[..6].to_vec()),
+        (smac.to_vec(), dmac.to_vec())
+    );
+    assert_eq!(frame[30..34], LAN_HOST.octets(), "outer destination");
+    let sum = nat_tests::traffic::internet_checksum;
+    assert_eq!(sum(&frame[14..34]), 0, "outer IP header checksum");
+    assert_eq!(sum(&frame[34..]), 0, "ICMP checksum");
+    // The quote reads as the packet the host sent, one hop on.
+    assert_eq!(frame[42..], after_one_hop(&esp)[..], "the quote");
+    // About ESP nobody on the LAN sends to that remote: the router's.
+    let other = raw_ip(WAN_ADDR, OTHER_REMOTE, 50, &[0, 0, 0, 2, 0, 0, 0, 1]);
+    let error = icmp(HOP, WAN_ADDR, frag_needed(1400), datagram(&other));
+    assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
+    assert_counters(&lab, &[("icmp_error_in", 1), ("pass_local", 1)]);
+}
+
+#[test]
 fn other_protocols_can_be_dropped_instead() {
     let mut lab = lab_with(|c| c.other_protocols = nat_common::OTHER_PROTOCOLS_DROP);
     let gre = raw_ip(LAN_HOST, REMOTE, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
