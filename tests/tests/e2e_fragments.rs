@@ -316,3 +316,34 @@ fn df_set_and_too_big_gets_fragmentation_needed_back_at_the_lan_host() {
     assert_eq!(mtu, 1400, "{:?}", lab.counters());
     assert!(counter(&lab, "pass_mtu_exceeded") >= 1);
 }
+
+#[test]
+fn fragmented_pings_both_ways() {
+    let lab = Lab::start().unwrap();
+    // 4000 bytes of ICMP echo: three fragments each way, the id mapped by
+    // the first, the rest by the fragment table.
+    let output = lab
+        .lan
+        .exec(
+            "ping",
+            &[
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-s",
+                "4000",
+                "203.0.113.2",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("3 received"), "{text}");
+    assert!(
+        counter(&lab, "frag_translated") >= 12,
+        "{:?}",
+        lab.counters()
+    );
+}
