@@ -6,16 +6,29 @@
 //! CLOCK_MONOTONIC_COARSE). Inlined always, as everything the datapath
 //! calls, so that the kernel's sweep compiles to what it did when it had
 //! its own copy.
-use crate::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, SweepParams, TCP_STATE_ESTABLISHED};
+use crate::{
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, SweepParams, TCP_STATE_ESTABLISHED,
+    TCP_STATE_HALF_CLOSED_BY_ANSWERER, TCP_STATE_HALF_CLOSED_BY_OPENER,
+};
 
 impl SweepParams {
     /// How long a session may stay idle: by TCP state for TCP, by protocol
     /// otherwise (a protocol the datapath does not track gets the UDP
-    /// timeout).
+    /// timeout). A half-closed connection still carries data one way, so
+    /// it keeps the established timeout until the second FIN.
     #[inline(always)]
     pub const fn session_timeout_ns(&self, proto: u8, tcp_state: u8) -> u64 {
         match proto {
-            PROTO_TCP if tcp_state == TCP_STATE_ESTABLISHED => self.tcp_established_ns,
+            PROTO_TCP
+                if matches!(
+                    tcp_state,
+                    TCP_STATE_ESTABLISHED
+                        | TCP_STATE_HALF_CLOSED_BY_OPENER
+                        | TCP_STATE_HALF_CLOSED_BY_ANSWERER
+                ) =>
+            {
+                self.tcp_established_ns
+            }
             PROTO_TCP => self.tcp_transitory_ns,
             PROTO_ICMP => self.icmp_ns,
             _ => self.udp_ns,
@@ -42,20 +55,32 @@ impl SweepParams {
     }
 }
 
-/// Idle for strictly longer than `timeout_ns`. A `last_seen_ns` after
-/// `now_ns` (a packet stamped by another CPU after the sweep read the clock)
-/// is never idle.
+/// The datapath rewrites a last-seen stamp at most this often, so that a
+/// busy flow does not dirty its entry's cache line on every packet.
+pub const TOUCH_GRANULARITY_NS: u64 = 250_000_000;
+
+/// How much older than the entry's last packet its stamp may be: the touch
+/// granularity, and a tick of the coarse clock (10 ms at HZ=100, the
+/// coarsest kernel setting).
+pub const STAMP_SLACK_NS: u64 = TOUCH_GRANULARITY_NS + 10_000_000;
+
+/// Idle for strictly longer than `timeout_ns` however stale the stamp, so
+/// that no entry expires before its timeout (RFC 4787 REQ-5, RFC 5382
+/// REQ-5). A `last_seen_ns` after `now_ns` (a packet stamped by another CPU
+/// after the sweep read the clock) is never idle.
 #[inline(always)]
 pub const fn idle_past(last_seen_ns: u64, now_ns: u64, timeout_ns: u64) -> bool {
-    now_ns > last_seen_ns && now_ns - last_seen_ns > timeout_ns
+    now_ns > last_seen_ns && now_ns - last_seen_ns > timeout_ns.saturating_add(STAMP_SLACK_NS)
 }
 
-/// Time left before the entry is idle past `timeout_ns`; zero once it is.
-/// A `last_seen_ns` after `now_ns` has the whole timeout left.
+/// Time left before the entry is [`idle_past`] `timeout_ns`; zero once it
+/// is. A `last_seen_ns` after `now_ns` has the whole of it left.
 #[inline(always)]
 pub const fn remaining_ns(last_seen_ns: u64, now_ns: u64, timeout_ns: u64) -> u64 {
     let idle = now_ns.saturating_sub(last_seen_ns);
-    timeout_ns.saturating_sub(idle)
+    timeout_ns
+        .saturating_add(STAMP_SLACK_NS)
+        .saturating_sub(idle)
 }
 
 /// `LIVE_PORTS` slots: one per (protocol, external port), for the three
@@ -111,6 +136,12 @@ mod tests {
         ] {
             assert_eq!(p.session_timeout_ns(PROTO_TCP, state), 240 * SEC);
         }
+        for half_closed in [
+            TCP_STATE_HALF_CLOSED_BY_OPENER,
+            TCP_STATE_HALF_CLOSED_BY_ANSWERER,
+        ] {
+            assert_eq!(p.session_timeout_ns(PROTO_TCP, half_closed), 7440 * SEC);
+        }
         assert_eq!(p.session_timeout_ns(PROTO_UDP, TCP_STATE_NONE), 300 * SEC);
         // tcp_state means nothing outside TCP.
         assert_eq!(
@@ -133,28 +164,35 @@ mod tests {
     }
 
     #[test]
-    fn expiry_needs_strictly_more_idle_than_the_timeout() {
+    fn expiry_needs_strictly_more_idle_than_the_timeout_and_the_stamps_slack() {
         let timeout = 60 * SEC;
         let now = 1_000 * SEC;
         assert!(!idle_past(now, now, timeout));
         assert!(!idle_past(now - 60 * SEC, now, timeout));
-        assert!(idle_past(now - 60 * SEC - 1, now, timeout));
+        // The last packet may have come up to the slack after its stamp.
+        assert!(!idle_past(now - 60 * SEC - STAMP_SLACK_NS, now, timeout));
+        assert!(idle_past(now - 60 * SEC - STAMP_SLACK_NS - 1, now, timeout));
         assert!(idle_past(0, now, timeout));
         // Stamped after the sweep read the clock: never idle.
         assert!(!idle_past(now + 1, now, timeout));
         assert!(!idle_past(u64::MAX, now, timeout));
         assert!(!idle_past(u64::MAX, 0, 0));
+        assert!(!idle_past(0, u64::MAX, u64::MAX));
     }
 
     #[test]
     fn remaining_saturates() {
         let timeout = 60 * SEC;
         let now = 1_000 * SEC;
-        assert_eq!(remaining_ns(now, now, timeout), timeout);
-        assert_eq!(remaining_ns(now - 20 * SEC, now, timeout), 40 * SEC);
-        assert_eq!(remaining_ns(now - 60 * SEC, now, timeout), 0);
+        let whole = timeout + STAMP_SLACK_NS;
+        assert_eq!(remaining_ns(now, now, timeout), whole);
+        assert_eq!(remaining_ns(now - 20 * SEC, now, timeout), whole - 20 * SEC);
+        assert_eq!(
+            remaining_ns(now - 60 * SEC - STAMP_SLACK_NS, now, timeout),
+            0
+        );
         assert_eq!(remaining_ns(0, now, timeout), 0);
-        assert_eq!(remaining_ns(now + 5 * SEC, now, timeout), timeout);
+        assert_eq!(remaining_ns(now + 5 * SEC, now, timeout), whole);
     }
 
     #[test]

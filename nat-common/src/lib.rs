@@ -8,7 +8,9 @@
 
 pub mod aging;
 
-pub use aging::{LIVE_PORT_SLOTS, idle_past, live_port_slot, remaining_ns};
+pub use aging::{
+    LIVE_PORT_SLOTS, STAMP_SLACK_NS, TOUCH_GRANULARITY_NS, idle_past, live_port_slot, remaining_ns,
+};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -147,10 +149,15 @@ pub const TCP_STATE_NONE: u8 = 0;
 /// Only the LAN side has spoken (SYN sent, no answer yet).
 pub const TCP_STATE_OPENING: u8 = 1;
 pub const TCP_STATE_ESTABLISHED: u8 = 2;
-/// A FIN has been seen in either direction.
+/// FINs have been seen in both directions.
 pub const TCP_STATE_CLOSING: u8 = 3;
-/// An RST has been seen.
+/// An RST has been seen (data after it brings the connection back).
 pub const TCP_STATE_CLOSED: u8 = 4;
+/// The side that opened the connection has sent its FIN; the other may
+/// still send data for as long as it likes (RFC 5382 REQ-2, RFC 7857).
+pub const TCP_STATE_HALF_CLOSED_BY_OPENER: u8 = 5;
+/// The other side has sent its FIN; the opener may still send data.
+pub const TCP_STATE_HALF_CLOSED_BY_ANSWERER: u8 = 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -402,6 +409,10 @@ pub mod maps {
 pub mod programs {
     pub const LAN: &str = "nat_lan";
     pub const WAN: &str = "nat_wan";
+    /// The same two in TC mode (`sched_cls` on the NIC's ingress), for NICs
+    /// that may hand over partial checksums (veth, tun/tap, virtio_net).
+    pub const LAN_TC: &str = "nat_lan_tc";
+    pub const WAN_TC: &str = "nat_wan_tc";
     /// Does nothing but pass: attached to a veth peer so that it accepts
     /// frames redirected by XDP (the kernel enables NAPI only then).
     pub const PASS: &str = "xdp_pass";
@@ -464,10 +475,16 @@ pub mod bench {
     pub const FORWARDER: &str = "bench_fwd";
     /// Restores the template, then tail-calls the program in `BENCH_NEXT`.
     pub const RESTORE: &str = "bench_restore";
+    /// The same for the TC programs: restores, then tail-calls the program
+    /// in `BENCH_NEXT_TC`.
+    pub const RESTORE_TC: &str = "bench_restore_tc";
+    /// Returns `TC_ACT_OK`: the TC baseline behind `bench_restore_tc`.
+    pub const TC_PASS: &str = "bench_tc_pass";
 
     pub const TEMPLATE_MAP: &str = "BENCH_TEMPLATE";
     pub const SEQ_MAP: &str = "BENCH_SEQ";
     pub const NEXT_MAP: &str = "BENCH_NEXT";
+    pub const NEXT_TC_MAP: &str = "BENCH_NEXT_TC";
     pub const RX_MAP: &str = "BENCH_RX";
 
     /// Longest frame a template holds; its length must be a multiple of 4.

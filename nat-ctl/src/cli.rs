@@ -6,9 +6,9 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
 use nat_ctl::{
     api::{Client, ClientError, ListedRule, RuleChange, TableFilter},
-    config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET_PATH},
+    config::{DEFAULT_CONFIG_PATH, DaemonConfig},
     daemon::{self, DaemonOptions},
-    datapath::{AttachMode, pins},
+    datapath::{Attach, AttachMode, pins},
     rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow},
     table,
 };
@@ -16,9 +16,14 @@ use nat_ctl::{
 #[derive(Parser)]
 #[command(name = "natctl", version, about = "XDP NAT router control")]
 pub struct Cli {
-    /// The daemon's API socket.
-    #[arg(long, global = true, env = "NATCTL_SOCKET", default_value = DEFAULT_SOCKET_PATH)]
-    socket: PathBuf,
+    /// Configuration file [default: /etc/natctl/natctl.toml if present].
+    /// The daemon runs by it; the other commands take the API socket and
+    /// the pin directory from it.
+    #[arg(long, global = true, env = "NATCTL_CONFIG")]
+    config: Option<PathBuf>,
+    /// The daemon's API socket [default: the configuration's `socket`].
+    #[arg(long, global = true, env = "NATCTL_SOCKET")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,9 +39,13 @@ enum Command {
         /// The LAN NIC; its IPv4 prefix is the LAN.
         #[arg(long)]
         lan: String,
-        /// Configuration file [default: /etc/natctl/natctl.toml if present].
-        #[arg(long)]
-        config: Option<PathBuf>,
+        /// Per NIC: TC for drivers that may hand over partial checksums
+        /// (veth, tun/tap, virtio_net), XDP otherwise (auto); or the same
+        /// mode on both.
+        #[arg(long, value_enum, default_value_t = Attach::Auto)]
+        attach: Attach,
+        /// For the NICs that get XDP: native with a generic fallback
+        /// (auto), or only one of them.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
         /// bpffs directory for the pinned maps and links (overrides the file).
@@ -102,7 +111,7 @@ enum Command {
         /// A local, external or remote port.
         #[arg(long)]
         port: Option<u16>,
-        /// static, dynamic or upnp.
+        /// static, dynamic, upnp, natpmp or pcp.
         #[arg(long = "type")]
         kind: Option<String>,
     },
@@ -122,12 +131,52 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         switch: String,
     },
+    /// Switch the NAT-PMP and PCP server (one switch for both: they share
+    /// UDP port 5351) on or off until the daemon restarts (`[natpmp]
+    /// enabled` makes it last); off also removes their mappings.
+    Natpmp {
+        #[arg(value_parser = ["on", "off"])]
+        switch: String,
+    },
     /// Detach the datapath and remove its pins (stops the daemon too).
     Down {
-        /// Where to look when no daemon is running.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        /// Where to look when no daemon is running [default: the
+        /// configuration's `pin_dir`].
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
     },
+    /// Work with configuration files, without a daemon.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check a configuration file as the daemon would read it.
+    Check {
+        /// The file [default: --config, else /etc/natctl/natctl.toml].
+        file: Option<PathBuf>,
+    },
+}
+
+/// Where the clients find the daemon: a flag wins; else the configuration
+/// file's value (the file is read only when a flag leaves something to
+/// find).
+fn client_paths(
+    config: Option<&std::path::Path>,
+    socket: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+) -> Result<(PathBuf, PathBuf)> {
+    if let (Some(socket), Some(pin_dir)) = (&socket, &pin_dir) {
+        return Ok((socket.clone(), pin_dir.clone()));
+    }
+    let (file, _) = DaemonConfig::load(config)?;
+    Ok((
+        socket.unwrap_or(file.socket),
+        pin_dir.unwrap_or(file.pin_dir),
+    ))
 }
 
 #[derive(Args)]
@@ -168,24 +217,40 @@ impl FromStr for InternalTarget {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let client = Client::new(&cli.socket);
-    match cli.command {
+    let command = match cli.command {
         Command::Daemon {
             wan,
             lan,
-            config,
+            attach,
             xdp_mode,
             pin_dir,
             rules_file,
-        } => daemon::run(DaemonOptions {
-            wan,
-            lan,
-            config,
-            xdp_mode,
-            socket: Some(cli.socket),
-            pin_dir,
-            rules_file,
-        }),
+        } => {
+            return daemon::run(DaemonOptions {
+                wan,
+                lan,
+                config: cli.config,
+                attach,
+                xdp_mode,
+                socket: cli.socket,
+                pin_dir,
+                rules_file,
+            });
+        }
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => return check_config(file.as_deref().or(cli.config.as_deref())),
+        command => command,
+    };
+    let down_pin_dir = match &command {
+        Command::Down { pin_dir } => pin_dir.clone(),
+        // Only `down` needs a pin directory: any will do for the others.
+        _ => Some(PathBuf::new()),
+    };
+    let (socket, pin_dir) = client_paths(cli.config.as_deref(), cli.socket, down_pin_dir)?;
+    let client = Client::new(&socket);
+    match command {
+        Command::Daemon { .. } | Command::Config { .. } => unreachable!("handled above"),
         Command::Add {
             name,
             rule,
@@ -305,7 +370,20 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Down { pin_dir } => match block_on(client.down()) {
+        Command::Natpmp { switch } => {
+            let on = switch == "on";
+            let answer = block_on(client.natpmp(on))?;
+            if on {
+                println!("NAT-PMP/PCP on");
+            } else {
+                println!(
+                    "NAT-PMP/PCP off; removed {} mapping(s) clients had made",
+                    answer.removed.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Down { .. } => match block_on(client.down()) {
             Ok(_) => {
                 println!("datapath detached; the daemon is stopping");
                 Ok(())
@@ -330,6 +408,22 @@ pub fn run(cli: Cli) -> Result<()> {
             Err(error) => Err(error.into()),
         },
     }
+}
+
+/// `natctl config check`: the file read as the daemon reads it.
+fn check_config(file: Option<&std::path::Path>) -> Result<()> {
+    let (config, read) = DaemonConfig::load(file)?;
+    match read {
+        Some(path) => println!(
+            "{}: valid; rules in {}, API on {}, pins in {}",
+            path.display(),
+            config.rules_file.display(),
+            config.socket.display(),
+            config.pin_dir.display()
+        ),
+        None => println!("no configuration file at {DEFAULT_CONFIG_PATH}: the defaults apply"),
+    }
+    Ok(())
 }
 
 fn block_on<T>(future: impl Future<Output = T>) -> T {
@@ -380,4 +474,68 @@ fn format_rules(rules: &[ListedRule]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_find_the_daemon_by_flag_then_by_the_configuration_file() {
+        let dir = std::env::temp_dir().join(format!("natctl-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("natctl.toml");
+        std::fs::write(
+            &file,
+            "socket = \"/tmp/x/natctl.sock\"\npin_dir = \"/sys/fs/bpf/other\"\n",
+        )
+        .unwrap();
+        let flag_socket = PathBuf::from("/run/flag.sock");
+        let flag_pins = PathBuf::from("/sys/fs/bpf/flag");
+
+        // The file's values when no flag is given.
+        assert_eq!(
+            client_paths(Some(&file), None, None).unwrap(),
+            ("/tmp/x/natctl.sock".into(), "/sys/fs/bpf/other".into())
+        );
+        // A flag wins over the file, for what it names only.
+        assert_eq!(
+            client_paths(Some(&file), Some(flag_socket.clone()), None).unwrap(),
+            (flag_socket.clone(), "/sys/fs/bpf/other".into())
+        );
+        // Both flags: the file is not even read (it may be broken).
+        let missing = dir.join("missing.toml");
+        assert_eq!(
+            client_paths(
+                Some(&missing),
+                Some(flag_socket.clone()),
+                Some(flag_pins.clone())
+            )
+            .unwrap(),
+            (flag_socket, flag_pins)
+        );
+        // A file given but missing is an error naming it.
+        let error = client_paths(Some(&missing), None, None).unwrap_err();
+        assert!(format!("{error:#}").contains("missing.toml"), "{error:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn config_is_a_flag_of_every_subcommand() {
+        let cli = Cli::try_parse_from(["natctl", "list", "--config", "/etc/x.toml"]).unwrap();
+        assert_eq!(cli.config, Some("/etc/x.toml".into()));
+        let cli = Cli::try_parse_from([
+            "natctl",
+            "--config",
+            "/etc/x.toml",
+            "daemon",
+            "--wan",
+            "eth0",
+            "--lan",
+            "eth1",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some("/etc/x.toml".into()));
+        assert_eq!(cli.socket, None, "no default socket: the file's is used");
+    }
 }

@@ -20,12 +20,10 @@ const MIN_DYNAMIC_PORTS: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The reason is part of the message, not a source, so that a chain of
+    // errors printed with `{:#}` says it once.
+    #[error("cannot read config file {}: {}", path.display(), reason(error))]
+    Read { path: PathBuf, error: io::Error },
     #[error("{} line {line}: not UTF-8 text; the config file must be UTF-8", path.display())]
     NotUtf8 { path: PathBuf, line: usize },
     #[error("{} line {line}, column {column}: {message}", path.display())]
@@ -48,8 +46,48 @@ pub struct DaemonConfig {
     #[serde(deserialize_with = "pin_dir")]
     pub pin_dir: PathBuf,
     pub nat: NatSettings,
+    #[serde(deserialize_with = "timeouts")]
     pub timeouts: Timeouts,
     pub upnp: UpnpSettings,
+    pub natpmp: NatpmpSettings,
+}
+
+/// The `[natpmp]` table: the NAT-PMP (RFC 6886) and PCP (RFC 6887) server
+/// on the LAN, one switch for both (they share UDP port 5351). Secure mode
+/// and the permissions are the `[upnp]` table's: one policy for every
+/// protocol a client maps ports with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatpmpSettings {
+    pub enabled: bool,
+    /// The longest lifetime granted, in seconds; a client asking for more
+    /// gets this (both RFCs let the server shorten a lifetime).
+    #[serde(deserialize_with = "max_lease")]
+    pub max_lifetime: u32,
+    /// Requests per second one LAN host may make (twice that in a burst);
+    /// beyond it requests are dropped unanswered.
+    #[serde(deserialize_with = "rate_limit")]
+    pub rate_limit: u32,
+}
+
+impl Default for NatpmpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_lifetime: 86_400,
+            rate_limit: 200,
+        }
+    }
+}
+
+fn rate_limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let rate = i64::deserialize(deserializer)?;
+    if !(1..=1_000_000).contains(&rate) {
+        return Err(D::Error::custom(format!(
+            "rate_limit = {rate}: expected requests per second from 1 to 1000000"
+        )));
+    }
+    Ok(rate as u32)
 }
 
 /// The `[upnp]` table: the IGD served on the LAN.
@@ -71,6 +109,10 @@ pub struct UpnpSettings {
     /// The longest lease granted, in seconds (IGDv2: 604800, a week).
     #[serde(deserialize_with = "max_lease")]
     pub max_lease: u32,
+    /// Whether a lease of 0 may mean a permanent mapping (IGDv1 clients
+    /// ask for it). Off, 0 means `max_lease`: a mapping a client forgot
+    /// must not outlive it, and reboots, for ever.
+    pub allow_permanent: bool,
     /// Checked in order, first match wins; no match is a denial. Empty:
     /// the safe default, ports 1024-65535 both sides, any LAN host.
     pub permissions: Vec<UpnpPermission>,
@@ -85,6 +127,7 @@ impl Default for UpnpSettings {
             v1_user_agents: vec!["Windows".into(), "Xbox".into()],
             http_port: 0,
             max_lease: 604_800,
+            allow_permanent: false,
             permissions: Vec::new(),
         }
     }
@@ -172,6 +215,7 @@ impl Default for DaemonConfig {
             nat: NatSettings::default(),
             timeouts: Timeouts::default(),
             upnp: UpnpSettings::default(),
+            natpmp: NatpmpSettings::default(),
         }
     }
 }
@@ -305,6 +349,14 @@ impl std::fmt::Display for Unsolicited {
     }
 }
 
+fn reason(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotFound => "no such file".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
 impl DaemonConfig {
     /// `None`: the default path, where a missing file means defaults.
     /// `Some(path)`: the file must exist. Also returns the file actually read.
@@ -321,10 +373,10 @@ impl DaemonConfig {
             Err(error) if !required && error.kind() == io::ErrorKind::NotFound => {
                 return Ok((Self::default(), None));
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    error,
                 });
             }
         };
@@ -425,6 +477,11 @@ pub struct Timeouts {
     /// ICMP queries (RFC 5508: 60 s).
     #[serde(with = "seconds")]
     pub icmp: Duration,
+    /// Allows timeouts shorter than the RFCs' minimums. Off, a file that
+    /// sets one is refused: a NAT that forgets mappings early breaks
+    /// long-lived connections and keep-alive intervals that apps choose by
+    /// these RFCs.
+    pub below_rfc_minimums: bool,
 }
 
 impl Default for Timeouts {
@@ -434,8 +491,62 @@ impl Default for Timeouts {
             tcp_transitory: Duration::from_secs(240),
             udp: Duration::from_secs(300),
             icmp: Duration::from_secs(60),
+            below_rfc_minimums: false,
         }
     }
+}
+
+/// The shortest timeout each RFC allows: key, minimum, and who says so.
+const TIMEOUT_FLOORS: [(&str, Duration, &str); 4] = [
+    (
+        "tcp_established",
+        Duration::from_secs(7440),
+        "RFC 5382 REQ-5 (2 h 4 min)",
+    ),
+    (
+        "tcp_transitory",
+        Duration::from_secs(240),
+        "RFC 5382 REQ-5 (4 min)",
+    ),
+    ("udp", Duration::from_secs(120), "RFC 4787 REQ-5 (2 min)"),
+    ("icmp", Duration::from_secs(60), "RFC 5508 REQ-1 (60 s)"),
+];
+
+impl Timeouts {
+    fn by_key(&self, key: &str) -> Duration {
+        match key {
+            "tcp_established" => self.tcp_established,
+            "tcp_transitory" => self.tcp_transitory,
+            "udp" => self.udp,
+            _ => self.icmp,
+        }
+    }
+
+    /// Refuses a timeout below its RFC's minimum unless
+    /// `below_rfc_minimums` says so.
+    pub fn check_floors(&self) -> Result<(), String> {
+        if self.below_rfc_minimums {
+            return Ok(());
+        }
+        for (key, floor, source) in TIMEOUT_FLOORS {
+            let value = self.by_key(key);
+            if value < floor {
+                return Err(format!(
+                    "{key} = {}: below the {} s minimum of {source}; raise it, or set \
+                     below_rfc_minimums = true in [timeouts] to allow it",
+                    value.as_secs(),
+                    floor.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn timeouts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timeouts, D::Error> {
+    let timeouts = Timeouts::deserialize(deserializer)?;
+    timeouts.check_floors().map_err(D::Error::custom)?;
+    Ok(timeouts)
 }
 
 mod seconds {
@@ -511,6 +622,12 @@ mod tests {
             error.to_string().contains(&*path.to_string_lossy()),
             "{error}"
         );
+        // One clean line, once: the reason is not repeated as a source.
+        let line = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(
+            line,
+            format!("cannot read config file {}: no such file", path.display())
+        );
     }
 
     #[test]
@@ -546,6 +663,7 @@ tcp_established = 3600
 tcp_transitory = 120
 udp = 60
 icmp = 30
+below_rfc_minimums = true
 
 [upnp]
 enabled = false
@@ -582,6 +700,7 @@ internal_ports = "1-65535"
                     tcp_transitory: Duration::from_secs(120),
                     udp: Duration::from_secs(60),
                     icmp: Duration::from_secs(30),
+                    below_rfc_minimums: true,
                 },
                 upnp: UpnpSettings {
                     enabled: false,
@@ -597,6 +716,7 @@ internal_ports = "1-65535"
                     }],
                     ..UpnpSettings::default()
                 },
+                natpmp: NatpmpSettings::default(),
             }
         );
         // First match wins; no match denies.
@@ -655,6 +775,39 @@ internal_ports = "1-65535"
             assert_eq!(line, 4, "{message}");
             assert!(message.contains(&format!("timeout {value} s")), "{message}");
         }
+    }
+
+    #[test]
+    fn timeouts_below_the_rfc_minimums_need_saying_so() {
+        for (text, key, floor) in [
+            (
+                "[timeouts]\ntcp_established = 7439\n",
+                "tcp_established = 7439",
+                "7440 s",
+            ),
+            (
+                "[timeouts]\ntcp_transitory = 60\n",
+                "tcp_transitory = 60",
+                "240 s",
+            ),
+            ("[timeouts]\nudp = 119\n", "udp = 119", "RFC 4787"),
+            ("[timeouts]\nicmp = 30\n", "icmp = 30", "RFC 5508"),
+        ] {
+            let (line, _, message) = invalid(text);
+            assert_eq!(line, 1, "{message}");
+            assert!(message.contains(key), "{key}: {message}");
+            assert!(message.contains(floor), "{floor}: {message}");
+            assert!(message.contains("below_rfc_minimums = true"), "{message}");
+            let allowed = format!("{text}below_rfc_minimums = true\n");
+            let config = DaemonConfig::parse(&allowed, Path::new("x")).unwrap();
+            assert!(config.timeouts.below_rfc_minimums);
+        }
+        // At the floors exactly: fine without saying so.
+        DaemonConfig::parse(
+            "[timeouts]\ntcp_established = 7440\ntcp_transitory = 240\nudp = 120\nicmp = 60\n",
+            Path::new("x"),
+        )
+        .unwrap();
     }
 
     #[test]

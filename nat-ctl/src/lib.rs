@@ -7,6 +7,7 @@ pub mod connections;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;
+pub mod natpmp;
 pub mod rules;
 pub mod store;
 pub mod table;

@@ -5,7 +5,8 @@ use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use nat_common::{
     Counter, CounterValue, PROTO_ICMP, Session, SessionKey, SweepParams, TCP_STATE_CLOSED,
-    TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED, TCP_STATE_OPENING,
+    TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED, TCP_STATE_HALF_CLOSED_BY_ANSWERER,
+    TCP_STATE_HALF_CLOSED_BY_OPENER, TCP_STATE_OPENING,
 };
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +98,8 @@ pub struct TableRow {
     pub remote_port: Option<u16>,
     /// TCP, UDP, ICMP, or TCP/UDP for a rule covering both.
     pub protocol: String,
-    /// STATIC or UPNP (a rule, or a conversation through one), or DYNAMIC.
+    /// STATIC, UPNP, NATPMP or PCP (a rule, or a conversation through one),
+    /// or DYNAMIC.
     #[serde(rename = "type")]
     pub kind: String,
     /// Seconds left before the entry expires if idle; `None`: permanent.
@@ -147,6 +149,7 @@ fn tcp_state_name(state: u8) -> &'static str {
     match state {
         TCP_STATE_OPENING => "opening",
         TCP_STATE_ESTABLISHED => "established",
+        TCP_STATE_HALF_CLOSED_BY_OPENER | TCP_STATE_HALF_CLOSED_BY_ANSWERER => "half-closed",
         TCP_STATE_CLOSING => "closing",
         TCP_STATE_CLOSED => "closed",
         _ => "-",

@@ -17,11 +17,18 @@
 //!   does), then tail-calls the program user space put in `BENCH_NEXT`: the
 //!   real, unmodified `nat_lan` or `nat_wan`, `bench_fwd`, or `xdp_pass` for
 //!   the baseline, so that every case pays the same restore and tail call.
+//! - `bench_restore_tc`: the same for the TC programs on an skb, through
+//!   `BENCH_NEXT_TC`: `nat_lan_tc`, `nat_wan_tc`, or `bench_tc_pass` (which
+//!   only returns `TC_ACT_OK`) for the baseline.
+// The TC_ACT_* constants are `i32` in the BPF target's bindings and `u32`
+// in the host's (where clippy checks this file).
+#![allow(clippy::unnecessary_cast)]
+
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray, ProgramArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use nat_common::{
     Counter,
@@ -30,6 +37,7 @@ use nat_common::{
 
 use crate::{
     checksum::{CsumDelta, load16, store16},
+    context::{NatContext, TcPacket},
     counters::settle,
     egress::{redirect, route},
     parse::{Side, frame_len, parse_frame, ptr_at},
@@ -46,6 +54,10 @@ static BENCH_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BENCH_NEXT")]
 static BENCH_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// Slot 0: the TC program `bench_restore_tc` hands the skb to.
+#[map(name = "BENCH_NEXT_TC")]
+static BENCH_NEXT_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Frames the sink received, per CPU.
 #[map(name = "BENCH_RX")]
 static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -57,7 +69,7 @@ const OFFSET_MASK: u32 = (TEMPLATE_MAX as u32) - 1;
 /// Writes the template over the packet and moves its port on to the next
 /// flow. `None` when there is no template or the packet is shorter.
 #[inline(always)]
-fn restore_template(ctx: &XdpContext) -> Option<()> {
+fn restore_template(ctx: &impl NatContext) -> Option<()> {
     let template = BENCH_TEMPLATE.get(0)?;
     let len = template.len as usize;
     for i in 0..WORDS {
@@ -131,7 +143,7 @@ fn try_bench_fwd(ctx: &XdpContext) -> Result<u32, Counter> {
         packet.addr(Side::Source),
         packet.addr(Side::Destination),
     )?;
-    redirect(eth, &packet, &route, Counter::Forwarded, len)
+    redirect(ctx, eth, &packet, &route, Counter::Forwarded, len)
 }
 
 #[xdp]
@@ -148,4 +160,22 @@ pub fn bench_restore(ctx: XdpContext) -> u32 {
     unsafe { BENCH_NEXT.tail_call(&ctx, 0) };
     // Reached only when the slot is empty.
     xdp_action::XDP_ABORTED
+}
+
+#[classifier]
+pub fn bench_restore_tc(ctx: TcContext) -> i32 {
+    let packet = TcPacket::new(ctx);
+    if restore_template(&packet).is_none() {
+        return TC_ACT_SHOT as i32;
+    }
+    // SAFETY: BENCH_NEXT_TC holds TC programs only.
+    unsafe { BENCH_NEXT_TC.tail_call(packet.context(), 0) };
+    // Reached only when the slot is empty.
+    TC_ACT_SHOT as i32
+}
+
+/// The TC baseline: nothing but the verdict.
+#[classifier]
+pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
 }

@@ -35,6 +35,22 @@ pub fn external_port_for(
     Ok(External { port, rule_id: 0 })
 }
 
+/// `port`, or its neighbour inside `port_min..=port_max`, with the parity
+/// of `own`: an RTP stream on an even port keeps its RTCP on the odd one
+/// after it (RFC 4787 REQ-4).
+#[inline(always)]
+fn with_parity_of(own: u32, port: u32, port_min: u32, port_max: u32) -> u32 {
+    if (port ^ own) & 1 == 0 {
+        port
+    } else if port < port_max {
+        port + 1
+    } else if port > port_min {
+        port - 1
+    } else {
+        port
+    }
+}
+
 /// Claims an external port for `internal`: its own port when that is in the
 /// dynamic range and free, else a bounded number of pseudo-random probes.
 /// Claims are atomic (`BPF_NOEXIST`) and skip ports held by static rules.
@@ -60,7 +76,8 @@ fn create_binding(
             own_port
         } else {
             // SAFETY: a helper without arguments.
-            port_min + unsafe { bpf_get_prandom_u32() } % span
+            let random = port_min + unsafe { bpf_get_prandom_u32() } % span;
+            with_parity_of(own_port, random, port_min, port_min + span - 1)
         };
         let port = candidate as u16;
         let inbound = EndpointKey::inbound(proto, port);

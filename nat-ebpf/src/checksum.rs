@@ -36,6 +36,12 @@ impl CsumDelta {
         self.0 = fold(self.0 + other.0);
     }
 
+    /// The folded sum, as `bpf_l4_csum_replace` takes a difference.
+    #[inline(always)]
+    pub fn value(self) -> u32 {
+        self.0
+    }
+
     /// HC' = ~(~HC + sum(~m + m')).
     #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {

@@ -1,9 +1,9 @@
 //! Per-CPU counters, and the verdict: `settle` turns the outcome of a
 //! direction's stages into the XDP action and counts why it stopped.
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use nat_common::Counter;
 
 use crate::{
+    context::NatContext,
     maps::{COUNTERS, RULE_COUNTERS},
     parse::frame_len,
 };
@@ -39,20 +39,16 @@ pub fn count_rule(rule_id: u32, inbound: bool, bytes: usize) {
     }
 }
 
-/// Turns a stage's outcome into the XDP action: `Ok` is a packet the fast
+/// Turns a stage's outcome into the program's action (XDP or TC): `Ok` is a packet the fast
 /// path finished (already counted); `Err` names why it stopped, which is
 /// counted here and, unless it is a drop, hands the packet to the kernel.
 #[inline(always)]
-pub fn settle(ctx: &XdpContext, outcome: Result<u32, Counter>) -> u32 {
+pub fn settle<C: NatContext>(ctx: &C, outcome: Result<u32, Counter>) -> u32 {
     match outcome {
         Ok(action) => action,
         Err(reason) => {
             count(reason, frame_len(ctx));
-            if reason.drops() {
-                xdp_action::XDP_DROP
-            } else {
-                xdp_action::XDP_PASS
-            }
+            if reason.drops() { C::DROP } else { C::PASS }
         }
     }
 }

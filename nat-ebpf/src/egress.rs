@@ -1,20 +1,24 @@
 //! The last stage: route by the kernel's FIB, rewrite the MACs, decrement the
-//! TTL and redirect out of the egress NIC.
+//! TTL and redirect out of the egress NIC (the `EGRESS` devmap in XDP,
+//! `bpf_redirect` in TC: [`NatContext::redirect`]).
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
-    programs::XdpContext,
 };
 use nat_common::Counter;
 use network_types::eth::EthHdr;
 
-use crate::{counters::count, maps::EGRESS, parse::IpHeader, translate::decrement_ttl};
+use crate::{
+    context::NatContext,
+    counters::count,
+    parse::{Datagram, IpHeader},
+    translate::decrement_ttl,
+};
 
 const AF_INET: u8 = 2;
 
@@ -31,13 +35,14 @@ pub struct Route {
 /// Done before any rewrite, so that a packet the fast path cannot finish
 /// reaches the kernel as it arrived.
 #[inline(always)]
-pub fn route(
-    ctx: &XdpContext,
-    packet: &IpHeader,
+pub fn route<C: NatContext>(
+    ctx: &C,
+    packet: &impl Datagram,
     src: [u8; 4],
     dst: [u8; 4],
 ) -> Result<Route, Counter> {
-    lookup(ctx, packet.proto, packet.tot_len(), src, dst)
+    let tot_len = ctx.fib_tot_len(packet);
+    lookup(ctx, packet.ip_header().proto, tot_len, src, dst)
 }
 
 /// As `route`, for a packet that may be fragmented on its way: larger than
@@ -48,15 +53,18 @@ pub fn route(
 /// untranslated, so that the kernel's "fragmentation needed" goes back to
 /// the sender quoting what it sent.
 #[inline(always)]
-pub fn route_fragmentable(
-    ctx: &XdpContext,
-    packet: &IpHeader,
+pub fn route_fragmentable<C: NatContext>(
+    ctx: &C,
+    packet: &impl Datagram,
     src: [u8; 4],
     dst: [u8; 4],
 ) -> Result<Route, Counter> {
     match route(ctx, packet, src, dst) {
-        Err(Counter::PassMtuExceeded) if !packet.dont_fragment() => {
-            let mut route = lookup(ctx, packet.proto, 0, src, dst)?;
+        Err(Counter::PassMtuExceeded) if !packet.ip_header().dont_fragment() => {
+            let hdr = packet.ip_header();
+            // A length that fits any MTU: the lookup without its MTU
+            // check. Not 0, which in TC would check the skb itself.
+            let mut route = lookup(ctx, hdr.proto, hdr.header_len() as u16, src, dst)?;
             route.oversize = true;
             Ok(route)
         }
@@ -65,8 +73,8 @@ pub fn route_fragmentable(
 }
 
 #[inline(always)]
-fn lookup(
-    ctx: &XdpContext,
+fn lookup<C: NatContext>(
+    ctx: &C,
     proto: u8,
     tot_len: u16,
     src: [u8; 4],
@@ -77,11 +85,11 @@ fn lookup(
     params.family = AF_INET;
     params.l4_protocol = proto;
     params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.ifindex = ctx.ifindex();
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: `params` is a valid, correctly sized bpf_fib_lookup.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), &mut params, size_of::<FibParams>() as i32, 0) };
     let neighbour_known = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         // The egress is known; the kernel will resolve the next hop's MAC.
@@ -101,7 +109,8 @@ fn lookup(
 
 /// Sends the translated packet on its way and counts it under `counter`.
 #[inline(always)]
-pub fn redirect(
+pub fn redirect<C: NatContext>(
+    ctx: &C,
     eth: *mut EthHdr,
     packet: &IpHeader,
     route: &Route,
@@ -123,9 +132,9 @@ pub fn redirect(
         (*eth).src_addr = route.smac;
         (*eth).dst_addr = route.dmac;
     }
-    let action = EGRESS
-        .redirect(route.ifindex, 0)
-        .map_err(|_| Counter::PassRedirectFailed)?;
+    let action = ctx
+        .redirect(route.ifindex)
+        .ok_or(Counter::PassRedirectFailed)?;
     count(counter, frame_len);
     Ok(action)
 }

@@ -19,13 +19,13 @@
 //!
 //! `FRAGS` is an LRU of `FRAGS_MAX` entries; an entry older than
 //! `FRAG_TIMEOUT_NS` is not used (`frag_expired`) and the sweep removes it.
-use aya_ebpf::programs::XdpContext;
 use nat_common::{
     Counter, FRAG_PEER_TIMEOUT_NS, FRAG_TIMEOUT_NS, FragEntry, FragKey, NatConfig, UNSOLICITED_DROP,
 };
 use network_types::eth::EthHdr;
 
 use crate::{
+    context::NatContext,
     counters::count,
     egress::{redirect, route_fragmentable},
     lookup::now_ns,
@@ -128,7 +128,7 @@ pub fn note_peer(remote: [u8; 4], proto: u8, host: [u8; 4], now: u64) {
 /// WAN address, whether or not its first fragment came first.
 #[inline(always)]
 pub fn outbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     hdr: &IpHeader,
@@ -152,14 +152,14 @@ pub fn outbound(
         }
     };
     rewrite_addr(hdr, Side::Source, addr);
-    redirect(eth, hdr, &route, Counter::FragTranslated, len)
+    redirect(ctx, eth, hdr, &route, Counter::FragTranslated, len)
 }
 
 /// A later fragment from outside for the WAN address: to the LAN host its
 /// first fragment went to.
 #[inline(always)]
 pub fn inbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     hdr: &IpHeader,
@@ -194,7 +194,7 @@ pub fn inbound(
         return Err(Counter::PassLocal);
     }
     rewrite_addr(hdr, Side::Destination, to);
-    redirect(eth, hdr, &route, Counter::FragTranslated, len)
+    redirect(ctx, eth, hdr, &route, Counter::FragTranslated, len)
 }
 
 /// A later fragment from outside that no datagram or peer accounts for: the

@@ -1,11 +1,11 @@
 //! LAN ingress: source translation toward the WAN, and hairpin back into
 //! the LAN for a LAN host that reaches the WAN address.
-use aya_ebpf::programs::XdpContext;
 use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::eth::EthHdr;
 
 use crate::{
     binding::external_port_for,
+    context::NatContext,
     counters::{count, count_rule},
     egress::{redirect, route, route_fragmentable},
     frag,
@@ -17,7 +17,7 @@ use crate::{
     },
     proto,
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
-    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
 
 #[inline(always)]
@@ -25,7 +25,7 @@ fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
     addr[0] >= 224 || addr == [255; 4]
 }
 
-pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
+pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::LanRx, len);
     let Some(config) = config() else {
@@ -103,6 +103,7 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
         frag::note_peer(dst, packet.proto, src, now);
     }
     rewrite_endpoint(
+        ctx,
         &packet,
         Side::Source,
         Endpoint {
@@ -110,14 +111,14 @@ pub fn try_nat_lan(ctx: &XdpContext) -> Result<u32, Counter> {
             port: external.port,
         },
     );
-    redirect(eth, &packet, &route, Counter::Snat, len)
+    redirect(ctx, eth, &packet, &route, Counter::Snat, len)
 }
 
 /// Nothing to translate to (the WAN NIC has no address, or no
 /// configuration yet): what LAN hosts send to the outside is dropped, as
 /// the kernel would forward it untranslated; the rest is the kernel's.
 #[inline(always)]
-fn without_wan_address(ctx: &XdpContext) -> Counter {
+fn without_wan_address(ctx: &impl NatContext) -> Counter {
     let Some(config) = config_without_wan() else {
         return Counter::PassLocal;
     };
@@ -138,7 +139,7 @@ fn without_wan_address(ctx: &XdpContext) -> Counter {
 /// comes back through the router and not straight to the client.
 #[inline(always)]
 fn hairpin(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     packet: &Ipv4Packet,
@@ -150,7 +151,7 @@ fn hairpin(
     }
     let now = now_ns();
     let target_port = packet.port(Side::Destination);
-    let target = inbound_target(packet.proto, target_port, now).ok_or(Counter::PassLocal)?;
+    let target = inbound_target(packet.proto, target_port).ok_or(Counter::PassLocal)?;
     let to = target.endpoint();
     let route = route(ctx, packet, config.wan_addr, to.addr)?;
     if route.ifindex != config.lan_ifindex {
@@ -191,14 +192,16 @@ fn hairpin(
         // always use it.
         Target::Forward(forward) => count_rule(forward.rule_id, true, len),
         Target::Binding(_) => {
+            // Refused as it would be from outside; passed to the router's
+            // own stack it would be answered with a reset instead.
             if !session_inbound_allowed(config, &reverse, now, len) {
-                return Err(Counter::PassLocal);
+                return Err(Counter::DropUnsolicited);
             }
         }
     }
-    rewrite_endpoint(packet, Side::Source, source_outside);
-    rewrite_endpoint(packet, Side::Destination, to);
-    redirect(eth, packet, &route, Counter::Hairpin, len)
+    rewrite_endpoint(ctx, packet, Side::Source, source_outside);
+    rewrite_endpoint(ctx, packet, Side::Destination, to);
+    redirect(ctx, eth, packet, &route, Counter::Hairpin, len)
 }
 
 /// A LAN host's ICMP error about a packet that reached it through the NAT:
@@ -206,7 +209,7 @@ fn hairpin(
 /// read as the external one outside.
 #[inline(always)]
 fn icmp_error_outbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     packet: &Ipv4Packet,
@@ -226,7 +229,7 @@ fn icmp_error_outbound(
     if route.ifindex != config.wan_ifindex {
         return Err(Counter::PassLocal);
     }
-    let quoted_delta = rewrite_endpoint(
+    let quoted_delta = rewrite_quoted_endpoint(
         &quoted,
         Side::Destination,
         Endpoint {
@@ -235,6 +238,6 @@ fn icmp_error_outbound(
         },
     );
     rewrite_addr(packet, Side::Source, config.wan_addr);
-    adjust_icmp_check(packet, quoted_delta);
-    redirect(eth, packet, &route, Counter::IcmpErrorOut, len)
+    adjust_icmp_check(ctx, packet, quoted_delta);
+    redirect(ctx, eth, packet, &route, Counter::IcmpErrorOut, len)
 }

@@ -10,10 +10,6 @@ use crate::{
     parse::Endpoint,
 };
 
-/// Last-seen times are rewritten at most this often: aging works in seconds,
-/// and not dirtying the entry on every packet keeps its cache line shared.
-pub const TOUCH_GRANULARITY_NS: u64 = 250_000_000;
-
 #[inline(always)]
 pub fn config() -> Option<&'static NatConfig> {
     CONFIG.get(0).filter(|config| config.wan_addr != [0; 4])
@@ -77,20 +73,25 @@ fn touch(binding: *mut Binding, now: u64) {
     // SAFETY: a pointer returned by a map lookup; a torn last-seen time is
     // harmless (aging re-reads it).
     unsafe {
-        if now.wrapping_sub((*binding).last_seen_ns) > TOUCH_GRANULARITY_NS {
+        if now.wrapping_sub((*binding).last_seen_ns) > nat_common::TOUCH_GRANULARITY_NS {
             (*binding).last_seen_ns = now;
         }
     }
 }
 
-/// The internal endpoint behind a dynamic mapping's external port.
+/// The internal endpoint behind a dynamic mapping's external port. Inbound
+/// packets never refresh a mapping themselves (RFC 4787 REQ-6 asks only
+/// outbound ones to): a reply the filter lets in refreshes its session,
+/// which keeps the mapping alive; a stranger's packet, filtered, keeps
+/// nothing alive (the attack of RFC 4787 section 4.3).
 #[inline(always)]
-pub fn binding_inbound(proto: u8, external_port: u16, now: u64) -> Option<Endpoint> {
-    let binding = BINDINGS.get_ptr_mut(EndpointKey::inbound(proto, external_port))?;
-    touch(binding, now);
-    // SAFETY: a pointer returned by a map lookup.
-    let (addr, port) = unsafe { ((*binding).addr, (*binding).port) };
-    Some(Endpoint { addr, port })
+pub fn binding_inbound(proto: u8, external_port: u16) -> Option<Endpoint> {
+    // SAFETY: a map lookup, copied out at once.
+    let binding = unsafe { BINDINGS.get(EndpointKey::inbound(proto, external_port)) }?;
+    Some(Endpoint {
+        addr: binding.addr,
+        port: binding.port,
+    })
 }
 
 /// The external port of `internal`'s existing dynamic mapping.
@@ -152,11 +153,11 @@ impl Target {
 /// (dynamic ports never collide with a rule's, see `binding`). ICMP query
 /// ids are only ever dynamic.
 #[inline(always)]
-pub fn inbound_target(proto: u8, external_port: u16, now: u64) -> Option<Target> {
+pub fn inbound_target(proto: u8, external_port: u16) -> Option<Target> {
     if proto != PROTO_ICMP
         && let Some(forward) = forward_inbound(proto, external_port)
     {
         return Some(Target::Forward(forward));
     }
-    binding_inbound(proto, external_port, now).map(Target::Binding)
+    binding_inbound(proto, external_port).map(Target::Binding)
 }

@@ -22,7 +22,9 @@
 //!
 //! `lan` and `wan` hold the per-direction flow (`try_nat_lan`,
 //! `try_nat_wan`), `aging` the sweep (`try_nat_sweep`); the entry points
-//! below are thin shims over them. `maps` declares the maps, `bench` the
+//! below are thin shims over them, in XDP (`nat_lan`, `nat_wan`) and in TC
+//! (`nat_lan_tc`, `nat_wan_tc`), the difference between the two held by
+//! `context`. `maps` declares the maps, `bench` the
 //! benchmark-only programs.
 // Built for the BPF target by nat-ctl's build script. `cargo clippy
 // --workspace` also checks it for the host, where it is an ordinary std
@@ -37,6 +39,7 @@ mod aging;
 mod bench;
 mod binding;
 mod checksum;
+mod context;
 mod counters;
 mod egress;
 mod frag;
@@ -49,7 +52,12 @@ mod session;
 mod translate;
 mod wan;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use context::TcPacket;
 
 /// LAN ingress.
 #[xdp]
@@ -61,6 +69,23 @@ pub fn nat_lan(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn nat_wan(ctx: XdpContext) -> u32 {
     counters::settle(&ctx, wan::try_nat_wan(&ctx))
+}
+
+/// LAN ingress in TC mode (`sched_cls`), for NICs that may hand over
+/// partial checksums or GSO packets: the same flow over the same maps.
+#[classifier]
+pub fn nat_lan_tc(ctx: TcContext) -> i32 {
+    let packet = TcPacket::new(ctx);
+    let outcome = lan::try_nat_lan(&packet);
+    packet.finish(counters::settle(&packet, outcome)) as i32
+}
+
+/// WAN ingress in TC mode.
+#[classifier]
+pub fn nat_wan_tc(ctx: TcContext) -> i32 {
+    let packet = TcPacket::new(ctx);
+    let outcome = wan::try_nat_wan(&packet);
+    packet.finish(counters::settle(&packet, outcome)) as i32
 }
 
 /// The aging sweep; never attached, run through BPF_PROG_TEST_RUN.

@@ -2,9 +2,10 @@
 //! reads the header embedded in an ICMP error.
 use core::{mem::size_of, ptr::addr_of_mut};
 
-use aya_ebpf::programs::XdpContext;
 use nat_common::{Counter, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::context::NatContext;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -73,8 +74,55 @@ impl core::ops::Deref for Ipv4Packet {
     }
 }
 
+/// A parsed packet as the FIB lookup sees it ([`NatContext::fib_tot_len`]):
+/// its IP header and, where the parser got that far, the length of its L4
+/// header. A later fragment or a packet of another protocol has only the
+/// IP header (`IpHeader`); a datagram with its L4 header is an `Ipv4Packet`.
+pub trait Datagram {
+    fn ip_header(&self) -> &IpHeader;
+    /// The L4 header's length; `None` for a packet parsed only to its IP
+    /// header.
+    fn l4_header_len(&self, ctx: &impl NatContext) -> Option<usize>;
+}
+
+impl Datagram for IpHeader {
+    #[inline(always)]
+    fn ip_header(&self) -> &IpHeader {
+        self
+    }
+
+    #[inline(always)]
+    fn l4_header_len(&self, _ctx: &impl NatContext) -> Option<usize> {
+        None
+    }
+}
+
+impl Datagram for Ipv4Packet {
+    #[inline(always)]
+    fn ip_header(&self) -> &IpHeader {
+        &self.hdr
+    }
+
+    /// Read only when asked (a GSO packet in TC): TCP's data offset, else
+    /// the 8 bytes of a UDP or ICMP header.
+    #[inline(always)]
+    fn l4_header_len(&self, ctx: &impl NatContext) -> Option<usize> {
+        if self.proto != PROTO_TCP {
+            return Some(L4_PREFIX_LEN);
+        }
+        // The data offset; `parse_l4` checked the 20-byte header, this
+        // check is for the verifier.
+        let offset = self.l4 as usize + 12;
+        if offset + 1 > ctx.data_end() {
+            return None;
+        }
+        // SAFETY: bounds-checked just above.
+        Some(usize::from(unsafe { *(offset as *const u8) } >> 4) * 4)
+    }
+}
+
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl NatContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     if start + offset + size_of::<T>() > ctx.data_end() {
         return None;
@@ -83,13 +131,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
+pub fn frame_len(ctx: &impl NatContext) -> usize {
+    ctx.packet_len()
 }
 
 /// Parses an Ethernet frame carrying IPv4; anything else is for the kernel.
 #[inline(always)]
-pub fn parse_frame(ctx: &XdpContext) -> Result<(*mut EthHdr, Ipv4Packet), Counter> {
+pub fn parse_frame(ctx: &impl NatContext) -> Result<(*mut EthHdr, Ipv4Packet), Counter> {
     let (eth, hdr) = parse_frame_header(ctx)?;
     Ok((eth, parse_l4(ctx, hdr, None)?))
 }
@@ -98,7 +146,7 @@ pub fn parse_frame(ctx: &XdpContext) -> Result<(*mut EthHdr, Ipv4Packet), Counte
 /// caller that decides what a fragment or an L4 header it cannot parse
 /// becomes; `parse_l4` goes on from there.
 #[inline(always)]
-pub fn parse_frame_header(ctx: &XdpContext) -> Result<(*mut EthHdr, IpHeader), Counter> {
+pub fn parse_frame_header(ctx: &impl NatContext) -> Result<(*mut EthHdr, IpHeader), Counter> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassMalformed)?;
     // SAFETY: `eth` was bounds-checked above.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -115,7 +163,11 @@ pub fn parse_frame_header(ctx: &XdpContext) -> Result<(*mut EthHdr, IpHeader), C
 /// error, whose total length is not checked (the quote is truncated by
 /// design).
 #[inline(always)]
-fn parse_ip_header(ctx: &XdpContext, offset: usize, quoted: bool) -> Result<IpHeader, Counter> {
+fn parse_ip_header(
+    ctx: &impl NatContext,
+    offset: usize,
+    quoted: bool,
+) -> Result<IpHeader, Counter> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
     // SAFETY: `ip` was bounds-checked above.
     let (vihl, tot_len, frags, proto) = unsafe {
@@ -153,7 +205,7 @@ fn parse_ip_header(ctx: &XdpContext, offset: usize, quoted: bool) -> Result<IpHe
 /// first fragment has its L4 header like a whole datagram.
 #[inline(always)]
 pub fn parse_l4(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     hdr: IpHeader,
     quoted_end: Option<usize>,
 ) -> Result<Ipv4Packet, Counter> {
@@ -223,7 +275,7 @@ pub fn parse_l4(
 /// Parses the datagram quoted by the ICMP error `packet`, within the bounds
 /// of the ICMP message.
 #[inline(always)]
-pub fn parse_quoted(ctx: &XdpContext, packet: &Ipv4Packet) -> Result<Ipv4Packet, Counter> {
+pub fn parse_quoted(ctx: &impl NatContext, packet: &Ipv4Packet) -> Result<Ipv4Packet, Counter> {
     match parse_quoted_any(ctx, packet)? {
         Quoted::Datagram(quoted) => Ok(quoted),
         Quoted::Other(_) => Err(Counter::PassUnsupportedProto),
@@ -240,7 +292,7 @@ pub enum Quoted {
 
 /// As `parse_quoted`, the IP header parsed once whatever the protocol.
 #[inline(always)]
-pub fn parse_quoted_any(ctx: &XdpContext, packet: &Ipv4Packet) -> Result<Quoted, Counter> {
+pub fn parse_quoted_any(ctx: &impl NatContext, packet: &Ipv4Packet) -> Result<Quoted, Counter> {
     let ip_offset = packet.ip as usize - ctx.data();
     let end = ip_offset + usize::from(packet.tot_len());
     let hdr = parse_ip_header(ctx, packet.l4 as usize - ctx.data() + L4_PREFIX_LEN, true)?;
@@ -295,6 +347,12 @@ impl IpHeader {
     pub fn tot_len(&self) -> u16 {
         // SAFETY: in bounds by construction.
         unsafe { u16::from_be_bytes((*self.ip).tot_len) }
+    }
+
+    /// The IP header's length, options included.
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.tot_len()) - self.l4_len
     }
 
     /// The IP identification, host order.

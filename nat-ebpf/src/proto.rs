@@ -10,16 +10,16 @@
 //!
 //! Protocols whose checksum covers the IP addresses (DCCP, UDP-Lite) would
 //! leave with a wrong one: they are never translated by address.
-use aya_ebpf::programs::XdpContext;
 use nat_common::{Counter, NatConfig, OTHER_PROTOCOLS_TRANSLATE, UNSOLICITED_DROP};
 use network_types::eth::EthHdr;
 
 use crate::{
+    context::NatContext,
     egress::{redirect, route, route_fragmentable},
     frag,
     lookup::now_ns,
     parse::{IpHeader, Ipv4Packet, Side},
-    session::{address_session_inbound, address_session_outbound},
+    session::{address_session_host, address_session_inbound, address_session_outbound},
     translate::{adjust_icmp_check, rewrite_addr},
 };
 
@@ -36,7 +36,7 @@ fn translated(config: &NatConfig, proto: u8) -> bool {
 /// From a LAN host to the outside: its source becomes the WAN address.
 #[inline(always)]
 pub fn outbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     hdr: &IpHeader,
@@ -55,14 +55,14 @@ pub fn outbound(
     address_session_outbound(hdr.proto, host, remote, now, len)?;
     frag::track(hdr, config.wan_addr, now, len);
     rewrite_addr(hdr, Side::Source, config.wan_addr);
-    redirect(eth, hdr, &route, Counter::Snat, len)
+    redirect(ctx, eth, hdr, &route, Counter::Snat, len)
 }
 
 /// From outside to the WAN address: to the LAN host that holds the
 /// (protocol, remote) pair; none: the router's own.
 #[inline(always)]
 pub fn inbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     hdr: &IpHeader,
@@ -86,7 +86,7 @@ pub fn inbound(
     }
     frag::track(hdr, host, now, len);
     rewrite_addr(hdr, Side::Destination, host);
-    redirect(eth, hdr, &route, Counter::Dnat, len)
+    redirect(ctx, eth, hdr, &route, Counter::Dnat, len)
 }
 
 /// An ICMP error from outside about a packet of another protocol that we
@@ -94,7 +94,7 @@ pub fn inbound(
 /// become the LAN host again, the ICMP checksum follows the quote.
 #[inline(always)]
 pub fn icmp_error_inbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     packet: &Ipv4Packet,
@@ -105,14 +105,14 @@ pub fn icmp_error_inbound(
         return Err(Counter::PassLocal);
     }
     let remote = quoted.addr(Side::Destination);
-    let host =
-        address_session_inbound(quoted.proto, remote, now_ns(), len).ok_or(Counter::PassLocal)?;
+    // An error never refreshes the session it is about (RFC 5508 REQ-6).
+    let host = address_session_host(quoted.proto, remote).ok_or(Counter::PassLocal)?;
     let route = route(ctx, packet, packet.addr(Side::Source), host)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
     let (_, quoted_delta) = rewrite_addr(quoted, Side::Source, host);
     rewrite_addr(packet, Side::Destination, host);
-    adjust_icmp_check(packet, quoted_delta);
-    redirect(eth, packet, &route, Counter::IcmpErrorIn, len)
+    adjust_icmp_check(ctx, packet, quoted_delta);
+    redirect(ctx, eth, packet, &route, Counter::IcmpErrorIn, len)
 }

@@ -5,12 +5,12 @@
 use nat_common::{
     ConnectionEvent, Counter, FILTER_ADDRESS_DEPENDENT, FILTER_ENDPOINT_INDEPENDENT, Forward,
     NatConfig, PROTO_ICMP, PROTO_TCP, Session, SessionKey, TCP_STATE_CLOSED, TCP_STATE_CLOSING,
-    TCP_STATE_ESTABLISHED, TCP_STATE_NONE, TCP_STATE_OPENING,
+    TCP_STATE_ESTABLISHED, TCP_STATE_HALF_CLOSED_BY_ANSWERER, TCP_STATE_HALF_CLOSED_BY_OPENER,
+    TCP_STATE_NONE, TCP_STATE_OPENING,
 };
 
 use crate::{
     counters::count,
-    lookup::TOUCH_GRANULARITY_NS,
     maps::{BPF_NOEXIST, FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
     parse::Endpoint,
 };
@@ -54,7 +54,15 @@ fn next_tcp_state(state: u8, flags: u8, from_opener: bool) -> u8 {
     if flags & TCP_RST != 0 {
         TCP_STATE_CLOSED
     } else if flags & TCP_FIN != 0 {
-        TCP_STATE_CLOSING
+        // One FIN half-closes the connection, the other side's closes it.
+        match (state, from_opener) {
+            (TCP_STATE_HALF_CLOSED_BY_OPENER, false)
+            | (TCP_STATE_HALF_CLOSED_BY_ANSWERER, true)
+            | (TCP_STATE_CLOSING, _) => TCP_STATE_CLOSING,
+            (TCP_STATE_HALF_CLOSED_BY_OPENER | TCP_STATE_HALF_CLOSED_BY_ANSWERER, _) => state,
+            (_, true) => TCP_STATE_HALF_CLOSED_BY_OPENER,
+            (_, false) => TCP_STATE_HALF_CLOSED_BY_ANSWERER,
+        }
     } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         // A SYN opens a connection on a fresh or finished conversation; on
         // a live one it is a stray duplicate that must not shorten its
@@ -66,8 +74,9 @@ fn next_tcp_state(state: u8, flags: u8, from_opener: bool) -> u8 {
         }
     } else if state == TCP_STATE_OPENING && !from_opener {
         TCP_STATE_ESTABLISHED
-    } else if state == TCP_STATE_NONE {
-        // Picked up mid-stream (e.g. the table was flushed).
+    } else if state == TCP_STATE_NONE || state == TCP_STATE_CLOSED {
+        // Picked up mid-stream (e.g. the table was flushed), or data after
+        // an RST (a spoofed or lost one, RFC 7857): the connection lives.
         TCP_STATE_ESTABLISHED
     } else {
         state
@@ -116,7 +125,7 @@ fn touch_session(
                 return;
             }
         }
-        if now.wrapping_sub((*session).last_seen_ns) > TOUCH_GRANULARITY_NS {
+        if now.wrapping_sub((*session).last_seen_ns) > nat_common::TOUCH_GRANULARITY_NS {
             (*session).last_seen_ns = now;
         }
     }
@@ -203,9 +212,18 @@ pub fn forward_session_inbound(
 ) {
     let key = forward_session_key(conversation);
     if let Some(session) = FORWARD_SESSIONS.get_ptr_mut(key) {
+        // A SYN after either side's FIN (or an RST) is a new connection on
+        // the same ports.
         // SAFETY: a pointer returned by a map lookup.
-        let finished =
-            unsafe { matches!((*session).tcp_state, TCP_STATE_CLOSING | TCP_STATE_CLOSED) };
+        let finished = unsafe {
+            matches!(
+                (*session).tcp_state,
+                TCP_STATE_CLOSING
+                    | TCP_STATE_CLOSED
+                    | TCP_STATE_HALF_CLOSED_BY_OPENER
+                    | TCP_STATE_HALF_CLOSED_BY_ANSWERER
+            )
+        };
         let reopened = conversation.proto == PROTO_TCP
             && finished
             && conversation.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
@@ -361,4 +379,13 @@ pub fn address_session_inbound(
     touch_session(session, &conversation, false, now, frame_len);
     // SAFETY: a pointer returned by a map lookup.
     Some(unsafe { (*session).internal_addr })
+}
+
+/// The LAN host that talks `proto` with `remote`, if one does, its session
+/// left as it is: for an ICMP error about it, which refreshes nothing (RFC
+/// 5508 REQ-6).
+#[inline(always)]
+pub fn address_session_host(proto: u8, remote: [u8; 4]) -> Option<[u8; 4]> {
+    // SAFETY: a map lookup, read at once.
+    unsafe { SESSIONS.get(address_session_key(proto, remote)) }.map(|session| session.internal_addr)
 }

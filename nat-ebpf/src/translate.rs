@@ -1,10 +1,11 @@
 //! Header rewrites, each keeping every checksum it touches right.
 use core::ptr::addr_of_mut;
 
-use nat_common::{PROTO_ICMP, PROTO_UDP};
+use nat_common::PROTO_ICMP;
 
 use crate::{
     checksum::{CsumDelta, load16, store16},
+    context::{NatContext, rewrite_check},
     parse::{Endpoint, IpHeader, Ipv4Packet, Side},
 };
 
@@ -30,47 +31,65 @@ pub fn rewrite_addr(packet: &IpHeader, side: Side, addr: [u8; 4]) -> (CsumDelta,
 }
 
 /// Rewrites the address and port of `side` and the checksums covering
-/// them. Returns the delta of every byte changed, for an enclosing checksum.
+/// them: the L4 one through `ctx` (see [`NatContext::l4_checksum`]).
 #[inline(always)]
-pub fn rewrite_endpoint(packet: &Ipv4Packet, side: Side, to: Endpoint) -> CsumDelta {
-    let (addr_delta, mut changed) = rewrite_addr(packet, side, to.addr);
+pub fn rewrite_endpoint<C: NatContext>(ctx: &C, packet: &Ipv4Packet, side: Side, to: Endpoint) {
+    let (addr_delta, _, port_delta) = rewrite_fields(packet, side, to);
+    if let Some(check) = packet.l4_check {
+        ctx.l4_checksum(check, packet.proto, pseudo(packet, addr_delta), port_delta);
+    }
+}
 
+/// As [`rewrite_endpoint`], for the datagram quoted inside an ICMP error:
+/// its checksum is part of the ICMP payload and always rewritten in place.
+/// Returns the delta of every byte changed, for the ICMP checksum.
+#[inline(always)]
+pub fn rewrite_quoted_endpoint(quoted: &Ipv4Packet, side: Side, to: Endpoint) -> CsumDelta {
+    let (addr_delta, mut changed, port_delta) = rewrite_fields(quoted, side, to);
+    if let Some(check) = quoted.l4_check {
+        changed.merge(rewrite_check(
+            check,
+            quoted.proto,
+            pseudo(quoted, addr_delta),
+            port_delta,
+        ));
+    }
+    changed
+}
+
+/// Rewrites the address (with the IP header checksum) and the port of
+/// `side`. Returns the address delta, the delta of every byte changed so
+/// far, and the port delta.
+#[inline(always)]
+fn rewrite_fields(
+    packet: &Ipv4Packet,
+    side: Side,
+    to: Endpoint,
+) -> (CsumDelta, CsumDelta, CsumDelta) {
+    let (addr_delta, mut changed) = rewrite_addr(packet, side, to.addr);
     let port_ptr = packet.port_ptr(side);
     let mut port_delta = CsumDelta::default();
     port_delta.word(load16(port_ptr), to.port);
     store16(port_ptr, to.port);
     changed.merge(port_delta);
+    (addr_delta, changed, port_delta)
+}
 
-    if let Some(check) = packet.l4_check {
-        let old = load16(check);
-        let new = match packet.proto {
-            // A zero UDP checksum means "none" and must stay so.
-            PROTO_UDP if old == 0 => 0,
-            // ICMP has no pseudo-header: only the id moved.
-            PROTO_ICMP => port_delta.apply(old),
-            proto => {
-                let mut delta = addr_delta;
-                delta.merge(port_delta);
-                let new = delta.apply(old);
-                // 0 would read as "no checksum" (RFC 768).
-                if proto == PROTO_UDP && new == 0 {
-                    0xffff
-                } else {
-                    new
-                }
-            }
-        };
-        store16(check, new);
-        changed.word(old, new);
+/// ICMP has no pseudo-header: only the id moves its checksum.
+#[inline(always)]
+fn pseudo(packet: &Ipv4Packet, addr_delta: CsumDelta) -> CsumDelta {
+    if packet.proto == PROTO_ICMP {
+        CsumDelta::default()
+    } else {
+        addr_delta
     }
-    changed
 }
 
 /// Applies `delta` to the checksum of the ICMP message in `packet`.
 #[inline(always)]
-pub fn adjust_icmp_check(packet: &Ipv4Packet, delta: CsumDelta) {
+pub fn adjust_icmp_check<C: NatContext>(ctx: &C, packet: &Ipv4Packet, delta: CsumDelta) {
     if let Some(check) = packet.l4_check {
-        store16(check, delta.apply(load16(check)));
+        ctx.l4_checksum(check, PROTO_ICMP, CsumDelta::default(), delta);
     }
 }
 

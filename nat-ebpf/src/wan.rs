@@ -1,10 +1,10 @@
 //! WAN ingress: destination translation of replies on dynamic mappings and
 //! of new connections on static forwarding entries.
-use aya_ebpf::programs::XdpContext;
 use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, UNSOLICITED_DROP};
 use network_types::eth::EthHdr;
 
 use crate::{
+    context::NatContext,
     counters::{count, count_rule},
     egress::{redirect, route, route_fragmentable},
     frag,
@@ -15,7 +15,7 @@ use crate::{
     },
     proto,
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
-    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint},
+    translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
 
 /// What becomes of a packet no mapping or rule lets in. A first fragment
@@ -31,7 +31,7 @@ fn unsolicited(config: &NatConfig, packet: &Ipv4Packet, now: u64, len: usize) ->
     }
 }
 
-pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
+pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::WanRx, len);
     let config = config().ok_or(Counter::PassLocal)?;
@@ -75,7 +75,7 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         remote,
         tcp_flags: packet.tcp_flags,
     };
-    let target = inbound_target(packet.proto, external_port, now)
+    let target = inbound_target(packet.proto, external_port)
         .ok_or_else(|| unsolicited(config, &packet, now, len))?;
     let counter = match target {
         Target::Forward(forward) => {
@@ -107,8 +107,8 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
         forward_session_inbound(&conversation, to, &forward, now, len);
         count_rule(forward.rule_id, true, len);
     }
-    rewrite_endpoint(&packet, Side::Destination, to);
-    redirect(eth, &packet, &route, counter, len)
+    rewrite_endpoint(ctx, &packet, Side::Destination, to);
+    redirect(ctx, eth, &packet, &route, counter, len)
 }
 
 /// An ICMP error (unreachable, fragmentation needed, time exceeded) about a
@@ -116,7 +116,7 @@ pub fn try_nat_wan(ctx: &XdpContext) -> Result<u32, Counter> {
 /// external endpoint, which the LAN host must see as its own again.
 #[inline(always)]
 fn icmp_error_inbound(
-    ctx: &XdpContext,
+    ctx: &impl NatContext,
     config: &NatConfig,
     eth: *mut EthHdr,
     packet: &Ipv4Packet,
@@ -138,15 +138,16 @@ fn icmp_error_inbound(
     {
         return Err(Counter::PassLocal);
     }
-    let to = inbound_target(quoted.proto, quoted.port(Side::Source), now_ns())
+    // An error never refreshes the mapping it is about (RFC 5508 REQ-6).
+    let to = inbound_target(quoted.proto, quoted.port(Side::Source))
         .ok_or(Counter::PassLocal)?
         .endpoint();
     let route = route(ctx, packet, packet.addr(Side::Source), to.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
-    let quoted_delta = rewrite_endpoint(&quoted, Side::Source, to);
+    let quoted_delta = rewrite_quoted_endpoint(&quoted, Side::Source, to);
     rewrite_addr(packet, Side::Destination, to.addr);
-    adjust_icmp_check(packet, quoted_delta);
-    redirect(eth, packet, &route, Counter::IcmpErrorIn, len)
+    adjust_icmp_check(ctx, packet, quoted_delta);
+    redirect(ctx, eth, packet, &route, Counter::IcmpErrorIn, len)
 }

@@ -8,7 +8,13 @@
 //!  192.168.0.13/24          wan0 203.0.113.1/24 -- eth0 203.0.113.2/24
 //! ```
 //! The WAN host has no route to the LAN, and the router has no nftables NAT
-//! rules, so only the XDP datapath can make LAN <-> WAN traffic work. The
+//! rules, so only the datapath can make LAN <-> WAN traffic work.
+//!
+//! [`Lab::start`] leaves the hosts' veths as they come (TX checksum offload,
+//! TSO on: they hand the router CHECKSUM_PARTIAL and GSO packets) and runs
+//! the daemon with `--attach auto`, which picks TC on veth.
+//! [`Lab::start_xdp`] shows XDP mode: `--attach xdp`, and the hosts' TX
+//! checksum offload off, since XDP cannot keep partial checksums right. The
 //! LAN host holds two addresses so that hairpin (one LAN host reaching
 //! another through the WAN address) can be shown without a bridge.
 use std::{
@@ -117,7 +123,17 @@ pub fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
     })
 }
 
+/// The attach mode a lab's daemon runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabMode {
+    /// `--attach auto`, hosts' offloads at their defaults (TC on veth).
+    Auto,
+    /// `--attach xdp`, hosts' TX checksum offload off.
+    Xdp,
+}
+
 pub struct Lab {
+    mode: LabMode,
     daemon: Option<Child>,
     log: TempFile,
     pins: PathBuf,
@@ -151,6 +167,15 @@ impl Lab {
     /// As [`Lab::start`], with `extra` appended to the daemon's
     /// configuration file (e.g. a `[timeouts]` table).
     pub fn start_with_config(extra: &str) -> Result<Self> {
+        Self::start_in(LabMode::Auto, extra)
+    }
+
+    /// As [`Lab::start`], in XDP mode (see the module's documentation).
+    pub fn start_xdp() -> Result<Self> {
+        Self::start_in(LabMode::Xdp, "")
+    }
+
+    pub fn start_in(mode: LabMode, extra: &str) -> Result<Self> {
         require_root();
         let name = format!(
             "nat-lab-{}-{}",
@@ -179,18 +204,21 @@ impl Lab {
         plan::link_hosts(&router, &lan, &wan, None)?;
         // No route back to the LAN on the WAN host: only NAT works.
 
-        // A veth hands the router TCP/UDP packets whose checksum is only the
-        // pseudo-header sum (checksum offload, CHECKSUM_PARTIAL); once XDP
-        // redirects such a frame that state is lost and the receiver drops
-        // it. Real NICs put full checksums on the wire, so make the hosts'
-        // veths do the same.
-        for host in [&lan, &wan] {
-            host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+        let mut peer_programs = Vec::new();
+        if mode == LabMode::Xdp {
+            // A veth hands the router TCP/UDP packets whose checksum is only
+            // the pseudo-header sum (checksum offload, CHECKSUM_PARTIAL);
+            // once XDP redirects such a frame that state is lost and the
+            // receiver drops it. Real NICs, where XDP mode is for, put full
+            // checksums on the wire, so make the hosts' veths do the same.
+            for host in [&lan, &wan] {
+                host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+            }
+            peer_programs = vec![attach_pass(&lan, "eth0")?, attach_pass(&wan, "eth0")?];
         }
-
-        let peer_programs = vec![attach_pass(&lan, "eth0")?, attach_pass(&wan, "eth0")?];
         let capture = Some(WanCapture::start(&wan, plan::HOST_IF)?);
         let mut lab = Self {
+            mode,
             daemon: None,
             log,
             pins,
@@ -225,6 +253,13 @@ impl Lab {
             .arg(self.socket())
             .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
             .arg(&self.config)
+            .args([
+                "--attach",
+                match self.mode {
+                    LabMode::Auto => "auto",
+                    LabMode::Xdp => "xdp",
+                },
+            ])
             .env("NATCTL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -364,6 +399,42 @@ impl Lab {
             .as_array()
             .expect("list --json is an array")
             .clone()
+    }
+
+    /// The names of the programs on the TC (TCX) ingress of the router's
+    /// `dev`.
+    pub fn tc_ingress_programs(&self, dev: &str) -> Result<Vec<String>> {
+        let dev = dev.to_owned();
+        self.router
+            .spawn(move || {
+                let (_, programs) = aya::programs::SchedClassifier::query_tcx(
+                    &dev,
+                    aya::programs::TcAttachType::Ingress,
+                )?;
+                Ok(programs
+                    .iter()
+                    .map(|info| info.name_as_str().unwrap_or("?").to_owned())
+                    .collect())
+            })
+            .join()
+            .expect("query thread panicked")
+    }
+
+    /// `natctl status` (JSON).
+    pub fn status(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.natctl(&["status"])?)?)
+    }
+
+    /// Counter label -> bytes.
+    pub fn counter_bytes(&self) -> Result<HashMap<String, u64>> {
+        let json: serde_json::Value = serde_json::from_str(&self.natctl(&["stats", "--json"])?)?;
+        let object = json["counters"]
+            .as_object()
+            .context("stats --json has no counters object")?;
+        Ok(object
+            .iter()
+            .map(|(label, value)| (label.clone(), value["bytes"].as_u64().unwrap_or(0)))
+            .collect())
     }
 
     /// Counter label -> packets.

@@ -2,6 +2,13 @@
 //! namespace of its own so that the FIB and neighbour lookups see a known
 //! router: WAN NIC 203.0.113.1/24 with a default route via 203.0.113.254,
 //! LAN NIC 192.168.0.1/24, fixed MACs and permanent neighbour entries.
+//!
+//! A lab runs the XDP programs (`nat_lan`, `nat_wan`) or, made with
+//! [`PacketLab::tc`], the TC ones (`nat_lan_tc`, `nat_wan_tc`) on an skb.
+//! Either way [`Verdict::action`] is in XDP's terms (a TC program's
+//! `TC_ACT_REDIRECT`, `TC_ACT_OK`, `TC_ACT_SHOT` read as `XDP_REDIRECT`,
+//! `XDP_PASS`, `XDP_DROP`), so that the same assertions hold for both;
+//! [`Verdict::program_action`] is what the program returned.
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result};
@@ -32,12 +39,46 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Which programs a lab runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Xdp,
+    Tc,
+}
+
 pub struct Verdict {
+    /// In XDP's terms, whatever the mode.
     pub action: u32,
+    /// What the program returned (a TC action in TC mode).
+    pub program_action: u32,
     pub frame: Vec<u8>,
 }
 
+/// A TC action in XDP's terms; an unknown one stays as it is (and matches
+/// no XDP action a test expects).
+fn tc_as_xdp(action: u32) -> u32 {
+    match action {
+        TC_ACT_REDIRECT => XDP_REDIRECT,
+        TC_ACT_OK => XDP_PASS,
+        TC_ACT_SHOT => XDP_DROP,
+        other => 0x100 + other,
+    }
+}
+
+/// What an skb may carry into `BPF_PROG_TEST_RUN` besides its bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SkbMeta {
+    /// Non-zero: a GSO packet of segments of this size.
+    pub gso_size: u32,
+    pub gso_segs: u32,
+}
+
 pub struct PacketLab {
+    pub mode: Mode,
     pub datapath: Datapath,
     pub config: NatConfig,
     pub wan_ifindex: u32,
@@ -56,6 +97,16 @@ impl PacketLab {
     }
 
     pub fn with_config(adjust: impl FnOnce(&mut NatConfig)) -> Result<Self> {
+        Self::build(Mode::Xdp, adjust)
+    }
+
+    /// A router as [`PacketLab::new`] running the TC programs.
+    pub fn tc() -> Result<Self> {
+        Self::build(Mode::Tc, |_| {})
+    }
+
+    /// As [`PacketLab::with_config`], in `mode`.
+    pub fn build(mode: Mode, adjust: impl FnOnce(&mut NatConfig)) -> Result<Self> {
         require_root();
         let netns = Netns::new("pkt")?;
         // Both ends of each veth stay in the namespace: the peers only have
@@ -137,6 +188,7 @@ impl PacketLab {
         writer.allow_egress(wan_ifindex)?;
         writer.allow_egress(lan_ifindex)?;
         Ok(Self {
+            mode,
             datapath,
             config,
             wan_ifindex,
@@ -160,7 +212,59 @@ impl PacketLab {
         Ok(())
     }
 
-    fn run(&mut self, program: &'static str, ifindex: u32, frame: &[u8]) -> Result<Verdict> {
+    fn run(
+        &mut self,
+        xdp: &'static str,
+        tc: &'static str,
+        ifindex: u32,
+        frame: &[u8],
+    ) -> Result<Verdict> {
+        match self.mode {
+            Mode::Xdp => self.run_xdp(xdp, ifindex, frame),
+            Mode::Tc => self.run_tc(tc, ifindex, frame, SkbMeta::default()),
+        }
+    }
+
+    /// Runs a TC program on an skb holding `frame`, arrived on `ifindex`.
+    pub fn run_tc(
+        &mut self,
+        program: &'static str,
+        ifindex: u32,
+        frame: &[u8],
+        meta: SkbMeta,
+    ) -> Result<Verdict> {
+        // struct __sk_buff (192 bytes): only the fields BPF_PROG_TEST_RUN
+        // takes in are set: ingress_ifindex (36), ifindex (40), gso_segs
+        // (164), gso_size (176).
+        let mut ctx = vec![0u8; 192];
+        for (offset, value) in [
+            (36, ifindex),
+            (40, ifindex),
+            (164, meta.gso_segs),
+            (176, meta.gso_size),
+        ] {
+            ctx[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+        }
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .datapath
+            .classifier(program)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok(Verdict {
+            action: tc_as_xdp(result.return_value),
+            program_action: result.return_value,
+            frame: out,
+        })
+    }
+
+    fn run_xdp(&mut self, program: &'static str, ifindex: u32, frame: &[u8]) -> Result<Verdict> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
         let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
@@ -181,18 +285,21 @@ impl PacketLab {
         out.truncate(result.data_size_out as usize);
         Ok(Verdict {
             action: result.return_value,
+            program_action: result.return_value,
             frame: out,
         })
     }
 
-    /// Runs `nat_lan` on a frame arriving on the LAN NIC.
+    /// Runs `nat_lan` (`nat_lan_tc` in TC mode) on a frame arriving on the
+    /// LAN NIC.
     pub fn from_lan(&mut self, frame: &[u8]) -> Result<Verdict> {
-        self.run(programs::LAN, self.lan_ifindex, frame)
+        self.run(programs::LAN, programs::LAN_TC, self.lan_ifindex, frame)
     }
 
-    /// Runs `nat_wan` on a frame arriving on the WAN NIC.
+    /// Runs `nat_wan` (`nat_wan_tc` in TC mode) on a frame arriving on the
+    /// WAN NIC.
     pub fn from_wan(&mut self, frame: &[u8]) -> Result<Verdict> {
-        self.run(programs::WAN, self.wan_ifindex, frame)
+        self.run(programs::WAN, programs::WAN_TC, self.wan_ifindex, frame)
     }
 
     /// Counter label -> packets.

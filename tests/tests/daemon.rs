@@ -502,6 +502,10 @@ fn bad_rules_are_refused_and_change_nothing() {
             &["192.168.0.255"],
         ),
         (
+            "add x --proto tcp --external 2222 --internal 192.168.0.1:22",
+            &["192.168.0.1", "router's own LAN address"],
+        ),
+        (
             "add x --proto tcp --external 8080 --internal 192.168.0.13",
             &["8080", "web"],
         ),
@@ -584,7 +588,9 @@ fn bad_rules_are_refused_and_change_nothing() {
 
 #[test]
 fn without_a_daemon_clients_say_so_and_the_datapath_keeps_forwarding() {
-    let mut lab = Lab::start().unwrap();
+    // XDP mode, so that `ip link` shows the attachment `down` removes (the
+    // TC mode's TCX links are checked in e2e.rs).
+    let mut lab = Lab::start_xdp().unwrap();
     lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     // An inbound flow through the rule and an outbound flow, both
@@ -1102,7 +1108,7 @@ fn udp_row(rows: &[Value], local: SocketAddr) -> Option<&Value> {
 #[test]
 fn idle_flows_age_out_and_busy_ones_stay() {
     let lab = Lab::start_with_config(
-        "[timeouts]\nudp = 3\nicmp = 3\ntcp_transitory = 3\ntcp_established = 5\n",
+        "[timeouts]\nudp = 3\nicmp = 3\ntcp_transitory = 3\ntcp_established = 5\nbelow_rfc_minimums = true\n",
     )
     .unwrap();
     let wan = udp_socket(&lab.wan, WAN_HOST, 9200);

@@ -15,8 +15,9 @@ use aya::maps::{HashMap, MapData};
 use common::*;
 use nat_common::{
     ConnectionEvent, CounterValue, FILTER_ADDRESS_DEPENDENT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    RuleCounters, Session, SessionKey, TCP_STATE_CLOSED, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED,
-    TCP_STATE_NONE, TCP_STATE_OPENING, UNSOLICITED_DROP,
+    RuleCounters, Session, SessionKey, TCP_STATE_CLOSED, TCP_STATE_ESTABLISHED,
+    TCP_STATE_HALF_CLOSED_BY_ANSWERER, TCP_STATE_HALF_CLOSED_BY_OPENER, TCP_STATE_NONE,
+    TCP_STATE_OPENING, UNSOLICITED_DROP,
 };
 use nat_tests::packet::*;
 
@@ -298,7 +299,14 @@ fn tcp_session_counts_and_follows_the_handshake() {
             3,
             TCP_STATE_ESTABLISHED,
         ),
-        (false, FIN | ACK, b"bye", 4, TCP_STATE_CLOSING),
+        // The remote's FIN half-closes it; the LAN host may still send.
+        (
+            false,
+            FIN | ACK,
+            b"bye",
+            4,
+            TCP_STATE_HALF_CLOSED_BY_ANSWERER,
+        ),
         (true, RST, b"", 5, TCP_STATE_CLOSED),
     ];
     for (from_lan, flags, payload, packets, state) in steps {
@@ -407,6 +415,7 @@ fn forward_session_follows_a_tcp_connection_from_the_remote() {
         TCP_STATE_ESTABLISHED,
     );
 
+    // The remote (the opener here) half-closes it.
     let fin = tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 8080), FIN | ACK, b"");
     forward_in(&mut lab, &fin, server);
     bytes += fin.len();
@@ -415,7 +424,7 @@ fn forward_session_follows_a_tcp_connection_from_the_remote() {
         server,
         5,
         bytes,
-        TCP_STATE_CLOSING,
+        TCP_STATE_HALF_CLOSED_BY_OPENER,
     );
 
     // An ACK after the FIN does not reopen it.
@@ -427,7 +436,7 @@ fn forward_session_follows_a_tcp_connection_from_the_remote() {
         server,
         6,
         bytes,
-        TCP_STATE_CLOSING,
+        TCP_STATE_HALF_CLOSED_BY_OPENER,
     );
 
     let rst = tcp(ep(REMOTE, 5555), ep(WAN_ADDR, 8080), RST, b"");
@@ -471,7 +480,11 @@ fn forward_session_closed_by_the_server() {
         &tcp(ep(LAN_HOST, 80), ep(REMOTE, 6000), FIN | ACK, b""),
         8080,
     );
-    assert_eq!(forward_session(&lab, k).tcp_state, TCP_STATE_CLOSING);
+    // The server (the answerer here) half-closes it.
+    assert_eq!(
+        forward_session(&lab, k).tcp_state,
+        TCP_STATE_HALF_CLOSED_BY_ANSWERER
+    );
     forward_out(
         &mut lab,
         &tcp(ep(LAN_HOST, 80), ep(REMOTE, 6000), RST, b""),

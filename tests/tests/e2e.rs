@@ -1,6 +1,8 @@
 //! End-to-end: real TCP, UDP and ping between namespaces through the router,
-//! with the real `natctl` binary running the XDP datapath and no nftables
-//! NAT on the router, so only XDP can translate.
+//! with the real `natctl` binary running the datapath and no nftables NAT on
+//! the router, so only the datapath can translate. The labs run
+//! `--attach auto` with the hosts' veth offloads at their defaults (TC mode);
+//! `tcp_transfer_through_the_nat_keeps_every_byte` shows XDP mode.
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, UdpSocket},
@@ -25,17 +27,11 @@ fn counter(lab: &Lab, label: &str) -> u64 {
     lab.counters().expect("natctl stats")[label]
 }
 
-#[test]
-fn tcp_transfer_through_the_nat_keeps_every_byte() {
-    let mut lab = Lab::start().unwrap();
-    let ruleset = lab.router.exec("nft", &["list", "ruleset"]).unwrap();
-    assert!(
-        ruleset.stdout.is_empty(),
-        "the router must have no nftables rules"
-    );
-
+/// Sends `LEN` bytes each way between a LAN host and the WAN host over one
+/// TCP connection and checks them byte for byte, and that the WAN host saw
+/// the WAN address.
+fn tcp_transfer_both_ways(lab: &Lab) {
     let listener = join(lab.wan.spawn(|| Ok(TcpListener::bind((WAN_HOST, 9000))?)));
-    const LEN: usize = 6 << 20;
     let upload = pattern(LEN, 1);
     let download = pattern(LEN, 2);
 
@@ -63,6 +59,86 @@ fn tcp_transfer_through_the_nat_keeps_every_byte() {
         ROUTER_WAN,
         "the WAN host must see the WAN address"
     );
+}
+
+const LEN: usize = 6 << 20;
+
+/// The hosts' veths as they come: TX checksum offload and TSO on, so the
+/// router gets CHECKSUM_PARTIAL and GSO packets; `auto` attaches TC.
+#[test]
+fn tcp_transfer_with_offloads_on_takes_the_tc_path() {
+    let mut lab = Lab::start().unwrap();
+    for host in [&lab.lan, &lab.wan] {
+        let features = host.exec("ethtool", &["-k", "eth0"]).unwrap();
+        let features = String::from_utf8_lossy(&features.stdout).into_owned();
+        for on in ["tx-checksumming: on", "tcp-segmentation-offload: on"] {
+            assert!(features.contains(on), "{on} expected:\n{features}");
+        }
+    }
+    let status = lab.status().unwrap();
+    for nic in ["lan", "wan"] {
+        assert_eq!(status["attach"][nic]["mode"], "tc", "{status:#}");
+        let reason = status["attach"][nic]["reason"].as_str().unwrap();
+        assert!(reason.contains("veth"), "{reason}");
+    }
+    let log = lab.natctl_log();
+    assert!(
+        log.contains("LAN lan0: TC (sched_cls ingress) mode"),
+        "{log}"
+    );
+    assert!(
+        log.contains("WAN wan0: TC (sched_cls ingress) mode"),
+        "{log}"
+    );
+
+    tcp_transfer_both_ways(&lab);
+
+    // Every byte of both directions took the fast path (GSO packets count
+    // once each, so packets are fewer than segments; bytes are not).
+    let bytes = lab.counter_bytes().unwrap();
+    let packets = lab.counters().unwrap();
+    for verdict in ["snat", "dnat"] {
+        assert!(bytes[verdict] as usize > LEN, "{bytes:?}");
+        // Larger than any frame on a 1500-byte MTU on average: GSO packets
+        // crossed the router whole.
+        let average = bytes[verdict] / packets[verdict].max(1);
+        assert!(average > 1514, "{verdict}: {bytes:?} {packets:?}");
+    }
+    assert_eq!(lab.tc_ingress_programs("lan0").unwrap(), ["nat_lan_tc"]);
+    assert_eq!(lab.tc_ingress_programs("wan0").unwrap(), ["nat_wan_tc"]);
+    // A restarted daemon picks the TC links up from their pins.
+    lab.stop().unwrap();
+    assert_eq!(lab.tc_ingress_programs("lan0").unwrap(), ["nat_lan_tc"]);
+    lab.start_daemon().unwrap();
+    let status = lab.status().unwrap();
+    assert_eq!(status["picked_up_pinned_datapath"], true, "{status:#}");
+    for nic in ["lan", "wan"] {
+        assert_eq!(status["attach"][nic]["mode"], "tc", "{status:#}");
+    }
+    let output = lab.down().unwrap();
+    assert!(output.contains("datapath detached"), "{output}");
+    for dev in ["lan0", "wan0"] {
+        let attached = lab.tc_ingress_programs(dev).unwrap();
+        assert_eq!(attached, Vec::<String>::new(), "{dev} still attached");
+    }
+}
+
+/// XDP mode: the hosts' TX checksum offload is off (XDP cannot keep a
+/// partial checksum right, see `Lab::start_xdp`), as on physical NICs.
+#[test]
+fn tcp_transfer_through_the_nat_keeps_every_byte() {
+    let mut lab = Lab::start_xdp().unwrap();
+    let status = lab.status().unwrap();
+    for nic in ["lan", "wan"] {
+        assert_eq!(status["attach"][nic]["mode"], "xdp", "{status:#}");
+    }
+    let ruleset = lab.router.exec("nft", &["list", "ruleset"]).unwrap();
+    assert!(
+        ruleset.stdout.is_empty(),
+        "the router must have no nftables rules"
+    );
+
+    tcp_transfer_both_ways(&lab);
 
     // Thousands of segments each way: they must have taken the XDP path.
     assert!(counter(&lab, "snat") > 1000, "{:?}", lab.counters());

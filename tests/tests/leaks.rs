@@ -34,9 +34,18 @@ fn no_df(socket: &impl AsRawFd) {
     assert_eq!(rc, 0, "IP_MTU_DISCOVER");
 }
 
+/// In the default lab: TC mode, the hosts' offloads on.
 #[test]
 fn what_the_fast_path_cannot_translate_never_leaves_with_a_lan_source() {
-    let mut lab = Lab::start().unwrap();
+    nothing_leaves_with_a_lan_source(Lab::start().unwrap());
+}
+
+#[test]
+fn what_the_fast_path_cannot_translate_never_leaves_with_a_lan_source_in_xdp_mode() {
+    nothing_leaves_with_a_lan_source(Lab::start_xdp().unwrap());
+}
+
+fn nothing_leaves_with_a_lan_source(mut lab: Lab) {
     // A smaller WAN MTU, so that a full-size LAN datagram is oversize.
     lab.router
         .ip(&["link", "set", "wan0", "mtu", "1400"])

@@ -1075,11 +1075,14 @@ fn hairpin_to_another_hosts_dynamic_mapping_follows_filtering() {
     );
     assert_counters(&lab, &[("hairpin", 2)]);
 
-    // Address-and-port-dependent: .12 never sent to .13's side of it.
+    // Address-and-port-dependent: .12 never sent to .13's side of it. The
+    // filter refuses it as it would from outside (RFC 4787 REQ-9), and it
+    // is dropped: the router's own stack would answer it with a reset or a
+    // port unreachable.
     let mut lab = fresh_lab();
     open_udp(&mut lab);
-    assert_passed_untouched(&lab.from_lan(&frame).unwrap(), &frame);
-    assert_counters(&lab, &[("hairpin", 0), ("pass_local", 1)]);
+    assert_eq!(lab.from_lan(&frame).unwrap().action, XDP_DROP);
+    assert_counters(&lab, &[("hairpin", 0), ("drop_unsolicited", 1)]);
 }
 
 // ---------------------------------------------------------------------------

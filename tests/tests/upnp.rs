@@ -1258,3 +1258,92 @@ fn a_leased_mapping_survives_a_daemon_restart() {
     upnpc_ok(&lab, "-d 8080 TCP");
     wan_tcp_blocked(&lab, 8080, &server, "after delete following the restart");
 }
+
+// ---------------------------------------------------------------------------
+// Requests from hostile pages and odd clients (issue 12)
+// ---------------------------------------------------------------------------
+
+/// A control request as `soap_request` writes it, with its headers edited.
+fn soap_request_with(
+    action: &str,
+    args: &[(&str, &str)],
+    edit: impl Fn(String) -> String,
+) -> Vec<u8> {
+    let request = String::from_utf8(soap_request(GOOD_HOST, action, args)).unwrap();
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    format!("{}\r\n\r\n{body}", edit(head.to_owned())).into_bytes()
+}
+
+#[test]
+fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
+    let lab = upnp_lab();
+    let server = tcp_listener(&lab.lan, LAN_SERVER, 6881);
+    let mut problems = Vec::new();
+
+    // Filet-o-Firewall: what a page a LAN user visits can POST without a
+    // CORS preflight. Each is refused and maps nothing.
+    let args = add_args("33890", "TCP", "600");
+    for (what, request) in [
+        (
+            "text/plain, no SOAPAction, with an Origin",
+            soap_request_with("AddPortMapping", &args, |head| {
+                head.replace(
+                    "Content-Type: text/xml; charset=\"utf-8\"",
+                    "Content-Type: text/plain",
+                )
+                .lines()
+                .filter(|line| !line.starts_with("SOAPAction"))
+                .chain(["Origin: http://evil.example"])
+                .collect::<Vec<_>>()
+                .join("\r\n")
+            }),
+        ),
+        (
+            "everything right but an Origin",
+            soap_request_with("AddPortMapping", &args, |head| {
+                format!("{head}\r\nOrigin: http://evil.example")
+            }),
+        ),
+        (
+            "no SOAPAction",
+            soap_request_with("AddPortMapping", &args, |head| {
+                head.lines()
+                    .filter(|line| !line.starts_with("SOAPAction"))
+                    .collect::<Vec<_>>()
+                    .join("\r\n")
+            }),
+        ),
+        (
+            "a form body",
+            soap_request_with("AddPortMapping", &args, |head| {
+                head.replace(
+                    "Content-Type: text/xml; charset=\"utf-8\"",
+                    "Content-Type: application/x-www-form-urlencoded",
+                )
+            }),
+        ),
+    ] {
+        let raw = lan_http(&lab, request);
+        if raw.status() != Some(403) {
+            problems.push(format!("{what}: expected HTTP 403, got:\n{}", raw.text()));
+        }
+    }
+    check_all(problems);
+    assert_eq!(lab.rules(), Vec::<Value>::new(), "a page mapped a port");
+
+    // NewRemoteHost 0.0.0.0 means any remote: the WAN host gets in.
+    let mut args = add_args("6881", "TCP", "600");
+    args[0].1 = "0.0.0.0";
+    let raw = lan_http(&lab, soap_request(GOOD_HOST, "AddPortMapping", &args));
+    assert_eq!(raw.status(), Some(200), "{}", raw.text());
+    let rules = lab.rules();
+    assert_eq!(rules.len(), 1, "{rules:#?}");
+    // No allowed remotes (the list is left out when empty).
+    assert!(
+        rules[0]
+            .get("allow")
+            .is_none_or(|allow| allow == &serde_json::json!([])),
+        "{rules:#?}"
+    );
+    assert_eq!(lab.wan_tcp_reaches(6881, &server).ip(), WAN_HOST);
+}

@@ -28,6 +28,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "conntrack",
     "iperf3",
     "miniupnpc",
+    // NAT-PMP clients of the end-to-end tests (tests/tests/natpmp.rs).
+    "natpmpc",
+    "python3-libtorrent",
     // The reference IGD the benchmarks compare with; never started as a
     // service (see `debian_packages`).
     "miniupnpd",

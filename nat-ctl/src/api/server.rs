@@ -66,15 +66,20 @@ async fn serve_request(
     }
 }
 
-/// Binds the API socket: its directory is created root-only, a stale socket
-/// left by a killed daemon is replaced, and the socket itself is 0600.
+/// Binds the API socket. Its directory is created root-only, or must be
+/// one: owned by us, a real directory (not a link), writable by nobody
+/// else, so that no other user can put a socket of theirs in its place. A
+/// stale socket left by a killed daemon is replaced. The socket is 0600
+/// from the moment it has its name, and every connection's peer is checked
+/// as well (see [`serve`]).
 pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = socket.parent() {
+    if let Some(dir) = socket.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        check_socket_dir(dir)?;
     }
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Err(std::io::Error::new(
@@ -85,10 +90,67 @@ pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
             ),
         ));
     }
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    // Bound under a temporary name, made 0600, then renamed into place: the
+    // socket never exists at its path with wider rights. (A umask would do
+    // it too, but the umask is the whole process's, and other threads may
+    // be creating files meanwhile.)
+    let staging = socket.with_extension(format!("sock-{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, socket));
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(error);
+    }
     Ok(listener)
+}
+
+fn check_socket_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: {why}; the API socket needs a directory only this user can write, \
+                 such as /run/natctl",
+                dir.display()
+            ),
+        ))
+    };
+    let metadata = std::fs::symlink_metadata(dir)?;
+    if metadata.file_type().is_symlink() {
+        return refuse("is a symbolic link".to_owned());
+    }
+    if !metadata.is_dir() {
+        return refuse("is not a directory".to_owned());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != me {
+        return refuse(format!("is owned by uid {}, not {me}", metadata.uid()));
+    }
+    let mode = metadata.permissions().mode();
+    if mode & 0o022 != 0 {
+        return refuse(format!(
+            "is writable by other users (mode {:o})",
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// Why the peer of `stream` may not use the API, if it may not: only our
+/// own user (root) may.
+fn peer_refusal(stream: &tokio::net::UnixStream) -> Option<String> {
+    let me = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(peer) if peer.uid() == me => None,
+        Ok(peer) => Some(format!(
+            "the natctl API is for uid {me} only, not uid {}",
+            peer.uid()
+        )),
+        Err(error) => Some(format!("cannot read the peer's credentials: {error}")),
+    }
 }
 
 /// Serves the API until `shutdown` turns true; then lets the requests in
@@ -113,9 +175,18 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let controller = controller.clone();
+        // The socket's mode keeps others out; the peer's credentials say
+        // so again, whatever the file system did.
+        let refusal = peer_refusal(&stream);
         let service = hyper::service::service_fn(move |request| {
             let controller = controller.clone();
-            async move { Ok::<_, Infallible>(serve_request(controller, request).await) }
+            let refusal = refusal.clone();
+            async move {
+                Ok::<_, Infallible>(match refusal {
+                    Some(error) => respond(403, &ErrorBody { error }),
+                    None => serve_request(controller, request).await,
+                })
+            }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -173,5 +244,61 @@ mod tests {
         let answer = client.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(answer.expect("the answer").detached);
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("natctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_socket_is_private_from_the_start_and_its_directory_must_be() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let root = scratch("bind");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+
+        // A directory it creates: root-only, and the socket 0600.
+        let socket = root.join("run/natctl.sock");
+        let listener = bind(&socket).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root.join("run")), 0o700);
+        assert_eq!(mode(&socket), 0o600);
+        drop(listener);
+
+        // A directory others may write to, and a link to one, are refused.
+        let open = root.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = bind(&open.join("natctl.sock")).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("writable by other users (mode 777)"),
+            "{error}"
+        );
+        let link = root.join("link");
+        symlink(root.join("run"), &link).unwrap();
+        let error = bind(&link.join("natctl.sock")).unwrap_err();
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn our_own_user_may_use_the_api() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let stream = tokio::net::UnixStream::from_std(ours).unwrap();
+        assert_eq!(peer_refusal(&stream), None);
     }
 }

@@ -9,8 +9,8 @@ use super::{
 use crate::{
     aging,
     api::{
-        ApiError, Controller, Detached, Reloaded, Removed, Request, RuleChange, TableFilter,
-        UpnpSwitched,
+        ApiError, Controller, Detached, NatpmpSwitched, Reloaded, Removed, Request, RuleChange,
+        TableFilter, UpnpSwitched,
     },
     config::DaemonConfig,
     datapath::pins,
@@ -35,6 +35,7 @@ impl Controller for Daemon {
                 to_json(Reloaded { reloaded: summary })
             }
             Request::Upnp(on) => self.switch_upnp(on),
+            Request::Natpmp(on) => self.switch_natpmp(on),
             Request::Down => self.down(),
         }
     }
@@ -137,7 +138,7 @@ impl Daemon {
             let names: Vec<String> = state
                 .rules
                 .iter()
-                .filter(|(_, rule)| rule.upnp.is_some())
+                .filter(|(_, rule)| rule.upnp_lease().is_some())
                 .map(|(_, rule)| rule.name.clone())
                 .collect();
             state.change(
@@ -164,6 +165,50 @@ impl Daemon {
         to_json(UpnpSwitched { upnp: on, removed })
     }
 
+    /// `natctl natpmp on|off`, NAT-PMP and PCP together. Off means closed,
+    /// as for UPnP: their mappings go with it.
+    pub(super) fn switch_natpmp(&self, on: bool) -> ApiResult {
+        use crate::rules::LeaseOrigin;
+        self.natpmp_wanted.store(on, Ordering::SeqCst);
+        let mut removed = Vec::new();
+        if !on {
+            let mut state = self.lock();
+            let names: Vec<String> = state
+                .rules
+                .iter()
+                .filter(|(_, rule)| {
+                    rule.lease_of(LeaseOrigin::Natpmp).is_some()
+                        || rule.lease_of(LeaseOrigin::Pcp).is_some()
+                })
+                .map(|(_, rule)| rule.name.clone())
+                .collect();
+            state.change(
+                |rules| {
+                    for name in &names {
+                        rules.remove(name)?;
+                    }
+                    Ok(())
+                },
+                Durability::Saved,
+            )?;
+            removed = names;
+        }
+        self.natpmp_changed.notify_one();
+        tracing::info!(
+            "NAT-PMP/PCP switched {}{}",
+            if on { "on" } else { "off" },
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!("; removed {}", removed.join(", "))
+            }
+        );
+        to_json(NatpmpSwitched {
+            natpmp: on,
+            removed,
+        })
+    }
+
     fn down(&self) -> ApiResult {
         let state = self.lock();
         let dir = state.config.pin_dir.clone();
@@ -186,7 +231,7 @@ impl Daemon {
             ApiError::bad_request(format!("configuration not reloaded: {error}"))
         })?;
         let mut state = self.lock();
-        let lan = state.lan.network.map(|net| net.trunc());
+        let lan = state.lan.network;
         let loaded = super::rules_from_store(&config.rules_file, lan, &state.rules)
             .map_err(|error| ApiError::bad_request(format!("rules not reloaded: {error:#}")))?;
         if config.pin_dir != state.config.pin_dir || config.socket != state.config.socket {
@@ -215,6 +260,9 @@ impl Daemon {
         self.upnp_wanted
             .store(state.config.upnp.enabled, Ordering::SeqCst);
         self.upnp_changed.notify_one();
+        self.natpmp_wanted
+            .store(state.config.natpmp.enabled, Ordering::SeqCst);
+        self.natpmp_changed.notify_one();
         Ok(format!(
             "reloaded {} and {} rule(s) from {}",
             self.config_file
@@ -239,7 +287,12 @@ impl Daemon {
             "nat": state.config.nat,
             "timeouts": state.config.timeouts,
             "picked_up_pinned_datapath": self.adopted,
+            "attach": {
+                "lan": self.attach[0],
+                "wan": self.attach[1],
+            },
             "upnp": self.upnp_wanted.load(Ordering::SeqCst),
+            "natpmp": self.natpmp_wanted.load(Ordering::SeqCst),
             "uptime_secs": self.started.elapsed().as_secs(),
             "pid": std::process::id(),
         }))

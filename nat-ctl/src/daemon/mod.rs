@@ -8,8 +8,10 @@
 //! - `control`: the control API's handler;
 //! - `tasks`: aging, the connection log, address changes, deferred saves,
 //!   lease expiry;
-//! - `upnp`: the IGD's supervisor and its adapters.
+//! - `upnp`: the IGD's supervisor and its adapters;
+//! - `natpmp`: the NAT-PMP/PCP server's supervisor and adapter.
 mod control;
+mod natpmp;
 mod state;
 mod tasks;
 mod upnp;
@@ -30,7 +32,7 @@ use self::state::{SAVE_DELAY, State};
 use crate::{
     api::{self, Controller},
     config::{self, DaemonConfig},
-    datapath::{AttachMode, pins},
+    datapath::{Attach, AttachMode, NicAttach, pins},
     interfaces,
     rules::{RuleError, RuleSet},
     store,
@@ -42,6 +44,9 @@ pub struct DaemonOptions {
     pub wan: String,
     pub lan: String,
     pub config: Option<PathBuf>,
+    /// XDP, TC or by the driver, per NIC.
+    pub attach: Attach,
+    /// Native or generic, for the NICs that get XDP.
     pub xdp_mode: AttachMode,
     pub socket: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
@@ -88,10 +93,16 @@ pub(super) struct Daemon {
     config_file: Option<PathBuf>,
     started: Instant,
     adopted: bool,
+    /// How the LAN and the WAN NIC are attached, and why (`natctl status`).
+    attach: [NicAttach; 2],
     /// `natctl upnp on|off`; starts as the configuration says.
     upnp_wanted: AtomicBool,
     /// Wakes the UPnP supervisor: a switch, an address or a reload.
     upnp_changed: tokio::sync::Notify,
+    /// `natctl natpmp on|off` (NAT-PMP and PCP together).
+    natpmp_wanted: AtomicBool,
+    /// Wakes the NAT-PMP/PCP supervisor.
+    natpmp_changed: tokio::sync::Notify,
     boot_id: u32,
 }
 
@@ -111,14 +122,37 @@ pub fn run(options: DaemonOptions) -> Result<()> {
         .block_on(run_async(options))
 }
 
+/// Why the WAN and LAN addresses cannot work together, if they cannot:
+/// a LAN prefix that overlaps the WAN subnet would make some outside hosts
+/// unreachable and let LAN addresses pass for outside ones (RFC 4787
+/// REQ-7).
+fn address_conflict(wan: Ipv4Net, lan: Ipv4Net) -> Option<String> {
+    let lan = lan.trunc();
+    let wan_subnet = wan.trunc();
+    if lan.contains(&wan.addr()) {
+        return Some(format!(
+            "the WAN address {} is inside the LAN prefix {lan}",
+            wan.addr()
+        ));
+    }
+    if lan.contains(&wan_subnet) || wan_subnet.contains(&lan) {
+        return Some(format!(
+            "the LAN prefix {lan} overlaps the WAN subnet {wan_subnet}"
+        ));
+    }
+    None
+}
+
 fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
     let (wan_addr, lan_net) = match (wan.network, lan.network) {
-        (Some(wan), Some(lan)) => (wan.addr(), lan.trunc()),
+        (Some(wan), Some(lan)) if address_conflict(wan, lan).is_none() => (wan.addr(), lan.trunc()),
         // Without a WAN address the datapath must not translate: a zero
         // WAN address stops it. The LAN prefix stays, so that it still
         // drops what LAN hosts send out (the kernel would forward it
         // untranslated).
         (None, Some(lan)) => (std::net::Ipv4Addr::UNSPECIFIED, lan.trunc()),
+        // Without a LAN prefix, or with addresses that conflict, it passes
+        // everything to the kernel.
         _ => (std::net::Ipv4Addr::UNSPECIFIED, Ipv4Net::default()),
     };
     NatConfig {
@@ -198,11 +232,14 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             wan.name
         );
     }
-    let rules = rules_from_store(
-        &config.rules_file,
-        Some(lan_net.trunc()),
-        &RuleSet::default(),
-    )?;
+    if let Some(conflict) = wan.network.and_then(|wan| address_conflict(wan, lan_net)) {
+        bail!(
+            "{conflict} (WAN {}, LAN {}): renumber the LAN so that the two do not overlap",
+            wan.name,
+            lan.name
+        );
+    }
+    let rules = rules_from_store(&config.rules_file, Some(lan_net), &RuleSet::default())?;
 
     // Refuse early if another daemon serves the socket, before touching
     // its datapath.
@@ -223,7 +260,10 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
                     name: &lan.name,
                     ifindex: lan.ifindex,
                 },
-                options.xdp_mode,
+                pins::AttachRequest {
+                    attach: options.attach,
+                    xdp_mode: options.xdp_mode,
+                },
                 &rules,
             )?)
         });
@@ -236,6 +276,15 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     };
     let adopted = running.adopted;
     let rules = running.rules;
+    for (role, nic) in [("LAN", &running.lan_attach), ("WAN", &running.wan_attach)] {
+        let mode = match (nic.mode, nic.xdp_mode.as_str()) {
+            (crate::datapath::Mode::Tc, _) => "TC (sched_cls ingress)".to_owned(),
+            (crate::datapath::Mode::Xdp, "") => "XDP".to_owned(),
+            (crate::datapath::Mode::Xdp, xdp) => format!("XDP ({xdp})"),
+        };
+        tracing::info!("{role} {}: {mode} mode; {}", nic.interface, nic.reason);
+    }
+    let attach = [running.lan_attach, running.wan_attach];
     tracing::info!(
         "NAT {}: WAN {} ({}), LAN {} ({}), {} rule(s) from {}; maps pinned in {}; API on {}",
         if adopted {
@@ -255,6 +304,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
 
     let (lifecycle, mut lifecycle_changes) = watch::channel(Lifecycle::Running);
     let upnp_enabled = config.upnp.enabled;
+    let natpmp_enabled = config.natpmp.enabled;
     let store_changed = Arc::new(tokio::sync::Notify::new());
     let ring = running.new_connections;
     let socket = config.socket.clone();
@@ -276,8 +326,11 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         config_file,
         started: Instant::now(),
         adopted,
+        attach,
         upnp_wanted: AtomicBool::new(upnp_enabled),
         upnp_changed: tokio::sync::Notify::new(),
+        natpmp_wanted: AtomicBool::new(natpmp_enabled),
+        natpmp_changed: tokio::sync::Notify::new(),
         boot_id: unix_now() as u32,
     });
 
@@ -298,8 +351,12 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             tracing::error!("removing UPnP mappings: {error}");
         }
     }
+    if !natpmp_enabled && let Err(error) = daemon.switch_natpmp(false) {
+        tracing::error!("removing NAT-PMP/PCP mappings: {error}");
+    }
     let (upnp_stop_tx, upnp_stop) = watch::channel(false);
-    let upnp = tokio::spawn(upnp::supervise_upnp(daemon.clone(), upnp_stop));
+    let upnp = tokio::spawn(upnp::supervise_upnp(daemon.clone(), upnp_stop.clone()));
+    let natpmp = tokio::spawn(natpmp::supervise_natpmp(daemon.clone(), upnp_stop));
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -329,7 +386,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     // (SSDP byebye) before the daemon goes.
     let _ = upnp_stop_tx.send(true);
     let _ = api_stop_tx.send(true);
-    let _ = tokio::join!(upnp, server);
+    let _ = tokio::join!(upnp, natpmp, server);
     if let Err(error) = daemon.lock().flush() {
         tracing::error!("saving the last rule changes: {error}");
     }
@@ -360,5 +417,40 @@ impl Daemon {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn overlapping_wan_and_lan_addresses_are_a_conflict() {
+        assert_eq!(
+            address_conflict(net("203.0.113.1/24"), net("192.168.0.1/24")),
+            None
+        );
+        // A CGNAT upstream beside a private LAN: fine.
+        assert_eq!(
+            address_conflict(net("100.64.3.7/10"), net("10.0.0.1/8")),
+            None
+        );
+        let inside = address_conflict(net("192.168.0.50/32"), net("192.168.0.1/24")).unwrap();
+        assert!(
+            inside.contains("192.168.0.50") && inside.contains("192.168.0.0/24"),
+            "{inside}"
+        );
+        // The upstream modem hands out the same private range as the LAN.
+        let same = address_conflict(net("192.168.1.20/24"), net("192.168.1.1/24")).unwrap();
+        assert!(same.contains("192.168.1.20"), "{same}");
+        let wider = address_conflict(net("10.1.2.3/8"), net("10.200.0.1/16")).unwrap();
+        assert!(
+            wider.contains("overlaps the WAN subnet 10.0.0.0/8"),
+            "{wider}"
+        );
     }
 }

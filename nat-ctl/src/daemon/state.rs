@@ -104,8 +104,9 @@ pub(super) fn to_json(value: impl Serialize) -> Result<serde_json::Value, ApiErr
 }
 
 impl State {
+    /// The router's LAN address and prefix, which rules are checked against.
     pub fn lan_net(&self) -> Result<Ipv4Net, ApiError> {
-        self.lan.network.map(|net| net.trunc()).ok_or_else(|| {
+        self.lan.network.ok_or_else(|| {
             ApiError::conflict(format!(
                 "the LAN {} has no IPv4 address, so rules cannot be checked against it",
                 self.lan.name

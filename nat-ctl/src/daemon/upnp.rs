@@ -79,7 +79,10 @@ pub(super) async fn supervise_upnp(daemon: Arc<Daemon>, mut stop: watch::Receive
                 tracing::info!("UPnP IGD stopped");
             }
             if let Some(config) = desired {
-                let control = Arc::new(UpnpControl(daemon.clone())) as Arc<dyn Control>;
+                let control = Arc::new(UpnpControl {
+                    daemon: daemon.clone(),
+                    refusals: std::sync::Mutex::new(LogBudget::new(Instant::now())),
+                }) as Arc<dyn Control>;
                 match service::start(config.clone(), control) {
                     Ok(service) => {
                         tracing::info!(
@@ -104,26 +107,22 @@ pub(super) async fn supervise_upnp(daemon: Arc<Daemon>, mut stop: watch::Receive
     }
 }
 
-/// The IGD's view of the daemon, for one request.
-struct DaemonGateway<'a> {
-    state: &'a mut State,
-    started: Instant,
+/// The IGD's (and NAT-PMP/PCP's) view of the daemon, for one request.
+pub(super) struct DaemonGateway<'a> {
+    pub state: &'a mut State,
+    pub started: Instant,
+    /// Who is asking, for the log: "UPnP", "NAT-PMP", "PCP".
+    pub who: &'static str,
 }
 
-impl Gateway for DaemonGateway<'_> {
-    fn external_address(&self) -> Option<Ipv4Addr> {
-        self.state.wan.network.map(|net| net.addr())
-    }
-
-    fn lan(&self) -> Option<Ipv4Net> {
-        self.state.lan.network.map(|net| net.trunc())
-    }
-
-    fn rules(&self) -> Vec<ForwardRule> {
-        self.state.rules.to_vec()
-    }
-
-    fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
+impl DaemonGateway<'_> {
+    /// One change through the rule transaction: remove, then add (a rule
+    /// with a removed one's name keeps its id).
+    pub fn apply_change(
+        &mut self,
+        remove: &[String],
+        add: Vec<ForwardRule>,
+    ) -> Result<(), GatewayError> {
         let summary: Vec<String> = add.iter().map(ToString::to_string).collect();
         self.state
             .change(
@@ -148,12 +147,30 @@ impl Gateway for DaemonGateway<'_> {
                 None => GatewayError::Failed(error.api.message),
             })?;
         if !remove.is_empty() {
-            tracing::info!("UPnP: removed {}", remove.join(", "));
+            tracing::info!("{}: removed {}", self.who, remove.join(", "));
         }
         for line in summary {
-            tracing::info!("UPnP: mapped {line}");
+            tracing::info!("{}: mapped {line}", self.who);
         }
         Ok(())
+    }
+}
+
+impl Gateway for DaemonGateway<'_> {
+    fn external_address(&self) -> Option<Ipv4Addr> {
+        self.state.wan.network.map(|net| net.addr())
+    }
+
+    fn lan(&self) -> Option<Ipv4Net> {
+        self.state.lan.network
+    }
+
+    fn rules(&self) -> Vec<ForwardRule> {
+        self.state.rules.to_vec()
+    }
+
+    fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
+        self.apply_change(remove, add)
     }
 
     fn totals(&self) -> Totals {
@@ -184,7 +201,45 @@ impl Gateway for DaemonGateway<'_> {
     }
 }
 
-struct UpnpControl(Arc<Daemon>);
+struct UpnpControl {
+    daemon: Arc<Daemon>,
+    refusals: std::sync::Mutex<LogBudget>,
+}
+
+/// At most `LINES` log lines a minute: what a LAN host can make us log is
+/// bounded, and what was left out is counted in the next line that goes.
+struct LogBudget {
+    window_start: Instant,
+    lines: u32,
+    skipped: u32,
+}
+
+impl LogBudget {
+    const LINES: u32 = 20;
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            lines: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Whether a line may go now, and how many were left out before it.
+    fn take(&mut self, now: Instant) -> Option<u32> {
+        if now.duration_since(self.window_start) >= Self::WINDOW {
+            self.window_start = now;
+            self.lines = 0;
+        }
+        if self.lines >= Self::LINES {
+            self.skipped += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
 
 impl Control for UpnpControl {
     fn control(
@@ -192,7 +247,7 @@ impl Control for UpnpControl {
         caller: Ipv4Addr,
         request: &SoapRequest,
     ) -> Result<Vec<(&'static str, String)>, UpnpError> {
-        let daemon = &self.0;
+        let daemon = &self.daemon;
         if !daemon.upnp_wanted.load(Ordering::SeqCst) {
             return Err(UpnpError::ActionNotAuthorized);
         }
@@ -206,16 +261,53 @@ impl Control for UpnpControl {
         let mut gateway = DaemonGateway {
             state: &mut state,
             started: daemon.started,
+            who: "UPnP",
         };
         let outcome = igd::handle(&mut gateway, &settings, igd, caller, request);
+        drop(state);
         if let Err(error) = &outcome {
-            tracing::info!(
-                "UPnP {} from {caller} refused: {} {}",
-                request.action,
-                error.code(),
-                error.description()
-            );
+            let budget = self
+                .refusals
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(Instant::now());
+            if let Some(skipped) = budget {
+                tracing::info!(
+                    "UPnP {} from {caller} refused: {} {}{}",
+                    igd::action_label(&request.action),
+                    error.code(),
+                    error.description(),
+                    if skipped > 0 {
+                        format!(" ({skipped} more refusals not logged)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_budget_is_a_few_lines_a_minute_and_counts_the_rest() {
+        let start = Instant::now();
+        let mut budget = LogBudget::new(start);
+        for _ in 0..LogBudget::LINES {
+            assert_eq!(budget.take(start), Some(0));
+        }
+        assert_eq!(budget.take(start), None);
+        assert_eq!(budget.take(start), None);
+        let later = start + LogBudget::WINDOW;
+        assert_eq!(
+            budget.take(later),
+            Some(2),
+            "the next line counts the skipped ones"
+        );
+        assert_eq!(budget.take(later), Some(0));
     }
 }

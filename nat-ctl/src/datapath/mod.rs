@@ -1,5 +1,6 @@
-//! The XDP datapath seen from user space: loading and attaching it
-//! ([`Datapath`]), its pinned lifecycle ([`pins`]), and its maps, handed out
+//! The datapath seen from user space: loading and attaching it
+//! ([`Datapath`]; XDP or TC per NIC, [`attach`]), its pinned lifecycle
+//! ([`pins`]), and its maps, handed out
 //! as one handle per owner so that each map has exactly the writer the
 //! architecture says:
 //!
@@ -10,6 +11,7 @@
 //!   sessions, counters), for the NAT table and the statistics;
 //! - [`KernelSweep`]: the aging sweep program and its parameter maps;
 //! - the new-connection ring buffer, for the connection log.
+pub mod attach;
 mod batch;
 mod change;
 mod maps;
@@ -22,10 +24,16 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink,
+        tc::{SchedClassifierLinkId, TcAttachOptions},
+        xdp::XdpLinkId,
+    },
 };
 use nat_common::{maps as names, programs};
 
+pub use attach::{Attach, Mode, NicAttach};
 pub use batch::{DEFAULT_CHUNK, for_each_entry, for_each_in};
 pub use change::{MapChange, Step};
 pub use maps::{MapParts, Maps};
@@ -33,7 +41,7 @@ pub use sweep::{KernelSweep, SweepMaps, SweepReport};
 pub use view::MapView;
 pub use writer::MapWriter;
 
-/// The XDP object, built by this crate's build script.
+/// The eBPF object, built by this crate's build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NAT_EBPF_OBJECT"));
 
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +76,20 @@ pub enum DatapathError {
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("pinning the XDP link of {program}: {reason}")]
+    #[error("pinning the link of {program}: {reason}")]
     PinLink {
         program: &'static str,
         reason: String,
     },
     #[error("attaching {program} to {interface} failed in native and generic mode: {source}")]
     Attach {
+        program: &'static str,
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {program} to the TC ingress of {interface} (TCX link) failed: {source}")]
+    AttachTc {
         program: &'static str,
         interface: String,
         #[source]
@@ -170,6 +185,11 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        for name in [programs::LAN_TC, programs::WAN_TC] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
         let maps = Maps::take(&mut ebpf, pin_dir)?;
         Ok(Self { ebpf, maps })
     }
@@ -228,6 +248,54 @@ impl Datapath {
         }
     }
 
+    /// A TC program (`nat_lan_tc`, `nat_wan_tc`).
+    pub fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        classifier(&mut self.ebpf, name)
+    }
+
+    /// Attaches the TC program `name` to the ingress of `interface` as a
+    /// TCX link (kernel >= 6.6: a bpf_link, pinnable like the XDP ones, and
+    /// no clsact qdisc to manage).
+    pub fn attach_tc(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+    ) -> Result<SchedClassifierLinkId> {
+        self.classifier(name)?
+            .attach_with_options(
+                interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| DatapathError::AttachTc {
+                program: name,
+                interface: interface.to_owned(),
+                source,
+            })
+    }
+
+    /// As [`Datapath::pin_link`], for a TC program's TCX link.
+    pub fn pin_tc_link(
+        &mut self,
+        name: &'static str,
+        link_id: SchedClassifierLinkId,
+        path: &Path,
+    ) -> Result<()> {
+        let link = self
+            .classifier(name)?
+            .take_link(link_id)
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let fd_link = FdLink::try_from(link).map_err(|error| DatapathError::PinLink {
+            program: name,
+            reason: format!("{error} (a netlink TC attachment has no bpf_link to pin)"),
+        })?;
+        fd_link.pin(path).map_err(|error| DatapathError::PinLink {
+            program: name,
+            reason: format!("{}: {error}", path.display()),
+        })?;
+        Ok(())
+    }
+
     /// Pins the link of an attached program at `path`, so that the program
     /// stays attached after this process exits (or is killed) until the
     /// pin is removed: a restarted daemon then finds the datapath running.
@@ -269,6 +337,16 @@ impl Datapath {
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
             name,

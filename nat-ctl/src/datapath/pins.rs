@@ -2,22 +2,27 @@
 //! up a datapath a previous daemon left running (its flows never stop) or
 //! loading and attaching a fresh one, and tearing it down.
 //!
-//! Under the pin directory live every map ([`super::maps::PINNED`]), the two
-//! XDP links (removing a link's last pin detaches its program) and the
-//! sweep program.
+//! Under the pin directory live every map ([`super::maps::PINNED`]), one
+//! link per NIC (XDP: `link_nat_lan`, `link_nat_wan`; TC, TCX links:
+//! `link_nat_lan_tc`, `link_nat_wan_tc`; removing a link's last pin
+//! detaches its program) and the sweep program. Which link is pinned says
+//! which mode a NIC runs in, also to a daemon that picks the datapath up.
 use std::path::Path;
 
 use aya::maps::{MapData, RingBuf};
 use nat_common::{EndpointKey, NatConfig, programs};
 
 use super::{
-    AttachMode, Datapath, DatapathError, KernelSweep, MapChange, MapParts, MapView, MapWriter,
-    Maps, Result, TableSizes,
+    Attach, AttachMode, Datapath, DatapathError, KernelSweep, MapChange, MapParts, MapView,
+    MapWriter, Maps, Mode, NicAttach, Result, TableSizes,
 };
 use crate::rules::RuleSet;
 
 const LINK_LAN: &str = "link_nat_lan";
 const LINK_WAN: &str = "link_nat_wan";
+const LINK_LAN_TC: &str = "link_nat_lan_tc";
+const LINK_WAN_TC: &str = "link_nat_wan_tc";
+const LINKS: [&str; 4] = [LINK_LAN, LINK_WAN, LINK_LAN_TC, LINK_WAN_TC];
 const PROG_SWEEP: &str = "prog_nat_sweep";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -39,6 +44,17 @@ pub struct Running {
     pub rules: RuleSet,
     /// Picked up from the pins (flows kept) rather than loaded afresh.
     pub adopted: bool,
+    /// How each NIC is attached, and why.
+    pub lan_attach: NicAttach,
+    pub wan_attach: NicAttach,
+}
+
+/// How the daemon asks for the NICs to be attached.
+#[derive(Clone, Copy, Debug)]
+pub struct AttachRequest {
+    pub attach: Attach,
+    /// For the NICs that get XDP.
+    pub xdp_mode: AttachMode,
 }
 
 /// Fails unless `dir` (or, before it exists, its parent) is on bpffs:
@@ -67,7 +83,7 @@ pub fn check_bpffs(dir: &Path) -> Result<()> {
 /// whether anything was there.
 pub fn teardown(dir: &Path) -> Result<bool> {
     let mut found = false;
-    for link in [LINK_LAN, LINK_WAN] {
+    for link in LINKS {
         let path = dir.join(link);
         found |= unpin_link(&path).map_err(|source| DatapathError::Io {
             action: "detaching",
@@ -106,13 +122,12 @@ pub fn adopt_or_load(
     nat: &NatConfig,
     wan: Nic<'_>,
     lan: Nic<'_>,
-    mode: AttachMode,
+    request: AttachRequest,
     rules: &RuleSet,
 ) -> Result<Running> {
-    let complete = [LINK_LAN, LINK_WAN]
-        .iter()
-        .all(|pin| dir.join(pin).exists())
-        && Maps::all_pinned(dir);
+    let pinned = |xdp: &str, tc: &str| dir.join(xdp).exists() || dir.join(tc).exists();
+    let complete =
+        pinned(LINK_LAN, LINK_LAN_TC) && pinned(LINK_WAN, LINK_WAN_TC) && Maps::all_pinned(dir);
     if complete {
         return adopt(dir, nat, wan, lan, rules);
     }
@@ -127,7 +142,7 @@ pub fn adopt_or_load(
         path: dir.to_owned(),
         source,
     })?;
-    load(dir, nat, wan, lan, mode, rules).inspect_err(|_| {
+    load(dir, nat, wan, lan, request, rules).inspect_err(|_| {
         // Leave nothing half attached behind.
         let _ = teardown(dir);
     })
@@ -165,6 +180,18 @@ fn adopt(
     let (rules, fresh) = recover_ids(&writer, rules)?;
     let held = writer.entries()?;
     writer.apply(&MapChange::between(&held, &rules.entries()).with_fresh_rule_ids(fresh))?;
+    let pinned_attach = |nic: Nic<'_>, tc_pin: &str| NicAttach {
+        interface: nic.name.to_owned(),
+        mode: if dir.join(tc_pin).exists() {
+            Mode::Tc
+        } else {
+            Mode::Xdp
+        },
+        xdp_mode: String::new(),
+        reason: "picked up from the pinned datapath, as an earlier daemon attached it \
+                 (`natctl down` and a new start choose again)"
+            .to_owned(),
+    };
     Ok(Running {
         writer,
         view,
@@ -172,6 +199,52 @@ fn adopt(
         sweep,
         rules,
         adopted: true,
+        lan_attach: pinned_attach(lan, LINK_LAN_TC),
+        wan_attach: pinned_attach(wan, LINK_WAN_TC),
+    })
+}
+
+/// Attaches `program` (XDP) or `tc_program` to `nic` as `request` says and
+/// pins the link; falls back to TC under `--attach auto` when XDP cannot
+/// be attached at all.
+fn attach_nic(
+    datapath: &mut Datapath,
+    dir: &Path,
+    nic: Nic<'_>,
+    (program, pin): (&'static str, &str),
+    (tc_program, tc_pin): (&'static str, &str),
+    request: AttachRequest,
+) -> Result<NicAttach> {
+    let (mut mode, mut reason) = super::attach::choose(request.attach, nic.name);
+    if mode == Mode::Xdp {
+        match datapath.attach(program, nic.name, nic.ifindex, request.xdp_mode) {
+            Ok((link, used)) => {
+                datapath.pin_link(program, link, &dir.join(pin))?;
+                let xdp_mode = match used {
+                    aya::programs::XdpMode::Skb => "generic",
+                    _ => "native",
+                };
+                return Ok(NicAttach {
+                    interface: nic.name.to_owned(),
+                    mode,
+                    xdp_mode: xdp_mode.to_owned(),
+                    reason,
+                });
+            }
+            Err(error) if request.attach == Attach::Auto => {
+                mode = Mode::Tc;
+                reason = format!("auto: XDP could not be attached ({error})");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let link = datapath.attach_tc(tc_program, nic.name)?;
+    datapath.pin_tc_link(tc_program, link, &dir.join(tc_pin))?;
+    Ok(NicAttach {
+        interface: nic.name.to_owned(),
+        mode,
+        xdp_mode: String::new(),
+        reason,
     })
 }
 
@@ -180,7 +253,7 @@ fn load(
     nat: &NatConfig,
     wan: Nic<'_>,
     lan: Nic<'_>,
-    mode: AttachMode,
+    request: AttachRequest,
     rules: &RuleSet,
 ) -> Result<Running> {
     let mut datapath = Datapath::load(TableSizes::default(), Some(dir))?;
@@ -190,14 +263,22 @@ fn load(
     writer.allow_egress(lan.ifindex)?;
     writer.apply(&MapChange::for_rules(&RuleSet::default(), rules))?;
     // Rules and configuration are in place before the first packet.
-    for (program, nic, pin) in [
-        (programs::LAN, lan, LINK_LAN),
-        (programs::WAN, wan, LINK_WAN),
-    ] {
-        let (link, used) = datapath.attach(program, nic.name, nic.ifindex, mode)?;
-        datapath.pin_link(program, link, &dir.join(pin))?;
-        tracing::info!("{program} attached to {} in {used:?} mode", nic.name);
-    }
+    let lan_attach = attach_nic(
+        &mut datapath,
+        dir,
+        lan,
+        (programs::LAN, LINK_LAN),
+        (programs::LAN_TC, LINK_LAN_TC),
+        request,
+    )?;
+    let wan_attach = attach_nic(
+        &mut datapath,
+        dir,
+        wan,
+        (programs::WAN, LINK_WAN),
+        (programs::WAN_TC, LINK_WAN_TC),
+        request,
+    )?;
     datapath.pin_program(programs::SWEEP, &dir.join(PROG_SWEEP))?;
     let MapParts {
         writer,
@@ -213,6 +294,8 @@ fn load(
         sweep,
         rules: rules.clone(),
         adopted: false,
+        lan_attach,
+        wan_attach,
     })
 }
 

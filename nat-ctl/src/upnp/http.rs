@@ -35,6 +35,56 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections one LAN host may hold at once, so that one cannot take
+/// every slot.
+const MAX_PER_HOST: usize = 4;
+/// The longest any connection lives, requests, answers and idle time
+/// together: a reader too slow to take its answer holds a slot no longer.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The connections each LAN host holds.
+#[derive(Clone, Default)]
+struct PerHost(Arc<std::sync::Mutex<std::collections::HashMap<Ipv4Addr, usize>>>);
+
+/// One of a host's connections; gives its place back when dropped.
+struct HostSlot {
+    hosts: PerHost,
+    host: Ipv4Addr,
+}
+
+impl PerHost {
+    fn claim(&self, host: Ipv4Addr) -> Option<HostSlot> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(host).or_default();
+        if *count >= MAX_PER_HOST {
+            return None;
+        }
+        *count += 1;
+        Some(HostSlot {
+            hosts: self.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .hosts
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.host) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.host);
+            }
+        }
+    }
+}
 
 /// Runs the actions for the HTTP server: the daemon, over its rules.
 pub trait Control: Send + Sync + 'static {
@@ -124,6 +174,12 @@ pub enum Refusal {
     Host,
     /// A header that is not text.
     BadHeader,
+    /// A control request a web page could have made: with an `Origin`
+    /// header (browsers send one on cross-site requests; UPnP clients
+    /// never do), without SOAPAction, or without an XML body type. The
+    /// last two can only be sent cross-site after a CORS preflight, which
+    /// is never granted.
+    CrossSite(&'static str),
 }
 
 /// Checks a request head and routes it: the server's one entry point for
@@ -168,14 +224,25 @@ pub fn route_head(
         ("GET", paths::WAN_IP_SCPD) => Route::WanIpScpd(version),
         ("GET", paths::WAN_IP_SCPD_V1) => Route::WanIpScpd(IgdVersion::V1),
         ("GET", paths::WAN_COMMON_SCPD) => Route::WanCommonScpd,
-        ("POST", paths::WAN_IP_CONTROL | paths::WAN_COMMON_CONTROL) => Route::Control {
-            service: if path == paths::WAN_IP_CONTROL {
-                SERVICE_WAN_IP
-            } else {
-                SERVICE_WAN_COMMON
-            },
-            soap_action: header("soapaction")?.map(str::to_owned),
-        },
+        ("POST", paths::WAN_IP_CONTROL | paths::WAN_COMMON_CONTROL) => {
+            if header("origin")?.is_some() {
+                return Err(Refusal::CrossSite("an Origin header"));
+            }
+            let Some(soap_action) = header("soapaction")? else {
+                return Err(Refusal::CrossSite("no SOAPAction header"));
+            };
+            if !header("content-type")?.is_some_and(is_xml_media_type) {
+                return Err(Refusal::CrossSite("a body that is not text/xml"));
+            }
+            Route::Control {
+                service: if path == paths::WAN_IP_CONTROL {
+                    SERVICE_WAN_IP
+                } else {
+                    SERVICE_WAN_COMMON
+                },
+                soap_action: Some(soap_action.to_owned()),
+            }
+        }
         // Eventing is not offered: a subscription would let a client make
         // the router send HTTP requests to an address of its choosing.
         ("SUBSCRIBE" | "UNSUBSCRIBE", paths::WAN_IP_EVENTS | paths::WAN_COMMON_EVENTS) => {
@@ -185,6 +252,13 @@ pub fn route_head(
         _ => Route::MethodNotAllowed,
     };
     Ok((route, format!("http://{host}")))
+}
+
+/// `text/xml` or `application/xml`, with or without parameters.
+fn is_xml_media_type(value: &str) -> bool {
+    let media_type = value.split(';').next().unwrap_or("").trim();
+    media_type.eq_ignore_ascii_case("text/xml")
+        || media_type.eq_ignore_ascii_case("application/xml")
 }
 
 /// A request already known to come from a LAN host.
@@ -217,6 +291,13 @@ async fn respond(
         }
         Err(Refusal::BadHeader) => {
             return text(StatusCode::BAD_REQUEST, "malformed header\n");
+        }
+        Err(Refusal::CrossSite(why)) => {
+            tracing::info!("UPnP control request from {caller} refused: {why}");
+            return text(
+                StatusCode::FORBIDDEN,
+                "control requests need SOAPAction, a text/xml body and no Origin\n",
+            );
         }
     };
     match route {
@@ -286,6 +367,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let hosts = PerHost::default();
     let mut connections = Connections::new(shutdown.clone());
     loop {
         let permit = tokio::select! {
@@ -317,12 +399,16 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(host_slot) = hosts.claim(caller) else {
+            tracing::debug!("UPnP HTTP: refused {peer}, already {MAX_PER_HOST} connections");
+            continue;
+        };
         let config = config.clone();
         let control = control.clone();
         let service = hyper::service::service_fn(move |request| {
-            // Held for as long as the connection serves: the slot frees
+            // Held for as long as the connection serves: the slots free
             // when hyper drops the service with the connection.
-            let _slot = &permit;
+            let _slots = (&permit, &host_slot);
             let config = config.clone();
             let control = control.clone();
             async move { Ok::<_, Infallible>(respond(&config, control.as_ref(), caller, request).await) }
@@ -332,9 +418,9 @@ pub async fn serve(
             .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(MAX_HEAD)
             .serve_connection(TokioIo::new(stream), service);
-        // Slow heads and bodies are cut by their own timeouts; an active
-        // kept-alive connection may go on.
-        connections.spawn(connection, None);
+        // Slow heads and bodies are cut by their own timeouts, and the
+        // whole connection by its deadline.
+        connections.spawn(connection, Some(CONNECTION_DEADLINE));
     }
     drop(listener);
     connections.drain(DRAIN_DEADLINE).await;
@@ -359,6 +445,80 @@ mod tests {
         .map(|(route, _)| route)
     }
 
+    /// What a web page can send without a CORS preflight: no SOAPAction,
+    /// a text/plain or form body, and its Origin (Filet-o-Firewall).
+    #[test]
+    fn control_requests_a_web_page_could_make_are_refused() {
+        let host = ("Host", "192.168.0.1:5000");
+        let action = (
+            "SOAPAction",
+            "\"urn:schemas-upnp-org:service:WANIPConnection:1#AddPortMapping\"",
+        );
+        let xml = ("Content-Type", "text/xml");
+        for (headers, why) in [
+            (vec![host, xml], "no SOAPAction header"),
+            (
+                vec![host, action, ("Content-Type", "text/plain")],
+                "a body that is not text/xml",
+            ),
+            (
+                vec![
+                    host,
+                    action,
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                "a body that is not text/xml",
+            ),
+            (vec![host, action], "a body that is not text/xml"),
+            (
+                vec![host, action, xml, ("Origin", "http://evil.example")],
+                "an Origin header",
+            ),
+            (
+                vec![host, action, xml, ("origin", "null")],
+                "an Origin header",
+            ),
+        ] {
+            assert_eq!(
+                route("POST", "/ctl/IPConn", &headers),
+                Err(Refusal::CrossSite(why)),
+                "{headers:?}"
+            );
+        }
+        for content_type in ["text/xml", "TEXT/XML; charset=utf-8", "application/xml"] {
+            assert!(
+                matches!(
+                    route(
+                        "POST",
+                        "/ctl/IPConn",
+                        &[host, action, ("Content-Type", content_type)]
+                    ),
+                    Ok(Route::Control { .. })
+                ),
+                "{content_type}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_host_holds_a_few_connections_at_most() {
+        let hosts = PerHost::default();
+        let one = Ipv4Addr::new(192, 168, 0, 12);
+        let other = Ipv4Addr::new(192, 168, 0, 13);
+        let mut held: Vec<HostSlot> = (0..MAX_PER_HOST)
+            .map(|_| hosts.claim(one).expect("below the cap"))
+            .collect();
+        assert!(hosts.claim(one).is_none(), "over the cap");
+        assert!(hosts.claim(other).is_some(), "another host has its own");
+        held.pop();
+        assert!(
+            hosts.claim(one).is_some(),
+            "a closed connection frees its place"
+        );
+        drop(held);
+        assert!(hosts.0.lock().unwrap().is_empty(), "every place given back");
+    }
+
     #[test]
     fn heads_are_checked_then_routed() {
         let host = ("Host", "192.168.0.1:5000");
@@ -379,11 +539,12 @@ mod tests {
             Err(Refusal::Host)
         );
         assert_eq!(route("GET", "/rootDesc.xml", &[]), Err(Refusal::Host));
+        let xml = ("Content-Type", "text/xml; charset=\"utf-8\"");
         assert_eq!(
             route(
                 "POST",
                 "/ctl/IPConn",
-                &[host, ("SOAPAction", "\"urn:x#y\"")]
+                &[host, xml, ("SOAPAction", "\"urn:x#y\"")]
             ),
             Ok(Route::Control {
                 service: SERVICE_WAN_IP,

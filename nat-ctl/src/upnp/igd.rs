@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     config::UpnpSettings,
-    rules::{ForwardRule, PortRange, Protocol, RuleError, UpnpLease},
+    rules::{ForwardRule, Lease, PortRange, Protocol, RuleError},
 };
 
 /// How many ports AddAnyPortMapping tries before answering 728.
@@ -80,13 +80,50 @@ fn required<'a>(request: &'a SoapRequest, name: &str) -> Result<&'a str, UpnpErr
 }
 
 /// The service a request addressed, and its version.
-fn service(request: &SoapRequest) -> Option<(&'static str, u8)> {
+/// The service a request is for; its version only has to be a number.
+fn service(request: &SoapRequest) -> Option<&'static str> {
     let (base, version) = request.service_type.rsplit_once(':')?;
-    let version: u8 = version.parse().ok()?;
+    version.parse::<u8>().ok()?;
     [SERVICE_WAN_IP, SERVICE_WAN_COMMON]
         .into_iter()
         .find(|known| *known == base)
-        .map(|known| (known, version))
+}
+
+/// The actions a client may name, as logs may repeat them.
+const ACTIONS: [&str; 16] = [
+    "GetExternalIPAddress",
+    "GetStatusInfo",
+    "GetConnectionTypeInfo",
+    "GetNATRSIPStatus",
+    "AddPortMapping",
+    "AddAnyPortMapping",
+    "DeletePortMapping",
+    "DeletePortMappingRange",
+    "GetSpecificPortMappingEntry",
+    "GetGenericPortMappingEntry",
+    "GetListOfPortMappings",
+    "GetCommonLinkProperties",
+    "GetTotalBytesSent",
+    "GetTotalBytesReceived",
+    "GetTotalPacketsSent",
+    "GetTotalPacketsReceived",
+];
+
+/// An action name fit for a log line: a known one as it is, anything else
+/// (chosen by whoever sent it) quoted, escaped and cut short.
+pub fn action_label(action: &str) -> String {
+    if ACTIONS.contains(&action) {
+        return action.to_owned();
+    }
+    let short: String = action.chars().take(32).collect();
+    format!(
+        "unknown action {short:?}{}",
+        if short.len() < action.len() {
+            "..."
+        } else {
+            ""
+        }
+    )
 }
 
 /// One control request from `caller`, a LAN host. The reply is the list of
@@ -98,10 +135,14 @@ pub fn handle(
     caller: Ipv4Addr,
     request: &SoapRequest,
 ) -> Result<Reply, UpnpError> {
-    let Some((service, version)) = service(request) else {
+    let Some(service) = service(request) else {
         return Err(UpnpError::InvalidAction);
     };
-    let v2 = version >= 2 && igd == IgdVersion::V2;
+    // What the gateway serves decides, not the version a request names:
+    // a client that names WANIPConnection:1 to a v2 gateway gets the v2
+    // actions its description lists, and v2 lease semantics (it cannot
+    // downgrade them).
+    let v2 = igd == IgdVersion::V2;
     if service == SERVICE_WAN_COMMON {
         return common_interface(gateway, request);
     }
@@ -140,9 +181,9 @@ pub fn handle(
         "AddAnyPortMapping" if v2 => add_port_mapping(gateway, settings, caller, request, v2, true),
         "DeletePortMapping" => delete_port_mapping(gateway, settings, caller, request),
         "DeletePortMappingRange" if v2 => delete_range(gateway, settings, caller, request),
-        "GetSpecificPortMappingEntry" => specific_entry(gateway, request),
-        "GetGenericPortMappingEntry" => generic_entry(gateway, request),
-        "GetListOfPortMappings" if v2 => list_of_mappings(gateway, request),
+        "GetSpecificPortMappingEntry" => specific_entry(gateway, settings, caller, request),
+        "GetGenericPortMappingEntry" => generic_entry(gateway, settings, caller, request),
+        "GetListOfPortMappings" if v2 => list_of_mappings(gateway, settings, caller, request),
         _ => Err(UpnpError::InvalidAction),
     }
 }
@@ -200,13 +241,19 @@ fn remote_host(rule: &ForwardRule) -> String {
     }
 }
 
+/// A remote host restriction: empty, `*` and `0.0.0.0` (what several
+/// client libraries send) all mean any remote.
 fn parse_remote_host(value: &str) -> Result<Vec<Ipv4Net>, UpnpError> {
     let value = value.trim();
     if value.is_empty() || value == "*" {
-        Ok(Vec::new())
-    } else {
-        Ok(vec![Ipv4Net::from(parse_ipv4(value)?)])
+        return Ok(Vec::new());
     }
+    let addr = parse_ipv4(value)?;
+    Ok(if addr.is_unspecified() {
+        Vec::new()
+    } else {
+        vec![Ipv4Net::from(addr)]
+    })
 }
 
 fn rule_error(error: GatewayError) -> UpnpError {
@@ -257,12 +304,16 @@ fn add_port_mapping(
         return Err(UpnpError::ActionNotAuthorized);
     }
     let lan = gateway.lan().ok_or(UpnpError::ActionFailed)?;
-    if !lan.contains(&client) || client == lan.network() || client == lan.broadcast() {
+    if !lan.contains(&client)
+        || client == lan.network()
+        || client == lan.broadcast()
+        || client == lan.addr()
+    {
         return Err(UpnpError::InvalidArgs);
     }
-    // IGDv2: a lease of 0 means the longest one; v1 clients may still ask
-    // for a permanent mapping.
-    let lease = if lease == 0 && v2 {
+    // A lease of 0 means the longest one (IGDv2); only a v1 gateway whose
+    // configuration allows it grants a permanent mapping.
+    let lease = if lease == 0 && (v2 || !settings.allow_permanent) {
         settings.max_lease
     } else {
         lease.min(settings.max_lease)
@@ -276,7 +327,9 @@ fn add_port_mapping(
         internal: PortRange::single(internal_port),
         allow: remote.clone(),
         enabled,
-        upnp: Some(UpnpLease {
+        upnp: Some(Lease {
+            origin: crate::rules::LeaseOrigin::Upnp,
+            nonce: None,
             client: caller,
             description: description.to_owned(),
             expires_at: (lease != 0).then(|| now + u64::from(lease)),
@@ -294,6 +347,24 @@ fn add_port_mapping(
     } else {
         vec![external]
     };
+    // The caller's mapping of the same internal endpoint on another port:
+    // a client that restarted on a new port (or crashed with a long lease)
+    // gets it moved; AddAnyPortMapping hands it back as it is.
+    let rules = gateway.rules();
+    let stale = rules.iter().find(|rule| {
+        rule.protocol == protocol_of(protocol)
+            && rule.internal_addr == client
+            && rule.internal.first == internal_port
+            && rule.external.first != external
+            && may_manage(settings, caller, rule)
+    });
+    if any_port && let Some(existing) = stale {
+        return Ok(vec![(
+            "NewReservedPort",
+            existing.external.first.to_string(),
+        )]);
+    }
+    let stale = stale.map(|rule| rule.name.clone());
     let mut last_error = UpnpError::NoPortMapsAvailable;
     for port in candidates {
         if !settings.permits(port, client, internal_port) {
@@ -306,12 +377,13 @@ fn add_port_mapping(
         let rules = gateway.rules();
         let mut remove = Vec::new();
         if let Some(existing) = find(&rules, protocol, port) {
+            // A NAT-PMP or PCP mapping is not UPnP's to renew or take over.
             let renewable = existing
-                .upnp
-                .as_ref()
+                .upnp_lease()
                 .is_some_and(|lease| lease.client == caller || !settings.secure_mode)
                 && existing.internal_addr == client;
-            if !renewable {
+            // AddAnyPortMapping never replaces: it looks for another port.
+            if !renewable || any_port {
                 last_error = if existing.upnp.is_some() {
                     UpnpError::ConflictInMappingEntry
                 } else {
@@ -325,6 +397,7 @@ fn add_port_mapping(
             // The same client again: renew (and update) the mapping.
             remove.push(existing.name.clone());
         }
+        remove.extend(stale.clone());
         match gateway.apply(&remove, vec![make(port)]) {
             Ok(()) => {
                 return Ok(if any_port {
@@ -353,8 +426,7 @@ fn add_port_mapping(
 }
 
 fn may_manage(settings: &UpnpSettings, caller: Ipv4Addr, rule: &ForwardRule) -> bool {
-    rule.upnp
-        .as_ref()
+    rule.upnp_lease()
         .is_some_and(|lease| !settings.secure_mode || lease.client == caller)
 }
 
@@ -371,7 +443,7 @@ fn delete_port_mapping(
     // Only UPnP mappings are visible to UPnP; the user's rules are not ours
     // to delete.
     let rule = find(&rules, protocol, port)
-        .filter(|rule| rule.upnp.is_some())
+        .filter(|rule| rule.upnp_lease().is_some())
         .ok_or(UpnpError::NoSuchEntryInArray)?;
     if !may_manage(settings, caller, rule) {
         return Err(UpnpError::ActionNotAuthorized);
@@ -394,7 +466,7 @@ fn port_range(request: &SoapRequest) -> Result<(u16, u16, &'static str, bool), U
 }
 
 fn in_range(rule: &ForwardRule, start: u16, end: u16, protocol: &str) -> bool {
-    rule.upnp.is_some()
+    rule.upnp_lease().is_some()
         && protocol_name(rule.protocol) == protocol
         && (start..=end).contains(&rule.external.first)
 }
@@ -454,43 +526,70 @@ fn entry_reply(rule: &ForwardRule, now: u64, with_key: bool) -> Reply {
     reply
 }
 
-fn upnp_mappings(gateway: &impl Gateway) -> Vec<ForwardRule> {
+/// The mappings `caller` may see: in secure mode only its own, so that no
+/// LAN host learns another's internal address, ports and descriptions.
+fn visible_mappings(
+    gateway: &impl Gateway,
+    settings: &UpnpSettings,
+    caller: Ipv4Addr,
+) -> Vec<ForwardRule> {
     gateway
         .rules()
         .into_iter()
-        .filter(|rule| rule.upnp.is_some())
+        .filter(|rule| {
+            rule.upnp_lease()
+                .is_some_and(|lease| !settings.secure_mode || lease.client == caller)
+        })
         .collect()
 }
 
-fn specific_entry(gateway: &impl Gateway, request: &SoapRequest) -> Result<Reply, UpnpError> {
+fn specific_entry(
+    gateway: &impl Gateway,
+    settings: &UpnpSettings,
+    caller: Ipv4Addr,
+    request: &SoapRequest,
+) -> Result<Reply, UpnpError> {
     let _remote = parse_remote_host(required(request, "NewRemoteHost")?)?;
     let port = parse_u16_port(required(request, "NewExternalPort")?, false)?;
     let protocol = parse_protocol(required(request, "NewProtocol")?)?;
-    let mappings = upnp_mappings(gateway);
+    let mappings = visible_mappings(gateway, settings, caller);
     let rule = find(&mappings, protocol, port).ok_or(UpnpError::NoSuchEntryInArray)?;
     Ok(entry_reply(rule, gateway.now_unix(), false))
 }
 
-fn generic_entry(gateway: &impl Gateway, request: &SoapRequest) -> Result<Reply, UpnpError> {
+fn generic_entry(
+    gateway: &impl Gateway,
+    settings: &UpnpSettings,
+    caller: Ipv4Addr,
+    request: &SoapRequest,
+) -> Result<Reply, UpnpError> {
     let index = parse_u32(required(request, "NewPortMappingIndex")?)
         .map_err(|_| UpnpError::InvalidArgs)? as usize;
-    let mappings = upnp_mappings(gateway);
+    let mappings = visible_mappings(gateway, settings, caller);
     let rule = mappings
         .get(index)
         .ok_or(UpnpError::SpecifiedArrayIndexInvalid)?;
     Ok(entry_reply(rule, gateway.now_unix(), true))
 }
 
-fn list_of_mappings(gateway: &impl Gateway, request: &SoapRequest) -> Result<Reply, UpnpError> {
+/// The most entries one GetListOfPortMappings answer holds, whatever it
+/// asks for (0 asks for all): the answer is built under the daemon's lock.
+const MAX_LISTED: usize = 256;
+
+fn list_of_mappings(
+    gateway: &impl Gateway,
+    settings: &UpnpSettings,
+    caller: Ipv4Addr,
+    request: &SoapRequest,
+) -> Result<Reply, UpnpError> {
     let (start, end, protocol, _manage) = port_range(request)?;
     let wanted = parse_u16_port(required(request, "NewNumberOfPorts")?, true)?;
     let now = gateway.now_unix();
-    let limit = if wanted == 0 {
-        usize::MAX
-    } else {
-        usize::from(wanted)
+    let limit = match usize::from(wanted) {
+        0 => MAX_LISTED,
+        wanted => wanted.min(MAX_LISTED),
     };
-    let entries: Vec<PortMappingEntry> = upnp_mappings(gateway)
+    let entries: Vec<PortMappingEntry> = visible_mappings(gateway, settings, caller)
         .iter()
         .filter(|rule| in_range(rule, start, end, protocol))
         .take(limit)
@@ -544,7 +643,7 @@ mod tests {
             Some(Ipv4Addr::new(203, 0, 113, 1))
         }
         fn lan(&self) -> Option<Ipv4Net> {
-            Some("192.168.0.0/24".parse().unwrap())
+            Some("192.168.0.1/24".parse().unwrap())
         }
         fn rules(&self) -> Vec<ForwardRule> {
             self.rules.to_vec()
@@ -655,18 +754,30 @@ mod tests {
             gateway.rules()[0].upnp.as_ref().unwrap().expires_at,
             Some(1_003_700)
         );
+        let specific = [
+            ("NewRemoteHost", ""),
+            ("NewExternalPort", "6881"),
+            ("NewProtocol", "tcp"),
+        ];
         let entry = call(
             &mut gateway,
-            OTHER,
+            ME,
             1,
             "GetSpecificPortMappingEntry",
-            &[
-                ("NewRemoteHost", ""),
-                ("NewExternalPort", "6881"),
-                ("NewProtocol", "tcp"),
-            ],
+            &specific,
         )
         .unwrap();
+        // In secure mode another host does not even see it.
+        assert_eq!(
+            call(
+                &mut gateway,
+                OTHER,
+                1,
+                "GetSpecificPortMappingEntry",
+                &specific
+            ),
+            Err(UpnpError::NoSuchEntryInArray)
+        );
         assert!(
             entry.contains(&("NewLeaseDuration", "3600".to_owned())),
             "{entry:?}"
@@ -698,6 +809,44 @@ mod tests {
             call(&mut gateway, ME, 1, "DeletePortMapping", &delete),
             Err(UpnpError::NoSuchEntryInArray)
         );
+    }
+
+    #[test]
+    fn a_natpmp_mapping_is_not_upnps_to_renew_delete_or_list() {
+        let mut gateway = FakeGateway::new();
+        let mut rule: ForwardRule = "tcp/6881=192.168.0.12,name=natpmp-tcp-6881"
+            .parse()
+            .unwrap();
+        rule.upnp = Some(Lease {
+            origin: crate::rules::LeaseOrigin::Natpmp,
+            client: ME,
+            description: "NAT-PMP".into(),
+            expires_at: Some(1_003_600),
+            nonce: None,
+        });
+        gateway.apply(&[], vec![rule]).unwrap();
+        // The same client, the same port: still not UPnP's mapping.
+        assert_eq!(
+            call(
+                &mut gateway,
+                ME,
+                2,
+                "AddPortMapping",
+                &add_args("6881", "192.168.0.12", "60")
+            ),
+            Err(UpnpError::ConflictInMappingEntry)
+        );
+        let delete = [
+            ("NewRemoteHost", ""),
+            ("NewExternalPort", "6881"),
+            ("NewProtocol", "TCP"),
+        ];
+        assert_eq!(
+            call(&mut gateway, ME, 2, "DeletePortMapping", &delete),
+            Err(UpnpError::NoSuchEntryInArray)
+        );
+        assert_eq!(gateway.rules().len(), 1);
+        assert_eq!(gateway.rules()[0].kind(), "NATPMP");
     }
 
     #[test]
@@ -775,14 +924,20 @@ mod tests {
             call(&mut gateway, ME, 2, "Frobnicate", &[]),
             Err(UpnpError::InvalidAction)
         );
-        // v2-only actions on a v1 service.
+        // v2-only actions on a gateway that serves IGDv1 (the version a
+        // request names does not matter: see
+        // v2_actions_answer_whatever_version_the_request_names).
         assert_eq!(
-            call(
+            handle(
                 &mut gateway,
+                &UpnpSettings::default(),
+                IgdVersion::V1,
                 ME,
-                1,
-                "AddAnyPortMapping",
-                &add_args("6881", "192.168.0.12", "60")
+                &request(
+                    2,
+                    "AddAnyPortMapping",
+                    &add_args("6881", "192.168.0.12", "60")
+                ),
             ),
             Err(UpnpError::InvalidAction)
         );
@@ -800,36 +955,236 @@ mod tests {
             &add_args("6881", "192.168.0.12", "0"),
         )
         .unwrap();
-        // A second external port for the same internal endpoint: its replies
-        // could not tell which port to leave by.
+        // 0 is the longest lease.
         assert_eq!(
-            call(
-                &mut gateway,
-                ME,
-                1,
-                "AddPortMapping",
-                &add_args("6882", "192.168.0.12", "0")
-            ),
-            Err(UpnpError::ConflictInMappingEntry)
-        );
-        let rules = gateway.rules();
-        // v2: 0 is the longest lease.
-        assert_eq!(
-            rules[0].upnp.as_ref().unwrap().expires_at,
+            gateway.rules()[0].upnp.as_ref().unwrap().expires_at,
             Some(1_000_000 + 604_800)
         );
+        // Naming WANIPConnection:1 to a v2 gateway changes nothing.
         let mut gateway = FakeGateway::new();
         let mut args = add_args("6883", "192.168.0.12", "0");
         args[3].1 = "6883";
         call(&mut gateway, ME, 1, "AddPortMapping", &args).unwrap();
-        // v1: 0 is permanent.
-        assert_eq!(gateway.rules()[0].upnp.as_ref().unwrap().expires_at, None);
+        assert_eq!(
+            gateway.rules()[0].upnp.as_ref().unwrap().expires_at,
+            Some(1_000_000 + 604_800)
+        );
         let mut args = add_args("6884", "192.168.0.12", "9999999");
         args[3].1 = "6884";
         call(&mut gateway, ME, 2, "AddPortMapping", &args).unwrap();
         assert_eq!(
             gateway.rules()[1].upnp.as_ref().unwrap().expires_at,
             Some(1_000_000 + 604_800)
+        );
+        // A v1 gateway grants a permanent mapping only when told to.
+        for (allow_permanent, expires_at) in [(false, Some(1_000_000 + 604_800)), (true, None)] {
+            let mut gateway = FakeGateway::new();
+            let settings = UpnpSettings {
+                allow_permanent,
+                ..UpnpSettings::default()
+            };
+            let request = request(1, "AddPortMapping", &add_args("6885", "192.168.0.12", "0"));
+            handle(&mut gateway, &settings, IgdVersion::V1, ME, &request).unwrap();
+            assert_eq!(
+                gateway.rules()[0].upnp.as_ref().unwrap().expires_at,
+                expires_at,
+                "allow_permanent = {allow_permanent}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_that_maps_its_endpoint_again_gets_it_moved_or_back() {
+        let mut gateway = FakeGateway::new();
+        call(
+            &mut gateway,
+            ME,
+            2,
+            "AddPortMapping",
+            &add_args("6881", "192.168.0.12", "0"),
+        )
+        .unwrap();
+        // Restarted on another external port: the old mapping moves.
+        call(
+            &mut gateway,
+            ME,
+            2,
+            "AddPortMapping",
+            &add_args("6882", "192.168.0.12", "3600"),
+        )
+        .unwrap();
+        let rules = gateway.rules();
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0].external.first, 6882);
+        // AddAnyPortMapping for the same endpoint hands the mapping back,
+        // unchanged.
+        let before = gateway.rules();
+        let reply = call(
+            &mut gateway,
+            ME,
+            2,
+            "AddAnyPortMapping",
+            &add_args("7000", "192.168.0.12", "60"),
+        )
+        .unwrap();
+        assert_eq!(reply, vec![("NewReservedPort", "6882".to_owned())]);
+        assert_eq!(gateway.rules(), before);
+        // Another host's mapping of its own endpoint is never moved.
+        let mut args = add_args("6883", "192.168.0.13", "0");
+        args[3].1 = "6881";
+        call(&mut gateway, OTHER, 2, "AddPortMapping", &args).unwrap();
+        assert_eq!(gateway.rules().len(), 2);
+    }
+
+    #[test]
+    fn any_port_mapping_never_replaces_the_callers_other_mapping() {
+        let mut gateway = FakeGateway::new();
+        let mut args = add_args("6881", "192.168.0.12", "0");
+        args[0].1 = "198.51.100.7";
+        call(&mut gateway, ME, 2, "AddPortMapping", &args).unwrap();
+        // Port 6881 asked for again, for another internal port.
+        let mut args = add_args("6881", "192.168.0.12", "0");
+        args[3].1 = "6999";
+        let reply = call(&mut gateway, ME, 2, "AddAnyPortMapping", &args).unwrap();
+        assert_ne!(reply, vec![("NewReservedPort", "6881".to_owned())]);
+        let rules = gateway.rules();
+        let first = rules
+            .iter()
+            .find(|rule| rule.external.first == 6881)
+            .unwrap();
+        assert_eq!(first.internal.first, 6881, "the first mapping was replaced");
+        assert_eq!(
+            first.allow,
+            vec!["198.51.100.7/32".parse::<Ipv4Net>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn any_remote_is_empty_star_or_zero() {
+        for remote in ["", "*", "0.0.0.0", " 0.0.0.0 "] {
+            let mut gateway = FakeGateway::new();
+            let mut args = add_args("6881", "192.168.0.12", "0");
+            args[0].1 = remote;
+            call(&mut gateway, ME, 2, "AddPortMapping", &args).unwrap();
+            assert!(gateway.rules()[0].allow.is_empty(), "{remote:?}");
+        }
+    }
+
+    #[test]
+    fn v2_actions_answer_whatever_version_the_request_names() {
+        let mut gateway = FakeGateway::new();
+        let reply = call(
+            &mut gateway,
+            ME,
+            1,
+            "AddAnyPortMapping",
+            &add_args("6881", "192.168.0.12", "0"),
+        )
+        .unwrap();
+        assert_eq!(reply, vec![("NewReservedPort", "6881".to_owned())]);
+        let listing = [
+            ("NewStartPort", "1"),
+            ("NewEndPort", "65535"),
+            ("NewProtocol", "TCP"),
+            ("NewManage", "0"),
+            ("NewNumberOfPorts", "10"),
+        ];
+        assert!(call(&mut gateway, ME, 1, "GetListOfPortMappings", &listing).is_ok());
+    }
+
+    #[test]
+    fn in_secure_mode_a_client_sees_only_its_own_mappings() {
+        let mut gateway = FakeGateway::new();
+        call(
+            &mut gateway,
+            ME,
+            2,
+            "AddPortMapping",
+            &add_args("6881", "192.168.0.12", "0"),
+        )
+        .unwrap();
+        let specific = [
+            ("NewRemoteHost", ""),
+            ("NewExternalPort", "6881"),
+            ("NewProtocol", "TCP"),
+        ];
+        let generic = [("NewPortMappingIndex", "0")];
+        let listing = [
+            ("NewStartPort", "1"),
+            ("NewEndPort", "65535"),
+            ("NewProtocol", "TCP"),
+            ("NewManage", "1"),
+            ("NewNumberOfPorts", "0"),
+        ];
+        assert!(
+            call(
+                &mut gateway,
+                ME,
+                2,
+                "GetSpecificPortMappingEntry",
+                &specific
+            )
+            .is_ok()
+        );
+        assert!(call(&mut gateway, ME, 2, "GetGenericPortMappingEntry", &generic).is_ok());
+        assert!(call(&mut gateway, ME, 2, "GetListOfPortMappings", &listing).is_ok());
+        assert_eq!(
+            call(
+                &mut gateway,
+                OTHER,
+                2,
+                "GetSpecificPortMappingEntry",
+                &specific
+            ),
+            Err(UpnpError::NoSuchEntryInArray)
+        );
+        assert_eq!(
+            call(
+                &mut gateway,
+                OTHER,
+                2,
+                "GetGenericPortMappingEntry",
+                &generic
+            ),
+            Err(UpnpError::SpecifiedArrayIndexInvalid)
+        );
+        assert_eq!(
+            call(&mut gateway, OTHER, 2, "GetListOfPortMappings", &listing),
+            Err(UpnpError::PortMappingNotFound)
+        );
+        // Without secure mode, everyone sees everything.
+        let open = UpnpSettings {
+            secure_mode: false,
+            ..UpnpSettings::default()
+        };
+        let request = request(2, "GetGenericPortMappingEntry", &generic);
+        assert!(handle(&mut gateway, &open, IgdVersion::V2, OTHER, &request).is_ok());
+    }
+
+    #[test]
+    fn action_names_in_logs_are_known_or_escaped() {
+        assert_eq!(action_label("AddPortMapping"), "AddPortMapping");
+        let hostile = action_label("Evil\nFAKE LOG LINE\u{1b}[31m");
+        assert!(
+            !hostile.contains('\n') && !hostile.contains('\u{1b}'),
+            "{hostile}"
+        );
+        assert!(hostile.starts_with("unknown action \""), "{hostile}");
+        let long = action_label(&"A".repeat(500));
+        assert!(long.len() < 60 && long.ends_with("..."), "{long}");
+    }
+
+    #[test]
+    fn the_routers_own_address_is_no_internal_client() {
+        let mut gateway = FakeGateway::new();
+        let settings = UpnpSettings {
+            secure_mode: false,
+            ..UpnpSettings::default()
+        };
+        let request = request(2, "AddPortMapping", &add_args("6881", "192.168.0.1", "0"));
+        assert_eq!(
+            handle(&mut gateway, &settings, IgdVersion::V2, ME, &request),
+            Err(UpnpError::InvalidArgs)
         );
     }
 
@@ -904,7 +1259,8 @@ mod tests {
         let mut list = range("1");
         list.push(("NewNumberOfPorts", "0"));
         let listing = call(&mut gateway, ME, 2, "GetListOfPortMappings", &list).unwrap();
-        assert!(listing[0].1.contains("6881") && listing[0].1.contains("6882"));
+        // Secure mode: the caller's own mappings only.
+        assert!(listing[0].1.contains("6881") && !listing[0].1.contains("6882"));
         // Secure mode: only the caller's own mapping goes, NewManage or not.
         call(&mut gateway, ME, 2, "DeletePortMappingRange", &range("1")).unwrap();
         let left = gateway.rules();

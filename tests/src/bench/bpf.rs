@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{ProgramFd, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     util::nr_cpus,
 };
 use nat_common::{
@@ -19,6 +19,9 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Frames per batch of the live-frames mode.
 pub const LIVE_BATCH: u32 = 64;
@@ -221,6 +224,48 @@ pub fn time_runs(program: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Resu
         })
         .context("BPF_PROG_TEST_RUN")?;
     // The kernel reports the mean over the repetitions, in whole ns.
+    let ns = result.duration.as_nanos() as f64;
+    if result.duration > Duration::from_secs(1) {
+        bail!("one run took {ns} ns: something is wrong");
+    }
+    Ok((result.return_value, ns))
+}
+
+/// The `BENCH_NEXT_TC` map of the object instance `restore_tc`
+/// (`bench_restore_tc`, loaded) belongs to.
+pub fn next_tc_of(restore_tc: &SchedClassifier) -> Result<ProgramArray<MapData>> {
+    let ids = restore_tc
+        .info()?
+        .map_ids()?
+        .context("the kernel does not report a program's maps")?;
+    for id in ids {
+        let data = MapData::from_id(id)?;
+        if data.info()?.name_as_str() == Some(bench::NEXT_TC_MAP) {
+            return Ok(Map::from_map_data(data)?.try_into()?);
+        }
+    }
+    bail!("bench_restore_tc has no map {}", bench::NEXT_TC_MAP)
+}
+
+/// As [`time_runs`], for a TC program on an skb holding `frame`.
+pub fn time_runs_tc(
+    program: &SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<(u32, f64)> {
+    // struct __sk_buff (192 bytes): ingress_ifindex (36), ifindex (40).
+    let mut ctx = vec![0u8; 192];
+    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
     let ns = result.duration.as_nanos() as f64;
     if result.duration > Duration::from_secs(1) {
         bail!("one run took {ns} ns: something is wrong");

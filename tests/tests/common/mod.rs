@@ -727,3 +727,84 @@ pub fn assert_addr_routed(
     assert_eq!(out[22], input[22] - 1, "TTL");
     assert_eq!(out[34..], input[34..], "everything after the IPv4 header");
 }
+
+// Fragments, for `fragments.rs` and `packets_tc.rs`.
+
+/// The IP id of the fragmented datagrams the tests build.
+pub const ID: u16 = 0x1234;
+
+/// `frame` with IP id `id` and DF clear: a datagram that may be
+/// fragmented.
+pub fn with_id(frame: &[u8], id: u16) -> Vec<u8> {
+    with_ip(frame, |ip| {
+        ip.identification = id;
+        ip.dont_fragment = false;
+    })
+}
+
+/// The datagram of each protocol, `len` bytes of payload, from `src` to
+/// `dst` (the ICMP id is `src`'s port).
+pub fn datagram_of(proto: &str, src: SocketAddrV4, dst: SocketAddrV4, len: usize) -> Vec<u8> {
+    let payload = Rng::new(len as u64).bytes(len);
+    let frame = match proto {
+        "udp" => udp(src, dst, &payload),
+        "tcp" => tcp(src, dst, ACK | PSH, &payload),
+        _ => {
+            let mut frame = Vec::new();
+            ip_builder(*src.ip(), *dst.ip())
+                .icmpv4_echo_request(src.port(), 1)
+                .write(&mut frame, &payload)
+                .unwrap();
+            frame
+        }
+    };
+    with_id(&frame, ID)
+}
+
+/// Runs `fragments` through one side in the order given; every one must
+/// be redirected. Returns the frames that came out, in that order.
+pub fn through(lab: &mut PacketLab, from_lan: bool, fragments: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    fragments
+        .iter()
+        .map(|frame| {
+            let v = if from_lan {
+                lab.from_lan(frame).unwrap()
+            } else {
+                lab.from_wan(frame).unwrap()
+            };
+            assert_eq!(
+                v.action,
+                XDP_REDIRECT,
+                "fragment {:?}",
+                fragment_fields(frame)
+            );
+            v.frame
+        })
+        .collect()
+}
+
+/// A fragment as it came out: addresses translated, TTL one lower, the
+/// egress MACs, and its id, offset, MF and data (past an L4 header in the
+/// first) unchanged.
+pub fn assert_fragment_routed(
+    out: &[u8],
+    input: &[u8],
+    egress: Egress,
+    src: [u8; 4],
+    dst: [u8; 4],
+) {
+    let (smac, dmac) = egress.macs();
+    assert_eq!(out[6..12], smac, "source MAC");
+    assert_eq!(out[..6], dmac, "destination MAC");
+    assert_eq!(
+        fragment_fields(out),
+        fragment_fields(input),
+        "id, MF, offset"
+    );
+    assert_eq!(out[26..30], src, "source address");
+    assert_eq!(out[30..34], dst, "destination address");
+    assert_eq!(out[22], input[22] - 1, "TTL");
+    let (_, offset, _) = fragment_fields(input);
+    let from = if offset == 0 { 34 + 20 } else { 34 };
+    assert_eq!(out[from..], input[from..], "fragment data");
+}

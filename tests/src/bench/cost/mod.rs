@@ -7,17 +7,23 @@
 //! `nat_wan`, the plain forwarder, or `xdp_pass`. The last is the baseline:
 //! the ratio of a case to it is what the NAT adds to a program that does
 //! the same restore and tail call and nothing else. The truly minimal
-//! program (`xdp_pass` run directly) is reported too. [`report`] judges
-//! its [`Output`].
+//! program (`xdp_pass` run directly) is reported too. The TC mode's
+//! programs (`nat_lan_tc`, `nat_wan_tc`) are timed the same way on an skb,
+//! behind `bench_restore_tc`, against their own baseline (`bench_tc_pass`
+//! behind the same restore: `tc_restore_only`). [`report`] judges its
+//! [`Output`].
 pub mod report;
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result, bail};
-use aya::programs::{ProgramFd, Xdp};
+use aya::{
+    maps::{MapData, ProgramArray},
+    programs::{ProgramFd, Xdp},
+};
 use nat_common::{
     Counter, EndpointKey, PROTO_UDP, SessionKey,
-    bench::{BenchTemplate, FORWARDER, RESTORE},
+    bench::{BenchTemplate, FORWARDER, RESTORE, RESTORE_TC, TC_PASS},
     programs,
 };
 use nat_ctl::datapath::{Datapath, TableSizes};
@@ -25,7 +31,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Spread,
-    bpf::{BenchMaps, XDP_PASS, XDP_REDIRECT, time_runs, verdict_name},
+    bpf::{
+        BenchMaps, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, next_tc_of, time_runs,
+        time_runs_tc, verdict_name,
+    },
     frames::{Vary, template},
     topo::{
         FLOW_BASE_PORT, FORWARD_PORT, NatRouter, ROUTER_WAN, RouterKind, SINK_PORT, Topology,
@@ -45,7 +54,9 @@ pub struct Output {
     /// By case name: `minimal`, `restore_only`, `forwarder`,
     /// `established_outbound`, `established_inbound`, `forwarded_inbound`,
     /// `new_flow`, `fragment_outbound`, `fragment_inbound` (a later IP
-    /// fragment of a tracked datagram: the fragment path's cost).
+    /// fragment of a tracked datagram: the fragment path's cost); in TC
+    /// mode `tc_restore_only`, `tc_established_outbound`,
+    /// `tc_established_inbound` (their ratios against `tc_restore_only`).
     pub cases: BTreeMap<String, CaseOutput>,
 }
 
@@ -79,7 +90,11 @@ pub struct CostRig<'a> {
     pub lan_ifindex: u32,
     pub wan_ifindex: u32,
     next: HashMap<&'static str, ProgramFd>,
+    next_tc: ProgramArray<MapData>,
 }
+
+/// The TC programs `bench_restore_tc` hands packets to.
+const TC_PROGRAMS: [&str; 3] = [TC_PASS, programs::LAN_TC, programs::WAN_TC];
 
 impl<'a> CostRig<'a> {
     /// Call inside the router's namespace.
@@ -95,10 +110,20 @@ impl<'a> CostRig<'a> {
                 program.load().with_context(|| format!("loading {name}"))?;
             }
         }
+        for name in [RESTORE_TC, TC_PASS] {
+            let program = datapath.classifier(name)?;
+            if program.fd().is_err() {
+                program.load().with_context(|| format!("loading {name}"))?;
+            }
+        }
         let maps = BenchMaps::of_programs(&[&*datapath.program(RESTORE)?])?;
+        let next_tc = next_tc_of(datapath.classifier(RESTORE_TC)?)?;
         let mut next = HashMap::new();
         for name in [programs::PASS, FORWARDER, programs::LAN, programs::WAN] {
             next.insert(name, datapath.program(name)?.fd()?.try_clone()?);
+        }
+        for name in TC_PROGRAMS {
+            next.insert(name, datapath.classifier(name)?.fd()?.try_clone()?);
         }
         Ok(Self {
             datapath,
@@ -106,6 +131,7 @@ impl<'a> CostRig<'a> {
             lan_ifindex,
             wan_ifindex,
             next,
+            next_tc,
         })
     }
 
@@ -126,9 +152,22 @@ impl<'a> CostRig<'a> {
         self.maps.set_template(template)?;
         self.maps.reset_seq()?;
         let fd = self.next.get(next).context("unknown program")?;
-        self.maps.set_next(fd)?;
         let frame = template.frame[..template.len as usize].to_vec();
-        let (action, ns) = time_runs(self.restore()?, &frame, ifindex, repeat)?;
+        let (action, ns) = if TC_PROGRAMS.contains(&next) {
+            self.next_tc.set(0, fd, 0)?;
+            let restore = &*self.datapath.classifier(RESTORE_TC)?;
+            let (action, ns) = time_runs_tc(restore, &frame, ifindex, repeat)?;
+            // In XDP's terms, for the check and the message below.
+            let action = match action {
+                TC_ACT_OK => XDP_PASS,
+                TC_ACT_REDIRECT => XDP_REDIRECT,
+                other => 0x100 + other,
+            };
+            (action, ns)
+        } else {
+            self.maps.set_next(fd)?;
+            time_runs(self.restore()?, &frame, ifindex, repeat)?
+        };
         if action != expect {
             bail!(
                 "bench_restore -> {next}: {} where {} was expected",
@@ -272,6 +311,9 @@ fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, Bench
         Vary::Fixed,
     );
     Ok(vec![
+        ("tc_restore_only", TC_PASS, outbound, lan),
+        ("tc_established_outbound", programs::LAN_TC, outbound, lan),
+        ("tc_established_inbound", programs::WAN_TC, reply, wan),
         ("restore_only", programs::PASS, outbound, lan),
         ("forwarder", FORWARDER, outbound, lan),
         ("established_outbound", programs::LAN, outbound, lan),
@@ -300,7 +342,7 @@ pub fn run(options: &Options) -> Result<Output> {
     topology.with_nat(|router| {
         let mut rig = CostRig::new(router)?;
         let cases = cases(&mut rig)?;
-        let minimal_template = cases[0].2;
+        let minimal_template = cases[3].2;
         let mut ns: HashMap<&str, Vec<f64>> = HashMap::new();
         for rep in 0..options.reps as usize {
             ns.entry("minimal")
@@ -308,7 +350,7 @@ pub fn run(options: &Options) -> Result<Output> {
                 .push(rig.time_minimal(&minimal_template, options.repeat)?);
             for i in 0..cases.len() {
                 let (name, next, template, ifindex) = cases[(i + rep) % cases.len()];
-                let expect = if next == programs::PASS {
+                let expect = if next == programs::PASS || next == TC_PASS {
                     XDP_PASS
                 } else {
                     XDP_REDIRECT
@@ -328,12 +370,24 @@ pub fn run(options: &Options) -> Result<Output> {
                 .or_default()
                 .push(rig.time_new_flows(options.new_flow_repeat)?);
         }
-        let baseline = ns["restore_only"].clone();
         let minimal = ns["minimal"].clone();
         let mut cases = BTreeMap::new();
         for (name, values) in &ns {
-            let ratio: Vec<f64> = values.iter().zip(&baseline).map(|(v, b)| v / b).collect();
-            let over: Vec<f64> = values.iter().zip(&baseline).map(|(v, b)| v - b).collect();
+            let baseline = if name.starts_with("tc_") {
+                &ns["tc_restore_only"]
+            } else {
+                &ns["restore_only"]
+            };
+            let ratio: Vec<f64> = values
+                .iter()
+                .zip(baseline.iter())
+                .map(|(v, b)| v / b)
+                .collect();
+            let over: Vec<f64> = values
+                .iter()
+                .zip(baseline.iter())
+                .map(|(v, b)| v - b)
+                .collect();
             let ratio_minimal: Vec<f64> = values.iter().zip(&minimal).map(|(v, m)| v / m).collect();
             cases.insert(
                 (*name).to_owned(),

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::Output;
 use crate::bench::report::{Row, Verdict, spread_text};
 
-const COST_CASES: [(&str, &str); 9] = [
+const COST_CASES: [(&str, &str); 12] = [
     ("minimal", "minimal XDP program (xdp_pass run directly)"),
     (
         "restore_only",
@@ -26,6 +26,18 @@ const COST_CASES: [(&str, &str); 9] = [
     (
         "fragment_inbound",
         "NAT, a later IP fragment WAN -> LAN (by the fragment table)",
+    ),
+    (
+        "tc_restore_only",
+        "TC baseline: restore the skb, tail-call bench_tc_pass",
+    ),
+    (
+        "tc_established_outbound",
+        "TC mode NAT, established flow LAN -> WAN",
+    ),
+    (
+        "tc_established_inbound",
+        "TC mode NAT, established flow WAN -> LAN (reply)",
     ),
 ];
 
@@ -111,6 +123,49 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
                 why: String::new(),
             });
         }
+    }
+    tc_rows(data, rows);
+}
+
+/// TC mode against XDP mode, each over its own baseline (the restore and the
+/// tail call differ: an skb against an xdp_buff).
+fn tc_rows(data: &Output, rows: &mut Vec<Row>) {
+    let cases = &data.cases;
+    let ns_of = |case: &str| cases.get(case).and_then(|c| c.ns.median());
+    let over_of = |case: &str| {
+        cases
+            .get(case)
+            .and_then(|c| c.ns_over_restore_only.median())
+    };
+    for (tc, xdp, what) in [
+        (
+            "tc_established_outbound",
+            "established_outbound",
+            "per-packet cost, TC mode vs XDP mode: established flow LAN -> WAN",
+        ),
+        (
+            "tc_established_inbound",
+            "established_inbound",
+            "per-packet cost, TC mode vs XDP mode: established flow WAN -> LAN (reply)",
+        ),
+    ] {
+        let (Some(tc_ns), Some(xdp_ns), Some(tc_over), Some(xdp_over)) =
+            (ns_of(tc), ns_of(xdp), over_of(tc), over_of(xdp))
+        else {
+            continue;
+        };
+        rows.push(Row {
+            part: 3,
+            what: what.to_owned(),
+            target: "- (compared)".to_owned(),
+            measured: format!(
+                "{:.2}x (TC vs XDP, each over its own mode's baseline: {tc_over:.0} vs \
+                 {xdp_over:.0} ns; with the harness: {tc_ns:.0} vs {xdp_ns:.0} ns)",
+                tc_over / xdp_over
+            ),
+            verdict: Verdict::Info,
+            why: String::new(),
+        });
     }
 }
 
