@@ -141,9 +141,14 @@ fn parse_table_query(query: &str) -> Result<TableFilter, ApiError> {
         match key {
             "protocol" => {
                 let protocol = value.to_ascii_lowercase();
-                if !matches!(protocol.as_str(), "tcp" | "udp" | "icmp") {
+                // And the VPN protocols translated by address (the table
+                // shows others, SCTP or IPv6-in-IPv4, unfiltered).
+                if !matches!(
+                    protocol.as_str(),
+                    "tcp" | "udp" | "icmp" | "gre" | "esp" | "ah"
+                ) {
                     return Err(ApiError::bad_request(format!(
-                        "unknown protocol {value:?}: expected tcp, udp or icmp"
+                        "unknown protocol {value:?}: expected tcp, udp, icmp, gre, esp or ah"
                     )));
                 }
                 filter.protocol = Some(protocol);

@@ -411,6 +411,8 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             // A daemon killed without `down` leaves the datapath pinned.
             Err(ClientError::NotRunning(_)) => {
+                // As the daemon does: no forwarding without translation.
+                nat_ctl::interfaces::stop_forwarding_pinned(&pin_dir);
                 if pins::teardown(&pin_dir)? {
                     println!(
                         "no daemon was running; detached the datapath pinned in {}",

@@ -269,6 +269,8 @@ pub struct NatSettings {
     /// The ports outbound flows are mapped to.
     #[serde(deserialize_with = "dynamic_ports")]
     pub ports: PortRange,
+    /// IP protocols other than TCP, UDP and ICMP.
+    pub other_protocols: OtherProtocols,
 }
 
 impl Default for NatSettings {
@@ -281,6 +283,31 @@ impl Default for NatSettings {
                 first: 1024,
                 last: 65535,
             },
+            other_protocols: OtherProtocols::default(),
+        }
+    }
+}
+
+/// What becomes of IP protocols other than TCP, UDP and ICMP (GRE for
+/// PPTP, ESP and AH for IPsec, SCTP, IP-in-IP, ...), which have no ports.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum OtherProtocols {
+    /// Translated by address, one LAN host per protocol and remote address
+    /// at a time, as home routers pass VPNs through.
+    #[default]
+    Translate,
+    /// Dropped from the LAN; from the WAN they are the router's own.
+    Drop,
+}
+
+impl OtherProtocols {
+    pub fn datapath_value(self) -> u8 {
+        match self {
+            OtherProtocols::Translate => nat_common::OTHER_PROTOCOLS_TRANSLATE,
+            OtherProtocols::Drop => nat_common::OTHER_PROTOCOLS_DROP,
         }
     }
 }
@@ -666,6 +693,7 @@ filtering = "endpoint-independent"
 unsolicited = "drop"
 hairpin = false
 ports = "40000-49999"
+other_protocols = "drop"
 
 [timeouts]
 tcp_established = 3600
@@ -705,6 +733,7 @@ listen = "127.0.0.1:9469"
                         first: 40000,
                         last: 49999
                     },
+                    other_protocols: OtherProtocols::Drop,
                 },
                 timeouts: Timeouts {
                     tcp_established: Duration::from_secs(3600),
@@ -749,6 +778,15 @@ listen = "127.0.0.1:9469"
         assert_eq!(
             config.nat.unsolicited.datapath_value(),
             nat_common::UNSOLICITED_DROP
+        );
+        assert_eq!(
+            config.nat.other_protocols.datapath_value(),
+            nat_common::OTHER_PROTOCOLS_DROP
+        );
+        assert_eq!(
+            DaemonConfig::default().nat.other_protocols,
+            OtherProtocols::Translate,
+            "VPN passthrough by default"
         );
         // What the daemon could write back reads the same.
         let written = toml::to_string(&config).unwrap();

@@ -125,6 +125,13 @@ pub fn protocol_name(number: u8) -> &'static str {
         PROTO_TCP => "TCP",
         PROTO_UDP => "UDP",
         nat_common::PROTO_ICMP => "ICMP",
+        // Translated by address (`nat-ebpf/src/proto.rs`).
+        4 => "IPIP",
+        41 => "IPV6",
+        47 => "GRE",
+        50 => "ESP",
+        51 => "AH",
+        132 => "SCTP",
         _ => "?",
     }
 }

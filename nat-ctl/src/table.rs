@@ -404,15 +404,31 @@ const GROUPS: &[(&str, &[Counter])] = &[
             Counter::Hairpin,
             Counter::IcmpErrorIn,
             Counter::IcmpErrorOut,
+            Counter::FragTranslated,
         ],
     ),
     ("events", &[Counter::NewBinding]),
+    (
+        "fragments",
+        &[
+            Counter::FragTracked,
+            Counter::FragExpired,
+            Counter::DropFragUntracked,
+        ],
+    ),
     (
         "dropped",
         &[
             Counter::DropPortExhausted,
             Counter::DropUnsolicited,
             Counter::DropTableFull,
+            Counter::DropMalformed,
+            Counter::DropUnsupportedProto,
+            Counter::DropProtoBusy,
+            Counter::DropIcmpUntranslated,
+            Counter::DropIcmpUnknown,
+            Counter::DropNoWanAddress,
+            Counter::DropToLanPrefix,
         ],
     ),
 ];

@@ -212,6 +212,9 @@ impl Daemon {
     fn down(&self) -> ApiResult {
         let state = self.lock();
         let dir = state.config.pin_dir.clone();
+        // Before the datapath goes, so that no packet is forwarded
+        // untranslated in between.
+        crate::interfaces::stop_forwarding(&state.lan.name, &state.wan.name).map_err(internal)?;
         pins::teardown(&dir).map_err(internal)?;
         let _ = self.lifecycle.send(Lifecycle::Down);
         to_json(Detached {

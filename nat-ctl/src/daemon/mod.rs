@@ -149,8 +149,12 @@ fn address_conflict(wan: Ipv4Net, lan: Ipv4Net) -> Option<String> {
 fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
     let (wan_addr, lan_net) = match (wan.network, lan.network) {
         (Some(wan), Some(lan)) if address_conflict(wan, lan).is_none() => (wan.addr(), lan.trunc()),
-        // Without both addresses, or with addresses that conflict, the
-        // datapath must not translate: a zero WAN address makes it pass
+        // Without a WAN address the datapath must not translate: a zero
+        // WAN address stops it. The LAN prefix stays, so that it still
+        // drops what LAN hosts send out (the kernel would forward it
+        // untranslated).
+        (None, Some(lan)) => (std::net::Ipv4Addr::UNSPECIFIED, lan.trunc()),
+        // Without a LAN prefix, or with addresses that conflict, it passes
         // everything to the kernel.
         _ => (std::net::Ipv4Addr::UNSPECIFIED, Ipv4Net::default()),
     };
@@ -165,6 +169,8 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
         lan_ifindex: lan.ifindex,
         port_min: config.nat.ports.first,
         port_max: config.nat.ports.last,
+        other_protocols: config.nat.other_protocols.datapath_value(),
+        _pad: [0; 3],
     }
 }
 
