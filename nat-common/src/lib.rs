@@ -182,6 +182,12 @@ pub const FILTER_ADDRESS_AND_PORT_DEPENDENT: u8 = 2;
 pub const UNSOLICITED_PASS: u8 = 0;
 pub const UNSOLICITED_DROP: u8 = 1;
 
+/// IP protocols other than TCP, UDP and ICMP (GRE, ESP, AH, SCTP, ...):
+/// translated by address, one LAN host per (protocol, remote address) at a
+/// time (VPN passthrough), or dropped from the LAN.
+pub const OTHER_PROTOCOLS_TRANSLATE: u8 = 0;
+pub const OTHER_PROTOCOLS_DROP: u8 = 1;
+
 /// The single entry of `CONFIG`. A zero `wan_addr` means "not configured":
 /// the datapath then passes everything to the kernel.
 #[repr(C)]
@@ -199,6 +205,9 @@ pub struct NatConfig {
     /// (and of ICMP query ids).
     pub port_min: u16,
     pub port_max: u16,
+    /// `OTHER_PROTOCOLS_TRANSLATE` or `OTHER_PROTOCOLS_DROP`.
+    pub other_protocols: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
@@ -226,7 +235,20 @@ macro_rules! counters {
 
             /// Counters named `drop_*` are the only verdicts that drop.
             pub const fn drops(self) -> bool {
-                matches!(self, Counter::DropPortExhausted | Counter::DropUnsolicited | Counter::DropTableFull)
+                matches!(
+                    self,
+                    Counter::DropPortExhausted
+                        | Counter::DropUnsolicited
+                        | Counter::DropTableFull
+                        | Counter::DropMalformed
+                        | Counter::DropUnsupportedProto
+                        | Counter::DropIcmpUntranslated
+                        | Counter::DropIcmpUnknown
+                        | Counter::DropFragUntracked
+                        | Counter::DropProtoBusy
+                        | Counter::DropNoWanAddress
+                        | Counter::DropToLanPrefix
+                )
             }
         }
     };
@@ -286,9 +308,84 @@ counters! {
     /// A new connection on a forwarded port could not be reported to the
     /// controller (its ring was full); the packet itself went through.
     ConnectionEventLost = "connection_event_lost",
+    /// From the LAN to the outside, with an IPv4 header the kernel would
+    /// forward but an L4 header too short to translate: dropped.
+    DropMalformed = "drop_malformed",
+    /// From the LAN to the outside, an IP protocol that is not translated:
+    /// dropped.
+    DropUnsupportedProto = "drop_unsupported_proto",
+    /// From the LAN to the outside, an ICMP error about nothing the NAT
+    /// translated, or an echo reply answering nobody outside: dropped.
+    DropIcmpUntranslated = "drop_icmp_untranslated",
+    /// From the LAN to the outside, an ICMP type that is neither a query
+    /// mapped by id nor an error: dropped.
+    DropIcmpUnknown = "drop_icmp_unknown",
+    /// Larger than the egress MTU with DF clear: translated, then handed
+    /// to the kernel, which fragments it with the translated header.
+    PassMtuTranslated = "pass_mtu_translated",
+    /// A first fragment was recorded in `FRAGS` (with its verdict): the
+    /// rest of its datagram follows its translation.
+    FragTracked = "frag_tracked",
+    /// A later fragment (no L4 header) translated by `FRAGS`, redirected.
+    FragTranslated = "frag_translated",
+    /// A `FRAGS` entry was met past its timeout, or removed by the sweep.
+    FragExpired = "frag_expired",
+    /// A later fragment from outside whose datagram is not tracked (its
+    /// first fragment not seen, expired or evicted): dropped.
+    DropFragUntracked = "drop_frag_untracked",
+    /// From the LAN, another IP protocol (GRE, ESP, ...) to a remote that
+    /// another LAN host already talks to in that protocol: only one can be
+    /// translated by address. Dropped until that one ages out.
+    DropProtoBusy = "drop_proto_busy",
+    /// From the LAN to the outside while the WAN NIC has no address
+    /// (nothing to translate to; the kernel would forward it as it is).
+    DropNoWanAddress = "drop_no_wan_address",
+    /// From the WAN to an address in the LAN prefix (the router's own LAN
+    /// address included): only the NAT reaches the LAN, and the kernel
+    /// would forward it there untranslated or answer from a LAN address.
+    DropToLanPrefix = "drop_to_lan_prefix",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+
+/// Key of `FRAGS`: one IP datagram in flight, as it arrived (before any
+/// translation), by the fields that identify its fragments (RFC 791).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Host order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// What the fragments of one datagram are translated to: the address
+/// that replaces the source (leaving the LAN) or the destination
+/// (arriving from outside).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragEntry {
+    /// When the entry was made: fragments of one datagram arrive within
+    /// `FRAG_TIMEOUT_NS` of each other or not at all.
+    pub created_ns: u64,
+    pub addr: [u8; 4],
+    /// Fragments translated by this entry (the first one included).
+    pub fragments: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Fragments in flight: an LRU, so that a flood of datagrams that never
+/// complete evicts the oldest instead of blocking new ones.
+pub const FRAGS_MAX: u32 = 8192;
+/// A datagram's fragments must all arrive within this of its first
+/// (tracked) one; Linux gives a reassembly 30 s, a NAT needs less.
+pub const FRAG_TIMEOUT_NS: u64 = 5_000_000_000;
+/// How long a remote's one LAN peer for fragments (the `FRAGS` entry with
+/// no destination) stands, for later fragments that come before their
+/// first.
+pub const FRAG_PEER_TIMEOUT_NS: u64 = 30_000_000_000;
 
 /// Map names, as user space finds them in the object and in bpffs.
 pub mod maps {
@@ -305,6 +402,7 @@ pub mod maps {
     pub const SWEEP_PARAMS: &str = "SWEEP_PARAMS";
     pub const SWEEP_STATS: &str = "SWEEP_STATS";
     pub const LIVE_PORTS: &str = "LIVE_PORTS";
+    pub const FRAGS: &str = "FRAGS";
 }
 
 /// Program names in the object.
@@ -447,6 +545,8 @@ mod pod {
     unsafe impl aya::Pod for ConnectionEvent {}
     unsafe impl aya::Pod for SweepParams {}
     unsafe impl aya::Pod for SweepStats {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
 }
 
 #[cfg(test)]
@@ -466,9 +566,23 @@ mod tests {
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
-        assert_eq!(size_of::<NatConfig>(), 24);
+        assert_eq!(size_of::<NatConfig>(), 28);
         assert_eq!(size_of::<bench::BenchTemplate>(), 152);
         assert_eq!(size_of::<CounterValue>(), 16);
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(size_of::<FragEntry>(), 16);
+    }
+
+    #[test]
+    fn exactly_the_drop_counters_drop() {
+        for counter in Counter::ALL {
+            assert_eq!(
+                counter.drops(),
+                counter.label().starts_with("drop_"),
+                "{}",
+                counter.label()
+            );
+        }
     }
 
     #[test]

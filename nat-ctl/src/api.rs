@@ -10,6 +10,7 @@
 //!   `POST rules/NAME/disable`
 //! - `GET table?protocol=&address=&port=&type=`, `GET stats`
 //! - `POST reload` (as SIGHUP), `POST upnp/on`, `POST upnp/off`,
+//!   `POST natpmp/on`, `POST natpmp/off` (NAT-PMP and PCP),
 //!   `POST down` (detach and stop)
 pub mod client;
 pub mod server;
@@ -50,6 +51,8 @@ pub enum Request {
     Reload,
     /// Switch the UPnP IGD on or off (off also removes its mappings).
     Upnp(bool),
+    /// NAT-PMP and PCP, one switch.
+    Natpmp(bool),
     Down,
 }
 
@@ -138,9 +141,14 @@ fn parse_table_query(query: &str) -> Result<TableFilter, ApiError> {
         match key {
             "protocol" => {
                 let protocol = value.to_ascii_lowercase();
-                if !matches!(protocol.as_str(), "tcp" | "udp" | "icmp") {
+                // And the VPN protocols translated by address (the table
+                // shows others, SCTP or IPv6-in-IPv4, unfiltered).
+                if !matches!(
+                    protocol.as_str(),
+                    "tcp" | "udp" | "icmp" | "gre" | "esp" | "ah"
+                ) {
                     return Err(ApiError::bad_request(format!(
-                        "unknown protocol {value:?}: expected tcp, udp or icmp"
+                        "unknown protocol {value:?}: expected tcp, udp, icmp, gre, esp or ah"
                     )));
                 }
                 filter.protocol = Some(protocol);
@@ -160,9 +168,12 @@ fn parse_table_query(query: &str) -> Result<TableFilter, ApiError> {
             }
             "type" => {
                 let kind = value.to_ascii_uppercase();
-                if !matches!(kind.as_str(), "STATIC" | "DYNAMIC" | "UPNP") {
+                if !matches!(
+                    kind.as_str(),
+                    "STATIC" | "DYNAMIC" | "UPNP" | "NATPMP" | "PCP"
+                ) {
                     return Err(ApiError::bad_request(format!(
-                        "unknown type {value:?}: expected static, dynamic or upnp"
+                        "unknown type {value:?}: expected static, dynamic, upnp, natpmp or pcp"
                     )));
                 }
                 filter.kind = Some(kind);
@@ -210,6 +221,14 @@ pub struct Reloaded {
 pub struct UpnpSwitched {
     pub upnp: bool,
     /// The names of the mappings clients had made, removed by `off`.
+    pub removed: Vec<String>,
+}
+
+/// The answer to `POST natpmp/on` and `POST natpmp/off`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatpmpSwitched {
+    pub natpmp: bool,
+    /// The names of the NAT-PMP and PCP mappings removed by `off`.
     pub removed: Vec<String>,
 }
 
@@ -305,9 +324,13 @@ pub fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Re
         ["upnp", switch @ ("on" | "off")] if method == Method::POST => {
             Ok(Request::Upnp(*switch == "on"))
         }
+        ["natpmp", switch @ ("on" | "off")] if method == Method::POST => {
+            Ok(Request::Natpmp(*switch == "on"))
+        }
         ["down"] if method == Method::POST => Ok(Request::Down),
         ["status" | "stats" | "table" | "reload" | "down"]
         | ["upnp", "on" | "off"]
+        | ["natpmp", "on" | "off"]
         | ["rules"]
         | ["rules", _]
         | ["rules", _, "enable" | "disable"] => Err(wrong_method()),
@@ -351,6 +374,10 @@ impl Request {
             Request::Upnp(on) => {
                 let switch = if *on { "on" } else { "off" };
                 (Method::POST, format!("/v1/upnp/{switch}"), Vec::new())
+            }
+            Request::Natpmp(on) => {
+                let switch = if *on { "on" } else { "off" };
+                (Method::POST, format!("/v1/natpmp/{switch}"), Vec::new())
             }
             Request::Down => (Method::POST, "/v1/down".to_owned(), Vec::new()),
         };
@@ -460,6 +487,8 @@ mod tests {
             Request::Reload,
             Request::Upnp(true),
             Request::Upnp(false),
+            Request::Natpmp(true),
+            Request::Natpmp(false),
             Request::Down,
         ];
         for request in requests {
@@ -474,9 +503,11 @@ mod tests {
         let mut rule: ForwardRule = "tcp/8080=192.168.0.12:80".parse().unwrap();
         rule.allow = vec!["198.51.100.0/24".parse().unwrap()];
         rule.upnp = Some(crate::rules::UpnpLease {
+            origin: crate::rules::LeaseOrigin::Upnp,
             client: Ipv4Addr::new(192, 168, 0, 12),
             description: "game".into(),
             expires_at: Some(1_800_000_000),
+            nonce: None,
         });
         let listed = ListedRule {
             rule,

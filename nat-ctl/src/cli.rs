@@ -111,7 +111,7 @@ enum Command {
         /// A local, external or remote port.
         #[arg(long)]
         port: Option<u16>,
-        /// static, dynamic or upnp.
+        /// static, dynamic, upnp, natpmp or pcp.
         #[arg(long = "type")]
         kind: Option<String>,
     },
@@ -131,6 +131,13 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         switch: String,
     },
+    /// Switch the NAT-PMP and PCP server (one switch for both: they share
+    /// UDP port 5351) on or off until the daemon restarts (`[natpmp]
+    /// enabled` makes it last); off also removes their mappings.
+    Natpmp {
+        #[arg(value_parser = ["on", "off"])]
+        switch: String,
+    },
     /// Detach the datapath and remove its pins (stops the daemon too).
     Down {
         /// Where to look when no daemon is running [default: the
@@ -143,6 +150,12 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Print the completion script for a shell (for packaging).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page in roff (for packaging).
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +246,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config {
             action: ConfigAction::Check { file },
         } => return check_config(file.as_deref().or(cli.config.as_deref())),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "natctl", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .section("8")
+                .render(&mut std::io::stdout())?;
+            return Ok(());
+        }
         command => command,
     };
     let down_pin_dir = match &command {
@@ -243,7 +268,10 @@ pub fn run(cli: Cli) -> Result<()> {
     let (socket, pin_dir) = client_paths(cli.config.as_deref(), cli.socket, down_pin_dir)?;
     let client = Client::new(&socket);
     match command {
-        Command::Daemon { .. } | Command::Config { .. } => unreachable!("handled above"),
+        Command::Daemon { .. }
+        | Command::Config { .. }
+        | Command::Completions { .. }
+        | Command::Manpage => unreachable!("handled above"),
         Command::Add {
             name,
             rule,
@@ -363,6 +391,19 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Natpmp { switch } => {
+            let on = switch == "on";
+            let answer = block_on(client.natpmp(on))?;
+            if on {
+                println!("NAT-PMP/PCP on");
+            } else {
+                println!(
+                    "NAT-PMP/PCP off; removed {} mapping(s) clients had made",
+                    answer.removed.len()
+                );
+            }
+            Ok(())
+        }
         Command::Down { .. } => match block_on(client.down()) {
             Ok(_) => {
                 println!("datapath detached; the daemon is stopping");
@@ -370,6 +411,8 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             // A daemon killed without `down` leaves the datapath pinned.
             Err(ClientError::NotRunning(_)) => {
+                // As the daemon does: no forwarding without translation.
+                nat_ctl::interfaces::stop_forwarding_pinned(&pin_dir);
                 if pins::teardown(&pin_dir)? {
                     println!(
                         "no daemon was running; detached the datapath pinned in {}",

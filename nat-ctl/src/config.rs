@@ -49,6 +49,57 @@ pub struct DaemonConfig {
     #[serde(deserialize_with = "timeouts")]
     pub timeouts: Timeouts,
     pub upnp: UpnpSettings,
+    pub natpmp: NatpmpSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// The `[metrics]` table: the Prometheus endpoint, off unless `listen` is
+/// set. It has no authentication: give it a loopback or management
+/// address, never the WAN's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served, e.g. "127.0.0.1:9469".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The `[natpmp]` table: the NAT-PMP (RFC 6886) and PCP (RFC 6887) server
+/// on the LAN, one switch for both (they share UDP port 5351). Secure mode
+/// and the permissions are the `[upnp]` table's: one policy for every
+/// protocol a client maps ports with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatpmpSettings {
+    pub enabled: bool,
+    /// The longest lifetime granted, in seconds; a client asking for more
+    /// gets this (both RFCs let the server shorten a lifetime).
+    #[serde(deserialize_with = "max_lease")]
+    pub max_lifetime: u32,
+    /// Requests per second one LAN host may make (twice that in a burst);
+    /// beyond it requests are dropped unanswered.
+    #[serde(deserialize_with = "rate_limit")]
+    pub rate_limit: u32,
+}
+
+impl Default for NatpmpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_lifetime: 86_400,
+            rate_limit: 200,
+        }
+    }
+}
+
+fn rate_limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let rate = i64::deserialize(deserializer)?;
+    if !(1..=1_000_000).contains(&rate) {
+        return Err(D::Error::custom(format!(
+            "rate_limit = {rate}: expected requests per second from 1 to 1000000"
+        )));
+    }
+    Ok(rate as u32)
 }
 
 /// The `[upnp]` table: the IGD served on the LAN.
@@ -74,6 +125,13 @@ pub struct UpnpSettings {
     /// ask for it). Off, 0 means `max_lease`: a mapping a client forgot
     /// must not outlive it, and reboots, for ever.
     pub allow_permanent: bool,
+    /// The most mappings one LAN host may hold through UPnP, NAT-PMP and
+    /// PCP together, enabled or not.
+    pub max_mappings_per_client: usize,
+    /// The most such mappings all hosts together may hold: the rest of the
+    /// rule table is kept for the admin's own rules.
+    #[serde(deserialize_with = "max_mappings")]
+    pub max_mappings: usize,
     /// Checked in order, first match wins; no match is a denial. Empty:
     /// the safe default, ports 1024-65535 both sides, any LAN host.
     pub permissions: Vec<UpnpPermission>,
@@ -89,6 +147,8 @@ impl Default for UpnpSettings {
             http_port: 0,
             max_lease: 604_800,
             allow_permanent: false,
+            max_mappings_per_client: 128,
+            max_mappings: 4096,
             permissions: Vec::new(),
         }
     }
@@ -157,6 +217,21 @@ fn igd_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Erro
     }
 }
 
+/// Rule slots never given to clients, whatever `max_mappings` says.
+const ADMIN_RULE_SLOTS: usize = 256;
+
+fn max_mappings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let most = nat_common::MAX_RULES as usize - 1 - ADMIN_RULE_SLOTS;
+    let value = i64::deserialize(deserializer)?;
+    if !(0..=most as i64).contains(&value) {
+        return Err(D::Error::custom(format!(
+            "max_mappings = {value}: expected 0 to {most}, so that {ADMIN_RULE_SLOTS} rules are \
+             always left for the admin"
+        )));
+    }
+    Ok(value as usize)
+}
+
 fn max_lease<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let secs = i64::deserialize(deserializer)?;
     if !(1..=604_800).contains(&secs) {
@@ -176,6 +251,8 @@ impl Default for DaemonConfig {
             nat: NatSettings::default(),
             timeouts: Timeouts::default(),
             upnp: UpnpSettings::default(),
+            natpmp: NatpmpSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -192,6 +269,8 @@ pub struct NatSettings {
     /// The ports outbound flows are mapped to.
     #[serde(deserialize_with = "dynamic_ports")]
     pub ports: PortRange,
+    /// IP protocols other than TCP, UDP and ICMP.
+    pub other_protocols: OtherProtocols,
 }
 
 impl Default for NatSettings {
@@ -204,6 +283,31 @@ impl Default for NatSettings {
                 first: 1024,
                 last: 65535,
             },
+            other_protocols: OtherProtocols::default(),
+        }
+    }
+}
+
+/// What becomes of IP protocols other than TCP, UDP and ICMP (GRE for
+/// PPTP, ESP and AH for IPsec, SCTP, IP-in-IP, ...), which have no ports.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum OtherProtocols {
+    /// Translated by address, one LAN host per protocol and remote address
+    /// at a time, as home routers pass VPNs through.
+    #[default]
+    Translate,
+    /// Dropped from the LAN; from the WAN they are the router's own.
+    Drop,
+}
+
+impl OtherProtocols {
+    pub fn datapath_value(self) -> u8 {
+        match self {
+            OtherProtocols::Translate => nat_common::OTHER_PROTOCOLS_TRANSLATE,
+            OtherProtocols::Drop => nat_common::OTHER_PROTOCOLS_DROP,
         }
     }
 }
@@ -589,6 +693,7 @@ filtering = "endpoint-independent"
 unsolicited = "drop"
 hairpin = false
 ports = "40000-49999"
+other_protocols = "drop"
 
 [timeouts]
 tcp_established = 3600
@@ -609,6 +714,9 @@ action = "deny"
 external = "6000-6999"
 internal = "192.168.0.0/24"
 internal_ports = "1-65535"
+
+[metrics]
+listen = "127.0.0.1:9469"
 "#;
         let config = DaemonConfig::parse(text, Path::new("natctl.toml")).unwrap();
         assert_eq!(
@@ -625,6 +733,7 @@ internal_ports = "1-65535"
                         first: 40000,
                         last: 49999
                     },
+                    other_protocols: OtherProtocols::Drop,
                 },
                 timeouts: Timeouts {
                     tcp_established: Duration::from_secs(3600),
@@ -647,6 +756,10 @@ internal_ports = "1-65535"
                     }],
                     ..UpnpSettings::default()
                 },
+                natpmp: NatpmpSettings::default(),
+                metrics: MetricsSettings {
+                    listen: Some("127.0.0.1:9469".parse().unwrap()),
+                },
             }
         );
         // First match wins; no match denies.
@@ -665,6 +778,15 @@ internal_ports = "1-65535"
         assert_eq!(
             config.nat.unsolicited.datapath_value(),
             nat_common::UNSOLICITED_DROP
+        );
+        assert_eq!(
+            config.nat.other_protocols.datapath_value(),
+            nat_common::OTHER_PROTOCOLS_DROP
+        );
+        assert_eq!(
+            DaemonConfig::default().nat.other_protocols,
+            OtherProtocols::Translate,
+            "VPN passthrough by default"
         );
         // What the daemon could write back reads the same.
         let written = toml::to_string(&config).unwrap();
@@ -729,6 +851,18 @@ internal_ports = "1-65535"
             Path::new("x"),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn client_mappings_leave_room_for_the_admins_rules() {
+        let (line, _, message) = invalid("[upnp]\nmax_mappings = 8191\n");
+        assert_eq!(line, 2, "{message}");
+        assert!(
+            message.contains("max_mappings = 8191") && message.contains("admin"),
+            "{message}"
+        );
+        let config = DaemonConfig::parse("[upnp]\nmax_mappings = 100\n", Path::new("x")).unwrap();
+        assert_eq!(config.upnp.max_mappings, 100);
     }
 
     #[test]

@@ -93,6 +93,53 @@ pub fn prepare_router(lan: &str, wan: &str) -> Result<(), InterfaceError> {
     Ok(())
 }
 
+/// Undoes the forwarding of `prepare_router` on both NICs, for `natctl
+/// down`: with the datapath gone nothing translates, and a kernel that
+/// still forwarded would send LAN hosts' packets out of the WAN NIC with
+/// their LAN source addresses.
+pub fn stop_forwarding(lan: &str, wan: &str) -> Result<(), InterfaceError> {
+    for nic in [lan, wan] {
+        sysctl(format!("/proc/sys/net/ipv4/conf/{nic}/forwarding"), "0")?;
+    }
+    Ok(())
+}
+
+/// `stop_forwarding` for a datapath pinned under `pin_dir` without its
+/// daemon (`natctl down` then has no NIC names): its `CONFIG` names the
+/// NICs by index, and they are only taken to be this namespace's when the
+/// WAN one holds the configured WAN address. Returns whether it did.
+pub fn stop_forwarding_pinned(pin_dir: &std::path::Path) -> bool {
+    use aya::maps::{Array, Map, MapData};
+    let Ok(map) = MapData::from_pin(pin_dir.join(nat_common::maps::CONFIG)) else {
+        return false;
+    };
+    let Ok(config) = Array::<_, nat_common::NatConfig>::try_from(Map::Array(map)) else {
+        return false;
+    };
+    let Ok(config) = config.get(&0, 0) else {
+        return false;
+    };
+    let name = |index| {
+        nix::net::if_::if_indextoname(index)
+            .ok()
+            .and_then(|name| name.into_string().ok())
+    };
+    let (Some(wan), Some(lan)) = (name(config.wan_ifindex), name(config.lan_ifindex)) else {
+        return false;
+    };
+    let wan_addr = std::net::Ipv4Addr::from(config.wan_addr);
+    let ours = nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+        addrs.any(|ifaddr| {
+            ifaddr.interface_name == wan
+                && ifaddr
+                    .address
+                    .and_then(|addr| addr.as_sockaddr_in().map(|sin| sin.ip()))
+                    == Some(wan_addr)
+        })
+    });
+    ours && stop_forwarding(&lan, &wan).is_ok()
+}
+
 /// An rtnetlink handle, with its connection running on the current tokio
 /// runtime.
 pub fn netlink() -> Result<Handle, InterfaceError> {

@@ -7,6 +7,8 @@ pub mod connections;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;
+pub mod metrics;
+pub mod natpmp;
 pub mod rules;
 pub mod store;
 pub mod table;

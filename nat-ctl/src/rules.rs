@@ -79,6 +79,16 @@ pub enum RuleError {
     #[error("too many rules: at most {} are supported", nat_common::MAX_RULES - 1)]
     TooMany,
     #[error(
+        "{client} already holds {limit} mappings made by UPnP, NAT-PMP or PCP, the most one \
+         LAN host may (max_mappings_per_client); remove some first"
+    )]
+    ClientQuota { client: Ipv4Addr, limit: usize },
+    #[error(
+        "the LAN's hosts already hold {limit} mappings made by UPnP, NAT-PMP or PCP, the most \
+         there may be (max_mappings); the rest is kept for the admin's rules"
+    )]
+    LeasedQuota { limit: usize },
+    #[error(
         "rule {name}: external {protocol} port {port} is in use by a dynamic mapping of \
          {internal} (a LAN host's own connection); pick another port, or retry once that \
          connection has ended and its mapping expired"
@@ -115,6 +125,13 @@ pub fn protocol_name(number: u8) -> &'static str {
         PROTO_TCP => "TCP",
         PROTO_UDP => "UDP",
         nat_common::PROTO_ICMP => "ICMP",
+        // Translated by address (`nat-ebpf/src/proto.rs`).
+        4 => "IPIP",
+        41 => "IPV6",
+        47 => "GRE",
+        50 => "ESP",
+        51 => "AH",
+        132 => "SCTP",
         _ => "?",
     }
 }
@@ -249,19 +266,64 @@ pub struct ForwardRule {
     pub allow: Vec<Ipv4Net>,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
-    /// Set on a mapping a UPnP client made: who, why, and until when.
+    /// Set on a mapping a client made by UPnP, NAT-PMP or PCP: which
+    /// protocol, who, why, and until when. The field keeps its first name
+    /// (`upnp`) so that existing stores and `natctl list --json` readers
+    /// still read UPnP mappings as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upnp: Option<UpnpLease>,
+    pub upnp: Option<Lease>,
 }
 
 fn enabled_by_default() -> bool {
     true
 }
 
-/// What a UPnP mapping carries besides the rule itself.
+/// The protocol a client made a leased mapping with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseOrigin {
+    /// The UPnP IGD; the default, so that stores written before NAT-PMP
+    /// and PCP existed read as they were meant.
+    #[default]
+    Upnp,
+    Natpmp,
+    Pcp,
+}
+
+impl LeaseOrigin {
+    pub fn is_upnp(&self) -> bool {
+        *self == LeaseOrigin::Upnp
+    }
+
+    /// The protocol's name, for messages.
+    pub fn protocol_name(self) -> &'static str {
+        match self {
+            LeaseOrigin::Upnp => "UPnP",
+            LeaseOrigin::Natpmp => "NAT-PMP",
+            LeaseOrigin::Pcp => "PCP",
+        }
+    }
+
+    /// The rule type `natctl list` and `table` show.
+    pub fn kind(self) -> &'static str {
+        match self {
+            LeaseOrigin::Upnp => "UPNP",
+            LeaseOrigin::Natpmp => "NATPMP",
+            LeaseOrigin::Pcp => "PCP",
+        }
+    }
+}
+
+/// The former name, from when only UPnP made leased mappings.
+pub type UpnpLease = Lease;
+
+/// What a client's mapping carries besides the rule itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpnpLease {
+pub struct Lease {
+    /// Absent (UPnP) in stores and JSON written before NAT-PMP and PCP.
+    #[serde(default, skip_serializing_if = "LeaseOrigin::is_upnp")]
+    pub origin: LeaseOrigin,
     /// The LAN host that asked for the mapping.
     pub client: Ipv4Addr,
     #[serde(default)]
@@ -271,6 +333,10 @@ pub struct UpnpLease {
     /// permanent mapping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// PCP: the mapping nonce (24 hex digits) a refresh or delete must
+    /// repeat (RFC 6887 section 11.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 impl fmt::Display for ForwardRule {
@@ -304,13 +370,27 @@ impl ForwardRule {
         }
     }
 
-    /// STATIC for the user's rules, UPNP for a client's mapping.
+    /// STATIC for the user's rules; UPNP, NATPMP or PCP for a client's
+    /// mapping.
     pub fn kind(&self) -> &'static str {
-        if self.upnp.is_some() {
-            "UPNP"
-        } else {
-            "STATIC"
-        }
+        self.upnp
+            .as_ref()
+            .map_or("STATIC", |lease| lease.origin.kind())
+    }
+
+    /// The lease, when a client made this mapping with `origin`.
+    pub fn lease_of(&self, origin: LeaseOrigin) -> Option<&Lease> {
+        self.upnp.as_ref().filter(|lease| lease.origin == origin)
+    }
+
+    /// The LAN host that asked for this mapping, if a client made it.
+    pub fn client(&self) -> Option<Ipv4Addr> {
+        self.upnp.as_ref().map(|lease| lease.client)
+    }
+
+    /// The lease of a UPnP mapping (not of a NAT-PMP or PCP one).
+    pub fn upnp_lease(&self) -> Option<&Lease> {
+        self.lease_of(LeaseOrigin::Upnp)
     }
 }
 
@@ -809,5 +889,50 @@ mod tests {
             .find(|(key, _)| *key == EndpointKey::outbound(PROTO_UDP, [192, 168, 0, 7], 6001))
             .unwrap();
         assert_eq!(outbound.1.port, 5001);
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_without_origin_is_upnp_and_others_round_trip() {
+        // A store written before NAT-PMP and PCP: no origin field.
+        let old = r#"
+name = "upnp-tcp-6881"
+protocol = "tcp"
+external = "6881"
+internal_addr = "192.168.0.12"
+internal = "6881"
+
+[upnp]
+client = "192.168.0.12"
+description = "torrent"
+expires_at = 1800000000
+"#;
+        let rule: ForwardRule = toml::from_str(old).unwrap();
+        assert_eq!(rule.kind(), "UPNP");
+        assert!(rule.upnp_lease().is_some());
+        // UPnP JSON keeps its fields, without new ones.
+        let json = serde_json::to_value(&rule).unwrap();
+        assert_eq!(
+            json["upnp"],
+            serde_json::json!({"client": "192.168.0.12", "description": "torrent", "expires_at": 1800000000u64})
+        );
+        for (origin, kind) in [(LeaseOrigin::Natpmp, "NATPMP"), (LeaseOrigin::Pcp, "PCP")] {
+            let mut other = rule.clone();
+            let lease = other.upnp.as_mut().unwrap();
+            lease.origin = origin;
+            lease.nonce = Some("0102030405060708090a0b0c".into());
+            assert_eq!(other.kind(), kind);
+            assert!(other.upnp_lease().is_none());
+            let text = toml::to_string(&other).unwrap();
+            assert_eq!(
+                toml::from_str::<ForwardRule>(&text).unwrap(),
+                other,
+                "{text}"
+            );
+        }
     }
 }

@@ -98,7 +98,8 @@ pub struct TableRow {
     pub remote_port: Option<u16>,
     /// TCP, UDP, ICMP, or TCP/UDP for a rule covering both.
     pub protocol: String,
-    /// STATIC or UPNP (a rule, or a conversation through one), or DYNAMIC.
+    /// STATIC, UPNP, NATPMP or PCP (a rule, or a conversation through one),
+    /// or DYNAMIC.
     #[serde(rename = "type")]
     pub kind: String,
     /// Seconds left before the entry expires if idle; `None`: permanent.
@@ -403,27 +404,63 @@ const GROUPS: &[(&str, &[Counter])] = &[
             Counter::Hairpin,
             Counter::IcmpErrorIn,
             Counter::IcmpErrorOut,
+            Counter::FragTranslated,
         ],
     ),
-    ("mappings", &[Counter::NewBinding]),
+    ("events", &[Counter::NewBinding]),
+    (
+        "fragments",
+        &[
+            Counter::FragTracked,
+            Counter::FragExpired,
+            Counter::DropFragUntracked,
+        ],
+    ),
     (
         "dropped",
         &[
             Counter::DropPortExhausted,
             Counter::DropUnsolicited,
             Counter::DropTableFull,
+            Counter::DropMalformed,
+            Counter::DropUnsupportedProto,
+            Counter::DropProtoBusy,
+            Counter::DropIcmpUntranslated,
+            Counter::DropIcmpUnknown,
+            Counter::DropNoWanAddress,
+            Counter::DropToLanPrefix,
         ],
     ),
 ];
 
+/// Counters that count events, not traffic: the packet that caused one is
+/// counted by its own verdict, so their bytes mean nothing.
+const EVENTS: &[(Counter, &str)] = &[
+    (Counter::NewBinding, "mappings created"),
+    (Counter::SessionTableFull, "sessions not recorded"),
+    (
+        Counter::RemoteNotAllowed,
+        "refused by a rule's allowed remotes",
+    ),
+    (Counter::ConnectionEventLost, "connections not logged"),
+];
+
 pub fn format_stats(stats: &Stats) -> String {
     let mut out = String::new();
-    let line = |out: &mut String, label: &str, traffic: Traffic| {
-        let _ = writeln!(
-            out,
-            "  {:<24} {:>12} packets {:>14} bytes",
-            label, traffic.packets, traffic.bytes
-        );
+    let line = |out: &mut String, label: &str, traffic: Traffic| match EVENTS
+        .iter()
+        .find(|(counter, _)| counter.label() == label)
+    {
+        Some((_, what)) => {
+            let _ = writeln!(out, "  {label:<24} {:>12} {what}", traffic.packets);
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>12} packets {:>14} bytes",
+                label, traffic.packets, traffic.bytes
+            );
+        }
     };
     let mut shown = std::collections::HashSet::new();
     for (group, counters) in GROUPS {
@@ -533,5 +570,33 @@ mod tests {
     fn format_shows_permanent_and_any() {
         let text = format_table(&[rule_row()]);
         assert!(text.contains("PERMANENT") && text.contains("ANY") && text.contains("6881-6889"));
+    }
+
+    #[test]
+    fn event_counters_are_shown_as_counts_not_traffic() {
+        let traffic = |packets, bytes| Traffic { packets, bytes };
+        let stats = Stats {
+            counters: [
+                ("new_binding".to_owned(), traffic(7, 420)),
+                ("snat".to_owned(), traffic(100, 6000)),
+            ]
+            .into_iter()
+            .collect(),
+            rules: Vec::new(),
+            dynamic_mappings: 7,
+            last_sweep: None,
+        };
+        let text = format_stats(&stats);
+        let binding = text
+            .lines()
+            .find(|line| line.contains("new_binding"))
+            .unwrap();
+        assert!(binding.contains("7 mappings created"), "{binding}");
+        assert!(!binding.contains("bytes"), "{binding}");
+        let snat = text.lines().find(|line| line.contains("snat")).unwrap();
+        assert!(
+            snat.contains("100 packets") && snat.contains("6000 bytes"),
+            "{snat}"
+        );
     }
 }

@@ -7,13 +7,14 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_for_each_map_elem;
 use nat_common::{
-    Binding, DIR_INBOUND, EndpointKey, Session, SessionKey, SweepParams, SweepStats, idle_past,
-    live_port_slot,
+    Binding, Counter, DIR_INBOUND, EndpointKey, FragEntry, FragKey, Session, SessionKey,
+    SweepParams, SweepStats, idle_past, live_port_slot,
 };
 
 use crate::{
+    counters::count,
     lookup::now_ns,
-    maps::{BINDINGS, FORWARD_SESSIONS, LIVE_PORTS, SESSIONS, SWEEP_PARAMS, SWEEP_STATS},
+    maps::{BINDINGS, FORWARD_SESSIONS, FRAGS, LIVE_PORTS, SESSIONS, SWEEP_PARAMS, SWEEP_STATS},
 };
 
 /// Passed to every callback of one sweep.
@@ -134,6 +135,23 @@ extern "C" fn visit_binding(
     0
 }
 
+/// Fragment records outlive their datagram by a few seconds at most; an
+/// expired one is counted as `frag_expired`.
+extern "C" fn visit_frag(
+    _map: *mut c_void,
+    key: *const FragKey,
+    value: *mut FragEntry,
+    sweep: *mut Sweep,
+) -> i64 {
+    // SAFETY: as in `visit_session`.
+    let (key, entry, sweep) = unsafe { (*key, *value, &mut *sweep) };
+    sweep.stats.scanned += 1;
+    if crate::frag::expire(&key, &entry, sweep.now) {
+        count(Counter::FragExpired, 0);
+    }
+    0
+}
+
 #[inline(always)]
 fn for_each<K, V>(
     map: *const c_void,
@@ -186,6 +204,7 @@ pub fn try_nat_sweep() -> u32 {
         visit_binding,
         &mut sweep,
     );
+    for_each(&FRAGS as *const _ as *const c_void, visit_frag, &mut sweep);
     if let Some(stats) = SWEEP_STATS.get_ptr_mut(0) {
         // SAFETY: a pointer returned by a map lookup.
         unsafe { *stats = sweep.stats };

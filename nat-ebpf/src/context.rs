@@ -30,12 +30,12 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
-use nat_common::{PROTO_TCP, PROTO_UDP};
+use nat_common::PROTO_UDP;
 
 use crate::{
     checksum::{CsumDelta, load16, store16},
     maps::EGRESS,
-    parse::Ipv4Packet,
+    parse::Datagram,
 };
 
 /// The few things that differ between XDP and TC.
@@ -58,7 +58,7 @@ pub trait NatContext {
     fn raw(&self) -> *mut c_void;
     /// The length `bpf_fib_lookup` checks against the egress MTU: the IP
     /// datagram's, or for a GSO packet that of its segments.
-    fn fib_tot_len(&self, packet: &Ipv4Packet) -> u16;
+    fn fib_tot_len(&self, packet: &impl Datagram) -> u16;
     /// Updates the packet's own L4 checksum at `check` for a rewrite that
     /// moved pseudo-header words by `pseudo` (zero for ICMP) and words the
     /// checksum covers by `covered`.
@@ -130,8 +130,8 @@ impl NatContext for XdpContext {
     }
 
     #[inline(always)]
-    fn fib_tot_len(&self, packet: &Ipv4Packet) -> u16 {
-        packet.tot_len()
+    fn fib_tot_len(&self, packet: &impl Datagram) -> u16 {
+        packet.ip_header().tot_len()
     }
 
     #[inline(always)]
@@ -272,29 +272,20 @@ impl NatContext for TcPacket {
 
     /// A GSO packet (TSO on the sender, GRO) is longer than the MTU as a
     /// whole; what must fit is each segment: the IP and L4 headers and
-    /// `gso_size` bytes of payload.
+    /// `gso_size` bytes of payload. A packet parsed only to its IP header
+    /// (a later fragment, another protocol) is never GSO: its own length.
     #[inline(always)]
-    fn fib_tot_len(&self, packet: &Ipv4Packet) -> u16 {
+    fn fib_tot_len(&self, packet: &impl Datagram) -> u16 {
+        let hdr = packet.ip_header();
         // SAFETY: the context is a valid __sk_buff.
         let gso_size = unsafe { (*self.ctx.skb.skb).gso_size } as usize;
         if gso_size == 0 {
-            return packet.tot_len();
+            return hdr.tot_len();
         }
-        let ip_len = packet.l4 as usize - packet.ip as usize;
-        let l4_len = match packet.proto {
-            PROTO_TCP => {
-                // The data offset; the parser checked the 20-byte header.
-                let offset = packet.l4 as usize + 12;
-                if offset + 1 > self.ctx.data_end() {
-                    return packet.tot_len();
-                }
-                // SAFETY: bounds-checked just above.
-                usize::from(unsafe { *(offset as *const u8) } >> 4) * 4
-            }
-            PROTO_UDP => 8,
-            _ => 0,
+        let Some(l4_len) = packet.l4_header_len(self) else {
+            return hdr.tot_len();
         };
-        (ip_len + l4_len + gso_size).min(usize::from(u16::MAX)) as u16
+        (hdr.header_len() + l4_len + gso_size).min(usize::from(u16::MAX)) as u16
     }
 
     #[inline(always)]

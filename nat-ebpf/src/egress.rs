@@ -13,7 +13,12 @@ use aya_ebpf::{
 use nat_common::Counter;
 use network_types::eth::EthHdr;
 
-use crate::{context::NatContext, counters::count, parse::Ipv4Packet, translate::decrement_ttl};
+use crate::{
+    context::NatContext,
+    counters::count,
+    parse::{Datagram, IpHeader},
+    translate::decrement_ttl,
+};
 
 const AF_INET: u8 = 2;
 
@@ -22,6 +27,8 @@ pub struct Route {
     smac: [u8; 6],
     dmac: [u8; 6],
     neighbour_known: bool,
+    /// Larger than the egress MTU (DF clear): for the kernel to fragment.
+    oversize: bool,
 }
 
 /// Looks up the route the packet will take once translated to `src -> dst`.
@@ -30,15 +37,54 @@ pub struct Route {
 #[inline(always)]
 pub fn route<C: NatContext>(
     ctx: &C,
-    packet: &Ipv4Packet,
+    packet: &impl Datagram,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Result<Route, Counter> {
+    let tot_len = ctx.fib_tot_len(packet);
+    lookup(ctx, packet.ip_header().proto, tot_len, src, dst)
+}
+
+/// As `route`, for a packet that may be fragmented on its way: larger than
+/// the egress MTU with DF clear, it is routed all the same (by a lookup
+/// that skips the MTU check), and `redirect` hands it to the kernel once
+/// translated, to be fragmented with the translated header
+/// (`pass_mtu_translated`). With DF set it stays `pass_mtu_exceeded`,
+/// untranslated, so that the kernel's "fragmentation needed" goes back to
+/// the sender quoting what it sent.
+#[inline(always)]
+pub fn route_fragmentable<C: NatContext>(
+    ctx: &C,
+    packet: &impl Datagram,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Result<Route, Counter> {
+    match route(ctx, packet, src, dst) {
+        Err(Counter::PassMtuExceeded) if !packet.ip_header().dont_fragment() => {
+            let hdr = packet.ip_header();
+            // A length that fits any MTU: the lookup without its MTU
+            // check. Not 0, which in TC would check the skb itself.
+            let mut route = lookup(ctx, hdr.proto, hdr.header_len() as u16, src, dst)?;
+            route.oversize = true;
+            Ok(route)
+        }
+        other => other,
+    }
+}
+
+#[inline(always)]
+fn lookup<C: NatContext>(
+    ctx: &C,
+    proto: u8,
+    tot_len: u16,
     src: [u8; 4],
     dst: [u8; 4],
 ) -> Result<Route, Counter> {
     // SAFETY: a plain C struct for which all zeroes is valid.
     let mut params: FibParams = unsafe { zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = packet.proto;
-    params.__bindgen_anon_1.tot_len = ctx.fib_tot_len(packet);
+    params.l4_protocol = proto;
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ctx.ifindex();
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
@@ -57,6 +103,7 @@ pub fn route<C: NatContext>(
         smac: params.smac,
         dmac: params.dmac,
         neighbour_known,
+        oversize: false,
     })
 }
 
@@ -65,11 +112,15 @@ pub fn route<C: NatContext>(
 pub fn redirect<C: NatContext>(
     ctx: &C,
     eth: *mut EthHdr,
-    packet: &Ipv4Packet,
+    packet: &IpHeader,
     route: &Route,
     counter: Counter,
     frame_len: usize,
 ) -> Result<u32, Counter> {
+    if route.oversize {
+        // Translated already: the kernel fragments and forwards it.
+        return Err(Counter::PassMtuTranslated);
+    }
     if !route.neighbour_known {
         // Translated already: the kernel forwards it (and decrements the
         // TTL) while it resolves the neighbour for the packets after it.

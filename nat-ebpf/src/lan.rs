@@ -1,18 +1,21 @@
 //! LAN ingress: source translation toward the WAN, and hairpin back into
 //! the LAN for a LAN host that reaches the WAN address.
-use nat_common::{Counter, NatConfig, PROTO_ICMP};
+use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::eth::EthHdr;
 
 use crate::{
     binding::external_port_for,
     context::NatContext,
     counters::{count, count_rule},
-    egress::{redirect, route},
-    lookup::{Target, config, in_prefix, inbound_target, now_ns, outbound_external},
-    parse::{
-        Endpoint, ICMP_ECHO_REQUEST, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame,
-        parse_quoted,
+    egress::{redirect, route, route_fragmentable},
+    frag,
+    lookup::{
+        Target, config, config_without_wan, in_prefix, inbound_target, now_ns, outbound_external,
     },
+    parse::{
+        Endpoint, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted,
+    },
+    proto,
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
@@ -25,32 +28,58 @@ fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
 pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::LanRx, len);
-    let config = config().ok_or(Counter::PassLocal)?;
-    let (eth, packet) = parse_frame(ctx)?;
-    let src = packet.addr(Side::Source);
-    let dst = packet.addr(Side::Destination);
+    let Some(config) = config() else {
+        return Err(without_wan_address(ctx));
+    };
+    let (eth, hdr) = parse_frame_header(ctx)?;
+    let src = hdr.addr(Side::Source);
+    let dst = hdr.addr(Side::Destination);
     let lan = |addr| in_prefix(addr, config.lan_net, config.lan_prefix_len);
     if !lan(src) || lan(dst) || is_multicast_or_broadcast(dst) {
         return Err(Counter::PassLocal);
     }
-    if packet.ttl() <= 1 {
+    if hdr.ttl() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    match packet.icmp {
-        IcmpKind::Error => return icmp_error_outbound(ctx, config, eth, &packet, len),
-        IcmpKind::Other => return Err(Counter::PassUnsupportedProto),
-        // Only a request opens a query mapping; a LAN host's echo reply
-        // answers nobody we forwarded to it.
-        IcmpKind::Query if packet.icmp_type() != ICMP_ECHO_REQUEST => {
+    let to_router = dst == config.wan_addr;
+    // From here on, what is passed to the kernel untranslated is for the
+    // router itself or routed elsewhere than the WAN: anything else the
+    // kernel would forward out of the WAN NIC with its LAN source, so it is
+    // translated first or dropped.
+    if hdr.is_later_fragment() {
+        if to_router {
             return Err(Counter::PassLocal);
+        }
+        return frag::outbound(ctx, config, eth, &hdr, len);
+    }
+    if !matches!(hdr.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+        if to_router {
+            return Err(Counter::PassUnsupportedProto);
+        }
+        return proto::outbound(ctx, config, eth, &hdr, len);
+    }
+    let packet = match parse_l4(ctx, hdr, None) {
+        Ok(packet) => packet,
+        Err(reason) if to_router => return Err(reason),
+        Err(Counter::PassMalformed) => return Err(Counter::DropMalformed),
+        Err(Counter::PassUnsupportedProto) => return Err(Counter::DropUnsupportedProto),
+        Err(reason) => return Err(reason),
+    };
+    match packet.icmp {
+        // An error to the router itself is the kernel's to read.
+        IcmpKind::Error if to_router => return Err(Counter::PassLocal),
+        IcmpKind::Error => return icmp_error_outbound(ctx, config, eth, &packet, len),
+        _ if to_router => return hairpin(ctx, config, eth, &packet, len),
+        IcmpKind::Other => return Err(Counter::DropIcmpUnknown),
+        // Only a request opens a query mapping; a LAN host's reply answers
+        // nobody we forwarded to it.
+        IcmpKind::Query if !packet.is_icmp_request() => {
+            return Err(Counter::DropIcmpUntranslated);
         }
         _ => {}
     }
-    if dst == config.wan_addr {
-        return hairpin(ctx, config, eth, &packet, len);
-    }
 
-    let route = route(ctx, &packet, config.wan_addr, dst)?;
+    let route = route_fragmentable(ctx, &packet, config.wan_addr, dst)?;
     if route.ifindex != config.wan_ifindex {
         return Err(Counter::PassLocal);
     }
@@ -69,6 +98,10 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         forward_session_outbound(&conversation, internal, now, len);
         count_rule(external.rule_id, false, len);
     }
+    if packet.is_fragment() {
+        frag::track(&packet, config.wan_addr, now, len);
+        frag::note_peer(dst, packet.proto, src, now);
+    }
     rewrite_endpoint(
         ctx,
         &packet,
@@ -79,6 +112,26 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         },
     );
     redirect(ctx, eth, &packet, &route, Counter::Snat, len)
+}
+
+/// Nothing to translate to (the WAN NIC has no address, or no
+/// configuration yet): what LAN hosts send to the outside is dropped, as
+/// the kernel would forward it untranslated; the rest is the kernel's.
+#[inline(always)]
+fn without_wan_address(ctx: &impl NatContext) -> Counter {
+    let Some(config) = config_without_wan() else {
+        return Counter::PassLocal;
+    };
+    let Ok((_, hdr)) = parse_frame_header(ctx) else {
+        return Counter::PassLocal;
+    };
+    let dst = hdr.addr(Side::Destination);
+    let lan = |addr| in_prefix(addr, config.lan_net, config.lan_prefix_len);
+    if lan(hdr.addr(Side::Source)) && !lan(dst) && !is_multicast_or_broadcast(dst) {
+        Counter::DropNoWanAddress
+    } else {
+        Counter::PassLocal
+    }
 }
 
 /// A LAN host reaching the WAN address on a forwarded port, or on another
@@ -162,14 +215,17 @@ fn icmp_error_outbound(
     packet: &Ipv4Packet,
     len: usize,
 ) -> Result<u32, Counter> {
-    let quoted = parse_quoted(ctx, packet)?;
+    // About nothing the NAT translated: dropped, never passed to a kernel
+    // that would forward it with the host's address.
+    let untranslated = Counter::DropIcmpUntranslated;
+    let quoted = parse_quoted(ctx, packet).map_err(|_| untranslated)?;
     if quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query {
-        return Err(Counter::PassLocal);
+        return Err(untranslated);
     }
     let internal = quoted.endpoint(Side::Destination);
-    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(Counter::PassLocal)?;
+    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(untranslated)?;
     let remote = packet.addr(Side::Destination);
-    let route = route(ctx, packet, config.wan_addr, remote)?;
+    let route = route_fragmentable(ctx, packet, config.wan_addr, remote)?;
     if route.ifindex != config.wan_ifindex {
         return Err(Counter::PassLocal);
     }

@@ -25,6 +25,13 @@ pub fn config() -> Option<&'static NatConfig> {
     CONFIG.get(0).filter(|config| config.wan_addr != [0; 4])
 }
 
+/// The configuration while the WAN NIC has no address: only the LAN
+/// prefix (none either: `None`).
+#[inline(always)]
+pub fn config_without_wan() -> Option<&'static NatConfig> {
+    CONFIG.get(0).filter(|config| config.lan_prefix_len != 0)
+}
+
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: a helper without arguments.

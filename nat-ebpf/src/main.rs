@@ -14,6 +14,9 @@
 //!   new-connection events);
 //! - `translate` and `checksum`: header rewrites and their incremental
 //!   checksum updates;
+//! - `frag`: IP fragments, the first by its L4 header, the later ones by
+//!   the record of their datagram (`FRAGS`);
+//! - `proto`: other IP protocols (GRE, ESP, ...), by address;
 //! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
 //! - `counters`: per-CPU counters and the final verdict.
 //!
@@ -39,10 +42,12 @@ mod checksum;
 mod context;
 mod counters;
 mod egress;
+mod frag;
 mod lan;
 mod lookup;
 mod maps;
 mod parse;
+mod proto;
 mod session;
 mod translate;
 mod wan;

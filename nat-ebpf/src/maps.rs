@@ -5,9 +5,9 @@ use aya_ebpf::{
 };
 use nat_common::{
     ALLOWED_REMOTES_MAX, AllowedRemote, Binding, COUNTER_COUNT, CounterValue, DEFAULT_BINDINGS_MAX,
-    DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX, EndpointKey, Forward,
-    LIVE_PORT_SLOTS, MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, RuleCounters, Session,
-    SessionKey, SweepParams, SweepStats,
+    DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX, EndpointKey,
+    FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS, MAX_RULES, NEW_CONNECTIONS_BYTES,
+    NatConfig, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
 };
 
 /// Map update flag: insert only if the key is absent, so that of two CPUs
@@ -65,3 +65,9 @@ pub static SWEEP_STATS: Array<SweepStats> = Array::with_max_entries(1, 0);
 /// (protocol, external port): no clearing between sweeps needed.
 #[map(name = "LIVE_PORTS")]
 pub static LIVE_PORTS: Array<u32> = Array::with_max_entries(LIVE_PORT_SLOTS, 0);
+
+/// IP datagrams in flight as fragments (`frag`), by their identity as they
+/// arrived: what their later fragments, which carry no L4 header, are
+/// translated to. Aged by `FRAG_TIMEOUT_NS` and by the sweep.
+#[map(name = "FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAGS_MAX, 0);

@@ -11,6 +11,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
+const IP_DONT_FRAGMENT: u16 = 0x4000;
 const IP_MORE_FRAGMENTS: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
@@ -24,9 +25,8 @@ pub const ICMP_DEST_UNREACHABLE: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
-
-/// An ICMP message is either a query (whose id is mapped like a port) or an
-/// error (which quotes the packet it is about).
+pub const ICMP_TIMESTAMP_REQUEST: u8 = 13;
+pub const ICMP_TIMESTAMP_REPLY: u8 = 14;
 
 /// TCP header flags, as `Ipv4Packet::tcp_flags` holds them.
 pub const TCP_FIN: u8 = 0x01;
@@ -34,6 +34,8 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// An ICMP message is either a query (echo or timestamp, whose id is mapped
+/// like a port) or an error (which quotes the packet it is about).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum IcmpKind {
     NotIcmp,
@@ -42,9 +44,24 @@ pub enum IcmpKind {
     Other,
 }
 
-/// Pointers into the frame, every one bounds-checked against `data_end`.
-pub struct Ipv4Packet {
+/// The IPv4 header of a packet, bounds-checked against `data_end`: all a
+/// later fragment (no L4 header) has to be translated by.
+#[derive(Clone, Copy)]
+pub struct IpHeader {
     pub ip: *mut Ipv4Hdr,
+    pub proto: u8,
+    /// Flags and fragment offset, host order.
+    pub frags: u16,
+    /// Offset of the L4 header in the frame.
+    l4_offset: usize,
+    /// Bytes after the IP header, by its total length.
+    l4_len: usize,
+}
+
+/// Pointers into the frame, every one bounds-checked against `data_end`.
+/// Its IP header (`hdr`, also reached through `Deref`) comes first.
+pub struct Ipv4Packet {
+    pub hdr: IpHeader,
     /// The first 8 bytes of the L4 header: ports, or ICMP type/code/csum/id.
     pub l4: *mut [u8; L4_PREFIX_LEN],
     pub proto: u8,
@@ -52,6 +69,62 @@ pub struct Ipv4Packet {
     pub tcp_flags: u8,
     /// `None` when the checksum lies beyond the bytes an ICMP error quoted.
     pub l4_check: Option<*mut [u8; 2]>,
+}
+
+impl core::ops::Deref for Ipv4Packet {
+    type Target = IpHeader;
+
+    #[inline(always)]
+    fn deref(&self) -> &IpHeader {
+        &self.hdr
+    }
+}
+
+/// A parsed packet as the FIB lookup sees it ([`NatContext::fib_tot_len`]):
+/// its IP header and, where the parser got that far, the length of its L4
+/// header. A later fragment or a packet of another protocol has only the
+/// IP header (`IpHeader`); a datagram with its L4 header is an `Ipv4Packet`.
+pub trait Datagram {
+    fn ip_header(&self) -> &IpHeader;
+    /// The L4 header's length; `None` for a packet parsed only to its IP
+    /// header.
+    fn l4_header_len(&self, ctx: &impl NatContext) -> Option<usize>;
+}
+
+impl Datagram for IpHeader {
+    #[inline(always)]
+    fn ip_header(&self) -> &IpHeader {
+        self
+    }
+
+    #[inline(always)]
+    fn l4_header_len(&self, _ctx: &impl NatContext) -> Option<usize> {
+        None
+    }
+}
+
+impl Datagram for Ipv4Packet {
+    #[inline(always)]
+    fn ip_header(&self) -> &IpHeader {
+        &self.hdr
+    }
+
+    /// Read only when asked (a GSO packet in TC): TCP's data offset, else
+    /// the 8 bytes of a UDP or ICMP header.
+    #[inline(always)]
+    fn l4_header_len(&self, ctx: &impl NatContext) -> Option<usize> {
+        if self.proto != PROTO_TCP {
+            return Some(L4_PREFIX_LEN);
+        }
+        // The data offset; `parse_l4` checked the 20-byte header, this
+        // check is for the verifier.
+        let offset = self.l4 as usize + 12;
+        if offset + 1 > ctx.data_end() {
+            return None;
+        }
+        // SAFETY: bounds-checked just above.
+        Some(usize::from(unsafe { *(offset as *const u8) } >> 4) * 4)
+    }
 }
 
 #[inline(always)]
@@ -71,6 +144,15 @@ pub fn frame_len(ctx: &impl NatContext) -> usize {
 /// Parses an Ethernet frame carrying IPv4; anything else is for the kernel.
 #[inline(always)]
 pub fn parse_frame(ctx: &impl NatContext) -> Result<(*mut EthHdr, Ipv4Packet), Counter> {
+    let (eth, hdr) = parse_frame_header(ctx)?;
+    Ok((eth, parse_l4(ctx, hdr, None)?))
+}
+
+/// Parses an Ethernet frame carrying IPv4 up to the IP header, for a
+/// caller that decides what a fragment or an L4 header it cannot parse
+/// becomes; `parse_l4` goes on from there.
+#[inline(always)]
+pub fn parse_frame_header(ctx: &impl NatContext) -> Result<(*mut EthHdr, IpHeader), Counter> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassMalformed)?;
     // SAFETY: `eth` was bounds-checked above.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -79,24 +161,19 @@ pub fn parse_frame(ctx: &impl NatContext) -> Result<(*mut EthHdr, Ipv4Packet), C
         ETH_P_8021Q | ETH_P_8021AD => return Err(Counter::PassVlan),
         _ => return Err(Counter::PassNotIpv4),
     }
-    let packet = parse_ipv4(ctx, EthHdr::LEN, None)?;
-    Ok((eth, packet))
+    let hdr = parse_ip_header(ctx, EthHdr::LEN, false)?;
+    Ok((eth, hdr))
 }
 
-/// Parses the IPv4 header at `offset` and the L4 header after it.
-///
-/// `quoted_end` is set for the datagram inside an ICMP error, to the offset
-/// where the enclosing ICMP message ends: the quote is truncated by design,
-/// so only its first 8 L4 bytes are required and its total length is not
-/// checked. Whatever lies past that end (an Ethernet trailer) is not part of
-/// the message and must be neither rewritten nor added to its checksum.
+/// The IPv4 header at `offset`. `quoted`: the datagram inside an ICMP
+/// error, whose total length is not checked (the quote is truncated by
+/// design).
 #[inline(always)]
-fn parse_ipv4(
+fn parse_ip_header(
     ctx: &impl NatContext,
     offset: usize,
-    quoted_end: Option<usize>,
-) -> Result<Ipv4Packet, Counter> {
-    let quoted = quoted_end.is_some();
+    quoted: bool,
+) -> Result<IpHeader, Counter> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
     // SAFETY: `ip` was bounds-checked above.
     let (vihl, tot_len, frags, proto) = unsafe {
@@ -114,14 +191,36 @@ fn parse_ipv4(
     if !quoted && offset + tot_len > frame_len(ctx) {
         return Err(Counter::PassMalformed);
     }
-    // Later fragments carry no L4 header to translate by; the kernel gets
-    // them all (a quoted first fragment still has its ports).
-    let offset_bits = frags & IP_OFFSET_MASK;
-    if offset_bits != 0 || (!quoted && frags & IP_MORE_FRAGMENTS != 0) {
+    Ok(IpHeader {
+        ip,
+        proto,
+        frags,
+        l4_offset: offset + header_len,
+        l4_len: tot_len - header_len,
+    })
+}
+
+/// The L4 header after `hdr`.
+///
+/// `quoted_end` is set for the datagram inside an ICMP error, to the offset
+/// where the enclosing ICMP message ends: only its first 8 L4 bytes are
+/// required. Whatever lies past that end (an Ethernet trailer) is not part
+/// of the message and must be neither rewritten nor added to its checksum.
+/// A later
+/// fragment has none (`pass_fragment`: its caller asked `frag` first); a
+/// first fragment has its L4 header like a whole datagram.
+#[inline(always)]
+pub fn parse_l4(
+    ctx: &impl NatContext,
+    hdr: IpHeader,
+    quoted_end: Option<usize>,
+) -> Result<Ipv4Packet, Counter> {
+    let quoted = quoted_end.is_some();
+    if hdr.is_later_fragment() {
         return Err(Counter::PassFragment);
     }
+    let (proto, l4_len, l4_offset) = (hdr.proto, hdr.l4_len, hdr.l4_offset);
 
-    let l4_offset = offset + header_len;
     // Whether the first `len` L4 bytes lie inside the enclosing ICMP
     // message. A datagram that is not quoted had its total length checked
     // against the frame already; checking again would let the compiler
@@ -132,7 +231,6 @@ fn parse_ipv4(
     if !in_message(L4_PREFIX_LEN) {
         return Err(Counter::PassMalformed);
     }
-    let l4_len = tot_len - header_len;
     let (check_offset, min_len) = match proto {
         PROTO_TCP => (16, TCP_HEADER_LEN),
         PROTO_UDP => (6, L4_PREFIX_LEN),
@@ -159,7 +257,10 @@ fn parse_ipv4(
         }
         if proto == PROTO_ICMP {
             icmp = match (*l4)[0] {
-                ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => IcmpKind::Query,
+                ICMP_ECHO_REQUEST
+                | ICMP_ECHO_REPLY
+                | ICMP_TIMESTAMP_REQUEST
+                | ICMP_TIMESTAMP_REPLY => IcmpKind::Query,
                 ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
                     IcmpKind::Error
                 }
@@ -168,7 +269,7 @@ fn parse_ipv4(
         }
     }
     Ok(Ipv4Packet {
-        ip,
+        hdr,
         l4,
         proto,
         icmp,
@@ -181,13 +282,33 @@ fn parse_ipv4(
 /// of the ICMP message.
 #[inline(always)]
 pub fn parse_quoted(ctx: &impl NatContext, packet: &Ipv4Packet) -> Result<Ipv4Packet, Counter> {
+    match parse_quoted_any(ctx, packet)? {
+        Quoted::Datagram(quoted) => Ok(quoted),
+        Quoted::Other(_) => Err(Counter::PassUnsupportedProto),
+    }
+}
+
+/// What an ICMP error quotes: a datagram with its L4 header, or the IP
+/// header of another protocol (translated by address), which must lie
+/// inside the ICMP message whole.
+pub enum Quoted {
+    Datagram(Ipv4Packet),
+    Other(IpHeader),
+}
+
+/// As `parse_quoted`, the IP header parsed once whatever the protocol.
+#[inline(always)]
+pub fn parse_quoted_any(ctx: &impl NatContext, packet: &Ipv4Packet) -> Result<Quoted, Counter> {
     let ip_offset = packet.ip as usize - ctx.data();
     let end = ip_offset + usize::from(packet.tot_len());
-    parse_ipv4(
-        ctx,
-        packet.l4 as usize - ctx.data() + L4_PREFIX_LEN,
-        Some(end),
-    )
+    let hdr = parse_ip_header(ctx, packet.l4 as usize - ctx.data() + L4_PREFIX_LEN, true)?;
+    if !matches!(hdr.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+        if hdr.l4_offset > end {
+            return Err(Counter::PassMalformed);
+        }
+        return Ok(Quoted::Other(hdr));
+    }
+    Ok(Quoted::Datagram(parse_l4(ctx, hdr, Some(end))?))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -204,7 +325,7 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-impl Ipv4Packet {
+impl IpHeader {
     #[inline(always)]
     pub fn addr_ptr(&self, side: Side) -> *mut [u8; 4] {
         // SAFETY: in bounds by construction of `Ipv4Packet`.
@@ -222,6 +343,58 @@ impl Ipv4Packet {
         unsafe { *self.addr_ptr(side) }
     }
 
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        // SAFETY: in bounds by construction.
+        unsafe { (*self.ip).ttl }
+    }
+
+    #[inline(always)]
+    pub fn tot_len(&self) -> u16 {
+        // SAFETY: in bounds by construction.
+        unsafe { u16::from_be_bytes((*self.ip).tot_len) }
+    }
+
+    /// The IP header's length, options included.
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.tot_len()) - self.l4_len
+    }
+
+    /// The IP identification, host order.
+    #[inline(always)]
+    pub fn id(&self) -> u16 {
+        // SAFETY: in bounds by construction.
+        unsafe { u16::from_be_bytes((*self.ip).id) }
+    }
+
+    /// A fragment of a datagram, first or later.
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        self.frags & (IP_MORE_FRAGMENTS | IP_OFFSET_MASK) != 0
+    }
+
+    /// A fragment after the first: no L4 header.
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        self.frags & IP_OFFSET_MASK != 0
+    }
+
+    /// A later fragment at offset 8 bytes of a TCP datagram: it could only
+    /// be there to overwrite the header's flags after the first fragment
+    /// was judged (RFC 1858), so it is no fragment to translate.
+    #[inline(always)]
+    pub fn is_tcp_overlap(&self) -> bool {
+        self.proto == PROTO_TCP && self.frags & IP_OFFSET_MASK == 1
+    }
+
+    #[inline(always)]
+    pub fn dont_fragment(&self) -> bool {
+        self.frags & IP_DONT_FRAGMENT != 0
+    }
+}
+
+impl Ipv4Packet {
     /// The port of `side`; for an ICMP query its id, which stands for the
     /// port on both sides.
     #[inline(always)]
@@ -247,22 +420,17 @@ impl Ipv4Packet {
         }
     }
 
+    /// An ICMP query that asks (echo or timestamp request), not one that
+    /// answers.
+    #[inline(always)]
+    pub fn is_icmp_request(&self) -> bool {
+        matches!(self.icmp_type(), ICMP_ECHO_REQUEST | ICMP_TIMESTAMP_REQUEST)
+    }
+
     /// Meaningful only when `icmp` is not `NotIcmp`.
     #[inline(always)]
     pub fn icmp_type(&self) -> u8 {
         // SAFETY: `l4` holds 8 checked bytes.
         unsafe { (*self.l4)[0] }
-    }
-
-    #[inline(always)]
-    pub fn ttl(&self) -> u8 {
-        // SAFETY: in bounds by construction.
-        unsafe { (*self.ip).ttl }
-    }
-
-    #[inline(always)]
-    pub fn tot_len(&self) -> u16 {
-        // SAFETY: in bounds by construction.
-        unsafe { u16::from_be_bytes((*self.ip).tot_len) }
     }
 }

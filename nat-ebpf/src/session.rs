@@ -288,3 +288,99 @@ pub fn forward_session_outbound(
     };
     let _ = FORWARD_SESSIONS.insert(key, new_session(server, tcp_state, now, frame_len), 0);
 }
+
+/// The session of another IP protocol (no ports) with `remote`: keyed with
+/// both ports 0, its internal endpoint the one LAN host it belongs to.
+#[inline(always)]
+fn address_session_key(proto: u8, remote: [u8; 4]) -> SessionKey {
+    SessionKey {
+        remote_addr: remote,
+        remote_port: 0,
+        external_port: 0,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// `host` sends `proto` to `remote`: its session, made or refreshed, unless
+/// another host holds it (`drop_proto_busy`: one host per protocol and
+/// remote at a time, until the sweep ages that one out).
+#[inline(always)]
+pub fn address_session_outbound(
+    proto: u8,
+    host: [u8; 4],
+    remote: [u8; 4],
+    now: u64,
+    frame_len: usize,
+) -> Result<(), Counter> {
+    let key = address_session_key(proto, remote);
+    let conversation = Conversation {
+        proto,
+        external_port: 0,
+        remote: Endpoint {
+            addr: remote,
+            port: 0,
+        },
+        tcp_flags: 0,
+    };
+    if let Some(session) = SESSIONS.get_ptr_mut(key) {
+        // SAFETY: a pointer returned by a map lookup.
+        if unsafe { (*session).internal_addr } != host {
+            return Err(Counter::DropProtoBusy);
+        }
+        touch_session(session, &conversation, true, now, frame_len);
+        return Ok(());
+    }
+    let internal = Endpoint {
+        addr: host,
+        port: 0,
+    };
+    let session = new_session(internal, TCP_STATE_NONE, now, frame_len);
+    // Of two hosts racing for it, one wins.
+    match SESSIONS.insert(key, session, BPF_NOEXIST) {
+        Ok(()) => {
+            count(Counter::NewBinding, frame_len);
+            Ok(())
+        }
+        // SAFETY: a map lookup, read at once.
+        Err(_) => match unsafe { SESSIONS.get(key) }.map(|other| other.internal_addr) {
+            Some(addr) if addr == host => Ok(()),
+            Some(_) => Err(Counter::DropProtoBusy),
+            None => Err(Counter::DropTableFull),
+        },
+    }
+}
+
+/// The LAN host that talks `proto` with `remote`, if one does; its
+/// session is refreshed.
+#[inline(always)]
+pub fn address_session_inbound(
+    proto: u8,
+    remote: [u8; 4],
+    now: u64,
+    frame_len: usize,
+) -> Option<[u8; 4]> {
+    let key = address_session_key(proto, remote);
+    let session = SESSIONS.get_ptr_mut(key)?;
+    let conversation = Conversation {
+        proto,
+        external_port: 0,
+        remote: Endpoint {
+            addr: remote,
+            port: 0,
+        },
+        tcp_flags: 0,
+    };
+    touch_session(session, &conversation, false, now, frame_len);
+    // SAFETY: a pointer returned by a map lookup.
+    Some(unsafe { (*session).internal_addr })
+}
+
+/// The LAN host that talks `proto` with `remote`, if one does, its session
+/// left as it is: for an ICMP error about it, which refreshes nothing (RFC
+/// 5508 REQ-6).
+#[inline(always)]
+pub fn address_session_host(proto: u8, remote: [u8; 4]) -> Option<[u8; 4]> {
+    // SAFETY: a map lookup, read at once.
+    unsafe { SESSIONS.get(address_session_key(proto, remote)) }.map(|session| session.internal_addr)
+}

@@ -6,17 +6,17 @@ use nat_common::PROTO_ICMP;
 use crate::{
     checksum::{CsumDelta, load16, store16},
     context::{NatContext, rewrite_check},
-    parse::{Endpoint, Ipv4Packet, Side},
+    parse::{Endpoint, IpHeader, Ipv4Packet, Side},
 };
 
 /// Rewrites the address of `side`, fixing the IP header checksum. Returns
 /// the delta of every byte changed (address and header checksum), for the
 /// checksum of an enclosing ICMP error.
 #[inline(always)]
-pub fn rewrite_addr(packet: &Ipv4Packet, side: Side, addr: [u8; 4]) -> (CsumDelta, CsumDelta) {
+pub fn rewrite_addr(packet: &IpHeader, side: Side, addr: [u8; 4]) -> (CsumDelta, CsumDelta) {
     let addr_ptr = packet.addr_ptr(side);
     let mut addr_delta = CsumDelta::default();
-    // SAFETY: in bounds by construction of `Ipv4Packet`.
+    // SAFETY: in bounds by construction of `IpHeader`.
     let check = unsafe {
         addr_delta.addr(*addr_ptr, addr);
         *addr_ptr = addr;
@@ -95,8 +95,8 @@ pub fn adjust_icmp_check<C: NatContext>(ctx: &C, packet: &Ipv4Packet, delta: Csu
 
 /// Decrements the TTL as a router must, with the header checksum.
 #[inline(always)]
-pub fn decrement_ttl(packet: &Ipv4Packet) {
-    // SAFETY: in bounds by construction of `Ipv4Packet`.
+pub fn decrement_ttl(packet: &IpHeader) {
+    // SAFETY: in bounds by construction of `IpHeader`.
     unsafe {
         let ip = packet.ip;
         let ttl = (*ip).ttl;

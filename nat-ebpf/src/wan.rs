@@ -1,17 +1,21 @@
 //! WAN ingress: destination translation of replies on dynamic mappings and
 //! of new connections on static forwarding entries.
-use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, UNSOLICITED_DROP};
+use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, UNSOLICITED_DROP};
 use network_types::eth::EthHdr;
 
 use crate::{
     context::NatContext,
     counters::{count, count_rule},
-    egress::{redirect, route},
-    lookup::{Target, config, inbound_target, local_socket_wants, now_ns, remote_allowed},
-    parse::{
-        ICMP_ECHO_REPLY, IcmpKind, Ipv4Packet, Side, TCP_ACK, TCP_SYN, frame_len, parse_frame,
-        parse_quoted,
+    egress::{redirect, route, route_fragmentable},
+    frag,
+    lookup::{
+        Target, config, in_prefix, inbound_target, local_socket_wants, now_ns, remote_allowed,
     },
+    parse::{
+        IcmpKind, Ipv4Packet, Quoted, Side, TCP_ACK, TCP_SYN, frame_len, parse_frame_header,
+        parse_l4, parse_quoted_any,
+    },
+    proto,
     session::{Conversation, forward_session_inbound, session_inbound_allowed},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
@@ -20,36 +24,61 @@ use crate::{
 /// lets in: the router's own sockets get theirs; a TCP SYN is never
 /// answered, so that TCP hole punching and simultaneous open work (RFC 5382
 /// REQ-4); the rest goes to the router's stack or is dropped, as
-/// `unsolicited` says.
+/// `unsolicited` says. A first fragment handed to the router's stack is
+/// recorded as the router's, so that the rest of its datagram goes there
+/// too.
 #[inline(always)]
-fn unsolicited(ctx: &impl NatContext, config: &NatConfig, packet: &Ipv4Packet) -> Counter {
-    if local_socket_wants(ctx, packet) {
-        Counter::UnsolicitedPass
+fn unsolicited(
+    ctx: &impl NatContext,
+    config: &NatConfig,
+    packet: &Ipv4Packet,
+    now: u64,
+    len: usize,
+) -> Counter {
+    let to_the_router = if local_socket_wants(ctx, packet) {
+        true
     } else if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        Counter::DropUnsolicited
-    } else if config.unsolicited == UNSOLICITED_DROP {
-        Counter::DropUnsolicited
+        false
     } else {
-        Counter::UnsolicitedPass
+        config.unsolicited != UNSOLICITED_DROP
+    };
+    if !to_the_router {
+        return Counter::DropUnsolicited;
     }
+    frag::track(packet, config.wan_addr, now, len);
+    Counter::UnsolicitedPass
 }
 
 pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::WanRx, len);
     let config = config().ok_or(Counter::PassLocal)?;
-    let (eth, packet) = parse_frame(ctx)?;
-    if packet.addr(Side::Destination) != config.wan_addr {
+    let (eth, hdr) = parse_frame_header(ctx)?;
+    let dst = hdr.addr(Side::Destination);
+    // Only the NAT reaches the LAN from outside: the kernel would forward
+    // this into the LAN untranslated, or answer it from its LAN address
+    // out of the WAN NIC.
+    if in_prefix(dst, config.lan_net, config.lan_prefix_len) {
+        return Err(Counter::DropToLanPrefix);
+    }
+    if dst != config.wan_addr {
         return Err(Counter::PassLocal);
     }
-    if packet.ttl() <= 1 {
+    if hdr.ttl() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
+    if hdr.is_later_fragment() {
+        return frag::inbound(ctx, config, eth, &hdr, len);
+    }
+    if !matches!(hdr.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+        return proto::inbound(ctx, config, eth, &hdr, len);
+    }
+    let packet = parse_l4(ctx, hdr, None)?;
     match packet.icmp {
         IcmpKind::Error => return icmp_error_inbound(ctx, config, eth, &packet, len),
         IcmpKind::Other => return Err(Counter::PassLocal),
-        // Echo requests are for the router itself.
-        IcmpKind::Query if packet.icmp_type() != ICMP_ECHO_REPLY => {
+        // Echo and timestamp requests are for the router itself.
+        IcmpKind::Query if packet.is_icmp_request() => {
             return Err(Counter::PassLocal);
         }
         _ => {}
@@ -65,26 +94,30 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
         tcp_flags: packet.tcp_flags,
     };
     let target = inbound_target(packet.proto, external_port)
-        .ok_or_else(|| unsolicited(ctx, config, &packet))?;
+        .ok_or_else(|| unsolicited(ctx, config, &packet, now, len))?;
     let counter = match target {
         Target::Forward(forward) => {
             if !remote_allowed(&forward, remote.addr) {
                 count(Counter::RemoteNotAllowed, len);
-                return Err(unsolicited(ctx, config, &packet));
+                return Err(unsolicited(ctx, config, &packet, now, len));
             }
             Counter::Forwarded
         }
         Target::Binding(_) => {
             if !session_inbound_allowed(config, &conversation, now, len) {
-                return Err(unsolicited(ctx, config, &packet));
+                return Err(unsolicited(ctx, config, &packet, now, len));
             }
             Counter::Dnat
         }
     };
     let to = target.endpoint();
-    let route = route(ctx, &packet, remote.addr, to.addr)?;
+    let route = route_fragmentable(ctx, &packet, remote.addr, to.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
+    }
+    if packet.is_fragment() {
+        frag::track(&packet, to.addr, now, len);
+        frag::note_peer(remote.addr, packet.proto, to.addr, now);
     }
     if let Target::Forward(forward) = target {
         // After the route check: a conversation is logged only once it is
@@ -107,7 +140,17 @@ fn icmp_error_inbound(
     packet: &Ipv4Packet,
     len: usize,
 ) -> Result<u32, Counter> {
-    let quoted = parse_quoted(ctx, packet)?;
+    let quoted = match parse_quoted_any(ctx, packet)? {
+        Quoted::Datagram(quoted) => quoted,
+        // About another protocol we translated by address (e.g. "too big"
+        // for an ESP packet, which IPsec's path MTU relies on).
+        Quoted::Other(quoted) => {
+            if quoted.addr(Side::Source) != config.wan_addr {
+                return Err(Counter::PassLocal);
+            }
+            return proto::icmp_error_inbound(ctx, config, eth, packet, &quoted, len);
+        }
+    };
     if quoted.addr(Side::Source) != config.wan_addr
         || (quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query)
     {

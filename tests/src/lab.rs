@@ -35,6 +35,7 @@ use aya::{
 use nat_common::programs;
 
 use crate::{
+    capture::WanCapture,
     netns::{Netns, require_root, run},
     plan, wait_for,
 };
@@ -140,6 +141,8 @@ pub struct Lab {
     config: PathBuf,
     _peer_programs: Vec<Ebpf>,
     _bpffs: BpfFs,
+    /// Every frame the router sends to the WAN host, checked on drop.
+    capture: Option<WanCapture>,
     pub lan: Netns,
     pub router: Netns,
     pub wan: Netns,
@@ -213,6 +216,7 @@ impl Lab {
             }
             peer_programs = vec![attach_pass(&lan, "eth0")?, attach_pass(&wan, "eth0")?];
         }
+        let capture = Some(WanCapture::start(&wan, plan::HOST_IF)?);
         let mut lab = Self {
             mode,
             daemon: None,
@@ -222,6 +226,7 @@ impl Lab {
             config,
             _peer_programs: peer_programs,
             _bpffs: bpffs,
+            capture,
             lan,
             router,
             wan,
@@ -323,6 +328,16 @@ impl Lab {
         child.kill()?;
         child.wait()?;
         Ok(())
+    }
+
+    /// Ends the WAN capture now and fails if any frame the router sent
+    /// out of its WAN NIC had a LAN-prefix source (the lab checks this on
+    /// drop anyway); returns how many frames it saw.
+    pub fn check_no_lan_leak(&mut self) -> Result<u64> {
+        match self.capture.take() {
+            Some(mut capture) => capture.finish(),
+            None => Ok(0),
+        }
     }
 
     pub fn natctl_log(&self) -> String {
@@ -469,8 +484,23 @@ impl Lab {
 
     /// `natctl down`: detaches the datapath; waits for the daemon to exit.
     pub fn down(&mut self) -> Result<String> {
+        // On the router, as an operator would run it: without a daemon the
+        // CLI itself turns that namespace's forwarding off.
         let pin_dir = self.pins.to_str().context("path")?.to_owned();
-        let output = self.natctl(&["down", "--pin-dir", &pin_dir])?;
+        let output = self
+            .router
+            .command(natctl_path()?.to_str().context("path")?)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["down", "--pin-dir", &pin_dir])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "natctl down failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let output = String::from_utf8(output.stdout)?;
         if let Some(mut child) = self.daemon.take() {
             let exited = wait_for("natctl to exit after down", Duration::from_secs(15), || {
                 child.try_wait().ok().flatten()
@@ -499,6 +529,13 @@ impl Drop for Lab {
                 .args(["down", "--pin-dir"])
                 .arg(&self.pins)
                 .output();
+        }
+        // The invariant of every lab, checked unless the test failed
+        // already (a second panic would abort and hide the first).
+        if let Err(error) = self.check_no_lan_leak()
+            && !std::thread::panicking()
+        {
+            panic!("{error:#}");
         }
         // Then the fields: the log, state, peer programs, the bpffs, the
         // namespaces.

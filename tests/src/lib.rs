@@ -10,6 +10,7 @@
 //! from one address plan, [`plan`]: none of it is reachable from, or routed
 //! to, the host.
 pub mod bench;
+pub mod capture;
 pub mod lab;
 pub mod netns;
 pub mod packet;

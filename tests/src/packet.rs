@@ -180,6 +180,7 @@ impl PacketLab {
             lan_ifindex,
             port_min: 1024,
             port_max: 65535,
+            ..Default::default()
         };
         adjust(&mut config);
         let writer = datapath.maps_mut().writer();

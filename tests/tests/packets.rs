@@ -656,10 +656,19 @@ fn echo_requests_to_the_router_go_to_the_kernel() {
         let from_lan = echo_request(LAN_HOST, dst, 99, 1);
         assert_passed_untouched(&lab.from_lan(&from_lan).unwrap(), &from_lan);
     }
-    // A LAN host's echo reply to the Internet opens nothing.
+    // A LAN host's echo reply to the Internet opens nothing, and is not
+    // handed to a kernel that would forward it with the host's address.
     let reply = echo_reply(LAN_HOST, REMOTE, 99, 1);
-    assert_passed_untouched(&lab.from_lan(&reply).unwrap(), &reply);
-    assert_counters(&lab, &[("pass_local", 4), ("snat", 0), ("new_binding", 0)]);
+    assert_dropped(&lab.from_lan(&reply).unwrap());
+    assert_counters(
+        &lab,
+        &[
+            ("pass_local", 3),
+            ("drop_icmp_untranslated", 1),
+            ("snat", 0),
+            ("new_binding", 0),
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -955,14 +964,16 @@ fn icmp_errors_about_nothing_we_translated_go_to_the_kernel() {
     );
     let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&other));
     assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
-    // From a LAN host about a flow that never came through the NAT.
+    // From a LAN host about a flow that never came through the NAT: the
+    // kernel would forward it with the host's address, so it is dropped.
     let stray = udp(ep(REMOTE, 53), ep(LAN_HOST, 40000), b"q");
     let error = icmp(LAN_HOST, REMOTE, port_unreachable(), datagram(&stray));
-    assert_passed_untouched(&lab.from_lan(&error).unwrap(), &error);
+    assert_dropped(&lab.from_lan(&error).unwrap());
     assert_counters(
         &lab,
         &[
-            ("pass_local", 3),
+            ("pass_local", 2),
+            ("drop_icmp_untranslated", 1),
             ("icmp_error_in", 0),
             ("icmp_error_out", 0),
         ],
@@ -1294,7 +1305,7 @@ fn truncated_frames_go_to_the_kernel() {
     // An ICMP error about the mapped flow, to be cut inside the quote.
     let sent = udp(ep(WAN_ADDR, 40000), ep(REMOTE, 53), b"a query");
     let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), datagram(&sent));
-    let mut malformed = 0;
+    let (mut malformed, mut dropped) = (0, 0);
     let cases: [(&[u8], &[usize], bool); 5] = [
         (&query, &[14, 15, 33, 34, 41], true),
         (&syn, &[14, 33, 34, 41, 53], true),
@@ -1313,7 +1324,15 @@ fn truncated_frames_go_to_the_kernel() {
                 let len = (cut - 14) as u16;
                 variants.push(patch_ip(cut_frame, 2, &len.to_be_bytes()));
             }
-            for variant in variants {
+            for (i, variant) in variants.into_iter().enumerate() {
+                // From the LAN, a well-formed IP header (the kernel would
+                // forward it) with an L4 header too short to translate is
+                // dropped; the rest goes to the kernel, which drops it.
+                if lan && i == 1 {
+                    assert_dropped(&lab.from_lan(&variant).unwrap());
+                    dropped += 1;
+                    continue;
+                }
                 let v = if lan {
                     lab.from_lan(&variant).unwrap()
                 } else {
@@ -1326,7 +1345,12 @@ fn truncated_frames_go_to_the_kernel() {
     }
     assert_counters(
         &lab,
-        &[("pass_malformed", malformed), ("snat", 1), ("dnat", 0)],
+        &[
+            ("pass_malformed", malformed),
+            ("drop_malformed", dropped),
+            ("snat", 1),
+            ("dnat", 0),
+        ],
     );
 
     // Shorter than an Ethernet header: BPF_PROG_TEST_RUN refuses such a
@@ -1431,29 +1455,10 @@ fn ip_options_are_translated_using_the_header_length() {
 }
 
 #[test]
-fn fragments_go_to_the_kernel() {
+fn icmp_errors_quoting_fragments() {
+    // (Fragments themselves: `fragments.rs`.)
     let mut lab = fresh_lab();
-    let (query, reply) = mapped_pair(&mut lab);
-    let fragments = |frame: &[u8]| {
-        [
-            with_ip(frame, |ip| ip.more_fragments = true),
-            with_ip(frame, |ip| {
-                ip.fragment_offset = IpFragOffset::try_new(185).unwrap();
-            }),
-            with_ip(frame, |ip| {
-                ip.more_fragments = true;
-                ip.fragment_offset = IpFragOffset::try_new(1).unwrap();
-            }),
-        ]
-    };
-    for frame in fragments(&query) {
-        assert_passed_untouched(&lab.from_lan(&frame).unwrap(), &frame);
-    }
-    for frame in fragments(&reply) {
-        assert_passed_untouched(&lab.from_wan(&frame).unwrap(), &frame);
-    }
-    assert_counters(&lab, &[("pass_fragment", 6), ("snat", 1), ("dnat", 0)]);
-
+    let (query, _) = mapped_pair(&mut lab);
     // Don't-fragment is no fragment: translated as usual.
     let df = with_ip(&query, |ip| ip.dont_fragment = true);
     let v = lab.from_lan(&df).unwrap();
@@ -1479,7 +1484,7 @@ fn fragments_go_to_the_kernel() {
     });
     let error = icmp(HOP, WAN_ADDR, ttl_exceeded(), minimal_quote(&later));
     assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
-    assert_counters(&lab, &[("pass_fragment", 7), ("icmp_error_in", 1)]);
+    assert_counters(&lab, &[("pass_fragment", 1), ("icmp_error_in", 1)]);
 }
 
 #[test]
@@ -1615,13 +1620,19 @@ fn local_and_multicast_traffic_goes_to_the_kernel() {
     for frame in &from_lan {
         assert_passed_untouched(&lab.from_lan(frame).unwrap(), frame);
     }
+    // From the WAN to a LAN address: only the NAT reaches the LAN; the
+    // kernel would forward it there untranslated (or answer it from its
+    // own LAN address).
+    let to_lan = udp(ep(REMOTE, 53), ep(LAN_HOST, 40000), b"x");
+    assert_dropped(&lab.from_wan(&to_lan).unwrap());
+    let to_router_lan = tcp(ep(REMOTE, 5555), ep(LAN_ADDR, 5000), SYN, b"");
+    assert_dropped(&lab.from_wan(&to_router_lan).unwrap());
     let from_wan = [
         udp(
             ep(REMOTE, 53),
             ep(Ipv4Addr::new(203, 0, 113, 77), 40000),
             b"x",
         ),
-        udp(ep(REMOTE, 53), ep(LAN_HOST, 40000), b"x"),
         udp(
             ep(REMOTE, 5353),
             ep(Ipv4Addr::new(224, 0, 0, 251), 5353),
@@ -1631,31 +1642,234 @@ fn local_and_multicast_traffic_goes_to_the_kernel() {
     for frame in &from_wan {
         assert_passed_untouched(&lab.from_wan(frame).unwrap(), frame);
     }
-    assert_counters(&lab, &[("pass_local", 10), ("new_binding", 0)]);
+    assert_counters(
+        &lab,
+        &[
+            ("pass_local", 9),
+            ("drop_to_lan_prefix", 2),
+            ("new_binding", 0),
+        ],
+    );
 }
 
 #[test]
-fn unsupported_protocols_go_to_the_kernel() {
+fn other_protocols_are_translated_by_address_one_host_per_remote() {
     let mut lab = fresh_lab();
+    // GRE (PPTP), ESP and AH (IPsec), SCTP, IP-in-IP: out and back.
+    for proto in [47u8, 50, 51, 132, 4] {
+        let out = raw_ip(LAN_HOST, REMOTE, proto, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
+        let v = lab.from_lan(&out).unwrap();
+        assert_addr_routed(&v, &out, Egress::Wan, WAN_ADDR, REMOTE);
+        let back = raw_ip(REMOTE, WAN_ADDR, proto, &[0, 0, 0x08, 0, 5, 6, 7, 8]);
+        let v = lab.from_wan(&back).unwrap();
+        assert_addr_routed(&v, &back, Egress::Lan(LAN_HOST), REMOTE, LAN_HOST);
+    }
+    assert_counters(&lab, &[("snat", 5), ("dnat", 5), ("new_binding", 5)]);
+    // One LAN host per protocol and remote: another host's GRE to the
+    // same remote is dropped; to another remote it is its own.
+    let gre = |src, dst| raw_ip(src, dst, 47, &[0, 0, 0x08, 0, 9, 9, 9, 9]);
+    assert_dropped(&lab.from_lan(&gre(LAN_HOST2, REMOTE)).unwrap());
+    let out = gre(LAN_HOST2, REMOTE2);
+    assert_addr_routed(
+        &lab.from_lan(&out).unwrap(),
+        &out,
+        Egress::Wan,
+        WAN_ADDR,
+        REMOTE2,
+    );
+    let back = gre(REMOTE2, WAN_ADDR);
+    let v = lab.from_wan(&back).unwrap();
+    assert_addr_routed(&v, &back, Egress::Lan(LAN_HOST2), REMOTE2, LAN_HOST2);
+    // From a remote nobody talks to, and to the router itself: the
+    // router's own.
+    let stray = gre(OTHER_REMOTE, WAN_ADDR);
+    assert_passed_untouched(&lab.from_wan(&stray).unwrap(), &stray);
+    let to_router = gre(LAN_HOST, WAN_ADDR);
+    assert_passed_untouched(&lab.from_lan(&to_router).unwrap(), &to_router);
+    // DCCP's checksum covers the addresses: never translated by address.
+    let dccp = raw_ip(LAN_HOST, REMOTE, 33, &[0; 16]);
+    assert_dropped(&lab.from_lan(&dccp).unwrap());
+    assert_counters(
+        &lab,
+        &[
+            ("drop_proto_busy", 1),
+            ("drop_unsupported_proto", 1),
+            ("pass_unsupported_proto", 2),
+        ],
+    );
+    // Aged like a UDP session: once the sweep removes LAN_HOST's, the
+    // remote's GRE is nobody's and LAN_HOST2 may take the pair.
+    let now = nat_ctl::aging::datapath_now_ns() + 301_000_000_000;
+    let params = nat_ctl::aging::sweep_params(&Default::default(), now, 1);
+    lab.datapath.run_sweep(params).unwrap();
+    let back = gre(REMOTE, WAN_ADDR);
+    assert_passed_untouched(&lab.from_wan(&back).unwrap(), &back);
+    let out = gre(LAN_HOST2, REMOTE);
+    assert_addr_routed(
+        &lab.from_lan(&out).unwrap(),
+        &out,
+        Egress::Wan,
+        WAN_ADDR,
+        REMOTE,
+    );
+}
+
+#[test]
+fn icmp_errors_about_other_protocols_come_back_by_address() {
+    let mut lab = fresh_lab();
+    // ESP out; "fragmentation needed" about it from a hop on the way.
+    let esp = raw_ip(LAN_HOST, REMOTE, 50, &[0, 0, 0, 1, 0, 0, 0, 1, 0xaa, 0xbb]);
+    let out = lab.from_lan(&esp).unwrap();
+    assert_addr_routed(&out, &esp, Egress::Wan, WAN_ADDR, REMOTE);
+    let error = icmp(HOP, WAN_ADDR, frag_needed(1400), datagram(&out.frame));
+    let v = lab.from_wan(&error).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT);
+    let frame = &v.frame;
+    let (smac, dmac) = Egress::Lan(LAN_HOST).macs();
+    assert_eq!(
+        (frame[6..12].to_vec(), frame[..6].to_vec()),
+        (smac.to_vec(), dmac.to_vec())
+    );
+    assert_eq!(frame[30..34], LAN_HOST.octets(), "outer destination");
+    let sum = nat_tests::traffic::internet_checksum;
+    assert_eq!(sum(&frame[14..34]), 0, "outer IP header checksum");
+    assert_eq!(sum(&frame[34..]), 0, "ICMP checksum");
+    // The quote reads as the packet the host sent, one hop on.
+    assert_eq!(frame[42..], after_one_hop(&esp)[..], "the quote");
+    // About ESP nobody on the LAN sends to that remote: the router's.
+    let other = raw_ip(WAN_ADDR, OTHER_REMOTE, 50, &[0, 0, 0, 2, 0, 0, 0, 1]);
+    let error = icmp(HOP, WAN_ADDR, frag_needed(1400), datagram(&other));
+    assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
+    assert_counters(&lab, &[("icmp_error_in", 1), ("pass_local", 1)]);
+}
+
+#[test]
+fn other_protocols_can_be_dropped_instead() {
+    let mut lab = lab_with(|c| c.other_protocols = nat_common::OTHER_PROTOCOLS_DROP);
     let gre = raw_ip(LAN_HOST, REMOTE, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
-    assert_passed_untouched(&lab.from_lan(&gre).unwrap(), &gre);
+    assert_dropped(&lab.from_lan(&gre).unwrap());
     let gre = raw_ip(REMOTE, WAN_ADDR, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
     assert_passed_untouched(&lab.from_wan(&gre).unwrap(), &gre);
-    // An ICMP timestamp request is neither a query we map nor an error.
-    let timestamp = icmp(
-        LAN_HOST,
-        REMOTE,
-        Icmpv4Type::TimestampRequest(etherparse::icmpv4::TimestampMessage {
-            id: 1,
-            seq: 1,
-            originate_timestamp: 0,
-            receive_timestamp: 0,
-            transmit_timestamp: 0,
-        }),
-        b"",
+    assert_counters(
+        &lab,
+        &[
+            ("drop_unsupported_proto", 1),
+            ("pass_unsupported_proto", 1),
+            ("new_binding", 0),
+        ],
     );
-    assert_passed_untouched(&lab.from_lan(&timestamp).unwrap(), &timestamp);
-    assert_counters(&lab, &[("pass_unsupported_proto", 3), ("new_binding", 0)]);
+}
+
+fn timestamp(id: u16, reply: bool) -> Icmpv4Type {
+    let message = etherparse::icmpv4::TimestampMessage {
+        id,
+        seq: 1,
+        originate_timestamp: 1000,
+        receive_timestamp: if reply { 2000 } else { 0 },
+        transmit_timestamp: if reply { 2001 } else { 0 },
+    };
+    if reply {
+        Icmpv4Type::TimestampReply(message)
+    } else {
+        Icmpv4Type::TimestampRequest(message)
+    }
+}
+
+#[test]
+fn icmp_timestamp_is_mapped_by_id_like_echo() {
+    let mut lab = fresh_lab();
+    let request = icmp(LAN_HOST, REMOTE, timestamp(0x4321, false), b"");
+    assert_eq!(snat(&mut lab, &request), 0x4321);
+    let reply = icmp(REMOTE, WAN_ADDR, timestamp(0x4321, true), b"");
+    let v = lab.from_wan(&reply).unwrap();
+    assert_routed(
+        &v,
+        &reply,
+        Egress::Lan(LAN_HOST),
+        ep(REMOTE, 0x4321),
+        ep(LAN_HOST, 0x4321),
+    );
+    // A second host with the same id gets another one, and its reply.
+    let request = icmp(LAN_HOST2, REMOTE, timestamp(0x4321, false), b"");
+    let id = snat(&mut lab, &request);
+    assert_ne!(id, 0x4321);
+    let reply = icmp(REMOTE, WAN_ADDR, timestamp(id, true), b"");
+    let v = lab.from_wan(&reply).unwrap();
+    assert_routed(
+        &v,
+        &reply,
+        Egress::Lan(LAN_HOST2),
+        ep(REMOTE, 0x4321),
+        ep(LAN_HOST2, 0x4321),
+    );
+    // Requests from outside are the router's; a LAN host's reply to the
+    // outside answers nobody we forwarded to it: dropped.
+    let to_router = icmp(REMOTE, WAN_ADDR, timestamp(7, false), b"");
+    assert_passed_untouched(&lab.from_wan(&to_router).unwrap(), &to_router);
+    let stray = icmp(LAN_HOST, REMOTE, timestamp(7, true), b"");
+    assert_dropped(&lab.from_lan(&stray).unwrap());
+    assert_counters(
+        &lab,
+        &[
+            ("snat", 2),
+            ("dnat", 2),
+            ("pass_local", 1),
+            ("drop_icmp_untranslated", 1),
+        ],
+    );
+}
+
+#[test]
+fn unknown_icmp_types_from_the_lan_are_dropped() {
+    let mut lab = fresh_lab();
+    // Information request (15), address mask request (17), router
+    // solicitation (10), and an unassigned type.
+    for kind in [15u8, 17, 10, 42] {
+        let frame = icmp(
+            LAN_HOST,
+            REMOTE,
+            Icmpv4Type::Unknown {
+                type_u8: kind,
+                code_u8: 0,
+                bytes5to8: [0, 1, 0, 1],
+            },
+            b"",
+        );
+        assert_dropped(&lab.from_lan(&frame).unwrap());
+    }
+    assert_counters(&lab, &[("drop_icmp_unknown", 4), ("new_binding", 0)]);
+}
+
+#[test]
+fn oversize_without_df_is_translated_then_left_to_the_kernel_to_fragment() {
+    let mut lab = fresh_lab();
+    lab.forward("udp/8053=192.168.0.12:53").unwrap();
+    let mut rng = Rng::new(7);
+    let no_df = |frame: &[u8]| with_ip(frame, |ip| ip.dont_fragment = false);
+    let big = no_df(&udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), &rng.bytes(1600)));
+    let v = lab.from_lan(&big).unwrap();
+    assert_eq!(v.action, XDP_PASS);
+    let p = assert_checksums_ok(&v.frame);
+    // Translated, not routed: the kernel fragments and forwards it.
+    assert_translated(&p, &big, ep(WAN_ADDR, 40000), ep(REMOTE, 53), 0);
+    let big = no_df(&udp(ep(REMOTE, 5555), ep(WAN_ADDR, 8053), &rng.bytes(1600)));
+    let v = lab.from_wan(&big).unwrap();
+    assert_eq!(v.action, XDP_PASS);
+    let p = assert_checksums_ok(&v.frame);
+    assert_translated(&p, &big, ep(REMOTE, 5555), ep(LAN_HOST, 53), 0);
+    assert_counters(
+        &lab,
+        &[
+            ("pass_mtu_translated", 2),
+            ("pass_mtu_exceeded", 0),
+            ("new_binding", 1),
+        ],
+    );
+    // With DF: as it came, for the kernel's "fragmentation needed" to the
+    // LAN host (`larger_than_the_egress_mtu_goes_to_the_kernel`).
+    let df = udp(ep(LAN_HOST, 40001), ep(REMOTE, 53), &rng.bytes(1600));
+    assert_passed_untouched(&lab.from_lan(&df).unwrap(), &df);
+    assert_counters(&lab, &[("pass_mtu_exceeded", 1)]);
 }
 
 #[test]
@@ -1759,4 +1973,26 @@ fn counters_follow_every_frame() {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(verdicts, lan + wan, "{counters:?}");
+}
+
+#[test]
+fn without_a_wan_address_nothing_from_the_lan_goes_out() {
+    // The daemon writes a zero WAN address (and the LAN prefix) while the
+    // WAN NIC has none: nothing to translate to, and the kernel would
+    // forward it untranslated.
+    let mut lab = lab_with(|c| c.wan_addr = [0; 4]);
+    let out = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q");
+    assert_dropped(&lab.from_lan(&out).unwrap());
+    let local = udp(ep(LAN_HOST, 40000), ep(LAN_ADDR, 53), b"q");
+    assert_passed_untouched(&lab.from_lan(&local).unwrap(), &local);
+    let from_wan = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"a");
+    assert_passed_untouched(&lab.from_wan(&from_wan).unwrap(), &from_wan);
+    assert_counters(
+        &lab,
+        &[
+            ("drop_no_wan_address", 1),
+            ("pass_local", 2),
+            ("new_binding", 0),
+        ],
+    );
 }

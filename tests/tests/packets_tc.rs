@@ -326,3 +326,237 @@ fn tc_gso_packet_larger_than_the_mtu_is_translated() {
     assert_routed(&v, &big, Egress::Wan, ep(WAN_ADDR, 40000), ep(REMOTE, 443));
     assert_counters(&lab, &[("snat", 3), ("pass_mtu_exceeded", 2)]);
 }
+
+// Fragments and other protocols in TC: `frag` and `proto` run over the
+// same `NatContext` as the rest of the flow. A first fragment's L4
+// checksum change goes through `bpf_l4_csum_replace` like a whole
+// datagram's; a later fragment's translation changes only its IPv4 header
+// (address and header checksum), written in place.
+
+#[test]
+fn tc_fragments_out_first_and_later() {
+    for proto in ["udp", "tcp", "icmp"] {
+        let mut lab = tc_lab();
+        let whole = datagram_of(proto, ep(LAN_HOST, 40000), ep(REMOTE, 53), 2000);
+        let fragments = fragment(&whole, 800);
+        assert_eq!(fragments.len(), 3);
+        let out = through(&mut lab, true, &fragments);
+        for (out, input) in out.iter().zip(&fragments) {
+            assert_fragment_routed(out, input, Egress::Wan, WAN_ADDR.octets(), REMOTE.octets());
+        }
+        let p = assert_checksums_ok(&reassemble(&out));
+        let dst = if proto == "icmp" {
+            ep(REMOTE, 40000)
+        } else {
+            ep(REMOTE, 53)
+        };
+        assert_translated(&p, &whole, ep(WAN_ADDR, 40000), dst, 1);
+        assert_counters(
+            &lab,
+            &[
+                ("snat", 1),
+                ("new_binding", 1),
+                ("frag_tracked", 1),
+                ("frag_translated", 2),
+            ],
+        );
+    }
+    // A remapped port: the first fragment carries the port's delta too;
+    // the later ones arrive before it and are translated all the same.
+    let mut lab = tc_lab();
+    let whole = datagram_of("udp", ep(LAN_HOST2, 53), ep(REMOTE, 53), 2000);
+    let mut fragments = fragment(&whole, 800);
+    fragments.reverse();
+    let out: Vec<Vec<u8>> = through(&mut lab, true, &fragments)
+        .into_iter()
+        .rev()
+        .collect();
+    let p = assert_checksums_ok(&reassemble(&out));
+    let port = p.src().port();
+    assert_ne!(port, 53);
+    assert_translated(&p, &whole, ep(WAN_ADDR, port), ep(REMOTE, 53), 1);
+}
+
+#[test]
+fn tc_fragments_in_first_and_later() {
+    for proto in ["udp", "tcp", "icmp"] {
+        let mut lab = tc_lab();
+        let (remote_port, out) = match proto {
+            "udp" => (53, udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q")),
+            "tcp" => (443, tcp(ep(LAN_HOST, 40000), ep(REMOTE, 443), SYN, b"")),
+            _ => (40000, echo_request(LAN_HOST, REMOTE, 40000, 1)),
+        };
+        assert_eq!(snat(&mut lab, &out), 40000);
+        let payload = Rng::new(9).bytes(3000);
+        let reply = match proto {
+            "udp" => udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), &payload),
+            "tcp" => tcp(ep(REMOTE, 443), ep(WAN_ADDR, 40000), SYN | ACK, &payload),
+            _ => {
+                let mut frame = Vec::new();
+                ip_builder(REMOTE, WAN_ADDR)
+                    .icmpv4_echo_reply(40000, 1)
+                    .write(&mut frame, &payload)
+                    .unwrap();
+                frame
+            }
+        };
+        let reply = with_id(&reply, ID);
+        let fragments = fragment(&reply, 1480);
+        let out = through(&mut lab, false, &fragments);
+        for (out, input) in out.iter().zip(&fragments) {
+            assert_fragment_routed(
+                out,
+                input,
+                Egress::Lan(LAN_HOST),
+                REMOTE.octets(),
+                LAN_HOST.octets(),
+            );
+        }
+        let p = assert_checksums_ok(&reassemble(&out));
+        assert_translated(&p, &reply, ep(REMOTE, remote_port), ep(LAN_HOST, 40000), 1);
+        assert_counters(
+            &lab,
+            &[("dnat", 1), ("frag_tracked", 1), ("frag_translated", 2)],
+        );
+        // The host is now the remote's fragment peer: a later datagram's
+        // last fragment may come first.
+        let late_reply = with_id(&reply, ID + 1);
+        let mut late = fragment(&late_reply, 1480);
+        late.swap(0, 2);
+        let mut out = through(&mut lab, false, &late);
+        out.swap(0, 2);
+        let p = assert_checksums_ok(&reassemble(&out));
+        assert_translated(
+            &p,
+            &late_reply,
+            ep(REMOTE, remote_port),
+            ep(LAN_HOST, 40000),
+            1,
+        );
+    }
+}
+
+#[test]
+fn tc_fragments_come_out_as_in_xdp() {
+    let mut xdp = PacketLab::new().unwrap();
+    let mut tc = tc_lab();
+    for proto in ["udp", "tcp", "icmp"] {
+        let whole = datagram_of(proto, ep(LAN_HOST, 41000), ep(REMOTE, 53), 2000);
+        let fragments = fragment(&whole, 1000);
+        let a = through(&mut xdp, true, &fragments);
+        let b = through(&mut tc, true, &fragments);
+        assert_eq!(a, b, "{proto}: TC and XDP fragments differ");
+    }
+    // An untracked later fragment from a remote with no fragment peer on
+    // the LAN: the router's.
+    let stray = fragment(
+        &with_id(
+            &udp(
+                ep(REMOTE2, 53),
+                ep(WAN_ADDR, 33333),
+                &Rng::new(2).bytes(3000),
+            ),
+            ID,
+        ),
+        1480,
+    );
+    let v = tc.from_wan(&stray[2]).unwrap();
+    assert_eq!(v.program_action, TC_ACT_OK);
+    assert_passed_untouched(&v, &stray[2]);
+    assert_counters(&tc, &[("frag_translated", 6), ("pass_fragment", 1)]);
+}
+
+#[test]
+fn tc_oversize_fragment_is_translated_for_the_kernel_to_fragment() {
+    // Larger than the WAN's MTU with DF clear: translated, then passed
+    // (TC_ACT_OK) for the kernel to fragment, its L4 checksum applied by
+    // `TcPacket::finish` on that path too.
+    let mut lab = tc_lab();
+    let big = with_id(
+        &udp(
+            ep(LAN_HOST, 40000),
+            ep(REMOTE, 53),
+            &Rng::new(7).bytes(1600),
+        ),
+        ID,
+    );
+    let v = lab.from_lan(&big).unwrap();
+    assert_eq!(v.program_action, TC_ACT_OK);
+    let p = assert_checksums_ok(&v.frame);
+    assert_translated(&p, &big, ep(WAN_ADDR, 40000), ep(REMOTE, 53), 0);
+    // A first fragment that large: the same, and recorded for the rest.
+    let whole = with_id(
+        &udp(
+            ep(LAN_HOST, 40000),
+            ep(REMOTE, 53),
+            &Rng::new(8).bytes(4000),
+        ),
+        ID + 1,
+    );
+    let fragments = fragment(&whole, 2000);
+    let v = lab.from_lan(&fragments[0]).unwrap();
+    assert_eq!(v.program_action, TC_ACT_OK);
+    assert_eq!(v.frame[26..30], WAN_ADDR.octets());
+    let rest = through(&mut lab, true, &fragments[2..]);
+    assert_fragment_routed(
+        &rest[0],
+        &fragments[2],
+        Egress::Wan,
+        WAN_ADDR.octets(),
+        REMOTE.octets(),
+    );
+    assert_counters(
+        &lab,
+        &[
+            ("pass_mtu_translated", 2),
+            ("frag_tracked", 1),
+            ("frag_translated", 1),
+        ],
+    );
+}
+
+#[test]
+fn tc_other_protocols_by_address_and_their_icmp_errors() {
+    let mut lab = tc_lab();
+    for proto in [47u8, 50] {
+        let out = raw_ip(LAN_HOST, REMOTE, proto, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
+        let v = lab.from_lan(&out).unwrap();
+        assert_eq!(v.program_action, TC_ACT_REDIRECT);
+        assert_addr_routed(&v, &out, Egress::Wan, WAN_ADDR, REMOTE);
+        let back = raw_ip(REMOTE, WAN_ADDR, proto, &[0, 0, 0x08, 0, 5, 6, 7, 8]);
+        let v = lab.from_wan(&back).unwrap();
+        assert_addr_routed(&v, &back, Egress::Lan(LAN_HOST), REMOTE, LAN_HOST);
+    }
+    // "Fragmentation needed" about the ESP packet: back to the host, the
+    // ICMP checksum following the quote through `ctx.l4_checksum`.
+    let esp = raw_ip(LAN_HOST, REMOTE, 50, &[0, 0, 0, 1, 0, 0, 0, 1, 0xaa, 0xbb]);
+    let out = lab.from_lan(&esp).unwrap();
+    let too_big = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1400,
+    });
+    let error = icmp(HOP, WAN_ADDR, too_big, datagram(&out.frame));
+    let v = lab.from_wan(&error).unwrap();
+    assert_eq!(v.program_action, TC_ACT_REDIRECT);
+    let frame = &v.frame;
+    assert_eq!(frame[30..34], LAN_HOST.octets(), "outer destination");
+    let sum = nat_tests::traffic::internet_checksum;
+    assert_eq!(sum(&frame[14..34]), 0, "outer IP header checksum");
+    assert_eq!(sum(&frame[34..]), 0, "ICMP checksum");
+    assert_eq!(frame[42..], after_one_hop(&esp)[..], "the quote");
+    // A fragmented GRE datagram: its later fragment by the table.
+    let gre = with_id(&raw_ip(LAN_HOST, REMOTE, 47, &Rng::new(4).bytes(3000)), ID);
+    let fragments = fragment(&gre, 1480);
+    let out = through(&mut lab, true, &fragments);
+    for (out, input) in out.iter().zip(&fragments) {
+        assert_fragment_routed(out, input, Egress::Wan, WAN_ADDR.octets(), REMOTE.octets());
+    }
+    assert_counters(
+        &lab,
+        &[
+            ("snat", 4),
+            ("dnat", 2),
+            ("icmp_error_in", 1),
+            ("frag_translated", 2),
+        ],
+    );
+}

@@ -7,6 +7,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod install;
 mod router;
 mod setup;
 mod suite;
@@ -62,6 +63,17 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         natctl_args: Vec<String>,
     },
+    /// Build natctl (release) and install it as a systemd service: the
+    /// binary, the unit and its bpffs mount, a commented configuration,
+    /// directories, completions and the man page.
+    Install {
+        /// Where the binary and shared files go (P/sbin, P/share).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// A staging root to install under (packaging); default: the system.
+        #[arg(long)]
+        destdir: Option<std::path::PathBuf>,
+    },
     /// Set up, build, run every benchmark on the netns lab and write
     /// target/bench/report.md and report.json (needs root).
     Bench {
@@ -94,6 +106,9 @@ fn main() -> ExitCode {
             natctl_args,
         } => router::run(&wan, &lan, &natctl_args),
         Command::Bench { quick } => bench::run(quick),
+        Command::Install { prefix, destdir } => {
+            install::run(&prefix, destdir.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|err| {
         eprintln!("xtask: error: {err:#}");

@@ -24,10 +24,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "ethtool",
     "bpftool",
+    // systemd-analyze, which checks the unit `cargo xtask install` writes.
+    "systemd",
     "nftables",
     "conntrack",
     "iperf3",
     "miniupnpc",
+    // NAT-PMP clients of the end-to-end tests (tests/tests/natpmp.rs).
+    "natpmpc",
+    "python3-libtorrent",
     // The reference IGD the benchmarks compare with; never started as a
     // service (see `debian_packages`).
     "miniupnpd",
@@ -47,6 +52,13 @@ pub fn run() -> Result<()> {
     cargo_fuzz()?;
     bpffs(root)?;
     Ok(())
+}
+
+/// What building natctl needs (`cargo xtask install`), no more.
+pub fn build_tools() -> Result<()> {
+    nightly_toolchain()?;
+    rust_src()?;
+    bpf_linker()
 }
 
 /// What `cargo xtask fuzz` needs, no more: it runs without root.

@@ -95,9 +95,11 @@ fn upnp_rule(
         allow: Vec::new(),
         enabled: true,
         upnp: Some(UpnpLease {
+            origin: nat_ctl::rules::LeaseOrigin::Upnp,
             client,
             description: "seed".to_owned(),
             expires_at,
+            nonce: None,
         }),
     }
 }

@@ -8,8 +8,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Detached, ErrorBody, ListedRule, Reloaded, Removed, Request, RuleChange, TableFilter,
-    UpnpSwitched,
+    Detached, ErrorBody, ListedRule, NatpmpSwitched, Reloaded, Removed, Request, RuleChange,
+    TableFilter, UpnpSwitched,
 };
 use crate::{
     rules::ForwardRule,
@@ -114,6 +114,10 @@ impl Client {
 
     pub async fn upnp(&self, on: bool) -> Result<UpnpSwitched, ClientError> {
         self.send(Request::Upnp(on), "answer to upnp").await
+    }
+
+    pub async fn natpmp(&self, on: bool) -> Result<NatpmpSwitched, ClientError> {
+        self.send(Request::Natpmp(on), "answer to natpmp").await
     }
 
     pub async fn down(&self) -> Result<Detached, ClientError> {

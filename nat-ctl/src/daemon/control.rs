@@ -9,8 +9,8 @@ use super::{
 use crate::{
     aging,
     api::{
-        ApiError, Controller, Detached, Reloaded, Removed, Request, RuleChange, TableFilter,
-        UpnpSwitched,
+        ApiError, Controller, Detached, NatpmpSwitched, Reloaded, Removed, Request, RuleChange,
+        TableFilter, UpnpSwitched,
     },
     config::DaemonConfig,
     datapath::pins,
@@ -35,6 +35,7 @@ impl Controller for Daemon {
                 to_json(Reloaded { reloaded: summary })
             }
             Request::Upnp(on) => self.switch_upnp(on),
+            Request::Natpmp(on) => self.switch_natpmp(on),
             Request::Down => self.down(),
         }
     }
@@ -137,7 +138,7 @@ impl Daemon {
             let names: Vec<String> = state
                 .rules
                 .iter()
-                .filter(|(_, rule)| rule.upnp.is_some())
+                .filter(|(_, rule)| rule.upnp_lease().is_some())
                 .map(|(_, rule)| rule.name.clone())
                 .collect();
             state.change(
@@ -164,9 +165,56 @@ impl Daemon {
         to_json(UpnpSwitched { upnp: on, removed })
     }
 
+    /// `natctl natpmp on|off`, NAT-PMP and PCP together. Off means closed,
+    /// as for UPnP: their mappings go with it.
+    pub(super) fn switch_natpmp(&self, on: bool) -> ApiResult {
+        use crate::rules::LeaseOrigin;
+        self.natpmp_wanted.store(on, Ordering::SeqCst);
+        let mut removed = Vec::new();
+        if !on {
+            let mut state = self.lock();
+            let names: Vec<String> = state
+                .rules
+                .iter()
+                .filter(|(_, rule)| {
+                    rule.lease_of(LeaseOrigin::Natpmp).is_some()
+                        || rule.lease_of(LeaseOrigin::Pcp).is_some()
+                })
+                .map(|(_, rule)| rule.name.clone())
+                .collect();
+            state.change(
+                |rules| {
+                    for name in &names {
+                        rules.remove(name)?;
+                    }
+                    Ok(())
+                },
+                Durability::Saved,
+            )?;
+            removed = names;
+        }
+        self.natpmp_changed.notify_one();
+        tracing::info!(
+            "NAT-PMP/PCP switched {}{}",
+            if on { "on" } else { "off" },
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!("; removed {}", removed.join(", "))
+            }
+        );
+        to_json(NatpmpSwitched {
+            natpmp: on,
+            removed,
+        })
+    }
+
     fn down(&self) -> ApiResult {
         let state = self.lock();
         let dir = state.config.pin_dir.clone();
+        // Before the datapath goes, so that no packet is forwarded
+        // untranslated in between.
+        crate::interfaces::stop_forwarding(&state.lan.name, &state.wan.name).map_err(internal)?;
         pins::teardown(&dir).map_err(internal)?;
         let _ = self.lifecycle.send(Lifecycle::Down);
         to_json(Detached {
@@ -212,6 +260,9 @@ impl Daemon {
         self.upnp_wanted
             .store(state.config.upnp.enabled, Ordering::SeqCst);
         self.upnp_changed.notify_one();
+        self.natpmp_wanted
+            .store(state.config.natpmp.enabled, Ordering::SeqCst);
+        self.natpmp_changed.notify_one();
         Ok(format!(
             "reloaded {} and {} rule(s) from {}",
             self.config_file
@@ -241,6 +292,7 @@ impl Daemon {
                 "wan": self.attach[1],
             },
             "upnp": self.upnp_wanted.load(Ordering::SeqCst),
+            "natpmp": self.natpmp_wanted.load(Ordering::SeqCst),
             "uptime_secs": self.started.elapsed().as_secs(),
             "pid": std::process::id(),
         }))

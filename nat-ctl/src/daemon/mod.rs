@@ -8,8 +8,11 @@
 //! - `control`: the control API's handler;
 //! - `tasks`: aging, the connection log, address changes, deferred saves,
 //!   lease expiry;
-//! - `upnp`: the IGD's supervisor and its adapters.
+//! - `upnp`: the IGD's supervisor and its adapters;
+//! - `natpmp`: the NAT-PMP/PCP server's supervisor and adapter.
 mod control;
+mod metrics;
+mod natpmp;
 mod state;
 mod tasks;
 mod upnp;
@@ -97,7 +100,13 @@ pub(super) struct Daemon {
     upnp_wanted: AtomicBool,
     /// Wakes the UPnP supervisor: a switch, an address or a reload.
     upnp_changed: tokio::sync::Notify,
+    /// `natctl natpmp on|off` (NAT-PMP and PCP together).
+    natpmp_wanted: AtomicBool,
+    /// Wakes the NAT-PMP/PCP supervisor.
+    natpmp_changed: tokio::sync::Notify,
     boot_id: u32,
+    /// Client requests so far (for the metrics): protocol, action, result.
+    requests: Mutex<std::collections::BTreeMap<(&'static str, String, String), u64>>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (the datapath stays) or
@@ -140,8 +149,12 @@ fn address_conflict(wan: Ipv4Net, lan: Ipv4Net) -> Option<String> {
 fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
     let (wan_addr, lan_net) = match (wan.network, lan.network) {
         (Some(wan), Some(lan)) if address_conflict(wan, lan).is_none() => (wan.addr(), lan.trunc()),
-        // Without both addresses, or with addresses that conflict, the
-        // datapath must not translate: a zero WAN address makes it pass
+        // Without a WAN address the datapath must not translate: a zero
+        // WAN address stops it. The LAN prefix stays, so that it still
+        // drops what LAN hosts send out (the kernel would forward it
+        // untranslated).
+        (None, Some(lan)) => (std::net::Ipv4Addr::UNSPECIFIED, lan.trunc()),
+        // Without a LAN prefix, or with addresses that conflict, it passes
         // everything to the kernel.
         _ => (std::net::Ipv4Addr::UNSPECIFIED, Ipv4Net::default()),
     };
@@ -156,6 +169,8 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
         lan_ifindex: lan.ifindex,
         port_min: config.nat.ports.first,
         port_max: config.nat.ports.last,
+        other_protocols: config.nat.other_protocols.datapath_value(),
+        _pad: [0; 3],
     }
 }
 
@@ -229,6 +244,13 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     }
     let rules = rules_from_store(&config.rules_file, Some(lan_net), &RuleSet::default())?;
 
+    let metrics_listener =
+        match config.metrics.listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("opening the metrics endpoint {addr} ([metrics] listen)")
+            })?),
+            None => None,
+        };
     // Refuse early if another daemon serves the socket, before touching
     // its datapath.
     let listener = api::bind(&config.socket)
@@ -292,6 +314,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
 
     let (lifecycle, mut lifecycle_changes) = watch::channel(Lifecycle::Running);
     let upnp_enabled = config.upnp.enabled;
+    let natpmp_enabled = config.natpmp.enabled;
     let store_changed = Arc::new(tokio::sync::Notify::new());
     let ring = running.new_connections;
     let socket = config.socket.clone();
@@ -316,7 +339,10 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         attach,
         upnp_wanted: AtomicBool::new(upnp_enabled),
         upnp_changed: tokio::sync::Notify::new(),
+        natpmp_wanted: AtomicBool::new(natpmp_enabled),
+        natpmp_changed: tokio::sync::Notify::new(),
         boot_id: unix_now() as u32,
+        requests: Mutex::default(),
     });
 
     let (api_stop_tx, api_stop) = watch::channel(false);
@@ -336,9 +362,24 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             tracing::error!("removing UPnP mappings: {error}");
         }
     }
+    if !natpmp_enabled && let Err(error) = daemon.switch_natpmp(false) {
+        tracing::error!("removing NAT-PMP/PCP mappings: {error}");
+    }
     let (upnp_stop_tx, upnp_stop) = watch::channel(false);
-    let upnp = tokio::spawn(upnp::supervise_upnp(daemon.clone(), upnp_stop));
+    let upnp = tokio::spawn(upnp::supervise_upnp(daemon.clone(), upnp_stop.clone()));
+    let natpmp = tokio::spawn(natpmp::supervise_natpmp(daemon.clone(), upnp_stop.clone()));
+    let metrics = match metrics_listener {
+        Some(listener) => tokio::spawn(crate::metrics::serve(
+            listener,
+            daemon.clone() as Arc<dyn crate::metrics::Source>,
+            upnp_stop,
+        )),
+        None => tokio::spawn(async {}),
+    };
 
+    // systemd (Type=notify) learns the service is up only now, with the
+    // datapath attached and the API served. Without systemd this is a no-op.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -347,10 +388,14 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         tokio::select! {
             _ = terminate.recv() => break Lifecycle::Stop,
             _ = interrupt.recv() => break Lifecycle::Stop,
-            _ = hangup.recv() => match daemon.reload() {
-                Ok(summary) => tracing::info!("SIGHUP: {summary}"),
-                Err(error) => tracing::error!("SIGHUP: {error}"),
-            },
+            _ = hangup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                match daemon.reload() {
+                    Ok(summary) => tracing::info!("SIGHUP: {summary}"),
+                    Err(error) => tracing::error!("SIGHUP: {error}"),
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
             changed = lifecycle_changes.changed() => {
                 if changed.is_err() {
                     break Lifecycle::Stop;
@@ -362,12 +407,13 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             }
         }
     };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // Both servers stop accepting and finish the responses in flight (the
     // `natctl down` that stopped us gets its answer); the IGD says goodbye
     // (SSDP byebye) before the daemon goes.
     let _ = upnp_stop_tx.send(true);
     let _ = api_stop_tx.send(true);
-    let _ = tokio::join!(upnp, server);
+    let _ = tokio::join!(upnp, natpmp, metrics, server);
     if let Err(error) = daemon.lock().flush() {
         tracing::error!("saving the last rule changes: {error}");
     }

@@ -81,13 +81,49 @@ impl From<ChangeError> for ApiError {
     }
 }
 
+/// What clients (UPnP, NAT-PMP, PCP) hold, per host and together, may not
+/// grow past the configuration's quotas; a change that does not grow a
+/// count past them (a renewal, a removal) always goes through, even after
+/// the quotas were lowered.
+fn check_quotas(
+    current: &RuleSet,
+    next: &RuleSet,
+    settings: &crate::config::UpnpSettings,
+) -> Result<(), RuleError> {
+    let count = |rules: &RuleSet| {
+        let mut per_client = std::collections::HashMap::<std::net::Ipv4Addr, usize>::new();
+        for client in rules.iter().filter_map(|(_, rule)| rule.client()) {
+            *per_client.entry(client).or_default() += 1;
+        }
+        per_client
+    };
+    let (before, after) = (count(current), count(next));
+    let total = |counts: &std::collections::HashMap<_, usize>| counts.values().sum::<usize>();
+    let limit = settings.max_mappings;
+    if total(&after) > limit && total(&after) > total(&before) {
+        return Err(RuleError::LeasedQuota { limit });
+    }
+    let limit = settings.max_mappings_per_client;
+    for (client, held) in &after {
+        if *held > limit && *held > before.get(client).copied().unwrap_or(0) {
+            return Err(RuleError::ClientQuota {
+                client: *client,
+                limit,
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn rule_error(error: RuleError) -> ApiError {
     match error {
         RuleError::NotFound(_) => ApiError::not_found(error.to_string()),
         RuleError::DuplicateName(_)
         | RuleError::Overlap { .. }
         | RuleError::SharedTarget { .. }
-        | RuleError::InUseByMapping { .. } => ApiError::conflict(error.to_string()),
+        | RuleError::InUseByMapping { .. }
+        | RuleError::ClientQuota { .. }
+        | RuleError::LeasedQuota { .. } => ApiError::conflict(error.to_string()),
         _ => ApiError::bad_request(error.to_string()),
     }
 }
@@ -126,6 +162,7 @@ impl State {
         let mut next = self.rules.clone();
         edit(&mut next)?;
         next.validate(self.lan_net()?)?;
+        check_quotas(&self.rules, &next, &self.config.upnp)?;
         // The daemon is the maps' only writer: the difference between the
         // rule sets is the difference between what the maps hold and what
         // they must hold, so only the changed entries are touched.
@@ -213,5 +250,86 @@ impl State {
             inbound: counters.inbound.into(),
             outbound: counters.outbound.into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        config::UpnpSettings,
+        rules::{ForwardRule, Lease, LeaseOrigin},
+    };
+
+    fn mapping(client: u8, port: u16, origin: LeaseOrigin) -> ForwardRule {
+        let mut rule: ForwardRule = format!("udp/{port}=192.168.0.{client},name=m-{port}")
+            .parse()
+            .unwrap();
+        rule.upnp = Some(Lease {
+            origin,
+            client: Ipv4Addr::new(192, 168, 0, client),
+            description: String::new(),
+            expires_at: None,
+            nonce: None,
+        });
+        rule
+    }
+
+    fn with(rules: &RuleSet, more: impl IntoIterator<Item = ForwardRule>) -> RuleSet {
+        let mut next = rules.clone();
+        for rule in more {
+            next.add(rule, None).unwrap();
+        }
+        next
+    }
+
+    #[test]
+    fn quotas_bound_each_client_and_all_clients_for_every_protocol() {
+        let settings = UpnpSettings {
+            max_mappings_per_client: 2,
+            max_mappings: 3,
+            ..UpnpSettings::default()
+        };
+        let empty = RuleSet::default();
+        let two = with(
+            &empty,
+            [
+                mapping(12, 6000, LeaseOrigin::Upnp),
+                mapping(12, 6001, LeaseOrigin::Natpmp),
+            ],
+        );
+        check_quotas(&empty, &two, &settings).unwrap();
+        // A third for the same host, whichever protocol asks.
+        let third = with(&two, [mapping(12, 6002, LeaseOrigin::Pcp)]);
+        let error = check_quotas(&two, &third, &settings).unwrap_err();
+        assert!(
+            matches!(error, RuleError::ClientQuota { limit: 2, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("192.168.0.12"), "{error}");
+        // Another host may, up to the total.
+        let three = with(&two, [mapping(13, 6003, LeaseOrigin::Upnp)]);
+        check_quotas(&two, &three, &settings).unwrap();
+        let four = with(&three, [mapping(14, 6004, LeaseOrigin::Upnp)]);
+        assert!(matches!(
+            check_quotas(&three, &four, &settings),
+            Err(RuleError::LeasedQuota { limit: 3 })
+        ));
+        // The admin's own rules never count.
+        let admin = with(&three, ["tcp/22=192.168.0.12,name=ssh".parse().unwrap()]);
+        check_quotas(&three, &admin, &settings).unwrap();
+        // Over the quotas already (they were lowered): removals and
+        // renewals still go through.
+        let tight = UpnpSettings {
+            max_mappings_per_client: 1,
+            max_mappings: 1,
+            ..settings
+        };
+        let mut fewer = three.clone();
+        fewer.remove("m-6003").unwrap();
+        check_quotas(&three, &fewer, &tight).unwrap();
+        check_quotas(&three, &three, &tight).unwrap();
     }
 }

@@ -7,7 +7,10 @@ use nat_common::ConnectionEvent;
 use tokio::io::unix::AsyncFd;
 
 use super::{Daemon, SAVE_DELAY, address_conflict, nat_config, show, state::Durability, unix_now};
-use crate::{aging, config, interfaces, rules::protocol_name};
+use crate::{
+    aging, config, interfaces,
+    rules::{LeaseOrigin, protocol_name},
+};
 
 /// Runs the kernel's aging sweep every [`config::sweep_interval`].
 pub(super) async fn sweep_loop(daemon: Arc<Daemon>) {
@@ -154,6 +157,7 @@ pub(super) async fn follow_addresses(daemon: Arc<Daemon>, netlink: rtnetlink::Ha
         }
         drop(state);
         daemon.upnp_changed.notify_one();
+        daemon.natpmp_changed.notify_one();
     }
 }
 
@@ -174,7 +178,8 @@ pub(super) async fn save_deferred(daemon: Arc<Daemon>, changed: Arc<tokio::sync:
     }
 }
 
-/// Removes UPnP mappings whose lease has run out, within a second of it.
+/// Removes UPnP, NAT-PMP and PCP mappings whose lease has run out, within
+/// a second of it.
 pub(super) async fn expire_leases(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,31 +189,44 @@ pub(super) async fn expire_leases(daemon: Arc<Daemon>) {
         let _ = tokio::task::spawn_blocking(move || {
             let now = unix_now();
             let mut state = daemon.lock();
-            let expired: Vec<String> = state
+            let expired: Vec<(String, LeaseOrigin)> = state
                 .rules
                 .iter()
-                .filter(|(_, rule)| {
-                    rule.upnp
-                        .as_ref()
-                        .and_then(|lease| lease.expires_at)
-                        .is_some_and(|expires| expires <= now)
+                .filter_map(|(_, rule)| {
+                    let lease = rule.upnp.as_ref()?;
+                    let expires = lease.expires_at?;
+                    (expires <= now).then(|| (rule.name.clone(), lease.origin))
                 })
-                .map(|(_, rule)| rule.name.clone())
                 .collect();
             if expired.is_empty() {
                 return;
             }
             match state.change(
                 |rules| {
-                    for name in &expired {
+                    for (name, _) in &expired {
                         rules.remove(name)?;
                     }
                     Ok(())
                 },
                 Durability::Soon,
             ) {
-                Ok(_) => tracing::info!("UPnP lease expired: removed {}", expired.join(", ")),
-                Err(error) => tracing::error!("removing expired UPnP mappings: {}", error.api),
+                Ok(_) => {
+                    for origin in [LeaseOrigin::Upnp, LeaseOrigin::Natpmp, LeaseOrigin::Pcp] {
+                        let names: Vec<&str> = expired
+                            .iter()
+                            .filter(|(_, of)| *of == origin)
+                            .map(|(name, _)| name.as_str())
+                            .collect();
+                        if !names.is_empty() {
+                            tracing::info!(
+                                "{} lease expired: removed {}",
+                                origin.protocol_name(),
+                                names.join(", ")
+                            );
+                        }
+                    }
+                }
+                Err(error) => tracing::error!("removing expired mappings: {}", error.api),
             }
         })
         .await;

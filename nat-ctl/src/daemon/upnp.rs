@@ -107,26 +107,22 @@ pub(super) async fn supervise_upnp(daemon: Arc<Daemon>, mut stop: watch::Receive
     }
 }
 
-/// The IGD's view of the daemon, for one request.
-struct DaemonGateway<'a> {
-    state: &'a mut State,
-    started: Instant,
+/// The IGD's (and NAT-PMP/PCP's) view of the daemon, for one request.
+pub(super) struct DaemonGateway<'a> {
+    pub state: &'a mut State,
+    pub started: Instant,
+    /// Who is asking, for the log: "UPnP", "NAT-PMP", "PCP".
+    pub who: &'static str,
 }
 
-impl Gateway for DaemonGateway<'_> {
-    fn external_address(&self) -> Option<Ipv4Addr> {
-        self.state.wan.network.map(|net| net.addr())
-    }
-
-    fn lan(&self) -> Option<Ipv4Net> {
-        self.state.lan.network
-    }
-
-    fn rules(&self) -> Vec<ForwardRule> {
-        self.state.rules.to_vec()
-    }
-
-    fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
+impl DaemonGateway<'_> {
+    /// One change through the rule transaction: remove, then add (a rule
+    /// with a removed one's name keeps its id).
+    pub fn apply_change(
+        &mut self,
+        remove: &[String],
+        add: Vec<ForwardRule>,
+    ) -> Result<(), GatewayError> {
         let summary: Vec<String> = add.iter().map(ToString::to_string).collect();
         self.state
             .change(
@@ -151,12 +147,30 @@ impl Gateway for DaemonGateway<'_> {
                 None => GatewayError::Failed(error.api.message),
             })?;
         if !remove.is_empty() {
-            tracing::info!("UPnP: removed {}", remove.join(", "));
+            tracing::info!("{}: removed {}", self.who, remove.join(", "));
         }
         for line in summary {
-            tracing::info!("UPnP: mapped {line}");
+            tracing::info!("{}: mapped {line}", self.who);
         }
         Ok(())
+    }
+}
+
+impl Gateway for DaemonGateway<'_> {
+    fn external_address(&self) -> Option<Ipv4Addr> {
+        self.state.wan.network.map(|net| net.addr())
+    }
+
+    fn lan(&self) -> Option<Ipv4Net> {
+        self.state.lan.network
+    }
+
+    fn rules(&self) -> Vec<ForwardRule> {
+        self.state.rules.to_vec()
+    }
+
+    fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
+        self.apply_change(remove, add)
     }
 
     fn totals(&self) -> Totals {
@@ -247,9 +261,18 @@ impl Control for UpnpControl {
         let mut gateway = DaemonGateway {
             state: &mut state,
             started: daemon.started,
+            who: "UPnP",
         };
         let outcome = igd::handle(&mut gateway, &settings, igd, caller, request);
         drop(state);
+        daemon.count_request(
+            "UPnP",
+            igd::action_metric(&request.action).to_owned(),
+            match &outcome {
+                Ok(_) => "ok".to_owned(),
+                Err(error) => error.code().to_string(),
+            },
+        );
         if let Err(error) = &outcome {
             let budget = self
                 .refusals

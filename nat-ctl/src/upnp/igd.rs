@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     config::UpnpSettings,
-    rules::{ForwardRule, PortRange, Protocol, RuleError, UpnpLease},
+    rules::{ForwardRule, Lease, PortRange, Protocol, RuleError},
 };
 
 /// How many ports AddAnyPortMapping tries before answering 728.
@@ -108,6 +108,15 @@ const ACTIONS: [&str; 16] = [
     "GetTotalPacketsSent",
     "GetTotalPacketsReceived",
 ];
+
+/// An action name fit for a metric's label: a known one, else "unknown".
+pub fn action_metric(action: &str) -> &'static str {
+    ACTIONS
+        .iter()
+        .find(|known| **known == action)
+        .copied()
+        .unwrap_or("unknown")
+}
 
 /// An action name fit for a log line: a known one as it is, anything else
 /// (chosen by whoever sent it) quoted, escaped and cut short.
@@ -264,7 +273,9 @@ fn rule_error(error: GatewayError) -> UpnpError {
         GatewayError::Rule(RuleError::InUseByMapping { .. }) => {
             UpnpError::ConflictWithOtherMechanisms
         }
-        GatewayError::Rule(RuleError::TooMany) => UpnpError::NoPortMapsAvailable,
+        GatewayError::Rule(
+            RuleError::TooMany | RuleError::ClientQuota { .. } | RuleError::LeasedQuota { .. },
+        ) => UpnpError::NoPortMapsAvailable,
         GatewayError::Rule(RuleError::DuplicateName(_)) => UpnpError::ConflictInMappingEntry,
         GatewayError::Rule(_) => UpnpError::InvalidArgs,
         GatewayError::Failed(_) => UpnpError::ActionFailed,
@@ -327,7 +338,9 @@ fn add_port_mapping(
         internal: PortRange::single(internal_port),
         allow: remote.clone(),
         enabled,
-        upnp: Some(UpnpLease {
+        upnp: Some(Lease {
+            origin: crate::rules::LeaseOrigin::Upnp,
+            nonce: None,
             client: caller,
             description: description.to_owned(),
             expires_at: (lease != 0).then(|| now + u64::from(lease)),
@@ -375,9 +388,9 @@ fn add_port_mapping(
         let rules = gateway.rules();
         let mut remove = Vec::new();
         if let Some(existing) = find(&rules, protocol, port) {
+            // A NAT-PMP or PCP mapping is not UPnP's to renew or take over.
             let renewable = existing
-                .upnp
-                .as_ref()
+                .upnp_lease()
                 .is_some_and(|lease| lease.client == caller || !settings.secure_mode)
                 && existing.internal_addr == client;
             // AddAnyPortMapping never replaces: it looks for another port.
@@ -424,8 +437,7 @@ fn add_port_mapping(
 }
 
 fn may_manage(settings: &UpnpSettings, caller: Ipv4Addr, rule: &ForwardRule) -> bool {
-    rule.upnp
-        .as_ref()
+    rule.upnp_lease()
         .is_some_and(|lease| !settings.secure_mode || lease.client == caller)
 }
 
@@ -442,7 +454,7 @@ fn delete_port_mapping(
     // Only UPnP mappings are visible to UPnP; the user's rules are not ours
     // to delete.
     let rule = find(&rules, protocol, port)
-        .filter(|rule| rule.upnp.is_some())
+        .filter(|rule| rule.upnp_lease().is_some())
         .ok_or(UpnpError::NoSuchEntryInArray)?;
     if !may_manage(settings, caller, rule) {
         return Err(UpnpError::ActionNotAuthorized);
@@ -465,7 +477,7 @@ fn port_range(request: &SoapRequest) -> Result<(u16, u16, &'static str, bool), U
 }
 
 fn in_range(rule: &ForwardRule, start: u16, end: u16, protocol: &str) -> bool {
-    rule.upnp.is_some()
+    rule.upnp_lease().is_some()
         && protocol_name(rule.protocol) == protocol
         && (start..=end).contains(&rule.external.first)
 }
@@ -536,8 +548,7 @@ fn visible_mappings(
         .rules()
         .into_iter()
         .filter(|rule| {
-            rule.upnp
-                .as_ref()
+            rule.upnp_lease()
                 .is_some_and(|lease| !settings.secure_mode || lease.client == caller)
         })
         .collect()
@@ -809,6 +820,44 @@ mod tests {
             call(&mut gateway, ME, 1, "DeletePortMapping", &delete),
             Err(UpnpError::NoSuchEntryInArray)
         );
+    }
+
+    #[test]
+    fn a_natpmp_mapping_is_not_upnps_to_renew_delete_or_list() {
+        let mut gateway = FakeGateway::new();
+        let mut rule: ForwardRule = "tcp/6881=192.168.0.12,name=natpmp-tcp-6881"
+            .parse()
+            .unwrap();
+        rule.upnp = Some(Lease {
+            origin: crate::rules::LeaseOrigin::Natpmp,
+            client: ME,
+            description: "NAT-PMP".into(),
+            expires_at: Some(1_003_600),
+            nonce: None,
+        });
+        gateway.apply(&[], vec![rule]).unwrap();
+        // The same client, the same port: still not UPnP's mapping.
+        assert_eq!(
+            call(
+                &mut gateway,
+                ME,
+                2,
+                "AddPortMapping",
+                &add_args("6881", "192.168.0.12", "60")
+            ),
+            Err(UpnpError::ConflictInMappingEntry)
+        );
+        let delete = [
+            ("NewRemoteHost", ""),
+            ("NewExternalPort", "6881"),
+            ("NewProtocol", "TCP"),
+        ];
+        assert_eq!(
+            call(&mut gateway, ME, 2, "DeletePortMapping", &delete),
+            Err(UpnpError::NoSuchEntryInArray)
+        );
+        assert_eq!(gateway.rules().len(), 1);
+        assert_eq!(gateway.rules()[0].kind(), "NATPMP");
     }
 
     #[test]

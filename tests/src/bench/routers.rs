@@ -51,6 +51,7 @@ pub(super) fn nat_lib(
         lan_ifindex,
         port_min: 1024,
         port_max: 65535,
+        ..Default::default()
     })?;
     writer.allow_egress(wan_ifindex)?;
     writer.allow_egress(lan_ifindex)?;

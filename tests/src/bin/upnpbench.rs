@@ -6,7 +6,9 @@
 //! upnpbench iperf [--quick]   TCP goodput through natctl's XDP NAT vs nftables
 //! upnpbench upnp  [--quick]   UPnP requests/s, latency, reply-to-forwarding
 //!                             delay: natctl vs miniupnpd
-//! upnpbench all   [--quick]   both: { "iperf", "upnp", "targets" }
+//! upnpbench natpmp [--quick]  NAT-PMP/PCP map/delete requests/s, latency:
+//!                             natctl vs miniupnpd
+//! upnpbench all   [--quick]   iperf and upnp: { "iperf", "upnp", "targets" }
 //! ```
 //! Needs root, `iperf3`, `miniupnpd` (Debian, nftables backend), `nft`,
 //! `ethtool`, `ip`, `ss`, and `natctl` beside this executable (`cargo build
@@ -37,7 +39,12 @@ enum Command {
         #[command(flatten)]
         custom: Custom,
     },
-    /// Both, and the targets.
+    /// NAT-PMP and PCP map/delete: natctl vs miniupnpd.
+    Natpmp {
+        #[arg(long)]
+        quick: bool,
+    },
+    /// iperf and upnp, and the targets.
     All {
         #[arg(long)]
         quick: bool,
@@ -58,14 +65,16 @@ struct Custom {
 }
 
 fn main() {
-    let (iperf, upnp, quick, custom) = match Cli::parse().command {
-        Command::Iperf { quick } => (true, false, quick, Custom::default()),
-        Command::Upnp { quick, custom } => (false, true, quick, custom),
-        Command::All { quick, custom } => (true, true, quick, custom),
+    let (iperf, upnp, natpmp, quick, custom) = match Cli::parse().command {
+        Command::Iperf { quick } => (true, false, false, quick, Custom::default()),
+        Command::Upnp { quick, custom } => (false, true, false, quick, custom),
+        Command::Natpmp { quick } => (false, false, true, quick, Custom::default()),
+        Command::All { quick, custom } => (true, true, false, quick, custom),
     };
     let run = Run {
         iperf,
         upnp,
+        natpmp,
         quick,
         requests: custom.requests,
         rounds: custom.rounds,

@@ -59,6 +59,11 @@ pub(super) struct MiniUpnpd {
 
 impl MiniUpnpd {
     pub(super) fn start(router: &Netns) -> Result<Self> {
+        Self::start_with(router, false)
+    }
+
+    /// With `natpmp`, its NAT-PMP/PCP server too (on the LAN, UDP 5351).
+    pub(super) fn start_with(router: &Netns, natpmp: bool) -> Result<Self> {
         let dir = TempDir::new("miniupnpd")?;
         let pidfile = dir.0.join("miniupnpd.pid");
         let conf = dir.0.join("miniupnpd.conf");
@@ -69,7 +74,7 @@ impl MiniUpnpd {
                 "ext_ifname={ROUTER_WAN_IF}\n\
                  listening_ip={ROUTER_LAN_IF}\n\
                  port={HTTP_PORT}\n\
-                 enable_natpmp=no\n\
+                 enable_natpmp={natpmp}\n\
                  enable_upnp=yes\n\
                  secure_mode=yes\n\
                  system_uptime=yes\n\
@@ -86,6 +91,7 @@ impl MiniUpnpd {
                  deny 0-65535 0.0.0.0/0 0-65535\n",
                 dir.0.join("upnp.leases").display(),
                 lan = plan::lan_cidr(),
+                natpmp = if natpmp { "yes" } else { "no" },
             ),
         )?;
         let daemon = Self { pidfile, dir };

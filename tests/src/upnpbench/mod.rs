@@ -6,6 +6,7 @@ mod delay;
 pub mod iperf;
 pub mod kernel;
 mod miniupnpd;
+pub mod natpmp;
 pub mod report;
 pub mod soap;
 pub mod upnp;
@@ -87,6 +88,8 @@ impl Scale {
 pub struct Run {
     pub iperf: bool,
     pub upnp: bool,
+    /// NAT-PMP/PCP map and delete rates against miniupnpd's.
+    pub natpmp: bool,
     pub quick: bool,
     /// Instead of the mode's request sets: one of this many requests.
     pub requests: Option<usize>,
@@ -102,7 +105,7 @@ pub fn run(what: &Run) -> Result<Value> {
     if what.iperf {
         programs.push("iperf3");
     }
-    if what.upnp {
+    if what.upnp || what.natpmp {
         programs.push("miniupnpd");
     }
     preflight(&programs)?;
@@ -130,6 +133,11 @@ pub fn run(what: &Run) -> Result<Value> {
         let result = upnp::run(&scale)?;
         targets.extend(upnp::targets(&result));
         report["upnp"] = result;
+    }
+    if what.natpmp {
+        let result = natpmp::run(&scale)?;
+        targets.extend(natpmp::targets(&result));
+        report["natpmp"] = result;
     }
     report["targets"] = json!(targets);
     report["elapsed_s"] = json!(round3(started.elapsed().as_secs_f64()));

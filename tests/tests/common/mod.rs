@@ -267,6 +267,9 @@ impl Parsed {
             L4::Udp(udp) => (udp.source_port, udp.destination_port),
             L4::Icmp(icmp) => match icmp.icmp_type {
                 Icmpv4Type::EchoRequest(echo) | Icmpv4Type::EchoReply(echo) => (echo.id, echo.id),
+                Icmpv4Type::TimestampRequest(ref ts) | Icmpv4Type::TimestampReply(ref ts) => {
+                    (ts.id, ts.id)
+                }
                 _ => (0, 0),
             },
         }
@@ -516,6 +519,13 @@ pub fn assert_translated(
             {
                 e.id = o.id;
             }
+            if let (
+                Icmpv4Type::TimestampRequest(e) | Icmpv4Type::TimestampReply(e),
+                Icmpv4Type::TimestampRequest(o) | Icmpv4Type::TimestampReply(o),
+            ) = (&mut e.icmp_type, &o.icmp_type)
+            {
+                e.id = o.id;
+            }
             e.checksum = o.checksum;
         }
         _ => panic!("protocol changed"),
@@ -569,6 +579,11 @@ pub fn assert_passed_untouched(verdict: &Verdict, input: &[u8]) {
     assert_eq!(verdict.frame, input, "a passed frame must not be modified");
 }
 
+/// Checks that the datapath dropped the frame.
+pub fn assert_dropped(verdict: &Verdict) {
+    assert_eq!(verdict.action, XDP_DROP, "verdict");
+}
+
 /// Counter value by label, 0 for a counter never hit.
 pub fn counter(lab: &PacketLab, label: &str) -> u64 {
     let counters = lab.counters().unwrap();
@@ -594,4 +609,202 @@ pub fn assert_counters(lab: &PacketLab, expected: &[(&str, u64)]) {
         wrong.join("; "),
         lab.counters().unwrap()
     );
+}
+
+/// The IPv4 header checksum of `header` (its checksum field included:
+/// 0 when it is right).
+fn ip_header_sum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn set_ip_checksum(header: &mut [u8]) {
+    header[10..12].copy_from_slice(&[0, 0]);
+    let sum = ip_header_sum(header);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// Splits the datagram of `frame` into fragments of at most `chunk` data
+/// bytes (a multiple of 8), each a frame with its own IPv4 header: the
+/// same id, DF clear, MF on all but the last.
+pub fn fragment(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0);
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let data = &frame[14 + ihl..14 + total];
+    data.chunks(chunk)
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut out = frame[..14 + ihl].to_vec();
+            let offset = (i * chunk / 8) as u16;
+            let more = (i + 1) * chunk < data.len();
+            let len = (ihl + piece.len()) as u16;
+            out[16..18].copy_from_slice(&len.to_be_bytes());
+            out[20..22].copy_from_slice(&(offset | if more { 0x2000 } else { 0 }).to_be_bytes());
+            set_ip_checksum(&mut out[14..14 + ihl]);
+            out.extend_from_slice(piece);
+            out
+        })
+        .collect()
+}
+
+/// The (MF, offset in bytes, id) of a fragment frame, checking its IPv4
+/// header checksum.
+pub fn fragment_fields(frame: &[u8]) -> (bool, usize, u16) {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    assert_eq!(
+        ip_header_sum(&frame[14..14 + ihl]),
+        0,
+        "IPv4 header checksum"
+    );
+    let frags = u16::from_be_bytes([frame[20], frame[21]]);
+    (
+        frags & 0x2000 != 0,
+        usize::from(frags & 0x1fff) * 8,
+        u16::from_be_bytes([frame[18], frame[19]]),
+    )
+}
+
+/// Puts fragment frames (in any order) back together into the frame of
+/// their whole datagram, with the first one's Ethernet and IPv4 headers;
+/// every IPv4 header checksum is checked on the way.
+pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut pieces: Vec<(usize, &[u8])> = frames
+        .iter()
+        .map(|frame| {
+            let (_, offset, _) = fragment_fields(frame);
+            let ihl = usize::from(frame[14] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            (offset, &frame[14 + ihl..14 + total])
+        })
+        .collect();
+    pieces.sort_by_key(|(offset, _)| *offset);
+    let first = frames
+        .iter()
+        .find(|frame| fragment_fields(frame).1 == 0)
+        .expect("no first fragment");
+    let ihl = usize::from(first[14] & 0x0f) * 4;
+    let mut out = first[..14 + ihl].to_vec();
+    for (offset, data) in pieces {
+        assert_eq!(out.len() - 14 - ihl, offset, "a hole or an overlap");
+        out.extend_from_slice(data);
+    }
+    let len = (out.len() - 14) as u16;
+    out[16..18].copy_from_slice(&len.to_be_bytes());
+    out[20..22].copy_from_slice(&0u16.to_be_bytes());
+    set_ip_checksum(&mut out[14..14 + ihl]);
+    out
+}
+
+/// Checks a frame of a protocol without ports that the datapath
+/// redirected: the egress MACs, the new addresses, TTL one lower, the IPv4
+/// header checksum, and every byte after the IPv4 header unchanged.
+pub fn assert_addr_routed(
+    verdict: &Verdict,
+    input: &[u8],
+    egress: Egress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) {
+    assert_eq!(verdict.action, XDP_REDIRECT, "verdict");
+    let out = &verdict.frame;
+    let (smac, dmac) = egress.macs();
+    assert_eq!(out[6..12], smac, "source MAC");
+    assert_eq!(out[..6], dmac, "destination MAC");
+    assert_eq!(
+        fragment_fields(out),
+        fragment_fields(input),
+        "id, MF, offset"
+    );
+    assert_eq!(out[26..30], src.octets(), "source address");
+    assert_eq!(out[30..34], dst.octets(), "destination address");
+    assert_eq!(out[22], input[22] - 1, "TTL");
+    assert_eq!(out[34..], input[34..], "everything after the IPv4 header");
+}
+
+// Fragments, for `fragments.rs` and `packets_tc.rs`.
+
+/// The IP id of the fragmented datagrams the tests build.
+pub const ID: u16 = 0x1234;
+
+/// `frame` with IP id `id` and DF clear: a datagram that may be
+/// fragmented.
+pub fn with_id(frame: &[u8], id: u16) -> Vec<u8> {
+    with_ip(frame, |ip| {
+        ip.identification = id;
+        ip.dont_fragment = false;
+    })
+}
+
+/// The datagram of each protocol, `len` bytes of payload, from `src` to
+/// `dst` (the ICMP id is `src`'s port).
+pub fn datagram_of(proto: &str, src: SocketAddrV4, dst: SocketAddrV4, len: usize) -> Vec<u8> {
+    let payload = Rng::new(len as u64).bytes(len);
+    let frame = match proto {
+        "udp" => udp(src, dst, &payload),
+        "tcp" => tcp(src, dst, ACK | PSH, &payload),
+        _ => {
+            let mut frame = Vec::new();
+            ip_builder(*src.ip(), *dst.ip())
+                .icmpv4_echo_request(src.port(), 1)
+                .write(&mut frame, &payload)
+                .unwrap();
+            frame
+        }
+    };
+    with_id(&frame, ID)
+}
+
+/// Runs `fragments` through one side in the order given; every one must
+/// be redirected. Returns the frames that came out, in that order.
+pub fn through(lab: &mut PacketLab, from_lan: bool, fragments: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    fragments
+        .iter()
+        .map(|frame| {
+            let v = if from_lan {
+                lab.from_lan(frame).unwrap()
+            } else {
+                lab.from_wan(frame).unwrap()
+            };
+            assert_eq!(
+                v.action,
+                XDP_REDIRECT,
+                "fragment {:?}",
+                fragment_fields(frame)
+            );
+            v.frame
+        })
+        .collect()
+}
+
+/// A fragment as it came out: addresses translated, TTL one lower, the
+/// egress MACs, and its id, offset, MF and data (past an L4 header in the
+/// first) unchanged.
+pub fn assert_fragment_routed(
+    out: &[u8],
+    input: &[u8],
+    egress: Egress,
+    src: [u8; 4],
+    dst: [u8; 4],
+) {
+    let (smac, dmac) = egress.macs();
+    assert_eq!(out[6..12], smac, "source MAC");
+    assert_eq!(out[..6], dmac, "destination MAC");
+    assert_eq!(
+        fragment_fields(out),
+        fragment_fields(input),
+        "id, MF, offset"
+    );
+    assert_eq!(out[26..30], src, "source address");
+    assert_eq!(out[30..34], dst, "destination address");
+    assert_eq!(out[22], input[22] - 1, "TTL");
+    let (_, offset, _) = fragment_fields(input);
+    let from = if offset == 0 { 34 + 20 } else { 34 };
+    assert_eq!(out[from..], input[from..], "fragment data");
 }

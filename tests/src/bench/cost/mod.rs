@@ -53,7 +53,9 @@ pub struct Output {
     pub unit: String,
     /// By case name: `minimal`, `restore_only`, `forwarder`,
     /// `established_outbound`, `established_inbound`, `forwarded_inbound`,
-    /// `new_flow`; in TC mode `tc_restore_only`, `tc_established_outbound`,
+    /// `new_flow`, `fragment_outbound`, `fragment_inbound` (a later IP
+    /// fragment of a tracked datagram: the fragment path's cost); in TC
+    /// mode `tc_restore_only`, `tc_established_outbound`,
     /// `tc_established_inbound` (their ratios against `tc_restore_only`).
     pub cases: BTreeMap<String, CaseOutput>,
 }
@@ -252,6 +254,40 @@ impl<'a> CostRig<'a> {
     }
 }
 
+/// `template` as a fragment of its datagram: `offset` in 8-byte units,
+/// more fragments after it or not (IP header checksum fixed up).
+fn as_fragment(template: &BenchTemplate, offset: u16, more: bool) -> BenchTemplate {
+    let mut template = *template;
+    let frame = &mut template.frame;
+    let frags = offset | if more { 0x2000 } else { 0 };
+    frame[20..22].copy_from_slice(&frags.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = frame[14..34]
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    template
+}
+
+/// The first fragment whose record the `fragment_inbound` case's later
+/// fragment is translated by (the record lasts 5 s: sent before every
+/// measurement).
+fn track_inbound_fragment(rig: &mut CostRig<'_>, reply: &BenchTemplate) -> Result<()> {
+    let wan = rig.wan_ifindex;
+    rig.time(
+        programs::WAN,
+        &as_fragment(reply, 0, true),
+        wan,
+        1,
+        XDP_REDIRECT,
+    )?;
+    Ok(())
+}
+
 /// The established and forwarded cases, by name: which program, which
 /// template, which NIC.
 fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, BenchTemplate, u32)>> {
@@ -283,6 +319,18 @@ fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, Bench
         ("established_outbound", programs::LAN, outbound, lan),
         ("established_inbound", programs::WAN, reply, wan),
         ("forwarded_inbound", programs::WAN, forwarded, wan),
+        (
+            "fragment_outbound",
+            programs::LAN,
+            as_fragment(&outbound, 185, false),
+            lan,
+        ),
+        (
+            "fragment_inbound",
+            programs::WAN,
+            as_fragment(&reply, 185, false),
+            wan,
+        ),
     ])
 }
 
@@ -307,6 +355,10 @@ pub fn run(options: &Options) -> Result<Output> {
                 } else {
                     XDP_REDIRECT
                 };
+                if name == "fragment_inbound" {
+                    let first = cases.iter().find(|c| c.0 == "established_inbound");
+                    track_inbound_fragment(&mut rig, &first.context("no reply case")?.2)?;
+                }
                 let before = rig.counter(Counter::NewBinding)?;
                 let value = rig.time(next, &template, ifindex, options.repeat, expect)?;
                 if rig.counter(Counter::NewBinding)? != before {

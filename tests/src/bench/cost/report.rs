@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::Output;
 use crate::bench::report::{Row, Verdict, spread_text};
 
-const COST_CASES: [(&str, &str); 10] = [
+const COST_CASES: [(&str, &str); 12] = [
     ("minimal", "minimal XDP program (xdp_pass run directly)"),
     (
         "restore_only",
@@ -19,6 +19,14 @@ const COST_CASES: [(&str, &str); 10] = [
     ),
     ("forwarded_inbound", "NAT, WAN -> LAN on a forwarded port"),
     ("new_flow", "NAT, new flow (creates a mapping)"),
+    (
+        "fragment_outbound",
+        "NAT, a later IP fragment LAN -> WAN (by the fragment table)",
+    ),
+    (
+        "fragment_inbound",
+        "NAT, a later IP fragment WAN -> LAN (by the fragment table)",
+    ),
     (
         "tc_restore_only",
         "TC baseline: restore the skb, tail-call bench_tc_pass",
@@ -89,7 +97,12 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
             why,
         });
     }
-    for case in ["forwarded_inbound", "new_flow"] {
+    for case in [
+        "forwarded_inbound",
+        "new_flow",
+        "fragment_outbound",
+        "fragment_inbound",
+    ] {
         if let Some(ns) = ns_of(case) {
             rows.push(Row {
                 part: 3,

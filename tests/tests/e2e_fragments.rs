@@ -1,0 +1,380 @@
+//! End to end through the real `natctl`: fragmented UDP both ways (in
+//! order and reordered by netem), a TCP transfer over a WAN link with a
+//! smaller MTU and hosts that do not set DF, and ICMP timestamp. Every lab
+//! also checks that nothing left the WAN NIC with a LAN source.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, SocketAddrV4, TcpListener, UdpSocket},
+    thread::JoinHandle,
+};
+
+use anyhow::Result;
+use nat_tests::{
+    lab::{LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
+    netns::Netns,
+    traffic::{
+        IO_TIMEOUT, accept, connect, icmp_message, internet_checksum, pattern, raw_recv, raw_socket,
+    },
+};
+
+fn join<T>(handle: JoinHandle<Result<T>>) -> T {
+    handle
+        .join()
+        .expect("thread panicked")
+        .expect("thread failed")
+}
+
+fn counter(lab: &Lab, label: &str) -> u64 {
+    lab.counters().expect("natctl stats")[label]
+}
+
+fn udp(netns: &Netns, addr: std::net::Ipv4Addr, port: u16) -> UdpSocket {
+    let socket = join(netns.spawn(move || Ok(UdpSocket::bind((addr, port))?)));
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    socket
+}
+
+/// Sends `len` bytes from `from` to `to` and checks that `at` receives
+/// exactly them; returns the source `at` saw.
+fn datagram(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, len: usize, seed: u64) -> SocketAddr {
+    let data = pattern(len, seed);
+    from.send_to(&data, to).unwrap();
+    let mut buffer = vec![0u8; 65536];
+    let (got, source) = at.recv_from(&mut buffer).unwrap();
+    assert!(
+        buffer[..got] == data[..],
+        "{len}-byte datagram: {got} bytes, or different ones"
+    );
+    source
+}
+
+#[test]
+fn fragmented_udp_both_ways_byte_for_byte() {
+    let lab = Lab::start().unwrap();
+    let wan = udp(&lab.wan, WAN_HOST, 9200);
+    let lan = udp(&lab.lan, LAN_SERVER, 0);
+    for (i, len) in [4096, 16384].into_iter().enumerate() {
+        let seed = i as u64 * 10;
+        // Out (the LAN host fragments it), and back to where it came from.
+        let outside = datagram(&lan, (WAN_HOST, 9200).into(), &wan, len, seed + 1);
+        assert_eq!(outside.ip(), ROUTER_WAN);
+        let inside = datagram(&wan, outside, &lan, len, seed + 2);
+        assert_eq!(inside, SocketAddr::from((WAN_HOST, 9200)));
+    }
+    // In through a forwarded port, and the server's answer out.
+    lab.run("add big --proto udp --external 9300 --internal 192.168.0.12:9300");
+    let server = udp(&lab.lan, LAN_SERVER, 9300);
+    for len in [4096, 16384] {
+        let client = datagram(&wan, (ROUTER_WAN, 9300).into(), &server, len, 7);
+        assert_eq!(client, SocketAddr::from((WAN_HOST, 9200)));
+        let seen = datagram(&server, client, &wan, len, 8);
+        assert_eq!(seen, SocketAddr::from((ROUTER_WAN, 9300)));
+    }
+    // 4 KiB is 3 fragments at 1500, 16 KiB 12: 6 datagrams each way.
+    assert!(
+        counter(&lab, "frag_translated") >= 2 * (2 + 11) * 2,
+        "{:?}",
+        lab.counters()
+    );
+    assert!(counter(&lab, "frag_tracked") >= 8, "{:?}", lab.counters());
+}
+
+/// The fragments, each an IPv4 packet, of a UDP datagram from `src` to
+/// `dst` carrying `data`, cut at 1480 data bytes (for a 1500 MTU), with IP
+/// id `id`.
+fn udp_fragments(src: SocketAddrV4, dst: SocketAddrV4, data: &[u8], id: u16) -> Vec<Vec<u8>> {
+    let mut udp = Vec::with_capacity(8 + data.len());
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(data);
+    let mut pseudo = src.ip().octets().to_vec();
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    let check = match internet_checksum(&pseudo) {
+        0 => 0xffff,
+        check => check,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    udp.chunks(1480)
+        .enumerate()
+        .map(|(i, piece)| {
+            let more = (i + 1) * 1480 < udp.len();
+            let frags = (i * 1480 / 8) as u16 | if more { 0x2000 } else { 0 };
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&id.to_be_bytes());
+            ip.extend_from_slice(&frags.to_be_bytes());
+            ip.extend_from_slice(&[64, 17, 0, 0]);
+            ip.extend_from_slice(&src.ip().octets());
+            ip.extend_from_slice(&dst.ip().octets());
+            let check = internet_checksum(&ip);
+            ip[10..12].copy_from_slice(&check.to_be_bytes());
+            ip.extend_from_slice(piece);
+            ip
+        })
+        .collect()
+}
+
+/// Sends `packets` (whole IPv4 packets, header included) as they are, in
+/// that order, from `netns`.
+fn send_raw(netns: &Netns, packets: Vec<Vec<u8>>) {
+    join(netns.spawn(move || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        for packet in packets {
+            let dst = std::net::Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+            socket.send_to(&packet, &SocketAddr::from((dst, 0)).into())?;
+        }
+        Ok(())
+    }));
+}
+
+#[test]
+fn reordered_fragments_both_ways() {
+    let lab = Lab::start().unwrap();
+    let wan = udp(&lab.wan, WAN_HOST, 9201);
+    let lan = udp(&lab.lan, LAN_SERVER, 0);
+    let SocketAddr::V4(lan_addr) = lan.local_addr().unwrap() else {
+        unreachable!()
+    };
+    // One exchange in order: the mapping, and the hosts as each other's
+    // fragment peers.
+    let outside = datagram(&lan, (WAN_HOST, 9201).into(), &wan, 16384, 1);
+    datagram(&wan, outside, &lan, 16384, 2);
+    let SocketAddr::V4(outside) = outside else {
+        unreachable!()
+    };
+    let wan_addr = SocketAddrV4::new(WAN_HOST, 9201);
+    let mut buffer = vec![0u8; 65536];
+    // Crafted: each datagram's fragments sent last first, then middle,
+    // first, rest. Out of the LAN, and in from the WAN host.
+    for (round, (netns, src, dst, at)) in [
+        (&lab.lan, lan_addr, wan_addr, &wan),
+        (&lab.wan, wan_addr, outside, &lan),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for order in 0..2u16 {
+            let data = pattern(16384, 200 + round as u64 * 10 + u64::from(order));
+            let mut fragments = udp_fragments(src, dst, &data, 0x4000 + order);
+            if order == 0 {
+                fragments.reverse();
+            } else {
+                fragments.swap(0, 5);
+                fragments.swap(1, 11);
+            }
+            send_raw(netns, fragments);
+            let (len, from) = at.recv_from(&mut buffer).unwrap_or_else(|error| {
+                panic!(
+                    "round {round}, order {order}: {error}: {:?}",
+                    lab.counters()
+                )
+            });
+            assert!(
+                buffer[..len] == data[..],
+                "round {round}, order {order}: different bytes"
+            );
+            let expected = if round == 0 { ROUTER_WAN } else { WAN_HOST };
+            assert_eq!(from.ip(), expected);
+        }
+    }
+}
+
+/// TC mode, the hosts' offloads on: the LAN host's TSO segments reach the
+/// router as GSO packets, each one larger than the WAN MTU segment by
+/// segment, passed translated whole (`pass_mtu_translated` counts it once)
+/// for the kernel to segment and fragment.
+#[test]
+fn tcp_over_a_small_wan_mtu_with_df_clear_is_fragmented_translated() {
+    let lab = Lab::start().unwrap();
+    tcp_over_a_wan_mtu_of_1000(&lab);
+    let bytes = counter_bytes(&lab, "pass_mtu_translated");
+    assert!(
+        bytes > TCP_LEN as u64,
+        "{bytes} bytes: {:?}",
+        lab.counters()
+    );
+}
+
+/// XDP mode: every full segment is one packet too big for the WAN.
+#[test]
+fn tcp_over_a_small_wan_mtu_with_df_clear_is_fragmented_translated_in_xdp_mode() {
+    let lab = Lab::start_xdp().unwrap();
+    tcp_over_a_wan_mtu_of_1000(&lab);
+    assert!(
+        counter(&lab, "pass_mtu_translated") > 100,
+        "{:?}",
+        lab.counters()
+    );
+}
+
+const TCP_LEN: usize = 2 << 20;
+
+/// `natctl stats`' byte count of `label`.
+fn counter_bytes(lab: &Lab, label: &str) -> u64 {
+    let stats = lab.natctl(&["stats", "--json"]).expect("natctl stats");
+    let json: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    json["counters"][label]["bytes"].as_u64().unwrap_or(0)
+}
+
+/// TCP both ways, 2 MiB each, with DF clear over a WAN MTU of 1000.
+fn tcp_over_a_wan_mtu_of_1000(lab: &Lab) {
+    // The WAN link carries 1000 bytes, the WAN host still offers an MSS
+    // for 1500 (as one behind a tunnel would), and the LAN host does not
+    // set DF: its full segments are too big for the WAN, and the router
+    // must fragment them, translated.
+    lab.router
+        .ip(&["link", "set", "wan0", "mtu", "1000"])
+        .unwrap();
+    lab.wan.ip(&["link", "set", "eth0", "mtu", "1000"]).unwrap();
+    lab.wan
+        .ip(&[
+            "route",
+            "replace",
+            "203.0.113.0/24",
+            "dev",
+            "eth0",
+            "advmss",
+            "1460",
+        ])
+        .unwrap();
+    lab.lan.sysctl("net.ipv4.ip_no_pmtu_disc", "1").unwrap();
+    let listener = join(lab.wan.spawn(|| Ok(TcpListener::bind((WAN_HOST, 9400))?)));
+    const LEN: usize = TCP_LEN;
+    let upload = pattern(LEN, 11);
+    let download = pattern(LEN, 12);
+    let server_download = download.clone();
+    let server = std::thread::spawn(move || -> Result<(Vec<u8>, SocketAddr)> {
+        let (mut stream, peer) = accept(&listener)?;
+        let mut received = Vec::with_capacity(LEN);
+        (&mut stream).take(LEN as u64).read_to_end(&mut received)?;
+        stream.write_all(&server_download)?;
+        Ok((received, peer))
+    });
+    let mut stream = join(lab.lan.spawn(|| connect((WAN_HOST, 9400).into())));
+    stream.write_all(&upload).unwrap();
+    let mut received = Vec::with_capacity(LEN);
+    (&mut stream)
+        .take(LEN as u64)
+        .read_to_end(&mut received)
+        .unwrap();
+    let (server_received, peer) = join(server);
+    assert!(server_received == upload, "upload corrupted or cut short");
+    assert!(received == download, "download corrupted or cut short");
+    assert_eq!(peer.ip(), ROUTER_WAN);
+}
+
+#[test]
+fn icmp_timestamp_is_answered_through_the_nat() {
+    let lab = Lab::start().unwrap();
+    let (reply, from) = join(lab.lan.spawn(|| {
+        let socket = raw_socket(libc::IPPROTO_ICMP, LAN_SERVER)?;
+        let wan: SocketAddr = (WAN_HOST, 0).into();
+        // Timestamp request, id 0x7777, seq 1, originate 1234.
+        let mut body = 1234u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0; 8]);
+        socket.send_to(&icmp_message(13, 0, [0x77, 0x77, 0, 1], &body), &wan.into())?;
+        raw_recv(&socket, |datagram| {
+            let icmp = &datagram[usize::from(datagram[0] & 0x0f) * 4..];
+            icmp[0] == 14 && icmp[4..6] == [0x77, 0x77]
+        })
+    }));
+    assert_eq!(from, WAN_HOST);
+    let icmp = &reply[usize::from(reply[0] & 0x0f) * 4..];
+    assert_eq!(icmp[8..12], 1234u32.to_be_bytes(), "originate timestamp");
+    assert!(
+        counter(&lab, "new_binding") >= 1 && counter(&lab, "dnat") >= 1,
+        "{:?}",
+        lab.counters()
+    );
+}
+
+#[test]
+fn df_set_and_too_big_gets_fragmentation_needed_back_at_the_lan_host() {
+    let lab = Lab::start().unwrap();
+    lab.router
+        .ip(&["link", "set", "wan0", "mtu", "1400"])
+        .unwrap();
+    let mtu = join(lab.lan.spawn(|| {
+        use std::os::fd::AsRawFd;
+        let socket = UdpSocket::bind((LAN_SERVER, 0))?;
+        socket.connect((WAN_HOST, 9500))?;
+        let fd = socket.as_raw_fd();
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: a valid socket and option pointer.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as u32,
+            );
+        }
+        // A full-size datagram with DF: the router's kernel answers
+        // "fragmentation needed" quoting it as sent, which only this
+        // socket's kernel can match to the socket. Bounded retries.
+        let mut mtu: libc::c_int = 0;
+        for _ in 0..20 {
+            let _ = socket.send(&pattern(1472, 5));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut len = size_of::<libc::c_int>() as u32;
+            // SAFETY: as above.
+            unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU,
+                    (&raw mut mtu).cast(),
+                    &mut len,
+                );
+            }
+            if mtu == 1400 {
+                break;
+            }
+        }
+        Ok(mtu)
+    }));
+    assert_eq!(mtu, 1400, "{:?}", lab.counters());
+    assert!(counter(&lab, "pass_mtu_exceeded") >= 1);
+}
+
+#[test]
+fn fragmented_pings_both_ways() {
+    let lab = Lab::start().unwrap();
+    // 4000 bytes of ICMP echo: three fragments each way, the id mapped by
+    // the first, the rest by the fragment table.
+    let output = lab
+        .lan
+        .exec(
+            "ping",
+            &[
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-s",
+                "4000",
+                "203.0.113.2",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("3 received"), "{text}");
+    assert!(
+        counter(&lab, "frag_translated") >= 12,
+        "{:?}",
+        lab.counters()
+    );
+}
