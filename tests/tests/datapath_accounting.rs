@@ -206,11 +206,23 @@ fn forward_out(lab: &mut PacketLab, frame: &[u8], external_port: u16) {
     );
 }
 
-/// A frame from the WAN refused by the forward's allowed remotes: handed to
-/// the kernel as it came (the default is to pass unsolicited packets).
+/// A frame from the WAN refused by the forward's allowed remotes: a TCP SYN
+/// is dropped unanswered (RFC 5382 REQ-4), anything else handed to the
+/// kernel as it came (the default is to pass unsolicited packets).
 #[track_caller]
 fn refused(lab: &mut PacketLab, frame: &[u8]) {
-    assert_passed_untouched(&lab.from_wan(frame).unwrap(), frame);
+    let verdict = lab.from_wan(frame).unwrap();
+    if is_syn(frame) {
+        assert_dropped(&verdict);
+    } else {
+        assert_passed_untouched(&verdict, frame);
+    }
+}
+
+/// A TCP SYN without ACK (in a frame without IP options).
+fn is_syn(frame: &[u8]) -> bool {
+    const IP: usize = 14;
+    frame.get(IP + 9) == Some(&6) && frame.get(IP + 20 + 13).is_some_and(|f| f & 0x12 == SYN)
 }
 
 // ---------------------------------------------------------------------------
@@ -679,15 +691,9 @@ fn refused_remote_is_neither_reported_nor_recorded() {
             .unwrap();
         let syn = tcp(ep(OTHER_REMOTE, 5555), ep(WAN_ADDR, 8080), SYN, b"");
         let v = lab.from_wan(&syn).unwrap();
-        let expected = if unsolicited.is_some() {
-            XDP_DROP
-        } else {
-            XDP_PASS
-        };
-        assert_eq!(v.action, expected, "verdict on a refused remote");
-        if expected == XDP_PASS {
-            assert_eq!(v.frame, syn, "a passed frame must not be modified");
-        }
+        // A SYN is dropped unanswered, whatever `unsolicited` says (RFC
+        // 5382 REQ-4).
+        assert_eq!(v.action, XDP_DROP, "verdict on a refused remote");
         assert_eq!(events(&mut lab), vec![], "events of a refused remote");
         assert!(
             forward_sessions(&lab).is_empty(),
@@ -924,16 +930,10 @@ fn rule_with_several_allowed_prefixes() {
         for remote in [NEXT_TO_ALLOWED_HOST, STRANGER] {
             let syn = tcp(ep(remote, 5555), ep(WAN_ADDR, 8080), SYN, b"");
             let v = lab.from_wan(&syn).unwrap();
-            match unsolicited {
-                None => assert_passed_untouched(&v, &syn),
-                Some(_) => assert_eq!(v.action, XDP_DROP, "verdict for {remote}"),
-            }
+            // Dropped unanswered, whatever `unsolicited` says.
+            assert_eq!(v.action, XDP_DROP, "verdict for {remote}");
         }
-        let (pass, drop) = if unsolicited.is_some() {
-            (0, 2)
-        } else {
-            (2, 0)
-        };
+        let (pass, drop) = (0, 2);
         assert_counters(
             &lab,
             &[
