@@ -37,7 +37,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 32;
 /// Connections one LAN host may hold at once, so that one cannot take
 /// every slot.
-const MAX_PER_HOST: usize = 4;
+const MAX_PER_HOST: usize = 8;
 /// The longest any connection lives, requests, answers and idle time
 /// together: a reader too slow to take its answer holds a slot no longer.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);

@@ -147,6 +147,11 @@ impl NatDaemon {
                 ROUTER_WAN_IF,
                 "--lan",
                 ROUTER_LAN_IF,
+                // The XDP NAT under test: the generator's XDP_TX frames
+                // reach a veth only while its peer runs XDP, and TC mode
+                // has its own rows (part 3).
+                "--attach",
+                "xdp",
                 "--config",
             ])
             .arg(&config)
