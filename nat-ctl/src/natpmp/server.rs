@@ -1,374 +1,28 @@
 //! The NAT-PMP and PCP server as a socket-free state machine: a datagram,
 //! its sender and the time in, the answer out, over a [`Gateway`] (the
-//! daemon's rule transaction, or a fake in the tests).
-//!
-//! A mapping is a forwarding rule with a lease whose origin is NAT-PMP or
-//! PCP, named `natpmp-udp-PORT` / `pcp-tcp-PORT`. The policy is the IGD's:
-//! secure mode (a client maps only to itself, manages only its own), the
-//! `[upnp]` permissions, and the rule model's own checks (no port held by
-//! a rule of any origin is given to another, no live dynamic mapping's).
+//! daemon's rule transaction, or a fake in the tests). Each request is
+//! translated into the shared mapping model of [`super::mapping`], its
+//! outcome back into the protocol's answer.
 use std::{
-    collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use ipnet::Ipv4Net;
 
-use super::wire::{
-    self, Incoming, MapData, MapProtocol, PcpBody, PcpOption, PcpRequest, PcpResponse, PcpResult,
-    PmpError, PmpMap, PmpRequest, PmpResponse, PmpResult,
+pub use super::mapping::{Gateway, MapFailure, Policy, mapping_name};
+use super::{
+    limiter::RateLimiter,
+    mapping::{Ask, Delete, map_logged, unmap},
+    wire::{
+        self, Incoming, MapData, MapProtocol, PcpBody, PcpOption, PcpRequest, PcpResponse,
+        PcpResult, PmpError, PmpMap, PmpRequest, PmpResponse, PmpResult,
+    },
 };
-use crate::{
-    config::{NatpmpSettings, UpnpSettings},
-    rules::{ForwardRule, Lease, LeaseOrigin, PortRange, Protocol, RuleError},
-    upnp::igd::GatewayError,
-};
+use crate::rules::LeaseOrigin;
 
-/// How many external ports are tried for one request before giving up.
-const PORT_ATTEMPTS: u32 = 256;
 /// Allowed-remote prefixes one PCP mapping may carry (FILTER options).
 pub const MAX_FILTERS: usize = 16;
-/// Rate-limiter entries kept before idle ones are forgotten.
-const MAX_TRACKED_CLIENTS: usize = 4096;
-
-/// What the server needs from the daemon. `apply` is all or nothing, as
-/// the IGD's is.
-pub trait Gateway {
-    fn external_address(&self) -> Option<Ipv4Addr>;
-    fn lan(&self) -> Option<Ipv4Net>;
-    fn rules(&self) -> Vec<ForwardRule>;
-    /// Removes the rules named in `remove`, then adds `add` (a rule with
-    /// the name of a removed one keeps its id).
-    fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError>;
-    fn now_unix(&self) -> u64;
-    /// The external port of the dynamic mapping the datapath made for
-    /// `internal` (its first packet out), and how long it lives idle, in
-    /// seconds; `None` when it has none.
-    fn dynamic_mapping(&self, protocol: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
-        let _ = (protocol, internal);
-        None
-    }
-}
-
-/// The policy a request is judged by.
-#[derive(Clone, Debug)]
-pub struct Policy {
-    pub upnp: UpnpSettings,
-    pub natpmp: NatpmpSettings,
-}
-
-/// The rule name of a NAT-PMP or PCP mapping.
-pub fn mapping_name(origin: LeaseOrigin, protocol: MapProtocol, port: u16) -> String {
-    let prefix = match origin {
-        LeaseOrigin::Pcp => "pcp",
-        _ => "natpmp",
-    };
-    let protocol = match protocol {
-        MapProtocol::Udp => "udp",
-        MapProtocol::Tcp => "tcp",
-    };
-    format!("{prefix}-{protocol}-{port}")
-}
-
-fn rule_protocol(protocol: MapProtocol) -> Protocol {
-    match protocol {
-        MapProtocol::Udp => Protocol::Udp,
-        MapProtocol::Tcp => Protocol::Tcp,
-    }
-}
-
-/// Why a mapping was not made, in terms both protocols translate.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum MapFailure {
-    #[error("the gateway has no public address")]
-    NoExternalAddress,
-    #[error("{0} is not a host of the LAN")]
-    NotInLan(Ipv4Addr),
-    #[error("secure mode: {caller} may map only to itself, not to {internal}")]
-    NotSelf {
-        caller: Ipv4Addr,
-        internal: Ipv4Addr,
-    },
-    #[error("internal endpoint {0}:{1} is the target of rule {2}")]
-    TargetTaken(Ipv4Addr, u16, String),
-    #[error("the mapping of {0}:{1} was made with another nonce")]
-    NonceMismatch(Ipv4Addr, u16),
-    #[error("external port {0} is not permitted to {1}:{2} by the permissions")]
-    NotPermitted(u16, Ipv4Addr, u16),
-    #[error("internal port 0 (every port) cannot be mapped")]
-    AllPorts,
-    #[error("external port {0} is not available")]
-    PortUnavailable(u16),
-    #[error("no external port available in {0} tries")]
-    NoPort(u32),
-    #[error("the rules are full")]
-    TooMany,
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl MapFailure {
-    fn pmp(&self) -> PmpResult {
-        match self {
-            MapFailure::NoExternalAddress => PmpResult::NetworkFailure,
-            MapFailure::NoPort(_) | MapFailure::TooMany | MapFailure::Failed(_) => {
-                PmpResult::OutOfResources
-            }
-            _ => PmpResult::Refused,
-        }
-    }
-
-    fn pcp(&self) -> PcpResult {
-        match self {
-            MapFailure::NoExternalAddress => PcpResult::NetworkFailure,
-            MapFailure::NoPort(_) | MapFailure::TooMany | MapFailure::Failed(_) => {
-                PcpResult::NoResources
-            }
-            MapFailure::PortUnavailable(_) => PcpResult::CannotProvideExternal,
-            _ => PcpResult::NotAuthorized,
-        }
-    }
-}
-
-/// One mapping to make or renew.
-#[derive(Clone, Debug)]
-struct Ask {
-    origin: LeaseOrigin,
-    caller: Ipv4Addr,
-    internal: Ipv4Addr,
-    protocol: MapProtocol,
-    internal_port: u16,
-    suggested: u16,
-    lifetime: u32,
-    allow: Vec<Ipv4Net>,
-    prefer_failure: bool,
-    nonce: Option<String>,
-}
-
-fn is_mapping_of(
-    rule: &ForwardRule,
-    origin: LeaseOrigin,
-    internal: Ipv4Addr,
-    protocol: MapProtocol,
-) -> bool {
-    rule.lease_of(origin).is_some()
-        && rule.internal_addr == internal
-        && rule.protocol == rule_protocol(protocol)
-}
-
-fn check_lan(gateway: &dyn Gateway, addr: Ipv4Addr) -> Result<(), MapFailure> {
-    let lan = gateway.lan().ok_or(MapFailure::NotInLan(addr))?;
-    if !lan.contains(&addr)
-        || (lan.prefix_len() < 31 && (addr == lan.network() || addr == lan.broadcast()))
-    {
-        return Err(MapFailure::NotInLan(addr));
-    }
-    Ok(())
-}
-
-/// Makes or renews a mapping; returns the external port and lifetime.
-fn map(gateway: &mut dyn Gateway, policy: &Policy, ask: Ask) -> Result<(u16, u32), MapFailure> {
-    gateway
-        .external_address()
-        .ok_or(MapFailure::NoExternalAddress)?;
-    if policy.upnp.secure_mode && ask.internal != ask.caller {
-        return Err(MapFailure::NotSelf {
-            caller: ask.caller,
-            internal: ask.internal,
-        });
-    }
-    check_lan(gateway, ask.internal)?;
-    if ask.internal_port == 0 {
-        return Err(MapFailure::AllPorts);
-    }
-    let lifetime = ask.lifetime.min(policy.natpmp.max_lifetime);
-    let now = gateway.now_unix();
-    let rules = gateway.rules();
-    let number = rule_protocol(ask.protocol).numbers()[0];
-    let make = |port: u16| ForwardRule {
-        name: mapping_name(ask.origin, ask.protocol, port),
-        protocol: rule_protocol(ask.protocol),
-        external: PortRange::single(port),
-        internal_addr: ask.internal,
-        internal: PortRange::single(ask.internal_port),
-        allow: ask.allow.clone(),
-        enabled: true,
-        upnp: Some(Lease {
-            origin: ask.origin,
-            client: ask.caller,
-            description: ask.origin.protocol_name().to_owned(),
-            expires_at: Some(now + u64::from(lifetime)),
-            nonce: ask.nonce.clone(),
-        }),
-    };
-    // The internal endpoint already has a rule: ours to renew, or not ours.
-    if let Some(existing) = rules.iter().find(|rule| {
-        rule.enabled
-            && rule.internal_addr == ask.internal
-            && rule.protocol.numbers().contains(&number)
-            && (rule.internal.first..=rule.internal.last).contains(&ask.internal_port)
-    }) {
-        let Some(lease) = existing.lease_of(ask.origin) else {
-            return Err(MapFailure::TargetTaken(
-                ask.internal,
-                ask.internal_port,
-                existing.name.clone(),
-            ));
-        };
-        if lease.nonce != ask.nonce {
-            return Err(MapFailure::NonceMismatch(ask.internal, ask.internal_port));
-        }
-        let port = existing.external.first;
-        gateway
-            .apply(std::slice::from_ref(&existing.name), vec![make(port)])
-            .map_err(failure)?;
-        return Ok((port, lifetime));
-    }
-    let first = match ask.suggested {
-        0 if ask.internal_port >= 1024 => ask.internal_port,
-        0 => 1024,
-        port => port,
-    };
-    let candidates: Vec<u16> = if ask.prefer_failure && ask.suggested != 0 {
-        vec![ask.suggested]
-    } else {
-        let span = 65536 - 1024;
-        (0..PORT_ATTEMPTS)
-            .map(|step| (1024 + (u32::from(first.max(1024)) - 1024 + step) % span) as u16)
-            .collect()
-    };
-    // A suggested privileged port is tried first, as asked.
-    let candidates: Vec<u16> = if first < 1024 && !(ask.prefer_failure && ask.suggested != 0) {
-        std::iter::once(first).chain(candidates).collect()
-    } else {
-        candidates
-    };
-    let only = candidates.len() == 1;
-    let mut permitted = false;
-    let mut last = MapFailure::NoPort(PORT_ATTEMPTS);
-    for &port in &candidates {
-        if !policy.upnp.permits(port, ask.internal, ask.internal_port) {
-            continue;
-        }
-        permitted = true;
-        let held = rules.iter().any(|rule| {
-            rule.enabled
-                && rule.protocol.numbers().contains(&number)
-                && (rule.external.first..=rule.external.last).contains(&port)
-        });
-        if held {
-            last = MapFailure::PortUnavailable(port);
-            continue;
-        }
-        match gateway.apply(&[], vec![make(port)]) {
-            Ok(()) => return Ok((port, lifetime)),
-            Err(GatewayError::Rule(
-                RuleError::Overlap { .. } | RuleError::InUseByMapping { .. },
-            )) => last = MapFailure::PortUnavailable(port),
-            Err(error) => return Err(failure(error)),
-        }
-    }
-    Err(if !permitted {
-        MapFailure::NotPermitted(candidates[0], ask.internal, ask.internal_port)
-    } else if only {
-        last
-    } else {
-        MapFailure::NoPort(PORT_ATTEMPTS)
-    })
-}
-
-fn failure(error: GatewayError) -> MapFailure {
-    match error {
-        GatewayError::Rule(
-            RuleError::TooMany | RuleError::ClientQuota { .. } | RuleError::LeasedQuota { .. },
-        ) => MapFailure::TooMany,
-        GatewayError::Rule(RuleError::SharedTarget {
-            other, addr, port, ..
-        }) => MapFailure::TargetTaken(addr, port, other),
-        GatewayError::Rule(error) => MapFailure::Failed(error.to_string()),
-        GatewayError::Failed(message) => MapFailure::Failed(message),
-    }
-}
-
-/// Deletes the `origin` mappings of `internal` for `protocol` (one
-/// internal port, or all of them with `None`); returns the external port
-/// of the one deleted, if it was one.
-struct Delete<'a> {
-    origin: LeaseOrigin,
-    caller: Ipv4Addr,
-    internal: Ipv4Addr,
-    protocol: MapProtocol,
-    internal_port: Option<u16>,
-    nonce: Option<&'a str>,
-}
-
-fn unmap(
-    gateway: &mut dyn Gateway,
-    policy: &Policy,
-    delete: Delete<'_>,
-) -> Result<Option<u16>, MapFailure> {
-    let Delete {
-        origin,
-        caller,
-        internal,
-        protocol,
-        internal_port,
-        nonce,
-    } = delete;
-    if policy.upnp.secure_mode && internal != caller {
-        return Err(MapFailure::NotSelf { caller, internal });
-    }
-    let rules = gateway.rules();
-    let matching: Vec<&ForwardRule> = rules
-        .iter()
-        .filter(|rule| {
-            is_mapping_of(rule, origin, internal, protocol)
-                && internal_port.is_none_or(|port| rule.internal.first == port)
-        })
-        .collect();
-    if let Some(rule) = matching
-        .iter()
-        .find(|rule| rule.upnp.as_ref().and_then(|lease| lease.nonce.as_deref()) != nonce)
-    {
-        return Err(MapFailure::NonceMismatch(internal, rule.internal.first));
-    }
-    if matching.is_empty() {
-        // Deleting what is not there succeeds (RFC 6886 3.4, RFC 6887 15).
-        return Ok(None);
-    }
-    let names: Vec<String> = matching.iter().map(|rule| rule.name.clone()).collect();
-    let port = (matching.len() == 1).then(|| matching[0].external.first);
-    gateway.apply(&names, Vec::new()).map_err(failure)?;
-    Ok(port)
-}
-
-/// A token bucket per LAN host.
-#[derive(Debug)]
-struct RateLimiter {
-    buckets: HashMap<Ipv4Addr, (f64, Instant)>,
-}
-
-impl RateLimiter {
-    fn admit(&mut self, client: Ipv4Addr, now: Instant, rate: u32) -> bool {
-        let capacity = f64::from(rate) * 2.0;
-        if self.buckets.len() >= MAX_TRACKED_CLIENTS {
-            self.buckets.retain(|_, (_, seen)| {
-                now.saturating_duration_since(*seen) < Duration::from_secs(10)
-            });
-        }
-        let (tokens, seen) = self.buckets.entry(client).or_insert((capacity, now));
-        let elapsed = now.saturating_duration_since(*seen).as_secs_f64();
-        *tokens = (*tokens + elapsed * f64::from(rate)).min(capacity);
-        *seen = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// The server's state: when its epoch began (RFC 6886 3.6, RFC 6887 8.5)
 /// and the rate limiter. The epoch begins when the service starts, which
@@ -392,9 +46,7 @@ impl Server {
     pub fn new(now: Instant) -> Self {
         Self {
             epoch_start: now,
-            limiter: RateLimiter {
-                buckets: HashMap::new(),
-            },
+            limiter: RateLimiter::new(),
         }
     }
 
@@ -532,20 +184,6 @@ fn pmp(
         Ok((port, granted)) => answer(PmpResult::Success, port, granted),
         Err(error) => answer(error.pmp(), 0, 0),
     }
-}
-
-fn map_logged(
-    gateway: &mut dyn Gateway,
-    policy: &Policy,
-    ask: Ask,
-) -> Result<(u16, u32), MapFailure> {
-    let (origin, caller) = (ask.origin, ask.caller);
-    map(gateway, policy, ask).inspect_err(|error| {
-        tracing::info!(
-            "{} map from {caller} refused: {error}",
-            origin.protocol_name()
-        );
-    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -796,113 +434,8 @@ fn pcp_peer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::RuleSet;
-    use wire::{Filter, PCP_OP_ANNOUNCE, PCP_OP_MAP, mapped, pcp_request_bytes, pmp_map_bytes};
-
-    const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
-    const OTHER: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 13);
-    const WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-
-    struct Fake {
-        rules: RuleSet,
-        now: u64,
-        wan: Option<Ipv4Addr>,
-        dynamic: Vec<(MapProtocol, SocketAddrV4, u16)>,
-    }
-
-    impl Gateway for Fake {
-        fn external_address(&self) -> Option<Ipv4Addr> {
-            self.wan
-        }
-        fn lan(&self) -> Option<Ipv4Net> {
-            Some("192.168.0.0/24".parse().unwrap())
-        }
-        fn rules(&self) -> Vec<ForwardRule> {
-            self.rules.to_vec()
-        }
-        fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
-            let mut next = self.rules.clone();
-            let mut ids = HashMap::new();
-            for name in remove {
-                ids.insert(name.clone(), next.get(name).map(|(id, _)| id));
-                next.remove(name).map_err(GatewayError::Rule)?;
-            }
-            for rule in add {
-                let id = ids.get(&rule.name).copied().flatten();
-                next.add(rule, id).map_err(GatewayError::Rule)?;
-            }
-            next.validate(self.lan().unwrap())
-                .map_err(GatewayError::Rule)?;
-            self.rules = next;
-            Ok(())
-        }
-        fn now_unix(&self) -> u64 {
-            self.now
-        }
-        fn dynamic_mapping(
-            &self,
-            protocol: MapProtocol,
-            internal: SocketAddrV4,
-        ) -> Option<(u16, u32)> {
-            self.dynamic
-                .iter()
-                .find(|(p, i, _)| *p == protocol && *i == internal)
-                .map(|(_, _, external)| (*external, 300))
-        }
-    }
-
-    fn fake() -> Fake {
-        Fake {
-            rules: RuleSet::default(),
-            now: 1_000_000,
-            wan: Some(WAN),
-            dynamic: Vec::new(),
-        }
-    }
-
-    fn policy() -> Policy {
-        Policy {
-            upnp: UpnpSettings::default(),
-            natpmp: NatpmpSettings {
-                max_lifetime: 3600,
-                ..NatpmpSettings::default()
-            },
-        }
-    }
-
-    fn send(gateway: &mut Fake, policy: &Policy, from: Ipv4Addr, data: &[u8]) -> Vec<u8> {
-        let server = Server::new(Instant::now());
-        match server.handle(
-            gateway,
-            policy,
-            SocketAddrV4::new(from, 40000),
-            data,
-            Instant::now(),
-        ) {
-            Outcome::Answer(bytes) => bytes,
-            Outcome::Dropped(why) => panic!("dropped: {why}"),
-        }
-    }
-
-    fn pmp_map(protocol: MapProtocol, internal: u16, suggested: u16, lifetime: u32) -> Vec<u8> {
-        pmp_map_bytes(&PmpMap {
-            protocol,
-            internal_port: internal,
-            suggested_external_port: suggested,
-            lifetime,
-        })
-    }
-
-    /// (result, internal, external, lifetime) of a NAT-PMP map answer.
-    fn pmp_answer(bytes: &[u8]) -> (u16, u16, u16, u32) {
-        assert_eq!(bytes.len(), 16, "{bytes:?}");
-        (
-            u16::from_be_bytes([bytes[2], bytes[3]]),
-            u16::from_be_bytes([bytes[8], bytes[9]]),
-            u16::from_be_bytes([bytes[10], bytes[11]]),
-            u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
-        )
-    }
+    use crate::natpmp::testing::*;
+    use wire::{Filter, PCP_OP_ANNOUNCE, mapped, pcp_request_bytes};
 
     #[test]
     fn pmp_address_and_network_failure() {
@@ -985,69 +518,6 @@ mod tests {
     }
 
     #[test]
-    fn a_port_held_by_another_client_or_protocol_is_not_given_away() {
-        let mut gateway = fake();
-        let policy = policy();
-        send(
-            &mut gateway,
-            &policy,
-            CLIENT,
-            &pmp_map(MapProtocol::Tcp, 6881, 7000, 60),
-        );
-        // Another host asking for the same external port gets another one.
-        let answer = send(
-            &mut gateway,
-            &policy,
-            OTHER,
-            &pmp_map(MapProtocol::Tcp, 6881, 7000, 60),
-        );
-        let (result, _, port, _) = pmp_answer(&answer);
-        assert_eq!(result, 0);
-        assert_ne!(port, 7000);
-        // PCP with PREFER_FAILURE for the held port: CANNOT_PROVIDE_EXTERNAL.
-        let request = pcp_map_request(OTHER, 5555, 7000, 60, vec![PcpOption::PreferFailure]);
-        let answer = send(&mut gateway, &policy, OTHER, &pcp_request_bytes(&request));
-        assert_eq!(answer[3], PcpResult::CannotProvideExternal as u8);
-        // PCP deleting the NAT-PMP mapping's endpoint does nothing to it.
-        let request = pcp_map_request(CLIENT, 6881, 0, 0, vec![]);
-        let answer = send(&mut gateway, &policy, CLIENT, &pcp_request_bytes(&request));
-        assert_eq!(answer[3], 0);
-        assert!(
-            gateway
-                .rules()
-                .iter()
-                .any(|rule| rule.name == "natpmp-tcp-7000")
-        );
-        // Nor can PCP map the endpoint NAT-PMP holds.
-        let request = pcp_map_request(CLIENT, 6881, 0, 60, vec![]);
-        let answer = send(&mut gateway, &policy, CLIENT, &pcp_request_bytes(&request));
-        assert_eq!(answer[3], PcpResult::NotAuthorized as u8);
-    }
-
-    #[test]
-    fn permissions_apply() {
-        let mut gateway = fake();
-        let policy = policy();
-        // Default permissions: no privileged internal port.
-        let answer = send(
-            &mut gateway,
-            &policy,
-            CLIENT,
-            &pmp_map(MapProtocol::Tcp, 22, 2222, 60),
-        );
-        assert_eq!(pmp_answer(&answer).0, PmpResult::Refused as u16);
-        // Port 0 suggested for a privileged internal port is refused too.
-        let answer = send(
-            &mut gateway,
-            &policy,
-            CLIENT,
-            &pmp_map(MapProtocol::Tcp, 0, 0, 60),
-        );
-        assert_eq!(pmp_answer(&answer).0, PmpResult::Refused as u16);
-        assert!(gateway.rules().is_empty());
-    }
-
-    #[test]
     fn pmp_strict_input() {
         let mut gateway = fake();
         let policy = policy();
@@ -1065,28 +535,6 @@ mod tests {
             Instant::now(),
         );
         assert!(matches!(outcome, Outcome::Dropped(why) if why.contains("5 bytes")));
-    }
-
-    fn pcp_map_request(
-        client: Ipv4Addr,
-        internal: u16,
-        suggested: u16,
-        lifetime: u32,
-        options: Vec<PcpOption>,
-    ) -> PcpRequest {
-        PcpRequest {
-            opcode: PCP_OP_MAP,
-            lifetime,
-            client: mapped(client),
-            body: PcpBody::Map(MapData {
-                nonce: [7; 12],
-                protocol: wire::PROTO_TCP,
-                internal_port: internal,
-                external_port: suggested,
-                external_addr: std::net::Ipv6Addr::UNSPECIFIED,
-            }),
-            options,
-        }
     }
 
     #[test]
@@ -1231,35 +679,5 @@ mod tests {
         // Malformed: internal port 0.
         let answer = send(&mut gateway, &policy, CLIENT, &peer_request(0, 600, 6));
         assert_eq!(answer[3], PcpResult::MalformedRequest as u8);
-    }
-
-    #[test]
-    fn secure_mode_keeps_a_client_to_itself() {
-        let mut gateway = fake();
-        let policy = policy();
-        send(
-            &mut gateway,
-            &policy,
-            CLIENT,
-            &pmp_map(MapProtocol::Tcp, 6881, 7000, 60),
-        );
-        // OTHER deleting "all its mappings" leaves CLIENT's alone.
-        send(
-            &mut gateway,
-            &policy,
-            OTHER,
-            &pmp_map(MapProtocol::Tcp, 0, 0, 0),
-        );
-        assert_eq!(gateway.rules().len(), 1);
-    }
-
-    #[test]
-    fn the_rate_limit_drops_a_flood() {
-        let mut server = Server::new(Instant::now());
-        let now = Instant::now();
-        let admitted = (0..100).filter(|_| server.admit(CLIENT, now, 10)).count();
-        assert_eq!(admitted, 20);
-        assert!(server.admit(OTHER, now, 10));
-        assert!(server.admit(CLIENT, now + Duration::from_millis(200), 10));
     }
 }
