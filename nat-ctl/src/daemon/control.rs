@@ -128,40 +128,43 @@ impl Daemon {
         )
     }
 
+    /// Removes the client mappings `which` picks, in one change saved at
+    /// once; returns their names. Switching a protocol off closes what its
+    /// clients opened.
+    fn remove_client_mappings(
+        &self,
+        which: impl Fn(&ForwardRule) -> bool,
+    ) -> Result<Vec<String>, ApiError> {
+        let mut state = self.lock();
+        let names: Vec<String> = state
+            .rules
+            .iter()
+            .filter(|(_, rule)| which(rule))
+            .map(|(_, rule)| rule.name.clone())
+            .collect();
+        state.change(
+            |rules| {
+                for name in &names {
+                    rules.remove(name)?;
+                }
+                Ok(())
+            },
+            Durability::Saved,
+        )?;
+        Ok(names)
+    }
+
     /// `natctl upnp on|off`. Off means closed: the clients' mappings go
     /// with it.
     pub(super) fn switch_upnp(&self, on: bool) -> ApiResult {
         self.upnp_wanted.store(on, Ordering::SeqCst);
-        let mut removed = Vec::new();
-        if !on {
-            let mut state = self.lock();
-            let names: Vec<String> = state
-                .rules
-                .iter()
-                .filter(|(_, rule)| rule.upnp_lease().is_some())
-                .map(|(_, rule)| rule.name.clone())
-                .collect();
-            state.change(
-                |rules| {
-                    for name in &names {
-                        rules.remove(name)?;
-                    }
-                    Ok(())
-                },
-                Durability::Saved,
-            )?;
-            removed = names;
-        }
+        let removed = if on {
+            Vec::new()
+        } else {
+            self.remove_client_mappings(|rule| rule.upnp_lease().is_some())?
+        };
         self.upnp_changed.notify_one();
-        tracing::info!(
-            "UPnP switched {}{}",
-            if on { "on" } else { "off" },
-            if removed.is_empty() {
-                String::new()
-            } else {
-                format!("; removed {}", removed.join(", "))
-            }
-        );
+        log_switch("UPnP", on, &removed);
         to_json(UpnpSwitched { upnp: on, removed })
     }
 
@@ -170,39 +173,16 @@ impl Daemon {
     pub(super) fn switch_natpmp(&self, on: bool) -> ApiResult {
         use crate::rules::LeaseOrigin;
         self.natpmp_wanted.store(on, Ordering::SeqCst);
-        let mut removed = Vec::new();
-        if !on {
-            let mut state = self.lock();
-            let names: Vec<String> = state
-                .rules
-                .iter()
-                .filter(|(_, rule)| {
-                    rule.lease_of(LeaseOrigin::Natpmp).is_some()
-                        || rule.lease_of(LeaseOrigin::Pcp).is_some()
-                })
-                .map(|(_, rule)| rule.name.clone())
-                .collect();
-            state.change(
-                |rules| {
-                    for name in &names {
-                        rules.remove(name)?;
-                    }
-                    Ok(())
-                },
-                Durability::Saved,
-            )?;
-            removed = names;
-        }
+        let removed = if on {
+            Vec::new()
+        } else {
+            self.remove_client_mappings(|rule| {
+                rule.lease_of(LeaseOrigin::Natpmp).is_some()
+                    || rule.lease_of(LeaseOrigin::Pcp).is_some()
+            })?
+        };
         self.natpmp_changed.notify_one();
-        tracing::info!(
-            "NAT-PMP/PCP switched {}{}",
-            if on { "on" } else { "off" },
-            if removed.is_empty() {
-                String::new()
-            } else {
-                format!("; removed {}", removed.join(", "))
-            }
-        );
+        log_switch("NAT-PMP/PCP", on, &removed);
         to_json(NatpmpSwitched {
             natpmp: on,
             removed,
@@ -297,4 +277,16 @@ impl Daemon {
             "pid": std::process::id(),
         }))
     }
+}
+
+fn log_switch(what: &str, on: bool, removed: &[String]) {
+    tracing::info!(
+        "{what} switched {}{}",
+        if on { "on" } else { "off" },
+        if removed.is_empty() {
+            String::new()
+        } else {
+            format!("; removed {}", removed.join(", "))
+        }
+    );
 }
