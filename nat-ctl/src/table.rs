@@ -413,7 +413,9 @@ const GROUPS: &[(&str, &[Counter])] = &[
         &[
             Counter::FragTracked,
             Counter::FragExpired,
+            Counter::FragIdRewritten,
             Counter::DropFragUntracked,
+            Counter::DropFragIdBusy,
         ],
     ),
     (

@@ -84,6 +84,7 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         return Err(Counter::PassLocal);
     }
     let now = now_ns();
+    frag::track_outbound(config.wan_addr, &packet, now, len)?;
     let internal = packet.endpoint(Side::Source);
     let external = external_port_for(config, packet.proto, internal, now, len)?;
     let conversation = Conversation {
@@ -99,7 +100,6 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         count_rule(external.rule_id, false, len);
     }
     if packet.is_fragment() {
-        frag::track(&packet, config.wan_addr, now, len);
         frag::note_peer(dst, packet.proto, src, now);
     }
     rewrite_endpoint(

@@ -53,7 +53,7 @@ pub fn outbound(
     let now = now_ns();
     let host = hdr.addr(Side::Source);
     address_session_outbound(hdr.proto, host, remote, now, len)?;
-    frag::track(hdr, config.wan_addr, now, len);
+    frag::track_outbound(config.wan_addr, hdr, now, len)?;
     rewrite_addr(hdr, Side::Source, config.wan_addr);
     redirect(ctx, eth, hdr, &route, Counter::Snat, len)
 }
@@ -84,7 +84,7 @@ pub fn inbound(
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
-    frag::track(hdr, host, now, len);
+    frag::track_inbound(hdr, host, now, len);
     rewrite_addr(hdr, Side::Destination, host);
     redirect(ctx, eth, hdr, &route, Counter::Dnat, len)
 }
