@@ -13,7 +13,8 @@ use crate::{
         Target, config, config_without_wan, in_prefix, inbound_target, now_ns, outbound_external,
     },
     parse::{
-        Endpoint, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted,
+        Endpoint, IcmpKind, Ipv4Packet, Quoted, Side, frame_len, parse_frame_header, parse_l4,
+        parse_quoted_any,
     },
     proto,
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
@@ -218,7 +219,13 @@ fn icmp_error_outbound(
     // About nothing the NAT translated: dropped, never passed to a kernel
     // that would forward it with the host's address.
     let untranslated = Counter::DropIcmpUntranslated;
-    let quoted = parse_quoted(ctx, packet).map_err(|_| untranslated)?;
+    let quoted = match parse_quoted_any(ctx, packet).map_err(|_| untranslated)? {
+        Quoted::Datagram(quoted) => quoted,
+        // About a packet of another protocol that came in by address.
+        Quoted::Other(quoted) => {
+            return proto::icmp_error_outbound(ctx, config, eth, packet, &quoted, len);
+        }
+    };
     if quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query {
         return Err(untranslated);
     }
