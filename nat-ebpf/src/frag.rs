@@ -104,27 +104,34 @@ const ID_TRIES: u32 = 4;
 /// the WAN address, with the id it left with. It never equals a datagram's
 /// own key (no LAN host has the WAN address) nor a peer key.
 #[inline(always)]
-fn outside_key(wan_addr: [u8; 4], hdr: &IpHeader, id: u16) -> FragKey {
+fn outside_key(wan_addr: [u8; 4], dst: [u8; 4], proto: u8, id: u16) -> FragKey {
     FragKey {
         src: wan_addr,
-        dst: hdr.addr(Side::Destination),
+        dst,
         id,
-        proto: hdr.proto,
+        proto,
         _pad: 0,
     }
 }
 
-/// The IP id a LAN host's datagram leaves with. Every LAN datagram leaves
+/// The IP id a LAN host's datagram leaves with for `dst` (the remote, or
+/// the LAN host a hairpinned datagram goes to). Every LAN datagram leaves
 /// from the one WAN address, so two hosts' datagrams to one remote with
 /// the same id and protocol would be reassembled as one there (RFC 6864
 /// section 4.1): the first to leave holds the id for `FRAG_TIMEOUT_NS`,
 /// and another host's datagram takes a random free id instead.
 #[inline(always)]
-fn claim_id(wan_addr: [u8; 4], hdr: &IpHeader, now: u64, len: usize) -> Result<u16, Counter> {
+fn claim_id(
+    wan_addr: [u8; 4],
+    hdr: &IpHeader,
+    dst: [u8; 4],
+    now: u64,
+    len: usize,
+) -> Result<u16, Counter> {
     let host = hdr.addr(Side::Source);
     let mut id = hdr.id();
     for _ in 0..ID_TRIES {
-        let key = outside_key(wan_addr, hdr, id);
+        let key = outside_key(wan_addr, dst, hdr.proto, id);
         // SAFETY: a map lookup, copied out at once.
         let holder = unsafe { FRAGS.get(key) }.copied();
         match holder {
@@ -155,7 +162,7 @@ fn outbound_id(wan_addr: [u8; 4], hdr: &IpHeader, now: u64, len: usize) -> Resul
     if let Some((_, id)) = fresh(&key, FRAG_TIMEOUT_NS, now, len) {
         return Ok(id);
     }
-    let id = claim_id(wan_addr, hdr, now, len)?;
+    let id = claim_id(wan_addr, hdr, hdr.addr(Side::Destination), now, len)?;
     insert(&key, wan_addr, id, now);
     count(Counter::FragTracked, len);
     Ok(id)
@@ -177,6 +184,56 @@ pub fn track_outbound(
     let id = outbound_id(wan_addr, hdr, now, len)?;
     rewrite_id(hdr, id);
     Ok(())
+}
+
+/// A first fragment from a LAN host to the WAN address, hairpinned to the
+/// LAN host `to`: its datagram recorded (under its key as it arrived,
+/// destination the WAN address, which no outbound datagram has) so that
+/// the fragments after it follow, and the IP id it reaches `to` with set.
+/// Nothing for a whole datagram.
+#[inline(always)]
+pub fn track_hairpin(
+    wan_addr: [u8; 4],
+    hdr: &IpHeader,
+    to: [u8; 4],
+    now: u64,
+    len: usize,
+) -> Result<(), Counter> {
+    if !hdr.is_fragment() {
+        return Ok(());
+    }
+    let id = claim_id(wan_addr, hdr, to, now, len)?;
+    insert(&datagram_key(hdr), to, id, now);
+    count(Counter::FragTracked, len);
+    rewrite_id(hdr, id);
+    Ok(())
+}
+
+/// A later fragment from a LAN host to the WAN address: to the LAN host
+/// its first fragment was hairpinned to, from the WAN address. Without a
+/// record (the router's own datagram, or its first fragment not seen yet):
+/// the kernel's, which reassembles it for the router.
+#[inline(always)]
+pub fn hairpin(
+    ctx: &impl NatContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    hdr: &IpHeader,
+    len: usize,
+) -> Result<u32, Counter> {
+    if hdr.is_tcp_overlap() {
+        return Err(Counter::DropMalformed);
+    }
+    let (to, id) =
+        fresh(&datagram_key(hdr), FRAG_TIMEOUT_NS, now_ns(), len).ok_or(Counter::PassLocal)?;
+    let route = route_fragmentable(ctx, hdr, config.wan_addr, to)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    rewrite_id(hdr, id);
+    rewrite_addr(hdr, Side::Source, config.wan_addr);
+    rewrite_addr(hdr, Side::Destination, to);
+    redirect(ctx, eth, hdr, &route, Counter::FragTranslated, len)
 }
 
 /// A first fragment from outside has its verdict: its later fragments are

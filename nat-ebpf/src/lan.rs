@@ -49,7 +49,7 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     // translated first or dropped.
     if hdr.is_later_fragment() {
         if to_router {
-            return Err(Counter::PassLocal);
+            return frag::hairpin(ctx, config, eth, &hdr, len);
         }
         return frag::outbound(ctx, config, eth, &hdr, len);
     }
@@ -200,6 +200,7 @@ fn hairpin(
             }
         }
     }
+    frag::track_hairpin(config.wan_addr, packet, to.addr, now, len)?;
     rewrite_endpoint(ctx, packet, Side::Source, source_outside);
     rewrite_endpoint(ctx, packet, Side::Destination, to);
     redirect(ctx, eth, packet, &route, Counter::Hairpin, len)

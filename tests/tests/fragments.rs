@@ -116,6 +116,50 @@ fn inbound_fragments_to_a_forwarded_port() {
 }
 
 #[test]
+fn hairpinned_fragments_follow_their_first() {
+    let mut lab = PacketLab::new().unwrap();
+    lab.forward("udp/8053=192.168.0.12:53").unwrap();
+    let query = with_id(
+        &udp(
+            ep(LAN_HOST2, 5555),
+            ep(WAN_ADDR, 8053),
+            &Rng::new(8).bytes(4000),
+        ),
+        ID,
+    );
+    let fragments = fragment(&query, 1480);
+    let out = through(&mut lab, true, &fragments);
+    for (out, input) in out.iter().zip(&fragments) {
+        assert_fragment_routed(
+            out,
+            input,
+            Egress::Lan(LAN_HOST),
+            WAN_ADDR.octets(),
+            LAN_HOST.octets(),
+        );
+    }
+    let p = assert_checksums_ok(&reassemble(&out));
+    let port = p.src().port();
+    assert_translated(&p, &query, ep(WAN_ADDR, port), ep(LAN_HOST, 53), 1);
+    assert_counters(
+        &lab,
+        &[("hairpin", 1), ("frag_tracked", 1), ("frag_translated", 2)],
+    );
+    // A later fragment to the WAN address whose first was not hairpinned:
+    // the router's own datagram, for the kernel to reassemble.
+    let own = with_id(
+        &udp(
+            ep(LAN_HOST2, 5556),
+            ep(WAN_ADDR, 9999),
+            &Rng::new(9).bytes(3000),
+        ),
+        ID + 1,
+    );
+    let later = &fragment(&own, 1480)[1];
+    assert_passed_untouched(&lab.from_lan(later).unwrap(), later);
+}
+
+#[test]
 fn a_later_fragment_before_its_first() {
     // Leaving the LAN: every fragment's source becomes the WAN address,
     // so the order does not matter. Last, middle, then first.
