@@ -1,6 +1,11 @@
 //! Port-forwarding rules as a router's "virtual server" page has them, their
 //! validation, and their expansion into datapath entries.
-use std::{collections::HashMap, fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    str::FromStr,
+};
 
 use aya::maps::lpm_trie::Key;
 use ipnet::Ipv4Net;
@@ -97,7 +102,7 @@ pub enum RuleError {
         name: String,
         protocol: &'static str,
         port: u16,
-        internal: std::net::SocketAddrV4,
+        internal: SocketAddrV4,
     },
 }
 
@@ -466,6 +471,13 @@ impl ForwardRule {
             });
         }
         Ok(())
+    }
+
+    /// The LAN endpoint that external `port` goes to, if the rule holds it.
+    pub fn target_of(&self, port: u16) -> Option<SocketAddrV4> {
+        let offset = port.checked_sub(self.external.first)?;
+        (port <= self.external.last)
+            .then(|| SocketAddrV4::new(self.internal_addr, self.internal.first + offset))
     }
 
     /// The datapath entries for this rule (none while it is disabled): for
@@ -860,6 +872,16 @@ mod tests {
         set.get_mut("b").unwrap().enabled = false;
         assert_eq!(set.claimed_ports().len(), 1);
         assert!(set.entries().forwards.len() == 2);
+    }
+
+    #[test]
+    fn target_of_follows_the_range_port_by_port() {
+        let rule: ForwardRule = "udp/5000-5001=192.168.0.7:6000-6001".parse().unwrap();
+        let at = |port| Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 7), port));
+        assert_eq!(rule.target_of(5000), at(6000));
+        assert_eq!(rule.target_of(5001), at(6001));
+        assert_eq!(rule.target_of(4999), None);
+        assert_eq!(rule.target_of(5002), None);
     }
 
     #[test]

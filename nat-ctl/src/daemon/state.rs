@@ -214,19 +214,24 @@ impl State {
             else {
                 continue;
             };
-            let name = next
-                .iter()
-                .find(|(_, rule)| {
-                    rule.enabled
-                        && rule.protocol.numbers().contains(&proto)
-                        && (rule.external.first..=rule.external.last).contains(&port)
-                })
-                .map_or_else(String::new, |(_, rule)| rule.name.clone());
+            let claimant = next.iter().find(|(_, rule)| {
+                rule.enabled
+                    && rule.protocol.numbers().contains(&proto)
+                    && (rule.external.first..=rule.external.last).contains(&port)
+            });
+            // A rule for the port its own target already holds adopts that
+            // mapping: the endpoint keeps its port (RFC 4787 REQ-11), and
+            // a client asking for the port it has is not sent elsewhere.
+            let holder = SocketAddrV4::new(binding.addr.into(), binding.port);
+            if claimant.is_some_and(|(_, rule)| rule.target_of(port) == Some(holder)) {
+                continue;
+            }
+            let name = claimant.map_or_else(String::new, |(_, rule)| rule.name.clone());
             return Err(RuleError::InUseByMapping {
                 name,
                 protocol: protocol_name(proto),
                 port,
-                internal: SocketAddrV4::new(binding.addr.into(), binding.port),
+                internal: holder,
             }
             .into());
         }
