@@ -70,12 +70,12 @@ pub fn natctl_path() -> Result<PathBuf> {
 /// A bpffs mounted in a private directory: `ip netns exec` remounts /sys, so
 /// pins under /sys/fs/bpf made inside the router's namespace would be
 /// invisible to the test; a bpffs elsewhere is seen from everywhere.
-struct BpfFs {
-    dir: PathBuf,
+pub(crate) struct BpfFs {
+    pub(crate) dir: PathBuf,
 }
 
 impl BpfFs {
-    fn mount(dir: PathBuf) -> Result<Self> {
+    pub(crate) fn mount(dir: PathBuf) -> Result<Self> {
         fs::create_dir_all(&dir)?;
         run(
             "mount",
@@ -93,7 +93,7 @@ impl Drop for BpfFs {
 }
 
 /// A file removed on drop, however the lab's start-up ends.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(pub(crate) PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -123,6 +123,55 @@ pub fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
     })
 }
 
+/// Starts `natctl daemon --wan wan0 --lan lan0` in `router`, its output
+/// appended to `log`, and waits until it serves its API on `socket`.
+pub(crate) fn spawn_daemon(
+    router: &Netns,
+    socket: &Path,
+    config: &Path,
+    attach: &str,
+    log: &Path,
+) -> Result<Child> {
+    let natctl = natctl_path()?;
+    let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let before = fs::metadata(log)?.len() as usize;
+    let mut command = router.command(natctl.to_str().context("path")?);
+    command
+        .args(["--socket"])
+        .arg(socket)
+        .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
+        .arg(config)
+        .args(["--attach", attach])
+        .env("NATCTL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    let mut child = command.spawn().context("starting natctl daemon")?;
+    let ready = wait_for(
+        "natctl daemon to serve its API",
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(status));
+            }
+            let text = fs::read_to_string(log).unwrap_or_default();
+            text.get(before..)
+                .is_some_and(|new| new.contains("API on"))
+                .then_some(Ok(()))
+        },
+    );
+    let text = || fs::read_to_string(log).unwrap_or_default();
+    match ready {
+        Ok(Ok(())) => Ok(child),
+        Ok(Err(status)) => bail!("natctl daemon exited ({status}): {}", text()),
+        Err(error) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{error}: {}", text())
+        }
+    }
+}
+
 /// The attach mode a lab's daemon runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LabMode {
@@ -149,7 +198,7 @@ pub struct Lab {
 }
 
 /// A directory removed with its contents on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -241,56 +290,18 @@ impl Lab {
         if self.daemon.is_some() {
             bail!("the daemon is already running");
         }
-        let natctl = natctl_path()?;
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log.0)?;
-        let before = fs::metadata(&self.log.0)?.len() as usize;
-        let mut command = self.router.command(natctl.to_str().context("path")?);
-        command
-            .args(["--socket"])
-            .arg(self.socket())
-            .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
-            .arg(&self.config)
-            .args([
-                "--attach",
-                match self.mode {
-                    LabMode::Auto => "auto",
-                    LabMode::Xdp => "xdp",
-                },
-            ])
-            .env("NATCTL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let mut child = command.spawn().context("starting natctl daemon")?;
-        let log = self.log.0.clone();
-        let ready = wait_for(
-            "natctl daemon to serve its API",
-            Duration::from_secs(30),
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Some(Err(status));
-                }
-                let text = fs::read_to_string(&log).unwrap_or_default();
-                text.get(before..)
-                    .is_some_and(|new| new.contains("API on"))
-                    .then_some(Ok(()))
-            },
-        );
-        match ready {
-            Ok(Ok(())) => {
-                self.daemon = Some(child);
-                Ok(())
-            }
-            Ok(Err(status)) => bail!("natctl daemon exited ({status}): {}", self.natctl_log()),
-            Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{error}: {}", self.natctl_log())
-            }
-        }
+        let attach = match self.mode {
+            LabMode::Auto => "auto",
+            LabMode::Xdp => "xdp",
+        };
+        self.daemon = Some(spawn_daemon(
+            &self.router,
+            &self.socket(),
+            &self.config,
+            attach,
+            &self.log.0,
+        )?);
+        Ok(())
     }
 
     /// A WAN host's TCP connection to the router's WAN address on `port`
