@@ -10,7 +10,8 @@ use crate::{
     egress::{redirect, route, route_fragmentable},
     frag,
     lookup::{
-        Target, config, config_without_wan, in_prefix, inbound_target, now_ns, outbound_external,
+        Target, binding_inbound, config, config_without_wan, forward_inbound, in_prefix,
+        inbound_target, now_ns, outbound_external_unrefreshed,
     },
     parse::{
         Endpoint, IcmpKind, Ipv4Packet, Quoted, Side, frame_len, parse_frame_header, parse_l4,
@@ -67,8 +68,9 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         Err(reason) => return Err(reason),
     };
     match packet.icmp {
-        // An error to the router itself is the kernel's to read.
-        IcmpKind::Error if to_router => return Err(Counter::PassLocal),
+        // An error to the router itself is the kernel's to read, unless it
+        // is about a packet hairpinned to the host.
+        IcmpKind::Error if to_router => return hairpin_icmp_error(ctx, config, eth, &packet, len),
         IcmpKind::Error => return icmp_error_outbound(ctx, config, eth, &packet, len),
         _ if to_router => return hairpin(ctx, config, eth, &packet, len),
         IcmpKind::Other => return Err(Counter::DropIcmpUnknown),
@@ -206,6 +208,66 @@ fn hairpin(
     redirect(ctx, eth, packet, &route, Counter::Hairpin, len)
 }
 
+/// A LAN host's ICMP error about a packet hairpinned to it (from the WAN
+/// address and another LAN host's external port): back to that host as an
+/// error from outside would come, from the WAN address, quoting what that
+/// host sent (RFC 5508 REQ-7). About anything else: the router's own.
+#[inline(always)]
+fn hairpin_icmp_error(
+    ctx: &impl NatContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    packet: &Ipv4Packet,
+    len: usize,
+) -> Result<u32, Counter> {
+    let own = Counter::PassLocal;
+    if config.hairpin == 0 {
+        return Err(own);
+    }
+    let Quoted::Datagram(quoted) = parse_quoted_any(ctx, packet).map_err(|_| own)? else {
+        return Err(own);
+    };
+    if quoted.addr(Side::Source) != config.wan_addr
+        || quoted.addr(Side::Destination) != packet.addr(Side::Source)
+        || quoted.proto == PROTO_ICMP
+    {
+        return Err(own);
+    }
+    // The sender, behind the external port the hairpinned packet came from.
+    // Not through `inbound_target`: here LLVM spills the `Target` tag from
+    // the register that holds the rule's map pointer, at the tag's width,
+    // which the verifier refuses ("invalid size of register spill").
+    let port = quoted.port(Side::Source);
+    let sender = match forward_inbound(quoted.proto, port) {
+        Some(forward) => Endpoint {
+            addr: forward.addr,
+            port: forward.port,
+        },
+        None => binding_inbound(quoted.proto, port).ok_or(own)?,
+    };
+    // What the sender addressed: the erring host's external endpoint.
+    let erring_port =
+        outbound_external_unrefreshed(quoted.proto, quoted.endpoint(Side::Destination))
+            .ok_or(own)?;
+    let route = route(ctx, packet, config.wan_addr, sender.addr)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(own);
+    }
+    let mut quoted_delta = rewrite_quoted_endpoint(&quoted, Side::Source, sender);
+    quoted_delta.merge(rewrite_quoted_endpoint(
+        &quoted,
+        Side::Destination,
+        Endpoint {
+            addr: config.wan_addr,
+            port: erring_port,
+        },
+    ));
+    rewrite_addr(packet, Side::Source, config.wan_addr);
+    rewrite_addr(packet, Side::Destination, sender.addr);
+    adjust_icmp_check(ctx, packet, quoted_delta);
+    redirect(ctx, eth, packet, &route, Counter::IcmpErrorIn, len)
+}
+
 /// A LAN host's ICMP error about a packet that reached it through the NAT:
 /// the quoted packet's destination is the host's own endpoint, which must
 /// read as the external one outside.
@@ -231,7 +293,8 @@ fn icmp_error_outbound(
         return Err(untranslated);
     }
     let internal = quoted.endpoint(Side::Destination);
-    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(untranslated)?;
+    let external_port =
+        outbound_external_unrefreshed(quoted.proto, internal).ok_or(untranslated)?;
     let remote = packet.addr(Side::Destination);
     let route = route_fragmentable(ctx, packet, config.wan_addr, remote)?;
     if route.ifindex != config.wan_ifindex {
@@ -242,7 +305,7 @@ fn icmp_error_outbound(
         Side::Destination,
         Endpoint {
             addr: config.wan_addr,
-            port: external.port,
+            port: external_port,
         },
     );
     rewrite_addr(packet, Side::Source, config.wan_addr);

@@ -1087,6 +1087,44 @@ fn hairpin_to_another_hosts_dynamic_mapping_follows_filtering() {
     assert_counters(&lab, &[("hairpin", 0), ("drop_unsolicited", 1)]);
 }
 
+#[test]
+fn a_hairpinned_packets_icmp_error_goes_back_to_its_sender() {
+    // RFC 5508 REQ-7: .13 reaches .12's mapping through the WAN address;
+    // .12 answers port unreachable to what it saw, the WAN address. .13
+    // gets it as from outside: from the WAN address, quoting what it sent.
+    let mut lab = lab_with(|c| c.filtering = FILTER_ENDPOINT_INDEPENDENT);
+    open_udp(&mut lab);
+    let frame = udp(ep(LAN_HOST2, 45000), ep(WAN_ADDR, 40000), b"p2p");
+    let delivered = lab.from_lan(&frame).unwrap();
+    assert_eq!(delivered.action, XDP_REDIRECT);
+    let error = icmp(
+        LAN_HOST,
+        WAN_ADDR,
+        port_unreachable(),
+        datagram(&delivered.frame),
+    );
+    let v = lab.from_lan(&error).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT);
+    let out = &v.frame;
+    let (smac, dmac) = Egress::Lan(LAN_HOST2).macs();
+    assert_eq!(
+        (out[6..12].to_vec(), out[..6].to_vec()),
+        (smac.to_vec(), dmac.to_vec())
+    );
+    assert_eq!(out[26..30], WAN_ADDR.octets(), "outer source");
+    assert_eq!(out[30..34], LAN_HOST2.octets(), "outer destination");
+    let sum = nat_tests::traffic::internet_checksum;
+    assert_eq!(sum(&out[14..34]), 0, "outer IP header checksum");
+    assert_eq!(sum(&out[34..]), 0, "ICMP checksum");
+    assert_eq!(out[42..], after_one_hop(&frame)[..], "the quote");
+    assert_counters(&lab, &[("hairpin", 1), ("icmp_error_in", 1)]);
+
+    // An error about the router's own traffic stays the router's.
+    let own = udp(ep(WAN_ADDR, 5353), ep(LAN_HOST, 40000), b"the router's");
+    let error = icmp(LAN_HOST, WAN_ADDR, port_unreachable(), datagram(&own));
+    assert_passed_untouched(&lab.from_lan(&error).unwrap(), &error);
+}
+
 // ---------------------------------------------------------------------------
 // 7. Checksums.
 
