@@ -28,6 +28,7 @@ pub use self::{
 pub use crate::table::TableFilter;
 use crate::{
     rules::{ForwardRule, PortRange, Protocol},
+    schedule::Schedule,
     table::Traffic,
 };
 
@@ -75,6 +76,9 @@ pub struct RuleChange {
     pub allow: Option<Vec<Ipv4Net>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// `always` removes the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
 }
 
 impl RuleChange {
@@ -108,6 +112,9 @@ impl RuleChange {
         }
         if let Some(enabled) = self.enabled {
             rule.enabled = enabled;
+        }
+        if let Some(schedule) = &self.schedule {
+            rule.schedule = schedule.clone();
         }
     }
 }
@@ -201,6 +208,23 @@ pub struct ListedRule {
     pub inbound: Traffic,
     /// The LAN server's replies.
     pub outbound: Traffic,
+    /// For a rule with a schedule: on it now or not, and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_state: Option<ScheduleState>,
+}
+
+/// Where a scheduled rule stands now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// Inside one of its windows: remotes may come in (if it is enabled).
+    pub on: bool,
+    /// When that changes, RFC 3339 in the router's local time; absent if
+    /// it never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The same, short: `mon 09:00`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_local: Option<String>,
 }
 
 /// The answer to `DELETE rules/NAME`.
@@ -517,6 +541,7 @@ mod tests {
                 bytes: 120,
             },
             outbound: Traffic::default(),
+            schedule_state: None,
         };
         let json = serde_json::to_value(&listed).unwrap();
         let mut expected = serde_json::to_value(&listed.rule).unwrap();

@@ -10,6 +10,7 @@ use nat_ctl::{
     daemon::{self, DaemonOptions},
     datapath::{Attach, AttachMode, pins},
     rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow},
+    schedule::Schedule,
     table,
 };
 
@@ -54,6 +55,10 @@ enum Command {
         /// Rule store (overrides the file).
         #[arg(long)]
         rules_file: Option<PathBuf>,
+        /// For tests: judge schedules by a clock that starts at this
+        /// instant (RFC 3339) and runs at the real rate.
+        #[arg(long, hide = true)]
+        schedule_clock_start: Option<jiff::Timestamp>,
     },
     /// Add a port-forwarding rule.
     Add {
@@ -85,6 +90,10 @@ enum Command {
         /// Allow any remote again.
         #[arg(long)]
         allow_any: bool,
+        /// Replace the schedule, e.g. "mon-fri 09:00-18:00"; "always"
+        /// removes it.
+        #[arg(long)]
+        schedule: Option<Schedule>,
     },
     /// Remove a rule.
     Remove { name: String },
@@ -199,6 +208,12 @@ struct RuleArgs {
     /// Only these remotes may come in (repeatable); default: any.
     #[arg(long, value_parser = parse_allow)]
     allow: Vec<Ipv4Net>,
+    /// Only let remotes in during these weekly windows, in the router's
+    /// local time: "[DAYS] HH:MM-HH:MM" separated by commas, e.g.
+    /// "mon-fri 09:00-18:00, sat 10:00-12:00" or "fri 22:00-02:00";
+    /// default: always.
+    #[arg(long)]
+    schedule: Option<Schedule>,
 }
 
 /// `--internal IP[:PORT[-PORT]]`.
@@ -231,8 +246,10 @@ pub fn run(cli: Cli) -> Result<()> {
             xdp_mode,
             pin_dir,
             rules_file,
+            schedule_clock_start,
         } => {
             return daemon::run(DaemonOptions {
+                schedule_clock_start,
                 wan,
                 lan,
                 config: cli.config,
@@ -286,6 +303,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 allow: rule.allow,
                 enabled: !disabled,
                 upnp: None,
+                schedule: rule.schedule.unwrap_or_default(),
+                off_schedule: false,
             };
             let added = block_on(client.add_rule(&rule))?;
             println!("added {}", added.rule);
@@ -299,6 +318,7 @@ pub fn run(cli: Cli) -> Result<()> {
             internal,
             allow,
             allow_any,
+            schedule,
         } => {
             let change = RuleChange {
                 name: new_name,
@@ -314,6 +334,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     Some(allow)
                 },
                 enabled: None,
+                schedule,
             };
             let modified = block_on(client.modify_rule(&name, &change))?;
             println!("modified {}", modified.rule);
@@ -493,8 +514,31 @@ fn format_rules(rules: &[ListedRule]) -> String {
             format!("{}/{}", listed.outbound.packets, listed.outbound.bytes),
             allow
         );
+        if let Some(state) = schedule_line(listed) {
+            let _ = writeln!(out, "{:<20} {state}", "");
+        }
     }
     out
+}
+
+/// The line under a scheduled rule: `schedule mon-fri 09:00-18:00: enabled,
+/// off-schedule until mon 09:00`.
+fn schedule_line(listed: &ListedRule) -> Option<String> {
+    let state = listed.schedule_state.as_ref()?;
+    let mut line = format!(
+        "schedule {}: {}, {}",
+        listed.rule.schedule,
+        if listed.rule.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        if state.on { "on-schedule" } else { "off-schedule" }
+    );
+    if let Some(until) = &state.until_local {
+        let _ = write!(line, " until {until}");
+    }
+    Some(line)
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use ipnet::Ipv4Net;
 use nat_common::{AllowedRemote, EndpointKey, FORWARD_RESTRICTED, Forward, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
+pub use crate::schedule::{Schedule, ScheduleError};
+
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
     #[error("unknown protocol {0:?}: expected tcp, udp or both")]
@@ -99,6 +101,8 @@ pub enum RuleError {
         port: u16,
         internal: std::net::SocketAddrV4,
     },
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +276,14 @@ pub struct ForwardRule {
     /// still read UPnP mappings as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upnp: Option<Lease>,
+    /// When the rule lets remotes in (local time); absent: always.
+    #[serde(default, skip_serializing_if = "Schedule::is_always")]
+    pub schedule: Schedule,
+    /// Outside its schedule right now: the daemon's to set from the
+    /// schedule and its clock (see [`RuleSet::refresh_schedules`]), never
+    /// stored or sent.
+    #[serde(skip)]
+    pub off_schedule: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -340,7 +352,8 @@ pub struct Lease {
 }
 
 impl fmt::Display for ForwardRule {
-    /// `web: tcp 8080 -> 192.168.0.12:8000 from any remote, enabled`.
+    /// `web: tcp 8080 -> 192.168.0.12:8000 from any remote, enabled`, and
+    /// the schedule if it has one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -352,7 +365,20 @@ impl fmt::Display for ForwardRule {
             self.internal,
             self.allowed_remotes(),
             if self.enabled { "enabled" } else { "disabled" }
-        )
+        )?;
+        if !self.schedule.is_always() {
+            write!(
+                f,
+                ", schedule {} ({})",
+                self.schedule,
+                if self.off_schedule {
+                    "off schedule now"
+                } else {
+                    "on schedule now"
+                }
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -472,12 +498,16 @@ impl ForwardRule {
     /// every port and protocol, one inbound entry (external port -> server)
     /// and one outbound entry (server -> external port, for its replies);
     /// and one allowed-remote entry per allowed prefix.
+    ///
+    /// Off its schedule, the rule keeps its forwards, marked restricted,
+    /// but no allowed remote: no remote gets in, and the datapath still
+    /// knows the port as the rule's, so no dynamic mapping takes it.
     pub fn entries(&self, rule_id: u32) -> RuleEntries {
         let mut entries = RuleEntries::default();
         if !self.enabled {
             return entries;
         }
-        let flags = if self.allow.is_empty() {
+        let flags = if self.allow.is_empty() && !self.off_schedule {
             0
         } else {
             FORWARD_RESTRICTED
@@ -505,7 +535,7 @@ impl ForwardRule {
                 ));
             }
         }
-        for net in &self.allow {
+        for net in self.allow.iter().filter(|_| !self.off_schedule) {
             let net = net.trunc();
             entries.allowed.push(AllowEntry {
                 prefix_len: 32 + u32::from(net.prefix_len()),
@@ -664,7 +694,23 @@ impl RuleSet {
         all
     }
 
-    /// The (protocol, external port) pairs the enabled rules hold.
+    /// Sets which rules are off their schedule at `now`.
+    pub fn refresh_schedules(&mut self, now: &jiff::Zoned) {
+        for (_, rule) in &mut self.rules {
+            rule.off_schedule = !rule.schedule.is_on(now);
+        }
+    }
+
+    /// The next instant at which a schedule may switch a rule.
+    pub fn next_schedule_edge(&self, now: &jiff::Zoned) -> Option<jiff::Timestamp> {
+        self.rules
+            .iter()
+            .filter_map(|(_, rule)| rule.schedule.next_edge(now))
+            .min()
+    }
+
+    /// The (protocol, external port) pairs the enabled rules hold (on their
+    /// schedule or not).
     pub fn claimed_ports(&self) -> std::collections::HashSet<(u8, u16)> {
         self.rules
             .iter()
@@ -707,6 +753,8 @@ impl FromStr for ForwardRule {
             allow: Vec::new(),
             enabled: true,
             upnp: None,
+            schedule: Schedule::default(),
+            off_schedule: false,
         };
         for option in parts {
             match option.split_once('=') {
@@ -860,6 +908,42 @@ mod tests {
         set.get_mut("b").unwrap().enabled = false;
         assert_eq!(set.claimed_ports().len(), 1);
         assert!(set.entries().forwards.len() == 2);
+    }
+
+    #[test]
+    fn off_schedule_a_rule_keeps_its_ports_but_lets_no_remote_in() {
+        let mut set = RuleSet::default();
+        let mut rule: ForwardRule = "tcp/2222=192.168.0.12:22,allow=198.51.100.0/24,name=ssh"
+            .parse()
+            .unwrap();
+        rule.schedule = "mon-fri 09:00-18:00".parse().unwrap();
+        set.add(rule, None).unwrap();
+        set.add("udp/53=192.168.0.13,name=dns".parse().unwrap(), None)
+            .unwrap();
+        let tz = jiff::tz::TimeZone::UTC;
+        let monday_noon = jiff::civil::date(2026, 12, 7).at(12, 0, 0, 0);
+        set.refresh_schedules(&monday_noon.to_zoned(tz.clone()).unwrap());
+        let on = set.entries();
+        assert_eq!(on.allowed.len(), 1);
+        let sunday = jiff::civil::date(2026, 12, 6).at(12, 0, 0, 0);
+        set.refresh_schedules(&sunday.to_zoned(tz.clone()).unwrap());
+        let off = set.entries();
+        assert!(off.allowed.is_empty(), "{off:?}");
+        // The same forwards, all restricted (with nobody allowed); the
+        // unscheduled rule is untouched.
+        assert_eq!(off.forwards.len(), on.forwards.len());
+        for ((key, closed), (_, open)) in off.forwards.iter().zip(&on.forwards) {
+            if open.rule_id == 1 {
+                assert_eq!(closed.flags, FORWARD_RESTRICTED, "{key:?}");
+            } else {
+                assert_eq!(closed, open);
+            }
+        }
+        assert_eq!(set.claimed_ports().len(), 2);
+        let edge = set
+            .next_schedule_edge(&sunday.to_zoned(tz.clone()).unwrap())
+            .unwrap();
+        assert_eq!(edge, "2026-12-07T09:00:00Z".parse().unwrap());
     }
 
     #[test]

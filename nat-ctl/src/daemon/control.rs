@@ -65,7 +65,7 @@ impl Daemon {
         if change.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "nothing to change in rule {name}: give at least one of --name, --proto, \
-                 --external, --internal, --allow, --allow-any"
+                 --external, --internal, --allow, --allow-any, --schedule"
             )));
         }
         let new_name = change.name.clone().unwrap_or_else(|| name.to_owned());

@@ -232,3 +232,66 @@ pub(super) async fn expire_leases(daemon: Arc<Daemon>) {
         .await;
     }
 }
+
+/// The longest the schedule task sleeps: a router without a battery-backed
+/// clock may have its time set (NTP) long after boot, and a window edge
+/// must not wait for a sleep measured on the old time.
+const SCHEDULE_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Switches rules on and off at their schedules' edges, through the one
+/// transaction (which judges every schedule afresh); woken early when the
+/// rules change.
+pub(super) async fn follow_schedules(daemon: Arc<Daemon>, changed: Arc<tokio::sync::Notify>) {
+    loop {
+        let wait = {
+            let state = daemon.lock();
+            let now = state.local_now();
+            state.rules.next_schedule_edge(&now).map(|edge| {
+                let millis = edge.as_millisecond() - now.timestamp().as_millisecond();
+                std::time::Duration::from_millis(millis.max(0) as u64).min(SCHEDULE_RECHECK)
+            })
+        };
+        let sleep = async {
+            match wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = changed.notified() => continue,
+        }
+        let daemon = daemon.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut state = daemon.lock();
+            match state.change(|_| Ok(()), Durability::Unchanged) {
+                Ok(before) => {
+                    let now = state.local_now();
+                    for (id, rule) in state.rules.iter() {
+                        let was_off = before.by_id(id).is_some_and(|old| old.off_schedule);
+                        if rule.schedule.is_always() || was_off == rule.off_schedule {
+                            continue;
+                        }
+                        let until = rule
+                            .schedule
+                            .switches_at(&now)
+                            .map_or_else(String::new, |when| {
+                                format!(" until {}", crate::schedule::short_local(&when))
+                            });
+                        tracing::info!(
+                            "schedule: rule {} {}{until}",
+                            rule.name,
+                            if rule.off_schedule {
+                                "closed (off-schedule)"
+                            } else {
+                                "open (on-schedule)"
+                            }
+                        );
+                    }
+                }
+                Err(error) => tracing::error!("switching rules by schedule: {}", error.api),
+            }
+        })
+        .await;
+    }
+}
