@@ -533,7 +533,11 @@ fn schedule_line(listed: &ListedRule) -> Option<String> {
         } else {
             "disabled"
         },
-        if state.on { "on-schedule" } else { "off-schedule" }
+        if state.on {
+            "on-schedule"
+        } else {
+            "off-schedule"
+        }
     );
     if let Some(until) = &state.until_local {
         let _ = write!(line, " until {until}");

@@ -120,10 +120,7 @@ impl Schedule {
 
     /// Every window opening within a day before `now`'s date and a week
     /// after it: enough to see the one `now` is in and the next edge.
-    fn openings<'a>(
-        &'a self,
-        now: &'a Zoned,
-    ) -> impl Iterator<Item = (Timestamp, Timestamp)> + 'a {
+    fn openings<'a>(&'a self, now: &'a Zoned) -> impl Iterator<Item = (Timestamp, Timestamp)> + 'a {
         let today = now.date();
         (-1..=7i64).flat_map(move |offset| {
             let date = today.checked_add(jiff::Span::new().days(offset)).ok();
@@ -204,7 +201,8 @@ fn parse_day(text: &str, part: &str) -> Result<Weekday, ScheduleError> {
     DAY_NAMES
         .iter()
         .find(|(name, _)| {
-            lower == *name || (lower.len() > 3 && lower.starts_with(name) && full_name(name, &lower))
+            lower == *name
+                || (lower.len() > 3 && lower.starts_with(name) && full_name(name, &lower))
         })
         .map(|(_, day)| *day)
         .ok_or(ScheduleError {
@@ -458,7 +456,9 @@ mod tests {
         assert!(nights.is_on(&now));
         assert_eq!(nights.switches_at(&now), None);
         let split = schedule("mon 08:00-12:00, mon 12:00-14:00");
-        let next = split.switches_at(&at("2026-12-07T09:00:00", "UTC")).unwrap();
+        let next = split
+            .switches_at(&at("2026-12-07T09:00:00", "UTC"))
+            .unwrap();
         assert_eq!(next, at("2026-12-07T14:00:00", "UTC"));
     }
 

@@ -1,5 +1,6 @@
-//! natctl as a router service (issue 15): the Prometheus endpoint, and the
-//! configuration file the daemon and its clients share.
+//! natctl as a router service (issue 15): the Prometheus endpoint, the
+//! configuration file the daemon and its clients share, rule schedules and
+//! the connection log.
 use std::{
     collections::HashMap,
     io::{Read, Write},
@@ -8,7 +9,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use nat_tests::lab::{LAN_SERVER, Lab, WAN_HOST};
+use nat_tests::{
+    lab::{LAN_SERVER, Lab, LabMode, ROUTER_WAN, WAN_HOST},
+    traffic::{accept, connect},
+    wait_for,
+};
 
 const METRICS: &str = "127.0.0.1:9469";
 
@@ -123,4 +128,163 @@ fn metrics_are_scraped_during_traffic_and_agree_with_natctl_stats() {
         .unwrap()
         .unwrap();
     assert!(outside, "the metrics answer on the LAN address");
+}
+
+/// A rule's `schedule_state` as `natctl list --json` gives it.
+fn schedule_state(lab: &Lab, name: &str) -> serde_json::Value {
+    lab.rules()
+        .into_iter()
+        .find(|rule| rule["name"] == name)
+        .unwrap_or_else(|| panic!("no rule {name}"))["schedule_state"]
+        .clone()
+}
+
+/// Waits (bounded) until the daemon's clock has moved the rule on or off.
+fn wait_for_schedule(lab: &Lab, name: &str, on: bool) -> serde_json::Value {
+    wait_for(
+        &format!("rule {name} to be {}", if on { "on" } else { "off" }),
+        Duration::from_secs(40),
+        || {
+            let state = schedule_state(lab, name);
+            (state["on"] == on).then_some(state)
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error}\n{}", lab.natctl_log()))
+}
+
+/// The daemon judges schedules by a test clock that starts seconds before
+/// a window edge (`--schedule-clock-start`) in a zone with daylight saving
+/// time, so the edges come by themselves, without waiting for real hours.
+#[test]
+fn a_scheduled_rule_lets_remotes_in_only_inside_its_window_and_cuts_at_its_end() {
+    // Monday 2026-12-07, 08:59:45 in Berlin (UTC+1 in winter): the window
+    // opens 15 s after the daemon's clock starts.
+    let mut lab = Lab::start_with_daemon(
+        LabMode::Auto,
+        "",
+        &["--schedule-clock-start", "2026-12-07T07:59:45Z"],
+        &[("TZ", "Europe/Berlin")],
+    )
+    .unwrap();
+    lab.natctl(&[
+        "add",
+        "ssh",
+        "--proto",
+        "tcp",
+        "--external",
+        "2222",
+        "--internal",
+        "192.168.0.12:22",
+        "--schedule",
+        "mon-fri 09:00-09:01",
+    ])
+    .unwrap();
+    let server = lab
+        .lan
+        .spawn(|| Ok(TcpListener::bind((LAN_SERVER, 22))?))
+        .join()
+        .unwrap()
+        .unwrap();
+
+    // Outside the window: closed, and shown so.
+    let state = schedule_state(&lab, "ssh");
+    assert_eq!(state["on"], false, "{state}");
+    assert_eq!(state["until_local"], "mon 09:00", "{state}");
+    assert_eq!(state["until"], "2026-12-07T09:00:00+01:00", "{state}");
+    let listed = lab.run("list");
+    assert!(
+        listed.contains("schedule mon-fri 09:00-09:01: enabled, off-schedule until mon 09:00"),
+        "{listed}"
+    );
+    let table = lab.table().unwrap();
+    let row = table
+        .iter()
+        .find(|row| row["rule"] == "ssh" && row["remote_ip"].is_null())
+        .expect("the rule's row in the table");
+    assert_eq!(row["state"], "off-schedule", "{row}");
+    // It still holds its port.
+    let other = lab
+        .natctl_output(&[
+            "add",
+            "other",
+            "--proto",
+            "tcp",
+            "--external",
+            "2222",
+            "--internal",
+            "192.168.0.13:22",
+        ])
+        .unwrap();
+    assert!(!other.status.success());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(stderr.contains("already forwarded by rule ssh"), "{stderr}");
+    // A WAN host's SYN goes nowhere.
+    let refused = lab
+        .wan
+        .spawn(|| {
+            Ok(
+                TcpStream::connect_timeout(&(ROUTER_WAN, 2222).into(), Duration::from_secs(2))
+                    .is_err(),
+            )
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(refused, "a WAN host connected outside the window");
+    assert_eq!(
+        schedule_state(&lab, "ssh")["on"],
+        false,
+        "the window opened during the check: the daemon started too slowly for this test"
+    );
+
+    // 09:00 by the daemon's clock: open until 09:01.
+    let state = wait_for_schedule(&lab, "ssh", true);
+    assert_eq!(state["until_local"], "mon 09:01", "{state}");
+    assert_eq!(lab.wan_tcp_reaches(2222, &server).ip(), WAN_HOST);
+    let mut client = lab
+        .wan
+        .spawn(|| connect((ROUTER_WAN, 2222).into()))
+        .join()
+        .unwrap()
+        .unwrap();
+    let (mut inside, _) = accept(&server).unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut buffer = [0u8; 4];
+    inside.read_exact(&mut buffer).unwrap();
+
+    // A restarted daemon whose clock is 10 s before the window ends; the
+    // connection stays up meanwhile (the datapath keeps forwarding).
+    lab.stop().unwrap();
+    lab.set_daemon_args(&["--schedule-clock-start", "2026-12-07T08:00:50Z"]);
+    lab.start_daemon().unwrap();
+    let state = wait_for_schedule(&lab, "ssh", false);
+    assert_eq!(state["until_local"], "tue 09:00", "{state}");
+
+    // Cut: the remote's next segment is not forwarded, and the router's
+    // own stack answers it with a reset.
+    client.write_all(b"more").unwrap();
+    let read = client.read(&mut buffer);
+    assert!(
+        matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection outlived its window: {read:?}"
+    );
+    inside.set_nonblocking(true).unwrap();
+    let leaked = inside.read(&mut buffer);
+    assert!(
+        matches!(&leaked, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
+        "the server got data after the window ended: {leaked:?}"
+    );
+    let conversations: Vec<_> = lab
+        .table()
+        .unwrap()
+        .into_iter()
+        .filter(|row| row["rule"] == "ssh" && !row["remote_ip"].is_null())
+        .collect();
+    assert!(conversations.is_empty(), "{conversations:?}");
+    assert!(
+        lab.natctl_log()
+            .contains("schedule: rule ssh closed (off-schedule)"),
+        "{}",
+        lab.natctl_log()
+    );
 }

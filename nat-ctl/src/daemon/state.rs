@@ -220,23 +220,21 @@ impl State {
     /// window is logged as a new connection. (A remote's packets now reach
     /// the router's own stack, which answers a TCP segment with a reset.)
     fn cut_closed_conversations(&mut self, next: &RuleSet) {
-        let closed: std::collections::HashSet<(u8, u16)> = next
-            .iter()
-            .filter(|(id, rule)| {
-                rule.enabled
-                    && rule.off_schedule
-                    && self
-                        .rules
-                        .iter()
-                        .any(|(was, before)| was == *id && before.enabled && !before.off_schedule)
-            })
-            .flat_map(|(_, rule)| {
-                rule.protocol
-                    .numbers()
-                    .iter()
-                    .flat_map(move |&proto| rule.external.ports().map(move |port| (proto, port)))
-            })
-            .collect();
+        let closed: std::collections::HashSet<(u8, u16)> =
+            next.iter()
+                .filter(|(id, rule)| {
+                    rule.enabled
+                        && rule.off_schedule
+                        && self.rules.iter().any(|(was, before)| {
+                            was == *id && before.enabled && !before.off_schedule
+                        })
+                })
+                .flat_map(|(_, rule)| {
+                    rule.protocol.numbers().iter().flat_map(move |&proto| {
+                        rule.external.ports().map(move |port| (proto, port))
+                    })
+                })
+                .collect();
         if closed.is_empty() {
             return;
         }
