@@ -9,6 +9,10 @@
 //!   (the fields to change), `DELETE rules/NAME`, `POST rules/NAME/enable`,
 //!   `POST rules/NAME/disable`
 //! - `GET table?protocol=&address=&port=&type=`, `GET stats`
+//! - `GET connections` (the history of new inbound connections),
+//!   `GET connections?follow=1` (the history, then each new one as it
+//!   comes: newline-delimited JSON, one record a line, until the daemon
+//!   stops)
 //! - `POST reload` (as SIGHUP), `POST upnp/on`, `POST upnp/off`,
 //!   `POST natpmp/on`, `POST natpmp/off` (NAT-PMP and PCP),
 //!   `POST down` (detach and stop)
@@ -23,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     client::{Client, ClientError},
-    server::{Controller, bind, serve},
+    server::{Controller, JsonLines, bind, serve},
 };
 pub use crate::table::TableFilter;
 use crate::{
@@ -49,6 +53,10 @@ pub enum Request {
     },
     Table(TableFilter),
     Stats,
+    /// The connection log; `follow`: then the live ones, streamed.
+    Connections {
+        follow: bool,
+    },
     Reload,
     /// Switch the UPnP IGD on or off (off also removes its mappings).
     Upnp(bool),
@@ -227,6 +235,34 @@ pub struct ScheduleState {
     pub until_local: Option<String>,
 }
 
+/// One new inbound connection on a forwarded port, as `natctl
+/// connections` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    /// Counts up from 1 since the daemon started.
+    pub seq: u64,
+    /// When the daemon read it, RFC 3339 in the router's local time.
+    pub time: String,
+    /// TCP or UDP.
+    pub protocol: String,
+    pub remote: std::net::SocketAddrV4,
+    pub external_port: u16,
+    /// The rule's name ("?" if it was removed before the report was read).
+    pub rule: String,
+    pub rule_id: u32,
+    /// The LAN server the connection was forwarded to.
+    pub server: std::net::SocketAddrV4,
+}
+
+/// A line of `GET connections?follow=1`: a connection, or how many a
+/// follower too slow to keep up missed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FollowedLine {
+    Connection(ConnectionRecord),
+    Missed { missed: u64 },
+}
+
 /// The answer to `DELETE rules/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removed {
@@ -344,6 +380,17 @@ pub fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Re
         }
         ["table"] if method == Method::GET => Ok(Request::Table(parse_table_query(query)?)),
         ["stats"] if method == Method::GET => Ok(Request::Stats),
+        ["connections"] if method == Method::GET => Ok(Request::Connections {
+            follow: match query {
+                "" => false,
+                "follow=1" => true,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "bad query {query:?}: expected nothing or follow=1"
+                    )));
+                }
+            },
+        }),
         ["reload"] if method == Method::POST => Ok(Request::Reload),
         ["upnp", switch @ ("on" | "off")] if method == Method::POST => {
             Ok(Request::Upnp(*switch == "on"))
@@ -352,7 +399,7 @@ pub fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Re
             Ok(Request::Natpmp(*switch == "on"))
         }
         ["down"] if method == Method::POST => Ok(Request::Down),
-        ["status" | "stats" | "table" | "reload" | "down"]
+        ["status" | "stats" | "table" | "connections" | "reload" | "down"]
         | ["upnp", "on" | "off"]
         | ["natpmp", "on" | "off"]
         | ["rules"]
@@ -394,6 +441,16 @@ impl Request {
                 Vec::new(),
             ),
             Request::Stats => (Method::GET, "/v1/stats".to_owned(), Vec::new()),
+            Request::Connections { follow } => (
+                Method::GET,
+                if *follow {
+                    "/v1/connections?follow=1"
+                } else {
+                    "/v1/connections"
+                }
+                .to_owned(),
+                Vec::new(),
+            ),
             Request::Reload => (Method::POST, "/v1/reload".to_owned(), Vec::new()),
             Request::Upnp(on) => {
                 let switch = if *on { "on" } else { "off" };
@@ -406,6 +463,11 @@ impl Request {
             Request::Down => (Method::POST, "/v1/down".to_owned(), Vec::new()),
         };
         Ok((method, path, body))
+    }
+
+    /// Answered by a stream that goes on, not by one value.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Request::Connections { follow: true })
     }
 }
 
@@ -508,6 +570,8 @@ mod tests {
                 kind: Some("DYNAMIC".into()),
             }),
             Request::Stats,
+            Request::Connections { follow: false },
+            Request::Connections { follow: true },
             Request::Reload,
             Request::Upnp(true),
             Request::Upnp(false),

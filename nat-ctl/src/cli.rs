@@ -5,7 +5,9 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
 use nat_ctl::{
-    api::{Client, ClientError, ListedRule, RuleChange, TableFilter},
+    api::{
+        Client, ClientError, ConnectionRecord, FollowedLine, ListedRule, RuleChange, TableFilter,
+    },
     config::{DEFAULT_CONFIG_PATH, DaemonConfig},
     daemon::{self, DaemonOptions},
     datapath::{Attach, AttachMode, pins},
@@ -126,6 +128,16 @@ enum Command {
     },
     /// Show the datapath's counters and per-rule hits.
     Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the new inbound connections on forwarded ports (remote, rule,
+    /// LAN server, time): the daemon's last 1000.
+    Connections {
+        /// Then show each new one as it comes, until the daemon stops.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object a line.
         #[arg(long)]
         json: bool,
     },
@@ -394,6 +406,39 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Connections { follow, json } => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            if !json {
+                writeln!(out, "{}", connection_header())?;
+            }
+            let mut print = |line: FollowedLine| -> std::io::Result<()> {
+                match line {
+                    FollowedLine::Connection(record) if json => {
+                        writeln!(out, "{}", serde_json::to_string(&record)?)?
+                    }
+                    FollowedLine::Connection(record) => {
+                        writeln!(out, "{}", connection_row(&record))?
+                    }
+                    FollowedLine::Missed { missed } => eprintln!(
+                        "natctl: fell behind and missed {missed} connection(s); they are in \
+                         `natctl connections`"
+                    ),
+                }
+                // Each line as it comes, also into a pipe.
+                out.flush()
+            };
+            if follow {
+                block_on(client.follow_connections(print))?;
+            } else {
+                for record in block_on(client.connections())? {
+                    if print(FollowedLine::Connection(record)).is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Status => print_json(&block_on(client.status())?),
         Command::Reload => {
             println!("{}", block_on(client.reload())?.reloaded);
@@ -519,6 +564,25 @@ fn format_rules(rules: &[ListedRule]) -> String {
         }
     }
     out
+}
+
+fn connection_header() -> String {
+    format!(
+        "{:<25} {:<5} {:<21} {:>8} {:<20} SERVER",
+        "TIME", "PROTO", "REMOTE", "EXTERNAL", "RULE"
+    )
+}
+
+fn connection_row(record: &ConnectionRecord) -> String {
+    format!(
+        "{:<25} {:<5} {:<21} {:>8} {:<20} {}",
+        record.time,
+        record.protocol,
+        record.remote.to_string(),
+        record.external_port,
+        record.rule,
+        record.server
+    )
 }
 
 /// The line under a scheduled rule: `schedule mon-fri 09:00-18:00: enabled,

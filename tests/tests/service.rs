@@ -288,3 +288,120 @@ fn a_scheduled_rule_lets_remotes_in_only_inside_its_window_and_cuts_at_its_end()
         lab.natctl_log()
     );
 }
+
+/// A running `natctl connections --follow --json`: its lines, as they come.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(lab: &Lab) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(nat_tests::lab::natctl_path().unwrap())
+            .arg("--socket")
+            .arg(lab.socket())
+            .args(["connections", "--follow", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line, within `timeout`.
+    fn next(&self, timeout: Duration) -> Option<serde_json::Value> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn connections_follow_shows_a_new_inbound_connection_and_the_history_keeps_it() {
+    let mut lab = Lab::start().unwrap();
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
+    let server = lab
+        .lan
+        .spawn(|| Ok(TcpListener::bind((LAN_SERVER, 8000))?))
+        .join()
+        .unwrap()
+        .unwrap();
+    let mut follower = Follower::start(&lab);
+    // Nothing yet: the follower waits for the first connection. The
+    // history is asked for in the same request, so a connection made now
+    // cannot fall between the two.
+    assert_eq!(lab.natctl(&["connections", "--json"]).unwrap(), "");
+
+    let client = lab
+        .wan
+        .spawn(|| {
+            let stream = connect((ROUTER_WAN, 8080).into())?;
+            Ok(stream.local_addr()?)
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    let (_inside, _) = accept(&server).unwrap();
+    let line = follower
+        .next(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no line from connections --follow\n{}", lab.natctl_log()));
+    assert_eq!(line["remote"], client.to_string(), "{line}");
+    assert_eq!(line["rule"], "web", "{line}");
+    assert_eq!(line["protocol"], "TCP", "{line}");
+    assert_eq!(line["external_port"], 8080, "{line}");
+    assert_eq!(line["server"], "192.168.0.12:8000", "{line}");
+    assert_eq!(line["seq"], 1, "{line}");
+    assert!(
+        line["time"].as_str().is_some_and(|time| time.len() >= 20),
+        "{line}"
+    );
+
+    // The history, after the fact: the same record, as JSON and as a table.
+    let history = lab.natctl(&["connections", "--json"]).unwrap();
+    let records: Vec<serde_json::Value> = history
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records, [line.clone()], "{history}");
+    let text = lab.run("connections");
+    assert!(text.starts_with("TIME"), "{text}");
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|row| row.contains(&client.to_string())
+                && row.contains("web")
+                && row.contains("192.168.0.12:8000")),
+        "{text}"
+    );
+    // A second follower starts from the history.
+    let second = Follower::start(&lab);
+    assert_eq!(second.next(Duration::from_secs(10)), Some(line));
+
+    // A stopping daemon ends the stream: the follower exits cleanly.
+    lab.stop().unwrap();
+    let status = wait_for("the follower to exit", Duration::from_secs(15), || {
+        follower.child.try_wait().ok().flatten()
+    })
+    .unwrap();
+    assert!(status.success(), "connections --follow ended with {status}");
+    assert_eq!(follower.next(Duration::from_millis(100)), None);
+}

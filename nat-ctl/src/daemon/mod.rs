@@ -6,10 +6,12 @@
 //! - `state`: the daemon's state and the rule transaction, the one way
 //!   rules change;
 //! - `control`: the control API's handler;
+//! - `connlog`: the history of new inbound connections, and its followers;
 //! - `tasks`: aging, the connection log, address changes, deferred saves,
 //!   lease expiry, schedules;
 //! - `upnp`: the IGD's supervisor and its adapters;
 //! - `natpmp`: the NAT-PMP/PCP server's supervisor and adapter.
+pub mod connlog;
 mod control;
 mod metrics;
 mod natpmp;
@@ -111,6 +113,8 @@ pub(super) struct Daemon {
     boot_id: u32,
     /// Client requests so far (for the metrics): protocol, action, result.
     requests: Mutex<std::collections::BTreeMap<(&'static str, String, String), u64>>,
+    /// The new inbound connections on forwarded ports.
+    connections: connlog::ConnectionLog,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (the datapath stays) or
@@ -362,6 +366,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         natpmp_changed: tokio::sync::Notify::new(),
         boot_id: unix_now() as u32,
         requests: Mutex::default(),
+        connections: connlog::ConnectionLog::default(),
     });
 
     let (api_stop_tx, api_stop) = watch::channel(false);
