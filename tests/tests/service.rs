@@ -381,7 +381,7 @@ fn connections_follow_shows_a_new_inbound_connection_and_the_history_keeps_it() 
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(records, [line.clone()], "{history}");
+    assert_eq!(records, std::slice::from_ref(&line), "{history}");
     let text = lab.run("connections");
     assert!(text.starts_with("TIME"), "{text}");
     assert!(
