@@ -264,7 +264,8 @@ pub(super) async fn follow_schedules(daemon: Arc<Daemon>, changed: Arc<tokio::sy
             let now = state.local_now();
             state.rules.next_schedule_edge(&now).map(|edge| {
                 let millis = edge.as_millisecond() - now.timestamp().as_millisecond();
-                std::time::Duration::from_millis(millis.max(0) as u64).min(SCHEDULE_RECHECK)
+                // A millisecond past the edge, so that it is behind us on waking.
+                std::time::Duration::from_millis(millis.max(0) as u64 + 1).min(SCHEDULE_RECHECK)
             })
         };
         let sleep = async {

@@ -363,7 +363,10 @@ mod tests {
         super::rows(&data, &mut rows, &mut md).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].part, rows[0].verdict), (5, Verdict::Miss));
-        assert!(md.contains("| PCP | natctl | map | 900 | 0.500 | 1.250 |"), "{md}");
+        assert!(
+            md.contains("| PCP | natctl | map | 900 | 0.500 | 1.250 |"),
+            "{md}"
+        );
         assert!(md.contains("50 requests per phase"), "{md}");
     }
 }
