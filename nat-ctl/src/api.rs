@@ -627,6 +627,38 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_is_changed_or_removed_by_modify() {
+        let request = route(
+            &Method::PATCH,
+            "/v1/rules/ssh",
+            "",
+            br#"{"schedule":"mon-fri 09:00-18:00"}"#,
+        )
+        .unwrap();
+        let Request::ModifyRule { change, .. } = request else {
+            panic!("{request:?}")
+        };
+        let mut rule: ForwardRule = "tcp/2222=192.168.0.12:22".parse().unwrap();
+        change.apply_to(&mut rule);
+        assert_eq!(rule.schedule.to_string(), "mon-fri 09:00-18:00");
+        RuleChange {
+            schedule: Some("always".parse().unwrap()),
+            ..Default::default()
+        }
+        .apply_to(&mut rule);
+        assert!(rule.schedule.is_always());
+        let error = route(
+            &Method::PATCH,
+            "/v1/rules/ssh",
+            "",
+            br#"{"schedule":"mon 09:00-09:00"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.status, 400);
+        assert!(error.message.contains("mon 09:00-09:00"), "{error}");
+    }
+
+    #[test]
     fn changing_the_external_range_moves_an_equal_internal_one() {
         let mut rule: ForwardRule = "tcp/8080=192.168.0.12".parse().unwrap();
         RuleChange {

@@ -499,9 +499,12 @@ impl ForwardRule {
     /// and one outbound entry (server -> external port, for its replies);
     /// and one allowed-remote entry per allowed prefix.
     ///
-    /// Off its schedule, the rule keeps its forwards, marked restricted,
-    /// but no allowed remote: no remote gets in, and the datapath still
-    /// knows the port as the rule's, so no dynamic mapping takes it.
+    /// Off its schedule, the rule is as if disabled but for its inbound
+    /// entries, kept restricted with no allowed remote: no remote gets in,
+    /// and the datapath still knows the port as the rule's, so no dynamic
+    /// mapping takes it. Without its outbound entries the server is an
+    /// ordinary LAN host: what it still sends on a cut connection leaves by
+    /// a dynamic mapping, and the remote's reset comes back to it.
     pub fn entries(&self, rule_id: u32) -> RuleEntries {
         let mut entries = RuleEntries::default();
         if !self.enabled {
@@ -529,6 +532,9 @@ impl ForwardRule {
                 entries
                     .forwards
                     .push((EndpointKey::inbound(proto, external), inbound));
+                if self.off_schedule {
+                    continue;
+                }
                 entries.forwards.push((
                     EndpointKey::outbound(proto, self.internal_addr.octets(), internal),
                     outbound,
@@ -929,16 +935,22 @@ mod tests {
         set.refresh_schedules(&sunday.to_zoned(tz.clone()).unwrap());
         let off = set.entries();
         assert!(off.allowed.is_empty(), "{off:?}");
-        // The same forwards, all restricted (with nobody allowed); the
+        // The inbound forward only, restricted (with nobody allowed); the
         // unscheduled rule is untouched.
-        assert_eq!(off.forwards.len(), on.forwards.len());
-        for ((key, closed), (_, open)) in off.forwards.iter().zip(&on.forwards) {
-            if open.rule_id == 1 {
-                assert_eq!(closed.flags, FORWARD_RESTRICTED, "{key:?}");
-            } else {
-                assert_eq!(closed, open);
-            }
-        }
+        let of_rule = |entries: &RuleEntries, id: u32| -> Vec<(EndpointKey, Forward)> {
+            entries
+                .forwards
+                .iter()
+                .filter(|(_, forward)| forward.rule_id == id)
+                .copied()
+                .collect()
+        };
+        let closed = of_rule(&off, 1);
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert_eq!(closed[0].0, EndpointKey::inbound(PROTO_TCP, 2222));
+        assert_eq!(closed[0].1.flags, FORWARD_RESTRICTED);
+        assert_eq!(closed[0].1.port, 22);
+        assert_eq!(of_rule(&off, 2), of_rule(&on, 2));
         assert_eq!(set.claimed_ports().len(), 2);
         let edge = set
             .next_schedule_edge(&sunday.to_zoned(tz.clone()).unwrap())
@@ -973,6 +985,32 @@ mod tests {
             .find(|(key, _)| *key == EndpointKey::outbound(PROTO_UDP, [192, 168, 0, 7], 6001))
             .unwrap();
         assert_eq!(outbound.1.port, 5001);
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_is_stored_as_written_and_its_state_never() {
+        let mut rule: ForwardRule = "tcp/2222=192.168.0.12:22,name=ssh".parse().unwrap();
+        let plain = toml::to_string(&rule).unwrap();
+        assert!(!plain.contains("schedule"), "{plain}");
+        rule.schedule = "Mon-Fri 09:00-18:00,fri 22:00-02:00".parse().unwrap();
+        rule.off_schedule = true;
+        let text = toml::to_string(&rule).unwrap();
+        assert!(
+            text.contains("schedule = \"mon-fri 09:00-18:00, fri 22:00-02:00\""),
+            "{text}"
+        );
+        assert!(!text.contains("off_schedule"), "{text}");
+        let read: ForwardRule = toml::from_str(&text).unwrap();
+        assert_eq!(read.schedule, rule.schedule);
+        assert!(!read.off_schedule);
+        let bad = text.replace("22:00-02:00", "22:00-26:00");
+        let error = toml::from_str::<ForwardRule>(&bad).unwrap_err().to_string();
+        assert!(error.contains("fri 22:00-26:00"), "{error}");
     }
 }
 

@@ -274,6 +274,16 @@ fn a_scheduled_rule_lets_remotes_in_only_inside_its_window_and_cuts_at_its_end()
         matches!(&leaked, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
         "the server got data after the window ended: {leaked:?}"
     );
+    // The server's side is cut too: what it still sends leaves as any LAN
+    // host's would, and the remote, which knows no such connection, resets
+    // it.
+    inside.set_nonblocking(false).unwrap();
+    inside.write_all(b"bye").unwrap();
+    let read = inside.read(&mut buffer);
+    assert!(
+        matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
+        "the server's side outlived the window: {read:?}"
+    );
     let conversations: Vec<_> = lab
         .table()
         .unwrap()
