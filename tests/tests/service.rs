@@ -10,8 +10,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use nat_tests::{
-    lab::{LAN_SERVER, Lab, LabMode, ROUTER_WAN, WAN_HOST},
-    traffic::{accept, connect},
+    lab::{LAN_CLIENT, LAN_SERVER, Lab, LabMode, ROUTER_WAN, WAN_HOST},
+    traffic::{accept, connect, connect_from},
     wait_for,
 };
 
@@ -241,6 +241,16 @@ fn a_scheduled_rule_lets_remotes_in_only_inside_its_window_and_cuts_at_its_end()
     let state = wait_for_schedule(&lab, "ssh", true);
     assert_eq!(state["until_local"], "mon 09:01", "{state}");
     assert_eq!(lab.wan_tcp_reaches(2222, &server).ip(), WAN_HOST);
+    // And a LAN host through the WAN address (hairpin), for the contrast
+    // below.
+    let hairpinned = lab
+        .lan
+        .spawn(|| connect_from(LAN_CLIENT, (ROUTER_WAN, 2222).into()))
+        .join()
+        .unwrap()
+        .unwrap();
+    let (hairpin_inside, _) = accept(&server).unwrap();
+    drop((hairpinned, hairpin_inside));
     let mut client = lab
         .wan
         .spawn(|| connect((ROUTER_WAN, 2222).into()))
@@ -283,6 +293,26 @@ fn a_scheduled_rule_lets_remotes_in_only_inside_its_window_and_cuts_at_its_end()
     assert!(
         matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
         "the server's side outlived the window: {read:?}"
+    );
+    // Nor can a LAN host use the rule through the WAN address (hairpin):
+    // the server's answer no longer leaves by the rule's port.
+    let hairpin = lab
+        .lan
+        .spawn(|| {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket.bind(&std::net::SocketAddr::from((LAN_CLIENT, 0)).into())?;
+            let target = std::net::SocketAddr::from((ROUTER_WAN, 2222));
+            Ok(socket
+                .connect_timeout(&target.into(), Duration::from_secs(2))
+                .is_err())
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(
+        hairpin,
+        "a LAN host connected through the WAN address off schedule"
     );
     let conversations: Vec<_> = lab
         .table()
