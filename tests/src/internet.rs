@@ -142,6 +142,8 @@ impl Home {
             &home.socket(),
             &config,
             "auto",
+            &[],
+            &[],
             &home.log.0,
         )?);
         Ok(home)

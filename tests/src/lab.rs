@@ -130,6 +130,8 @@ pub(crate) fn spawn_daemon(
     socket: &Path,
     config: &Path,
     attach: &str,
+    extra_args: &[String],
+    env: &[(String, String)],
     log: &Path,
 ) -> Result<Child> {
     let natctl = natctl_path()?;
@@ -142,6 +144,8 @@ pub(crate) fn spawn_daemon(
         .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
         .arg(config)
         .args(["--attach", attach])
+        .args(extra_args)
+        .envs(env.iter().map(|(key, value)| (key, value)))
         .env("NATCTL_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -184,6 +188,10 @@ pub enum LabMode {
 pub struct Lab {
     mode: LabMode,
     daemon: Option<Child>,
+    /// More arguments and environment for `natctl daemon` (e.g. the
+    /// schedules' test clock), used by every (re)start.
+    daemon_args: Vec<String>,
+    daemon_env: Vec<(String, String)>,
     log: TempFile,
     pins: PathBuf,
     state: TempDir,
@@ -225,6 +233,17 @@ impl Lab {
     }
 
     pub fn start_in(mode: LabMode, extra: &str) -> Result<Self> {
+        Self::start_with_daemon(mode, extra, &[], &[])
+    }
+
+    /// As [`Lab::start_in`], with more `natctl daemon` arguments and
+    /// environment variables.
+    pub fn start_with_daemon(
+        mode: LabMode,
+        extra: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         require_root();
         let name = format!(
             "nat-lab-{}-{}",
@@ -269,6 +288,11 @@ impl Lab {
         let mut lab = Self {
             mode,
             daemon: None,
+            daemon_args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            daemon_env: env
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
             log,
             pins,
             state,
@@ -299,6 +323,8 @@ impl Lab {
             &self.socket(),
             &self.config,
             attach,
+            &self.daemon_args,
+            &self.daemon_env,
             &self.log.0,
         )?);
         Ok(())
@@ -331,6 +357,11 @@ impl Lab {
             .expect("the WAN client panicked")
             .expect("the WAN client failed");
         peer
+    }
+
+    /// The extra `natctl daemon` arguments the next start uses.
+    pub fn set_daemon_args(&mut self, args: &[&str]) {
+        self.daemon_args = args.iter().map(|arg| (*arg).to_owned()).collect();
     }
 
     /// Kills the daemon with SIGKILL: no clean-up at all.

@@ -9,8 +9,8 @@ use super::{
 use crate::{
     aging,
     api::{
-        ApiError, Controller, Detached, NatpmpSwitched, Reloaded, Removed, Request, RuleChange,
-        TableFilter, UpnpSwitched,
+        ApiError, Controller, Detached, FollowedLine, JsonLines, NatpmpSwitched, Reloaded, Removed,
+        Request, RuleChange, TableFilter, UpnpSwitched,
     },
     config::DaemonConfig,
     datapath::pins,
@@ -29,6 +29,10 @@ impl Controller for Daemon {
             Request::SetEnabled { name, enabled } => self.set_enabled(&name, enabled),
             Request::Table(filter) => self.table(&filter),
             Request::Stats => self.stats(),
+            Request::Connections { follow: false } => to_json(self.connections.snapshot()),
+            Request::Connections { follow: true } => Err(ApiError::bad_request(
+                "the followed connection log is a stream: GET /v1/connections?follow=1 over HTTP",
+            )),
             Request::Reload => {
                 let summary = self.reload()?;
                 tracing::info!("API reload: {summary}");
@@ -38,6 +42,29 @@ impl Controller for Daemon {
             Request::Natpmp(on) => self.switch_natpmp(on),
             Request::Down => self.down(),
         }
+    }
+
+    fn stream(&self, request: Request) -> Result<JsonLines, ApiError> {
+        use futures::StreamExt as _;
+        use tokio::sync::broadcast::error::RecvError;
+        let Request::Connections { follow: true } = request else {
+            return Err(ApiError::not_found(format!("{request:?} is not a stream")));
+        };
+        let line = |line: FollowedLine| serde_json::to_value(line).unwrap_or_default();
+        let followed = self.connections.follow();
+        let history = followed
+            .history
+            .into_iter()
+            .map(move |record| line(FollowedLine::Connection(record)));
+        let live = futures::stream::unfold(followed.live, move |mut live| async move {
+            let next = match live.recv().await {
+                Ok(record) => FollowedLine::Connection(record),
+                Err(RecvError::Lagged(missed)) => FollowedLine::Missed { missed },
+                Err(RecvError::Closed) => return None,
+            };
+            Some((line(next), live))
+        });
+        Ok(futures::stream::iter(history).chain(live).boxed())
     }
 }
 
@@ -65,7 +92,7 @@ impl Daemon {
         if change.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "nothing to change in rule {name}: give at least one of --name, --proto, \
-                 --external, --internal, --allow, --allow-any"
+                 --external, --internal, --allow, --allow-any, --schedule"
             )));
         }
         let new_name = change.name.clone().unwrap_or_else(|| name.to_owned());
