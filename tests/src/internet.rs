@@ -18,7 +18,7 @@
 use std::{
     fs,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     capture::WanCapture,
-    lab::{BpfFs, TempDir, TempFile, natctl_path, spawn_daemon},
+    lab::{BpfFs, TempDir, TempFile, natctl_path, spawn_daemon, tear_down},
     netns::{Netns, require_root},
     plan::{self, LAN_PREFIX, ROUTER_LAN, WAN_PREFIX},
 };
@@ -171,26 +171,11 @@ impl Home {
         );
         Ok(serde_json::from_slice(&output.stdout)?)
     }
-
-    fn pin_dir(&self) -> &Path {
-        &self.pins
-    }
 }
 
 impl Drop for Home {
     fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Ok(natctl) = natctl_path() {
-            let _ = Command::new(natctl)
-                .arg("--socket")
-                .arg(self.socket())
-                .args(["down", "--pin-dir"])
-                .arg(self.pin_dir())
-                .output();
-        }
+        tear_down(self.daemon.take(), &self.socket(), &self.pins);
     }
 }
 

@@ -557,21 +557,26 @@ impl Lab {
     }
 }
 
+/// A lab's end: the daemon killed if it runs, then whatever it pinned
+/// detached, before the bpffs goes.
+pub(crate) fn tear_down(daemon: Option<Child>, socket: &Path, pins: &Path) {
+    if let Some(mut child) = daemon {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Ok(natctl) = natctl_path() {
+        let _ = Command::new(natctl)
+            .arg("--socket")
+            .arg(socket)
+            .args(["down", "--pin-dir"])
+            .arg(pins)
+            .output();
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Detach whatever is still pinned before the bpffs goes.
-        if let Ok(natctl) = natctl_path() {
-            let _ = Command::new(natctl)
-                .arg("--socket")
-                .arg(self.socket())
-                .args(["down", "--pin-dir"])
-                .arg(&self.pins)
-                .output();
-        }
+        tear_down(self.daemon.take(), &self.socket(), &self.pins);
         // The invariant of every lab, checked unless the test failed
         // already (a second panic would abort and hide the first).
         if let Err(error) = self.check_no_lan_leak()
