@@ -85,11 +85,12 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     }
     let now = now_ns();
     let internal = packet.endpoint(Side::Source);
-    let external = external_port_for(config, packet.proto, internal, now, len)?;
+    let remote = packet.endpoint(Side::Destination);
+    let external = external_port_for(config, packet.proto, internal, remote, now, len)?;
     let conversation = Conversation {
         proto: packet.proto,
         external_port: external.port,
-        remote: packet.endpoint(Side::Destination),
+        remote,
         tcp_flags: packet.tcp_flags,
     };
     if external.rule_id == 0 {
@@ -158,8 +159,12 @@ fn hairpin(
         return Err(Counter::PassLocal);
     }
     let internal = packet.endpoint(Side::Source);
-    let source = external_port_for(config, packet.proto, internal, now, len)?;
     // What each side sees of the other is the WAN address and a port.
+    let remote = Endpoint {
+        addr: config.wan_addr,
+        port: target_port,
+    };
+    let source = external_port_for(config, packet.proto, internal, remote, now, len)?;
     let source_outside = Endpoint {
         addr: config.wan_addr,
         port: source.port,
@@ -168,10 +173,6 @@ fn hairpin(
         // A forwarded server answering a LAN client through the WAN address.
         count_rule(source.rule_id, false, len);
     } else {
-        let remote = Endpoint {
-            addr: config.wan_addr,
-            port: target_port,
-        };
         let conversation = Conversation {
             proto: packet.proto,
             external_port: source.port,
@@ -223,7 +224,9 @@ fn icmp_error_outbound(
         return Err(untranslated);
     }
     let internal = quoted.endpoint(Side::Destination);
-    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(untranslated)?;
+    let about = quoted.endpoint(Side::Source);
+    let external =
+        outbound_external(config, quoted.proto, internal, about, now_ns()).ok_or(untranslated)?;
     let remote = packet.addr(Side::Destination);
     let route = route_fragmentable(ctx, packet, config.wan_addr, remote)?;
     if route.ifindex != config.wan_ifindex {
