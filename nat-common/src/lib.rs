@@ -533,7 +533,11 @@ pub mod programs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SweepParams {
     pub tcp_established_ns: u64,
-    pub tcp_transitory_ns: u64,
+    /// TCP before the handshake completes (RFC 5382's transitory timeout,
+    /// opening half).
+    pub tcp_opening_ns: u64,
+    /// TCP after both FINs or an RST (the closing half).
+    pub tcp_closing_ns: u64,
     pub udp_ns: u64,
     pub icmp_ns: u64,
     /// The time to judge idleness by; 0: the kernel's clock now (tests set
@@ -671,7 +675,7 @@ mod tests {
         assert_eq!(size_of::<AllowedRemote>(), 8);
         assert_eq!(size_of::<RuleCounters>(), 32);
         assert_eq!(size_of::<ConnectionEvent>(), 20);
-        assert_eq!(size_of::<SweepParams>(), 48);
+        assert_eq!(size_of::<SweepParams>(), 56);
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);

@@ -637,7 +637,8 @@ impl DaemonConfig {
 pub fn sweep_interval(timeouts: &Timeouts) -> Duration {
     let shortest = [
         timeouts.tcp_established,
-        timeouts.tcp_transitory,
+        timeouts.tcp_opening(),
+        timeouts.tcp_closing(),
         timeouts.udp,
         timeouts.icmp,
     ]
@@ -697,9 +698,18 @@ pub struct Timeouts {
     /// An established TCP connection (RFC 5382: at least 2 h 4 min).
     #[serde(with = "seconds")]
     pub tcp_established: Duration,
-    /// TCP before the handshake completes, or after a FIN or RST (4 min).
+    /// TCP before the handshake completes, or after both FINs or an RST
+    /// (4 min): both of these unless set apart below.
     #[serde(with = "seconds")]
     pub tcp_transitory: Duration,
+    /// TCP from the first SYN until the handshake completes (RFC 7857
+    /// section 2.1 asks a NAT to track opening and closing apart); unset:
+    /// `tcp_transitory`.
+    #[serde(with = "optional_seconds", skip_serializing_if = "Option::is_none")]
+    pub tcp_opening: Option<Duration>,
+    /// TCP after both FINs or an RST; unset: `tcp_transitory`.
+    #[serde(with = "optional_seconds", skip_serializing_if = "Option::is_none")]
+    pub tcp_closing: Option<Duration>,
     /// UDP (RFC 4787: at least 2 min, 5 min recommended).
     #[serde(with = "seconds")]
     pub udp: Duration,
@@ -718,6 +728,8 @@ impl Default for Timeouts {
         Self {
             tcp_established: Duration::from_secs(7440),
             tcp_transitory: Duration::from_secs(240),
+            tcp_opening: None,
+            tcp_closing: None,
             udp: Duration::from_secs(300),
             icmp: Duration::from_secs(60),
             below_rfc_minimums: false,
@@ -726,7 +738,7 @@ impl Default for Timeouts {
 }
 
 /// The shortest timeout each RFC allows: key, minimum, and who says so.
-const TIMEOUT_FLOORS: [(&str, Duration, &str); 4] = [
+const TIMEOUT_FLOORS: [(&str, Duration, &str); 6] = [
     (
         "tcp_established",
         Duration::from_secs(7440),
@@ -737,15 +749,37 @@ const TIMEOUT_FLOORS: [(&str, Duration, &str); 4] = [
         Duration::from_secs(240),
         "RFC 5382 REQ-5 (4 min)",
     ),
+    (
+        "tcp_opening",
+        Duration::from_secs(240),
+        "RFC 5382 REQ-5 (4 min, transitory)",
+    ),
+    (
+        "tcp_closing",
+        Duration::from_secs(240),
+        "RFC 5382 REQ-5 (4 min, transitory)",
+    ),
     ("udp", Duration::from_secs(120), "RFC 4787 REQ-5 (2 min)"),
     ("icmp", Duration::from_secs(60), "RFC 5508 REQ-1 (60 s)"),
 ];
 
 impl Timeouts {
+    /// The opening timeout in force: `tcp_opening`, else `tcp_transitory`.
+    pub fn tcp_opening(&self) -> Duration {
+        self.tcp_opening.unwrap_or(self.tcp_transitory)
+    }
+
+    /// The closing timeout in force: `tcp_closing`, else `tcp_transitory`.
+    pub fn tcp_closing(&self) -> Duration {
+        self.tcp_closing.unwrap_or(self.tcp_transitory)
+    }
+
     fn by_key(&self, key: &str) -> Duration {
         match key {
             "tcp_established" => self.tcp_established,
             "tcp_transitory" => self.tcp_transitory,
+            "tcp_opening" => self.tcp_opening(),
+            "tcp_closing" => self.tcp_closing(),
             "udp" => self.udp,
             _ => self.icmp,
         }
@@ -776,6 +810,29 @@ fn timeouts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timeouts, D::E
     let timeouts = Timeouts::deserialize(deserializer)?;
     timeouts.check_floors().map_err(D::Error::custom)?;
     Ok(timeouts)
+}
+
+/// `seconds` for a key that may be left out.
+mod optional_seconds {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => super::seconds::serialize(value, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::seconds::deserialize(deserializer).map(Some)
+    }
 }
 
 mod seconds {
@@ -897,6 +954,7 @@ other_protocols = "drop"
 [timeouts]
 tcp_established = 3600
 tcp_transitory = 120
+tcp_opening = 90
 udp = 60
 icmp = 30
 below_rfc_minimums = true
@@ -938,6 +996,8 @@ listen = "127.0.0.1:9469"
                 timeouts: Timeouts {
                     tcp_established: Duration::from_secs(3600),
                     tcp_transitory: Duration::from_secs(120),
+                    tcp_opening: Some(Duration::from_secs(90)),
+                    tcp_closing: None,
                     udp: Duration::from_secs(60),
                     icmp: Duration::from_secs(30),
                     below_rfc_minimums: true,
@@ -1144,6 +1204,16 @@ listen = "127.0.0.1:9469"
                 "tcp_transitory = 60",
                 "240 s",
             ),
+            (
+                "[timeouts]\ntcp_opening = 75\n",
+                "tcp_opening = 75",
+                "240 s",
+            ),
+            (
+                "[timeouts]\ntcp_transitory = 600\ntcp_closing = 239\n",
+                "tcp_closing = 239",
+                "240 s",
+            ),
             ("[timeouts]\nudp = 119\n", "udp = 119", "RFC 4787"),
             ("[timeouts]\nicmp = 30\n", "icmp = 30", "RFC 5508"),
         ] {
@@ -1244,5 +1314,26 @@ listen = "127.0.0.1:9469"
         assert_eq!(sweep_interval(&timeouts), Duration::from_secs(30));
         timeouts.tcp_transitory = Duration::from_secs(100);
         assert_eq!(sweep_interval(&timeouts), Duration::from_secs(25));
+        timeouts.tcp_transitory = Duration::from_secs(600);
+        timeouts.tcp_closing = Some(Duration::from_secs(40));
+        assert_eq!(sweep_interval(&timeouts), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn opening_and_closing_follow_tcp_transitory_unless_set() {
+        let timeouts = DaemonConfig::parse("[timeouts]\ntcp_transitory = 300\n", Path::new("x"))
+            .unwrap()
+            .timeouts;
+        assert_eq!(timeouts.tcp_opening(), Duration::from_secs(300));
+        assert_eq!(timeouts.tcp_closing(), Duration::from_secs(300));
+        let timeouts = DaemonConfig::parse(
+            "[timeouts]\ntcp_opening = 250\ntcp_closing = 3600\n",
+            Path::new("x"),
+        )
+        .unwrap()
+        .timeouts;
+        assert_eq!(timeouts.tcp_opening(), Duration::from_secs(250));
+        assert_eq!(timeouts.tcp_closing(), Duration::from_secs(3600));
+        assert_eq!(timeouts.tcp_transitory, Duration::from_secs(240));
     }
 }

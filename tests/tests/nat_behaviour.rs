@@ -195,7 +195,7 @@ fn a_half_closed_connection_stays_established_until_the_second_fin() {
     assert_eq!(tcp_state(&lab), TCP_STATE_CLOSING);
     assert_eq!(
         params.session_timeout_ns(PROTO_TCP, TCP_STATE_CLOSING),
-        params.tcp_transitory_ns
+        params.tcp_closing_ns
     );
 }
 
@@ -415,4 +415,77 @@ fn per_remote_mappings_are_swept() {
         view.binding(&outbound).unwrap().map(|b| b.port),
         Some(port_b)
     );
+}
+
+/// RFC 7857 section 2.1 and RFC 5382 REQ-5: a connection still opening and
+/// one already closed age by timeouts of their own (`tcp_opening`,
+/// `tcp_closing`), through the kernel sweep.
+#[test]
+fn opening_and_closing_connections_age_by_their_own_timeouts() {
+    for (opening, closing) in [(240, 60), (60, 240)] {
+        let mut lab = PacketLab::new().unwrap();
+        // 40000 only sends its SYN; 40002 opens, then both sides close.
+        let out = |port, flags| tcp(ep(LAN_HOST, port), ep(REMOTE, 443), flags, b"");
+        let back = |port, flags| tcp(ep(REMOTE, 443), ep(WAN_ADDR, port), flags, b"");
+        assert_eq!(external_port(&mut lab, &out(40000, SYN)), 40000);
+        assert_eq!(external_port(&mut lab, &out(40002, SYN)), 40002);
+        for (from_lan, flags) in [
+            (false, SYN | ACK),
+            (true, ACK),
+            (true, FIN | ACK),
+            (false, FIN | ACK),
+            (true, ACK),
+        ] {
+            let frame = if from_lan {
+                out(40002, flags)
+            } else {
+                back(40002, flags)
+            };
+            let verdict = if from_lan {
+                lab.from_lan(&frame)
+            } else {
+                lab.from_wan(&frame)
+            };
+            assert_eq!(verdict.unwrap().action, XDP_REDIRECT, "flags {flags:#04x}");
+        }
+        let states: Vec<_> = {
+            let view = lab.datapath.maps().view();
+            let mut states: Vec<_> = view
+                .sessions()
+                .iter()
+                .map(Result::unwrap)
+                .map(|(key, session)| (key.external_port, session.tcp_state))
+                .collect();
+            states.sort_unstable();
+            states
+        };
+        assert_eq!(
+            states,
+            [(40000, TCP_STATE_OPENING), (40002, TCP_STATE_CLOSING)]
+        );
+        go_quiet(&mut lab, Duration::from_secs(100));
+        let timeouts = Timeouts {
+            tcp_opening: Some(Duration::from_secs(opening)),
+            tcp_closing: Some(Duration::from_secs(closing)),
+            below_rfc_minimums: true,
+            ..Timeouts::default()
+        };
+        lab.datapath
+            .run_sweep(sweep_params(&timeouts, 0, 1))
+            .unwrap();
+        let kept = |port| {
+            lab.datapath
+                .maps()
+                .view()
+                .binding(&BindingKey::inbound(PROTO_TCP, port))
+                .unwrap()
+                .is_some()
+        };
+        // 100 s idle: past the 60 s timeout, within the 240 s one.
+        assert_eq!(
+            (kept(40000), kept(40002)),
+            (opening > 100, closing > 100),
+            "tcp_opening = {opening}, tcp_closing = {closing}"
+        );
+    }
 }
