@@ -345,3 +345,51 @@ fn every_other_mapping_and_filtering_pair() {
         );
     }
 }
+
+/// `natctl config check` names the behaviour a file sets, and refuses one
+/// whose `type` and `mapping` disagree, naming both keys and values.
+#[test]
+fn config_check_shows_the_type_and_refuses_a_conflict() {
+    let dir = std::env::temp_dir().join(format!(
+        "nat-stun-config-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir_all(&dir).unwrap();
+    let check = |text: &str| {
+        let file = dir.join("natctl.toml");
+        fs::write(&file, text).unwrap();
+        let output = std::process::Command::new(nat_tests::lab::natctl_path().unwrap())
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = described("natctl config check", &output);
+        (output.status.success(), text)
+    };
+    let (ok, text) = check("[nat]\ntype = \"symmetric\"\n");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(
+            "NAT symmetric (address-and-port-dependent mapping, address-and-port-dependent filtering)"
+        ),
+        "{text}"
+    );
+    let (ok, text) = check("[nat]\nmapping = \"address-dependent\"\n");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("NAT address-dependent mapping, address-and-port-dependent filtering"),
+        "{text}"
+    );
+    let (ok, text) = check("[nat]\ntype = \"full-cone\"\nmapping = \"address-dependent\"\n");
+    assert!(!ok, "{text}");
+    for words in [
+        "natctl.toml line 1",
+        "type = \"full-cone\"",
+        "mapping = \"address-dependent\"",
+        "mapping = \"endpoint-independent\"",
+    ] {
+        assert!(text.contains(words), "{words}: {text}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
