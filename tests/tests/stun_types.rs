@@ -240,6 +240,43 @@ fn assert_verdict(text: &str, kind: &str, expected: &str, context: &str) {
     );
 }
 
+/// After one mapping discovery (tests I, II and III: the primary address,
+/// the alternate address, the alternate address and port, from one local
+/// port), `natctl table` shows a dynamic row per remote, on as many
+/// external ports as the mapping behaviour makes mappings.
+fn assert_table_shows_the_mappings(lab: &Lab, mapping: &str, context: &str) {
+    let rows = lab.table().expect("natctl table");
+    let mut ports: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let servers = [WAN_HOST.to_string(), WAN_HOST_ALT.to_string()];
+    for row in &rows {
+        let field = |name: &str| row[name].as_str().unwrap_or_default().to_owned();
+        if field("type") == "DYNAMIC"
+            && field("protocol") == "UDP"
+            && field("local_ip") == LAN_CLIENT.to_string()
+            && servers.contains(&field("remote_ip"))
+        {
+            ports
+                .entry(row["local_port"].to_string())
+                .or_default()
+                .insert(row["external_port"].to_string());
+        }
+    }
+    let expected = match mapping {
+        "endpoint-independent" => 1,
+        "address-dependent" => 2,
+        _ => 3,
+    };
+    assert_eq!(
+        ports
+            .values()
+            .map(|external| external.len())
+            .collect::<Vec<_>>(),
+        [expected],
+        "{context}: external ports by local port in `natctl table`: {ports:?}\n{rows:#?}"
+    );
+}
+
 /// One lab configured with `nat` (the `[nat]` table's keys), asserting what
 /// natdiscovery reports with and without padding; and, for a classic type,
 /// pystun3's name for it.
@@ -252,6 +289,9 @@ fn check(nat: &str, mapping: &str, filtering: &str, rfc3489_name: Option<&str>) 
         let text = natdiscovery(&lab, &[&["-m"], padding].concat());
         assert_verdict(&text, "Mapping", mapping, &context);
         assert!(text.contains(&ROUTER_WAN.to_string()), "{context}: {text}");
+        if padding.is_empty() {
+            assert_table_shows_the_mappings(&lab, mapping, &context);
+        }
         let text = natdiscovery(&lab, &[&["-f"], padding].concat());
         assert_verdict(&text, "Filtering", filtering, &context);
     }
