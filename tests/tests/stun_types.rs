@@ -284,6 +284,12 @@ fn check(nat: &str, mapping: &str, filtering: &str, rfc3489_name: Option<&str>) 
     let mut lab = Lab::start_with_config(&format!("[nat]\n{nat}\n")).expect("starting the lab");
     let _server = StunServer::start(&lab);
     let context = format!("[nat] {nat}");
+    let status = lab.status().expect("natctl status");
+    assert_eq!(
+        (&status["nat"]["mapping"], &status["nat"]["filtering"]),
+        (&mapping.into(), &filtering.into()),
+        "{context}: natctl status"
+    );
     for padding in [&[][..], &["-P"][..]] {
         let context = format!("{context} {}", padding.join(" "));
         let text = natdiscovery(&lab, &[&["-m"], padding].concat());
