@@ -7,8 +7,8 @@
 //! calls, so that the kernel's sweep compiles to what it did when it had
 //! its own copy.
 use crate::{
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, SweepParams, TCP_STATE_ESTABLISHED,
-    TCP_STATE_HALF_CLOSED_BY_ANSWERER, TCP_STATE_HALF_CLOSED_BY_OPENER,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, SweepParams, TCP_STATE_CLOSED, TCP_STATE_CLOSING,
+    TCP_STATE_ESTABLISHED, TCP_STATE_HALF_CLOSED_BY_ANSWERER, TCP_STATE_HALF_CLOSED_BY_OPENER,
 };
 
 impl SweepParams {
@@ -29,7 +29,14 @@ impl SweepParams {
             {
                 self.tcp_established_ns
             }
-            PROTO_TCP => self.tcp_transitory_ns,
+            // After both FINs, or an RST (RFC 7857 section 2.1: data may
+            // still bring it back, so it is not removed at once).
+            PROTO_TCP if matches!(tcp_state, TCP_STATE_CLOSING | TCP_STATE_CLOSED) => {
+                self.tcp_closing_ns
+            }
+            // A SYN sent and no answer yet (or a session never seen to
+            // open).
+            PROTO_TCP => self.tcp_opening_ns,
             PROTO_ICMP => self.icmp_ns,
             _ => self.udp_ns,
         }
@@ -43,8 +50,13 @@ impl SweepParams {
     pub const fn binding_timeout_ns(&self, proto: u8) -> u64 {
         match proto {
             PROTO_TCP => {
-                if self.tcp_transitory_ns < self.tcp_established_ns {
-                    self.tcp_transitory_ns
+                let transitory = if self.tcp_opening_ns < self.tcp_closing_ns {
+                    self.tcp_opening_ns
+                } else {
+                    self.tcp_closing_ns
+                };
+                if transitory < self.tcp_established_ns {
+                    transitory
                 } else {
                     self.tcp_established_ns
                 }
@@ -104,7 +116,7 @@ pub const fn live_port_slot(proto: u8, port: u16) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{TCP_STATE_CLOSED, TCP_STATE_CLOSING, TCP_STATE_NONE, TCP_STATE_OPENING};
+    use crate::{TCP_STATE_NONE, TCP_STATE_OPENING};
 
     const SEC: u64 = 1_000_000_000;
 
@@ -112,7 +124,8 @@ mod tests {
     fn params() -> SweepParams {
         SweepParams {
             tcp_established_ns: 7440 * SEC,
-            tcp_transitory_ns: 240 * SEC,
+            tcp_opening_ns: 240 * SEC,
+            tcp_closing_ns: 240 * SEC,
             udp_ns: 300 * SEC,
             icmp_ns: 60 * SEC,
             now_ns: 0,
@@ -150,6 +163,35 @@ mod tests {
         );
         assert_eq!(p.session_timeout_ns(PROTO_ICMP, TCP_STATE_NONE), 60 * SEC);
         assert_eq!(p.session_timeout_ns(47, TCP_STATE_NONE), p.udp_ns);
+    }
+
+    #[test]
+    fn opening_and_closing_have_timeouts_of_their_own() {
+        let p = SweepParams {
+            tcp_opening_ns: 300 * SEC,
+            tcp_closing_ns: 60 * SEC,
+            ..params()
+        };
+        for (state, timeout) in [
+            (TCP_STATE_NONE, 300),
+            (TCP_STATE_OPENING, 300),
+            (TCP_STATE_ESTABLISHED, 7440),
+            (TCP_STATE_HALF_CLOSED_BY_OPENER, 7440),
+            (TCP_STATE_CLOSING, 60),
+            (TCP_STATE_CLOSED, 60),
+        ] {
+            assert_eq!(
+                p.session_timeout_ns(PROTO_TCP, state),
+                timeout * SEC,
+                "{state}"
+            );
+        }
+        assert_eq!(p.binding_timeout_ns(PROTO_TCP), 60 * SEC);
+        let p = SweepParams {
+            tcp_opening_ns: 30 * SEC,
+            ..p
+        };
+        assert_eq!(p.binding_timeout_ns(PROTO_TCP), 30 * SEC);
     }
 
     #[test]

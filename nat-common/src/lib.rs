@@ -23,8 +23,8 @@ pub const DIR_OUTBOUND: u8 = 0;
 /// (looked up by packets arriving for the WAN address). `addr` is zero.
 pub const DIR_INBOUND: u8 = 1;
 
-/// Key of `BINDINGS` and `FORWARDS`: one entry per direction, so that every
-/// packet needs a single lookup whichever way it goes.
+/// Key of `FORWARDS`: one entry per direction, so that every packet needs a
+/// single lookup whichever way it goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct EndpointKey {
@@ -54,16 +54,121 @@ impl EndpointKey {
     }
 }
 
+/// Key of `BINDINGS`: like [`EndpointKey`], one entry per direction, plus
+/// the remote an outbound half is for. Under endpoint-independent mapping
+/// the remote is zero, so one internal endpoint has one mapping; under
+/// address-dependent mapping it is the remote address (port 0), under
+/// address-and-port-dependent mapping the remote address and port, so each
+/// remote gets a mapping (and an external port) of its own. An inbound
+/// half is keyed by the external port alone, its remote zero: external
+/// ports are never shared between mappings (no port overloading, RFC 4787
+/// REQ-3), so a reply needs one lookup in every mode and the filter, not
+/// the key, decides which remotes may use it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BindingKey {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub remote_addr: [u8; 4],
+    pub remote_port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// RFC 4787 mapping behaviour: what decides whether an outbound packet
+/// reuses an internal endpoint's mapping.
+pub const MAPPING_ENDPOINT_INDEPENDENT: u8 = 0;
+pub const MAPPING_ADDRESS_DEPENDENT: u8 = 1;
+pub const MAPPING_ADDRESS_AND_PORT_DEPENDENT: u8 = 2;
+
+impl BindingKey {
+    /// The outbound half of an endpoint-independent mapping.
+    pub const fn outbound(proto: u8, addr: [u8; 4], port: u16) -> Self {
+        Self::outbound_to(proto, addr, port, [0; 4], 0)
+    }
+
+    /// The outbound half of `addr:port`'s mapping toward a remote, as the
+    /// `mapping` behaviour keys it (`MAPPING_*`). ICMP queries have no
+    /// remote port: address-and-port-dependent is address-dependent there.
+    pub const fn outbound_for(
+        mapping: u8,
+        proto: u8,
+        addr: [u8; 4],
+        port: u16,
+        remote_addr: [u8; 4],
+        remote_port: u16,
+    ) -> Self {
+        match mapping {
+            MAPPING_ADDRESS_DEPENDENT => Self::outbound_to(proto, addr, port, remote_addr, 0),
+            MAPPING_ADDRESS_AND_PORT_DEPENDENT if proto == PROTO_ICMP => {
+                Self::outbound_to(proto, addr, port, remote_addr, 0)
+            }
+            MAPPING_ADDRESS_AND_PORT_DEPENDENT => {
+                Self::outbound_to(proto, addr, port, remote_addr, remote_port)
+            }
+            _ => Self::outbound(proto, addr, port),
+        }
+    }
+
+    pub const fn outbound_to(
+        proto: u8,
+        addr: [u8; 4],
+        port: u16,
+        remote_addr: [u8; 4],
+        remote_port: u16,
+    ) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            direction: DIR_OUTBOUND,
+            remote_addr,
+            remote_port,
+            _pad: [0; 2],
+        }
+    }
+
+    pub const fn inbound(proto: u8, external_port: u16) -> Self {
+        Self {
+            addr: [0; 4],
+            port: external_port,
+            proto,
+            direction: DIR_INBOUND,
+            remote_addr: [0; 4],
+            remote_port: 0,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// A dynamic mapping created by the datapath. For an outbound key, `port` is
-/// the external port; for an inbound key, `addr:port` is the internal endpoint.
+/// the external port; for an inbound key, `addr:port` is the internal endpoint
+/// and `remote_addr:remote_port` the remote of its outbound half's key (zero
+/// under endpoint-independent mapping), so that the sweep finds its partner.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Binding {
     pub addr: [u8; 4],
     pub port: u16,
-    pub _pad: [u8; 2],
+    pub remote_port: u16,
+    pub remote_addr: [u8; 4],
+    pub _pad: [u8; 4],
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet.
     pub last_seen_ns: u64,
+}
+
+impl Binding {
+    /// The key of this inbound half's outbound partner.
+    pub const fn outbound_partner(&self, proto: u8) -> BindingKey {
+        BindingKey::outbound_to(
+            proto,
+            self.addr,
+            self.port,
+            self.remote_addr,
+            self.remote_port,
+        )
+    }
 }
 
 /// A static forwarding entry, written only by the controller. For an inbound
@@ -207,7 +312,9 @@ pub struct NatConfig {
     pub port_max: u16,
     /// `OTHER_PROTOCOLS_TRANSLATE` or `OTHER_PROTOCOLS_DROP`.
     pub other_protocols: u8,
-    pub _pad: [u8; 3],
+    /// `MAPPING_*`: endpoint-independent (0) unless configured.
+    pub mapping: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
@@ -437,7 +544,11 @@ pub mod programs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SweepParams {
     pub tcp_established_ns: u64,
-    pub tcp_transitory_ns: u64,
+    /// TCP before the handshake completes (RFC 5382's transitory timeout,
+    /// opening half).
+    pub tcp_opening_ns: u64,
+    /// TCP after both FINs or an RST (the closing half).
+    pub tcp_closing_ns: u64,
     pub udp_ns: u64,
     pub icmp_ns: u64,
     /// The time to judge idleness by; 0: the kernel's clock now (tests set
@@ -545,6 +656,7 @@ mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte
     // arrays, with every padding byte spelled out as a field.
     unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for BindingKey {}
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for Forward {}
     unsafe impl aya::Pod for SessionKey {}
@@ -568,12 +680,13 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 8);
-        assert_eq!(size_of::<Binding>(), 16);
+        assert_eq!(size_of::<BindingKey>(), 16);
+        assert_eq!(size_of::<Binding>(), 24);
         assert_eq!(size_of::<Forward>(), 12);
         assert_eq!(size_of::<AllowedRemote>(), 8);
         assert_eq!(size_of::<RuleCounters>(), 32);
         assert_eq!(size_of::<ConnectionEvent>(), 20);
-        assert_eq!(size_of::<SweepParams>(), 48);
+        assert_eq!(size_of::<SweepParams>(), 56);
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
@@ -582,6 +695,40 @@ mod tests {
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<FragEntry>(), 16);
+    }
+
+    #[test]
+    fn mapping_behaviour_decides_how_much_of_the_remote_keys_a_mapping() {
+        let (host, remote) = ([192, 168, 0, 10], [198, 51, 100, 2]);
+        let key = |mapping, proto| BindingKey::outbound_for(mapping, proto, host, 4000, remote, 53);
+        let remote_of = |key: BindingKey| (key.remote_addr, key.remote_port);
+        assert_eq!(
+            key(MAPPING_ENDPOINT_INDEPENDENT, PROTO_UDP),
+            BindingKey::outbound(PROTO_UDP, host, 4000)
+        );
+        assert_eq!(
+            remote_of(key(MAPPING_ADDRESS_DEPENDENT, PROTO_UDP)),
+            (remote, 0)
+        );
+        assert_eq!(
+            remote_of(key(MAPPING_ADDRESS_AND_PORT_DEPENDENT, PROTO_UDP)),
+            (remote, 53)
+        );
+        assert_eq!(
+            remote_of(key(MAPPING_ADDRESS_AND_PORT_DEPENDENT, PROTO_ICMP)),
+            (remote, 0)
+        );
+        let inbound = Binding {
+            addr: host,
+            port: 4000,
+            remote_addr: remote,
+            remote_port: 53,
+            ..Default::default()
+        };
+        assert_eq!(
+            inbound.outbound_partner(PROTO_UDP),
+            key(MAPPING_ADDRESS_AND_PORT_DEPENDENT, PROTO_UDP)
+        );
     }
 
     #[test]

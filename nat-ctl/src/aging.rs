@@ -23,7 +23,8 @@ pub fn datapath_now_ns() -> u64 {
 pub fn sweep_params(timeouts: &Timeouts, now_ns: u64, generation: u32) -> SweepParams {
     SweepParams {
         tcp_established_ns: timeouts.tcp_established.as_nanos() as u64,
-        tcp_transitory_ns: timeouts.tcp_transitory.as_nanos() as u64,
+        tcp_opening_ns: timeouts.tcp_opening().as_nanos() as u64,
+        tcp_closing_ns: timeouts.tcp_closing().as_nanos() as u64,
         udp_ns: timeouts.udp.as_nanos() as u64,
         icmp_ns: timeouts.icmp.as_nanos() as u64,
         now_ns,
@@ -41,7 +42,8 @@ mod tests {
         let timeouts = Timeouts::default();
         let params = sweep_params(&timeouts, 42, 7);
         assert_eq!(params.tcp_established_ns, 7440 * 1_000_000_000);
-        assert_eq!(params.tcp_transitory_ns, 240 * 1_000_000_000);
+        assert_eq!(params.tcp_opening_ns, 240 * 1_000_000_000);
+        assert_eq!(params.tcp_closing_ns, 240 * 1_000_000_000);
         assert_eq!(params.udp_ns, 300 * 1_000_000_000);
         assert_eq!(params.icmp_ns, 60 * 1_000_000_000);
         assert_eq!((params.now_ns, params.generation), (42, 7));

@@ -502,15 +502,25 @@ fn check_config(file: Option<&std::path::Path>) -> Result<()> {
     let (config, read) = DaemonConfig::load(file)?;
     match read {
         Some(path) => println!(
-            "{}: valid; rules in {}, API on {}, pins in {}",
+            "{}: valid; rules in {}, API on {}, pins in {}; NAT {}",
             path.display(),
             config.rules_file.display(),
             config.socket.display(),
-            config.pin_dir.display()
+            config.pin_dir.display(),
+            nat_behaviour(&config.nat)
         ),
         None => println!("no configuration file at {DEFAULT_CONFIG_PATH}: the defaults apply"),
     }
     Ok(())
+}
+
+/// "port-restricted-cone (endpoint-independent mapping, ...)".
+fn nat_behaviour(nat: &nat_ctl::config::NatSettings) -> String {
+    let pair = format!("{} mapping, {} filtering", nat.mapping, nat.filtering);
+    match nat.nat_type() {
+        Some(nat_type) => format!("{nat_type} ({pair})"),
+        None => pair,
+    }
 }
 
 fn block_on<T>(future: impl Future<Output = T>) -> T {

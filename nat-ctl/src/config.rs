@@ -258,16 +258,18 @@ impl Default for DaemonConfig {
 }
 
 /// The `[nat]` table: the NAT behaviour of RFC 4787 the datapath applies.
+/// `mapping` and `filtering` are as resolved from the file's `mapping`,
+/// `filtering` and `type` keys (see [`NatFile`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "NatFile")]
 pub struct NatSettings {
+    pub mapping: Mapping,
     pub filtering: Filtering,
     /// What becomes of a packet from the WAN that matches no entry.
     pub unsolicited: Unsolicited,
     /// Lets LAN hosts reach a forwarded port through the public address.
     pub hairpin: bool,
     /// The ports outbound flows are mapped to.
-    #[serde(deserialize_with = "dynamic_ports")]
     pub ports: PortRange,
     /// IP protocols other than TCP, UDP and ICMP.
     pub other_protocols: OtherProtocols,
@@ -276,6 +278,7 @@ pub struct NatSettings {
 impl Default for NatSettings {
     fn default() -> Self {
         Self {
+            mapping: Mapping::default(),
             filtering: Filtering::default(),
             unsolicited: Unsolicited::default(),
             hairpin: true,
@@ -285,6 +288,195 @@ impl Default for NatSettings {
             },
             other_protocols: OtherProtocols::default(),
         }
+    }
+}
+
+impl NatSettings {
+    /// The classic name of the configured pair, if it has one.
+    pub fn nat_type(&self) -> Option<NatType> {
+        NatType::ALL
+            .into_iter()
+            .find(|nat_type| nat_type.behaviour() == (self.mapping, self.filtering))
+    }
+}
+
+/// The `[nat]` table as written: `type` is a shorthand for a mapping and
+/// filtering pair, which the file may also spell out, but not differently.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NatFile {
+    #[serde(rename = "type")]
+    nat_type: Option<NatType>,
+    mapping: Option<Mapping>,
+    filtering: Option<Filtering>,
+    unsolicited: Unsolicited,
+    hairpin: bool,
+    #[serde(deserialize_with = "dynamic_ports")]
+    ports: PortRange,
+    other_protocols: OtherProtocols,
+}
+
+impl Default for NatFile {
+    fn default() -> Self {
+        let defaults = NatSettings::default();
+        Self {
+            nat_type: None,
+            mapping: None,
+            filtering: None,
+            unsolicited: defaults.unsolicited,
+            hairpin: defaults.hairpin,
+            ports: defaults.ports,
+            other_protocols: defaults.other_protocols,
+        }
+    }
+}
+
+/// A `[nat]` table whose `type` says one behaviour and whose `mapping` or
+/// `filtering` says another.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "type = \"{nat_type}\" means {key} = \"{implied}\", but {key} = \"{value}\" is set too: \
+     remove one of the two keys or make them agree"
+)]
+pub struct NatTypeConflict {
+    pub nat_type: NatType,
+    /// `"mapping"` or `"filtering"`.
+    pub key: &'static str,
+    pub value: &'static str,
+    pub implied: &'static str,
+}
+
+impl TryFrom<NatFile> for NatSettings {
+    type Error = NatTypeConflict;
+
+    fn try_from(file: NatFile) -> Result<Self, NatTypeConflict> {
+        let defaults = NatSettings::default();
+        let (mapping, filtering) = match file.nat_type {
+            None => (
+                file.mapping.unwrap_or(defaults.mapping),
+                file.filtering.unwrap_or(defaults.filtering),
+            ),
+            Some(nat_type) => {
+                let (mapping, filtering) = nat_type.behaviour();
+                let conflict = |key, value: &'static str, implied| NatTypeConflict {
+                    nat_type,
+                    key,
+                    value,
+                    implied,
+                };
+                if let Some(set) = file.mapping.filter(|set| *set != mapping) {
+                    return Err(conflict("mapping", set.name(), mapping.name()));
+                }
+                if let Some(set) = file.filtering.filter(|set| *set != filtering) {
+                    return Err(conflict("filtering", set.name(), filtering.name()));
+                }
+                (mapping, filtering)
+            }
+        };
+        Ok(Self {
+            mapping,
+            filtering,
+            unsolicited: file.unsolicited,
+            hairpin: file.hairpin,
+            ports: file.ports,
+            other_protocols: file.other_protocols,
+        })
+    }
+}
+
+/// Which outbound packets of one internal endpoint share a mapping, and so
+/// an external port (RFC 4787 section 4.1).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mapping {
+    /// All of them, whatever the remote: what RFC 4787 REQ-1 requires, and
+    /// what lets peer-to-peer applications learn their address from one
+    /// server and be reached at it by others.
+    #[default]
+    EndpointIndependent,
+    /// Those to one remote address: each new remote address gets a port.
+    AddressDependent,
+    /// Those to one remote address and port ("symmetric").
+    AddressAndPortDependent,
+}
+
+impl Mapping {
+    pub fn datapath_value(self) -> u8 {
+        match self {
+            Mapping::EndpointIndependent => nat_common::MAPPING_ENDPOINT_INDEPENDENT,
+            Mapping::AddressDependent => nat_common::MAPPING_ADDRESS_DEPENDENT,
+            Mapping::AddressAndPortDependent => nat_common::MAPPING_ADDRESS_AND_PORT_DEPENDENT,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mapping::EndpointIndependent => "endpoint-independent",
+            Mapping::AddressDependent => "address-dependent",
+            Mapping::AddressAndPortDependent => "address-and-port-dependent",
+        }
+    }
+}
+
+impl std::fmt::Display for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The names users know NATs by (RFC 3489 section 5), each a mapping and
+/// filtering pair of RFC 4787.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatType {
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    RestrictedCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestrictedCone,
+    /// Address-and-port-dependent mapping and filtering.
+    Symmetric,
+}
+
+impl NatType {
+    pub const ALL: [NatType; 4] = [
+        NatType::FullCone,
+        NatType::RestrictedCone,
+        NatType::PortRestrictedCone,
+        NatType::Symmetric,
+    ];
+
+    pub fn behaviour(self) -> (Mapping, Filtering) {
+        match self {
+            NatType::FullCone => (Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+            NatType::RestrictedCone => (Mapping::EndpointIndependent, Filtering::AddressDependent),
+            NatType::PortRestrictedCone => (
+                Mapping::EndpointIndependent,
+                Filtering::AddressAndPortDependent,
+            ),
+            NatType::Symmetric => (
+                Mapping::AddressAndPortDependent,
+                Filtering::AddressAndPortDependent,
+            ),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NatType::FullCone => "full-cone",
+            NatType::RestrictedCone => "restricted-cone",
+            NatType::PortRestrictedCone => "port-restricted-cone",
+            NatType::Symmetric => "symmetric",
+        }
+    }
+}
+
+impl std::fmt::Display for NatType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -445,7 +637,8 @@ impl DaemonConfig {
 pub fn sweep_interval(timeouts: &Timeouts) -> Duration {
     let shortest = [
         timeouts.tcp_established,
-        timeouts.tcp_transitory,
+        timeouts.tcp_opening(),
+        timeouts.tcp_closing(),
         timeouts.udp,
         timeouts.icmp,
     ]
@@ -505,9 +698,18 @@ pub struct Timeouts {
     /// An established TCP connection (RFC 5382: at least 2 h 4 min).
     #[serde(with = "seconds")]
     pub tcp_established: Duration,
-    /// TCP before the handshake completes, or after a FIN or RST (4 min).
+    /// TCP before the handshake completes, or after both FINs or an RST
+    /// (4 min): both of these unless set apart below.
     #[serde(with = "seconds")]
     pub tcp_transitory: Duration,
+    /// TCP from the first SYN until the handshake completes (RFC 7857
+    /// section 2.1 asks a NAT to track opening and closing apart); unset:
+    /// `tcp_transitory`.
+    #[serde(with = "optional_seconds", skip_serializing_if = "Option::is_none")]
+    pub tcp_opening: Option<Duration>,
+    /// TCP after both FINs or an RST; unset: `tcp_transitory`.
+    #[serde(with = "optional_seconds", skip_serializing_if = "Option::is_none")]
+    pub tcp_closing: Option<Duration>,
     /// UDP (RFC 4787: at least 2 min, 5 min recommended).
     #[serde(with = "seconds")]
     pub udp: Duration,
@@ -526,6 +728,8 @@ impl Default for Timeouts {
         Self {
             tcp_established: Duration::from_secs(7440),
             tcp_transitory: Duration::from_secs(240),
+            tcp_opening: None,
+            tcp_closing: None,
             udp: Duration::from_secs(300),
             icmp: Duration::from_secs(60),
             below_rfc_minimums: false,
@@ -534,7 +738,7 @@ impl Default for Timeouts {
 }
 
 /// The shortest timeout each RFC allows: key, minimum, and who says so.
-const TIMEOUT_FLOORS: [(&str, Duration, &str); 4] = [
+const TIMEOUT_FLOORS: [(&str, Duration, &str); 6] = [
     (
         "tcp_established",
         Duration::from_secs(7440),
@@ -545,15 +749,37 @@ const TIMEOUT_FLOORS: [(&str, Duration, &str); 4] = [
         Duration::from_secs(240),
         "RFC 5382 REQ-5 (4 min)",
     ),
+    (
+        "tcp_opening",
+        Duration::from_secs(240),
+        "RFC 5382 REQ-5 (4 min, transitory)",
+    ),
+    (
+        "tcp_closing",
+        Duration::from_secs(240),
+        "RFC 5382 REQ-5 (4 min, transitory)",
+    ),
     ("udp", Duration::from_secs(120), "RFC 4787 REQ-5 (2 min)"),
     ("icmp", Duration::from_secs(60), "RFC 5508 REQ-1 (60 s)"),
 ];
 
 impl Timeouts {
+    /// The opening timeout in force: `tcp_opening`, else `tcp_transitory`.
+    pub fn tcp_opening(&self) -> Duration {
+        self.tcp_opening.unwrap_or(self.tcp_transitory)
+    }
+
+    /// The closing timeout in force: `tcp_closing`, else `tcp_transitory`.
+    pub fn tcp_closing(&self) -> Duration {
+        self.tcp_closing.unwrap_or(self.tcp_transitory)
+    }
+
     fn by_key(&self, key: &str) -> Duration {
         match key {
             "tcp_established" => self.tcp_established,
             "tcp_transitory" => self.tcp_transitory,
+            "tcp_opening" => self.tcp_opening(),
+            "tcp_closing" => self.tcp_closing(),
             "udp" => self.udp,
             _ => self.icmp,
         }
@@ -584,6 +810,29 @@ fn timeouts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timeouts, D::E
     let timeouts = Timeouts::deserialize(deserializer)?;
     timeouts.check_floors().map_err(D::Error::custom)?;
     Ok(timeouts)
+}
+
+/// `seconds` for a key that may be left out.
+mod optional_seconds {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => super::seconds::serialize(value, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::seconds::deserialize(deserializer).map(Some)
+    }
 }
 
 mod seconds {
@@ -629,7 +878,13 @@ mod tests {
         assert_eq!(config.rules_file, Path::new("/var/lib/natctl/rules.toml"));
         assert_eq!(config.socket, Path::new("/run/natctl/natctl.sock"));
         assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/natctl"));
+        assert_eq!(
+            config.nat.mapping,
+            Mapping::EndpointIndependent,
+            "RFC 4787 REQ-1"
+        );
         assert_eq!(config.nat.filtering, Filtering::AddressAndPortDependent);
+        assert_eq!(config.nat.nat_type(), Some(NatType::PortRestrictedCone));
         assert_eq!(config.nat.unsolicited, Unsolicited::Pass);
         assert!(config.nat.hairpin);
         assert_eq!(config.nat.ports.to_string(), "1024-65535");
@@ -689,6 +944,7 @@ socket = "/run/natctl.sock"
 pin_dir = "/sys/fs/bpf/nat"
 
 [nat]
+mapping = "address-dependent"
 filtering = "endpoint-independent"
 unsolicited = "drop"
 hairpin = false
@@ -698,6 +954,7 @@ other_protocols = "drop"
 [timeouts]
 tcp_established = 3600
 tcp_transitory = 120
+tcp_opening = 90
 udp = 60
 icmp = 30
 below_rfc_minimums = true
@@ -726,6 +983,7 @@ listen = "127.0.0.1:9469"
                 socket: "/run/natctl.sock".into(),
                 pin_dir: "/sys/fs/bpf/nat".into(),
                 nat: NatSettings {
+                    mapping: Mapping::AddressDependent,
                     filtering: Filtering::EndpointIndependent,
                     unsolicited: Unsolicited::Drop,
                     hairpin: false,
@@ -738,6 +996,8 @@ listen = "127.0.0.1:9469"
                 timeouts: Timeouts {
                     tcp_established: Duration::from_secs(3600),
                     tcp_transitory: Duration::from_secs(120),
+                    tcp_opening: Some(Duration::from_secs(90)),
+                    tcp_closing: None,
                     udp: Duration::from_secs(60),
                     icmp: Duration::from_secs(30),
                     below_rfc_minimums: true,
@@ -776,6 +1036,10 @@ listen = "127.0.0.1:9469"
             nat_common::FILTER_ENDPOINT_INDEPENDENT
         );
         assert_eq!(
+            config.nat.mapping.datapath_value(),
+            nat_common::MAPPING_ADDRESS_DEPENDENT
+        );
+        assert_eq!(
             config.nat.unsolicited.datapath_value(),
             nat_common::UNSOLICITED_DROP
         );
@@ -811,6 +1075,113 @@ listen = "127.0.0.1:9469"
     }
 
     #[test]
+    fn each_type_sets_its_mapping_and_filtering() {
+        use Filtering as F;
+        use Mapping as M;
+        for (name, mapping, filtering) in [
+            ("full-cone", M::EndpointIndependent, F::EndpointIndependent),
+            (
+                "restricted-cone",
+                M::EndpointIndependent,
+                F::AddressDependent,
+            ),
+            (
+                "port-restricted-cone",
+                M::EndpointIndependent,
+                F::AddressAndPortDependent,
+            ),
+            (
+                "symmetric",
+                M::AddressAndPortDependent,
+                F::AddressAndPortDependent,
+            ),
+        ] {
+            let text = format!("[nat]\ntype = \"{name}\"\n");
+            let nat = DaemonConfig::parse(&text, Path::new("natctl.toml"))
+                .unwrap()
+                .nat;
+            assert_eq!((nat.mapping, nat.filtering), (mapping, filtering), "{name}");
+            assert_eq!(nat.nat_type().map(NatType::name), Some(name));
+            // Spelling out what the type means too is no conflict.
+            let agreeing = format!(
+                "[nat]\ntype = \"{name}\"\nmapping = \"{mapping}\"\nfiltering = \"{filtering}\"\n"
+            );
+            let nat = DaemonConfig::parse(&agreeing, Path::new("natctl.toml"))
+                .unwrap()
+                .nat;
+            assert_eq!((nat.mapping, nat.filtering), (mapping, filtering), "{name}");
+        }
+        let nat = DaemonConfig::parse(
+            "[nat]\nmapping = \"address-dependent\"\n",
+            Path::new("natctl.toml"),
+        )
+        .unwrap()
+        .nat;
+        assert_eq!(nat.nat_type(), None, "no classic name for that pair");
+    }
+
+    #[test]
+    fn a_type_and_a_conflicting_mapping_or_filtering_are_refused_naming_both() {
+        let file = |nat_type, mapping, filtering| NatFile {
+            nat_type: Some(nat_type),
+            mapping,
+            filtering,
+            ..NatFile::default()
+        };
+        assert_eq!(
+            NatSettings::try_from(file(
+                NatType::Symmetric,
+                Some(Mapping::EndpointIndependent),
+                None
+            )),
+            Err(NatTypeConflict {
+                nat_type: NatType::Symmetric,
+                key: "mapping",
+                value: "endpoint-independent",
+                implied: "address-and-port-dependent",
+            })
+        );
+        assert_eq!(
+            NatSettings::try_from(file(
+                NatType::FullCone,
+                Some(Mapping::EndpointIndependent),
+                Some(Filtering::AddressDependent)
+            )),
+            Err(NatTypeConflict {
+                nat_type: NatType::FullCone,
+                key: "filtering",
+                value: "address-dependent",
+                implied: "endpoint-independent",
+            })
+        );
+        // The file's error names the line, both keys and both values.
+        let (line, _, message) =
+            invalid("[nat]\ntype = \"full-cone\"\nfiltering = \"address-dependent\"\n");
+        assert_eq!(line, 1, "{message}");
+        for word in [
+            "type = \"full-cone\"",
+            "filtering = \"address-dependent\"",
+            "filtering = \"endpoint-independent\"",
+        ] {
+            assert!(message.contains(word), "{word}: {message}");
+        }
+    }
+
+    #[test]
+    fn bad_type_and_mapping_name_the_value_and_the_choices() {
+        let (line, _, message) = invalid("[nat]\ntype = \"cone\"\n");
+        assert_eq!(line, 2, "{message}");
+        for word in ["cone", "full-cone", "restricted-cone", "symmetric"] {
+            assert!(message.contains(word), "{word}: {message}");
+        }
+        let (line, _, message) = invalid("[nat]\nmapping = \"symmetric\"\n");
+        assert_eq!(line, 2, "{message}");
+        for word in ["symmetric", "endpoint-independent", "address-dependent"] {
+            assert!(message.contains(word), "{word}: {message}");
+        }
+    }
+
+    #[test]
     fn zero_and_negative_timeouts_are_rejected_with_their_line() {
         for value in ["0", "-1"] {
             let text = format!("[timeouts]\nudp = 300\n\nicmp = {value}\n");
@@ -831,6 +1202,16 @@ listen = "127.0.0.1:9469"
             (
                 "[timeouts]\ntcp_transitory = 60\n",
                 "tcp_transitory = 60",
+                "240 s",
+            ),
+            (
+                "[timeouts]\ntcp_opening = 75\n",
+                "tcp_opening = 75",
+                "240 s",
+            ),
+            (
+                "[timeouts]\ntcp_transitory = 600\ntcp_closing = 239\n",
+                "tcp_closing = 239",
                 "240 s",
             ),
             ("[timeouts]\nudp = 119\n", "udp = 119", "RFC 4787"),
@@ -933,5 +1314,26 @@ listen = "127.0.0.1:9469"
         assert_eq!(sweep_interval(&timeouts), Duration::from_secs(30));
         timeouts.tcp_transitory = Duration::from_secs(100);
         assert_eq!(sweep_interval(&timeouts), Duration::from_secs(25));
+        timeouts.tcp_transitory = Duration::from_secs(600);
+        timeouts.tcp_closing = Some(Duration::from_secs(40));
+        assert_eq!(sweep_interval(&timeouts), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn opening_and_closing_follow_tcp_transitory_unless_set() {
+        let timeouts = DaemonConfig::parse("[timeouts]\ntcp_transitory = 300\n", Path::new("x"))
+            .unwrap()
+            .timeouts;
+        assert_eq!(timeouts.tcp_opening(), Duration::from_secs(300));
+        assert_eq!(timeouts.tcp_closing(), Duration::from_secs(300));
+        let timeouts = DaemonConfig::parse(
+            "[timeouts]\ntcp_opening = 250\ntcp_closing = 3600\n",
+            Path::new("x"),
+        )
+        .unwrap()
+        .timeouts;
+        assert_eq!(timeouts.tcp_opening(), Duration::from_secs(250));
+        assert_eq!(timeouts.tcp_closing(), Duration::from_secs(3600));
+        assert_eq!(timeouts.tcp_transitory, Duration::from_secs(240));
     }
 }

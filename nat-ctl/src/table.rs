@@ -385,7 +385,7 @@ pub fn stats(
     let mut binding_keys = 0usize;
     datapath::for_each_in(
         maps.bindings(),
-        |_: &nat_common::EndpointKey, _: &nat_common::Binding| binding_keys += 1,
+        |_: &nat_common::BindingKey, _: &nat_common::Binding| binding_keys += 1,
     )
     .map_err(|source| DatapathError::Walk {
         name: nat_common::maps::BINDINGS,

@@ -7,7 +7,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_for_each_map_elem;
 use nat_common::{
-    Binding, Counter, DIR_INBOUND, EndpointKey, FragEntry, FragKey, Session, SessionKey,
+    Binding, BindingKey, Counter, DIR_INBOUND, FragEntry, FragKey, Session, SessionKey,
     SweepParams, SweepStats, idle_past, live_port_slot,
 };
 
@@ -83,7 +83,7 @@ extern "C" fn visit_forward_session(
 }
 
 #[inline(always)]
-fn remove_binding(sweep: &mut Sweep, key: &EndpointKey) {
+fn remove_binding(sweep: &mut Sweep, key: &BindingKey) {
     if BINDINGS.remove(key).is_ok() {
         sweep.stats.bindings_removed += 1;
     }
@@ -95,7 +95,7 @@ fn remove_binding(sweep: &mut Sweep, key: &EndpointKey) {
 /// its partner is gone (an orphan, e.g. after a crash mid-creation).
 extern "C" fn visit_binding(
     _map: *mut c_void,
-    key: *const EndpointKey,
+    key: *const BindingKey,
     value: *mut Binding,
     sweep: *mut Sweep,
 ) -> i64 {
@@ -110,7 +110,7 @@ extern "C" fn visit_binding(
         if is_live(sweep, key.proto, key.port) {
             return 0;
         }
-        let outbound = EndpointKey::outbound(key.proto, binding.addr, binding.port);
+        let outbound = binding.outbound_partner(key.proto);
         // SAFETY: a map lookup, copied out at once.
         if let Some(partner) = unsafe { BINDINGS.get(outbound) }.copied()
             && partner.port == key.port
@@ -124,10 +124,10 @@ extern "C" fn visit_binding(
         }
         remove_binding(sweep, &key);
     } else {
-        let inbound = EndpointKey::inbound(key.proto, binding.port);
+        let inbound = BindingKey::inbound(key.proto, binding.port);
         // SAFETY: a map lookup, copied out at once.
         let paired = unsafe { BINDINGS.get(inbound) }
-            .is_some_and(|partner| partner.addr == key.addr && partner.port == key.port);
+            .is_some_and(|partner| partner.outbound_partner(key.proto) == key);
         if !paired {
             remove_binding(sweep, &key);
         }

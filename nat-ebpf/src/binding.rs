@@ -1,12 +1,13 @@
 //! Binding creation: a new dynamic mapping for a LAN endpoint's first
-//! outbound packet, endpoint-independent (RFC 4787), on a port no static
-//! rule and no other mapping holds.
+//! outbound packet (endpoint-independent by default; under address- or
+//! address-and-port-dependent mapping, its first toward each remote, RFC
+//! 4787 section 4.1), on a port no static rule and no other mapping holds.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use nat_common::{Binding, Counter, EndpointKey, NatConfig};
+use nat_common::{Binding, BindingKey, Counter, NatConfig};
 
 use crate::{
     counters::count,
-    lookup::{External, binding_outbound, forward_inbound, outbound_external},
+    lookup::{External, binding_outbound, forward_inbound, mapping_key, outbound_external},
     maps::{BINDINGS, BPF_NOEXIST},
     parse::Endpoint,
 };
@@ -17,20 +18,21 @@ const EEXIST: i32 = 17;
 /// that a nearly full range costs a fixed worst case per packet.
 const PORT_PROBES: u32 = 16;
 
-/// The external port of `internal`, from a static rule, an existing mapping,
-/// or a new endpoint-independent mapping.
+/// The external port of `internal` toward `remote`, from a static rule, an
+/// existing mapping, or a new mapping.
 #[inline(always)]
 pub fn external_port_for(
     config: &NatConfig,
     proto: u8,
     internal: Endpoint,
+    remote: Endpoint,
     now: u64,
     frame_len: usize,
 ) -> Result<External, Counter> {
-    if let Some(external) = outbound_external(proto, internal, now) {
+    if let Some(external) = outbound_external(config, proto, internal, remote, now) {
         return Ok(external);
     }
-    let port = create_binding(config, proto, internal, now)?;
+    let port = create_binding(config, proto, internal, remote, now)?;
     count(Counter::NewBinding, frame_len);
     Ok(External { port, rule_id: 0 })
 }
@@ -51,16 +53,22 @@ fn with_parity_of(own: u32, port: u32, port_min: u32, port_max: u32) -> u32 {
     }
 }
 
-/// Claims an external port for `internal`: its own port when that is in the
-/// dynamic range and free, else a bounded number of pseudo-random probes.
-/// Claims are atomic (`BPF_NOEXIST`) and skip ports held by static rules.
+/// Claims an external port for `internal` toward `remote`: its own port when
+/// that is in the dynamic range and free, else a bounded number of
+/// pseudo-random probes of the same parity. Claims are atomic
+/// (`BPF_NOEXIST`) and skip ports held by static rules. Every mapping owns
+/// its port, so under address(-and-port)-dependent mapping a second remote
+/// finds the endpoint's own port taken by the first and gets another: that
+/// is what makes the NAT "symmetric" to a STUN client.
 #[inline(always)]
 fn create_binding(
     config: &NatConfig,
     proto: u8,
     internal: Endpoint,
+    remote: Endpoint,
     now: u64,
 ) -> Result<u16, Counter> {
+    let outbound = mapping_key(config, proto, internal, remote);
     let port_min = u32::from(config.port_min);
     let span = u32::from(config.port_max).saturating_sub(port_min) + 1;
     let own_port = u32::from(internal.port);
@@ -68,7 +76,9 @@ fn create_binding(
     let inbound_value = Binding {
         addr: internal.addr,
         port: internal.port,
-        _pad: [0; 2],
+        remote_port: outbound.remote_port,
+        remote_addr: outbound.remote_addr,
+        _pad: [0; 4],
         last_seen_ns: now,
     };
     for probe in 0..PORT_PROBES {
@@ -80,7 +90,7 @@ fn create_binding(
             with_parity_of(own_port, random, port_min, port_min + span - 1)
         };
         let port = candidate as u16;
-        let inbound = EndpointKey::inbound(proto, port);
+        let inbound = BindingKey::inbound(proto, port);
         if forward_inbound(proto, port).is_some() {
             continue;
         }
@@ -89,12 +99,11 @@ fn create_binding(
             Err(err) if err == -EEXIST => continue,
             Err(_) => return Err(Counter::DropTableFull),
         }
-        let outbound = EndpointKey::outbound(proto, internal.addr, internal.port);
         let outbound_value = Binding {
             addr: config.wan_addr,
             port,
-            _pad: [0; 2],
             last_seen_ns: now,
+            ..Binding::default()
         };
         if BINDINGS
             .insert(outbound, outbound_value, BPF_NOEXIST)
@@ -102,10 +111,12 @@ fn create_binding(
         {
             return Ok(port);
         }
-        // Another CPU mapped the same endpoint first: give our port back
-        // and use theirs, so the mapping stays endpoint-independent.
+        // Another CPU mapped the same endpoint (toward the same remote)
+        // first: give our port back and use theirs, so that one key has
+        // one mapping.
         let _ = BINDINGS.remove(inbound);
-        return binding_outbound(proto, internal, now).ok_or(Counter::DropTableFull);
+        return binding_outbound(config, proto, internal, remote, now)
+            .ok_or(Counter::DropTableFull);
     }
     Err(Counter::DropPortExhausted)
 }

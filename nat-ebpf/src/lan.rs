@@ -89,11 +89,12 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let now = now_ns();
     frag::track_outbound(config.wan_addr, &packet, now, len)?;
     let internal = packet.endpoint(Side::Source);
-    let external = external_port_for(config, packet.proto, internal, now, len)?;
+    let remote = packet.endpoint(Side::Destination);
+    let external = external_port_for(config, packet.proto, internal, remote, now, len)?;
     let conversation = Conversation {
         proto: packet.proto,
         external_port: external.port,
-        remote: packet.endpoint(Side::Destination),
+        remote,
         tcp_flags: packet.tcp_flags,
     };
     if external.rule_id == 0 {
@@ -161,8 +162,12 @@ fn hairpin(
         return Err(Counter::PassLocal);
     }
     let internal = packet.endpoint(Side::Source);
-    let source = external_port_for(config, packet.proto, internal, now, len)?;
     // What each side sees of the other is the WAN address and a port.
+    let remote = Endpoint {
+        addr: config.wan_addr,
+        port: target_port,
+    };
+    let source = external_port_for(config, packet.proto, internal, remote, now, len)?;
     let source_outside = Endpoint {
         addr: config.wan_addr,
         port: source.port,
@@ -171,10 +176,6 @@ fn hairpin(
         // A forwarded server answering a LAN client through the WAN address.
         count_rule(source.rule_id, false, len);
     } else {
-        let remote = Endpoint {
-            addr: config.wan_addr,
-            port: target_port,
-        };
         let conversation = Conversation {
             proto: packet.proto,
             external_port: source.port,
@@ -246,9 +247,16 @@ fn hairpin_icmp_error(
         None => binding_inbound(quoted.proto, port).ok_or(own)?,
     };
     // What the sender addressed: the erring host's external endpoint.
-    let erring_port =
-        outbound_external_unrefreshed(quoted.proto, quoted.endpoint(Side::Destination))
-            .ok_or(own)?;
+    let erring_port = outbound_external_unrefreshed(
+        config,
+        quoted.proto,
+        quoted.endpoint(Side::Destination),
+        Endpoint {
+            addr: config.wan_addr,
+            port: quoted.port(Side::Source),
+        },
+    )
+    .ok_or(own)?;
     let route = route(ctx, packet, config.wan_addr, sender.addr)?;
     if route.ifindex != config.lan_ifindex {
         return Err(own);
@@ -293,8 +301,9 @@ fn icmp_error_outbound(
         return Err(untranslated);
     }
     let internal = quoted.endpoint(Side::Destination);
+    let about = quoted.endpoint(Side::Source);
     let external_port =
-        outbound_external_unrefreshed(quoted.proto, internal).ok_or(untranslated)?;
+        outbound_external_unrefreshed(config, quoted.proto, internal, about).ok_or(untranslated)?;
     let remote = packet.addr(Side::Destination);
     let route = route_fragmentable(ctx, packet, config.wan_addr, remote)?;
     if route.ifindex != config.wan_ifindex {

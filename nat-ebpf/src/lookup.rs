@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use nat_common::{
-    AllowedRemote, Binding, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP,
+    AllowedRemote, Binding, BindingKey, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -97,18 +97,43 @@ fn touch(binding: *mut Binding, now: u64) {
 #[inline(always)]
 pub fn binding_inbound(proto: u8, external_port: u16) -> Option<Endpoint> {
     // SAFETY: a map lookup, copied out at once.
-    let binding = unsafe { BINDINGS.get(EndpointKey::inbound(proto, external_port)) }?;
+    let binding = unsafe { BINDINGS.get(BindingKey::inbound(proto, external_port)) }?;
     Some(Endpoint {
         addr: binding.addr,
         port: binding.port,
     })
 }
 
-/// The external port of `internal`'s existing dynamic mapping.
+/// The key of `internal`'s mapping toward `remote` under the configured
+/// mapping behaviour (RFC 4787 section 4.1).
 #[inline(always)]
-pub fn binding_outbound(proto: u8, internal: Endpoint, now: u64) -> Option<u16> {
-    let key = EndpointKey::outbound(proto, internal.addr, internal.port);
-    let binding = BINDINGS.get_ptr_mut(key)?;
+pub fn mapping_key(
+    config: &NatConfig,
+    proto: u8,
+    internal: Endpoint,
+    remote: Endpoint,
+) -> BindingKey {
+    BindingKey::outbound_for(
+        config.mapping,
+        proto,
+        internal.addr,
+        internal.port,
+        remote.addr,
+        remote.port,
+    )
+}
+
+/// The external port of `internal`'s existing dynamic mapping toward
+/// `remote` (any remote under endpoint-independent mapping).
+#[inline(always)]
+pub fn binding_outbound(
+    config: &NatConfig,
+    proto: u8,
+    internal: Endpoint,
+    remote: Endpoint,
+    now: u64,
+) -> Option<u16> {
+    let binding = BINDINGS.get_ptr_mut(mapping_key(config, proto, internal, remote))?;
     touch(binding, now);
     // SAFETY: a pointer returned by a map lookup.
     Some(unsafe { (*binding).port })
@@ -117,11 +142,16 @@ pub fn binding_outbound(proto: u8, internal: Endpoint, now: u64) -> Option<u16> 
 /// As [`outbound_external`], for an ICMP error about the flow: the mapping
 /// is read, never refreshed (RFC 5508 REQ-6).
 #[inline(always)]
-pub fn outbound_external_unrefreshed(proto: u8, internal: Endpoint) -> Option<u16> {
+pub fn outbound_external_unrefreshed(
+    config: &NatConfig,
+    proto: u8,
+    internal: Endpoint,
+    remote: Endpoint,
+) -> Option<u16> {
     if let Some(forward) = forward_outbound(proto, internal) {
         return Some(forward.port);
     }
-    let key = EndpointKey::outbound(proto, internal.addr, internal.port);
+    let key = mapping_key(config, proto, internal, remote);
     // SAFETY: a map lookup, copied out at once.
     unsafe { BINDINGS.get(key) }.map(|binding| binding.port)
 }
@@ -134,18 +164,26 @@ pub struct External {
     pub rule_id: u32,
 }
 
-/// The external port of `internal`: its static rule's, else its existing
-/// dynamic mapping's. A rule wins so that a forwarded server's replies
-/// leave by the port its clients came in on.
+/// The external port of `internal` toward `remote`: its static rule's,
+/// else its existing dynamic mapping's. A rule wins so that a forwarded
+/// server's replies leave by the port its clients came in on, and a rule
+/// (admin, UPnP, NAT-PMP, PCP) is endpoint-independent whatever the
+/// mapping behaviour.
 #[inline(always)]
-pub fn outbound_external(proto: u8, internal: Endpoint, now: u64) -> Option<External> {
+pub fn outbound_external(
+    config: &NatConfig,
+    proto: u8,
+    internal: Endpoint,
+    remote: Endpoint,
+    now: u64,
+) -> Option<External> {
     if let Some(forward) = forward_outbound(proto, internal) {
         return Some(External {
             port: forward.port,
             rule_id: forward.rule_id,
         });
     }
-    let port = binding_outbound(proto, internal, now)?;
+    let port = binding_outbound(config, proto, internal, remote, now)?;
     Some(External { port, rule_id: 0 })
 }
 

@@ -4,10 +4,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use nat_common::{
-    ALLOWED_REMOTES_MAX, AllowedRemote, Binding, COUNTER_COUNT, CounterValue, DEFAULT_BINDINGS_MAX,
-    DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX, EndpointKey,
-    FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS, MAX_RULES, NEW_CONNECTIONS_BYTES,
-    NatConfig, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
+    ALLOWED_REMOTES_MAX, AllowedRemote, Binding, BindingKey, COUNTER_COUNT, CounterValue,
+    DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX,
+    EndpointKey, FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS, MAX_RULES,
+    NEW_CONNECTIONS_BYTES, NatConfig, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
 };
 
 /// Map update flag: insert only if the key is absent, so that of two CPUs
@@ -26,7 +26,7 @@ pub static FORWARDS: HashMap<EndpointKey, Forward> =
 /// (not LRU): evicting a live mapping under pressure would silently break a
 /// flow, so a full table is a counted drop instead.
 #[map(name = "BINDINGS")]
-pub static BINDINGS: HashMap<EndpointKey, Binding> =
+pub static BINDINGS: HashMap<BindingKey, Binding> =
     HashMap::with_max_entries(DEFAULT_BINDINGS_MAX, 0);
 
 #[map(name = "SESSIONS")]

@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use nat_common::{
-    Binding, EndpointKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_CLOSING,
+    Binding, BindingKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_CLOSING,
     TCP_STATE_ESTABLISHED, TCP_STATE_NONE, TCP_STATE_OPENING,
 };
 use nat_ctl::{
@@ -94,32 +94,34 @@ fn binding(addr: [u8; 4], port: u16, last_seen_ns: u64) -> Binding {
     Binding {
         addr,
         port,
-        _pad: [0; 2],
+        remote_port: 0,
+        remote_addr: [0; 4],
+        _pad: [0; 4],
         last_seen_ns,
     }
 }
 
 fn inbound_half(
-    map: &mut HashMap<MapData, EndpointKey, Binding>,
+    map: &mut HashMap<MapData, BindingKey, Binding>,
     proto: u8,
     external_port: u16,
     internal: ([u8; 4], u16),
     last_seen_ns: u64,
-) -> EndpointKey {
-    let key = EndpointKey::inbound(proto, external_port);
+) -> BindingKey {
+    let key = BindingKey::inbound(proto, external_port);
     map.insert(key, binding(internal.0, internal.1, last_seen_ns), 0)
         .expect("inserting an inbound binding");
     key
 }
 
 fn outbound_half(
-    map: &mut HashMap<MapData, EndpointKey, Binding>,
+    map: &mut HashMap<MapData, BindingKey, Binding>,
     proto: u8,
     internal: ([u8; 4], u16),
     external_port: u16,
     last_seen_ns: u64,
-) -> EndpointKey {
-    let key = EndpointKey::outbound(proto, internal.0, internal.1);
+) -> BindingKey {
+    let key = BindingKey::outbound(proto, internal.0, internal.1);
     map.insert(key, binding(WAN, external_port, last_seen_ns), 0)
         .expect("inserting an outbound binding");
     key
@@ -128,13 +130,13 @@ fn outbound_half(
 /// A whole mapping: internal endpoint <-> external port, each half with its
 /// own idle time. Returns (inbound key, outbound key).
 fn mapping(
-    map: &mut HashMap<MapData, EndpointKey, Binding>,
+    map: &mut HashMap<MapData, BindingKey, Binding>,
     proto: u8,
     internal: ([u8; 4], u16),
     external_port: u16,
     inbound_seen: u64,
     outbound_seen: u64,
-) -> [EndpointKey; 2] {
+) -> [BindingKey; 2] {
     [
         inbound_half(map, proto, external_port, internal, inbound_seen),
         outbound_half(map, proto, internal, external_port, outbound_seen),
@@ -148,12 +150,12 @@ fn sorted_sessions(map: &HashMap<MapData, SessionKey, Session>) -> BTreeSet<(u8,
         .collect()
 }
 
-fn endpoint_tuple(key: &EndpointKey) -> (u8, u8, [u8; 4], u16) {
+fn endpoint_tuple(key: &BindingKey) -> (u8, u8, [u8; 4], u16) {
     (key.proto, key.direction, key.addr, key.port)
 }
 
 fn sorted_bindings(
-    map: &HashMap<MapData, EndpointKey, Binding>,
+    map: &HashMap<MapData, BindingKey, Binding>,
 ) -> BTreeSet<(u8, u8, [u8; 4], u16)> {
     map.keys()
         .map(|key| endpoint_tuple(&key.expect("reading a binding key")))
@@ -166,7 +168,7 @@ fn session_tuples(keys: &[SessionKey]) -> BTreeSet<(u8, u16, u16)> {
         .collect()
 }
 
-fn binding_tuples(keys: &[EndpointKey]) -> BTreeSet<(u8, u8, [u8; 4], u16)> {
+fn binding_tuples(keys: &[BindingKey]) -> BTreeSet<(u8, u8, [u8; 4], u16)> {
     keys.iter().map(endpoint_tuple).collect()
 }
 

@@ -543,7 +543,9 @@ fn bad_rules_are_refused_and_change_nothing() {
     }
 
     // A LAN host's own UDP "connection" from port 40000 holds a dynamic
-    // mapping on external port 40000: a rule may not take that port.
+    // mapping on external port 40000: a rule for another endpoint may not
+    // take that port (one for that endpoint itself adopts the mapping:
+    // `upnp::a_mapping_for_the_port_a_host_already_holds_keeps_its_flows_on_it`).
     let wan = udp_socket(&lab.wan, WAN_HOST, 9400);
     let lan = udp_socket(&lab.lan, LAN_CLIENT, 40000);
     lan.connect((WAN_HOST, 9400)).unwrap();
@@ -559,7 +561,7 @@ fn bad_rules_are_refused_and_change_nothing() {
     );
     match refused(
         &lab,
-        &words("add x --proto udp --external 40000 --internal 192.168.0.13"),
+        &words("add x --proto udp --external 40000 --internal 192.168.0.12"),
         &["40000", "dynamic mapping", "192.168.0.13:40000"],
     ) {
         Ok(refusal) => assert!(!refusal.stderr.is_empty()),

@@ -8,8 +8,10 @@ use std::time::Duration;
 use common::*;
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use nat_common::{
-    EndpointKey, PROTO_TCP, PROTO_UDP, TCP_STATE_CLOSED, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED,
-    TCP_STATE_HALF_CLOSED_BY_OPENER, TCP_STATE_OPENING, UNSOLICITED_DROP, UNSOLICITED_PASS,
+    BindingKey, FILTER_ADDRESS_AND_PORT_DEPENDENT, MAPPING_ADDRESS_AND_PORT_DEPENDENT,
+    MAPPING_ADDRESS_DEPENDENT, NatConfig, PROTO_TCP, PROTO_UDP, TCP_STATE_CLOSED,
+    TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED, TCP_STATE_HALF_CLOSED_BY_OPENER, TCP_STATE_OPENING,
+    UNSOLICITED_DROP, UNSOLICITED_PASS,
 };
 use nat_ctl::{
     aging::{datapath_now_ns, sweep_params},
@@ -75,7 +77,7 @@ fn sweep(lab: &mut PacketLab, generation: u32) {
 
 fn has_mapping(lab: &PacketLab, external_port: u16) -> bool {
     let view = lab.datapath.maps().view();
-    view.binding(&EndpointKey::inbound(PROTO_UDP, external_port))
+    view.binding(&BindingKey::inbound(PROTO_UDP, external_port))
         .unwrap()
         .is_some()
 }
@@ -193,7 +195,7 @@ fn a_half_closed_connection_stays_established_until_the_second_fin() {
     assert_eq!(tcp_state(&lab), TCP_STATE_CLOSING);
     assert_eq!(
         params.session_timeout_ns(PROTO_TCP, TCP_STATE_CLOSING),
-        params.tcp_transitory_ns
+        params.tcp_closing_ns
     );
 }
 
@@ -281,5 +283,209 @@ fn the_routers_own_sockets_get_their_packets_and_stray_syns_no_answer() {
             "unsolicited = {unsolicited}"
         );
         drop((ssh, ntp));
+    }
+}
+
+/// The external port of `frame`, sent from the LAN and translated out.
+fn external_port(lab: &mut PacketLab, frame: &[u8]) -> u16 {
+    let verdict = lab.from_lan(frame).unwrap();
+    assert_eq!(verdict.action, XDP_REDIRECT, "outbound verdict");
+    let out = assert_checksums_ok(&verdict.frame);
+    assert_eq!(*out.src().ip(), WAN_ADDR);
+    out.src().port()
+}
+
+fn symmetric(config: &mut NatConfig) {
+    config.mapping = MAPPING_ADDRESS_AND_PORT_DEPENDENT;
+    config.filtering = FILTER_ADDRESS_AND_PORT_DEPENDENT;
+    config.unsolicited = UNSOLICITED_DROP;
+}
+
+/// RFC 4787 section 4.1 (and REQ-3/4): under address-and-port-dependent
+/// mapping ("symmetric") each remote endpoint gets a mapping of its own,
+/// the first the host's own port, the others another port of the same
+/// parity; a reply finds its host by the port alone, and the filter keeps
+/// each remote to its own mapping.
+#[test]
+fn address_and_port_dependent_mapping_gives_each_remote_its_own_port() {
+    for proto in [PROTO_UDP, PROTO_TCP] {
+        let mut lab = PacketLab::with_config(symmetric).unwrap();
+        let out = |remote| match proto {
+            PROTO_TCP => tcp(ep(LAN_HOST, 40000), remote, SYN, b""),
+            _ => udp(ep(LAN_HOST, 40000), remote, b"binding request"),
+        };
+        let (a, b, c) = (ep(REMOTE, 3478), ep(REMOTE, 3479), ep(OTHER_REMOTE, 3478));
+        let port_a = external_port(&mut lab, &out(a));
+        let port_b = external_port(&mut lab, &out(b));
+        let port_c = external_port(&mut lab, &out(c));
+        assert_eq!(port_a, 40000, "proto {proto}: the first keeps its port");
+        assert_ne!(port_b, port_a, "proto {proto}: another remote port");
+        assert_ne!(port_c, port_a, "proto {proto}: another remote address");
+        assert_ne!(port_c, port_b, "proto {proto}");
+        for port in [port_b, port_c] {
+            assert_eq!(port % 2, 0, "proto {proto}: {port} lost the parity");
+        }
+        // Each mapping stays as it is.
+        assert_eq!(external_port(&mut lab, &out(b)), port_b);
+        assert_eq!(external_port(&mut lab, &out(a)), port_a);
+        assert_counters(&lab, &[("new_binding", 3), ("snat", 5)]);
+
+        let reply = |from, port| match proto {
+            PROTO_TCP => tcp(from, ep(WAN_ADDR, port), SYN | ACK, b""),
+            _ => udp(from, ep(WAN_ADDR, port), b"binding response"),
+        };
+        for (from, port) in [(a, port_a), (b, port_b), (c, port_c)] {
+            let frame = reply(from, port);
+            let verdict = lab.from_wan(&frame).unwrap();
+            assert_routed(
+                &verdict,
+                &frame,
+                Egress::Lan(LAN_HOST),
+                from,
+                ep(LAN_HOST, 40000),
+            );
+        }
+        // B's reply to A's port, and A's to B's: dropped.
+        for (from, port) in [(b, port_a), (a, port_b), (c, port_a)] {
+            assert_dropped(&lab.from_wan(&reply(from, port)).unwrap());
+        }
+        assert_counters(&lab, &[("dnat", 3), ("drop_unsolicited", 3)]);
+    }
+}
+
+/// Address-dependent mapping: one mapping per remote address, whatever
+/// its port.
+#[test]
+fn address_dependent_mapping_shares_a_port_per_remote_address() {
+    let mut lab = PacketLab::with_config(|c| c.mapping = MAPPING_ADDRESS_DEPENDENT).unwrap();
+    let out = |remote| udp(ep(LAN_HOST, 40000), remote, b"x");
+    let first = external_port(&mut lab, &out(ep(REMOTE, 3478)));
+    assert_eq!(first, 40000);
+    assert_eq!(external_port(&mut lab, &out(ep(REMOTE, 3479))), first);
+    let other = external_port(&mut lab, &out(ep(OTHER_REMOTE, 3478)));
+    assert_ne!(other, first, "another remote address, another mapping");
+    assert_eq!(external_port(&mut lab, &out(ep(OTHER_REMOTE, 9))), other);
+    assert_counters(&lab, &[("new_binding", 2)]);
+}
+
+/// Rules (admin, UPnP, NAT-PMP, PCP) stay endpoint-independent whatever
+/// the mapping behaviour: a forwarded server reaches every remote from its
+/// external port, and makes no dynamic mapping.
+#[test]
+fn forwarded_ports_stay_endpoint_independent_under_symmetric_mapping() {
+    let mut lab = PacketLab::with_config(symmetric).unwrap();
+    lab.forward("udp/5000=192.168.0.12:6000").unwrap();
+    for remote in [ep(REMOTE, 3478), ep(REMOTE, 3479), ep(OTHER_REMOTE, 1)] {
+        let frame = udp(ep(LAN_HOST, 6000), remote, b"x");
+        assert_eq!(external_port(&mut lab, &frame), 5000, "to {remote}");
+    }
+    assert_counters(&lab, &[("new_binding", 0)]);
+}
+
+/// Per-remote mappings age like any other: the sweep removes both halves
+/// of each once idle, and keeps one whose session is live.
+#[test]
+fn per_remote_mappings_are_swept() {
+    let mut lab = PacketLab::with_config(symmetric).unwrap();
+    let out = |remote| udp(ep(LAN_HOST, 40000), remote, b"x");
+    let port_a = external_port(&mut lab, &out(ep(REMOTE, 3478)));
+    let port_b = external_port(&mut lab, &out(ep(REMOTE, 3479)));
+    let count = |lab: &PacketLab| lab.datapath.maps().view().bindings().keys().count();
+    assert_eq!(count(&lab), 4, "two mappings, two halves each");
+    go_quiet(&mut lab, Duration::from_secs(400));
+    // B talks again: its mapping lives, A's goes.
+    external_port(&mut lab, &out(ep(REMOTE, 3479)));
+    sweep(&mut lab, 1);
+    assert!(
+        !has_mapping(&lab, port_a),
+        "A's mapping outlived its timeout"
+    );
+    assert!(has_mapping(&lab, port_b), "B's live mapping was swept");
+    assert_eq!(count(&lab), 2, "A's outbound half is gone with it");
+    let view = lab.datapath.maps().view();
+    let outbound = BindingKey::outbound_for(
+        MAPPING_ADDRESS_AND_PORT_DEPENDENT,
+        PROTO_UDP,
+        LAN_HOST.octets(),
+        40000,
+        REMOTE.octets(),
+        3479,
+    );
+    assert_eq!(
+        view.binding(&outbound).unwrap().map(|b| b.port),
+        Some(port_b)
+    );
+}
+
+/// RFC 7857 section 2.1 and RFC 5382 REQ-5: a connection still opening and
+/// one already closed age by timeouts of their own (`tcp_opening`,
+/// `tcp_closing`), through the kernel sweep.
+#[test]
+fn opening_and_closing_connections_age_by_their_own_timeouts() {
+    for (opening, closing) in [(240, 60), (60, 240)] {
+        let mut lab = PacketLab::new().unwrap();
+        // 40000 only sends its SYN; 40002 opens, then both sides close.
+        let out = |port, flags| tcp(ep(LAN_HOST, port), ep(REMOTE, 443), flags, b"");
+        let back = |port, flags| tcp(ep(REMOTE, 443), ep(WAN_ADDR, port), flags, b"");
+        assert_eq!(external_port(&mut lab, &out(40000, SYN)), 40000);
+        assert_eq!(external_port(&mut lab, &out(40002, SYN)), 40002);
+        for (from_lan, flags) in [
+            (false, SYN | ACK),
+            (true, ACK),
+            (true, FIN | ACK),
+            (false, FIN | ACK),
+            (true, ACK),
+        ] {
+            let frame = if from_lan {
+                out(40002, flags)
+            } else {
+                back(40002, flags)
+            };
+            let verdict = if from_lan {
+                lab.from_lan(&frame)
+            } else {
+                lab.from_wan(&frame)
+            };
+            assert_eq!(verdict.unwrap().action, XDP_REDIRECT, "flags {flags:#04x}");
+        }
+        let states: Vec<_> = {
+            let view = lab.datapath.maps().view();
+            let mut states: Vec<_> = view
+                .sessions()
+                .iter()
+                .map(Result::unwrap)
+                .map(|(key, session)| (key.external_port, session.tcp_state))
+                .collect();
+            states.sort_unstable();
+            states
+        };
+        assert_eq!(
+            states,
+            [(40000, TCP_STATE_OPENING), (40002, TCP_STATE_CLOSING)]
+        );
+        go_quiet(&mut lab, Duration::from_secs(100));
+        let timeouts = Timeouts {
+            tcp_opening: Some(Duration::from_secs(opening)),
+            tcp_closing: Some(Duration::from_secs(closing)),
+            below_rfc_minimums: true,
+            ..Timeouts::default()
+        };
+        lab.datapath
+            .run_sweep(sweep_params(&timeouts, 0, 1))
+            .unwrap();
+        let kept = |port| {
+            lab.datapath
+                .maps()
+                .view()
+                .binding(&BindingKey::inbound(PROTO_TCP, port))
+                .unwrap()
+                .is_some()
+        };
+        // 100 s idle: past the 60 s timeout, within the 240 s one.
+        assert_eq!(
+            (kept(40000), kept(40002)),
+            (opening > 100, closing > 100),
+            "tcp_opening = {opening}, tcp_closing = {closing}"
+        );
     }
 }

@@ -560,3 +560,30 @@ fn tc_other_protocols_by_address_and_their_icmp_errors() {
         ],
     );
 }
+
+/// Address-and-port-dependent mapping ("symmetric") in TC mode: a second
+/// remote gets a port of its own, and its reply to the first one's port is
+/// dropped, as in XDP (`nat_behaviour`).
+#[test]
+fn tc_symmetric_mapping_gives_each_remote_its_own_port() {
+    let mut lab = PacketLab::build(Mode::Tc, |c| {
+        c.mapping = nat_common::MAPPING_ADDRESS_AND_PORT_DEPENDENT;
+        c.unsolicited = nat_common::UNSOLICITED_DROP;
+    })
+    .unwrap();
+    let (a, b) = (ep(REMOTE, 3478), ep(OTHER_REMOTE, 3478));
+    let port_a = snat(&mut lab, &udp(ep(LAN_HOST, 40000), a, b"x"));
+    let port_b = snat(&mut lab, &udp(ep(LAN_HOST, 40000), b, b"x"));
+    assert_eq!(port_a, 40000);
+    assert_ne!(port_b, port_a);
+    let reply = udp(b, ep(WAN_ADDR, port_b), b"y");
+    let v = lab.from_wan(&reply).unwrap();
+    assert_eq!(v.program_action, TC_ACT_REDIRECT);
+    assert_routed(&v, &reply, Egress::Lan(LAN_HOST), b, ep(LAN_HOST, 40000));
+    let v = lab.from_wan(&udp(b, ep(WAN_ADDR, port_a), b"y")).unwrap();
+    assert_eq!(v.program_action, TC_ACT_SHOT);
+    assert_counters(
+        &lab,
+        &[("new_binding", 2), ("dnat", 1), ("drop_unsolicited", 1)],
+    );
+}

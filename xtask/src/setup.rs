@@ -37,7 +37,22 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // service (see `debian_packages`).
     "miniupnpd",
     "miniupnpd-nftables",
+    // coturn's turnserver (RFC 5780 and RFC 3489 STUN) and
+    // turnutils_natdiscovery, the NAT type tests' server and client
+    // (tests/tests/stun_types.rs); started only inside their namespaces.
+    "coturn",
+    // The venv of the PyPI tools below, made with Debian's python3.
+    "python3-venv",
 ];
+
+/// Tools the tests call that Debian does not package, from PyPI, into a
+/// venv at `target/python` (Debian's python3 refuses a system-wide pip
+/// install, PEP 668): the classic RFC 3489 STUN client of
+/// tests/tests/stun_types.rs.
+const PYPI_PACKAGES: &[(&str, &str)] = &[("pystun3", "2.0.0")];
+
+/// Where the tests find the PyPI tools: `target/python/bin`.
+const PYTHON_VENV: &str = "python";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -47,11 +62,55 @@ pub fn run() -> Result<()> {
     let root = cmd::is_root()?;
     nightly_toolchain()?;
     debian_packages(root)?;
+    python_tools()?;
     rust_src()?;
     bpf_linker()?;
     cargo_fuzz()?;
     bpffs(root)?;
     Ok(())
+}
+
+/// The PyPI tools, each pinned, in the venv under the target directory.
+fn python_tools() -> Result<()> {
+    let venv = cmd::target_dir()?.join(PYTHON_VENV);
+    let pip = venv.join("bin").join("pip");
+    let missing: Vec<String> = PYPI_PACKAGES
+        .iter()
+        .filter(|(name, version)| {
+            let shown = Command::new(&pip).args(["show", name]).output();
+            !shown.is_ok_and(|out| {
+                out.status.success()
+                    && String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .any(|line| line == format!("Version: {version}"))
+            })
+        })
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    if missing.is_empty() {
+        step("PyPI tools", "all present");
+        return Ok(());
+    }
+    step(
+        "PyPI tools",
+        &format!("installing {} into {}", missing.join(" "), venv.display()),
+    );
+    if !pip.is_file() {
+        // Debian's interpreter, whatever else is first on PATH: its venv
+        // module is the python3-venv package above.
+        cmd::run(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )
+        .context("making the venv for the PyPI tools")?;
+    }
+    cmd::run(
+        Command::new(&pip)
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&missing),
+    )
+    .context("installing the PyPI tools")
 }
 
 /// What building natctl needs (`cargo xtask install`), no more.
@@ -148,6 +207,12 @@ fn debian_packages(root: bool) -> Result<()> {
             .args(&missing),
     )
     .context("installing Debian packages")?;
+    if missing.contains(&"coturn") {
+        // The package enables a TURN server on this machine's addresses
+        // where systemd runs; the tests start their own inside their
+        // namespaces. Where systemd is not running this fails, harmlessly.
+        let _ = cmd::probe(Command::new("systemctl").args(["disable", "--now", "coturn"]));
+    }
     Ok(())
 }
 

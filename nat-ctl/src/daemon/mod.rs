@@ -178,7 +178,8 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
         port_min: config.nat.ports.first,
         port_max: config.nat.ports.last,
         other_protocols: config.nat.other_protocols.datapath_value(),
-        _pad: [0; 3],
+        mapping: config.nat.mapping.datapath_value(),
+        _pad: [0; 2],
     }
 }
 

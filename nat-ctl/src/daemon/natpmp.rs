@@ -8,7 +8,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use nat_common::EndpointKey;
+use nat_common::BindingKey;
 use tokio::sync::watch;
 
 use super::{Daemon, unix_now, upnp::DaemonGateway};
@@ -83,7 +83,7 @@ impl Gateway for DaemonGateway<'_> {
     /// The outbound half of the datapath's mapping (its value holds the
     /// external port).
     fn dynamic_mapping(&self, protocol: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
-        let key = EndpointKey::outbound(protocol.number(), internal.ip().octets(), internal.port());
+        let key = BindingKey::outbound(protocol.number(), internal.ip().octets(), internal.port());
         let binding = self.state.view.binding(&key).ok().flatten()?;
         let timeouts = &self.state.config.timeouts;
         let idle = match protocol {

@@ -5,7 +5,7 @@
 use std::{net::SocketAddrV4, sync::Arc, time::Duration};
 
 use ipnet::Ipv4Net;
-use nat_common::EndpointKey;
+use nat_common::BindingKey;
 use serde::Serialize;
 
 use super::Nic;
@@ -277,7 +277,7 @@ impl State {
         for (proto, port) in claimed {
             let Some(binding) = self
                 .view
-                .binding(&EndpointKey::inbound(proto, port))
+                .binding(&BindingKey::inbound(proto, port))
                 .map_err(internal)?
             else {
                 continue;

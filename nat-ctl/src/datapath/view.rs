@@ -3,13 +3,13 @@
 //! transaction's check for live mappings.
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use nat_common::{
-    Binding, Counter, CounterValue, EndpointKey, RuleCounters, Session, SessionKey, maps as names,
+    Binding, BindingKey, Counter, CounterValue, RuleCounters, Session, SessionKey, maps as names,
 };
 
 use super::{Result, is_not_found, map_error};
 
 pub struct MapView {
-    pub(super) bindings: HashMap<MapData, EndpointKey, Binding>,
+    pub(super) bindings: HashMap<MapData, BindingKey, Binding>,
     pub(super) sessions: HashMap<MapData, SessionKey, Session>,
     pub(super) forward_sessions: HashMap<MapData, SessionKey, Session>,
     pub(super) counters: PerCpuArray<MapData, CounterValue>,
@@ -17,7 +17,7 @@ pub struct MapView {
 }
 
 impl MapView {
-    pub fn binding(&self, key: &EndpointKey) -> Result<Option<Binding>> {
+    pub fn binding(&self, key: &BindingKey) -> Result<Option<Binding>> {
         match self.bindings.get(key, 0) {
             Ok(binding) => Ok(Some(binding)),
             Err(error) if is_not_found(&error) => Ok(None),
@@ -25,7 +25,7 @@ impl MapView {
         }
     }
 
-    pub fn bindings(&self) -> &HashMap<MapData, EndpointKey, Binding> {
+    pub fn bindings(&self) -> &HashMap<MapData, BindingKey, Binding> {
         &self.bindings
     }
 
@@ -103,7 +103,7 @@ impl MapView {
 /// do).
 #[cfg(feature = "harness")]
 impl MapView {
-    pub fn bindings_mut(&mut self) -> &mut HashMap<MapData, EndpointKey, Binding> {
+    pub fn bindings_mut(&mut self) -> &mut HashMap<MapData, BindingKey, Binding> {
         &mut self.bindings
     }
 

@@ -22,7 +22,7 @@ use aya::{
     programs::{ProgramFd, Xdp},
 };
 use nat_common::{
-    Counter, EndpointKey, PROTO_UDP, SessionKey,
+    BindingKey, Counter, PROTO_UDP, SessionKey,
     bench::{BenchTemplate, FORWARDER, RESTORE, RESTORE_TC, TC_PASS},
     programs,
 };
@@ -203,7 +203,7 @@ impl<'a> CostRig<'a> {
     /// The external port of the LAN host's UDP `port`, if it has a
     /// mapping.
     pub fn external_port(&self, port: u16) -> Option<u16> {
-        let key = EndpointKey::outbound(PROTO_UDP, super::topo::LAN_HOST.octets(), port);
+        let key = BindingKey::outbound(PROTO_UDP, super::topo::LAN_HOST.octets(), port);
         let binding = self.datapath.maps().view().binding(&key).ok()??;
         Some(binding.port)
     }
@@ -217,13 +217,13 @@ impl<'a> CostRig<'a> {
                 continue;
             };
             let maps = self.datapath.maps_mut().view_mut();
-            maps.bindings_mut().remove(&EndpointKey::outbound(
+            maps.bindings_mut().remove(&BindingKey::outbound(
                 PROTO_UDP,
                 super::topo::LAN_HOST.octets(),
                 port,
             ))?;
             maps.bindings_mut()
-                .remove(&EndpointKey::inbound(PROTO_UDP, external))?;
+                .remove(&BindingKey::inbound(PROTO_UDP, external))?;
             let _ = maps.sessions_mut().remove(&SessionKey {
                 remote_addr: WAN_HOST.octets(),
                 remote_port: SINK_PORT,

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use nat_common::{
-    Binding, Counter, DEFAULT_BINDINGS_MAX, DEFAULT_SESSIONS_MAX, EndpointKey, PROTO_ICMP,
+    Binding, BindingKey, Counter, DEFAULT_BINDINGS_MAX, DEFAULT_SESSIONS_MAX, PROTO_ICMP,
     PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_ESTABLISHED, TCP_STATE_NONE, programs,
 };
 use nat_ctl::{aging::datapath_now_ns, datapath::TableSizes};
@@ -158,21 +158,25 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
     for j in 0..pairs {
         let (proto, external, internal, internal_port) = mapping(j);
         maps.bindings_mut().insert(
-            EndpointKey::inbound(proto, external),
+            BindingKey::inbound(proto, external),
             Binding {
                 addr: internal,
                 port: internal_port,
-                _pad: [0; 2],
+                remote_port: 0,
+                remote_addr: [0; 4],
+                _pad: [0; 4],
                 last_seen_ns: now,
             },
             0,
         )?;
         maps.bindings_mut().insert(
-            EndpointKey::outbound(proto, internal, internal_port),
+            BindingKey::outbound(proto, internal, internal_port),
             Binding {
                 addr: ROUTER_WAN.octets(),
                 port: external,
-                _pad: [0; 2],
+                remote_port: 0,
+                remote_addr: [0; 4],
+                _pad: [0; 4],
                 last_seen_ns: now,
             },
             0,

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use nat_common::{
-    Binding, EndpointKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey,
+    Binding, BindingKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey,
     TCP_STATE_ESTABLISHED, TCP_STATE_NONE,
 };
 use nat_ctl::{
@@ -129,11 +129,13 @@ fn fill(maps: &mut MapView, entries: u32, pairs: u32, old: u64, fresh: u64) -> R
         let last_seen_ns = seen(j);
         maps.bindings_mut()
             .insert(
-                EndpointKey::inbound(proto, external_port),
+                BindingKey::inbound(proto, external_port),
                 Binding {
                     addr: internal,
                     port: internal_port,
-                    _pad: [0; 2],
+                    remote_port: 0,
+                    remote_addr: [0; 4],
+                    _pad: [0; 4],
                     last_seen_ns,
                 },
                 0,
@@ -141,11 +143,13 @@ fn fill(maps: &mut MapView, entries: u32, pairs: u32, old: u64, fresh: u64) -> R
             .context("inserting an inbound binding")?;
         maps.bindings_mut()
             .insert(
-                EndpointKey::outbound(proto, internal, internal_port),
+                BindingKey::outbound(proto, internal, internal_port),
                 Binding {
                     addr: ROUTER_WAN.octets(),
                     port: external_port,
-                    _pad: [0; 2],
+                    remote_port: 0,
+                    remote_addr: [0; 4],
+                    _pad: [0; 4],
                     last_seen_ns,
                 },
                 0,
