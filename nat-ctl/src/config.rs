@@ -271,6 +271,10 @@ pub struct NatSettings {
     pub ports: PortRange,
     /// IP protocols other than TCP, UDP and ICMP.
     pub other_protocols: OtherProtocols,
+    /// External ports (or FIRST-LAST ranges) that UPnP, NAT-PMP and PCP
+    /// clients may not map, e.g. the router's own services that do not
+    /// always listen.
+    pub reserved_ports: Vec<PortRange>,
 }
 
 impl Default for NatSettings {
@@ -284,6 +288,7 @@ impl Default for NatSettings {
                 last: 65535,
             },
             other_protocols: OtherProtocols::default(),
+            reserved_ports: Vec::new(),
         }
     }
 }
@@ -694,6 +699,7 @@ unsolicited = "drop"
 hairpin = false
 ports = "40000-49999"
 other_protocols = "drop"
+reserved_ports = ["22", "51820", "60000-61000"]
 
 [timeouts]
 tcp_established = 3600
@@ -734,6 +740,14 @@ listen = "127.0.0.1:9469"
                         last: 49999
                     },
                     other_protocols: OtherProtocols::Drop,
+                    reserved_ports: vec![
+                        PortRange::single(22),
+                        PortRange::single(51820),
+                        PortRange {
+                            first: 60000,
+                            last: 61000
+                        },
+                    ],
                 },
                 timeouts: Timeouts {
                     tcp_established: Duration::from_secs(3600),
@@ -884,6 +898,22 @@ listen = "127.0.0.1:9469"
             "ports = \"60000-60003\": the dynamic range needs at least 16 ports"
         );
         DaemonConfig::parse("[nat]\nports = \"60000-60015\"\n", Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn a_bad_reserved_port_is_named_with_what_would_do() {
+        let (line, _, message) = invalid("[nat]\nreserved_ports = [\"22\", \"61000-60000\"]\n");
+        assert_eq!(line, 2, "{message}");
+        assert!(message.contains("\"61000-60000\""), "{message}");
+        assert!(
+            message.contains("FIRST-LAST with FIRST <= LAST"),
+            "{message}"
+        );
+        let (_, _, message) = invalid("[nat]\nreserved_ports = [\"ssh\"]\n");
+        assert!(
+            message.contains("\"ssh\"") && message.contains("1 to 65535"),
+            "{message}"
+        );
     }
 
     #[test]

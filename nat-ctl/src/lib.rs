@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod interfaces;
 pub mod metrics;
 pub mod natpmp;
+pub mod router_ports;
 pub mod rules;
 pub mod store;
 pub mod table;

@@ -99,6 +99,28 @@ pub enum RuleError {
         port: u16,
         internal: std::net::SocketAddrV4,
     },
+    #[error(
+        "rule {name}: external {protocol} port {port} belongs to the router itself: {owner} \
+         on its WAN address; pick another external port (`ss -lntup` shows the router's sockets)"
+    )]
+    RouterSocket {
+        name: String,
+        protocol: &'static str,
+        port: u16,
+        /// Who has the port, e.g. "sshd (pid 412) listens".
+        owner: String,
+    },
+    #[error(
+        "rule {name}: external {protocol} port {port} is not for mappings made by UPnP, NAT-PMP \
+         or PCP: {reason}"
+    )]
+    ReservedPort {
+        name: String,
+        protocol: &'static str,
+        port: u16,
+        /// Why, e.g. "it is in [nat] reserved_ports (22)".
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +202,10 @@ impl PortRange {
 
     pub fn is_empty(self) -> bool {
         false
+    }
+
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
     }
 
     pub fn ports(self) -> impl Iterator<Item = u16> {

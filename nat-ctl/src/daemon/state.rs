@@ -13,6 +13,7 @@ use crate::{
     api::{ApiError, ListedRule},
     config::DaemonConfig,
     datapath::{KernelSweep, MapChange, MapView, MapWriter, SweepReport},
+    router_ports::RouterPorts,
     rules::{ForwardRule, RuleError, RuleSet, protocol_name},
     store,
 };
@@ -122,6 +123,8 @@ pub(super) fn rule_error(error: RuleError) -> ApiError {
         | RuleError::Overlap { .. }
         | RuleError::SharedTarget { .. }
         | RuleError::InUseByMapping { .. }
+        | RuleError::RouterSocket { .. }
+        | RuleError::ReservedPort { .. }
         | RuleError::ClientQuota { .. }
         | RuleError::LeasedQuota { .. } => ApiError::conflict(error.to_string()),
         _ => ApiError::bad_request(error.to_string()),
@@ -163,6 +166,7 @@ impl State {
         edit(&mut next)?;
         next.validate(self.lan_net()?)?;
         check_quotas(&self.rules, &next, &self.config.upnp)?;
+        self.check_router_ports(&next)?;
         // The daemon is the maps' only writer: the difference between the
         // rule sets is the difference between what the maps hold and what
         // they must hold, so only the changed entries are touched.
@@ -197,6 +201,41 @@ impl State {
         if self.store_dirty {
             store::save_rules(&self.config.rules_file, &self.rules.to_vec())?;
             self.store_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// A port a rule newly claims must not be the router's own: a
+    /// listener's on the WAN address for any rule, and for the mappings
+    /// clients make no port the router uses, none of its ephemeral range
+    /// and none of `[nat] reserved_ports` either. Ports a rule already
+    /// held are not checked again, so a renewal goes through.
+    fn check_router_ports(&self, next: &RuleSet) -> Result<(), ChangeError> {
+        let held = self.rules.claimed_ports();
+        let claimed: Vec<(&ForwardRule, u8, u16)> = next
+            .iter()
+            .filter(|(_, rule)| rule.enabled)
+            .flat_map(|(_, rule)| {
+                rule.protocol.numbers().iter().flat_map(move |&proto| {
+                    rule.external.ports().map(move |port| (rule, proto, port))
+                })
+            })
+            .filter(|(_, proto, port)| !held.contains(&(*proto, *port)))
+            .collect();
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let wan = self.wan.network.map(|net| net.addr());
+        let ports = RouterPorts::read(wan, &self.config.nat.reserved_ports).map_err(|error| {
+            ApiError::internal(format!(
+                "the router's own sockets could not be read (sock_diag), so no port can be \
+                 checked against them: {error}; nothing was changed"
+            ))
+        })?;
+        for (rule, proto, port) in claimed {
+            if let Some(refusal) = ports.refusal(proto, port, rule.client().is_some()) {
+                return Err(refusal.into_error(&rule.name, proto, port).into());
+            }
         }
         Ok(())
     }

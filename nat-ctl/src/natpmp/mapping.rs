@@ -253,7 +253,10 @@ fn map(gateway: &mut dyn Gateway, policy: &Policy, ask: Ask) -> Result<(u16, u32
         match gateway.apply(&[], vec![make(port)]) {
             Ok(()) => return Ok((port, lifetime)),
             Err(GatewayError::Rule(
-                RuleError::Overlap { .. } | RuleError::InUseByMapping { .. },
+                RuleError::Overlap { .. }
+                | RuleError::InUseByMapping { .. }
+                | RuleError::RouterSocket { .. }
+                | RuleError::ReservedPort { .. },
             )) => last = MapFailure::PortUnavailable(port),
             Err(error) => return Err(failure(error)),
         }

@@ -270,9 +270,14 @@ fn rule_error(error: GatewayError) -> UpnpError {
         GatewayError::Rule(RuleError::Overlap { .. } | RuleError::SharedTarget { .. }) => {
             UpnpError::ConflictInMappingEntry
         }
-        GatewayError::Rule(RuleError::InUseByMapping { .. }) => {
+        // The router's own socket, or a live dynamic mapping: another
+        // mechanism has the port (miniupnpd answers the same).
+        GatewayError::Rule(RuleError::InUseByMapping { .. } | RuleError::RouterSocket { .. }) => {
             UpnpError::ConflictWithOtherMechanisms
         }
+        // Kept from clients by the configuration or the kernel's
+        // ephemeral range: a permission, as `[upnp] permissions` deny.
+        GatewayError::Rule(RuleError::ReservedPort { .. }) => UpnpError::ActionNotAuthorized,
         GatewayError::Rule(
             RuleError::TooMany | RuleError::ClientQuota { .. } | RuleError::LeasedQuota { .. },
         ) => UpnpError::NoPortMapsAvailable,
@@ -421,7 +426,9 @@ fn add_port_mapping(
                 last_error = rule_error(error);
                 let retry = matches!(
                     last_error,
-                    UpnpError::ConflictInMappingEntry | UpnpError::ConflictWithOtherMechanisms
+                    UpnpError::ConflictInMappingEntry
+                        | UpnpError::ConflictWithOtherMechanisms
+                        | UpnpError::ActionNotAuthorized
                 );
                 if !(any_port && retry) {
                     return Err(last_error);
