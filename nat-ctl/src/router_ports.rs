@@ -126,10 +126,12 @@ impl RouterPorts {
             .map(Refusal::Ephemeral)
     }
 
-    /// Whether any port is the router's at all, so that checking rules
-    /// can be skipped when none is.
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty() && self.ephemeral.is_none() && self.reserved.is_empty()
+    /// The router's socket that listens on `port`, if one does.
+    pub fn listener(&self, protocol: u8, port: u16) -> Option<LocalSocket> {
+        self.sockets
+            .get(&(protocol, port))
+            .filter(|socket| socket.usage == PortUse::Listens)
+            .copied()
     }
 }
 

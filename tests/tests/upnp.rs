@@ -1347,3 +1347,98 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
     );
     assert_eq!(lab.wan_tcp_reaches(6881, &server).ip(), WAN_HOST);
 }
+
+// ---------------------------------------------------------------------------
+// The router's own ports (issue 12, item 7)
+// ---------------------------------------------------------------------------
+
+/// `natctl add ...` that must fail; returns its stderr.
+fn natctl_refused(lab: &Lab, command: &str) -> String {
+    let output = lab.natctl_output(&words(command)).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "`natctl {command}` succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stderr
+}
+
+#[test]
+fn the_routers_own_ports_are_never_mapped_and_its_listener_keeps_its_connections() {
+    let lab = upnp_lab_with("[nat]\nreserved_ports = [\"7000-7009\"]\n");
+    let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
+    // The router's own services on its WAN address: a TCP listener (say
+    // its SSH) and a UDP socket on every address (say WireGuard).
+    let router_ssh = tcp_listener(&lab.router, ROUTER_WAN, 2200);
+    let _router_vpn = udp_socket(&lab.router, Ipv4Addr::UNSPECIFIED, 51820);
+    let ephemeral: Vec<u16> = join(lab.router.spawn(|| {
+        Ok(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?
+                .split_whitespace()
+                .map(|port| port.parse().unwrap())
+                .collect(),
+        )
+    }));
+
+    // A listener's port: another mechanism has it.
+    upnpc_refused(&lab, "-a 192.168.0.12 8000 2200 TCP 600", 729);
+    upnpc_refused(&lab, "-a 192.168.0.12 8000 51820 UDP 600", 729);
+    // The reserved list and the kernel's ephemeral range: not for clients.
+    upnpc_refused(&lab, "-a 192.168.0.12 8000 7005 TCP 600", 606);
+    upnpc_refused(
+        &lab,
+        &format!("-a 192.168.0.12 8000 {} TCP 600", ephemeral[0]),
+        606,
+    );
+    assert!(upnp_rule_names(&lab).is_empty(), "{:#?}", lab.rules());
+    // The router's listener still gets its connections from the WAN.
+    assert_eq!(lab.wan_tcp_reaches(2200, &router_ssh).ip(), WAN_HOST);
+
+    // AddAnyPortMapping asked for the listener's port: another one.
+    let added = upnpc_ok(&lab, "-e any -n 192.168.0.12 8000 2200 TCP 600");
+    let names = upnp_rule_names(&lab);
+    assert_eq!(names.len(), 1, "{added}\n{names:?}");
+    assert_ne!(names[0], "upnp-tcp-2200", "{added}");
+    let external: u16 = names[0].rsplit('-').next().unwrap().parse().unwrap();
+    assert_eq!(lab.wan_tcp_reaches(external, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(2200, &router_ssh).ip(), WAN_HOST);
+    // A service of the router that starts listening on a mapped port
+    // later takes it back: the mapping goes within a few seconds.
+    let router_late = tcp_listener(&lab.router, Ipv4Addr::UNSPECIFIED, external);
+    wait_for(
+        "the mapping on the router's new listener's port to go",
+        Duration::from_secs(15),
+        || upnp_rule_names(&lab).is_empty().then_some(()),
+    )
+    .unwrap_or_else(|error| panic!("{error}: {:#?}\n{}", lab.rules(), lab.natctl_log()));
+    assert_eq!(lab.wan_tcp_reaches(external, &router_late).ip(), WAN_HOST);
+
+    // The admin may not take a listener's port either, and is told whose
+    // it is; he may take the ephemeral range and the reserved list.
+    let refused = natctl_refused(
+        &lab,
+        "add ssh --proto tcp --external 2200 --internal 192.168.0.12:22",
+    );
+    let pid = format!("pid {}", std::process::id());
+    assert!(
+        refused.contains("TCP port 2200") && refused.contains(&pid) && refused.contains("listens"),
+        "{refused}"
+    );
+    let refused = natctl_refused(
+        &lab,
+        "add vpn --proto udp --external 51820 --internal 192.168.0.12",
+    );
+    assert!(
+        refused.contains("UDP port 51820") && refused.contains(&pid),
+        "{refused}"
+    );
+    let admins = tcp_listener(&lab.lan, LAN_SERVER, 8001);
+    lab.run(&format!(
+        "add high --proto tcp --external {} --internal 192.168.0.12:8001",
+        ephemeral[0]
+    ));
+    lab.run("add seven --proto tcp --external 7005 --internal 192.168.0.13:8000");
+    assert_eq!(lab.wan_tcp_reaches(ephemeral[0], &admins).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(2200, &router_ssh).ip(), WAN_HOST);
+}

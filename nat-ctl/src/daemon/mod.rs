@@ -355,6 +355,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     tokio::spawn(tasks::connection_log(daemon.clone(), ring));
     tokio::spawn(tasks::follow_addresses(daemon.clone(), netlink));
     tokio::spawn(tasks::expire_leases(daemon.clone()));
+    tokio::spawn(tasks::yield_to_router_listeners(daemon.clone()));
     tokio::spawn(tasks::save_deferred(daemon.clone(), store_changed));
     if !upnp_enabled {
         // Switched off in the configuration: no client's mapping stays open.

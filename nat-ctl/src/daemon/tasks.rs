@@ -178,6 +178,83 @@ pub(super) async fn save_deferred(daemon: Arc<Daemon>, changed: Arc<tokio::sync:
     }
 }
 
+/// How often the router's listeners are compared with the rules.
+const ROUTER_LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A rule's port is checked against the router's listeners when the rule
+/// takes it; a service of the router that starts listening on it later
+/// would lose its traffic to the rule (the datapath translates first). So
+/// the listeners are compared with the rules every few seconds: a client
+/// mapping on a listener's port is removed (the client's next renewal gets
+/// another port), an admin rule is logged, once, since it is the admin's
+/// to move.
+pub(super) async fn yield_to_router_listeners(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(ROUTER_LISTENER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let warned = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    loop {
+        tick.tick().await;
+        let (daemon, warned) = (daemon.clone(), warned.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let wan = daemon.lock().wan.network.map(|net| net.addr());
+            // Read off the lock: only listeners matter here, and a rule
+            // made meanwhile was checked against them when it was made.
+            let ports = match crate::router_ports::RouterPorts::read(wan, &[]) {
+                Ok(ports) => ports,
+                Err(error) => {
+                    tracing::warn!("reading the router's sockets (sock_diag): {error}");
+                    return;
+                }
+            };
+            let mut state = daemon.lock();
+            let mut clients = Vec::new();
+            for (_, rule) in state.rules.iter().filter(|(_, rule)| rule.enabled) {
+                let Some((proto, port, socket)) =
+                    rule.protocol.numbers().iter().find_map(|&proto| {
+                        rule.external.ports().find_map(|port| {
+                            ports
+                                .listener(proto, port)
+                                .map(|socket| (proto, port, socket))
+                        })
+                    })
+                else {
+                    continue;
+                };
+                let error = crate::router_ports::Refusal::Socket(socket)
+                    .into_error(&rule.name, proto, port);
+                if rule.client().is_some() {
+                    tracing::warn!("{error}: the mapping is removed");
+                    clients.push(rule.name.clone());
+                } else if warned
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert((rule.name.clone(), proto, port))
+                {
+                    tracing::warn!(
+                        "{error}: the rule takes what comes to that port from the WAN; move it \
+                         or the service"
+                    );
+                }
+            }
+            if clients.is_empty() {
+                return;
+            }
+            if let Err(error) = state.change(
+                |rules| {
+                    for name in &clients {
+                        rules.remove(name)?;
+                    }
+                    Ok(())
+                },
+                Durability::Soon,
+            ) {
+                tracing::error!("removing mappings on the router's ports: {}", error.api);
+            }
+        })
+        .await;
+    }
+}
+
 /// Removes UPnP, NAT-PMP and PCP mappings whose lease has run out, within
 /// a second of it.
 pub(super) async fn expire_leases(daemon: Arc<Daemon>) {
