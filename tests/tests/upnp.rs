@@ -475,7 +475,26 @@ fn lan_http(lab: &Lab, request: Vec<u8>) -> Raw {
 
 const WAN_IP_V2: &str = "urn:schemas-upnp-org:service:WANIPConnection:2";
 
-fn soap_request(host: &str, action: &str, args: &[(&str, &str)]) -> Vec<u8> {
+/// The WANIPConnection control path the IGD's description gives (drawn at
+/// each start of the IGD).
+fn control_path(lab: &Lab) -> String {
+    let description = lan_http(
+        lab,
+        b"GET /rootDesc.xml HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+    )
+    .text();
+    let service = description
+        .find("WANIPConnection:")
+        .unwrap_or_else(|| panic!("no WANIPConnection in {description}"));
+    description[service..]
+        .split_once("<controlURL>")
+        .and_then(|(_, rest)| rest.split_once("</controlURL>"))
+        .map(|(path, _)| path.to_owned())
+        .unwrap_or_else(|| panic!("no controlURL in {description}"))
+}
+
+fn soap_request(control: &str, host: &str, action: &str, args: &[(&str, &str)]) -> Vec<u8> {
     let args: String = args
         .iter()
         .map(|(name, value)| format!("<{name}>{value}</{name}>"))
@@ -484,7 +503,7 @@ fn soap_request(host: &str, action: &str, args: &[(&str, &str)]) -> Vec<u8> {
         "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:{action} xmlns:u=\"{WAN_IP_V2}\">{args}</u:{action}></s:Body></s:Envelope>\r\n"
     );
     format!(
-        "POST /ctl/IPConn HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/xml; charset=\"utf-8\"\r\nSOAPAction: \"{WAN_IP_V2}#{action}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {control} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/xml; charset=\"utf-8\"\r\nSOAPAction: \"{WAN_IP_V2}#{action}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -538,9 +557,17 @@ fn discovery_finds_the_gateway_and_status_and_empty_lists_work() {
         run.stdout.contains(&format!(" desc: {location}")),
         "SSDP did not lead upnpc to {location}: {text}"
     );
+    // The control URL is the description's, under a token of this start.
+    let control = run
+        .stdout
+        .lines()
+        .find_map(|line| line.split_once(&format!("IGD : http://192.168.0.1:{port}")))
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("no control URL: {text}"))
+        .trim()
+        .to_owned();
     assert!(
-        run.stdout
-            .contains(&format!("IGD : http://192.168.0.1:{port}/ctl/IPConn")),
+        control.starts_with("/ctl/") && control.ends_with("/IPConn") && control.len() > 40,
         "{text}"
     );
     assert!(
@@ -596,6 +623,7 @@ fn discovery_finds_the_gateway_and_status_and_empty_lists_work() {
 #[test]
 fn add_use_list_and_delete_tcp_and_udp_mappings() {
     let lab = upnp_lab();
+    let control = control_path(&lab);
     let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     let lan_udp = udp_socket(&lab.lan, LAN_SERVER, 9000);
     let wan_udp = udp_socket(&lab.wan, WAN_HOST, 0);
@@ -651,6 +679,7 @@ fn add_use_list_and_delete_tcp_and_udp_mappings() {
                 let raw = lan_http(
                     &lab,
                     soap_request(
+                        &control,
                         GOOD_HOST,
                         "GetListOfPortMappings",
                         &[
@@ -941,6 +970,7 @@ fn secure_mode_keeps_clients_to_their_own_mappings_and_permissions_hold() {
 #[test]
 fn upnp_off_hides_the_gateway_and_removes_mappings_and_on_brings_it_back() {
     let lab = upnp_lab();
+    let first_control = control_path(&lab);
     let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     upnpc_ok(&lab, "-a 192.168.0.12 8000 8080 TCP 600");
     lab.run("add web --proto tcp --external 8443 --internal 192.168.0.12:8001");
@@ -996,6 +1026,19 @@ fn upnp_off_hides_the_gateway_and_removes_mappings_and_on_brings_it_back() {
     );
     upnpc_ok(&lab, "-a 192.168.0.12 8000 8080 TCP 600");
     assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
+    // A new start, new control and SCPD paths; the old ones are gone.
+    let control = control_path(&lab);
+    assert_ne!(control, first_control);
+    let old = lan_http(
+        &lab,
+        soap_request(&first_control, GOOD_HOST, "GetExternalIPAddress", &[]),
+    );
+    assert_eq!(old.status(), Some(404), "{}", old.text());
+    let new = lan_http(
+        &lab,
+        soap_request(&control, GOOD_HOST, "GetExternalIPAddress", &[]),
+    );
+    assert_eq!(new.status(), Some(200), "{}", new.text());
 }
 
 // ---------------------------------------------------------------------------
@@ -1092,6 +1135,7 @@ fn nothing_answers_on_the_wan_side() {
 #[test]
 fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
     let lab = upnp_lab();
+    let control = control_path(&lab);
     let mut problems = Vec::new();
     let mut expect = |what: &str, raw: &Raw, status: u16, upnp_error: Option<u16>| {
         if raw.status() != Some(status) || (upnp_error.is_some() && raw.upnp_error() != upnp_error)
@@ -1126,6 +1170,7 @@ fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
     let rebound = lan_http(
         &lab,
         soap_request(
+            &control,
             "evil.example:5000",
             "AddPortMapping",
             &add_args("6881", "TCP", "600"),
@@ -1149,7 +1194,10 @@ fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
             args
         }),
     ] {
-        let raw = lan_http(&lab, soap_request(GOOD_HOST, "AddPortMapping", &args));
+        let raw = lan_http(
+            &lab,
+            soap_request(&control, GOOD_HOST, "AddPortMapping", &args),
+        );
         expect(&format!("AddPortMapping with {what}"), &raw, 500, Some(402));
     }
     assert_eq!(lab.rules(), Vec::<Value>::new(), "nothing was mapped");
@@ -1158,26 +1206,38 @@ fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
     let filler = "x".repeat(100 * 1024);
     let mut big = add_args("6881", "TCP", "600");
     big[6].1 = &filler;
-    let raw = lan_http(&lab, soap_request(GOOD_HOST, "AddPortMapping", &big));
+    let raw = lan_http(
+        &lab,
+        soap_request(&control, GOOD_HOST, "AddPortMapping", &big),
+    );
     expect("a 100 KiB AddPortMapping", &raw, 413, None);
 
     // No eventing.
+    let events = control.replacen("/ctl/", "/evt/", 1);
     let raw = lan_http(
         &lab,
-        b"SUBSCRIBE /evt/IPConn HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nCALLBACK: <http://192.168.0.12:9999/>\r\nNT: upnp:event\r\nTIMEOUT: Second-1800\r\nConnection: close\r\n\r\n".to_vec(),
+        format!("SUBSCRIBE {events} HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nCALLBACK: <http://192.168.0.12:9999/>\r\nNT: upnp:event\r\nTIMEOUT: Second-1800\r\nConnection: close\r\n\r\n").into_bytes(),
     );
-    expect("SUBSCRIBE /evt/IPConn", &raw, 412, None);
+    expect("SUBSCRIBE to the events URL", &raw, 412, None);
     assert_eq!(lab.rules(), Vec::<Value>::new(), "nothing was mapped");
 
     // The daemon is still there and a good request works.
     let raw = lan_http(
         &lab,
-        soap_request(GOOD_HOST, "AddPortMapping", &add_args("6881", "tcp", "600")),
+        soap_request(
+            &control,
+            GOOD_HOST,
+            "AddPortMapping",
+            &add_args("6881", "tcp", "600"),
+        ),
     );
     expect("a valid AddPortMapping", &raw, 200, None);
     let rule = find_rule(&lab, "upnp-tcp-6881").expect("the valid request mapped 6881");
     assert_eq!(rule["upnp"]["description"], "raw");
-    let raw = lan_http(&lab, soap_request(GOOD_HOST, "GetExternalIPAddress", &[]));
+    let raw = lan_http(
+        &lab,
+        soap_request(&control, GOOD_HOST, "GetExternalIPAddress", &[]),
+    );
     expect("GetExternalIPAddress", &raw, 200, None);
     assert!(
         raw.text()
@@ -1265,11 +1325,12 @@ fn a_leased_mapping_survives_a_daemon_restart() {
 
 /// A control request as `soap_request` writes it, with its headers edited.
 fn soap_request_with(
+    control: &str,
     action: &str,
     args: &[(&str, &str)],
     edit: impl Fn(String) -> String,
 ) -> Vec<u8> {
-    let request = String::from_utf8(soap_request(GOOD_HOST, action, args)).unwrap();
+    let request = String::from_utf8(soap_request(control, GOOD_HOST, action, args)).unwrap();
     let (head, body) = request.split_once("\r\n\r\n").unwrap();
     format!("{}\r\n\r\n{body}", edit(head.to_owned())).into_bytes()
 }
@@ -1277,6 +1338,7 @@ fn soap_request_with(
 #[test]
 fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
     let lab = upnp_lab();
+    let control = control_path(&lab);
     let server = tcp_listener(&lab.lan, LAN_SERVER, 6881);
     let mut problems = Vec::new();
 
@@ -1286,7 +1348,7 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
     for (what, request) in [
         (
             "text/plain, no SOAPAction, with an Origin",
-            soap_request_with("AddPortMapping", &args, |head| {
+            soap_request_with(&control, "AddPortMapping", &args, |head| {
                 head.replace(
                     "Content-Type: text/xml; charset=\"utf-8\"",
                     "Content-Type: text/plain",
@@ -1300,13 +1362,13 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
         ),
         (
             "everything right but an Origin",
-            soap_request_with("AddPortMapping", &args, |head| {
+            soap_request_with(&control, "AddPortMapping", &args, |head| {
                 format!("{head}\r\nOrigin: http://evil.example")
             }),
         ),
         (
             "no SOAPAction",
-            soap_request_with("AddPortMapping", &args, |head| {
+            soap_request_with(&control, "AddPortMapping", &args, |head| {
                 head.lines()
                     .filter(|line| !line.starts_with("SOAPAction"))
                     .collect::<Vec<_>>()
@@ -1315,7 +1377,7 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
         ),
         (
             "a form body",
-            soap_request_with("AddPortMapping", &args, |head| {
+            soap_request_with(&control, "AddPortMapping", &args, |head| {
                 head.replace(
                     "Content-Type: text/xml; charset=\"utf-8\"",
                     "Content-Type: application/x-www-form-urlencoded",
@@ -1328,13 +1390,30 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
             problems.push(format!("{what}: expected HTTP 403, got:\n{}", raw.text()));
         }
     }
+    // A well-formed request to the well-known control path of other
+    // gateways, which a page could guess: not found.
+    for guessed in ["/ctl/IPConn", "/upnp/control/WANIPConn1"] {
+        let raw = lan_http(
+            &lab,
+            soap_request(guessed, GOOD_HOST, "AddPortMapping", &args),
+        );
+        if raw.status() != Some(404) {
+            problems.push(format!(
+                "POST {guessed}: expected HTTP 404, got:\n{}",
+                raw.text()
+            ));
+        }
+    }
     check_all(problems);
     assert_eq!(lab.rules(), Vec::<Value>::new(), "a page mapped a port");
 
     // NewRemoteHost 0.0.0.0 means any remote: the WAN host gets in.
     let mut args = add_args("6881", "TCP", "600");
     args[0].1 = "0.0.0.0";
-    let raw = lan_http(&lab, soap_request(GOOD_HOST, "AddPortMapping", &args));
+    let raw = lan_http(
+        &lab,
+        soap_request(&control, GOOD_HOST, "AddPortMapping", &args),
+    );
     assert_eq!(raw.status(), Some(200), "{}", raw.text());
     let rules = lab.rules();
     assert_eq!(rules.len(), 1, "{rules:#?}");

@@ -19,9 +19,8 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::connections::{Connections, DRAIN_DEADLINE};
 
 use super::{
-    Identity, IgdVersion, SERVICE_WAN_COMMON, SERVICE_WAN_IP, description,
+    Identity, IgdVersion, Resource, ServicePaths, description,
     error::UpnpError,
-    paths,
     soap::{self, SoapRequest},
 };
 
@@ -105,6 +104,8 @@ pub struct HttpConfig {
     pub igd: IgdVersion,
     /// User-Agent substrings that get the IGDv1 description.
     pub v1_user_agents: Vec<String>,
+    /// Drawn at each start.
+    pub paths: ServicePaths,
 }
 
 /// Binds the HTTP listener to the LAN address, on the LAN NIC only (a WAN
@@ -189,6 +190,7 @@ pub enum Refusal {
 pub fn route_head(
     method: &str,
     path: &str,
+    paths: &ServicePaths,
     headers: &[(&str, &[u8])],
     default_igd: IgdVersion,
     v1_user_agents: &[String],
@@ -217,14 +219,13 @@ pub fn route_head(
     } else {
         default_igd
     };
-    let route = match (method, path) {
-        ("GET", paths::ROOT_DESCRIPTION) => Route::RootDescription(version),
-        ("GET", paths::ROOT_DESCRIPTION_V1) => Route::RootDescription(IgdVersion::V1),
-        ("GET", paths::ROOT_DESCRIPTION_V2) => Route::RootDescription(IgdVersion::V2),
-        ("GET", paths::WAN_IP_SCPD) => Route::WanIpScpd(version),
-        ("GET", paths::WAN_IP_SCPD_V1) => Route::WanIpScpd(IgdVersion::V1),
-        ("GET", paths::WAN_COMMON_SCPD) => Route::WanCommonScpd,
-        ("POST", paths::WAN_IP_CONTROL | paths::WAN_COMMON_CONTROL) => {
+    let route = match (method, paths.resource(path)) {
+        ("GET", Some(Resource::RootDescription(forced))) => {
+            Route::RootDescription(forced.unwrap_or(version))
+        }
+        ("GET", Some(Resource::WanIpScpd(forced))) => Route::WanIpScpd(forced.unwrap_or(version)),
+        ("GET", Some(Resource::WanCommonScpd)) => Route::WanCommonScpd,
+        ("POST", Some(Resource::Control(service))) => {
             if header("origin")?.is_some() {
                 return Err(Refusal::CrossSite("an Origin header"));
             }
@@ -235,19 +236,13 @@ pub fn route_head(
                 return Err(Refusal::CrossSite("a body that is not text/xml"));
             }
             Route::Control {
-                service: if path == paths::WAN_IP_CONTROL {
-                    SERVICE_WAN_IP
-                } else {
-                    SERVICE_WAN_COMMON
-                },
+                service,
                 soap_action: Some(soap_action.to_owned()),
             }
         }
         // Eventing is not offered: a subscription would let a client make
         // the router send HTTP requests to an address of its choosing.
-        ("SUBSCRIBE" | "UNSUBSCRIBE", paths::WAN_IP_EVENTS | paths::WAN_COMMON_EVENTS) => {
-            Route::Subscribe
-        }
+        ("SUBSCRIBE" | "UNSUBSCRIBE", Some(Resource::Events)) => Route::Subscribe,
         ("GET" | "POST", _) => Route::NotFound,
         _ => Route::MethodNotAllowed,
     };
@@ -277,6 +272,7 @@ async fn respond(
     let routed = route_head(
         parts.method.as_str(),
         parts.uri.path(),
+        &config.paths,
         &headers,
         config.igd,
         &config.v1_user_agents,
@@ -303,7 +299,7 @@ async fn respond(
     match route {
         Route::RootDescription(version) => xml(
             StatusCode::OK,
-            description::root_description(&config.identity, version, &url_base),
+            description::root_description(&config.identity, version, &url_base, &config.paths),
         ),
         Route::WanIpScpd(version) => xml(StatusCode::OK, description::wan_ip_scpd(version)),
         Route::WanCommonScpd => xml(StatusCode::OK, description::wan_common_scpd()),
@@ -429,6 +425,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upnp::SERVICE_WAN_IP;
 
     fn route(method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Route, Refusal> {
         let headers: Vec<(&str, &[u8])> = headers
@@ -438,6 +435,7 @@ mod tests {
         route_head(
             method,
             path,
+            &ServicePaths::with_token("t"),
             &headers,
             IgdVersion::V2,
             &["Windows".to_owned()],
@@ -480,7 +478,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                route("POST", "/ctl/IPConn", &headers),
+                route("POST", "/ctl/t/IPConn", &headers),
                 Err(Refusal::CrossSite(why)),
                 "{headers:?}"
             );
@@ -490,7 +488,7 @@ mod tests {
                 matches!(
                     route(
                         "POST",
-                        "/ctl/IPConn",
+                        "/ctl/t/IPConn",
                         &[host, action, ("Content-Type", content_type)]
                     ),
                     Ok(Route::Control { .. })
@@ -543,7 +541,7 @@ mod tests {
         assert_eq!(
             route(
                 "POST",
-                "/ctl/IPConn",
+                "/ctl/t/IPConn",
                 &[host, xml, ("SOAPAction", "\"urn:x#y\"")]
             ),
             Ok(Route::Control {
@@ -552,14 +550,25 @@ mod tests {
             })
         );
         assert_eq!(
-            route("SUBSCRIBE", "/evt/IPConn", &[host]),
+            route("SUBSCRIBE", "/evt/t/IPConn", &[host]),
             Ok(Route::Subscribe)
         );
         assert_eq!(
-            route("PUT", "/ctl/IPConn", &[host]),
+            route("PUT", "/ctl/t/IPConn", &[host]),
             Ok(Route::MethodNotAllowed)
         );
         assert_eq!(route("GET", "/etc/passwd", &[host]), Ok(Route::NotFound));
+        // The well-known paths of other gateways are not this one's.
+        let action = ("SOAPAction", "\"urn:x#y\"");
+        assert_eq!(
+            route("POST", "/ctl/IPConn", &[host, xml, action]),
+            Ok(Route::NotFound)
+        );
+        assert_eq!(route("GET", "/WANIPCn.xml", &[host]), Ok(Route::NotFound));
+        assert_eq!(
+            route("GET", "/t/WANIPCn.xml", &[host]),
+            Ok(Route::WanIpScpd(IgdVersion::V2))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    Identity, IgdVersion,
+    Identity, IgdVersion, ServicePaths,
     http::{self, Control, HttpConfig},
     paths,
     ssdp::{self, SsdpConfig},
@@ -57,6 +57,7 @@ pub fn start(config: ServiceConfig, control: Arc<dyn Control>) -> std::io::Resul
         identity: config.identity.clone(),
         igd: config.igd,
         v1_user_agents: config.v1_user_agents.clone(),
+        paths: ServicePaths::random(),
     });
     let http_task = tokio::spawn(http::serve(listener, http_config, control, stop.clone()));
     let ssdp_config = SsdpConfig {
