@@ -135,6 +135,10 @@ pub struct UpnpSettings {
     /// Checked in order, first match wins; no match is a denial. Empty:
     /// the safe default, ports 1024-65535 both sides, any LAN host.
     pub permissions: Vec<UpnpPermission>,
+    /// Control requests per second one LAN host may make (twice that in a
+    /// burst); beyond it they are answered 503 with Retry-After.
+    #[serde(deserialize_with = "rate_limit")]
+    pub rate_limit: u32,
 }
 
 impl Default for UpnpSettings {
@@ -150,6 +154,7 @@ impl Default for UpnpSettings {
             max_mappings_per_client: 128,
             max_mappings: 4096,
             permissions: Vec::new(),
+            rate_limit: 50,
         }
     }
 }

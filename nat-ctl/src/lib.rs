@@ -7,6 +7,7 @@ pub mod connections;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;
+pub mod limiter;
 pub mod metrics;
 pub mod natpmp;
 pub mod router_ports;

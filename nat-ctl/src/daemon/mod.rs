@@ -321,6 +321,9 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     let daemon = Arc::new(Daemon {
         state: Mutex::new(State {
             store_dirty: false,
+            generation: 0,
+            store: Arc::default(),
+            ports: crate::rules::PortIndex::new(rules.iter().map(|(_, rule)| rule)),
             store_changed: store_changed.clone(),
             config,
             writer: running.writer,

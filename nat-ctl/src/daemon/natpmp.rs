@@ -76,6 +76,10 @@ impl Gateway for DaemonGateway<'_> {
         self.apply_change(remove, add)
     }
 
+    fn free_port(&self, proto: u8, start: u16, usable: &mut dyn FnMut(u16) -> bool) -> Option<u16> {
+        self.free_client_port(proto, start, usable)
+    }
+
     fn now_unix(&self) -> u64 {
         unix_now()
     }
@@ -111,11 +115,7 @@ impl Control for NatpmpControl {
             Some(&wire::PMP_VERSION) => "NAT-PMP",
             _ => "PCP",
         };
-        let mut gateway = DaemonGateway {
-            state: &mut state,
-            started: daemon.started,
-            who,
-        };
+        let mut gateway = DaemonGateway::new(&mut state, daemon.started, who);
         let outcome = server.handle(&mut gateway, &policy, from, data, now);
         drop(state);
         let (protocol, action, result) = request_labels(data, &outcome);

@@ -14,13 +14,19 @@ use crate::{
     config::DaemonConfig,
     datapath::{KernelSweep, MapChange, MapView, MapWriter, SweepReport},
     router_ports::RouterPorts,
-    rules::{ForwardRule, RuleError, RuleSet, protocol_name},
+    rules::{ForwardRule, PortIndex, RuleError, RuleSet, protocol_name},
     store,
 };
 
 pub(super) struct State {
     /// Rule changes not yet in the store ([`Durability::Soon`]).
     pub store_dirty: bool,
+    /// Counts rule changes, so that the store keeps the newest.
+    pub generation: u64,
+    /// Shared with the task that writes deferred changes off the lock.
+    pub store: Arc<OrderedStore>,
+    /// The external ports the enabled rules hold, for choosing free ones.
+    pub ports: PortIndex,
     /// Wakes the task that saves them.
     pub store_changed: Arc<tokio::sync::Notify>,
     pub config: DaemonConfig,
@@ -48,6 +54,59 @@ pub(super) enum Durability {
     /// truth, and changes not saved yet are gone with the rules they
     /// changed.
     FromStore,
+}
+
+/// Writes of the rule store in the order of the changes they save: a
+/// snapshot taken under the state's lock may be written after it is
+/// released, and a newer one (the admin's, saved at once) may have been
+/// written meanwhile; the older one is then dropped, not written over it.
+#[derive(Debug, Default)]
+pub(super) struct OrderedStore {
+    /// The generation of the rules the file holds.
+    written: std::sync::Mutex<u64>,
+}
+
+impl OrderedStore {
+    pub fn write(
+        &self,
+        path: &std::path::Path,
+        generation: u64,
+        rules: &[ForwardRule],
+    ) -> Result<(), store::StoreError> {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *written >= generation {
+            return Ok(());
+        }
+        store::save_rules(path, rules)?;
+        *written = generation;
+        Ok(())
+    }
+
+    /// The file was just read: it holds `generation`.
+    fn read_at(&self, generation: u64) {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *written = (*written).max(generation);
+    }
+}
+
+/// Deferred changes to write: taken under the lock, written off it.
+pub(super) struct StoreSnapshot {
+    pub path: std::path::PathBuf,
+    pub generation: u64,
+    pub rules: Vec<ForwardRule>,
+    pub store: Arc<OrderedStore>,
+}
+
+impl StoreSnapshot {
+    pub fn write(&self) -> Result<(), store::StoreError> {
+        self.store.write(&self.path, self.generation, &self.rules)
+    }
 }
 
 /// How long deferred changes wait for company before they are saved.
@@ -179,9 +238,13 @@ impl State {
             let _ = self.writer.apply(&change.inverse());
             return Err(conflict);
         }
+        let generation = self.generation + 1;
         match durability {
             Durability::Saved => {
-                if let Err(error) = store::save_rules(&self.config.rules_file, &next.to_vec()) {
+                if let Err(error) =
+                    self.store
+                        .write(&self.config.rules_file, generation, &next.to_vec())
+                {
                     let _ = self.writer.apply(&change.inverse());
                     return Err(ApiError::internal(format!("{error}; nothing was changed")).into());
                 }
@@ -191,18 +254,36 @@ impl State {
                 self.store_dirty = true;
                 self.store_changed.notify_one();
             }
-            Durability::FromStore => self.store_dirty = false,
+            Durability::FromStore => {
+                self.store.read_at(generation);
+                self.store_dirty = false;
+            }
         }
+        self.generation = generation;
+        self.ports = PortIndex::new(next.iter().map(|(_, rule)| rule));
         Ok(std::mem::replace(&mut self.rules, next))
+    }
+
+    /// The rules to save if a change has not been saved yet: a copy taken
+    /// now, to be serialised and written off the lock.
+    pub fn unsaved(&mut self) -> Option<StoreSnapshot> {
+        if !std::mem::take(&mut self.store_dirty) {
+            return None;
+        }
+        Some(StoreSnapshot {
+            path: self.config.rules_file.clone(),
+            generation: self.generation,
+            rules: self.rules.to_vec(),
+            store: self.store.clone(),
+        })
     }
 
     /// Writes the rules if a change has not been saved yet.
     pub fn flush(&mut self) -> Result<(), store::StoreError> {
-        if self.store_dirty {
-            store::save_rules(&self.config.rules_file, &self.rules.to_vec())?;
-            self.store_dirty = false;
+        match self.unsaved() {
+            Some(snapshot) => snapshot.write().inspect_err(|_| self.store_dirty = true),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A port a rule newly claims must not be the router's own: a

@@ -167,7 +167,17 @@ pub(super) async fn save_deferred(daemon: Arc<Daemon>, changed: Arc<tokio::sync:
         changed.notified().await;
         tokio::time::sleep(SAVE_DELAY).await;
         let daemon = daemon.clone();
-        let saved = tokio::task::spawn_blocking(move || daemon.lock().flush()).await;
+        // The copy is taken under the lock; serialising and the fsync are
+        // done off it, so that requests are not held up by them.
+        let saved = tokio::task::spawn_blocking(move || {
+            let Some(snapshot) = daemon.lock().unsaved() else {
+                return Ok(());
+            };
+            snapshot
+                .write()
+                .inspect_err(|_| daemon.lock().store_dirty = true)
+        })
+        .await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {

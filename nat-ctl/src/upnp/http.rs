@@ -16,7 +16,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::Ipv4Net;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::connections::{Connections, DRAIN_DEADLINE};
+use crate::{
+    connections::{Connections, DRAIN_DEADLINE},
+    limiter::RateLimiter,
+};
 
 use super::{
     Identity, IgdVersion, Resource, ServicePaths, description,
@@ -94,8 +97,8 @@ pub trait Control: Send + Sync + 'static {
     ) -> Result<Vec<(&'static str, String)>, UpnpError>;
 }
 
-/// What the server describes and where.
-#[derive(Clone, Debug)]
+/// What the server describes and where, and its per-host rate limit.
+#[derive(Debug)]
 pub struct HttpConfig {
     pub lan_ifname: String,
     pub lan_addr: Ipv4Addr,
@@ -106,6 +109,20 @@ pub struct HttpConfig {
     pub v1_user_agents: Vec<String>,
     /// Drawn at each start.
     pub paths: ServicePaths,
+    /// Control requests per second per LAN host.
+    pub rate_limit: u32,
+    pub limiter: std::sync::Mutex<RateLimiter>,
+}
+
+impl HttpConfig {
+    /// Whether `caller` may make a control request now: each takes the
+    /// daemon's lock, so one host may not keep it from the others.
+    fn admit_control(&self, caller: Ipv4Addr, now: std::time::Instant) -> bool {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .admit(caller, now, self.rate_limit)
+    }
 }
 
 /// Binds the HTTP listener to the LAN address, on the LAN NIC only (a WAN
@@ -150,6 +167,21 @@ fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .header("ext", "")
         .body(Full::new(Bytes::from(body)))
         .expect("a response from valid parts")
+}
+
+/// A control request over the caller's rate: 503 and when to come back
+/// (UDA has no SOAP fault for it; clients retry on 503).
+fn too_many(caller: Ipv4Addr) -> Response<Full<Bytes>> {
+    tracing::debug!("UPnP control request from {caller} over the rate limit");
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many control requests; retry in a second\n",
+    );
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// What a request head asks for, once checked.
@@ -307,6 +339,9 @@ async fn respond(
             service,
             soap_action,
         } => {
+            if !config.admit_control(caller, std::time::Instant::now()) {
+                return too_many(caller);
+            }
             let body =
                 match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect())
                     .await
@@ -496,6 +531,33 @@ mod tests {
                 "{content_type}"
             );
         }
+    }
+
+    #[test]
+    fn control_requests_are_rate_limited_per_host() {
+        let config = HttpConfig {
+            lan_ifname: "lan0".into(),
+            lan_addr: Ipv4Addr::new(192, 168, 0, 1),
+            lan_net: "192.168.0.0/24".parse().unwrap(),
+            identity: crate::upnp::service::identity("lan0", IgdVersion::V2, 1),
+            igd: IgdVersion::V2,
+            v1_user_agents: Vec::new(),
+            paths: ServicePaths::with_token("t"),
+            rate_limit: 5,
+            limiter: std::sync::Mutex::default(),
+        };
+        let (one, other) = (
+            Ipv4Addr::new(192, 168, 0, 12),
+            Ipv4Addr::new(192, 168, 0, 13),
+        );
+        let now = std::time::Instant::now();
+        let admitted = (0..50).filter(|_| config.admit_control(one, now)).count();
+        assert_eq!(admitted, 10, "the burst is twice the rate");
+        assert!(config.admit_control(other, now), "another host has its own");
+        assert!(config.admit_control(one, now + Duration::from_millis(250)));
+        let refused = too_many(one);
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[hyper::header::RETRY_AFTER], "1");
     }
 
     #[test]

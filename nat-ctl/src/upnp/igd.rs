@@ -13,11 +13,13 @@ use super::{
 };
 use crate::{
     config::UpnpSettings,
-    rules::{ForwardRule, Lease, PortRange, Protocol, RuleError},
+    rules::{CLIENT_PORTS, ForwardRule, Lease, PortIndex, PortRange, Protocol, RuleError},
 };
 
-/// How many ports AddAnyPortMapping tries before answering 728.
-const ANY_PORT_ATTEMPTS: u32 = 256;
+/// How many free ports AddAnyPortMapping offers the rule transaction
+/// before answering 728: one is refused only when a live dynamic mapping
+/// or a router socket took it since the index was asked.
+const ANY_PORT_ATTEMPTS: u32 = 8;
 /// Descriptions are shown in lists; longer ones are refused.
 const MAX_DESCRIPTION: usize = 256;
 
@@ -48,6 +50,14 @@ pub trait Gateway {
     /// Removes the rules named in `remove`, then adds `add` (a rule with
     /// the name of a removed one keeps its id).
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError>;
+    /// The first external port from `start` on (going round within
+    /// [`CLIENT_PORTS`]) that no rule holds, that a client may have, and
+    /// that `usable` accepts. The daemon answers from an index it keeps
+    /// and leaves out the router's own ports; this default builds the
+    /// index from [`Gateway::rules`].
+    fn free_port(&self, proto: u8, start: u16, usable: &mut dyn FnMut(u16) -> bool) -> Option<u16> {
+        PortIndex::new(&self.rules()).next_free(proto, start, CLIENT_PORTS, usable)
+    }
     fn totals(&self) -> Totals;
     fn uptime_secs(&self) -> u64;
     fn now_unix(&self) -> u64;
@@ -352,17 +362,6 @@ fn add_port_mapping(
         }),
     };
 
-    let candidates: Vec<u16> = if any_port {
-        let start = if external == 0 { 1024 } else { external };
-        (0..ANY_PORT_ATTEMPTS)
-            .map(|step| {
-                let span = 65536 - 1024;
-                (1024 + (u32::from(start.max(1024)) - 1024 + step) % span) as u16
-            })
-            .collect()
-    } else {
-        vec![external]
-    };
     // The caller's mapping of the same internal endpoint on another port:
     // a client that restarted on a new port (or crashed with a long lease)
     // gets it moved; AddAnyPortMapping hands it back as it is.
@@ -380,67 +379,91 @@ fn add_port_mapping(
             existing.external.first.to_string(),
         )]);
     }
-    let stale = stale.map(|rule| rule.name.clone());
-    let mut last_error = UpnpError::NoPortMapsAvailable;
-    for port in candidates {
-        if !settings.permits(port, client, internal_port) {
-            last_error = UpnpError::ActionNotAuthorized;
-            if any_port {
-                continue;
-            }
-            return Err(last_error);
+    let stale: Vec<String> = stale.map(|rule| rule.name.clone()).into_iter().collect();
+    if any_port {
+        return add_any_port(
+            gateway,
+            settings,
+            &stale,
+            (protocol, external, client, internal_port),
+            make,
+        );
+    }
+    if !settings.permits(external, client, internal_port) {
+        return Err(UpnpError::ActionNotAuthorized);
+    }
+    let mut remove = stale;
+    if let Some(existing) = find(&rules, protocol, external) {
+        // A NAT-PMP or PCP mapping is not UPnP's to renew or take over.
+        let renewable = existing
+            .upnp_lease()
+            .is_some_and(|lease| lease.client == caller || !settings.secure_mode)
+            && existing.internal_addr == client;
+        if !renewable {
+            return Err(if existing.upnp.is_some() {
+                UpnpError::ConflictInMappingEntry
+            } else {
+                UpnpError::ConflictWithOtherMechanisms
+            });
         }
-        let rules = gateway.rules();
-        let mut remove = Vec::new();
-        if let Some(existing) = find(&rules, protocol, port) {
-            // A NAT-PMP or PCP mapping is not UPnP's to renew or take over.
-            let renewable = existing
-                .upnp_lease()
-                .is_some_and(|lease| lease.client == caller || !settings.secure_mode)
-                && existing.internal_addr == client;
-            // AddAnyPortMapping never replaces: it looks for another port.
-            if !renewable || any_port {
-                last_error = if existing.upnp.is_some() {
-                    UpnpError::ConflictInMappingEntry
+        // The same client again: renew (and update) the mapping.
+        remove.push(existing.name.clone());
+    }
+    gateway
+        .apply(&remove, vec![make(external)])
+        .map_err(rule_error)?;
+    Ok(Vec::new())
+}
+
+/// AddAnyPortMapping's choice: the asked port if it is free, else the
+/// next free one, found in the gateway's index (no rule scan per port),
+/// never a port another rule holds.
+fn add_any_port(
+    gateway: &mut impl Gateway,
+    settings: &UpnpSettings,
+    stale: &[String],
+    (protocol, external, client, internal_port): (&str, u16, Ipv4Addr, u16),
+    make: impl Fn(u16) -> ForwardRule,
+) -> Result<Reply, UpnpError> {
+    let number = protocol_of(protocol).numbers()[0];
+    let mut start = external.max(CLIENT_PORTS.first);
+    let mut permitted = |port| settings.permits(port, client, internal_port);
+    for _ in 0..ANY_PORT_ATTEMPTS {
+        let Some(port) = gateway.free_port(number, start, &mut permitted) else {
+            // Nothing the permissions allow at all is a refusal; else full.
+            return Err(
+                if CLIENT_PORTS
+                    .ports()
+                    .any(|port| settings.permits(port, client, internal_port))
+                {
+                    UpnpError::NoPortMapsAvailable
                 } else {
-                    UpnpError::ConflictWithOtherMechanisms
-                };
-                if any_port {
-                    continue;
-                }
-                return Err(last_error);
-            }
-            // The same client again: renew (and update) the mapping.
-            remove.push(existing.name.clone());
-        }
-        remove.extend(stale.clone());
-        match gateway.apply(&remove, vec![make(port)]) {
-            Ok(()) => {
-                return Ok(if any_port {
-                    vec![("NewReservedPort", port.to_string())]
-                } else {
-                    Vec::new()
-                });
-            }
+                    UpnpError::ActionNotAuthorized
+                },
+            );
+        };
+        match gateway.apply(stale, vec![make(port)]) {
+            Ok(()) => return Ok(vec![("NewReservedPort", port.to_string())]),
             Err(error) => {
-                last_error = rule_error(error);
-                let retry = matches!(
-                    last_error,
+                let error = rule_error(error);
+                let taken_meanwhile = matches!(
+                    error,
                     UpnpError::ConflictInMappingEntry
                         | UpnpError::ConflictWithOtherMechanisms
                         | UpnpError::ActionNotAuthorized
                 );
-                if !(any_port && retry) {
-                    return Err(last_error);
+                if !taken_meanwhile {
+                    return Err(error);
                 }
+                start = if port == CLIENT_PORTS.last {
+                    CLIENT_PORTS.first
+                } else {
+                    port + 1
+                };
             }
         }
     }
-    Err(if last_error == UpnpError::ActionNotAuthorized {
-        last_error
-    } else {
-        UpnpError::NoPortMapsAvailable
-    })
+    Err(UpnpError::NoPortMapsAvailable)
 }
 
 fn may_manage(settings: &UpnpSettings, caller: Ipv4Addr, rule: &ForwardRule) -> bool {

@@ -1,6 +1,7 @@
 //! UPnP IGD on the LAN side: SSDP discovery (`ssdp`), device and service
 //! descriptions (`description`), SOAP control (`soap`) with its fault codes
-//! (`error`), the actions themselves (`igd`) and their HTTP server (`http`);
+//! (`error`), the actions themselves (`igd`), over rules in memory for the
+//! tests and fuzzing (`memory`), and their HTTP server (`http`);
 //! every document is written with one XML writer (`xml`).
 //!
 //! UPnP mappings are ordinary forwarding rules carrying a lease
@@ -10,6 +11,7 @@ pub mod description;
 pub mod error;
 pub mod http;
 pub mod igd;
+pub mod memory;
 pub mod service;
 pub mod soap;
 pub mod ssdp;

@@ -274,7 +274,10 @@ fn miniupnpd_mappings(router: &Netns) -> Result<usize> {
 
 pub fn run(scale: &Scale) -> Result<Value> {
     progress!("upnp: starting the natctl lab (UPnP on port {HTTP_PORT})");
-    let lab = Lab::start_with_config(&format!("[upnp]\nhttp_port = {HTTP_PORT}\n"))?;
+    // Unlimited: the bench measures the server, not its rate limit.
+    let lab = Lab::start_with_config(&format!(
+        "[upnp]\nhttp_port = {HTTP_PORT}\nrate_limit = 1000000\n"
+    ))?;
     wait_for_igd(&lab.lan, "natctl's UPnP HTTP server")
         .map_err(|error| anyhow::anyhow!("{error}: {}", lab.natctl_log()))?;
     progress!("upnp: starting the nftables topology with miniupnpd");
