@@ -139,6 +139,24 @@ pub struct UpnpSettings {
     /// burst); beyond it they are answered 503 with Retry-After.
     #[serde(deserialize_with = "rate_limit")]
     pub rate_limit: u32,
+    /// A STUN server ("host:port") that tells the public address when the
+    /// WAN address is private, shared or reserved (behind another NAT);
+    /// off unless set.
+    #[serde(deserialize_with = "stun_server")]
+    pub stun: Option<String>,
+}
+
+fn stun_server<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let server = String::deserialize(deserializer)?;
+    let valid = server
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        return Err(D::Error::custom(format!(
+            "stun = {server:?}: expected HOST:PORT, e.g. \"stun.example.net:3478\""
+        )));
+    }
+    Ok(Some(server))
 }
 
 impl Default for UpnpSettings {
@@ -155,6 +173,7 @@ impl Default for UpnpSettings {
             max_mappings: 4096,
             permissions: Vec::new(),
             rate_limit: 50,
+            stun: None,
         }
     }
 }
@@ -903,6 +922,17 @@ listen = "127.0.0.1:9469"
             "ports = \"60000-60003\": the dynamic range needs at least 16 ports"
         );
         DaemonConfig::parse("[nat]\nports = \"60000-60015\"\n", Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn a_stun_server_is_host_and_port() {
+        let config =
+            DaemonConfig::parse("[upnp]\nstun = \"stun.example.net:3478\"\n", Path::new("x"))
+                .unwrap();
+        assert_eq!(config.upnp.stun.as_deref(), Some("stun.example.net:3478"));
+        let (line, _, message) = invalid("[upnp]\nstun = \"stun.example.net\"\n");
+        assert_eq!(line, 2, "{message}");
+        assert!(message.contains("expected HOST:PORT"), "{message}");
     }
 
     #[test]

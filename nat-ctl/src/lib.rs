@@ -13,5 +13,6 @@ pub mod natpmp;
 pub mod router_ports;
 pub mod rules;
 pub mod store;
+pub mod stun;
 pub mod table;
 pub mod upnp;

@@ -1521,3 +1521,97 @@ fn the_routers_own_ports_are_never_mapped_and_its_listener_keeps_its_connections
     assert_eq!(lab.wan_tcp_reaches(ephemeral[0], &admins).ip(), WAN_HOST);
     assert_eq!(lab.wan_tcp_reaches(2200, &router_ssh).ip(), WAN_HOST);
 }
+
+// ---------------------------------------------------------------------------
+// Behind another NAT: STUN (issue 12, item 5)
+// ---------------------------------------------------------------------------
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lab's WAN address (203.0.113.1, reserved) sits behind a second
+/// NAT: the WAN host masquerades it to 198.51.100.1 on its way to an
+/// "Internet" namespace, where coturn's `turnserver` answers STUN. The
+/// IGD then reports the address STUN saw, and the log says what can and
+/// cannot work from the Internet.
+#[test]
+fn behind_another_nat_the_public_address_comes_from_stun() {
+    const ISP: &str = "198.51.100.1";
+    const STUN: &str = "198.51.100.2";
+    let lab = upnp_lab_with(&format!("stun = \"{STUN}:3478\"\n"));
+    let internet = Netns::new("inet").unwrap();
+    lab.wan.veth("up0", &internet, "eth0").unwrap();
+    lab.wan
+        .ip(&["addr", "add", &format!("{ISP}/24"), "dev", "up0"])
+        .unwrap();
+    internet
+        .ip(&["addr", "add", &format!("{STUN}/24"), "dev", "eth0"])
+        .unwrap();
+    lab.wan.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    for command in [
+        "add table ip isp",
+        "add chain ip isp post { type nat hook postrouting priority 100 ; }",
+        "add rule ip isp post oifname up0 masquerade",
+    ] {
+        lab.wan.exec("nft", &words(command)).unwrap();
+    }
+    lab.router
+        .ip(&["route", "add", "198.51.100.0/24", "via", "203.0.113.2"])
+        .unwrap();
+    let _stun = Killed(
+        internet
+            .command("turnserver")
+            .args([
+                "-n",
+                "--listening-ip",
+                STUN,
+                "--listening-port",
+                "3478",
+                "--stun-only",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--log-file",
+                "stdout",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("running turnserver (is coturn installed? `cargo xtask setup`)"),
+    );
+
+    // The daemon asks again within seconds of a failed probe.
+    let reported = wait_for(
+        "GetExternalIPAddress to give the address STUN saw",
+        Duration::from_secs(30),
+        || {
+            let status = upnpc(&lab, "-s");
+            status
+                .stdout
+                .contains(&format!("ExternalIPAddress = {ISP}"))
+                .then_some(status.stdout)
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error}\n{}", lab.natctl_log()));
+    assert!(reported.contains("Connected"), "{reported}");
+    let log = lab.natctl_log();
+    assert!(
+        log.contains(&format!("is behind a NAT at {ISP}"))
+            && log.contains("reached from the Internet only if that NAT forwards their ports"),
+        "the log says what works: {log}"
+    );
+    // NAT-PMP reports the same.
+    let natpmpc = lab.lan.exec("natpmpc", &["-g", "192.168.0.1"]).unwrap();
+    let text = String::from_utf8_lossy(&natpmpc.stdout);
+    assert!(
+        text.contains(&format!("Public IP address : {ISP}")),
+        "{text}"
+    );
+}

@@ -37,6 +37,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // service (see `debian_packages`).
     "miniupnpd",
     "miniupnpd-nftables",
+    // coturn's `turnserver`: the STUN server of the tests behind a second
+    // NAT (tests/tests/upnp.rs); never started as a service.
+    "coturn",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

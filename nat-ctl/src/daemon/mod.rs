@@ -333,6 +333,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             wan,
             lan,
             last_sweep: None,
+            stun_address: None,
         }),
         lifecycle,
         options,
@@ -359,6 +360,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     tokio::spawn(tasks::follow_addresses(daemon.clone(), netlink));
     tokio::spawn(tasks::expire_leases(daemon.clone()));
     tokio::spawn(tasks::yield_to_router_listeners(daemon.clone()));
+    tokio::spawn(tasks::learn_public_address(daemon.clone()));
     tokio::spawn(tasks::save_deferred(daemon.clone(), store_changed));
     if !upnp_enabled {
         // Switched off in the configuration: no client's mapping stays open.

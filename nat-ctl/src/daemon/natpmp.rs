@@ -61,7 +61,7 @@ pub(super) async fn supervise_natpmp(daemon: Arc<Daemon>, mut stop: watch::Recei
 
 impl Gateway for DaemonGateway<'_> {
     fn external_address(&self) -> Option<Ipv4Addr> {
-        self.state.wan.network.map(|net| net.addr())
+        self.state.public_address()
     }
 
     fn lan(&self) -> Option<Ipv4Net> {
@@ -124,7 +124,7 @@ impl Control for NatpmpControl {
     }
 
     fn external_address(&self) -> Option<Ipv4Addr> {
-        self.0.lock().wan.network.map(|net| net.addr())
+        self.0.lock().public_address()
     }
 
     fn rate_limit(&self) -> u32 {

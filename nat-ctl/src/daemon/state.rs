@@ -38,6 +38,8 @@ pub(super) struct State {
     pub wan: Nic,
     pub lan: Nic,
     pub last_sweep: Option<SweepReport>,
+    /// The public address STUN learned while the WAN address is not one.
+    pub stun_address: Option<std::net::Ipv4Addr>,
 }
 
 /// When a rule change reaches the store.
@@ -202,6 +204,12 @@ pub(super) fn to_json(value: impl Serialize) -> Result<serde_json::Value, ApiErr
 }
 
 impl State {
+    /// The address UPnP and NAT-PMP/PCP report: the one STUN learned
+    /// behind another NAT, else the WAN address.
+    pub fn public_address(&self) -> Option<std::net::Ipv4Addr> {
+        self.stun_address.or(self.wan.network.map(|net| net.addr()))
+    }
+
     /// The router's LAN address and prefix, which rules are checked against.
     pub fn lan_net(&self) -> Result<Ipv4Net, ApiError> {
         self.lan.network.ok_or_else(|| {

@@ -188,6 +188,102 @@ pub(super) async fn save_deferred(daemon: Arc<Daemon>, changed: Arc<tokio::sync:
     }
 }
 
+/// How often STUN is asked again: the upstream NAT may move the router to
+/// another public address at any time; sooner after a failure (no answer
+/// yet while the uplink comes up).
+const STUN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const STUN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Behind another NAT (the WAN address private, shared or reserved) and
+/// with `[upnp] stun` set, learns the public address by STUN and has UPnP
+/// and NAT-PMP/PCP report it, unless the upstream NAT keeps strangers out
+/// (RFC 5780), when nothing mapped here could be reached anyway. Says so
+/// in the log whenever what it learned changes.
+pub(super) async fn learn_public_address(daemon: Arc<Daemon>) {
+    let mut last_said = String::new();
+    let mut wait = std::time::Duration::ZERO;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = STUN_INTERVAL;
+        let (server, wan) = {
+            let state = daemon.lock();
+            (
+                state.config.upnp.stun.clone(),
+                state.wan.network.map(|net| net.addr()),
+            )
+        };
+        let (learned, said) = match (server, wan) {
+            (Some(server), Some(wan)) if !crate::stun::is_public(wan) => {
+                match crate::stun::probe(&server, wan).await {
+                    Ok(probe) => stun_verdict(&server, wan, probe),
+                    Err(error) => {
+                        wait = STUN_RETRY;
+                        (
+                            None,
+                            format!(
+                                "{error}; UPnP and NAT-PMP report the WAN address {wan}, which is \
+                             not public, and mappings made here cannot be reached from the \
+                             Internet unless the upstream NAT forwards their ports"
+                            ),
+                        )
+                    }
+                }
+            }
+            _ => (None, String::new()),
+        };
+        // NAT-PMP/PCP see the new address at their next poll and announce it.
+        daemon.lock().stun_address = learned;
+        if said != last_said && !said.is_empty() {
+            tracing::warn!("{said}");
+        }
+        last_said = said;
+    }
+}
+
+/// The address to report, and what to tell the admin about it.
+fn stun_verdict(
+    server: &str,
+    wan: std::net::Ipv4Addr,
+    probe: crate::stun::Probe,
+) -> (Option<std::net::Ipv4Addr>, String) {
+    let public = *probe.mapped.ip();
+    let ports = if probe.mapped.port() == 0 {
+        String::new()
+    } else {
+        format!(
+            " (a probe from a port of {wan} came out of port {})",
+            probe.mapped.port()
+        )
+    };
+    match probe.strangers_get_in {
+        Some(false) => (
+            None,
+            format!(
+                "STUN {server}: the WAN address {wan} is behind a NAT at {public}{ports} that \
+                 filters what strangers send (RFC 5780 test): mappings made here cannot be \
+                 reached from the Internet; UPnP and NAT-PMP keep reporting {wan}"
+            ),
+        ),
+        Some(true) => (
+            Some(public),
+            format!(
+                "STUN {server}: the WAN address {wan} is behind a NAT at {public}{ports} that lets \
+                 strangers in (RFC 5780 test); UPnP and NAT-PMP report {public}. Mappings are \
+                 reached from the Internet where that NAT keeps their ports"
+            ),
+        ),
+        None => (
+            Some(public),
+            format!(
+                "STUN {server}: the WAN address {wan} is behind a NAT at {public}{ports}; UPnP \
+                 and NAT-PMP report {public}. Its filtering could not be tested (the server has \
+                 no second address for RFC 5780): mappings made here are reached from the \
+                 Internet only if that NAT forwards their ports to {wan}"
+            ),
+        ),
+    }
+}
+
 /// How often the router's listeners are compared with the rules.
 const ROUTER_LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 

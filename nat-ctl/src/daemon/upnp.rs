@@ -197,7 +197,7 @@ impl<'a> DaemonGateway<'a> {
 
 impl Gateway for DaemonGateway<'_> {
     fn external_address(&self) -> Option<Ipv4Addr> {
-        self.state.wan.network.map(|net| net.addr())
+        self.state.public_address()
     }
 
     fn lan(&self) -> Option<Ipv4Net> {
