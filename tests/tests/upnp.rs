@@ -1615,3 +1615,348 @@ fn behind_another_nat_the_public_address_comes_from_stun() {
         "{text}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Soak: clients churning through a reload and a kill -9 (issue 12)
+// ---------------------------------------------------------------------------
+
+/// What one churning client holds, as its answers told it.
+type Held = std::collections::BTreeSet<(&'static str, u16)>;
+
+/// One SOAP call from `source` (the calling thread is in the LAN host's
+/// namespace): the HTTP status and the UPnP error code, if any; `None`
+/// when no answer came.
+fn soak_call(
+    source: Ipv4Addr,
+    control: &str,
+    action: &str,
+    args: &[(&str, &str)],
+) -> Option<(u16, Option<u16>)> {
+    let mut stream =
+        nat_tests::traffic::connect_from(source, SocketAddr::from((ROUTER_LAN, HTTP_PORT))).ok()?;
+    stream
+        .write_all(&soap_request(control, GOOD_HOST, action, args))
+        .ok()?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).ok()?;
+    let raw = Raw { bytes };
+    Some((raw.status()?, raw.upnp_error()))
+}
+
+/// The control path, read by a thread already in the LAN namespace.
+fn soak_control_path(source: Ipv4Addr) -> Option<String> {
+    let mut stream =
+        nat_tests::traffic::connect_from(source, SocketAddr::from((ROUTER_LAN, HTTP_PORT))).ok()?;
+    stream
+        .write_all(
+            b"GET /rootDesc.xml HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nConnection: close\r\n\r\n",
+        )
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let service = text.find("WANIPConnection:")?;
+    let (_, rest) = text[service..].split_once("<controlURL>")?;
+    Some(rest.split_once("</controlURL>")?.0.to_owned())
+}
+
+/// The (protocol, external port) keys the datapath's FORWARDS map holds.
+fn datapath_forwards(lab: &Lab) -> std::collections::BTreeSet<(u8, u16)> {
+    let data = aya::maps::MapData::from_pin(lab.pin_dir().join("FORWARDS")).unwrap();
+    let map: aya::maps::HashMap<_, nat_common::EndpointKey, nat_common::Forward> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    map.keys()
+        .map(Result::unwrap)
+        .filter(|key| key.direction == nat_common::DIR_INBOUND)
+        .map(|key| (key.proto, key.port))
+        .collect()
+}
+
+/// The daemon's UPnP mappings as (client, protocol, port).
+fn daemon_mappings(lab: &Lab) -> Vec<(String, String, u16)> {
+    lab.rules()
+        .iter()
+        .filter(|rule| rule["upnp"].is_object())
+        .map(|rule| {
+            (
+                rule["upnp"]["client"].as_str().unwrap().to_owned(),
+                rule["protocol"].as_str().unwrap().to_uppercase(),
+                rule["external"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What the clients think they hold, what the daemon lists, what its store
+/// holds and what the datapath forwards all agree: nothing lost, nothing
+/// duplicated.
+fn soak_check(lab: &Lab, when: &str, held: &[(Ipv4Addr, Held)]) {
+    let mut expected: Vec<(String, String, u16)> = held
+        .iter()
+        .flat_map(|(client, ports)| {
+            ports
+                .iter()
+                .map(move |(protocol, port)| (client.to_string(), (*protocol).to_owned(), *port))
+        })
+        .collect();
+    expected.sort();
+    let mut listed = daemon_mappings(lab);
+    listed.sort();
+    assert_eq!(
+        listed, expected,
+        "{when}: the daemon's mappings are the clients'"
+    );
+    let names: std::collections::BTreeSet<String> = lab
+        .rules()
+        .iter()
+        .map(|rule| rule["name"].as_str().unwrap().to_owned())
+        .collect();
+    wait_for(
+        &format!("{when}: the store to hold the daemon's rules"),
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(lab.rules_file()).ok()?;
+            let stored: std::collections::BTreeSet<String> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("name = \""))
+                .map(|name| name.trim_end_matches('"').to_owned())
+                .collect();
+            (stored == names).then_some(())
+        },
+    )
+    .unwrap();
+    let mut forwarded: Vec<(u8, u16)> = expected
+        .iter()
+        .map(|(_, protocol, port)| (if protocol == "TCP" { 6 } else { 17 }, *port))
+        .chain([(6, 8080)])
+        .collect();
+    forwarded.sort();
+    assert_eq!(
+        datapath_forwards(lab).into_iter().collect::<Vec<_>>(),
+        forwarded,
+        "{when}: the datapath forwards what the rules say"
+    );
+}
+
+#[test]
+fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicated() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    };
+    // Seconds of churn per phase: short in CI, longer by asking.
+    let secs: u64 = std::env::var("NATCTL_SOAK_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or(3);
+    let mut lab = upnp_lab();
+    // Traffic through an admin rule all along: the WAN host connects to a
+    // LAN server again and again.
+    let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let acceptor = {
+        let (stop, served) = (stop.clone(), served.clone());
+        std::thread::spawn(move || {
+            server.set_nonblocking(true).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match server.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let mut byte = [0u8; 1];
+                        if stream.read_exact(&mut byte).is_ok() && stream.write_all(b"k").is_ok() {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+    let connector = {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        lab.wan.spawn(move || {
+            // Bounded: one connection per 20 ms at most, until told to stop.
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let ok = nat_tests::traffic::connect(SocketAddr::from((ROUTER_WAN, 8080)))
+                    .and_then(|mut stream| {
+                        stream.write_all(b"h")?;
+                        let mut reply = [0u8; 1];
+                        stream.read_exact(&mut reply)?;
+                        Ok(())
+                    })
+                    .is_ok();
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        })
+    };
+
+    // Clients: both LAN addresses churn their own ports, TCP and UDP.
+    let paused = Arc::new(AtomicBool::new(true));
+    let parked = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = [(LAN_SERVER, 20000u16), (LAN_CLIENT, 21000u16)]
+        .into_iter()
+        .map(|(source, base)| {
+            let (stop, paused, parked) = (stop.clone(), paused.clone(), parked.clone());
+            lab.lan.spawn(move || {
+                let mut held = Held::new();
+                let mut seed = u64::from(base) * 2_654_435_761 + 1;
+                let mut random = move || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                let mut control = None;
+                let mut requests = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if paused.load(Ordering::SeqCst) {
+                        parked.fetch_add(1, Ordering::SeqCst);
+                        while paused.load(Ordering::SeqCst) && !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        parked.fetch_sub(1, Ordering::SeqCst);
+                        // The IGD may have restarted: new paths.
+                        control = None;
+                        continue;
+                    }
+                    let path = match &control {
+                        Some(path) => path,
+                        None => {
+                            control = soak_control_path(source);
+                            anyhow::ensure!(control.is_some(), "{source}: no description");
+                            control.as_ref().unwrap()
+                        }
+                    };
+                    let roll = random();
+                    let protocol = if roll & 1 == 0 { "TCP" } else { "UDP" };
+                    let port = base + ((roll >> 1) % 24) as u16;
+                    let port_text = port.to_string();
+                    let client = source.to_string();
+                    requests += 1;
+                    let answer = if (roll >> 8) % 10 < 6 {
+                        let args = [
+                            ("NewRemoteHost", ""),
+                            ("NewExternalPort", port_text.as_str()),
+                            ("NewProtocol", protocol),
+                            ("NewInternalPort", port_text.as_str()),
+                            ("NewInternalClient", client.as_str()),
+                            ("NewEnabled", "1"),
+                            ("NewPortMappingDescription", "soak"),
+                            ("NewLeaseDuration", "600"),
+                        ];
+                        let answer = soak_call(source, path, "AddPortMapping", &args);
+                        if let Some((200, _)) = answer {
+                            held.insert((protocol, port));
+                        }
+                        answer
+                    } else {
+                        let args = [
+                            ("NewRemoteHost", ""),
+                            ("NewExternalPort", port_text.as_str()),
+                            ("NewProtocol", protocol),
+                        ];
+                        let answer = soak_call(source, path, "DeletePortMapping", &args);
+                        if let Some((200, _) | (500, Some(714))) = answer {
+                            held.remove(&(protocol, port));
+                        }
+                        answer
+                    };
+                    match answer {
+                        Some((200 | 503, _) | (500, Some(714))) => {}
+                        other => anyhow::bail!("{source}: unexpected answer {other:?}"),
+                    }
+                    if let Some((503, _)) = answer {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                Ok((source, held, requests))
+            })
+        })
+        .collect();
+    // Pauses the clients, and returns once both are parked.
+    let pause = |paused: &AtomicBool| {
+        paused.store(true, Ordering::SeqCst);
+        wait_for("the clients to pause", Duration::from_secs(20), || {
+            (parked.load(Ordering::SeqCst) == 2).then_some(())
+        })
+        .unwrap();
+    };
+    let held_now = |lab: &Lab| -> Vec<(Ipv4Addr, Held)> {
+        // What the daemon lists per client is checked against the model
+        // the clients keep; they are parked, so read the daemon's view of
+        // each and compare after the threads end (below) as well.
+        let mut by_client: std::collections::BTreeMap<Ipv4Addr, Held> = Default::default();
+        for (client, protocol, port) in daemon_mappings(lab) {
+            let protocol: &'static str = if protocol == "TCP" { "TCP" } else { "UDP" };
+            by_client
+                .entry(client.parse().unwrap())
+                .or_default()
+                .insert((protocol, port));
+        }
+        by_client.into_iter().collect()
+    };
+    wait_for("the clients to start", Duration::from_secs(10), || {
+        (parked.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .unwrap();
+
+    // 1. Churn, then a reload under the held mappings.
+    paused.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(secs));
+    pause(&paused);
+    let before_reload = held_now(&lab);
+    soak_check(&lab, "after churn", &before_reload);
+    lab.run("reload");
+    soak_check(&lab, "after reload", &before_reload);
+
+    // 2. Churn, then kill -9 and a restart once the store has settled.
+    paused.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(secs));
+    pause(&paused);
+    let before_kill = held_now(&lab);
+    soak_check(&lab, "before kill -9", &before_kill);
+    lab.kill_daemon().unwrap();
+    lab.start_daemon().unwrap();
+    wait_igd(&lab, 2);
+    soak_check(&lab, "after the restart", &before_kill);
+
+    // 3. Churn against the restarted daemon, then the final count.
+    paused.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(secs));
+    pause(&paused);
+    stop.store(true, Ordering::SeqCst);
+    let mut model = Vec::new();
+    let mut requests = 0;
+    for client in clients {
+        let (source, held, made) = join(client);
+        requests += made;
+        model.push((source, held));
+    }
+    connector.join().unwrap().unwrap();
+    acceptor.join().unwrap();
+    model.retain(|(_, held)| !held.is_empty());
+    soak_check(&lab, "at the end (the clients' own accounts)", &model);
+    eprintln!(
+        "soak: {requests} requests, {} mappings held at the end, {} connections served",
+        model.iter().map(|(_, held)| held.len()).sum::<usize>(),
+        served.load(Ordering::Relaxed)
+    );
+    assert!(requests > 20, "the clients made only {requests} requests");
+    let (served, failed) = (
+        served.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    assert!(served > 10, "traffic flowed: {served} connections served");
+    assert_eq!(
+        failed, 0,
+        "connections through the admin rule failed ({served} served)"
+    );
+}
