@@ -1671,6 +1671,19 @@ fn datapath_forwards(lab: &Lab) -> std::collections::BTreeSet<(u8, u16)> {
         .collect()
 }
 
+/// The daemon's resident memory, in KiB (its pid from `natctl status`).
+fn daemon_rss_kib(lab: &Lab) -> u64 {
+    let pid = lab.status().unwrap()["pid"]
+        .as_u64()
+        .expect("a pid in natctl status");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
 /// The daemon's UPnP mappings as (client, protocol, port).
 fn daemon_mappings(lab: &Lab) -> Vec<(String, String, u16)> {
     lab.rules()
@@ -1928,10 +1941,13 @@ fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicate
     wait_igd(&lab, 2);
     soak_check(&lab, "after the restart", &before_kill);
 
-    // 3. Churn against the restarted daemon, then the final count.
+    // 3. Churn against the restarted daemon, then the final count; its
+    // memory stays bounded while it churns.
+    let rss_start = daemon_rss_kib(&lab);
     paused.store(false, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(secs));
     pause(&paused);
+    let rss_end = daemon_rss_kib(&lab);
     stop.store(true, Ordering::SeqCst);
     let mut model = Vec::new();
     let mut requests = 0;
@@ -1945,9 +1961,15 @@ fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicate
     model.retain(|(_, held)| !held.is_empty());
     soak_check(&lab, "at the end (the clients' own accounts)", &model);
     eprintln!(
-        "soak: {requests} requests, {} mappings held at the end, {} connections served",
+        "soak: {requests} requests, {} mappings held at the end, {} connections served, \
+         daemon RSS {rss_start} -> {rss_end} KiB over the last phase",
         model.iter().map(|(_, held)| held.len()).sum::<usize>(),
         served.load(Ordering::Relaxed)
+    );
+    // At most 48 mappings per client: a few MiB of growth would be a leak.
+    assert!(
+        rss_end < rss_start + 16 * 1024 && rss_end < 256 * 1024,
+        "the daemon's memory grew from {rss_start} to {rss_end} KiB"
     );
     assert!(requests > 20, "the clients made only {requests} requests");
     let (served, failed) = (
