@@ -660,65 +660,20 @@ fn list_of_mappings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{RuleSet, check_conflicts};
+    use crate::upnp::memory::MemoryGateway as FakeGateway;
 
-    /// A gateway over a plain rule set, with the daemon's validation.
-    struct FakeGateway {
-        rules: RuleSet,
-        now: u64,
-        fail: bool,
-    }
-
-    impl FakeGateway {
-        fn new() -> Self {
-            Self {
-                rules: RuleSet::default(),
-                now: 1_000_000,
-                fail: false,
-            }
-        }
-    }
-
-    impl Gateway for FakeGateway {
-        fn external_address(&self) -> Option<Ipv4Addr> {
-            Some(Ipv4Addr::new(203, 0, 113, 1))
-        }
-        fn lan(&self) -> Option<Ipv4Net> {
-            Some("192.168.0.1/24".parse().unwrap())
-        }
-        fn rules(&self) -> Vec<ForwardRule> {
-            self.rules.to_vec()
-        }
-        fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
-            if self.fail {
-                return Err(GatewayError::Failed("disk full".into()));
-            }
-            let mut next = self.rules.clone();
-            for name in remove {
-                next.remove(name).map_err(GatewayError::Rule)?;
-            }
-            for rule in add {
-                next.add(rule, None).map_err(GatewayError::Rule)?;
-            }
-            next.validate(self.lan().unwrap())
-                .map_err(GatewayError::Rule)?;
-            check_conflicts(&next.to_vec()).map_err(GatewayError::Rule)?;
-            self.rules = next;
-            Ok(())
-        }
-        fn totals(&self) -> Totals {
-            Totals {
+    /// The in-memory gateway, with totals above 32 bits (they wrap).
+    fn fake() -> FakeGateway {
+        FakeGateway {
+            now: 1_000_000,
+            totals: Totals {
                 bytes_sent: (1 << 32) + 5,
                 bytes_received: 7,
                 packets_sent: 1,
                 packets_received: 2,
-            }
-        }
-        fn uptime_secs(&self) -> u64 {
-            42
-        }
-        fn now_unix(&self) -> u64 {
-            self.now
+            },
+            uptime_secs: 42,
+            ..FakeGateway::default()
         }
     }
 
@@ -767,7 +722,7 @@ mod tests {
 
     #[test]
     fn add_renew_and_delete_own_mapping() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         call(
             &mut gateway,
             ME,
@@ -854,7 +809,7 @@ mod tests {
 
     #[test]
     fn a_natpmp_mapping_is_not_upnps_to_renew_delete_or_list() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let mut rule: ForwardRule = "tcp/6881=192.168.0.12,name=natpmp-tcp-6881"
             .parse()
             .unwrap();
@@ -892,7 +847,7 @@ mod tests {
 
     #[test]
     fn secure_mode_and_permissions() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         // Mapping to someone else.
         assert_eq!(
             call(
@@ -931,7 +886,7 @@ mod tests {
 
     #[test]
     fn strict_arguments() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         for (port, lease, protocol) in [
             ("70000", "60", "TCP"),
             ("6881", "-1", "TCP"),
@@ -987,7 +942,7 @@ mod tests {
 
     #[test]
     fn leases_zero_and_too_long() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         call(
             &mut gateway,
             ME,
@@ -1002,7 +957,7 @@ mod tests {
             Some(1_000_000 + 604_800)
         );
         // Naming WANIPConnection:1 to a v2 gateway changes nothing.
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let mut args = add_args("6883", "192.168.0.12", "0");
         args[3].1 = "6883";
         call(&mut gateway, ME, 1, "AddPortMapping", &args).unwrap();
@@ -1019,7 +974,7 @@ mod tests {
         );
         // A v1 gateway grants a permanent mapping only when told to.
         for (allow_permanent, expires_at) in [(false, Some(1_000_000 + 604_800)), (true, None)] {
-            let mut gateway = FakeGateway::new();
+            let mut gateway = fake();
             let settings = UpnpSettings {
                 allow_permanent,
                 ..UpnpSettings::default()
@@ -1036,7 +991,7 @@ mod tests {
 
     #[test]
     fn a_client_that_maps_its_endpoint_again_gets_it_moved_or_back() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         call(
             &mut gateway,
             ME,
@@ -1079,7 +1034,7 @@ mod tests {
 
     #[test]
     fn any_port_mapping_never_replaces_the_callers_other_mapping() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let mut args = add_args("6881", "192.168.0.12", "0");
         args[0].1 = "198.51.100.7";
         call(&mut gateway, ME, 2, "AddPortMapping", &args).unwrap();
@@ -1103,7 +1058,7 @@ mod tests {
     #[test]
     fn any_remote_is_empty_star_or_zero() {
         for remote in ["", "*", "0.0.0.0", " 0.0.0.0 "] {
-            let mut gateway = FakeGateway::new();
+            let mut gateway = fake();
             let mut args = add_args("6881", "192.168.0.12", "0");
             args[0].1 = remote;
             call(&mut gateway, ME, 2, "AddPortMapping", &args).unwrap();
@@ -1113,7 +1068,7 @@ mod tests {
 
     #[test]
     fn v2_actions_answer_whatever_version_the_request_names() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let reply = call(
             &mut gateway,
             ME,
@@ -1135,7 +1090,7 @@ mod tests {
 
     #[test]
     fn in_secure_mode_a_client_sees_only_its_own_mappings() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         call(
             &mut gateway,
             ME,
@@ -1217,7 +1172,7 @@ mod tests {
 
     #[test]
     fn the_routers_own_address_is_no_internal_client() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let settings = UpnpSettings {
             secure_mode: false,
             ..UpnpSettings::default()
@@ -1231,7 +1186,7 @@ mod tests {
 
     #[test]
     fn any_port_and_conflicts_with_static_rules() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let user: ForwardRule = "tcp/6881=192.168.0.20,name=user".parse().unwrap();
         gateway.apply(&[], vec![user]).unwrap();
         let mut args = add_args("6881", "192.168.0.12", "60");
@@ -1280,7 +1235,7 @@ mod tests {
 
     #[test]
     fn range_delete_and_listing() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         for (caller, client, port) in [
             (ME, "192.168.0.12", "6881"),
             (OTHER, "192.168.0.13", "6882"),
@@ -1321,7 +1276,7 @@ mod tests {
 
     #[test]
     fn common_interface_totals_wrap_as_ui4() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let request = SoapRequest {
             service_type: format!("{SERVICE_WAN_COMMON}:1"),
             action: "GetTotalBytesSent".into(),
@@ -1340,7 +1295,7 @@ mod tests {
 
     #[test]
     fn a_failed_save_is_an_action_failure() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         gateway.fail = true;
         assert_eq!(
             call(

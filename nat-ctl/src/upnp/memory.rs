@@ -32,6 +32,10 @@ pub const HOSTS: [Ipv4Addr; 3] = [
 pub struct MemoryGateway {
     pub rules: RuleSet,
     pub now: u64,
+    pub totals: Totals,
+    pub uptime_secs: u64,
+    /// Every change fails, as when the store cannot be written.
+    pub fail: bool,
 }
 
 impl Gateway for MemoryGateway {
@@ -45,6 +49,9 @@ impl Gateway for MemoryGateway {
         self.rules.to_vec()
     }
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
+        if self.fail {
+            return Err(GatewayError::Failed("disk full".into()));
+        }
         let mut next = self.rules.clone();
         for name in remove {
             next.remove(name).map_err(GatewayError::Rule)?;
@@ -58,10 +65,10 @@ impl Gateway for MemoryGateway {
         Ok(())
     }
     fn totals(&self) -> Totals {
-        Totals::default()
+        self.totals
     }
     fn uptime_secs(&self) -> u64 {
-        1
+        self.uptime_secs
     }
     fn now_unix(&self) -> u64 {
         self.now
