@@ -135,6 +135,28 @@ pub struct UpnpSettings {
     /// Checked in order, first match wins; no match is a denial. Empty:
     /// the safe default, ports 1024-65535 both sides, any LAN host.
     pub permissions: Vec<UpnpPermission>,
+    /// Control requests per second one LAN host may make (twice that in a
+    /// burst); beyond it they are answered 503 with Retry-After.
+    #[serde(deserialize_with = "rate_limit")]
+    pub rate_limit: u32,
+    /// A STUN server ("host:port") that tells the public address when the
+    /// WAN address is private, shared or reserved (behind another NAT);
+    /// off unless set.
+    #[serde(deserialize_with = "stun_server")]
+    pub stun: Option<String>,
+}
+
+fn stun_server<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let server = String::deserialize(deserializer)?;
+    let valid = server
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        return Err(D::Error::custom(format!(
+            "stun = {server:?}: expected HOST:PORT, e.g. \"stun.example.net:3478\""
+        )));
+    }
+    Ok(Some(server))
 }
 
 impl Default for UpnpSettings {
@@ -150,6 +172,8 @@ impl Default for UpnpSettings {
             max_mappings_per_client: 128,
             max_mappings: 4096,
             permissions: Vec::new(),
+            rate_limit: 50,
+            stun: None,
         }
     }
 }
@@ -273,6 +297,10 @@ pub struct NatSettings {
     pub ports: PortRange,
     /// IP protocols other than TCP, UDP and ICMP.
     pub other_protocols: OtherProtocols,
+    /// External ports (or FIRST-LAST ranges) that UPnP, NAT-PMP and PCP
+    /// clients may not map, e.g. the router's own services that do not
+    /// always listen.
+    pub reserved_ports: Vec<PortRange>,
 }
 
 impl Default for NatSettings {
@@ -287,6 +315,7 @@ impl Default for NatSettings {
                 last: 65535,
             },
             other_protocols: OtherProtocols::default(),
+            reserved_ports: Vec::new(),
         }
     }
 }
@@ -314,6 +343,7 @@ struct NatFile {
     #[serde(deserialize_with = "dynamic_ports")]
     ports: PortRange,
     other_protocols: OtherProtocols,
+    reserved_ports: Vec<PortRange>,
 }
 
 impl Default for NatFile {
@@ -327,6 +357,7 @@ impl Default for NatFile {
             hairpin: defaults.hairpin,
             ports: defaults.ports,
             other_protocols: defaults.other_protocols,
+            reserved_ports: defaults.reserved_ports,
         }
     }
 }
@@ -380,6 +411,7 @@ impl TryFrom<NatFile> for NatSettings {
             hairpin: file.hairpin,
             ports: file.ports,
             other_protocols: file.other_protocols,
+            reserved_ports: file.reserved_ports,
         })
     }
 }
@@ -950,6 +982,7 @@ unsolicited = "drop"
 hairpin = false
 ports = "40000-49999"
 other_protocols = "drop"
+reserved_ports = ["22", "51820", "60000-61000"]
 
 [timeouts]
 tcp_established = 3600
@@ -992,6 +1025,14 @@ listen = "127.0.0.1:9469"
                         last: 49999
                     },
                     other_protocols: OtherProtocols::Drop,
+                    reserved_ports: vec![
+                        PortRange::single(22),
+                        PortRange::single(51820),
+                        PortRange {
+                            first: 60000,
+                            last: 61000
+                        },
+                    ],
                 },
                 timeouts: Timeouts {
                     tcp_established: Duration::from_secs(3600),
@@ -1265,6 +1306,33 @@ listen = "127.0.0.1:9469"
             "ports = \"60000-60003\": the dynamic range needs at least 16 ports"
         );
         DaemonConfig::parse("[nat]\nports = \"60000-60015\"\n", Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn a_stun_server_is_host_and_port() {
+        let config =
+            DaemonConfig::parse("[upnp]\nstun = \"stun.example.net:3478\"\n", Path::new("x"))
+                .unwrap();
+        assert_eq!(config.upnp.stun.as_deref(), Some("stun.example.net:3478"));
+        let (line, _, message) = invalid("[upnp]\nstun = \"stun.example.net\"\n");
+        assert_eq!(line, 2, "{message}");
+        assert!(message.contains("expected HOST:PORT"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_reserved_port_is_named_with_what_would_do() {
+        let (line, _, message) = invalid("[nat]\nreserved_ports = [\"22\", \"61000-60000\"]\n");
+        assert_eq!(line, 2, "{message}");
+        assert!(message.contains("\"61000-60000\""), "{message}");
+        assert!(
+            message.contains("FIRST-LAST with FIRST <= LAST"),
+            "{message}"
+        );
+        let (_, _, message) = invalid("[nat]\nreserved_ports = [\"ssh\"]\n");
+        assert!(
+            message.contains("\"ssh\"") && message.contains("1 to 65535"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -108,6 +108,28 @@ pub enum RuleError {
     },
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    #[error(
+        "rule {name}: external {protocol} port {port} belongs to the router itself: {owner} \
+         on its WAN address; pick another external port (`ss -lntup` shows the router's sockets)"
+    )]
+    RouterSocket {
+        name: String,
+        protocol: &'static str,
+        port: u16,
+        /// Who has the port, e.g. "sshd (pid 412) listens".
+        owner: String,
+    },
+    #[error(
+        "rule {name}: external {protocol} port {port} is not for mappings made by UPnP, NAT-PMP \
+         or PCP: {reason}"
+    )]
+    ReservedPort {
+        name: String,
+        protocol: &'static str,
+        port: u16,
+        /// Why, e.g. "it is in [nat] reserved_ports (22)".
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +211,10 @@ impl PortRange {
 
     pub fn is_empty(self) -> bool {
         false
+    }
+
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
     }
 
     pub fn ports(self) -> impl Iterator<Item = u16> {
@@ -564,6 +590,82 @@ impl ForwardRule {
     }
 }
 
+/// The external ports client mappings are chosen from: not the
+/// well-known ones.
+pub const CLIENT_PORTS: PortRange = PortRange {
+    first: 1024,
+    last: 65535,
+};
+
+/// The external ports the enabled rules hold, as ranges by protocol, for
+/// finding a free port in O(log n) per range skipped instead of checking
+/// every rule for every candidate. Ranges of one protocol never overlap
+/// (`check_conflicts`), so the range that could hold a port is the last
+/// one starting at or below it.
+#[derive(Clone, Debug, Default)]
+pub struct PortIndex {
+    /// (protocol number, first port) -> last port.
+    ranges: std::collections::BTreeMap<(u8, u16), u16>,
+}
+
+impl PortIndex {
+    pub fn new<'a>(rules: impl IntoIterator<Item = &'a ForwardRule>) -> Self {
+        let mut ranges = std::collections::BTreeMap::new();
+        for rule in rules.into_iter().filter(|rule| rule.enabled) {
+            for &proto in rule.protocol.numbers() {
+                ranges.insert((proto, rule.external.first), rule.external.last);
+            }
+        }
+        Self { ranges }
+    }
+
+    /// The range held around `port`, if a rule holds it.
+    pub fn holding(&self, proto: u8, port: u16) -> Option<PortRange> {
+        self.ranges
+            .range(..=(proto, port))
+            .next_back()
+            .filter(|((of, _), last)| *of == proto && **last >= port)
+            .map(|((_, first), last)| PortRange {
+                first: *first,
+                last: *last,
+            })
+    }
+
+    /// The first port from `start` on, going round within `span`, that no
+    /// rule holds and `usable` accepts; at most `span`'s length of ports
+    /// are looked at, held ranges skipped whole.
+    pub fn next_free(
+        &self,
+        proto: u8,
+        start: u16,
+        span: PortRange,
+        mut usable: impl FnMut(u16) -> bool,
+    ) -> Option<u16> {
+        let start = if span.contains(start) {
+            start
+        } else {
+            span.first
+        };
+        let mut port = start;
+        let mut seen: u32 = 0;
+        while seen < span.len() {
+            let step = match self.holding(proto, port) {
+                // Skip to the end of the held range (within the span).
+                Some(held) => u32::from(held.last.min(span.last) - port) + 1,
+                None if usable(port) => return Some(port),
+                None => 1,
+            };
+            seen += step;
+            port = if u32::from(port) + step > u32::from(span.last) {
+                span.first + (u32::from(port) + step - u32::from(span.last) - 1) as u16
+            } else {
+                port + step as u16
+            };
+        }
+        None
+    }
+}
+
 /// Checks a set of rules against each other: unique names, no external port
 /// forwarded twice, no internal endpoint targeted twice (its replies would
 /// not know which external port to use). Disabled rules still hold their
@@ -791,6 +893,48 @@ impl FromStr for ForwardRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_port_index_finds_free_ports_skipping_held_ranges() {
+        let mut rules = RuleSet::default();
+        for rule in [
+            "tcp/2000-2999=192.168.0.12:2000-2999,name=range",
+            "tcp/3000=192.168.0.12:22,name=one",
+            "both/65535=192.168.0.13:1,name=top",
+        ] {
+            rules.add(rule.parse().unwrap(), None).unwrap();
+        }
+        let mut off: ForwardRule = "udp/4000=192.168.0.14,name=off".parse().unwrap();
+        off.enabled = false;
+        rules.add(off, None).unwrap();
+        let index = PortIndex::new(rules.iter().map(|(_, rule)| rule));
+        let span = PortRange {
+            first: 1024,
+            last: 65535,
+        };
+        let any = |_| true;
+        assert_eq!(index.holding(PROTO_TCP, 2500).map(|r| r.first), Some(2000));
+        assert_eq!(index.holding(PROTO_UDP, 2500), None);
+        assert_eq!(index.holding(PROTO_UDP, 4000), None, "disabled");
+        assert_eq!(index.next_free(PROTO_TCP, 2000, span, any), Some(3001));
+        assert_eq!(index.next_free(PROTO_TCP, 1999, span, any), Some(1999));
+        assert_eq!(index.next_free(PROTO_UDP, 2000, span, any), Some(2000));
+        // Round past the top, held by `top`, back to the bottom.
+        assert_eq!(index.next_free(PROTO_UDP, 65535, span, any), Some(1024));
+        // Out of the span: from its start.
+        assert_eq!(index.next_free(PROTO_TCP, 80, span, any), Some(1024));
+        // What `usable` refuses is skipped; nothing usable is None.
+        assert_eq!(
+            index.next_free(PROTO_TCP, 3001, span, |port| port > 5000),
+            Some(5001)
+        );
+        assert_eq!(index.next_free(PROTO_TCP, 3001, span, |_| false), None);
+        let full = PortRange {
+            first: 2000,
+            last: 3000,
+        };
+        assert_eq!(index.next_free(PROTO_TCP, 2100, full, any), None);
+    }
 
     fn lan() -> Ipv4Net {
         "192.168.0.0/24".parse().unwrap()

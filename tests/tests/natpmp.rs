@@ -565,3 +565,34 @@ fn pcp_peer_reports_the_dynamic_mapping_of_a_flow() {
     // PEER made no rule: the mapping is the datapath's.
     assert!(lab.rules().is_empty());
 }
+
+/// The router's own ports (issue 12, item 7): NAT-PMP asked for a port the
+/// router listens on gets another one; PCP with PREFER_FAILURE gets
+/// CANNOT_PROVIDE_EXTERNAL (11); the router's listener keeps its
+/// connections from the WAN.
+#[test]
+fn the_routers_own_listener_port_is_never_given_to_a_client() {
+    let lab = lab_with("");
+    let router_ssh = tcp_listener(&lab.router, Ipv4Addr::UNSPECIFIED, 2200);
+    let text = natpmpc_ok(&lab, &["-a", "2200", "6881", "tcp", "600"]);
+    let rules = lab.rules();
+    assert_eq!(rules.len(), 1, "{rules:#?}\n{text}");
+    let name = rules[0]["name"].as_str().unwrap();
+    assert_ne!(name, "natpmp-tcp-2200", "{text}");
+    assert!(!text.contains("Mapped public port 2200 "), "{text}");
+    // PCP, PREFER_FAILURE (option 2, no data): refused outright.
+    let answer = exchange(
+        &lab.lan,
+        LAN_SERVER,
+        server(),
+        pcp_map(LAN_SERVER, 9, 6882, 2200, 600, &[2, 0, 0, 0]),
+    )
+    .expect("a PCP answer");
+    let (result, _, _, _) = pcp_map_answer(&answer);
+    assert_eq!(result, 11, "CANNOT_PROVIDE_EXTERNAL: {answer:?}");
+    assert_eq!(lab.rules().len(), 1, "{:#?}", lab.rules());
+    assert_eq!(
+        lab.wan_tcp_reaches(2200, &router_ssh).ip(),
+        std::net::IpAddr::V4(WAN_HOST)
+    );
+}

@@ -475,7 +475,26 @@ fn lan_http(lab: &Lab, request: Vec<u8>) -> Raw {
 
 const WAN_IP_V2: &str = "urn:schemas-upnp-org:service:WANIPConnection:2";
 
-fn soap_request(host: &str, action: &str, args: &[(&str, &str)]) -> Vec<u8> {
+/// The WANIPConnection control path the IGD's description gives (drawn at
+/// each start of the IGD).
+fn control_path(lab: &Lab) -> String {
+    let description = lan_http(
+        lab,
+        b"GET /rootDesc.xml HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+    )
+    .text();
+    let service = description
+        .find("WANIPConnection:")
+        .unwrap_or_else(|| panic!("no WANIPConnection in {description}"));
+    description[service..]
+        .split_once("<controlURL>")
+        .and_then(|(_, rest)| rest.split_once("</controlURL>"))
+        .map(|(path, _)| path.to_owned())
+        .unwrap_or_else(|| panic!("no controlURL in {description}"))
+}
+
+fn soap_request(control: &str, host: &str, action: &str, args: &[(&str, &str)]) -> Vec<u8> {
     let args: String = args
         .iter()
         .map(|(name, value)| format!("<{name}>{value}</{name}>"))
@@ -484,7 +503,7 @@ fn soap_request(host: &str, action: &str, args: &[(&str, &str)]) -> Vec<u8> {
         "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:{action} xmlns:u=\"{WAN_IP_V2}\">{args}</u:{action}></s:Body></s:Envelope>\r\n"
     );
     format!(
-        "POST /ctl/IPConn HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/xml; charset=\"utf-8\"\r\nSOAPAction: \"{WAN_IP_V2}#{action}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {control} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/xml; charset=\"utf-8\"\r\nSOAPAction: \"{WAN_IP_V2}#{action}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -538,9 +557,17 @@ fn discovery_finds_the_gateway_and_status_and_empty_lists_work() {
         run.stdout.contains(&format!(" desc: {location}")),
         "SSDP did not lead upnpc to {location}: {text}"
     );
+    // The control URL is the description's, under a token of this start.
+    let control = run
+        .stdout
+        .lines()
+        .find_map(|line| line.split_once(&format!("IGD : http://192.168.0.1:{port}")))
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("no control URL: {text}"))
+        .trim()
+        .to_owned();
     assert!(
-        run.stdout
-            .contains(&format!("IGD : http://192.168.0.1:{port}/ctl/IPConn")),
+        control.starts_with("/ctl/") && control.ends_with("/IPConn") && control.len() > 40,
         "{text}"
     );
     assert!(
@@ -596,6 +623,7 @@ fn discovery_finds_the_gateway_and_status_and_empty_lists_work() {
 #[test]
 fn add_use_list_and_delete_tcp_and_udp_mappings() {
     let lab = upnp_lab();
+    let control = control_path(&lab);
     let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     let lan_udp = udp_socket(&lab.lan, LAN_SERVER, 9000);
     let wan_udp = udp_socket(&lab.wan, WAN_HOST, 0);
@@ -651,6 +679,7 @@ fn add_use_list_and_delete_tcp_and_udp_mappings() {
                 let raw = lan_http(
                     &lab,
                     soap_request(
+                        &control,
                         GOOD_HOST,
                         "GetListOfPortMappings",
                         &[
@@ -983,6 +1012,7 @@ fn secure_mode_keeps_clients_to_their_own_mappings_and_permissions_hold() {
 #[test]
 fn upnp_off_hides_the_gateway_and_removes_mappings_and_on_brings_it_back() {
     let lab = upnp_lab();
+    let first_control = control_path(&lab);
     let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
     upnpc_ok(&lab, "-a 192.168.0.12 8000 8080 TCP 600");
     lab.run("add web --proto tcp --external 8443 --internal 192.168.0.12:8001");
@@ -1038,6 +1068,19 @@ fn upnp_off_hides_the_gateway_and_removes_mappings_and_on_brings_it_back() {
     );
     upnpc_ok(&lab, "-a 192.168.0.12 8000 8080 TCP 600");
     assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
+    // A new start, new control and SCPD paths; the old ones are gone.
+    let control = control_path(&lab);
+    assert_ne!(control, first_control);
+    let old = lan_http(
+        &lab,
+        soap_request(&first_control, GOOD_HOST, "GetExternalIPAddress", &[]),
+    );
+    assert_eq!(old.status(), Some(404), "{}", old.text());
+    let new = lan_http(
+        &lab,
+        soap_request(&control, GOOD_HOST, "GetExternalIPAddress", &[]),
+    );
+    assert_eq!(new.status(), Some(200), "{}", new.text());
 }
 
 // ---------------------------------------------------------------------------
@@ -1134,6 +1177,7 @@ fn nothing_answers_on_the_wan_side() {
 #[test]
 fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
     let lab = upnp_lab();
+    let control = control_path(&lab);
     let mut problems = Vec::new();
     let mut expect = |what: &str, raw: &Raw, status: u16, upnp_error: Option<u16>| {
         if raw.status() != Some(status) || (upnp_error.is_some() && raw.upnp_error() != upnp_error)
@@ -1168,6 +1212,7 @@ fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
     let rebound = lan_http(
         &lab,
         soap_request(
+            &control,
             "evil.example:5000",
             "AddPortMapping",
             &add_args("6881", "TCP", "600"),
@@ -1191,7 +1236,10 @@ fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
             args
         }),
     ] {
-        let raw = lan_http(&lab, soap_request(GOOD_HOST, "AddPortMapping", &args));
+        let raw = lan_http(
+            &lab,
+            soap_request(&control, GOOD_HOST, "AddPortMapping", &args),
+        );
         expect(&format!("AddPortMapping with {what}"), &raw, 500, Some(402));
     }
     assert_eq!(lab.rules(), Vec::<Value>::new(), "nothing was mapped");
@@ -1200,26 +1248,38 @@ fn foreign_hosts_bad_arguments_big_bodies_and_subscriptions_are_refused() {
     let filler = "x".repeat(100 * 1024);
     let mut big = add_args("6881", "TCP", "600");
     big[6].1 = &filler;
-    let raw = lan_http(&lab, soap_request(GOOD_HOST, "AddPortMapping", &big));
+    let raw = lan_http(
+        &lab,
+        soap_request(&control, GOOD_HOST, "AddPortMapping", &big),
+    );
     expect("a 100 KiB AddPortMapping", &raw, 413, None);
 
     // No eventing.
+    let events = control.replacen("/ctl/", "/evt/", 1);
     let raw = lan_http(
         &lab,
-        b"SUBSCRIBE /evt/IPConn HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nCALLBACK: <http://192.168.0.12:9999/>\r\nNT: upnp:event\r\nTIMEOUT: Second-1800\r\nConnection: close\r\n\r\n".to_vec(),
+        format!("SUBSCRIBE {events} HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nCALLBACK: <http://192.168.0.12:9999/>\r\nNT: upnp:event\r\nTIMEOUT: Second-1800\r\nConnection: close\r\n\r\n").into_bytes(),
     );
-    expect("SUBSCRIBE /evt/IPConn", &raw, 412, None);
+    expect("SUBSCRIBE to the events URL", &raw, 412, None);
     assert_eq!(lab.rules(), Vec::<Value>::new(), "nothing was mapped");
 
     // The daemon is still there and a good request works.
     let raw = lan_http(
         &lab,
-        soap_request(GOOD_HOST, "AddPortMapping", &add_args("6881", "tcp", "600")),
+        soap_request(
+            &control,
+            GOOD_HOST,
+            "AddPortMapping",
+            &add_args("6881", "tcp", "600"),
+        ),
     );
     expect("a valid AddPortMapping", &raw, 200, None);
     let rule = find_rule(&lab, "upnp-tcp-6881").expect("the valid request mapped 6881");
     assert_eq!(rule["upnp"]["description"], "raw");
-    let raw = lan_http(&lab, soap_request(GOOD_HOST, "GetExternalIPAddress", &[]));
+    let raw = lan_http(
+        &lab,
+        soap_request(&control, GOOD_HOST, "GetExternalIPAddress", &[]),
+    );
     expect("GetExternalIPAddress", &raw, 200, None);
     assert!(
         raw.text()
@@ -1307,11 +1367,12 @@ fn a_leased_mapping_survives_a_daemon_restart() {
 
 /// A control request as `soap_request` writes it, with its headers edited.
 fn soap_request_with(
+    control: &str,
     action: &str,
     args: &[(&str, &str)],
     edit: impl Fn(String) -> String,
 ) -> Vec<u8> {
-    let request = String::from_utf8(soap_request(GOOD_HOST, action, args)).unwrap();
+    let request = String::from_utf8(soap_request(control, GOOD_HOST, action, args)).unwrap();
     let (head, body) = request.split_once("\r\n\r\n").unwrap();
     format!("{}\r\n\r\n{body}", edit(head.to_owned())).into_bytes()
 }
@@ -1319,6 +1380,7 @@ fn soap_request_with(
 #[test]
 fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
     let lab = upnp_lab();
+    let control = control_path(&lab);
     let server = tcp_listener(&lab.lan, LAN_SERVER, 6881);
     let mut problems = Vec::new();
 
@@ -1328,7 +1390,7 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
     for (what, request) in [
         (
             "text/plain, no SOAPAction, with an Origin",
-            soap_request_with("AddPortMapping", &args, |head| {
+            soap_request_with(&control, "AddPortMapping", &args, |head| {
                 head.replace(
                     "Content-Type: text/xml; charset=\"utf-8\"",
                     "Content-Type: text/plain",
@@ -1342,13 +1404,13 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
         ),
         (
             "everything right but an Origin",
-            soap_request_with("AddPortMapping", &args, |head| {
+            soap_request_with(&control, "AddPortMapping", &args, |head| {
                 format!("{head}\r\nOrigin: http://evil.example")
             }),
         ),
         (
             "no SOAPAction",
-            soap_request_with("AddPortMapping", &args, |head| {
+            soap_request_with(&control, "AddPortMapping", &args, |head| {
                 head.lines()
                     .filter(|line| !line.starts_with("SOAPAction"))
                     .collect::<Vec<_>>()
@@ -1357,7 +1419,7 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
         ),
         (
             "a form body",
-            soap_request_with("AddPortMapping", &args, |head| {
+            soap_request_with(&control, "AddPortMapping", &args, |head| {
                 head.replace(
                     "Content-Type: text/xml; charset=\"utf-8\"",
                     "Content-Type: application/x-www-form-urlencoded",
@@ -1370,13 +1432,30 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
             problems.push(format!("{what}: expected HTTP 403, got:\n{}", raw.text()));
         }
     }
+    // A well-formed request to the well-known control path of other
+    // gateways, which a page could guess: not found.
+    for guessed in ["/ctl/IPConn", "/upnp/control/WANIPConn1"] {
+        let raw = lan_http(
+            &lab,
+            soap_request(guessed, GOOD_HOST, "AddPortMapping", &args),
+        );
+        if raw.status() != Some(404) {
+            problems.push(format!(
+                "POST {guessed}: expected HTTP 404, got:\n{}",
+                raw.text()
+            ));
+        }
+    }
     check_all(problems);
     assert_eq!(lab.rules(), Vec::<Value>::new(), "a page mapped a port");
 
     // NewRemoteHost 0.0.0.0 means any remote: the WAN host gets in.
     let mut args = add_args("6881", "TCP", "600");
     args[0].1 = "0.0.0.0";
-    let raw = lan_http(&lab, soap_request(GOOD_HOST, "AddPortMapping", &args));
+    let raw = lan_http(
+        &lab,
+        soap_request(&control, GOOD_HOST, "AddPortMapping", &args),
+    );
     assert_eq!(raw.status(), Some(200), "{}", raw.text());
     let rules = lab.rules();
     assert_eq!(rules.len(), 1, "{rules:#?}");
@@ -1388,4 +1467,560 @@ fn web_pages_cannot_map_ports_and_any_remote_may_be_spelled_0_0_0_0() {
         "{rules:#?}"
     );
     assert_eq!(lab.wan_tcp_reaches(6881, &server).ip(), WAN_HOST);
+}
+
+// ---------------------------------------------------------------------------
+// The router's own ports (issue 12, item 7)
+// ---------------------------------------------------------------------------
+
+/// `natctl add ...` that must fail; returns its stderr.
+fn natctl_refused(lab: &Lab, command: &str) -> String {
+    let output = lab.natctl_output(&words(command)).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "`natctl {command}` succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stderr
+}
+
+#[test]
+fn the_routers_own_ports_are_never_mapped_and_its_listener_keeps_its_connections() {
+    let lab = upnp_lab_with("[nat]\nreserved_ports = [\"7000-7009\"]\n");
+    let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
+    // The router's own services on its WAN address: a TCP listener (say
+    // its SSH) and a UDP socket on every address (say WireGuard).
+    let router_ssh = tcp_listener(&lab.router, ROUTER_WAN, 2200);
+    let _router_vpn = udp_socket(&lab.router, Ipv4Addr::UNSPECIFIED, 51820);
+    let ephemeral: Vec<u16> = join(lab.router.spawn(|| {
+        Ok(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?
+                .split_whitespace()
+                .map(|port| port.parse().unwrap())
+                .collect(),
+        )
+    }));
+
+    // A listener's port: another mechanism has it.
+    upnpc_refused(&lab, "-a 192.168.0.12 8000 2200 TCP 600", 729);
+    upnpc_refused(&lab, "-a 192.168.0.12 8000 51820 UDP 600", 729);
+    // The reserved list and the kernel's ephemeral range: not for clients.
+    upnpc_refused(&lab, "-a 192.168.0.12 8000 7005 TCP 600", 606);
+    upnpc_refused(
+        &lab,
+        &format!("-a 192.168.0.12 8000 {} TCP 600", ephemeral[0]),
+        606,
+    );
+    assert!(upnp_rule_names(&lab).is_empty(), "{:#?}", lab.rules());
+    // The router's listener still gets its connections from the WAN.
+    assert_eq!(lab.wan_tcp_reaches(2200, &router_ssh).ip(), WAN_HOST);
+
+    // AddAnyPortMapping asked for the listener's port: another one.
+    let added = upnpc_ok(&lab, "-e any -n 192.168.0.12 8000 2200 TCP 600");
+    let names = upnp_rule_names(&lab);
+    assert_eq!(names.len(), 1, "{added}\n{names:?}");
+    assert_ne!(names[0], "upnp-tcp-2200", "{added}");
+    let external: u16 = names[0].rsplit('-').next().unwrap().parse().unwrap();
+    assert_eq!(lab.wan_tcp_reaches(external, &server).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(2200, &router_ssh).ip(), WAN_HOST);
+    // A service of the router that starts listening on a mapped port
+    // later takes it back: the mapping goes within a few seconds.
+    let router_late = tcp_listener(&lab.router, Ipv4Addr::UNSPECIFIED, external);
+    wait_for(
+        "the mapping on the router's new listener's port to go",
+        Duration::from_secs(15),
+        || upnp_rule_names(&lab).is_empty().then_some(()),
+    )
+    .unwrap_or_else(|error| panic!("{error}: {:#?}\n{}", lab.rules(), lab.natctl_log()));
+    assert_eq!(lab.wan_tcp_reaches(external, &router_late).ip(), WAN_HOST);
+
+    // The admin may not take a listener's port either, and is told whose
+    // it is; he may take the ephemeral range and the reserved list.
+    let refused = natctl_refused(
+        &lab,
+        "add ssh --proto tcp --external 2200 --internal 192.168.0.12:22",
+    );
+    let pid = format!("pid {}", std::process::id());
+    assert!(
+        refused.contains("TCP port 2200") && refused.contains(&pid) && refused.contains("listens"),
+        "{refused}"
+    );
+    let refused = natctl_refused(
+        &lab,
+        "add vpn --proto udp --external 51820 --internal 192.168.0.12",
+    );
+    assert!(
+        refused.contains("UDP port 51820") && refused.contains(&pid),
+        "{refused}"
+    );
+    let admins = tcp_listener(&lab.lan, LAN_SERVER, 8001);
+    lab.run(&format!(
+        "add high --proto tcp --external {} --internal 192.168.0.12:8001",
+        ephemeral[0]
+    ));
+    lab.run("add seven --proto tcp --external 7005 --internal 192.168.0.13:8000");
+    assert_eq!(lab.wan_tcp_reaches(ephemeral[0], &admins).ip(), WAN_HOST);
+    assert_eq!(lab.wan_tcp_reaches(2200, &router_ssh).ip(), WAN_HOST);
+}
+
+// ---------------------------------------------------------------------------
+// Behind another NAT: STUN (issue 12, item 5)
+// ---------------------------------------------------------------------------
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lab's WAN address (203.0.113.1, reserved) sits behind a second
+/// NAT: the WAN host masquerades it to 198.51.100.1 on its way to an
+/// "Internet" namespace, where coturn's `turnserver` answers STUN. The
+/// IGD then reports the address STUN saw, and the log says what can and
+/// cannot work from the Internet.
+#[test]
+fn behind_another_nat_the_public_address_comes_from_stun() {
+    const ISP: &str = "198.51.100.1";
+    const STUN: &str = "198.51.100.2";
+    let lab = upnp_lab_with(&format!("stun = \"{STUN}:3478\"\n"));
+    let internet = Netns::new("inet").unwrap();
+    lab.wan.veth("up0", &internet, "eth0").unwrap();
+    lab.wan
+        .ip(&["addr", "add", &format!("{ISP}/24"), "dev", "up0"])
+        .unwrap();
+    internet
+        .ip(&["addr", "add", &format!("{STUN}/24"), "dev", "eth0"])
+        .unwrap();
+    lab.wan.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    for command in [
+        "add table ip isp",
+        "add chain ip isp post { type nat hook postrouting priority 100 ; }",
+        "add rule ip isp post oifname up0 masquerade",
+    ] {
+        lab.wan.exec("nft", &words(command)).unwrap();
+    }
+    lab.router
+        .ip(&["route", "add", "198.51.100.0/24", "via", "203.0.113.2"])
+        .unwrap();
+    let _stun = Killed(
+        internet
+            .command("turnserver")
+            .args([
+                "-n",
+                "--listening-ip",
+                STUN,
+                "--listening-port",
+                "3478",
+                "--stun-only",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--log-file",
+                "stdout",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("running turnserver (is coturn installed? `cargo xtask setup`)"),
+    );
+
+    // The daemon asks again within seconds of a failed probe.
+    let reported = wait_for(
+        "GetExternalIPAddress to give the address STUN saw",
+        Duration::from_secs(30),
+        || {
+            let status = upnpc(&lab, "-s");
+            status
+                .stdout
+                .contains(&format!("ExternalIPAddress = {ISP}"))
+                .then_some(status.stdout)
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error}\n{}", lab.natctl_log()));
+    assert!(reported.contains("Connected"), "{reported}");
+    let log = lab.natctl_log();
+    assert!(
+        log.contains(&format!("is behind a NAT at {ISP}"))
+            && log.contains("reached from the Internet only if that NAT forwards their ports"),
+        "the log says what works: {log}"
+    );
+    // NAT-PMP reports the same.
+    let natpmpc = lab.lan.exec("natpmpc", &["-g", "192.168.0.1"]).unwrap();
+    let text = String::from_utf8_lossy(&natpmpc.stdout);
+    assert!(
+        text.contains(&format!("Public IP address : {ISP}")),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Soak: clients churning through a reload and a kill -9 (issue 12)
+// ---------------------------------------------------------------------------
+
+/// What one churning client holds, as its answers told it.
+type Held = std::collections::BTreeSet<(&'static str, u16)>;
+
+/// One SOAP call from `source` (the calling thread is in the LAN host's
+/// namespace): the HTTP status and the UPnP error code, if any; `None`
+/// when no answer came.
+fn soak_call(
+    source: Ipv4Addr,
+    control: &str,
+    action: &str,
+    args: &[(&str, &str)],
+) -> Option<(u16, Option<u16>)> {
+    let mut stream =
+        nat_tests::traffic::connect_from(source, SocketAddr::from((ROUTER_LAN, HTTP_PORT))).ok()?;
+    stream
+        .write_all(&soap_request(control, GOOD_HOST, action, args))
+        .ok()?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).ok()?;
+    let raw = Raw { bytes };
+    Some((raw.status()?, raw.upnp_error()))
+}
+
+/// The control path, read by a thread already in the LAN namespace.
+fn soak_control_path(source: Ipv4Addr) -> Option<String> {
+    let mut stream =
+        nat_tests::traffic::connect_from(source, SocketAddr::from((ROUTER_LAN, HTTP_PORT))).ok()?;
+    stream
+        .write_all(
+            b"GET /rootDesc.xml HTTP/1.1\r\nHost: 192.168.0.1:5000\r\nConnection: close\r\n\r\n",
+        )
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let service = text.find("WANIPConnection:")?;
+    let (_, rest) = text[service..].split_once("<controlURL>")?;
+    Some(rest.split_once("</controlURL>")?.0.to_owned())
+}
+
+/// The (protocol, external port) keys the datapath's FORWARDS map holds.
+fn datapath_forwards(lab: &Lab) -> std::collections::BTreeSet<(u8, u16)> {
+    let data = aya::maps::MapData::from_pin(lab.pin_dir().join("FORWARDS")).unwrap();
+    let map: aya::maps::HashMap<_, nat_common::EndpointKey, nat_common::Forward> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    map.keys()
+        .map(Result::unwrap)
+        .filter(|key| key.direction == nat_common::DIR_INBOUND)
+        .map(|key| (key.proto, key.port))
+        .collect()
+}
+
+/// The daemon's resident memory, in KiB (its pid from `natctl status`).
+fn daemon_rss_kib(lab: &Lab) -> u64 {
+    let pid = lab.status().unwrap()["pid"]
+        .as_u64()
+        .expect("a pid in natctl status");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// The daemon's UPnP mappings as (client, protocol, port).
+fn daemon_mappings(lab: &Lab) -> Vec<(String, String, u16)> {
+    lab.rules()
+        .iter()
+        .filter(|rule| rule["upnp"].is_object())
+        .map(|rule| {
+            (
+                rule["upnp"]["client"].as_str().unwrap().to_owned(),
+                rule["protocol"].as_str().unwrap().to_uppercase(),
+                rule["external"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What the clients think they hold, what the daemon lists, what its store
+/// holds and what the datapath forwards all agree: nothing lost, nothing
+/// duplicated.
+fn soak_check(lab: &Lab, when: &str, held: &[(Ipv4Addr, Held)]) {
+    let mut expected: Vec<(String, String, u16)> = held
+        .iter()
+        .flat_map(|(client, ports)| {
+            ports
+                .iter()
+                .map(move |(protocol, port)| (client.to_string(), (*protocol).to_owned(), *port))
+        })
+        .collect();
+    expected.sort();
+    let mut listed = daemon_mappings(lab);
+    listed.sort();
+    assert_eq!(
+        listed, expected,
+        "{when}: the daemon's mappings are the clients'"
+    );
+    let names: std::collections::BTreeSet<String> = lab
+        .rules()
+        .iter()
+        .map(|rule| rule["name"].as_str().unwrap().to_owned())
+        .collect();
+    wait_for(
+        &format!("{when}: the store to hold the daemon's rules"),
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(lab.rules_file()).ok()?;
+            let stored: std::collections::BTreeSet<String> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("name = \""))
+                .map(|name| name.trim_end_matches('"').to_owned())
+                .collect();
+            (stored == names).then_some(())
+        },
+    )
+    .unwrap();
+    let mut forwarded: Vec<(u8, u16)> = expected
+        .iter()
+        .map(|(_, protocol, port)| (if protocol == "TCP" { 6 } else { 17 }, *port))
+        .chain([(6, 8080)])
+        .collect();
+    forwarded.sort();
+    assert_eq!(
+        datapath_forwards(lab).into_iter().collect::<Vec<_>>(),
+        forwarded,
+        "{when}: the datapath forwards what the rules say"
+    );
+}
+
+#[test]
+fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicated() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    };
+    // Seconds of churn per phase: short in CI, longer by asking.
+    let secs: u64 = std::env::var("NATCTL_SOAK_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or(3);
+    let mut lab = upnp_lab();
+    // Traffic through an admin rule all along: the WAN host connects to a
+    // LAN server again and again.
+    let server = tcp_listener(&lab.lan, LAN_SERVER, 8000);
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let acceptor = {
+        let (stop, served) = (stop.clone(), served.clone());
+        std::thread::spawn(move || {
+            server.set_nonblocking(true).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match server.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let mut byte = [0u8; 1];
+                        if stream.read_exact(&mut byte).is_ok() && stream.write_all(b"k").is_ok() {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+    let connector = {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        lab.wan.spawn(move || {
+            // Bounded: one connection per 20 ms at most, until told to stop.
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let ok = nat_tests::traffic::connect(SocketAddr::from((ROUTER_WAN, 8080)))
+                    .and_then(|mut stream| {
+                        stream.write_all(b"h")?;
+                        let mut reply = [0u8; 1];
+                        stream.read_exact(&mut reply)?;
+                        Ok(())
+                    })
+                    .is_ok();
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        })
+    };
+
+    // Clients: both LAN addresses churn their own ports, TCP and UDP.
+    let paused = Arc::new(AtomicBool::new(true));
+    let parked = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = [(LAN_SERVER, 20000u16), (LAN_CLIENT, 21000u16)]
+        .into_iter()
+        .map(|(source, base)| {
+            let (stop, paused, parked) = (stop.clone(), paused.clone(), parked.clone());
+            lab.lan.spawn(move || {
+                let mut held = Held::new();
+                let mut seed = u64::from(base) * 2_654_435_761 + 1;
+                let mut random = move || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                let mut control = None;
+                let mut requests = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if paused.load(Ordering::SeqCst) {
+                        parked.fetch_add(1, Ordering::SeqCst);
+                        while paused.load(Ordering::SeqCst) && !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        parked.fetch_sub(1, Ordering::SeqCst);
+                        // The IGD may have restarted: new paths.
+                        control = None;
+                        continue;
+                    }
+                    let path = match &control {
+                        Some(path) => path,
+                        None => {
+                            control = soak_control_path(source);
+                            anyhow::ensure!(control.is_some(), "{source}: no description");
+                            control.as_ref().unwrap()
+                        }
+                    };
+                    let roll = random();
+                    let protocol = if roll & 1 == 0 { "TCP" } else { "UDP" };
+                    let port = base + ((roll >> 1) % 24) as u16;
+                    let port_text = port.to_string();
+                    let client = source.to_string();
+                    requests += 1;
+                    let answer = if (roll >> 8) % 10 < 6 {
+                        let args = [
+                            ("NewRemoteHost", ""),
+                            ("NewExternalPort", port_text.as_str()),
+                            ("NewProtocol", protocol),
+                            ("NewInternalPort", port_text.as_str()),
+                            ("NewInternalClient", client.as_str()),
+                            ("NewEnabled", "1"),
+                            ("NewPortMappingDescription", "soak"),
+                            ("NewLeaseDuration", "600"),
+                        ];
+                        let answer = soak_call(source, path, "AddPortMapping", &args);
+                        if let Some((200, _)) = answer {
+                            held.insert((protocol, port));
+                        }
+                        answer
+                    } else {
+                        let args = [
+                            ("NewRemoteHost", ""),
+                            ("NewExternalPort", port_text.as_str()),
+                            ("NewProtocol", protocol),
+                        ];
+                        let answer = soak_call(source, path, "DeletePortMapping", &args);
+                        if let Some((200, _) | (500, Some(714))) = answer {
+                            held.remove(&(protocol, port));
+                        }
+                        answer
+                    };
+                    match answer {
+                        Some((200 | 503, _) | (500, Some(714))) => {}
+                        other => anyhow::bail!("{source}: unexpected answer {other:?}"),
+                    }
+                    if let Some((503, _)) = answer {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                Ok((source, held, requests))
+            })
+        })
+        .collect();
+    // Pauses the clients, and returns once both are parked.
+    let pause = |paused: &AtomicBool| {
+        paused.store(true, Ordering::SeqCst);
+        wait_for("the clients to pause", Duration::from_secs(20), || {
+            (parked.load(Ordering::SeqCst) == 2).then_some(())
+        })
+        .unwrap();
+    };
+    let held_now = |lab: &Lab| -> Vec<(Ipv4Addr, Held)> {
+        // What the daemon lists per client is checked against the model
+        // the clients keep; they are parked, so read the daemon's view of
+        // each and compare after the threads end (below) as well.
+        let mut by_client: std::collections::BTreeMap<Ipv4Addr, Held> = Default::default();
+        for (client, protocol, port) in daemon_mappings(lab) {
+            let protocol: &'static str = if protocol == "TCP" { "TCP" } else { "UDP" };
+            by_client
+                .entry(client.parse().unwrap())
+                .or_default()
+                .insert((protocol, port));
+        }
+        by_client.into_iter().collect()
+    };
+    wait_for("the clients to start", Duration::from_secs(10), || {
+        (parked.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .unwrap();
+
+    // 1. Churn, then a reload under the held mappings.
+    paused.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(secs));
+    pause(&paused);
+    let before_reload = held_now(&lab);
+    soak_check(&lab, "after churn", &before_reload);
+    lab.run("reload");
+    soak_check(&lab, "after reload", &before_reload);
+
+    // 2. Churn, then kill -9 and a restart once the store has settled.
+    paused.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(secs));
+    pause(&paused);
+    let before_kill = held_now(&lab);
+    soak_check(&lab, "before kill -9", &before_kill);
+    lab.kill_daemon().unwrap();
+    lab.start_daemon().unwrap();
+    wait_igd(&lab, 2);
+    soak_check(&lab, "after the restart", &before_kill);
+
+    // 3. Churn against the restarted daemon, then the final count; its
+    // memory stays bounded while it churns.
+    let rss_start = daemon_rss_kib(&lab);
+    paused.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(secs));
+    pause(&paused);
+    let rss_end = daemon_rss_kib(&lab);
+    stop.store(true, Ordering::SeqCst);
+    let mut model = Vec::new();
+    let mut requests = 0;
+    for client in clients {
+        let (source, held, made) = join(client);
+        requests += made;
+        model.push((source, held));
+    }
+    connector.join().unwrap().unwrap();
+    acceptor.join().unwrap();
+    model.retain(|(_, held)| !held.is_empty());
+    soak_check(&lab, "at the end (the clients' own accounts)", &model);
+    eprintln!(
+        "soak: {requests} requests, {} mappings held at the end, {} connections served, \
+         daemon RSS {rss_start} -> {rss_end} KiB over the last phase",
+        model.iter().map(|(_, held)| held.len()).sum::<usize>(),
+        served.load(Ordering::Relaxed)
+    );
+    // At most 48 mappings per client: a few MiB of growth would be a leak.
+    assert!(
+        rss_end < rss_start + 16 * 1024 && rss_end < 256 * 1024,
+        "the daemon's memory grew from {rss_start} to {rss_end} KiB"
+    );
+    assert!(requests > 20, "the clients made only {requests} requests");
+    let (served, failed) = (
+        served.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    assert!(served > 10, "traffic flowed: {served} connections served");
+    assert_eq!(
+        failed, 0,
+        "connections through the admin rule failed ({served} served)"
+    );
 }

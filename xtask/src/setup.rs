@@ -38,8 +38,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "miniupnpd",
     "miniupnpd-nftables",
     // coturn's turnserver (RFC 5780 and RFC 3489 STUN) and
-    // turnutils_natdiscovery, the NAT type tests' server and client
-    // (tests/tests/stun_types.rs); started only inside their namespaces.
+    // turnutils_natdiscovery: the NAT type tests' server and client
+    // (tests/tests/stun_types.rs) and the STUN server of the tests behind a
+    // second NAT (tests/tests/upnp.rs); started only inside their
+    // namespaces, never as a service.
     "coturn",
     // The venv of the PyPI tools below, made with Debian's python3.
     "python3-venv",

@@ -18,7 +18,7 @@ use crate::{cmd, setup};
 /// of its own, so fmt, clippy and the tests of `run` do not see it.
 const FUZZ_DIR: &str = "nat-ctl/fuzz";
 /// Its targets: the parsers of what LAN hosts send to the UPnP service.
-pub const FUZZ_TARGETS: &[&str] = &["ssdp", "soap", "http_head", "natpmp"];
+pub const FUZZ_TARGETS: &[&str] = &["ssdp", "soap", "http_head", "natpmp", "igd_actions"];
 /// How long `cargo xtask test` runs each target.
 pub const FUZZ_SECONDS: u32 = 20;
 /// One input running longer than this is a hang, reported like a crash

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nat_ctl::upnp::{IgdVersion, http};
+use nat_ctl::upnp::{IgdVersion, ServicePaths, http};
 
 /// hyper's default limit on the number of headers.
 const MAX_HEADERS: usize = 100;
@@ -27,6 +27,14 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|header| (header.name, header.value))
         .collect();
-    let routed = http::route_head(method, path, &headers, IgdVersion::V2, &["Windows".into()]);
+    let paths = ServicePaths::with_token("fuzz");
+    let routed = http::route_head(
+        method,
+        path,
+        &paths,
+        &headers,
+        IgdVersion::V2,
+        &["Windows".into()],
+    );
     std::hint::black_box(routed.ok());
 });

@@ -11,66 +11,34 @@
 
 use std::{net::Ipv4Addr, sync::OnceLock};
 
-use ipnet::Ipv4Net;
 use libfuzzer_sys::fuzz_target;
 use nat_ctl::{
     config::UpnpSettings,
-    rules::{ForwardRule, PortRange, Protocol, RuleSet, UpnpLease, check_conflicts},
+    rules::{ForwardRule, PortRange, Protocol, RuleSet, UpnpLease},
     upnp::{
         IgdVersion,
-        igd::{self, Gateway, GatewayError, Totals},
+        igd::{self, Gateway, Totals},
+        memory::MemoryGateway,
         soap,
     },
 };
 
-/// A gateway over a plain rule set, with the daemon's validation (the
-/// FakeGateway of igd.rs's unit tests, which are not visible from here).
-struct FakeGateway {
-    rules: RuleSet,
-    now: u64,
-}
-
-impl Gateway for FakeGateway {
-    fn external_address(&self) -> Option<Ipv4Addr> {
-        Some(Ipv4Addr::new(203, 0, 113, 1))
-    }
-    fn lan(&self) -> Option<Ipv4Net> {
-        Some(LAN.parse().unwrap())
-    }
-    fn rules(&self) -> Vec<ForwardRule> {
-        self.rules.to_vec()
-    }
-    fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
-        let mut next = self.rules.clone();
-        for name in remove {
-            next.remove(name).map_err(GatewayError::Rule)?;
-        }
-        for rule in add {
-            next.add(rule, None).map_err(GatewayError::Rule)?;
-        }
-        next.validate(self.lan().unwrap())
-            .map_err(GatewayError::Rule)?;
-        check_conflicts(&next.to_vec()).map_err(GatewayError::Rule)?;
-        self.rules = next;
-        Ok(())
-    }
-    fn totals(&self) -> Totals {
-        Totals {
+/// The in-memory gateway of `upnp::memory`, with totals above 32 bits.
+fn gateway(rules: RuleSet) -> MemoryGateway {
+    MemoryGateway {
+        rules,
+        now: NOW,
+        totals: Totals {
             bytes_sent: (1 << 32) + 5,
             bytes_received: 7,
             packets_sent: 1,
             packets_received: 2,
-        }
-    }
-    fn uptime_secs(&self) -> u64 {
-        42
-    }
-    fn now_unix(&self) -> u64 {
-        self.now
+        },
+        uptime_secs: 42,
+        fail: false,
     }
 }
 
-const LAN: &str = "192.168.0.0/24";
 const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 12);
 const OTHER: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 13);
 const NOW: u64 = 1_000_000;
@@ -112,10 +80,7 @@ fn upnp_rule(
 fn initial_rules() -> &'static RuleSet {
     static RULES: OnceLock<RuleSet> = OnceLock::new();
     RULES.get_or_init(|| {
-        let mut gateway = FakeGateway {
-            rules: RuleSet::default(),
-            now: NOW,
-        };
+        let mut gateway = gateway(RuleSet::default());
         let user: ForwardRule = "tcp/6882=192.168.0.20,name=user".parse().unwrap();
         gateway
             .apply(
@@ -158,10 +123,7 @@ fuzz_target!(|data: &[u8]| {
 
     let reply = match soap::parse_request(body, header) {
         Ok(request) => {
-            let mut gateway = FakeGateway {
-                rules: initial_rules().clone(),
-                now: NOW,
-            };
+            let mut gateway = gateway(initial_rules().clone());
             match igd::handle(
                 &mut gateway,
                 &UpnpSettings::default(),

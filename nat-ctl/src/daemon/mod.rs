@@ -342,6 +342,9 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     let daemon = Arc::new(Daemon {
         state: Mutex::new(State {
             store_dirty: false,
+            generation: 0,
+            store: Arc::default(),
+            ports: crate::rules::PortIndex::new(rules.iter().map(|(_, rule)| rule)),
             store_changed: store_changed.clone(),
             config,
             writer: running.writer,
@@ -354,6 +357,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             clock,
             time_zone,
             schedules_changed: schedules_changed.clone(),
+            stun_address: None,
         }),
         lifecycle,
         options,
@@ -380,6 +384,8 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     tokio::spawn(tasks::connection_log(daemon.clone(), ring));
     tokio::spawn(tasks::follow_addresses(daemon.clone(), netlink));
     tokio::spawn(tasks::expire_leases(daemon.clone()));
+    tokio::spawn(tasks::yield_to_router_listeners(daemon.clone()));
+    tokio::spawn(tasks::learn_public_address(daemon.clone()));
     tokio::spawn(tasks::save_deferred(daemon.clone(), store_changed));
     tokio::spawn(tasks::follow_schedules(daemon.clone(), schedules_changed));
     if !upnp_enabled {

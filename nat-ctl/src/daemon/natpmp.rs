@@ -61,7 +61,7 @@ pub(super) async fn supervise_natpmp(daemon: Arc<Daemon>, mut stop: watch::Recei
 
 impl Gateway for DaemonGateway<'_> {
     fn external_address(&self) -> Option<Ipv4Addr> {
-        self.state.wan.network.map(|net| net.addr())
+        self.state.public_address()
     }
 
     fn lan(&self) -> Option<Ipv4Net> {
@@ -74,6 +74,10 @@ impl Gateway for DaemonGateway<'_> {
 
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
         self.apply_change(remove, add)
+    }
+
+    fn free_port(&self, proto: u8, start: u16, usable: &mut dyn FnMut(u16) -> bool) -> Option<u16> {
+        self.free_client_port(proto, start, usable)
     }
 
     fn now_unix(&self) -> u64 {
@@ -111,11 +115,7 @@ impl Control for NatpmpControl {
             Some(&wire::PMP_VERSION) => "NAT-PMP",
             _ => "PCP",
         };
-        let mut gateway = DaemonGateway {
-            state: &mut state,
-            started: daemon.started,
-            who,
-        };
+        let mut gateway = DaemonGateway::new(&mut state, daemon.started, who);
         let outcome = server.handle(&mut gateway, &policy, from, data, now);
         drop(state);
         let (protocol, action, result) = request_labels(data, &outcome);
@@ -124,7 +124,7 @@ impl Control for NatpmpControl {
     }
 
     fn external_address(&self) -> Option<Ipv4Addr> {
-        self.0.lock().wan.network.map(|net| net.addr())
+        self.0.lock().public_address()
     }
 
     fn rate_limit(&self) -> u32 {

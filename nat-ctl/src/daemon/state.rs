@@ -13,7 +13,8 @@ use crate::{
     api::{ApiError, ListedRule},
     config::DaemonConfig,
     datapath::{KernelSweep, MapChange, MapView, MapWriter, SweepReport},
-    rules::{ForwardRule, RuleError, RuleSet, protocol_name},
+    router_ports::RouterPorts,
+    rules::{ForwardRule, PortIndex, RuleError, RuleSet, protocol_name},
     schedule::{self, Clock},
     store,
 };
@@ -22,6 +23,12 @@ use jiff::{Zoned, tz::TimeZone};
 pub(super) struct State {
     /// Rule changes not yet in the store ([`Durability::Soon`]).
     pub store_dirty: bool,
+    /// Counts rule changes, so that the store keeps the newest.
+    pub generation: u64,
+    /// Shared with the task that writes deferred changes off the lock.
+    pub store: Arc<OrderedStore>,
+    /// The external ports the enabled rules hold, for choosing free ones.
+    pub ports: PortIndex,
     /// Wakes the task that saves them.
     pub store_changed: Arc<tokio::sync::Notify>,
     pub config: DaemonConfig,
@@ -38,6 +45,8 @@ pub(super) struct State {
     pub time_zone: TimeZone,
     /// Wakes the task that switches rules at their schedules' edges.
     pub schedules_changed: Arc<tokio::sync::Notify>,
+    /// The public address STUN learned while the WAN address is not one.
+    pub stun_address: Option<std::net::Ipv4Addr>,
 }
 
 /// When a rule change reaches the store.
@@ -57,6 +66,59 @@ pub(super) enum Durability {
     /// Nothing the store holds changed: a schedule switched rules on or
     /// off.
     Unchanged,
+}
+
+/// Writes of the rule store in the order of the changes they save: a
+/// snapshot taken under the state's lock may be written after it is
+/// released, and a newer one (the admin's, saved at once) may have been
+/// written meanwhile; the older one is then dropped, not written over it.
+#[derive(Debug, Default)]
+pub(super) struct OrderedStore {
+    /// The generation of the rules the file holds.
+    written: std::sync::Mutex<u64>,
+}
+
+impl OrderedStore {
+    pub fn write(
+        &self,
+        path: &std::path::Path,
+        generation: u64,
+        rules: &[ForwardRule],
+    ) -> Result<(), store::StoreError> {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *written >= generation {
+            return Ok(());
+        }
+        store::save_rules(path, rules)?;
+        *written = generation;
+        Ok(())
+    }
+
+    /// The file was just read: it holds `generation`.
+    fn read_at(&self, generation: u64) {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *written = (*written).max(generation);
+    }
+}
+
+/// Deferred changes to write: taken under the lock, written off it.
+pub(super) struct StoreSnapshot {
+    pub path: std::path::PathBuf,
+    pub generation: u64,
+    pub rules: Vec<ForwardRule>,
+    pub store: Arc<OrderedStore>,
+}
+
+impl StoreSnapshot {
+    pub fn write(&self) -> Result<(), store::StoreError> {
+        self.store.write(&self.path, self.generation, &self.rules)
+    }
 }
 
 /// How long deferred changes wait for company before they are saved.
@@ -132,6 +194,8 @@ pub(super) fn rule_error(error: RuleError) -> ApiError {
         | RuleError::Overlap { .. }
         | RuleError::SharedTarget { .. }
         | RuleError::InUseByMapping { .. }
+        | RuleError::RouterSocket { .. }
+        | RuleError::ReservedPort { .. }
         | RuleError::ClientQuota { .. }
         | RuleError::LeasedQuota { .. } => ApiError::conflict(error.to_string()),
         _ => ApiError::bad_request(error.to_string()),
@@ -150,6 +214,12 @@ pub(super) fn to_json(value: impl Serialize) -> Result<serde_json::Value, ApiErr
 }
 
 impl State {
+    /// The address UPnP and NAT-PMP/PCP report: the one STUN learned
+    /// behind another NAT, else the WAN address.
+    pub fn public_address(&self) -> Option<std::net::Ipv4Addr> {
+        self.stun_address.or(self.wan.network.map(|net| net.addr()))
+    }
+
     /// The router's LAN address and prefix, which rules are checked against.
     pub fn lan_net(&self) -> Result<Ipv4Net, ApiError> {
         self.lan.network.ok_or_else(|| {
@@ -177,6 +247,7 @@ impl State {
         // a rule added or edited outside its window is closed from the
         // first moment.
         next.refresh_schedules(&self.local_now());
+        self.check_router_ports(&next)?;
         // The daemon is the maps' only writer: the difference between the
         // rule sets is the difference between what the maps hold and what
         // they must hold, so only the changed entries are touched.
@@ -189,9 +260,13 @@ impl State {
             let _ = self.writer.apply(&change.inverse());
             return Err(conflict);
         }
+        let generation = self.generation + 1;
         match durability {
             Durability::Saved => {
-                if let Err(error) = store::save_rules(&self.config.rules_file, &next.to_vec()) {
+                if let Err(error) =
+                    self.store
+                        .write(&self.config.rules_file, generation, &next.to_vec())
+                {
                     let _ = self.writer.apply(&change.inverse());
                     return Err(ApiError::internal(format!("{error}; nothing was changed")).into());
                 }
@@ -201,9 +276,14 @@ impl State {
                 self.store_dirty = true;
                 self.store_changed.notify_one();
             }
-            Durability::FromStore => self.store_dirty = false,
+            Durability::FromStore => {
+                self.store.read_at(generation);
+                self.store_dirty = false;
+            }
             Durability::Unchanged => {}
         }
+        self.generation = generation;
+        self.ports = PortIndex::new(next.iter().map(|(_, rule)| rule));
         self.cut_closed_conversations(&next);
         self.schedules_changed.notify_one();
         Ok(std::mem::replace(&mut self.rules, next))
@@ -260,11 +340,59 @@ impl State {
         })
     }
 
+    /// The rules to save if a change has not been saved yet: a copy taken
+    /// now, to be serialised and written off the lock.
+    pub fn unsaved(&mut self) -> Option<StoreSnapshot> {
+        if !std::mem::take(&mut self.store_dirty) {
+            return None;
+        }
+        Some(StoreSnapshot {
+            path: self.config.rules_file.clone(),
+            generation: self.generation,
+            rules: self.rules.to_vec(),
+            store: self.store.clone(),
+        })
+    }
+
     /// Writes the rules if a change has not been saved yet.
     pub fn flush(&mut self) -> Result<(), store::StoreError> {
-        if self.store_dirty {
-            store::save_rules(&self.config.rules_file, &self.rules.to_vec())?;
-            self.store_dirty = false;
+        match self.unsaved() {
+            Some(snapshot) => snapshot.write().inspect_err(|_| self.store_dirty = true),
+            None => Ok(()),
+        }
+    }
+
+    /// A port a rule newly claims must not be the router's own: a
+    /// listener's on the WAN address for any rule, and for the mappings
+    /// clients make no port the router uses, none of its ephemeral range
+    /// and none of `[nat] reserved_ports` either. Ports a rule already
+    /// held are not checked again, so a renewal goes through.
+    fn check_router_ports(&self, next: &RuleSet) -> Result<(), ChangeError> {
+        let held = self.rules.claimed_ports();
+        let claimed: Vec<(&ForwardRule, u8, u16)> = next
+            .iter()
+            .filter(|(_, rule)| rule.enabled)
+            .flat_map(|(_, rule)| {
+                rule.protocol.numbers().iter().flat_map(move |&proto| {
+                    rule.external.ports().map(move |port| (rule, proto, port))
+                })
+            })
+            .filter(|(_, proto, port)| !held.contains(&(*proto, *port)))
+            .collect();
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let wan = self.wan.network.map(|net| net.addr());
+        let ports = RouterPorts::read(wan, &self.config.nat.reserved_ports).map_err(|error| {
+            ApiError::internal(format!(
+                "the router's own sockets could not be read (sock_diag), so no port can be \
+                 checked against them: {error}; nothing was changed"
+            ))
+        })?;
+        for (rule, proto, port) in claimed {
+            if let Some(refusal) = ports.refusal(proto, port, rule.client().is_some()) {
+                return Err(refusal.into_error(&rule.name, proto, port).into());
+            }
         }
         Ok(())
     }

@@ -183,7 +183,17 @@ pub(super) async fn save_deferred(daemon: Arc<Daemon>, changed: Arc<tokio::sync:
         changed.notified().await;
         tokio::time::sleep(SAVE_DELAY).await;
         let daemon = daemon.clone();
-        let saved = tokio::task::spawn_blocking(move || daemon.lock().flush()).await;
+        // The copy is taken under the lock; serialising and the fsync are
+        // done off it, so that requests are not held up by them.
+        let saved = tokio::task::spawn_blocking(move || {
+            let Some(snapshot) = daemon.lock().unsaved() else {
+                return Ok(());
+            };
+            snapshot
+                .write()
+                .inspect_err(|_| daemon.lock().store_dirty = true)
+        })
+        .await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
@@ -191,6 +201,179 @@ pub(super) async fn save_deferred(daemon: Arc<Daemon>, changed: Arc<tokio::sync:
             }
             Err(error) => tracing::error!("saving rule changes: {error}"),
         }
+    }
+}
+
+/// How often STUN is asked again: the upstream NAT may move the router to
+/// another public address at any time; sooner after a failure (no answer
+/// yet while the uplink comes up).
+const STUN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const STUN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Behind another NAT (the WAN address private, shared or reserved) and
+/// with `[upnp] stun` set, learns the public address by STUN and has UPnP
+/// and NAT-PMP/PCP report it, unless the upstream NAT keeps strangers out
+/// (RFC 5780), when nothing mapped here could be reached anyway. Says so
+/// in the log whenever what it learned changes.
+pub(super) async fn learn_public_address(daemon: Arc<Daemon>) {
+    let mut last_said = String::new();
+    let mut wait = std::time::Duration::ZERO;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = STUN_INTERVAL;
+        let (server, wan) = {
+            let state = daemon.lock();
+            (
+                state.config.upnp.stun.clone(),
+                state.wan.network.map(|net| net.addr()),
+            )
+        };
+        let (learned, said) = match (server, wan) {
+            (Some(server), Some(wan)) if !crate::stun::is_public(wan) => {
+                match crate::stun::probe(&server, wan).await {
+                    Ok(probe) => stun_verdict(&server, wan, probe),
+                    Err(error) => {
+                        wait = STUN_RETRY;
+                        (
+                            None,
+                            format!(
+                                "{error}; UPnP and NAT-PMP report the WAN address {wan}, which is \
+                             not public, and mappings made here cannot be reached from the \
+                             Internet unless the upstream NAT forwards their ports"
+                            ),
+                        )
+                    }
+                }
+            }
+            _ => (None, String::new()),
+        };
+        // NAT-PMP/PCP see the new address at their next poll and announce it.
+        daemon.lock().stun_address = learned;
+        if said != last_said && !said.is_empty() {
+            tracing::warn!("{said}");
+        }
+        last_said = said;
+    }
+}
+
+/// The address to report, and what to tell the admin about it.
+fn stun_verdict(
+    server: &str,
+    wan: std::net::Ipv4Addr,
+    probe: crate::stun::Probe,
+) -> (Option<std::net::Ipv4Addr>, String) {
+    let public = *probe.mapped.ip();
+    let ports = if probe.mapped.port() == 0 {
+        String::new()
+    } else {
+        format!(
+            " (a probe from a port of {wan} came out of port {})",
+            probe.mapped.port()
+        )
+    };
+    match probe.strangers_get_in {
+        Some(false) => (
+            None,
+            format!(
+                "STUN {server}: the WAN address {wan} is behind a NAT at {public}{ports} that \
+                 filters what strangers send (RFC 5780 test): mappings made here cannot be \
+                 reached from the Internet; UPnP and NAT-PMP keep reporting {wan}"
+            ),
+        ),
+        Some(true) => (
+            Some(public),
+            format!(
+                "STUN {server}: the WAN address {wan} is behind a NAT at {public}{ports} that lets \
+                 strangers in (RFC 5780 test); UPnP and NAT-PMP report {public}. Mappings are \
+                 reached from the Internet where that NAT keeps their ports"
+            ),
+        ),
+        None => (
+            Some(public),
+            format!(
+                "STUN {server}: the WAN address {wan} is behind a NAT at {public}{ports}; UPnP \
+                 and NAT-PMP report {public}. Its filtering could not be tested (the server has \
+                 no second address for RFC 5780): mappings made here are reached from the \
+                 Internet only if that NAT forwards their ports to {wan}"
+            ),
+        ),
+    }
+}
+
+/// How often the router's listeners are compared with the rules.
+const ROUTER_LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A rule's port is checked against the router's listeners when the rule
+/// takes it; a service of the router that starts listening on it later
+/// would lose its traffic to the rule (the datapath translates first). So
+/// the listeners are compared with the rules every few seconds: a client
+/// mapping on a listener's port is removed (the client's next renewal gets
+/// another port), an admin rule is logged, once, since it is the admin's
+/// to move.
+pub(super) async fn yield_to_router_listeners(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(ROUTER_LISTENER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let warned = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    loop {
+        tick.tick().await;
+        let (daemon, warned) = (daemon.clone(), warned.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let wan = daemon.lock().wan.network.map(|net| net.addr());
+            // Read off the lock: only listeners matter here, and a rule
+            // made meanwhile was checked against them when it was made.
+            let ports = match crate::router_ports::RouterPorts::read(wan, &[]) {
+                Ok(ports) => ports,
+                Err(error) => {
+                    tracing::warn!("reading the router's sockets (sock_diag): {error}");
+                    return;
+                }
+            };
+            let mut state = daemon.lock();
+            let mut clients = Vec::new();
+            for (_, rule) in state.rules.iter().filter(|(_, rule)| rule.enabled) {
+                let Some((proto, port, socket)) =
+                    rule.protocol.numbers().iter().find_map(|&proto| {
+                        rule.external.ports().find_map(|port| {
+                            ports
+                                .listener(proto, port)
+                                .map(|socket| (proto, port, socket))
+                        })
+                    })
+                else {
+                    continue;
+                };
+                let error = crate::router_ports::Refusal::Socket(socket)
+                    .into_error(&rule.name, proto, port);
+                if rule.client().is_some() {
+                    tracing::warn!("{error}: the mapping is removed");
+                    clients.push(rule.name.clone());
+                } else if warned
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert((rule.name.clone(), proto, port))
+                {
+                    tracing::warn!(
+                        "{error}: the rule takes what comes to that port from the WAN; move it \
+                         or the service"
+                    );
+                }
+            }
+            if clients.is_empty() {
+                return;
+            }
+            if let Err(error) = state.change(
+                |rules| {
+                    for name in &clients {
+                        rules.remove(name)?;
+                    }
+                    Ok(())
+                },
+                Durability::Soon,
+            ) {
+                tracing::error!("removing mappings on the router's ports: {}", error.api);
+            }
+        })
+        .await;
     }
 }
 

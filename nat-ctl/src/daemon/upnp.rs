@@ -17,7 +17,8 @@ use super::{
     unix_now,
 };
 use crate::{
-    rules::ForwardRule,
+    router_ports::RouterPorts,
+    rules::{CLIENT_PORTS, ForwardRule},
     upnp::{
         IgdVersion,
         error::UpnpError,
@@ -51,6 +52,7 @@ pub(super) async fn supervise_upnp(daemon: Arc<Daemon>, mut stop: watch::Receive
                         identity: service::identity(&state.lan.name, igd, daemon.boot_id),
                         igd,
                         v1_user_agents: settings.v1_user_agents.clone(),
+                        rate_limit: settings.rate_limit,
                     })
                 }
                 _ => None,
@@ -63,11 +65,13 @@ pub(super) async fn supervise_upnp(daemon: Arc<Daemon>, mut stop: watch::Receive
                     current.http_port,
                     current.igd,
                     &current.v1_user_agents,
+                    current.rate_limit,
                 ) == (
                     wanted.lan_addr,
                     wanted.http_port,
                     wanted.igd,
                     &wanted.v1_user_agents,
+                    wanted.rate_limit,
                 )
             }
             (None, None) => true,
@@ -113,9 +117,44 @@ pub(super) struct DaemonGateway<'a> {
     pub started: Instant,
     /// Who is asking, for the log: "UPnP", "NAT-PMP", "PCP".
     pub who: &'static str,
+    /// The router's own ports, read once per request when a port is
+    /// chosen (`None` inside: they could not be read, and the transaction
+    /// will say so).
+    pub router_ports: std::cell::OnceCell<Option<RouterPorts>>,
 }
 
-impl DaemonGateway<'_> {
+impl<'a> DaemonGateway<'a> {
+    pub fn new(state: &'a mut State, started: Instant, who: &'static str) -> Self {
+        Self {
+            state,
+            started,
+            who,
+            router_ports: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// A free port for a client's mapping, from the state's index of held
+    /// ports, leaving out the router's own.
+    pub fn free_client_port(
+        &self,
+        proto: u8,
+        start: u16,
+        usable: &mut dyn FnMut(u16) -> bool,
+    ) -> Option<u16> {
+        let router = self.router_ports.get_or_init(|| {
+            let wan = self.state.wan.network.map(|net| net.addr());
+            RouterPorts::read(wan, &self.state.config.nat.reserved_ports).ok()
+        });
+        self.state
+            .ports
+            .next_free(proto, start, CLIENT_PORTS, |port| {
+                router
+                    .as_ref()
+                    .is_none_or(|router| router.refusal(proto, port, true).is_none())
+                    && usable(port)
+            })
+    }
+
     /// One change through the rule transaction: remove, then add (a rule
     /// with a removed one's name keeps its id).
     pub fn apply_change(
@@ -158,7 +197,7 @@ impl DaemonGateway<'_> {
 
 impl Gateway for DaemonGateway<'_> {
     fn external_address(&self) -> Option<Ipv4Addr> {
-        self.state.wan.network.map(|net| net.addr())
+        self.state.public_address()
     }
 
     fn lan(&self) -> Option<Ipv4Net> {
@@ -171,6 +210,10 @@ impl Gateway for DaemonGateway<'_> {
 
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
         self.apply_change(remove, add)
+    }
+
+    fn free_port(&self, proto: u8, start: u16, usable: &mut dyn FnMut(u16) -> bool) -> Option<u16> {
+        self.free_client_port(proto, start, usable)
     }
 
     fn totals(&self) -> Totals {
@@ -258,11 +301,7 @@ impl Control for UpnpControl {
         } else {
             IgdVersion::V2
         };
-        let mut gateway = DaemonGateway {
-            state: &mut state,
-            started: daemon.started,
-            who: "UPnP",
-        };
+        let mut gateway = DaemonGateway::new(&mut state, daemon.started, "UPnP");
         let outcome = igd::handle(&mut gateway, &settings, igd, caller, request);
         drop(state);
         daemon.count_request(

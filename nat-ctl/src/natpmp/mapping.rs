@@ -14,12 +14,16 @@ use ipnet::Ipv4Net;
 use super::wire::{MapProtocol, PcpResult, PmpResult};
 use crate::{
     config::{NatpmpSettings, UpnpSettings},
-    rules::{ForwardRule, Lease, LeaseOrigin, PortRange, Protocol, RuleError},
+    rules::{
+        CLIENT_PORTS, ForwardRule, Lease, LeaseOrigin, PortIndex, PortRange, Protocol, RuleError,
+    },
     upnp::igd::GatewayError,
 };
 
-/// How many external ports are tried for one request before giving up.
-const PORT_ATTEMPTS: u32 = 256;
+/// How many free ports are offered to the rule transaction for one
+/// request before giving up: one is refused only when a live dynamic
+/// mapping or a router socket has it.
+const PORT_ATTEMPTS: u32 = 8;
 
 /// What the server needs from the daemon. `apply` is all or nothing, as
 /// the IGD's is.
@@ -30,6 +34,10 @@ pub trait Gateway {
     /// Removes the rules named in `remove`, then adds `add` (a rule with
     /// the name of a removed one keeps its id).
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError>;
+    /// As [`crate::upnp::igd::Gateway::free_port`].
+    fn free_port(&self, proto: u8, start: u16, usable: &mut dyn FnMut(u16) -> bool) -> Option<u16> {
+        PortIndex::new(&self.rules()).next_free(proto, start, CLIENT_PORTS, usable)
+    }
     fn now_unix(&self) -> u64;
     /// The external port of the dynamic mapping the datapath made for
     /// `internal` (its first packet out), and how long it lives idle, in
@@ -221,52 +229,64 @@ fn map(gateway: &mut dyn Gateway, policy: &Policy, ask: Ask) -> Result<(u16, u32
         0 => 1024,
         port => port,
     };
-    let candidates: Vec<u16> = if ask.prefer_failure && ask.suggested != 0 {
-        vec![ask.suggested]
-    } else {
-        let span = 65536 - 1024;
-        (0..PORT_ATTEMPTS)
-            .map(|step| (1024 + (u32::from(first.max(1024)) - 1024 + step) % span) as u16)
-            .collect()
-    };
-    // A suggested privileged port is tried first, as asked.
-    let candidates: Vec<u16> = if first < 1024 && !(ask.prefer_failure && ask.suggested != 0) {
-        std::iter::once(first).chain(candidates).collect()
-    } else {
-        candidates
-    };
-    let only = candidates.len() == 1;
-    let mut permitted = false;
-    let mut last = MapFailure::NoPort(PORT_ATTEMPTS);
-    for &port in &candidates {
-        if !policy.upnp.permits(port, ask.internal, ask.internal_port) {
-            continue;
-        }
-        permitted = true;
-        let held = rules.iter().any(|rule| {
+    let permitted = |port| policy.upnp.permits(port, ask.internal, ask.internal_port);
+    let held = |port: u16| {
+        rules.iter().any(|rule| {
             rule.enabled
                 && rule.protocol.numbers().contains(&number)
-                && (rule.external.first..=rule.external.last).contains(&port)
-        });
-        if held {
-            last = MapFailure::PortUnavailable(port);
-            continue;
+                && rule.external.contains(port)
+        })
+    };
+    let offer = |gateway: &mut dyn Gateway, port: u16| match gateway.apply(&[], vec![make(port)]) {
+        Ok(()) => Ok(true),
+        Err(GatewayError::Rule(
+            RuleError::Overlap { .. }
+            | RuleError::InUseByMapping { .. }
+            | RuleError::RouterSocket { .. }
+            | RuleError::ReservedPort { .. },
+        )) => Ok(false),
+        Err(error) => Err(failure(error)),
+    };
+    // The suggested port alone (PREFER_FAILURE), or first when it is a
+    // privileged one, which the search below never offers.
+    if (ask.prefer_failure && ask.suggested != 0) || first < CLIENT_PORTS.first {
+        if !permitted(first) {
+            if ask.prefer_failure {
+                return Err(MapFailure::NotPermitted(
+                    first,
+                    ask.internal,
+                    ask.internal_port,
+                ));
+            }
+        } else if !held(first) && offer(gateway, first)? {
+            return Ok((first, lifetime));
         }
-        match gateway.apply(&[], vec![make(port)]) {
-            Ok(()) => return Ok((port, lifetime)),
-            Err(GatewayError::Rule(
-                RuleError::Overlap { .. } | RuleError::InUseByMapping { .. },
-            )) => last = MapFailure::PortUnavailable(port),
-            Err(error) => return Err(failure(error)),
+        if ask.prefer_failure {
+            return Err(MapFailure::PortUnavailable(first));
         }
     }
-    Err(if !permitted {
-        MapFailure::NotPermitted(candidates[0], ask.internal, ask.internal_port)
-    } else if only {
-        last
-    } else {
-        MapFailure::NoPort(PORT_ATTEMPTS)
-    })
+    // Else the next free port from the suggestion on, from the gateway's
+    // index: no rule scan per port.
+    let mut start = first.max(CLIENT_PORTS.first);
+    let mut usable = |port| permitted(port);
+    for _ in 0..PORT_ATTEMPTS {
+        let Some(port) = gateway.free_port(number, start, &mut usable) else {
+            return Err(if CLIENT_PORTS.ports().any(&permitted) {
+                MapFailure::NoPort(PORT_ATTEMPTS)
+            } else {
+                MapFailure::NotPermitted(first, ask.internal, ask.internal_port)
+            });
+        };
+        if offer(gateway, port)? {
+            return Ok((port, lifetime));
+        }
+        start = if port == CLIENT_PORTS.last {
+            CLIENT_PORTS.first
+        } else {
+            port + 1
+        };
+    }
+    Err(MapFailure::NoPort(PORT_ATTEMPTS))
 }
 
 fn failure(error: GatewayError) -> MapFailure {

@@ -6,11 +6,9 @@
 //! - `mapping`: the mapping model both share, over a [`mapping::Gateway`]
 //!   (the daemon's rule transaction): mappings are rules with a NAT-PMP or
 //!   PCP lease, under the IGD's policy (secure mode, permissions).
-//! - `limiter`: the per-client token bucket.
 //! - `server`: the socket-free state machine: a datagram in, the answer
 //!   out, each request translated into the mapping model.
 //! - `service`: the socket, the rate limit and the announcements.
-mod limiter;
 pub mod mapping;
 pub mod server;
 pub mod service;

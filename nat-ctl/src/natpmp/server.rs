@@ -12,14 +12,13 @@ use ipnet::Ipv4Net;
 
 pub use super::mapping::{Gateway, MapFailure, Policy, mapping_name};
 use super::{
-    limiter::RateLimiter,
     mapping::{Ask, Delete, map_logged, unmap},
     wire::{
         self, Incoming, MapData, MapProtocol, PcpBody, PcpOption, PcpRequest, PcpResponse,
         PcpResult, PmpError, PmpMap, PmpRequest, PmpResponse, PmpResult,
     },
 };
-use crate::rules::LeaseOrigin;
+use crate::{limiter::RateLimiter, rules::LeaseOrigin};
 
 /// Allowed-remote prefixes one PCP mapping may carry (FILTER options).
 pub const MAX_FILTERS: usize = 16;
@@ -435,6 +434,17 @@ fn pcp_peer(
 mod tests {
     use super::*;
     use crate::natpmp::testing::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_rate_limit_drops_a_flood() {
+        let mut server = Server::new(Instant::now());
+        let now = Instant::now();
+        let admitted = (0..100).filter(|_| server.admit(CLIENT, now, 10)).count();
+        assert_eq!(admitted, 20);
+        assert!(server.admit(OTHER, now, 10));
+        assert!(server.admit(CLIENT, now + Duration::from_millis(200), 10));
+    }
     use wire::{Filter, PCP_OP_ANNOUNCE, mapped, pcp_request_bytes};
 
     #[test]

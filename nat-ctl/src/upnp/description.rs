@@ -10,7 +10,7 @@
 use super::xml::XmlDoc;
 use super::{
     DEVICE_IGD, DEVICE_WAN, DEVICE_WAN_CONNECTION, Identity, IgdVersion, SERVICE_WAN_COMMON,
-    SERVICE_WAN_IP, paths, type_urn,
+    SERVICE_WAN_IP, ServicePaths, type_urn,
 };
 
 /// `manufacturer` of every device.
@@ -72,7 +72,12 @@ fn service_list(doc: &mut XmlDoc, service: &ServiceEntry<'_>) {
 /// description are absolute paths, resolved against the description's own
 /// URL. The UUIDs are written as `uuid:{uuids[i]}`. No icons, no
 /// presentationURL (the gateway has no web interface).
-pub fn root_description(identity: &Identity, igd: IgdVersion, url_base: &str) -> String {
+pub fn root_description(
+    identity: &Identity,
+    igd: IgdVersion,
+    url_base: &str,
+    paths: &ServicePaths,
+) -> String {
     let mut doc = XmlDoc::new(true, "\n");
     let config_id = identity.config_id.to_string();
     doc.open(
@@ -107,9 +112,9 @@ pub fn root_description(identity: &Identity, igd: IgdVersion, url_base: &str) ->
         &ServiceEntry {
             service_type: type_urn(SERVICE_WAN_COMMON, igd),
             service_id: SERVICE_ID_WAN_COMMON,
-            scpd: paths::WAN_COMMON_SCPD,
-            control: paths::WAN_COMMON_CONTROL,
-            events: paths::WAN_COMMON_EVENTS,
+            scpd: &paths.wan_common_scpd,
+            control: &paths.wan_common_control,
+            events: &paths.wan_common_events,
         },
     );
     doc.open("deviceList", &[]);
@@ -128,11 +133,11 @@ pub fn root_description(identity: &Identity, igd: IgdVersion, url_base: &str) ->
             service_type: type_urn(SERVICE_WAN_IP, igd),
             service_id: SERVICE_ID_WAN_IP,
             scpd: match igd {
-                IgdVersion::V1 => paths::WAN_IP_SCPD_V1,
-                IgdVersion::V2 => paths::WAN_IP_SCPD,
+                IgdVersion::V1 => &paths.wan_ip_scpd_v1,
+                IgdVersion::V2 => &paths.wan_ip_scpd,
             },
-            control: paths::WAN_IP_CONTROL,
-            events: paths::WAN_IP_EVENTS,
+            control: &paths.wan_ip_control,
+            events: &paths.wan_ip_events,
         },
     );
     doc.close("device");
@@ -526,8 +531,8 @@ fn scpd(igd: IgdVersion, actions: &[&Action], vars: &[&StateVar]) -> String {
     doc.finish("\n")
 }
 
-/// The SCPD of WANIPConnection:N (`paths::WAN_IP_SCPD`, or
-/// `paths::WAN_IP_SCPD_V1` for IGDv1): exactly the actions of
+/// The SCPD of WANIPConnection:N (`ServicePaths::wan_ip_scpd`, or
+/// `wan_ip_scpd_v1` for IGDv1): exactly the actions of
 /// [`wan_ip_action_names`], with the state variables they refer to plus the
 /// evented ones.
 pub fn wan_ip_scpd(igd: IgdVersion) -> String {
@@ -539,7 +544,7 @@ pub fn wan_ip_scpd(igd: IgdVersion) -> String {
     scpd(igd, &wan_ip_actions(igd), &vars)
 }
 
-/// The SCPD of WANCommonInterfaceConfig:1 (`paths::WAN_COMMON_SCPD`), the
+/// The SCPD of WANCommonInterfaceConfig:1 (`ServicePaths::wan_common_scpd`), the
 /// same under both IGD versions.
 pub fn wan_common_scpd() -> String {
     let vars: Vec<&StateVar> = WAN_COMMON_VARS.iter().collect();
@@ -754,7 +759,13 @@ mod tests {
 
     #[test]
     fn root_description_v2() {
-        let doc = root_description(&identity(), IgdVersion::V2, "http://192.168.0.1:5000");
+        let paths = ServicePaths::with_token("t0k3n");
+        let doc = root_description(
+            &identity(),
+            IgdVersion::V2,
+            "http://192.168.0.1:5000",
+            &paths,
+        );
         let root = parse(&doc);
         assert_eq!(root.name, "root");
         assert_eq!(root.ns.as_deref(), Some(DEVICE_NS));
@@ -802,9 +813,9 @@ mod tests {
             common.text_of("serviceId"),
             "urn:upnp-org:serviceId:WANCommonIFC1"
         );
-        assert_eq!(common.text_of("SCPDURL"), paths::WAN_COMMON_SCPD);
-        assert_eq!(common.text_of("controlURL"), paths::WAN_COMMON_CONTROL);
-        assert_eq!(common.text_of("eventSubURL"), paths::WAN_COMMON_EVENTS);
+        assert_eq!(common.text_of("SCPDURL"), paths.wan_common_scpd);
+        assert_eq!(common.text_of("controlURL"), paths.wan_common_control);
+        assert_eq!(common.text_of("eventSubURL"), paths.wan_common_events);
 
         let conn = wan.child("deviceList").child("device");
         assert_eq!(
@@ -824,14 +835,20 @@ mod tests {
             "urn:schemas-upnp-org:service:WANIPConnection:2"
         );
         assert_eq!(ip.text_of("serviceId"), "urn:upnp-org:serviceId:WANIPConn1");
-        assert_eq!(ip.text_of("SCPDURL"), paths::WAN_IP_SCPD);
-        assert_eq!(ip.text_of("controlURL"), paths::WAN_IP_CONTROL);
-        assert_eq!(ip.text_of("eventSubURL"), paths::WAN_IP_EVENTS);
+        assert_eq!(ip.text_of("SCPDURL"), paths.wan_ip_scpd);
+        assert_eq!(ip.text_of("controlURL"), paths.wan_ip_control);
+        assert_eq!(ip.text_of("eventSubURL"), paths.wan_ip_events);
     }
 
     #[test]
     fn root_description_v1() {
-        let doc = root_description(&identity(), IgdVersion::V1, "http://192.168.0.1:5000");
+        let paths = ServicePaths::with_token("t0k3n");
+        let doc = root_description(
+            &identity(),
+            IgdVersion::V1,
+            "http://192.168.0.1:5000",
+            &paths,
+        );
         let root = parse(&doc);
         assert_eq!(root.child("specVersion").text_of("minor"), "0");
         assert_eq!(root.text_of("URLBase"), "http://192.168.0.1:5000");
@@ -861,7 +878,7 @@ mod tests {
             ip.text_of("serviceType"),
             "urn:schemas-upnp-org:service:WANIPConnection:1"
         );
-        assert_eq!(ip.text_of("SCPDURL"), paths::WAN_IP_SCPD_V1);
+        assert_eq!(ip.text_of("SCPDURL"), paths.wan_ip_scpd_v1);
     }
 
     /// Check an SCPD and return its action names.

@@ -16,12 +16,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::Ipv4Net;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::connections::{Connections, DRAIN_DEADLINE};
+use crate::{
+    connections::{Connections, DRAIN_DEADLINE},
+    limiter::RateLimiter,
+};
 
 use super::{
-    Identity, IgdVersion, SERVICE_WAN_COMMON, SERVICE_WAN_IP, description,
+    Identity, IgdVersion, Resource, ServicePaths, description,
     error::UpnpError,
-    paths,
     soap::{self, SoapRequest},
 };
 
@@ -95,8 +97,8 @@ pub trait Control: Send + Sync + 'static {
     ) -> Result<Vec<(&'static str, String)>, UpnpError>;
 }
 
-/// What the server describes and where.
-#[derive(Clone, Debug)]
+/// What the server describes and where, and its per-host rate limit.
+#[derive(Debug)]
 pub struct HttpConfig {
     pub lan_ifname: String,
     pub lan_addr: Ipv4Addr,
@@ -105,6 +107,22 @@ pub struct HttpConfig {
     pub igd: IgdVersion,
     /// User-Agent substrings that get the IGDv1 description.
     pub v1_user_agents: Vec<String>,
+    /// Drawn at each start.
+    pub paths: ServicePaths,
+    /// Control requests per second per LAN host.
+    pub rate_limit: u32,
+    pub limiter: std::sync::Mutex<RateLimiter>,
+}
+
+impl HttpConfig {
+    /// Whether `caller` may make a control request now: each takes the
+    /// daemon's lock, so one host may not keep it from the others.
+    fn admit_control(&self, caller: Ipv4Addr, now: std::time::Instant) -> bool {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .admit(caller, now, self.rate_limit)
+    }
 }
 
 /// Binds the HTTP listener to the LAN address, on the LAN NIC only (a WAN
@@ -151,6 +169,21 @@ fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("a response from valid parts")
 }
 
+/// A control request over the caller's rate: 503 and when to come back
+/// (UDA has no SOAP fault for it; clients retry on 503).
+fn too_many(caller: Ipv4Addr) -> Response<Full<Bytes>> {
+    tracing::debug!("UPnP control request from {caller} over the rate limit");
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many control requests; retry in a second\n",
+    );
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    response
+}
+
 /// What a request head asks for, once checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -189,6 +222,7 @@ pub enum Refusal {
 pub fn route_head(
     method: &str,
     path: &str,
+    paths: &ServicePaths,
     headers: &[(&str, &[u8])],
     default_igd: IgdVersion,
     v1_user_agents: &[String],
@@ -217,14 +251,13 @@ pub fn route_head(
     } else {
         default_igd
     };
-    let route = match (method, path) {
-        ("GET", paths::ROOT_DESCRIPTION) => Route::RootDescription(version),
-        ("GET", paths::ROOT_DESCRIPTION_V1) => Route::RootDescription(IgdVersion::V1),
-        ("GET", paths::ROOT_DESCRIPTION_V2) => Route::RootDescription(IgdVersion::V2),
-        ("GET", paths::WAN_IP_SCPD) => Route::WanIpScpd(version),
-        ("GET", paths::WAN_IP_SCPD_V1) => Route::WanIpScpd(IgdVersion::V1),
-        ("GET", paths::WAN_COMMON_SCPD) => Route::WanCommonScpd,
-        ("POST", paths::WAN_IP_CONTROL | paths::WAN_COMMON_CONTROL) => {
+    let route = match (method, paths.resource(path)) {
+        ("GET", Some(Resource::RootDescription(forced))) => {
+            Route::RootDescription(forced.unwrap_or(version))
+        }
+        ("GET", Some(Resource::WanIpScpd(forced))) => Route::WanIpScpd(forced.unwrap_or(version)),
+        ("GET", Some(Resource::WanCommonScpd)) => Route::WanCommonScpd,
+        ("POST", Some(Resource::Control(service))) => {
             if header("origin")?.is_some() {
                 return Err(Refusal::CrossSite("an Origin header"));
             }
@@ -235,19 +268,13 @@ pub fn route_head(
                 return Err(Refusal::CrossSite("a body that is not text/xml"));
             }
             Route::Control {
-                service: if path == paths::WAN_IP_CONTROL {
-                    SERVICE_WAN_IP
-                } else {
-                    SERVICE_WAN_COMMON
-                },
+                service,
                 soap_action: Some(soap_action.to_owned()),
             }
         }
         // Eventing is not offered: a subscription would let a client make
         // the router send HTTP requests to an address of its choosing.
-        ("SUBSCRIBE" | "UNSUBSCRIBE", paths::WAN_IP_EVENTS | paths::WAN_COMMON_EVENTS) => {
-            Route::Subscribe
-        }
+        ("SUBSCRIBE" | "UNSUBSCRIBE", Some(Resource::Events)) => Route::Subscribe,
         ("GET" | "POST", _) => Route::NotFound,
         _ => Route::MethodNotAllowed,
     };
@@ -277,6 +304,7 @@ async fn respond(
     let routed = route_head(
         parts.method.as_str(),
         parts.uri.path(),
+        &config.paths,
         &headers,
         config.igd,
         &config.v1_user_agents,
@@ -303,7 +331,7 @@ async fn respond(
     match route {
         Route::RootDescription(version) => xml(
             StatusCode::OK,
-            description::root_description(&config.identity, version, &url_base),
+            description::root_description(&config.identity, version, &url_base, &config.paths),
         ),
         Route::WanIpScpd(version) => xml(StatusCode::OK, description::wan_ip_scpd(version)),
         Route::WanCommonScpd => xml(StatusCode::OK, description::wan_common_scpd()),
@@ -311,6 +339,9 @@ async fn respond(
             service,
             soap_action,
         } => {
+            if !config.admit_control(caller, std::time::Instant::now()) {
+                return too_many(caller);
+            }
             let body =
                 match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect())
                     .await
@@ -429,6 +460,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upnp::SERVICE_WAN_IP;
 
     fn route(method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Route, Refusal> {
         let headers: Vec<(&str, &[u8])> = headers
@@ -438,6 +470,7 @@ mod tests {
         route_head(
             method,
             path,
+            &ServicePaths::with_token("t"),
             &headers,
             IgdVersion::V2,
             &["Windows".to_owned()],
@@ -480,7 +513,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                route("POST", "/ctl/IPConn", &headers),
+                route("POST", "/ctl/t/IPConn", &headers),
                 Err(Refusal::CrossSite(why)),
                 "{headers:?}"
             );
@@ -490,7 +523,7 @@ mod tests {
                 matches!(
                     route(
                         "POST",
-                        "/ctl/IPConn",
+                        "/ctl/t/IPConn",
                         &[host, action, ("Content-Type", content_type)]
                     ),
                     Ok(Route::Control { .. })
@@ -498,6 +531,33 @@ mod tests {
                 "{content_type}"
             );
         }
+    }
+
+    #[test]
+    fn control_requests_are_rate_limited_per_host() {
+        let config = HttpConfig {
+            lan_ifname: "lan0".into(),
+            lan_addr: Ipv4Addr::new(192, 168, 0, 1),
+            lan_net: "192.168.0.0/24".parse().unwrap(),
+            identity: crate::upnp::service::identity("lan0", IgdVersion::V2, 1),
+            igd: IgdVersion::V2,
+            v1_user_agents: Vec::new(),
+            paths: ServicePaths::with_token("t"),
+            rate_limit: 5,
+            limiter: std::sync::Mutex::default(),
+        };
+        let (one, other) = (
+            Ipv4Addr::new(192, 168, 0, 12),
+            Ipv4Addr::new(192, 168, 0, 13),
+        );
+        let now = std::time::Instant::now();
+        let admitted = (0..50).filter(|_| config.admit_control(one, now)).count();
+        assert_eq!(admitted, 10, "the burst is twice the rate");
+        assert!(config.admit_control(other, now), "another host has its own");
+        assert!(config.admit_control(one, now + Duration::from_millis(250)));
+        let refused = too_many(one);
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[hyper::header::RETRY_AFTER], "1");
     }
 
     #[test]
@@ -543,7 +603,7 @@ mod tests {
         assert_eq!(
             route(
                 "POST",
-                "/ctl/IPConn",
+                "/ctl/t/IPConn",
                 &[host, xml, ("SOAPAction", "\"urn:x#y\"")]
             ),
             Ok(Route::Control {
@@ -552,14 +612,25 @@ mod tests {
             })
         );
         assert_eq!(
-            route("SUBSCRIBE", "/evt/IPConn", &[host]),
+            route("SUBSCRIBE", "/evt/t/IPConn", &[host]),
             Ok(Route::Subscribe)
         );
         assert_eq!(
-            route("PUT", "/ctl/IPConn", &[host]),
+            route("PUT", "/ctl/t/IPConn", &[host]),
             Ok(Route::MethodNotAllowed)
         );
         assert_eq!(route("GET", "/etc/passwd", &[host]), Ok(Route::NotFound));
+        // The well-known paths of other gateways are not this one's.
+        let action = ("SOAPAction", "\"urn:x#y\"");
+        assert_eq!(
+            route("POST", "/ctl/IPConn", &[host, xml, action]),
+            Ok(Route::NotFound)
+        );
+        assert_eq!(route("GET", "/WANIPCn.xml", &[host]), Ok(Route::NotFound));
+        assert_eq!(
+            route("GET", "/t/WANIPCn.xml", &[host]),
+            Ok(Route::WanIpScpd(IgdVersion::V2))
+        );
     }
 
     #[test]

@@ -13,11 +13,13 @@ use super::{
 };
 use crate::{
     config::UpnpSettings,
-    rules::{ForwardRule, Lease, PortRange, Protocol, RuleError},
+    rules::{CLIENT_PORTS, ForwardRule, Lease, PortIndex, PortRange, Protocol, RuleError},
 };
 
-/// How many ports AddAnyPortMapping tries before answering 728.
-const ANY_PORT_ATTEMPTS: u32 = 256;
+/// How many free ports AddAnyPortMapping offers the rule transaction
+/// before answering 728: one is refused only when a live dynamic mapping
+/// or a router socket took it since the index was asked.
+const ANY_PORT_ATTEMPTS: u32 = 8;
 /// Descriptions are shown in lists; longer ones are refused.
 const MAX_DESCRIPTION: usize = 256;
 
@@ -48,6 +50,14 @@ pub trait Gateway {
     /// Removes the rules named in `remove`, then adds `add` (a rule with
     /// the name of a removed one keeps its id).
     fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError>;
+    /// The first external port from `start` on (going round within
+    /// [`CLIENT_PORTS`]) that no rule holds, that a client may have, and
+    /// that `usable` accepts. The daemon answers from an index it keeps
+    /// and leaves out the router's own ports; this default builds the
+    /// index from [`Gateway::rules`].
+    fn free_port(&self, proto: u8, start: u16, usable: &mut dyn FnMut(u16) -> bool) -> Option<u16> {
+        PortIndex::new(&self.rules()).next_free(proto, start, CLIENT_PORTS, usable)
+    }
     fn totals(&self) -> Totals;
     fn uptime_secs(&self) -> u64;
     fn now_unix(&self) -> u64;
@@ -270,9 +280,14 @@ fn rule_error(error: GatewayError) -> UpnpError {
         GatewayError::Rule(RuleError::Overlap { .. } | RuleError::SharedTarget { .. }) => {
             UpnpError::ConflictInMappingEntry
         }
-        GatewayError::Rule(RuleError::InUseByMapping { .. }) => {
+        // The router's own socket, or a live dynamic mapping: another
+        // mechanism has the port (miniupnpd answers the same).
+        GatewayError::Rule(RuleError::InUseByMapping { .. } | RuleError::RouterSocket { .. }) => {
             UpnpError::ConflictWithOtherMechanisms
         }
+        // Kept from clients by the configuration or the kernel's
+        // ephemeral range: a permission, as `[upnp] permissions` deny.
+        GatewayError::Rule(RuleError::ReservedPort { .. }) => UpnpError::ActionNotAuthorized,
         GatewayError::Rule(
             RuleError::TooMany | RuleError::ClientQuota { .. } | RuleError::LeasedQuota { .. },
         ) => UpnpError::NoPortMapsAvailable,
@@ -349,17 +364,6 @@ fn add_port_mapping(
         off_schedule: false,
     };
 
-    let candidates: Vec<u16> = if any_port {
-        let start = if external == 0 { 1024 } else { external };
-        (0..ANY_PORT_ATTEMPTS)
-            .map(|step| {
-                let span = 65536 - 1024;
-                (1024 + (u32::from(start.max(1024)) - 1024 + step) % span) as u16
-            })
-            .collect()
-    } else {
-        vec![external]
-    };
     // The caller's mapping of the same internal endpoint on another port:
     // a client that restarted on a new port (or crashed with a long lease)
     // gets it moved; AddAnyPortMapping hands it back as it is.
@@ -377,65 +381,91 @@ fn add_port_mapping(
             existing.external.first.to_string(),
         )]);
     }
-    let stale = stale.map(|rule| rule.name.clone());
-    let mut last_error = UpnpError::NoPortMapsAvailable;
-    for port in candidates {
-        if !settings.permits(port, client, internal_port) {
-            last_error = UpnpError::ActionNotAuthorized;
-            if any_port {
-                continue;
-            }
-            return Err(last_error);
+    let stale: Vec<String> = stale.map(|rule| rule.name.clone()).into_iter().collect();
+    if any_port {
+        return add_any_port(
+            gateway,
+            settings,
+            &stale,
+            (protocol, external, client, internal_port),
+            make,
+        );
+    }
+    if !settings.permits(external, client, internal_port) {
+        return Err(UpnpError::ActionNotAuthorized);
+    }
+    let mut remove = stale;
+    if let Some(existing) = find(&rules, protocol, external) {
+        // A NAT-PMP or PCP mapping is not UPnP's to renew or take over.
+        let renewable = existing
+            .upnp_lease()
+            .is_some_and(|lease| lease.client == caller || !settings.secure_mode)
+            && existing.internal_addr == client;
+        if !renewable {
+            return Err(if existing.upnp.is_some() {
+                UpnpError::ConflictInMappingEntry
+            } else {
+                UpnpError::ConflictWithOtherMechanisms
+            });
         }
-        let rules = gateway.rules();
-        let mut remove = Vec::new();
-        if let Some(existing) = find(&rules, protocol, port) {
-            // A NAT-PMP or PCP mapping is not UPnP's to renew or take over.
-            let renewable = existing
-                .upnp_lease()
-                .is_some_and(|lease| lease.client == caller || !settings.secure_mode)
-                && existing.internal_addr == client;
-            // AddAnyPortMapping never replaces: it looks for another port.
-            if !renewable || any_port {
-                last_error = if existing.upnp.is_some() {
-                    UpnpError::ConflictInMappingEntry
+        // The same client again: renew (and update) the mapping.
+        remove.push(existing.name.clone());
+    }
+    gateway
+        .apply(&remove, vec![make(external)])
+        .map_err(rule_error)?;
+    Ok(Vec::new())
+}
+
+/// AddAnyPortMapping's choice: the asked port if it is free, else the
+/// next free one, found in the gateway's index (no rule scan per port),
+/// never a port another rule holds.
+fn add_any_port(
+    gateway: &mut impl Gateway,
+    settings: &UpnpSettings,
+    stale: &[String],
+    (protocol, external, client, internal_port): (&str, u16, Ipv4Addr, u16),
+    make: impl Fn(u16) -> ForwardRule,
+) -> Result<Reply, UpnpError> {
+    let number = protocol_of(protocol).numbers()[0];
+    let mut start = external.max(CLIENT_PORTS.first);
+    let mut permitted = |port| settings.permits(port, client, internal_port);
+    for _ in 0..ANY_PORT_ATTEMPTS {
+        let Some(port) = gateway.free_port(number, start, &mut permitted) else {
+            // Nothing the permissions allow at all is a refusal; else full.
+            return Err(
+                if CLIENT_PORTS
+                    .ports()
+                    .any(|port| settings.permits(port, client, internal_port))
+                {
+                    UpnpError::NoPortMapsAvailable
                 } else {
-                    UpnpError::ConflictWithOtherMechanisms
-                };
-                if any_port {
-                    continue;
-                }
-                return Err(last_error);
-            }
-            // The same client again: renew (and update) the mapping.
-            remove.push(existing.name.clone());
-        }
-        remove.extend(stale.clone());
-        match gateway.apply(&remove, vec![make(port)]) {
-            Ok(()) => {
-                return Ok(if any_port {
-                    vec![("NewReservedPort", port.to_string())]
-                } else {
-                    Vec::new()
-                });
-            }
+                    UpnpError::ActionNotAuthorized
+                },
+            );
+        };
+        match gateway.apply(stale, vec![make(port)]) {
+            Ok(()) => return Ok(vec![("NewReservedPort", port.to_string())]),
             Err(error) => {
-                last_error = rule_error(error);
-                let retry = matches!(
-                    last_error,
-                    UpnpError::ConflictInMappingEntry | UpnpError::ConflictWithOtherMechanisms
+                let error = rule_error(error);
+                let taken_meanwhile = matches!(
+                    error,
+                    UpnpError::ConflictInMappingEntry
+                        | UpnpError::ConflictWithOtherMechanisms
+                        | UpnpError::ActionNotAuthorized
                 );
-                if !(any_port && retry) {
-                    return Err(last_error);
+                if !taken_meanwhile {
+                    return Err(error);
                 }
+                start = if port == CLIENT_PORTS.last {
+                    CLIENT_PORTS.first
+                } else {
+                    port + 1
+                };
             }
         }
     }
-    Err(if last_error == UpnpError::ActionNotAuthorized {
-        last_error
-    } else {
-        UpnpError::NoPortMapsAvailable
-    })
+    Err(UpnpError::NoPortMapsAvailable)
 }
 
 fn may_manage(settings: &UpnpSettings, caller: Ipv4Addr, rule: &ForwardRule) -> bool {
@@ -632,65 +662,20 @@ fn list_of_mappings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{RuleSet, check_conflicts};
+    use crate::upnp::memory::MemoryGateway as FakeGateway;
 
-    /// A gateway over a plain rule set, with the daemon's validation.
-    struct FakeGateway {
-        rules: RuleSet,
-        now: u64,
-        fail: bool,
-    }
-
-    impl FakeGateway {
-        fn new() -> Self {
-            Self {
-                rules: RuleSet::default(),
-                now: 1_000_000,
-                fail: false,
-            }
-        }
-    }
-
-    impl Gateway for FakeGateway {
-        fn external_address(&self) -> Option<Ipv4Addr> {
-            Some(Ipv4Addr::new(203, 0, 113, 1))
-        }
-        fn lan(&self) -> Option<Ipv4Net> {
-            Some("192.168.0.1/24".parse().unwrap())
-        }
-        fn rules(&self) -> Vec<ForwardRule> {
-            self.rules.to_vec()
-        }
-        fn apply(&mut self, remove: &[String], add: Vec<ForwardRule>) -> Result<(), GatewayError> {
-            if self.fail {
-                return Err(GatewayError::Failed("disk full".into()));
-            }
-            let mut next = self.rules.clone();
-            for name in remove {
-                next.remove(name).map_err(GatewayError::Rule)?;
-            }
-            for rule in add {
-                next.add(rule, None).map_err(GatewayError::Rule)?;
-            }
-            next.validate(self.lan().unwrap())
-                .map_err(GatewayError::Rule)?;
-            check_conflicts(&next.to_vec()).map_err(GatewayError::Rule)?;
-            self.rules = next;
-            Ok(())
-        }
-        fn totals(&self) -> Totals {
-            Totals {
+    /// The in-memory gateway, with totals above 32 bits (they wrap).
+    fn fake() -> FakeGateway {
+        FakeGateway {
+            now: 1_000_000,
+            totals: Totals {
                 bytes_sent: (1 << 32) + 5,
                 bytes_received: 7,
                 packets_sent: 1,
                 packets_received: 2,
-            }
-        }
-        fn uptime_secs(&self) -> u64 {
-            42
-        }
-        fn now_unix(&self) -> u64 {
-            self.now
+            },
+            uptime_secs: 42,
+            ..FakeGateway::default()
         }
     }
 
@@ -739,7 +724,7 @@ mod tests {
 
     #[test]
     fn add_renew_and_delete_own_mapping() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         call(
             &mut gateway,
             ME,
@@ -826,7 +811,7 @@ mod tests {
 
     #[test]
     fn a_natpmp_mapping_is_not_upnps_to_renew_delete_or_list() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let mut rule: ForwardRule = "tcp/6881=192.168.0.12,name=natpmp-tcp-6881"
             .parse()
             .unwrap();
@@ -864,7 +849,7 @@ mod tests {
 
     #[test]
     fn secure_mode_and_permissions() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         // Mapping to someone else.
         assert_eq!(
             call(
@@ -903,7 +888,7 @@ mod tests {
 
     #[test]
     fn strict_arguments() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         for (port, lease, protocol) in [
             ("70000", "60", "TCP"),
             ("6881", "-1", "TCP"),
@@ -959,7 +944,7 @@ mod tests {
 
     #[test]
     fn leases_zero_and_too_long() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         call(
             &mut gateway,
             ME,
@@ -974,7 +959,7 @@ mod tests {
             Some(1_000_000 + 604_800)
         );
         // Naming WANIPConnection:1 to a v2 gateway changes nothing.
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let mut args = add_args("6883", "192.168.0.12", "0");
         args[3].1 = "6883";
         call(&mut gateway, ME, 1, "AddPortMapping", &args).unwrap();
@@ -991,7 +976,7 @@ mod tests {
         );
         // A v1 gateway grants a permanent mapping only when told to.
         for (allow_permanent, expires_at) in [(false, Some(1_000_000 + 604_800)), (true, None)] {
-            let mut gateway = FakeGateway::new();
+            let mut gateway = fake();
             let settings = UpnpSettings {
                 allow_permanent,
                 ..UpnpSettings::default()
@@ -1008,7 +993,7 @@ mod tests {
 
     #[test]
     fn a_client_that_maps_its_endpoint_again_gets_it_moved_or_back() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         call(
             &mut gateway,
             ME,
@@ -1051,7 +1036,7 @@ mod tests {
 
     #[test]
     fn any_port_mapping_never_replaces_the_callers_other_mapping() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let mut args = add_args("6881", "192.168.0.12", "0");
         args[0].1 = "198.51.100.7";
         call(&mut gateway, ME, 2, "AddPortMapping", &args).unwrap();
@@ -1075,7 +1060,7 @@ mod tests {
     #[test]
     fn any_remote_is_empty_star_or_zero() {
         for remote in ["", "*", "0.0.0.0", " 0.0.0.0 "] {
-            let mut gateway = FakeGateway::new();
+            let mut gateway = fake();
             let mut args = add_args("6881", "192.168.0.12", "0");
             args[0].1 = remote;
             call(&mut gateway, ME, 2, "AddPortMapping", &args).unwrap();
@@ -1085,7 +1070,7 @@ mod tests {
 
     #[test]
     fn v2_actions_answer_whatever_version_the_request_names() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let reply = call(
             &mut gateway,
             ME,
@@ -1107,7 +1092,7 @@ mod tests {
 
     #[test]
     fn in_secure_mode_a_client_sees_only_its_own_mappings() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         call(
             &mut gateway,
             ME,
@@ -1189,7 +1174,7 @@ mod tests {
 
     #[test]
     fn the_routers_own_address_is_no_internal_client() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let settings = UpnpSettings {
             secure_mode: false,
             ..UpnpSettings::default()
@@ -1203,7 +1188,7 @@ mod tests {
 
     #[test]
     fn any_port_and_conflicts_with_static_rules() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let user: ForwardRule = "tcp/6881=192.168.0.20,name=user".parse().unwrap();
         gateway.apply(&[], vec![user]).unwrap();
         let mut args = add_args("6881", "192.168.0.12", "60");
@@ -1252,7 +1237,7 @@ mod tests {
 
     #[test]
     fn range_delete_and_listing() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         for (caller, client, port) in [
             (ME, "192.168.0.12", "6881"),
             (OTHER, "192.168.0.13", "6882"),
@@ -1293,7 +1278,7 @@ mod tests {
 
     #[test]
     fn common_interface_totals_wrap_as_ui4() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         let request = SoapRequest {
             service_type: format!("{SERVICE_WAN_COMMON}:1"),
             action: "GetTotalBytesSent".into(),
@@ -1312,7 +1297,7 @@ mod tests {
 
     #[test]
     fn a_failed_save_is_an_action_failure() {
-        let mut gateway = FakeGateway::new();
+        let mut gateway = fake();
         gateway.fail = true;
         assert_eq!(
             call(

@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    Identity, IgdVersion,
+    Identity, IgdVersion, ServicePaths,
     http::{self, Control, HttpConfig},
     paths,
     ssdp::{self, SsdpConfig},
@@ -31,6 +31,8 @@ pub struct ServiceConfig {
     pub identity: Identity,
     pub igd: IgdVersion,
     pub v1_user_agents: Vec<String>,
+    /// Control requests per second per LAN host.
+    pub rate_limit: u32,
 }
 
 /// A running IGD; [`Running::stop`] sends the SSDP byebyes.
@@ -57,6 +59,9 @@ pub fn start(config: ServiceConfig, control: Arc<dyn Control>) -> std::io::Resul
         identity: config.identity.clone(),
         igd: config.igd,
         v1_user_agents: config.v1_user_agents.clone(),
+        paths: ServicePaths::random(),
+        rate_limit: config.rate_limit,
+        limiter: std::sync::Mutex::default(),
     });
     let http_task = tokio::spawn(http::serve(listener, http_config, control, stop.clone()));
     let ssdp_config = SsdpConfig {

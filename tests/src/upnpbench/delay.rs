@@ -97,7 +97,7 @@ struct Delay {
 pub(super) fn forwarding_delay(lan: &Netns, wan: &Netns, count: usize) -> Result<Value> {
     let epoch = Instant::now();
     let (orders, prober) = prober(wan, epoch);
-    let endpoint = endpoint();
+    let endpoint = endpoint(lan)?;
     let measured = lan
         .spawn(move || -> Result<(Vec<Delay>, Vec<u16>)> {
             let mut delays = Vec::new();

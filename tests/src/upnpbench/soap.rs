@@ -275,6 +275,30 @@ impl Client {
     }
 }
 
+/// The WANIPConnection control path the root description gives (natctl
+/// draws it at each start; miniupnpd's is fixed).
+pub fn control_path(endpoint: &Endpoint) -> Result<String> {
+    let mut stream = connect(endpoint)?;
+    stream.write_all(
+        format!(
+            "GET /rootDesc.xml HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            endpoint.server
+        )
+        .as_bytes(),
+    )?;
+    let (response, _) = read_response(&mut stream)?;
+    let service = response
+        .body
+        .find("WANIPConnection:")
+        .with_context(|| format!("no WANIPConnection in {}", response.body))?;
+    let path = response.body[service..]
+        .split_once("<controlURL>")
+        .and_then(|(_, rest)| rest.split_once("</controlURL>"))
+        .map(|(path, _)| path.trim().to_owned())
+        .with_context(|| format!("no controlURL in {}", response.body))?;
+    Ok(path)
+}
+
 /// GET of the root description: the server is up and answering.
 pub fn get_description(endpoint: &Endpoint) -> Result<u16> {
     let mut stream = connect(endpoint)?;

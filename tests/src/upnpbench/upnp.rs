@@ -48,16 +48,28 @@ struct Igd<'a> {
     count: Box<dyn Fn() -> Result<usize> + 'a>,
 }
 
-pub(super) fn endpoint() -> Endpoint {
+/// The IGD's server, before its control path is known.
+fn server() -> Endpoint {
     Endpoint {
         server: SocketAddrV4::new(ROUTER_LAN, HTTP_PORT),
-        path: "/ctl/IPConn".into(),
+        path: String::new(),
         source: LAN_HOST,
     }
 }
 
+/// The IGD's control endpoint, as its description gives it.
+pub(super) fn endpoint(lan: &Netns) -> Result<Endpoint> {
+    let server = server();
+    lan.spawn(move || {
+        let path = super::soap::control_path(&server)?;
+        Ok(Endpoint { path, ..server })
+    })
+    .join()
+    .expect("description thread panicked")
+}
+
 fn wait_for_igd(lan: &Netns, what: &str) -> Result<()> {
-    let endpoint = endpoint();
+    let endpoint = server();
     let description = what.to_owned();
     lan.spawn(move || {
         wait_for(&description, Duration::from_secs(15), || {
@@ -262,7 +274,10 @@ fn miniupnpd_mappings(router: &Netns) -> Result<usize> {
 
 pub fn run(scale: &Scale) -> Result<Value> {
     progress!("upnp: starting the natctl lab (UPnP on port {HTTP_PORT})");
-    let lab = Lab::start_with_config(&format!("[upnp]\nhttp_port = {HTTP_PORT}\n"))?;
+    // Unlimited: the bench measures the server, not its rate limit.
+    let lab = Lab::start_with_config(&format!(
+        "[upnp]\nhttp_port = {HTTP_PORT}\nrate_limit = 1000000\n"
+    ))?;
     wait_for_igd(&lab.lan, "natctl's UPnP HTTP server")
         .map_err(|error| anyhow::anyhow!("{error}: {}", lab.natctl_log()))?;
     progress!("upnp: starting the nftables topology with miniupnpd");
@@ -275,14 +290,14 @@ pub fn run(scale: &Scale) -> Result<Value> {
             label: "natctl",
             lan: &lab.lan,
             wan: &lab.wan,
-            endpoint: endpoint(),
+            endpoint: endpoint(&lab.lan)?,
             count: Box::new(|| natctl_mappings(&lab)),
         },
         Igd {
             label: "miniupnpd",
             lan: &kernel.lan,
             wan: &kernel.wan,
-            endpoint: endpoint(),
+            endpoint: endpoint(&kernel.lan)?,
             count: Box::new(|| miniupnpd_mappings(&kernel.router)),
         },
     ];
@@ -395,7 +410,7 @@ pub fn run(scale: &Scale) -> Result<Value> {
             "c4_close": format!("{CONCURRENCY} clients at once, one request per connection"),
             "c1_keepalive": "one client reusing its connection while the server allows (miniupnpd closes after every response)",
         },
-        "request": format!("N AddPortMapping (UDP, external = internal port {REQUEST_BASE}+i, to the LAN host itself as secure mode requires, lease {LEASE} s, SOAP WANIPConnection:1) from {LAN_HOST} to {ROUTER_LAN}:{HTTP_PORT}/ctl/IPConn, then N DeletePortMapping of the same; the IGD holds 0..N mappings during a run"),
+        "request": format!("N AddPortMapping (UDP, external = internal port {REQUEST_BASE}+i, to the LAN host itself as secure mode requires, lease {LEASE} s, SOAP WANIPConnection:1) from {LAN_HOST} to {ROUTER_LAN}:{HTTP_PORT} at the control URL its description gives, then N DeletePortMapping of the same; the IGD holds 0..N mappings during a run"),
         "latency_definition": "latency: connect to whole response read; server_time: request written to first response byte; p50_fewest_mappings/p50_most_mappings: p50 over the tenth of each run in which the IGD held the fewest / the most mappings (the start and the end of an add run, the end and the start of a delete run)",
         "miniupnpd_setup": {
             "version": String::from_utf8_lossy(&std::process::Command::new("miniupnpd").arg("--version").output()?.stdout).trim().replace('\n', "; "),

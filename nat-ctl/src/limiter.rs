@@ -1,4 +1,5 @@
-//! The per-client rate limit of the NAT-PMP/PCP server.
+//! The per-client rate limit of the NAT-PMP/PCP server and the IGD's
+//! control requests: a token bucket per LAN host.
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
@@ -9,19 +10,21 @@ use std::{
 const MAX_TRACKED_CLIENTS: usize = 4096;
 
 /// A token bucket per LAN host.
-#[derive(Debug)]
-pub(super) struct RateLimiter {
+#[derive(Debug, Default)]
+pub struct RateLimiter {
     buckets: HashMap<Ipv4Addr, (f64, Instant)>,
 }
 
 impl RateLimiter {
-    pub(super) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             buckets: HashMap::new(),
         }
     }
 
-    pub(super) fn admit(&mut self, client: Ipv4Addr, now: Instant, rate: u32) -> bool {
+    /// Whether `client` may make one more request now, at `rate` a second
+    /// (twice that in a burst).
+    pub fn admit(&mut self, client: Ipv4Addr, now: Instant, rate: u32) -> bool {
         let capacity = f64::from(rate) * 2.0;
         if self.buckets.len() >= MAX_TRACKED_CLIENTS {
             self.buckets.retain(|_, (_, seen)| {
@@ -44,18 +47,15 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::natpmp::{
-        server::Server,
-        testing::{CLIENT, OTHER},
-    };
 
     #[test]
-    fn the_rate_limit_drops_a_flood() {
-        let mut server = Server::new(Instant::now());
-        let now = Instant::now();
-        let admitted = (0..100).filter(|_| server.admit(CLIENT, now, 10)).count();
+    fn a_flood_is_cut_to_the_burst_and_others_keep_their_own() {
+        let (mut limiter, now) = (RateLimiter::new(), Instant::now());
+        let one = Ipv4Addr::new(192, 168, 0, 12);
+        let admitted = (0..100).filter(|_| limiter.admit(one, now, 10)).count();
         assert_eq!(admitted, 20);
-        assert!(server.admit(OTHER, now, 10));
-        assert!(server.admit(CLIENT, now + Duration::from_millis(200), 10));
+        assert!(limiter.admit(Ipv4Addr::new(192, 168, 0, 13), now, 10));
+        assert!(!limiter.admit(one, now + Duration::from_millis(50), 10));
+        assert!(limiter.admit(one, now + Duration::from_millis(200), 10));
     }
 }
