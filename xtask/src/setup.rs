@@ -37,6 +37,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // service (see `debian_packages`).
     "miniupnpd",
     "miniupnpd-nftables",
+    // The admin page's browser test (tests/tests/web.rs): headless
+    // Chromium driven over WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

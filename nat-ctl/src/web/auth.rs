@@ -186,9 +186,16 @@ impl Sessions {
         self.sessions.remove(cookie);
     }
 
-    /// A login form's cookie and CSRF token.
-    pub fn login_form(&mut self, now: Instant) -> (String, String) {
+    /// A login form's cookie and CSRF token: the browser's own if it
+    /// holds a live one (a second tab, or a request the browser made
+    /// meanwhile, must not spoil the form on screen), else new ones.
+    pub fn login_form(&mut self, held: Option<&str>, now: Instant) -> (String, String) {
         self.login_forms.retain(|_, form| form.expires > now);
+        if let Some(held) = held
+            && let Some(form) = self.login_forms.get(held)
+        {
+            return (held.to_owned(), form.csrf.clone());
+        }
         evict_oldest(&mut self.login_forms, MAX_LOGIN_FORMS - 1);
         let id = random_token();
         let csrf = random_token();
@@ -341,7 +348,13 @@ mod tests {
         assert!(sessions.get("nope", now).is_none());
         assert!(sessions.get(&id, now + SESSION_LIFETIME).is_none());
 
-        let (form, csrf) = sessions.login_form(now);
+        let (form, csrf) = sessions.login_form(None, now);
+        assert_eq!(
+            sessions.login_form(Some(&form), now),
+            (form.clone(), csrf.clone()),
+            "the browser keeps its form"
+        );
+        assert_ne!(sessions.login_form(Some("forged"), now).0, "forged");
         assert!(!sessions.take_login_form(&form, "wrong", now));
         assert!(!sessions.take_login_form(&id, &csrf, now), "not a form");
         assert!(sessions.take_login_form(&form, &csrf, now));

@@ -188,7 +188,10 @@ fn secured(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
         ("cache-control", "no-store"),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // Not no-referrer: with it, a browser sends `Origin: null` on our
+        // own forms, and the Origin check could not tell them from another
+        // site's.
+        ("referrer-policy", "same-origin"),
         (
             "content-security-policy",
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -325,12 +328,17 @@ impl App {
         }
     }
 
-    fn login_page(&self, status: StatusCode, error: Option<&str>) -> Response<Full<Bytes>> {
+    fn login_page(
+        &self,
+        status: StatusCode,
+        held: Option<&str>,
+        error: Option<&str>,
+    ) -> Response<Full<Bytes>> {
         let (id, csrf) = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .login_form(Instant::now());
+            .login_form(held, Instant::now());
         with_cookie(
             html(status, pages::login(&csrf, error)),
             format!(
@@ -365,6 +373,7 @@ impl App {
         if !form_ok {
             return self.login_page(
                 StatusCode::FORBIDDEN,
+                None,
                 Some("The login form expired or did not come from this router: try again."),
             );
         }
@@ -377,6 +386,7 @@ impl App {
             tracing::warn!("admin page: login attempts from {caller} held back");
             let mut response = self.login_page(
                 StatusCode::TOO_MANY_REQUESTS,
+                None,
                 Some(&format!(
                     "Too many login attempts: try again in {} seconds.",
                     wait.as_secs().max(1)
@@ -412,11 +422,11 @@ impl App {
             }
             Ok(false) => {
                 tracing::warn!("admin page: wrong password from {caller}");
-                self.login_page(StatusCode::UNAUTHORIZED, Some("Wrong password."))
+                self.login_page(StatusCode::UNAUTHORIZED, None, Some("Wrong password."))
             }
             Err(error) => {
                 tracing::error!("admin page: {error}");
-                self.login_page(StatusCode::SERVICE_UNAVAILABLE, Some(&error.to_string()))
+                self.login_page(StatusCode::SERVICE_UNAVAILABLE, None, Some(&error.to_string()))
             }
         }
     }
@@ -457,6 +467,10 @@ async fn respond(app: &App, caller: Ipv4Addr, request: Request<Incoming>) -> Res
                 Bytes::from_static(assets::CHART.as_bytes()),
             );
         }
+        // Browsers ask for it by themselves; there is none.
+        (&Method::GET, "/favicon.ico") => {
+            return respond_with(StatusCode::NOT_FOUND, "text/plain", Bytes::new());
+        }
         _ => {}
     }
     let pairs = if parts.method == Method::POST {
@@ -482,7 +496,11 @@ async fn respond(app: &App, caller: Ipv4Addr, request: Request<Incoming>) -> Res
     if path == "/login" {
         return match parts.method {
             Method::GET if app.session(&parts.headers).is_some() => redirect("/forwarding"),
-            Method::GET => app.login_page(StatusCode::OK, None),
+            Method::GET => app.login_page(
+                StatusCode::OK,
+                cookie(&parts.headers, LOGIN_COOKIE),
+                None,
+            ),
             Method::POST => app.login(caller, &parts.headers, &pairs).await,
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into()),
         };
