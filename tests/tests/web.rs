@@ -82,6 +82,17 @@ fn rules(socket: &std::path::Path) -> Vec<Value> {
         .clone()
 }
 
+fn status(socket: &std::path::Path) -> Value {
+    let output = Command::new(natctl_path().unwrap())
+        .arg("--socket")
+        .arg(socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// A WAN host's connection to the router's WAN address on `port` reaches
 /// `listener` (on the LAN host) with its bytes.
 fn wan_reaches(wan_netns: &str, port: u16, listener: &TcpListener) -> Result<()> {
@@ -156,7 +167,7 @@ async fn fill(client: &Client, id: &str, value: &str) -> Result<()> {
 }
 
 /// The browser's part, run in the LAN host's namespace.
-async fn browse(socket: PathBuf, wan_netns: String) -> Result<()> {
+async fn browse(socket: PathBuf, lan_netns: String, wan_netns: String) -> Result<()> {
     let profile = std::env::temp_dir().join(format!("natctl-chromium-{}", std::process::id()));
     let capabilities = serde_json::json!({
         "goog:chromeOptions": {
@@ -191,7 +202,7 @@ async fn browse(socket: PathBuf, wan_netns: String) -> Result<()> {
             }
         }
     };
-    let mut outcome = flow(&client, &socket, &wan_netns).await;
+    let mut outcome = flow(&client, &socket, &lan_netns, &wan_netns).await;
     if let Err(error) = outcome {
         // What the browser had on screen, for the failure's message.
         let _ = screenshot(&client, "failure").await;
@@ -204,7 +215,12 @@ async fn browse(socket: PathBuf, wan_netns: String) -> Result<()> {
     outcome
 }
 
-async fn flow(client: &Client, socket: &std::path::Path, wan_netns: &str) -> Result<()> {
+async fn flow(
+    client: &Client,
+    socket: &std::path::Path,
+    lan_netns: &str,
+    wan_netns: &str,
+) -> Result<()> {
     let base = format!("http://{ROUTER_LAN}:{WEB_PORT}");
     // No page without a login.
     client.goto(&format!("{base}/forwarding")).await?;
@@ -256,6 +272,33 @@ async fn flow(client: &Client, socket: &std::path::Path, wan_netns: &str) -> Res
     let server = TcpListener::bind((LAN_SERVER, 22))?;
     wan_reaches(wan_netns, 2222, &server)?;
 
+    // Disable and enable again, with the row's buttons.
+    for (action, done, enabled) in [("disable", "disabled", false), ("enable", "enabled", true)] {
+        client
+            .find(Locator::Css(&format!(
+                "tr[data-rule='ssh'] form[action='/forwarding/{action}'] button"
+            )))
+            .await?
+            .click()
+            .await?;
+        wait_text(client, "notice", &format!("Rule ssh {done}.")).await?;
+        let listed = rules(socket);
+        ensure!(listed[0]["enabled"] == enabled, "{listed:?}");
+    }
+
+    // On a phone the table becomes cards: no header row.
+    client.set_window_size(390, 844).await?;
+    client.goto(&format!("{base}/forwarding")).await?;
+    let header = client
+        .execute(
+            "return getComputedStyle(document.querySelector('#rules thead')).display",
+            vec![],
+        )
+        .await?;
+    ensure!(header == "none", "the table header on a phone: {header}");
+    screenshot(client, "forwarding-phone").await?;
+    client.set_window_size(1100, 900).await?;
+
     // Modify: another external port.
     client
         .find(Locator::Css("tr[data-rule='ssh'] a.button"))
@@ -280,15 +323,68 @@ async fn flow(client: &Client, socket: &std::path::Path, wan_netns: &str) -> Res
     client.goto(&format!("{base}/table?address=nonsense")).await?;
     wait_text(client, "filter-error", "bad address \"nonsense\"").await?;
 
+    // A LAN host maps a port by NAT-PMP; the page shows it and deletes it.
+    let natpmpc = Command::new("ip")
+        .args(["netns", "exec", lan_netns, "timeout", "10", "natpmpc", "-g"])
+        .arg(ROUTER_LAN.to_string())
+        .args(["-a", "5000", "5000", "tcp", "3600"])
+        .output()
+        .context("running natpmpc (`cargo xtask setup` installs it)")?;
+    ensure!(natpmpc.status.success(), "natpmpc: {natpmpc:?}");
+    let mapping = rules(socket)
+        .into_iter()
+        .find(|rule| rule["upnp"]["origin"] == "natpmp")
+        .context("the NAT-PMP mapping")?;
+    let mapping = mapping["name"].as_str().unwrap().to_owned();
     client.goto(&format!("{base}/mappings")).await?;
-    client.find(Locator::Id("mappings")).await?;
+    let table = client.find(Locator::Id("mappings")).await?.text().await?;
+    ensure!(
+        table.contains("NAT-PMP TCP") && table.contains("5000") && table.contains(&mapping),
+        "{table}"
+    );
     screenshot(client, "mappings").await?;
+    client
+        .find(Locator::Css("#mappings button.danger"))
+        .await?
+        .click()
+        .await?;
+    wait_text(client, "notice", &format!("Rule {mapping} deleted.")).await?;
+    ensure!(rules(socket).iter().all(|rule| rule["name"] != mapping.as_str()));
+    // The NAT-PMP/PCP switch, off and on.
+    for (now, wanted) in [("off", false), ("on", true)] {
+        client
+            .find(Locator::Css("form[action='/mappings/natpmp'] button"))
+            .await?
+            .click()
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while status(socket)["natpmp"] != wanted {
+            ensure!(Instant::now() < deadline, "NAT-PMP never switched {now}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let switches = client
+            .find(Locator::Css("form[action='/mappings/natpmp']"))
+            .await?
+            .text()
+            .await?;
+        ensure!(switches.contains(&format!(": {now}")), "{switches}");
+    }
 
     client.goto(&format!("{base}/traffic")).await?;
     let counters = client.find(Locator::Id("counters")).await?.text().await?;
     ensure!(counters.contains("wan_rx"), "{counters}");
-    // The chart has drawn from two polls of the counters.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The chart polls the counters and draws what it got.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let samples = client
+            .execute("return document.getElementById('pps').dataset.samples || '0'", vec![])
+            .await?;
+        if samples.as_str().and_then(|n| n.parse::<u32>().ok()) >= Some(2) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the chart never drew: {samples}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     screenshot(client, "traffic").await?;
 
     // The connection log has the WAN host's two connections.
@@ -331,13 +427,14 @@ fn a_browser_on_the_lan_forwards_a_port_through_the_admin_page() {
     let _driver = Driver::start(&lab.lan);
     let socket = lab.socket();
     let wan = lab.wan.name.clone();
+    let lan = lab.lan.name.clone();
     let outcome = lab
         .lan
         .spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(browse(socket, wan))
+                .block_on(browse(socket, lan, wan))
         })
         .join()
         .expect("the browser thread panicked");

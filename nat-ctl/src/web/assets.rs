@@ -80,6 +80,7 @@ pub const CHART: &str = r#"
           if (lan.length > points) { lan.shift(); wan.shift(); }
         }
         last = now; draw();
+        canvas.dataset.samples = String(lan.length);
       })
       .catch(function () {});
   }
