@@ -462,7 +462,10 @@ fn passwd(config: Option<&std::path::Path>) -> Result<()> {
     let password = if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("New admin page password: ")?;
         let again = rpassword::prompt_password("Again: ")?;
-        anyhow::ensure!(first == again, "the two passwords differ; nothing was changed");
+        anyhow::ensure!(
+            first == again,
+            "the two passwords differ; nothing was changed"
+        );
         first
     } else {
         let mut line = String::new();

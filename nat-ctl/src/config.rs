@@ -90,7 +90,12 @@ impl DaemonConfig {
 }
 
 fn password_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
-    absolute_path(deserializer, "password_file", "/var/lib/natctl/web-password").map(Some)
+    absolute_path(
+        deserializer,
+        "password_file",
+        "/var/lib/natctl/web-password",
+    )
+    .map(Some)
 }
 
 /// The `[metrics]` table: the Prometheus endpoint, off unless `listen` is

@@ -310,17 +310,25 @@ async fn flow(
     client.find(Locator::Id("save")).await?.click().await?;
     wait_text(client, "notice", "Rule ssh modified.").await?;
     let listed = rules(socket);
-    ensure!(listed.len() == 1 && listed[0]["external"] == "2223", "{listed:?}");
+    ensure!(
+        listed.len() == 1 && listed[0]["external"] == "2223",
+        "{listed:?}"
+    );
     ensure!(listed[0]["internal"] == "22", "{listed:?}");
     wan_reaches(wan_netns, 2223, &server)?;
 
     // The NAT table, filtered as `natctl table --port 2223` filters.
     client.goto(&format!("{base}/table?port=2223")).await?;
     let table = client.find(Locator::Id("nat-table")).await?.text().await?;
-    ensure!(table.contains("2223") && table.contains("STATIC"), "{table}");
+    ensure!(
+        table.contains("2223") && table.contains("STATIC"),
+        "{table}"
+    );
     ensure!(!table.contains("2222"), "{table}");
     screenshot(client, "table").await?;
-    client.goto(&format!("{base}/table?address=nonsense")).await?;
+    client
+        .goto(&format!("{base}/table?address=nonsense"))
+        .await?;
     wait_text(client, "filter-error", "bad address \"nonsense\"").await?;
 
     // A LAN host maps a port by NAT-PMP; the page shows it and deletes it.
@@ -349,7 +357,11 @@ async fn flow(
         .click()
         .await?;
     wait_text(client, "notice", &format!("Rule {mapping} deleted.")).await?;
-    ensure!(rules(socket).iter().all(|rule| rule["name"] != mapping.as_str()));
+    ensure!(
+        rules(socket)
+            .iter()
+            .all(|rule| rule["name"] != mapping.as_str())
+    );
     // The NAT-PMP/PCP switch, off and on.
     for (now, wanted) in [("off", false), ("on", true)] {
         client
@@ -377,7 +389,10 @@ async fn flow(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let samples = client
-            .execute("return document.getElementById('pps').dataset.samples || '0'", vec![])
+            .execute(
+                "return document.getElementById('pps').dataset.samples || '0'",
+                vec![],
+            )
             .await?;
         if samples.as_str().and_then(|n| n.parse::<u32>().ok()) >= Some(2) {
             break;
@@ -389,7 +404,11 @@ async fn flow(
 
     // The connection log has the WAN host's two connections.
     client.goto(&format!("{base}/log")).await?;
-    let log = client.find(Locator::Id("connections")).await?.text().await?;
+    let log = client
+        .find(Locator::Id("connections"))
+        .await?
+        .text()
+        .await?;
     ensure!(log.matches("203.0.113.2").count() >= 2, "{log}");
     ensure!(log.contains("2223") && log.contains("2222"), "{log}");
     screenshot(client, "log").await?;
@@ -558,7 +577,10 @@ fn the_admin_page_refuses_what_it_must() {
     assert_eq!(answer.status, 303);
     assert!(answer.head.contains("location: /login"), "{}", answer.head);
     let add = "name=web&protocol=tcp&external=8443&internal_addr=192.168.0.12&enabled=on";
-    assert_eq!(post(&lab.lan, LAN_SERVER, "/forwarding/add", "", "", add).status, 403);
+    assert_eq!(
+        post(&lab.lan, LAN_SERVER, "/forwarding/add", "", "", add).status,
+        403
+    );
 
     // A wrong password: refused, and no session.
     let wrong = log_in(&lab.lan, LAN_SERVER, "not the password");
@@ -604,7 +626,15 @@ fn the_admin_page_refuses_what_it_must() {
     assert!(no_token.body.contains("CSRF"), "{}", no_token.body);
     let wrong_token = format!("csrf={}&{add}", "0".repeat(64));
     assert_eq!(
-        post(&lab.lan, LAN_SERVER, "/forwarding/add", &cookie, "", &wrong_token).status,
+        post(
+            &lab.lan,
+            LAN_SERVER,
+            "/forwarding/add",
+            &cookie,
+            "",
+            &wrong_token
+        )
+        .status,
         403
     );
     let with_token = format!("csrf={csrf}&{add}");
@@ -619,7 +649,14 @@ fn the_admin_page_refuses_what_it_must() {
     assert_eq!(cross_site.status, 403, "{}", cross_site.body);
     assert!(lab.rules().is_empty(), "a refused form changed the rules");
     // The same form with its token goes through.
-    let added = post(&lab.lan, LAN_SERVER, "/forwarding/add", &cookie, "", &with_token);
+    let added = post(
+        &lab.lan,
+        LAN_SERVER,
+        "/forwarding/add",
+        &cookie,
+        "",
+        &with_token,
+    );
     assert_eq!(added.status, 303, "{}", added.body);
     assert_eq!(lab.rules().len(), 1);
     // And a bad one is refused with the CLI's message.
@@ -637,7 +674,14 @@ fn the_admin_page_refuses_what_it_must() {
     );
     let cli = lab
         .natctl_output(&[
-            "add", "web2", "--proto", "both", "--external", "8443", "--internal", "192.168.0.13",
+            "add",
+            "web2",
+            "--proto",
+            "both",
+            "--external",
+            "8443",
+            "--internal",
+            "192.168.0.13",
         ])
         .unwrap();
     assert!(
@@ -648,14 +692,33 @@ fn the_admin_page_refuses_what_it_must() {
 
     // A name the page does not go by (DNS rebinding) is refused, even
     // with a session; a configured one is not.
-    let rebound = get(&lab.lan, LAN_SERVER, "/forwarding", "evil.example:8080", &cookie);
+    let rebound = get(
+        &lab.lan,
+        LAN_SERVER,
+        "/forwarding",
+        "evil.example:8080",
+        &cookie,
+    );
     assert_eq!(rebound.status, 421, "{}", rebound.body);
     assert!(!rebound.body.contains("web"), "{}", rebound.body);
-    let named = get(&lab.lan, LAN_SERVER, "/forwarding", "router.lan:8080", &cookie);
+    let named = get(
+        &lab.lan,
+        LAN_SERVER,
+        "/forwarding",
+        "router.lan:8080",
+        &cookie,
+    );
     assert_eq!(named.status, 200);
 
     // Logging out ends the session.
-    let out = post(&lab.lan, LAN_SERVER, "/logout", &cookie, "", &format!("csrf={csrf}"));
+    let out = post(
+        &lab.lan,
+        LAN_SERVER,
+        "/logout",
+        &cookie,
+        "",
+        &format!("csrf={csrf}"),
+    );
     assert_eq!(out.status, 303);
     assert_eq!(
         get(&lab.lan, LAN_SERVER, "/forwarding", &host, &cookie).status,

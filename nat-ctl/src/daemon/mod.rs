@@ -394,8 +394,8 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
                 web_config.password_file.display()
             );
             tokio::spawn(crate::web::serve(
-            listener,
-            web_config,
+                listener,
+                web_config,
                 daemon.clone() as Arc<dyn crate::web::Backend>,
                 api_stop.clone(),
             ))

@@ -88,18 +88,16 @@ pub(super) async fn connection_log(
                 .rules
                 .by_id(event.rule_id)
                 .map_or("?", |rule| rule.name.as_str());
-            daemon
-                .connection_history
-                .push(crate::web::ConnectionEntry {
-                    at: unix_now(),
-                    protocol: protocol_name(event.proto),
-                    remote: event.remote_addr.into(),
-                    remote_port: event.remote_port,
-                    external_port: event.external_port,
-                    internal: event.internal_addr.into(),
-                    internal_port: event.internal_port,
-                    rule: rule.to_owned(),
-                });
+            daemon.connection_history.push(crate::web::ConnectionEntry {
+                at: unix_now(),
+                protocol: protocol_name(event.proto),
+                remote: event.remote_addr.into(),
+                remote_port: event.remote_port,
+                external_port: event.external_port,
+                internal: event.internal_addr.into(),
+                internal_port: event.internal_port,
+                rule: rule.to_owned(),
+            });
             tracing::info!(
                 target: "natctl::connections",
                 "new inbound {} connection from {}:{} to external port {} (rule {rule}) -> {}:{}",

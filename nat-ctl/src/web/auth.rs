@@ -377,7 +377,9 @@ mod tests {
         let wait = limiter.attempt(one, start).unwrap_err();
         assert_eq!(wait, LOGIN_WINDOW);
         // Another host is not held back by the first.
-        limiter.attempt(Ipv4Addr::new(192, 168, 0, 13), start).unwrap();
+        limiter
+            .attempt(Ipv4Addr::new(192, 168, 0, 13), start)
+            .unwrap();
         // The window slides.
         limiter.attempt(one, start + LOGIN_WINDOW).unwrap();
 
@@ -389,7 +391,10 @@ mod tests {
         }
         assert!(
             limiter
-                .attempt(Ipv4Addr::new(192, 168, 2, 1), start + Duration::from_secs(1))
+                .attempt(
+                    Ipv4Addr::new(192, 168, 2, 1),
+                    start + Duration::from_secs(1)
+                )
                 .is_err(),
             "many addresses together are limited too"
         );

@@ -203,7 +203,11 @@ fn secured(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     response
 }
 
-fn respond_with(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+fn respond_with(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
@@ -426,7 +430,11 @@ impl App {
             }
             Err(error) => {
                 tracing::error!("admin page: {error}");
-                self.login_page(StatusCode::SERVICE_UNAVAILABLE, None, Some(&error.to_string()))
+                self.login_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    None,
+                    Some(&error.to_string()),
+                )
             }
         }
     }
@@ -496,13 +504,14 @@ async fn respond(app: &App, caller: Ipv4Addr, request: Request<Incoming>) -> Res
     if path == "/login" {
         return match parts.method {
             Method::GET if app.session(&parts.headers).is_some() => redirect("/forwarding"),
-            Method::GET => app.login_page(
-                StatusCode::OK,
-                cookie(&parts.headers, LOGIN_COOKIE),
-                None,
-            ),
+            Method::GET => {
+                app.login_page(StatusCode::OK, cookie(&parts.headers, LOGIN_COOKIE), None)
+            }
             Method::POST => app.login(caller, &parts.headers, &pairs).await,
-            _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into()),
+            _ => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            ),
         };
     }
     let Some((session_id, session)) = app.session(&parts.headers) else {
@@ -512,8 +521,7 @@ async fn respond(app: &App, caller: Ipv4Addr, request: Request<Incoming>) -> Res
         };
     };
     let csrf = session.csrf.as_str();
-    if parts.method == Method::POST
-        && !auth::tokens_equal(pair(&pairs, "csrf").unwrap_or(""), csrf)
+    if parts.method == Method::POST && !auth::tokens_equal(pair(&pairs, "csrf").unwrap_or(""), csrf)
     {
         tracing::warn!("admin page: a form from {caller} without its CSRF token refused");
         return text(
@@ -559,13 +567,7 @@ async fn respond(app: &App, caller: Ipv4Addr, request: Request<Incoming>) -> Res
                 Err(refused) => {
                     let mut errors = FieldErrors::new();
                     errors.insert(Field::Form, refused.message);
-                    app.forwarding_page(
-                        StatusCode::CONFLICT,
-                        &new_rule_form(),
-                        &errors,
-                        csrf,
-                        None,
-                    )
+                    app.forwarding_page(StatusCode::CONFLICT, &new_rule_form(), &errors, csrf, None)
                 }
             }
         }
@@ -622,7 +624,10 @@ async fn respond(app: &App, caller: Ipv4Addr, request: Request<Incoming>) -> Res
             pages::log(&app.backend.connection_log(), unix_now(), csrf),
         ),
         (Method::GET | Method::POST, _) => text(StatusCode::NOT_FOUND, "not found\n".into()),
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into()),
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        ),
     }
 }
 
@@ -650,7 +655,10 @@ fn notice(query: &[(String, String)]) -> Option<String> {
     let done = ["added", "modified", "deleted", "enabled", "disabled"]
         .into_iter()
         .find(|known| *known == done)?;
-    Some(format!("Rule {} {done}.", pair(query, "rule").unwrap_or("")))
+    Some(format!(
+        "Rule {} {done}.",
+        pair(query, "rule").unwrap_or("")
+    ))
 }
 
 fn forwarding_get(app: &App, query: &[(String, String)], csrf: &str) -> Response<Full<Bytes>> {
@@ -687,7 +695,13 @@ fn forwarding_save(app: &App, pairs: &[(String, String)], csrf: &str) -> Respons
     let request = match request {
         Ok(request) => request,
         Err(errors) => {
-            return app.forwarding_page(StatusCode::UNPROCESSABLE_ENTITY, &form, &errors, csrf, None);
+            return app.forwarding_page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &form,
+                &errors,
+                csrf,
+                None,
+            );
         }
     };
     match app.ask(request) {
@@ -814,7 +828,10 @@ mod tests {
     #[test]
     fn cookies_are_found_by_name() {
         let mut headers = hyper::HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; natctl_session=abc"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; natctl_session=abc"),
+        );
         headers.append(header::COOKIE, HeaderValue::from_static("natctl_login=xyz"));
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&headers, LOGIN_COOKIE), Some("xyz"));
@@ -823,7 +840,13 @@ mod tests {
 
     #[test]
     fn a_notice_says_only_known_words() {
-        let query = form_pairs(done_url("/forwarding", "added", "a&b").split_once('?').unwrap().1.as_bytes());
+        let query = form_pairs(
+            done_url("/forwarding", "added", "a&b")
+                .split_once('?')
+                .unwrap()
+                .1
+                .as_bytes(),
+        );
         assert_eq!(notice(&query).as_deref(), Some("Rule a&b added."));
         let forged = form_pairs(b"done=hacked&rule=x");
         assert_eq!(notice(&forged), None);
