@@ -3,7 +3,6 @@
 //! one of ours, sizes and times bounded), every page behind a login and
 //! every form behind its session's CSRF token.
 use std::{
-    collections::HashMap,
     convert::Infallible,
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
@@ -30,7 +29,7 @@ use super::{
 };
 use crate::{
     api::{ListedRule, Request as ApiRequest},
-    connections::{Connections, DRAIN_DEADLINE},
+    connections::{Connections, DRAIN_DEADLINE, PerHost},
     table::{Stats, TableRow},
 };
 
@@ -73,42 +72,6 @@ pub fn bind(config: &WebConfig) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// The connections each LAN host holds.
-#[derive(Clone, Default)]
-struct PerHost(Arc<Mutex<HashMap<Ipv4Addr, usize>>>);
-
-struct HostSlot {
-    hosts: PerHost,
-    host: Ipv4Addr,
-}
-
-impl PerHost {
-    fn claim(&self, host: Ipv4Addr) -> Option<HostSlot> {
-        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(host).or_default();
-        if *count >= MAX_PER_HOST {
-            return None;
-        }
-        *count += 1;
-        Some(HostSlot {
-            hosts: self.clone(),
-            host,
-        })
-    }
-}
-
-impl Drop for HostSlot {
-    fn drop(&mut self) {
-        let mut counts = self.hosts.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.host) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.host);
-            }
-        }
-    }
-}
-
 struct App {
     config: WebConfig,
     backend: Arc<dyn Backend>,
@@ -131,7 +94,7 @@ pub async fn serve(
         limiter: Mutex::default(),
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let hosts = PerHost::default();
+    let hosts = PerHost::new(MAX_PER_HOST);
     let mut connections = Connections::new(shutdown.clone());
     loop {
         let permit = tokio::select! {
