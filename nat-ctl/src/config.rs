@@ -844,6 +844,30 @@ listen = "127.0.0.1:9469"
     }
 
     #[test]
+    fn the_admin_page_is_off_until_listen_and_keeps_its_password_beside_the_rules() {
+        let config = DaemonConfig::parse("", Path::new("natctl.toml")).unwrap();
+        assert_eq!(config.web.listen, None);
+        assert_eq!(
+            config.password_file(),
+            Path::new("/var/lib/natctl/web-password")
+        );
+        let text = "rules_file = \"/srv/nat/rules.toml\"\n[web]\nlisten = \"192.168.0.1:8080\"\n";
+        let config = DaemonConfig::parse(text, Path::new("natctl.toml")).unwrap();
+        assert_eq!(config.web.listen, Some("192.168.0.1:8080".parse().unwrap()));
+        assert_eq!(config.password_file(), Path::new("/srv/nat/web-password"));
+        let text = "[web]\npassword_file = \"web-password\"\n";
+        let error = DaemonConfig::parse(text, Path::new("natctl.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("password_file = \"web-password\": expected an absolute path"),
+            "{error}"
+        );
+        let text = "[web]\nlisten = \"router:80\"\n";
+        assert!(DaemonConfig::parse(text, Path::new("natctl.toml")).is_err());
+    }
+
+    #[test]
     fn bad_filtering_names_the_value_the_choices_and_the_line() {
         let (line, column, message) = invalid("[nat]\nfiltering = \"full-cone\"\n");
         assert_eq!((line, column), (2, 13), "{message}");

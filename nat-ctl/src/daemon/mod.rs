@@ -461,6 +461,13 @@ fn web_listener(
     lan_net: Ipv4Net,
     listen: std::net::SocketAddrV4,
 ) -> Result<(tokio::net::TcpListener, crate::web::WebConfig)> {
+    if listen.port() == 0 {
+        bail!(
+            "[web] listen = \"{listen}\": expected a port from 1 to 65535, e.g. \"{}:8080\" (the \
+             page checks the Host header against it)",
+            lan_net.addr()
+        );
+    }
     if *listen.ip() != lan_net.addr() {
         bail!(
             "[web] listen = \"{listen}\": the admin page is served on the LAN only; expected \
