@@ -569,7 +569,7 @@ fn log_in(lan: &Netns, from: Ipv4Addr, password: &str) -> Answer {
 
 #[test]
 fn the_admin_page_refuses_what_it_must() {
-    let lab = web_lab();
+    let mut lab = web_lab();
     let host = format!("{ROUTER_LAN}:{WEB_PORT}");
 
     // No page without a login; no change either.
@@ -755,6 +755,59 @@ fn the_admin_page_refuses_what_it_must() {
         sockets.contains(&format!("{ROUTER_LAN}%lan0:{WEB_PORT}")),
         "{sockets}"
     );
+
+    // A stop drains the page's server with the others.
+    let log = lab.stop().unwrap();
+    assert!(log.contains("daemon stopped"), "{log}");
+}
+
+/// On a terminal `natctl passwd` asks twice and refuses two different
+/// answers (`script` gives it a pseudo-terminal).
+#[test]
+fn natctl_passwd_asks_twice_on_a_terminal() {
+    let dir = std::env::temp_dir().join(format!("natctl-passwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("natctl.toml");
+    std::fs::write(
+        &config,
+        format!("rules_file = {:?}\n", dir.join("rules.toml")),
+    )
+    .unwrap();
+    let passwd = |answers: &str| {
+        let command = format!(
+            "{} --config {} passwd",
+            natctl_path().unwrap().display(),
+            config.display()
+        );
+        let mut child = Command::new("timeout")
+            .args(["20", "script", "-qec", &command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script (bsdutils)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answers.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = passwd("first password\rsecond password\r");
+    assert!(!ok, "{text}");
+    assert!(text.contains("the two passwords differ"), "{text}");
+    assert!(!dir.join("web-password").exists());
+    let (ok, text) = passwd("same password\rsame password\r");
+    assert!(ok, "{text}");
+    assert!(text.contains("Again:"), "asked twice: {text}");
+    let hash = std::fs::read_to_string(dir.join("web-password")).unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -41,6 +41,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // Chromium driven over WebDriver.
     "chromium",
     "chromium-driver",
+    // `script`, the terminal `natctl passwd` is tested on.
+    "bsdutils",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
