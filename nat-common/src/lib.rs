@@ -245,6 +245,7 @@ macro_rules! counters {
                         | Counter::DropIcmpUntranslated
                         | Counter::DropIcmpUnknown
                         | Counter::DropFragUntracked
+                        | Counter::DropFragIdBusy
                         | Counter::DropProtoBusy
                         | Counter::DropNoWanAddress
                         | Counter::DropToLanPrefix
@@ -333,6 +334,13 @@ counters! {
     /// A later fragment from outside whose datagram is not tracked (its
     /// first fragment not seen, expired or evicted): dropped.
     DropFragUntracked = "drop_frag_untracked",
+    /// A LAN host's fragmented datagram left with another IP id than its
+    /// own: another LAN host's datagram to the same remote held that id,
+    /// and the remote would have reassembled the two as one.
+    FragIdRewritten = "frag_id_rewritten",
+    /// From the LAN, a fragmented datagram for which no free IP id was
+    /// found towards its remote (a flood of datagrams in flight): dropped.
+    DropFragIdBusy = "drop_frag_id_busy",
     /// From the LAN, another IP protocol (GRE, ESP, ...) to a remote that
     /// another LAN host already talks to in that protocol: only one can be
     /// translated by address. Dropped until that one ages out.
@@ -373,7 +381,10 @@ pub struct FragEntry {
     pub addr: [u8; 4],
     /// Fragments translated by this entry (the first one included).
     pub fragments: u16,
-    pub _pad: [u8; 2],
+    /// Leaving the LAN, the IP id the datagram leaves with (host order):
+    /// its own unless another LAN host's datagram to the same remote holds
+    /// it. Arriving from outside, the datagram's own.
+    pub id: u16,
 }
 
 /// Fragments in flight: an LRU, so that a flood of datagrams that never

@@ -9,6 +9,10 @@
 //!   (the fields to change), `DELETE rules/NAME`, `POST rules/NAME/enable`,
 //!   `POST rules/NAME/disable`
 //! - `GET table?protocol=&address=&port=&type=`, `GET stats`
+//! - `GET connections` (the history of new inbound connections),
+//!   `GET connections?follow=1` (the history, then each new one as it
+//!   comes: newline-delimited JSON, one record a line, until the daemon
+//!   stops)
 //! - `POST reload` (as SIGHUP), `POST upnp/on`, `POST upnp/off`,
 //!   `POST natpmp/on`, `POST natpmp/off` (NAT-PMP and PCP),
 //!   `POST down` (detach and stop)
@@ -23,11 +27,12 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     client::{Client, ClientError},
-    server::{Controller, bind, serve},
+    server::{Controller, JsonLines, bind, serve},
 };
 pub use crate::table::TableFilter;
 use crate::{
     rules::{ForwardRule, PortRange, Protocol},
+    schedule::Schedule,
     table::Traffic,
 };
 
@@ -48,6 +53,10 @@ pub enum Request {
     },
     Table(TableFilter),
     Stats,
+    /// The connection log; `follow`: then the live ones, streamed.
+    Connections {
+        follow: bool,
+    },
     Reload,
     /// Switch the UPnP IGD on or off (off also removes its mappings).
     Upnp(bool),
@@ -75,6 +84,9 @@ pub struct RuleChange {
     pub allow: Option<Vec<Ipv4Net>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// `always` removes the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
 }
 
 impl RuleChange {
@@ -108,6 +120,9 @@ impl RuleChange {
         }
         if let Some(enabled) = self.enabled {
             rule.enabled = enabled;
+        }
+        if let Some(schedule) = &self.schedule {
+            rule.schedule = schedule.clone();
         }
     }
 }
@@ -201,6 +216,51 @@ pub struct ListedRule {
     pub inbound: Traffic,
     /// The LAN server's replies.
     pub outbound: Traffic,
+    /// For a rule with a schedule: on it now or not, and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_state: Option<ScheduleState>,
+}
+
+/// Where a scheduled rule stands now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// Inside one of its windows: remotes may come in (if it is enabled).
+    pub on: bool,
+    /// When that changes, RFC 3339 in the router's local time; absent if
+    /// it never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The same, short: `mon 09:00`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_local: Option<String>,
+}
+
+/// One new inbound connection on a forwarded port, as `natctl
+/// connections` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    /// Counts up from 1 since the daemon started.
+    pub seq: u64,
+    /// When the daemon read it, RFC 3339 in the router's local time.
+    pub time: String,
+    /// TCP or UDP.
+    pub protocol: String,
+    pub remote: std::net::SocketAddrV4,
+    pub external_port: u16,
+    /// The rule's name ("?" if it was removed before the report was read).
+    pub rule: String,
+    pub rule_id: u32,
+    /// The LAN server the connection was forwarded to.
+    pub server: std::net::SocketAddrV4,
+}
+
+/// A line of `GET connections?follow=1`: a connection, or how many a
+/// follower too slow to keep up missed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FollowedLine {
+    Connection(ConnectionRecord),
+    Missed { missed: u64 },
 }
 
 /// The answer to `DELETE rules/NAME`.
@@ -320,6 +380,17 @@ pub fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Re
         }
         ["table"] if method == Method::GET => Ok(Request::Table(parse_table_query(query)?)),
         ["stats"] if method == Method::GET => Ok(Request::Stats),
+        ["connections"] if method == Method::GET => Ok(Request::Connections {
+            follow: match query {
+                "" => false,
+                "follow=1" => true,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "bad query {query:?}: expected nothing or follow=1"
+                    )));
+                }
+            },
+        }),
         ["reload"] if method == Method::POST => Ok(Request::Reload),
         ["upnp", switch @ ("on" | "off")] if method == Method::POST => {
             Ok(Request::Upnp(*switch == "on"))
@@ -328,7 +399,7 @@ pub fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Re
             Ok(Request::Natpmp(*switch == "on"))
         }
         ["down"] if method == Method::POST => Ok(Request::Down),
-        ["status" | "stats" | "table" | "reload" | "down"]
+        ["status" | "stats" | "table" | "connections" | "reload" | "down"]
         | ["upnp", "on" | "off"]
         | ["natpmp", "on" | "off"]
         | ["rules"]
@@ -370,6 +441,16 @@ impl Request {
                 Vec::new(),
             ),
             Request::Stats => (Method::GET, "/v1/stats".to_owned(), Vec::new()),
+            Request::Connections { follow } => (
+                Method::GET,
+                if *follow {
+                    "/v1/connections?follow=1"
+                } else {
+                    "/v1/connections"
+                }
+                .to_owned(),
+                Vec::new(),
+            ),
             Request::Reload => (Method::POST, "/v1/reload".to_owned(), Vec::new()),
             Request::Upnp(on) => {
                 let switch = if *on { "on" } else { "off" };
@@ -382,6 +463,11 @@ impl Request {
             Request::Down => (Method::POST, "/v1/down".to_owned(), Vec::new()),
         };
         Ok((method, path, body))
+    }
+
+    /// Answered by a stream that goes on, not by one value.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Request::Connections { follow: true })
     }
 }
 
@@ -484,6 +570,8 @@ mod tests {
                 kind: Some("DYNAMIC".into()),
             }),
             Request::Stats,
+            Request::Connections { follow: false },
+            Request::Connections { follow: true },
             Request::Reload,
             Request::Upnp(true),
             Request::Upnp(false),
@@ -517,6 +605,7 @@ mod tests {
                 bytes: 120,
             },
             outbound: Traffic::default(),
+            schedule_state: None,
         };
         let json = serde_json::to_value(&listed).unwrap();
         let mut expected = serde_json::to_value(&listed.rule).unwrap();
@@ -535,6 +624,38 @@ mod tests {
         let read: ListedRule = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(read, listed);
         assert_eq!(serde_json::to_value(&read).unwrap(), json);
+    }
+
+    #[test]
+    fn a_schedule_is_changed_or_removed_by_modify() {
+        let request = route(
+            &Method::PATCH,
+            "/v1/rules/ssh",
+            "",
+            br#"{"schedule":"mon-fri 09:00-18:00"}"#,
+        )
+        .unwrap();
+        let Request::ModifyRule { change, .. } = request else {
+            panic!("{request:?}")
+        };
+        let mut rule: ForwardRule = "tcp/2222=192.168.0.12:22".parse().unwrap();
+        change.apply_to(&mut rule);
+        assert_eq!(rule.schedule.to_string(), "mon-fri 09:00-18:00");
+        RuleChange {
+            schedule: Some("always".parse().unwrap()),
+            ..Default::default()
+        }
+        .apply_to(&mut rule);
+        assert!(rule.schedule.is_always());
+        let error = route(
+            &Method::PATCH,
+            "/v1/rules/ssh",
+            "",
+            br#"{"schedule":"mon 09:00-09:00"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.status, 400);
+        assert!(error.message.contains("mon 09:00-09:00"), "{error}");
     }
 
     #[test]

@@ -5,11 +5,14 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
 use nat_ctl::{
-    api::{Client, ClientError, ListedRule, RuleChange, TableFilter},
+    api::{
+        Client, ClientError, ConnectionRecord, FollowedLine, ListedRule, RuleChange, TableFilter,
+    },
     config::{DEFAULT_CONFIG_PATH, DaemonConfig},
     daemon::{self, DaemonOptions},
     datapath::{Attach, AttachMode, pins},
     rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow},
+    schedule::Schedule,
     table,
 };
 
@@ -54,6 +57,10 @@ enum Command {
         /// Rule store (overrides the file).
         #[arg(long)]
         rules_file: Option<PathBuf>,
+        /// For tests: judge schedules by a clock that starts at this
+        /// instant (RFC 3339) and runs at the real rate.
+        #[arg(long, hide = true)]
+        schedule_clock_start: Option<jiff::Timestamp>,
     },
     /// Add a port-forwarding rule.
     Add {
@@ -85,6 +92,10 @@ enum Command {
         /// Allow any remote again.
         #[arg(long)]
         allow_any: bool,
+        /// Replace the schedule, e.g. "mon-fri 09:00-18:00"; "always"
+        /// removes it.
+        #[arg(long)]
+        schedule: Option<Schedule>,
     },
     /// Remove a rule.
     Remove { name: String },
@@ -117,6 +128,16 @@ enum Command {
     },
     /// Show the datapath's counters and per-rule hits.
     Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the new inbound connections on forwarded ports (remote, rule,
+    /// LAN server, time): the daemon's last 1000.
+    Connections {
+        /// Then show each new one as it comes, until the daemon stops.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object a line.
         #[arg(long)]
         json: bool,
     },
@@ -203,6 +224,12 @@ struct RuleArgs {
     /// Only these remotes may come in (repeatable); default: any.
     #[arg(long, value_parser = parse_allow)]
     allow: Vec<Ipv4Net>,
+    /// Only let remotes in during these weekly windows, in the router's
+    /// local time: "[DAYS] HH:MM-HH:MM" separated by commas, e.g.
+    /// "mon-fri 09:00-18:00, sat 10:00-12:00" or "fri 22:00-02:00";
+    /// default: always.
+    #[arg(long)]
+    schedule: Option<Schedule>,
 }
 
 /// `--internal IP[:PORT[-PORT]]`.
@@ -235,8 +262,10 @@ pub fn run(cli: Cli) -> Result<()> {
             xdp_mode,
             pin_dir,
             rules_file,
+            schedule_clock_start,
         } => {
             return daemon::run(DaemonOptions {
+                schedule_clock_start,
                 wan,
                 lan,
                 config: cli.config,
@@ -292,6 +321,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 allow: rule.allow,
                 enabled: !disabled,
                 upnp: None,
+                schedule: rule.schedule.unwrap_or_default(),
+                off_schedule: false,
             };
             let added = block_on(client.add_rule(&rule))?;
             println!("added {}", added.rule);
@@ -305,6 +336,7 @@ pub fn run(cli: Cli) -> Result<()> {
             internal,
             allow,
             allow_any,
+            schedule,
         } => {
             let change = RuleChange {
                 name: new_name,
@@ -320,6 +352,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     Some(allow)
                 },
                 enabled: None,
+                schedule,
             };
             let modified = block_on(client.modify_rule(&name, &change))?;
             println!("modified {}", modified.rule);
@@ -376,6 +409,39 @@ pub fn run(cli: Cli) -> Result<()> {
                 print_json(&stats)?;
             } else {
                 print!("{}", table::format_stats(&stats));
+            }
+            Ok(())
+        }
+        Command::Connections { follow, json } => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            if !json {
+                writeln!(out, "{}", connection_header())?;
+            }
+            let mut print = |line: FollowedLine| -> std::io::Result<()> {
+                match line {
+                    FollowedLine::Connection(record) if json => {
+                        writeln!(out, "{}", serde_json::to_string(&record)?)?
+                    }
+                    FollowedLine::Connection(record) => {
+                        writeln!(out, "{}", connection_row(&record))?
+                    }
+                    FollowedLine::Missed { missed } => eprintln!(
+                        "natctl: fell behind and missed {missed} connection(s); they are in \
+                         `natctl connections`"
+                    ),
+                }
+                // Each line as it comes, also into a pipe.
+                out.flush()
+            };
+            if follow {
+                block_on(client.follow_connections(print))?;
+            } else {
+                for record in block_on(client.connections())? {
+                    if print(FollowedLine::Connection(record)).is_err() {
+                        break;
+                    }
+                }
             }
             Ok(())
         }
@@ -524,8 +590,54 @@ fn format_rules(rules: &[ListedRule]) -> String {
             format!("{}/{}", listed.outbound.packets, listed.outbound.bytes),
             allow
         );
+        if let Some(state) = schedule_line(listed) {
+            let _ = writeln!(out, "{:<20} {state}", "");
+        }
     }
     out
+}
+
+fn connection_header() -> String {
+    format!(
+        "{:<25} {:<5} {:<21} {:>8} {:<20} SERVER",
+        "TIME", "PROTO", "REMOTE", "EXTERNAL", "RULE"
+    )
+}
+
+fn connection_row(record: &ConnectionRecord) -> String {
+    format!(
+        "{:<25} {:<5} {:<21} {:>8} {:<20} {}",
+        record.time,
+        record.protocol,
+        record.remote.to_string(),
+        record.external_port,
+        record.rule,
+        record.server
+    )
+}
+
+/// The line under a scheduled rule: `schedule mon-fri 09:00-18:00: enabled,
+/// off-schedule until mon 09:00`.
+fn schedule_line(listed: &ListedRule) -> Option<String> {
+    let state = listed.schedule_state.as_ref()?;
+    let mut line = format!(
+        "schedule {}: {}, {}",
+        listed.rule.schedule,
+        if listed.rule.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        if state.on {
+            "on-schedule"
+        } else {
+            "off-schedule"
+        }
+    );
+    if let Some(until) = &state.until_local {
+        let _ = write!(line, " until {until}");
+    }
+    Some(line)
 }
 
 #[cfg(test)]

@@ -12,12 +12,7 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::Full;
-use hyper::{
-    body::{Bytes, Incoming},
-    server::conn::http1::Connection,
-    service::HttpService,
-};
+use hyper::{body::Incoming, server::conn::http1::Connection, service::HttpService};
 use tokio::{sync::watch, task::JoinSet};
 
 /// How long a stop waits for responses in flight.
@@ -42,9 +37,32 @@ impl Connections {
     pub fn spawn<I, S>(&mut self, connection: Connection<I, S>, limit: Option<Duration>)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: HttpService<Incoming, ResBody = Full<Bytes>> + Send + 'static,
+        S: HttpService<Incoming> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        S::ResBody: Send + 'static,
+        <S::ResBody as hyper::body::Body>::Data: Send,
+        <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        self.spawn_liftable(connection, limit, None);
+    }
+
+    /// As [`Connections::spawn`]; once `lifted` turns true (the connection
+    /// answers with a stream that goes on, such as `natctl connections
+    /// --follow`), `limit` no longer cuts it, and only a stop ends it.
+    pub fn spawn_liftable<I, S>(
+        &mut self,
+        connection: Connection<I, S>,
+        limit: Option<Duration>,
+        lifted: Option<watch::Receiver<bool>>,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: HttpService<Incoming> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        S::ResBody: Send + 'static,
+        <S::ResBody as hyper::body::Body>::Data: Send,
+        <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         // Finished connections are reaped as new ones come, so the set
         // holds only live ones.
@@ -52,10 +70,13 @@ impl Connections {
         let mut stop = self.stop.clone();
         self.tasks.spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            let limit = async {
+            let limit = async move {
                 match limit {
                     Some(limit) => tokio::time::sleep(limit).await,
                     None => std::future::pending().await,
+                }
+                if lifted.is_some_and(|lifted| *lifted.borrow()) {
+                    std::future::pending::<()>().await;
                 }
             };
             let mut limit = std::pin::pin!(limit);

@@ -10,6 +10,7 @@ pub mod interfaces;
 pub mod metrics;
 pub mod natpmp;
 pub mod rules;
+pub mod schedule;
 pub mod store;
 pub mod table;
 pub mod upnp;

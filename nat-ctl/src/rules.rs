@@ -1,11 +1,18 @@
 //! Port-forwarding rules as a router's "virtual server" page has them, their
 //! validation, and their expansion into datapath entries.
-use std::{collections::HashMap, fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    str::FromStr,
+};
 
 use aya::maps::lpm_trie::Key;
 use ipnet::Ipv4Net;
 use nat_common::{AllowedRemote, EndpointKey, FORWARD_RESTRICTED, Forward, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
+
+pub use crate::schedule::{Schedule, ScheduleError};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
@@ -97,8 +104,10 @@ pub enum RuleError {
         name: String,
         protocol: &'static str,
         port: u16,
-        internal: std::net::SocketAddrV4,
+        internal: SocketAddrV4,
     },
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +281,14 @@ pub struct ForwardRule {
     /// still read UPnP mappings as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upnp: Option<Lease>,
+    /// When the rule lets remotes in (local time); absent: always.
+    #[serde(default, skip_serializing_if = "Schedule::is_always")]
+    pub schedule: Schedule,
+    /// Outside its schedule right now: the daemon's to set from the
+    /// schedule and its clock (see [`RuleSet::refresh_schedules`]), never
+    /// stored or sent.
+    #[serde(skip)]
+    pub off_schedule: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -340,7 +357,8 @@ pub struct Lease {
 }
 
 impl fmt::Display for ForwardRule {
-    /// `web: tcp 8080 -> 192.168.0.12:8000 from any remote, enabled`.
+    /// `web: tcp 8080 -> 192.168.0.12:8000 from any remote, enabled`, and
+    /// the schedule if it has one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -352,7 +370,20 @@ impl fmt::Display for ForwardRule {
             self.internal,
             self.allowed_remotes(),
             if self.enabled { "enabled" } else { "disabled" }
-        )
+        )?;
+        if !self.schedule.is_always() {
+            write!(
+                f,
+                ", schedule {} ({})",
+                self.schedule,
+                if self.off_schedule {
+                    "off schedule now"
+                } else {
+                    "on schedule now"
+                }
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -468,16 +499,30 @@ impl ForwardRule {
         Ok(())
     }
 
+    /// The LAN endpoint that external `port` goes to, if the rule holds it.
+    pub fn target_of(&self, port: u16) -> Option<SocketAddrV4> {
+        let offset = port.checked_sub(self.external.first)?;
+        (port <= self.external.last)
+            .then(|| SocketAddrV4::new(self.internal_addr, self.internal.first + offset))
+    }
+
     /// The datapath entries for this rule (none while it is disabled): for
     /// every port and protocol, one inbound entry (external port -> server)
     /// and one outbound entry (server -> external port, for its replies);
     /// and one allowed-remote entry per allowed prefix.
+    ///
+    /// Off its schedule, the rule is as if disabled but for its inbound
+    /// entries, kept restricted with no allowed remote: no remote gets in,
+    /// and the datapath still knows the port as the rule's, so no dynamic
+    /// mapping takes it. Without its outbound entries the server is an
+    /// ordinary LAN host: what it still sends on a cut connection leaves by
+    /// a dynamic mapping, and the remote's reset comes back to it.
     pub fn entries(&self, rule_id: u32) -> RuleEntries {
         let mut entries = RuleEntries::default();
         if !self.enabled {
             return entries;
         }
-        let flags = if self.allow.is_empty() {
+        let flags = if self.allow.is_empty() && !self.off_schedule {
             0
         } else {
             FORWARD_RESTRICTED
@@ -499,13 +544,16 @@ impl ForwardRule {
                 entries
                     .forwards
                     .push((EndpointKey::inbound(proto, external), inbound));
+                if self.off_schedule {
+                    continue;
+                }
                 entries.forwards.push((
                     EndpointKey::outbound(proto, self.internal_addr.octets(), internal),
                     outbound,
                 ));
             }
         }
-        for net in &self.allow {
+        for net in self.allow.iter().filter(|_| !self.off_schedule) {
             let net = net.trunc();
             entries.allowed.push(AllowEntry {
                 prefix_len: 32 + u32::from(net.prefix_len()),
@@ -664,7 +712,23 @@ impl RuleSet {
         all
     }
 
-    /// The (protocol, external port) pairs the enabled rules hold.
+    /// Sets which rules are off their schedule at `now`.
+    pub fn refresh_schedules(&mut self, now: &jiff::Zoned) {
+        for (_, rule) in &mut self.rules {
+            rule.off_schedule = !rule.schedule.is_on(now);
+        }
+    }
+
+    /// The next instant at which a schedule may switch a rule.
+    pub fn next_schedule_edge(&self, now: &jiff::Zoned) -> Option<jiff::Timestamp> {
+        self.rules
+            .iter()
+            .filter_map(|(_, rule)| rule.schedule.next_edge(now))
+            .min()
+    }
+
+    /// The (protocol, external port) pairs the enabled rules hold (on their
+    /// schedule or not).
     pub fn claimed_ports(&self) -> std::collections::HashSet<(u8, u16)> {
         self.rules
             .iter()
@@ -707,6 +771,8 @@ impl FromStr for ForwardRule {
             allow: Vec::new(),
             enabled: true,
             upnp: None,
+            schedule: Schedule::default(),
+            off_schedule: false,
         };
         for option in parts {
             match option.split_once('=') {
@@ -863,6 +929,58 @@ mod tests {
     }
 
     #[test]
+    fn target_of_follows_the_range_port_by_port() {
+        let rule: ForwardRule = "udp/5000-5001=192.168.0.7:6000-6001".parse().unwrap();
+        let at = |port| Some(SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 7), port));
+        assert_eq!(rule.target_of(5000), at(6000));
+        assert_eq!(rule.target_of(5001), at(6001));
+        assert_eq!(rule.target_of(4999), None);
+        assert_eq!(rule.target_of(5002), None);
+    }
+
+    #[test]
+    fn off_schedule_a_rule_keeps_its_ports_but_lets_no_remote_in() {
+        let mut set = RuleSet::default();
+        let mut rule: ForwardRule = "tcp/2222=192.168.0.12:22,allow=198.51.100.0/24,name=ssh"
+            .parse()
+            .unwrap();
+        rule.schedule = "mon-fri 09:00-18:00".parse().unwrap();
+        set.add(rule, None).unwrap();
+        set.add("udp/53=192.168.0.13,name=dns".parse().unwrap(), None)
+            .unwrap();
+        let tz = jiff::tz::TimeZone::UTC;
+        let monday_noon = jiff::civil::date(2026, 12, 7).at(12, 0, 0, 0);
+        set.refresh_schedules(&monday_noon.to_zoned(tz.clone()).unwrap());
+        let on = set.entries();
+        assert_eq!(on.allowed.len(), 1);
+        let sunday = jiff::civil::date(2026, 12, 6).at(12, 0, 0, 0);
+        set.refresh_schedules(&sunday.to_zoned(tz.clone()).unwrap());
+        let off = set.entries();
+        assert!(off.allowed.is_empty(), "{off:?}");
+        // The inbound forward only, restricted (with nobody allowed); the
+        // unscheduled rule is untouched.
+        let of_rule = |entries: &RuleEntries, id: u32| -> Vec<(EndpointKey, Forward)> {
+            entries
+                .forwards
+                .iter()
+                .filter(|(_, forward)| forward.rule_id == id)
+                .copied()
+                .collect()
+        };
+        let closed = of_rule(&off, 1);
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert_eq!(closed[0].0, EndpointKey::inbound(PROTO_TCP, 2222));
+        assert_eq!(closed[0].1.flags, FORWARD_RESTRICTED);
+        assert_eq!(closed[0].1.port, 22);
+        assert_eq!(of_rule(&off, 2), of_rule(&on, 2));
+        assert_eq!(set.claimed_ports().len(), 2);
+        let edge = set
+            .next_schedule_edge(&sunday.to_zoned(tz.clone()).unwrap())
+            .unwrap();
+        assert_eq!(edge, "2026-12-07T09:00:00Z".parse().unwrap());
+    }
+
+    #[test]
     fn entries_map_ranges_port_by_port() {
         let rule: ForwardRule = "udp/5000-5001=192.168.0.7:6000-6001,allow=198.51.100.0/24"
             .parse()
@@ -889,6 +1007,32 @@ mod tests {
             .find(|(key, _)| *key == EndpointKey::outbound(PROTO_UDP, [192, 168, 0, 7], 6001))
             .unwrap();
         assert_eq!(outbound.1.port, 5001);
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_is_stored_as_written_and_its_state_never() {
+        let mut rule: ForwardRule = "tcp/2222=192.168.0.12:22,name=ssh".parse().unwrap();
+        let plain = toml::to_string(&rule).unwrap();
+        assert!(!plain.contains("schedule"), "{plain}");
+        rule.schedule = "Mon-Fri 09:00-18:00,fri 22:00-02:00".parse().unwrap();
+        rule.off_schedule = true;
+        let text = toml::to_string(&rule).unwrap();
+        assert!(
+            text.contains("schedule = \"mon-fri 09:00-18:00, fri 22:00-02:00\""),
+            "{text}"
+        );
+        assert!(!text.contains("off_schedule"), "{text}");
+        let read: ForwardRule = toml::from_str(&text).unwrap();
+        assert_eq!(read.schedule, rule.schedule);
+        assert!(!read.off_schedule);
+        let bad = text.replace("22:00-02:00", "22:00-26:00");
+        let error = toml::from_str::<ForwardRule>(&bad).unwrap_err().to_string();
+        assert!(error.contains("fri 22:00-26:00"), "{error}");
     }
 }
 

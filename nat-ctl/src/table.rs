@@ -215,7 +215,15 @@ pub fn table_rows(
                 .as_ref()
                 .and_then(|lease| lease.expires_at)
                 .map(|expires| expires.saturating_sub(unix_now)),
-            state: None,
+            // Whether a scheduled rule lets remotes in now.
+            state: (!rule.schedule.is_always()).then(|| {
+                if rule.off_schedule {
+                    "off-schedule"
+                } else {
+                    "on-schedule"
+                }
+                .to_owned()
+            }),
             packets: counters.inbound.packets + counters.outbound.packets,
             bytes: counters.inbound.bytes + counters.outbound.bytes,
             rule: Some(rule.name.clone()),
@@ -282,7 +290,7 @@ pub fn format_table(rows: &[TableRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>11} {:>11} {:<15} {:>6} {:<7} {:<7} {:>9} {:<11} {:>9} {:>11} RULE",
+        "{:<15} {:>11} {:>11} {:<15} {:>6} {:<7} {:<7} {:>9} {:<12} {:>9} {:>11} RULE",
         "LOCAL IP",
         "LOCAL PORT",
         "EXTERNAL",
@@ -303,7 +311,7 @@ pub fn format_table(rows: &[TableRow]) -> String {
             .map_or("PERMANENT".to_owned(), |s| format!("{s}s"));
         let _ = writeln!(
             out,
-            "{:<15} {:>11} {:>11} {:<15} {:>6} {:<7} {:<7} {:>9} {:<11} {:>9} {:>11} {}",
+            "{:<15} {:>11} {:>11} {:<15} {:>6} {:<7} {:<7} {:>9} {:<12} {:>9} {:>11} {}",
             row.local_ip,
             row.local_port.to_string(),
             row.external_port.to_string(),
@@ -413,7 +421,9 @@ const GROUPS: &[(&str, &[Counter])] = &[
         &[
             Counter::FragTracked,
             Counter::FragExpired,
+            Counter::FragIdRewritten,
             Counter::DropFragUntracked,
+            Counter::DropFragIdBusy,
         ],
     ),
     (

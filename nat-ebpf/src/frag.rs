@@ -17,8 +17,17 @@
 //!   them, it is the router's (`pass_fragment`) or dropped by
 //!   `unsolicited = drop` (`drop_frag_untracked`), never misdelivered.
 //!
+//! Leaving the LAN, every datagram leaves from the one WAN address, so two
+//! LAN hosts' datagrams to one remote with the same protocol and IP id
+//! would be one datagram to the remote's reassembly. The first to leave
+//! holds its id (`claim_id`, an entry keyed by the datagram as the remote
+//! sees it); another host's datagram gets a random free id, the same for
+//! all its fragments (`frag_id_rewritten`), or is dropped when none is
+//! found in a few tries (`drop_frag_id_busy`).
+//!
 //! `FRAGS` is an LRU of `FRAGS_MAX` entries; an entry older than
 //! `FRAG_TIMEOUT_NS` is not used (`frag_expired`) and the sweep removes it.
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use nat_common::{
     Counter, FRAG_PEER_TIMEOUT_NS, FRAG_TIMEOUT_NS, FragEntry, FragKey, NatConfig, UNSOLICITED_DROP,
 };
@@ -31,7 +40,7 @@ use crate::{
     lookup::now_ns,
     maps::FRAGS,
     parse::{IpHeader, Side},
-    translate::rewrite_addr,
+    translate::{rewrite_addr, rewrite_id},
 };
 
 #[inline(always)]
@@ -59,20 +68,20 @@ fn peer_key(remote: [u8; 4], proto: u8) -> FragKey {
 }
 
 #[inline(always)]
-fn insert(key: &FragKey, addr: [u8; 4], now: u64) {
+fn insert(key: &FragKey, addr: [u8; 4], id: u16, now: u64) {
     let entry = FragEntry {
         created_ns: now,
         addr,
         fragments: 1,
-        _pad: [0; 2],
+        id,
     };
     // Full or not, an LRU takes it (evicting the least recently used).
     let _ = FRAGS.insert(key, entry, 0);
 }
 
-/// The address of a fresh entry; an expired one is removed and counted.
+/// A fresh entry's (address, id); an expired one is removed and counted.
 #[inline(always)]
-fn fresh(key: &FragKey, timeout: u64, now: u64, len: usize) -> Option<[u8; 4]> {
+fn fresh(key: &FragKey, timeout: u64, now: u64, len: usize) -> Option<([u8; 4], u16)> {
     let entry = FRAGS.get_ptr_mut(key)?;
     // SAFETY: a pointer returned by a map lookup; `fragments` is for the
     // table only, a lost increment between CPUs is harmless.
@@ -83,20 +92,159 @@ fn fresh(key: &FragKey, timeout: u64, now: u64, len: usize) -> Option<[u8; 4]> {
             return None;
         }
         (*entry).fragments = (*entry).fragments.wrapping_add(1);
-        Some((*entry).addr)
+        Some(((*entry).addr, (*entry).id))
     }
 }
 
-/// A first fragment's verdict is known: its later fragments are to be
-/// translated to `addr` (the source leaving the LAN, the destination
-/// arriving from outside; the WAN address itself: the router's own).
+/// Tries at another IP id before a datagram is dropped: with ids drawn at
+/// random, a miss means thousands of datagrams in flight to one remote.
+const ID_TRIES: u32 = 4;
+
+/// The key under which the remote sees a datagram that left the LAN: from
+/// the WAN address, with the id it left with. It never equals a datagram's
+/// own key (no LAN host has the WAN address) nor a peer key.
+#[inline(always)]
+fn outside_key(wan_addr: [u8; 4], dst: [u8; 4], proto: u8, id: u16) -> FragKey {
+    FragKey {
+        src: wan_addr,
+        dst,
+        id,
+        proto,
+        _pad: 0,
+    }
+}
+
+/// The IP id a LAN host's datagram leaves with for `dst` (the remote, or
+/// the LAN host a hairpinned datagram goes to). Every LAN datagram leaves
+/// from the one WAN address, so two hosts' datagrams to one remote with
+/// the same id and protocol would be reassembled as one there (RFC 6864
+/// section 4.1): the first to leave holds the id for `FRAG_TIMEOUT_NS`,
+/// and another host's datagram takes a random free id instead.
+#[inline(always)]
+fn claim_id(
+    wan_addr: [u8; 4],
+    hdr: &IpHeader,
+    dst: [u8; 4],
+    now: u64,
+    len: usize,
+) -> Result<u16, Counter> {
+    let host = hdr.addr(Side::Source);
+    let mut id = hdr.id();
+    for _ in 0..ID_TRIES {
+        let key = outside_key(wan_addr, dst, hdr.proto, id);
+        // SAFETY: a map lookup, copied out at once.
+        let holder = unsafe { FRAGS.get(key) }.copied();
+        match holder {
+            Some(entry)
+                if entry.addr != host
+                    && now.saturating_sub(entry.created_ns) <= FRAG_TIMEOUT_NS =>
+            {
+                // SAFETY: a helper without arguments.
+                id = unsafe { bpf_get_prandom_u32() } as u16;
+            }
+            _ => {
+                insert(&key, host, id, now);
+                if id != hdr.id() {
+                    count(Counter::FragIdRewritten, len);
+                }
+                return Ok(id);
+            }
+        }
+    }
+    Err(Counter::DropFragIdBusy)
+}
+
+/// A fragment (first or later) of a datagram leaving the LAN: the id its
+/// datagram leaves with, the first of its fragments to arrive choosing it.
+#[inline(always)]
+fn outbound_id(wan_addr: [u8; 4], hdr: &IpHeader, now: u64, len: usize) -> Result<u16, Counter> {
+    let key = datagram_key(hdr);
+    if let Some((_, id)) = fresh(&key, FRAG_TIMEOUT_NS, now, len) {
+        return Ok(id);
+    }
+    let id = claim_id(wan_addr, hdr, hdr.addr(Side::Destination), now, len)?;
+    insert(&key, wan_addr, id, now);
+    count(Counter::FragTracked, len);
+    Ok(id)
+}
+
+/// A first fragment leaving the LAN, translated to the WAN address: its
+/// datagram recorded for the fragments after it, and the IP id it leaves
+/// with set. Nothing for a whole datagram.
+#[inline(always)]
+pub fn track_outbound(
+    wan_addr: [u8; 4],
+    hdr: &IpHeader,
+    now: u64,
+    len: usize,
+) -> Result<(), Counter> {
+    if !hdr.is_fragment() {
+        return Ok(());
+    }
+    let id = outbound_id(wan_addr, hdr, now, len)?;
+    rewrite_id(hdr, id);
+    Ok(())
+}
+
+/// A first fragment from a LAN host to the WAN address, hairpinned to the
+/// LAN host `to`: its datagram recorded (under its key as it arrived,
+/// destination the WAN address, which no outbound datagram has) so that
+/// the fragments after it follow, and the IP id it reaches `to` with set.
 /// Nothing for a whole datagram.
 #[inline(always)]
-pub fn track(hdr: &IpHeader, addr: [u8; 4], now: u64, len: usize) {
+pub fn track_hairpin(
+    wan_addr: [u8; 4],
+    hdr: &IpHeader,
+    to: [u8; 4],
+    now: u64,
+    len: usize,
+) -> Result<(), Counter> {
+    if !hdr.is_fragment() {
+        return Ok(());
+    }
+    let id = claim_id(wan_addr, hdr, to, now, len)?;
+    insert(&datagram_key(hdr), to, id, now);
+    count(Counter::FragTracked, len);
+    rewrite_id(hdr, id);
+    Ok(())
+}
+
+/// A later fragment from a LAN host to the WAN address: to the LAN host
+/// its first fragment was hairpinned to, from the WAN address. Without a
+/// record (the router's own datagram, or its first fragment not seen yet):
+/// the kernel's, which reassembles it for the router.
+#[inline(always)]
+pub fn hairpin(
+    ctx: &impl NatContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    hdr: &IpHeader,
+    len: usize,
+) -> Result<u32, Counter> {
+    if hdr.is_tcp_overlap() {
+        return Err(Counter::DropMalformed);
+    }
+    let (to, id) =
+        fresh(&datagram_key(hdr), FRAG_TIMEOUT_NS, now_ns(), len).ok_or(Counter::PassLocal)?;
+    let route = route_fragmentable(ctx, hdr, config.wan_addr, to)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    rewrite_id(hdr, id);
+    rewrite_addr(hdr, Side::Source, config.wan_addr);
+    rewrite_addr(hdr, Side::Destination, to);
+    redirect(ctx, eth, hdr, &route, Counter::FragTranslated, len)
+}
+
+/// A first fragment from outside has its verdict: its later fragments are
+/// to go to `addr` (the WAN address itself: the router's own). Nothing for
+/// a whole datagram.
+#[inline(always)]
+pub fn track_inbound(hdr: &IpHeader, addr: [u8; 4], now: u64, len: usize) {
     if !hdr.is_fragment() {
         return;
     }
-    insert(&datagram_key(hdr), addr, now);
+    insert(&datagram_key(hdr), addr, hdr.id(), now);
     count(Counter::FragTracked, len);
 }
 
@@ -121,7 +269,7 @@ pub fn note_peer(remote: [u8; 4], proto: u8, host: [u8; 4], now: u64) {
         }
         _ => host,
     };
-    insert(&key, addr, now);
+    insert(&key, addr, 0, now);
 }
 
 /// A later fragment from a LAN host to the outside: its source becomes the
@@ -141,17 +289,9 @@ pub fn outbound(
     if route.ifindex != config.wan_ifindex {
         return Err(Counter::PassLocal);
     }
-    let now = now_ns();
-    let key = datagram_key(hdr);
-    let addr = match fresh(&key, FRAG_TIMEOUT_NS, now, len) {
-        Some(addr) => addr,
-        None => {
-            insert(&key, config.wan_addr, now);
-            count(Counter::FragTracked, len);
-            config.wan_addr
-        }
-    };
-    rewrite_addr(hdr, Side::Source, addr);
+    let id = outbound_id(config.wan_addr, hdr, now_ns(), len)?;
+    rewrite_id(hdr, id);
+    rewrite_addr(hdr, Side::Source, config.wan_addr);
     redirect(ctx, eth, hdr, &route, Counter::FragTranslated, len)
 }
 
@@ -172,15 +312,16 @@ pub fn inbound(
     let key = datagram_key(hdr);
     let remote = hdr.addr(Side::Source);
     let to = match fresh(&key, FRAG_TIMEOUT_NS, now, len) {
-        Some(addr) => addr,
+        Some((addr, _)) => addr,
         None => {
             // Before its first fragment: the remote's one LAN peer, if any.
             let peer = fresh(&peer_key(remote, hdr.proto), FRAG_PEER_TIMEOUT_NS, now, len)
+                .map(|(addr, _)| addr)
                 .filter(|addr| *addr != [0; 4]);
             let Some(peer) = peer else {
                 return Err(untracked(config));
             };
-            insert(&key, peer, now);
+            insert(&key, peer, hdr.id(), now);
             count(Counter::FragTracked, len);
             peer
         }

@@ -10,10 +10,12 @@ use crate::{
     egress::{redirect, route, route_fragmentable},
     frag,
     lookup::{
-        Target, config, config_without_wan, in_prefix, inbound_target, now_ns, outbound_external,
+        Target, binding_inbound, config, config_without_wan, forward_inbound, in_prefix,
+        inbound_target, now_ns, outbound_external_unrefreshed,
     },
     parse::{
-        Endpoint, IcmpKind, Ipv4Packet, Side, frame_len, parse_frame_header, parse_l4, parse_quoted,
+        Endpoint, IcmpKind, Ipv4Packet, Quoted, Side, frame_len, parse_frame_header, parse_l4,
+        parse_quoted_any,
     },
     proto,
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
@@ -48,7 +50,7 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     // translated first or dropped.
     if hdr.is_later_fragment() {
         if to_router {
-            return Err(Counter::PassLocal);
+            return frag::hairpin(ctx, config, eth, &hdr, len);
         }
         return frag::outbound(ctx, config, eth, &hdr, len);
     }
@@ -66,8 +68,9 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         Err(reason) => return Err(reason),
     };
     match packet.icmp {
-        // An error to the router itself is the kernel's to read.
-        IcmpKind::Error if to_router => return Err(Counter::PassLocal),
+        // An error to the router itself is the kernel's to read, unless it
+        // is about a packet hairpinned to the host.
+        IcmpKind::Error if to_router => return hairpin_icmp_error(ctx, config, eth, &packet, len),
         IcmpKind::Error => return icmp_error_outbound(ctx, config, eth, &packet, len),
         _ if to_router => return hairpin(ctx, config, eth, &packet, len),
         IcmpKind::Other => return Err(Counter::DropIcmpUnknown),
@@ -84,6 +87,7 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         return Err(Counter::PassLocal);
     }
     let now = now_ns();
+    frag::track_outbound(config.wan_addr, &packet, now, len)?;
     let internal = packet.endpoint(Side::Source);
     let external = external_port_for(config, packet.proto, internal, now, len)?;
     let conversation = Conversation {
@@ -99,7 +103,6 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         count_rule(external.rule_id, false, len);
     }
     if packet.is_fragment() {
-        frag::track(&packet, config.wan_addr, now, len);
         frag::note_peer(dst, packet.proto, src, now);
     }
     rewrite_endpoint(
@@ -199,9 +202,70 @@ fn hairpin(
             }
         }
     }
+    frag::track_hairpin(config.wan_addr, packet, to.addr, now, len)?;
     rewrite_endpoint(ctx, packet, Side::Source, source_outside);
     rewrite_endpoint(ctx, packet, Side::Destination, to);
     redirect(ctx, eth, packet, &route, Counter::Hairpin, len)
+}
+
+/// A LAN host's ICMP error about a packet hairpinned to it (from the WAN
+/// address and another LAN host's external port): back to that host as an
+/// error from outside would come, from the WAN address, quoting what that
+/// host sent (RFC 5508 REQ-7). About anything else: the router's own.
+#[inline(always)]
+fn hairpin_icmp_error(
+    ctx: &impl NatContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    packet: &Ipv4Packet,
+    len: usize,
+) -> Result<u32, Counter> {
+    let own = Counter::PassLocal;
+    if config.hairpin == 0 {
+        return Err(own);
+    }
+    let Quoted::Datagram(quoted) = parse_quoted_any(ctx, packet).map_err(|_| own)? else {
+        return Err(own);
+    };
+    if quoted.addr(Side::Source) != config.wan_addr
+        || quoted.addr(Side::Destination) != packet.addr(Side::Source)
+        || quoted.proto == PROTO_ICMP
+    {
+        return Err(own);
+    }
+    // The sender, behind the external port the hairpinned packet came from.
+    // Not through `inbound_target`: here LLVM spills the `Target` tag from
+    // the register that holds the rule's map pointer, at the tag's width,
+    // which the verifier refuses ("invalid size of register spill").
+    let port = quoted.port(Side::Source);
+    let sender = match forward_inbound(quoted.proto, port) {
+        Some(forward) => Endpoint {
+            addr: forward.addr,
+            port: forward.port,
+        },
+        None => binding_inbound(quoted.proto, port).ok_or(own)?,
+    };
+    // What the sender addressed: the erring host's external endpoint.
+    let erring_port =
+        outbound_external_unrefreshed(quoted.proto, quoted.endpoint(Side::Destination))
+            .ok_or(own)?;
+    let route = route(ctx, packet, config.wan_addr, sender.addr)?;
+    if route.ifindex != config.lan_ifindex {
+        return Err(own);
+    }
+    let mut quoted_delta = rewrite_quoted_endpoint(&quoted, Side::Source, sender);
+    quoted_delta.merge(rewrite_quoted_endpoint(
+        &quoted,
+        Side::Destination,
+        Endpoint {
+            addr: config.wan_addr,
+            port: erring_port,
+        },
+    ));
+    rewrite_addr(packet, Side::Source, config.wan_addr);
+    rewrite_addr(packet, Side::Destination, sender.addr);
+    adjust_icmp_check(ctx, packet, quoted_delta);
+    redirect(ctx, eth, packet, &route, Counter::IcmpErrorIn, len)
 }
 
 /// A LAN host's ICMP error about a packet that reached it through the NAT:
@@ -218,12 +282,19 @@ fn icmp_error_outbound(
     // About nothing the NAT translated: dropped, never passed to a kernel
     // that would forward it with the host's address.
     let untranslated = Counter::DropIcmpUntranslated;
-    let quoted = parse_quoted(ctx, packet).map_err(|_| untranslated)?;
+    let quoted = match parse_quoted_any(ctx, packet).map_err(|_| untranslated)? {
+        Quoted::Datagram(quoted) => quoted,
+        // About a packet of another protocol that came in by address.
+        Quoted::Other(quoted) => {
+            return proto::icmp_error_outbound(ctx, config, eth, packet, &quoted, len);
+        }
+    };
     if quoted.proto == PROTO_ICMP && quoted.icmp != IcmpKind::Query {
         return Err(untranslated);
     }
     let internal = quoted.endpoint(Side::Destination);
-    let external = outbound_external(quoted.proto, internal, now_ns()).ok_or(untranslated)?;
+    let external_port =
+        outbound_external_unrefreshed(quoted.proto, internal).ok_or(untranslated)?;
     let remote = packet.addr(Side::Destination);
     let route = route_fragmentable(ctx, packet, config.wan_addr, remote)?;
     if route.ifindex != config.wan_ifindex {
@@ -234,7 +305,7 @@ fn icmp_error_outbound(
         Side::Destination,
         Endpoint {
             addr: config.wan_addr,
-            port: external.port,
+            port: external_port,
         },
     );
     rewrite_addr(packet, Side::Source, config.wan_addr);

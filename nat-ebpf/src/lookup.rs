@@ -114,6 +114,18 @@ pub fn binding_outbound(proto: u8, internal: Endpoint, now: u64) -> Option<u16> 
     Some(unsafe { (*binding).port })
 }
 
+/// As [`outbound_external`], for an ICMP error about the flow: the mapping
+/// is read, never refreshed (RFC 5508 REQ-6).
+#[inline(always)]
+pub fn outbound_external_unrefreshed(proto: u8, internal: Endpoint) -> Option<u16> {
+    if let Some(forward) = forward_outbound(proto, internal) {
+        return Some(forward.port);
+    }
+    let key = EndpointKey::outbound(proto, internal.addr, internal.port);
+    // SAFETY: a map lookup, copied out at once.
+    unsafe { BINDINGS.get(key) }.map(|binding| binding.port)
+}
+
 /// Where a LAN endpoint appears outside.
 #[derive(Clone, Copy)]
 pub struct External {

@@ -278,16 +278,6 @@ pub fn parse_l4(
     })
 }
 
-/// Parses the datagram quoted by the ICMP error `packet`, within the bounds
-/// of the ICMP message.
-#[inline(always)]
-pub fn parse_quoted(ctx: &impl NatContext, packet: &Ipv4Packet) -> Result<Ipv4Packet, Counter> {
-    match parse_quoted_any(ctx, packet)? {
-        Quoted::Datagram(quoted) => Ok(quoted),
-        Quoted::Other(_) => Err(Counter::PassUnsupportedProto),
-    }
-}
-
 /// What an ICMP error quotes: a datagram with its L4 header, or the IP
 /// header of another protocol (translated by address), which must lie
 /// inside the ICMP message whole.
@@ -296,7 +286,8 @@ pub enum Quoted {
     Other(IpHeader),
 }
 
-/// As `parse_quoted`, the IP header parsed once whatever the protocol.
+/// Parses what the ICMP error `packet` quotes, within the bounds of the
+/// ICMP message: the IP header parsed once whatever the protocol.
 #[inline(always)]
 pub fn parse_quoted_any(ctx: &impl NatContext, packet: &Ipv4Packet) -> Result<Quoted, Counter> {
     let ip_offset = packet.ip as usize - ctx.data();

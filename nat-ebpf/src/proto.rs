@@ -53,7 +53,7 @@ pub fn outbound(
     let now = now_ns();
     let host = hdr.addr(Side::Source);
     address_session_outbound(hdr.proto, host, remote, now, len)?;
-    frag::track(hdr, config.wan_addr, now, len);
+    frag::track_outbound(config.wan_addr, hdr, now, len)?;
     rewrite_addr(hdr, Side::Source, config.wan_addr);
     redirect(ctx, eth, hdr, &route, Counter::Snat, len)
 }
@@ -84,7 +84,7 @@ pub fn inbound(
     if route.ifindex != config.lan_ifindex {
         return Err(Counter::PassLocal);
     }
-    frag::track(hdr, host, now, len);
+    frag::track_inbound(hdr, host, now, len);
     rewrite_addr(hdr, Side::Destination, host);
     redirect(ctx, eth, hdr, &route, Counter::Dnat, len)
 }
@@ -115,4 +115,38 @@ pub fn icmp_error_inbound(
     rewrite_addr(packet, Side::Destination, host);
     adjust_icmp_check(ctx, packet, quoted_delta);
     redirect(ctx, eth, packet, &route, Counter::IcmpErrorIn, len)
+}
+
+/// A LAN host's ICMP error about a packet of another protocol that reached
+/// it by address (e.g. "too big" for an inbound ESP packet): the quoted
+/// destination and the outer source become the WAN address. About a pair
+/// the host does not hold: dropped, never passed to a kernel that would
+/// forward it with the host's address.
+#[inline(always)]
+pub fn icmp_error_outbound(
+    ctx: &impl NatContext,
+    config: &NatConfig,
+    eth: *mut EthHdr,
+    packet: &Ipv4Packet,
+    quoted: &IpHeader,
+    len: usize,
+) -> Result<u32, Counter> {
+    let untranslated = Counter::DropIcmpUntranslated;
+    let host = packet.addr(Side::Source);
+    let remote = quoted.addr(Side::Source);
+    if !translated(config, quoted.proto) || quoted.addr(Side::Destination) != host {
+        return Err(untranslated);
+    }
+    // An error never refreshes the session it is about (RFC 5508 REQ-6).
+    if address_session_host(quoted.proto, remote) != Some(host) {
+        return Err(untranslated);
+    }
+    let route = route_fragmentable(ctx, packet, config.wan_addr, packet.addr(Side::Destination))?;
+    if route.ifindex != config.wan_ifindex {
+        return Err(Counter::PassLocal);
+    }
+    let (_, quoted_delta) = rewrite_addr(quoted, Side::Destination, config.wan_addr);
+    rewrite_addr(packet, Side::Source, config.wan_addr);
+    adjust_icmp_check(ctx, packet, quoted_delta);
+    redirect(ctx, eth, packet, &route, Counter::IcmpErrorOut, len)
 }

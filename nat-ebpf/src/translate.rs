@@ -30,6 +30,24 @@ pub fn rewrite_addr(packet: &IpHeader, side: Side, addr: [u8; 4]) -> (CsumDelta,
     (addr_delta, changed)
 }
 
+/// Rewrites the IP id, fixing the IP header checksum; nothing if it is
+/// already `id`.
+#[inline(always)]
+pub fn rewrite_id(packet: &IpHeader, id: u16) {
+    let old = packet.id();
+    if old == id {
+        return;
+    }
+    let mut delta = CsumDelta::default();
+    delta.word(old, id);
+    // SAFETY: in bounds by construction of `IpHeader`.
+    unsafe {
+        (*packet.ip).id = id.to_be_bytes();
+        let check = addr_of_mut!((*packet.ip).check);
+        store16(check, delta.apply(load16(check)));
+    }
+}
+
 /// Rewrites the address and port of `side` and the checksums covering
 /// them: the L4 one through `ctx` (see [`NatContext::l4_checksum`]).
 #[inline(always)]

@@ -45,7 +45,7 @@ fn unsolicited(
     if !to_the_router {
         return Counter::DropUnsolicited;
     }
-    frag::track(packet, config.wan_addr, now, len);
+    frag::track_inbound(packet, config.wan_addr, now, len);
     Counter::UnsolicitedPass
 }
 
@@ -116,7 +116,7 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
         return Err(Counter::PassLocal);
     }
     if packet.is_fragment() {
-        frag::track(&packet, to.addr, now, len);
+        frag::track_inbound(&packet, to.addr, now, len);
         frag::note_peer(remote.addr, packet.proto, to.addr, now);
     }
     if let Target::Forward(forward) = target {

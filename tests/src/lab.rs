@@ -70,12 +70,12 @@ pub fn natctl_path() -> Result<PathBuf> {
 /// A bpffs mounted in a private directory: `ip netns exec` remounts /sys, so
 /// pins under /sys/fs/bpf made inside the router's namespace would be
 /// invisible to the test; a bpffs elsewhere is seen from everywhere.
-struct BpfFs {
-    dir: PathBuf,
+pub(crate) struct BpfFs {
+    pub(crate) dir: PathBuf,
 }
 
 impl BpfFs {
-    fn mount(dir: PathBuf) -> Result<Self> {
+    pub(crate) fn mount(dir: PathBuf) -> Result<Self> {
         fs::create_dir_all(&dir)?;
         run(
             "mount",
@@ -93,7 +93,7 @@ impl Drop for BpfFs {
 }
 
 /// A file removed on drop, however the lab's start-up ends.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(pub(crate) PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -123,6 +123,59 @@ pub fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
     })
 }
 
+/// Starts `natctl daemon --wan wan0 --lan lan0` in `router`, its output
+/// appended to `log`, and waits until it serves its API on `socket`.
+pub(crate) fn spawn_daemon(
+    router: &Netns,
+    socket: &Path,
+    config: &Path,
+    attach: &str,
+    extra_args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<Child> {
+    let natctl = natctl_path()?;
+    let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let before = fs::metadata(log)?.len() as usize;
+    let mut command = router.command(natctl.to_str().context("path")?);
+    command
+        .args(["--socket"])
+        .arg(socket)
+        .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
+        .arg(config)
+        .args(["--attach", attach])
+        .args(extra_args)
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .env("NATCTL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    let mut child = command.spawn().context("starting natctl daemon")?;
+    let ready = wait_for(
+        "natctl daemon to serve its API",
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(status));
+            }
+            let text = fs::read_to_string(log).unwrap_or_default();
+            text.get(before..)
+                .is_some_and(|new| new.contains("API on"))
+                .then_some(Ok(()))
+        },
+    );
+    let text = || fs::read_to_string(log).unwrap_or_default();
+    match ready {
+        Ok(Ok(())) => Ok(child),
+        Ok(Err(status)) => bail!("natctl daemon exited ({status}): {}", text()),
+        Err(error) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{error}: {}", text())
+        }
+    }
+}
+
 /// The attach mode a lab's daemon runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LabMode {
@@ -135,6 +188,10 @@ pub enum LabMode {
 pub struct Lab {
     mode: LabMode,
     daemon: Option<Child>,
+    /// More arguments and environment for `natctl daemon` (e.g. the
+    /// schedules' test clock), used by every (re)start.
+    daemon_args: Vec<String>,
+    daemon_env: Vec<(String, String)>,
     log: TempFile,
     pins: PathBuf,
     state: TempDir,
@@ -149,7 +206,7 @@ pub struct Lab {
 }
 
 /// A directory removed with its contents on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -176,6 +233,17 @@ impl Lab {
     }
 
     pub fn start_in(mode: LabMode, extra: &str) -> Result<Self> {
+        Self::start_with_daemon(mode, extra, &[], &[])
+    }
+
+    /// As [`Lab::start_in`], with more `natctl daemon` arguments and
+    /// environment variables.
+    pub fn start_with_daemon(
+        mode: LabMode,
+        extra: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         require_root();
         let name = format!(
             "nat-lab-{}-{}",
@@ -220,6 +288,11 @@ impl Lab {
         let mut lab = Self {
             mode,
             daemon: None,
+            daemon_args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            daemon_env: env
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
             log,
             pins,
             state,
@@ -241,56 +314,20 @@ impl Lab {
         if self.daemon.is_some() {
             bail!("the daemon is already running");
         }
-        let natctl = natctl_path()?;
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log.0)?;
-        let before = fs::metadata(&self.log.0)?.len() as usize;
-        let mut command = self.router.command(natctl.to_str().context("path")?);
-        command
-            .args(["--socket"])
-            .arg(self.socket())
-            .args(["daemon", "--wan", "wan0", "--lan", "lan0", "--config"])
-            .arg(&self.config)
-            .args([
-                "--attach",
-                match self.mode {
-                    LabMode::Auto => "auto",
-                    LabMode::Xdp => "xdp",
-                },
-            ])
-            .env("NATCTL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let mut child = command.spawn().context("starting natctl daemon")?;
-        let log = self.log.0.clone();
-        let ready = wait_for(
-            "natctl daemon to serve its API",
-            Duration::from_secs(30),
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Some(Err(status));
-                }
-                let text = fs::read_to_string(&log).unwrap_or_default();
-                text.get(before..)
-                    .is_some_and(|new| new.contains("API on"))
-                    .then_some(Ok(()))
-            },
-        );
-        match ready {
-            Ok(Ok(())) => {
-                self.daemon = Some(child);
-                Ok(())
-            }
-            Ok(Err(status)) => bail!("natctl daemon exited ({status}): {}", self.natctl_log()),
-            Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{error}: {}", self.natctl_log())
-            }
-        }
+        let attach = match self.mode {
+            LabMode::Auto => "auto",
+            LabMode::Xdp => "xdp",
+        };
+        self.daemon = Some(spawn_daemon(
+            &self.router,
+            &self.socket(),
+            &self.config,
+            attach,
+            &self.daemon_args,
+            &self.daemon_env,
+            &self.log.0,
+        )?);
+        Ok(())
     }
 
     /// A WAN host's TCP connection to the router's WAN address on `port`
@@ -320,6 +357,11 @@ impl Lab {
             .expect("the WAN client panicked")
             .expect("the WAN client failed");
         peer
+    }
+
+    /// The extra `natctl daemon` arguments the next start uses.
+    pub fn set_daemon_args(&mut self, args: &[&str]) {
+        self.daemon_args = args.iter().map(|arg| (*arg).to_owned()).collect();
     }
 
     /// Kills the daemon with SIGKILL: no clean-up at all.
@@ -515,21 +557,26 @@ impl Lab {
     }
 }
 
+/// A lab's end: the daemon killed if it runs, then whatever it pinned
+/// detached, before the bpffs goes.
+pub(crate) fn tear_down(daemon: Option<Child>, socket: &Path, pins: &Path) {
+    if let Some(mut child) = daemon {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Ok(natctl) = natctl_path() {
+        let _ = Command::new(natctl)
+            .arg("--socket")
+            .arg(socket)
+            .args(["down", "--pin-dir"])
+            .arg(pins)
+            .output();
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Detach whatever is still pinned before the bpffs goes.
-        if let Ok(natctl) = natctl_path() {
-            let _ = Command::new(natctl)
-                .arg("--socket")
-                .arg(self.socket())
-                .args(["down", "--pin-dir"])
-                .arg(&self.pins)
-                .output();
-        }
+        tear_down(self.daemon.take(), &self.socket(), &self.pins);
         // The invariant of every lab, checked unless the test failed
         // already (a second panic would abort and hide the first).
         if let Err(error) = self.check_no_lan_leak()

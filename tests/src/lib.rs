@@ -11,6 +11,7 @@
 //! to, the host.
 pub mod bench;
 pub mod capture;
+pub mod internet;
 pub mod lab;
 pub mod netns;
 pub mod packet;

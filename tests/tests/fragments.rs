@@ -116,6 +116,50 @@ fn inbound_fragments_to_a_forwarded_port() {
 }
 
 #[test]
+fn hairpinned_fragments_follow_their_first() {
+    let mut lab = PacketLab::new().unwrap();
+    lab.forward("udp/8053=192.168.0.12:53").unwrap();
+    let query = with_id(
+        &udp(
+            ep(LAN_HOST2, 5555),
+            ep(WAN_ADDR, 8053),
+            &Rng::new(8).bytes(4000),
+        ),
+        ID,
+    );
+    let fragments = fragment(&query, 1480);
+    let out = through(&mut lab, true, &fragments);
+    for (out, input) in out.iter().zip(&fragments) {
+        assert_fragment_routed(
+            out,
+            input,
+            Egress::Lan(LAN_HOST),
+            WAN_ADDR.octets(),
+            LAN_HOST.octets(),
+        );
+    }
+    let p = assert_checksums_ok(&reassemble(&out));
+    let port = p.src().port();
+    assert_translated(&p, &query, ep(WAN_ADDR, port), ep(LAN_HOST, 53), 1);
+    assert_counters(
+        &lab,
+        &[("hairpin", 1), ("frag_tracked", 1), ("frag_translated", 2)],
+    );
+    // A later fragment to the WAN address whose first was not hairpinned:
+    // the router's own datagram, for the kernel to reassemble.
+    let own = with_id(
+        &udp(
+            ep(LAN_HOST2, 5556),
+            ep(WAN_ADDR, 9999),
+            &Rng::new(9).bytes(3000),
+        ),
+        ID + 1,
+    );
+    let later = &fragment(&own, 1480)[1];
+    assert_passed_untouched(&lab.from_lan(later).unwrap(), later);
+}
+
+#[test]
 fn a_later_fragment_before_its_first() {
     // Leaving the LAN: every fragment's source becomes the WAN address,
     // so the order does not matter. Last, middle, then first.
@@ -196,6 +240,68 @@ fn two_lan_peers_of_one_remote_make_an_early_fragment_nobodys() {
     let early = fragment(&third, 1480);
     assert_passed_untouched(&lab.from_wan(&early[2]).unwrap(), &early[2]);
     assert_counters(&lab, &[("pass_fragment", 1), ("frag_translated", 4)]);
+}
+
+#[test]
+fn two_lan_hosts_datagrams_with_one_id_leave_with_two() {
+    // Both leave from the WAN address: with one id, the remote would
+    // reassemble them as one datagram (RFC 6864 section 4.1).
+    let mut lab = PacketLab::new().unwrap();
+    let first = with_id(
+        &datagram_of("udp", ep(LAN_HOST, 40000), ep(REMOTE, 53), 2000),
+        7,
+    );
+    let second = with_id(
+        &datagram_of("udp", ep(LAN_HOST2, 40001), ep(REMOTE, 53), 2000),
+        7,
+    );
+    let out_first = through(&mut lab, true, &fragment(&first, 800));
+    // The second's last fragment first: the id is chosen by whichever
+    // fragment comes first, and kept for the rest.
+    let mut fragments = fragment(&second, 800);
+    fragments.reverse();
+    let out_second = through(&mut lab, true, &fragments);
+    let id = |frame: &Vec<u8>| fragment_fields(frame).2;
+    assert!(out_first.iter().all(|frame| id(frame) == 7));
+    let moved = id(&out_second[0]);
+    assert_ne!(moved, 7, "the second host's datagram keeps the held id");
+    assert!(out_second.iter().all(|frame| id(frame) == moved));
+    let p = assert_checksums_ok(&reassemble(&out_first));
+    assert_translated(&p, &first, ep(WAN_ADDR, 40000), ep(REMOTE, 53), 1);
+    let p = assert_checksums_ok(&reassemble(&out_second));
+    assert_translated(
+        &p,
+        &with_id(&second, moved),
+        ep(WAN_ADDR, 40001),
+        ep(REMOTE, 53),
+        1,
+    );
+    assert_counters(
+        &lab,
+        &[
+            ("snat", 2),
+            ("frag_tracked", 2),
+            ("frag_translated", 4),
+            ("frag_id_rewritten", 1),
+        ],
+    );
+
+    // The first host's own next datagram with that id (a wrapped counter)
+    // is its own business: it keeps it.
+    let again = with_id(
+        &datagram_of("udp", ep(LAN_HOST, 40000), ep(REMOTE, 53), 1800),
+        7,
+    );
+    let out = through(&mut lab, true, &fragment(&again, 800));
+    assert!(out.iter().all(|frame| id(frame) == 7));
+    // Another remote: no conflict, no new id.
+    let elsewhere = with_id(
+        &datagram_of("udp", ep(LAN_HOST2, 40001), ep(REMOTE2, 53), 2000),
+        7,
+    );
+    let out = through(&mut lab, true, &fragment(&elsewhere, 800));
+    assert!(out.iter().all(|frame| id(frame) == 7));
+    assert_counters(&lab, &[("frag_id_rewritten", 1)]);
 }
 
 #[test]

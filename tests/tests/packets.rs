@@ -1087,6 +1087,44 @@ fn hairpin_to_another_hosts_dynamic_mapping_follows_filtering() {
     assert_counters(&lab, &[("hairpin", 0), ("drop_unsolicited", 1)]);
 }
 
+#[test]
+fn a_hairpinned_packets_icmp_error_goes_back_to_its_sender() {
+    // RFC 5508 REQ-7: .13 reaches .12's mapping through the WAN address;
+    // .12 answers port unreachable to what it saw, the WAN address. .13
+    // gets it as from outside: from the WAN address, quoting what it sent.
+    let mut lab = lab_with(|c| c.filtering = FILTER_ENDPOINT_INDEPENDENT);
+    open_udp(&mut lab);
+    let frame = udp(ep(LAN_HOST2, 45000), ep(WAN_ADDR, 40000), b"p2p");
+    let delivered = lab.from_lan(&frame).unwrap();
+    assert_eq!(delivered.action, XDP_REDIRECT);
+    let error = icmp(
+        LAN_HOST,
+        WAN_ADDR,
+        port_unreachable(),
+        datagram(&delivered.frame),
+    );
+    let v = lab.from_lan(&error).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT);
+    let out = &v.frame;
+    let (smac, dmac) = Egress::Lan(LAN_HOST2).macs();
+    assert_eq!(
+        (out[6..12].to_vec(), out[..6].to_vec()),
+        (smac.to_vec(), dmac.to_vec())
+    );
+    assert_eq!(out[26..30], WAN_ADDR.octets(), "outer source");
+    assert_eq!(out[30..34], LAN_HOST2.octets(), "outer destination");
+    let sum = nat_tests::traffic::internet_checksum;
+    assert_eq!(sum(&out[14..34]), 0, "outer IP header checksum");
+    assert_eq!(sum(&out[34..]), 0, "ICMP checksum");
+    assert_eq!(out[42..], after_one_hop(&frame)[..], "the quote");
+    assert_counters(&lab, &[("hairpin", 1), ("icmp_error_in", 1)]);
+
+    // An error about the router's own traffic stays the router's.
+    let own = udp(ep(WAN_ADDR, 5353), ep(LAN_HOST, 40000), b"the router's");
+    let error = icmp(LAN_HOST, WAN_ADDR, port_unreachable(), datagram(&own));
+    assert_passed_untouched(&lab.from_lan(&error).unwrap(), &error);
+}
+
 // ---------------------------------------------------------------------------
 // 7. Checksums.
 
@@ -1741,6 +1779,58 @@ fn icmp_errors_about_other_protocols_come_back_by_address() {
     let error = icmp(HOP, WAN_ADDR, frag_needed(1400), datagram(&other));
     assert_passed_untouched(&lab.from_wan(&error).unwrap(), &error);
     assert_counters(&lab, &[("icmp_error_in", 1), ("pass_local", 1)]);
+}
+
+#[test]
+fn lan_hosts_icmp_error_about_another_protocol_goes_out_by_address() {
+    let mut lab = fresh_lab();
+    // The host holds (ESP, REMOTE); the remote's ESP comes in to it.
+    let esp = raw_ip(LAN_HOST, REMOTE, 50, &[0, 0, 0, 1, 0, 0, 0, 1, 0xaa, 0xbb]);
+    assert_eq!(lab.from_lan(&esp).unwrap().action, XDP_REDIRECT);
+    let esp_in = raw_ip(REMOTE, WAN_ADDR, 50, &[0, 0, 0, 3, 0, 0, 0, 9, 0xcc]);
+    let delivered = lab.from_wan(&esp_in).unwrap();
+    assert_eq!(delivered.action, XDP_REDIRECT);
+    // The host cannot take it (say, no SA: "protocol unreachable").
+    let unreachable =
+        Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Protocol);
+    let error = icmp(
+        LAN_HOST,
+        REMOTE,
+        unreachable.clone(),
+        datagram(&delivered.frame),
+    );
+    let v = lab.from_lan(&error).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT);
+    let frame = &v.frame;
+    let (smac, dmac) = Egress::Wan.macs();
+    assert_eq!(
+        (frame[6..12].to_vec(), frame[..6].to_vec()),
+        (smac.to_vec(), dmac.to_vec())
+    );
+    assert_eq!(frame[26..30], WAN_ADDR.octets(), "outer source");
+    assert_eq!(frame[30..34], REMOTE.octets(), "outer destination");
+    let sum = nat_tests::traffic::internet_checksum;
+    assert_eq!(sum(&frame[14..34]), 0, "outer IP header checksum");
+    assert_eq!(sum(&frame[34..]), 0, "ICMP checksum");
+    // The quote reads as the packet the remote sent, one hop on.
+    assert_eq!(frame[42..], after_one_hop(&esp_in)[..], "the quote");
+
+    // Another host's error about that pair, or one about a pair nobody
+    // holds, names a LAN address: dropped, never passed on.
+    let error = icmp(
+        LAN_HOST2,
+        REMOTE,
+        unreachable.clone(),
+        datagram(&delivered.frame),
+    );
+    assert_dropped(&lab.from_lan(&error).unwrap());
+    let stray = raw_ip(OTHER_REMOTE, LAN_HOST, 47, &[0, 0, 0x08, 0, 1, 2, 3, 4]);
+    let error = icmp(LAN_HOST, OTHER_REMOTE, unreachable, datagram(&stray));
+    assert_dropped(&lab.from_lan(&error).unwrap());
+    assert_counters(
+        &lab,
+        &[("icmp_error_out", 1), ("drop_icmp_untranslated", 2)],
+    );
 }
 
 #[test]

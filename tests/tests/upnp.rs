@@ -862,6 +862,48 @@ fn a_mapping_goes_when_its_lease_runs_out() {
     wan_tcp_blocked(&lab, 8080, &server, "after the lease ran out");
 }
 
+#[test]
+fn a_mapping_for_the_port_a_host_already_holds_keeps_its_flows_on_it() {
+    // RFC 4787 REQ-11: a game's socket on 3074 talks to a server (say its
+    // STUN server) through a dynamic mapping that kept the port; the game
+    // then maps 3074 by UPnP. The server sees 3074 before, during and
+    // after the lease, and the request is not refused for the port the
+    // host itself holds.
+    let lab = upnp_lab();
+    let game = udp_socket(&lab.lan, LAN_SERVER, 3074);
+    let server = udp_socket(&lab.wan, WAN_HOST, 3478);
+    let source_seen = || {
+        drain(&server);
+        let mut buffer = [0u8; 16];
+        for attempt in 0..5u8 {
+            game.send_to(&[b's', attempt], (WAN_HOST, 3478)).unwrap();
+            if let Ok((_, peer)) = server.recv_from(&mut buffer) {
+                return peer;
+            }
+        }
+        panic!("nothing from the game reached the server");
+    };
+    let before = source_seen();
+    assert_eq!(before, SocketAddr::from((ROUTER_WAN, 3074)));
+
+    let added = upnpc_ok(&lab, "-e game -a 192.168.0.12 3074 3074 UDP 3");
+    assert!(
+        added.contains("external 203.0.113.1:3074 UDP is redirected to internal 192.168.0.12:3074"),
+        "{added}"
+    );
+    assert_eq!(source_seen(), before, "during the lease");
+    // The mapping works for anyone outside.
+    let player = udp_socket(&lab.wan, WAN_HOST, 0);
+    udp_round_trip(&player, 3074, &game);
+    assert_eq!(source_seen(), before, "after a player came in");
+
+    wait_for("the 3 s mapping to expire", Duration::from_secs(10), || {
+        find_rule(&lab, "upnp-udp-3074").is_none().then_some(())
+    })
+    .unwrap_or_else(|error| panic!("{error}: {}", lab.natctl_log()));
+    assert_eq!(source_seen(), before, "after the lease");
+}
+
 // ---------------------------------------------------------------------------
 // 5. Security: secure mode, permissions, switching UPnP off and on
 // ---------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 //! `report.json`, with the machine it ran on.
 //!
 //! Each benchmark is a separate process that prints one JSON object
-//! (`natbench throughput|cost|scale|sweep`, and `upnpbench all` when that
-//! binary exists); its output goes to `target/bench/parts/<part>.json`, or
+//! (`natbench throughput|cost|scale|sweep`, and `upnpbench all` and
+//! `upnpbench natpmp` when that binary exists); its output goes to `target/bench/parts/<part>.json`, or
 //! its error to `<part>.error`, so that one failure still leaves a report
 //! of the rest. `natbench report` then judges the targets and writes the
 //! report; nothing in it is typed by hand. `--quick` runs all of it at
@@ -161,7 +161,7 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
 
     let mut failed = Vec::new();
-    for step in steps(quick) {
+    for step in steps(quick).into_iter().chain([natpmp_step(quick)]) {
         let program = release.join(step.program);
         if !program.is_file() {
             println!(
@@ -196,6 +196,22 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     } else {
         println!("xtask: bench: failed: {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Issue 13's NAT-PMP and PCP server against miniupnpd's (requests/s and
+/// p99 latency of map and delete, target >= 2x), a part of its own: it
+/// starts two labs of its own, and a failure leaves the other parts whole.
+fn natpmp_step(quick: bool) -> Step {
+    Step {
+        part: "natpmp",
+        program: "upnpbench",
+        args: if quick {
+            args(&["natpmp", "--quick"])
+        } else {
+            args(&["natpmp"])
+        },
+        limit: Duration::from_secs(if quick { 3 * 60 } else { 10 * 60 }),
     }
 }
 

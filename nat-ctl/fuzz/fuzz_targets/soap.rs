@@ -101,6 +101,8 @@ fn upnp_rule(
             expires_at,
             nonce: None,
         }),
+        schedule: Default::default(),
+        off_schedule: false,
     }
 }
 

@@ -8,8 +8,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Detached, ErrorBody, ListedRule, NatpmpSwitched, Reloaded, Removed, Request, RuleChange,
-    TableFilter, UpnpSwitched,
+    ConnectionRecord, Detached, ErrorBody, FollowedLine, ListedRule, NatpmpSwitched, Reloaded,
+    Removed, Request, RuleChange, TableFilter, UpnpSwitched,
 };
 use crate::{
     rules::ForwardRule,
@@ -108,6 +108,49 @@ impl Client {
         self.send(Request::Stats, "counters").await
     }
 
+    /// The connection log's history, oldest first.
+    pub async fn connections(&self) -> Result<Vec<ConnectionRecord>, ClientError> {
+        self.send(Request::Connections { follow: false }, "connection log")
+            .await
+    }
+
+    /// The connection log's history, then each new connection as the
+    /// daemon reports it, until the daemon stops (`Ok`) or `each` fails
+    /// (its reader went away: `Ok` too).
+    pub async fn follow_connections(
+        &self,
+        mut each: impl FnMut(FollowedLine) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let response = self.request(Request::Connections { follow: true }).await?;
+        if !response.status().is_success() {
+            return Err(rejection(response).await);
+        }
+        let mut body = response.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&byte| byte == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let parsed =
+                    serde_json::from_slice(&line).map_err(|error| ClientError::BadResponse {
+                        what: "connection log",
+                        error,
+                        body: String::from_utf8_lossy(&line)
+                            .chars()
+                            .take(SHOWN_BODY_CHARS)
+                            .collect(),
+                    })?;
+                if each(parsed).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub async fn reload(&self) -> Result<Reloaded, ClientError> {
         self.send(Request::Reload, "answer to reload").await
     }
@@ -131,6 +174,26 @@ impl Client {
         request: Request,
         what: &'static str,
     ) -> Result<T, ClientError> {
+        let response = self.request(request).await?;
+        if !response.status().is_success() {
+            return Err(rejection(response).await);
+        }
+        let bytes = response.into_body().collect().await?.to_bytes();
+        serde_json::from_slice(&bytes).map_err(|error| ClientError::BadResponse {
+            what,
+            error,
+            body: String::from_utf8_lossy(&bytes)
+                .chars()
+                .take(SHOWN_BODY_CHARS)
+                .collect(),
+        })
+    }
+
+    /// Sends `request`; the response's body is still to be read.
+    async fn request(
+        &self,
+        request: Request,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let (method, path, body) = request.to_http().map_err(ClientError::Encode)?;
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
@@ -153,23 +216,19 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .expect("a request from valid parts");
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|error| ClientError::BadResponse {
-                what,
-                error,
-                body: String::from_utf8_lossy(&bytes)
-                    .chars()
-                    .take(SHOWN_BODY_CHARS)
-                    .collect(),
-            })
-        } else {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|body| body.error)
-                .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-            Err(ClientError::Rejected(message))
-        }
+        Ok(sender.send_request(request).await?)
     }
+}
+
+/// The daemon's refusal, as the one line it gave.
+async fn rejection(response: hyper::Response<hyper::body::Incoming>) -> ClientError {
+    let status = response.status();
+    let bytes = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => return error.into(),
+    };
+    let message = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|body| body.error)
+        .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+    ClientError::Rejected(message)
 }

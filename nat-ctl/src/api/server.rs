@@ -2,8 +2,12 @@
 use std::{convert::Infallible, path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Request as HttpRequest, Response, StatusCode, body::Incoming};
+use futures::StreamExt as _;
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
+use hyper::{
+    Request as HttpRequest, Response, StatusCode,
+    body::{Frame, Incoming},
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::{net::UnixListener, sync::watch};
@@ -18,24 +22,57 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// No request takes longer than this, even a slow client's.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// An answer that goes on: one JSON value a line, as they come.
+pub type JsonLines = futures::stream::BoxStream<'static, serde_json::Value>;
+
 /// What serves the requests: the daemon.
 pub trait Controller: Send + Sync + 'static {
     fn handle(&self, request: Request) -> Result<serde_json::Value, ApiError>;
+
+    /// The requests answered by a stream ([`Request::is_stream`]).
+    fn stream(&self, request: Request) -> Result<JsonLines, ApiError> {
+        Err(ApiError::not_found(format!(
+            "{request:?} is not served as a stream here"
+        )))
+    }
 }
 
-fn respond(status: u16, body: &impl Serialize) -> Response<Full<Bytes>> {
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn respond(status: u16, body: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
+        .expect("a response from valid parts")
+}
+
+/// Newline-delimited JSON (application/x-ndjson) until `lines` ends or
+/// the server stops: then the body ends cleanly, and the client sees the
+/// end of the stream, not a cut connection.
+fn respond_lines(lines: JsonLines, mut stop: watch::Receiver<bool>) -> Response<Body> {
+    let stopping = Box::pin(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
+    let frames = lines.take_until(stopping).map(|value| {
+        let mut line = serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec());
+        line.push(b'\n');
+        Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .body(StreamBody::new(frames).boxed_unsync())
         .expect("a response from valid parts")
 }
 
 async fn serve_request(
     controller: Arc<dyn Controller>,
     request: HttpRequest<Incoming>,
-) -> Response<Full<Bytes>> {
+    stop: watch::Receiver<bool>,
+    streaming: Arc<watch::Sender<bool>>,
+) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -50,7 +87,25 @@ async fn serve_request(
     };
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
-    let outcome = route(&parts.method, &path, &query, &body).and_then(|request| {
+    let request = match route(&parts.method, &path, &query, &body) {
+        Ok(request) if request.is_stream() => {
+            return match controller.stream(request) {
+                Ok(lines) => {
+                    // The connection lives as long as the stream.
+                    let _ = streaming.send(true);
+                    respond_lines(lines, stop)
+                }
+                Err(error) => respond(
+                    error.status,
+                    &ErrorBody {
+                        error: error.message,
+                    },
+                ),
+            };
+        }
+        routed => routed,
+    };
+    let outcome = request.and_then(|request| {
         // Map and file work is short and synchronous; keep it off the
         // reactor so that other clients and timers are not held up.
         tokio::task::block_in_place(|| controller.handle(request))
@@ -178,13 +233,18 @@ pub async fn serve(
         // The socket's mode keeps others out; the peer's credentials say
         // so again, whatever the file system did.
         let refusal = peer_refusal(&stream);
+        let (streaming, lifted) = watch::channel(false);
+        let streaming = Arc::new(streaming);
+        let stop = shutdown.clone();
         let service = hyper::service::service_fn(move |request| {
             let controller = controller.clone();
             let refusal = refusal.clone();
+            let stop = stop.clone();
+            let streaming = streaming.clone();
             async move {
                 Ok::<_, Infallible>(match refusal {
                     Some(error) => respond(403, &ErrorBody { error }),
-                    None => serve_request(controller, request).await,
+                    None => serve_request(controller, request, stop, streaming).await,
                 })
             }
         });
@@ -192,7 +252,7 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service);
-        connections.spawn(connection, Some(CONNECTION_TIMEOUT));
+        connections.spawn_liftable(connection, Some(CONNECTION_TIMEOUT), Some(lifted));
     }
     drop(listener);
     let cut = connections.drain(DRAIN_DEADLINE).await;

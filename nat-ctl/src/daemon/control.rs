@@ -12,8 +12,8 @@ type ChangeResult = Result<serde_json::Value, ChangeError>;
 use crate::{
     aging,
     api::{
-        ApiError, Controller, Detached, NatpmpSwitched, Reloaded, Removed, Request, RuleChange,
-        TableFilter, UpnpSwitched,
+        ApiError, Controller, Detached, FollowedLine, JsonLines, NatpmpSwitched, Reloaded, Removed,
+        Request, RuleChange, TableFilter, UpnpSwitched,
     },
     config::DaemonConfig,
     datapath::pins,
@@ -24,6 +24,29 @@ use crate::{
 impl Controller for Daemon {
     fn handle(&self, request: Request) -> ApiResult {
         self.answer(request).map_err(ApiError::from)
+    }
+
+    fn stream(&self, request: Request) -> Result<JsonLines, ApiError> {
+        use futures::StreamExt as _;
+        use tokio::sync::broadcast::error::RecvError;
+        let Request::Connections { follow: true } = request else {
+            return Err(ApiError::not_found(format!("{request:?} is not a stream")));
+        };
+        let line = |line: FollowedLine| serde_json::to_value(line).unwrap_or_default();
+        let followed = self.connections.follow();
+        let history = followed
+            .history
+            .into_iter()
+            .map(move |record| line(FollowedLine::Connection(record)));
+        let live = futures::stream::unfold(followed.live, move |mut live| async move {
+            let next = match live.recv().await {
+                Ok(record) => FollowedLine::Connection(record),
+                Err(RecvError::Lagged(missed)) => FollowedLine::Missed { missed },
+                Err(RecvError::Closed) => return None,
+            };
+            Some((line(next), live))
+        });
+        Ok(futures::stream::iter(history).chain(live).boxed())
     }
 }
 
@@ -41,6 +64,13 @@ impl Daemon {
             Request::SetEnabled { name, enabled } => self.set_enabled(&name, enabled)?,
             Request::Table(filter) => self.table(&filter)?,
             Request::Stats => self.stats()?,
+            Request::Connections { follow: false } => to_json(self.connections.snapshot())?,
+            Request::Connections { follow: true } => {
+                return Err(ApiError::bad_request(
+                    "the followed connection log is a stream: GET /v1/connections?follow=1 over HTTP",
+                )
+                .into());
+            }
             Request::Reload => {
                 let summary = self.reload()?;
                 tracing::info!("API reload: {summary}");
@@ -77,7 +107,7 @@ impl Daemon {
         if change.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "nothing to change in rule {name}: give at least one of --name, --proto, \
-                 --external, --internal, --allow, --allow-any"
+                 --external, --internal, --allow, --allow-any, --schedule"
             ))
             .into());
         }

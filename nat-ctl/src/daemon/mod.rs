@@ -6,11 +6,13 @@
 //! - `state`: the daemon's state and the rule transaction, the one way
 //!   rules change;
 //! - `control`: the control API's handler;
+//! - `connlog`: the history of new inbound connections, and its followers;
 //! - `tasks`: aging, the connection log, address changes, deferred saves,
-//!   lease expiry;
+//!   lease expiry, schedules;
 //! - `upnp`: the IGD's supervisor and its adapters;
 //! - `natpmp`: the NAT-PMP/PCP server's supervisor and adapter;
 //! - `web`: the admin page's backend (the control API's handler again).
+pub mod connlog;
 mod control;
 mod metrics;
 mod natpmp;
@@ -38,6 +40,7 @@ use crate::{
     datapath::{Attach, AttachMode, NicAttach, pins},
     interfaces,
     rules::{RuleError, RuleSet},
+    schedule::{Clock, ShiftedClock, SystemClock},
     store,
 };
 
@@ -54,6 +57,9 @@ pub struct DaemonOptions {
     pub socket: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
     pub rules_file: Option<PathBuf>,
+    /// Schedules run by a clock that starts here (the tests' hook); `None`:
+    /// the system clock.
+    pub schedule_clock_start: Option<jiff::Timestamp>,
 }
 
 impl DaemonOptions {
@@ -109,8 +115,8 @@ pub(super) struct Daemon {
     boot_id: u32,
     /// Client requests so far (for the metrics): protocol, action, result.
     requests: Mutex<std::collections::BTreeMap<(&'static str, String, String), u64>>,
-    /// The latest inbound connections, for the admin page.
-    connection_history: crate::web::ConnectionHistory,
+    /// The new inbound connections on forwarded ports.
+    connections: connlog::ConnectionLog,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (the datapath stays) or
@@ -246,7 +252,18 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             lan.name
         );
     }
-    let rules = rules_from_store(&config.rules_file, Some(lan_net), &RuleSet::default())?;
+    let mut rules = rules_from_store(&config.rules_file, Some(lan_net), &RuleSet::default())?;
+    let clock: Arc<dyn Clock> = match options.schedule_clock_start {
+        Some(start) => {
+            tracing::warn!("schedules run by a test clock started at {start}");
+            Arc::new(ShiftedClock::starting_at(start))
+        }
+        None => Arc::new(SystemClock),
+    };
+    let time_zone = jiff::tz::TimeZone::system();
+    // Before the rules reach the datapath: a rule outside its window is
+    // never open, not even while the daemon starts.
+    rules.refresh_schedules(&clock.now().to_zoned(time_zone.clone()));
 
     let metrics_listener =
         match config.metrics.listen {
@@ -324,6 +341,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     let upnp_enabled = config.upnp.enabled;
     let natpmp_enabled = config.natpmp.enabled;
     let store_changed = Arc::new(tokio::sync::Notify::new());
+    let schedules_changed = Arc::new(tokio::sync::Notify::new());
     let ring = running.new_connections;
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon {
@@ -338,6 +356,9 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             wan,
             lan,
             last_sweep: None,
+            clock,
+            time_zone,
+            schedules_changed: schedules_changed.clone(),
         }),
         lifecycle,
         options,
@@ -351,7 +372,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         natpmp_changed: tokio::sync::Notify::new(),
         boot_id: unix_now() as u32,
         requests: Mutex::default(),
-        connection_history: crate::web::ConnectionHistory::default(),
+        connections: connlog::ConnectionLog::default(),
     });
 
     let (api_stop_tx, api_stop) = watch::channel(false);
@@ -365,6 +386,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     tokio::spawn(tasks::follow_addresses(daemon.clone(), netlink));
     tokio::spawn(tasks::expire_leases(daemon.clone()));
     tokio::spawn(tasks::save_deferred(daemon.clone(), store_changed));
+    tokio::spawn(tasks::follow_schedules(daemon.clone(), schedules_changed));
     if !upnp_enabled {
         // Switched off in the configuration: no client's mapping stays open.
         if let Err(error) = daemon.switch_upnp(false) {

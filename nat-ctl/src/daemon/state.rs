@@ -14,8 +14,10 @@ use crate::{
     config::DaemonConfig,
     datapath::{KernelSweep, MapChange, MapView, MapWriter, SweepReport},
     rules::{ForwardRule, RuleError, RuleSet, protocol_name},
+    schedule::{self, Clock},
     store,
 };
+use jiff::{Zoned, tz::TimeZone};
 
 pub(super) struct State {
     /// Rule changes not yet in the store ([`Durability::Soon`]).
@@ -31,6 +33,11 @@ pub(super) struct State {
     pub wan: Nic,
     pub lan: Nic,
     pub last_sweep: Option<SweepReport>,
+    /// The time schedules are judged by, and the router's time zone.
+    pub clock: Arc<dyn Clock>,
+    pub time_zone: TimeZone,
+    /// Wakes the task that switches rules at their schedules' edges.
+    pub schedules_changed: Arc<tokio::sync::Notify>,
 }
 
 /// When a rule change reaches the store.
@@ -47,6 +54,9 @@ pub(super) enum Durability {
     /// truth, and changes not saved yet are gone with the rules they
     /// changed.
     FromStore,
+    /// Nothing the store holds changed: a schedule switched rules on or
+    /// off.
+    Unchanged,
 }
 
 /// How long deferred changes wait for company before they are saved.
@@ -163,6 +173,10 @@ impl State {
         edit(&mut next)?;
         next.validate(self.lan_net()?)?;
         check_quotas(&self.rules, &next, &self.config.upnp)?;
+        // Every change, a schedule's edge too, judges the schedules afresh:
+        // a rule added or edited outside its window is closed from the
+        // first moment.
+        next.refresh_schedules(&self.local_now());
         // The daemon is the maps' only writer: the difference between the
         // rule sets is the difference between what the maps hold and what
         // they must hold, so only the changed entries are touched.
@@ -188,8 +202,62 @@ impl State {
                 self.store_changed.notify_one();
             }
             Durability::FromStore => self.store_dirty = false,
+            Durability::Unchanged => {}
         }
+        self.cut_closed_conversations(&next);
+        self.schedules_changed.notify_one();
         Ok(std::mem::replace(&mut self.rules, next))
+    }
+
+    /// Now in the router's time zone, by the schedules' clock.
+    pub fn local_now(&self) -> Zoned {
+        self.clock.now().to_zoned(self.time_zone.clone())
+    }
+
+    /// A rule whose window just ended cuts its conversations: the datapath
+    /// already lets no remote packet in, and its conversations are removed
+    /// so that the table shows none and a remote coming back in the next
+    /// window is logged as a new connection. (A remote's packets now reach
+    /// the router's own stack, which answers a TCP segment with a reset.)
+    fn cut_closed_conversations(&mut self, next: &RuleSet) {
+        let closed: std::collections::HashSet<(u8, u16)> =
+            next.iter()
+                .filter(|(id, rule)| {
+                    rule.enabled
+                        && rule.off_schedule
+                        && self.rules.iter().any(|(was, before)| {
+                            was == *id && before.enabled && !before.off_schedule
+                        })
+                })
+                .flat_map(|(_, rule)| {
+                    rule.protocol.numbers().iter().flat_map(move |&proto| {
+                        rule.external.ports().map(move |port| (proto, port))
+                    })
+                })
+                .collect();
+        if closed.is_empty() {
+            return;
+        }
+        match self.view.forget_forward_sessions(&closed) {
+            Ok(cut) if cut > 0 => tracing::info!("schedule: cut {cut} conversation(s)"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!("cutting the conversations of closed rules: {error}"),
+        }
+    }
+
+    /// Whether a rule with a schedule is on it now, and until when.
+    pub fn schedule_state(&self, rule: &ForwardRule) -> Option<crate::api::ScheduleState> {
+        if rule.schedule.is_always() {
+            return None;
+        }
+        let until = rule.schedule.switches_at(&self.local_now());
+        Some(crate::api::ScheduleState {
+            on: !rule.off_schedule,
+            until: until
+                .as_ref()
+                .map(|when| when.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()),
+            until_local: until.as_ref().map(schedule::short_local),
+        })
     }
 
     /// Writes the rules if a change has not been saved yet.
@@ -214,19 +282,24 @@ impl State {
             else {
                 continue;
             };
-            let name = next
-                .iter()
-                .find(|(_, rule)| {
-                    rule.enabled
-                        && rule.protocol.numbers().contains(&proto)
-                        && (rule.external.first..=rule.external.last).contains(&port)
-                })
-                .map_or_else(String::new, |(_, rule)| rule.name.clone());
+            let claimant = next.iter().find(|(_, rule)| {
+                rule.enabled
+                    && rule.protocol.numbers().contains(&proto)
+                    && (rule.external.first..=rule.external.last).contains(&port)
+            });
+            // A rule for the port its own target already holds adopts that
+            // mapping: the endpoint keeps its port (RFC 4787 REQ-11), and
+            // a client asking for the port it has is not sent elsewhere.
+            let holder = SocketAddrV4::new(binding.addr.into(), binding.port);
+            if claimant.is_some_and(|(_, rule)| rule.target_of(port) == Some(holder)) {
+                continue;
+            }
+            let name = claimant.map_or_else(String::new, |(_, rule)| rule.name.clone());
             return Err(RuleError::InUseByMapping {
                 name,
                 protocol: protocol_name(proto),
                 port,
-                internal: SocketAddrV4::new(binding.addr.into(), binding.port),
+                internal: holder,
             }
             .into());
         }
@@ -249,6 +322,7 @@ impl State {
             id,
             inbound: counters.inbound.into(),
             outbound: counters.outbound.into(),
+            schedule_state: self.schedule_state(rule),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The daemon's background tasks: the aging sweep, the connection log, the
 //! NICs' addresses, deferred saves of the rule store and lease expiry.
-use std::sync::Arc;
+use std::{net::SocketAddrV4, sync::Arc};
 
 use futures::StreamExt;
 use nat_common::ConnectionEvent;
@@ -8,7 +8,9 @@ use tokio::io::unix::AsyncFd;
 
 use super::{Daemon, SAVE_DELAY, address_conflict, nat_config, show, state::Durability, unix_now};
 use crate::{
-    aging, config, interfaces,
+    aging,
+    api::ConnectionRecord,
+    config, interfaces,
     rules::{LeaseOrigin, protocol_name},
 };
 
@@ -45,7 +47,8 @@ pub(super) async fn sweep_loop(daemon: Arc<Daemon>) {
 }
 
 /// Logs each new conversation on a forwarded port, as the datapath reports
-/// it (once per conversation, never per packet).
+/// it (once per conversation, never per packet), to stderr and to the
+/// connection log's history and followers.
 pub(super) async fn connection_log(
     daemon: Arc<Daemon>,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
@@ -83,31 +86,34 @@ pub(super) async fn connection_log(
             continue;
         }
         let state = daemon.lock();
+        let now = jiff::Timestamp::now()
+            .to_zoned(state.time_zone.clone())
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string();
         for event in events {
             let rule = state
                 .rules
                 .by_id(event.rule_id)
                 .map_or("?", |rule| rule.name.as_str());
-            daemon.connection_history.push(crate::web::ConnectionEntry {
-                at: unix_now(),
-                protocol: protocol_name(event.proto),
-                remote: event.remote_addr.into(),
-                remote_port: event.remote_port,
+            let record = ConnectionRecord {
+                seq: 0,
+                time: now.clone(),
+                protocol: protocol_name(event.proto).to_owned(),
+                remote: SocketAddrV4::new(event.remote_addr.into(), event.remote_port),
                 external_port: event.external_port,
-                internal: event.internal_addr.into(),
-                internal_port: event.internal_port,
                 rule: rule.to_owned(),
-            });
+                rule_id: event.rule_id,
+                server: SocketAddrV4::new(event.internal_addr.into(), event.internal_port),
+            };
             tracing::info!(
                 target: "natctl::connections",
-                "new inbound {} connection from {}:{} to external port {} (rule {rule}) -> {}:{}",
-                protocol_name(event.proto),
-                std::net::Ipv4Addr::from(event.remote_addr),
-                event.remote_port,
-                event.external_port,
-                std::net::Ipv4Addr::from(event.internal_addr),
-                event.internal_port,
+                "new inbound {} connection from {} to external port {} (rule {rule}) -> {}",
+                record.protocol,
+                record.remote,
+                record.external_port,
+                record.server,
             );
+            daemon.connections.record(record);
         }
     }
 }
@@ -237,6 +243,70 @@ pub(super) async fn expire_leases(daemon: Arc<Daemon>) {
                     }
                 }
                 Err(error) => tracing::error!("removing expired mappings: {}", error.api),
+            }
+        })
+        .await;
+    }
+}
+
+/// The longest the schedule task sleeps: a router without a battery-backed
+/// clock may have its time set (NTP) long after boot, and a window edge
+/// must not wait for a sleep measured on the old time.
+const SCHEDULE_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Switches rules on and off at their schedules' edges, through the one
+/// transaction (which judges every schedule afresh); woken early when the
+/// rules change.
+pub(super) async fn follow_schedules(daemon: Arc<Daemon>, changed: Arc<tokio::sync::Notify>) {
+    loop {
+        let wait = {
+            let state = daemon.lock();
+            let now = state.local_now();
+            state.rules.next_schedule_edge(&now).map(|edge| {
+                let millis = edge.as_millisecond() - now.timestamp().as_millisecond();
+                // A millisecond past the edge, so that it is behind us on waking.
+                std::time::Duration::from_millis(millis.max(0) as u64 + 1).min(SCHEDULE_RECHECK)
+            })
+        };
+        let sleep = async {
+            match wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = changed.notified() => continue,
+        }
+        let daemon = daemon.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut state = daemon.lock();
+            match state.change(|_| Ok(()), Durability::Unchanged) {
+                Ok(before) => {
+                    let now = state.local_now();
+                    for (id, rule) in state.rules.iter() {
+                        let was_off = before.by_id(id).is_some_and(|old| old.off_schedule);
+                        if rule.schedule.is_always() || was_off == rule.off_schedule {
+                            continue;
+                        }
+                        let until = rule
+                            .schedule
+                            .switches_at(&now)
+                            .map_or_else(String::new, |when| {
+                                format!(" until {}", crate::schedule::short_local(&when))
+                            });
+                        tracing::info!(
+                            "schedule: rule {} {}{until}",
+                            rule.name,
+                            if rule.off_schedule {
+                                "closed (off-schedule)"
+                            } else {
+                                "open (on-schedule)"
+                            }
+                        );
+                    }
+                }
+                Err(error) => tracing::error!("switching rules by schedule: {}", error.api),
             }
         })
         .await;

@@ -4,7 +4,7 @@
 use super::Daemon;
 use crate::{
     api::Request,
-    web::{Backend, ConnectionEntry, Refused},
+    web::{Backend, Refused},
 };
 
 impl Backend for Daemon {
@@ -13,9 +13,5 @@ impl Backend for Daemon {
             message: error.api.message,
             rule: error.rule,
         })
-    }
-
-    fn connection_log(&self) -> Vec<ConnectionEntry> {
-        self.connection_history.recent()
     }
 }

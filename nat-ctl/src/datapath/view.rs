@@ -37,6 +37,35 @@ impl MapView {
         &self.forward_sessions
     }
 
+    /// Removes the conversations through these (protocol, external port)
+    /// pairs: the one write natctl makes to a table the datapath fills,
+    /// when a rule's schedule closes it. Returns how many went.
+    pub fn forget_forward_sessions(
+        &mut self,
+        ports: &std::collections::HashSet<(u8, u16)>,
+    ) -> Result<usize> {
+        let mut doomed = Vec::new();
+        super::for_each_in(&self.forward_sessions, |key: &SessionKey, _: &Session| {
+            if ports.contains(&(key.proto, key.external_port)) {
+                doomed.push(*key);
+            }
+        })
+        .map_err(|source| super::DatapathError::Walk {
+            name: names::FORWARD_SESSIONS,
+            source,
+        })?;
+        let mut removed = 0;
+        for key in doomed {
+            match self.forward_sessions.remove(&key) {
+                Ok(()) => removed += 1,
+                // Aged out meanwhile.
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => return Err(map_error(names::FORWARD_SESSIONS)(error)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// A rule's packets and bytes, summed over the CPUs.
     pub fn rule_counters(&self, rule_id: u32) -> Result<RuleCounters> {
         let per_cpu = self

@@ -190,6 +190,8 @@ fn map(gateway: &mut dyn Gateway, policy: &Policy, ask: Ask) -> Result<(u16, u32
             expires_at: Some(now + u64::from(lifetime)),
             nonce: ask.nonce.clone(),
         }),
+        schedule: Default::default(),
+        off_schedule: false,
     };
     // The internal endpoint already has a rule: ours to renew, or not ours.
     if let Some(existing) = rules.iter().find(|rule| {

@@ -345,6 +345,8 @@ fn add_port_mapping(
             description: description.to_owned(),
             expires_at: (lease != 0).then(|| now + u64::from(lease)),
         }),
+        schedule: Default::default(),
+        off_schedule: false,
     };
 
     let candidates: Vec<u16> = if any_port {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     api::RuleChange,
-    rules::{ForwardRule, PortRange, Protocol, RuleError, parse_allow, validate_name},
+    rules::{ForwardRule, PortRange, Protocol, RuleError, Schedule, parse_allow, validate_name},
 };
 
 /// A field of the form.
@@ -16,6 +16,7 @@ pub enum Field {
     InternalAddr,
     Internal,
     Allow,
+    Schedule,
     /// Not one field: shown above the form.
     Form,
 }
@@ -36,6 +37,7 @@ impl Field {
             | RuleError::SharedTarget { .. } => Field::InternalAddr,
             RuleError::RangeSize { .. } => Field::Internal,
             RuleError::Allow(_) => Field::Allow,
+            RuleError::Schedule(_) => Field::Schedule,
             _ => Field::Form,
         }
     }
@@ -54,6 +56,8 @@ pub struct RuleForm {
     pub internal: String,
     /// Prefixes separated by commas or spaces; empty: any remote.
     pub allow: String,
+    /// As `--schedule`, e.g. "mon-fri 09:00-18:00"; empty: always.
+    pub schedule: String,
     pub enabled: bool,
 }
 
@@ -76,6 +80,7 @@ impl RuleForm {
             internal_addr: get("internal_addr").unwrap_or_default(),
             internal: get("internal").unwrap_or_default(),
             allow: get("allow").unwrap_or_default(),
+            schedule: get("schedule").unwrap_or_default(),
             enabled: get("enabled").is_some(),
         }
     }
@@ -98,6 +103,11 @@ impl RuleForm {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
+            schedule: if rule.schedule.is_always() {
+                String::new()
+            } else {
+                rule.schedule.to_string()
+            },
             enabled: rule.enabled,
         }
     }
@@ -135,21 +145,32 @@ impl RuleForm {
             check(Field::Internal, internal.clone().map(drop));
         }
         check(Field::Allow, allow.clone().map(drop));
-        match (protocol, external, internal_addr, internal, allow) {
-            (Ok(protocol), Ok(external), Ok(internal_addr), Ok(internal), Ok(allow))
-                if errors.is_empty() =>
-            {
-                Ok(ForwardRule {
-                    name: self.name.clone(),
-                    protocol,
-                    external,
-                    internal_addr,
-                    internal,
-                    allow,
-                    enabled: self.enabled,
-                    upnp: None,
-                })
-            }
+        let schedule = if self.schedule.is_empty() {
+            Ok(Schedule::default())
+        } else {
+            self.schedule.parse::<Schedule>().map_err(RuleError::from)
+        };
+        check(Field::Schedule, schedule.clone().map(drop));
+        match (protocol, external, internal_addr, internal, allow, schedule) {
+            (
+                Ok(protocol),
+                Ok(external),
+                Ok(internal_addr),
+                Ok(internal),
+                Ok(allow),
+                Ok(schedule),
+            ) if errors.is_empty() => Ok(ForwardRule {
+                name: self.name.clone(),
+                protocol,
+                external,
+                internal_addr,
+                internal,
+                allow,
+                enabled: self.enabled,
+                upnp: None,
+                schedule,
+                off_schedule: false,
+            }),
             _ => Err(errors),
         }
     }
@@ -166,6 +187,7 @@ impl RuleForm {
             internal: Some(rule.internal),
             allow: Some(rule.allow),
             enabled: Some(rule.enabled),
+            schedule: Some(rule.schedule),
         })
     }
 }
@@ -191,14 +213,16 @@ mod tests {
             ("internal_addr", "192.168.0.12"),
             ("internal", "22"),
             ("allow", "198.51.100.0/24, 203.0.113.7"),
+            ("schedule", "mon-fri 09:00-18:00"),
             ("enabled", "on"),
         ])
         .rule()
         .unwrap();
-        let cli: ForwardRule = "tcp/2222=192.168.0.12:22,allow=198.51.100.0/24,\
-                                allow=203.0.113.7/32,name=ssh"
+        let mut cli: ForwardRule = "tcp/2222=192.168.0.12:22,allow=198.51.100.0/24,\
+                                    allow=203.0.113.7/32,name=ssh"
             .parse()
             .unwrap();
+        cli.schedule = "mon-fri 09:00-18:00".parse().unwrap();
         assert_eq!(rule, cli);
         assert_eq!(RuleForm::from_rule(&rule).rule().unwrap(), rule);
     }
@@ -211,9 +235,14 @@ mod tests {
             ("external", "70000"),
             ("internal_addr", "192.168.0"),
             ("allow", "nowhere"),
+            ("schedule", "someday"),
         ])
         .rule()
         .unwrap_err();
+        assert_eq!(
+            errors[&Field::Schedule],
+            "someday".parse::<Schedule>().unwrap_err().to_string()
+        );
         assert_eq!(
             errors[&Field::Name],
             RuleError::Name("bad name".into()).to_string()

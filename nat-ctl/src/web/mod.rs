@@ -7,12 +7,10 @@
 //! - `auth`: the password hash, sessions, CSRF tokens, the login limit;
 //! - `form`: the port-forwarding form, parsed with the CLI's parsers;
 //! - `pages`: the HTML (maud escapes every value);
-//! - `assets`: the stylesheet and the script of the live chart;
-//! - `history`: the recent inbound connections the page lists.
+//! - `assets`: the stylesheet and the script of the live chart.
 mod assets;
 pub mod auth;
 pub mod form;
-pub mod history;
 pub mod pages;
 pub mod server;
 
@@ -20,10 +18,7 @@ use std::{net::SocketAddrV4, path::PathBuf};
 
 use ipnet::Ipv4Net;
 
-pub use self::{
-    history::{ConnectionEntry, ConnectionHistory},
-    server::{bind, serve},
-};
+pub use self::server::{bind, serve};
 use crate::{api::Request, rules::RuleError};
 
 /// A refused request: the message the CLI would print, and the rule error
@@ -38,8 +33,6 @@ pub struct Refused {
 pub trait Backend: Send + Sync + 'static {
     /// A control-API request, answered as the API answers it.
     fn request(&self, request: Request) -> Result<serde_json::Value, Refused>;
-    /// The latest inbound connections, newest first.
-    fn connection_log(&self) -> Vec<ConnectionEntry>;
 }
 
 /// Where and how the page is served.

@@ -2,12 +2,9 @@
 //! so a rule name or a UPnP client's description cannot become markup.
 use maud::{DOCTYPE, Markup, html};
 
-use super::{
-    ConnectionEntry,
-    form::{Field, FieldErrors, RuleForm},
-};
+use super::form::{Field, FieldErrors, RuleForm};
 use crate::{
-    api::ListedRule,
+    api::{ConnectionRecord, ListedRule},
     table::{Stats, TableRow},
 };
 
@@ -140,11 +137,11 @@ pub fn forwarding(
                 thead { tr {
                     th { "Name" } th { "Protocol" } th { "External port" }
                     th { "Internal IP" } th { "Internal port" } th { "Allowed remotes" }
-                    th { "Enabled" } th { "Packets in/out" } th {}
+                    th { "Schedule" } th { "Enabled" } th { "Packets in/out" } th {}
                 } }
                 tbody {
                     @if statics.is_empty() {
-                        tr { td colspan="9" { "No port-forwarding rules yet." } }
+                        tr { td colspan="10" { "No port-forwarding rules yet." } }
                     }
                     @for listed in &statics {
                         @let rule = &listed.rule;
@@ -155,6 +152,14 @@ pub fn forwarding(
                             td data-label="Internal IP" { (rule.internal_addr) }
                             td data-label="Internal port" { (rule.internal) }
                             td data-label="Allowed remotes" { (rule.allowed_remotes()) }
+                            td data-label="Schedule" {
+                                (rule.schedule)
+                                @if let Some(state) = &listed.schedule_state {
+                                    " (" (if state.on { "on" } else { "off" }) " now"
+                                    @if let Some(until) = &state.until_local { ", until " (until) }
+                                    ")"
+                                }
+                            }
                             td data-label="Enabled" { @if rule.enabled { "yes" } @else { "no" } }
                             td data-label="Packets in/out" {
                                 (listed.inbound.packets) " / " (listed.outbound.packets)
@@ -205,6 +210,7 @@ pub fn forwarding(
                 (text_field("internal_addr", "Internal IP", &form.internal_addr, "192.168.0.12", Field::InternalAddr, errors))
                 (text_field("internal", "Internal port (empty: the same)", &form.internal, "22", Field::Internal, errors))
                 (text_field("allow", "Allowed remotes (empty: any)", &form.allow, "198.51.100.0/24", Field::Allow, errors))
+                (text_field("schedule", "Schedule (empty: always)", &form.schedule, "mon-fri 09:00-18:00", Field::Schedule, errors))
                 div.field.check {
                     label {
                         input id="enabled" type="checkbox" name="enabled" checked[form.enabled];
@@ -413,25 +419,26 @@ pub fn traffic(stats: &Stats, csrf: &str) -> Markup {
     layout(Page::Traffic, csrf, body)
 }
 
-pub fn log(entries: &[ConnectionEntry], unix_now: u64, csrf: &str) -> Markup {
+/// The daemon's connection log (`natctl connections`), newest first.
+pub fn log(records: &[ConnectionRecord], csrf: &str) -> Markup {
     let body = html! {
-        p.hint { "New inbound connections on forwarded ports since the daemon started, newest first (the last " (super::history::HISTORY_LEN) ")." }
+        p.hint { "New inbound connections on forwarded ports since the daemon started, newest first, as " code { "natctl connections" } " lists them." }
         div.scroll {
             table id="connections" {
                 thead { tr {
                     th { "When" } th { "Protocol" } th { "Remote" } th { "External port" }
-                    th { "Internal" } th { "Rule" }
+                    th { "LAN server" } th { "Rule" }
                 } }
                 tbody {
-                    @if entries.is_empty() { tr { td colspan="6" { "No connections yet." } } }
-                    @for entry in entries {
+                    @if records.is_empty() { tr { td colspan="6" { "No connections yet." } } }
+                    @for record in records.iter().rev() {
                         tr {
-                            td data-label="When" { (timeout(Some(unix_now.saturating_sub(entry.at)))) " ago" }
-                            td data-label="Protocol" { (entry.protocol) }
-                            td data-label="Remote" { (entry.remote) ":" (entry.remote_port) }
-                            td data-label="External port" { (entry.external_port) }
-                            td data-label="Internal" { (entry.internal) ":" (entry.internal_port) }
-                            td data-label="Rule" { (entry.rule) }
+                            td data-label="When" { (record.time) }
+                            td data-label="Protocol" { (record.protocol) }
+                            td data-label="Remote" { (record.remote) }
+                            td data-label="External port" { (record.external_port) }
+                            td data-label="LAN server" { (record.server) }
+                            td data-label="Rule" { (record.rule) }
                         }
                     }
                 }
@@ -479,6 +486,7 @@ mod tests {
             id: 1,
             inbound: Traffic::default(),
             outbound: Traffic::default(),
+            schedule_state: None,
         };
         let html = mappings(&[listed], true, false, 0, "tok\"en", None).into_string();
         assert!(!html.contains("<script>alert"), "{html}");

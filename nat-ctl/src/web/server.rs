@@ -28,7 +28,7 @@ use super::{
     pages,
 };
 use crate::{
-    api::{ListedRule, Request as ApiRequest},
+    api::{ConnectionRecord, ListedRule, Request as ApiRequest},
     connections::{Connections, DRAIN_DEADLINE, PerHost},
     table::{Stats, TableRow},
 };
@@ -582,10 +582,12 @@ async fn respond(app: &App, caller: Ipv4Addr, request: Request<Incoming>) -> Res
             }
             Err(refused) => text(StatusCode::INTERNAL_SERVER_ERROR, refused.message),
         },
-        (Method::GET, "/log") => html(
-            StatusCode::OK,
-            pages::log(&app.backend.connection_log(), unix_now(), csrf),
-        ),
+        (Method::GET, "/log") => {
+            match app.ask_as::<Vec<ConnectionRecord>>(ApiRequest::Connections { follow: false }) {
+                Ok(records) => html(StatusCode::OK, pages::log(&records, csrf)),
+                Err(refused) => text(StatusCode::INTERNAL_SERVER_ERROR, refused.message),
+            }
+        }
         (Method::GET | Method::POST, _) => text(StatusCode::NOT_FOUND, "not found\n".into()),
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -16,7 +16,7 @@ use super::{Spread, cost, scale, sweep, throughput};
 use crate::upnpbench;
 
 /// The parts natbench writes, in report order.
-pub const PARTS: [&str; 5] = ["throughput", "upnp", "cost", "scale", "sweep"];
+pub const PARTS: [&str; 6] = ["throughput", "upnp", "natpmp", "cost", "scale", "sweep"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -117,7 +117,7 @@ fn part_report(
             sweep::report::rows(&data, rows);
             sweep::report::detail(&data, md);
         }
-        "upnp" => upnpbench::report::rows(value, rows, md)?,
+        "upnp" | "natpmp" => upnpbench::report::rows(value, rows, md)?,
         _ => {}
     }
     Ok(())
@@ -297,6 +297,11 @@ pub fn write(dir: &Path, quick: bool) -> Result<String> {
             2,
             "TCP goodput and UPnP IGD (upnpbench: parts 2 and 5)",
         ),
+        (
+            "natpmp",
+            5,
+            "NAT-PMP and PCP server (upnpbench natpmp, issue 13)",
+        ),
         ("cost", 3, "Per-packet cost through BPF_PROG_TEST_RUN"),
         ("scale", 4, "Scale: live mappings"),
         (
@@ -330,6 +335,9 @@ pub fn write(dir: &Path, quick: bool) -> Result<String> {
                 let why = if *name == "upnp" {
                     "upnpbench is not available in this build (no upnpbench binary beside \
                      natbench): parts 2 and 5 were not measured"
+                } else if *name == "natpmp" {
+                    "upnpbench is not available in this build (no upnpbench binary beside \
+                     natbench): NAT-PMP and PCP were not measured"
                 } else {
                     "this benchmark did not run"
                 };

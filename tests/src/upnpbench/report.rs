@@ -19,8 +19,28 @@ pub struct Output {
     pub iperf: Option<Iperf>,
     #[serde(default)]
     pub upnp: Option<Upnp>,
+    /// `upnpbench natpmp`, a part of its own in the report.
+    #[serde(default)]
+    pub natpmp: Option<Natpmp>,
     #[serde(default)]
     pub targets: Option<Vec<Target>>,
+}
+
+/// NAT-PMP and PCP map and delete runs, by protocol and then by server.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Natpmp {
+    #[serde(default)]
+    pub natpmp: BTreeMap<String, MapPhases>,
+    #[serde(default)]
+    pub pcp: BTreeMap<String, MapPhases>,
+    pub requests_per_phase: Option<u64>,
+    pub rounds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct MapPhases {
+    pub map: Option<Requests>,
+    pub delete: Option<Requests>,
 }
 
 /// Part 2, iperf3 through each router.
@@ -141,6 +161,9 @@ pub fn rows(value: &Value, rows: &mut Vec<Row>, md: &mut String) -> Result<()> {
     if let Some(upnp) = &data.upnp {
         upnp_section(upnp, md);
     }
+    if let Some(natpmp) = &data.natpmp {
+        natpmp_section(natpmp, md);
+    }
     let Some(targets) = &data.targets else {
         let _ = writeln!(
             md,
@@ -151,7 +174,11 @@ pub fn rows(value: &Value, rows: &mut Vec<Row>, md: &mut String) -> Result<()> {
     };
     for target in targets {
         rows.push(Row {
-            part: if target.name.starts_with("upnp") {
+            // The IGD's and NAT-PMP/PCP's request rates are part 5's kind.
+            part: if ["upnp", "natpmp", "pcp"]
+                .iter()
+                .any(|prefix| target.name.starts_with(prefix))
+            {
                 5
             } else {
                 2
@@ -265,6 +292,38 @@ fn upnp_section(upnp: &Upnp, md: &mut String) {
     );
 }
 
+fn natpmp_section(natpmp: &Natpmp, md: &mut String) {
+    let _ = writeln!(md, "### NAT-PMP and PCP, natctl vs miniupnpd\n");
+    let _ = writeln!(
+        md,
+        "| Protocol | Server | Request | requests/s | p50 ms | p99 ms |\n|---|---|---|---:|---:|---:|"
+    );
+    for (protocol, servers) in [("NAT-PMP", &natpmp.natpmp), ("PCP", &natpmp.pcp)] {
+        for (server, phases) in servers {
+            for (request, run) in [("map", &phases.map), ("delete", &phases.delete)] {
+                let Some(run) = run else {
+                    continue;
+                };
+                let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+                let _ = writeln!(
+                    md,
+                    "| {protocol} | {server} | {request} | {} | {} | {} |",
+                    run.rps.map_or("-".to_owned(), |v| format!("{v:.0}")),
+                    f(run.latency.p50_ms),
+                    f(run.latency.p99_ms),
+                );
+            }
+        }
+    }
+    let count = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
+    let _ = writeln!(
+        md,
+        "\n{} requests per phase, {} round(s); one client, one request in flight.\n",
+        count(natpmp.requests_per_phase),
+        count(natpmp.rounds)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -286,5 +345,28 @@ mod tests {
         assert_eq!((rows[0].part, rows[0].verdict), (2, Verdict::Info));
         assert_eq!((rows[1].part, rows[1].verdict), (5, Verdict::Pass));
         assert_eq!(rows[1].measured, "ratio: 3");
+    }
+
+    #[test]
+    fn natpmp_targets_become_rows_of_part_5_and_a_table() {
+        let run = json!({"rps": 900.0, "latency": {"p50_ms": 0.5, "p99_ms": 1.25}});
+        let data = json!({
+            "natpmp": {
+                "natpmp": {"natctl": {"map": run, "delete": run},
+                           "miniupnpd": {"map": run, "delete": run}},
+                "pcp": {"natctl": {"map": run}},
+                "requests_per_phase": 50, "rounds": 1},
+            "targets": [{"name": "pcp_map_rps_vs_miniupnpd", "target": ">= 2x",
+                         "measured": {"ratio": 1.5}, "pass": false, "why": "slow"}]});
+        let mut rows = Vec::new();
+        let mut md = String::new();
+        super::rows(&data, &mut rows, &mut md).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].part, rows[0].verdict), (5, Verdict::Miss));
+        assert!(
+            md.contains("| PCP | natctl | map | 900 | 0.500 | 1.250 |"),
+            "{md}"
+        );
+        assert!(md.contains("50 requests per phase"), "{md}");
     }
 }
