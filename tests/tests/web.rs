@@ -307,6 +307,15 @@ async fn flow(
         .await?;
     wait_text(client, "save", "Save").await?;
     fill(client, "external", "2223").await?;
+    // A schedule in the CLI's syntax; a bad one first.
+    fill(client, "schedule", "someday").await?;
+    client.find(Locator::Id("save")).await?.click().await?;
+    wait_text(client, "schedule-error", "someday").await?;
+    ensure!(
+        rules(socket)[0]["external"] == "2222",
+        "a refused change was made"
+    );
+    fill(client, "schedule", "mon-sun 00:00-24:00").await?;
     client.find(Locator::Id("save")).await?.click().await?;
     wait_text(client, "notice", "Rule ssh modified.").await?;
     let listed = rules(socket);
@@ -314,6 +323,8 @@ async fn flow(
         listed.len() == 1 && listed[0]["external"] == "2223",
         "{listed:?}"
     );
+    ensure!(listed[0]["schedule"].is_string(), "{listed:?}");
+    ensure!(listed[0]["schedule_state"]["on"] == true, "{listed:?}");
     ensure!(listed[0]["internal"] == "22", "{listed:?}");
     wan_reaches(wan_netns, 2223, &server)?;
 
