@@ -147,7 +147,7 @@ fn table_query(filter: &TableFilter) -> String {
 
 /// Parses the query string of `GET table`. Hand-written: the values are
 /// plain tokens (no percent-encoding needed), and anything else is refused.
-fn parse_table_query(query: &str) -> Result<TableFilter, ApiError> {
+pub(crate) fn parse_table_query(query: &str) -> Result<TableFilter, ApiError> {
     let mut filter = TableFilter::default();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair

@@ -166,6 +166,10 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// Set the admin page's password ([web] listen): read from the
+    /// terminal (twice) or one line from stdin, stored as an Argon2id hash
+    /// in the configuration's `[web] password_file`.
+    Passwd,
     /// Work with configuration files, without a daemon.
     Config {
         #[command(subcommand)]
@@ -275,6 +279,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config {
             action: ConfigAction::Check { file },
         } => return check_config(file.as_deref().or(cli.config.as_deref())),
+        Command::Passwd => return passwd(cli.config.as_deref()),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "natctl", &mut std::io::stdout());
@@ -298,6 +303,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let client = Client::new(&socket);
     match command {
         Command::Daemon { .. }
+        | Command::Passwd
         | Command::Config { .. }
         | Command::Completions { .. }
         | Command::Manpage => unreachable!("handled above"),
@@ -521,6 +527,31 @@ fn nat_behaviour(nat: &nat_ctl::config::NatSettings) -> String {
         Some(nat_type) => format!("{nat_type} ({pair})"),
         None => pair,
     }
+}
+
+/// `natctl passwd`: a TTY is asked twice without echo; a pipe gives one
+/// line.
+fn passwd(config: Option<&std::path::Path>) -> Result<()> {
+    use std::io::IsTerminal as _;
+    let (config, _) = DaemonConfig::load(config)?;
+    let path = config.password_file();
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New admin page password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(
+            first == again,
+            "the two passwords differ; nothing was changed"
+        );
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    let hash = nat_ctl::web::auth::hash_password(&password)?;
+    nat_ctl::web::auth::save_password_hash(&path, &hash)?;
+    println!("admin page password saved to {}", path.display());
+    Ok(())
 }
 
 fn block_on<T>(future: impl Future<Output = T>) -> T {

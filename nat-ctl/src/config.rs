@@ -51,6 +51,51 @@ pub struct DaemonConfig {
     pub upnp: UpnpSettings,
     pub natpmp: NatpmpSettings,
     pub metrics: MetricsSettings,
+    pub web: WebSettings,
+}
+
+/// The `[web]` table: the admin page, off unless `listen` is set. It is
+/// served on the LAN NIC only, and `listen` must be the router's LAN
+/// address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// The LAN address and port, e.g. "192.168.0.1:8080".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddrV4>,
+    /// Host names the page may also be reached by (besides the listen
+    /// address), e.g. "router.lan"; any other Host header is refused, so
+    /// that a rebound DNS name cannot reach the page.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// The Argon2id hash `natctl passwd` writes [default: `web-password`
+    /// beside the rules file].
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "password_file"
+    )]
+    pub password_file: Option<PathBuf>,
+}
+
+impl DaemonConfig {
+    /// Where the admin page's password hash is kept.
+    pub fn password_file(&self) -> PathBuf {
+        self.web.password_file.clone().unwrap_or_else(|| {
+            self.rules_file
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("web-password")
+        })
+    }
+}
+
+fn password_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
+    absolute_path(
+        deserializer,
+        "password_file",
+        "/var/lib/natctl/web-password",
+    )
+    .map(Some)
 }
 
 /// The `[metrics]` table: the Prometheus endpoint, off unless `listen` is
@@ -277,6 +322,7 @@ impl Default for DaemonConfig {
             upnp: UpnpSettings::default(),
             natpmp: NatpmpSettings::default(),
             metrics: MetricsSettings::default(),
+            web: WebSettings::default(),
         }
     }
 }
@@ -1061,6 +1107,7 @@ listen = "127.0.0.1:9469"
                 metrics: MetricsSettings {
                     listen: Some("127.0.0.1:9469".parse().unwrap()),
                 },
+                web: WebSettings::default(),
             }
         );
         // First match wins; no match denies.
@@ -1099,6 +1146,30 @@ listen = "127.0.0.1:9469"
             DaemonConfig::parse(&written, Path::new("natctl.toml")).unwrap(),
             config
         );
+    }
+
+    #[test]
+    fn the_admin_page_is_off_until_listen_and_keeps_its_password_beside_the_rules() {
+        let config = DaemonConfig::parse("", Path::new("natctl.toml")).unwrap();
+        assert_eq!(config.web.listen, None);
+        assert_eq!(
+            config.password_file(),
+            Path::new("/var/lib/natctl/web-password")
+        );
+        let text = "rules_file = \"/srv/nat/rules.toml\"\n[web]\nlisten = \"192.168.0.1:8080\"\n";
+        let config = DaemonConfig::parse(text, Path::new("natctl.toml")).unwrap();
+        assert_eq!(config.web.listen, Some("192.168.0.1:8080".parse().unwrap()));
+        assert_eq!(config.password_file(), Path::new("/srv/nat/web-password"));
+        let text = "[web]\npassword_file = \"web-password\"\n";
+        let error = DaemonConfig::parse(text, Path::new("natctl.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("password_file = \"web-password\": expected an absolute path"),
+            "{error}"
+        );
+        let text = "[web]\nlisten = \"router:80\"\n";
+        assert!(DaemonConfig::parse(text, Path::new("natctl.toml")).is_err());
     }
 
     #[test]

@@ -1,9 +1,16 @@
-//! The connections of the daemon's HTTP servers (the control API and the
-//! IGD), tracked so that a stop is graceful: accepting stops, every request
+//! The connections of the daemon's HTTP servers (the control API, the IGD,
+//! the metrics endpoint and the admin page), tracked so that a stop is
+//! graceful: accepting stops, every request
 //! in flight gets its whole response (hyper's graceful shutdown closes a
 //! connection once the response in hand is written), and whatever is still
 //! open at the deadline is cut.
-use std::{error::Error as StdError, time::Duration};
+use std::{
+    collections::HashMap,
+    error::Error as StdError,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use hyper::{body::Incoming, server::conn::http1::Connection, service::HttpService};
 use tokio::{sync::watch, task::JoinSet};
@@ -102,5 +109,87 @@ impl Connections {
         let cut = self.tasks.len();
         self.tasks.shutdown().await;
         cut
+    }
+}
+
+/// The connections each LAN host holds, so that one host cannot take every
+/// slot of a server.
+#[derive(Clone)]
+pub struct PerHost {
+    counts: Arc<Mutex<HashMap<Ipv4Addr, usize>>>,
+    limit: usize,
+}
+
+/// One of a host's connections; gives its place back when dropped.
+pub struct HostSlot {
+    hosts: PerHost,
+    host: Ipv4Addr,
+}
+
+impl PerHost {
+    /// At most `limit` connections per host.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            counts: Arc::default(),
+            limit,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A place for one more connection of `host`, if it has fewer than the
+    /// limit.
+    pub fn claim(&self, host: Ipv4Addr) -> Option<HostSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(host).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(HostSlot {
+            hosts: self.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut counts = self.hosts.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.host) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.host);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_host_holds_a_few_connections_at_most() {
+        let hosts = PerHost::new(8);
+        let one = Ipv4Addr::new(192, 168, 0, 12);
+        let other = Ipv4Addr::new(192, 168, 0, 13);
+        let mut held: Vec<HostSlot> = (0..8)
+            .map(|_| hosts.claim(one).expect("below the cap"))
+            .collect();
+        assert!(hosts.claim(one).is_none(), "over the cap");
+        assert!(hosts.claim(other).is_some(), "another host has its own");
+        held.pop();
+        assert!(
+            hosts.claim(one).is_some(),
+            "a closed connection frees its place"
+        );
+        drop(held);
+        assert!(
+            hosts.counts.lock().unwrap().is_empty(),
+            "every place given back"
+        );
     }
 }

@@ -17,3 +17,4 @@ pub mod store;
 pub mod stun;
 pub mod table;
 pub mod upnp;
+pub mod web;

@@ -45,6 +45,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "coturn",
     // The venv of the PyPI tools below, made with Debian's python3.
     "python3-venv",
+    // The admin page's browser test (tests/tests/web.rs): headless
+    // Chromium driven over WebDriver.
+    "chromium",
+    "chromium-driver",
+    // `script`, the terminal `natctl passwd` is tested on.
+    "bsdutils",
 ];
 
 /// Tools the tests call that Debian does not package, from PyPI, into a

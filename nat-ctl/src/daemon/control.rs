@@ -4,8 +4,11 @@ use std::sync::atomic::Ordering;
 
 use super::{
     Daemon, Lifecycle,
-    state::{ApiResult, Durability, internal, to_json},
+    state::{ApiResult, ChangeError, Durability, internal, to_json},
 };
+
+/// What a rule change answers: a refusal keeps its rule error.
+type ChangeResult = Result<serde_json::Value, ChangeError>;
 use crate::{
     aging,
     api::{
@@ -20,28 +23,7 @@ use crate::{
 
 impl Controller for Daemon {
     fn handle(&self, request: Request) -> ApiResult {
-        match request {
-            Request::Status => self.status(),
-            Request::ListRules => self.list_rules(),
-            Request::AddRule(rule) => self.add_rule(rule),
-            Request::ModifyRule { name, change } => self.modify_rule(&name, change),
-            Request::RemoveRule(name) => self.remove_rule(&name),
-            Request::SetEnabled { name, enabled } => self.set_enabled(&name, enabled),
-            Request::Table(filter) => self.table(&filter),
-            Request::Stats => self.stats(),
-            Request::Connections { follow: false } => to_json(self.connections.snapshot()),
-            Request::Connections { follow: true } => Err(ApiError::bad_request(
-                "the followed connection log is a stream: GET /v1/connections?follow=1 over HTTP",
-            )),
-            Request::Reload => {
-                let summary = self.reload()?;
-                tracing::info!("API reload: {summary}");
-                to_json(Reloaded { reloaded: summary })
-            }
-            Request::Upnp(on) => self.switch_upnp(on),
-            Request::Natpmp(on) => self.switch_natpmp(on),
-            Request::Down => self.down(),
-        }
+        self.answer(request).map_err(ApiError::from)
     }
 
     fn stream(&self, request: Request) -> Result<JsonLines, ApiError> {
@@ -69,6 +51,39 @@ impl Controller for Daemon {
 }
 
 impl Daemon {
+    /// Answers a request of the control API or of the admin page (which
+    /// sends the same requests): a refused rule change keeps the rule
+    /// error, so that the page can show it beside the field at fault.
+    pub(super) fn answer(&self, request: Request) -> Result<serde_json::Value, ChangeError> {
+        Ok(match request {
+            Request::Status => self.status()?,
+            Request::ListRules => self.list_rules()?,
+            Request::AddRule(rule) => self.add_rule(rule)?,
+            Request::ModifyRule { name, change } => self.modify_rule(&name, change)?,
+            Request::RemoveRule(name) => self.remove_rule(&name)?,
+            Request::SetEnabled { name, enabled } => self.set_enabled(&name, enabled)?,
+            Request::Table(filter) => self.table(&filter)?,
+            Request::Stats => self.stats()?,
+            Request::Connections { follow: false } => to_json(self.connections.snapshot())?,
+            Request::Connections { follow: true } => {
+                return Err(ApiError::bad_request(
+                    "the followed connection log is a stream: GET /v1/connections?follow=1 over HTTP",
+                )
+                .into());
+            }
+            Request::Reload => {
+                let summary = self.reload()?;
+                tracing::info!("API reload: {summary}");
+                to_json(Reloaded { reloaded: summary })?
+            }
+            Request::Upnp(on) => self.switch_upnp(on)?,
+            Request::Natpmp(on) => self.switch_natpmp(on)?,
+            Request::Down => self.down()?,
+        })
+    }
+}
+
+impl Daemon {
     fn list_rules(&self) -> ApiResult {
         let state = self.lock();
         let views = state
@@ -79,21 +94,22 @@ impl Daemon {
         to_json(views)
     }
 
-    fn add_rule(&self, rule: ForwardRule) -> ApiResult {
+    fn add_rule(&self, rule: ForwardRule) -> ChangeResult {
         let name = rule.name.clone();
         let mut state = self.lock();
         state.change(|rules| rules.add(rule, None).map(drop), Durability::Saved)?;
         let (_, added) = state.rules.get(&name).expect("just added");
         tracing::info!("rule added: {added}");
-        state.rule_view(&name)
+        Ok(state.rule_view(&name)?)
     }
 
-    fn modify_rule(&self, name: &str, change: RuleChange) -> ApiResult {
+    fn modify_rule(&self, name: &str, change: RuleChange) -> ChangeResult {
         if change.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "nothing to change in rule {name}: give at least one of --name, --proto, \
                  --external, --internal, --allow, --allow-any, --schedule"
-            )));
+            ))
+            .into());
         }
         let new_name = change.name.clone().unwrap_or_else(|| name.to_owned());
         let mut state = self.lock();
@@ -106,19 +122,19 @@ impl Daemon {
         )?;
         let (_, modified) = state.rules.get(&new_name).expect("just modified");
         tracing::info!("rule {name} modified: {modified}");
-        state.rule_view(&new_name)
+        Ok(state.rule_view(&new_name)?)
     }
 
-    fn remove_rule(&self, name: &str) -> ApiResult {
+    fn remove_rule(&self, name: &str) -> ChangeResult {
         let mut state = self.lock();
         state.change(|rules| rules.remove(name).map(drop), Durability::Saved)?;
         tracing::info!("rule {name} removed");
-        to_json(Removed {
+        Ok(to_json(Removed {
             removed: name.to_owned(),
-        })
+        })?)
     }
 
-    fn set_enabled(&self, name: &str, enabled: bool) -> ApiResult {
+    fn set_enabled(&self, name: &str, enabled: bool) -> ChangeResult {
         let mut state = self.lock();
         state.change(
             |rules| {
@@ -131,7 +147,7 @@ impl Daemon {
             "rule {name} {}",
             if enabled { "enabled" } else { "disabled" }
         );
-        state.rule_view(name)
+        Ok(state.rule_view(name)?)
     }
 
     fn table(&self, filter: &TableFilter) -> ApiResult {

@@ -10,7 +10,8 @@
 //! - `tasks`: aging, the connection log, address changes, deferred saves,
 //!   lease expiry, schedules;
 //! - `upnp`: the IGD's supervisor and its adapters;
-//! - `natpmp`: the NAT-PMP/PCP server's supervisor and adapter.
+//! - `natpmp`: the NAT-PMP/PCP server's supervisor and adapter;
+//! - `web`: the admin page's backend (the control API's handler again).
 pub mod connlog;
 mod control;
 mod metrics;
@@ -18,6 +19,7 @@ mod natpmp;
 mod state;
 mod tasks;
 mod upnp;
+mod web;
 
 use std::{
     path::{Path, PathBuf},
@@ -271,6 +273,10 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             })?),
             None => None,
         };
+    let web_listener = match config.web.listen {
+        Some(listen) => Some(web_listener(&config, &lan, lan_net, listen)?),
+        None => None,
+    };
     // Refuse early if another daemon serves the socket, before touching
     // its datapath.
     let listener = api::bind(&config.socket)
@@ -378,7 +384,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     let server = tokio::spawn(api::serve(
         listener,
         daemon.clone() as Arc<dyn Controller>,
-        api_stop,
+        api_stop.clone(),
     ));
     tokio::spawn(tasks::sweep_loop(daemon.clone()));
     tokio::spawn(tasks::connection_log(daemon.clone(), ring));
@@ -406,6 +412,23 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
             daemon.clone() as Arc<dyn crate::metrics::Source>,
             upnp_stop,
         )),
+        None => tokio::spawn(async {}),
+    };
+    let web = match web_listener {
+        Some((listener, web_config)) => {
+            tracing::info!(
+                "admin page on http://{} (LAN {} only); password in {}",
+                web_config.listen,
+                web_config.lan_ifname,
+                web_config.password_file.display()
+            );
+            tokio::spawn(crate::web::serve(
+                listener,
+                web_config,
+                daemon.clone() as Arc<dyn crate::web::Backend>,
+                api_stop.clone(),
+            ))
+        }
         None => tokio::spawn(async {}),
     };
 
@@ -445,7 +468,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     // (SSDP byebye) before the daemon goes.
     let _ = upnp_stop_tx.send(true);
     let _ = api_stop_tx.send(true);
-    let _ = tokio::join!(upnp, natpmp, metrics, server);
+    let _ = tokio::join!(upnp, natpmp, metrics, web, server);
     if let Err(error) = daemon.lock().flush() {
         tracing::error!("saving the last rule changes: {error}");
     }
@@ -457,6 +480,42 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The admin page's listener, on the LAN address and NIC only: any other
+/// address is refused, so that the page can never face the WAN.
+fn web_listener(
+    config: &DaemonConfig,
+    lan: &Nic,
+    lan_net: Ipv4Net,
+    listen: std::net::SocketAddrV4,
+) -> Result<(tokio::net::TcpListener, crate::web::WebConfig)> {
+    if listen.port() == 0 {
+        bail!(
+            "[web] listen = \"{listen}\": expected a port from 1 to 65535, e.g. \"{}:8080\" (the \
+             page checks the Host header against it)",
+            lan_net.addr()
+        );
+    }
+    if *listen.ip() != lan_net.addr() {
+        bail!(
+            "[web] listen = \"{listen}\": the admin page is served on the LAN only; expected \
+             the LAN address of {} ({}) with a port, e.g. \"{}:8080\"",
+            lan.name,
+            lan_net.addr(),
+            lan_net.addr()
+        );
+    }
+    let web_config = crate::web::WebConfig {
+        listen,
+        lan_ifname: lan.name.clone(),
+        lan_net,
+        names: config.web.names.clone(),
+        password_file: config.password_file(),
+    };
+    let listener = crate::web::bind(&web_config)
+        .with_context(|| format!("opening the admin page {listen} ([web] listen)"))?;
+    Ok((listener, web_config))
 }
 
 fn unix_now() -> u64 {

@@ -17,7 +17,7 @@ use ipnet::Ipv4Net;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    connections::{Connections, DRAIN_DEADLINE},
+    connections::{Connections, DRAIN_DEADLINE, PerHost},
     limiter::RateLimiter,
 };
 
@@ -43,50 +43,6 @@ const MAX_PER_HOST: usize = 8;
 /// The longest any connection lives, requests, answers and idle time
 /// together: a reader too slow to take its answer holds a slot no longer.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
-
-/// The connections each LAN host holds.
-#[derive(Clone, Default)]
-struct PerHost(Arc<std::sync::Mutex<std::collections::HashMap<Ipv4Addr, usize>>>);
-
-/// One of a host's connections; gives its place back when dropped.
-struct HostSlot {
-    hosts: PerHost,
-    host: Ipv4Addr,
-}
-
-impl PerHost {
-    fn claim(&self, host: Ipv4Addr) -> Option<HostSlot> {
-        let mut counts = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = counts.entry(host).or_default();
-        if *count >= MAX_PER_HOST {
-            return None;
-        }
-        *count += 1;
-        Some(HostSlot {
-            hosts: self.clone(),
-            host,
-        })
-    }
-}
-
-impl Drop for HostSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .hosts
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = counts.get_mut(&self.host) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.host);
-            }
-        }
-    }
-}
 
 /// Runs the actions for the HTTP server: the daemon, over its rules.
 pub trait Control: Send + Sync + 'static {
@@ -398,7 +354,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let hosts = PerHost::default();
+    let hosts = PerHost::new(MAX_PER_HOST);
     let mut connections = Connections::new(shutdown.clone());
     loop {
         let permit = tokio::select! {
@@ -558,25 +514,6 @@ mod tests {
         let refused = too_many(one);
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers()[hyper::header::RETRY_AFTER], "1");
-    }
-
-    #[test]
-    fn one_host_holds_a_few_connections_at_most() {
-        let hosts = PerHost::default();
-        let one = Ipv4Addr::new(192, 168, 0, 12);
-        let other = Ipv4Addr::new(192, 168, 0, 13);
-        let mut held: Vec<HostSlot> = (0..MAX_PER_HOST)
-            .map(|_| hosts.claim(one).expect("below the cap"))
-            .collect();
-        assert!(hosts.claim(one).is_none(), "over the cap");
-        assert!(hosts.claim(other).is_some(), "another host has its own");
-        held.pop();
-        assert!(
-            hosts.claim(one).is_some(),
-            "a closed connection frees its place"
-        );
-        drop(held);
-        assert!(hosts.0.lock().unwrap().is_empty(), "every place given back");
     }
 
     #[test]
