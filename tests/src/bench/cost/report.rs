@@ -97,6 +97,61 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
             why,
         });
     }
+    // Issue 14's targets: the NAT's established flow within 1.2x of the
+    // plain forwarder, a new flow within 3x of an established packet.
+    if let Some(fwd) = ns_of("forwarder") {
+        for case in ["established_outbound", "established_inbound"] {
+            let Some(ns) = ns_of(case) else { continue };
+            let ratio = ns / fwd;
+            let why = match (ratio > 1.2, baseline) {
+                (true, Some(base)) => format!(
+                    "the forwarder's own work (over the {base:.0} ns baseline) is {:.0} ns, \
+                     the NAT's {:.0} ns: its {:.0} ns more are the NAT's table lookups \
+                     (BINDINGS or FORWARDS, SESSIONS), the session's counters and the \
+                     checksum rewrites{}",
+                    fwd - base,
+                    ns - base,
+                    ns - fwd,
+                    instructions_note(data, case)
+                ),
+                _ => String::new(),
+            };
+            rows.push(Row {
+                part: 3,
+                what: format!(
+                    "{} vs the plain forwarder",
+                    COST_CASES
+                        .iter()
+                        .find(|(name, _)| *name == case)
+                        .map_or(case, |(_, text)| text)
+                ),
+                target: "<= 1.2x".to_owned(),
+                measured: format!("{ratio:.2}x ({ns:.0} vs {fwd:.0} ns)"),
+                verdict: Verdict::judge(ratio <= 1.2),
+                why,
+            });
+        }
+    }
+    if let (Some(new), Some(established)) = (ns_of("new_flow"), ns_of("established_outbound")) {
+        let ratio = new / established;
+        rows.push(Row {
+            part: 3,
+            what: "NAT, new flow vs an established packet LAN -> WAN".to_owned(),
+            target: "<= 3x".to_owned(),
+            measured: format!("{ratio:.2}x ({new:.0} vs {established:.0} ns)"),
+            verdict: Verdict::judge(ratio <= 3.0),
+            why: if ratio <= 3.0 {
+                String::new()
+            } else {
+                format!(
+                    "a new flow adds {:.0} ns: the mapping's two BPF_NOEXIST inserts \
+                     (outbound and inbound keys, each a hash-table allocation), the session's \
+                     insert, and the port probes before them",
+                    new - established
+                )
+            },
+        });
+    }
     for case in [
         "forwarded_inbound",
         "new_flow",
@@ -125,6 +180,25 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
         }
     }
     tc_rows(data, rows);
+}
+
+/// The instruction counts behind a case, when the run recorded them.
+fn instructions_note(data: &Output, case: &str) -> String {
+    let program = if case.ends_with("outbound") {
+        "nat_lan"
+    } else {
+        "nat_wan"
+    };
+    match (
+        data.programs.get(program),
+        data.programs.get(nat_common::bench::FORWARDER),
+    ) {
+        (Some(nat), Some(fwd)) => format!(
+            "; {program} is {} instructions after the verifier, the forwarder {}",
+            nat.xlated_insns, fwd.xlated_insns
+        ),
+        _ => String::new(),
+    }
 }
 
 /// TC mode against XDP mode, each over its own baseline (the restore and the
@@ -170,6 +244,20 @@ fn tc_rows(data: &Output, rows: &mut Vec<Row>) {
 }
 
 pub fn detail(data: &Output, md: &mut String) {
+    if !data.programs.is_empty() {
+        let _ = writeln!(
+            md,
+            "Program sizes as loaded: {}.\n",
+            data.programs
+                .iter()
+                .map(|(name, size)| format!(
+                    "{name} {} instructions (xlated), {} JIT bytes",
+                    size.xlated_insns, size.jited_bytes
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     let _ = writeln!(
         md,
         "{}; {} runs per measurement, median (min-max) of {} alternating measurements; new \
