@@ -134,7 +134,15 @@ pub(crate) fn flowtable_support() -> Result<(), String> {
 }}
 "
     );
-    nft_file(&router, &probe).map_err(|error| format!("{error:#}"))
+    nft_file(&router, &probe).map_err(|error| {
+        // nft's own words, without the temporary file's name and place.
+        let text = format!("{error:#}");
+        let said = text
+            .lines()
+            .find_map(|line| line.split_once("Error: ").map(|(_, said)| said.trim()))
+            .unwrap_or(text.trim());
+        format!("nft cannot add a flowtable ({said}); the kernel needs CONFIG_NF_FLOW_TABLE")
+    })
 }
 
 fn nft_file(router: &Netns, rules: &str) -> Result<()> {
