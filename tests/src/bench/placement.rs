@@ -134,3 +134,14 @@ pub fn thread_napi(netns: &Netns, interface: &str, cpu: usize) -> Result<Vec<i32
     }
     Ok(threads)
 }
+
+/// CPU time task `pid` has had so far, in ns (`/proc/PID/schedstat`): for a
+/// router's NAPI kthread, all the work the router did for its packets.
+pub fn cpu_ns(pid: i32) -> Result<u64> {
+    let path = format!("/proc/{pid}/schedstat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .with_context(|| format!("{path}: {text:?} is not \"<ns on cpu> ...\""))
+}

@@ -206,6 +206,10 @@ pub struct Sample {
     pub router_bpf: Option<(u64, u64)>,
     /// The same for the receiving host's sink.
     pub sink_bpf: Option<(u64, u64)>,
+    /// CPU time (ns) of the router's NAPI kthread on its receiving
+    /// interface over the sample: everything the router did for these
+    /// packets, whatever else shared its core (`None` unless threaded).
+    pub router_cpu_ns: Option<u64>,
 }
 
 impl Sample {
@@ -233,6 +237,8 @@ pub struct Topology {
     pub router_programs: Vec<Attached>,
     /// The sinks' programs: the LAN host's, the WAN host's.
     sink_programs: [Vec<Attached>; 2],
+    /// The NAPI kthreads of the router's interfaces, when threaded.
+    router_threads: Vec<(&'static str, i32)>,
     pub router_lan_ifindex: u32,
     pub router_wan_ifindex: u32,
     pub lan: Host,
@@ -278,6 +284,7 @@ impl Topology {
                 }),
                 router_programs: Vec::new(),
                 sink_programs: [Vec::new(), Vec::new()],
+                router_threads: Vec::new(),
                 router_lan_ifindex: 0,
                 router_wan_ifindex: 0,
                 lan,
@@ -388,6 +395,7 @@ impl Topology {
             }),
             router_programs: Vec::new(),
             sink_programs: [Vec::new(), Vec::new()],
+            router_threads: Vec::new(),
             router_lan_ifindex,
             router_wan_ifindex,
             lan,
@@ -420,7 +428,9 @@ impl Topology {
         };
         if self.router_lan_ifindex != 0 {
             for interface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
-                placement::thread_napi(&self.router_ns, interface, router_cpu)?;
+                for pid in placement::thread_napi(&self.router_ns, interface, router_cpu)? {
+                    self.router_threads.push((interface, pid));
+                }
             }
         }
         for host in [&self.lan, &self.wan] {
@@ -431,6 +441,20 @@ impl Topology {
 
     /// Run time and runs so far of the programs on the router's
     /// interface that receives `direction`, and of the receiving sink.
+    /// CPU time so far of the router's NAPI kthreads on the interface
+    /// that receives `direction`.
+    fn thread_ns(&self, direction: Direction) -> Result<Option<u64>> {
+        let interface = match direction {
+            Direction::LanToWan => ROUTER_LAN_IF,
+            Direction::WanToLan => ROUTER_WAN_IF,
+        };
+        let mut total = None;
+        for &(_, pid) in self.router_threads.iter().filter(|(i, _)| *i == interface) {
+            *total.get_or_insert(0) += placement::cpu_ns(pid)?;
+        }
+        Ok(total)
+    }
+
     fn bpf_totals(&self, direction: Direction) -> Result<[Option<(u64, u64)>; 2]> {
         let (interface, sink) = match direction {
             Direction::LanToWan => (ROUTER_LAN_IF, &self.sink_programs[1]),
@@ -521,6 +545,7 @@ impl Topology {
         let before = receiver.object.maps.received()?;
         let hosts_cpu = self.placement.router.map(|_| self.placement.hosts);
         let bpf_before = self.bpf_totals(from)?;
+        let thread_before = self.thread_ns(from)?;
         let (sender, receiver) = match from {
             Direction::LanToWan => (&mut self.lan, &mut self.wan),
             Direction::WanToLan => (&mut self.wan, &mut self.lan),
@@ -556,6 +581,7 @@ impl Topology {
         let received = receiver.object.maps.received()? - before;
         receiver.received_total += received;
         let bpf_after = self.bpf_totals(from)?;
+        let thread_after = self.thread_ns(from)?;
         let delta = |before: Option<(u64, u64)>, after: Option<(u64, u64)>| {
             let ((ns0, runs0), (ns1, runs1)) = (before?, after?);
             Some((ns1.saturating_sub(ns0), runs1.saturating_sub(runs0)))
@@ -567,6 +593,9 @@ impl Topology {
             sender_cpu_secs,
             router_bpf: delta(bpf_before[0], bpf_after[0]),
             sink_bpf: delta(bpf_before[1], bpf_after[1]),
+            router_cpu_ns: thread_before
+                .zip(thread_after)
+                .map(|(before, after)| after.saturating_sub(before)),
         })
     }
 

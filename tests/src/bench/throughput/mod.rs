@@ -73,6 +73,14 @@ pub struct Samples {
     /// The same for the receiving sink's program.
     #[serde(default)]
     pub sink_bpf_ns: Option<Spread>,
+    /// CPU time of the router's NAPI kthread per packet the sink received:
+    /// the router's whole cost per packet on its core, however much of the
+    /// core it was given (threaded placement only).
+    #[serde(default)]
+    pub router_cpu_ns: Option<Spread>,
+    /// The share of its core that kthread had over the sample.
+    #[serde(default)]
+    pub router_cpu_share: Option<Spread>,
     pub received: u64,
     pub sent: u64,
 }
@@ -97,6 +105,14 @@ impl Samples {
             sender_cpu_share: Spread::of(&cpu),
             router_bpf_ns: per_run(|s| s.router_bpf),
             sink_bpf_ns: per_run(|s| s.sink_bpf),
+            router_cpu_ns: per_run(|s| Some((s.router_cpu_ns?, s.received))),
+            router_cpu_share: {
+                let shares: Vec<f64> = samples
+                    .iter()
+                    .filter_map(|s| Some(s.router_cpu_ns? as f64 / 1e9 / s.secs))
+                    .collect();
+                (!shares.is_empty()).then(|| Spread::of(&shares))
+            },
             received: samples.iter().map(|s| s.received).sum(),
             sent: samples.iter().map(|s| s.sent).sum(),
         }
