@@ -78,7 +78,7 @@ pub fn route_fragmentable<C: NatContext>(
 struct AlignedFibParams(FibParams);
 
 const FIB_PARAMS_WORDS: usize = size_of::<FibParams>() / 8;
-const _: () = assert!(size_of::<FibParams>() % 8 == 0);
+const _: () = assert!(size_of::<FibParams>().is_multiple_of(8));
 
 /// The lookup's parameters, all zeroes, cleared by eight 8-byte stores. A
 /// plain `zeroed()` becomes a call to the BPF target's `memset`, a loop of
