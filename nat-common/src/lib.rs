@@ -595,6 +595,10 @@ pub mod bench {
     pub const SINK: &str = "bench_sink";
     /// FIB lookup, MAC rewrite and `EGRESS` redirect, no NAT.
     pub const FORWARDER: &str = "bench_fwd";
+    /// Redirects every frame through `EGRESS` keyed by its ingress
+    /// ifindex, nothing else: the lab's own per-packet cost (veth rings,
+    /// NAPI, redirect), which the routers' own costs are measured above.
+    pub const REDIRECT: &str = "bench_redirect";
     /// Restores the template, then tail-calls the program in `BENCH_NEXT`.
     pub const RESTORE: &str = "bench_restore";
     /// The same for the TC programs: restores, then tail-calls the program

@@ -11,6 +11,8 @@
 //! - `bench_fwd`: a plain XDP forwarder, the limit of this machine: the
 //!   same parser and egress stage (FIB lookup, TTL, MAC rewrite,
 //!   `EGRESS` redirect) as the NAT, without any translation.
+//! - `bench_redirect`: one `EGRESS` redirect by ingress ifindex and
+//!   nothing else, the lab's fixed per-packet cost.
 //! - `bench_restore`: for per-packet cost through `BPF_PROG_TEST_RUN` with
 //!   `repeat`, where every run would otherwise see the frame the run before
 //!   rewrote. It restores the template (moving the port on as the generator
@@ -40,6 +42,7 @@ use crate::{
     context::{NatContext, TcPacket},
     counters::settle,
     egress::{redirect, route},
+    maps::EGRESS,
     parse::{Side, frame_len, parse_frame, ptr_at},
 };
 
@@ -149,6 +152,17 @@ fn try_bench_fwd(ctx: &XdpContext) -> Result<u32, Counter> {
 #[xdp]
 pub fn bench_fwd(ctx: XdpContext) -> u32 {
     settle(&ctx, try_bench_fwd(&ctx))
+}
+
+/// The lab's fixed cost: no parsing, no rewrite, one devmap redirect. The
+/// benchmark keys `EGRESS` by the ingress ifindex, its value the other NIC.
+#[xdp]
+pub fn bench_redirect(ctx: XdpContext) -> u32 {
+    // SAFETY: reading the ingress ifindex of the program's own context.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    EGRESS
+        .redirect(ingress, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED)
 }
 
 #[xdp]

@@ -1,7 +1,7 @@
 //! The last stage: route by the kernel's FIB, rewrite the MACs, decrement the
 //! TTL and redirect out of the egress NIC (the `EGRESS` devmap in XDP,
 //! `bpf_redirect` in TC: [`NatContext::redirect`]).
-use core::mem::{size_of, zeroed};
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -72,6 +72,30 @@ pub fn route_fragmentable<C: NatContext>(
     }
 }
 
+/// `bpf_fib_lookup`'s parameters on an 8-byte boundary, so that they can be
+/// cleared a word at a time (the verifier refuses misaligned stack stores).
+#[repr(C, align(8))]
+struct AlignedFibParams(FibParams);
+
+const FIB_PARAMS_WORDS: usize = size_of::<FibParams>() / 8;
+const _: () = assert!(size_of::<FibParams>().is_multiple_of(8));
+
+/// The lookup's parameters, all zeroes, cleared by eight 8-byte stores. A
+/// plain `zeroed()` becomes a call to the BPF target's `memset`, a loop of
+/// one-byte stores: some 320 instructions on every packet. The stores are
+/// volatile so that LLVM cannot turn them back into that call.
+#[inline(always)]
+fn zeroed_fib_params(scratch: &mut MaybeUninit<AlignedFibParams>) -> &mut FibParams {
+    let words = scratch.as_mut_ptr().cast::<u64>();
+    for i in 0..FIB_PARAMS_WORDS {
+        // SAFETY: within `scratch`, 8-byte aligned by `AlignedFibParams`.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: every byte was just written; all zeroes is a valid value of
+    // this plain C struct.
+    unsafe { &mut (*scratch.as_mut_ptr()).0 }
+}
+
 #[inline(always)]
 fn lookup<C: NatContext>(
     ctx: &C,
@@ -80,8 +104,8 @@ fn lookup<C: NatContext>(
     src: [u8; 4],
     dst: [u8; 4],
 ) -> Result<Route, Counter> {
-    // SAFETY: a plain C struct for which all zeroes is valid.
-    let mut params: FibParams = unsafe { zeroed() };
+    let mut scratch = MaybeUninit::<AlignedFibParams>::uninit();
+    let params = zeroed_fib_params(&mut scratch);
     params.family = AF_INET;
     params.l4_protocol = proto;
     params.__bindgen_anon_1.tot_len = tot_len;
@@ -89,7 +113,7 @@ fn lookup<C: NatContext>(
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: `params` is a valid, correctly sized bpf_fib_lookup.
-    let rc = unsafe { bpf_fib_lookup(ctx.raw(), &mut params, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), params, size_of::<FibParams>() as i32, 0) };
     let neighbour_known = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         // The egress is known; the kernel will resolve the next hop's MAC.

@@ -33,14 +33,37 @@ fn session_key(config: &NatConfig, conversation: &Conversation) -> SessionKey {
     } else {
         conversation.remote.port
     };
-    SessionKey {
-        remote_addr: conversation.remote.addr,
+    key_of(
+        conversation.remote.addr,
         remote_port,
-        external_port: conversation.external_port,
+        conversation.external_port,
         proto,
-        _pad: [0; 3],
-    }
+    )
 }
+
+/// A session key built from three words: a literal `_pad: [0; 3]` becomes
+/// a call to the BPF target's byte-at-a-time `memset` on every packet.
+#[inline(always)]
+fn key_of(remote_addr: [u8; 4], remote_port: u16, external_port: u16, proto: u8) -> SessionKey {
+    let [rp0, rp1] = remote_port.to_ne_bytes();
+    let [ep0, ep1] = external_port.to_ne_bytes();
+    let words = [
+        u32::from_ne_bytes(remote_addr),
+        u32::from_ne_bytes([rp0, rp1, ep0, ep1]),
+        u32::from_ne_bytes([proto, 0, 0, 0]),
+    ];
+    // SAFETY: SessionKey is repr(C), 12 bytes of plain integers laid out
+    // as the words above (address, the two ports, the protocol, padding);
+    // the transmute fails to compile if its size changes.
+    unsafe { core::mem::transmute::<[u32; 3], SessionKey>(words) }
+}
+
+// The layout `key_of` writes: a change to SessionKey must change it too.
+const _: () = {
+    assert!(core::mem::offset_of!(SessionKey, remote_port) == 4);
+    assert!(core::mem::offset_of!(SessionKey, external_port) == 6);
+    assert!(core::mem::offset_of!(SessionKey, proto) == 8);
+};
 
 /// `from_opener`: the packet comes from the side expected to open
 /// connections (the LAN host on a dynamic mapping, the remote on a forward).
@@ -186,13 +209,12 @@ pub fn session_inbound_allowed(
 
 #[inline(always)]
 fn forward_session_key(conversation: &Conversation) -> SessionKey {
-    SessionKey {
-        remote_addr: conversation.remote.addr,
-        remote_port: conversation.remote.port,
-        external_port: conversation.external_port,
-        proto: conversation.proto,
-        _pad: [0; 3],
-    }
+    key_of(
+        conversation.remote.addr,
+        conversation.remote.port,
+        conversation.external_port,
+        conversation.proto,
+    )
 }
 
 /// A remote's packet to a forwarded port. A conversation seen for the first
@@ -293,13 +315,7 @@ pub fn forward_session_outbound(
 /// both ports 0, its internal endpoint the one LAN host it belongs to.
 #[inline(always)]
 fn address_session_key(proto: u8, remote: [u8; 4]) -> SessionKey {
-    SessionKey {
-        remote_addr: remote,
-        remote_port: 0,
-        external_port: 0,
-        proto,
-        _pad: [0; 3],
-    }
+    key_of(remote, 0, 0, proto)
 }
 
 /// `host` sends `proto` to `remote`: its session, made or refreshed, unless

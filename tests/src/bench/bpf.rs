@@ -169,6 +169,20 @@ impl BenchObject {
             .sum())
     }
 
+    /// Makes `bench_redirect` send what arrives on each pair's first
+    /// interface out of its second.
+    pub fn cross_egress(&mut self, pairs: &[(u32, u32)]) -> Result<()> {
+        let mut egress: DevMapHash<_> = self
+            .ebpf
+            .map_mut(maps::EGRESS)
+            .context("no EGRESS map")?
+            .try_into()?;
+        for &(from, to) in pairs {
+            egress.insert(from, to, None, 0)?;
+        }
+        Ok(())
+    }
+
     /// Lets the plain forwarder redirect to these interfaces.
     pub fn allow_egress(&mut self, ifindexes: &[u32]) -> Result<()> {
         let mut egress: DevMapHash<_> = self

@@ -17,6 +17,8 @@
 pub mod bpf;
 pub mod cost;
 pub mod frames;
+pub mod placement;
+pub mod progs;
 pub mod report;
 mod routers;
 pub mod scale;

@@ -1,7 +1,7 @@
 //! The routers of the benchmark topology other than the plain forwarder:
 //! our NAT loaded by this process ([`nat_lib`]), our NAT run by the real
 //! `natctl daemon` ([`NatDaemon`]), and nftables masquerade
-//! ([`nftables_nat`]).
+//! ([`nftables_nat`], with a flowtable where [`flowtable_support`] finds one).
 use std::{
     fs,
     path::PathBuf,
@@ -74,12 +74,31 @@ pub(super) fn nat_lib(
     Ok(datapath)
 }
 
-/// The kernel's NAT on the same topology: masquerade out of wan0, and the
-/// forwarded port as a DNAT rule.
-pub(super) fn nftables_nat(router: &Netns) -> Result<()> {
+/// The kernel's NAT on the same topology, as a careful user sets it up:
+/// masquerade out of wan0 and the forwarded port as a DNAT rule, nothing
+/// else in the ruleset, and conntrack not verifying every packet's L4
+/// checksum (`nf_conntrack_checksum=0`, OpenWrt's default: a router
+/// forwards what it did not terminate). With `flowtable`, established
+/// flows take nftables' software fast path at ingress.
+pub(super) fn nftables_nat(router: &Netns, flowtable: bool) -> Result<()> {
+    router.sysctl("net.netfilter.nf_conntrack_checksum", "0")?;
+    let fast_path = if flowtable {
+        format!(
+            "    flowtable fastpath {{
+        hook ingress priority filter; devices = {{ {ROUTER_LAN_IF}, {ROUTER_WAN_IF} }};
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        meta l4proto {{ tcp, udp }} flow add @fastpath
+    }}
+"
+        )
+    } else {
+        String::new()
+    };
     let rules = format!(
         "table ip natbench {{
-    chain prerouting {{
+{fast_path}    chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         iifname \"{ROUTER_WAN_IF}\" udp dport {FORWARD_PORT} dnat to {LAN_HOST}:{FORWARD_PORT}
     }}
@@ -90,6 +109,43 @@ pub(super) fn nftables_nat(router: &Netns) -> Result<()> {
 }}
 "
     );
+    nft_file(router, &rules)
+}
+
+/// Whether nftables can make a flowtable in `router`'s namespace: `Err`
+/// holds what nft said (on a kernel without `CONFIG_NF_FLOW_TABLE`).
+pub(crate) fn flowtable_support() -> Result<(), String> {
+    let router = Netns::new("bprobe").map_err(|error| format!("{error:#}"))?;
+    router
+        .ip(&[
+            "link",
+            "add",
+            ROUTER_LAN_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "probe1",
+        ])
+        .map_err(|error| format!("{error:#}"))?;
+    let probe = format!(
+        "table ip natbench_probe {{
+    flowtable probe {{ hook ingress priority filter; devices = {{ {ROUTER_LAN_IF} }}; }}
+}}
+"
+    );
+    nft_file(&router, &probe).map_err(|error| {
+        // nft's own words, without the temporary file's name and place.
+        let text = format!("{error:#}");
+        let said = text
+            .lines()
+            .find_map(|line| line.split_once("Error: ").map(|(_, said)| said.trim()))
+            .unwrap_or(text.trim());
+        format!("nft cannot add a flowtable ({said}); the kernel needs CONFIG_NF_FLOW_TABLE")
+    })
+}
+
+fn nft_file(router: &Netns, rules: &str) -> Result<()> {
     let path = std::env::temp_dir().join(format!(
         "natbench-{}-{}.nft",
         std::process::id(),
@@ -112,7 +168,8 @@ pub(super) struct NatDaemon {
 }
 
 impl NatDaemon {
-    pub(super) fn start(router: &Netns) -> Result<Self> {
+    /// `attach`: `xdp` or `tc`, the daemon's `--attach`.
+    pub(super) fn start(router: &Netns, attach: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "natbench-{}-{}",
             std::process::id(),
@@ -147,11 +204,8 @@ impl NatDaemon {
                 ROUTER_WAN_IF,
                 "--lan",
                 ROUTER_LAN_IF,
-                // The XDP NAT under test: the generator's XDP_TX frames
-                // reach a veth only while its peer runs XDP, and TC mode
-                // has its own rows (part 3).
                 "--attach",
-                "xdp",
+                attach,
                 "--config",
             ])
             .arg(&config)

@@ -21,10 +21,13 @@ use nat_common::{bench::BenchTemplate, programs};
 use nat_ctl::datapath::{Datapath, TableSizes};
 use serde_json::{Value, json};
 
+pub(crate) use super::routers::flowtable_support;
 use super::{
     bpf::{BenchObject, send_live},
     frames::{Flow, Vary, template},
     in_netns,
+    placement::{self, Placement},
+    progs::{self, Attached},
     routers::{NatDaemon, nat_lib, nftables_nat},
 };
 use crate::{
@@ -53,6 +56,9 @@ pub enum RouterKind {
     /// Our XDP NAT, run by the real `natctl daemon` (default configuration
     /// and table sizes) with a forwarding rule for WAN -> LAN.
     NatDaemon,
+    /// The same daemon in TC mode (`--attach tc`), with `xdp_pass` on the
+    /// router's veths so that they take the generator's frames.
+    NatDaemonTc,
     /// Our XDP NAT loaded and attached through `nat_ctl::datapath` by this
     /// process, with the given table sizes, so that the benchmark can fill
     /// its tables and run its programs through `BPF_PROG_TEST_RUN`.
@@ -63,9 +69,15 @@ pub enum RouterKind {
     },
     /// `bench_fwd`: FIB lookup, MAC rewrite, redirect; no NAT.
     Forwarder,
+    /// `bench_redirect`: one redirect to the other veth and nothing else,
+    /// the lab's fixed cost per packet through a router.
+    Redirect,
     /// The kernel: nftables masquerade out of wan0 and a DNAT rule for the
     /// forwarded port, with `xdp_pass` on the router's veths.
     Nftables,
+    /// nftables as above with a flowtable (the software fast path): only
+    /// where the kernel has `CONFIG_NF_FLOW_TABLE`.
+    NftablesFlowtable,
     /// No router: the hosts' veths joined directly, for what the generator
     /// and the sink alone reach on this machine.
     Direct,
@@ -75,14 +87,20 @@ impl RouterKind {
     pub fn label(&self) -> &'static str {
         match self {
             RouterKind::NatDaemon | RouterKind::NatLib { .. } => "xdp_nat",
+            RouterKind::NatDaemonTc => "tc_nat",
             RouterKind::Forwarder => "xdp_forwarder",
+            RouterKind::Redirect => "xdp_redirect",
             RouterKind::Nftables => "nftables",
+            RouterKind::NftablesFlowtable => "nftables_flowtable",
             RouterKind::Direct => "no_router",
         }
     }
 
     fn translates(&self) -> bool {
-        !matches!(self, RouterKind::Forwarder | RouterKind::Direct)
+        !matches!(
+            self,
+            RouterKind::Forwarder | RouterKind::Redirect | RouterKind::Direct
+        )
     }
 }
 
@@ -163,7 +181,8 @@ impl Host {
 }
 
 enum Router {
-    Daemon(NatDaemon),
+    /// The daemon, and the `xdp_pass` programs in TC mode.
+    Daemon(NatDaemon, #[allow(dead_code)] Option<Box<BenchObject>>),
     Lib(Box<Datapath>),
     /// Held only so that its programs stay attached.
     Bench(#[allow(dead_code)] Box<BenchObject>),
@@ -181,6 +200,16 @@ pub struct Sample {
     /// and whatever the kernel ran on its behalf): on a shared machine,
     /// how much of a core it actually had.
     pub sender_cpu_secs: f64,
+    /// Run time (ns) and runs of the router's programs on its receiving
+    /// interface over the sample, from the kernel's statistics (`None`
+    /// without programs there, or without statistics on).
+    pub router_bpf: Option<(u64, u64)>,
+    /// The same for the receiving host's sink.
+    pub sink_bpf: Option<(u64, u64)>,
+    /// CPU time (ns) of the router's NAPI kthread on its receiving
+    /// interface over the sample: everything the router did for these
+    /// packets, whatever else shared its core (`None` unless threaded).
+    pub router_cpu_ns: Option<u64>,
 }
 
 impl Sample {
@@ -203,6 +232,13 @@ pub struct NatRouter<'a> {
 pub struct Topology {
     pub kind: RouterKind,
     router: Router,
+    pub placement: Placement,
+    /// The programs attached to the router's interfaces.
+    pub router_programs: Vec<Attached>,
+    /// The sinks' programs: the LAN host's, the WAN host's.
+    sink_programs: [Vec<Attached>; 2],
+    /// The NAPI kthreads of the router's interfaces, when threaded.
+    router_threads: Vec<(&'static str, i32)>,
     pub router_lan_ifindex: u32,
     pub router_wan_ifindex: u32,
     pub lan: Host,
@@ -225,6 +261,12 @@ fn thread_cpu_secs() -> f64 {
 
 impl Topology {
     pub fn build(kind: RouterKind) -> Result<Self> {
+        Self::build_placed(kind, None)
+    }
+
+    /// As [`build`](Self::build), with the work spread over cores as
+    /// `placement` says (see [`super::placement`]).
+    pub fn build_placed(kind: RouterKind, placement: Option<Placement>) -> Result<Self> {
         require_root();
         let lan_ns = Netns::new("blan")?;
         let router_ns = Netns::new("brtr")?;
@@ -233,15 +275,24 @@ impl Topology {
             lan_ns.veth("eth0", &wan_ns, "eth0")?;
             let lan = Host::start(lan_ns)?;
             let wan = Host::start(wan_ns)?;
-            return Ok(Self {
+            let mut topology = Self {
                 kind,
                 router: Router::None,
+                placement: placement.unwrap_or(Placement {
+                    router: None,
+                    hosts: 0,
+                }),
+                router_programs: Vec::new(),
+                sink_programs: [Vec::new(), Vec::new()],
+                router_threads: Vec::new(),
                 router_lan_ifindex: 0,
                 router_wan_ifindex: 0,
                 lan,
                 wan,
                 router_ns,
-            });
+            };
+            topology.place(placement.is_some())?;
+            return Ok(topology);
         }
         router_ns.veth(ROUTER_LAN_IF, &lan_ns, HOST_IF)?;
         router_ns.veth(ROUTER_WAN_IF, &wan_ns, HOST_IF)?;
@@ -290,7 +341,17 @@ impl Topology {
         let lan = Host::start(lan_ns)?;
         let wan = Host::start(wan_ns)?;
         let router = match kind {
-            RouterKind::NatDaemon => Router::Daemon(NatDaemon::start(&router_ns)?),
+            RouterKind::NatDaemon => Router::Daemon(NatDaemon::start(&router_ns, "xdp")?, None),
+            RouterKind::NatDaemonTc => {
+                let daemon = NatDaemon::start(&router_ns, "tc")?;
+                let object = in_netns(&router_ns, || {
+                    let mut object = BenchObject::load()?;
+                    object.attach(programs::PASS, router_lan_ifindex)?;
+                    object.attach(programs::PASS, router_wan_ifindex)?;
+                    Ok(object)
+                })?;
+                Router::Daemon(daemon, Some(Box::new(object)))
+            }
             RouterKind::NatLib { sizes, forward } => {
                 Router::Lib(Box::new(in_netns(&router_ns, || {
                     nat_lib(sizes, forward, router_lan_ifindex, router_wan_ifindex)
@@ -303,27 +364,122 @@ impl Topology {
                 object.attach(nat_common::bench::FORWARDER, router_wan_ifindex)?;
                 Ok(object)
             })?)),
+            RouterKind::Redirect => Router::Bench(Box::new(in_netns(&router_ns, || {
+                let mut object = BenchObject::load()?;
+                object.cross_egress(&[
+                    (router_lan_ifindex, router_wan_ifindex),
+                    (router_wan_ifindex, router_lan_ifindex),
+                ])?;
+                object.attach(nat_common::bench::REDIRECT, router_lan_ifindex)?;
+                object.attach(nat_common::bench::REDIRECT, router_wan_ifindex)?;
+                Ok(object)
+            })?)),
             RouterKind::Direct => unreachable!("handled above"),
-            RouterKind::Nftables => {
+            RouterKind::Nftables | RouterKind::NftablesFlowtable => {
                 let object = in_netns(&router_ns, || {
                     let mut object = BenchObject::load()?;
                     object.attach(programs::PASS, router_lan_ifindex)?;
                     object.attach(programs::PASS, router_wan_ifindex)?;
                     Ok(object)
                 })?;
-                nftables_nat(&router_ns)?;
+                nftables_nat(&router_ns, matches!(kind, RouterKind::NftablesFlowtable))?;
                 Router::Bench(Box::new(object))
             }
         };
-        Ok(Self {
+        let mut topology = Self {
             kind,
             router,
+            placement: placement.unwrap_or(Placement {
+                router: None,
+                hosts: 0,
+            }),
+            router_programs: Vec::new(),
+            sink_programs: [Vec::new(), Vec::new()],
+            router_threads: Vec::new(),
             router_lan_ifindex,
             router_wan_ifindex,
             lan,
             wan,
             router_ns,
-        })
+        };
+        topology.place(placement.is_some())?;
+        Ok(topology)
+    }
+
+    /// Finds the programs attached to the router and the sinks and, when
+    /// `threaded`, gives the router's veths and the hosts' their NAPI
+    /// kthreads on the placement's cores.
+    fn place(&mut self, threaded: bool) -> Result<()> {
+        if self.router_lan_ifindex != 0 {
+            for interface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
+                self.router_programs
+                    .extend(progs::attached(&self.router_ns, interface)?);
+            }
+        }
+        self.sink_programs = [
+            progs::attached(&self.lan.netns, HOST_IF)?,
+            progs::attached(&self.wan.netns, HOST_IF)?,
+        ];
+        if !threaded {
+            return Ok(());
+        }
+        let Some(router_cpu) = self.placement.router else {
+            return Ok(());
+        };
+        if self.router_lan_ifindex != 0 {
+            for interface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
+                for pid in placement::thread_napi(&self.router_ns, interface, router_cpu)? {
+                    self.router_threads.push((interface, pid));
+                }
+            }
+        }
+        for host in [&self.lan, &self.wan] {
+            placement::thread_napi(&host.netns, HOST_IF, self.placement.hosts)?;
+        }
+        Ok(())
+    }
+
+    /// Run time and runs so far of the programs on the router's
+    /// interface that receives `direction`, and of the receiving sink.
+    /// CPU time so far of the router's NAPI kthreads on the interface
+    /// that receives `direction`.
+    fn thread_ns(&self, direction: Direction) -> Result<Option<u64>> {
+        let interface = match direction {
+            Direction::LanToWan => ROUTER_LAN_IF,
+            Direction::WanToLan => ROUTER_WAN_IF,
+        };
+        let mut total = None;
+        for &(_, pid) in self.router_threads.iter().filter(|(i, _)| *i == interface) {
+            *total.get_or_insert(0) += placement::cpu_ns(pid)?;
+        }
+        Ok(total)
+    }
+
+    fn bpf_totals(&self, direction: Direction) -> Result<[Option<(u64, u64)>; 2]> {
+        let (interface, sink) = match direction {
+            Direction::LanToWan => (ROUTER_LAN_IF, &self.sink_programs[1]),
+            Direction::WanToLan => (ROUTER_WAN_IF, &self.sink_programs[0]),
+        };
+        let total = |programs: &mut dyn Iterator<Item = &Attached>| -> Result<Option<(u64, u64)>> {
+            let mut sum: Option<(u64, u64)> = None;
+            for program in programs {
+                let (ns, runs) = progs::run_stats(program.id)?;
+                let (total_ns, total_runs) = sum.get_or_insert((0, 0));
+                *total_ns += ns;
+                // Every packet passes each program on the interface once.
+                *total_runs = (*total_runs).max(runs);
+            }
+            Ok(sum)
+        };
+        Ok([
+            total(
+                &mut self
+                    .router_programs
+                    .iter()
+                    .filter(|program| program.interface == interface),
+            )?,
+            total(&mut sink.iter())?,
+        ])
     }
 
     /// Runs `work` inside the router's namespace on the NAT this process
@@ -387,6 +543,13 @@ impl Topology {
         let frame = template.frame[..template.len as usize].to_vec();
         let ifindex = sender.ifindex;
         let before = receiver.object.maps.received()?;
+        let hosts_cpu = self.placement.router.map(|_| self.placement.hosts);
+        let bpf_before = self.bpf_totals(from)?;
+        let thread_before = self.thread_ns(from)?;
+        let (sender, receiver) = match from {
+            Direction::LanToWan => (&mut self.lan, &mut self.wan),
+            Direction::WanToLan => (&mut self.wan, &mut self.lan),
+        };
         let Host { object, netns, .. } = sender;
         let program = &*object.program(nat_common::bench::GENERATOR)?;
         let duration = Duration::from_secs_f64(secs);
@@ -394,6 +557,9 @@ impl Topology {
         // whatever the clock does.
         let max_bursts = (secs * 20e6 / f64::from(BURST)).ceil() as u64 + 1;
         let (sent, secs, sender_cpu_secs) = in_netns(netns, || {
+            if let Some(cpu) = hosts_cpu {
+                placement::pin(0, cpu)?;
+            }
             let cpu_before = thread_cpu_secs();
             let start = Instant::now();
             let mut sent = 0u64;
@@ -414,11 +580,22 @@ impl Topology {
         std::thread::sleep(Duration::from_millis(30));
         let received = receiver.object.maps.received()? - before;
         receiver.received_total += received;
+        let bpf_after = self.bpf_totals(from)?;
+        let thread_after = self.thread_ns(from)?;
+        let delta = |before: Option<(u64, u64)>, after: Option<(u64, u64)>| {
+            let ((ns0, runs0), (ns1, runs1)) = (before?, after?);
+            Some((ns1.saturating_sub(ns0), runs1.saturating_sub(runs0)))
+        };
         Ok(Sample {
             sent,
             received,
             secs,
             sender_cpu_secs,
+            router_bpf: delta(bpf_before[0], bpf_after[0]),
+            sink_bpf: delta(bpf_before[1], bpf_after[1]),
+            router_cpu_ns: thread_before
+                .zip(thread_after)
+                .map(|(before, after)| after.saturating_sub(before)),
         })
     }
 
@@ -431,7 +608,7 @@ impl Topology {
     pub fn router_evidence(&mut self) -> Result<Value> {
         let sink_received = self.lan.received_total + self.wan.received_total;
         let (fast_path, mut evidence) = match &mut self.router {
-            Router::Daemon(daemon) => {
+            Router::Daemon(daemon, _) => {
                 let stats: Value = serde_json::from_str(&daemon.natctl(&["stats", "--json"])?)?;
                 let counters = stats["counters"].as_object().cloned().unwrap_or_default();
                 let pick = |label: &str| counters[label]["packets"].as_u64().unwrap_or(0);
@@ -477,11 +654,13 @@ impl Topology {
                 )
             }
             Router::Bench(object) => match self.kind {
-                RouterKind::Nftables => {
+                RouterKind::Nftables | RouterKind::NftablesFlowtable => {
                     let output = self.router_ns.exec("conntrack", &["-C"])?;
                     let count: u64 = String::from_utf8_lossy(&output.stdout).trim().parse()?;
                     (None, json!({ "conntrack_entries": count }))
                 }
+                // Counts nothing: its program's run count is its evidence.
+                RouterKind::Redirect => (None, json!({})),
                 _ => {
                     let fast = object.counter_packets(nat_common::Counter::Forwarded)?;
                     (Some(fast), json!({ "redirected": fast }))

@@ -48,9 +48,14 @@ enum Command {
         /// Seconds of sending per router and case before the samples.
         #[arg(long, default_value_t = 0.5)]
         warmup_secs: f64,
-        /// Only these routers: xdp_nat, xdp_forwarder, nftables, no_router.
+        /// Only these routers: xdp_nat, tc_nat, xdp_forwarder, xdp_redirect,
+        /// nftables, nftables_flowtable, no_router.
         #[arg(long, value_delimiter = ',')]
         routers: Vec<String>,
+        /// Leave every router's work on the sending core, as the kernel
+        /// places it by default, instead of on a core of its own.
+        #[arg(long)]
+        one_core: bool,
     },
     /// Part 3: ns per packet through BPF_PROG_TEST_RUN (needs root).
     Cost {
@@ -122,12 +127,14 @@ fn main() -> Result<()> {
             flows,
             warmup_secs,
             routers,
+            one_core,
         } => to_json(bench::throughput::run(&bench::throughput::Options {
             secs,
             reps,
             flows,
             warmup_secs,
             routers,
+            one_core,
         })?)?,
         Command::Cost {
             repeat,

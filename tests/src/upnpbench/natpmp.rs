@@ -156,7 +156,11 @@ pub fn run(scale: &Scale) -> Result<Value> {
     let n: u16 = if scale.quick { 50 } else { 500 };
     let rounds = if scale.quick { 1 } else { 3 };
     crate::progress!("natpmp: starting the natctl lab");
-    let lab = Lab::start_with_config("[upnp]\nenabled = false\n[natpmp]\nrate_limit = 1000000\n")?;
+    let lab = Lab::start_with_config(
+        // One client makes all 500 mappings: its quota (128 by default)
+        // above that.
+        "[upnp]\nenabled = false\nmax_mappings_per_client = 4096\n[natpmp]\nrate_limit = 1000000\n",
+    )?;
     wait_answers(&lab.lan, "natctl's NAT-PMP server")
         .map_err(|error| anyhow::anyhow!("{error}: {}", lab.natctl_log()))?;
     crate::progress!("natpmp: starting the nftables topology with miniupnpd (NAT-PMP/PCP on)");

@@ -58,6 +58,17 @@ pub struct Output {
     /// mode `tc_restore_only`, `tc_established_outbound`,
     /// `tc_established_inbound` (their ratios against `tc_restore_only`).
     pub cases: BTreeMap<String, CaseOutput>,
+    /// The size of each program the cases run, by program name.
+    #[serde(default)]
+    pub programs: BTreeMap<String, ProgramSize>,
+}
+
+/// A loaded program's size.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgramSize {
+    /// Instructions after the verifier (xlated bytes / 8).
+    pub xlated_insns: u32,
+    pub jited_bytes: u32,
 }
 
 /// One case's ns per run, and against the baseline and the minimal program.
@@ -370,6 +381,15 @@ pub fn run(options: &Options) -> Result<Output> {
                 .or_default()
                 .push(rig.time_new_flows(options.new_flow_repeat)?);
         }
+        let mut programs = BTreeMap::new();
+        for name in [programs::PASS, FORWARDER, programs::LAN, programs::WAN] {
+            let info = rig.datapath.program(name)?.info()?;
+            programs.insert(name.to_owned(), ProgramSize::of(&info));
+        }
+        for name in [programs::LAN_TC, programs::WAN_TC] {
+            let info = rig.datapath.classifier(name)?.info()?;
+            programs.insert(name.to_owned(), ProgramSize::of(&info));
+        }
         let minimal = ns["minimal"].clone();
         let mut cases = BTreeMap::new();
         for (name, values) in &ns {
@@ -409,6 +429,16 @@ pub fn run(options: &Options) -> Result<Output> {
                    runs (whole ns)"
                 .to_owned(),
             cases,
+            programs,
         })
     })
+}
+
+impl ProgramSize {
+    fn of(info: &aya::programs::ProgramInfo) -> Self {
+        Self {
+            xlated_insns: info.size_translated().unwrap_or(0) / 8,
+            jited_bytes: info.size_jitted(),
+        }
+    }
 }

@@ -15,7 +15,9 @@ use serde_json::Value;
 use super::{
     Spread,
     frames::FRAME_LEN,
-    topo::{Direction, FORWARD_PORT, RouterKind, Sample, Topology},
+    placement::Placement,
+    progs::{Attached, RunTimeStats},
+    topo::{Direction, FORWARD_PORT, RouterKind, Sample, Topology, flowtable_support},
 };
 use crate::plan::{LAN_HOST, ROUTER_WAN_IF};
 
@@ -31,6 +33,16 @@ pub struct Output {
     pub router_nat: String,
     pub router_nftables: String,
     pub router_forwarder: String,
+    /// Where the work ran ([`super::placement`]).
+    #[serde(default)]
+    pub placement: String,
+    /// Whether the kernel's NAT also ran with a flowtable, or why not.
+    #[serde(default)]
+    pub flowtable: String,
+    /// The programs attached to each router's interfaces, by router label,
+    /// with their sizes.
+    #[serde(default)]
+    pub programs: BTreeMap<String, Vec<Attached>>,
     pub cases: Vec<CaseOutput>,
     /// Each router's own counters after the run, by router label, as the
     /// router reports them.
@@ -52,6 +64,23 @@ pub struct Samples {
     pub mpps: Spread,
     pub offered_mpps: Spread,
     pub sender_cpu_share: Spread,
+    /// The router's own programs' ns per packet on its receiving
+    /// interface, from the kernel's run-time statistics (`run_time_ns /
+    /// run_cnt`, all of that interface's programs); none for a router
+    /// without programs there.
+    #[serde(default)]
+    pub router_bpf_ns: Option<Spread>,
+    /// The same for the receiving sink's program.
+    #[serde(default)]
+    pub sink_bpf_ns: Option<Spread>,
+    /// CPU time of the router's NAPI kthread per packet the sink received:
+    /// the router's whole cost per packet on its core, however much of the
+    /// core it was given (threaded placement only).
+    #[serde(default)]
+    pub router_cpu_ns: Option<Spread>,
+    /// The share of its core that kthread had over the sample.
+    #[serde(default)]
+    pub router_cpu_share: Option<Spread>,
     pub received: u64,
     pub sent: u64,
 }
@@ -61,10 +90,29 @@ impl Samples {
         let mpps: Vec<f64> = samples.iter().map(Sample::mpps).collect();
         let offered: Vec<f64> = samples.iter().map(Sample::offered_mpps).collect();
         let cpu: Vec<f64> = samples.iter().map(|s| s.sender_cpu_secs / s.secs).collect();
+        let per_run = |pick: fn(&Sample) -> Option<(u64, u64)>| {
+            let ns: Vec<f64> = samples
+                .iter()
+                .filter_map(pick)
+                .filter(|&(_, runs)| runs > 0)
+                .map(|(ns, runs)| ns as f64 / runs as f64)
+                .collect();
+            (!ns.is_empty()).then(|| Spread::of(&ns))
+        };
         Self {
             mpps: Spread::of(&mpps),
             offered_mpps: Spread::of(&offered),
             sender_cpu_share: Spread::of(&cpu),
+            router_bpf_ns: per_run(|s| s.router_bpf),
+            sink_bpf_ns: per_run(|s| s.sink_bpf),
+            router_cpu_ns: per_run(|s| Some((s.router_cpu_ns?, s.received))),
+            router_cpu_share: {
+                let shares: Vec<f64> = samples
+                    .iter()
+                    .filter_map(|s| Some(s.router_cpu_ns? as f64 / 1e9 / s.secs))
+                    .collect();
+                (!shares.is_empty()).then(|| Spread::of(&shares))
+            },
             received: samples.iter().map(|s| s.received).sum(),
             sent: samples.iter().map(|s| s.sent).sum(),
         }
@@ -82,9 +130,13 @@ pub struct Options {
     /// Seconds of sending per router and case before measuring: creates
     /// the mappings and conntrack entries, warms the caches.
     pub warmup_secs: f64,
-    /// Which routers, by label (`xdp_nat`, `xdp_forwarder`, `nftables`,
-    /// `no_router`); empty: all.
+    /// Which routers, by label (`xdp_nat`, `tc_nat`, `xdp_forwarder`,
+    /// `xdp_redirect`, `nftables`, `nftables_flowtable`, `no_router`);
+    /// empty: all.
     pub routers: Vec<String>,
+    /// Everything on one core, as the kernel places it by default, instead
+    /// of the routers on a core of their own.
+    pub one_core: bool,
 }
 
 struct Case {
@@ -93,17 +145,41 @@ struct Case {
 }
 
 pub fn run(options: &Options) -> Result<Output> {
+    // Each program's own time per packet, beside the rates.
+    let _stats = RunTimeStats::enable()?;
+    let placement = if options.one_core {
+        None
+    } else {
+        Some(Placement::detect()?)
+    };
     let kinds = [
         RouterKind::NatDaemon,
+        RouterKind::NatDaemonTc,
         RouterKind::Forwarder,
+        RouterKind::Redirect,
         RouterKind::Nftables,
+        RouterKind::NftablesFlowtable,
         RouterKind::Direct,
     ];
+    let wanted = |kind: RouterKind| {
+        options.routers.is_empty() || options.routers.iter().any(|r| r == kind.label())
+    };
+    let mut flowtable = String::from("not asked for");
     let mut topologies = Vec::new();
     for kind in kinds {
-        if options.routers.is_empty() || options.routers.iter().any(|r| r == kind.label()) {
-            topologies.push(Topology::build(kind)?);
+        if !wanted(kind) {
+            continue;
         }
+        if let RouterKind::NftablesFlowtable = kind {
+            match flowtable_support() {
+                Ok(()) => flowtable = "measured (nftables_flowtable)".to_owned(),
+                Err(error) => {
+                    flowtable = format!("not available on this kernel: {error}");
+                    continue;
+                }
+            }
+        }
+        topologies.push(Topology::build_placed(kind, placement)?);
     }
     let mut cases = Vec::new();
     for direction in [Direction::LanToWan, Direction::WanToLan] {
@@ -175,6 +251,19 @@ pub fn run(options: &Options) -> Result<Output> {
         })
         .collect();
     let forward = format!("udp {FORWARD_PORT} -> {LAN_HOST}:{FORWARD_PORT}");
+    let programs = topologies
+        .iter()
+        .map(|t| (t.kind.label().to_owned(), t.router_programs.clone()))
+        .collect();
+    let placement = topologies.first().map_or_else(String::new, |t| {
+        if options.one_core {
+            "one core: the kernel's default placement, every router's work in the sending \
+             thread's softirq"
+                .to_owned()
+        } else {
+            t.placement.describe()
+        }
+    });
     Ok(Output {
         frame_bytes: FRAME_LEN,
         wire_bytes: FRAME_LEN + 4,
@@ -184,12 +273,20 @@ pub fn run(options: &Options) -> Result<Output> {
         generator: "bench_gen on the sending host's veth, BPF_PROG_TEST_RUN live frames, batch \
                     64, one sending thread"
             .to_owned(),
-        router_nat: format!("natctl daemon (default configuration), forwarding rule {forward}"),
+        router_nat: format!(
+            "natctl daemon (default configuration), forwarding rule {forward}; tc_nat: the \
+             same with --attach tc (and xdp_pass on the router's veths)"
+        ),
         router_nftables: format!(
-            "nft masquerade on {ROUTER_WAN_IF} + dnat {forward}, xdp_pass on the router's veths"
+            "nft masquerade on {ROUTER_WAN_IF} + dnat {forward}, nothing else in the ruleset, \
+             nf_conntrack_checksum=0, permanent neighbours, xdp_pass on the router's veths; \
+             nftables_flowtable: the same with a flowtable on both veths"
         ),
         router_forwarder: "bench_fwd: parse, FIB lookup, TTL, MACs, EGRESS redirect; no NAT"
             .to_owned(),
+        placement,
+        flowtable,
+        programs,
         cases,
         router_counters_after,
     })
