@@ -18,6 +18,7 @@ use crate::{
     context::NatContext,
     maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS},
     parse::{Endpoint, Ipv4Packet, Side},
+    session::forward_conversation_exists,
 };
 
 #[inline(always)]
@@ -148,12 +149,24 @@ pub fn outbound_external_unrefreshed(
     internal: Endpoint,
     remote: Endpoint,
 ) -> Option<u16> {
-    if let Some(forward) = forward_outbound(proto, internal) {
-        return Some(forward.port);
-    }
     let key = mapping_key(config, proto, internal, remote);
     // SAFETY: a map lookup, copied out at once.
-    unsafe { BINDINGS.get(key) }.map(|binding| binding.port)
+    let mapped = unsafe { BINDINGS.get(key) }.map(|binding| binding.port);
+    match forward_outbound(proto, internal) {
+        Some(forward) => match mapped {
+            Some(port) if keeps_mapping_port(&forward, port, proto, remote) => Some(port),
+            _ => Some(forward.port),
+        },
+        None => mapped,
+    }
+}
+
+/// Whether a flow of a rule's server toward `remote` keeps the port of the
+/// server endpoint's live mapping (`mapped`) rather than the rule's: so
+/// unless the remote came in on the rule's port.
+#[inline(always)]
+fn keeps_mapping_port(forward: &Forward, mapped: u16, proto: u8, remote: Endpoint) -> bool {
+    mapped != forward.port && !forward_conversation_exists(proto, forward.port, remote)
 }
 
 /// Where a LAN endpoint appears outside.
@@ -168,7 +181,8 @@ pub struct External {
 /// else its existing dynamic mapping's. A rule wins so that a forwarded
 /// server's replies leave by the port its clients came in on, and a rule
 /// (admin, UPnP, NAT-PMP, PCP) is endpoint-independent whatever the
-/// mapping behaviour.
+/// mapping behaviour; but a live mapping the endpoint had before a rule
+/// for another port keeps its flows on its port (`keeps_mapping_port`).
 #[inline(always)]
 pub fn outbound_external(
     config: &NatConfig,
@@ -178,6 +192,19 @@ pub fn outbound_external(
     now: u64,
 ) -> Option<External> {
     if let Some(forward) = forward_outbound(proto, internal) {
+        // A rule made for another port while the endpoint has a live
+        // mapping never re-ports that mapping's flows (RFC 4787 REQ-11):
+        // only the rule's own conversations, whose remotes came in on its
+        // port, leave by it. (A rule for the mapping's own port adopts it.)
+        let key = mapping_key(config, proto, internal, remote);
+        if let Some(binding) = BINDINGS.get_ptr_mut(key) {
+            // SAFETY: a pointer returned by a map lookup.
+            let port = unsafe { (*binding).port };
+            if keeps_mapping_port(&forward, port, proto, remote) {
+                touch(binding, now);
+                return Some(External { port, rule_id: 0 });
+            }
+        }
         return Some(External {
             port: forward.port,
             rule_id: forward.rule_id,

@@ -311,6 +311,16 @@ pub fn forward_session_outbound(
     let _ = FORWARD_SESSIONS.insert(key, new_session(server, tcp_state, now, frame_len), 0);
 }
 
+/// Whether `remote` came in on forwarded `external_port` and is still in
+/// conversation with its server: the server's replies must leave by that
+/// port.
+#[inline(always)]
+pub fn forward_conversation_exists(proto: u8, external_port: u16, remote: Endpoint) -> bool {
+    let key = key_of(remote.addr, remote.port, external_port, proto);
+    // SAFETY: a map lookup, only tested for presence.
+    unsafe { FORWARD_SESSIONS.get(key) }.is_some()
+}
+
 /// The session of another IP protocol (no ports) with `remote`: keyed with
 /// both ports 0, its internal endpoint the one LAN host it belongs to.
 #[inline(always)]

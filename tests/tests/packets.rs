@@ -1044,6 +1044,30 @@ fn hairpin_to_a_forwarded_port_and_back() {
 }
 
 #[test]
+fn a_rule_for_another_port_never_re_ports_a_live_mappings_flows() {
+    // RFC 4787 REQ-11: .12:3074 talks out on its mapping (3074); then a
+    // rule forwards 5000 to it. Its flows stay on 3074, to old remotes and
+    // new ones alike; only the remotes that come in on 5000 are answered
+    // from 5000.
+    let mut lab = fresh_lab();
+    let game = ep(LAN_HOST, 3074);
+    assert_eq!(snat(&mut lab, &udp(game, ep(REMOTE, 3478), b"stun")), 3074);
+    lab.forward("udp/5000=192.168.0.12:3074").unwrap();
+    assert_eq!(snat(&mut lab, &udp(game, ep(REMOTE, 3478), b"again")), 3074);
+    assert_eq!(snat(&mut lab, &udp(game, ep(OTHER_REMOTE, 53), b"new")), 3074);
+    // A player comes in on the rule's port and is answered from it.
+    let player = ep(REMOTE2, 6000);
+    let join = udp(player, ep(WAN_ADDR, 5000), b"join");
+    let v = lab.from_wan(&join).unwrap();
+    assert_routed(&v, &join, Egress::Lan(LAN_HOST), player, game);
+    assert_eq!(snat(&mut lab, &udp(game, player, b"welcome")), 5000);
+    // And the mapping's remote still reaches the game on 3074.
+    let reply = udp(ep(REMOTE, 3478), ep(WAN_ADDR, 3074), b"binding");
+    let v = lab.from_wan(&reply).unwrap();
+    assert_routed(&v, &reply, Egress::Lan(LAN_HOST), ep(REMOTE, 3478), game);
+}
+
+#[test]
 fn hairpin_off_leaves_it_to_the_kernel() {
     let mut lab = lab_with(|c| c.hairpin = 0);
     lab.forward("tcp/8080=192.168.0.12:80").unwrap();
