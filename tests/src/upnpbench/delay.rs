@@ -23,8 +23,9 @@ use crate::{
     plan::{LAN_HOST, ROUTER_WAN, WAN_HOST},
 };
 
-/// Ports of the forwarding-delay mappings: 40000 + k.
-const PROBE_BASE: u16 = 40000;
+/// Ports of the forwarding-delay mappings: 12000 + k, below the router's
+/// ephemeral range (from 32768), which clients may not map.
+const PROBE_BASE: u16 = 12000;
 const PROBE_INTERVAL: Duration = Duration::from_micros(100);
 /// A mapping that does not forward within this long counts as failed.
 const PROBE_LIMIT: Duration = Duration::from_secs(2);
