@@ -167,6 +167,82 @@ impl Drop for HostSlot {
     }
 }
 
+/// The accept loop of the servers LAN hosts reach over TCP (the IGD's
+/// HTTP, the admin page): at most `total` connections at once, `per_host`
+/// of them from one host, and only from the hosts a server admits.
+pub struct LanAcceptor {
+    slots: Arc<tokio::sync::Semaphore>,
+    hosts: PerHost,
+    /// The server's name, for the log.
+    what: &'static str,
+}
+
+/// A connection a [`LanAcceptor`] let in: its places (one of all, one of
+/// its host's) are given back when `places` is dropped, which a server
+/// does by keeping it in the connection's service.
+pub struct Admitted {
+    pub stream: tokio::net::TcpStream,
+    pub caller: Ipv4Addr,
+    pub places: (tokio::sync::OwnedSemaphorePermit, HostSlot),
+}
+
+impl LanAcceptor {
+    pub fn new(total: usize, per_host: usize, what: &'static str) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(total)),
+            hosts: PerHost::new(per_host),
+            what,
+        }
+    }
+
+    /// The next connection from a host `admits` accepts, with a place
+    /// free; `None` once `shutdown` turns true.
+    pub async fn next(
+        &self,
+        listener: &tokio::net::TcpListener,
+        admits: impl Fn(Ipv4Addr) -> bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Admitted> {
+        loop {
+            let permit = tokio::select! {
+                permit = self.slots.clone().acquire_owned() => permit.ok()?,
+                _ = shutdown.changed() => return None,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::debug!("{} accept failed: {error}", self.what);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return None,
+            };
+            let caller = match peer {
+                std::net::SocketAddr::V4(peer) if admits(*peer.ip()) => *peer.ip(),
+                _ => {
+                    tracing::debug!("{}: refused {peer}, not a LAN host", self.what);
+                    continue;
+                }
+            };
+            let Some(host_slot) = self.hosts.claim(caller) else {
+                tracing::debug!(
+                    "{}: refused {peer}, already {} connections",
+                    self.what,
+                    self.hosts.limit()
+                );
+                continue;
+            };
+            return Some(Admitted {
+                stream,
+                caller,
+                places: (permit, host_slot),
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1054,7 +1054,10 @@ fn a_rule_for_another_port_never_re_ports_a_live_mappings_flows() {
     assert_eq!(snat(&mut lab, &udp(game, ep(REMOTE, 3478), b"stun")), 3074);
     lab.forward("udp/5000=192.168.0.12:3074").unwrap();
     assert_eq!(snat(&mut lab, &udp(game, ep(REMOTE, 3478), b"again")), 3074);
-    assert_eq!(snat(&mut lab, &udp(game, ep(OTHER_REMOTE, 53), b"new")), 3074);
+    assert_eq!(
+        snat(&mut lab, &udp(game, ep(OTHER_REMOTE, 53), b"new")),
+        3074
+    );
     // A player comes in on the rule's port and is answered from it.
     let player = ep(REMOTE2, 6000);
     let join = udp(player, ep(WAN_ADDR, 5000), b"join");

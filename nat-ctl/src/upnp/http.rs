@@ -17,7 +17,7 @@ use ipnet::Ipv4Net;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    connections::{Connections, DRAIN_DEADLINE, PerHost},
+    connections::{Admitted, Connections, DRAIN_DEADLINE, LanAcceptor},
     limiter::RateLimiter,
 };
 
@@ -353,49 +353,21 @@ pub async fn serve(
     control: Arc<dyn Control>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let hosts = PerHost::new(MAX_PER_HOST);
+    let acceptor = LanAcceptor::new(MAX_CONNECTIONS, MAX_PER_HOST, "UPnP HTTP");
     let mut connections = Connections::new(shutdown.clone());
-    loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::debug!("UPnP HTTP accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let caller = match peer {
-            SocketAddr::V4(peer)
-                if config.lan_net.contains(peer.ip()) && *peer.ip() != config.lan_addr =>
-            {
-                *peer.ip()
-            }
-            _ => {
-                tracing::debug!("UPnP HTTP: refused {peer}, not a LAN host");
-                continue;
-            }
-        };
-        let Some(host_slot) = hosts.claim(caller) else {
-            tracing::debug!("UPnP HTTP: refused {peer}, already {MAX_PER_HOST} connections");
-            continue;
-        };
+    let admits = |host| config.lan_net.contains(&host) && host != config.lan_addr;
+    while let Some(Admitted {
+        stream,
+        caller,
+        places,
+    }) = acceptor.next(&listener, admits, &mut shutdown).await
+    {
         let config = config.clone();
         let control = control.clone();
         let service = hyper::service::service_fn(move |request| {
             // Held for as long as the connection serves: the slots free
             // when hyper drops the service with the connection.
-            let _slots = (&permit, &host_slot);
+            let _places = &places;
             let config = config.clone();
             let control = control.clone();
             async move { Ok::<_, Infallible>(respond(&config, control.as_ref(), caller, request).await) }

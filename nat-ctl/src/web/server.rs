@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     api::{ConnectionRecord, ListedRule, Request as ApiRequest},
-    connections::{Connections, DRAIN_DEADLINE, PerHost},
+    connections::{Admitted, Connections, DRAIN_DEADLINE, LanAcceptor},
     table::{Stats, TableRow},
 };
 
@@ -93,42 +93,19 @@ pub async fn serve(
         sessions: Mutex::default(),
         limiter: Mutex::default(),
     });
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let hosts = PerHost::new(MAX_PER_HOST);
+    let acceptor = LanAcceptor::new(MAX_CONNECTIONS, MAX_PER_HOST, "admin page");
     let mut connections = Connections::new(shutdown.clone());
-    loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::debug!("admin page accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let caller = match peer {
-            SocketAddr::V4(peer) if app.config.lan_net.contains(peer.ip()) => *peer.ip(),
-            _ => {
-                tracing::debug!("admin page: refused {peer}, not a LAN host");
-                continue;
-            }
-        };
-        let Some(host_slot) = hosts.claim(caller) else {
-            tracing::debug!("admin page: refused {peer}, already {MAX_PER_HOST} connections");
-            continue;
-        };
+    // The router itself may use its own page (from its LAN address).
+    let admits = |host| app.config.lan_net.contains(&host);
+    while let Some(Admitted {
+        stream,
+        caller,
+        places,
+    }) = acceptor.next(&listener, admits, &mut shutdown).await
+    {
         let app = app.clone();
         let service = hyper::service::service_fn(move |request| {
-            let _slots = (&permit, &host_slot);
+            let _places = &places;
             let app = app.clone();
             async move { Ok::<_, Infallible>(secured(respond(&app, caller, request).await)) }
         });
