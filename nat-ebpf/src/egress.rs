@@ -45,6 +45,18 @@ pub fn route<C: NatContext>(
     lookup(ctx, packet.ip_header().proto, tot_len, src, dst)
 }
 
+/// `route`, if it leaves by `ifindex` (the WAN NIC for what goes out,
+/// the LAN NIC for what comes in); routed elsewhere, the packet is not
+/// ours to translate and goes to the kernel (`pass_local`).
+#[inline(always)]
+pub fn leaving_by(route: Route, ifindex: u32) -> Result<Route, Counter> {
+    if route.ifindex == ifindex {
+        Ok(route)
+    } else {
+        Err(Counter::PassLocal)
+    }
+}
+
 /// As `route`, for a packet that may be fragmented on its way: larger than
 /// the egress MTU with DF clear, it is routed all the same (by a lookup
 /// that skips the MTU check), and `redirect` hands it to the kernel once

@@ -36,7 +36,7 @@ use network_types::eth::EthHdr;
 use crate::{
     context::NatContext,
     counters::count,
-    egress::{redirect, route_fragmentable},
+    egress::{leaving_by, redirect, route_fragmentable},
     lookup::now_ns,
     maps::FRAGS,
     parse::{IpHeader, Side},
@@ -226,10 +226,10 @@ pub fn hairpin(
     }
     let (to, id) =
         fresh(&datagram_key(hdr), FRAG_TIMEOUT_NS, now_ns(), len).ok_or(Counter::PassLocal)?;
-    let route = route_fragmentable(ctx, hdr, config.wan_addr, to)?;
-    if route.ifindex != config.lan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, hdr, config.wan_addr, to)?,
+        config.lan_ifindex,
+    )?;
     rewrite_id(hdr, id);
     rewrite_addr(hdr, Side::Source, config.wan_addr);
     rewrite_addr(hdr, Side::Destination, to);
@@ -285,10 +285,10 @@ pub fn outbound(
     if hdr.is_tcp_overlap() {
         return Err(Counter::DropMalformed);
     }
-    let route = route_fragmentable(ctx, hdr, config.wan_addr, hdr.addr(Side::Destination))?;
-    if route.ifindex != config.wan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, hdr, config.wan_addr, hdr.addr(Side::Destination))?,
+        config.wan_ifindex,
+    )?;
     let id = outbound_id(config.wan_addr, hdr, now_ns(), len)?;
     rewrite_id(hdr, id);
     rewrite_addr(hdr, Side::Source, config.wan_addr);
@@ -330,10 +330,10 @@ pub fn inbound(
         // The router's own datagram: the kernel reassembles it.
         return Err(Counter::PassFragment);
     }
-    let route = route_fragmentable(ctx, hdr, remote, to)?;
-    if route.ifindex != config.lan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, hdr, remote, to)?,
+        config.lan_ifindex,
+    )?;
     rewrite_addr(hdr, Side::Destination, to);
     redirect(ctx, eth, hdr, &route, Counter::FragTranslated, len)
 }

@@ -7,7 +7,7 @@ use crate::{
     binding::external_port_for,
     context::NatContext,
     counters::{count, count_rule},
-    egress::{redirect, route, route_fragmentable},
+    egress::{leaving_by, redirect, route, route_fragmentable},
     frag,
     lookup::{
         Target, binding_inbound, config, config_without_wan, forward_inbound, in_prefix,
@@ -82,10 +82,10 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         _ => {}
     }
 
-    let route = route_fragmentable(ctx, &packet, config.wan_addr, dst)?;
-    if route.ifindex != config.wan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, &packet, config.wan_addr, dst)?,
+        config.wan_ifindex,
+    )?;
     let now = now_ns();
     frag::track_outbound(config.wan_addr, &packet, now, len)?;
     let internal = packet.endpoint(Side::Source);
@@ -157,10 +157,10 @@ fn hairpin(
     let target_port = packet.port(Side::Destination);
     let target = inbound_target(packet.proto, target_port).ok_or(Counter::PassLocal)?;
     let to = target.endpoint();
-    let route = route(ctx, packet, config.wan_addr, to.addr)?;
-    if route.ifindex != config.lan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route(ctx, packet, config.wan_addr, to.addr)?,
+        config.lan_ifindex,
+    )?;
     let internal = packet.endpoint(Side::Source);
     // What each side sees of the other is the WAN address and a port.
     let remote = Endpoint {
@@ -257,10 +257,10 @@ fn hairpin_icmp_error(
         },
     )
     .ok_or(own)?;
-    let route = route(ctx, packet, config.wan_addr, sender.addr)?;
-    if route.ifindex != config.lan_ifindex {
-        return Err(own);
-    }
+    let route = leaving_by(
+        route(ctx, packet, config.wan_addr, sender.addr)?,
+        config.lan_ifindex,
+    )?;
     let mut quoted_delta = rewrite_quoted_endpoint(&quoted, Side::Source, sender);
     quoted_delta.merge(rewrite_quoted_endpoint(
         &quoted,
@@ -305,10 +305,10 @@ fn icmp_error_outbound(
     let external_port =
         outbound_external_unrefreshed(config, quoted.proto, internal, about).ok_or(untranslated)?;
     let remote = packet.addr(Side::Destination);
-    let route = route_fragmentable(ctx, packet, config.wan_addr, remote)?;
-    if route.ifindex != config.wan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, packet, config.wan_addr, remote)?,
+        config.wan_ifindex,
+    )?;
     let quoted_delta = rewrite_quoted_endpoint(
         &quoted,
         Side::Destination,

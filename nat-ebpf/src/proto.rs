@@ -15,7 +15,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     context::NatContext,
-    egress::{redirect, route, route_fragmentable},
+    egress::{leaving_by, redirect, route, route_fragmentable},
     frag,
     lookup::now_ns,
     parse::{IpHeader, Ipv4Packet, Side},
@@ -46,10 +46,10 @@ pub fn outbound(
         return Err(Counter::DropUnsupportedProto);
     }
     let remote = hdr.addr(Side::Destination);
-    let route = route_fragmentable(ctx, hdr, config.wan_addr, remote)?;
-    if route.ifindex != config.wan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, hdr, config.wan_addr, remote)?,
+        config.wan_ifindex,
+    )?;
     let now = now_ns();
     let host = hdr.addr(Side::Source);
     address_session_outbound(hdr.proto, host, remote, now, len)?;
@@ -80,10 +80,10 @@ pub fn inbound(
             Counter::PassUnsupportedProto
         });
     };
-    let route = route_fragmentable(ctx, hdr, remote, host)?;
-    if route.ifindex != config.lan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, hdr, remote, host)?,
+        config.lan_ifindex,
+    )?;
     frag::track_inbound(hdr, host, now, len);
     rewrite_addr(hdr, Side::Destination, host);
     redirect(ctx, eth, hdr, &route, Counter::Dnat, len)
@@ -107,10 +107,10 @@ pub fn icmp_error_inbound(
     let remote = quoted.addr(Side::Destination);
     // An error never refreshes the session it is about (RFC 5508 REQ-6).
     let host = address_session_host(quoted.proto, remote).ok_or(Counter::PassLocal)?;
-    let route = route(ctx, packet, packet.addr(Side::Source), host)?;
-    if route.ifindex != config.lan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route(ctx, packet, packet.addr(Side::Source), host)?,
+        config.lan_ifindex,
+    )?;
     let (_, quoted_delta) = rewrite_addr(quoted, Side::Source, host);
     rewrite_addr(packet, Side::Destination, host);
     adjust_icmp_check(ctx, packet, quoted_delta);
@@ -141,10 +141,10 @@ pub fn icmp_error_outbound(
     if address_session_host(quoted.proto, remote) != Some(host) {
         return Err(untranslated);
     }
-    let route = route_fragmentable(ctx, packet, config.wan_addr, packet.addr(Side::Destination))?;
-    if route.ifindex != config.wan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, packet, config.wan_addr, packet.addr(Side::Destination))?,
+        config.wan_ifindex,
+    )?;
     let (_, quoted_delta) = rewrite_addr(quoted, Side::Destination, config.wan_addr);
     rewrite_addr(packet, Side::Source, config.wan_addr);
     adjust_icmp_check(ctx, packet, quoted_delta);

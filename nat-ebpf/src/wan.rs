@@ -6,7 +6,7 @@ use network_types::eth::EthHdr;
 use crate::{
     context::NatContext,
     counters::{count, count_rule},
-    egress::{redirect, route, route_fragmentable},
+    egress::{leaving_by, redirect, route, route_fragmentable},
     frag,
     lookup::{
         Target, config, in_prefix, inbound_target, local_socket_wants, now_ns, remote_allowed,
@@ -111,10 +111,10 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
         }
     };
     let to = target.endpoint();
-    let route = route_fragmentable(ctx, &packet, remote.addr, to.addr)?;
-    if route.ifindex != config.lan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route_fragmentable(ctx, &packet, remote.addr, to.addr)?,
+        config.lan_ifindex,
+    )?;
     if packet.is_fragment() {
         frag::track_inbound(&packet, to.addr, now, len);
         frag::note_peer(remote.addr, packet.proto, to.addr, now);
@@ -160,10 +160,10 @@ fn icmp_error_inbound(
     let to = inbound_target(quoted.proto, quoted.port(Side::Source))
         .ok_or(Counter::PassLocal)?
         .endpoint();
-    let route = route(ctx, packet, packet.addr(Side::Source), to.addr)?;
-    if route.ifindex != config.lan_ifindex {
-        return Err(Counter::PassLocal);
-    }
+    let route = leaving_by(
+        route(ctx, packet, packet.addr(Side::Source), to.addr)?,
+        config.lan_ifindex,
+    )?;
     let quoted_delta = rewrite_quoted_endpoint(&quoted, Side::Source, to);
     rewrite_addr(packet, Side::Destination, to.addr);
     adjust_icmp_check(ctx, packet, quoted_delta);
