@@ -21,6 +21,15 @@ pub mod upnpbench;
 
 use std::time::{Duration, Instant};
 
+/// The result of work a test ran on another thread (often inside a
+/// namespace, `Netns::spawn`): a panic or an error there fails the test.
+pub fn join<T>(handle: std::thread::JoinHandle<anyhow::Result<T>>) -> T {
+    handle
+        .join()
+        .expect("thread panicked")
+        .expect("thread failed")
+}
+
 /// Polls `check` until it returns `Some`, for at most `timeout`. Tests wait
 /// for conditions this way, never with fixed sleeps.
 pub fn wait_for<T>(

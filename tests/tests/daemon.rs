@@ -17,12 +17,12 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use nat_tests::{
+    join,
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
     netns::Netns,
     traffic::{accept, connect, pattern},
@@ -33,13 +33,6 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn join<T>(handle: JoinHandle<Result<T>>) -> T {
-    handle
-        .join()
-        .expect("thread panicked")
-        .expect("thread failed")
-}
 
 fn tcp_listener(netns: &Netns, addr: Ipv4Addr, port: u16) -> TcpListener {
     join(netns.spawn(move || Ok(TcpListener::bind((addr, port))?)))

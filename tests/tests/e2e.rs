@@ -6,22 +6,15 @@
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, UdpSocket},
-    thread::JoinHandle,
     time::Duration,
 };
 
 use anyhow::Result;
 use nat_tests::{
+    join,
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
     traffic::{IO_TIMEOUT, accept, connect, connect_from, pattern},
 };
-
-fn join<T>(handle: JoinHandle<Result<T>>) -> T {
-    handle
-        .join()
-        .expect("thread panicked")
-        .expect("thread failed")
-}
 
 fn counter(lab: &Lab, label: &str) -> u64 {
     lab.counters().expect("natctl stats")[label]

@@ -5,24 +5,17 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpListener, UdpSocket},
-    thread::JoinHandle,
 };
 
 use anyhow::Result;
 use nat_tests::{
+    join,
     lab::{LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
     netns::Netns,
     traffic::{
         IO_TIMEOUT, accept, connect, icmp_message, internet_checksum, pattern, raw_recv, raw_socket,
     },
 };
-
-fn join<T>(handle: JoinHandle<Result<T>>) -> T {
-    handle
-        .join()
-        .expect("thread panicked")
-        .expect("thread failed")
-}
 
 fn counter(lab: &Lab, label: &str) -> u64 {
     lab.counters().expect("natctl stats")[label]

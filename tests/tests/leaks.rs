@@ -2,20 +2,13 @@
 //! fragments, oversize datagrams, other IP protocols, ICMP queries other
 //! than echo, ICMP errors about nothing translated) must still never leave
 //! the WAN NIC with a LAN source address. The lab's WAN capture checks it.
-use std::{net::UdpSocket, os::fd::AsRawFd, thread::JoinHandle, time::Duration};
+use std::{net::UdpSocket, os::fd::AsRawFd, time::Duration};
 
-use anyhow::Result;
 use nat_tests::{
+    join,
     lab::{LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
     traffic::{icmp_message, pattern, raw_recv, raw_socket},
 };
-
-fn join<T>(handle: JoinHandle<Result<T>>) -> T {
-    handle
-        .join()
-        .expect("thread panicked")
-        .expect("thread failed")
-}
 
 /// Lets datagrams larger than the path MTU leave without DF (the kernel
 /// fragments them) instead of with DF set.

@@ -15,12 +15,12 @@ use std::{
     io::{BufRead, BufReader},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::{Output, Stdio},
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 use nat_tests::{
+    join,
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
     netns::Netns,
     wait_for,
@@ -42,13 +42,6 @@ fn wait_log(lab: &Lab, needle: &str, count: usize) {
         (lab.natctl_log().matches(needle).count() >= count).then_some(())
     })
     .unwrap_or_else(|error| panic!("{error}: {}", lab.natctl_log()));
-}
-
-fn join<T>(handle: JoinHandle<Result<T>>) -> T {
-    handle
-        .join()
-        .expect("thread panicked")
-        .expect("thread failed")
 }
 
 /// `natpmpc -g 192.168.0.1 ARGS` in the LAN host's namespace.

@@ -22,12 +22,12 @@ use std::{
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     process::Output,
-    thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
 use nat_tests::{
+    join,
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
     netns::Netns,
     wait_for,
@@ -82,13 +82,6 @@ fn wait_log(lab: &Lab, needle: &str, count: usize) {
         (lab.natctl_log().matches(needle).count() >= count).then_some(())
     })
     .unwrap_or_else(|error| panic!("{error}: {}", lab.natctl_log()));
-}
-
-fn join<T>(handle: JoinHandle<Result<T>>) -> T {
-    handle
-        .join()
-        .expect("thread panicked")
-        .expect("thread failed")
 }
 
 /// One `upnpc` run in the LAN host's namespace, bounded by `timeout`.
