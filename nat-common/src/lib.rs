@@ -385,6 +385,10 @@ counters! {
     DropPortExhausted = "drop_port_exhausted",
     /// Unsolicited inbound packet handed to the kernel (router's own services).
     UnsolicitedPass = "unsolicited_pass",
+    /// A new conversation on a forwarded port that one of the router's
+    /// own sockets wants (a service listening on the port, or a
+    /// connection the router made from it): handed to the router's stack.
+    ForwardYieldedToRouter = "forward_yielded_to_router",
     /// Unsolicited inbound packet dropped by configuration.
     DropUnsolicited = "drop_unsolicited",
     /// The mapping table is full: dropped.

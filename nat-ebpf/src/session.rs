@@ -226,7 +226,8 @@ pub fn forward_session_inbound(
     forward: &Forward,
     now: u64,
     frame_len: usize,
-) {
+    router_socket_wants: impl FnOnce() -> bool,
+) -> Result<(), Counter> {
     let key = forward_session_key(conversation);
     if let Some(session) = FORWARD_SESSIONS.get_ptr_mut(key) {
         // A SYN after either side's FIN (or an RST) is a new connection on
@@ -249,7 +250,16 @@ pub fn forward_session_inbound(
             // The remote reused its port for a new connection: log it too.
             report_connection(conversation, server, forward, frame_len);
         }
-        return;
+        return Ok(());
+    }
+    // A conversation the rule has not carried yet may be one of the
+    // router's own: a service that listens on the port now (started after
+    // the rule was made), or a connection the router made from it. The
+    // router's socket wins, so a rule never steals the router's traffic;
+    // conversations already going keep going to the server. Asked only
+    // here, so a forwarded flow pays the socket lookup once, not per packet.
+    if router_socket_wants() {
+        return Err(Counter::ForwardYieldedToRouter);
     }
     let tcp_state = if conversation.proto == PROTO_TCP {
         next_tcp_state(TCP_STATE_NONE, conversation.tcp_flags, true)
@@ -261,6 +271,7 @@ pub fn forward_session_inbound(
     if FORWARD_SESSIONS.insert(key, session, BPF_NOEXIST).is_ok() {
         report_connection(conversation, server, forward, frame_len);
     }
+    Ok(())
 }
 
 #[inline(always)]

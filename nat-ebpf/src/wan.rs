@@ -115,15 +115,21 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
         route_fragmentable(ctx, &packet, remote.addr, to.addr)?,
         config.lan_ifindex,
     )?;
+    if let Target::Forward(forward) = target {
+        // After the route check: a conversation is logged only once it is
+        // actually let through to the server. Before the fragment table
+        // learns where the datagram goes: the router's socket may take it.
+        if let Err(yielded) = forward_session_inbound(&conversation, to, &forward, now, len, || {
+            local_socket_wants(ctx, &packet)
+        }) {
+            frag::track_inbound(&packet, config.wan_addr, now, len);
+            return Err(yielded);
+        }
+        count_rule(forward.rule_id, true, len);
+    }
     if packet.is_fragment() {
         frag::track_inbound(&packet, to.addr, now, len);
         frag::note_peer(remote.addr, packet.proto, to.addr, now);
-    }
-    if let Target::Forward(forward) = target {
-        // After the route check: a conversation is logged only once it is
-        // actually let through to the server.
-        forward_session_inbound(&conversation, to, &forward, now, len);
-        count_rule(forward.rule_id, true, len);
     }
     rewrite_endpoint(ctx, &packet, Side::Destination, to);
     redirect(ctx, eth, &packet, &route, counter, len)

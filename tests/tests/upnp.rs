@@ -1555,6 +1555,52 @@ fn the_routers_own_ports_are_never_mapped_and_its_listener_keeps_its_connections
     lab.run("add seven --proto tcp --external 7005 --internal 192.168.0.13:8000");
     assert_eq!(lab.wan_tcp_reaches(ephemeral[0], &admins).ip(), WAN_HOST);
     assert_eq!(lab.wan_tcp_reaches(2200, &router_ssh).ip(), WAN_HOST);
+
+    // An admin rule made before a service of the router listens on its
+    // port: the rule keeps carrying the connections it carries, and the
+    // new ones are the router's service's (the datapath asks the router's
+    // sockets about each new conversation on a forwarded port).
+    let lan_server = tcp_listener(&lab.lan, LAN_SERVER, 8002);
+    lab.run("add seven-one --proto tcp --external 7001 --internal 192.168.0.12:8002");
+    let (kept_wan, kept_lan) = {
+        let client = lab
+            .wan
+            .spawn(move || nat_tests::traffic::connect(SocketAddr::from((ROUTER_WAN, 7001))));
+        let (stream, peer) = nat_tests::traffic::accept(&lan_server).unwrap();
+        assert_eq!(peer.ip(), WAN_HOST);
+        (join(client), stream)
+    };
+    let router_late = tcp_listener(&lab.router, Ipv4Addr::UNSPECIFIED, 7001);
+    let yielded = lab.counters().unwrap()["forward_yielded_to_router"];
+    assert_eq!(lab.wan_tcp_reaches(7001, &router_late).ip(), WAN_HOST);
+    assert!(lab.counters().unwrap()["forward_yielded_to_router"] > yielded);
+    let (mut kept_wan, mut kept_lan) = (kept_wan, kept_lan);
+    kept_wan.write_all(b"still").unwrap();
+    let mut word = [0u8; 5];
+    kept_lan.read_exact(&mut word).unwrap();
+    assert_eq!(
+        &word, b"still",
+        "the kept connection reaches the LAN server"
+    );
+    kept_lan.write_all(b"there").unwrap();
+    kept_wan.read_exact(&mut word).unwrap();
+    assert_eq!(&word, b"there", "and its replies come back");
+    // The same for UDP: a socket the router binds to the port later gets
+    // what new remotes send there.
+    lab.run("add game --proto udp --external 7006 --internal 192.168.0.12:9000");
+    let router_udp = udp_socket(&lab.router, Ipv4Addr::UNSPECIFIED, 7006);
+    router_udp
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    join(lab.wan.spawn(|| {
+        let socket = std::net::UdpSocket::bind((WAN_HOST, 0))?;
+        socket.send_to(b"to the router", (ROUTER_WAN, 7006))?;
+        Ok(())
+    }));
+    let mut datagram = [0u8; 32];
+    let (len, from) = router_udp.recv_from(&mut datagram).unwrap();
+    assert_eq!(&datagram[..len], b"to the router");
+    assert_eq!(from.ip(), WAN_HOST);
 }
 
 // ---------------------------------------------------------------------------
@@ -1803,6 +1849,10 @@ fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicate
     lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
     let stop = Arc::new(AtomicBool::new(false));
     let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Each failure with when it happened, so that a failed run says which
+    // phase (churn, reload, kill -9, restart) lost a connection, and how.
+    let started = std::time::Instant::now();
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let acceptor = {
         let (stop, served) = (stop.clone(), served.clone());
         std::thread::spawn(move || {
@@ -1822,23 +1872,33 @@ fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicate
         })
     };
     let connector = {
-        let (stop, failed) = (stop.clone(), failed.clone());
+        let (stop, failed, failures) = (stop.clone(), failed.clone(), failures.clone());
         lab.wan.spawn(move || {
             // Bounded: one connection per 20 ms at most, until told to stop.
             for _ in 0..100_000 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let ok = nat_tests::traffic::connect(SocketAddr::from((ROUTER_WAN, 8080)))
+                let attempt = std::time::Instant::now();
+                let outcome = nat_tests::traffic::connect(SocketAddr::from((ROUTER_WAN, 8080)))
                     .and_then(|mut stream| {
-                        stream.write_all(b"h")?;
+                        let local = stream.local_addr()?;
+                        stream
+                            .write_all(b"h")
+                            .with_context(|| format!("writing from {local}"))?;
                         let mut reply = [0u8; 1];
-                        stream.read_exact(&mut reply)?;
+                        stream
+                            .read_exact(&mut reply)
+                            .with_context(|| format!("reading on {local}"))?;
                         Ok(())
-                    })
-                    .is_ok();
-                if !ok {
+                    });
+                if let Err(error) = outcome {
                     failed.fetch_add(1, Ordering::Relaxed);
+                    failures.lock().unwrap().push(format!(
+                        "at {:.3} s (tried for {:.3} s): {error:#}",
+                        attempt.duration_since(started).as_secs_f64(),
+                        attempt.elapsed().as_secs_f64()
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -1956,33 +2016,45 @@ fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicate
     })
     .unwrap();
 
+    let mut phases = Vec::new();
+    let mut mark = |phase: &str| {
+        phases.push(format!("{phase} {:.3} s", started.elapsed().as_secs_f64()));
+    };
     // 1. Churn, then a reload under the held mappings.
+    mark("churn");
     paused.store(false, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(secs));
     pause(&paused);
     let before_reload = held_now(&lab);
     soak_check(&lab, "after churn", &before_reload);
+    mark("reload");
     lab.run("reload");
+    mark("reloaded");
     soak_check(&lab, "after reload", &before_reload);
 
     // 2. Churn, then kill -9 and a restart once the store has settled.
+    mark("churn");
     paused.store(false, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(secs));
     pause(&paused);
     let before_kill = held_now(&lab);
     soak_check(&lab, "before kill -9", &before_kill);
+    mark("kill -9");
     lab.kill_daemon().unwrap();
     lab.start_daemon().unwrap();
     wait_igd(&lab, 2);
+    mark("restarted");
     soak_check(&lab, "after the restart", &before_kill);
 
     // 3. Churn against the restarted daemon, then the final count; its
     // memory stays bounded while it churns.
     let rss_start = daemon_rss_kib(&lab);
+    mark("churn");
     paused.store(false, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(secs));
     pause(&paused);
     let rss_end = daemon_rss_kib(&lab);
+    mark("stop");
     stop.store(true, Ordering::SeqCst);
     let mut model = Vec::new();
     let mut requests = 0;
@@ -2013,7 +2085,10 @@ fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicate
     );
     assert!(served > 10, "traffic flowed: {served} connections served");
     assert_eq!(
-        failed, 0,
-        "connections through the admin rule failed ({served} served)"
+        failed,
+        0,
+        "connections through the admin rule failed ({served} served; phases at {}): {:#?}",
+        phases.join(", "),
+        failures.lock().unwrap()
     );
 }

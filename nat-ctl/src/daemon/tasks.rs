@@ -309,7 +309,8 @@ const ROUTER_LISTENER_CHECK: std::time::Duration = std::time::Duration::from_sec
 /// the listeners are compared with the rules every few seconds: a client
 /// mapping on a listener's port is removed (the client's next renewal gets
 /// another port), an admin rule is logged, once, since it is the admin's
-/// to move.
+/// to move (meanwhile the datapath gives the listener every new
+/// conversation, the rule only those it already carries).
 pub(super) async fn yield_to_router_listeners(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(ROUTER_LISTENER_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -353,8 +354,9 @@ pub(super) async fn yield_to_router_listeners(daemon: Arc<Daemon>) {
                     .insert((rule.name.clone(), proto, port))
                 {
                     tracing::warn!(
-                        "{error}: the rule takes what comes to that port from the WAN; move it \
-                         or the service"
+                        "{error}: new connections to that port from the WAN go to the \
+                         router's service, the rule keeps only those it already carries; move \
+                         the rule or the service"
                     );
                 }
             }
