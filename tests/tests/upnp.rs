@@ -1617,51 +1617,82 @@ impl Drop for Killed {
     }
 }
 
+/// What the upstream NAT in front of the lab's WAN address is like, and
+/// whether its STUN server can run RFC 5780's filtering test.
+#[derive(Clone, Copy, PartialEq)]
+enum Upstream {
+    /// A masquerading NAT (conntrack: only replies get in) in front of a
+    /// STUN server with one address: the filtering cannot be tested.
+    Untested,
+    /// The same NAT, in front of a server with two addresses (RFC 5780).
+    Filtering,
+    /// A NAT that also hands everything sent to its address to ours (a
+    /// "DMZ host"): strangers get in.
+    LetsStrangersIn,
+}
+
 /// The lab's WAN address (203.0.113.1, reserved) sits behind a second
 /// NAT: the WAN host masquerades it to 198.51.100.1 on its way to an
 /// "Internet" namespace, where coturn's `turnserver` answers STUN. The
-/// IGD then reports the address STUN saw, and the log says what can and
-/// cannot work from the Internet.
-#[test]
-fn behind_another_nat_the_public_address_comes_from_stun() {
+/// IGD then reports the address STUN saw when mappings can be reached
+/// through it, and the log says what can and cannot work from the Internet.
+fn behind_another_nat(upstream: Upstream, expect_reported: &str, expect_log: &[&str]) {
     const ISP: &str = "198.51.100.1";
     const STUN: &str = "198.51.100.2";
+    const STUN_ALT: &str = "198.51.100.3";
     let lab = upnp_lab_with(&format!("stun = \"{STUN}:3478\"\n"));
     let internet = Netns::new("inet").unwrap();
     lab.wan.veth("up0", &internet, "eth0").unwrap();
     lab.wan
         .ip(&["addr", "add", &format!("{ISP}/24"), "dev", "up0"])
         .unwrap();
-    internet
-        .ip(&["addr", "add", &format!("{STUN}/24"), "dev", "eth0"])
-        .unwrap();
+    for addr in [STUN, STUN_ALT] {
+        internet
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])
+            .unwrap();
+    }
     lab.wan.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    for command in [
+    let mut commands = vec![
         "add table ip isp",
         "add chain ip isp post { type nat hook postrouting priority 100 ; }",
         "add rule ip isp post oifname up0 masquerade",
-    ] {
+    ];
+    if upstream == Upstream::LetsStrangersIn {
+        commands.extend([
+            "add chain ip isp pre { type nat hook prerouting priority -100 ; }",
+            "add rule ip isp pre iifname up0 ip daddr 198.51.100.1 dnat to 203.0.113.1",
+        ]);
+    }
+    for command in commands {
         lab.wan.exec("nft", &words(command)).unwrap();
     }
     lab.router
         .ip(&["route", "add", "198.51.100.0/24", "via", "203.0.113.2"])
         .unwrap();
+    let dir = std::env::temp_dir().join(format!("nat-upnp-stun-{}", internet.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = internet.command("turnserver");
+    if upstream == Upstream::Untested {
+        // Debian's /etc/turnserver.conf, which turns RFC 5780 off.
+        server.args(["-n", "--listening-ip", STUN]);
+    } else {
+        // An empty configuration of its own, and a second address.
+        let conf = dir.join("turnserver.conf");
+        std::fs::write(&conf, "").unwrap();
+        server
+            .arg("-c")
+            .arg(&conf)
+            .args(["-L", STUN, "-L", STUN_ALT, "--alt-listening-port", "3479"])
+            .args(["--no-auth", "--no-tcp"])
+            .arg("--pidfile")
+            .arg(dir.join("turnserver.pid"))
+            .arg("--userdb")
+            .arg(dir.join("turnserver.db"));
+    }
     let _stun = Killed(
-        internet
-            .command("turnserver")
-            .args([
-                "-n",
-                "--listening-ip",
-                STUN,
-                "--listening-port",
-                "3478",
-                "--stun-only",
-                "--no-cli",
-                "--no-tls",
-                "--no-dtls",
-                "--log-file",
-                "stdout",
-            ])
+        server
+            .args(["--listening-port", "3478", "--stun-only", "--no-cli"])
+            .args(["--no-tls", "--no-dtls", "--log-file", "stdout"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -1670,30 +1701,80 @@ fn behind_another_nat_the_public_address_comes_from_stun() {
 
     // The daemon asks again within seconds of a failed probe.
     let reported = wait_for(
-        "GetExternalIPAddress to give the address STUN saw",
-        Duration::from_secs(30),
+        "the daemon to say what STUN found",
+        Duration::from_secs(40),
         || {
-            let status = upnpc(&lab, "-s");
-            status
-                .stdout
-                .contains(&format!("ExternalIPAddress = {ISP}"))
-                .then_some(status.stdout)
+            let log = lab.natctl_log();
+            expect_log
+                .iter()
+                .all(|line| log.contains(line))
+                .then_some(())
         },
     )
+    .and_then(|()| {
+        wait_for(
+            "GetExternalIPAddress to give the address to report",
+            Duration::from_secs(10),
+            || {
+                let status = upnpc(&lab, "-s");
+                status
+                    .stdout
+                    .contains(&format!("ExternalIPAddress = {expect_reported}"))
+                    .then_some(status.stdout)
+            },
+        )
+    })
     .unwrap_or_else(|error| panic!("{error}\n{}", lab.natctl_log()));
     assert!(reported.contains("Connected"), "{reported}");
-    let log = lab.natctl_log();
-    assert!(
-        log.contains(&format!("is behind a NAT at {ISP}"))
-            && log.contains("reached from the Internet only if that NAT forwards their ports"),
-        "the log says what works: {log}"
-    );
     // NAT-PMP reports the same.
     let natpmpc = lab.lan.exec("natpmpc", &["-g", "192.168.0.1"]).unwrap();
     let text = String::from_utf8_lossy(&natpmpc.stdout);
     assert!(
-        text.contains(&format!("Public IP address : {ISP}")),
+        text.contains(&format!("Public IP address : {expect_reported}")),
         "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn behind_another_nat_the_public_address_comes_from_stun() {
+    behind_another_nat(
+        Upstream::Untested,
+        "198.51.100.1",
+        &[
+            "is behind a NAT at 198.51.100.1",
+            "reached from the Internet only if that NAT forwards their ports",
+        ],
+    );
+}
+
+/// RFC 5780's filtering test through a NAT that lets only replies in:
+/// mappings made here cannot be reached, so the IGD keeps its own address
+/// (which miniupnpc-based clients then refuse, rightly) and says why.
+#[test]
+fn behind_a_filtering_nat_the_igd_keeps_its_address_and_says_mappings_cannot_be_reached() {
+    behind_another_nat(
+        Upstream::Filtering,
+        "203.0.113.1",
+        &[
+            "is behind a NAT at 198.51.100.1",
+            "filters what strangers send (RFC 5780 test)",
+            "cannot be reached from the Internet",
+        ],
+    );
+}
+
+/// Through a NAT that lets strangers in (here: one that hands everything
+/// to our address), the IGD reports the public address.
+#[test]
+fn behind_a_nat_that_lets_strangers_in_the_igd_reports_the_public_address() {
+    behind_another_nat(
+        Upstream::LetsStrangersIn,
+        "198.51.100.1",
+        &[
+            "is behind a NAT at 198.51.100.1",
+            "lets strangers in (RFC 5780 test)",
+        ],
     );
 }
 
