@@ -317,6 +317,14 @@ pub struct NatConfig {
     pub _pad: [u8; 2],
 }
 
+/// The layout of the pinned maps: what their keys and values mean. A
+/// daemon picks up a pinned datapath of another build in place (flows
+/// kept, programs replaced) only when this and every pinned map's key and
+/// value sizes match; otherwise it replaces the whole datapath. Bump it
+/// with any change to a pinned map's key or value, or to what a field of
+/// one means, even at the same size.
+pub const DATAPATH_LAYOUT: u32 = 1;
+
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -893,6 +893,118 @@ fn rule_ids_and_hit_counters_survive_a_daemon_restart() {
     assert!(packets_later > packets_after.max(packets_before));
 }
 
+/// The kernel ids of the programs behind the datapath's pinned links (XDP
+/// or TC, whichever each NIC got), LAN first.
+fn linked_program_ids(lab: &Lab) -> Vec<u64> {
+    let mut links: Vec<String> = pins_left(lab)
+        .into_iter()
+        .filter(|name| name.starts_with("link_nat_"))
+        .collect();
+    links.sort_by_key(|name| !name.starts_with("link_nat_lan"));
+    assert_eq!(links.len(), 2, "{links:?}");
+    links
+        .iter()
+        .map(|name| {
+            let path = lab.pin_dir().join(name);
+            let output = std::process::Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(&path)
+                .output()
+                .expect("running bpftool (`cargo xtask setup` installs it)");
+            let info: Value = serde_json::from_slice(&output.stdout)
+                .unwrap_or_else(|error| panic!("bpftool on {}: {error}", path.display()));
+            info["prog_id"].as_u64().expect("a prog_id")
+        })
+        .collect()
+}
+
+/// A natctl of another build finds the datapath an earlier one pinned: on
+/// the same map layout it swaps the programs in under the running flows
+/// (a live mapping keeps its port); on another layout, or one it cannot
+/// tell, it replaces the datapath (mappings start over) and the rules come
+/// back from the store; never a refusal that leaves the router without NAT.
+#[test]
+fn a_natctl_upgrade_swaps_the_pinned_programs_in_place_or_replaces_another_layout() {
+    let mut lab = Lab::start_with_config("[nat]\nports = \"50000-50999\"\n").unwrap();
+    lab.run("add web --proto tcp --external 8080 --internal 192.168.0.12:8000");
+    let listener = tcp_listener(&lab.lan, LAN_SERVER, 8000);
+    let wan_udp = udp_socket(&lab.wan, WAN_HOST, 9101);
+    let lan_udp = udp_socket(&lab.lan, LAN_SERVER, 41000);
+    lan_udp.connect((WAN_HOST, 9101)).unwrap();
+    let mapped = lan_udp_seen_from(&lan_udp, &wan_udp);
+    // The stamp is a pin's name: stamp_layout<N>_<digest of the object>.
+    let pins = lab.pin_dir().to_owned();
+    let stamp = || -> String {
+        let names: Vec<String> = fs::read_dir(&pins)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let stamps: Vec<&String> = names
+            .iter()
+            .filter(|name| name.starts_with("stamp_layout"))
+            .collect();
+        assert_eq!(stamps.len(), 1, "{names:?}");
+        stamps[0].clone()
+    };
+    let ours = stamp();
+    let (layout, digest) = ours["stamp_layout".len()..].split_once('_').unwrap();
+    assert!(
+        layout.parse::<u32>().is_ok() && digest.len() == 64,
+        "{ours}"
+    );
+    let layout = layout.to_owned();
+    let restamp = |name: Option<&str>| {
+        let from = pins.join(stamp());
+        match name {
+            Some(name) => fs::rename(from, pins.join(name)).unwrap(),
+            None => fs::remove_file(from).unwrap(),
+        }
+    };
+
+    // Another build, the same layout: the programs are swapped in place.
+    let programs_before = linked_program_ids(&lab);
+    lab.kill_daemon().unwrap();
+    restamp(Some(&format!("stamp_layout{layout}_00")));
+    lab.start_daemon().unwrap();
+    let log = lab.natctl_log();
+    assert!(
+        log.contains("its programs are replaced by this build's in place"),
+        "{log}"
+    );
+    assert_eq!(json(&lab, &["status"])["picked_up_pinned_datapath"], true);
+    let programs_after = linked_program_ids(&lab);
+    assert!(
+        programs_after[0] != programs_before[0] && programs_after[1] != programs_before[1],
+        "the programs were not replaced: {programs_before:?} -> {programs_after:?}"
+    );
+    assert_eq!(stamp(), ours);
+    assert_eq!(
+        lan_udp_seen_from(&lan_udp, &wan_udp),
+        mapped,
+        "the live mapping changed its port across the swap"
+    );
+    assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
+
+    // Another layout, then none recorded (a natctl from before stamps):
+    // replaced, the rules back from the store, translation as before.
+    for (written, said) in [
+        (Some("stamp_layout0_00"), "has another map layout (0,"),
+        (None, "has another map layout (none recorded,"),
+    ] {
+        lab.kill_daemon().unwrap();
+        restamp(written);
+        lab.start_daemon().unwrap();
+        let log = lab.natctl_log();
+        assert!(log.contains(said), "{said}: {log}");
+        assert_eq!(json(&lab, &["status"])["picked_up_pinned_datapath"], false);
+        assert_eq!(stamp(), ours);
+        assert_eq!(lab.wan_tcp_reaches(8080, &listener).ip(), WAN_HOST);
+        let seen = lan_udp_seen_from(&lan_udp, &wan_udp);
+        assert_eq!(seen.ip(), ROUTER_WAN);
+        assert!((50000..=50999).contains(&seen.port()), "{seen}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 6. Reboot
 // ---------------------------------------------------------------------------

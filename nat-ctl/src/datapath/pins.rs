@@ -5,8 +5,11 @@
 //! Under the pin directory live every map ([`super::maps::PINNED`]), one
 //! link per NIC (XDP: `link_nat_lan`, `link_nat_wan`; TC, TCX links:
 //! `link_nat_lan_tc`, `link_nat_wan_tc`; removing a link's last pin
-//! detaches its program) and the sweep program. Which link is pinned says
-//! which mode a NIC runs in, also to a daemon that picks the datapath up.
+//! detaches its program), the sweep program, and the stamp of the build
+//! that loaded it ([`Stamp`]). Which link is pinned says which mode a NIC
+//! runs in, also to a daemon that picks the datapath up; the stamp says
+//! whether that daemon may take it as it is, swap its programs in place
+//! (an upgrade on the same map layout) or must replace it.
 use std::path::Path;
 
 use aya::maps::{MapData, RingBuf};
@@ -24,6 +27,9 @@ const LINK_LAN_TC: &str = "link_nat_lan_tc";
 const LINK_WAN_TC: &str = "link_nat_wan_tc";
 const LINKS: [&str; 4] = [LINK_LAN, LINK_WAN, LINK_LAN_TC, LINK_WAN_TC];
 const PROG_SWEEP: &str = "prog_nat_sweep";
+/// What the pinned datapath was loaded from ([`Stamp`]): the start of the
+/// name of a pin.
+const STAMP_PREFIX: &str = "stamp_layout";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// A NIC the datapath is attached to.
@@ -97,6 +103,8 @@ pub fn teardown(dir: &Path) -> Result<bool> {
         .any(|name| dir.join(name).exists());
     Maps::unpin(dir);
     let _ = std::fs::remove_file(dir.join(PROG_SWEEP));
+    let _ = std::fs::remove_file(dir.join(format!("{PROG_SWEEP}_new")));
+    Stamp::remove(dir);
     let _ = std::fs::remove_dir(dir);
     Ok(found)
 }
@@ -129,9 +137,40 @@ pub fn adopt_or_load(
     let complete =
         pinned(LINK_LAN, LINK_LAN_TC) && pinned(LINK_WAN, LINK_WAN_TC) && Maps::all_pinned(dir);
     if complete {
-        return adopt(dir, nat, wan, lan, rules);
-    }
-    if teardown(dir)? {
+        let this = Stamp::of_this_build();
+        match Stamp::read(dir) {
+            Some(pinned) if pinned == this => return adopt(dir, nat, wan, lan, rules),
+            Some(pinned) if pinned.layout == this.layout => match replace_programs(dir) {
+                Ok(()) => {
+                    tracing::info!(
+                        "the datapath pinned in {} was loaded by another build of natctl: its \
+                         programs are replaced by this build's in place, its maps and flows \
+                         kept",
+                        dir.display()
+                    );
+                    return adopt(dir, nat, wan, lan, rules);
+                }
+                Err(error) => tracing::warn!(
+                    "the datapath pinned in {} was loaded by another build of natctl, and its \
+                     programs could not be replaced in place ({error}): starting afresh; the \
+                     dynamic mappings and sessions it held are dropped",
+                    dir.display()
+                ),
+            },
+            pinned => tracing::warn!(
+                "the datapath pinned in {} has another map layout ({}, this natctl's is {}): \
+                 an older or newer natctl's. Replacing it: the dynamic mappings and sessions it \
+                 held are dropped (connections through the NAT start over); the rules come \
+                 back from the store",
+                dir.display(),
+                pinned.map_or("none recorded".to_owned(), |pinned| pinned
+                    .layout
+                    .to_string()),
+                this.layout
+            ),
+        }
+        teardown(dir)?;
+    } else if teardown(dir)? {
         tracing::warn!(
             "found an incomplete datapath in {}; removed it and starting afresh",
             dir.display()
@@ -146,6 +185,173 @@ pub fn adopt_or_load(
         // Leave nothing half attached behind.
         let _ = teardown(dir);
     })
+}
+
+/// What a pinned datapath was loaded from: the layout of its maps
+/// ([`nat_common::DATAPATH_LAYOUT`]) and the digest of the eBPF object.
+/// bpffs holds BPF objects only, so the stamp is a name: one more pin of
+/// the sweep program, `stamp_layout<N>_<digest>`, made when the datapath
+/// is loaded. A daemon adopts as it is only a datapath of its own build,
+/// and replaces the programs of one with its layout in place.
+#[derive(Debug, PartialEq)]
+struct Stamp {
+    layout: u32,
+    object: String,
+}
+
+impl Stamp {
+    fn of_this_build() -> Self {
+        use blake2::{Blake2s256, Digest};
+        let digest = Blake2s256::digest(super::OBJECT);
+        Self {
+            layout: nat_common::DATAPATH_LAYOUT,
+            object: digest.iter().map(|byte| format!("{byte:02x}")).collect(),
+        }
+    }
+
+    fn file_name(&self) -> String {
+        format!("{STAMP_PREFIX}{}_{}", self.layout, self.object)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name.starts_with(STAMP_PREFIX))
+            .collect()
+    }
+
+    /// `None` when there is none (a datapath of a natctl from before
+    /// stamps) or it cannot be read.
+    fn read(dir: &Path) -> Option<Self> {
+        let names = Self::names(dir);
+        let [name] = names.as_slice() else {
+            return None;
+        };
+        let (layout, object) = name.strip_prefix(STAMP_PREFIX)?.split_once('_')?;
+        Some(Self {
+            layout: layout.parse().ok()?,
+            object: object.to_owned(),
+        })
+    }
+
+    fn remove(dir: &Path) {
+        for name in Self::names(dir) {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+}
+
+/// Replaces the programs of the datapath pinned under `dir` by this
+/// build's, on the same maps and links: each link is switched to the new
+/// program atomically (`bpf_link_update`), so no packet goes untranslated
+/// and every flow keeps its mapping. Refused, with nothing changed, when a
+/// pinned map's key or value size is not what this build's programs use.
+fn replace_programs(dir: &Path) -> Result<()> {
+    use aya::programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    };
+
+    let object = aya_obj::Object::parse(super::OBJECT)
+        .map_err(|error| DatapathError::Load(aya::EbpfError::ParseError(error)))?;
+    let mut loader = aya::EbpfLoader::new();
+    for name in super::maps::PINNED {
+        let path = dir.join(name);
+        let pinned = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let ours = object
+            .maps
+            .get(name)
+            .ok_or_else(|| DatapathError::Incompatible {
+                dir: dir.to_owned(),
+                reason: format!("this build has no map {name}"),
+            })?;
+        let (held, wanted) = (
+            (pinned.key_size(), pinned.value_size()),
+            (ours.key_size(), ours.value_size()),
+        );
+        if held != wanted {
+            return Err(DatapathError::Incompatible {
+                dir: dir.to_owned(),
+                reason: format!(
+                    "map {name} has keys of {} and values of {} bytes, this build's {} and {}",
+                    held.0, held.1, wanted.0, wanted.1
+                ),
+            });
+        }
+        // The new programs use the pinned map itself, at its size.
+        loader.map_pin_path(name, path);
+        loader.map_max_entries(name, pinned.max_entries());
+    }
+    let mut ebpf = loader.load(super::OBJECT)?;
+    // Every program verified and loaded before the first link moves: a
+    // program this kernel refuses leaves the running datapath untouched.
+    let load_error = |name: &'static str| move |source| DatapathError::Program { name, source };
+    for name in [programs::LAN, programs::WAN, programs::SWEEP] {
+        super::program(&mut ebpf, name)?
+            .load()
+            .map_err(load_error(name))?;
+    }
+    for name in [programs::LAN_TC, programs::WAN_TC] {
+        super::classifier(&mut ebpf, name)?
+            .load()
+            .map_err(load_error(name))?;
+    }
+    let link_error = |name: &'static str| {
+        move |error: aya::programs::links::LinkError| DatapathError::PinLink {
+            program: name,
+            reason: error.to_string(),
+        }
+    };
+    for (xdp_pin, xdp_name, tc_pin, tc_name) in [
+        (LINK_LAN, programs::LAN, LINK_LAN_TC, programs::LAN_TC),
+        (LINK_WAN, programs::WAN, LINK_WAN_TC, programs::WAN_TC),
+    ] {
+        if dir.join(xdp_pin).exists() {
+            let pinned = PinnedLink::from_pin(dir.join(xdp_pin)).map_err(link_error(xdp_name))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_error(xdp_name))?;
+            super::program(&mut ebpf, xdp_name)?
+                .attach_to_link(link)
+                .map_err(load_error(xdp_name))?;
+        } else {
+            let pinned = PinnedLink::from_pin(dir.join(tc_pin)).map_err(link_error(tc_name))?;
+            let link =
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_error(tc_name))?;
+            super::classifier(&mut ebpf, tc_name)?
+                .attach_to_link(link)
+                .map_err(load_error(tc_name))?;
+        }
+    }
+    // The sweep's new pin goes over the old one in one rename (bpffs
+    // refuses names with a dot).
+    let (path, fresh) = (dir.join(PROG_SWEEP), dir.join(format!("{PROG_SWEEP}_new")));
+    let _ = std::fs::remove_file(&fresh);
+    super::program(&mut ebpf, programs::SWEEP)?
+        .pin(&fresh)
+        .map_err(|source| DatapathError::Pin {
+            path: fresh.clone(),
+            source,
+        })?;
+    std::fs::rename(&fresh, &path).map_err(|source| DatapathError::Io {
+        action: "replacing",
+        path,
+        source,
+    })?;
+    Stamp::remove(dir);
+    let stamp = dir.join(Stamp::of_this_build().file_name());
+    super::program(&mut ebpf, programs::SWEEP)?
+        .pin(&stamp)
+        .map_err(|source| DatapathError::Pin {
+            path: stamp,
+            source,
+        })?;
+    // The links' pins hold the new programs now, the sweep's its own; this
+    // object's handles may go.
+    Ok(())
 }
 
 fn adopt(
@@ -280,6 +486,10 @@ fn load(
         request,
     )?;
     datapath.pin_program(programs::SWEEP, &dir.join(PROG_SWEEP))?;
+    datapath.pin_program(
+        programs::SWEEP,
+        &dir.join(Stamp::of_this_build().file_name()),
+    )?;
     let MapParts {
         writer,
         view,
