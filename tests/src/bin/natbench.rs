@@ -92,6 +92,10 @@ enum Command {
         /// Flows of the hot set, the same at every size.
         #[arg(long, default_value_t = 1000)]
         hot_flows: u32,
+        /// Leave the router's work on the sending core, as the kernel
+        /// places it by default, instead of on a core of its own.
+        #[arg(long)]
+        one_core: bool,
     },
     /// Writes DIR/report.json and DIR/report.md from DIR/parts/*.json and
     /// prints the markdown.
@@ -153,6 +157,7 @@ fn main() -> Result<()> {
             repeat,
             cost_reps,
             hot_flows,
+            one_core,
         } => to_json(bench::scale::run(&bench::scale::Options {
             sizes,
             secs,
@@ -161,6 +166,7 @@ fn main() -> Result<()> {
             repeat,
             cost_reps,
             hot_flows,
+            one_core,
         })?)?,
         Command::Report { dir, quick } => {
             print!("{}", bench::report::write(&dir, quick)?);

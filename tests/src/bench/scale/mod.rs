@@ -34,6 +34,8 @@ use super::{
     bpf::XDP_REDIRECT,
     cost::CostRig,
     frames::{Flow, Vary, template},
+    placement::Placement,
+    progs::RunTimeStats,
     throughput::Samples,
     topo::{
         Direction, LAN_HOST, NatRouter, ROUTER_WAN, RouterKind, SINK_PORT, Topology, WAN_HOST,
@@ -58,6 +60,9 @@ pub struct Output {
     pub repeat: u32,
     pub cost_reps: u32,
     pub router: String,
+    /// Where the throughput's work ran ([`super::placement`]).
+    #[serde(default)]
+    pub placement: String,
     pub fill: Vec<Fill>,
     /// One entry per direction and flow set, each with every size.
     pub throughput: Vec<ThroughputEntry>,
@@ -131,6 +136,9 @@ pub struct Options {
     pub cost_reps: u32,
     /// The hot set, the same at every size (at most the smallest size).
     pub hot_flows: u32,
+    /// Leave the routers' work on the sending core, as the kernel places
+    /// it by default, instead of on a core of its own.
+    pub one_core: bool,
 }
 
 /// Mapping `j`: protocol, external port, internal endpoint. The first
@@ -254,13 +262,23 @@ pub fn run(options: &Options) -> Result<Output> {
         sessions: DEFAULT_SESSIONS_MAX.max(largest + 65536),
         forward_sessions: 1024,
     };
+    // Each program's own time per packet, beside the rates.
+    let _stats = RunTimeStats::enable()?;
+    let placement = if options.one_core {
+        None
+    } else {
+        Some(Placement::detect()?)
+    };
     let mut topologies = Vec::new();
     let mut fills = Vec::new();
     for &mappings in &options.sizes {
-        let mut topology = Topology::build(RouterKind::NatLib {
-            sizes,
-            forward: false,
-        })?;
+        let mut topology = Topology::build_placed(
+            RouterKind::NatLib {
+                sizes,
+                forward: false,
+            },
+            placement,
+        )?;
         let start = Instant::now();
         let pairs = topology.with_nat(|mut router| fill(&mut router, mappings))?;
         fills.push(Fill {
@@ -423,6 +441,12 @@ pub fn run(options: &Options) -> Result<Output> {
         router: "our XDP NAT loaded by natbench (same programs as natctl, tables sized for the \
                  largest size), no aging running"
             .to_owned(),
+        placement: match placement {
+            Some(placement) => placement.describe(),
+            None => "one core: the kernel's default placement, the router's work in the sending \
+                     thread's softirq"
+                .to_owned(),
+        },
         fill: fills,
         throughput,
         router_counters_after_throughput: evidence,

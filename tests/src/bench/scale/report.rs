@@ -111,7 +111,31 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
             else {
                 continue;
             };
-            let ratio = b / a;
+            // With the router on a core of its own, judged as part 1 is: on
+            // the router's time per packet there, the raw rate beside it.
+            let on_core = small
+                .samples
+                .router_cpu_ns
+                .as_ref()
+                .and_then(Spread::median)
+                .zip(
+                    large
+                        .samples
+                        .router_cpu_ns
+                        .as_ref()
+                        .and_then(Spread::median),
+                );
+            let (ratio, measured) = match on_core {
+                Some((small_ns, large_ns)) => (
+                    small_ns / large_ns,
+                    format!(
+                        "{:.2}x ({large_ns:.0} vs {small_ns:.0} ns per packet on the router's \
+                         core); raw rate {b:.2} vs {a:.2} Mpps",
+                        small_ns / large_ns
+                    ),
+                ),
+                None => (b / a, format!("{:.2}x ({b:.2} vs {a:.2} Mpps)", b / a)),
+            };
             let ok = ratio >= 0.8;
             rows.push(Row {
                 part: 4,
@@ -125,7 +149,7 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
                     fewer(judged)
                 ),
                 target: ">= 0.8x".to_owned(),
-                measured: format!("{ratio:.2}x ({b:.2} vs {a:.2} Mpps)"),
+                measured,
                 verdict: if judged {
                     Verdict::judge(ok)
                 } else {
@@ -134,7 +158,14 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
                 why: match (ok, judged) {
                     (true, _) => String::new(),
                     (false, true) => {
-                        table_why(small, large, &small.samples.mpps, &large.samples.mpps, 2)
+                        match (&small.samples.router_cpu_ns, &large.samples.router_cpu_ns) {
+                            (Some(small_ns), Some(large_ns)) if on_core.is_some() => {
+                                table_why(small, large, small_ns, large_ns, 0)
+                            }
+                            _ => {
+                                table_why(small, large, &small.samples.mpps, &large.samples.mpps, 2)
+                            }
+                        }
                     }
                     (false, false) => traffic_why(small, large),
                 },
