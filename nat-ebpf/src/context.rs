@@ -27,7 +27,7 @@ use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action,
     },
-    helpers::bpf_redirect,
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
 use nat_common::PROTO_UDP;
@@ -65,6 +65,14 @@ pub trait NatContext {
     fn l4_checksum(&self, check: *mut [u8; 2], proto: u8, pseudo: CsumDelta, covered: CsumDelta);
     /// Sends the finished packet out of `ifindex`; the action to return.
     fn redirect(&self, ifindex: u32) -> Option<u32>;
+    /// Makes the packet `len` bytes long, starting `grow` bytes before its
+    /// present start, for a reply built in its place (`reject`); every
+    /// packet pointer is stale afterwards. `false`: not done (the packet
+    /// may be half reshaped, and is to be dropped).
+    fn reshape(&self, grow: usize, len: usize) -> bool;
+    /// Sends the packet back out of the NIC it came in by; the action to
+    /// return.
+    fn bounce(&self) -> u32;
 }
 
 /// The checksum field of a datagram rewritten in place, for XDP and for a
@@ -142,6 +150,26 @@ impl NatContext for XdpContext {
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> Option<u32> {
         EGRESS.redirect(ifindex, 0).ok()
+    }
+
+    #[inline(always)]
+    fn reshape(&self, grow: usize, len: usize) -> bool {
+        // SAFETY: the context is the program's; the helpers check the
+        // deltas against the frame's head- and tailroom.
+        unsafe {
+            if bpf_xdp_adjust_head(self.ctx, -(grow as i32)) != 0 {
+                return false;
+            }
+            // Opaque, or LLVM folds `len - (end - start)` into arithmetic
+            // on the end pointer, which the verifier refuses.
+            let now = core::hint::black_box(XdpContext::data_end(self) - XdpContext::data(self));
+            bpf_xdp_adjust_tail(self.ctx, len as i32 - now as i32) == 0
+        }
+    }
+
+    #[inline(always)]
+    fn bounce(&self) -> u32 {
+        xdp_action::XDP_TX
     }
 }
 
@@ -303,5 +331,24 @@ impl NatContext for TcPacket {
         // SAFETY: a plain helper call.
         let action = unsafe { bpf_redirect(ifindex, 0) };
         (action == TC_ACT_REDIRECT as i64).then_some(TC_ACT_REDIRECT as u32)
+    }
+
+    /// Never done: an skb from a veth, tap or virtio NIC may carry
+    /// CHECKSUM_PARTIAL, a checksum still to be summed from `csum_start`
+    /// into `csum_start + csum_offset` on its way out. A reply built in its
+    /// place would keep that state: a NIC (or the host behind a virtio
+    /// NIC) would then write a sum into the middle of the quote and break
+    /// the ICMP checksum. No helper resets it (`bpf_csum_level` and
+    /// `bpf_skb_adjust_room` reset only CHECKSUM_UNNECESSARY), `__sk_buff`
+    /// does not show it, and `bpf_skb_change_tail` refuses to cut a TCP
+    /// segment short of its pending checksum field.
+    #[inline(always)]
+    fn reshape(&self, _grow: usize, _len: usize) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn bounce(&self) -> u32 {
+        self.redirect(self.ifindex()).unwrap_or(TC_ACT_SHOT as u32)
     }
 }

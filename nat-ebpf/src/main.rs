@@ -18,6 +18,8 @@
 //!   the record of their datagram (`FRAGS`);
 //! - `proto`: other IP protocols (GRE, ESP, ...), by address;
 //! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
+//! - `reject`: the ICMP error the router sends a LAN host whose new flow
+//!   it cannot map (RFC 5508 REQ-8);
 //! - `counters`: per-CPU counters and the final verdict.
 //!
 //! `lan` and `wan` hold the per-direction flow (`try_nat_lan`,
@@ -48,6 +50,7 @@ mod lookup;
 mod maps;
 mod parse;
 mod proto;
+mod reject;
 mod session;
 mod translate;
 mod wan;

@@ -587,3 +587,31 @@ fn tc_symmetric_mapping_gives_each_remote_its_own_port() {
         &[("new_binding", 2), ("dnat", 1), ("drop_unsolicited", 1)],
     );
 }
+
+/// TC mode sends no ICMP for a packet that gets no mapping (see
+/// `TcPacket::reshape`: an skb's pending partial checksum would break the
+/// error): it is dropped and counted, as before RFC 5508 REQ-8 was met in
+/// XDP mode.
+#[test]
+fn tc_exhausted_port_range_drops_without_icmp() {
+    let mut lab = PacketLab::build(Mode::Tc, |c| {
+        c.port_min = 50000;
+        c.port_max = 50000;
+    })
+    .unwrap();
+    assert_eq!(
+        snat(&mut lab, &udp(ep(LAN_HOST, 50000), ep(REMOTE, 53), b"x")),
+        50000
+    );
+    let frame = udp(ep(LAN_HOST2, 50000), ep(REMOTE, 53), b"x");
+    let v = lab.from_lan(&frame).unwrap();
+    assert_eq!(v.program_action, TC_ACT_SHOT);
+    assert_counters(
+        &lab,
+        &[
+            ("drop_port_exhausted", 1),
+            ("icmp_prohibited_sent", 0),
+            ("icmp_prohibited_rate_limited", 0),
+        ],
+    );
+}

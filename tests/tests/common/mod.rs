@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use etherparse::{
     EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpHeaders, IpNumber,
     Ipv4Header, PacketBuilder, PacketBuilderStep, TcpHeader, UdpHeader,
+    icmpv4::DestUnreachableHeader,
 };
 use nat_tests::packet::*;
 
@@ -807,4 +808,29 @@ pub fn assert_fragment_routed(
     let (_, offset, _) = fragment_fields(input);
     let from = if offset == 0 { 34 + 20 } else { 34 };
     assert_eq!(out[from..], input[from..], "fragment data");
+}
+
+/// What the router answers a LAN host's `frame` that could get no mapping
+/// (RFC 5508 REQ-8): sent back out of the LAN NIC to the MAC it came from,
+/// ICMP destination unreachable, code 13, from the router's LAN address,
+/// quoting the packet's IP header and its first 8 bytes of data as they
+/// arrived; every checksum right.
+pub fn assert_prohibited(v: &Verdict, frame: &[u8]) -> Parsed {
+    assert_eq!(v.action, XDP_TX, "answered out of the NIC it came in by");
+    let p = assert_checksums_ok(&v.frame);
+    let inp = parse(frame);
+    assert_eq!(p.eth.source, LAN_MAC, "from the router's LAN MAC");
+    assert_eq!(p.eth.destination, inp.eth.source, "to the sender's MAC");
+    assert_eq!(Ipv4Addr::from(p.ip.source), LAN_ADDR);
+    assert_eq!(p.ip.destination, inp.ip.source);
+    assert_eq!(p.ip.time_to_live, 64);
+    assert!(p.ip.options.is_empty());
+    assert_eq!(
+        p.icmp().icmp_type,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FilterProhibited),
+        "code 13, communication administratively prohibited"
+    );
+    assert_eq!(p.payload, minimal_quote(frame), "the quote");
+    assert!(p.trailer.is_empty(), "nothing after the quote");
+    p
 }
