@@ -11,7 +11,7 @@ use crate::{
     frag,
     lookup::{
         Target, binding_inbound, config, config_without_wan, forward_inbound, in_prefix,
-        inbound_target, now_ns, outbound_external_unrefreshed,
+        inbound_target, note_admitted, now_ns, outbound_external_unrefreshed,
     },
     parse::{
         Endpoint, IcmpKind, Ipv4Packet, Quoted, Side, frame_len, parse_frame_header, parse_l4,
@@ -202,12 +202,13 @@ fn hairpin(
         // A rule's allowed remotes restrict the outside; LAN hosts may
         // always use it.
         Target::Forward(forward) => count_rule(forward.rule_id, true, len),
-        Target::Binding(_) => {
+        Target::Binding(target) => {
             // Refused as it would be from outside; passed to the router's
             // own stack it would be answered with a reset instead.
             if !session_inbound_allowed(config, &reverse, now, len) {
                 return Err(Counter::DropUnsolicited);
             }
+            note_admitted(config, packet.proto, target, source_outside, target_port);
         }
     }
     frag::track_hairpin(config.wan_addr, packet, to.addr, now, len)?;

@@ -78,3 +78,14 @@ pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(
 /// CPU.
 #[map(name = "ICMP_ERROR_BUDGET")]
 pub static ICMP_ERROR_BUDGET: PerCpuArray<ErrorBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// The external port a remote came in on to a mapping made for another
+/// remote (endpoint-independent filtering under a per-remote mapping
+/// behaviour), keyed as that remote's own mapping would be: how the host's
+/// ICMP errors about its packets are translated (`lookup::note_admitted`).
+/// Checked against `BINDINGS` on use, so never aged.
+#[map(name = "STRANGER_PORTS")]
+pub static STRANGER_PORTS: LruHashMap<BindingKey, u32> =
+    LruHashMap::with_max_entries(STRANGER_PORTS_MAX, 0);
+
+const STRANGER_PORTS_MAX: u32 = 16_384;

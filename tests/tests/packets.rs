@@ -1022,6 +1022,43 @@ fn lan_hosts_icmp_error_about_a_reply_on_a_dynamic_mapping() {
     assert_counters(&lab, &[("icmp_error_out", 1)]);
 }
 
+/// Symmetric mapping with endpoint-independent filtering: a remote may
+/// come in on a mapping made for another remote. The host's error about
+/// that packet is translated by the mapping that let it in, the port the
+/// remote sent to, though no mapping is keyed by that remote.
+#[test]
+fn lan_hosts_icmp_error_about_a_stranger_admitted_by_endpoint_independent_filtering() {
+    let mut lab = lab_with(|c| {
+        c.mapping = nat_common::MAPPING_ADDRESS_AND_PORT_DEPENDENT;
+        c.filtering = FILTER_ENDPOINT_INDEPENDENT;
+    });
+    let first = snat(&mut lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q"));
+    // A second mapping of the endpoint, for another remote, on another port.
+    let second = snat(&mut lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE2, 53), b"q"));
+    assert_ne!(first, second);
+    for (stranger, external) in [(ep(OTHER_REMOTE, 7000), first), (ep(OTHER_REMOTE, 7001), second)] {
+        let packet = udp(stranger, ep(WAN_ADDR, external), b"hello");
+        let delivered = lab.from_wan(&packet).unwrap();
+        assert_eq!(delivered.action, XDP_REDIRECT, "let in by the filter");
+        let error = icmp(
+            LAN_HOST,
+            *stranger.ip(),
+            port_unreachable(),
+            minimal_quote(&delivered.frame),
+        );
+        let v = lab.from_lan(&error).unwrap();
+        assert_error_routed(
+            &v,
+            &error,
+            Egress::Wan,
+            (WAN_ADDR, *stranger.ip()),
+            stranger,
+            ep(WAN_ADDR, external),
+        );
+    }
+    assert_counters(&lab, &[("icmp_error_out", 2), ("new_binding", 2)]);
+}
+
 #[test]
 fn icmp_errors_about_nothing_we_translated_go_to_the_kernel() {
     let mut lab = fresh_lab();
