@@ -17,7 +17,7 @@ use crate::{
         Endpoint, IcmpKind, Ipv4Packet, Quoted, Side, frame_len, parse_frame_header, parse_l4,
         parse_quoted_any,
     },
-    proto, reject,
+    proto,
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
@@ -90,11 +90,9 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     frag::track_outbound(config.wan_addr, &packet, now, len)?;
     let internal = packet.endpoint(Side::Source);
     let remote = packet.endpoint(Side::Destination);
-    // A mapping fails only for want of a port or of room in the table.
-    let external = match external_port_for(config, packet.proto, internal, remote, now, len) {
-        Ok(external) => external,
-        Err(reason) => return reject::prohibited(ctx, config, eth, &packet, reason, len),
-    };
+    // No mapping (no port, or no room): answered by `reject`, after the
+    // flow returns.
+    let external = external_port_for(config, packet.proto, internal, remote, now, len)?;
     let conversation = Conversation {
         proto: packet.proto,
         external_port: external.port,
@@ -171,10 +169,7 @@ fn hairpin(
         addr: config.wan_addr,
         port: target_port,
     };
-    let source = match external_port_for(config, packet.proto, internal, remote, now, len) {
-        Ok(source) => source,
-        Err(reason) => return reject::prohibited(ctx, config, eth, packet, reason, len),
-    };
+    let source = external_port_for(config, packet.proto, internal, remote, now, len)?;
     let source_outside = Endpoint {
         addr: config.wan_addr,
         port: source.port,

@@ -65,7 +65,8 @@ use context::TcPacket;
 /// LAN ingress.
 #[xdp]
 pub fn nat_lan(ctx: XdpContext) -> u32 {
-    counters::settle(&ctx, lan::try_nat_lan(&ctx))
+    let outcome = lan::try_nat_lan(&ctx);
+    counters::settle(&ctx, reject::answer_unmapped(&ctx, outcome))
 }
 
 /// WAN ingress.
@@ -79,7 +80,7 @@ pub fn nat_wan(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn nat_lan_tc(ctx: TcContext) -> i32 {
     let packet = TcPacket::new(ctx);
-    let outcome = lan::try_nat_lan(&packet);
+    let outcome = reject::answer_unmapped(&packet, lan::try_nat_lan(&packet));
     packet.finish(counters::settle(&packet, outcome)) as i32
 }
 

@@ -5,27 +5,29 @@
 //! ([`NatContext::reshape`]) and sent back out of the NIC it came in by, at
 //! most [`ERRORS_PER_SEC`] a second per CPU with bursts of [`BURST`]
 //! (RFC 1812 section 4.3.2.8 asks a router to limit the errors it sends).
-use core::ptr::addr_of_mut;
-
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use nat_common::{Counter, NatConfig, PROTO_ICMP};
+use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    checksum::{CsumDelta, load16, store16},
+    checksum::{CsumDelta, partial_fixed_point},
     context::NatContext,
     counters::count,
-    lookup::now_ns,
+    lookup::{config, now_ns},
     maps::ICMP_ERROR_BUDGET,
-    parse::{ICMP_DEST_UNREACHABLE, Ipv4Packet, Side, ptr_at},
+    parse::{ICMP_DEST_UNREACHABLE, Ipv4Packet, Side, frame_len, parse_frame},
 };
 
 /// "Communication administratively prohibited" (RFC 1812 section 5.2.7.1).
 const CODE_PROHIBITED: u8 = 13;
 /// What the error quotes beyond the offending IP header: the 8 bytes RFC
 /// 792 asks for, which hold the ports (or the ICMP id) the host's stack
-/// finds its socket by.
+/// finds its socket by (TCP: `TCP_QUOTED_LEN`).
 const QUOTED_L4_LEN: usize = 8;
+/// The quoted TCP header: up to and with its checksum field, which a
+/// pending partial checksum writes to (and `bpf_skb_change_tail` refuses
+/// to cut).
+const TCP_QUOTED_LEN: usize = 20;
 /// The IP and ICMP headers put in front of the quote.
 const PREFIX_LEN: usize = Ipv4Hdr::LEN + 8;
 /// The longest quoted IP header (with 40 bytes of options).
@@ -46,6 +48,16 @@ const INTERVAL_NS: u64 = 1_000_000_000 / ERRORS_PER_SEC;
 pub struct ErrorBudget {
     credit_ns: u64,
     last_ns: u64,
+}
+
+/// The one's-complement sum of `bytes` as 16-bit words.
+#[inline(always)]
+fn sum_of<const N: usize>(bytes: &[u8; N]) -> CsumDelta {
+    let mut sum = CsumDelta::default();
+    for word in bytes.chunks_exact(2) {
+        sum.word(0, u16::from_be_bytes([word[0], word[1]]));
+    }
+    sum
 }
 
 /// Whether this CPU may send one more error now (and if so, spends it).
@@ -90,12 +102,50 @@ fn may_answer(config: &NatConfig, eth: *mut EthHdr, packet: &Ipv4Packet) -> bool
     config.lan_addr != [0; 4] && !group && !not_a_host
 }
 
+/// The LAN flow's outcome, with a packet that got no mapping (no free
+/// port, or no room in the table) answered. Done here, after the flow has
+/// returned, rather than where the mapping failed: the verifier then walks
+/// the answer once per reason instead of once for every way out of the
+/// port probes. The packet is still as it arrived (nothing is rewritten
+/// before a mapping is found), so it is parsed again.
+#[inline(always)]
+pub fn answer_unmapped<C: NatContext>(
+    ctx: &C,
+    outcome: Result<u32, Counter>,
+) -> Result<u32, Counter> {
+    match outcome {
+        Err(reason @ (Counter::DropPortExhausted | Counter::DropTableFull)) => answer(ctx, reason),
+        other => other,
+    }
+}
+
+/// A call of its own, so that its stack is not added to the LAN flow's.
+#[inline(never)]
+fn answer<C: NatContext>(ctx: &C, reason: Counter) -> Result<u32, Counter> {
+    let Some(config) = config() else {
+        return Err(reason);
+    };
+    let Ok((eth, packet)) = parse_frame(ctx) else {
+        return Err(reason);
+    };
+    prohibited(ctx, config, eth, &packet, reason, frame_len(ctx))
+}
+
 /// Answers `packet`, which could get no mapping for `reason`, with ICMP
 /// "communication administratively prohibited" back to its sender, from
 /// the router's LAN address. `reason` is counted either way (the packet
 /// itself is dropped); the error, or that the budget was spent, besides.
+///
+/// The quote is the offending IP header and its first 8 bytes of data, or
+/// for TCP its 20-byte header: the bytes up to and with its checksum
+/// field. Where the packet may carry a pending partial checksum (TC), that
+/// sum is still done on the way out, from the quoted L4 header into its
+/// checksum field: the field is given the value the sum leaves unchanged
+/// (`partial_fixed_point`), so the error is right whether or not the sum
+/// is done. The quoted checksum is meaningless either way (RFC 5508 REQ-3c:
+/// never validated).
 #[inline(always)]
-pub fn prohibited<C: NatContext>(
+fn prohibited<C: NatContext>(
     ctx: &C,
     config: &NatConfig,
     eth: *mut EthHdr,
@@ -115,56 +165,109 @@ pub fn prohibited<C: NatContext>(
     let host = packet.addr(Side::Source);
     // SAFETY: in bounds by construction of `IpHeader`.
     let tos = unsafe { (*packet.ip).tos };
-    let quote_len = packet.header_len() + QUOTED_L4_LEN;
+    let (l4_len, check_at) = match packet.proto {
+        PROTO_TCP => (TCP_QUOTED_LEN, 16),
+        PROTO_UDP => (QUOTED_L4_LEN, 6),
+        _ => (QUOTED_L4_LEN, 2),
+    };
+    // From the IHL nibble, not `header_len()`: a bound the verifier can
+    // follow into the helpers' lengths and offsets below.
+    // SAFETY: in bounds by construction of `IpHeader`.
+    let header_len = usize::from(unsafe { (*packet.ip).vihl } & 0x0f) * 4;
+    let quote_len = header_len + l4_len;
     let error_len = EthHdr::LEN + PREFIX_LEN + quote_len;
+    // The quote, copied out (zeros past its end add nothing to a sum): its
+    // IP header, and its L4 bytes, which a pending partial checksum covers.
+    let mut ip_bytes = [0u8; MAX_IP_HEADER_LEN];
+    let mut l4_bytes = [0u8; TCP_QUOTED_LEN];
+    if !ctx.load(EthHdr::LEN, &mut ip_bytes, header_len)
+        || !ctx.load(EthHdr::LEN + header_len, &mut l4_bytes, l4_len)
+    {
+        return Err(reason);
+    }
+    let mut icmp_sum = sum_of(&ip_bytes);
+    let mut l4_sum = sum_of(&l4_bytes);
+    let mut field = match packet.proto {
+        PROTO_TCP => u16::from_be_bytes([l4_bytes[16], l4_bytes[17]]),
+        PROTO_UDP => u16::from_be_bytes([l4_bytes[6], l4_bytes[7]]),
+        _ => u16::from_be_bytes([l4_bytes[2], l4_bytes[3]]),
+    };
+    if C::MAY_BE_PARTIAL {
+        let mut others = l4_sum;
+        others.word(field, 0);
+        let fixed = partial_fixed_point(others.value() as u16).ok_or(reason)?;
+        l4_sum = others;
+        l4_sum.word(0, fixed);
+        field = fixed;
+    }
+    icmp_sum.merge(l4_sum);
+    icmp_sum.word(
+        0,
+        u16::from_be_bytes([ICMP_DEST_UNREACHABLE, CODE_PROHIBITED]),
+    );
+    let tot_len = ((PREFIX_LEN + quote_len) as u16).to_be_bytes();
+    // A datagram that may be fragmented needs an id of its own (RFC
+    // 6864); a random one, as no other state is kept.
+    // SAFETY: a helper without arguments.
+    let id = (unsafe { bpf_get_prandom_u32() } as u16).to_be_bytes();
+    let (lan, to) = (config.lan_addr, host);
+    let mut ip_header = [
+        0x45,
+        // Precedence 6, "internetwork control", and the offending packet's
+        // type of service (RFC 1812 section 4.3.2.5).
+        0xc0 | (tos & 0x1c),
+        tot_len[0],
+        tot_len[1],
+        id[0],
+        id[1],
+        0,
+        0,
+        64,
+        PROTO_ICMP,
+        0,
+        0,
+        lan[0],
+        lan[1],
+        lan[2],
+        lan[3],
+        to[0],
+        to[1],
+        to[2],
+        to[3],
+    ];
+    let mut ip_sum = CsumDelta::default();
+    for word in ip_header.chunks_exact(2) {
+        ip_sum.word(0, u16::from_be_bytes([word[0], word[1]]));
+    }
+    let ip_check = ip_sum.apply(0xffff).to_be_bytes();
+    ip_header[10] = ip_check[0];
+    ip_header[11] = ip_check[1];
+    let icmp_check = icmp_sum.apply(0xffff).to_be_bytes();
+    let mut headers = [0u8; EthHdr::LEN + PREFIX_LEN];
+    headers[..6].copy_from_slice(&host_mac);
+    headers[6..12].copy_from_slice(&router_mac);
+    headers[12..14].copy_from_slice(&[0x08, 0x00]);
+    headers[14..34].copy_from_slice(&ip_header);
+    headers[34..42].copy_from_slice(&[
+        ICMP_DEST_UNREACHABLE,
+        CODE_PROHIBITED,
+        icmp_check[0],
+        icmp_check[1],
+        0,
+        0,
+        0,
+        0,
+    ]);
     // Every packet pointer is stale from here on.
     if !ctx.reshape(PREFIX_LEN, error_len) {
         return Err(reason);
     }
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(reason)?;
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(reason)?;
-    let icmp: *mut [u8; 8] = ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok_or(reason)?;
-    let quote_at = EthHdr::LEN + PREFIX_LEN;
-    let mut icmp_sum = CsumDelta::default();
-    icmp_sum.word(0, u16::from_be_bytes([ICMP_DEST_UNREACHABLE, CODE_PROHIBITED]));
-    for i in 0..(MAX_IP_HEADER_LEN + QUOTED_L4_LEN) / 2 {
-        if 2 * i >= quote_len {
-            break;
-        }
-        let word: *mut [u8; 2] = ptr_at(ctx, quote_at + 2 * i).ok_or(reason)?;
-        icmp_sum.word(0, load16(word));
+    let l4_at = EthHdr::LEN + PREFIX_LEN + header_len;
+    if C::MAY_BE_PARTIAL && !ctx.store(l4_at + check_at, &field.to_be_bytes()) {
+        return Err(reason);
     }
-    // SAFETY: all three bounds-checked just above.
-    unsafe {
-        (*eth).dst_addr = host_mac;
-        (*eth).src_addr = router_mac;
-        (*eth).ether_type = 0x0800u16.to_be();
-        *icmp = [ICMP_DEST_UNREACHABLE, CODE_PROHIBITED, 0, 0, 0, 0, 0, 0];
-        store16(addr_of_mut!((*icmp)[2]).cast(), icmp_sum.apply(0xffff));
-        let tot_len = (PREFIX_LEN + quote_len) as u16;
-        // Precedence 6, "internetwork control", and the offending packet's
-        // type of service (RFC 1812 section 4.3.2.5).
-        let tos = 0xc0 | (tos & 0x1c);
-        *ip = Ipv4Hdr {
-            vihl: 0x45,
-            tos,
-            tot_len: tot_len.to_be_bytes(),
-            // A datagram that may be fragmented needs an id of its own
-            // (RFC 6864); a random one, as no other state is kept.
-            id: (bpf_get_prandom_u32() as u16).to_be_bytes(),
-            frags: [0; 2],
-            ttl: 64,
-            proto: PROTO_ICMP,
-            check: [0; 2],
-            src_addr: config.lan_addr,
-            dst_addr: host,
-        };
-        let mut ip_sum = CsumDelta::default();
-        for word in 0..Ipv4Hdr::LEN / 2 {
-            let at = (ip as usize + 2 * word) as *const [u8; 2];
-            ip_sum.word(0, load16(at));
-        }
-        store16(addr_of_mut!((*ip).check), ip_sum.apply(0xffff));
+    if !ctx.store(0, &headers) {
+        return Err(reason);
     }
     count(reason, len);
     count(Counter::IcmpProhibitedSent, error_len);

@@ -291,15 +291,13 @@ fn forwarding_entry_reaches_the_lan_server_and_nothing_else_gets_in() {
     );
 }
 
-/// RFC 5508 REQ-8 end to end, in XDP mode (TC mode drops without an
-/// error, see `TcPacket::reshape`): with every dynamic port held, a LAN
-/// host's new flow is answered with ICMP "communication administratively
-/// prohibited", which the host's kernel reports on the connected socket
-/// as EHOSTUNREACH at once, instead of a silent loss.
-#[test]
-fn a_flow_that_gets_no_port_is_refused_with_host_unreachable() {
+/// RFC 5508 REQ-8 end to end: with every dynamic port held, a LAN host's
+/// new flow is answered with ICMP "communication administratively
+/// prohibited", which the host's kernel reports on the connected socket as
+/// EHOSTUNREACH at once, instead of a silent loss. The flows holding the
+/// ports go on.
+fn a_flow_that_gets_no_port_is_refused(lab: &Lab) {
     const PORTS: std::ops::RangeInclusive<u16> = 40000..=40015;
-    let lab = Lab::start_in(LabMode::Xdp, "[nat]\nports = \"40000-40015\"\n").unwrap();
     let wan_socket = join(lab.wan.spawn(|| Ok(UdpSocket::bind((WAN_HOST, 9001))?)));
     wan_socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     // A socket on each port of the range keeps its own port: all held.
@@ -327,7 +325,7 @@ fn a_flow_that_gets_no_port_is_refused_with_host_unreachable() {
     }));
     assert_eq!(one_too_many, Err(ErrorKind::HostUnreachable));
     assert!(
-        counter(&lab, "icmp_prohibited_sent") >= 1 && counter(&lab, "drop_port_exhausted") >= 1,
+        counter(lab, "icmp_prohibited_sent") >= 1 && counter(lab, "drop_port_exhausted") >= 1,
         "{:?}",
         lab.counters()
     );
@@ -338,4 +336,27 @@ fn a_flow_that_gets_no_port_is_refused_with_host_unreachable() {
     holders[0].set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let len = holders[0].recv(&mut buffer).unwrap();
     assert_eq!(&buffer[..len], b"still yours");
+}
+
+const SIXTEEN_PORTS: &str = "[nat]\nports = \"40000-40015\"\n";
+
+#[test]
+fn a_flow_that_gets_no_port_is_refused_with_host_unreachable() {
+    let lab = Lab::start_in(LabMode::Xdp, SIXTEEN_PORTS).unwrap();
+    a_flow_that_gets_no_port_is_refused(&lab);
+}
+
+/// The same in TC mode, the host's offloads on: its datagram reaches the
+/// router as CHECKSUM_PARTIAL, and the error built in its place keeps that
+/// state. With the router's LAN NIC's TX checksum offload off, the kernel
+/// does the pending sum in software on the way out, into the quote; the
+/// host, which then checks the ICMP checksum, takes the error only if that
+/// sum left it unchanged.
+#[test]
+fn tc_a_flow_that_gets_no_port_is_refused_with_host_unreachable_through_a_partial_checksum() {
+    let lab = Lab::start_with_config(SIXTEEN_PORTS).unwrap();
+    lab.router
+        .exec("ethtool", &["-K", "lan0", "tx", "off"])
+        .unwrap();
+    a_flow_that_gets_no_port_is_refused(&lab);
 }

@@ -608,7 +608,11 @@ fn under_symmetric_mapping_peer_finds_each_remotes_mapping_and_natpmp_adopts_the
         )
         .expect("a PCP answer");
         assert_eq!(answer[3], 0, "SUCCESS for {remote}: {answer:?}");
-        assert_eq!(u16::from_be_bytes([answer[42], answer[43]]), port, "{remote}");
+        assert_eq!(
+            u16::from_be_bytes([answer[42], answer[43]]),
+            port,
+            "{remote}"
+        );
     }
 
     let text = natpmpc_ok(&lab, &["-a", "5400", "5400", "udp", "600"]);
@@ -617,7 +621,11 @@ fn under_symmetric_mapping_peer_finds_each_remotes_mapping_and_natpmp_adopts_the
         "{text}"
     );
     assert_eq!(seen_by(0), 5400, "the adopted mapping's remote");
-    assert_eq!(seen_by(1), second, "the other remote's flow is not re-ported");
+    assert_eq!(
+        seen_by(1),
+        second,
+        "the other remote's flow is not re-ported"
+    );
     assert_eq!(seen_by(2), 5400, "a new remote: the rule's port");
 }
 

@@ -211,7 +211,7 @@ fn a_port_held_by_a_static_forward_is_never_taken() {
     lab.forward("tcp/40000=192.168.0.12:80").unwrap();
     let syn = tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 443), SYN, b"");
     let v = lab.from_lan(&syn).unwrap();
-    assert_prohibited(&v, &syn);
+    assert_prohibited(&v, &syn, Mode::Xdp);
     assert_counters(
         &lab,
         &[("drop_port_exhausted", 1), ("new_binding", 0), ("snat", 0)],
@@ -233,7 +233,7 @@ fn exhausted_port_range_is_answered_with_icmp_prohibited() {
         udp(ep(LAN_HOST, 1234), ep(REMOTE, 53), b"x"),
     ] {
         let v = lab.from_lan(&frame).unwrap();
-        assert_prohibited(&v, &frame);
+        assert_prohibited(&v, &frame, Mode::Xdp);
     }
     assert_counters(
         &lab,
@@ -267,19 +267,32 @@ fn a_syn_with_ip_options_and_a_ping_that_get_no_mapping_are_answered_quoting_the
         c.port_min = 50000;
         c.port_max = 50000;
     });
-    snat(&mut lab, &tcp(ep(LAN_HOST, 50000), ep(REMOTE, 443), SYN, b""));
+    snat(
+        &mut lab,
+        &tcp(ep(LAN_HOST, 50000), ep(REMOTE, 443), SYN, b""),
+    );
     snat(&mut lab, &echo_request(LAN_HOST, REMOTE, 50000, 1));
     // Record route, IHL 8: the quote is the whole 32-byte header and 8
     // bytes of TCP.
     let syn = with_ip(
         &tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 443), SYN, b""),
-        |ip| ip.options = [0x01, 0x07, 0x0b, 0x04, 0, 0, 0, 0, 0, 0, 0, 0][..].try_into().unwrap(),
+        |ip| {
+            ip.options = [0x01, 0x07, 0x0b, 0x04, 0, 0, 0, 0, 0, 0, 0, 0][..]
+                .try_into()
+                .unwrap()
+        },
     );
     let v = lab.from_lan(&syn).unwrap();
-    assert_eq!(assert_prohibited(&v, &syn).quoted().ip.header_len(), 32);
+    assert_eq!(
+        assert_prohibited(&v, &syn, Mode::Xdp)
+            .quoted()
+            .ip
+            .header_len(),
+        32
+    );
     let ping = echo_request(LAN_HOST2, REMOTE, 7, 1);
     let v = lab.from_lan(&ping).unwrap();
-    assert_prohibited(&v, &ping);
+    assert_prohibited(&v, &ping, Mode::Xdp);
     assert_counters(
         &lab,
         &[("drop_port_exhausted", 2), ("icmp_prohibited_sent", 2)],
@@ -305,7 +318,7 @@ fn icmp_prohibited_is_rate_limited_per_cpu() {
         let frame = udp(ep(LAN_HOST2, 1024 + port), ep(REMOTE, 53), b"x");
         let v = lab.from_lan(&frame).unwrap();
         if v.action == XDP_TX {
-            assert_prohibited(&v, &frame);
+            assert_prohibited(&v, &frame, Mode::Xdp);
             answered += 1;
         } else {
             assert_dropped(&v);
@@ -1036,7 +1049,10 @@ fn lan_hosts_icmp_error_about_a_stranger_admitted_by_endpoint_independent_filter
     // A second mapping of the endpoint, for another remote, on another port.
     let second = snat(&mut lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE2, 53), b"q"));
     assert_ne!(first, second);
-    for (stranger, external) in [(ep(OTHER_REMOTE, 7000), first), (ep(OTHER_REMOTE, 7001), second)] {
+    for (stranger, external) in [
+        (ep(OTHER_REMOTE, 7000), first),
+        (ep(OTHER_REMOTE, 7001), second),
+    ] {
         let packet = udp(stranger, ep(WAN_ADDR, external), b"hello");
         let delivered = lab.from_wan(&packet).unwrap();
         assert_eq!(delivered.action, XDP_REDIRECT, "let in by the filter");
