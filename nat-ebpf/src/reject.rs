@@ -104,10 +104,10 @@ fn may_answer(config: &NatConfig, eth: *mut EthHdr, packet: &Ipv4Packet) -> bool
 
 /// The LAN flow's outcome, with a packet that got no mapping (no free
 /// port, or no room in the table) answered. Done here, after the flow has
-/// returned, rather than where the mapping failed: the verifier then walks
-/// the answer once per reason instead of once for every way out of the
-/// port probes. The packet is still as it arrived (nothing is rewritten
-/// before a mapping is found), so it is parsed again.
+/// returned, rather than where the mapping failed: there the verifier
+/// walked the answer for every way out of the port probes, past its limit
+/// of a million instructions. The packet is still as it arrived (nothing
+/// is rewritten before a mapping is found), so it is parsed again.
 #[inline(always)]
 pub fn answer_unmapped<C: NatContext>(
     ctx: &C,

@@ -222,12 +222,12 @@ fn tc_passes_and_drops_with_the_same_reasons() {
     let v = lab.from_wan(&stray).unwrap();
     assert_eq!(v.program_action, TC_ACT_OK);
     assert_passed_untouched(&v, &stray);
-    // No port left: dropped, as TC_ACT_SHOT.
+    // No port left: dropped, and answered with ICMP code 13 (RFC 5508
+    // REQ-8) redirected back out of the LAN NIC.
     snat(&mut lab, &udp(ep(LAN_HOST, 50000), ep(REMOTE, 53), b"x"));
-    let v = lab
-        .from_lan(&udp(ep(LAN_HOST2, 50000), ep(REMOTE, 53), b"x"))
-        .unwrap();
-    assert_eq!(v.program_action, TC_ACT_SHOT);
+    let unmapped = udp(ep(LAN_HOST2, 50000), ep(REMOTE, 53), b"x");
+    let v = lab.from_lan(&unmapped).unwrap();
+    assert_prohibited(&v, &unmapped, Mode::Tc);
     // An unresolved neighbour: translated (checksums included), then to the
     // kernel.
     lab.forward("tcp/8081=192.168.0.99:80").unwrap();
