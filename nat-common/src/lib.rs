@@ -315,6 +315,9 @@ pub struct NatConfig {
     /// `MAPPING_*`: endpoint-independent (0) unless configured.
     pub mapping: u8,
     pub _pad: [u8; 2],
+    /// The router's own address on the LAN NIC: the source of the ICMP
+    /// errors the datapath itself sends to LAN hosts (RFC 5508 REQ-8).
+    pub lan_addr: [u8; 4],
 }
 
 /// The layout of the pinned maps: what their keys and values mean. A
@@ -391,6 +394,14 @@ counters! {
     NewBinding = "new_binding",
     /// No free external port after the bounded probe: dropped.
     DropPortExhausted = "drop_port_exhausted",
+    /// A LAN host's packet that could get no mapping (`drop_port_exhausted`,
+    /// `drop_table_full`) was answered with ICMP destination unreachable,
+    /// code 13, "communication administratively prohibited" (RFC 5508
+    /// REQ-8), sent back out of the LAN NIC.
+    IcmpProhibitedSent = "icmp_prohibited_sent",
+    /// As `icmp_prohibited_sent`, but the per-CPU budget of such errors
+    /// was spent: the packet was dropped unanswered.
+    IcmpProhibitedRateLimited = "icmp_prohibited_rate_limited",
     /// Unsolicited inbound packet handed to the kernel (router's own services).
     UnsolicitedPass = "unsolicited_pass",
     /// A new conversation on a forwarded port that one of the router's
@@ -706,7 +717,7 @@ mod tests {
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
-        assert_eq!(size_of::<NatConfig>(), 28);
+        assert_eq!(size_of::<NatConfig>(), 32);
         assert_eq!(size_of::<bench::BenchTemplate>(), 152);
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);

@@ -60,3 +60,26 @@ pub fn store16(field: *mut [u8; 2], value: u16) {
     // SAFETY: as for `load16`.
     unsafe { *field = value.to_be_bytes() }
 }
+
+/// The value a checksum field must hold so that a pending partial checksum
+/// (CHECKSUM_PARTIAL) leaves it as it is: the kernel or the NIC writes
+/// `~(sum of the covered words, the field included)` into the field, so
+/// the field `x` must solve `x = ~(others + x)` in one's complement
+/// arithmetic, that is `2x = -others`, and halving is a rotation (2 is
+/// invertible modulo 0xffff). `others` is the folded sum of every other
+/// covered word. `None` when `others` is zero (0 or 0xffff): the only
+/// solution is then zero, which the kernel writes as 0xffff and a NIC as
+/// 0, so no value is safe.
+#[inline(always)]
+pub fn partial_fixed_point(others: u16) -> Option<u16> {
+    if others == 0 || others == 0xffff {
+        return None;
+    }
+    let minus = u32::from(!others);
+    let half = if minus & 1 == 0 {
+        minus / 2
+    } else {
+        (minus + 0xffff) / 2
+    };
+    Some(half as u16)
+}

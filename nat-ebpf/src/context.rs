@@ -25,9 +25,13 @@ use core::{cell::Cell, ffi::c_void};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_REDIRECT,
+        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
-    helpers::bpf_redirect,
+    helpers::{
+        bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+    },
     programs::{TcContext, XdpContext},
 };
 use nat_common::PROTO_UDP;
@@ -35,7 +39,7 @@ use nat_common::PROTO_UDP;
 use crate::{
     checksum::{CsumDelta, load16, store16},
     maps::EGRESS,
-    parse::Datagram,
+    parse::{Datagram, ptr_at},
 };
 
 /// The few things that differ between XDP and TC.
@@ -65,6 +69,28 @@ pub trait NatContext {
     fn l4_checksum(&self, check: *mut [u8; 2], proto: u8, pseudo: CsumDelta, covered: CsumDelta);
     /// Sends the finished packet out of `ifindex`; the action to return.
     fn redirect(&self, ifindex: u32) -> Option<u32>;
+    /// Whether the packet may carry a checksum still to be summed on its
+    /// way out (CHECKSUM_PARTIAL: in TC, from a veth, tap or virtio NIC):
+    /// a reply built in its place must leave that sum unchanged
+    /// (`reject`, `checksum::partial_fixed_point`).
+    const MAY_BE_PARTIAL: bool;
+
+    /// Makes the packet `len` bytes long, starting `grow` bytes before its
+    /// present start, for a reply built in its place (`reject`); every
+    /// packet pointer is stale afterwards. `false`: not done (the packet
+    /// may be half reshaped, and is to be dropped).
+    fn reshape(&self, grow: usize, len: usize) -> bool;
+    /// Copies `len` bytes (at most `N`) from `offset` into `to`, through
+    /// the load helper: a copy whose length the verifier need not follow
+    /// through pointer arithmetic.
+    fn load<const N: usize>(&self, offset: usize, to: &mut [u8; N], len: usize) -> bool;
+    /// Writes `bytes` at `offset`, keeping the packet's checksum state
+    /// right (TC: `skb->csum` of a CHECKSUM_COMPLETE skb); every packet
+    /// pointer is stale afterwards.
+    fn store<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> bool;
+    /// Sends the packet back out of the NIC it came in by; the action to
+    /// return.
+    fn bounce(&self) -> u32;
 }
 
 /// The checksum field of a datagram rewritten in place, for XDP and for a
@@ -103,6 +129,7 @@ pub fn rewrite_check(
 impl NatContext for XdpContext {
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;
+    const MAY_BE_PARTIAL: bool = false;
 
     #[inline(always)]
     fn data(&self) -> usize {
@@ -142,6 +169,46 @@ impl NatContext for XdpContext {
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> Option<u32> {
         EGRESS.redirect(ifindex, 0).ok()
+    }
+
+    #[inline(always)]
+    fn reshape(&self, grow: usize, len: usize) -> bool {
+        // SAFETY: the context is the program's; the helpers check the
+        // deltas against the frame's head- and tailroom.
+        unsafe {
+            if bpf_xdp_adjust_head(self.ctx, -(grow as i32)) != 0 {
+                return false;
+            }
+            // Opaque, or LLVM folds `len - (end - start)` into arithmetic
+            // on the end pointer, which the verifier refuses.
+            let now = core::hint::black_box(XdpContext::data_end(self) - XdpContext::data(self));
+            bpf_xdp_adjust_tail(self.ctx, len as i32 - now as i32) == 0
+        }
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize, to: &mut [u8; N], len: usize) -> bool {
+        let len = len.min(N) as u32;
+        // SAFETY: the helper checks the range against the frame; `to`
+        // holds at least `len` bytes.
+        len != 0
+            && unsafe { bpf_xdp_load_bytes(self.ctx, offset as u32, to.as_mut_ptr().cast(), len) }
+                == 0
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> bool {
+        let Some(to) = ptr_at::<[u8; N]>(self, offset) else {
+            return false;
+        };
+        // SAFETY: bounds-checked just above.
+        unsafe { *to = *bytes };
+        true
+    }
+
+    #[inline(always)]
+    fn bounce(&self) -> u32 {
+        xdp_action::XDP_TX
     }
 }
 
@@ -243,6 +310,7 @@ impl TcPacket {
 impl NatContext for TcPacket {
     const PASS: u32 = TC_ACT_OK as u32;
     const DROP: u32 = TC_ACT_SHOT as u32;
+    const MAY_BE_PARTIAL: bool = true;
 
     #[inline(always)]
     fn data(&self) -> usize {
@@ -303,5 +371,57 @@ impl NatContext for TcPacket {
         // SAFETY: a plain helper call.
         let action = unsafe { bpf_redirect(ifindex, 0) };
         (action == TC_ACT_REDIRECT as i64).then_some(TC_ACT_REDIRECT as u32)
+    }
+
+    /// Room after the Ethernet header (`bpf_skb_adjust_room`, which keeps
+    /// `csum_start` on the bytes it pointed at: the old L4 header, now in
+    /// the quote), then the tail cut (`bpf_skb_change_tail`), then the
+    /// whole of it made linear for direct access. Not for a GSO packet,
+    /// whose segments the cut would leave meaningless.
+    #[inline(always)]
+    fn reshape(&self, grow: usize, len: usize) -> bool {
+        // SAFETY: the context is a valid __sk_buff.
+        if unsafe { (*self.ctx.skb.skb).gso_size } != 0 {
+            return false;
+        }
+        if self
+            .ctx
+            .adjust_room(grow as i32, BPF_ADJ_ROOM_MAC, 0)
+            .is_err()
+        {
+            return false;
+        }
+        // SAFETY: a plain helper call on the program's skb.
+        if unsafe { bpf_skb_change_tail(self.ctx.skb.skb, len as u32, 0) } != 0 {
+            return false;
+        }
+        self.ctx.pull_data(len as u32).is_ok()
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize, to: &mut [u8; N], len: usize) -> bool {
+        let len = len.min(N) as u32;
+        // SAFETY: as for XDP's.
+        len != 0
+            && unsafe {
+                bpf_skb_load_bytes(
+                    self.ctx.skb.skb.cast(),
+                    offset as u32,
+                    to.as_mut_ptr().cast(),
+                    len,
+                )
+            } == 0
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> bool {
+        self.ctx
+            .store(offset, bytes, u64::from(BPF_F_RECOMPUTE_CSUM))
+            .is_ok()
+    }
+
+    #[inline(always)]
+    fn bounce(&self) -> u32 {
+        self.redirect(self.ifindex()).unwrap_or(TC_ACT_SHOT as u32)
     }
 }

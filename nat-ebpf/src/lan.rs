@@ -11,7 +11,7 @@ use crate::{
     frag,
     lookup::{
         Target, binding_inbound, config, config_without_wan, forward_inbound, in_prefix,
-        inbound_target, now_ns, outbound_external_unrefreshed,
+        inbound_target, note_admitted, now_ns, outbound_external_unrefreshed,
     },
     parse::{
         Endpoint, IcmpKind, Ipv4Packet, Quoted, Side, frame_len, parse_frame_header, parse_l4,
@@ -90,6 +90,8 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     frag::track_outbound(config.wan_addr, &packet, now, len)?;
     let internal = packet.endpoint(Side::Source);
     let remote = packet.endpoint(Side::Destination);
+    // No mapping (no port, or no room): answered by `reject`, after the
+    // flow returns.
     let external = external_port_for(config, packet.proto, internal, remote, now, len)?;
     let conversation = Conversation {
         proto: packet.proto,
@@ -195,12 +197,13 @@ fn hairpin(
         // A rule's allowed remotes restrict the outside; LAN hosts may
         // always use it.
         Target::Forward(forward) => count_rule(forward.rule_id, true, len),
-        Target::Binding(_) => {
+        Target::Binding(target) => {
             // Refused as it would be from outside; passed to the router's
             // own stack it would be answered with a reset instead.
             if !session_inbound_allowed(config, &reverse, now, len) {
                 return Err(Counter::DropUnsolicited);
             }
+            note_admitted(config, packet.proto, target, source_outside, target_port);
         }
     }
     frag::track_hairpin(config.wan_addr, packet, to.addr, now, len)?;

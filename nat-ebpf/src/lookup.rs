@@ -10,13 +10,14 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use nat_common::{
-    AllowedRemote, Binding, BindingKey, EndpointKey, FORWARD_RESTRICTED, Forward, NatConfig,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    AllowedRemote, Binding, BindingKey, EndpointKey, FILTER_ENDPOINT_INDEPENDENT,
+    FORWARD_RESTRICTED, Forward, MAPPING_ENDPOINT_INDEPENDENT, NatConfig, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
     context::NatContext,
-    maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS},
+    maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS, STRANGER_PORTS},
     parse::{Endpoint, Ipv4Packet, Side},
     session::forward_conversation_exists,
 };
@@ -157,8 +158,60 @@ pub fn outbound_external_unrefreshed(
             Some(port) if keeps_mapping_port(&forward, port, proto, remote) => Some(port),
             _ => Some(forward.port),
         },
-        None => mapped,
+        None => mapped.or_else(|| stranger_port(config, proto, internal, remote)),
     }
+}
+
+/// Under a per-remote mapping behaviour with endpoint-independent
+/// filtering, a remote may come in on a mapping that was made for another
+/// remote. The host's ICMP error about such a packet quotes only the
+/// host's endpoint and that remote, which key no mapping: the port the
+/// remote came in on is remembered here (`STRANGER_PORTS`, an LRU) when it
+/// is admitted, so that the error is translated by the mapping that let
+/// the packet in. Costs one `BINDINGS` lookup per inbound packet in that
+/// configuration only, and a write only for such a remote.
+#[inline(always)]
+pub fn note_admitted(
+    config: &NatConfig,
+    proto: u8,
+    internal: Endpoint,
+    remote: Endpoint,
+    external_port: u16,
+) {
+    if config.mapping == MAPPING_ENDPOINT_INDEPENDENT
+        || config.filtering != FILTER_ENDPOINT_INDEPENDENT
+    {
+        return;
+    }
+    let key = mapping_key(config, proto, internal, remote);
+    // SAFETY: map lookups, copied out at once.
+    let known = unsafe {
+        BINDINGS.get(key).is_some_and(|b| b.port == external_port)
+            || STRANGER_PORTS
+                .get(key)
+                .is_some_and(|port| *port == u32::from(external_port))
+    };
+    if !known {
+        let _ = STRANGER_PORTS.insert(key, u32::from(external_port), 0);
+    }
+}
+
+/// The port a remote with no mapping of its own came in on to `internal`
+/// (`note_admitted`), while that port is still `internal`'s.
+#[inline(always)]
+fn stranger_port(
+    config: &NatConfig,
+    proto: u8,
+    internal: Endpoint,
+    remote: Endpoint,
+) -> Option<u16> {
+    if config.mapping == MAPPING_ENDPOINT_INDEPENDENT {
+        return None;
+    }
+    let key = mapping_key(config, proto, internal, remote);
+    // SAFETY: a map lookup, copied out at once.
+    let port = unsafe { STRANGER_PORTS.get(key) }.copied()? as u16;
+    (binding_inbound(proto, port)? == internal).then_some(port)
 }
 
 /// Whether a flow of a rule's server toward `remote` keeps the port of the

@@ -18,6 +18,8 @@
 //!   the record of their datagram (`FRAGS`);
 //! - `proto`: other IP protocols (GRE, ESP, ...), by address;
 //! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
+//! - `reject`: the ICMP error the router sends a LAN host whose new flow
+//!   it cannot map (RFC 5508 REQ-8);
 //! - `counters`: per-CPU counters and the final verdict.
 //!
 //! `lan` and `wan` hold the per-direction flow (`try_nat_lan`,
@@ -48,6 +50,7 @@ mod lookup;
 mod maps;
 mod parse;
 mod proto;
+mod reject;
 mod session;
 mod translate;
 mod wan;
@@ -62,7 +65,8 @@ use context::TcPacket;
 /// LAN ingress.
 #[xdp]
 pub fn nat_lan(ctx: XdpContext) -> u32 {
-    counters::settle(&ctx, lan::try_nat_lan(&ctx))
+    let outcome = lan::try_nat_lan(&ctx);
+    counters::settle(&ctx, reject::answer_unmapped(&ctx, outcome))
 }
 
 /// WAN ingress.
@@ -76,7 +80,7 @@ pub fn nat_wan(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn nat_lan_tc(ctx: TcContext) -> i32 {
     let packet = TcPacket::new(ctx);
-    let outcome = lan::try_nat_lan(&packet);
+    let outcome = reject::answer_unmapped(&packet, lan::try_nat_lan(&packet));
     packet.finish(counters::settle(&packet, outcome)) as i32
 }
 

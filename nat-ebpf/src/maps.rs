@@ -10,6 +10,8 @@ use nat_common::{
     NEW_CONNECTIONS_BYTES, NatConfig, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
 };
 
+use crate::reject::ErrorBudget;
+
 /// Map update flag: insert only if the key is absent, so that of two CPUs
 /// claiming the same key exactly one wins.
 pub const BPF_NOEXIST: u64 = 1;
@@ -71,3 +73,19 @@ pub static LIVE_PORTS: Array<u32> = Array::with_max_entries(LIVE_PORT_SLOTS, 0);
 /// translated to. Aged by `FRAG_TIMEOUT_NS` and by the sweep.
 #[map(name = "FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAGS_MAX, 0);
+
+/// The budget of ICMP errors the datapath itself sends (`reject`), per
+/// CPU.
+#[map(name = "ICMP_ERROR_BUDGET")]
+pub static ICMP_ERROR_BUDGET: PerCpuArray<ErrorBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// The external port a remote came in on to a mapping made for another
+/// remote (endpoint-independent filtering under a per-remote mapping
+/// behaviour), keyed as that remote's own mapping would be: how the host's
+/// ICMP errors about its packets are translated (`lookup::note_admitted`).
+/// Checked against `BINDINGS` on use, so never aged.
+#[map(name = "STRANGER_PORTS")]
+pub static STRANGER_PORTS: LruHashMap<BindingKey, u32> =
+    LruHashMap::with_max_entries(STRANGER_PORTS_MAX, 0);
+
+const STRANGER_PORTS_MAX: u32 = 16_384;

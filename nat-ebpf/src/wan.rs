@@ -9,7 +9,8 @@ use crate::{
     egress::{leaving_by, redirect, route, route_fragmentable},
     frag,
     lookup::{
-        Target, config, in_prefix, inbound_target, local_socket_wants, now_ns, remote_allowed,
+        Target, config, in_prefix, inbound_target, local_socket_wants, note_admitted, now_ns,
+        remote_allowed,
     },
     parse::{
         IcmpKind, Ipv4Packet, Quoted, Side, TCP_ACK, TCP_SYN, frame_len, parse_frame_header,
@@ -103,10 +104,11 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
             }
             Counter::Forwarded
         }
-        Target::Binding(_) => {
+        Target::Binding(internal) => {
             if !session_inbound_allowed(config, &conversation, now, len) {
                 return Err(unsolicited(ctx, config, &packet, now, len));
             }
+            note_admitted(config, packet.proto, internal, remote, external_port);
             Counter::Dnat
         }
     };

@@ -180,6 +180,7 @@ impl PacketLab {
             lan_ifindex,
             port_min: 1024,
             port_max: 65535,
+            lan_addr: LAN_ADDR.octets(),
             ..Default::default()
         };
         adjust(&mut config);

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Result;
 use nat_tests::{
     join,
-    lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
+    lab::{LAN_CLIENT, LAN_SERVER, Lab, LabMode, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
     traffic::{IO_TIMEOUT, accept, connect, connect_from, pattern},
 };
 
@@ -289,4 +289,74 @@ fn forwarding_entry_reaches_the_lan_server_and_nothing_else_gets_in() {
             && entry["rule"] == "web"),
         "{table:#?}"
     );
+}
+
+/// RFC 5508 REQ-8 end to end: with every dynamic port held, a LAN host's
+/// new flow is answered with ICMP "communication administratively
+/// prohibited", which the host's kernel reports on the connected socket as
+/// EHOSTUNREACH at once, instead of a silent loss. The flows holding the
+/// ports go on.
+fn a_flow_that_gets_no_port_is_refused(lab: &Lab) {
+    const PORTS: std::ops::RangeInclusive<u16> = 40000..=40015;
+    let wan_socket = join(lab.wan.spawn(|| Ok(UdpSocket::bind((WAN_HOST, 9001))?)));
+    wan_socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // A socket on each port of the range keeps its own port: all held.
+    let holders = join(lab.lan.spawn(|| {
+        PORTS
+            .map(|port| {
+                let socket = UdpSocket::bind((LAN_SERVER, port))?;
+                socket.connect((WAN_HOST, 9001))?;
+                socket.send(b"holding")?;
+                Ok(socket)
+            })
+            .collect::<Result<Vec<_>>>()
+    }));
+    let mut buffer = [0u8; 64];
+    for _ in PORTS {
+        let (_, from) = wan_socket.recv_from(&mut buffer).unwrap();
+        assert!(PORTS.contains(&from.port()), "{from}");
+    }
+    let one_too_many = join(lab.lan.spawn(|| {
+        let socket = UdpSocket::bind((LAN_SERVER, 50000))?;
+        socket.connect((WAN_HOST, 9001))?;
+        socket.set_read_timeout(Some(IO_TIMEOUT))?;
+        socket.send(b"one too many")?;
+        Ok(socket.recv(&mut [0u8; 64]).map_err(|error| error.kind()))
+    }));
+    assert_eq!(one_too_many, Err(ErrorKind::HostUnreachable));
+    assert!(
+        counter(lab, "icmp_prohibited_sent") >= 1 && counter(lab, "drop_port_exhausted") >= 1,
+        "{:?}",
+        lab.counters()
+    );
+    // The flows that hold the ports still work.
+    wan_socket
+        .send_to(b"still yours", (ROUTER_WAN, *PORTS.start()))
+        .unwrap();
+    holders[0].set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let len = holders[0].recv(&mut buffer).unwrap();
+    assert_eq!(&buffer[..len], b"still yours");
+}
+
+const SIXTEEN_PORTS: &str = "[nat]\nports = \"40000-40015\"\n";
+
+#[test]
+fn a_flow_that_gets_no_port_is_refused_with_host_unreachable() {
+    let lab = Lab::start_in(LabMode::Xdp, SIXTEEN_PORTS).unwrap();
+    a_flow_that_gets_no_port_is_refused(&lab);
+}
+
+/// The same in TC mode, the host's offloads on: its datagram reaches the
+/// router as CHECKSUM_PARTIAL, and the error built in its place keeps that
+/// state. With the router's LAN NIC's TX checksum offload off, the kernel
+/// does the pending sum in software on the way out, into the quote; the
+/// host, which then checks the ICMP checksum, takes the error only if that
+/// sum left it unchanged.
+#[test]
+fn tc_a_flow_that_gets_no_port_is_refused_with_host_unreachable_through_a_partial_checksum() {
+    let lab = Lab::start_with_config(SIXTEEN_PORTS).unwrap();
+    lab.router
+        .exec("ethtool", &["-K", "lan0", "tx", "off"])
+        .unwrap();
+    a_flow_that_gets_no_port_is_refused(&lab);
 }

@@ -559,6 +559,76 @@ fn pcp_peer_reports_the_dynamic_mapping_of_a_flow() {
     assert!(lab.rules().is_empty());
 }
 
+/// Under address-and-port-dependent mapping ("symmetric") each remote gets
+/// a mapping of its own: the first keeps the host's port, the second gets
+/// another. PCP PEER reports the mapping toward the remote it names. A
+/// NAT-PMP mapping for the port the host holds (toward its first remote)
+/// adopts that mapping: the first remote sees the same port before and
+/// after. The mapping toward the second remote is another mapping, for one
+/// remote only, on another port: a rule (for all remotes) cannot adopt it
+/// without re-porting the first one's flows, so it keeps its own port, and
+/// a new remote gets the rule's.
+#[test]
+fn under_symmetric_mapping_peer_finds_each_remotes_mapping_and_natpmp_adopts_the_held_port() {
+    let lab = lab_with("[nat]\nmapping = \"address-and-port-dependent\"\n");
+    let remotes = [9996, 9997, 9998].map(|port| SocketAddr::from((WAN_HOST, port)));
+    let wan = join(lab.wan.spawn(move || {
+        remotes
+            .iter()
+            .map(|remote| {
+                let socket = UdpSocket::bind(remote)?;
+                socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+                Ok(socket)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    }));
+    let lan = join(lab.lan.spawn(|| Ok(UdpSocket::bind((LAN_SERVER, 5400))?)));
+    // The external port remote `i` sees the LAN socket's datagrams from.
+    let seen_by = |i: usize| -> u16 {
+        let mut buffer = [0u8; 16];
+        for _ in 0..5 {
+            lan.send_to(b"out", remotes[i]).unwrap();
+            if let Ok((_, from)) = wan[i].recv_from(&mut buffer) {
+                assert_eq!(from.ip(), std::net::IpAddr::V4(ROUTER_WAN));
+                return from.port();
+            }
+        }
+        panic!("the LAN host's datagrams never reached {}", remotes[i]);
+    };
+    assert_eq!(seen_by(0), 5400, "the first mapping keeps the host's port");
+    let second = seen_by(1);
+    assert_ne!(second, 5400, "a mapping of its own for the second remote");
+
+    for (remote, port) in [(remotes[0], 5400), (remotes[1], second)] {
+        let answer = exchange(
+            &lab.lan,
+            LAN_SERVER,
+            server(),
+            pcp_peer(LAN_SERVER, 5400, remote),
+        )
+        .expect("a PCP answer");
+        assert_eq!(answer[3], 0, "SUCCESS for {remote}: {answer:?}");
+        assert_eq!(
+            u16::from_be_bytes([answer[42], answer[43]]),
+            port,
+            "{remote}"
+        );
+    }
+
+    let text = natpmpc_ok(&lab, &["-a", "5400", "5400", "udp", "600"]);
+    assert!(
+        text.contains("Mapped public port 5400 protocol UDP to local port 5400"),
+        "{text}"
+    );
+    assert_eq!(seen_by(0), 5400, "the adopted mapping's remote");
+    assert_eq!(
+        seen_by(1),
+        second,
+        "the other remote's flow is not re-ported"
+    );
+    assert_eq!(seen_by(2), 5400, "a new remote: the rule's port");
+}
+
 /// The router's own ports (issue 12, item 7): NAT-PMP asked for a port the
 /// router listens on gets another one; PCP with PREFER_FAILURE gets
 /// CANNOT_PROVIDE_EXTERNAL (11); the router's listener keeps its

@@ -211,7 +211,7 @@ fn a_port_held_by_a_static_forward_is_never_taken() {
     lab.forward("tcp/40000=192.168.0.12:80").unwrap();
     let syn = tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 443), SYN, b"");
     let v = lab.from_lan(&syn).unwrap();
-    assert_eq!(v.action, XDP_DROP);
+    assert_prohibited(&v, &syn, Mode::Xdp);
     assert_counters(
         &lab,
         &[("drop_port_exhausted", 1), ("new_binding", 0), ("snat", 0)],
@@ -219,7 +219,7 @@ fn a_port_held_by_a_static_forward_is_never_taken() {
 }
 
 #[test]
-fn exhausted_port_range_drops_and_counts() {
+fn exhausted_port_range_is_answered_with_icmp_prohibited() {
     let mut lab = lab_with(|c| {
         c.port_min = 50000;
         c.port_max = 50000;
@@ -233,11 +233,17 @@ fn exhausted_port_range_drops_and_counts() {
         udp(ep(LAN_HOST, 1234), ep(REMOTE, 53), b"x"),
     ] {
         let v = lab.from_lan(&frame).unwrap();
-        assert_eq!(v.action, XDP_DROP, "no port left: drop, never collide");
+        assert_prohibited(&v, &frame, Mode::Xdp);
     }
     assert_counters(
         &lab,
-        &[("drop_port_exhausted", 2), ("new_binding", 1), ("snat", 1)],
+        &[
+            ("drop_port_exhausted", 2),
+            ("icmp_prohibited_sent", 2),
+            ("icmp_prohibited_rate_limited", 0),
+            ("new_binding", 1),
+            ("snat", 1),
+        ],
     );
     // The existing mapping is unaffected.
     assert_eq!(
@@ -252,6 +258,86 @@ fn exhausted_port_range_drops_and_counts() {
         Egress::Lan(LAN_HOST),
         ep(REMOTE, 53),
         ep(LAN_HOST, 50000),
+    );
+}
+
+#[test]
+fn a_syn_with_ip_options_and_a_ping_that_get_no_mapping_are_answered_quoting_their_header() {
+    let mut lab = lab_with(|c| {
+        c.port_min = 50000;
+        c.port_max = 50000;
+    });
+    snat(
+        &mut lab,
+        &tcp(ep(LAN_HOST, 50000), ep(REMOTE, 443), SYN, b""),
+    );
+    snat(&mut lab, &echo_request(LAN_HOST, REMOTE, 50000, 1));
+    // Record route, IHL 8: the quote is the whole 32-byte header and 8
+    // bytes of TCP.
+    let syn = with_ip(
+        &tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 443), SYN, b""),
+        |ip| {
+            ip.options = [0x01, 0x07, 0x0b, 0x04, 0, 0, 0, 0, 0, 0, 0, 0][..]
+                .try_into()
+                .unwrap()
+        },
+    );
+    let v = lab.from_lan(&syn).unwrap();
+    assert_eq!(
+        assert_prohibited(&v, &syn, Mode::Xdp)
+            .quoted()
+            .ip
+            .header_len(),
+        32
+    );
+    let ping = echo_request(LAN_HOST2, REMOTE, 7, 1);
+    let v = lab.from_lan(&ping).unwrap();
+    assert_prohibited(&v, &ping, Mode::Xdp);
+    assert_counters(
+        &lab,
+        &[("drop_port_exhausted", 2), ("icmp_prohibited_sent", 2)],
+    );
+}
+
+#[test]
+fn icmp_prohibited_is_rate_limited_per_cpu() {
+    // The budget is per CPU: stay on one for the whole burst.
+    let cpu = nix::sched::sched_getcpu().unwrap();
+    let mut only = nix::sched::CpuSet::new();
+    only.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &only).unwrap();
+    let mut lab = lab_with(|c| {
+        c.port_min = 50000;
+        c.port_max = 50000;
+    });
+    snat(&mut lab, &udp(ep(LAN_HOST, 50000), ep(REMOTE, 53), b"x"));
+    const TRIES: u64 = 40;
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    for port in 0..TRIES as u16 {
+        let frame = udp(ep(LAN_HOST2, 1024 + port), ep(REMOTE, 53), b"x");
+        let v = lab.from_lan(&frame).unwrap();
+        if v.action == XDP_TX {
+            assert_prohibited(&v, &frame, Mode::Xdp);
+            answered += 1;
+        } else {
+            assert_dropped(&v);
+        }
+    }
+    // A burst of 10, then 100 a second (one per 10 ms).
+    let earned = started.elapsed().as_millis() as u64 / 10 + 1;
+    assert!(
+        (10..=10 + earned).contains(&answered),
+        "{answered} of {TRIES} answered in {:?}",
+        started.elapsed()
+    );
+    assert_counters(
+        &lab,
+        &[
+            ("drop_port_exhausted", TRIES),
+            ("icmp_prohibited_sent", answered),
+            ("icmp_prohibited_rate_limited", TRIES - answered),
+        ],
     );
 }
 
@@ -947,6 +1033,46 @@ fn lan_hosts_icmp_error_about_a_reply_on_a_dynamic_mapping() {
     );
     assert_eq!(p.payload, after_one_hop(&reply)[..28]);
     assert_counters(&lab, &[("icmp_error_out", 1)]);
+}
+
+/// Symmetric mapping with endpoint-independent filtering: a remote may
+/// come in on a mapping made for another remote. The host's error about
+/// that packet is translated by the mapping that let it in, the port the
+/// remote sent to, though no mapping is keyed by that remote.
+#[test]
+fn lan_hosts_icmp_error_about_a_stranger_admitted_by_endpoint_independent_filtering() {
+    let mut lab = lab_with(|c| {
+        c.mapping = nat_common::MAPPING_ADDRESS_AND_PORT_DEPENDENT;
+        c.filtering = FILTER_ENDPOINT_INDEPENDENT;
+    });
+    let first = snat(&mut lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q"));
+    // A second mapping of the endpoint, for another remote, on another port.
+    let second = snat(&mut lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE2, 53), b"q"));
+    assert_ne!(first, second);
+    for (stranger, external) in [
+        (ep(OTHER_REMOTE, 7000), first),
+        (ep(OTHER_REMOTE, 7001), second),
+    ] {
+        let packet = udp(stranger, ep(WAN_ADDR, external), b"hello");
+        let delivered = lab.from_wan(&packet).unwrap();
+        assert_eq!(delivered.action, XDP_REDIRECT, "let in by the filter");
+        let error = icmp(
+            LAN_HOST,
+            *stranger.ip(),
+            port_unreachable(),
+            minimal_quote(&delivered.frame),
+        );
+        let v = lab.from_lan(&error).unwrap();
+        assert_error_routed(
+            &v,
+            &error,
+            Egress::Wan,
+            (WAN_ADDR, *stranger.ip()),
+            stranger,
+            ep(WAN_ADDR, external),
+        );
+    }
+    assert_counters(&lab, &[("icmp_error_out", 2), ("new_binding", 2)]);
 }
 
 #[test]

@@ -222,12 +222,12 @@ fn tc_passes_and_drops_with_the_same_reasons() {
     let v = lab.from_wan(&stray).unwrap();
     assert_eq!(v.program_action, TC_ACT_OK);
     assert_passed_untouched(&v, &stray);
-    // No port left: dropped, as TC_ACT_SHOT.
+    // No port left: dropped, and answered with ICMP code 13 (RFC 5508
+    // REQ-8) redirected back out of the LAN NIC.
     snat(&mut lab, &udp(ep(LAN_HOST, 50000), ep(REMOTE, 53), b"x"));
-    let v = lab
-        .from_lan(&udp(ep(LAN_HOST2, 50000), ep(REMOTE, 53), b"x"))
-        .unwrap();
-    assert_eq!(v.program_action, TC_ACT_SHOT);
+    let unmapped = udp(ep(LAN_HOST2, 50000), ep(REMOTE, 53), b"x");
+    let v = lab.from_lan(&unmapped).unwrap();
+    assert_prohibited(&v, &unmapped, Mode::Tc);
     // An unresolved neighbour: translated (checksums included), then to the
     // kernel.
     lab.forward("tcp/8081=192.168.0.99:80").unwrap();
@@ -585,5 +585,49 @@ fn tc_symmetric_mapping_gives_each_remote_its_own_port() {
     assert_counters(
         &lab,
         &[("new_binding", 2), ("dnat", 1), ("drop_unsolicited", 1)],
+    );
+}
+
+/// RFC 5508 REQ-8 in TC mode: a UDP datagram, a TCP SYN with IP options
+/// and a ping that get no mapping are each answered with ICMP code 13,
+/// built in place of the skb (`bpf_skb_adjust_room`, `bpf_skb_change_tail`)
+/// and redirected back out of the LAN NIC, the quoted checksum field set
+/// so that a pending partial checksum would leave the error unchanged.
+#[test]
+fn tc_packets_that_get_no_mapping_are_answered_with_icmp_prohibited() {
+    let mut lab = PacketLab::build(Mode::Tc, |c| {
+        c.port_min = 50000;
+        c.port_max = 50000;
+    })
+    .unwrap();
+    snat(&mut lab, &udp(ep(LAN_HOST, 50000), ep(REMOTE, 53), b"x"));
+    snat(
+        &mut lab,
+        &tcp(ep(LAN_HOST, 50000), ep(REMOTE, 443), SYN, b""),
+    );
+    snat(&mut lab, &echo_request(LAN_HOST, REMOTE, 50000, 1));
+    let frames = [
+        udp(ep(LAN_HOST2, 50000), ep(REMOTE, 53), b"a datagram too many"),
+        with_ip(
+            &tcp(ep(LAN_HOST2, 40000), ep(REMOTE, 443), SYN, b""),
+            |ip| {
+                ip.options = [0x01, 0x07, 0x0b, 0x04, 0, 0, 0, 0, 0, 0, 0, 0][..]
+                    .try_into()
+                    .unwrap()
+            },
+        ),
+        echo_request(LAN_HOST2, REMOTE, 7, 1),
+    ];
+    for frame in &frames {
+        let v = lab.from_lan(frame).unwrap();
+        assert_prohibited(&v, frame, Mode::Tc);
+    }
+    assert_counters(
+        &lab,
+        &[
+            ("drop_port_exhausted", 3),
+            ("icmp_prohibited_sent", 3),
+            ("icmp_prohibited_rate_limited", 0),
+        ],
     );
 }

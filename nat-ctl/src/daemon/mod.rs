@@ -182,6 +182,10 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
         other_protocols: config.nat.other_protocols.datapath_value(),
         mapping: config.nat.mapping.datapath_value(),
         _pad: [0; 2],
+        lan_addr: lan
+            .network
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED, |lan| lan.addr())
+            .octets(),
     }
 }
 

@@ -85,9 +85,22 @@ impl Gateway for DaemonGateway<'_> {
     }
 
     /// The outbound half of the datapath's mapping (its value holds the
-    /// external port).
-    fn dynamic_mapping(&self, protocol: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
-        let key = BindingKey::outbound(protocol.number(), internal.ip().octets(), internal.port());
+    /// external port), keyed as the datapath keys it under the configured
+    /// mapping behaviour.
+    fn dynamic_mapping(
+        &self,
+        protocol: MapProtocol,
+        internal: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Option<(u16, u32)> {
+        let key = BindingKey::outbound_for(
+            self.state.config.nat.mapping.datapath_value(),
+            protocol.number(),
+            internal.ip().octets(),
+            internal.port(),
+            remote.ip().octets(),
+            remote.port(),
+        );
         let binding = self.state.view.binding(&key).ok().flatten()?;
         let timeouts = &self.state.config.timeouts;
         let idle = match protocol {

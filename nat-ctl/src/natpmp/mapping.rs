@@ -40,10 +40,17 @@ pub trait Gateway {
     }
     fn now_unix(&self) -> u64;
     /// The external port of the dynamic mapping the datapath made for
-    /// `internal` (its first packet out), and how long it lives idle, in
-    /// seconds; `None` when it has none.
-    fn dynamic_mapping(&self, protocol: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
-        let _ = (protocol, internal);
+    /// `internal`'s flow toward `remote` (its first packet out: one for
+    /// every remote under endpoint-independent mapping, one per remote
+    /// address, or address and port, under the other behaviours), and how
+    /// long it lives idle, in seconds; `None` when it has none.
+    fn dynamic_mapping(
+        &self,
+        protocol: MapProtocol,
+        internal: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Option<(u16, u32)> {
+        let _ = (protocol, internal, remote);
         None
     }
 }

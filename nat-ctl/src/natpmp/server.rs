@@ -374,12 +374,12 @@ fn pcp_peer(
         wire::PROTO_UDP => MapProtocol::Udp,
         _ => return error(PcpResult::UnsuppProtocol),
     };
-    if peer.map.internal_port == 0
-        || peer.remote_port == 0
-        || wire::unmapped(peer.remote_addr).is_none()
-    {
-        return error(PcpResult::MalformedRequest);
-    }
+    let remote = match wire::unmapped(peer.remote_addr) {
+        Some(addr) if peer.map.internal_port != 0 && peer.remote_port != 0 => {
+            SocketAddrV4::new(addr, peer.remote_port)
+        }
+        _ => return error(PcpResult::MalformedRequest),
+    };
     let internal = match request.third_party() {
         None => caller,
         Some(_) if policy.upnp.secure_mode => return error(PcpResult::NotAuthorized),
@@ -408,8 +408,8 @@ fn pcp_peer(
             (external, left)
         })
     });
-    let found =
-        by_rule.or_else(|| gateway.dynamic_mapping(protocol, SocketAddrV4::new(internal, port)));
+    let found = by_rule
+        .or_else(|| gateway.dynamic_mapping(protocol, SocketAddrV4::new(internal, port), remote));
     let Some((external, most)) = found else {
         return error(PcpResult::CannotProvideExternal);
     };

@@ -62,7 +62,12 @@ impl Gateway for Fake {
     fn now_unix(&self) -> u64 {
         self.now
     }
-    fn dynamic_mapping(&self, protocol: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
+    fn dynamic_mapping(
+        &self,
+        protocol: MapProtocol,
+        internal: SocketAddrV4,
+        _remote: SocketAddrV4,
+    ) -> Option<(u16, u32)> {
         self.dynamic
             .iter()
             .find(|(p, i, _)| *p == protocol && *i == internal)

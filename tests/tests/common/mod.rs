@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use etherparse::{
     EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpHeaders, IpNumber,
     Ipv4Header, PacketBuilder, PacketBuilderStep, TcpHeader, UdpHeader,
+    icmpv4::DestUnreachableHeader,
 };
 use nat_tests::packet::*;
 
@@ -807,4 +808,86 @@ pub fn assert_fragment_routed(
     let (_, offset, _) = fragment_fields(input);
     let from = if offset == 0 { 34 + 20 } else { 34 };
     assert_eq!(out[from..], input[from..], "fragment data");
+}
+
+/// What the router answers a LAN host's `frame` that could get no mapping
+/// (RFC 5508 REQ-8): sent back out of the NIC it came in by to the MAC it
+/// came from, ICMP destination unreachable, code 13, from the router's LAN
+/// address, quoting the packet's IP header and its first 8 bytes of data
+/// (TCP: its 20-byte header) as they arrived; every checksum right.
+/// In TC mode the quoted L4 checksum field is the value a pending partial
+/// checksum (summed from the quoted L4 header into that field, as the
+/// kernel or the NIC would) leaves as it is: checked by doing that sum.
+pub fn assert_prohibited(v: &Verdict, frame: &[u8], mode: Mode) -> Parsed {
+    let expected_action = match mode {
+        Mode::Xdp => XDP_TX,
+        Mode::Tc => TC_ACT_REDIRECT,
+    };
+    assert_eq!(
+        v.program_action, expected_action,
+        "answered out of the NIC it came in by"
+    );
+    let p = match mode {
+        Mode::Xdp => assert_checksums_ok(&v.frame),
+        // The quoted L4 checksum is the partial checksum's fixed point
+        // (checked below), not the quoted segment's: every other one.
+        Mode::Tc => {
+            let p = parse(&v.frame);
+            assert_eq!(p.ip.header_checksum, p.ip.calc_header_checksum());
+            let icmp = p.icmp();
+            assert_eq!(
+                icmp.checksum,
+                icmp.icmp_type.calc_checksum(&p.payload),
+                "ICMP checksum"
+            );
+            let q = p.quoted();
+            assert_eq!(q.ip.header_checksum, q.ip.calc_header_checksum());
+            p
+        }
+    };
+    let inp = parse(frame);
+    assert_eq!(p.eth.source, LAN_MAC, "from the router's LAN MAC");
+    assert_eq!(p.eth.destination, inp.eth.source, "to the sender's MAC");
+    assert_eq!(Ipv4Addr::from(p.ip.source), LAN_ADDR);
+    assert_eq!(p.ip.destination, inp.ip.source);
+    assert_eq!(p.ip.time_to_live, 64);
+    assert!(p.ip.options.is_empty());
+    assert_eq!(
+        p.icmp().icmp_type,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FilterProhibited),
+        "code 13, communication administratively prohibited"
+    );
+    let header_len = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    let (l4_len, check_at) = match inp.l4 {
+        L4::Tcp(_) => (20, 16),
+        L4::Udp(_) => (8, 6),
+        L4::Icmp(_) => (8, 2),
+    };
+    let sent = &frame[ETH_LEN..ETH_LEN + header_len + l4_len];
+    assert_eq!(p.payload.len(), sent.len(), "the quote's length");
+    let field = header_len + check_at;
+    for (i, (got, want)) in p.payload.iter().zip(sent).enumerate() {
+        if mode == Mode::Xdp || !(field..field + 2).contains(&i) {
+            assert_eq!(got, want, "quoted byte {i}");
+        }
+    }
+    if mode == Mode::Tc {
+        let l4 = &p.payload[header_len..];
+        let mut sum: u32 = l4
+            .chunks(2)
+            .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let completed = !(sum as u16);
+        let held = u16::from_be_bytes([p.payload[field], p.payload[field + 1]]);
+        assert_ne!(completed, 0, "the kernel would write 0xffff for 0");
+        assert_eq!(
+            completed, held,
+            "a partial checksum's sum changes the quote"
+        );
+    }
+    assert!(p.trailer.is_empty(), "nothing after the quote");
+    p
 }
