@@ -326,7 +326,7 @@ pub struct NatConfig {
 /// value sizes match; otherwise it replaces the whole datapath. Bump it
 /// with any change to a pinned map's key or value, or to what a field of
 /// one means, even at the same size.
-pub const DATAPATH_LAYOUT: u32 = 1;
+pub const DATAPATH_LAYOUT: u32 = 2;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
