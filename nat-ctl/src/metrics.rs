@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub dynamic_mappings: u64,
     pub last_sweep_secs: Option<f64>,
     pub uptime_secs: u64,
+    /// The relay of reassembled datagrams (`crate::relay`): each figure by
+    /// name.
+    pub relay: Vec<(String, u64)>,
     /// Client requests: protocol, action, result, how many.
     pub requests: Vec<(String, String, String, u64)>,
 }
@@ -153,6 +156,21 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> String {
     let uptime = Gauge::<i64>::default();
     uptime.set(snapshot.uptime_secs as i64);
     registry.register("uptime_seconds", "How long the daemon has run", uptime);
+
+    let relay = Family::<CounterLabel, Counter>::default();
+    for (figure, value) in &snapshot.relay {
+        relay
+            .get_or_create(&CounterLabel {
+                counter: figure.clone(),
+            })
+            .inc_by(*value);
+    }
+    registry.register(
+        "relay",
+        "The relay of datagrams the kernel reassembled for the datapath \
+         (fragments out of order): relayed, relayed_bytes, dropped_* by reason",
+        relay,
+    );
 
     let requests = Family::<RequestLabels, Counter>::default();
     for (protocol, action, result, count) in &snapshot.requests {
