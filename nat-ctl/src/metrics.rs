@@ -287,6 +287,7 @@ mod tests {
             dynamic_mappings: 5,
             last_sweep_secs: Some(0.25),
             uptime_secs: 42,
+            relay: vec![("relayed".into(), 2), ("dropped_rate_limited".into(), 1)],
             requests: vec![("UPnP".into(), "AddPortMapping".into(), "ok".into(), 7)],
         };
         let text = encode_snapshot(&snapshot);
@@ -298,6 +299,8 @@ mod tests {
             "natctl_dynamic_mappings 5",
             "natctl_last_sweep_seconds 0.25",
             "natctl_uptime_seconds 42",
+            "natctl_relay_total{counter=\"relayed\"} 2",
+            "natctl_relay_total{counter=\"dropped_rate_limited\"} 1",
             "natctl_client_requests_total{protocol=\"UPnP\",action=\"AddPortMapping\",result=\"ok\"} 7",
             "# EOF",
         ] {

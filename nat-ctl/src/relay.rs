@@ -307,12 +307,7 @@ fn receive(
 
 /// Sends `payload` to `to` as a UDP datagram from the remote's address and
 /// port, one hop further (TTL less one, as the fast path decrements it).
-fn send(
-    socket: &Socket,
-    datagram: &Received,
-    to: SocketAddrV4,
-    payload: &[u8],
-) -> io::Result<()> {
+fn send(socket: &Socket, datagram: &Received, to: SocketAddrV4, payload: &[u8]) -> io::Result<()> {
     let remote = datagram.remote;
     let mut header = UdpHeader::without_ipv4_checksum(remote.port(), to.port(), payload.len())
         .map_err(io::Error::other)?;

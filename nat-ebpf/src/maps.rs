@@ -7,7 +7,8 @@ use nat_common::{
     ALLOWED_REMOTES_MAX, AllowedRemote, Binding, BindingKey, COUNTER_COUNT, CounterValue,
     DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX,
     EndpointKey, FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS, MAX_RULES,
-    NEW_CONNECTIONS_BYTES, NatConfig, RELAY_TARGETS_MAX, RelayTarget, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
+    NEW_CONNECTIONS_BYTES, NatConfig, RELAY_TARGETS_MAX, RelayTarget, RuleCounters, Session,
+    SessionKey, SweepParams, SweepStats,
 };
 
 /// Map update flag: insert only if the key is absent, so that of two CPUs

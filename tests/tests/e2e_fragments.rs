@@ -374,7 +374,13 @@ fn fragmented_pings_both_ways() {
 
 /// Sends a UDP datagram of `len` bytes from `from` to `to` as crafted
 /// fragments, the last first, and returns what it carried.
-fn send_last_first(lab: &Lab, from: SocketAddrV4, to: SocketAddrV4, len: usize, id: u16) -> Vec<u8> {
+fn send_last_first(
+    lab: &Lab,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    len: usize,
+    id: u16,
+) -> Vec<u8> {
     let data = pattern(len, u64::from(id));
     let mut fragments = udp_fragments(from, to, &data, id);
     fragments.reverse();

@@ -208,7 +208,11 @@ fn a_later_fragment_before_its_first() {
 }
 
 /// The relay's record of a datagram from `remote` to external port `port`.
-fn relay_target(lab: &mut PacketLab, remote: std::net::SocketAddrV4, port: u16) -> Option<RelayTarget> {
+fn relay_target(
+    lab: &mut PacketLab,
+    remote: std::net::SocketAddrV4,
+    port: u16,
+) -> Option<RelayTarget> {
     let key = SessionKey {
         remote_addr: remote.ip().octets(),
         remote_port: remote.port(),
@@ -234,7 +238,11 @@ fn an_early_fragment_with_nobody_to_name_sends_its_datagram_to_the_kernel() {
     let query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q");
     assert_eq!(lab.from_lan(&query).unwrap().action, XDP_REDIRECT);
     let reply = with_id(
-        &udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), &Rng::new(8).bytes(4000)),
+        &udp(
+            ep(REMOTE, 53),
+            ep(WAN_ADDR, 40000),
+            &Rng::new(8).bytes(4000),
+        ),
         9,
     );
     let fragments = fragment(&reply, 1480);
@@ -269,13 +277,20 @@ fn an_early_fragments_datagram_the_filter_refuses_is_not_relayed() {
     assert_eq!(lab.from_lan(&query).unwrap().action, XDP_REDIRECT);
     // Another port of the remote: address-and-port-dependent filtering.
     let stranger = with_id(
-        &udp(ep(REMOTE, 54), ep(WAN_ADDR, 40000), &Rng::new(8).bytes(3000)),
+        &udp(
+            ep(REMOTE, 54),
+            ep(WAN_ADDR, 40000),
+            &Rng::new(8).bytes(3000),
+        ),
         10,
     );
     let fragments = fragment(&stranger, 1480);
     assert_passed_untouched(&lab.from_wan(&fragments[2]).unwrap(), &fragments[2]);
     assert_dropped(&lab.from_wan(&fragments[0]).unwrap());
-    assert_counters(&lab, &[("drop_unsolicited", 1), ("pass_frag_reassembly", 0)]);
+    assert_counters(
+        &lab,
+        &[("drop_unsolicited", 1), ("pass_frag_reassembly", 0)],
+    );
     assert!(relay_target(&mut lab, ep(REMOTE, 54), 40000).is_none());
 }
 
