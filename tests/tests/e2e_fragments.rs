@@ -418,23 +418,30 @@ fn relay_figure(lab: &Lab, figure: &str) -> u64 {
 /// no fragment peer to name): the router's kernel reassembles it, and the
 /// relay sends it on to the mapping's (or the rule's) LAN host, from the
 /// remote's own address and port.
-fn last_fragment_first_reaches_the_lan_host(lab: &Lab) {
-    let wan = udp(&lab.wan, WAN_HOST, 9202);
+/// The remote (a WAN host socket on `port`), a LAN host's socket with a
+/// mapping toward it, and that mapping's outside endpoint. Both LAN hosts
+/// exchange a fragmented datagram with the remote in order first: two
+/// fragment peers, so that an early fragment names nobody.
+fn two_peers_of(lab: &Lab, port: u16) -> (UdpSocket, UdpSocket, SocketAddrV4) {
+    let wan = udp(&lab.wan, WAN_HOST, port);
     let lan = udp(&lab.lan, LAN_SERVER, 0);
     let other = udp(&lab.lan, LAN_CLIENT, 0);
-    let remote = SocketAddrV4::new(WAN_HOST, 9202);
-    // Both LAN hosts exchange a fragmented datagram with the remote in
-    // order: two fragment peers, so an early fragment names nobody.
+    let remote = SocketAddr::from((WAN_HOST, port));
     let mut outside = Vec::new();
     for (seed, host) in [(1, &lan), (3, &other)] {
-        let seen = datagram(host, remote.into(), &wan, 3000, seed);
-        assert_eq!(datagram(&wan, seen, host, 3000, seed + 1), remote.into());
+        let seen = datagram(host, remote, &wan, 3000, seed);
+        assert_eq!(datagram(&wan, seen, host, 3000, seed + 1), remote);
         let SocketAddr::V4(seen) = seen else {
             unreachable!()
         };
         outside.push(seen);
     }
-    let outside = outside[0];
+    (wan, lan, outside[0])
+}
+
+fn last_fragment_first_reaches_the_lan_host(lab: &Lab) {
+    let (wan, lan, outside) = two_peers_of(lab, 9202);
+    let remote = SocketAddrV4::new(WAN_HOST, 9202);
     for (id, len) in [(0x5000, 4096), (0x5001, 16384)] {
         let data = send_last_first(lab, remote, outside, len, id);
         received_from(lab, &lan, &data, remote);
@@ -496,5 +503,27 @@ fn last_fragment_first_from_a_filtered_remote_is_dropped() {
     let counters = lab.counters().unwrap();
     assert_eq!(counters["drop_unsolicited"], before + 1, "{counters:?}");
     assert_eq!(counters["pass_frag_reassembly"], 1, "{counters:?}");
+    assert_eq!(relay_figure(&lab, "relayed"), 1);
+}
+
+/// Between two daemons the pinned `nat_relay_lookup` drops such a
+/// datagram (`drop_relay_down`: its port is a mapping's, the router's
+/// stack has nothing for it); a daemon that picks the datapath up relays
+/// again.
+#[test]
+fn the_relay_picks_up_after_a_daemon_restart() {
+    let mut lab = Lab::start().unwrap();
+    let (_wan, lan, outside) = two_peers_of(&lab, 9205);
+    let remote = SocketAddrV4::new(WAN_HOST, 9205);
+    lab.kill_daemon().unwrap();
+    send_last_first(&lab, remote, outside, 4096, 0x5300);
+    lab.start_daemon().unwrap();
+    // The datagram sent while no daemon ran never arrives: the first to
+    // come is the one sent now.
+    let data = send_last_first(&lab, remote, outside, 16384, 0x5301);
+    received_from(&lab, &lan, &data, remote);
+    let counters = lab.counters().unwrap();
+    assert_eq!(counters["drop_relay_down"], 1, "{counters:?}");
+    assert_eq!(counters["relay_steered"], 1, "{counters:?}");
     assert_eq!(relay_figure(&lab, "relayed"), 1);
 }
