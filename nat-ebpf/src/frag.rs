@@ -389,7 +389,7 @@ pub fn hand_to_relay(
         _pad: 0,
     };
     // An LRU takes it, full or not.
-    let _ = RELAY_TARGETS.insert(&key, &target, 0);
+    let _ = RELAY_TARGETS.insert(key, target, 0);
     true
 }
 

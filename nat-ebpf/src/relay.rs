@@ -39,7 +39,7 @@ pub fn try_relay_lookup(ctx: &SkLookupContext) -> u32 {
         _pad: [0; 3],
     };
     // SAFETY: a map lookup, copied out at once.
-    let Some(target) = (unsafe { RELAY_TARGETS.get(&key) }).copied() else {
+    let Some(target) = (unsafe { RELAY_TARGETS.get(key) }).copied() else {
         return sk_action::SK_PASS;
     };
     if now_ns().saturating_sub(target.created_ns) > RELAY_TIMEOUT_NS {
