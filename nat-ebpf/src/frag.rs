@@ -374,14 +374,7 @@ pub fn hand_to_relay(
     if !held {
         return false;
     }
-    let remote = packet.endpoint(Side::Source);
-    let key = SessionKey {
-        remote_addr: remote.addr,
-        remote_port: remote.port,
-        external_port: packet.port(Side::Destination),
-        proto: PROTO_UDP,
-        _pad: [0; 3],
-    };
+    let key = relay_key(packet);
     let target = RelayTarget {
         created_ns: now,
         addr: to.addr,
@@ -391,6 +384,32 @@ pub fn hand_to_relay(
     // An LRU takes it, full or not.
     let _ = RELAY_TARGETS.insert(key, target, 0);
     true
+}
+
+/// A UDP packet from outside that the datapath hands to the router's own
+/// stack (unsolicited) or drops: the relay target recorded for its remote
+/// endpoint and external port, if any, is withdrawn, so that nothing the
+/// datapath no longer lets in reaches a LAN host through the relay (a
+/// mapping removed, a session expired since its first fragment).
+#[inline(always)]
+pub fn withdraw_relay(packet: &Ipv4Packet) {
+    if packet.proto != PROTO_UDP {
+        return;
+    }
+    let _ = RELAY_TARGETS.remove(relay_key(packet));
+}
+
+/// The `RELAY_TARGETS` key of a UDP datagram from outside.
+#[inline(always)]
+fn relay_key(packet: &Ipv4Packet) -> SessionKey {
+    let remote = packet.endpoint(Side::Source);
+    SessionKey {
+        remote_addr: remote.addr,
+        remote_port: remote.port,
+        external_port: packet.port(Side::Destination),
+        proto: PROTO_UDP,
+        _pad: [0; 3],
+    }
 }
 
 /// Removes an expired `FRAGS` entry for the sweep; whether it did.

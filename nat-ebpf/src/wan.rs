@@ -42,6 +42,7 @@ fn unsolicited(
     } else {
         config.unsolicited != UNSOLICITED_DROP
     };
+    frag::withdraw_relay(packet);
     if !to_the_router {
         return Counter::DropUnsolicited;
     }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use nat_common::{FRAGS_MAX, RelayTarget, SessionKey, UNSOLICITED_DROP};
+use nat_common::{BindingKey, FRAGS_MAX, RelayTarget, SessionKey, UNSOLICITED_DROP};
 use nat_tests::packet::*;
 
 #[test]
@@ -261,6 +261,18 @@ fn an_early_fragment_with_nobody_to_name_sends_its_datagram_to_the_kernel() {
     );
     let target = relay_target(&mut lab, ep(REMOTE, 53), 40000).expect("a relay target");
     assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 40000));
+    // The mapping gone, the remote's next datagram is unsolicited: the
+    // record goes too, so the relay never sends the router's datagram on.
+    lab.datapath
+        .maps_mut()
+        .view_mut()
+        .bindings_mut()
+        .remove(&BindingKey::inbound(17, 40000))
+        .unwrap();
+    let stray = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"late");
+    assert_passed_untouched(&lab.from_wan(&stray).unwrap(), &stray);
+    assert_counters(&lab, &[("unsolicited_pass", 1)]);
+    assert!(relay_target(&mut lab, ep(REMOTE, 53), 40000).is_none());
 
     // The same datagram in order never touches the kernel.
     let mut lab = PacketLab::new().unwrap();
