@@ -326,7 +326,11 @@ pub struct NatConfig {
 /// value sizes match; otherwise it replaces the whole datapath. Bump it
 /// with any change to a pinned map's key or value, or to what a field of
 /// one means, even at the same size.
-pub const DATAPATH_LAYOUT: u32 = 2;
+///
+/// 2: `NatConfig::lan_addr` (the source of the ICMP errors `reject` sends).
+/// 3: `RELAY_TARGETS` and `RELAY_SOCKET` pinned; `COUNTERS` without
+/// `drop_frag_untracked`, with the relay's counters.
+pub const DATAPATH_LAYOUT: u32 = 3;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -362,11 +366,11 @@ macro_rules! counters {
                         | Counter::DropUnsupportedProto
                         | Counter::DropIcmpUntranslated
                         | Counter::DropIcmpUnknown
-                        | Counter::DropFragUntracked
                         | Counter::DropFragIdBusy
                         | Counter::DropProtoBusy
                         | Counter::DropNoWanAddress
                         | Counter::DropToLanPrefix
+                        | Counter::DropRelayDown
                 )
             }
         }
@@ -461,9 +465,6 @@ counters! {
     FragTranslated = "frag_translated",
     /// A `FRAGS` entry was met past its timeout, or removed by the sweep.
     FragExpired = "frag_expired",
-    /// A later fragment from outside whose datagram is not tracked (its
-    /// first fragment not seen, expired or evicted): dropped.
-    DropFragUntracked = "drop_frag_untracked",
     /// A LAN host's fragmented datagram left with another IP id than its
     /// own: another LAN host's datagram to the same remote held that id,
     /// and the remote would have reassembled the two as one.
@@ -482,6 +483,17 @@ counters! {
     /// address included): only the NAT reaches the LAN, and the kernel
     /// would forward it there untranslated or answer from a LAN address.
     DropToLanPrefix = "drop_to_lan_prefix",
+    /// A UDP first fragment from outside, let in, whose datagram's later
+    /// fragments came first and went to the kernel: passed for the kernel
+    /// to reassemble, its target recorded in `RELAY_TARGETS` for the
+    /// daemon's relay.
+    PassFragReassembly = "pass_frag_reassembly",
+    /// A datagram the kernel reassembled, steered by `nat_relay_lookup`
+    /// to the daemon's relay socket.
+    RelaySteered = "relay_steered",
+    /// A datagram the kernel reassembled for a recorded target, dropped by
+    /// `nat_relay_lookup`: no relay socket (the daemon is not running).
+    DropRelayDown = "drop_relay_down",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
@@ -528,6 +540,27 @@ pub const FRAG_TIMEOUT_NS: u64 = 5_000_000_000;
 /// first.
 pub const FRAG_PEER_TIMEOUT_NS: u64 = 30_000_000_000;
 
+/// Where a datagram that the kernel reassembled goes (`RELAY_TARGETS`,
+/// keyed by a `SessionKey`: the remote endpoint and the external port it
+/// came to): the internal endpoint the datapath chose for its first
+/// fragment, with the datapath's own lookup and filter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RelayTarget {
+    pub created_ns: u64,
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Datagrams on their way through the kernel's reassembly to the relay:
+/// an LRU, a flood evicts the oldest.
+pub const RELAY_TARGETS_MAX: u32 = 1024;
+/// A reassembled datagram is relayed only within this of its first
+/// fragment's verdict: as for the fast path, its fragments arrive within
+/// `FRAG_TIMEOUT_NS` of each other or not at all.
+pub const RELAY_TIMEOUT_NS: u64 = FRAG_TIMEOUT_NS;
+
 /// Map names, as user space finds them in the object and in bpffs.
 pub mod maps {
     pub const CONFIG: &str = "CONFIG";
@@ -544,6 +577,9 @@ pub mod maps {
     pub const SWEEP_STATS: &str = "SWEEP_STATS";
     pub const LIVE_PORTS: &str = "LIVE_PORTS";
     pub const FRAGS: &str = "FRAGS";
+    pub const RELAY_TARGETS: &str = "RELAY_TARGETS";
+    /// A sockmap of one slot: the daemon's relay socket.
+    pub const RELAY_SOCKET: &str = "RELAY_SOCKET";
 }
 
 /// Program names in the object.
@@ -559,6 +595,9 @@ pub mod programs {
     pub const PASS: &str = "xdp_pass";
     /// The aging sweep, run by user space through BPF_PROG_TEST_RUN.
     pub const SWEEP: &str = "nat_sweep";
+    /// `sk_lookup` in the router's netns: steers datagrams the kernel
+    /// reassembled for a recorded target to the daemon's relay socket.
+    pub const RELAY_LOOKUP: &str = "nat_relay_lookup";
 }
 
 /// What one in-kernel aging sweep is told: idle timeouts in nanoseconds,
@@ -697,6 +736,7 @@ mod pod {
     unsafe impl aya::Pod for SweepStats {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragEntry {}
+    unsafe impl aya::Pod for RelayTarget {}
 }
 
 #[cfg(test)]
@@ -722,6 +762,7 @@ mod tests {
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<FragEntry>(), 16);
+        assert_eq!(size_of::<RelayTarget>(), 16);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod interfaces;
 pub mod limiter;
 pub mod metrics;
 pub mod natpmp;
+pub mod relay;
 pub mod router_ports;
 pub mod rules;
 pub mod schedule;

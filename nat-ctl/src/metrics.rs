@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub dynamic_mappings: u64,
     pub last_sweep_secs: Option<f64>,
     pub uptime_secs: u64,
+    /// The relay of reassembled datagrams (`crate::relay`): each figure by
+    /// name.
+    pub relay: Vec<(String, u64)>,
     /// Client requests: protocol, action, result, how many.
     pub requests: Vec<(String, String, String, u64)>,
 }
@@ -154,6 +157,21 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> String {
     uptime.set(snapshot.uptime_secs as i64);
     registry.register("uptime_seconds", "How long the daemon has run", uptime);
 
+    let relay = Family::<CounterLabel, Counter>::default();
+    for (figure, value) in &snapshot.relay {
+        relay
+            .get_or_create(&CounterLabel {
+                counter: figure.clone(),
+            })
+            .inc_by(*value);
+    }
+    registry.register(
+        "relay",
+        "The relay of datagrams the kernel reassembled for the datapath \
+         (fragments out of order): relayed, relayed_bytes, dropped_* by reason",
+        relay,
+    );
+
     let requests = Family::<RequestLabels, Counter>::default();
     for (protocol, action, result, count) in &snapshot.requests {
         requests
@@ -269,6 +287,7 @@ mod tests {
             dynamic_mappings: 5,
             last_sweep_secs: Some(0.25),
             uptime_secs: 42,
+            relay: vec![("relayed".into(), 2), ("dropped_rate_limited".into(), 1)],
             requests: vec![("UPnP".into(), "AddPortMapping".into(), "ok".into(), 7)],
         };
         let text = encode_snapshot(&snapshot);
@@ -280,6 +299,8 @@ mod tests {
             "natctl_dynamic_mappings 5",
             "natctl_last_sweep_seconds 0.25",
             "natctl_uptime_seconds 42",
+            "natctl_relay_total{counter=\"relayed\"} 2",
+            "natctl_relay_total{counter=\"dropped_rate_limited\"} 1",
             "natctl_client_requests_total{protocol=\"UPnP\",action=\"AddPortMapping\",result=\"ok\"} 7",
             "# EOF",
         ] {

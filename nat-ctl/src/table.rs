@@ -422,8 +422,10 @@ const GROUPS: &[(&str, &[Counter])] = &[
             Counter::FragTracked,
             Counter::FragExpired,
             Counter::FragIdRewritten,
-            Counter::DropFragUntracked,
             Counter::DropFragIdBusy,
+            Counter::PassFragReassembly,
+            Counter::RelaySteered,
+            Counter::DropRelayDown,
         ],
     ),
     (

@@ -13,9 +13,15 @@
 //! - arriving from outside, a later fragment before its first cannot name
 //!   its LAN host. The one LAN host that recently exchanged fragmented
 //!   datagrams with that remote in that protocol (`note_peer`, the same
-//!   map under a key with no destination) gets it; with none, or two of
-//!   them, it is the router's (`pass_fragment`) or dropped by
-//!   `unsolicited = drop` (`drop_frag_untracked`), never misdelivered.
+//!   map under a key with no destination) gets it. With none, or two of
+//!   them, it goes to the kernel (`pass_fragment`), recorded as held
+//!   there, and so do its datagram's other fragments: XDP cannot hold a
+//!   packet, the kernel can. Its first fragment still gets the datapath's
+//!   own verdict (mapping, filter); a UDP datagram let in is then passed
+//!   too (`hand_to_relay`: `pass_frag_reassembly`), its target recorded in
+//!   `RELAY_TARGETS`, and once the kernel has reassembled it,
+//!   `nat_relay_lookup` (`relay.rs`) steers it to the daemon's relay,
+//!   which sends it on to that target. Never a guess, never a second NAT.
 //!
 //! Leaving the LAN, every datagram leaves from the one WAN address, so two
 //! LAN hosts' datagrams to one remote with the same protocol and IP id
@@ -29,7 +35,8 @@
 //! `FRAG_TIMEOUT_NS` is not used (`frag_expired`) and the sweep removes it.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use nat_common::{
-    Counter, FRAG_PEER_TIMEOUT_NS, FRAG_TIMEOUT_NS, FragEntry, FragKey, NatConfig, UNSOLICITED_DROP,
+    Counter, FRAG_PEER_TIMEOUT_NS, FRAG_TIMEOUT_NS, FragEntry, FragKey, NatConfig, PROTO_UDP,
+    RelayTarget, SessionKey,
 };
 use network_types::eth::EthHdr;
 
@@ -38,8 +45,8 @@ use crate::{
     counters::count,
     egress::{leaving_by, redirect, route_fragmentable},
     lookup::now_ns,
-    maps::FRAGS,
-    parse::{IpHeader, Side},
+    maps::{FRAGS, RELAY_TARGETS},
+    parse::{Endpoint, IpHeader, Ipv4Packet, Side},
     translate::{rewrite_addr, rewrite_id},
 };
 
@@ -319,7 +326,11 @@ pub fn inbound(
                 .map(|(addr, _)| addr)
                 .filter(|addr| *addr != [0; 4]);
             let Some(peer) = peer else {
-                return Err(untracked(config));
+                // Nobody to name: the kernel holds it, and the rest of
+                // its datagram, until the first fragment's verdict.
+                insert(&key, config.wan_addr, hdr.id(), now);
+                count(Counter::FragTracked, len);
+                return Err(Counter::PassFragment);
             };
             insert(&key, peer, hdr.id(), now);
             count(Counter::FragTracked, len);
@@ -338,14 +349,66 @@ pub fn inbound(
     redirect(ctx, eth, hdr, &route, Counter::FragTranslated, len)
 }
 
-/// A later fragment from outside that no datagram or peer accounts for: the
-/// router's own (the kernel reassembles it), or dropped as unsolicited.
+/// A first fragment from outside let in to `to`, whose datagram's later
+/// fragments came first and are held by the kernel (`inbound`): true for
+/// UDP, with its target recorded for the relay (the caller passes it for
+/// the kernel to reassemble). Other protocols stay on the fast path (their
+/// datagram is lost, as before: a TCP segment or an ICMP query
+/// reassembled by the router would be answered by the router's own stack,
+/// with an RST or an echo reply; TCP retransmits).
 #[inline(always)]
-fn untracked(config: &NatConfig) -> Counter {
-    if config.unsolicited == UNSOLICITED_DROP {
-        Counter::DropFragUntracked
-    } else {
-        Counter::PassFragment
+pub fn hand_to_relay(
+    config: &NatConfig,
+    packet: &Ipv4Packet,
+    to: Endpoint,
+    now: u64,
+    len: usize,
+) -> bool {
+    if packet.proto != PROTO_UDP || !packet.is_fragment() {
+        return false;
+    }
+    let held = matches!(
+        fresh(&datagram_key(packet), FRAG_TIMEOUT_NS, now, len),
+        Some((addr, _)) if addr == config.wan_addr
+    );
+    if !held {
+        return false;
+    }
+    let key = relay_key(packet);
+    let target = RelayTarget {
+        created_ns: now,
+        addr: to.addr,
+        port: to.port,
+        _pad: 0,
+    };
+    // An LRU takes it, full or not.
+    let _ = RELAY_TARGETS.insert(key, target, 0);
+    true
+}
+
+/// A UDP packet from outside that the datapath hands to the router's own
+/// stack (unsolicited) or drops: the relay target recorded for its remote
+/// endpoint and external port, if any, is withdrawn, so that nothing the
+/// datapath no longer lets in reaches a LAN host through the relay (a
+/// mapping removed, a session expired since its first fragment).
+#[inline(always)]
+pub fn withdraw_relay(packet: &Ipv4Packet) {
+    if packet.proto != PROTO_UDP {
+        return;
+    }
+    let _ = RELAY_TARGETS.remove(relay_key(packet));
+}
+
+/// The `RELAY_TARGETS` key of a UDP datagram from outside.
+#[inline(always)]
+fn relay_key(packet: &Ipv4Packet) -> SessionKey {
+    let remote = packet.endpoint(Side::Source);
+    SessionKey {
+        remote_addr: remote.addr,
+        remote_port: remote.port,
+        external_port: packet.port(Side::Destination),
+        proto: PROTO_UDP,
+        _pad: [0; 3],
     }
 }
 

@@ -17,6 +17,8 @@
 //! - `frag`: IP fragments, the first by its L4 header, the later ones by
 //!   the record of their datagram (`FRAGS`);
 //! - `proto`: other IP protocols (GRE, ESP, ...), by address;
+//! - `relay`: the `sk_lookup` program that steers datagrams the kernel
+//!   reassembled for the fast path to the daemon's relay;
 //! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
 //! - `reject`: the ICMP error the router sends a LAN host whose new flow
 //!   it cannot map (RFC 5508 REQ-8);
@@ -51,14 +53,15 @@ mod maps;
 mod parse;
 mod proto;
 mod reject;
+mod relay;
 mod session;
 mod translate;
 mod wan;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, sk_lookup, xdp},
+    programs::{SkLookupContext, TcContext, XdpContext},
 };
 use context::TcPacket;
 
@@ -90,6 +93,13 @@ pub fn nat_wan_tc(ctx: TcContext) -> i32 {
     let packet = TcPacket::new(ctx);
     let outcome = wan::try_nat_wan(&packet);
     packet.finish(counters::settle(&packet, outcome)) as i32
+}
+
+/// In the router's netns: reassembled datagrams for a recorded target to
+/// the daemon's relay socket.
+#[sk_lookup]
+pub fn nat_relay_lookup(ctx: SkLookupContext) -> u32 {
+    relay::try_relay_lookup(&ctx)
 }
 
 /// The aging sweep; never attached, run through BPF_PROG_TEST_RUN.

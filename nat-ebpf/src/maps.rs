@@ -1,13 +1,14 @@
 //! The maps shared with user space. Their names are `nat_common::maps`.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap},
 };
 use nat_common::{
     ALLOWED_REMOTES_MAX, AllowedRemote, Binding, BindingKey, COUNTER_COUNT, CounterValue,
     DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX,
     EndpointKey, FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS, MAX_RULES,
-    NEW_CONNECTIONS_BYTES, NatConfig, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
+    NEW_CONNECTIONS_BYTES, NatConfig, RELAY_TARGETS_MAX, RelayTarget, RuleCounters, Session,
+    SessionKey, SweepParams, SweepStats,
 };
 
 use crate::reject::ErrorBudget;
@@ -89,3 +90,14 @@ pub static STRANGER_PORTS: LruHashMap<BindingKey, u32> =
     LruHashMap::with_max_entries(STRANGER_PORTS_MAX, 0);
 
 const STRANGER_PORTS_MAX: u32 = 16_384;
+
+/// Datagrams the kernel reassembles for a target the datapath chose
+/// (`frag::hand_to_relay`), by remote endpoint and external port
+/// (`SessionKey`); read by `nat_relay_lookup` and the daemon's relay.
+#[map(name = "RELAY_TARGETS")]
+pub static RELAY_TARGETS: LruHashMap<SessionKey, RelayTarget> =
+    LruHashMap::with_max_entries(RELAY_TARGETS_MAX, 0);
+
+/// The daemon's relay socket, in slot 0 while it runs.
+#[map(name = "RELAY_SOCKET")]
+pub static RELAY_SOCKET: SockMap = SockMap::with_max_entries(1, 0);

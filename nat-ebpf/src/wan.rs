@@ -43,6 +43,7 @@ fn unsolicited(
     } else {
         config.unsolicited != UNSOLICITED_DROP
     };
+    frag::withdraw_relay(packet);
     if !to_the_router {
         return Counter::DropUnsolicited;
     }
@@ -129,9 +130,17 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
         }
         count_rule(forward.rule_id, true, len);
     }
+    // Its later fragments came first and are in the kernel: the whole
+    // datagram goes there to be reassembled, and on to the relay.
+    let relayed = frag::hand_to_relay(config, &packet, to, now, len);
     if packet.is_fragment() {
-        frag::track_inbound(&packet, to.addr, now, len);
+        if !relayed {
+            frag::track_inbound(&packet, to.addr, now, len);
+        }
         frag::note_peer(remote.addr, packet.proto, to.addr, now);
+    }
+    if relayed {
+        return Err(Counter::PassFragReassembly);
     }
     rewrite_endpoint(ctx, &packet, Side::Destination, to);
     redirect(ctx, eth, &packet, &route, counter, len)

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Result;
 use nat_tests::{
     join,
-    lab::{LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
+    lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
     netns::Netns,
     traffic::{
         IO_TIMEOUT, accept, connect, icmp_message, internet_checksum, pattern, raw_recv, raw_socket,
@@ -370,4 +370,160 @@ fn fragmented_pings_both_ways() {
         "{:?}",
         lab.counters()
     );
+}
+
+/// Sends a UDP datagram of `len` bytes from `from` to `to` as crafted
+/// fragments, the last first, and returns what it carried.
+fn send_last_first(
+    lab: &Lab,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    len: usize,
+    id: u16,
+) -> Vec<u8> {
+    let data = pattern(len, u64::from(id));
+    let mut fragments = udp_fragments(from, to, &data, id);
+    fragments.reverse();
+    send_raw(&lab.wan, fragments);
+    data
+}
+
+/// Receives one datagram at `at` and checks it is `data` from `from`.
+fn received_from(lab: &Lab, at: &UdpSocket, data: &[u8], from: SocketAddrV4) {
+    let mut buffer = vec![0u8; 65536];
+    let (got, source) = at.recv_from(&mut buffer).unwrap_or_else(|error| {
+        panic!(
+            "{}-byte datagram: {error}: {:?}\n{}",
+            data.len(),
+            lab.counters(),
+            lab.natctl_log()
+        )
+    });
+    assert!(
+        buffer[..got] == data[..],
+        "{}-byte datagram: {got} bytes, or different ones",
+        data.len()
+    );
+    assert_eq!(source, SocketAddr::from(from));
+}
+
+fn relay_figure(lab: &Lab, figure: &str) -> u64 {
+    lab.status().expect("natctl status")["relay"][figure]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no relay figure {figure}"))
+}
+
+/// A datagram from outside whose last fragment comes first, when that
+/// remote has exchanged no fragmented datagram with a LAN host (so there is
+/// no fragment peer to name): the router's kernel reassembles it, and the
+/// relay sends it on to the mapping's (or the rule's) LAN host, from the
+/// remote's own address and port.
+/// The remote (a WAN host socket on `port`), a LAN host's socket with a
+/// mapping toward it, and that mapping's outside endpoint. Both LAN hosts
+/// exchange a fragmented datagram with the remote in order first: two
+/// fragment peers, so that an early fragment names nobody.
+fn two_peers_of(lab: &Lab, port: u16) -> (UdpSocket, UdpSocket, SocketAddrV4) {
+    let wan = udp(&lab.wan, WAN_HOST, port);
+    let lan = udp(&lab.lan, LAN_SERVER, 0);
+    let other = udp(&lab.lan, LAN_CLIENT, 0);
+    let remote = SocketAddr::from((WAN_HOST, port));
+    let mut outside = Vec::new();
+    for (seed, host) in [(1, &lan), (3, &other)] {
+        let seen = datagram(host, remote, &wan, 3000, seed);
+        assert_eq!(datagram(&wan, seen, host, 3000, seed + 1), remote);
+        let SocketAddr::V4(seen) = seen else {
+            unreachable!()
+        };
+        outside.push(seen);
+    }
+    (wan, lan, outside[0])
+}
+
+fn last_fragment_first_reaches_the_lan_host(lab: &Lab) {
+    let (wan, lan, outside) = two_peers_of(lab, 9202);
+    let remote = SocketAddrV4::new(WAN_HOST, 9202);
+    for (id, len) in [(0x5000, 4096), (0x5001, 16384)] {
+        let data = send_last_first(lab, remote, outside, len, id);
+        received_from(lab, &lan, &data, remote);
+    }
+    // The LAN host's answer goes out by the mapping, as ever.
+    let seen = datagram(&lan, remote.into(), &wan, 100, 5);
+    assert_eq!(seen, SocketAddr::V4(outside));
+
+    // In through a forwarded port.
+    lab.run("add reordered --proto udp --external 9302 --internal 192.168.0.12:9302");
+    let server = udp(&lab.lan, LAN_SERVER, 9302);
+    for (id, len) in [(0x5100, 4096), (0x5101, 16384)] {
+        let data = send_last_first(lab, remote, SocketAddrV4::new(ROUTER_WAN, 9302), len, id);
+        received_from(lab, &server, &data, remote);
+    }
+    let counters = lab.counters().unwrap();
+    assert_eq!(counters["pass_frag_reassembly"], 4, "{counters:?}");
+    assert_eq!(counters["relay_steered"], 4, "{counters:?}");
+    assert_eq!(counters["drop_relay_down"], 0, "{counters:?}");
+    assert_eq!(relay_figure(lab, "relayed"), 4);
+    assert_eq!(
+        relay_figure(lab, "relayed_bytes"),
+        2 * (4096 + 16384) as u64
+    );
+}
+
+#[test]
+fn last_fragment_first_reaches_the_lan_host_through_the_relay() {
+    last_fragment_first_reaches_the_lan_host(&Lab::start().unwrap());
+}
+
+#[test]
+fn last_fragment_first_reaches_the_lan_host_through_the_relay_in_xdp_mode() {
+    last_fragment_first_reaches_the_lan_host(&Lab::start_xdp().unwrap());
+}
+
+/// The slow path judges the datagram as the fast path does, by its first
+/// fragment: from a remote the mapping's filter does not let in, it is
+/// dropped and counted, whatever order its fragments come in.
+#[test]
+fn last_fragment_first_from_a_filtered_remote_is_dropped() {
+    let lab = Lab::start_with_config("[nat]\nunsolicited = \"drop\"\n").unwrap();
+    let wan = udp(&lab.wan, WAN_HOST, 9203);
+    let lan = udp(&lab.lan, LAN_SERVER, 0);
+    let outside = datagram(&lan, (WAN_HOST, 9203).into(), &wan, 16, 1);
+    let SocketAddr::V4(outside) = outside else {
+        unreachable!()
+    };
+    // Address-and-port-dependent filtering (the default): another port
+    // of the same remote is refused.
+    let stranger = SocketAddrV4::new(WAN_HOST, 9204);
+    let before = counter(&lab, "drop_unsolicited");
+    send_last_first(&lab, stranger, outside, 4096, 0x5200);
+    // Then the mapping's own remote, so that the wait below ends on
+    // something that does arrive.
+    let remote = SocketAddrV4::new(WAN_HOST, 9203);
+    let data = send_last_first(&lab, remote, outside, 4096, 0x5201);
+    received_from(&lab, &lan, &data, remote);
+    let counters = lab.counters().unwrap();
+    assert_eq!(counters["drop_unsolicited"], before + 1, "{counters:?}");
+    assert_eq!(counters["pass_frag_reassembly"], 1, "{counters:?}");
+    assert_eq!(relay_figure(&lab, "relayed"), 1);
+}
+
+/// Between two daemons the pinned `nat_relay_lookup` drops such a
+/// datagram (`drop_relay_down`: its port is a mapping's, the router's
+/// stack has nothing for it); a daemon that picks the datapath up relays
+/// again.
+#[test]
+fn the_relay_picks_up_after_a_daemon_restart() {
+    let mut lab = Lab::start().unwrap();
+    let (_wan, lan, outside) = two_peers_of(&lab, 9205);
+    let remote = SocketAddrV4::new(WAN_HOST, 9205);
+    lab.kill_daemon().unwrap();
+    send_last_first(&lab, remote, outside, 4096, 0x5300);
+    lab.start_daemon().unwrap();
+    // The datagram sent while no daemon ran never arrives: the first to
+    // come is the one sent now.
+    let data = send_last_first(&lab, remote, outside, 16384, 0x5301);
+    received_from(&lab, &lan, &data, remote);
+    let counters = lab.counters().unwrap();
+    assert_eq!(counters["drop_relay_down"], 1, "{counters:?}");
+    assert_eq!(counters["relay_steered"], 1, "{counters:?}");
+    assert_eq!(relay_figure(&lab, "relayed"), 1);
 }

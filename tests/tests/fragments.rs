@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use nat_common::{FRAGS_MAX, UNSOLICITED_DROP};
+use nat_common::{BindingKey, FRAGS_MAX, RelayTarget, SessionKey, UNSOLICITED_DROP};
 use nat_tests::packet::*;
 
 #[test]
@@ -173,8 +173,9 @@ fn a_later_fragment_before_its_first() {
     assert_counters(&lab, &[("snat", 1), ("frag_translated", 2)]);
 
     // Arriving from outside, before any fragmented datagram between that
-    // remote and a LAN host: nobody to give it to but the router's own
-    // stack (or, with unsolicited drop, the floor). Never a guess.
+    // remote and a LAN host: nobody to give it to. Never a guess: the
+    // kernel holds it (also with unsolicited drop) until its first
+    // fragment's verdict.
     let mut lab = PacketLab::new().unwrap();
     let query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q");
     assert_eq!(lab.from_lan(&query).unwrap().action, XDP_REDIRECT);
@@ -192,8 +193,8 @@ fn a_later_fragment_before_its_first() {
     assert_passed_untouched(&lab.from_wan(&early[2]).unwrap(), &early[2]);
     assert_counters(&lab, &[("pass_fragment", 1), ("frag_translated", 0)]);
     let mut strict = PacketLab::with_config(|c| c.unsolicited = UNSOLICITED_DROP).unwrap();
-    assert_eq!(strict.from_wan(&early[2]).unwrap().action, XDP_DROP);
-    assert_counters(&strict, &[("drop_frag_untracked", 1)]);
+    assert_passed_untouched(&strict.from_wan(&early[2]).unwrap(), &early[2]);
+    assert_counters(&strict, &[("pass_fragment", 1), ("frag_tracked", 1)]);
 
     // Once the remote has sent this LAN host one fragmented datagram in
     // order, the host is its peer: a later datagram's fragments may come
@@ -204,6 +205,128 @@ fn a_later_fragment_before_its_first() {
     let out = through(&mut lab, false, &late);
     let p = assert_checksums_ok(&reassemble(&out));
     assert_translated(&p, &reply(3), ep(REMOTE, 53), ep(LAN_HOST, 40000), 1);
+}
+
+/// The relay's record of a datagram from `remote` to external port `port`.
+fn relay_target(
+    lab: &mut PacketLab,
+    remote: std::net::SocketAddrV4,
+    port: u16,
+) -> Option<RelayTarget> {
+    let key = SessionKey {
+        remote_addr: remote.ip().octets(),
+        remote_port: remote.port(),
+        external_port: port,
+        proto: 17,
+        _pad: [0; 3],
+    };
+    lab.datapath
+        .maps_mut()
+        .relay_mut()
+        .targets
+        .get(&key, 0)
+        .ok()
+}
+
+#[test]
+fn an_early_fragment_with_nobody_to_name_sends_its_datagram_to_the_kernel() {
+    // No fragment peer: the last fragment first goes to the kernel, and
+    // so does the rest of its datagram; its first fragment, let in by the
+    // mapping's filter, is passed for the kernel to reassemble with its
+    // target recorded for the relay.
+    let mut lab = PacketLab::new().unwrap();
+    let query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q");
+    assert_eq!(lab.from_lan(&query).unwrap().action, XDP_REDIRECT);
+    let reply = with_id(
+        &udp(
+            ep(REMOTE, 53),
+            ep(WAN_ADDR, 40000),
+            &Rng::new(8).bytes(4000),
+        ),
+        9,
+    );
+    let fragments = fragment(&reply, 1480);
+    assert_eq!(fragments.len(), 3);
+    for frame in [&fragments[2], &fragments[1], &fragments[0]] {
+        assert_passed_untouched(&lab.from_wan(frame).unwrap(), frame);
+    }
+    assert_counters(
+        &lab,
+        &[
+            ("pass_fragment", 2),
+            ("pass_frag_reassembly", 1),
+            ("frag_translated", 0),
+            ("dnat", 0),
+        ],
+    );
+    let target = relay_target(&mut lab, ep(REMOTE, 53), 40000).expect("a relay target");
+    assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 40000));
+    // The mapping gone, the remote's next datagram is unsolicited: the
+    // record goes too, so the relay never sends the router's datagram on.
+    lab.datapath
+        .maps_mut()
+        .view_mut()
+        .bindings_mut()
+        .remove(&BindingKey::inbound(17, 40000))
+        .unwrap();
+    let stray = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"late");
+    assert_passed_untouched(&lab.from_wan(&stray).unwrap(), &stray);
+    assert_counters(&lab, &[("unsolicited_pass", 1)]);
+    assert!(relay_target(&mut lab, ep(REMOTE, 53), 40000).is_none());
+
+    // The same datagram in order never touches the kernel.
+    let mut lab = PacketLab::new().unwrap();
+    assert_eq!(lab.from_lan(&query).unwrap().action, XDP_REDIRECT);
+    through(&mut lab, false, &fragments);
+    assert!(relay_target(&mut lab, ep(REMOTE, 53), 40000).is_none());
+    assert_counters(&lab, &[("pass_frag_reassembly", 0), ("dnat", 1)]);
+}
+
+#[test]
+fn an_early_fragments_datagram_the_filter_refuses_is_not_relayed() {
+    let mut lab = PacketLab::with_config(|c| c.unsolicited = UNSOLICITED_DROP).unwrap();
+    let query = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q");
+    assert_eq!(lab.from_lan(&query).unwrap().action, XDP_REDIRECT);
+    // Another port of the remote: address-and-port-dependent filtering.
+    let stranger = with_id(
+        &udp(
+            ep(REMOTE, 54),
+            ep(WAN_ADDR, 40000),
+            &Rng::new(8).bytes(3000),
+        ),
+        10,
+    );
+    let fragments = fragment(&stranger, 1480);
+    assert_passed_untouched(&lab.from_wan(&fragments[2]).unwrap(), &fragments[2]);
+    assert_dropped(&lab.from_wan(&fragments[0]).unwrap());
+    assert_counters(
+        &lab,
+        &[("drop_unsolicited", 1), ("pass_frag_reassembly", 0)],
+    );
+    assert!(relay_target(&mut lab, ep(REMOTE, 54), 40000).is_none());
+}
+
+#[test]
+fn an_early_tcp_fragments_first_stays_on_the_fast_path() {
+    // A TCP segment reassembled by the router would be answered by its
+    // own stack (an RST): TCP's first fragment is translated as ever, and
+    // the datagram is lost (TCP retransmits).
+    let mut lab = PacketLab::new().unwrap();
+    let syn = tcp(ep(LAN_HOST, 40000), ep(REMOTE, 443), SYN, b"");
+    assert_eq!(lab.from_lan(&syn).unwrap().action, XDP_REDIRECT);
+    let answer = with_id(
+        &tcp(
+            ep(REMOTE, 443),
+            ep(WAN_ADDR, 40000),
+            SYN | ACK,
+            &Rng::new(8).bytes(3000),
+        ),
+        11,
+    );
+    let fragments = fragment(&answer, 1480);
+    assert_passed_untouched(&lab.from_wan(&fragments[2]).unwrap(), &fragments[2]);
+    assert_eq!(lab.from_wan(&fragments[0]).unwrap().action, XDP_REDIRECT);
+    assert_counters(&lab, &[("pass_frag_reassembly", 0), ("dnat", 1)]);
 }
 
 #[test]

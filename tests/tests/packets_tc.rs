@@ -631,3 +631,37 @@ fn tc_packets_that_get_no_mapping_are_answered_with_icmp_prohibited() {
         ],
     );
 }
+
+#[test]
+fn tc_an_early_fragment_with_nobody_to_name_sends_its_datagram_to_the_kernel() {
+    // As in XDP mode: the last fragment first, with no fragment peer, goes
+    // to the kernel with the rest of its datagram, and its first fragment,
+    // let in, is passed for the kernel to reassemble and the relay to send
+    // on (untouched: the relay writes the translation).
+    let mut lab = tc_lab();
+    assert_eq!(
+        snat(&mut lab, &udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"q")),
+        40000
+    );
+    let reply = with_id(
+        &udp(
+            ep(REMOTE, 53),
+            ep(WAN_ADDR, 40000),
+            &Rng::new(8).bytes(4000),
+        ),
+        ID,
+    );
+    let fragments = fragment(&reply, 1480);
+    for frame in [&fragments[2], &fragments[1], &fragments[0]] {
+        assert_passed_untouched(&lab.from_wan(frame).unwrap(), frame);
+    }
+    assert_counters(
+        &lab,
+        &[
+            ("pass_fragment", 2),
+            ("pass_frag_reassembly", 1),
+            ("frag_translated", 0),
+            ("dnat", 0),
+        ],
+    );
+}

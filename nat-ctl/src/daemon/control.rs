@@ -316,6 +316,7 @@ impl Daemon {
             },
             "upnp": self.upnp_wanted.load(Ordering::SeqCst),
             "natpmp": self.natpmp_wanted.load(Ordering::SeqCst),
+            "relay": self.relay.to_json(),
             "uptime_secs": self.started.elapsed().as_secs(),
             "pid": std::process::id(),
         }))

@@ -35,6 +35,12 @@ impl Source for Daemon {
             dynamic_mappings: stats.dynamic_mappings as u64,
             last_sweep_secs: stats.last_sweep.map(|sweep| sweep.elapsed.as_secs_f64()),
             uptime_secs: self.started.elapsed().as_secs(),
+            relay: self
+                .relay
+                .figures()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect(),
             requests: self
                 .requests
                 .lock()

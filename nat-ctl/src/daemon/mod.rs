@@ -117,6 +117,8 @@ pub(super) struct Daemon {
     requests: Mutex<std::collections::BTreeMap<(&'static str, String, String), u64>>,
     /// The new inbound connections on forwarded ports.
     connections: connlog::ConnectionLog,
+    /// What the relay of reassembled datagrams did (`crate::relay`).
+    relay: Arc<crate::relay::RelayStats>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (the datapath stays) or
@@ -348,6 +350,18 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     let store_changed = Arc::new(tokio::sync::Notify::new());
     let schedules_changed = Arc::new(tokio::sync::Notify::new());
     let ring = running.new_connections;
+    let relay_stats = Arc::new(crate::relay::RelayStats::default());
+    // Off the lock and off the hot path; without it, reassembled datagrams
+    // for a mapping are dropped (`drop_relay_down`), never misdelivered.
+    match crate::relay::Relay::open(running.relay, relay_stats.clone()) {
+        Ok(relay) => {
+            tokio::spawn(relay.run());
+        }
+        Err(error) => tracing::error!(
+            "{error}: UDP datagrams from outside whose fragments arrive out of order, \
+             with no LAN host to name before their first, are dropped"
+        ),
+    }
     let socket = config.socket.clone();
     let daemon = Arc::new(Daemon {
         state: Mutex::new(State {
@@ -382,6 +396,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
         boot_id: unix_now() as u32,
         requests: Mutex::default(),
         connections: connlog::ConnectionLog::default(),
+        relay: relay_stats,
     });
 
     let (api_stop_tx, api_stop) = watch::channel(false);

@@ -4,14 +4,14 @@ use std::path::Path;
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, RingBuf},
+    maps::{HashMap, Map, MapData, RingBuf, SockMap},
 };
-use nat_common::maps as names;
+use nat_common::{RelayTarget, SessionKey, maps as names};
 
 use super::{DatapathError, MapView, MapWriter, Result, SweepMaps};
 
 /// Every map's name, as pinned in the pin directory.
-pub const PINNED: [&str; 12] = [
+pub const PINNED: [&str; 14] = [
     names::CONFIG,
     names::FORWARDS,
     names::BINDINGS,
@@ -24,7 +24,16 @@ pub const PINNED: [&str; 12] = [
     names::NEW_CONNECTIONS,
     names::SWEEP_PARAMS,
     names::SWEEP_STATS,
+    names::RELAY_TARGETS,
+    names::RELAY_SOCKET,
 ];
+
+/// The relay's maps (`crate::relay`): it reads the targets the datapath
+/// recorded and is the only writer of the socket slot.
+pub struct RelayMaps {
+    pub targets: HashMap<MapData, SessionKey, RelayTarget>,
+    pub socket: SockMap<MapData>,
+}
 
 /// All the map handles of one datapath, grouped by owner.
 pub struct Maps {
@@ -32,6 +41,7 @@ pub struct Maps {
     view: MapView,
     sweep: SweepMaps,
     new_connections: RingBuf<MapData>,
+    relay: RelayMaps,
 }
 
 /// The handles, each to go to its one owner.
@@ -40,6 +50,7 @@ pub struct MapParts {
     pub view: MapView,
     pub sweep: SweepMaps,
     pub new_connections: RingBuf<MapData>,
+    pub relay: RelayMaps,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(name: &'static str, map: Map) -> Result<T> {
@@ -102,6 +113,10 @@ impl Maps {
                 stats: open!(names::SWEEP_STATS),
             },
             new_connections: open!(names::NEW_CONNECTIONS),
+            relay: RelayMaps {
+                targets: open!(names::RELAY_TARGETS),
+                socket: open!(names::RELAY_SOCKET),
+            },
         })
     }
 
@@ -141,6 +156,13 @@ impl Maps {
         &mut self.new_connections
     }
 
+    /// The relay's maps, for tests that drive the relay over a datapath
+    /// they loaded themselves.
+    #[cfg(feature = "harness")]
+    pub fn relay_mut(&mut self) -> &mut RelayMaps {
+        &mut self.relay
+    }
+
     pub(super) fn sweep_maps_mut(&mut self) -> &mut SweepMaps {
         &mut self.sweep
     }
@@ -151,6 +173,7 @@ impl Maps {
             view: self.view,
             sweep: self.sweep,
             new_connections: self.new_connections,
+            relay: self.relay,
         }
     }
 }

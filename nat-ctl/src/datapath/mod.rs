@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode,
         links::FdLink,
         tc::{SchedClassifierLinkId, TcAttachOptions},
         xdp::XdpLinkId,
@@ -36,7 +36,7 @@ use nat_common::{maps as names, programs};
 pub use attach::{Attach, Mode, NicAttach};
 pub use batch::{DEFAULT_CHUNK, for_each_entry, for_each_in};
 pub use change::{MapChange, Step};
-pub use maps::{MapParts, Maps};
+pub use maps::{MapParts, Maps, RelayMaps};
 pub use sweep::{KernelSweep, SweepMaps, SweepReport};
 pub use view::MapView;
 pub use writer::MapWriter;
@@ -190,6 +190,12 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        relay_lookup(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                name: programs::RELAY_LOOKUP,
+                source,
+            })?;
         let maps = Maps::take(&mut ebpf, pin_dir)?;
         Ok(Self { ebpf, maps })
     }
@@ -317,6 +323,14 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches `nat_relay_lookup` to this process's network namespace (the
+    /// router's) and pins its link at `path`: reassembled datagrams for a
+    /// recorded target go to the relay socket, or nowhere while no daemon
+    /// holds one, also between two daemons.
+    pub fn attach_relay_lookup(&mut self, path: &Path) -> Result<()> {
+        attach_relay_lookup(&mut self.ebpf, path)
+    }
+
     /// Pins a loaded program (the sweep) so that a restarted daemon can run
     /// it without loading the object again.
     pub fn pin_program(&mut self, name: &'static str, path: &Path) -> Result<()> {
@@ -347,6 +361,43 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// As [`Datapath::attach_relay_lookup`], for any loaded object (an upgrade
+/// in place loads one of its own).
+fn attach_relay_lookup(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
+    let name = programs::RELAY_LOOKUP;
+    let netns_path = Path::new("/proc/self/ns/net");
+    let netns = std::fs::File::open(netns_path).map_err(|source| DatapathError::Io {
+        action: "opening",
+        path: netns_path.to_owned(),
+        source,
+    })?;
+    let program = relay_lookup(ebpf)?;
+    let link_id = program
+        .attach(&netns)
+        .map_err(|source| DatapathError::Program { name, source })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|source| DatapathError::Program { name, source })?;
+    FdLink::from(link)
+        .pin(path)
+        .map_err(|error| DatapathError::PinLink {
+            program: name,
+            reason: format!("{}: {error}", path.display()),
+        })?;
+    Ok(())
+}
+
+fn relay_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup> {
+    let name = programs::RELAY_LOOKUP;
     ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
             name,

@@ -5,11 +5,12 @@
 //! Under the pin directory live every map ([`super::maps::PINNED`]), one
 //! link per NIC (XDP: `link_nat_lan`, `link_nat_wan`; TC, TCX links:
 //! `link_nat_lan_tc`, `link_nat_wan_tc`; removing a link's last pin
-//! detaches its program), the sweep program, and the stamp of the build
-//! that loaded it ([`Stamp`]). Which link is pinned says which mode a NIC
-//! runs in, also to a daemon that picks the datapath up; the stamp says
-//! whether that daemon may take it as it is, swap its programs in place
-//! (an upgrade on the same map layout) or must replace it.
+//! detaches its program), the link of `nat_relay_lookup` in the router's
+//! netns (`link_relay_lookup`), the sweep program, and the stamp of the
+//! build that loaded it ([`Stamp`]). Which link is pinned says which mode
+//! a NIC runs in, also to a daemon that picks the datapath up; the stamp
+//! says whether that daemon may take it as it is, swap its programs in
+//! place (an upgrade on the same map layout) or must replace it.
 use std::path::Path;
 
 use aya::maps::{MapData, RingBuf};
@@ -17,7 +18,7 @@ use nat_common::{EndpointKey, NatConfig, programs};
 
 use super::{
     Attach, AttachMode, Datapath, DatapathError, KernelSweep, MapChange, MapParts, MapView,
-    MapWriter, Maps, Mode, NicAttach, Result, TableSizes,
+    MapWriter, Maps, Mode, NicAttach, RelayMaps, Result, TableSizes,
 };
 use crate::rules::RuleSet;
 
@@ -25,7 +26,8 @@ const LINK_LAN: &str = "link_nat_lan";
 const LINK_WAN: &str = "link_nat_wan";
 const LINK_LAN_TC: &str = "link_nat_lan_tc";
 const LINK_WAN_TC: &str = "link_nat_wan_tc";
-const LINKS: [&str; 4] = [LINK_LAN, LINK_WAN, LINK_LAN_TC, LINK_WAN_TC];
+const LINK_RELAY: &str = "link_relay_lookup";
+const LINKS: [&str; 5] = [LINK_LAN, LINK_WAN, LINK_LAN_TC, LINK_WAN_TC, LINK_RELAY];
 const PROG_SWEEP: &str = "prog_nat_sweep";
 /// What the pinned datapath was loaded from ([`Stamp`]): the start of the
 /// name of a pin.
@@ -46,6 +48,8 @@ pub struct Running {
     pub view: MapView,
     pub new_connections: RingBuf<MapData>,
     pub sweep: KernelSweep,
+    /// For the relay of datagrams the kernel reassembles.
+    pub relay: RelayMaps,
     /// The rules, with the ids the datapath knows them by.
     pub rules: RuleSet,
     /// Picked up from the pins (flows kept) rather than loaded afresh.
@@ -104,6 +108,7 @@ pub fn teardown(dir: &Path) -> Result<bool> {
     Maps::unpin(dir);
     let _ = std::fs::remove_file(dir.join(PROG_SWEEP));
     let _ = std::fs::remove_file(dir.join(format!("{PROG_SWEEP}_new")));
+    let _ = std::fs::remove_file(dir.join(format!("{LINK_RELAY}_new")));
     Stamp::remove(dir);
     let _ = std::fs::remove_dir(dir);
     Ok(found)
@@ -134,8 +139,10 @@ pub fn adopt_or_load(
     rules: &RuleSet,
 ) -> Result<Running> {
     let pinned = |xdp: &str, tc: &str| dir.join(xdp).exists() || dir.join(tc).exists();
-    let complete =
-        pinned(LINK_LAN, LINK_LAN_TC) && pinned(LINK_WAN, LINK_WAN_TC) && Maps::all_pinned(dir);
+    let complete = pinned(LINK_LAN, LINK_LAN_TC)
+        && pinned(LINK_WAN, LINK_WAN_TC)
+        && dir.join(LINK_RELAY).exists()
+        && Maps::all_pinned(dir);
     if complete {
         let this = Stamp::of_this_build();
         match Stamp::read(dir) {
@@ -301,6 +308,9 @@ fn replace_programs(dir: &Path) -> Result<()> {
             .load()
             .map_err(load_error(name))?;
     }
+    super::relay_lookup(&mut ebpf)?
+        .load()
+        .map_err(load_error(programs::RELAY_LOOKUP))?;
     let link_error = |name: &'static str| {
         move |error: aya::programs::links::LinkError| DatapathError::PinLink {
             program: name,
@@ -326,6 +336,17 @@ fn replace_programs(dir: &Path) -> Result<()> {
                 .map_err(load_error(tc_name))?;
         }
     }
+    // sk_lookup links cannot be updated in place: the new program is
+    // attached beside the old one (both steer to the one pinned socket
+    // slot), and its pin replaces the old one's, which detaches it.
+    let (path, fresh) = (dir.join(LINK_RELAY), dir.join(format!("{LINK_RELAY}_new")));
+    let _ = std::fs::remove_file(&fresh);
+    super::attach_relay_lookup(&mut ebpf, &fresh)?;
+    std::fs::rename(&fresh, &path).map_err(|source| DatapathError::Io {
+        action: "replacing",
+        path,
+        source,
+    })?;
     // The sweep's new pin goes over the old one in one rename (bpffs
     // refuses names with a dot).
     let (path, fresh) = (dir.join(PROG_SWEEP), dir.join(format!("{PROG_SWEEP}_new")));
@@ -370,6 +391,7 @@ fn adopt(
         view,
         sweep,
         new_connections,
+        relay,
     } = Maps::open_pinned(dir).map_err(incompatible)?.into_parts();
     let sweep = KernelSweep::from_pin(&dir.join(PROG_SWEEP), sweep).map_err(incompatible)?;
     let running = writer.config()?;
@@ -403,6 +425,7 @@ fn adopt(
         view,
         new_connections,
         sweep,
+        relay,
         rules,
         adopted: true,
         lan_attach: pinned_attach(lan, LINK_LAN_TC),
@@ -485,6 +508,7 @@ fn load(
         (programs::WAN_TC, LINK_WAN_TC),
         request,
     )?;
+    datapath.attach_relay_lookup(&dir.join(LINK_RELAY))?;
     datapath.pin_program(programs::SWEEP, &dir.join(PROG_SWEEP))?;
     datapath.pin_program(
         programs::SWEEP,
@@ -495,6 +519,7 @@ fn load(
         view,
         sweep,
         new_connections,
+        relay,
     } = datapath.into_maps().into_parts();
     let sweep = KernelSweep::from_pin(&dir.join(PROG_SWEEP), sweep)?;
     Ok(Running {
@@ -502,6 +527,7 @@ fn load(
         view,
         new_connections,
         sweep,
+        relay,
         rules: rules.clone(),
         adopted: false,
         lan_attach,

@@ -56,7 +56,8 @@ pub struct Output {
     /// `new_flow`, `fragment_outbound`, `fragment_inbound` (a later IP
     /// fragment of a tracked datagram: the fragment path's cost); in TC
     /// mode `tc_restore_only`, `tc_established_outbound`,
-    /// `tc_established_inbound` (their ratios against `tc_restore_only`).
+    /// `tc_established_inbound`, `tc_fragment_outbound`,
+    /// `tc_fragment_inbound` (their ratios against `tc_restore_only`).
     pub cases: BTreeMap<String, CaseOutput>,
     /// The size of each program the cases run, by program name.
     #[serde(default)]
@@ -284,9 +285,10 @@ fn as_fragment(template: &BenchTemplate, offset: u16, more: bool) -> BenchTempla
     template
 }
 
-/// The first fragment whose record the `fragment_inbound` case's later
-/// fragment is translated by (the record lasts 5 s: sent before every
-/// measurement).
+/// The first fragment whose record the `fragment_inbound` and
+/// `tc_fragment_inbound` cases' later fragment is translated by (the record
+/// lasts 5 s: sent before every measurement; `FRAGS` is shared by the
+/// modes).
 fn track_inbound_fragment(rig: &mut CostRig<'_>, reply: &BenchTemplate) -> Result<()> {
     let wan = rig.wan_ifindex;
     rig.time(
@@ -342,6 +344,18 @@ fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, Bench
             as_fragment(&reply, 185, false),
             wan,
         ),
+        (
+            "tc_fragment_outbound",
+            programs::LAN_TC,
+            as_fragment(&outbound, 185, false),
+            lan,
+        ),
+        (
+            "tc_fragment_inbound",
+            programs::WAN_TC,
+            as_fragment(&reply, 185, false),
+            wan,
+        ),
     ])
 }
 
@@ -366,7 +380,7 @@ pub fn run(options: &Options) -> Result<Output> {
                 } else {
                     XDP_REDIRECT
                 };
-                if name == "fragment_inbound" {
+                if name == "fragment_inbound" || name == "tc_fragment_inbound" {
                     let first = cases.iter().find(|c| c.0 == "established_inbound");
                     track_inbound_fragment(&mut rig, &first.context("no reply case")?.2)?;
                 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::Output;
 use crate::bench::report::{Row, Verdict, spread_text};
 
-const COST_CASES: [(&str, &str); 12] = [
+const COST_CASES: [(&str, &str); 14] = [
     ("minimal", "minimal XDP program (xdp_pass run directly)"),
     (
         "restore_only",
@@ -38,6 +38,14 @@ const COST_CASES: [(&str, &str); 12] = [
     (
         "tc_established_inbound",
         "TC mode NAT, established flow WAN -> LAN (reply)",
+    ),
+    (
+        "tc_fragment_outbound",
+        "TC mode NAT, a later IP fragment LAN -> WAN (by the fragment table)",
+    ),
+    (
+        "tc_fragment_inbound",
+        "TC mode NAT, a later IP fragment WAN -> LAN (by the fragment table)",
     ),
 ];
 
@@ -221,6 +229,16 @@ fn tc_rows(data: &Output, rows: &mut Vec<Row>) {
             "tc_established_inbound",
             "established_inbound",
             "per-packet cost, TC mode vs XDP mode: established flow WAN -> LAN (reply)",
+        ),
+        (
+            "tc_fragment_outbound",
+            "fragment_outbound",
+            "per-packet cost, TC mode vs XDP mode: a later IP fragment LAN -> WAN",
+        ),
+        (
+            "tc_fragment_inbound",
+            "fragment_inbound",
+            "per-packet cost, TC mode vs XDP mode: a later IP fragment WAN -> LAN",
         ),
     ] {
         let (Some(tc_ns), Some(xdp_ns), Some(tc_over), Some(xdp_over)) =
