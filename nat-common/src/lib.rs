@@ -580,6 +580,7 @@ pub mod maps {
     pub const RELAY_TARGETS: &str = "RELAY_TARGETS";
     /// A sockmap of one slot: the daemon's relay socket.
     pub const RELAY_SOCKET: &str = "RELAY_SOCKET";
+    pub const CLOCK: &str = "CLOCK";
 }
 
 /// Program names in the object.

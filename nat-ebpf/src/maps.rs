@@ -101,3 +101,16 @@ pub static RELAY_TARGETS: LruHashMap<SessionKey, RelayTarget> =
 /// The daemon's relay socket, in slot 0 while it runs.
 #[map(name = "RELAY_SOCKET")]
 pub static RELAY_SOCKET: SockMap = SockMap::with_max_entries(1, 0);
+
+/// The coarse clock as this CPU last read it, and the jiffies it read it
+/// at (`lookup::now_ns`): the clock only moves on a tick, so within one
+/// tick the value is reused instead of calling the helper again.
+#[map(name = "CLOCK")]
+pub static CLOCK: PerCpuArray<ClockReading> = PerCpuArray::with_max_entries(1, 0);
+
+/// One entry of `CLOCK`; the datapath's own, never seen by user space.
+#[repr(C)]
+pub struct ClockReading {
+    pub jiffies: u64,
+    pub now_ns: u64,
+}
