@@ -52,7 +52,27 @@ impl EndpointKey {
             direction: DIR_INBOUND,
         }
     }
+
+    /// This key's slot of `FORWARD_HINTS` (a multiplicative hash of its
+    /// eight bytes), computed alike by the datapath and the daemon.
+    pub const fn hint_slot(&self) -> u32 {
+        let word = ((u32::from_ne_bytes(self.addr) as u64) << 32)
+            | ((self.port as u64) << 16)
+            | ((self.proto as u64) << 8)
+            | self.direction as u64;
+        (word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FORWARD_HINT_BITS)) as u32
+    }
 }
+
+/// `FORWARD_HINTS` has `1 << FORWARD_HINT_BITS` slots: each the number of
+/// `FORWARDS` keys whose [`EndpointKey::hint_slot`] it is. A packet looks
+/// its key up in `FORWARDS` only where the count is not 0, so that the
+/// hash-table miss almost every packet would pay (most flows are no rule's)
+/// becomes an array read. The daemon counts a key before it inserts it and
+/// uncounts it after it removes it: a count is never lower than the keys
+/// it stands for.
+pub const FORWARD_HINT_BITS: u32 = 16;
+pub const FORWARD_HINT_SLOTS: u32 = 1 << FORWARD_HINT_BITS;
 
 /// Key of `BINDINGS`: like [`EndpointKey`], one entry per direction, plus
 /// the remote an outbound half is for. Under endpoint-independent mapping
@@ -565,6 +585,7 @@ pub const RELAY_TIMEOUT_NS: u64 = FRAG_TIMEOUT_NS;
 pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const FORWARDS: &str = "FORWARDS";
+    pub const FORWARD_HINTS: &str = "FORWARD_HINTS";
     pub const BINDINGS: &str = "BINDINGS";
     pub const SESSIONS: &str = "SESSIONS";
     pub const COUNTERS: &str = "COUNTERS";

@@ -20,7 +20,7 @@ use nat_common::{
 
 use crate::{
     context::NatContext,
-    maps::{ALLOWED_REMOTES, BINDINGS, CLOCK, CONFIG, FORWARDS, STRANGER_PORTS},
+    maps::{ALLOWED_REMOTES, BINDINGS, CLOCK, CONFIG, FORWARD_HINTS, FORWARDS, STRANGER_PORTS},
     parse::{Endpoint, Ipv4Packet, Side},
     session::forward_conversation_exists,
 };
@@ -73,24 +73,41 @@ pub fn in_prefix(addr: [u8; 4], net: [u8; 4], prefix_len: u8) -> bool {
     u32::from_be_bytes(addr) & mask == u32::from_be_bytes(net) & mask
 }
 
+/// The rule `FORWARDS` holds for `key`; not looked up where
+/// `FORWARD_HINTS` says no key of its slot is there.
 #[inline(always)]
-pub fn forward_inbound(proto: u8, external_port: u16) -> Option<Forward> {
+fn forward(key: EndpointKey) -> Option<Forward> {
+    if FORWARD_HINTS
+        .get(key.hint_slot())
+        .is_some_and(|count| *count == 0)
+    {
+        return None;
+    }
     // SAFETY: only the controller writes FORWARDS; a concurrent update can at
     // worst hand this packet the old or the new rule.
-    unsafe {
-        FORWARDS
-            .get(EndpointKey::inbound(proto, external_port))
-            .copied()
-    }
+    unsafe { FORWARDS.get(key).copied() }
+}
+
+#[inline(always)]
+pub fn forward_inbound(proto: u8, external_port: u16) -> Option<Forward> {
+    forward(EndpointKey::inbound(proto, external_port))
+}
+
+/// Whether a static rule holds `external_port`: for the port search of a
+/// new mapping, which asks `FORWARDS` directly. Each of its probes through
+/// `FORWARD_HINTS` would be one more branch in a loop of `PORT_PROBES`,
+/// past what the verifier explores of `nat_lan`.
+#[inline(always)]
+pub fn rule_holds_port(proto: u8, external_port: u16) -> bool {
+    // SAFETY: a map lookup, only tested for presence.
+    unsafe { FORWARDS.get(EndpointKey::inbound(proto, external_port)) }.is_some()
 }
 
 /// The static rule whose internal server is `internal`: its `port` is the
 /// external port.
 #[inline(always)]
 pub fn forward_outbound(proto: u8, internal: Endpoint) -> Option<Forward> {
-    let key = EndpointKey::outbound(proto, internal.addr, internal.port);
-    // SAFETY: as for `forward_inbound`.
-    unsafe { FORWARDS.get(key).copied() }
+    forward(EndpointKey::outbound(proto, internal.addr, internal.port))
 }
 
 /// Whether `remote` may use the forward: any remote, unless the rule lists
