@@ -7,7 +7,10 @@ use nat_common::{Binding, BindingKey, Counter, NatConfig};
 
 use crate::{
     counters::count,
-    lookup::{External, binding_outbound, mapping_key, outbound_external, rule_holds_port},
+    lookup::{
+        External, binding_outbound, mapping_key, outbound_external, rule_holds_port,
+        with_binding_key,
+    },
     maps::{BINDINGS, BPF_NOEXIST},
     parse::Endpoint,
 };
@@ -105,9 +108,10 @@ fn create_binding(
             last_seen_ns: now,
             ..Binding::default()
         };
-        if BINDINGS
-            .insert(outbound, outbound_value, BPF_NOEXIST)
-            .is_ok()
+        if with_binding_key(outbound, |key| {
+            BINDINGS.insert(key, outbound_value, BPF_NOEXIST)
+        })
+        .is_ok()
         {
             return Ok(port);
         }

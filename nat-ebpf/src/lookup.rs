@@ -147,6 +147,27 @@ pub fn binding_inbound(proto: u8, external_port: u16) -> Option<Endpoint> {
     })
 }
 
+/// Calls `f` with `key` as the map helpers read it: stored a word at a
+/// time, volatile. Under endpoint-independent mapping nine bytes in a row
+/// of an outbound key are constant zeroes (direction, remote, padding),
+/// which LLVM otherwise clears with a call to the BPF target's
+/// byte-at-a-time `memset`, on every packet.
+#[inline(always)]
+pub fn with_binding_key<R>(key: BindingKey, f: impl FnOnce(&BindingKey) -> R) -> R {
+    // SAFETY: BindingKey is repr(C), 16 bytes of plain integers (the
+    // transmute fails to compile if its size changes).
+    let words = unsafe { core::mem::transmute::<BindingKey, [u64; 2]>(key) };
+    let mut slot = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    let slot_words = slot.as_mut_ptr().cast::<u64>();
+    // SAFETY: both words are within `slot`, which is 8-byte aligned; once
+    // written, `slot` holds a valid BindingKey (alignment 2).
+    unsafe {
+        slot_words.write_volatile(words[0]);
+        slot_words.add(1).write_volatile(words[1]);
+        f(&*slot.as_ptr().cast::<BindingKey>())
+    }
+}
+
 /// The key of `internal`'s mapping toward `remote` under the configured
 /// mapping behaviour (RFC 4787 section 4.1).
 #[inline(always)]
@@ -176,7 +197,8 @@ pub fn binding_outbound(
     remote: Endpoint,
     now: u64,
 ) -> Option<u16> {
-    let binding = BINDINGS.get_ptr_mut(mapping_key(config, proto, internal, remote))?;
+    let key = mapping_key(config, proto, internal, remote);
+    let binding = with_binding_key(key, |key| BINDINGS.get_ptr_mut(key))?;
     touch(binding, now);
     // SAFETY: a pointer returned by a map lookup.
     Some(unsafe { (*binding).port })
@@ -193,7 +215,9 @@ pub fn outbound_external_unrefreshed(
 ) -> Option<u16> {
     let key = mapping_key(config, proto, internal, remote);
     // SAFETY: a map lookup, copied out at once.
-    let mapped = unsafe { BINDINGS.get(key) }.map(|binding| binding.port);
+    let mapped = with_binding_key(key, |key| {
+        unsafe { BINDINGS.get(key) }.map(|binding| binding.port)
+    });
     match forward_outbound(proto, internal) {
         Some(forward) => match mapped {
             Some(port) if keeps_mapping_port(&forward, port, proto, remote) => Some(port),
@@ -291,7 +315,7 @@ pub fn outbound_external(
         // only the rule's own conversations, whose remotes came in on its
         // port, leave by it. (A rule for the mapping's own port adopts it.)
         let key = mapping_key(config, proto, internal, remote);
-        if let Some(binding) = BINDINGS.get_ptr_mut(key) {
+        if let Some(binding) = with_binding_key(key, |key| BINDINGS.get_ptr_mut(key)) {
             // SAFETY: a pointer returned by a map lookup.
             let port = unsafe { (*binding).port };
             if keeps_mapping_port(&forward, port, proto, remote) {
