@@ -350,7 +350,9 @@ pub struct NatConfig {
 /// 2: `NatConfig::lan_addr` (the source of the ICMP errors `reject` sends).
 /// 3: `RELAY_TARGETS` and `RELAY_SOCKET` pinned; `COUNTERS` without
 /// `drop_frag_untracked`, with the relay's counters.
-pub const DATAPATH_LAYOUT: u32 = 3;
+/// 4: `FORWARD_HINTS` pinned (a datapath without it read in place would
+/// skip every forward rule).
+pub const DATAPATH_LAYOUT: u32 = 4;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
