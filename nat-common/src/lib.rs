@@ -768,6 +768,32 @@ mod tests {
     use super::*;
     use core::mem::size_of;
 
+    /// Rule keys of nearby ports and hosts land in different slots of
+    /// `FORWARD_HINTS`, so that a few rules leave almost every packet's
+    /// slot at 0 (nothing to look up).
+    #[test]
+    fn forward_hint_slots_spread_nearby_keys() {
+        let mut seen = [false; FORWARD_HINT_SLOTS as usize];
+        let mut distinct = 0;
+        let mut mark = |key: EndpointKey| {
+            let slot = key.hint_slot() as usize;
+            assert!(slot < FORWARD_HINT_SLOTS as usize);
+            if !seen[slot] {
+                seen[slot] = true;
+                distinct += 1;
+            }
+        };
+        for port in 1000..3000 {
+            mark(EndpointKey::inbound(PROTO_TCP, port));
+            mark(EndpointKey::inbound(PROTO_UDP, port));
+        }
+        for host in 2..=255 {
+            mark(EndpointKey::outbound(PROTO_TCP, [192, 168, 1, host], 22));
+        }
+        // 4,253 keys in 65,536 slots: random ones would share about 130.
+        assert!(distinct > 4_000, "only {distinct} distinct slots");
+    }
+
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 8);
