@@ -72,9 +72,10 @@ impl SweepParams {
 pub const TOUCH_GRANULARITY_NS: u64 = 250_000_000;
 
 /// How much older than the entry's last packet its stamp may be: the touch
-/// granularity, and a tick of the coarse clock (10 ms at HZ=100, the
-/// coarsest kernel setting).
-pub const STAMP_SLACK_NS: u64 = TOUCH_GRANULARITY_NS + 10_000_000;
+/// granularity, and two ticks of the coarse clock (10 ms each at HZ=100,
+/// the coarsest kernel setting): the datapath reuses a CPU's reading within
+/// a tick, and one taken just as a tick began may be a tick old already.
+pub const STAMP_SLACK_NS: u64 = TOUCH_GRANULARITY_NS + 20_000_000;
 
 /// Idle for strictly longer than `timeout_ns` however stale the stamp, so
 /// that no entry expires before its timeout (RFC 4787 REQ-5, RFC 5382

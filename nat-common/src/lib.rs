@@ -52,7 +52,27 @@ impl EndpointKey {
             direction: DIR_INBOUND,
         }
     }
+
+    /// This key's slot of `FORWARD_HINTS` (a multiplicative hash of its
+    /// eight bytes), computed alike by the datapath and the daemon.
+    pub const fn hint_slot(&self) -> u32 {
+        let word = ((u32::from_ne_bytes(self.addr) as u64) << 32)
+            | ((self.port as u64) << 16)
+            | ((self.proto as u64) << 8)
+            | self.direction as u64;
+        (word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FORWARD_HINT_BITS)) as u32
+    }
 }
+
+/// `FORWARD_HINTS` has `1 << FORWARD_HINT_BITS` slots: each the number of
+/// `FORWARDS` keys whose [`EndpointKey::hint_slot`] it is. A packet looks
+/// its key up in `FORWARDS` only where the count is not 0, so that the
+/// hash-table miss almost every packet would pay (most flows are no rule's)
+/// becomes an array read. The daemon counts a key before it inserts it and
+/// uncounts it after it removes it: a count is never lower than the keys
+/// it stands for.
+pub const FORWARD_HINT_BITS: u32 = 16;
+pub const FORWARD_HINT_SLOTS: u32 = 1 << FORWARD_HINT_BITS;
 
 /// Key of `BINDINGS`: like [`EndpointKey`], one entry per direction, plus
 /// the remote an outbound half is for. Under endpoint-independent mapping
@@ -330,7 +350,9 @@ pub struct NatConfig {
 /// 2: `NatConfig::lan_addr` (the source of the ICMP errors `reject` sends).
 /// 3: `RELAY_TARGETS` and `RELAY_SOCKET` pinned; `COUNTERS` without
 /// `drop_frag_untracked`, with the relay's counters.
-pub const DATAPATH_LAYOUT: u32 = 3;
+/// 4: `FORWARD_HINTS` pinned (a datapath without it read in place would
+/// skip every forward rule).
+pub const DATAPATH_LAYOUT: u32 = 4;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -565,6 +587,7 @@ pub const RELAY_TIMEOUT_NS: u64 = FRAG_TIMEOUT_NS;
 pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const FORWARDS: &str = "FORWARDS";
+    pub const FORWARD_HINTS: &str = "FORWARD_HINTS";
     pub const BINDINGS: &str = "BINDINGS";
     pub const SESSIONS: &str = "SESSIONS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -580,6 +603,7 @@ pub mod maps {
     pub const RELAY_TARGETS: &str = "RELAY_TARGETS";
     /// A sockmap of one slot: the daemon's relay socket.
     pub const RELAY_SOCKET: &str = "RELAY_SOCKET";
+    pub const CLOCK: &str = "CLOCK";
 }
 
 /// Program names in the object.
@@ -743,6 +767,32 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    /// Rule keys of nearby ports and hosts land in different slots of
+    /// `FORWARD_HINTS`, so that a few rules leave almost every packet's
+    /// slot at 0 (nothing to look up).
+    #[test]
+    fn forward_hint_slots_spread_nearby_keys() {
+        let mut seen = [false; FORWARD_HINT_SLOTS as usize];
+        let mut distinct = 0;
+        let mut mark = |key: EndpointKey| {
+            let slot = key.hint_slot() as usize;
+            assert!(slot < FORWARD_HINT_SLOTS as usize);
+            if !seen[slot] {
+                seen[slot] = true;
+                distinct += 1;
+            }
+        };
+        for port in 1000..3000 {
+            mark(EndpointKey::inbound(PROTO_TCP, port));
+            mark(EndpointKey::inbound(PROTO_UDP, port));
+        }
+        for host in 2..=255 {
+            mark(EndpointKey::outbound(PROTO_TCP, [192, 168, 1, host], 22));
+        }
+        // 4,253 keys in 65,536 slots: random ones would share about 130.
+        assert!(distinct > 4_000, "only {distinct} distinct slots");
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

@@ -7,7 +7,10 @@ use nat_common::{Binding, BindingKey, Counter, NatConfig};
 
 use crate::{
     counters::count,
-    lookup::{External, binding_outbound, forward_inbound, mapping_key, outbound_external},
+    lookup::{
+        External, binding_outbound, mapping_key, outbound_external, rule_holds_port,
+        with_binding_key,
+    },
     maps::{BINDINGS, BPF_NOEXIST},
     parse::Endpoint,
 };
@@ -91,7 +94,7 @@ fn create_binding(
         };
         let port = candidate as u16;
         let inbound = BindingKey::inbound(proto, port);
-        if forward_inbound(proto, port).is_some() {
+        if rule_holds_port(proto, port) {
             continue;
         }
         match BINDINGS.insert(inbound, inbound_value, BPF_NOEXIST) {
@@ -105,9 +108,10 @@ fn create_binding(
             last_seen_ns: now,
             ..Binding::default()
         };
-        if BINDINGS
-            .insert(outbound, outbound_value, BPF_NOEXIST)
-            .is_ok()
+        if with_binding_key(outbound, |key| {
+            BINDINGS.insert(key, outbound_value, BPF_NOEXIST)
+        })
+        .is_ok()
         {
             return Ok(port);
         }

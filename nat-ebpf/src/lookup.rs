@@ -6,7 +6,10 @@ use aya_ebpf::{
         BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
     },
-    helpers::{bpf_ktime_get_coarse_ns, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
+    helpers::{
+        bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
+        bpf_sk_release,
+    },
     maps::lpm_trie::Key,
 };
 use nat_common::{
@@ -17,7 +20,7 @@ use nat_common::{
 
 use crate::{
     context::NatContext,
-    maps::{ALLOWED_REMOTES, BINDINGS, CONFIG, FORWARDS, STRANGER_PORTS},
+    maps::{ALLOWED_REMOTES, BINDINGS, CLOCK, CONFIG, FORWARD_HINTS, FORWARDS, STRANGER_PORTS},
     parse::{Endpoint, Ipv4Packet, Side},
     session::forward_conversation_exists,
 };
@@ -34,10 +37,31 @@ pub fn config_without_wan() -> Option<&'static NatConfig> {
     CONFIG.get(0).filter(|config| config.lan_prefix_len != 0)
 }
 
+/// `CLOCK_MONOTONIC_COARSE`, which the kernel moves on each tick, as
+/// jiffies. The helper call costs some 15 ns a packet; the verifier inlines
+/// `bpf_jiffies64` into a load, so within a tick this CPU's last reading
+/// is used again. A reading taken between a tick's jiffies update and its
+/// clock update is one tick old for one more tick: at most two ticks in
+/// all, which `STAMP_SLACK_NS` allows for.
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: helpers without arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(reading) = CLOCK.get_ptr_mut(0) else {
+        // SAFETY: as above.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: a per-CPU slot, touched only by this CPU with preemption
+    // disabled. A slot never written holds 0 (read afresh).
+    unsafe {
+        if (*reading).jiffies == jiffies && (*reading).now_ns != 0 {
+            return (*reading).now_ns;
+        }
+        let now = bpf_ktime_get_coarse_ns();
+        (*reading).jiffies = jiffies;
+        (*reading).now_ns = now;
+        now
+    }
 }
 
 #[inline(always)]
@@ -49,24 +73,41 @@ pub fn in_prefix(addr: [u8; 4], net: [u8; 4], prefix_len: u8) -> bool {
     u32::from_be_bytes(addr) & mask == u32::from_be_bytes(net) & mask
 }
 
+/// The rule `FORWARDS` holds for `key`; not looked up where
+/// `FORWARD_HINTS` says no key of its slot is there.
 #[inline(always)]
-pub fn forward_inbound(proto: u8, external_port: u16) -> Option<Forward> {
+fn forward(key: EndpointKey) -> Option<Forward> {
+    if FORWARD_HINTS
+        .get(key.hint_slot())
+        .is_some_and(|count| *count == 0)
+    {
+        return None;
+    }
     // SAFETY: only the controller writes FORWARDS; a concurrent update can at
     // worst hand this packet the old or the new rule.
-    unsafe {
-        FORWARDS
-            .get(EndpointKey::inbound(proto, external_port))
-            .copied()
-    }
+    unsafe { FORWARDS.get(key).copied() }
+}
+
+#[inline(always)]
+pub fn forward_inbound(proto: u8, external_port: u16) -> Option<Forward> {
+    forward(EndpointKey::inbound(proto, external_port))
+}
+
+/// Whether a static rule holds `external_port`: for the port search of a
+/// new mapping, which asks `FORWARDS` directly. Each of its probes through
+/// `FORWARD_HINTS` would be one more branch in a loop of `PORT_PROBES`,
+/// past what the verifier explores of `nat_lan`.
+#[inline(always)]
+pub fn rule_holds_port(proto: u8, external_port: u16) -> bool {
+    // SAFETY: a map lookup, only tested for presence.
+    unsafe { FORWARDS.get(EndpointKey::inbound(proto, external_port)) }.is_some()
 }
 
 /// The static rule whose internal server is `internal`: its `port` is the
 /// external port.
 #[inline(always)]
 pub fn forward_outbound(proto: u8, internal: Endpoint) -> Option<Forward> {
-    let key = EndpointKey::outbound(proto, internal.addr, internal.port);
-    // SAFETY: as for `forward_inbound`.
-    unsafe { FORWARDS.get(key).copied() }
+    forward(EndpointKey::outbound(proto, internal.addr, internal.port))
 }
 
 /// Whether `remote` may use the forward: any remote, unless the rule lists
@@ -106,6 +147,27 @@ pub fn binding_inbound(proto: u8, external_port: u16) -> Option<Endpoint> {
     })
 }
 
+/// Calls `f` with `key` as the map helpers read it: stored a word at a
+/// time, volatile. Under endpoint-independent mapping nine bytes in a row
+/// of an outbound key are constant zeroes (direction, remote, padding),
+/// which LLVM otherwise clears with a call to the BPF target's
+/// byte-at-a-time `memset`, on every packet.
+#[inline(always)]
+pub fn with_binding_key<R>(key: BindingKey, f: impl FnOnce(&BindingKey) -> R) -> R {
+    // SAFETY: BindingKey is repr(C), 16 bytes of plain integers (the
+    // transmute fails to compile if its size changes).
+    let words = unsafe { core::mem::transmute::<BindingKey, [u64; 2]>(key) };
+    let mut slot = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    let slot_words = slot.as_mut_ptr().cast::<u64>();
+    // SAFETY: both words are within `slot`, which is 8-byte aligned; once
+    // written, `slot` holds a valid BindingKey (alignment 2).
+    unsafe {
+        slot_words.write_volatile(words[0]);
+        slot_words.add(1).write_volatile(words[1]);
+        f(&*slot.as_ptr().cast::<BindingKey>())
+    }
+}
+
 /// The key of `internal`'s mapping toward `remote` under the configured
 /// mapping behaviour (RFC 4787 section 4.1).
 #[inline(always)]
@@ -135,7 +197,8 @@ pub fn binding_outbound(
     remote: Endpoint,
     now: u64,
 ) -> Option<u16> {
-    let binding = BINDINGS.get_ptr_mut(mapping_key(config, proto, internal, remote))?;
+    let key = mapping_key(config, proto, internal, remote);
+    let binding = with_binding_key(key, |key| BINDINGS.get_ptr_mut(key))?;
     touch(binding, now);
     // SAFETY: a pointer returned by a map lookup.
     Some(unsafe { (*binding).port })
@@ -152,7 +215,9 @@ pub fn outbound_external_unrefreshed(
 ) -> Option<u16> {
     let key = mapping_key(config, proto, internal, remote);
     // SAFETY: a map lookup, copied out at once.
-    let mapped = unsafe { BINDINGS.get(key) }.map(|binding| binding.port);
+    let mapped = with_binding_key(key, |key| {
+        unsafe { BINDINGS.get(key) }.map(|binding| binding.port)
+    });
     match forward_outbound(proto, internal) {
         Some(forward) => match mapped {
             Some(port) if keeps_mapping_port(&forward, port, proto, remote) => Some(port),
@@ -250,7 +315,7 @@ pub fn outbound_external(
         // only the rule's own conversations, whose remotes came in on its
         // port, leave by it. (A rule for the mapping's own port adopts it.)
         let key = mapping_key(config, proto, internal, remote);
-        if let Some(binding) = BINDINGS.get_ptr_mut(key) {
+        if let Some(binding) = with_binding_key(key, |key| BINDINGS.get_ptr_mut(key)) {
             // SAFETY: a pointer returned by a map lookup.
             let port = unsafe { (*binding).port };
             if keeps_mapping_port(&forward, port, proto, remote) {

@@ -6,9 +6,9 @@ use aya_ebpf::{
 use nat_common::{
     ALLOWED_REMOTES_MAX, AllowedRemote, Binding, BindingKey, COUNTER_COUNT, CounterValue,
     DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX,
-    EndpointKey, FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS, MAX_RULES,
-    NEW_CONNECTIONS_BYTES, NatConfig, RELAY_TARGETS_MAX, RelayTarget, RuleCounters, Session,
-    SessionKey, SweepParams, SweepStats,
+    EndpointKey, FORWARD_HINT_SLOTS, FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS,
+    MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, RELAY_TARGETS_MAX, RelayTarget, RuleCounters,
+    Session, SessionKey, SweepParams, SweepStats,
 };
 
 use crate::reject::ErrorBudget;
@@ -24,6 +24,11 @@ pub static CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 #[map(name = "FORWARDS")]
 pub static FORWARDS: HashMap<EndpointKey, Forward> =
     HashMap::with_max_entries(DEFAULT_FORWARDS_MAX, 0);
+
+/// How many `FORWARDS` keys hash to each slot (`EndpointKey::hint_slot`),
+/// written only by the controller: 0 says there is nothing to look up.
+#[map(name = "FORWARD_HINTS")]
+pub static FORWARD_HINTS: Array<u32> = Array::with_max_entries(FORWARD_HINT_SLOTS, 0);
 
 /// Dynamic mappings, created here on the first outbound packet. A plain hash
 /// (not LRU): evicting a live mapping under pressure would silently break a
@@ -101,3 +106,16 @@ pub static RELAY_TARGETS: LruHashMap<SessionKey, RelayTarget> =
 /// The daemon's relay socket, in slot 0 while it runs.
 #[map(name = "RELAY_SOCKET")]
 pub static RELAY_SOCKET: SockMap = SockMap::with_max_entries(1, 0);
+
+/// The coarse clock as this CPU last read it, and the jiffies it read it
+/// at (`lookup::now_ns`): the clock only moves on a tick, so within one
+/// tick the value is reused instead of calling the helper again.
+#[map(name = "CLOCK")]
+pub static CLOCK: PerCpuArray<ClockReading> = PerCpuArray::with_max_entries(1, 0);
+
+/// One entry of `CLOCK`; the datapath's own, never seen by user space.
+#[repr(C)]
+pub struct ClockReading {
+    pub jiffies: u64,
+    pub now_ns: u64,
+}

@@ -11,9 +11,10 @@ use nat_common::{RelayTarget, SessionKey, maps as names};
 use super::{DatapathError, MapView, MapWriter, Result, SweepMaps};
 
 /// Every map's name, as pinned in the pin directory.
-pub const PINNED: [&str; 14] = [
+pub const PINNED: [&str; 15] = [
     names::CONFIG,
     names::FORWARDS,
+    names::FORWARD_HINTS,
     names::BINDINGS,
     names::SESSIONS,
     names::COUNTERS,
@@ -98,6 +99,7 @@ impl Maps {
                 config: open!(names::CONFIG),
                 egress: open!(names::EGRESS),
                 forwards: open!(names::FORWARDS),
+                forward_hints: open!(names::FORWARD_HINTS),
                 allowed_remotes: open!(names::ALLOWED_REMOTES),
                 rule_counters: typed(names::RULE_COUNTERS, rule_counters)?,
             },

@@ -13,6 +13,7 @@ pub struct MapWriter {
     pub(super) config: Array<MapData, NatConfig>,
     pub(super) egress: DevMapHash<MapData>,
     pub(super) forwards: HashMap<MapData, EndpointKey, Forward>,
+    pub(super) forward_hints: Array<MapData, u32>,
     pub(super) allowed_remotes: LpmTrie<MapData, AllowedRemote, u8>,
     pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
 }
@@ -97,15 +98,44 @@ impl MapWriter {
                 }
                 _ => Ok(()),
             },
-            Step::PutForward(key, value) => self
-                .forwards
-                .insert(key, value, 0)
-                .map_err(map_error(names::FORWARDS)),
+            Step::PutForward(key, value) => {
+                // Counted before it is there, so that no packet skips it.
+                let new_key = self.forward(&key)?.is_none();
+                if new_key {
+                    self.count_hint(&key, true)?;
+                }
+                self.forwards.insert(key, value, 0).map_err(|error| {
+                    if new_key {
+                        let _ = self.count_hint(&key, false);
+                    }
+                    map_error(names::FORWARDS)(error)
+                })
+            }
             Step::RemoveForward(key) => match self.forwards.remove(&key) {
+                // Uncounted once it is gone; should that fail, the count
+                // stays high, which costs a packet a lookup, never a rule.
+                Ok(()) => self.count_hint(&key, false),
                 Err(error) if !is_not_found(&error) => Err(map_error(names::FORWARDS)(error)),
-                _ => Ok(()),
+                Err(_) => Ok(()),
             },
         }
+    }
+
+    /// One more (`up`) or one fewer `FORWARDS` key in `key`'s slot of
+    /// `FORWARD_HINTS` (see `nat_common::FORWARD_HINT_BITS`). A
+    /// read-modify-write: this writer is the map's only one.
+    fn count_hint(&mut self, key: &EndpointKey, up: bool) -> Result<()> {
+        let slot = key.hint_slot();
+        let error = map_error(names::FORWARD_HINTS);
+        let count = self.forward_hints.get(&slot, 0).map_err(error)?;
+        let count = if up {
+            count.saturating_add(1)
+        } else {
+            count.saturating_sub(1)
+        };
+        self.forward_hints
+            .set(slot, count, 0)
+            .map_err(map_error(names::FORWARD_HINTS))
     }
 
     fn reset_rule_counters(&mut self, rule_id: u32) -> Result<()> {
