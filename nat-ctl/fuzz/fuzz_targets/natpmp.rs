@@ -53,7 +53,12 @@ impl Gateway for Fake {
         1_000_000
     }
     /// Every endpoint has a dynamic mapping, so PEER's answers are built.
-    fn dynamic_mapping(&self, _: MapProtocol, internal: SocketAddrV4) -> Option<(u16, u32)> {
+    fn dynamic_mapping(
+        &self,
+        _: MapProtocol,
+        internal: SocketAddrV4,
+        _remote: SocketAddrV4,
+    ) -> Option<(u16, u32)> {
         Some((internal.port(), 300))
     }
 }
