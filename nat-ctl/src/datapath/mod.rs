@@ -350,7 +350,11 @@ impl Datapath {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+/// The program `name` of `ebpf`, as the kind `P` it must be.
+fn typed_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
             name,
@@ -360,14 +364,12 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
         .map_err(|source| DatapathError::Program { name, source })
 }
 
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    typed_program(ebpf, name)
+}
+
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: aya::programs::ProgramError::UnexpectedProgramType,
-        })?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name, source })
+    typed_program(ebpf, name)
 }
 
 /// As [`Datapath::attach_relay_lookup`], for any loaded object (an upgrade
@@ -397,14 +399,7 @@ fn attach_relay_lookup(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
 }
 
 fn relay_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup> {
-    let name = programs::RELAY_LOOKUP;
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: aya::programs::ProgramError::UnexpectedProgramType,
-        })?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name, source })
+    typed_program(ebpf, programs::RELAY_LOOKUP)
 }
 
 fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
