@@ -527,3 +527,210 @@ fn the_relay_picks_up_after_a_daemon_restart() {
     assert_eq!(counters["relay_steered"], 1, "{counters:?}");
     assert_eq!(relay_figure(&lab, "relayed"), 1);
 }
+
+/// On `netns`'s `dev`, every datagram's first fragment (MF set, offset 0)
+/// is held back behind the rest of its datagram: a class of its own,
+/// slowed to a few hundred fragments a second (this kernel has no netem),
+/// so that a burst's first fragments queue while their later fragments
+/// leave at once.
+fn first_fragments_last(netns: &Netns, dev: &str) {
+    let tc = |args: &[&str]| {
+        let mut full = vec!["tc"];
+        full.extend_from_slice(args);
+        netns.exec(full[0], &full[1..]).unwrap();
+    };
+    tc(&[
+        "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+    ]);
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit",
+    ]);
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate", "3mbit",
+        "burst", "2k", "cburst", "2k",
+    ]);
+    tc(&[
+        "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match",
+        "u16", "0x2000", "0x3fff", "at", "6", "flowid", "1:20",
+    ]);
+}
+
+/// A host beyond the WAN host, which routes for it.
+const FAR_HOST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 51, 100, 2);
+const FAR_GATEWAY: &str = "198.51.100.1";
+
+/// A host one hop beyond the WAN host, on a 1500-byte link, that does not
+/// set DF: its full TCP segments are fragmented by the WAN host onto the
+/// WAN link (MTU 1000), each one's first fragment last. The router's own
+/// route to it is the test's (the lab has none beyond the WAN link).
+fn far_host_behind_a_small_mtu(lab: &Lab) -> Netns {
+    let far = Netns::new("far").unwrap();
+    lab.wan.veth("far0", &far, "eth0").unwrap();
+    lab.wan
+        .ip(&["addr", "add", &format!("{FAR_GATEWAY}/24"), "dev", "far0"])
+        .unwrap();
+    lab.wan.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    lab.wan.ip(&["link", "set", "eth0", "mtu", "1000"]).unwrap();
+    lab.router
+        .ip(&["link", "set", "wan0", "mtu", "1000"])
+        .unwrap();
+    far.ip(&["addr", "add", &format!("{FAR_HOST}/24"), "dev", "eth0"])
+        .unwrap();
+    far.ip(&["route", "add", "default", "via", FAR_GATEWAY])
+        .unwrap();
+    far.sysctl("net.ipv4.ip_no_pmtu_disc", "1").unwrap();
+    lab.router
+        .ip(&[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            &WAN_HOST.to_string(),
+        ])
+        .unwrap();
+    first_fragments_last(&lab.wan, "eth0");
+    far
+}
+
+const REORDERED_TCP_LEN: usize = 256 << 10;
+
+/// TCP from outside whose segments arrive last fragment first, to two LAN
+/// hosts at once (so that neither is the remote's one fragment peer and
+/// no early fragment names a host): a download over a dynamic mapping and
+/// an upload to a forwarded port, each compared byte for byte. The
+/// router's kernel reassembles each segment, its sink keeps the router's
+/// TCP from answering (an RST would end the connection), and the relay
+/// sends it on from the remote's address and port.
+fn reordered_tcp_reaches_the_lan_hosts(lab: &Lab) {
+    let far = far_host_behind_a_small_mtu(lab);
+    lab.run("add reordered-tcp --proto tcp --external 9410 --internal 192.168.0.12:9410");
+    let download = pattern(REORDERED_TCP_LEN, 31);
+    let upload = pattern(REORDERED_TCP_LEN, 32);
+    let far_listener = join(far.spawn(|| Ok(TcpListener::bind((FAR_HOST, 9411))?)));
+    let lan_listener = join(lab.lan.spawn(|| Ok(TcpListener::bind((LAN_SERVER, 9410))?)));
+
+    let sent = download.clone();
+    let far_server = std::thread::spawn(move || -> Result<SocketAddr> {
+        let (mut stream, peer) = accept(&far_listener)?;
+        stream.write_all(&sent)?;
+        Ok(peer)
+    });
+    let lan_server = std::thread::spawn(move || -> Result<(Vec<u8>, SocketAddr)> {
+        let (mut stream, peer) = accept(&lan_listener)?;
+        let mut received = Vec::with_capacity(REORDERED_TCP_LEN);
+        (&mut stream)
+            .take(REORDERED_TCP_LEN as u64)
+            .read_to_end(&mut received)?;
+        Ok((received, peer))
+    });
+    let sending = upload.clone();
+    let far_client = far.spawn(move || {
+        let mut stream = connect((ROUTER_WAN, 9410).into())?;
+        stream.write_all(&sending)?;
+        // Until the server has it all: a close before then would be
+        // data the server may never see acknowledged.
+        let mut end = [0u8; 1];
+        let _ = stream.read(&mut end);
+        Ok(())
+    });
+    let mut stream = join(
+        lab.lan
+            .spawn(|| nat_tests::traffic::connect_from(LAN_CLIENT, (FAR_HOST, 9411).into())),
+    );
+    let mut received = Vec::with_capacity(REORDERED_TCP_LEN);
+    let read = (&mut stream)
+        .take(REORDERED_TCP_LEN as u64)
+        .read_to_end(&mut received);
+    let (uploaded, client) = join(lan_server);
+    join(far_client);
+    let peer = join(far_server);
+    read.unwrap_or_else(|error| {
+        panic!(
+            "download: {error}: {:?} {}",
+            lab.counters(),
+            lab.status().unwrap()["relay"]
+        )
+    });
+    assert!(received == download, "download corrupted or cut short");
+    assert!(uploaded == upload, "upload corrupted or cut short");
+    assert_eq!(peer.ip(), ROUTER_WAN);
+    assert_eq!(client.ip(), FAR_HOST);
+    let counters = lab.counters().unwrap();
+    let relayed = relay_figure(lab, "relayed_tcp");
+    // 256 KiB is some 180 full segments each way.
+    assert!(relayed >= 50, "{relayed} relayed: {counters:?}");
+    assert!(counters["relay_steered"] >= relayed, "{counters:?}");
+    assert_eq!(counters["drop_relay_down"], 0, "{counters:?}");
+    assert_eq!(relay_figure(lab, "dropped_malformed"), 0);
+    drop(far);
+}
+
+#[test]
+fn reordered_tcp_fragments_reach_the_lan_hosts_through_the_relay() {
+    reordered_tcp_reaches_the_lan_hosts(&Lab::start().unwrap());
+}
+
+#[test]
+fn reordered_tcp_fragments_reach_the_lan_hosts_through_the_relay_in_xdp_mode() {
+    reordered_tcp_reaches_the_lan_hosts(&Lab::start_xdp().unwrap());
+}
+
+/// Large pings from both LAN hosts at once (neither the WAN host's one
+/// fragment peer), each echo reply arriving last fragment first: the
+/// router's kernel reassembles it, its ICMP ignores it (no ping of its
+/// own), and the relay sends it to the host whose query mapping it
+/// answers, with that host's id.
+#[test]
+fn reordered_echo_replies_reach_the_lan_hosts_through_the_relay() {
+    let lab = Lab::start().unwrap();
+    lab.router
+        .ip(&["link", "set", "wan0", "mtu", "1000"])
+        .unwrap();
+    lab.wan.ip(&["link", "set", "eth0", "mtu", "1000"]).unwrap();
+    first_fragments_last(&lab.wan, "eth0");
+    let pings: Vec<_> = [LAN_SERVER, LAN_CLIENT]
+        .into_iter()
+        .map(|from| {
+            let lan = lab.lan.name.clone();
+            std::thread::spawn(move || {
+                let from = from.to_string();
+                // Queries a millisecond apart: their replies' first
+                // fragments queue behind each other on the WAN host.
+                let args = [
+                    "netns",
+                    "exec",
+                    &lan,
+                    "ping",
+                    "-c",
+                    "20",
+                    "-i",
+                    "0.001",
+                    "-W",
+                    "3",
+                    "-s",
+                    "3000",
+                    "-I",
+                    &from,
+                    "203.0.113.2",
+                ];
+                let output = std::process::Command::new("ip")
+                    .args(args)
+                    .output()
+                    .unwrap();
+                (from, String::from_utf8_lossy(&output.stdout).into_owned())
+            })
+        })
+        .collect();
+    for ping in pings {
+        let (from, text) = ping.join().unwrap();
+        assert!(
+            text.contains(" 20 received"),
+            "from {from}: {text}\n{:?}\n{}",
+            lab.counters(),
+            lab.status().unwrap()["relay"]
+        );
+    }
+    let relayed = relay_figure(&lab, "relayed_icmp");
+    assert!(relayed >= 10, "{relayed} relayed: {:?}", lab.counters());
+    assert_eq!(relay_figure(&lab, "dropped_malformed"), 0);
+}
