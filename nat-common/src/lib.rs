@@ -565,16 +565,20 @@ pub const FRAG_TIMEOUT_NS: u64 = 5_000_000_000;
 pub const FRAG_PEER_TIMEOUT_NS: u64 = 30_000_000_000;
 
 /// Where a datagram that the kernel reassembled goes (`RELAY_TARGETS`,
-/// keyed by a `SessionKey`: the remote endpoint and the external port it
-/// came to): the internal endpoint the datapath chose for its first
-/// fragment, with the datapath's own lookup and filter.
+/// keyed by a `SessionKey`: the remote endpoint, or the LAN host of a
+/// hairpinned datagram, and the external port it came to): the internal
+/// endpoint the datapath chose for its first fragment, with the
+/// datapath's own lookup and filter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RelayTarget {
     pub created_ns: u64,
     pub addr: [u8; 4],
     pub port: u16,
-    pub _pad: u16,
+    /// 0: the datagram keeps its source (a remote's, from outside). Else
+    /// it was hairpinned: it leaves from the WAN address and this port,
+    /// its sender's mapping toward the WAN address.
+    pub source_port: u16,
 }
 
 /// Datagrams on their way through the kernel's reassembly to the relay:

@@ -20,6 +20,10 @@
 //! - ICMP echo and timestamp replies: the raw ICMP socket's copy, likewise
 //!   filtered; the router's ICMP ignores a reply to nothing it asked.
 //!
+//! A LAN host's datagram hairpinned through the WAN address comes the same
+//! way, its target recording the port of the sender's mapping: it leaves
+//! from the WAN address and that port, as the fast path would send it.
+//!
 //! The relay rewrites the destination port (an ICMP query's id) to the
 //! target's, with the checksum recomputed after checking the one that
 //! came, and sends the datagram from a raw socket of its protocol with the
@@ -383,12 +387,18 @@ impl Onward {
         let Some(target) = self.target(&key) else {
             return;
         };
+        // A hairpinned datagram leaves from the WAN address, by its
+        // sender's mapping.
+        let from = match target.source_port {
+            0 => remote,
+            port => SocketAddrV4::new(*external.ip(), port),
+        };
         let to = Ipv4Addr::from(target.addr);
         let outcome =
-            udp_header(remote, SocketAddrV4::new(to, target.port), payload).and_then(|header| {
+            udp_header(from, SocketAddrV4::new(to, target.port), payload).and_then(|header| {
                 send(
                     &self.udp,
-                    *remote.ip(),
+                    *from.ip(),
                     to,
                     datagram.ttl,
                     &[IoSlice::new(&header), IoSlice::new(payload)],
@@ -409,11 +419,15 @@ impl Onward {
             return;
         };
         let to = Ipv4Addr::from(target.addr);
-        let remote = Ipv4Addr::from(rewritten.key.remote_addr);
-        let outcome = rewritten.header(remote, target).and_then(|header| {
+        // A hairpinned datagram leaves from the WAN address.
+        let from = match target.source_port {
+            0 => Ipv4Addr::from(rewritten.key.remote_addr),
+            _ => rewritten.local,
+        };
+        let outcome = rewritten.header(from, target).and_then(|header| {
             send(
                 socket,
-                remote,
+                from,
                 to,
                 Some(rewritten.ttl),
                 &[IoSlice::new(&header), IoSlice::new(rewritten.payload)],
@@ -429,6 +443,8 @@ impl Onward {
 struct Rewritten<'a> {
     /// Its `RELAY_TARGETS` key, as `nat_relay_filter` built it.
     key: SessionKey,
+    /// The address it came to: the WAN address.
+    local: Ipv4Addr,
     ttl: u8,
     l4: L4<'a>,
     /// What follows the L4 header.
@@ -461,6 +477,7 @@ impl<'a> Rewritten<'a> {
                         proto: PROTO_TCP,
                         _pad: [0; 3],
                     },
+                    local: Ipv4Addr::from(destination),
                     ttl,
                     payload: tcp.payload(),
                     l4: L4::Tcp(tcp),
@@ -485,6 +502,7 @@ impl<'a> Rewritten<'a> {
                         proto: PROTO_ICMP,
                         _pad: [0; 3],
                     },
+                    local: Ipv4Addr::from(destination),
                     ttl,
                     payload: icmp.payload(),
                     l4: L4::Icmp(kind),
@@ -494,15 +512,19 @@ impl<'a> Rewritten<'a> {
         }
     }
 
-    /// The L4 header for `target`: the destination port (or the query's
-    /// id) the target's, the checksum recomputed for it.
-    fn header(&self, remote: Ipv4Addr, target: RelayTarget) -> io::Result<Vec<u8>> {
+    /// The L4 header for `target`, sent from `from`: the destination port
+    /// (or the query's id) the target's, a hairpinned segment's source
+    /// port its sender's mapping's, the checksum recomputed for it.
+    fn header(&self, from: Ipv4Addr, target: RelayTarget) -> io::Result<Vec<u8>> {
         match &self.l4 {
             L4::Tcp(tcp) => {
                 let mut header = tcp.to_header();
                 header.destination_port = target.port;
+                if target.source_port != 0 {
+                    header.source_port = target.source_port;
+                }
                 header.checksum = header
-                    .calc_checksum_ipv4_raw(remote.octets(), target.addr, self.payload)
+                    .calc_checksum_ipv4_raw(from.octets(), target.addr, self.payload)
                     .map_err(io::Error::other)?;
                 Ok(header.to_bytes().to_vec())
             }

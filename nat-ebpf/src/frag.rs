@@ -23,6 +23,10 @@
 //!   the daemon's relay gets it (`relay.rs`: steered by `nat_relay_lookup`
 //!   for UDP, read through `nat_relay_filter` for TCP and ICMP) and sends
 //!   it on to that target. Never a guess, never a second NAT.
+//! - from a LAN host to the WAN address (hairpin), a later fragment before
+//!   its first goes to the kernel, recorded as held there; its first
+//!   fragment, hairpinned, hands the datagram to the relay alike, with
+//!   the port it leaves the WAN address from.
 //!
 //! Leaving the LAN, every datagram leaves from the one WAN address, so two
 //! LAN hosts' datagrams to one remote with the same protocol and IP id
@@ -221,7 +225,9 @@ pub fn track_hairpin(
 /// A later fragment from a LAN host to the WAN address: to the LAN host
 /// its first fragment was hairpinned to, from the WAN address. Without a
 /// record (the router's own datagram, or its first fragment not seen yet):
-/// the kernel's, which reassembles it for the router.
+/// the kernel's, which reassembles it for the router, and recorded as
+/// held there, so that a first fragment hairpinned after it hands its
+/// datagram to the relay (`hand_to_relay`).
 #[inline(always)]
 pub fn hairpin(
     ctx: &impl NatContext,
@@ -233,8 +239,16 @@ pub fn hairpin(
     if hdr.is_tcp_overlap() {
         return Err(Counter::DropMalformed);
     }
-    let (to, id) =
-        fresh(&datagram_key(hdr), FRAG_TIMEOUT_NS, now_ns(), len).ok_or(Counter::PassLocal)?;
+    let now = now_ns();
+    let key = datagram_key(hdr);
+    let Some((to, id)) = fresh(&key, FRAG_TIMEOUT_NS, now, len) else {
+        insert(&key, config.wan_addr, hdr.id(), now);
+        count(Counter::FragTracked, len);
+        return Err(Counter::PassLocal);
+    };
+    if to == config.wan_addr {
+        return Err(Counter::PassLocal);
+    }
     let route = leaving_by(
         route_fragmentable(ctx, hdr, config.wan_addr, to)?,
         config.lan_ifindex,
@@ -363,11 +377,17 @@ pub fn inbound(
 /// stays on the fast path and is lost, as it would be without the relay
 /// (TCP retransmits): reassembled, the router's stack would answer it with
 /// an RST, which would end the LAN host's connection.
+///
+/// A first fragment from a LAN host hairpinned to `to` (`lan::hairpin`)
+/// whose later fragments came first and went to the kernel (`hairpin`) is
+/// handed over alike, with `source_port`, the WAN address's port it
+/// leaves from (0 for a datagram from outside, which keeps its source).
 #[inline(always)]
 pub fn hand_to_relay(
     config: &NatConfig,
     packet: &Ipv4Packet,
     to: Endpoint,
+    source_port: u16,
     now: u64,
     len: usize,
 ) -> bool {
@@ -381,15 +401,14 @@ pub fn hand_to_relay(
     if !held || (packet.proto == PROTO_TCP && !relay::sink_held()) {
         return false;
     }
-    let key = relay_key(packet);
     let target = RelayTarget {
         created_ns: now,
         addr: to.addr,
         port: to.port,
-        _pad: 0,
+        source_port,
     };
     // An LRU takes it, full or not.
-    let _ = RELAY_TARGETS.insert(key, target, 0);
+    let _ = RELAY_TARGETS.insert(relay_key(packet), target, 0);
     true
 }
 

@@ -478,6 +478,52 @@ fn last_fragment_first_reaches_the_lan_host_through_the_relay_in_xdp_mode() {
     last_fragment_first_reaches_the_lan_host(&Lab::start_xdp().unwrap());
 }
 
+/// A LAN host's datagram to a forwarded port through the WAN address
+/// (hairpin), its last fragment first: the router's kernel reassembles
+/// it, and the relay sends it on to the server from the WAN address and
+/// the client's mapping, as the fast path would; the server's answer
+/// comes back by that mapping.
+#[test]
+fn a_hairpinned_datagram_last_fragment_first_reaches_the_server_through_the_relay() {
+    let lab = Lab::start().unwrap();
+    lab.run("add hairpin-reordered --proto udp --external 9303 --internal 192.168.0.12:9303");
+    let server = udp(&lab.lan, LAN_SERVER, 9303);
+    let client = udp(&lab.lan, LAN_CLIENT, 9304);
+    let mut buffer = vec![0u8; 65536];
+    let mut sources = Vec::new();
+    for (id, len) in [(0x5400u16, 4096), (0x5401, 16384)] {
+        let data = pattern(len, u64::from(id));
+        let mut fragments = udp_fragments(
+            SocketAddrV4::new(LAN_CLIENT, 9304),
+            SocketAddrV4::new(ROUTER_WAN, 9303),
+            &data,
+            id,
+        );
+        fragments.reverse();
+        send_raw(&lab.lan, fragments);
+        let (got, source) = server.recv_from(&mut buffer).unwrap_or_else(|error| {
+            panic!(
+                "{len}-byte datagram: {error}: {:?}\n{}",
+                lab.counters(),
+                lab.natctl_log()
+            )
+        });
+        assert!(
+            buffer[..got] == data[..],
+            "{len}-byte datagram: {got} bytes, or different ones"
+        );
+        assert_eq!(source.ip(), ROUTER_WAN);
+        sources.push(source);
+    }
+    assert_eq!(sources[0], sources[1], "one mapping for the client");
+    let seen = datagram(&server, sources[0], &client, 100, 9);
+    assert_eq!(seen, SocketAddr::from((ROUTER_WAN, 9303)));
+    let counters = lab.counters().unwrap();
+    assert_eq!(counters["pass_frag_reassembly"], 2, "{counters:?}");
+    assert_eq!(counters["relay_steered"], 2, "{counters:?}");
+    assert_eq!(relay_figure(&lab, "relayed"), 2);
+}
+
 /// The slow path judges the datagram as the fast path does, by its first
 /// fragment: from a remote the mapping's filter does not let in, it is
 /// dropped and counted, whatever order its fragments come in.

@@ -160,6 +160,52 @@ fn hairpinned_fragments_follow_their_first() {
 }
 
 #[test]
+fn a_hairpinned_datagrams_early_fragment_sends_it_to_the_relay() {
+    // A LAN host's datagram to a forwarded port through the WAN address,
+    // its last fragment first: the kernel holds that one and the rest;
+    // the first fragment, judged and mapped as in order, is passed for the
+    // kernel to reassemble, with its target and the port it leaves from
+    // recorded for the relay.
+    let mut lab = PacketLab::new().unwrap();
+    lab.forward("udp/8053=192.168.0.12:53").unwrap();
+    let query = with_id(
+        &udp(
+            ep(LAN_HOST2, 5555),
+            ep(WAN_ADDR, 8053),
+            &Rng::new(8).bytes(4000),
+        ),
+        ID,
+    );
+    let fragments = fragment(&query, 1480);
+    for frame in [&fragments[2], &fragments[1], &fragments[0]] {
+        assert_passed_untouched(&lab.from_lan(frame).unwrap(), frame);
+    }
+    assert_counters(
+        &lab,
+        &[
+            ("pass_frag_reassembly", 1),
+            ("hairpin", 0),
+            ("frag_translated", 0),
+        ],
+    );
+    let target = relay_target(&mut lab, ep(LAN_HOST2, 5555), 8053, 17).expect("a relay target");
+    assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 53));
+    // The port of the client's mapping toward the WAN address: its answer
+    // comes back to it by the fast path.
+    assert_ne!(target.source_port, 0);
+    let answer = udp(ep(LAN_HOST, 53), ep(WAN_ADDR, target.source_port), b"a");
+    let out = lab.from_lan(&answer).unwrap();
+    assert_eq!(out.action, XDP_REDIRECT);
+    assert_translated(
+        &assert_checksums_ok(&out.frame),
+        &answer,
+        ep(WAN_ADDR, 8053),
+        ep(LAN_HOST2, 5555),
+        1,
+    );
+}
+
+#[test]
 fn a_later_fragment_before_its_first() {
     // Leaving the LAN: every fragment's source becomes the WAN address,
     // so the order does not matter. Last, middle, then first.
