@@ -728,25 +728,27 @@ fn reordered_tcp_fragments_reach_the_lan_hosts_through_the_relay_in_xdp_mode() {
 /// answers, with that host's id.
 #[test]
 fn reordered_echo_replies_reach_the_lan_hosts_through_the_relay() {
-    let lab = Lab::start().unwrap();
+    reordered_echo_replies_reach_the_lan_hosts(&Lab::start().unwrap());
+}
+
+#[test]
+fn reordered_echo_replies_reach_the_lan_hosts_through_the_relay_in_xdp_mode() {
+    reordered_echo_replies_reach_the_lan_hosts(&Lab::start_xdp().unwrap());
+}
+
+fn reordered_echo_replies_reach_the_lan_hosts(lab: &Lab) {
     lab.router
         .ip(&["link", "set", "wan0", "mtu", "1000"])
         .unwrap();
     lab.wan.ip(&["link", "set", "eth0", "mtu", "1000"]).unwrap();
     first_fragments_last(&lab.wan, "eth0");
-    let pings: Vec<_> = [LAN_SERVER, LAN_CLIENT]
-        .into_iter()
-        .map(|from| {
-            let lan = lab.lan.name.clone();
-            std::thread::spawn(move || {
-                let from = from.to_string();
-                // Queries a millisecond apart: their replies' first
-                // fragments queue behind each other on the WAN host.
-                let args = [
-                    "netns",
-                    "exec",
-                    &lan,
-                    "ping",
+    // Queries a millisecond apart, from both hosts at once: their
+    // replies' first fragments queue behind each other on the WAN host.
+    let outputs: Vec<_> = std::thread::scope(|scope| {
+        let pings: Vec<_> = [LAN_SERVER, LAN_CLIENT]
+            .map(|from| {
+                let mut ping = lab.lan.command("ping");
+                ping.args([
                     "-c",
                     "20",
                     "-i",
@@ -756,19 +758,17 @@ fn reordered_echo_replies_reach_the_lan_hosts_through_the_relay() {
                     "-s",
                     "3000",
                     "-I",
-                    &from,
+                    &from.to_string(),
                     "203.0.113.2",
-                ];
-                let output = std::process::Command::new("ip")
-                    .args(args)
-                    .output()
-                    .unwrap();
-                (from, String::from_utf8_lossy(&output.stdout).into_owned())
+                ]);
+                scope.spawn(move || (from, ping.output()))
             })
-        })
-        .collect();
-    for ping in pings {
-        let (from, text) = ping.join().unwrap();
+            .into_iter()
+            .collect();
+        pings.into_iter().map(|ping| ping.join().unwrap()).collect()
+    });
+    for (from, output) in outputs {
+        let text = String::from_utf8_lossy(&output.expect("running ping").stdout).into_owned();
         assert!(
             text.contains(" 20 received"),
             "from {from}: {text}\n{:?}\n{}",
@@ -776,7 +776,7 @@ fn reordered_echo_replies_reach_the_lan_hosts_through_the_relay() {
             lab.status().unwrap()["relay"]
         );
     }
-    let relayed = relay_figure(&lab, "relayed_icmp");
+    let relayed = relay_figure(lab, "relayed_icmp");
     assert!(relayed >= 10, "{relayed} relayed: {:?}", lab.counters());
-    assert_eq!(relay_figure(&lab, "dropped_malformed"), 0);
+    assert_eq!(relay_figure(lab, "dropped_malformed"), 0);
 }
