@@ -667,3 +667,139 @@ fn send(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    use super::*;
+
+    const REMOTE: [u8; 4] = [198, 51, 100, 2];
+    const WAN: [u8; 4] = [203, 0, 113, 1];
+    const HOST: [u8; 4] = [192, 168, 0, 12];
+
+    fn target(port: u16, source_port: u16) -> RelayTarget {
+        RelayTarget {
+            created_ns: 1,
+            addr: HOST,
+            port,
+            source_port,
+        }
+    }
+
+    fn tcp_datagram(payload: &[u8]) -> Vec<u8> {
+        let mut datagram = Vec::new();
+        PacketBuilder::ipv4(REMOTE, WAN, 61)
+            .tcp(443, 40001, 7, 1000)
+            .ack(9)
+            .write(&mut datagram, payload)
+            .unwrap();
+        datagram
+    }
+
+    /// The datagram as the relay sends it: its L4 header and payload
+    /// behind the IP header the kernel would write.
+    fn as_sent(proto: u8, from: [u8; 4], header: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut l4 = header.to_vec();
+        l4.extend_from_slice(payload);
+        let ip = etherparse::Ipv4Header::new(
+            l4.len() as u16,
+            60,
+            etherparse::IpNumber(proto),
+            from,
+            HOST,
+        )
+        .unwrap();
+        let mut datagram = ip.to_bytes().to_vec();
+        datagram.extend_from_slice(&l4);
+        datagram
+    }
+
+    #[test]
+    fn a_tcp_segment_gets_its_targets_port_and_a_right_checksum() {
+        let payload = b"a reassembled segment";
+        let datagram = tcp_datagram(payload);
+        let rewritten = Rewritten::of(&datagram).expect("a well-formed segment");
+        assert_eq!(
+            rewritten.key,
+            SessionKey {
+                remote_addr: REMOTE,
+                remote_port: 443,
+                external_port: 40001,
+                proto: PROTO_TCP,
+                _pad: [0; 3],
+            }
+        );
+        assert_eq!((rewritten.ttl, rewritten.payload), (61, &payload[..]));
+        let header = rewritten.header(REMOTE.into(), target(50000, 0)).unwrap();
+        let out = as_sent(PROTO_TCP, REMOTE, &header, payload);
+        let Some(TransportSlice::Tcp(tcp)) = SlicedPacket::from_ip(&out).unwrap().transport else {
+            panic!("not TCP");
+        };
+        assert_eq!((tcp.source_port(), tcp.destination_port()), (443, 50000));
+        assert_eq!((tcp.sequence_number(), tcp.acknowledgment_number()), (7, 9));
+        assert_eq!(
+            tcp.calc_checksum_ipv4(REMOTE, HOST).unwrap(),
+            tcp.checksum()
+        );
+    }
+
+    #[test]
+    fn a_hairpinned_segment_leaves_from_the_wan_address_and_its_senders_mapping() {
+        let payload = b"hairpinned";
+        let datagram = tcp_datagram(payload);
+        let rewritten = Rewritten::of(&datagram).unwrap();
+        assert_eq!(rewritten.local, Ipv4Addr::from(WAN));
+        let header = rewritten.header(WAN.into(), target(8080, 61000)).unwrap();
+        let out = as_sent(PROTO_TCP, WAN, &header, payload);
+        let Some(TransportSlice::Tcp(tcp)) = SlicedPacket::from_ip(&out).unwrap().transport else {
+            panic!("not TCP");
+        };
+        assert_eq!((tcp.source_port(), tcp.destination_port()), (61000, 8080));
+        assert_eq!(tcp.calc_checksum_ipv4(WAN, HOST).unwrap(), tcp.checksum());
+    }
+
+    #[test]
+    fn a_corrupt_segment_or_another_icmp_type_is_not_relayed() {
+        let mut datagram = tcp_datagram(b"payload");
+        let last = datagram.len() - 1;
+        datagram[last] ^= 1;
+        assert!(Rewritten::of(&datagram).is_none(), "a bad TCP checksum");
+        let mut request = Vec::new();
+        PacketBuilder::ipv4(REMOTE, WAN, 61)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut request, b"ping")
+            .unwrap();
+        assert!(Rewritten::of(&request).is_none(), "an echo request");
+    }
+
+    #[test]
+    fn an_echo_reply_gets_its_hosts_id_and_a_right_checksum() {
+        let payload = [0x5a; 3000];
+        let mut datagram = Vec::new();
+        PacketBuilder::ipv4(REMOTE, WAN, 61)
+            .icmpv4_echo_reply(61000, 3)
+            .write(&mut datagram, &payload)
+            .unwrap();
+        let rewritten = Rewritten::of(&datagram).expect("a well-formed reply");
+        assert_eq!(
+            (rewritten.key.remote_port, rewritten.key.external_port),
+            (61000, 61000)
+        );
+        assert_eq!(rewritten.key.proto, PROTO_ICMP);
+        let header = rewritten.header(REMOTE.into(), target(1234, 0)).unwrap();
+        let out = as_sent(PROTO_ICMP, REMOTE, &header, &payload);
+        let Some(TransportSlice::Icmpv4(icmp)) = SlicedPacket::from_ip(&out).unwrap().transport
+        else {
+            panic!("not ICMP");
+        };
+        let Icmpv4Type::EchoReply(echo) = icmp.icmp_type() else {
+            panic!("not an echo reply");
+        };
+        assert_eq!((echo.id, echo.seq), (1234, 3));
+        assert_eq!(
+            icmp.icmp_type().calc_checksum(icmp.payload()),
+            icmp.checksum()
+        );
+    }
+}
