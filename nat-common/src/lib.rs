@@ -352,7 +352,9 @@ pub struct NatConfig {
 /// `drop_frag_untracked`, with the relay's counters.
 /// 4: `FORWARD_HINTS` pinned (a datapath without it read in place would
 /// skip every forward rule).
-pub const DATAPATH_LAYOUT: u32 = 4;
+/// 5: `RELAY_SOCKET` of two slots (the relay's TCP sink), `RELAY_TARGETS`
+/// for TCP and ICMP too, and `nat_relay_filter` pinned.
+pub const DATAPATH_LAYOUT: u32 = 5;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -505,13 +507,13 @@ counters! {
     /// address included): only the NAT reaches the LAN, and the kernel
     /// would forward it there untranslated or answer from a LAN address.
     DropToLanPrefix = "drop_to_lan_prefix",
-    /// A UDP first fragment from outside, let in, whose datagram's later
-    /// fragments came first and went to the kernel: passed for the kernel
-    /// to reassemble, its target recorded in `RELAY_TARGETS` for the
-    /// daemon's relay.
+    /// A UDP, TCP or ICMP first fragment from outside, let in, whose
+    /// datagram's later fragments came first and went to the kernel:
+    /// passed for the kernel to reassemble, its target recorded in
+    /// `RELAY_TARGETS` for the daemon's relay.
     PassFragReassembly = "pass_frag_reassembly",
-    /// A datagram the kernel reassembled, steered by `nat_relay_lookup`
-    /// to the daemon's relay socket.
+    /// A UDP or TCP datagram the kernel reassembled, steered by
+    /// `nat_relay_lookup` to the daemon's relay socket (TCP: its sink).
     RelaySteered = "relay_steered",
     /// A datagram the kernel reassembled for a recorded target, dropped by
     /// `nat_relay_lookup`: no relay socket (the daemon is not running).
@@ -563,16 +565,20 @@ pub const FRAG_TIMEOUT_NS: u64 = 5_000_000_000;
 pub const FRAG_PEER_TIMEOUT_NS: u64 = 30_000_000_000;
 
 /// Where a datagram that the kernel reassembled goes (`RELAY_TARGETS`,
-/// keyed by a `SessionKey`: the remote endpoint and the external port it
-/// came to): the internal endpoint the datapath chose for its first
-/// fragment, with the datapath's own lookup and filter.
+/// keyed by a `SessionKey`: the remote endpoint, or the LAN host of a
+/// hairpinned datagram, and the external port it came to): the internal
+/// endpoint the datapath chose for its first fragment, with the
+/// datapath's own lookup and filter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RelayTarget {
     pub created_ns: u64,
     pub addr: [u8; 4],
     pub port: u16,
-    pub _pad: u16,
+    /// 0: the datagram keeps its source (a remote's, from outside). Else
+    /// it was hairpinned: it leaves from the WAN address and this port,
+    /// its sender's mapping toward the WAN address.
+    pub source_port: u16,
 }
 
 /// Datagrams on their way through the kernel's reassembly to the relay:
@@ -582,6 +588,13 @@ pub const RELAY_TARGETS_MAX: u32 = 1024;
 /// fragment's verdict: as for the fast path, its fragments arrive within
 /// `FRAG_TIMEOUT_NS` of each other or not at all.
 pub const RELAY_TIMEOUT_NS: u64 = FRAG_TIMEOUT_NS;
+/// `RELAY_SOCKET`'s slots: the relay's UDP socket, which reads the UDP
+/// datagrams steered to it, and its TCP sink, a listener that discards the
+/// TCP ones (the relay reads those from a raw socket) so that the router's
+/// own TCP never answers them.
+pub const RELAY_SLOT_UDP: u32 = 0;
+pub const RELAY_SLOT_TCP_SINK: u32 = 1;
+pub const RELAY_SOCKET_SLOTS: u32 = 2;
 
 /// Map names, as user space finds them in the object and in bpffs.
 pub mod maps {
@@ -601,7 +614,8 @@ pub mod maps {
     pub const LIVE_PORTS: &str = "LIVE_PORTS";
     pub const FRAGS: &str = "FRAGS";
     pub const RELAY_TARGETS: &str = "RELAY_TARGETS";
-    /// A sockmap of one slot: the daemon's relay socket.
+    /// A sockmap of the relay's sockets (`RELAY_SLOT_UDP`,
+    /// `RELAY_SLOT_TCP_SINK`).
     pub const RELAY_SOCKET: &str = "RELAY_SOCKET";
     pub const CLOCK: &str = "CLOCK";
 }
@@ -622,6 +636,9 @@ pub mod programs {
     /// `sk_lookup` in the router's netns: steers datagrams the kernel
     /// reassembled for a recorded target to the daemon's relay socket.
     pub const RELAY_LOOKUP: &str = "nat_relay_lookup";
+    /// The socket filter of the relay's raw TCP and ICMP sockets: only
+    /// reassembled datagrams with a recorded target.
+    pub const RELAY_FILTER: &str = "nat_relay_filter";
 }
 
 /// What one in-kernel aging sweep is told: idle timeouts in nanoseconds,

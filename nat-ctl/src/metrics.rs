@@ -168,7 +168,8 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> String {
     registry.register(
         "relay",
         "The relay of datagrams the kernel reassembled for the datapath \
-         (fragments out of order): relayed, relayed_bytes, dropped_* by reason",
+         (fragments out of order): relayed, relayed_bytes, relayed_tcp, relayed_icmp, \
+         dropped_* by reason",
         relay,
     );
 

@@ -17,11 +17,16 @@
 //!   them, it goes to the kernel (`pass_fragment`), recorded as held
 //!   there, and so do its datagram's other fragments: XDP cannot hold a
 //!   packet, the kernel can. Its first fragment still gets the datapath's
-//!   own verdict (mapping, filter); a UDP datagram let in is then passed
-//!   too (`hand_to_relay`: `pass_frag_reassembly`), its target recorded in
-//!   `RELAY_TARGETS`, and once the kernel has reassembled it,
-//!   `nat_relay_lookup` (`relay.rs`) steers it to the daemon's relay,
-//!   which sends it on to that target. Never a guess, never a second NAT.
+//!   own verdict (mapping, filter); a UDP, TCP or ICMP datagram let in is
+//!   then passed too (`hand_to_relay`: `pass_frag_reassembly`), its target
+//!   recorded in `RELAY_TARGETS`, and once the kernel has reassembled it,
+//!   the daemon's relay gets it (`relay.rs`: steered by `nat_relay_lookup`
+//!   for UDP, read through `nat_relay_filter` for TCP and ICMP) and sends
+//!   it on to that target. Never a guess, never a second NAT.
+//! - from a LAN host to the WAN address (hairpin), a later fragment before
+//!   its first goes to the kernel, recorded as held there; its first
+//!   fragment, hairpinned, hands the datagram to the relay alike, with
+//!   the port it leaves the WAN address from.
 //!
 //! Leaving the LAN, every datagram leaves from the one WAN address, so two
 //! LAN hosts' datagrams to one remote with the same protocol and IP id
@@ -35,7 +40,7 @@
 //! `FRAG_TIMEOUT_NS` is not used (`frag_expired`) and the sweep removes it.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use nat_common::{
-    Counter, FRAG_PEER_TIMEOUT_NS, FRAG_TIMEOUT_NS, FragEntry, FragKey, NatConfig, PROTO_UDP,
+    Counter, FRAG_PEER_TIMEOUT_NS, FRAG_TIMEOUT_NS, FragEntry, FragKey, NatConfig, PROTO_TCP,
     RelayTarget, SessionKey,
 };
 use network_types::eth::EthHdr;
@@ -47,6 +52,7 @@ use crate::{
     lookup::now_ns,
     maps::{FRAGS, RELAY_TARGETS},
     parse::{Endpoint, IpHeader, Ipv4Packet, Side},
+    relay,
     translate::{rewrite_addr, rewrite_id},
 };
 
@@ -219,7 +225,9 @@ pub fn track_hairpin(
 /// A later fragment from a LAN host to the WAN address: to the LAN host
 /// its first fragment was hairpinned to, from the WAN address. Without a
 /// record (the router's own datagram, or its first fragment not seen yet):
-/// the kernel's, which reassembles it for the router.
+/// the kernel's, which reassembles it for the router, and recorded as
+/// held there, so that a first fragment hairpinned after it hands its
+/// datagram to the relay (`hand_to_relay`).
 #[inline(always)]
 pub fn hairpin(
     ctx: &impl NatContext,
@@ -231,8 +239,16 @@ pub fn hairpin(
     if hdr.is_tcp_overlap() {
         return Err(Counter::DropMalformed);
     }
-    let (to, id) =
-        fresh(&datagram_key(hdr), FRAG_TIMEOUT_NS, now_ns(), len).ok_or(Counter::PassLocal)?;
+    let now = now_ns();
+    let key = datagram_key(hdr);
+    let Some((to, id)) = fresh(&key, FRAG_TIMEOUT_NS, now, len) else {
+        insert(&key, config.wan_addr, hdr.id(), now);
+        count(Counter::FragTracked, len);
+        return Err(Counter::PassLocal);
+    };
+    if to == config.wan_addr {
+        return Err(Counter::PassLocal);
+    }
     let route = leaving_by(
         route_fragmentable(ctx, hdr, config.wan_addr, to)?,
         config.lan_ifindex,
@@ -350,56 +366,65 @@ pub fn inbound(
 }
 
 /// A first fragment from outside let in to `to`, whose datagram's later
-/// fragments came first and are held by the kernel (`inbound`): true for
-/// UDP, with its target recorded for the relay (the caller passes it for
-/// the kernel to reassemble). Other protocols stay on the fast path (their
-/// datagram is lost, as before: a TCP segment or an ICMP query
-/// reassembled by the router would be answered by the router's own stack,
-/// with an RST or an echo reply; TCP retransmits).
+/// fragments came first and are held by the kernel (`inbound`): true when
+/// its target is recorded for the relay (the caller passes it for the
+/// kernel to reassemble). UDP and TCP datagrams are steered by
+/// `nat_relay_lookup` after reassembly, TCP ones to the relay's sink so
+/// that the router's stack never answers them; ICMP replies need no
+/// steering (the router's stack ignores a reply it asked nothing for).
+/// The relay reads the TCP and ICMP ones from its raw sockets
+/// (`nat_relay_filter`). A TCP datagram while no relay holds the sink
+/// stays on the fast path and is lost, as it would be without the relay
+/// (TCP retransmits): reassembled, the router's stack would answer it with
+/// an RST, which would end the LAN host's connection.
+///
+/// A first fragment from a LAN host hairpinned to `to` (`lan::hairpin`)
+/// whose later fragments came first and went to the kernel (`hairpin`) is
+/// handed over alike, with `source_port`, the WAN address's port it
+/// leaves from (0 for a datagram from outside, which keeps its source).
 #[inline(always)]
 pub fn hand_to_relay(
     config: &NatConfig,
     packet: &Ipv4Packet,
     to: Endpoint,
+    source_port: u16,
     now: u64,
     len: usize,
 ) -> bool {
-    if packet.proto != PROTO_UDP || !packet.is_fragment() {
+    if !packet.is_fragment() {
         return false;
     }
     let held = matches!(
         fresh(&datagram_key(packet), FRAG_TIMEOUT_NS, now, len),
         Some((addr, _)) if addr == config.wan_addr
     );
-    if !held {
+    if !held || (packet.proto == PROTO_TCP && !relay::sink_held()) {
         return false;
     }
-    let key = relay_key(packet);
     let target = RelayTarget {
         created_ns: now,
         addr: to.addr,
         port: to.port,
-        _pad: 0,
+        source_port,
     };
     // An LRU takes it, full or not.
-    let _ = RELAY_TARGETS.insert(key, target, 0);
+    let _ = RELAY_TARGETS.insert(relay_key(packet), target, 0);
     true
 }
 
-/// A UDP packet from outside that the datapath hands to the router's own
+/// A packet from outside that the datapath hands to the router's own
 /// stack (unsolicited) or drops: the relay target recorded for its remote
-/// endpoint and external port, if any, is withdrawn, so that nothing the
-/// datapath no longer lets in reaches a LAN host through the relay (a
-/// mapping removed, a session expired since its first fragment).
+/// endpoint and external port (or ICMP id), if any, is withdrawn, so that
+/// nothing the datapath no longer lets in reaches a LAN host through the
+/// relay (a mapping removed, a session expired since its first fragment).
 #[inline(always)]
 pub fn withdraw_relay(packet: &Ipv4Packet) {
-    if packet.proto != PROTO_UDP {
-        return;
-    }
     let _ = RELAY_TARGETS.remove(relay_key(packet));
 }
 
-/// The `RELAY_TARGETS` key of a UDP datagram from outside.
+/// The `RELAY_TARGETS` key of a UDP, TCP or ICMP query datagram from
+/// outside (an ICMP query's "ports" are both its id), as `relay.rs` builds
+/// it from the reassembled datagram.
 #[inline(always)]
 fn relay_key(packet: &Ipv4Packet) -> SessionKey {
     let remote = packet.endpoint(Side::Source);
@@ -407,7 +432,7 @@ fn relay_key(packet: &Ipv4Packet) -> SessionKey {
         remote_addr: remote.addr,
         remote_port: remote.port,
         external_port: packet.port(Side::Destination),
-        proto: PROTO_UDP,
+        proto: packet.proto,
         _pad: [0; 3],
     }
 }

@@ -206,6 +206,11 @@ fn hairpin(
             note_admitted(config, packet.proto, target, source_outside, target_port);
         }
     }
+    // Its later fragments came first and are in the kernel: the whole
+    // datagram goes there to be reassembled, and on to the relay.
+    if frag::hand_to_relay(config, packet, to, source.port, now, len) {
+        return Err(Counter::PassFragReassembly);
+    }
     frag::track_hairpin(config.wan_addr, packet, to.addr, now, len)?;
     rewrite_endpoint(ctx, packet, Side::Source, source_outside);
     rewrite_endpoint(ctx, packet, Side::Destination, to);

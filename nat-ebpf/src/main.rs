@@ -18,7 +18,8 @@
 //!   the record of their datagram (`FRAGS`);
 //! - `proto`: other IP protocols (GRE, ESP, ...), by address;
 //! - `relay`: the `sk_lookup` program that steers datagrams the kernel
-//!   reassembled for the fast path to the daemon's relay;
+//!   reassembled for the fast path to the daemon's relay, and the socket
+//!   filter of the relay's raw sockets;
 //! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
 //! - `reject`: the ICMP error the router sends a LAN host whose new flow
 //!   it cannot map (RFC 5508 REQ-8);
@@ -60,8 +61,8 @@ mod wan;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{classifier, sk_lookup, xdp},
-    programs::{SkLookupContext, TcContext, XdpContext},
+    macros::{classifier, sk_lookup, socket_filter, xdp},
+    programs::{SkBuffContext, SkLookupContext, TcContext, XdpContext},
 };
 use context::TcPacket;
 
@@ -100,6 +101,13 @@ pub fn nat_wan_tc(ctx: TcContext) -> i32 {
 #[sk_lookup]
 pub fn nat_relay_lookup(ctx: SkLookupContext) -> u32 {
     relay::try_relay_lookup(&ctx)
+}
+
+/// On the relay's raw TCP and ICMP sockets: only the reassembled datagrams
+/// it sends on.
+#[socket_filter]
+pub fn nat_relay_filter(ctx: SkBuffContext) -> i64 {
+    relay::try_relay_filter(&ctx)
 }
 
 /// The aging sweep; never attached, run through BPF_PROG_TEST_RUN.

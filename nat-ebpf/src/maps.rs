@@ -7,8 +7,8 @@ use nat_common::{
     ALLOWED_REMOTES_MAX, AllowedRemote, Binding, BindingKey, COUNTER_COUNT, CounterValue,
     DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX,
     EndpointKey, FORWARD_HINT_SLOTS, FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS,
-    MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, RELAY_TARGETS_MAX, RelayTarget, RuleCounters,
-    Session, SessionKey, SweepParams, SweepStats,
+    MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX,
+    RelayTarget, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
 };
 
 use crate::reject::ErrorBudget;
@@ -103,9 +103,10 @@ const STRANGER_PORTS_MAX: u32 = 16_384;
 pub static RELAY_TARGETS: LruHashMap<SessionKey, RelayTarget> =
     LruHashMap::with_max_entries(RELAY_TARGETS_MAX, 0);
 
-/// The daemon's relay socket, in slot 0 while it runs.
+/// The daemon's relay sockets while it runs: its UDP socket
+/// (`RELAY_SLOT_UDP`) and its TCP sink (`RELAY_SLOT_TCP_SINK`).
 #[map(name = "RELAY_SOCKET")]
-pub static RELAY_SOCKET: SockMap = SockMap::with_max_entries(1, 0);
+pub static RELAY_SOCKET: SockMap = SockMap::with_max_entries(RELAY_SOCKET_SLOTS, 0);
 
 /// The coarse clock as this CPU last read it, and the jiffies it read it
 /// at (`lookup::now_ns`): the clock only moves on a tick, so within one

@@ -132,7 +132,7 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
     }
     // Its later fragments came first and are in the kernel: the whole
     // datagram goes there to be reassembled, and on to the relay.
-    let relayed = frag::hand_to_relay(config, &packet, to, now, len);
+    let relayed = frag::hand_to_relay(config, &packet, to, 0, now, len);
     if packet.is_fragment() {
         if !relayed {
             frag::track_inbound(&packet, to.addr, now, len);

@@ -478,6 +478,52 @@ fn last_fragment_first_reaches_the_lan_host_through_the_relay_in_xdp_mode() {
     last_fragment_first_reaches_the_lan_host(&Lab::start_xdp().unwrap());
 }
 
+/// A LAN host's datagram to a forwarded port through the WAN address
+/// (hairpin), its last fragment first: the router's kernel reassembles
+/// it, and the relay sends it on to the server from the WAN address and
+/// the client's mapping, as the fast path would; the server's answer
+/// comes back by that mapping.
+#[test]
+fn a_hairpinned_datagram_last_fragment_first_reaches_the_server_through_the_relay() {
+    let lab = Lab::start().unwrap();
+    lab.run("add hairpin-reordered --proto udp --external 9303 --internal 192.168.0.12:9303");
+    let server = udp(&lab.lan, LAN_SERVER, 9303);
+    let client = udp(&lab.lan, LAN_CLIENT, 9304);
+    let mut buffer = vec![0u8; 65536];
+    let mut sources = Vec::new();
+    for (id, len) in [(0x5400u16, 4096), (0x5401, 16384)] {
+        let data = pattern(len, u64::from(id));
+        let mut fragments = udp_fragments(
+            SocketAddrV4::new(LAN_CLIENT, 9304),
+            SocketAddrV4::new(ROUTER_WAN, 9303),
+            &data,
+            id,
+        );
+        fragments.reverse();
+        send_raw(&lab.lan, fragments);
+        let (got, source) = server.recv_from(&mut buffer).unwrap_or_else(|error| {
+            panic!(
+                "{len}-byte datagram: {error}: {:?}\n{}",
+                lab.counters(),
+                lab.natctl_log()
+            )
+        });
+        assert!(
+            buffer[..got] == data[..],
+            "{len}-byte datagram: {got} bytes, or different ones"
+        );
+        assert_eq!(source.ip(), ROUTER_WAN);
+        sources.push(source);
+    }
+    assert_eq!(sources[0], sources[1], "one mapping for the client");
+    let seen = datagram(&server, sources[0], &client, 100, 9);
+    assert_eq!(seen, SocketAddr::from((ROUTER_WAN, 9303)));
+    let counters = lab.counters().unwrap();
+    assert_eq!(counters["pass_frag_reassembly"], 2, "{counters:?}");
+    assert_eq!(counters["relay_steered"], 2, "{counters:?}");
+    assert_eq!(relay_figure(&lab, "relayed"), 2);
+}
+
 /// The slow path judges the datagram as the fast path does, by its first
 /// fragment: from a remote the mapping's filter does not let in, it is
 /// dropped and counted, whatever order its fragments come in.
@@ -526,4 +572,211 @@ fn the_relay_picks_up_after_a_daemon_restart() {
     assert_eq!(counters["drop_relay_down"], 1, "{counters:?}");
     assert_eq!(counters["relay_steered"], 1, "{counters:?}");
     assert_eq!(relay_figure(&lab, "relayed"), 1);
+}
+
+/// On `netns`'s `dev`, every datagram's first fragment (MF set, offset 0)
+/// is held back behind the rest of its datagram: a class of its own,
+/// slowed to a few hundred fragments a second (this kernel has no netem),
+/// so that a burst's first fragments queue while their later fragments
+/// leave at once.
+fn first_fragments_last(netns: &Netns, dev: &str) {
+    let tc = |args: &[&str]| {
+        let mut full = vec!["tc"];
+        full.extend_from_slice(args);
+        netns.exec(full[0], &full[1..]).unwrap();
+    };
+    tc(&[
+        "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+    ]);
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit",
+    ]);
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate", "3mbit",
+        "burst", "2k", "cburst", "2k",
+    ]);
+    tc(&[
+        "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match",
+        "u16", "0x2000", "0x3fff", "at", "6", "flowid", "1:20",
+    ]);
+}
+
+/// A host beyond the WAN host, which routes for it.
+const FAR_HOST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 51, 100, 2);
+const FAR_GATEWAY: &str = "198.51.100.1";
+
+/// A host one hop beyond the WAN host, on a 1500-byte link, that does not
+/// set DF: its full TCP segments are fragmented by the WAN host onto the
+/// WAN link (MTU 1000), each one's first fragment last. The router's own
+/// route to it is the test's (the lab has none beyond the WAN link).
+fn far_host_behind_a_small_mtu(lab: &Lab) -> Netns {
+    let far = Netns::new("far").unwrap();
+    lab.wan.veth("far0", &far, "eth0").unwrap();
+    lab.wan
+        .ip(&["addr", "add", &format!("{FAR_GATEWAY}/24"), "dev", "far0"])
+        .unwrap();
+    lab.wan.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    lab.wan.ip(&["link", "set", "eth0", "mtu", "1000"]).unwrap();
+    lab.router
+        .ip(&["link", "set", "wan0", "mtu", "1000"])
+        .unwrap();
+    far.ip(&["addr", "add", &format!("{FAR_HOST}/24"), "dev", "eth0"])
+        .unwrap();
+    far.ip(&["route", "add", "default", "via", FAR_GATEWAY])
+        .unwrap();
+    far.sysctl("net.ipv4.ip_no_pmtu_disc", "1").unwrap();
+    lab.router
+        .ip(&[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            &WAN_HOST.to_string(),
+        ])
+        .unwrap();
+    first_fragments_last(&lab.wan, "eth0");
+    far
+}
+
+const REORDERED_TCP_LEN: usize = 256 << 10;
+
+/// TCP from outside whose segments arrive last fragment first, to two LAN
+/// hosts at once (so that neither is the remote's one fragment peer and
+/// no early fragment names a host): a download over a dynamic mapping and
+/// an upload to a forwarded port, each compared byte for byte. The
+/// router's kernel reassembles each segment, its sink keeps the router's
+/// TCP from answering (an RST would end the connection), and the relay
+/// sends it on from the remote's address and port.
+fn reordered_tcp_reaches_the_lan_hosts(lab: &Lab) {
+    let far = far_host_behind_a_small_mtu(lab);
+    lab.run("add reordered-tcp --proto tcp --external 9410 --internal 192.168.0.12:9410");
+    let download = pattern(REORDERED_TCP_LEN, 31);
+    let upload = pattern(REORDERED_TCP_LEN, 32);
+    let far_listener = join(far.spawn(|| Ok(TcpListener::bind((FAR_HOST, 9411))?)));
+    let lan_listener = join(lab.lan.spawn(|| Ok(TcpListener::bind((LAN_SERVER, 9410))?)));
+
+    let sent = download.clone();
+    let far_server = std::thread::spawn(move || -> Result<SocketAddr> {
+        let (mut stream, peer) = accept(&far_listener)?;
+        stream.write_all(&sent)?;
+        Ok(peer)
+    });
+    let lan_server = std::thread::spawn(move || -> Result<(Vec<u8>, SocketAddr)> {
+        let (mut stream, peer) = accept(&lan_listener)?;
+        let mut received = Vec::with_capacity(REORDERED_TCP_LEN);
+        (&mut stream)
+            .take(REORDERED_TCP_LEN as u64)
+            .read_to_end(&mut received)?;
+        Ok((received, peer))
+    });
+    let sending = upload.clone();
+    let far_client = far.spawn(move || {
+        let mut stream = connect((ROUTER_WAN, 9410).into())?;
+        stream.write_all(&sending)?;
+        // Until the server has it all: a close before then would be
+        // data the server may never see acknowledged.
+        let mut end = [0u8; 1];
+        let _ = stream.read(&mut end);
+        Ok(())
+    });
+    let mut stream = join(
+        lab.lan
+            .spawn(|| nat_tests::traffic::connect_from(LAN_CLIENT, (FAR_HOST, 9411).into())),
+    );
+    let mut received = Vec::with_capacity(REORDERED_TCP_LEN);
+    let read = (&mut stream)
+        .take(REORDERED_TCP_LEN as u64)
+        .read_to_end(&mut received);
+    let (uploaded, client) = join(lan_server);
+    join(far_client);
+    let peer = join(far_server);
+    read.unwrap_or_else(|error| {
+        panic!(
+            "download: {error}: {:?} {}",
+            lab.counters(),
+            lab.status().unwrap()["relay"]
+        )
+    });
+    assert!(received == download, "download corrupted or cut short");
+    assert!(uploaded == upload, "upload corrupted or cut short");
+    assert_eq!(peer.ip(), ROUTER_WAN);
+    assert_eq!(client.ip(), FAR_HOST);
+    let counters = lab.counters().unwrap();
+    let relayed = relay_figure(lab, "relayed_tcp");
+    // 256 KiB is some 180 full segments each way.
+    assert!(relayed >= 50, "{relayed} relayed: {counters:?}");
+    assert!(counters["relay_steered"] >= relayed, "{counters:?}");
+    assert_eq!(counters["drop_relay_down"], 0, "{counters:?}");
+    assert_eq!(relay_figure(lab, "dropped_malformed"), 0);
+    drop(far);
+}
+
+#[test]
+fn reordered_tcp_fragments_reach_the_lan_hosts_through_the_relay() {
+    reordered_tcp_reaches_the_lan_hosts(&Lab::start().unwrap());
+}
+
+#[test]
+fn reordered_tcp_fragments_reach_the_lan_hosts_through_the_relay_in_xdp_mode() {
+    reordered_tcp_reaches_the_lan_hosts(&Lab::start_xdp().unwrap());
+}
+
+/// Large pings from both LAN hosts at once (neither the WAN host's one
+/// fragment peer), each echo reply arriving last fragment first: the
+/// router's kernel reassembles it, its ICMP ignores it (no ping of its
+/// own), and the relay sends it to the host whose query mapping it
+/// answers, with that host's id.
+#[test]
+fn reordered_echo_replies_reach_the_lan_hosts_through_the_relay() {
+    reordered_echo_replies_reach_the_lan_hosts(&Lab::start().unwrap());
+}
+
+#[test]
+fn reordered_echo_replies_reach_the_lan_hosts_through_the_relay_in_xdp_mode() {
+    reordered_echo_replies_reach_the_lan_hosts(&Lab::start_xdp().unwrap());
+}
+
+fn reordered_echo_replies_reach_the_lan_hosts(lab: &Lab) {
+    lab.router
+        .ip(&["link", "set", "wan0", "mtu", "1000"])
+        .unwrap();
+    lab.wan.ip(&["link", "set", "eth0", "mtu", "1000"]).unwrap();
+    first_fragments_last(&lab.wan, "eth0");
+    // Queries a millisecond apart, from both hosts at once: their
+    // replies' first fragments queue behind each other on the WAN host.
+    let outputs: Vec<_> = std::thread::scope(|scope| {
+        let pings: Vec<_> = [LAN_SERVER, LAN_CLIENT]
+            .map(|from| {
+                let mut ping = lab.lan.command("ping");
+                ping.args([
+                    "-c",
+                    "20",
+                    "-i",
+                    "0.001",
+                    "-W",
+                    "3",
+                    "-s",
+                    "3000",
+                    "-I",
+                    &from.to_string(),
+                    "203.0.113.2",
+                ]);
+                scope.spawn(move || (from, ping.output()))
+            })
+            .into_iter()
+            .collect();
+        pings.into_iter().map(|ping| ping.join().unwrap()).collect()
+    });
+    for (from, output) in outputs {
+        let text = String::from_utf8_lossy(&output.expect("running ping").stdout).into_owned();
+        assert!(
+            text.contains(" 20 received"),
+            "from {from}: {text}\n{:?}\n{}",
+            lab.counters(),
+            lab.status().unwrap()["relay"]
+        );
+    }
+    let relayed = relay_figure(lab, "relayed_icmp");
+    assert!(relayed >= 10, "{relayed} relayed: {:?}", lab.counters());
+    assert_eq!(relay_figure(lab, "dropped_malformed"), 0);
 }

@@ -160,6 +160,52 @@ fn hairpinned_fragments_follow_their_first() {
 }
 
 #[test]
+fn a_hairpinned_datagrams_early_fragment_sends_it_to_the_relay() {
+    // A LAN host's datagram to a forwarded port through the WAN address,
+    // its last fragment first: the kernel holds that one and the rest;
+    // the first fragment, judged and mapped as in order, is passed for the
+    // kernel to reassemble, with its target and the port it leaves from
+    // recorded for the relay.
+    let mut lab = PacketLab::new().unwrap();
+    lab.forward("udp/8053=192.168.0.12:53").unwrap();
+    let query = with_id(
+        &udp(
+            ep(LAN_HOST2, 5555),
+            ep(WAN_ADDR, 8053),
+            &Rng::new(8).bytes(4000),
+        ),
+        ID,
+    );
+    let fragments = fragment(&query, 1480);
+    for frame in [&fragments[2], &fragments[1], &fragments[0]] {
+        assert_passed_untouched(&lab.from_lan(frame).unwrap(), frame);
+    }
+    assert_counters(
+        &lab,
+        &[
+            ("pass_frag_reassembly", 1),
+            ("hairpin", 0),
+            ("frag_translated", 0),
+        ],
+    );
+    let target = relay_target(&mut lab, ep(LAN_HOST2, 5555), 8053, 17).expect("a relay target");
+    assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 53));
+    // The port of the client's mapping toward the WAN address: its answer
+    // comes back to it by the fast path.
+    assert_ne!(target.source_port, 0);
+    let answer = udp(ep(LAN_HOST, 53), ep(WAN_ADDR, target.source_port), b"a");
+    let out = lab.from_lan(&answer).unwrap();
+    assert_eq!(out.action, XDP_REDIRECT);
+    assert_translated(
+        &assert_checksums_ok(&out.frame),
+        &answer,
+        ep(WAN_ADDR, 8053),
+        ep(LAN_HOST2, 5555),
+        1,
+    );
+}
+
+#[test]
 fn a_later_fragment_before_its_first() {
     // Leaving the LAN: every fragment's source becomes the WAN address,
     // so the order does not matter. Last, middle, then first.
@@ -207,17 +253,19 @@ fn a_later_fragment_before_its_first() {
     assert_translated(&p, &reply(3), ep(REMOTE, 53), ep(LAN_HOST, 40000), 1);
 }
 
-/// The relay's record of a datagram from `remote` to external port `port`.
+/// The relay's record of a datagram of `proto` from `remote` to external
+/// port `port`.
 fn relay_target(
     lab: &mut PacketLab,
     remote: std::net::SocketAddrV4,
     port: u16,
+    proto: u8,
 ) -> Option<RelayTarget> {
     let key = SessionKey {
         remote_addr: remote.ip().octets(),
         remote_port: remote.port(),
         external_port: port,
-        proto: 17,
+        proto,
         _pad: [0; 3],
     };
     lab.datapath
@@ -259,7 +307,7 @@ fn an_early_fragment_with_nobody_to_name_sends_its_datagram_to_the_kernel() {
             ("dnat", 0),
         ],
     );
-    let target = relay_target(&mut lab, ep(REMOTE, 53), 40000).expect("a relay target");
+    let target = relay_target(&mut lab, ep(REMOTE, 53), 40000, 17).expect("a relay target");
     assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 40000));
     // The mapping gone, the remote's next datagram is unsolicited: the
     // record goes too, so the relay never sends the router's datagram on.
@@ -272,13 +320,13 @@ fn an_early_fragment_with_nobody_to_name_sends_its_datagram_to_the_kernel() {
     let stray = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"late");
     assert_passed_untouched(&lab.from_wan(&stray).unwrap(), &stray);
     assert_counters(&lab, &[("unsolicited_pass", 1)]);
-    assert!(relay_target(&mut lab, ep(REMOTE, 53), 40000).is_none());
+    assert!(relay_target(&mut lab, ep(REMOTE, 53), 40000, 17).is_none());
 
     // The same datagram in order never touches the kernel.
     let mut lab = PacketLab::new().unwrap();
     assert_eq!(lab.from_lan(&query).unwrap().action, XDP_REDIRECT);
     through(&mut lab, false, &fragments);
-    assert!(relay_target(&mut lab, ep(REMOTE, 53), 40000).is_none());
+    assert!(relay_target(&mut lab, ep(REMOTE, 53), 40000, 17).is_none());
     assert_counters(&lab, &[("pass_frag_reassembly", 0), ("dnat", 1)]);
 }
 
@@ -303,15 +351,11 @@ fn an_early_fragments_datagram_the_filter_refuses_is_not_relayed() {
         &lab,
         &[("drop_unsolicited", 1), ("pass_frag_reassembly", 0)],
     );
-    assert!(relay_target(&mut lab, ep(REMOTE, 54), 40000).is_none());
+    assert!(relay_target(&mut lab, ep(REMOTE, 54), 40000, 17).is_none());
 }
 
-#[test]
-fn an_early_tcp_fragments_first_stays_on_the_fast_path() {
-    // A TCP segment reassembled by the router would be answered by its
-    // own stack (an RST): TCP's first fragment is translated as ever, and
-    // the datagram is lost (TCP retransmits).
-    let mut lab = PacketLab::new().unwrap();
+/// A TCP answer whose last fragment comes first, with nobody to name.
+fn early_tcp_answer(lab: &mut PacketLab) -> Vec<Vec<u8>> {
     let syn = tcp(ep(LAN_HOST, 40000), ep(REMOTE, 443), SYN, b"");
     assert_eq!(lab.from_lan(&syn).unwrap().action, XDP_REDIRECT);
     let answer = with_id(
@@ -325,8 +369,78 @@ fn an_early_tcp_fragments_first_stays_on_the_fast_path() {
     );
     let fragments = fragment(&answer, 1480);
     assert_passed_untouched(&lab.from_wan(&fragments[2]).unwrap(), &fragments[2]);
+    fragments
+}
+
+#[test]
+fn an_early_tcp_fragments_first_stays_on_the_fast_path_while_no_relay_runs() {
+    // Without the relay's TCP sink, a TCP segment reassembled by the
+    // router would be answered by its own stack (an RST, which would end
+    // the LAN host's connection): TCP's first fragment is translated as
+    // ever, and the datagram is lost (TCP retransmits).
+    let mut lab = PacketLab::new().unwrap();
+    let fragments = early_tcp_answer(&mut lab);
     assert_eq!(lab.from_wan(&fragments[0]).unwrap().action, XDP_REDIRECT);
     assert_counters(&lab, &[("pass_frag_reassembly", 0), ("dnat", 1)]);
+    assert!(relay_target(&mut lab, ep(REMOTE, 443), 40000, 6).is_none());
+}
+
+#[test]
+fn an_early_tcp_fragments_datagram_goes_to_the_relay_while_it_holds_its_sink() {
+    let mut lab = PacketLab::new().unwrap();
+    // The relay's sink: any listening TCP socket in its slot.
+    let sink = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    lab.datapath
+        .maps_mut()
+        .relay_mut()
+        .socket
+        .set(nat_common::RELAY_SLOT_TCP_SINK, &sink, 0)
+        .unwrap();
+    let fragments = early_tcp_answer(&mut lab);
+    assert_passed_untouched(&lab.from_wan(&fragments[0]).unwrap(), &fragments[0]);
+    assert_passed_untouched(&lab.from_wan(&fragments[1]).unwrap(), &fragments[1]);
+    assert_counters(
+        &lab,
+        &[
+            ("pass_fragment", 2),
+            ("pass_frag_reassembly", 1),
+            ("dnat", 0),
+        ],
+    );
+    let target = relay_target(&mut lab, ep(REMOTE, 443), 40000, 6).expect("a relay target");
+    assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 40000));
+    // An unsolicited segment from that remote endpoint withdraws it.
+    lab.datapath
+        .maps_mut()
+        .view_mut()
+        .bindings_mut()
+        .remove(&BindingKey::inbound(6, 40000))
+        .unwrap();
+    let stray = tcp(ep(REMOTE, 443), ep(WAN_ADDR, 40000), ACK, b"late");
+    lab.from_wan(&stray).unwrap();
+    assert!(relay_target(&mut lab, ep(REMOTE, 443), 40000, 6).is_none());
+}
+
+#[test]
+fn an_early_echo_replys_datagram_goes_to_the_relay() {
+    // The router's ICMP ignores an echo reply it asked nothing for: no
+    // sink needed, the relay reads it from its raw ICMP socket.
+    let mut lab = PacketLab::new().unwrap();
+    let query = echo_request(LAN_HOST, REMOTE, 40000, 1);
+    assert_eq!(lab.from_lan(&query).unwrap().action, XDP_REDIRECT);
+    let mut reply = Vec::new();
+    ip_builder(REMOTE, WAN_ADDR)
+        .icmpv4_echo_reply(40000, 1)
+        .write(&mut reply, &Rng::new(9).bytes(3000))
+        .unwrap();
+    let fragments = fragment(&with_id(&reply, 12), 1480);
+    for frame in [&fragments[2], &fragments[1], &fragments[0]] {
+        assert_passed_untouched(&lab.from_wan(frame).unwrap(), frame);
+    }
+    assert_counters(&lab, &[("pass_frag_reassembly", 1), ("dnat", 0)]);
+    // An ICMP query's key: its id as both ports.
+    let target = relay_target(&mut lab, ep(REMOTE, 40000), 40000, 1).expect("a relay target");
+    assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 40000));
 }
 
 #[test]

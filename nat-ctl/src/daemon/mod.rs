@@ -353,13 +353,13 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     let relay_stats = Arc::new(crate::relay::RelayStats::default());
     // Off the lock and off the hot path; without it, reassembled datagrams
     // for a mapping are dropped (`drop_relay_down`), never misdelivered.
-    match crate::relay::Relay::open(running.relay, relay_stats.clone()) {
+    match crate::relay::Relay::open(running.relay, &running.relay_filter, relay_stats.clone()) {
         Ok(relay) => {
             tokio::spawn(relay.run());
         }
         Err(error) => tracing::error!(
-            "{error}: UDP datagrams from outside whose fragments arrive out of order, \
-             with no LAN host to name before their first, are dropped"
+            "{error}: UDP, TCP and ICMP datagrams from outside whose fragments arrive out \
+             of order, with no LAN host to name before their first, are dropped"
         ),
     }
     let socket = config.socket.clone();

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, SkLookup, SocketFilter, TcAttachType, Xdp, XdpMode,
         links::FdLink,
         tc::{SchedClassifierLinkId, TcAttachOptions},
         xdp::XdpLinkId,
@@ -196,6 +196,12 @@ impl Datapath {
                 name: programs::RELAY_LOOKUP,
                 source,
             })?;
+        relay_filter(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                name: programs::RELAY_FILTER,
+                source,
+            })?;
         let maps = Maps::take(&mut ebpf, pin_dir)?;
         Ok(Self { ebpf, maps })
     }
@@ -331,6 +337,23 @@ impl Datapath {
         attach_relay_lookup(&mut self.ebpf, path)
     }
 
+    /// The relay's socket filter (`nat_relay_filter`), loaded: tests attach
+    /// it to the relay they drive over this datapath.
+    pub fn relay_filter(&mut self) -> Result<&mut SocketFilter> {
+        relay_filter(&mut self.ebpf)
+    }
+
+    /// Pins the relay's socket filter, so that a restarted daemon attaches
+    /// it to its raw sockets without loading the object again.
+    pub fn pin_relay_filter(&mut self, path: &Path) -> Result<()> {
+        relay_filter(&mut self.ebpf)?
+            .pin(path)
+            .map_err(|source| DatapathError::Pin {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
     /// Pins a loaded program (the sweep) so that a restarted daemon can run
     /// it without loading the object again.
     pub fn pin_program(&mut self, name: &'static str, path: &Path) -> Result<()> {
@@ -400,6 +423,10 @@ fn attach_relay_lookup(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
 
 fn relay_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup> {
     typed_program(ebpf, programs::RELAY_LOOKUP)
+}
+
+fn relay_filter(ebpf: &mut Ebpf) -> Result<&mut SocketFilter> {
+    typed_program(ebpf, programs::RELAY_FILTER)
 }
 
 fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {

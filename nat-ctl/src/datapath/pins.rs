@@ -6,14 +6,18 @@
 //! link per NIC (XDP: `link_nat_lan`, `link_nat_wan`; TC, TCX links:
 //! `link_nat_lan_tc`, `link_nat_wan_tc`; removing a link's last pin
 //! detaches its program), the link of `nat_relay_lookup` in the router's
-//! netns (`link_relay_lookup`), the sweep program, and the stamp of the
+//! netns (`link_relay_lookup`), the sweep program, the relay's socket
+//! filter (`prog_relay_filter`, attached to each daemon's raw sockets), and the stamp of the
 //! build that loaded it ([`Stamp`]). Which link is pinned says which mode
 //! a NIC runs in, also to a daemon that picks the datapath up; the stamp
 //! says whether that daemon may take it as it is, swap its programs in
 //! place (an upgrade on the same map layout) or must replace it.
 use std::path::Path;
 
-use aya::maps::{MapData, RingBuf};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::SocketFilter,
+};
 use nat_common::{EndpointKey, NatConfig, programs};
 
 use super::{
@@ -29,6 +33,7 @@ const LINK_WAN_TC: &str = "link_nat_wan_tc";
 const LINK_RELAY: &str = "link_relay_lookup";
 const LINKS: [&str; 5] = [LINK_LAN, LINK_WAN, LINK_LAN_TC, LINK_WAN_TC, LINK_RELAY];
 const PROG_SWEEP: &str = "prog_nat_sweep";
+const PROG_RELAY_FILTER: &str = "prog_relay_filter";
 /// What the pinned datapath was loaded from ([`Stamp`]): the start of the
 /// name of a pin.
 const STAMP_PREFIX: &str = "stamp_layout";
@@ -50,6 +55,8 @@ pub struct Running {
     pub sweep: KernelSweep,
     /// For the relay of datagrams the kernel reassembles.
     pub relay: RelayMaps,
+    /// The socket filter of the relay's raw sockets.
+    pub relay_filter: SocketFilter,
     /// The rules, with the ids the datapath knows them by.
     pub rules: RuleSet,
     /// Picked up from the pins (flows kept) rather than loaded afresh.
@@ -103,11 +110,13 @@ pub fn teardown(dir: &Path) -> Result<bool> {
     }
     found |= super::maps::PINNED
         .iter()
-        .chain([&PROG_SWEEP])
+        .chain([&PROG_SWEEP, &PROG_RELAY_FILTER])
         .any(|name| dir.join(name).exists());
     Maps::unpin(dir);
     let _ = std::fs::remove_file(dir.join(PROG_SWEEP));
     let _ = std::fs::remove_file(dir.join(format!("{PROG_SWEEP}_new")));
+    let _ = std::fs::remove_file(dir.join(PROG_RELAY_FILTER));
+    let _ = std::fs::remove_file(dir.join(format!("{PROG_RELAY_FILTER}_new")));
     let _ = std::fs::remove_file(dir.join(format!("{LINK_RELAY}_new")));
     Stamp::remove(dir);
     let _ = std::fs::remove_dir(dir);
@@ -142,6 +151,7 @@ pub fn adopt_or_load(
     let complete = pinned(LINK_LAN, LINK_LAN_TC)
         && pinned(LINK_WAN, LINK_WAN_TC)
         && dir.join(LINK_RELAY).exists()
+        && dir.join(PROG_RELAY_FILTER).exists()
         && Maps::all_pinned(dir);
     if complete {
         let this = Stamp::of_this_build();
@@ -311,6 +321,9 @@ fn replace_programs(dir: &Path) -> Result<()> {
     super::relay_lookup(&mut ebpf)?
         .load()
         .map_err(load_error(programs::RELAY_LOOKUP))?;
+    super::relay_filter(&mut ebpf)?
+        .load()
+        .map_err(load_error(programs::RELAY_FILTER))?;
     let link_error = |name: &'static str| {
         move |error: aya::programs::links::LinkError| DatapathError::PinLink {
             program: name,
@@ -348,10 +361,27 @@ fn replace_programs(dir: &Path) -> Result<()> {
         source,
     })?;
     // The sweep's new pin goes over the old one in one rename (bpffs
-    // refuses names with a dot).
+    // refuses names with a dot), and so does the relay filter's (the
+    // running daemon's sockets keep the old one until it restarts).
     let (path, fresh) = (dir.join(PROG_SWEEP), dir.join(format!("{PROG_SWEEP}_new")));
     let _ = std::fs::remove_file(&fresh);
     super::program(&mut ebpf, programs::SWEEP)?
+        .pin(&fresh)
+        .map_err(|source| DatapathError::Pin {
+            path: fresh.clone(),
+            source,
+        })?;
+    std::fs::rename(&fresh, &path).map_err(|source| DatapathError::Io {
+        action: "replacing",
+        path,
+        source,
+    })?;
+    let (path, fresh) = (
+        dir.join(PROG_RELAY_FILTER),
+        dir.join(format!("{PROG_RELAY_FILTER}_new")),
+    );
+    let _ = std::fs::remove_file(&fresh);
+    super::relay_filter(&mut ebpf)?
         .pin(&fresh)
         .map_err(|source| DatapathError::Pin {
             path: fresh.clone(),
@@ -394,6 +424,7 @@ fn adopt(
         relay,
     } = Maps::open_pinned(dir).map_err(incompatible)?.into_parts();
     let sweep = KernelSweep::from_pin(&dir.join(PROG_SWEEP), sweep).map_err(incompatible)?;
+    let relay_filter = relay_filter_from_pin(dir).map_err(incompatible)?;
     let running = writer.config()?;
     if (running.wan_ifindex, running.lan_ifindex) != (wan.ifindex, lan.ifindex) {
         return Err(DatapathError::OtherNics {
@@ -426,10 +457,19 @@ fn adopt(
         new_connections,
         sweep,
         relay,
+        relay_filter,
         rules,
         adopted: true,
         lan_attach: pinned_attach(lan, LINK_LAN_TC),
         wan_attach: pinned_attach(wan, LINK_WAN_TC),
+    })
+}
+
+/// The relay's socket filter pinned under `dir`.
+fn relay_filter_from_pin(dir: &Path) -> Result<SocketFilter> {
+    SocketFilter::from_pin(dir.join(PROG_RELAY_FILTER)).map_err(|source| DatapathError::Program {
+        name: programs::RELAY_FILTER,
+        source,
     })
 }
 
@@ -509,6 +549,7 @@ fn load(
         request,
     )?;
     datapath.attach_relay_lookup(&dir.join(LINK_RELAY))?;
+    datapath.pin_relay_filter(&dir.join(PROG_RELAY_FILTER))?;
     datapath.pin_program(programs::SWEEP, &dir.join(PROG_SWEEP))?;
     datapath.pin_program(
         programs::SWEEP,
@@ -522,12 +563,14 @@ fn load(
         relay,
     } = datapath.into_maps().into_parts();
     let sweep = KernelSweep::from_pin(&dir.join(PROG_SWEEP), sweep)?;
+    let relay_filter = relay_filter_from_pin(dir)?;
     Ok(Running {
         writer,
         view,
         new_connections,
         sweep,
         relay,
+        relay_filter,
         rules: rules.clone(),
         adopted: false,
         lan_attach,
