@@ -22,7 +22,7 @@ use crate::{
     context::NatContext,
     maps::{ALLOWED_REMOTES, BINDINGS, CLOCK, CONFIG, FORWARD_HINTS, FORWARDS, STRANGER_PORTS},
     parse::{Endpoint, Ipv4Packet, Side},
-    session::forward_conversation_exists,
+    session::{Conversation, forward_conversation_exists, session_inbound},
 };
 
 #[inline(always)]
@@ -387,6 +387,35 @@ impl Target {
             Target::Binding(internal) => *internal,
         }
     }
+}
+
+/// Whom a packet from outside on `conversation` goes to: the server of
+/// the static rule on its external port (whose allowed remotes the caller
+/// checks), else the LAN endpoint of the conversation's session (refreshed:
+/// one lookup for a reply), else, where endpoint-independent filtering lets
+/// any remote in, the mapping's. `None`: unsolicited, as the filter or the
+/// lack of any mapping says. The same answer as [`inbound_target`] and the
+/// filter, as a session never outlives its mapping.
+#[inline(always)]
+pub fn inbound_admitted(
+    config: &NatConfig,
+    conversation: &Conversation,
+    now: u64,
+    frame_len: usize,
+) -> Option<Target> {
+    let (proto, external_port) = (conversation.proto, conversation.external_port);
+    if proto != PROTO_ICMP
+        && let Some(forward) = forward_inbound(proto, external_port)
+    {
+        return Some(Target::Forward(forward));
+    }
+    if let Some(internal) = session_inbound(config, conversation, now, frame_len) {
+        return Some(Target::Binding(internal));
+    }
+    if config.filtering != FILTER_ENDPOINT_INDEPENDENT {
+        return None;
+    }
+    binding_inbound(proto, external_port).map(Target::Binding)
 }
 
 /// Who is behind `external_port`: a static rule, else a dynamic mapping

@@ -189,6 +189,30 @@ fn new_session(internal: Endpoint, tcp_state: u8, now: u64, frame_len: usize) ->
     }
 }
 
+/// The internal endpoint of the conversation's session, refreshed by
+/// this packet from its remote; `None` without a session. A session is
+/// made with its mapping's internal endpoint and never outlives its
+/// mapping (the sweep keeps a mapping while a session on its port lives),
+/// so a reply finds its LAN endpoint here without looking the mapping up.
+#[inline(always)]
+pub fn session_inbound(
+    config: &NatConfig,
+    conversation: &Conversation,
+    now: u64,
+    frame_len: usize,
+) -> Option<Endpoint> {
+    let key = session_key(config, conversation);
+    let session = SESSIONS.get_ptr_mut(key)?;
+    touch_session(session, conversation, false, now, frame_len);
+    // SAFETY: a pointer returned by a map lookup.
+    unsafe {
+        Some(Endpoint {
+            addr: (*session).internal_addr,
+            port: (*session).internal_port,
+        })
+    }
+}
+
 /// Whether the configured filtering lets the conversation's remote in.
 #[inline(always)]
 pub fn session_inbound_allowed(
@@ -197,14 +221,8 @@ pub fn session_inbound_allowed(
     now: u64,
     frame_len: usize,
 ) -> bool {
-    let key = session_key(config, conversation);
-    match SESSIONS.get_ptr_mut(key) {
-        Some(session) => {
-            touch_session(session, conversation, false, now, frame_len);
-            true
-        }
-        None => config.filtering == FILTER_ENDPOINT_INDEPENDENT,
-    }
+    session_inbound(config, conversation, now, frame_len).is_some()
+        || config.filtering == FILTER_ENDPOINT_INDEPENDENT
 }
 
 #[inline(always)]

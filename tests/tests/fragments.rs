@@ -311,11 +311,20 @@ fn an_early_fragment_with_nobody_to_name_sends_its_datagram_to_the_kernel() {
     assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 40000));
     // The mapping gone, the remote's next datagram is unsolicited: the
     // record goes too, so the relay never sends the router's datagram on.
-    lab.datapath
-        .maps_mut()
-        .view_mut()
-        .bindings_mut()
+    // Its session goes with it, as the sweep removes them: a session never
+    // outlives its mapping, and a reply finds its host by the session.
+    let view = lab.datapath.maps_mut().view_mut();
+    view.bindings_mut()
         .remove(&BindingKey::inbound(17, 40000))
+        .unwrap();
+    view.sessions_mut()
+        .remove(&SessionKey {
+            remote_addr: REMOTE.octets(),
+            remote_port: 53,
+            external_port: 40000,
+            proto: 17,
+            _pad: [0; 3],
+        })
         .unwrap();
     let stray = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"late");
     assert_passed_untouched(&lab.from_wan(&stray).unwrap(), &stray);
