@@ -149,18 +149,49 @@ fn touch_session(
     }
 }
 
-/// Records that `internal` (seen outside as `external_port`) talked to
-/// `remote`, which is what lets the remote's replies through the filter.
+/// Whether the conversation has a session, as `internal`'s: then this
+/// packet from it refreshed it. Under endpoint-independent mapping that
+/// session proves `internal`'s mapping is on the conversation's external
+/// port (a session is made with its mapping's endpoint and never outlives
+/// it), without looking the mapping up (`lookup::established_outbound`).
 #[inline(always)]
-pub fn session_outbound(
+pub fn session_outbound_existing(
     config: &NatConfig,
     conversation: &Conversation,
     internal: Endpoint,
     now: u64,
     frame_len: usize,
+) -> bool {
+    let key = session_key(config, conversation);
+    let Some(session) = SESSIONS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a pointer returned by a map lookup.
+    let ours = unsafe {
+        (*session).internal_addr == internal.addr && (*session).internal_port == internal.port
+    };
+    if ours {
+        touch_session(session, conversation, true, now, frame_len);
+    }
+    ours
+}
+
+/// Records that `internal` (seen outside as `external_port`) talked to
+/// `remote`, which is what lets the remote's replies through the filter.
+/// `new_mapping`: the external port was claimed by this packet, so no
+/// session can be on it yet (none outlives its mapping) and none is looked
+/// up.
+#[inline(always)]
+pub fn session_outbound(
+    config: &NatConfig,
+    conversation: &Conversation,
+    internal: Endpoint,
+    new_mapping: bool,
+    now: u64,
+    frame_len: usize,
 ) {
     let key = session_key(config, conversation);
-    if let Some(session) = SESSIONS.get_ptr_mut(key) {
+    if !new_mapping && let Some(session) = SESSIONS.get_ptr_mut(key) {
         touch_session(session, conversation, true, now, frame_len);
         return;
     }
