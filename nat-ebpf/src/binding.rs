@@ -37,7 +37,11 @@ pub fn external_port_for(
     }
     let port = create_binding(config, proto, internal, remote, now)?;
     count(Counter::NewBinding, frame_len);
-    Ok(External { port, rule_id: 0 })
+    Ok(External {
+        port,
+        rule_id: 0,
+        new_mapping: true,
+    })
 }
 
 /// `port`, or its neighbour inside `port_min..=port_max`, with the parity

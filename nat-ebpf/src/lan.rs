@@ -10,8 +10,8 @@ use crate::{
     egress::{leaving_by, redirect, route, route_fragmentable},
     frag,
     lookup::{
-        Target, binding_inbound, config, config_without_wan, forward_inbound, in_prefix,
-        inbound_target, note_admitted, now_ns, outbound_external_unrefreshed,
+        Target, binding_inbound, config, config_without_wan, established_outbound, forward_inbound,
+        in_prefix, inbound_target, note_admitted, now_ns, outbound_external_unrefreshed,
     },
     parse::{
         Endpoint, IcmpKind, Ipv4Packet, Quoted, Side, frame_len, parse_frame_header, parse_l4,
@@ -90,20 +90,30 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     frag::track_outbound(config.wan_addr, &packet, now, len)?;
     let internal = packet.endpoint(Side::Source);
     let remote = packet.endpoint(Side::Destination);
-    // No mapping (no port, or no room): answered by `reject`, after the
-    // flow returns.
-    let external = external_port_for(config, packet.proto, internal, remote, now, len)?;
-    let conversation = Conversation {
+    let mut conversation = Conversation {
         proto: packet.proto,
-        external_port: external.port,
+        external_port: internal.port,
         remote,
         tcp_flags: packet.tcp_flags,
     };
-    if external.rule_id == 0 {
-        session_outbound(config, &conversation, internal, now, len);
-    } else {
-        forward_session_outbound(&conversation, internal, now, len);
-        count_rule(external.rule_id, false, len);
+    if !established_outbound(config, &conversation, internal, now, len) {
+        // No mapping (no port, or no room): answered by `reject`, after the
+        // flow returns.
+        let external = external_port_for(config, packet.proto, internal, remote, now, len)?;
+        conversation.external_port = external.port;
+        if external.rule_id == 0 {
+            session_outbound(
+                config,
+                &conversation,
+                internal,
+                external.new_mapping,
+                now,
+                len,
+            );
+        } else {
+            forward_session_outbound(&conversation, internal, now, len);
+            count_rule(external.rule_id, false, len);
+        }
     }
     if packet.is_fragment() {
         frag::note_peer(dst, packet.proto, src, now);
@@ -114,7 +124,7 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         Side::Source,
         Endpoint {
             addr: config.wan_addr,
-            port: external.port,
+            port: conversation.external_port,
         },
     );
     redirect(ctx, eth, &packet, &route, Counter::Snat, len)
@@ -184,7 +194,14 @@ fn hairpin(
             remote,
             tcp_flags: packet.tcp_flags,
         };
-        session_outbound(config, &conversation, internal, now, len);
+        session_outbound(
+            config,
+            &conversation,
+            internal,
+            source.new_mapping,
+            now,
+            len,
+        );
     }
     // The target's side of the same conversation, for its filter.
     let reverse = Conversation {

@@ -22,7 +22,9 @@ use crate::{
     context::NatContext,
     maps::{ALLOWED_REMOTES, BINDINGS, CLOCK, CONFIG, FORWARD_HINTS, FORWARDS, STRANGER_PORTS},
     parse::{Endpoint, Ipv4Packet, Side},
-    session::forward_conversation_exists,
+    session::{
+        Conversation, forward_conversation_exists, session_inbound, session_outbound_existing,
+    },
 };
 
 #[inline(always)]
@@ -293,6 +295,30 @@ pub struct External {
     pub port: u16,
     /// The static rule that fixes the port; 0 for a dynamic mapping.
     pub rule_id: u32,
+    /// A dynamic mapping this packet just made.
+    pub new_mapping: bool,
+}
+
+/// An established flow of `internal` in one lookup: under
+/// endpoint-independent mapping, with no static rule for `internal`, a
+/// session of `conversation` (whose external port is `internal`'s own,
+/// the port a new mapping tries first) that is `internal`'s proves the
+/// mapping kept that port, and is refreshed. The mapping itself is not:
+/// the sweep keeps it while a session on its port lives, and a session
+/// outlives it, as its timeout is never shorter. `false`: the mapping is
+/// looked up (another port, another mapping behaviour, a rule, a new
+/// flow).
+#[inline(always)]
+pub fn established_outbound(
+    config: &NatConfig,
+    conversation: &Conversation,
+    internal: Endpoint,
+    now: u64,
+    frame_len: usize,
+) -> bool {
+    config.mapping == MAPPING_ENDPOINT_INDEPENDENT
+        && forward_outbound(conversation.proto, internal).is_none()
+        && session_outbound_existing(config, conversation, internal, now, frame_len)
 }
 
 /// The external port of `internal` toward `remote`: its static rule's,
@@ -320,16 +346,25 @@ pub fn outbound_external(
             let port = unsafe { (*binding).port };
             if keeps_mapping_port(&forward, port, proto, remote) {
                 touch(binding, now);
-                return Some(External { port, rule_id: 0 });
+                return Some(External {
+                    port,
+                    rule_id: 0,
+                    new_mapping: false,
+                });
             }
         }
         return Some(External {
             port: forward.port,
             rule_id: forward.rule_id,
+            new_mapping: false,
         });
     }
     let port = binding_outbound(config, proto, internal, remote, now)?;
-    Some(External { port, rule_id: 0 })
+    Some(External {
+        port,
+        rule_id: 0,
+        new_mapping: false,
+    })
 }
 
 /// Whether one of the router's own sockets wants `packet`, which came to
@@ -387,6 +422,35 @@ impl Target {
             Target::Binding(internal) => *internal,
         }
     }
+}
+
+/// Whom a packet from outside on `conversation` goes to: the server of
+/// the static rule on its external port (whose allowed remotes the caller
+/// checks), else the LAN endpoint of the conversation's session (refreshed:
+/// one lookup for a reply), else, where endpoint-independent filtering lets
+/// any remote in, the mapping's. `None`: unsolicited, as the filter or the
+/// lack of any mapping says. The same answer as [`inbound_target`] and the
+/// filter, as a session never outlives its mapping.
+#[inline(always)]
+pub fn inbound_admitted(
+    config: &NatConfig,
+    conversation: &Conversation,
+    now: u64,
+    frame_len: usize,
+) -> Option<Target> {
+    let (proto, external_port) = (conversation.proto, conversation.external_port);
+    if proto != PROTO_ICMP
+        && let Some(forward) = forward_inbound(proto, external_port)
+    {
+        return Some(Target::Forward(forward));
+    }
+    if let Some(internal) = session_inbound(config, conversation, now, frame_len) {
+        return Some(Target::Binding(internal));
+    }
+    if config.filtering != FILTER_ENDPOINT_INDEPENDENT {
+        return None;
+    }
+    binding_inbound(proto, external_port).map(Target::Binding)
 }
 
 /// Who is behind `external_port`: a static rule, else a dynamic mapping

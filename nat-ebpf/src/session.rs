@@ -149,18 +149,49 @@ fn touch_session(
     }
 }
 
-/// Records that `internal` (seen outside as `external_port`) talked to
-/// `remote`, which is what lets the remote's replies through the filter.
+/// Whether the conversation has a session, as `internal`'s: then this
+/// packet from it refreshed it. Under endpoint-independent mapping that
+/// session proves `internal`'s mapping is on the conversation's external
+/// port (a session is made with its mapping's endpoint and never outlives
+/// it), without looking the mapping up (`lookup::established_outbound`).
 #[inline(always)]
-pub fn session_outbound(
+pub fn session_outbound_existing(
     config: &NatConfig,
     conversation: &Conversation,
     internal: Endpoint,
     now: u64,
     frame_len: usize,
+) -> bool {
+    let key = session_key(config, conversation);
+    let Some(session) = SESSIONS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a pointer returned by a map lookup.
+    let ours = unsafe {
+        (*session).internal_addr == internal.addr && (*session).internal_port == internal.port
+    };
+    if ours {
+        touch_session(session, conversation, true, now, frame_len);
+    }
+    ours
+}
+
+/// Records that `internal` (seen outside as `external_port`) talked to
+/// `remote`, which is what lets the remote's replies through the filter.
+/// `new_mapping`: the external port was claimed by this packet, so no
+/// session can be on it yet (none outlives its mapping) and none is looked
+/// up.
+#[inline(always)]
+pub fn session_outbound(
+    config: &NatConfig,
+    conversation: &Conversation,
+    internal: Endpoint,
+    new_mapping: bool,
+    now: u64,
+    frame_len: usize,
 ) {
     let key = session_key(config, conversation);
-    if let Some(session) = SESSIONS.get_ptr_mut(key) {
+    if !new_mapping && let Some(session) = SESSIONS.get_ptr_mut(key) {
         touch_session(session, conversation, true, now, frame_len);
         return;
     }
@@ -189,6 +220,30 @@ fn new_session(internal: Endpoint, tcp_state: u8, now: u64, frame_len: usize) ->
     }
 }
 
+/// The internal endpoint of the conversation's session, refreshed by
+/// this packet from its remote; `None` without a session. A session is
+/// made with its mapping's internal endpoint and never outlives its
+/// mapping (the sweep keeps a mapping while a session on its port lives),
+/// so a reply finds its LAN endpoint here without looking the mapping up.
+#[inline(always)]
+pub fn session_inbound(
+    config: &NatConfig,
+    conversation: &Conversation,
+    now: u64,
+    frame_len: usize,
+) -> Option<Endpoint> {
+    let key = session_key(config, conversation);
+    let session = SESSIONS.get_ptr_mut(key)?;
+    touch_session(session, conversation, false, now, frame_len);
+    // SAFETY: a pointer returned by a map lookup.
+    unsafe {
+        Some(Endpoint {
+            addr: (*session).internal_addr,
+            port: (*session).internal_port,
+        })
+    }
+}
+
 /// Whether the configured filtering lets the conversation's remote in.
 #[inline(always)]
 pub fn session_inbound_allowed(
@@ -197,14 +252,8 @@ pub fn session_inbound_allowed(
     now: u64,
     frame_len: usize,
 ) -> bool {
-    let key = session_key(config, conversation);
-    match SESSIONS.get_ptr_mut(key) {
-        Some(session) => {
-            touch_session(session, conversation, false, now, frame_len);
-            true
-        }
-        None => config.filtering == FILTER_ENDPOINT_INDEPENDENT,
-    }
+    session_inbound(config, conversation, now, frame_len).is_some()
+        || config.filtering == FILTER_ENDPOINT_INDEPENDENT
 }
 
 #[inline(always)]

@@ -9,15 +9,15 @@ use crate::{
     egress::{leaving_by, redirect, route, route_fragmentable},
     frag,
     lookup::{
-        Target, config, in_prefix, inbound_target, local_socket_wants, note_admitted, now_ns,
-        remote_allowed,
+        Target, config, in_prefix, inbound_admitted, inbound_target, local_socket_wants,
+        note_admitted, now_ns, remote_allowed,
     },
     parse::{
         IcmpKind, Ipv4Packet, Quoted, Side, TCP_ACK, TCP_SYN, frame_len, parse_frame_header,
         parse_l4, parse_quoted_any,
     },
     proto,
-    session::{Conversation, forward_session_inbound, session_inbound_allowed},
+    session::{Conversation, forward_session_inbound},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
 };
 
@@ -95,7 +95,7 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
         remote,
         tcp_flags: packet.tcp_flags,
     };
-    let target = inbound_target(packet.proto, external_port)
+    let target = inbound_admitted(config, &conversation, now, len)
         .ok_or_else(|| unsolicited(ctx, config, &packet, now, len))?;
     let counter = match target {
         Target::Forward(forward) => {
@@ -106,9 +106,6 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
             Counter::Forwarded
         }
         Target::Binding(internal) => {
-            if !session_inbound_allowed(config, &conversation, now, len) {
-                return Err(unsolicited(ctx, config, &packet, now, len));
-            }
             note_admitted(config, packet.proto, internal, remote, external_port);
             Counter::Dnat
         }

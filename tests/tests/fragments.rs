@@ -253,6 +253,25 @@ fn a_later_fragment_before_its_first() {
     assert_translated(&p, &reply(3), ep(REMOTE, 53), ep(LAN_HOST, 40000), 1);
 }
 
+/// Removes the mapping of `proto` on external `port` and its session with
+/// `remote`, together as the sweep removes them: a session never outlives
+/// its mapping, and a reply finds its LAN host by its session alone.
+fn forget_mapping(lab: &mut PacketLab, proto: u8, remote: std::net::SocketAddrV4, port: u16) {
+    let view = lab.datapath.maps_mut().view_mut();
+    view.bindings_mut()
+        .remove(&BindingKey::inbound(proto, port))
+        .unwrap();
+    view.sessions_mut()
+        .remove(&SessionKey {
+            remote_addr: remote.ip().octets(),
+            remote_port: remote.port(),
+            external_port: port,
+            proto,
+            _pad: [0; 3],
+        })
+        .unwrap();
+}
+
 /// The relay's record of a datagram of `proto` from `remote` to external
 /// port `port`.
 fn relay_target(
@@ -311,12 +330,7 @@ fn an_early_fragment_with_nobody_to_name_sends_its_datagram_to_the_kernel() {
     assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 40000));
     // The mapping gone, the remote's next datagram is unsolicited: the
     // record goes too, so the relay never sends the router's datagram on.
-    lab.datapath
-        .maps_mut()
-        .view_mut()
-        .bindings_mut()
-        .remove(&BindingKey::inbound(17, 40000))
-        .unwrap();
+    forget_mapping(&mut lab, 17, ep(REMOTE, 53), 40000);
     let stray = udp(ep(REMOTE, 53), ep(WAN_ADDR, 40000), b"late");
     assert_passed_untouched(&lab.from_wan(&stray).unwrap(), &stray);
     assert_counters(&lab, &[("unsolicited_pass", 1)]);
@@ -410,12 +424,7 @@ fn an_early_tcp_fragments_datagram_goes_to_the_relay_while_it_holds_its_sink() {
     let target = relay_target(&mut lab, ep(REMOTE, 443), 40000, 6).expect("a relay target");
     assert_eq!((target.addr, target.port), (LAN_HOST.octets(), 40000));
     // An unsolicited segment from that remote endpoint withdraws it.
-    lab.datapath
-        .maps_mut()
-        .view_mut()
-        .bindings_mut()
-        .remove(&BindingKey::inbound(6, 40000))
-        .unwrap();
+    forget_mapping(&mut lab, 6, ep(REMOTE, 443), 40000);
     let stray = tcp(ep(REMOTE, 443), ep(WAN_ADDR, 40000), ACK, b"late");
     lab.from_wan(&stray).unwrap();
     assert!(relay_target(&mut lab, ep(REMOTE, 443), 40000, 6).is_none());

@@ -70,6 +70,10 @@ pub struct ProgramSize {
     /// Instructions after the verifier (xlated bytes / 8).
     pub xlated_insns: u32,
     pub jited_bytes: u32,
+    /// Instructions the verifier processed to accept it (`verified_insns`;
+    /// its budget is 1 000 000): the headroom left for datapath work.
+    #[serde(default)]
+    pub verified_insns: Option<u32>,
 }
 
 /// One case's ns per run, and against the baseline and the minimal program.
@@ -453,6 +457,7 @@ impl ProgramSize {
         Self {
             xlated_insns: info.size_translated().unwrap_or(0) / 8,
             jited_bytes: info.size_jitted(),
+            verified_insns: info.verified_instruction_count(),
         }
     }
 }

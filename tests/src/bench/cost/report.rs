@@ -309,8 +309,12 @@ pub fn detail(data: &Output, md: &mut String) {
             data.programs
                 .iter()
                 .map(|(name, size)| format!(
-                    "{name} {} instructions (xlated), {} JIT bytes",
-                    size.xlated_insns, size.jited_bytes
+                    "{name} {} instructions (xlated), {} JIT bytes{}",
+                    size.xlated_insns,
+                    size.jited_bytes,
+                    size.verified_insns
+                        .map(|n| format!(", {n} processed by the verifier"))
+                        .unwrap_or_default()
                 ))
                 .collect::<Vec<_>>()
                 .join("; ")
