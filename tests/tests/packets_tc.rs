@@ -565,6 +565,18 @@ fn tc_other_protocols_by_address_and_their_icmp_errors() {
 /// remote gets a port of its own, and its reply to the first one's port is
 /// dropped, as in XDP (`nat_behaviour`).
 #[test]
+fn tc_icmp_errors_with_a_bad_checksum_or_quoted_header_checksum_are_dropped() {
+    let mut lab = tc_lab();
+    icmp_errors_with_bad_checksums_are_dropped(&mut lab);
+}
+
+#[test]
+fn tc_system_ports_are_mapped_to_system_ports_and_others_above_them() {
+    let mut lab = tc_lab();
+    system_ports_are_mapped_to_system_ports(&mut lab, snat);
+}
+
+#[test]
 fn tc_symmetric_mapping_gives_each_remote_its_own_port() {
     let mut lab = PacketLab::build(Mode::Tc, |c| {
         c.mapping = nat_common::MAPPING_ADDRESS_AND_PORT_DEPENDENT;
