@@ -1881,9 +1881,11 @@ fn other_protocols_are_translated_by_address_one_host_per_remote() {
     }
     assert_counters(&lab, &[("snat", 5), ("dnat", 5), ("new_binding", 5)]);
     // One LAN host per protocol and remote: another host's GRE to the
-    // same remote is dropped; to another remote it is its own.
+    // same remote is dropped, and answered as a port shortage would be
+    // (RFC 5508 REQ-8); to another remote it is its own.
     let gre = |src, dst| raw_ip(src, dst, 47, &[0, 0, 0x08, 0, 9, 9, 9, 9]);
-    assert_dropped(&lab.from_lan(&gre(LAN_HOST2, REMOTE)).unwrap());
+    let busy = gre(LAN_HOST2, REMOTE);
+    assert_prohibited_by_address(&lab.from_lan(&busy).unwrap(), &busy, Mode::Xdp);
     let out = gre(LAN_HOST2, REMOTE2);
     assert_addr_routed(
         &lab.from_lan(&out).unwrap(),
@@ -1908,6 +1910,7 @@ fn other_protocols_are_translated_by_address_one_host_per_remote() {
         &lab,
         &[
             ("drop_proto_busy", 1),
+            ("icmp_prohibited_sent", 1),
             ("drop_unsupported_proto", 1),
             ("pass_unsupported_proto", 2),
         ],

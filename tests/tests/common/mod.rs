@@ -892,6 +892,35 @@ pub fn assert_prohibited(v: &Verdict, frame: &[u8], mode: Mode) -> Parsed {
     p
 }
 
+/// Checks that `frame`, a packet of a protocol translated by address (GRE,
+/// ESP, ...) that got no mapping, was answered as `assert_prohibited` says
+/// for TCP, UDP and ICMP: code 13 from the router's LAN address, quoting
+/// its IP header and 8 bytes as they arrived (no pending checksum to fix
+/// up, in either mode).
+pub fn assert_prohibited_by_address(v: &Verdict, frame: &[u8], mode: Mode) {
+    let expected_action = match mode {
+        Mode::Xdp => XDP_TX,
+        Mode::Tc => TC_ACT_REDIRECT,
+    };
+    assert_eq!(v.program_action, expected_action, "answered");
+    let p = assert_checksums_ok(&v.frame);
+    assert_eq!(p.eth.destination, frame[6..12], "to the sender's MAC");
+    assert_eq!(Ipv4Addr::from(p.ip.source), LAN_ADDR);
+    assert_eq!(p.ip.destination, frame[26..30]);
+    assert_eq!(
+        p.icmp().icmp_type,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FilterProhibited),
+        "code 13, communication administratively prohibited"
+    );
+    let header_len = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    assert_eq!(
+        p.payload,
+        frame[ETH_LEN..ETH_LEN + header_len + 8],
+        "the quote"
+    );
+    assert!(p.trailer.is_empty(), "nothing after the quote");
+}
+
 /// RFC 5508 REQ-3 and REQ-3a, both ways: an ICMP error whose own checksum
 /// is bad, or whose quoted IP header's checksum is bad, is dropped and
 /// counted by its reason; the same errors with good checksums, short and
@@ -1004,7 +1033,10 @@ pub fn system_ports_are_mapped_to_system_ports(
     let second = snat(lab, &ntp(LAN_HOST2));
     assert!(low.contains(&second) && second % 2 == 1, "123 -> {second}");
     let second = snat(lab, &nfs(LAN_HOST2));
-    assert!(low.contains(&second) && second.is_multiple_of(2), "1000 -> {second}");
+    assert!(
+        low.contains(&second) && second.is_multiple_of(2),
+        "1000 -> {second}"
+    );
     for port in [40000, 40001, 1024] {
         let frame = udp(ep(LAN_HOST, port), ep(REMOTE, 9), b"x");
         assert_eq!(snat(lab, &frame), port, "a free port above them is kept");
@@ -1019,7 +1051,10 @@ pub fn system_ports_are_mapped_to_system_ports(
     // address, a TCP listener), are not kept, but stay in the low range.
     lab.forward("udp/514=192.168.0.99:514").unwrap();
     let syslog = snat(lab, &udp(ep(LAN_HOST, 514), ep(REMOTE, 514), b"x"));
-    assert!(low.contains(&syslog) && syslog.is_multiple_of(2), "514 -> {syslog}");
+    assert!(
+        low.contains(&syslog) && syslog.is_multiple_of(2),
+        "514 -> {syslog}"
+    );
     let _ike = std::net::UdpSocket::bind("0.0.0.0:500").unwrap();
     let _ssh = std::net::TcpListener::bind("0.0.0.0:22").unwrap();
     let ike = snat(lab, &udp(ep(LAN_HOST, 500), ep(REMOTE, 500), b"x"));
