@@ -133,8 +133,6 @@ fn create_binding(
         if rule_holds_port(proto, port) {
             continue;
         }
-        // The router's own services live on system ports: one that takes
-        // this remote's packets on the port keeps them.
         match BINDINGS.insert(inbound, inbound_value, BPF_NOEXIST) {
             Ok(()) => {}
             Err(err) if err == -EEXIST => continue,
