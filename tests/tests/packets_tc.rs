@@ -653,11 +653,21 @@ fn tc_packets_that_get_no_mapping_are_answered_with_icmp_prohibited() {
         let v = lab.from_lan(frame).unwrap();
         assert_prohibited(&v, frame, Mode::Tc);
     }
+    // A GSO packet (UDP segmentation offload: three datagrams' worth) is
+    // answered too, its segments given up with its tail.
+    let gso = udp(ep(LAN_HOST2, 50000), ep(REMOTE, 443), &[0x17; 3000]);
+    let meta = SkbMeta {
+        gso_size: 1000,
+        gso_segs: 3,
+    };
+    let lan = lab.lan_ifindex;
+    let v = lab.run_tc(programs::LAN_TC, lan, &gso, meta).unwrap();
+    assert_prohibited(&v, &gso, Mode::Tc);
     assert_counters(
         &lab,
         &[
-            ("drop_port_exhausted", 3),
-            ("icmp_prohibited_sent", 3),
+            ("drop_port_exhausted", 4),
+            ("icmp_prohibited_sent", 4),
             ("icmp_prohibited_rate_limited", 0),
         ],
     );
