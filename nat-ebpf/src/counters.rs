@@ -52,25 +52,3 @@ pub fn settle<C: NatContext>(ctx: &C, outcome: Result<u32, Counter>) -> u32 {
         }
     }
 }
-
-/// A flow's outcome in one register, for a flow that is a call of its own
-/// (`lan::try_nat_lan`): returned through memory, LLVM may leave a pointer
-/// into the caller's frame in r0 at the call's exit, which the verifier
-/// refuses ("cannot return stack pointer to the caller").
-#[inline(always)]
-pub fn pack(outcome: Result<u32, Counter>) -> u64 {
-    match outcome {
-        Ok(action) => u64::from(action),
-        Err(reason) => 1 << 32 | reason as u64,
-    }
-}
-
-/// The outcome `pack` packed.
-#[inline(always)]
-pub fn unpack(packed: u64) -> Result<u32, Counter> {
-    if packed >> 32 == 0 {
-        return Ok(packed as u32);
-    }
-    // SAFETY: `pack` stored a `Counter` (a `u32` enum) there.
-    Err(unsafe { core::mem::transmute::<u32, Counter>(packed as u32) })
-}

@@ -6,7 +6,7 @@ use network_types::eth::EthHdr;
 use crate::{
     binding::external_port_for,
     context::NatContext,
-    counters::{count, count_rule, pack, unpack},
+    counters::{count, count_rule},
     egress::{leaving_by, redirect, route, route_fragmentable},
     frag,
     lookup::{
@@ -29,15 +29,10 @@ fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
 }
 
 /// The LAN flow, a call of its own (its stack apart from the answer
-/// `reject` builds after it), with its outcome returned in a register.
-#[inline(always)]
-pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
-    unpack(lan_flow(ctx))
-}
-
+/// `reject` builds after it).
 #[inline(never)]
-fn lan_flow(ctx: &impl NatContext) -> u64 {
-    pack(nat_lan(ctx))
+pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
+    nat_lan(ctx)
 }
 
 #[inline(always)]
