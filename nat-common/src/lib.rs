@@ -338,7 +338,17 @@ pub struct NatConfig {
     /// The router's own address on the LAN NIC: the source of the ICMP
     /// errors the datapath itself sends to LAN hosts (RFC 5508 REQ-8).
     pub lan_addr: [u8; 4],
+    /// Inclusive range of external ports for the dynamic mappings of
+    /// source ports below 1024 (RFC 4787 REQ-3a): a system port is mapped
+    /// to a system port. Zero: such ports are mapped into
+    /// `port_min..=port_max` like the others.
+    pub low_port_min: u16,
+    pub low_port_max: u16,
 }
+
+/// Source ports below this are mapped into `NatConfig::low_port_min..=
+/// low_port_max` (the "well-known" ports of RFC 6335, 0-1023).
+pub const LOW_PORTS_END: u16 = 1024;
 
 /// The layout of the pinned maps: what their keys and values mean. A
 /// daemon picks up a pinned datapath of another build in place (flows
@@ -354,7 +364,9 @@ pub struct NatConfig {
 /// skip every forward rule).
 /// 5: `RELAY_SOCKET` of two slots (the relay's TCP sink), `RELAY_TARGETS`
 /// for TCP and ICMP too, and `nat_relay_filter` pinned.
-pub const DATAPATH_LAYOUT: u32 = 5;
+/// 6: `NatConfig::low_port_min`, `low_port_max`; `COUNTERS` with
+/// `drop_icmp_bad_checksum` and `drop_icmp_bad_quoted_checksum`.
+pub const DATAPATH_LAYOUT: u32 = 6;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -390,6 +402,8 @@ macro_rules! counters {
                         | Counter::DropUnsupportedProto
                         | Counter::DropIcmpUntranslated
                         | Counter::DropIcmpUnknown
+                        | Counter::DropIcmpBadChecksum
+                        | Counter::DropIcmpBadQuotedChecksum
                         | Counter::DropFragIdBusy
                         | Counter::DropProtoBusy
                         | Counter::DropNoWanAddress
@@ -479,6 +493,12 @@ counters! {
     /// From the LAN to the outside, an ICMP type that is neither a query
     /// mapped by id nor an error: dropped.
     DropIcmpUnknown = "drop_icmp_unknown",
+    /// An ICMP error, from either side, whose ICMP checksum does not hold:
+    /// dropped untranslated (RFC 5508 REQ-3).
+    DropIcmpBadChecksum = "drop_icmp_bad_checksum",
+    /// An ICMP error whose own checksum holds but that of the IP header it
+    /// quotes does not: dropped untranslated (RFC 5508 REQ-3a).
+    DropIcmpBadQuotedChecksum = "drop_icmp_bad_quoted_checksum",
     /// Larger than the egress MTU with DF clear: translated, then handed
     /// to the kernel, which fragments it with the translated header.
     PassMtuTranslated = "pass_mtu_translated",
@@ -824,7 +844,7 @@ mod tests {
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
-        assert_eq!(size_of::<NatConfig>(), 32);
+        assert_eq!(size_of::<NatConfig>(), 36);
         assert_eq!(size_of::<bench::BenchTemplate>(), 152);
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);

@@ -341,6 +341,11 @@ pub struct NatSettings {
     pub hairpin: bool,
     /// The ports outbound flows are mapped to.
     pub ports: PortRange,
+    /// Where an outbound flow from a system port (below 1024) is mapped
+    /// when its own port is taken (RFC 4787 REQ-3a): system ports, by
+    /// default 600-1023, above those where the router's own services
+    /// usually listen.
+    pub low_ports: PortRange,
     /// IP protocols other than TCP, UDP and ICMP.
     pub other_protocols: OtherProtocols,
     /// External ports (or FIRST-LAST ranges) that UPnP, NAT-PMP and PCP
@@ -359,6 +364,10 @@ impl Default for NatSettings {
             ports: PortRange {
                 first: 1024,
                 last: 65535,
+            },
+            low_ports: PortRange {
+                first: 600,
+                last: 1023,
             },
             other_protocols: OtherProtocols::default(),
             reserved_ports: Vec::new(),
@@ -388,6 +397,8 @@ struct NatFile {
     hairpin: bool,
     #[serde(deserialize_with = "dynamic_ports")]
     ports: PortRange,
+    #[serde(deserialize_with = "low_ports")]
+    low_ports: PortRange,
     other_protocols: OtherProtocols,
     reserved_ports: Vec<PortRange>,
 }
@@ -402,6 +413,7 @@ impl Default for NatFile {
             unsolicited: defaults.unsolicited,
             hairpin: defaults.hairpin,
             ports: defaults.ports,
+            low_ports: defaults.low_ports,
             other_protocols: defaults.other_protocols,
             reserved_ports: defaults.reserved_ports,
         }
@@ -456,6 +468,7 @@ impl TryFrom<NatFile> for NatSettings {
             unsolicited: file.unsolicited,
             hairpin: file.hairpin,
             ports: file.ports,
+            low_ports: file.low_ports,
             other_protocols: file.other_protocols,
             reserved_ports: file.reserved_ports,
         })
@@ -768,6 +781,25 @@ fn dynamic_ports<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PortRange
     Ok(ports)
 }
 
+/// Where a system port (below 1024) is mapped when its own is taken: a
+/// range of system ports, wide enough for the same probes as the dynamic
+/// range.
+fn low_ports<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PortRange, D::Error> {
+    let ports = PortRange::deserialize(deserializer)?;
+    if ports.last >= nat_common::LOW_PORTS_END {
+        return Err(D::Error::custom(format!(
+            "low_ports = \"{ports}\": must lie within 1-1023, the system ports it maps \
+             system ports to (higher source ports are mapped into `ports`)"
+        )));
+    }
+    if ports.len() < MIN_DYNAMIC_PORTS {
+        return Err(D::Error::custom(format!(
+            "low_ports = \"{ports}\": the range needs at least {MIN_DYNAMIC_PORTS} ports"
+        )));
+    }
+    Ok(ports)
+}
+
 /// How long a dynamic entry may stay idle, by protocol and TCP state
 /// (RFC 5382 and RFC 4787 defaults). Written in seconds in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1027,6 +1059,7 @@ filtering = "endpoint-independent"
 unsolicited = "drop"
 hairpin = false
 ports = "40000-49999"
+low_ports = "512-1023"
 other_protocols = "drop"
 reserved_ports = ["22", "51820", "60000-61000"]
 
@@ -1069,6 +1102,10 @@ listen = "127.0.0.1:9469"
                     ports: PortRange {
                         first: 40000,
                         last: 49999
+                    },
+                    low_ports: PortRange {
+                        first: 512,
+                        last: 1023
                     },
                     other_protocols: OtherProtocols::Drop,
                     reserved_ports: vec![
@@ -1377,6 +1414,27 @@ listen = "127.0.0.1:9469"
             "ports = \"60000-60003\": the dynamic range needs at least 16 ports"
         );
         DaemonConfig::parse("[nat]\nports = \"60000-60015\"\n", Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn low_ports_must_be_system_ports_and_enough_of_them() {
+        let config = DaemonConfig::parse("", Path::new("x")).unwrap();
+        assert_eq!(config.nat.low_ports.to_string(), "600-1023");
+        let (line, _, message) = invalid("[nat]\nlow_ports = \"1000-1100\"\n");
+        assert_eq!(line, 2, "{message}");
+        assert_eq!(
+            message,
+            "low_ports = \"1000-1100\": must lie within 1-1023, the system ports it maps \
+             system ports to (higher source ports are mapped into `ports`)"
+        );
+        let (_, _, message) = invalid("[nat]\nlow_ports = \"1000-1010\"\n");
+        assert_eq!(
+            message,
+            "low_ports = \"1000-1010\": the range needs at least 16 ports"
+        );
+        let (_, _, message) = invalid("[nat]\nlow_ports = \"0-1023\"\n");
+        assert!(message.contains("\"0-1023\""), "{message}");
+        DaemonConfig::parse("[nat]\nlow_ports = \"1008-1023\"\n", Path::new("x")).unwrap();
     }
 
     #[test]

@@ -439,6 +439,8 @@ const GROUPS: &[(&str, &[Counter])] = &[
             Counter::DropProtoBusy,
             Counter::DropIcmpUntranslated,
             Counter::DropIcmpUnknown,
+            Counter::DropIcmpBadChecksum,
+            Counter::DropIcmpBadQuotedChecksum,
             Counter::DropNoWanAddress,
             Counter::DropToLanPrefix,
         ],

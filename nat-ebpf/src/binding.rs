@@ -3,13 +3,14 @@
 //! address-and-port-dependent mapping, its first toward each remote, RFC
 //! 4787 section 4.1), on a port no static rule and no other mapping holds.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use nat_common::{Binding, BindingKey, Counter, NatConfig};
+use nat_common::{Binding, BindingKey, Counter, LOW_PORTS_END, NatConfig, PROTO_ICMP};
 
 use crate::{
+    context::NatContext,
     counters::count,
     lookup::{
-        External, binding_outbound, mapping_key, outbound_external, rule_holds_port,
-        with_binding_key,
+        External, binding_outbound, mapping_key, outbound_external, router_socket_takes,
+        rule_holds_port, with_binding_key,
     },
     maps::{BINDINGS, BPF_NOEXIST},
     parse::Endpoint,
@@ -25,6 +26,7 @@ const PORT_PROBES: u32 = 16;
 /// existing mapping, or a new mapping.
 #[inline(always)]
 pub fn external_port_for(
+    ctx: &impl NatContext,
     config: &NatConfig,
     proto: u8,
     internal: Endpoint,
@@ -35,7 +37,7 @@ pub fn external_port_for(
     if let Some(external) = outbound_external(config, proto, internal, remote, now) {
         return Ok(external);
     }
-    let port = create_binding(config, proto, internal, remote, now)?;
+    let port = create_binding(ctx, config, proto, internal, remote, now)?;
     count(Counter::NewBinding, frame_len);
     Ok(External {
         port,
@@ -61,14 +63,18 @@ fn with_parity_of(own: u32, port: u32, port_min: u32, port_max: u32) -> u32 {
 }
 
 /// Claims an external port for `internal` toward `remote`: its own port when
-/// that is in the dynamic range and free, else a bounded number of
-/// pseudo-random probes of the same parity. Claims are atomic
-/// (`BPF_NOEXIST`) and skip ports held by static rules. Every mapping owns
+/// that is free and in the dynamic range (`port_min..=port_max`), or for a
+/// system port (below 1024) when no socket of the router's own takes the
+/// remote's packets on it; else a bounded number of pseudo-random probes
+/// with the same parity, of `low_port_min..=low_port_max` for a system
+/// port and of the dynamic range for any other (RFC 4787 REQ-3a). Claims
+/// are atomic (`BPF_NOEXIST`) and skip ports held by static rules. Every mapping owns
 /// its port, so under address(-and-port)-dependent mapping a second remote
 /// finds the endpoint's own port taken by the first and gets another: that
 /// is what makes the NAT "symmetric" to a STUN client.
 #[inline(always)]
 fn create_binding(
+    ctx: &impl NatContext,
     config: &NatConfig,
     proto: u8,
     internal: Endpoint,
@@ -76,10 +82,36 @@ fn create_binding(
     now: u64,
 ) -> Result<u16, Counter> {
     let outbound = mapping_key(config, proto, internal, remote);
-    let port_min = u32::from(config.port_min);
-    let span = u32::from(config.port_max).saturating_sub(port_min) + 1;
+    // A system port is mapped to a system port, any other to one above
+    // them (RFC 4787 REQ-3a, RFC 5382 REQ-7a); ICMP ids are no ports.
+    let low = proto != PROTO_ICMP && internal.port < LOW_PORTS_END && config.low_port_max != 0;
+    let (port_min, port_max) = if low {
+        (config.low_port_min, config.low_port_max)
+    } else {
+        (config.port_min, config.port_max)
+    };
+    let port_min = u32::from(port_min);
+    let span = u32::from(port_max).saturating_sub(port_min) + 1;
     let own_port = u32::from(internal.port);
-    let keep_own = own_port >= port_min && own_port - port_min < span;
+    // A system port is kept wherever `low_ports` lies (that range is where
+    // it goes when its own is taken), unless a socket of the router's own
+    // takes the remote's packets there: its services live on system
+    // ports. Asked once, of this port only: a socket lookup in each probe
+    // takes `nat_lan` past what the verifier explores.
+    let keep_own = if low {
+        own_port != 0
+            && !router_socket_takes(
+                ctx,
+                proto,
+                remote,
+                Endpoint {
+                    addr: config.wan_addr,
+                    port: internal.port,
+                },
+            )
+    } else {
+        own_port >= port_min && own_port - port_min < span
+    };
     let inbound_value = Binding {
         addr: internal.addr,
         port: internal.port,

@@ -373,15 +373,15 @@ impl NatContext for TcPacket {
         (action == TC_ACT_REDIRECT as i64).then_some(TC_ACT_REDIRECT as u32)
     }
 
-    /// Room after the Ethernet header (`bpf_skb_adjust_room`, which keeps
+    /// The tail cut first (`bpf_skb_change_tail`, which also makes a GSO
+    /// packet a plain one: its segments would mean nothing once cut), then
+    /// room after the Ethernet header (`bpf_skb_adjust_room`, which keeps
     /// `csum_start` on the bytes it pointed at: the old L4 header, now in
-    /// the quote), then the tail cut (`bpf_skb_change_tail`), then the
-    /// whole of it made linear for direct access. Not for a GSO packet,
-    /// whose segments the cut would leave meaningless.
+    /// the quote), then the whole of it made linear for direct access.
     #[inline(always)]
     fn reshape(&self, grow: usize, len: usize) -> bool {
-        // SAFETY: the context is a valid __sk_buff.
-        if unsafe { (*self.ctx.skb.skb).gso_size } != 0 {
+        // SAFETY: a plain helper call on the program's skb.
+        if unsafe { bpf_skb_change_tail(self.ctx.skb.skb, (len - grow) as u32, 0) } != 0 {
             return false;
         }
         if self
@@ -389,10 +389,6 @@ impl NatContext for TcPacket {
             .adjust_room(grow as i32, BPF_ADJ_ROOM_MAC, 0)
             .is_err()
         {
-            return false;
-        }
-        // SAFETY: a plain helper call on the program's skb.
-        if unsafe { bpf_skb_change_tail(self.ctx.skb.skb, len as u32, 0) } != 0 {
             return false;
         }
         self.ctx.pull_data(len as u32).is_ok()

@@ -20,6 +20,7 @@ use crate::{
     proto,
     session::{Conversation, forward_session_outbound, session_inbound_allowed, session_outbound},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
+    validate,
 };
 
 #[inline(always)]
@@ -27,7 +28,15 @@ fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
     addr[0] >= 224 || addr == [255; 4]
 }
 
+/// The LAN flow, a call of its own (its stack apart from the answer
+/// `reject` builds after it).
+#[inline(never)]
 pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
+    nat_lan(ctx)
+}
+
+#[inline(always)]
+fn nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::LanRx, len);
     let Some(config) = config() else {
@@ -68,10 +77,16 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
         Err(reason) => return Err(reason),
     };
     match packet.icmp {
-        // An error to the router itself is the kernel's to read, unless it
-        // is about a packet hairpinned to the host.
-        IcmpKind::Error if to_router => return hairpin_icmp_error(ctx, config, eth, &packet, len),
-        IcmpKind::Error => return icmp_error_outbound(ctx, config, eth, &packet, len),
+        IcmpKind::Error => {
+            // Neither translated nor handed on when a checksum is bad.
+            validate::icmp_error(ctx, &packet)?;
+            // An error to the router itself is the kernel's to read,
+            // unless it is about a packet hairpinned to the host.
+            if to_router {
+                return hairpin_icmp_error(ctx, config, eth, &packet, len);
+            }
+            return icmp_error_outbound(ctx, config, eth, &packet, len);
+        }
         _ if to_router => return hairpin(ctx, config, eth, &packet, len),
         IcmpKind::Other => return Err(Counter::DropIcmpUnknown),
         // Only a request opens a query mapping; a LAN host's reply answers
@@ -99,7 +114,7 @@ pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     if !established_outbound(config, &conversation, internal, now, len) {
         // No mapping (no port, or no room): answered by `reject`, after the
         // flow returns.
-        let external = external_port_for(config, packet.proto, internal, remote, now, len)?;
+        let external = external_port_for(ctx, config, packet.proto, internal, remote, now, len)?;
         conversation.external_port = external.port;
         if external.rule_id == 0 {
             session_outbound(
@@ -179,7 +194,7 @@ fn hairpin(
         addr: config.wan_addr,
         port: target_port,
     };
-    let source = external_port_for(config, packet.proto, internal, remote, now, len)?;
+    let source = external_port_for(ctx, config, packet.proto, internal, remote, now, len)?;
     let source_outside = Endpoint {
         addr: config.wan_addr,
         port: source.port,

@@ -373,13 +373,31 @@ pub fn outbound_external(
 /// rule takes, so it costs nothing on the fast path.
 #[inline(always)]
 pub fn local_socket_wants(ctx: &impl NatContext, packet: &Ipv4Packet) -> bool {
+    router_socket_takes(
+        ctx,
+        packet.proto,
+        packet.endpoint(Side::Source),
+        packet.endpoint(Side::Destination),
+    )
+}
+
+/// Whether a socket of the router's own (a listener, a bound UDP socket,
+/// or a connection to `remote`) would take `remote`'s `proto` packets to
+/// `local`, one of the router's endpoints. Never for ICMP.
+#[inline(always)]
+pub fn router_socket_takes(
+    ctx: &impl NatContext,
+    proto: u8,
+    remote: Endpoint,
+    local: Endpoint,
+) -> bool {
     let mut tuple = bpf_sock_tuple {
         __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
             ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: u32::from_ne_bytes(packet.addr(Side::Source)),
-                daddr: u32::from_ne_bytes(packet.addr(Side::Destination)),
-                sport: packet.port(Side::Source).to_be(),
-                dport: packet.port(Side::Destination).to_be(),
+                saddr: u32::from_ne_bytes(remote.addr),
+                daddr: u32::from_ne_bytes(local.addr),
+                sport: remote.port.to_be(),
+                dport: local.port.to_be(),
             },
         },
     };
@@ -389,7 +407,7 @@ pub fn local_socket_wants(ctx: &impl NatContext, packet: &Ipv4Packet) -> bool {
     // frame for the call, and a socket found is released at once. Each
     // helper is called by name: the verifier refuses indirect calls.
     unsafe {
-        let socket = match packet.proto {
+        let socket = match proto {
             PROTO_TCP => bpf_sk_lookup_tcp(ctx.raw(), &mut tuple, size, netns, 0),
             PROTO_UDP => bpf_sk_lookup_udp(ctx.raw(), &mut tuple, size, netns, 0),
             _ => return false,

@@ -21,6 +21,8 @@
 //!   reassembled for the fast path to the daemon's relay, and the socket
 //!   filter of the relay's raw sockets;
 //! - `egress`: FIB lookup, MAC rewrite, TTL, DEVMAP redirect;
+//! - `validate`: the checksums of an ICMP error and of the header it
+//!   quotes, before it is translated (RFC 5508 REQ-3, 3a);
 //! - `reject`: the ICMP error the router sends a LAN host whose new flow
 //!   it cannot map (RFC 5508 REQ-8);
 //! - `counters`: per-CPU counters and the final verdict.
@@ -57,6 +59,7 @@ mod reject;
 mod relay;
 mod session;
 mod translate;
+mod validate;
 mod wan;
 
 use aya_ebpf::{

@@ -120,3 +120,12 @@ pub struct ClockReading {
     pub jiffies: u64,
     pub now_ns: u64,
 }
+
+/// What `validate` sums an ICMP error through, a chunk at a time: the
+/// program's stack (512 bytes for all its frames, most of them the LAN
+/// flow's) has no room for it. Per CPU, the datapath's own.
+#[map(name = "SUM_SCRATCH")]
+pub static SUM_SCRATCH: PerCpuArray<[u8; SUM_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The most `bpf_csum_diff` sums in one call.
+pub const SUM_CHUNK: usize = 512;

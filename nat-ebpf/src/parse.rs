@@ -286,13 +286,27 @@ pub enum Quoted {
     Other(IpHeader),
 }
 
+impl Quoted {
+    /// The quoted IP header, whatever follows it.
+    #[inline(always)]
+    pub fn ip_header(&self) -> &IpHeader {
+        match self {
+            Quoted::Datagram(datagram) => &datagram.hdr,
+            Quoted::Other(hdr) => hdr,
+        }
+    }
+}
+
 /// Parses what the ICMP error `packet` quotes, within the bounds of the
 /// ICMP message: the IP header parsed once whatever the protocol.
 #[inline(always)]
 pub fn parse_quoted_any(ctx: &impl NatContext, packet: &Ipv4Packet) -> Result<Quoted, Counter> {
-    let ip_offset = packet.ip as usize - ctx.data();
+    // Offsets from the headers' lengths (an error is never inside a
+    // tunnel: its IP header follows the Ethernet header), not from
+    // differences of packet pointers, which the verifier cannot bound.
+    let ip_offset = EthHdr::LEN;
     let end = ip_offset + usize::from(packet.tot_len());
-    let hdr = parse_ip_header(ctx, packet.l4 as usize - ctx.data() + L4_PREFIX_LEN, true)?;
+    let hdr = parse_ip_header(ctx, ip_offset + packet.ihl_len() + L4_PREFIX_LEN, true)?;
     if !matches!(hdr.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
         if hdr.l4_offset > end {
             return Err(Counter::PassMalformed);
@@ -350,6 +364,15 @@ impl IpHeader {
     #[inline(always)]
     pub fn header_len(&self) -> usize {
         usize::from(self.tot_len()) - self.l4_len
+    }
+
+    /// The IP header's length, options included, from its IHL nibble: a
+    /// bound (at most 60) that the verifier follows into offsets and
+    /// helper lengths, where `header_len` is a difference it cannot.
+    #[inline(always)]
+    pub fn ihl_len(&self) -> usize {
+        // SAFETY: in bounds by construction.
+        usize::from(unsafe { (*self.ip).vihl } & 0x0f) * 4
     }
 
     /// The IP identification, host order.

@@ -1,5 +1,6 @@
 //! What the router answers a LAN host whose new flow it cannot map (no free
-//! external port, or a full mapping table): ICMP destination unreachable,
+//! external port, a full mapping table, or for a protocol translated by
+//! address, its remote held by another LAN host): ICMP destination unreachable,
 //! code 13, "communication administratively prohibited", and the packet
 //! dropped (RFC 5508 REQ-8). The error is built in place of the packet
 //! ([`NatContext::reshape`]) and sent back out of the NIC it came in by, at
@@ -15,7 +16,7 @@ use crate::{
     counters::count,
     lookup::{config, now_ns},
     maps::ICMP_ERROR_BUDGET,
-    parse::{ICMP_DEST_UNREACHABLE, Ipv4Packet, Side, frame_len, parse_frame},
+    parse::{ICMP_DEST_UNREACHABLE, IpHeader, Side, frame_len, parse_frame_header},
 };
 
 /// "Communication administratively prohibited" (RFC 1812 section 5.2.7.1).
@@ -87,10 +88,10 @@ fn take_budget(now: u64) -> bool {
 /// Whether an error may be sent about `packet` at all (RFC 1812 section
 /// 4.3.2.7): never about a frame sent to a link-layer group address, and
 /// only to a single host (not the LAN's network or broadcast address).
-/// The callers already keep out what else that section names: ICMP errors,
-/// later fragments, and IP multicast or broadcast destinations.
+/// The callers already keep out what else that section names: ICMP errors
+/// and IP multicast or broadcast destinations; `answer` later fragments.
 #[inline(always)]
-fn may_answer(config: &NatConfig, eth: *mut EthHdr, packet: &Ipv4Packet) -> bool {
+fn may_answer(config: &NatConfig, eth: *mut EthHdr, packet: &IpHeader) -> bool {
     // SAFETY: `eth` was bounds-checked by the parser.
     let group = unsafe { (*eth).dst_addr[0] } & 1 != 0;
     let src = u32::from_be_bytes(packet.addr(Side::Source));
@@ -114,7 +115,9 @@ pub fn answer_unmapped<C: NatContext>(
     outcome: Result<u32, Counter>,
 ) -> Result<u32, Counter> {
     match outcome {
-        Err(reason @ (Counter::DropPortExhausted | Counter::DropTableFull)) => answer(ctx, reason),
+        Err(
+            reason @ (Counter::DropPortExhausted | Counter::DropTableFull | Counter::DropProtoBusy),
+        ) => answer(ctx, reason),
         other => other,
     }
 }
@@ -125,9 +128,16 @@ fn answer<C: NatContext>(ctx: &C, reason: Counter) -> Result<u32, Counter> {
     let Some(config) = config() else {
         return Err(reason);
     };
-    let Ok((eth, packet)) = parse_frame(ctx) else {
+    // The IP header is enough: the flow parsed the rest when it had one,
+    // and another protocol (GRE, ESP, ...) has none to parse.
+    let Ok((eth, packet)) = parse_frame_header(ctx) else {
         return Err(reason);
     };
+    // Only the first fragment of a datagram is answered (RFC 1812 section
+    // 4.3.2.7).
+    if packet.is_later_fragment() {
+        return Err(reason);
+    }
     prohibited(ctx, config, eth, &packet, reason, frame_len(ctx))
 }
 
@@ -149,7 +159,7 @@ fn prohibited<C: NatContext>(
     ctx: &C,
     config: &NatConfig,
     eth: *mut EthHdr,
-    packet: &Ipv4Packet,
+    packet: &IpHeader,
     reason: Counter,
     len: usize,
 ) -> Result<u32, Counter> {
@@ -165,10 +175,13 @@ fn prohibited<C: NatContext>(
     let host = packet.addr(Side::Source);
     // SAFETY: in bounds by construction of `IpHeader`.
     let tos = unsafe { (*packet.ip).tos };
+    // Where a pending partial checksum would write: TCP, UDP and ICMP
+    // only (a protocol translated by address is never offloaded so).
     let (l4_len, check_at) = match packet.proto {
-        PROTO_TCP => (TCP_QUOTED_LEN, 16),
-        PROTO_UDP => (QUOTED_L4_LEN, 6),
-        _ => (QUOTED_L4_LEN, 2),
+        PROTO_TCP => (TCP_QUOTED_LEN, Some(16)),
+        PROTO_UDP => (QUOTED_L4_LEN, Some(6)),
+        PROTO_ICMP => (QUOTED_L4_LEN, Some(2)),
+        _ => (QUOTED_L4_LEN, None),
     };
     // From the IHL nibble, not `header_len()`: a bound the verifier can
     // follow into the helpers' lengths and offsets below.
@@ -192,7 +205,8 @@ fn prohibited<C: NatContext>(
         PROTO_UDP => u16::from_be_bytes([l4_bytes[6], l4_bytes[7]]),
         _ => u16::from_be_bytes([l4_bytes[2], l4_bytes[3]]),
     };
-    if C::MAY_BE_PARTIAL {
+    let partial = C::MAY_BE_PARTIAL && check_at.is_some();
+    if partial {
         let mut others = l4_sum;
         others.word(field, 0);
         let fixed = partial_fixed_point(others.value() as u16).ok_or(reason)?;
@@ -263,7 +277,9 @@ fn prohibited<C: NatContext>(
         return Err(reason);
     }
     let l4_at = EthHdr::LEN + PREFIX_LEN + header_len;
-    if C::MAY_BE_PARTIAL && !ctx.store(l4_at + check_at, &field.to_be_bytes()) {
+    if let (true, Some(check_at)) = (partial, check_at)
+        && !ctx.store(l4_at + check_at, &field.to_be_bytes())
+    {
         return Err(reason);
     }
     if !ctx.store(0, &headers) {

@@ -19,6 +19,7 @@ use crate::{
     proto,
     session::{Conversation, forward_session_inbound},
     translate::{adjust_icmp_check, rewrite_addr, rewrite_endpoint, rewrite_quoted_endpoint},
+    validate,
 };
 
 /// What becomes of a packet to the WAN address that no mapping or rule
@@ -77,7 +78,11 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
     }
     let packet = parse_l4(ctx, hdr, None)?;
     match packet.icmp {
-        IcmpKind::Error => return icmp_error_inbound(ctx, config, eth, &packet, len),
+        IcmpKind::Error => {
+            // Neither translated nor handed on when a checksum is bad.
+            validate::icmp_error(ctx, &packet)?;
+            return icmp_error_inbound(ctx, config, eth, &packet, len);
+        }
         IcmpKind::Other => return Err(Counter::PassLocal),
         // Echo and timestamp requests are for the router itself.
         IcmpKind::Query if packet.is_icmp_request() => {

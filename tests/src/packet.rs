@@ -91,7 +91,7 @@ pub struct PacketLab {
 impl PacketLab {
     /// A router with the default configuration (address-and-port-dependent
     /// filtering, unsolicited packets to the kernel, hairpin on, dynamic
-    /// ports 1024-65535).
+    /// ports 1024-65535, system ports kept or to 600-1023).
     pub fn new() -> Result<Self> {
         Self::with_config(|_| {})
     }
@@ -180,6 +180,8 @@ impl PacketLab {
             lan_ifindex,
             port_min: 1024,
             port_max: 65535,
+            low_port_min: 600,
+            low_port_max: 1023,
             lan_addr: LAN_ADDR.octets(),
             ..Default::default()
         };

@@ -64,6 +64,10 @@ fn nothing_leaves_with_a_lan_source(mut lab: Lab) {
         let mut quote = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0];
         quote.extend_from_slice(&WAN_HOST.octets());
         quote.extend_from_slice(&LAN_SERVER.octets());
+        // A well-formed quote (a bad IP checksum is dropped for that
+        // reason first: drop_icmp_bad_quoted_checksum).
+        let check = nat_tests::traffic::internet_checksum(&quote);
+        quote[10..12].copy_from_slice(&check.to_be_bytes());
         quote.extend_from_slice(&[0, 53, 0x9c, 0x40, 0, 8, 0, 0]);
         icmp.send_to(&icmp_message(3, 3, [0; 4], &quote), &wan.into())?;
         // An unknown ICMP type.

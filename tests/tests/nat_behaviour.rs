@@ -1,6 +1,7 @@
 //! NAT behaviour the RFCs require of a router (RFC 4787, 5382, 5508), as
-//! packet tests through `BPF_PROG_TEST_RUN`; each test names the REQ it
-//! checks, as docs/rfc-compliance.md does.
+//! packet tests through `BPF_PROG_TEST_RUN`, and where what a remote host
+//! sees is the point, end to end through the real `natctl` (`Lab`); each
+//! test names the REQ it checks, as docs/rfc-compliance.md does.
 mod common;
 
 use std::time::Duration;
@@ -17,7 +18,11 @@ use nat_ctl::{
     aging::{datapath_now_ns, sweep_params},
     config::Timeouts,
 };
-use nat_tests::packet::*;
+use nat_tests::{
+    join,
+    lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
+    packet::*,
+};
 
 /// RFC 4787 REQ-4: a port the random fallback picks has the parity of the
 /// LAN host's own port.
@@ -488,4 +493,55 @@ fn opening_and_closing_connections_age_by_their_own_timeouts() {
             "tcp_opening = {opening}, tcp_closing = {closing}"
         );
     }
+}
+
+/// RFC 4787 REQ-3a (and REQ-4), end to end: two LAN hosts' NTP clients both
+/// send from UDP port 123. The WAN host sees the first on 123 itself and the
+/// second on another odd system port of `[nat] low_ports` (600-1023 by
+/// default), never on a port of 1024 or above; its answers reach both.
+#[test]
+fn a_system_source_port_reaches_the_wan_host_as_a_system_port() {
+    let lab = Lab::start().unwrap();
+    let server = join(
+        lab.wan
+            .spawn(|| Ok(std::net::UdpSocket::bind((WAN_HOST, 123))?)),
+    );
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut seen = Vec::new();
+    for host in [LAN_SERVER, LAN_CLIENT] {
+        let client = join(lab.lan.spawn(move || {
+            let socket = std::net::UdpSocket::bind((host, 123))?;
+            socket.connect((WAN_HOST, 123))?;
+            socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+            Ok(socket)
+        }));
+        let mut buffer = [0u8; 64];
+        // UDP may be lost while the router learns its neighbours: bounded
+        // retries.
+        let from = (0..5)
+            .find_map(|_| {
+                client.send(b"ntp request").unwrap();
+                server.recv_from(&mut buffer).ok()
+            })
+            .expect("the NTP request never reached the WAN host")
+            .1;
+        assert_eq!(from.ip(), std::net::IpAddr::V4(ROUTER_WAN));
+        server.send_to(b"ntp answer", from).unwrap();
+        let len = client.recv(&mut buffer).expect("the answer came back");
+        assert_eq!(&buffer[..len], b"ntp answer");
+        seen.push(from.port());
+    }
+    assert_eq!(seen[0], 123, "a free system port is kept: {seen:?}");
+    let second = seen[1];
+    assert!(
+        (600..1024).contains(&second) && second % 2 == 1,
+        "the second host's 123 came out as {second}"
+    );
+    assert!(counter_of(&lab, "new_binding") >= 2);
+}
+
+fn counter_of(lab: &Lab, label: &str) -> u64 {
+    lab.counters().expect("natctl stats")[label]
 }

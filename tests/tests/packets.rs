@@ -46,8 +46,15 @@ fn snat(lab: &mut PacketLab, frame: &[u8]) -> u16 {
         _ => inp.dst(),
     };
     assert_routed(&v, frame, Egress::Wan, ep(WAN_ADDR, port), dst);
+    // A system port stays one (kept, or in the low range); ICMP ids are no
+    // ports.
+    let system = inp.src().port() < 1024 && !matches!(inp.l4, L4::Icmp(_));
     assert!(
-        in_range(lab, port),
+        if system {
+            (1..1024).contains(&port)
+        } else {
+            in_range(lab, port)
+        },
         "external port {port} outside the range"
     );
     port
@@ -167,7 +174,9 @@ fn port_outside_the_dynamic_range_is_remapped_into_it() {
     );
     let mut udp_ports = vec![20050];
     let mut tcp_ports = Vec::new();
-    for (i, port) in [1023u16, 19999, 20100, 65535, 53, 20050]
+    // Ports of 1024 and above: a system port goes to the low range
+    // (`system_ports_are_mapped_to_system_ports`).
+    for (i, port) in [1024u16, 19999, 20100, 65535, 5353, 20050]
         .into_iter()
         .enumerate()
     {
@@ -186,6 +195,12 @@ fn port_outside_the_dynamic_range_is_remapped_into_it() {
         seen.push(external);
     }
     assert_counters(&lab, &[("new_binding", 7)]);
+}
+
+#[test]
+fn system_ports_are_mapped_to_system_ports_and_others_above_them() {
+    let mut lab = fresh_lab();
+    system_ports_are_mapped_to_system_ports(&mut lab, snat);
 }
 
 #[test]
@@ -1010,9 +1025,12 @@ fn lan_hosts_icmp_error_about_a_forwarded_flow() {
 
 #[test]
 fn lan_hosts_icmp_error_about_a_reply_on_a_dynamic_mapping() {
-    let mut lab = fresh_lab();
-    let external = snat(&mut lab, &udp(ep(LAN_HOST, 1000), ep(REMOTE, 53), b"q"));
-    assert_ne!(external, 1000, "1000 lies below the dynamic range");
+    let mut lab = lab_with(|c| {
+        c.port_min = 20000;
+        c.port_max = 20999;
+    });
+    let external = snat(&mut lab, &udp(ep(LAN_HOST, 1500), ep(REMOTE, 53), b"q"));
+    assert_ne!(external, 1500, "1500 lies below the dynamic range");
     let reply = udp(ep(REMOTE, 53), ep(WAN_ADDR, external), b"late answer");
     let delivered = lab.from_wan(&reply).unwrap();
     assert_eq!(delivered.action, XDP_REDIRECT);
@@ -1073,6 +1091,12 @@ fn lan_hosts_icmp_error_about_a_stranger_admitted_by_endpoint_independent_filter
         );
     }
     assert_counters(&lab, &[("icmp_error_out", 2), ("new_binding", 2)]);
+}
+
+#[test]
+fn icmp_errors_with_a_bad_checksum_or_quoted_header_checksum_are_dropped() {
+    let mut lab = fresh_lab();
+    icmp_errors_with_bad_checksums_are_dropped(&mut lab);
 }
 
 #[test]
@@ -1857,9 +1881,11 @@ fn other_protocols_are_translated_by_address_one_host_per_remote() {
     }
     assert_counters(&lab, &[("snat", 5), ("dnat", 5), ("new_binding", 5)]);
     // One LAN host per protocol and remote: another host's GRE to the
-    // same remote is dropped; to another remote it is its own.
+    // same remote is dropped, and answered as a port shortage would be
+    // (RFC 5508 REQ-8); to another remote it is its own.
     let gre = |src, dst| raw_ip(src, dst, 47, &[0, 0, 0x08, 0, 9, 9, 9, 9]);
-    assert_dropped(&lab.from_lan(&gre(LAN_HOST2, REMOTE)).unwrap());
+    let busy = gre(LAN_HOST2, REMOTE);
+    assert_prohibited_by_address(&lab.from_lan(&busy).unwrap(), &busy, Mode::Xdp);
     let out = gre(LAN_HOST2, REMOTE2);
     assert_addr_routed(
         &lab.from_lan(&out).unwrap(),
@@ -1884,6 +1910,7 @@ fn other_protocols_are_translated_by_address_one_host_per_remote() {
         &lab,
         &[
             ("drop_proto_busy", 1),
+            ("icmp_prohibited_sent", 1),
             ("drop_unsupported_proto", 1),
             ("pass_unsupported_proto", 2),
         ],

@@ -17,6 +17,17 @@ fn tc_lab() -> PacketLab {
     PacketLab::tc().unwrap()
 }
 
+/// A TC lab whose dynamic range (20000-20999) lies above `port`, which is
+/// then always remapped (a system port would be kept: RFC 4787 REQ-3a).
+fn tc_lab_with_ports_above(port: u16) -> PacketLab {
+    assert!((1024..20000).contains(&port));
+    PacketLab::build(Mode::Tc, |c| {
+        c.port_min = 20000;
+        c.port_max = 20999;
+    })
+    .unwrap()
+}
+
 fn port_unreachable() -> Icmpv4Type {
     Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
 }
@@ -56,9 +67,10 @@ fn tc_snat_of_tcp_udp_and_ping() {
     assert_eq!(snat(&mut lab, &data), 40000);
     let query = udp(ep(LAN_HOST, 40001), ep(REMOTE, 53), b"a query");
     assert_eq!(snat(&mut lab, &query), 40001);
-    // A port below the range is remapped: the port's delta is applied too.
-    let low = udp(ep(LAN_HOST2, 53), ep(REMOTE, 53), b"low port");
-    assert_ne!(snat(&mut lab, &low), 53);
+    // A port another host holds is remapped: the port's delta is applied
+    // too.
+    let taken = udp(ep(LAN_HOST2, 40001), ep(REMOTE, 53), b"taken port");
+    assert_ne!(snat(&mut lab, &taken), 40001);
     let ping = echo_request(LAN_HOST, REMOTE, 0x1234, 1);
     snat(&mut lab, &ping);
     assert_counters(&lab, &[("lan_rx", 5), ("snat", 5), ("new_binding", 4)]);
@@ -66,15 +78,15 @@ fn tc_snat_of_tcp_udp_and_ping() {
 
 #[test]
 fn tc_udp_without_checksum_keeps_none() {
-    let mut lab = tc_lab();
-    let mut frame = udp(ep(LAN_HOST2, 53), ep(REMOTE, 53), b"no checksum");
+    let mut lab = tc_lab_with_ports_above(1500);
+    let mut frame = udp(ep(LAN_HOST2, 1500), ep(REMOTE, 53), b"no checksum");
     // The UDP checksum field: Ethernet 14 + IPv4 20 + 6.
     frame[40..42].copy_from_slice(&[0, 0]);
     let v = lab.from_lan(&frame).unwrap();
     assert_eq!(v.program_action, TC_ACT_REDIRECT);
     let p = assert_checksums_ok(&v.frame);
     assert_eq!(p.l4_checksum(), 0, "a zero UDP checksum stays zero");
-    assert_ne!(p.src().port(), 53);
+    assert_ne!(p.src().port(), 1500);
 }
 
 #[test]
@@ -363,8 +375,8 @@ fn tc_fragments_out_first_and_later() {
     }
     // A remapped port: the first fragment carries the port's delta too;
     // the later ones arrive before it and are translated all the same.
-    let mut lab = tc_lab();
-    let whole = datagram_of("udp", ep(LAN_HOST2, 53), ep(REMOTE, 53), 2000);
+    let mut lab = tc_lab_with_ports_above(1500);
+    let whole = datagram_of("udp", ep(LAN_HOST2, 1500), ep(REMOTE, 53), 2000);
     let mut fragments = fragment(&whole, 800);
     fragments.reverse();
     let out: Vec<Vec<u8>> = through(&mut lab, true, &fragments)
@@ -373,7 +385,7 @@ fn tc_fragments_out_first_and_later() {
         .collect();
     let p = assert_checksums_ok(&reassemble(&out));
     let port = p.src().port();
-    assert_ne!(port, 53);
+    assert_ne!(port, 1500);
     assert_translated(&p, &whole, ep(WAN_ADDR, port), ep(REMOTE, 53), 1);
 }
 
@@ -550,6 +562,11 @@ fn tc_other_protocols_by_address_and_their_icmp_errors() {
     for (out, input) in out.iter().zip(&fragments) {
         assert_fragment_routed(out, input, Egress::Wan, WAN_ADDR.octets(), REMOTE.octets());
     }
+    // Another host's ESP to the same remote gets no mapping: answered
+    // with code 13 (RFC 5508 REQ-8).
+    let busy = raw_ip(LAN_HOST2, REMOTE, 50, &[0, 0, 0, 2, 0, 0, 0, 1, 0xcc]);
+    let v = lab.from_lan(&busy).unwrap();
+    assert_prohibited_by_address(&v, &busy, Mode::Tc);
     assert_counters(
         &lab,
         &[
@@ -557,6 +574,8 @@ fn tc_other_protocols_by_address_and_their_icmp_errors() {
             ("dnat", 2),
             ("icmp_error_in", 1),
             ("frag_translated", 2),
+            ("drop_proto_busy", 1),
+            ("icmp_prohibited_sent", 1),
         ],
     );
 }
@@ -564,6 +583,18 @@ fn tc_other_protocols_by_address_and_their_icmp_errors() {
 /// Address-and-port-dependent mapping ("symmetric") in TC mode: a second
 /// remote gets a port of its own, and its reply to the first one's port is
 /// dropped, as in XDP (`nat_behaviour`).
+#[test]
+fn tc_icmp_errors_with_a_bad_checksum_or_quoted_header_checksum_are_dropped() {
+    let mut lab = tc_lab();
+    icmp_errors_with_bad_checksums_are_dropped(&mut lab);
+}
+
+#[test]
+fn tc_system_ports_are_mapped_to_system_ports_and_others_above_them() {
+    let mut lab = tc_lab();
+    system_ports_are_mapped_to_system_ports(&mut lab, snat);
+}
+
 #[test]
 fn tc_symmetric_mapping_gives_each_remote_its_own_port() {
     let mut lab = PacketLab::build(Mode::Tc, |c| {
@@ -622,11 +653,21 @@ fn tc_packets_that_get_no_mapping_are_answered_with_icmp_prohibited() {
         let v = lab.from_lan(frame).unwrap();
         assert_prohibited(&v, frame, Mode::Tc);
     }
+    // A GSO packet (UDP segmentation offload: three datagrams' worth) is
+    // answered too, its segments given up with its tail.
+    let gso = udp(ep(LAN_HOST2, 50000), ep(REMOTE, 443), &[0x17; 3000]);
+    let meta = SkbMeta {
+        gso_size: 1000,
+        gso_segs: 3,
+    };
+    let lan = lab.lan_ifindex;
+    let v = lab.run_tc(programs::LAN_TC, lan, &gso, meta).unwrap();
+    assert_prohibited(&v, &gso, Mode::Tc);
     assert_counters(
         &lab,
         &[
-            ("drop_port_exhausted", 3),
-            ("icmp_prohibited_sent", 3),
+            ("drop_port_exhausted", 4),
+            ("icmp_prohibited_sent", 4),
             ("icmp_prohibited_rate_limited", 0),
         ],
     );

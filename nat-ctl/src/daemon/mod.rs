@@ -188,6 +188,8 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
             .network
             .map_or(std::net::Ipv4Addr::UNSPECIFIED, |lan| lan.addr())
             .octets(),
+        low_port_min: config.nat.low_ports.first,
+        low_port_max: config.nat.low_ports.last,
     }
 }
 

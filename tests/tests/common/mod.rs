@@ -891,3 +891,178 @@ pub fn assert_prohibited(v: &Verdict, frame: &[u8], mode: Mode) -> Parsed {
     assert!(p.trailer.is_empty(), "nothing after the quote");
     p
 }
+
+/// Checks that `frame`, a packet of a protocol translated by address (GRE,
+/// ESP, ...) that got no mapping, was answered as `assert_prohibited` says
+/// for TCP, UDP and ICMP: code 13 from the router's LAN address, quoting
+/// its IP header and 8 bytes as they arrived (no pending checksum to fix
+/// up, in either mode).
+pub fn assert_prohibited_by_address(v: &Verdict, frame: &[u8], mode: Mode) {
+    let expected_action = match mode {
+        Mode::Xdp => XDP_TX,
+        Mode::Tc => TC_ACT_REDIRECT,
+    };
+    assert_eq!(v.program_action, expected_action, "answered");
+    let p = assert_checksums_ok(&v.frame);
+    assert_eq!(p.eth.destination, frame[6..12], "to the sender's MAC");
+    assert_eq!(Ipv4Addr::from(p.ip.source), LAN_ADDR);
+    assert_eq!(p.ip.destination, frame[26..30]);
+    assert_eq!(
+        p.icmp().icmp_type,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FilterProhibited),
+        "code 13, communication administratively prohibited"
+    );
+    let header_len = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    assert_eq!(
+        p.payload,
+        frame[ETH_LEN..ETH_LEN + header_len + 8],
+        "the quote"
+    );
+    assert!(p.trailer.is_empty(), "nothing after the quote");
+}
+
+/// RFC 5508 REQ-3 and REQ-3a, both ways: an ICMP error whose own checksum
+/// is bad, or whose quoted IP header's checksum is bad, is dropped and
+/// counted by its reason; the same errors with good checksums, short and
+/// odd-sized or longer than one 512-byte summing chunk, are translated.
+pub fn icmp_errors_with_bad_checksums_are_dropped(lab: &mut PacketLab) {
+    let unreachable = || Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    let short = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"a DNS query");
+    let long = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), &[0x5a; 700]);
+    let out_short = lab.from_lan(&short).unwrap();
+    let out_long = lab.from_lan(&long).unwrap();
+    assert_eq!(out_short.action, XDP_REDIRECT);
+    assert_eq!(out_long.action, XDP_REDIRECT);
+    let external = parse(&out_short.frame).src().port();
+    // What the remote sent back, as the LAN host got it.
+    let reply = udp(ep(REMOTE, 53), ep(WAN_ADDR, external), b"an answer");
+    let delivered = lab.from_wan(&reply).unwrap();
+    assert_eq!(delivered.action, XDP_REDIRECT);
+
+    // The ICMP checksum sits after the outer IP header's 20 bytes, type and
+    // code; the quoted IP header after the ICMP header's 8.
+    let icmp_at = ETH_LEN + 20;
+    let bad_check = |error: &[u8]| {
+        let mut error = error.to_vec();
+        error[icmp_at + 2] ^= 0x5a;
+        error
+    };
+    let bad_quote = |quote: &[u8]| {
+        let mut quote = quote.to_vec();
+        quote[10] ^= 0x5a;
+        quote
+    };
+    let in_short = icmp(REMOTE, WAN_ADDR, unreachable(), datagram(&out_short.frame));
+    let in_long = icmp(REMOTE, WAN_ADDR, unreachable(), datagram(&out_long.frame));
+    let out_error = icmp(LAN_HOST, REMOTE, unreachable(), datagram(&delivered.frame));
+    assert!(in_long.len() - icmp_at > 512, "two chunks to sum");
+    // A byte of the quoted payload in the second chunk.
+    let mut in_long_bad = in_long.clone();
+    in_long_bad[icmp_at + 600] ^= 0x01;
+    for (error, lan) in [
+        (bad_check(&in_short), false),
+        (in_long_bad, false),
+        (bad_check(&out_error), true),
+    ] {
+        let v = if lan {
+            lab.from_lan(&error).unwrap()
+        } else {
+            lab.from_wan(&error).unwrap()
+        };
+        assert_dropped(&v);
+    }
+    assert_counters(lab, &[("drop_icmp_bad_checksum", 3), ("icmp_error_in", 0)]);
+    let in_bad_quote = icmp(
+        REMOTE,
+        WAN_ADDR,
+        unreachable(),
+        &bad_quote(datagram(&out_short.frame)),
+    );
+    assert_dropped(&lab.from_wan(&in_bad_quote).unwrap());
+    let out_bad_quote = icmp(
+        LAN_HOST,
+        REMOTE,
+        unreachable(),
+        &bad_quote(datagram(&delivered.frame)),
+    );
+    assert_dropped(&lab.from_lan(&out_bad_quote).unwrap());
+    assert_counters(
+        lab,
+        &[
+            ("drop_icmp_bad_quoted_checksum", 2),
+            ("icmp_error_in", 0),
+            ("icmp_error_out", 0),
+        ],
+    );
+
+    for error in [&in_short, &in_long] {
+        let v = lab.from_wan(error).unwrap();
+        assert_eq!(v.action, XDP_REDIRECT);
+        assert_checksums_ok(&v.frame);
+    }
+    let v = lab.from_lan(&out_error).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT);
+    assert_checksums_ok(&v.frame);
+    assert_counters(
+        lab,
+        &[
+            ("icmp_error_in", 2),
+            ("icmp_error_out", 1),
+            ("drop_icmp_bad_checksum", 3),
+            ("drop_icmp_bad_quoted_checksum", 2),
+        ],
+    );
+}
+
+/// RFC 4787 REQ-3a and RFC 5382 REQ-7a, with port parity (REQ-4): a
+/// system port (below 1024) is kept when it is free, else mapped into the
+/// low range (600-1023 in the lab), never above it; any other port is kept
+/// or mapped into 1024-65535, never below it. A system port that a rule
+/// or a socket of the router's own holds is not kept. ICMP ids are no
+/// ports: a low one is mapped into the dynamic range. `snat` sends a frame
+/// from the LAN and returns its external port.
+pub fn system_ports_are_mapped_to_system_ports(
+    lab: &mut PacketLab,
+    mut snat: impl FnMut(&mut PacketLab, &[u8]) -> u16,
+) {
+    let low = 600..=1023;
+    let ntp = |host| udp(ep(host, 123), ep(REMOTE, 123), b"ntp");
+    let nfs = |host| tcp(ep(host, 1000), ep(REMOTE, 2049), SYN, b"");
+    assert_eq!(snat(lab, &ntp(LAN_HOST)), 123, "a free system port is kept");
+    assert_eq!(snat(lab, &nfs(LAN_HOST)), 1000);
+    let second = snat(lab, &ntp(LAN_HOST2));
+    assert!(low.contains(&second) && second % 2 == 1, "123 -> {second}");
+    let second = snat(lab, &nfs(LAN_HOST2));
+    assert!(
+        low.contains(&second) && second.is_multiple_of(2),
+        "1000 -> {second}"
+    );
+    for port in [40000, 40001, 1024] {
+        let frame = udp(ep(LAN_HOST, port), ep(REMOTE, 9), b"x");
+        assert_eq!(snat(lab, &frame), port, "a free port above them is kept");
+        let frame = udp(ep(LAN_HOST2, port), ep(REMOTE, 9), b"x");
+        let other = snat(lab, &frame);
+        assert!(
+            other >= 1024 && other != port && other % 2 == port % 2,
+            "{port} -> {other}"
+        );
+    }
+    // A rule's port, and the router's own sockets' (a UDP socket on every
+    // address, a TCP listener), are not kept, but stay in the low range.
+    lab.forward("udp/514=192.168.0.99:514").unwrap();
+    let syslog = snat(lab, &udp(ep(LAN_HOST, 514), ep(REMOTE, 514), b"x"));
+    assert!(
+        low.contains(&syslog) && syslog.is_multiple_of(2),
+        "514 -> {syslog}"
+    );
+    let _ike = std::net::UdpSocket::bind("0.0.0.0:500").unwrap();
+    let _ssh = std::net::TcpListener::bind("0.0.0.0:22").unwrap();
+    let ike = snat(lab, &udp(ep(LAN_HOST, 500), ep(REMOTE, 500), b"x"));
+    assert!(low.contains(&ike) && ike.is_multiple_of(2), "500 -> {ike}");
+    let ssh = snat(lab, &tcp(ep(LAN_HOST, 22), ep(REMOTE, 22), SYN, b""));
+    assert!(low.contains(&ssh) && ssh.is_multiple_of(2), "22 -> {ssh}");
+    // Not held by the router for TCP: UDP 22 is kept.
+    assert_eq!(snat(lab, &udp(ep(LAN_HOST, 22), ep(REMOTE, 22), b"x")), 22);
+    let ping = snat(lab, &echo_request(LAN_HOST, REMOTE, 100, 1));
+    assert!(ping >= 1024, "id 100 -> {ping}");
+}
