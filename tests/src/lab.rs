@@ -113,7 +113,7 @@ pub fn attach_pass(netns: &Netns, interface: &str) -> Result<Ebpf> {
                     .program_mut(programs::PASS)
                     .context("xdp_pass missing from the object")?
                     .try_into()?;
-                program.load()?;
+                nat_ctl::datapath::load_retrying(|| program.load())?;
                 let ifindex = nix::net::if_::if_nametoindex(interface)?;
                 program.attach_to_if_index(ifindex, XdpMode::Driver)?;
                 Ok(ebpf)

@@ -181,27 +181,17 @@ impl Datapath {
             programs::PASS,
             programs::SWEEP,
         ] {
-            program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let program = program(&mut ebpf, name)?;
+            verify(name, || program.load())?;
         }
         for name in [programs::LAN_TC, programs::WAN_TC] {
-            classifier(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let program = classifier(&mut ebpf, name)?;
+            verify(name, || program.load())?;
         }
-        relay_lookup(&mut ebpf)?
-            .load()
-            .map_err(|source| DatapathError::Program {
-                name: programs::RELAY_LOOKUP,
-                source,
-            })?;
-        relay_filter(&mut ebpf)?
-            .load()
-            .map_err(|source| DatapathError::Program {
-                name: programs::RELAY_FILTER,
-                source,
-            })?;
+        let program = relay_lookup(&mut ebpf)?;
+        verify(programs::RELAY_LOOKUP, || program.load())?;
+        let program = relay_filter(&mut ebpf)?;
+        verify(programs::RELAY_FILTER, || program.load())?;
         let maps = Maps::take(&mut ebpf, pin_dir)?;
         Ok(Self { ebpf, maps })
     }
@@ -385,6 +375,38 @@ where
         })?
         .try_into()
         .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// How many times a program's load is tried while the verifier gives up
+/// with EAGAIN, as libbpf does.
+const VERIFY_ATTEMPTS: u32 = 5;
+
+/// Runs `load` (a program's `load()`) again while it fails with EAGAIN: the
+/// verifier abandons a long verification when a signal is pending for the
+/// loading thread (a SIGCHLD the daemon's runtime handles, a terminal's
+/// SIGWINCH), which says nothing about the program.
+pub fn load_retrying(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < VERIFY_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// [`load_retrying`], its error naming the program.
+fn verify(
+    name: &'static str,
+    load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<()> {
+    load_retrying(load).map_err(|source| DatapathError::Program { name, source })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {

@@ -307,23 +307,19 @@ fn replace_programs(dir: &Path) -> Result<()> {
     let mut ebpf = loader.load(super::OBJECT)?;
     // Every program verified and loaded before the first link moves: a
     // program this kernel refuses leaves the running datapath untouched.
-    let load_error = |name: &'static str| move |source| DatapathError::Program { name, source };
     for name in [programs::LAN, programs::WAN, programs::SWEEP] {
-        super::program(&mut ebpf, name)?
-            .load()
-            .map_err(load_error(name))?;
+        let program = super::program(&mut ebpf, name)?;
+        super::verify(name, || program.load())?;
     }
     for name in [programs::LAN_TC, programs::WAN_TC] {
-        super::classifier(&mut ebpf, name)?
-            .load()
-            .map_err(load_error(name))?;
+        let program = super::classifier(&mut ebpf, name)?;
+        super::verify(name, || program.load())?;
     }
-    super::relay_lookup(&mut ebpf)?
-        .load()
-        .map_err(load_error(programs::RELAY_LOOKUP))?;
-    super::relay_filter(&mut ebpf)?
-        .load()
-        .map_err(load_error(programs::RELAY_FILTER))?;
+    let program = super::relay_lookup(&mut ebpf)?;
+    super::verify(programs::RELAY_LOOKUP, || program.load())?;
+    let program = super::relay_filter(&mut ebpf)?;
+    super::verify(programs::RELAY_FILTER, || program.load())?;
+    let program_error = |name: &'static str| move |source| DatapathError::Program { name, source };
     let link_error = |name: &'static str| {
         move |error: aya::programs::links::LinkError| DatapathError::PinLink {
             program: name,
@@ -339,14 +335,14 @@ fn replace_programs(dir: &Path) -> Result<()> {
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_error(xdp_name))?;
             super::program(&mut ebpf, xdp_name)?
                 .attach_to_link(link)
-                .map_err(load_error(xdp_name))?;
+                .map_err(program_error(xdp_name))?;
         } else {
             let pinned = PinnedLink::from_pin(dir.join(tc_pin)).map_err(link_error(tc_name))?;
             let link =
                 SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_error(tc_name))?;
             super::classifier(&mut ebpf, tc_name)?
                 .attach_to_link(link)
-                .map_err(load_error(tc_name))?;
+                .map_err(program_error(tc_name))?;
         }
     }
     // sk_lookup links cannot be updated in place: the new program is

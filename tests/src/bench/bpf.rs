@@ -137,8 +137,7 @@ impl BenchObject {
             .with_context(|| format!("no program {name} in the object"))?
             .try_into()?;
         if program.fd().is_err() {
-            program
-                .load()
+            nat_ctl::datapath::load_retrying(|| program.load())
                 .with_context(|| format!("loading program {name}"))?;
         }
         Ok(program)

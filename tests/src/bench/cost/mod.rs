@@ -123,13 +123,15 @@ impl<'a> CostRig<'a> {
         for name in [RESTORE, FORWARDER] {
             let program = datapath.program(name)?;
             if program.fd().is_err() {
-                program.load().with_context(|| format!("loading {name}"))?;
+                nat_ctl::datapath::load_retrying(|| program.load())
+                    .with_context(|| format!("loading {name}"))?;
             }
         }
         for name in [RESTORE_TC, TC_PASS] {
             let program = datapath.classifier(name)?;
             if program.fd().is_err() {
-                program.load().with_context(|| format!("loading {name}"))?;
+                nat_ctl::datapath::load_retrying(|| program.load())
+                    .with_context(|| format!("loading {name}"))?;
             }
         }
         let maps = BenchMaps::of_programs(&[&*datapath.program(RESTORE)?])?;
