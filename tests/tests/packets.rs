@@ -903,6 +903,47 @@ fn time_exceeded_about_udp_and_a_ping() {
 }
 
 #[test]
+fn icmp_error_with_rfc4884_extensions_is_translated_around_them() {
+    // RFC 4884: the original datagram zero-padded to 128 bytes, its length
+    // in words in the ICMP header, then an extension structure (here an
+    // MPLS label stack object, as traceroute meets). The error's checksum
+    // covers the extensions, so it is summed over them and let in; the
+    // translation touches the quote only (RFC 5508 REQ-3d).
+    let mut lab = fresh_lab();
+    let mut rng = Rng::new(4884);
+    let probe = udp(ep(LAN_HOST, 40012), ep(REMOTE, 33434), &rng.bytes(300));
+    let out = lab.from_lan(&probe).unwrap();
+    let mut message = datagram(&out.frame)[..128].to_vec();
+    let mpls_label_stack = [0x00, 0x08, 0x01, 0x01, 0x00, 0x01, 0x41, 0xff];
+    let extension = icmp_extension(&mpls_label_stack);
+    message.extend_from_slice(&extension);
+    let error = icmp(REMOTE, WAN_ADDR, port_unreachable(), &message);
+    let error = patch_icmp(&error, 5, &[128 / 4]);
+    let v = lab.from_wan(&error).unwrap();
+    let p = assert_error_routed(
+        &v,
+        &error,
+        Egress::Lan(LAN_HOST),
+        (REMOTE, LAN_HOST),
+        ep(LAN_HOST, 40012),
+        ep(REMOTE, 33434),
+    );
+    let icmp_header = 14 + 20;
+    assert_eq!(v.frame[icmp_header + 5], 128 / 4, "the quote's length");
+    assert_eq!(p.payload[..128], after_one_hop(&probe)[..128]);
+    assert_eq!(p.payload[128..], extension[..], "the extensions as sent");
+    assert_counters(&lab, &[("icmp_error_in", 1), ("drop_icmp_bad_checksum", 0)]);
+
+    // The same error with an extension corrupted in flight is dropped.
+    let mut corrupt = error.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x01;
+    let v = lab.from_wan(&corrupt).unwrap();
+    assert_eq!(v.action, XDP_DROP, "an error whose extensions fail the sum");
+    assert_counters(&lab, &[("drop_icmp_bad_checksum", 1)]);
+}
+
+#[test]
 fn icmp_error_followed_by_ethernet_padding() {
     // Bytes after the IP datagram (a trailer some NICs leave) are not part
     // of the ICMP message: neither rewritten nor summed.

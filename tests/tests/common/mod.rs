@@ -179,6 +179,37 @@ pub fn patch_ip(frame: &[u8], offset: usize, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The ICMP message of an untagged frame, from its header to the end of
+/// the IP datagram.
+fn icmp_message(frame: &[u8]) -> &[u8] {
+    let header_len = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    &datagram(frame)[header_len..]
+}
+
+/// Overwrites raw bytes of an ICMP message (offsets relative to its
+/// header; the IP header without options) and fixes the ICMP checksum over
+/// the whole message, as a sender that set them would have.
+pub fn patch_icmp(frame: &[u8], offset: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let icmp = ETH_LEN + 20;
+    let total_len = usize::from(u16::from_be_bytes([out[ETH_LEN + 2], out[ETH_LEN + 3]]));
+    out[icmp + offset..icmp + offset + bytes.len()].copy_from_slice(bytes);
+    out[icmp + 2..icmp + 4].fill(0);
+    let check = inet_checksum(&out[icmp..ETH_LEN + total_len]);
+    out[icmp + 2..icmp + 4].copy_from_slice(&check.to_be_bytes());
+    out
+}
+
+/// An RFC 4884 extension structure (version 2) holding `objects`, its
+/// checksum set.
+pub fn icmp_extension(objects: &[u8]) -> Vec<u8> {
+    let mut structure = vec![0x20, 0, 0, 0];
+    structure.extend_from_slice(objects);
+    let check = inet_checksum(&structure);
+    structure[2..4].copy_from_slice(&check.to_be_bytes());
+    structure
+}
+
 /// A fixed-seed xorshift generator: "random" payloads that are the same on
 /// every run.
 pub struct Rng(u64);
@@ -396,10 +427,13 @@ pub fn assert_checksums_ok(frame: &[u8]) -> Parsed {
                 );
             }
         }
+        // Summed over the raw message: etherparse's model of an error's
+        // header has no room for RFC 4884's length byte.
         L4::Icmp(icmp) => assert_eq!(
-            icmp.checksum,
-            icmp.icmp_type.calc_checksum(&p.payload),
-            "ICMP checksum"
+            inet_checksum(icmp_message(frame)),
+            0,
+            "ICMP checksum {:#06x}",
+            icmp.checksum
         ),
     }
     if let Some(q) = &p.quoted {
