@@ -114,9 +114,10 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
             let why = match (ratio > 1.2, baseline) {
                 (true, Some(base)) => format!(
                     "the forwarder's own work (over the {base:.0} ns baseline) is {:.0} ns, \
-                     the NAT's {:.0} ns: its {:.0} ns more are the NAT's table lookups \
-                     (BINDINGS or FORWARDS, SESSIONS), the session's counters and the \
-                     checksum rewrites{}",
+                     the NAT's {:.0} ns: its {:.0} ns more are the NAT's table lookup \
+                     (one SESSIONS hit for a flow on its own port or a reply; BINDINGS or \
+                     FORWARDS besides for a remapped port or a rule), the session's \
+                     counters and the checksum rewrites{}",
                     fwd - base,
                     ns - base,
                     ns - fwd,
