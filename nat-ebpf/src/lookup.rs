@@ -304,8 +304,8 @@ pub struct External {
 /// session of `conversation` (whose external port is `internal`'s own,
 /// the port a new mapping tries first) that is `internal`'s proves the
 /// mapping kept that port, and is refreshed. The mapping itself is not:
-/// the sweep keeps it while a session on its port lives, and a session
-/// outlives it, as its timeout is never shorter. `false`: the mapping is
+/// the sweep keeps a mapping while a session on its port lives, so the
+/// session never outlives it. `false`: the mapping is
 /// looked up (another port, another mapping behaviour, a rule, a new
 /// flow).
 #[inline(always)]

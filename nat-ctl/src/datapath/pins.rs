@@ -12,7 +12,7 @@
 //! a NIC runs in, also to a daemon that picks the datapath up; the stamp
 //! says whether that daemon may take it as it is, swap its programs in
 //! place (an upgrade on the same map layout) or must replace it.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::{
     maps::{MapData, RingBuf},
@@ -359,35 +359,10 @@ fn replace_programs(dir: &Path) -> Result<()> {
     // The sweep's new pin goes over the old one in one rename (bpffs
     // refuses names with a dot), and so does the relay filter's (the
     // running daemon's sockets keep the old one until it restarts).
-    let (path, fresh) = (dir.join(PROG_SWEEP), dir.join(format!("{PROG_SWEEP}_new")));
-    let _ = std::fs::remove_file(&fresh);
-    super::program(&mut ebpf, programs::SWEEP)?
-        .pin(&fresh)
-        .map_err(|source| DatapathError::Pin {
-            path: fresh.clone(),
-            source,
-        })?;
-    std::fs::rename(&fresh, &path).map_err(|source| DatapathError::Io {
-        action: "replacing",
-        path,
-        source,
-    })?;
-    let (path, fresh) = (
-        dir.join(PROG_RELAY_FILTER),
-        dir.join(format!("{PROG_RELAY_FILTER}_new")),
-    );
-    let _ = std::fs::remove_file(&fresh);
-    super::relay_filter(&mut ebpf)?
-        .pin(&fresh)
-        .map_err(|source| DatapathError::Pin {
-            path: fresh.clone(),
-            source,
-        })?;
-    std::fs::rename(&fresh, &path).map_err(|source| DatapathError::Io {
-        action: "replacing",
-        path,
-        source,
-    })?;
+    let sweep = super::program(&mut ebpf, programs::SWEEP)?;
+    pin_over(dir.join(PROG_SWEEP), |path| sweep.pin(path))?;
+    let filter = super::relay_filter(&mut ebpf)?;
+    pin_over(dir.join(PROG_RELAY_FILTER), |path| filter.pin(path))?;
     Stamp::remove(dir);
     let stamp = dir.join(Stamp::of_this_build().file_name());
     super::program(&mut ebpf, programs::SWEEP)?
@@ -611,4 +586,26 @@ fn recover_ids(writer: &MapWriter, rules: &RuleSet) -> Result<(RuleSet, Vec<u32>
         ordered.add(rule.clone(), Some(id))?;
     }
     Ok((ordered, fresh))
+}
+
+/// Pins a program at `path` over the one pinned there, through a fresh
+/// name and a rename, so that `path` always holds one or the other.
+fn pin_over(
+    path: PathBuf,
+    pin: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
+) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned());
+    let fresh = path.with_file_name(format!("{}_new", file_name.unwrap_or_default()));
+    let _ = std::fs::remove_file(&fresh);
+    pin(&fresh).map_err(|source| DatapathError::Pin {
+        path: fresh.clone(),
+        source,
+    })?;
+    std::fs::rename(&fresh, &path).map_err(|source| DatapathError::Io {
+        action: "replacing",
+        path,
+        source,
+    })
 }
