@@ -7,8 +7,10 @@
 #[derive(Clone, Copy, Default)]
 pub struct CsumDelta(u32);
 
+/// A 32-bit one's-complement sum folded to 16 bits (twice: the first
+/// fold's carry may carry again).
 #[inline(always)]
-fn fold(sum: u32) -> u32 {
+pub fn fold(sum: u32) -> u32 {
     let sum = (sum & 0xffff) + (sum >> 16);
     (sum & 0xffff) + (sum >> 16)
 }

@@ -29,7 +29,9 @@ fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
 }
 
 /// The LAN flow, a call of its own (its stack apart from the answer
-/// `reject` builds after it).
+/// `reject` builds after it). A shim over an inlined body, not the body
+/// itself marked `inline(never)`: LLVM lays that one's frame out larger,
+/// and `nat_lan_tc`'s two frames then exceed the 512 bytes they share.
 #[inline(never)]
 pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
     nat_lan(ctx)

@@ -14,6 +14,7 @@ use nat_common::Counter;
 use network_types::eth::EthHdr;
 
 use crate::{
+    checksum::fold,
     context::NatContext,
     maps::{SUM_CHUNK, SUM_SCRATCH},
     parse::{Ipv4Packet, parse_quoted_any},
@@ -125,7 +126,5 @@ fn sums_to_ones<C: NatContext>(ctx: &C, offset: usize, len: usize) -> bool {
         }
         sum = partial as u32;
     }
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let folded = (folded & 0xffff) + (folded >> 16);
-    folded == 0xffff
+    fold(sum) == 0xffff
 }
