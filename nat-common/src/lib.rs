@@ -344,6 +344,11 @@ pub struct NatConfig {
     /// `port_min..=port_max` like the others.
     pub low_port_min: u16,
     pub low_port_max: u16,
+    /// Moved on by every write of the configuration and whenever the
+    /// daemon hears of a change to routes, neighbours, links or addresses:
+    /// the datapath's cached routes of an older epoch are looked up again
+    /// (`egress`).
+    pub route_epoch: u32,
 }
 
 /// Source ports below this are mapped into `NatConfig::low_port_min..=
@@ -366,7 +371,8 @@ pub const LOW_PORTS_END: u16 = 1024;
 /// for TCP and ICMP too, and `nat_relay_filter` pinned.
 /// 6: `NatConfig::low_port_min`, `low_port_max`; `COUNTERS` with
 /// `drop_icmp_bad_checksum` and `drop_icmp_bad_quoted_checksum`.
-pub const DATAPATH_LAYOUT: u32 = 6;
+/// 7: `NatConfig::route_epoch`.
+pub const DATAPATH_LAYOUT: u32 = 7;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -718,6 +724,9 @@ pub mod bench {
     pub const SINK: &str = "bench_sink";
     /// FIB lookup, MAC rewrite and `EGRESS` redirect, no NAT.
     pub const FORWARDER: &str = "bench_fwd";
+    /// The same, its routes from the NAT's route cache instead of a FIB
+    /// lookup per packet.
+    pub const FORWARDER_CACHED: &str = "bench_fwd_cached";
     /// Redirects every frame through `EGRESS` keyed by its ingress
     /// ifindex, nothing else: the lab's own per-packet cost (veth rings,
     /// NAPI, redirect), which the routers' own costs are measured above.

@@ -197,6 +197,26 @@ pub async fn ipv4_network_of(
     Ok(None)
 }
 
+/// A stream that yields a batch of the kernel's reports whenever a route,
+/// a routing rule, a nexthop, a neighbour entry, a link or an IPv4
+/// address changes: what may change the datapath's cached routes.
+pub fn forwarding_changes() -> Result<impl futures::Stream<Item = usize> + Unpin, InterfaceError> {
+    let (connection, _, messages): (_, _, UnboundedReceiver<_>) =
+        rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv4Rule,
+            MulticastGroup::Nexthop,
+            MulticastGroup::Neigh,
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+        ])
+        .map_err(InterfaceError::NetlinkSocket)?;
+    tokio::spawn(connection);
+    // Whatever arrived together is one change to act on: a route table
+    // reload is thousands of reports.
+    Ok(messages.ready_chunks(1024).map(|batch| batch.len()))
+}
+
 /// A stream that yields whenever an IPv4 address is added or removed on
 /// any interface; the caller re-reads what it cares about.
 pub fn address_changes() -> Result<impl futures::Stream<Item = ()> + Unpin, InterfaceError> {

@@ -11,6 +11,9 @@
 //! - `bench_fwd`: a plain XDP forwarder, the limit of this machine: the
 //!   same parser and egress stage (FIB lookup, TTL, MAC rewrite,
 //!   `EGRESS` redirect) as the NAT, without any translation.
+//! - `bench_fwd_cached`: the same, routed by the NAT's route cache (the
+//!   egress stage as the NAT runs it), for the report to say what the
+//!   NAT's own work costs beside a forwarder that caches routes too.
 //! - `bench_redirect`: one `EGRESS` redirect by ingress ifindex and
 //!   nothing else, the lab's fixed per-packet cost.
 //! - `bench_restore`: for per-packet cost through `BPF_PROG_TEST_RUN` with
@@ -41,7 +44,7 @@ use crate::{
     checksum::{CsumDelta, load16, store16},
     context::{NatContext, TcPacket},
     counters::settle,
-    egress::{redirect, route},
+    egress::{redirect, route, route_uncached},
     maps::EGRESS,
     parse::{Side, frame_len, parse_frame, ptr_at},
 };
@@ -131,27 +134,32 @@ pub fn bench_sink(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// Routes the packet as it is: no lookup of any NAT table, no rewrite but
-/// the TTL and the MACs.
+/// Routes the packet as it is, by a FIB lookup or, `CACHED`, the route
+/// cache: no lookup of any NAT table, no rewrite but the TTL and the MACs.
 #[inline(always)]
-fn try_bench_fwd(ctx: &XdpContext) -> Result<u32, Counter> {
+fn try_bench_fwd<const CACHED: bool>(ctx: &XdpContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     let (eth, packet) = parse_frame(ctx)?;
     if packet.ttl() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let route = route(
-        ctx,
-        &packet,
-        packet.addr(Side::Source),
-        packet.addr(Side::Destination),
-    )?;
+    let (src, dst) = (packet.addr(Side::Source), packet.addr(Side::Destination));
+    let route = if CACHED {
+        route(ctx, &packet, src, dst)?
+    } else {
+        route_uncached(ctx, &packet, src, dst)?
+    };
     redirect(ctx, eth, &packet, &route, Counter::Forwarded, len)
 }
 
 #[xdp]
 pub fn bench_fwd(ctx: XdpContext) -> u32 {
-    settle(&ctx, try_bench_fwd(&ctx))
+    settle(&ctx, try_bench_fwd::<false>(&ctx))
+}
+
+#[xdp]
+pub fn bench_fwd_cached(ctx: XdpContext) -> u32 {
+    settle(&ctx, try_bench_fwd::<true>(&ctx))
 }
 
 /// The lab's fixed cost: no parsing, no rewrite, one devmap redirect. The

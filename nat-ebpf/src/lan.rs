@@ -1,6 +1,6 @@
 //! LAN ingress: source translation toward the WAN, and hairpin back into
 //! the LAN for a LAN host that reaches the WAN address.
-use nat_common::{Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use nat_common::{COUNTER_COUNT, Counter, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -28,13 +28,33 @@ fn is_multicast_or_broadcast(addr: [u8; 4]) -> bool {
     addr[0] >= 224 || addr == [255; 4]
 }
 
-/// The LAN flow, a call of its own (its stack apart from the answer
-/// `reject` builds after it). A shim over an inlined body, not the body
-/// itself marked `inline(never)`: LLVM lays that one's frame out larger,
-/// and `nat_lan_tc`'s two frames then exceed the 512 bytes they share.
-#[inline(never)]
+/// The LAN flow. Its body is a call of its own ([`nat_lan_call`]), so that
+/// its stack is apart from the answer `reject` builds after it.
+#[inline(always)]
 pub fn try_nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
-    nat_lan(ctx)
+    let outcome = nat_lan_call(ctx);
+    let code = (outcome >> 32) as u32;
+    if code == 0 {
+        return Ok(outcome as u32);
+    }
+    // SAFETY: `nat_lan_call` packed a `Counter` (repr(u32)) below it.
+    Err(unsafe { core::mem::transmute::<u32, Counter>(code.min(COUNTER_COUNT) - 1) })
+}
+
+/// [`nat_lan`] as a call, its outcome packed into the one register a BPF
+/// call returns: `Ok(action)` as the action, `Err(counter)` as the
+/// counter's index plus one in the upper half. Returned as a `Result`, it
+/// goes through the caller's stack, and R0 keeps whatever the body last
+/// put there, which the verifier refuses when that is a stack pointer. A
+/// shim over an inlined body, not the body itself marked `inline(never)`:
+/// LLVM lays that one's frame out larger, and `nat_lan_tc`'s two frames
+/// then exceed the 512 bytes they share.
+#[inline(never)]
+fn nat_lan_call(ctx: &impl NatContext) -> u64 {
+    match nat_lan(ctx) {
+        Ok(action) => u64::from(action),
+        Err(counter) => (u64::from(counter as u32) + 1) << 32,
+    }
 }
 
 #[inline(always)]

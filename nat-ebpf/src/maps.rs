@@ -11,7 +11,10 @@ use nat_common::{
     RelayTarget, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
 };
 
-use crate::reject::ErrorBudget;
+use crate::{
+    egress::{AlignedFibParams, CachedRoute, ROUTE_CACHE_SLOTS},
+    reject::ErrorBudget,
+};
 
 /// Map update flag: insert only if the key is absent, so that of two CPUs
 /// claiming the same key exactly one wins.
@@ -113,6 +116,18 @@ pub static RELAY_SOCKET: SockMap = SockMap::with_max_entries(RELAY_SOCKET_SLOTS,
 /// tick the value is reused instead of calling the helper again.
 #[map(name = "CLOCK")]
 pub static CLOCK: PerCpuArray<ClockReading> = PerCpuArray::with_max_entries(1, 0);
+
+/// The routes this CPU looked up last (`egress`), direct-mapped by a hash
+/// of what they were looked up for: most packets reuse one instead of
+/// calling `bpf_fib_lookup`. Per CPU, the datapath's own.
+#[map(name = "ROUTE_CACHE")]
+pub static ROUTE_CACHE: PerCpuArray<CachedRoute> =
+    PerCpuArray::with_max_entries(ROUTE_CACHE_SLOTS, 0);
+
+/// The parameters of this CPU's `bpf_fib_lookup` (`egress`): 64 bytes
+/// the LAN flow's stack has no room for. Per CPU, the datapath's own.
+#[map(name = "FIB_SCRATCH")]
+pub static FIB_SCRATCH: PerCpuArray<AlignedFibParams> = PerCpuArray::with_max_entries(1, 0);
 
 /// One entry of `CLOCK`; the datapath's own, never seen by user space.
 #[repr(C)]

@@ -52,6 +52,9 @@ fn unsolicited(
     Counter::UnsolicitedPass
 }
 
+/// Inlined into its entry point: as a call of its own it would return its
+/// `Result` through the caller's stack, see `lan::nat_lan_call`.
+#[inline(always)]
 pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
     let len = frame_len(ctx);
     count(Counter::WanRx, len);

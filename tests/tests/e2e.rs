@@ -360,3 +360,54 @@ fn tc_a_flow_that_gets_no_port_is_refused_with_host_unreachable_through_a_partia
         .unwrap();
     a_flow_that_gets_no_port_is_refused(&lab);
 }
+
+/// The datapath's route epoch (`NatConfig::route_epoch`), read from its pin.
+fn route_epoch(lab: &Lab) -> u32 {
+    let data = aya::maps::MapData::from_pin(lab.pin_dir().join(nat_common::maps::CONFIG))
+        .expect("the pinned CONFIG map");
+    let config: aya::maps::Array<_, nat_common::NatConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("CONFIG as an array");
+    config.get(&0, 0).expect("CONFIG's entry").route_epoch
+}
+
+/// The daemon hears of every change that may move a route the datapath
+/// cached (rtnetlink's route, neighbour, link and address reports) and
+/// moves the route epoch on, so that no CPU keeps a stale route; traffic
+/// goes on through it.
+#[test]
+fn the_daemon_moves_the_route_epoch_on_when_a_neighbour_or_a_route_changes() {
+    let lab = Lab::start().unwrap();
+    let changes: [(&str, &[&str]); 4] = [
+        (
+            "a neighbour",
+            &[
+                "neigh",
+                "replace",
+                "203.0.113.77",
+                "lladdr",
+                "02:00:00:00:01:77",
+                "dev",
+                "wan0",
+                "nud",
+                "permanent",
+            ],
+        ),
+        (
+            "a route",
+            &["route", "add", "198.18.0.0/15", "via", "203.0.113.2"],
+        ),
+        ("a link", &["link", "set", "lan0", "mtu", "1400"]),
+        ("the link back", &["link", "set", "lan0", "mtu", "1500"]),
+    ];
+    for (what, change) in changes {
+        let before = route_epoch(&lab);
+        lab.router.ip(change).unwrap();
+        nat_tests::wait_for(
+            &format!("the route epoch to move on after {what} changed"),
+            Duration::from_secs(10),
+            || (route_epoch(&lab) != before).then_some(()),
+        )
+        .unwrap();
+    }
+    tcp_transfer_both_ways(&lab);
+}

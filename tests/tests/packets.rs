@@ -2307,3 +2307,112 @@ fn without_a_wan_address_nothing_from_the_lan_goes_out() {
         ],
     );
 }
+
+// ---------------------------------------------------------------------------
+// 10. The route cache: each CPU reuses the routes it looked up, until the
+// route epoch moves on, the entry is 100 ms old, or a packet is longer than
+// the one the lookup let through.
+
+/// Where the router now sends what leaves for the WAN gateway: a next hop
+/// that changed its MAC (a replaced modem, a failover pair).
+const MOVED_GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0x02];
+
+fn move_gateway(lab: &PacketLab, to: [u8; 6]) {
+    lab.netns
+        .ip(&[
+            "neigh",
+            "replace",
+            &GATEWAY.to_string(),
+            "lladdr",
+            &nat_tests::plan::mac(to),
+            "dev",
+            nat_tests::plan::ROUTER_WAN_IF,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+}
+
+fn gateway_mac_of(lab: &mut PacketLab, frame: &[u8]) -> [u8; 6] {
+    let v = lab.from_lan(frame).unwrap();
+    assert_eq!(v.action, XDP_REDIRECT, "SNAT verdict");
+    parse(&v.frame).eth.destination
+}
+
+#[test]
+fn a_new_route_epoch_sends_the_next_packet_to_the_neighbours_new_mac() {
+    let mut lab = fresh_lab();
+    let out = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"query");
+    snat(&mut lab, &out);
+    assert_eq!(gateway_mac_of(&mut lab, &out), GATEWAY_MAC);
+    move_gateway(&lab, MOVED_GATEWAY_MAC);
+    // What the daemon does on the kernel's neighbour report.
+    lab.datapath.maps_mut().writer().routes_changed().unwrap();
+    assert_eq!(
+        gateway_mac_of(&mut lab, &out),
+        MOVED_GATEWAY_MAC,
+        "the packet after the new epoch went by the route cached before it"
+    );
+    // Any write of the configuration is a new epoch too.
+    move_gateway(&lab, GATEWAY_MAC);
+    let config = lab.config;
+    lab.datapath
+        .maps_mut()
+        .writer()
+        .set_config(&config)
+        .unwrap();
+    assert_eq!(gateway_mac_of(&mut lab, &out), GATEWAY_MAC);
+}
+
+#[test]
+fn an_unreported_neighbour_change_reaches_the_fast_path_within_the_cache_lifetime() {
+    let mut lab = fresh_lab();
+    let out = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"query");
+    snat(&mut lab, &out);
+    move_gateway(&lab, MOVED_GATEWAY_MAC);
+    // No epoch: only the entry's age sends the packets to the new MAC.
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    while gateway_mac_of(&mut lab, &out) != MOVED_GATEWAY_MAC {
+        sent += 1;
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5) && sent < 5000,
+            "after {sent} packets and {:?} the datapath still sends to the old MAC",
+            start.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_packet_longer_than_the_cached_route_let_through_is_looked_up_again() {
+    let mut lab = fresh_lab();
+    let small = udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), b"query");
+    snat(&mut lab, &small);
+    // The path's MTU drops with no report to the datapath (a PMTU the
+    // kernel learned, a route the daemon did not hear of).
+    lab.netns
+        .ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &GATEWAY.to_string(),
+            "dev",
+            nat_tests::plan::ROUTER_WAN_IF,
+            "mtu",
+            // Locked: a forwarded packet is checked against a route's MTU
+            // only then (or with `ip_forward_use_pmtu`).
+            "lock",
+            "600",
+        ])
+        .unwrap();
+    let big = with_ip(
+        &udp(ep(LAN_HOST, 40000), ep(REMOTE, 53), &[7; 1000]),
+        |ip| ip.dont_fragment = true,
+    );
+    assert_passed_untouched(&lab.from_lan(&big).unwrap(), &big);
+    assert_counters(&lab, &[("pass_mtu_exceeded", 1)]);
+    // What fits the cached route's length still takes it.
+    assert_eq!(gateway_mac_of(&mut lab, &small), GATEWAY_MAC);
+}

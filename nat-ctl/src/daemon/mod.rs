@@ -190,6 +190,8 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
             .octets(),
         low_port_min: config.nat.low_ports.first,
         low_port_max: config.nat.low_ports.last,
+        // Set by the writer, which moves it on with every write.
+        route_epoch: 0,
     }
 }
 
@@ -410,6 +412,7 @@ async fn run_async(options: DaemonOptions) -> Result<()> {
     tokio::spawn(tasks::sweep_loop(daemon.clone()));
     tokio::spawn(tasks::connection_log(daemon.clone(), ring));
     tokio::spawn(tasks::follow_addresses(daemon.clone(), netlink));
+    tokio::spawn(tasks::follow_forwarding(daemon.clone()));
     tokio::spawn(tasks::expire_leases(daemon.clone()));
     tokio::spawn(tasks::yield_to_router_listeners(daemon.clone()));
     tokio::spawn(tasks::learn_public_address(daemon.clone()));

@@ -118,6 +118,42 @@ pub(super) async fn connection_log(
     }
 }
 
+/// Moves the datapath's route epoch on whenever the kernel reports a change
+/// of routes, rules, neighbours, links or addresses, so that no CPU keeps
+/// using a route it cached before (`nat-ebpf/src/egress.rs`). Should the
+/// reports stop (the socket cannot be opened, or it failed), a cached
+/// route still lasts at most 100 ms, and the subscription is opened again.
+pub(super) async fn follow_forwarding(daemon: Arc<Daemon>) {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+    loop {
+        match interfaces::forwarding_changes() {
+            Ok(mut changes) => {
+                // What changed while no one listened.
+                bump_route_epoch(&daemon);
+                while let Some(reports) = changes.next().await {
+                    tracing::debug!("{reports} route, neighbour or link reports: new route epoch");
+                    bump_route_epoch(&daemon);
+                }
+                tracing::warn!(
+                    "the kernel's route and neighbour reports stopped; listening again in \
+                     {RETRY:?} (cached routes follow changes within 100 ms meanwhile)"
+                );
+            }
+            Err(error) => tracing::error!(
+                "cannot follow route and neighbour changes: {error}; trying again in {RETRY:?} \
+                 (cached routes follow changes within 100 ms meanwhile)"
+            ),
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+fn bump_route_epoch(daemon: &Daemon) {
+    if let Err(error) = daemon.lock().writer.routes_changed() {
+        tracing::error!("moving the datapath's route epoch on: {error}");
+    }
+}
+
 /// Re-reads both NICs' addresses whenever the kernel reports a change, and
 /// moves the datapath to the new ones.
 pub(super) async fn follow_addresses(daemon: Arc<Daemon>, netlink: rtnetlink::Handle) {

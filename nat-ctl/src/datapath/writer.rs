@@ -23,10 +23,25 @@ impl MapWriter {
         self.config.get(&0, 0).map_err(map_error(names::CONFIG))
     }
 
+    /// Writes `config` with the next route epoch (its own `route_epoch` is
+    /// ignored): a new configuration may move the NICs or the WAN address,
+    /// and the datapath's cached routes are then looked up afresh.
     pub fn set_config(&mut self, config: &NatConfig) -> Result<()> {
+        let epoch = self.config()?.route_epoch.wrapping_add(1);
+        let config = NatConfig {
+            route_epoch: epoch,
+            ..*config
+        };
         self.config
             .set(0, config, 0)
             .map_err(map_error(names::CONFIG))
+    }
+
+    /// The kernel's routes, neighbours, links or addresses changed: the
+    /// datapath looks up again every route it cached before.
+    pub fn routes_changed(&mut self) -> Result<()> {
+        let config = self.config()?;
+        self.set_config(&config)
     }
 
     /// Lets the datapath redirect to `ifindex`.

@@ -23,7 +23,7 @@ use aya::{
 };
 use nat_common::{
     BindingKey, Counter, PROTO_UDP, SessionKey,
-    bench::{BenchTemplate, FORWARDER, RESTORE, RESTORE_TC, TC_PASS},
+    bench::{BenchTemplate, FORWARDER, FORWARDER_CACHED, RESTORE, RESTORE_TC, TC_PASS},
     programs,
 };
 use nat_ctl::datapath::{Datapath, TableSizes};
@@ -120,7 +120,7 @@ impl<'a> CostRig<'a> {
             lan_ifindex,
             wan_ifindex,
         } = router;
-        for name in [RESTORE, FORWARDER] {
+        for name in [RESTORE, FORWARDER, FORWARDER_CACHED] {
             let program = datapath.program(name)?;
             if program.fd().is_err() {
                 nat_ctl::datapath::load_retrying(|| program.load())
@@ -137,7 +137,13 @@ impl<'a> CostRig<'a> {
         let maps = BenchMaps::of_programs(&[&*datapath.program(RESTORE)?])?;
         let next_tc = next_tc_of(datapath.classifier(RESTORE_TC)?)?;
         let mut next = HashMap::new();
-        for name in [programs::PASS, FORWARDER, programs::LAN, programs::WAN] {
+        for name in [
+            programs::PASS,
+            FORWARDER,
+            FORWARDER_CACHED,
+            programs::LAN,
+            programs::WAN,
+        ] {
             next.insert(name, datapath.program(name)?.fd()?.try_clone()?);
         }
         for name in TC_PROGRAMS {
@@ -335,6 +341,7 @@ fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, Bench
         ("tc_established_inbound", programs::WAN_TC, reply, wan),
         ("restore_only", programs::PASS, outbound, lan),
         ("forwarder", FORWARDER, outbound, lan),
+        ("forwarder_cached", FORWARDER_CACHED, outbound, lan),
         ("established_outbound", programs::LAN, outbound, lan),
         ("established_inbound", programs::WAN, reply, wan),
         ("forwarded_inbound", programs::WAN, forwarded, wan),
@@ -402,7 +409,13 @@ pub fn run(options: &Options) -> Result<Output> {
                 .push(rig.time_new_flows(options.new_flow_repeat)?);
         }
         let mut programs = BTreeMap::new();
-        for name in [programs::PASS, FORWARDER, programs::LAN, programs::WAN] {
+        for name in [
+            programs::PASS,
+            FORWARDER,
+            FORWARDER_CACHED,
+            programs::LAN,
+            programs::WAN,
+        ] {
             let info = rig.datapath.program(name)?.info()?;
             programs.insert(name.to_owned(), ProgramSize::of(&info));
         }
