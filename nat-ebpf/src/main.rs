@@ -38,9 +38,6 @@
 // program with an empty main.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// For `atomic_xadd`: the BPF target's core has no atomic fetch_add.
-#![cfg_attr(target_arch = "bpf", allow(internal_features))]
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, adt_const_params))]
 
 mod aging;
 mod bench;

@@ -101,28 +101,6 @@ fn next_tcp_state(state: u8, flags: u8, from_opener: bool) -> u8 {
     }
 }
 
-/// A BPF atomic add (`lock xadd`): the core library offers no `fetch_add`
-/// for the BPF target, whose atomics have no compare-and-swap.
-///
-/// # Safety
-/// `counter` must point into a map value, 8-byte aligned.
-#[inline(always)]
-unsafe fn atomic_add(counter: *mut u64, value: u64) {
-    #[cfg(target_arch = "bpf")]
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            counter, value,
-        );
-    }
-    // The host build (clippy) only needs this to type-check.
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        *counter += value;
-    }
-}
-
 #[inline(always)]
 fn touch_session(
     session: *mut Session,
@@ -131,10 +109,17 @@ fn touch_session(
     now: u64,
     frame_len: usize,
 ) {
+    // Plain adds, not `lock xadd`: with many flows the session's line is
+    // often not in the cache, and a locked add waits for it with every
+    // memory access after it held back, where a plain one lets the rest of
+    // the packet go on meanwhile. Two CPUs counting one session at the
+    // same instant (its two directions on two RX queues) may lose one of
+    // their increments: the counts are statistics, which nothing decides
+    // by.
     // SAFETY: a pointer returned by a map lookup.
     unsafe {
-        atomic_add(&raw mut (*session).packets, 1);
-        atomic_add(&raw mut (*session).bytes, frame_len as u64);
+        (*session).packets += 1;
+        (*session).bytes += frame_len as u64;
         if conversation.proto == PROTO_TCP {
             let state = next_tcp_state((*session).tcp_state, conversation.tcp_flags, from_opener);
             if state != (*session).tcp_state {
