@@ -170,6 +170,11 @@ pub fn run(quick: bool) -> Result<ExitCode> {
             );
             continue;
         }
+        wait_until_quiet(if quick {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(120)
+        })?;
         if let Err(error) = run_step(&program, &step, &parts) {
             println!("xtask: bench: {}: {error:#}", step.part);
             fs::write(
@@ -197,6 +202,52 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         println!("xtask: bench: failed: {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Waits (at most `limit`) until the machine's CPUs were at least 90% idle
+/// over a second: the kernel tears a part's namespaces and tables down in
+/// the background after its process exits, and a part measured meanwhile
+/// is measured against that work.
+fn wait_until_quiet(limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut before = cpu_times()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = cpu_times()?;
+        let (busy, total) = (now.0 - before.0, now.1 - before.1);
+        let idle = 1.0 - busy as f64 / total.max(1) as f64;
+        if idle >= 0.9 {
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            println!(
+                "xtask: bench: the machine is still {:.0}% busy after {limit:?}; measuring anyway",
+                100.0 * (1.0 - idle)
+            );
+            return Ok(());
+        }
+        before = now;
+    }
+}
+
+/// The busy and total jiffies of all CPUs so far (`/proc/stat`).
+fn cpu_times() -> Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("parsing /proc/stat")?;
+    // user nice system idle iowait irq softirq steal ...; idle and iowait
+    // are the idle ones.
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
 }
 
 /// Issue 13's NAT-PMP and PCP server against miniupnpd's (requests/s and
