@@ -175,23 +175,7 @@ impl Datapath {
             .map_max_entries(names::SESSIONS, sizes.sessions)
             .map_max_entries(names::FORWARD_SESSIONS, sizes.forward_sessions)
             .load(OBJECT)?;
-        for name in [
-            programs::LAN,
-            programs::WAN,
-            programs::PASS,
-            programs::SWEEP,
-        ] {
-            let program = program(&mut ebpf, name)?;
-            verify(name, || program.load())?;
-        }
-        for name in [programs::LAN_TC, programs::WAN_TC] {
-            let program = classifier(&mut ebpf, name)?;
-            verify(name, || program.load())?;
-        }
-        let program = relay_lookup(&mut ebpf)?;
-        verify(programs::RELAY_LOOKUP, || program.load())?;
-        let program = relay_filter(&mut ebpf)?;
-        verify(programs::RELAY_FILTER, || program.load())?;
+        load_programs(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf, pin_dir)?;
         Ok(Self { ebpf, maps })
     }
@@ -399,6 +383,29 @@ pub fn load_retrying(
             result => return result,
         }
     }
+}
+
+/// Verifies and loads every program `natctl` runs (and `xdp_pass`, which
+/// the labs attach to veth peers): for a fresh datapath, and for an upgrade
+/// in place, which loads all of them before it moves the first link.
+fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for name in [
+        programs::LAN,
+        programs::WAN,
+        programs::PASS,
+        programs::SWEEP,
+    ] {
+        let program = program(ebpf, name)?;
+        verify(name, || program.load())?;
+    }
+    for name in [programs::LAN_TC, programs::WAN_TC] {
+        let program = classifier(ebpf, name)?;
+        verify(name, || program.load())?;
+    }
+    let program = relay_lookup(ebpf)?;
+    verify(programs::RELAY_LOOKUP, || program.load())?;
+    let program = relay_filter(ebpf)?;
+    verify(programs::RELAY_FILTER, || program.load())
 }
 
 /// [`load_retrying`], its error naming the program.

@@ -307,18 +307,7 @@ fn replace_programs(dir: &Path) -> Result<()> {
     let mut ebpf = loader.load(super::OBJECT)?;
     // Every program verified and loaded before the first link moves: a
     // program this kernel refuses leaves the running datapath untouched.
-    for name in [programs::LAN, programs::WAN, programs::SWEEP] {
-        let program = super::program(&mut ebpf, name)?;
-        super::verify(name, || program.load())?;
-    }
-    for name in [programs::LAN_TC, programs::WAN_TC] {
-        let program = super::classifier(&mut ebpf, name)?;
-        super::verify(name, || program.load())?;
-    }
-    let program = super::relay_lookup(&mut ebpf)?;
-    super::verify(programs::RELAY_LOOKUP, || program.load())?;
-    let program = super::relay_filter(&mut ebpf)?;
-    super::verify(programs::RELAY_FILTER, || program.load())?;
+    super::load_programs(&mut ebpf)?;
     let program_error = |name: &'static str| move |source| DatapathError::Program { name, source };
     let link_error = |name: &'static str| {
         move |error: aya::programs::links::LinkError| DatapathError::PinLink {
