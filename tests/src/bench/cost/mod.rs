@@ -109,6 +109,15 @@ pub struct CostRig<'a> {
     next_tc: ProgramArray<MapData>,
 }
 
+/// The XDP programs `bench_restore` hands packets to.
+const XDP_PROGRAMS: [&str; 5] = [
+    programs::PASS,
+    FORWARDER,
+    FORWARDER_CACHED,
+    programs::LAN,
+    programs::WAN,
+];
+
 /// The TC programs `bench_restore_tc` hands packets to.
 const TC_PROGRAMS: [&str; 3] = [TC_PASS, programs::LAN_TC, programs::WAN_TC];
 
@@ -137,13 +146,7 @@ impl<'a> CostRig<'a> {
         let maps = BenchMaps::of_programs(&[&*datapath.program(RESTORE)?])?;
         let next_tc = next_tc_of(datapath.classifier(RESTORE_TC)?)?;
         let mut next = HashMap::new();
-        for name in [
-            programs::PASS,
-            FORWARDER,
-            FORWARDER_CACHED,
-            programs::LAN,
-            programs::WAN,
-        ] {
+        for name in XDP_PROGRAMS {
             next.insert(name, datapath.program(name)?.fd()?.try_clone()?);
         }
         for name in TC_PROGRAMS {
@@ -409,13 +412,7 @@ pub fn run(options: &Options) -> Result<Output> {
                 .push(rig.time_new_flows(options.new_flow_repeat)?);
         }
         let mut programs = BTreeMap::new();
-        for name in [
-            programs::PASS,
-            FORWARDER,
-            FORWARDER_CACHED,
-            programs::LAN,
-            programs::WAN,
-        ] {
+        for name in XDP_PROGRAMS {
             let info = rig.datapath.program(name)?.info()?;
             programs.insert(name.to_owned(), ProgramSize::of(&info));
         }
