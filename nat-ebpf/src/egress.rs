@@ -123,14 +123,15 @@ const _: () = assert!(size_of::<FibParams>().is_multiple_of(8));
 /// one-byte stores: some 320 instructions on every packet. The stores are
 /// volatile so that LLVM cannot turn them back into that call.
 #[inline(always)]
-fn zeroed_fib_params(scratch: *mut AlignedFibParams) -> &'static mut FibParams {
+fn zeroed_fib_params<'a>(scratch: *mut AlignedFibParams) -> &'a mut FibParams {
     let words = scratch.cast::<u64>();
     for i in 0..FIB_PARAMS_WORDS {
         // SAFETY: within `scratch`, 8-byte aligned by `AlignedFibParams`.
         unsafe { words.add(i).write_volatile(0) };
     }
     // SAFETY: every byte was just written; all zeroes is a valid value of
-    // this plain C struct. The caller's scratch outlives the lookup.
+    // this plain C struct. The caller holds the reference no longer than
+    // its scratch (a per-CPU map value, or its own stack).
     unsafe { &mut (*scratch).0 }
 }
 
@@ -277,14 +278,14 @@ fn fib_lookup<C: NatContext>(
 /// The lookup's parameters for `proto` from `src` to `dst`, arriving on
 /// `iif`.
 #[inline(always)]
-fn fib_params(
+fn fib_params<'a>(
     scratch: *mut AlignedFibParams,
     proto: u8,
     tot_len: u16,
     iif: u32,
     src: [u8; 4],
     dst: [u8; 4],
-) -> &'static mut FibParams {
+) -> &'a mut FibParams {
     let params = zeroed_fib_params(scratch);
     params.family = AF_INET;
     params.l4_protocol = proto;
