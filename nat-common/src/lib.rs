@@ -288,8 +288,9 @@ pub const TCP_STATE_HALF_CLOSED_BY_ANSWERER: u8 = 6;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Session {
     pub last_seen_ns: u64,
-    /// Both directions together, added atomically: a flow's two directions
-    /// may run on different CPUs.
+    /// Both directions together, by plain adds: a flow's two directions
+    /// may run on different CPUs, and an increment two CPUs make at the
+    /// same instant may be lost, which no decision depends on.
     pub packets: u64,
     pub bytes: u64,
     pub internal_addr: [u8; 4],
@@ -731,6 +732,10 @@ pub mod bench {
     /// ifindex, nothing else: the lab's own per-packet cost (veth rings,
     /// NAPI, redirect), which the routers' own costs are measured above.
     pub const REDIRECT: &str = "bench_redirect";
+    /// A new mapping's three hash-table inserts alone, under the keys the
+    /// NAT gives the packet's flow; `XDP_DROP`, or `XDP_ABORTED` when one
+    /// fails.
+    pub const INSERTS: &str = "bench_inserts";
     /// Restores the template, then tail-calls the program in `BENCH_NEXT`.
     pub const RESTORE: &str = "bench_restore";
     /// The same for the TC programs: restores, then tail-calls the program

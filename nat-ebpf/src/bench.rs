@@ -14,6 +14,11 @@
 //! - `bench_fwd_cached`: the same, routed by the NAT's route cache (the
 //!   egress stage as the NAT runs it), for the report to say what the
 //!   NAT's own work costs beside a forwarder that caches routes too.
+//! - `bench_inserts`: the three hash-table inserts a new mapping makes
+//!   (its inbound and outbound `BINDINGS` keys and its `SESSIONS` entry),
+//!   under the keys `nat_lan` gives the packet's flow when the mapping
+//!   keeps the LAN port, and nothing else: what a new flow's cost owes to
+//!   the kernel's hash table rather than to the NAT's own work.
 //! - `bench_redirect`: one `EGRESS` redirect by ingress ifindex and
 //!   nothing else, the lab's fixed per-packet cost.
 //! - `bench_restore`: for per-packet cost through `BPF_PROG_TEST_RUN` with
@@ -36,7 +41,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use nat_common::{
-    Counter,
+    Binding, BindingKey, Counter, Session, SessionKey,
     bench::{BenchTemplate, TEMPLATE_MAX},
 };
 
@@ -45,7 +50,8 @@ use crate::{
     context::{NatContext, TcPacket},
     counters::settle,
     egress::{redirect, route, route_uncached},
-    maps::EGRESS,
+    lookup::{config, now_ns},
+    maps::{BINDINGS, BPF_NOEXIST, EGRESS, SESSIONS},
     parse::{Side, frame_len, parse_frame, ptr_at},
 };
 
@@ -160,6 +166,73 @@ pub fn bench_fwd(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_fwd_cached(ctx: XdpContext) -> u32 {
     settle(&ctx, try_bench_fwd::<true>(&ctx))
+}
+
+/// A new mapping's inserts and nothing else: parsed as `nat_lan` parses,
+/// the LAN port kept as the external one, the remote's port kept in the
+/// session key (address-and-port-dependent filtering, the default).
+#[inline(always)]
+fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
+    let config = config().ok_or(Counter::PassLocal)?;
+    let (_, packet) = parse_frame(ctx)?;
+    let now = now_ns();
+    let internal = packet.endpoint(Side::Source);
+    let remote = packet.endpoint(Side::Destination);
+    let port = internal.port;
+    let full = |_| Counter::DropTableFull;
+    BINDINGS
+        .insert(
+            BindingKey::inbound(packet.proto, port),
+            Binding {
+                addr: internal.addr,
+                port,
+                last_seen_ns: now,
+                ..Binding::default()
+            },
+            BPF_NOEXIST,
+        )
+        .map_err(full)?;
+    BINDINGS
+        .insert(
+            BindingKey::outbound(packet.proto, internal.addr, port),
+            Binding {
+                addr: config.wan_addr,
+                port,
+                last_seen_ns: now,
+                ..Binding::default()
+            },
+            BPF_NOEXIST,
+        )
+        .map_err(full)?;
+    SESSIONS
+        .insert(
+            SessionKey {
+                remote_addr: remote.addr,
+                remote_port: remote.port,
+                external_port: port,
+                proto: packet.proto,
+                _pad: [0; 3],
+            },
+            Session {
+                last_seen_ns: now,
+                packets: 1,
+                bytes: frame_len(ctx) as u64,
+                internal_addr: internal.addr,
+                internal_port: port,
+                ..Session::default()
+            },
+            0,
+        )
+        .map_err(full)
+}
+
+/// `XDP_DROP` once all three inserts are made, `XDP_ABORTED` if one fails.
+#[xdp]
+pub fn bench_inserts(ctx: XdpContext) -> u32 {
+    match try_bench_inserts(&ctx) {
+        Ok(()) => xdp_action::XDP_DROP,
+        Err(_) => xdp_action::XDP_ABORTED,
+    }
 }
 
 /// The lab's fixed cost: no parsing, no rewrite, one devmap redirect. The

@@ -23,7 +23,7 @@ use aya::{
 };
 use nat_common::{
     BindingKey, Counter, PROTO_UDP, SessionKey,
-    bench::{BenchTemplate, FORWARDER, FORWARDER_CACHED, RESTORE, RESTORE_TC, TC_PASS},
+    bench::{BenchTemplate, FORWARDER, FORWARDER_CACHED, INSERTS, RESTORE, RESTORE_TC, TC_PASS},
     programs,
 };
 use nat_ctl::datapath::{Datapath, TableSizes};
@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     Spread,
     bpf::{
-        BenchMaps, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, next_tc_of, time_runs,
-        time_runs_tc, verdict_name,
+        BenchMaps, TC_ACT_OK, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_REDIRECT, next_tc_of,
+        time_runs, time_runs_tc, verdict_name,
     },
     frames::{Vary, template},
     topo::{
@@ -53,7 +53,9 @@ pub struct Output {
     pub unit: String,
     /// By case name: `minimal`, `restore_only`, `forwarder`,
     /// `established_outbound`, `established_inbound`, `forwarded_inbound`,
-    /// `new_flow`, `fragment_outbound`, `fragment_inbound` (a later IP
+    /// `new_flow`, `inserts_only` (`bench_inserts`: the hash-table inserts
+    /// of `new_flow`'s mappings alone), `fragment_outbound`,
+    /// `fragment_inbound` (a later IP
     /// fragment of a tracked datagram: the fragment path's cost); in TC
     /// mode `tc_restore_only`, `tc_established_outbound`,
     /// `tc_established_inbound`, `tc_fragment_outbound`,
@@ -110,10 +112,11 @@ pub struct CostRig<'a> {
 }
 
 /// The XDP programs `bench_restore` hands packets to.
-const XDP_PROGRAMS: [&str; 5] = [
+const XDP_PROGRAMS: [&str; 6] = [
     programs::PASS,
     FORWARDER,
     FORWARDER_CACHED,
+    INSERTS,
     programs::LAN,
     programs::WAN,
 ];
@@ -129,7 +132,7 @@ impl<'a> CostRig<'a> {
             lan_ifindex,
             wan_ifindex,
         } = router;
-        for name in [RESTORE, FORWARDER, FORWARDER_CACHED] {
+        for name in [RESTORE, FORWARDER, FORWARDER_CACHED, INSERTS] {
             let program = datapath.program(name)?;
             if program.fd().is_err() {
                 nat_ctl::datapath::load_retrying(|| program.load())
@@ -279,6 +282,28 @@ impl<'a> CostRig<'a> {
         }
         Ok(ns)
     }
+
+    /// `bench_inserts` over the same flows as [`Self::time_new_flows`],
+    /// from the same table: the three inserts a new mapping makes, alone.
+    pub fn time_inserts(&mut self, repeat: u32) -> Result<f64> {
+        let base = u32::from(NEW_FLOW_BASE_PORT);
+        let template = template(&outbound_flow(NEW_FLOW_BASE_PORT), Vary::SourcePort(repeat));
+        self.remove_flows(base..base + repeat)?;
+        let lan = self.lan_ifindex;
+        let ns = self.time(INSERTS, &template, lan, repeat, XDP_DROP)?;
+        let last = NEW_FLOW_BASE_PORT + (repeat - 1) as u16;
+        let made = (
+            self.external_port(NEW_FLOW_BASE_PORT),
+            self.external_port(last),
+        );
+        self.remove_flows(base..base + repeat)?;
+        if made != (Some(NEW_FLOW_BASE_PORT), Some(last)) {
+            bail!(
+                "bench_inserts did not map its first and last flows to their own ports: {made:?}"
+            );
+        }
+        Ok(ns)
+    }
 }
 
 /// `template` as a fragment of its datagram: `offset` in 8-byte units,
@@ -410,6 +435,9 @@ pub fn run(options: &Options) -> Result<Output> {
             ns.entry("new_flow")
                 .or_default()
                 .push(rig.time_new_flows(options.new_flow_repeat)?);
+            ns.entry("inserts_only")
+                .or_default()
+                .push(rig.time_inserts(options.new_flow_repeat)?);
         }
         let mut programs = BTreeMap::new();
         for name in XDP_PROGRAMS {
