@@ -1934,8 +1934,11 @@ fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicate
     // phase (churn, reload, kill -9, restart) lost a connection, and how.
     let started = std::time::Instant::now();
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // The server stops only after the last connection: closed first, its
+    // listener would reset one the connector had just opened.
+    let server_stop = Arc::new(AtomicBool::new(false));
     let acceptor = {
-        let (stop, served) = (stop.clone(), served.clone());
+        let (stop, served) = (server_stop.clone(), served.clone());
         std::thread::spawn(move || {
             server.set_nonblocking(true).unwrap();
             while !stop.load(Ordering::Relaxed) {
@@ -2145,6 +2148,7 @@ fn soak_clients_churn_through_reload_and_kill_9_and_nothing_is_lost_or_duplicate
         model.push((source, held));
     }
     connector.join().unwrap().unwrap();
+    server_stop.store(true, Ordering::SeqCst);
     acceptor.join().unwrap();
     model.retain(|(_, held)| !held.is_empty());
     soak_check(&lab, "at the end (the clients' own accounts)", &model);
