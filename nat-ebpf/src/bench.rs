@@ -41,7 +41,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use nat_common::{
-    Binding, BindingKey, Counter, Session, SessionKey,
+    Binding, BindingKey, Counter, TCP_STATE_NONE,
     bench::{BenchTemplate, TEMPLATE_MAX},
 };
 
@@ -50,9 +50,10 @@ use crate::{
     context::{NatContext, TcPacket},
     counters::settle,
     egress::{redirect, route, route_uncached},
-    lookup::{config, now_ns},
+    lookup::{config, mapping_key, now_ns, with_binding_key},
     maps::{BINDINGS, BPF_NOEXIST, EGRESS, SESSIONS},
     parse::{Side, frame_len, parse_frame, ptr_at},
+    session::{Conversation, new_session, session_key},
 };
 
 #[map(name = "BENCH_TEMPLATE")]
@@ -169,8 +170,9 @@ pub fn bench_fwd_cached(ctx: XdpContext) -> u32 {
 }
 
 /// A new mapping's inserts and nothing else: parsed as `nat_lan` parses,
-/// the LAN port kept as the external one, the remote's port kept in the
-/// session key (address-and-port-dependent filtering, the default).
+/// keyed as `nat_lan` keys them (`mapping_key`, `session_key`), the LAN
+/// port kept as the external one, as a new mapping keeps it when free;
+/// the session has no TCP state, as the bench's flows are UDP.
 #[inline(always)]
 fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
     let config = config().ok_or(Counter::PassLocal)?;
@@ -179,6 +181,7 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
     let internal = packet.endpoint(Side::Source);
     let remote = packet.endpoint(Side::Destination);
     let port = internal.port;
+    let outbound = mapping_key(config, packet.proto, internal, remote);
     let full = |_| Counter::DropTableFull;
     BINDINGS
         .insert(
@@ -186,15 +189,17 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
             Binding {
                 addr: internal.addr,
                 port,
+                remote_port: outbound.remote_port,
+                remote_addr: outbound.remote_addr,
+                _pad: [0; 4],
                 last_seen_ns: now,
-                ..Binding::default()
             },
             BPF_NOEXIST,
         )
         .map_err(full)?;
-    BINDINGS
-        .insert(
-            BindingKey::outbound(packet.proto, internal.addr, port),
+    with_binding_key(outbound, |key| {
+        BINDINGS.insert(
+            key,
             Binding {
                 addr: config.wan_addr,
                 port,
@@ -203,24 +208,18 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
             },
             BPF_NOEXIST,
         )
-        .map_err(full)?;
+    })
+    .map_err(full)?;
+    let conversation = Conversation {
+        proto: packet.proto,
+        external_port: port,
+        remote,
+        tcp_flags: packet.tcp_flags,
+    };
     SESSIONS
         .insert(
-            SessionKey {
-                remote_addr: remote.addr,
-                remote_port: remote.port,
-                external_port: port,
-                proto: packet.proto,
-                _pad: [0; 3],
-            },
-            Session {
-                last_seen_ns: now,
-                packets: 1,
-                bytes: frame_len(ctx) as u64,
-                internal_addr: internal.addr,
-                internal_port: port,
-                ..Session::default()
-            },
+            session_key(config, &conversation),
+            new_session(internal, TCP_STATE_NONE, now, frame_len(ctx)),
             0,
         )
         .map_err(full)

@@ -26,7 +26,7 @@ pub struct Conversation {
 }
 
 #[inline(always)]
-fn session_key(config: &NatConfig, conversation: &Conversation) -> SessionKey {
+pub fn session_key(config: &NatConfig, conversation: &Conversation) -> SessionKey {
     let proto = conversation.proto;
     let remote_port = if proto == PROTO_ICMP || config.filtering == FILTER_ADDRESS_DEPENDENT {
         0
@@ -193,7 +193,7 @@ pub fn session_outbound(
 }
 
 #[inline(always)]
-fn new_session(internal: Endpoint, tcp_state: u8, now: u64, frame_len: usize) -> Session {
+pub fn new_session(internal: Endpoint, tcp_state: u8, now: u64, frame_len: usize) -> Session {
     Session {
         last_seen_ns: now,
         packets: 1,

@@ -265,18 +265,26 @@ impl<'a> CostRig<'a> {
         Ok(())
     }
 
+    /// The template of `repeat` new flows (fresh source ports from
+    /// `NEW_FLOW_BASE_PORT`), with whatever an earlier run left of their
+    /// mappings removed; and those ports, to remove them again.
+    fn fresh_flows(&mut self, repeat: u32) -> Result<(BenchTemplate, std::ops::Range<u32>)> {
+        let base = u32::from(NEW_FLOW_BASE_PORT);
+        let template = template(&outbound_flow(NEW_FLOW_BASE_PORT), Vary::SourcePort(repeat));
+        self.remove_flows(base..base + repeat)?;
+        Ok((template, base..base + repeat))
+    }
+
     /// One new flow per run: `repeat` runs from as many fresh source ports,
     /// each of which must create a mapping; the mappings are removed again
     /// afterwards, so that every measurement starts from the same table.
     pub fn time_new_flows(&mut self, repeat: u32) -> Result<f64> {
-        let base = u32::from(NEW_FLOW_BASE_PORT);
-        let template = template(&outbound_flow(NEW_FLOW_BASE_PORT), Vary::SourcePort(repeat));
-        self.remove_flows(base..base + repeat)?;
+        let (template, ports) = self.fresh_flows(repeat)?;
         let before = self.counter(Counter::NewBinding)?;
         let lan = self.lan_ifindex;
         let ns = self.time(programs::LAN, &template, lan, repeat, XDP_REDIRECT)?;
         let created = self.counter(Counter::NewBinding)? - before;
-        self.remove_flows(base..base + repeat)?;
+        self.remove_flows(ports)?;
         if created != u64::from(repeat) {
             bail!("{repeat} runs created {created} mappings, not one each");
         }
@@ -286,17 +294,15 @@ impl<'a> CostRig<'a> {
     /// `bench_inserts` over the same flows as [`Self::time_new_flows`],
     /// from the same table: the three inserts a new mapping makes, alone.
     pub fn time_inserts(&mut self, repeat: u32) -> Result<f64> {
-        let base = u32::from(NEW_FLOW_BASE_PORT);
-        let template = template(&outbound_flow(NEW_FLOW_BASE_PORT), Vary::SourcePort(repeat));
-        self.remove_flows(base..base + repeat)?;
+        let (template, ports) = self.fresh_flows(repeat)?;
         let lan = self.lan_ifindex;
         let ns = self.time(INSERTS, &template, lan, repeat, XDP_DROP)?;
-        let last = NEW_FLOW_BASE_PORT + (repeat - 1) as u16;
+        let last = NEW_FLOW_BASE_PORT + repeat.saturating_sub(1) as u16;
         let made = (
             self.external_port(NEW_FLOW_BASE_PORT),
             self.external_port(last),
         );
-        self.remove_flows(base..base + repeat)?;
+        self.remove_flows(ports)?;
         if made != (Some(NEW_FLOW_BASE_PORT), Some(last)) {
             bail!(
                 "bench_inserts did not map its first and last flows to their own ports: {made:?}"
