@@ -7,8 +7,8 @@
 //! calls, so that the kernel's sweep compiles to what it did when it had
 //! its own copy.
 use crate::{
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, SweepParams, TCP_STATE_CLOSED, TCP_STATE_CLOSING,
-    TCP_STATE_ESTABLISHED, TCP_STATE_HALF_CLOSED_BY_ANSWERER, TCP_STATE_HALF_CLOSED_BY_OPENER,
+    PROTO_ICMP, PROTO_TCP, SweepParams, TCP_STATE_CLOSED, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED,
+    TCP_STATE_HALF_CLOSED_BY_ANSWERER, TCP_STATE_HALF_CLOSED_BY_OPENER,
 };
 
 impl SweepParams {
@@ -96,28 +96,10 @@ pub const fn remaining_ns(last_seen_ns: u64, now_ns: u64, timeout_ns: u64) -> u6
         .saturating_sub(idle)
 }
 
-/// `LIVE_PORTS` slots: one per (protocol, external port), for the three
-/// protocols that have mappings.
-pub const LIVE_PORT_SLOTS: u32 = 3 * 65_536;
-
-/// The `LIVE_PORTS` slot of a (protocol, external port): TCP, then UDP,
-/// then ICMP, 65536 ports each. Other protocols have no mappings, so no
-/// slot.
-#[inline(always)]
-pub const fn live_port_slot(proto: u8, port: u16) -> Option<u32> {
-    let row = match proto {
-        PROTO_TCP => 0,
-        PROTO_UDP => 1,
-        PROTO_ICMP => 2,
-        _ => return None,
-    };
-    Some(row * 65_536 + port as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{TCP_STATE_NONE, TCP_STATE_OPENING};
+    use crate::{PROTO_UDP, TCP_STATE_NONE, TCP_STATE_OPENING};
 
     const SEC: u64 = 1_000_000_000;
 
@@ -239,12 +221,13 @@ mod tests {
     }
 
     #[test]
-    fn live_port_slots_are_per_protocol() {
-        assert_eq!(live_port_slot(PROTO_TCP, 0), Some(0));
-        assert_eq!(live_port_slot(PROTO_TCP, 65535), Some(65_535));
-        assert_eq!(live_port_slot(PROTO_UDP, 0), Some(65_536));
-        assert_eq!(live_port_slot(PROTO_ICMP, 4242), Some(2 * 65_536 + 4242));
-        assert_eq!(live_port_slot(PROTO_ICMP, 65535), Some(LIVE_PORT_SLOTS - 1));
-        assert_eq!(live_port_slot(47, 1), None);
+    fn port_slots_are_per_protocol() {
+        use crate::{PORT_SLOTS, port_slot};
+        assert_eq!(port_slot(PROTO_TCP, 0), Some(0));
+        assert_eq!(port_slot(PROTO_TCP, 65535), Some(65_535));
+        assert_eq!(port_slot(PROTO_UDP, 0), Some(65_536));
+        assert_eq!(port_slot(PROTO_ICMP, 4242), Some(2 * 65_536 + 4242));
+        assert_eq!(port_slot(PROTO_ICMP, 65535), Some(PORT_SLOTS - 1));
+        assert_eq!(port_slot(47, 1), None);
     }
 }

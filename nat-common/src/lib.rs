@@ -8,9 +8,7 @@
 
 pub mod aging;
 
-pub use aging::{
-    LIVE_PORT_SLOTS, STAMP_SLACK_NS, TOUCH_GRANULARITY_NS, idle_past, live_port_slot, remaining_ns,
-};
+pub use aging::{STAMP_SLACK_NS, TOUCH_GRANULARITY_NS, idle_past, remaining_ns};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -74,16 +72,16 @@ impl EndpointKey {
 pub const FORWARD_HINT_BITS: u32 = 16;
 pub const FORWARD_HINT_SLOTS: u32 = 1 << FORWARD_HINT_BITS;
 
-/// Key of `BINDINGS`: like [`EndpointKey`], one entry per direction, plus
-/// the remote an outbound half is for. Under endpoint-independent mapping
-/// the remote is zero, so one internal endpoint has one mapping; under
-/// address-dependent mapping it is the remote address (port 0), under
-/// address-and-port-dependent mapping the remote address and port, so each
-/// remote gets a mapping (and an external port) of its own. An inbound
-/// half is keyed by the external port alone, its remote zero: external
-/// ports are never shared between mappings (no port overloading, RFC 4787
-/// REQ-3), so a reply needs one lookup in every mode and the filter, not
-/// the key, decides which remotes may use it.
+/// Key of `BINDINGS`, which holds the outbound halves of dynamic mappings:
+/// like an outbound [`EndpointKey`] (`direction` is always
+/// [`DIR_OUTBOUND`]), plus the remote the mapping is for. Under
+/// endpoint-independent mapping the remote is zero, so one internal
+/// endpoint has one mapping; under address-dependent mapping it is the
+/// remote address (port 0), under address-and-port-dependent mapping the
+/// remote address and port, so each remote gets a mapping (and an external
+/// port) of its own. The inbound half is the external port's
+/// [`PortOwner`]: one per port in every mode, so a reply needs one lookup
+/// and the filter, not the key, decides which remotes may use it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct BindingKey {
@@ -148,46 +146,100 @@ impl BindingKey {
             _pad: [0; 2],
         }
     }
-
-    pub const fn inbound(proto: u8, external_port: u16) -> Self {
-        Self {
-            addr: [0; 4],
-            port: external_port,
-            proto,
-            direction: DIR_INBOUND,
-            remote_addr: [0; 4],
-            remote_port: 0,
-            _pad: [0; 2],
-        }
-    }
 }
 
-/// A dynamic mapping created by the datapath. For an outbound key, `port` is
-/// the external port; for an inbound key, `addr:port` is the internal endpoint
-/// and `remote_addr:remote_port` the remote of its outbound half's key (zero
-/// under endpoint-independent mapping), so that the sweep finds its partner.
+/// The outbound half of a dynamic mapping: the external address and port
+/// its internal endpoint (the key) is translated to. The inbound half is the
+/// port's [`PortOwner`] slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Binding {
     pub addr: [u8; 4],
     pub port: u16,
-    pub remote_port: u16,
-    pub remote_addr: [u8; 4],
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 2],
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet.
     pub last_seen_ns: u64,
 }
 
-impl Binding {
-    /// The key of this inbound half's outbound partner.
-    pub const fn outbound_partner(&self, proto: u8) -> BindingKey {
-        BindingKey::outbound_to(
+/// `PORT_OWNERS` slots: one per (protocol, external port), for the three
+/// protocols that have mappings. `LIVE_PORTS` uses the same slots.
+pub const PORT_SLOTS: u32 = 3 * 65_536;
+
+/// The slot of a (protocol, external port) in `PORT_OWNERS` and
+/// `LIVE_PORTS`: TCP, then UDP, then ICMP, 65536 ports each. Other
+/// protocols have no mappings, so no slot.
+#[inline(always)]
+pub const fn port_slot(proto: u8, port: u16) -> Option<u32> {
+    let row = match proto {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        PROTO_ICMP => 2,
+        _ => return None,
+    };
+    Some(row * 65_536 + port as u32)
+}
+
+/// The inbound half of a dynamic mapping: who holds an external port, in
+/// `PORT_OWNERS` (an array, one slot per protocol and port). A port is
+/// claimed by one compare-and-swap of [`PortOwner::owner`] from 0, where a
+/// hash-table insert would cost a new mapping a few hundred nanoseconds,
+/// and a reply finds its internal endpoint by indexing, not hashing. An
+/// external port is never shared between mappings (no port overloading,
+/// RFC 4787 REQ-3), so one slot holds one mapping in every mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortOwner {
+    /// The internal endpoint and [`PORT_HELD`], as one word so that a
+    /// reader never sees half of a change: 0 when the port is free.
+    pub owner: u64,
+    /// The remote of the outbound half's key (zero under
+    /// endpoint-independent mapping), so that the sweep finds its partner.
+    pub remote_addr: [u8; 4],
+    pub remote_port: u16,
+    pub _pad: [u8; 2],
+    /// When the port was claimed; 0 from its release until its next
+    /// claimant has stamped it, which the sweep leaves alone.
+    pub claimed_ns: u64,
+}
+
+/// The mark in [`PortOwner::owner`] that tells a held port from a free one
+/// (an internal endpoint may be all zeroes, e.g. an ICMP id 0 from 0.0.0.0).
+pub const PORT_HELD: u16 = 1;
+
+impl PortOwner {
+    /// The owner word of `addr:port`: its octets (as they lie in memory) in
+    /// the low 32 bits, its port above them and the held mark on top.
+    /// Numbers, not bytes, so that reading one back is a shift and a mask.
+    pub const fn owner_word(addr: [u8; 4], port: u16) -> u64 {
+        u32::from_ne_bytes(addr) as u64 | (port as u64) << 32 | (PORT_HELD as u64) << 48
+    }
+
+    /// The internal endpoint an owner word names, `None` for a free port.
+    #[inline(always)]
+    pub const fn endpoint_of(word: u64) -> Option<([u8; 4], u16)> {
+        if (word >> 48) as u16 != PORT_HELD {
+            return None;
+        }
+        Some(((word as u32).to_ne_bytes(), (word >> 32) as u16))
+    }
+
+    /// The internal endpoint holding the port, `None` when it is free.
+    pub const fn endpoint(&self) -> Option<([u8; 4], u16)> {
+        Self::endpoint_of(self.owner)
+    }
+
+    /// The key of this port's outbound half, `None` when it is free.
+    pub const fn outbound_partner(&self, proto: u8) -> Option<BindingKey> {
+        let Some((addr, port)) = self.endpoint() else {
+            return None;
+        };
+        Some(BindingKey::outbound_to(
             proto,
-            self.addr,
-            self.port,
+            addr,
+            port,
             self.remote_addr,
             self.remote_port,
-        )
+        ))
     }
 }
 
@@ -373,7 +425,9 @@ pub const LOW_PORTS_END: u16 = 1024;
 /// 6: `NatConfig::low_port_min`, `low_port_max`; `COUNTERS` with
 /// `drop_icmp_bad_checksum` and `drop_icmp_bad_quoted_checksum`.
 /// 7: `NatConfig::route_epoch`.
-pub const DATAPATH_LAYOUT: u32 = 7;
+/// 8: a mapping's inbound half in `PORT_OWNERS` (pinned), not `BINDINGS`,
+/// whose `Binding` lost the remote fields (16 bytes).
+pub const DATAPATH_LAYOUT: u32 = 8;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -629,6 +683,7 @@ pub mod maps {
     pub const FORWARDS: &str = "FORWARDS";
     pub const FORWARD_HINTS: &str = "FORWARD_HINTS";
     pub const BINDINGS: &str = "BINDINGS";
+    pub const PORT_OWNERS: &str = "PORT_OWNERS";
     pub const SESSIONS: &str = "SESSIONS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EGRESS: &str = "EGRESS";
@@ -702,7 +757,8 @@ pub struct SweepStats {
 
 /// Default map sizes; user space may override them before loading.
 pub const DEFAULT_FORWARDS_MAX: u32 = 131_072;
-pub const DEFAULT_BINDINGS_MAX: u32 = 524_288;
+/// One outbound half per held port at most (`PORT_SLOTS`, 196,608).
+pub const DEFAULT_BINDINGS_MAX: u32 = 262_144;
 pub const DEFAULT_SESSIONS_MAX: u32 = 524_288;
 /// Conversations through forwarded ports: an LRU, because they only feed
 /// the table, the counters and the connection log, and a flood of new
@@ -799,6 +855,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for BindingKey {}
     unsafe impl aya::Pod for Binding {}
+    unsafe impl aya::Pod for PortOwner {}
     unsafe impl aya::Pod for Forward {}
     unsafe impl aya::Pod for SessionKey {}
     unsafe impl aya::Pod for Session {}
@@ -846,10 +903,21 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_word_names_its_endpoint_and_only_a_held_one() {
+        for (addr, port) in [([192, 168, 0, 10], 4000), ([0; 4], 0), ([255; 4], 65535)] {
+            let word = PortOwner::owner_word(addr, port);
+            assert_ne!(word, 0, "{addr:?}:{port} must not look free");
+            assert_eq!(PortOwner::endpoint_of(word), Some((addr, port)));
+        }
+        assert_eq!(PortOwner::endpoint_of(0), None);
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 8);
         assert_eq!(size_of::<BindingKey>(), 16);
-        assert_eq!(size_of::<Binding>(), 24);
+        assert_eq!(size_of::<Binding>(), 16);
+        assert_eq!(size_of::<PortOwner>(), 24);
         assert_eq!(size_of::<Forward>(), 12);
         assert_eq!(size_of::<AllowedRemote>(), 8);
         assert_eq!(size_of::<RuleCounters>(), 32);
@@ -887,17 +955,17 @@ mod tests {
             remote_of(key(MAPPING_ADDRESS_AND_PORT_DEPENDENT, PROTO_ICMP)),
             (remote, 0)
         );
-        let inbound = Binding {
-            addr: host,
-            port: 4000,
+        let owner = PortOwner {
+            owner: PortOwner::owner_word(host, 4000),
             remote_addr: remote,
             remote_port: 53,
             ..Default::default()
         };
         assert_eq!(
-            inbound.outbound_partner(PROTO_UDP),
-            key(MAPPING_ADDRESS_AND_PORT_DEPENDENT, PROTO_UDP)
+            owner.outbound_partner(PROTO_UDP),
+            Some(key(MAPPING_ADDRESS_AND_PORT_DEPENDENT, PROTO_UDP))
         );
+        assert_eq!(PortOwner::default().outbound_partner(PROTO_UDP), None);
     }
 
     #[test]

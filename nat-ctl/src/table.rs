@@ -381,7 +381,7 @@ pub fn stats(
             outbound: counters.outbound.into(),
         });
     }
-    // Each mapping is held twice (one key per direction).
+    // One outbound half per mapping (its inbound half is its port's slot).
     let mut binding_keys = 0usize;
     datapath::for_each_in(
         maps.bindings(),
@@ -394,8 +394,7 @@ pub fn stats(
     Ok(Stats {
         counters,
         rules: rule_stats,
-        // An approximation while halves are being added or removed.
-        dynamic_mappings: binding_keys / 2,
+        dynamic_mappings: binding_keys,
         last_sweep,
     })
 }

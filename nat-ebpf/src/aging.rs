@@ -7,14 +7,18 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_for_each_map_elem;
 use nat_common::{
-    Binding, BindingKey, Counter, DIR_INBOUND, FragEntry, FragKey, Session, SessionKey,
-    SweepParams, SweepStats, idle_past, live_port_slot,
+    Binding, BindingKey, Counter, FragEntry, FragKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortOwner,
+    Session, SessionKey, SweepParams, SweepStats, idle_past, port_slot,
 };
 
 use crate::{
     counters::count,
     lookup::now_ns,
-    maps::{BINDINGS, FORWARD_SESSIONS, FRAGS, LIVE_PORTS, SESSIONS, SWEEP_PARAMS, SWEEP_STATS},
+    maps::{
+        BINDINGS, FORWARD_SESSIONS, FRAGS, LIVE_PORTS, PORT_OWNERS, SESSIONS, SWEEP_PARAMS,
+        SWEEP_STATS,
+    },
+    ports,
 };
 
 /// Passed to every callback of one sweep.
@@ -26,7 +30,7 @@ struct Sweep {
 
 #[inline(always)]
 fn mark_live(sweep: &Sweep, proto: u8, port: u16) {
-    if let Some(slot) = live_port_slot(proto, port)
+    if let Some(slot) = port_slot(proto, port)
         && let Some(mark) = LIVE_PORTS.get_ptr_mut(slot)
     {
         // SAFETY: a pointer returned by a map lookup; only the sweep
@@ -37,7 +41,7 @@ fn mark_live(sweep: &Sweep, proto: u8, port: u16) {
 
 #[inline(always)]
 fn is_live(sweep: &Sweep, proto: u8, port: u16) -> bool {
-    live_port_slot(proto, port)
+    port_slot(proto, port)
         .and_then(|slot| LIVE_PORTS.get(slot))
         .is_some_and(|mark| *mark == sweep.params.generation)
 }
@@ -82,6 +86,64 @@ extern "C" fn visit_forward_session(
     0
 }
 
+/// A mapping is an inbound half (its external port's `PORT_OWNERS` slot:
+/// port -> internal endpoint) and an outbound half (the `BINDINGS` entry:
+/// internal endpoint -> port). The inbound half decides for both, as old
+/// as its claim; an outbound half is only looked at on its own when its
+/// partner is gone (an orphan, e.g. a daemon's stray write).
+extern "C" fn visit_port_owner(
+    _map: *mut c_void,
+    slot: *const u32,
+    value: *mut PortOwner,
+    sweep: *mut Sweep,
+) -> i64 {
+    // SAFETY: as in `visit_session`.
+    let (slot, owner, sweep) = unsafe { (*slot, *value, &mut *sweep) };
+    let Some((proto, port)) = port_of_slot(slot) else {
+        return 0;
+    };
+    // A free port, or one whose claimant has not stamped it yet.
+    let Some(outbound) = owner.outbound_partner(proto) else {
+        return 0;
+    };
+    sweep.stats.scanned += 1;
+    if owner.claimed_ns == 0 {
+        return 0;
+    }
+    let timeout = sweep.params.binding_timeout_ns(proto);
+    if !idle_past(owner.claimed_ns, sweep.now, timeout) || is_live(sweep, proto, port) {
+        return 0;
+    }
+    // SAFETY: a map lookup, copied out at once.
+    if let Some(partner) = unsafe { BINDINGS.get(outbound) }.copied()
+        && partner.port == port
+    {
+        if !idle_past(partner.last_seen_ns, sweep.now, timeout) {
+            return 0;
+        }
+        // The outbound half first: a new packet of the flow then makes a
+        // fresh mapping rather than using a half-removed one.
+        remove_binding(sweep, &outbound);
+    }
+    if ports::release_slot(value, owner.owner) {
+        sweep.stats.bindings_removed += 1;
+    }
+    0
+}
+
+/// The (protocol, port) of a `PORT_OWNERS` slot: the inverse of
+/// `port_slot`.
+#[inline(always)]
+fn port_of_slot(slot: u32) -> Option<(u8, u16)> {
+    let proto = match slot >> 16 {
+        0 => PROTO_TCP,
+        1 => PROTO_UDP,
+        2 => PROTO_ICMP,
+        _ => return None,
+    };
+    Some((proto, slot as u16))
+}
+
 #[inline(always)]
 fn remove_binding(sweep: &mut Sweep, key: &BindingKey) {
     if BINDINGS.remove(key).is_ok() {
@@ -89,10 +151,8 @@ fn remove_binding(sweep: &mut Sweep, key: &BindingKey) {
     }
 }
 
-/// A mapping is an inbound half (external port -> internal endpoint) and an
-/// outbound half (internal endpoint -> external port). The inbound half
-/// decides for both; an outbound half is only looked at on its own when
-/// its partner is gone (an orphan, e.g. after a crash mid-creation).
+/// An idle outbound half whose port another endpoint holds, or nobody:
+/// left behind, so removed.
 extern "C" fn visit_binding(
     _map: *mut c_void,
     key: *const BindingKey,
@@ -106,31 +166,11 @@ extern "C" fn visit_binding(
     if !idle_past(binding.last_seen_ns, sweep.now, timeout) {
         return 0;
     }
-    if key.direction == DIR_INBOUND {
-        if is_live(sweep, key.proto, key.port) {
-            return 0;
-        }
-        let outbound = binding.outbound_partner(key.proto);
-        // SAFETY: a map lookup, copied out at once.
-        if let Some(partner) = unsafe { BINDINGS.get(outbound) }.copied()
-            && partner.port == key.port
-        {
-            if !idle_past(partner.last_seen_ns, sweep.now, timeout) {
-                return 0;
-            }
-            // The outbound half first: a new packet of the flow then makes
-            // a fresh mapping rather than using a half-removed one.
-            remove_binding(sweep, &outbound);
-        }
+    let paired = ports::owner_of(key.proto, binding.port)
+        .and_then(|owner| owner.outbound_partner(key.proto))
+        .is_some_and(|partner| partner == key);
+    if !paired {
         remove_binding(sweep, &key);
-    } else {
-        let inbound = BindingKey::inbound(key.proto, binding.port);
-        // SAFETY: a map lookup, copied out at once.
-        let paired = unsafe { BINDINGS.get(inbound) }
-            .is_some_and(|partner| partner.outbound_partner(key.proto) == key);
-        if !paired {
-            remove_binding(sweep, &key);
-        }
     }
     0
 }
@@ -197,6 +237,13 @@ pub fn try_nat_sweep() -> u32 {
     for_each(
         &FORWARD_SESSIONS as *const _ as *const c_void,
         visit_forward_session,
+        &mut sweep,
+    );
+    // Then the mappings, inbound halves first: an outbound half is
+    // judged an orphan only against what they left.
+    for_each(
+        &PORT_OWNERS as *const _ as *const c_void,
+        visit_port_owner,
         &mut sweep,
     );
     for_each(

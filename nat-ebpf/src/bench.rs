@@ -14,11 +14,12 @@
 //! - `bench_fwd_cached`: the same, routed by the NAT's route cache (the
 //!   egress stage as the NAT runs it), for the report to say what the
 //!   NAT's own work costs beside a forwarder that caches routes too.
-//! - `bench_inserts`: the three hash-table inserts a new mapping makes
-//!   (its inbound and outbound `BINDINGS` keys and its `SESSIONS` entry),
-//!   under the keys `nat_lan` gives the packet's flow when the mapping
-//!   keeps the LAN port, and nothing else: what a new flow's cost owes to
-//!   the kernel's hash table rather than to the NAT's own work.
+//! - `bench_inserts`: the three table writes a new mapping makes (its
+//!   port's `PORT_OWNERS` claim, its outbound `BINDINGS` key and its
+//!   `SESSIONS` entry), under the keys `nat_lan` gives the packet's flow
+//!   when the mapping keeps the LAN port, and nothing else: what a new
+//!   flow's cost owes to the kernel's tables rather than to the NAT's own
+//!   work.
 //! - `bench_redirect`: one `EGRESS` redirect by ingress ifindex and
 //!   nothing else, the lab's fixed per-packet cost.
 //! - `bench_restore`: for per-packet cost through `BPF_PROG_TEST_RUN` with
@@ -41,7 +42,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use nat_common::{
-    Binding, BindingKey, Counter, TCP_STATE_NONE,
+    Binding, Counter, TCP_STATE_NONE,
     bench::{BenchTemplate, TEMPLATE_MAX},
 };
 
@@ -53,6 +54,7 @@ use crate::{
     lookup::{config, mapping_key, now_ns, with_binding_key},
     maps::{BINDINGS, BPF_NOEXIST, EGRESS, SESSIONS},
     parse::{Side, frame_len, parse_frame, ptr_at},
+    ports,
     session::{Conversation, new_session, session_key},
 };
 
@@ -169,7 +171,8 @@ pub fn bench_fwd_cached(ctx: XdpContext) -> u32 {
     settle(&ctx, try_bench_fwd::<true>(&ctx))
 }
 
-/// A new mapping's inserts and nothing else: parsed as `nat_lan` parses,
+/// A new mapping's table writes and nothing else (its port's claim, its
+/// outbound half, its session): parsed as `nat_lan` parses,
 /// keyed as `nat_lan` keys them (`mapping_key`, `session_key`), the LAN
 /// port kept as the external one, as a new mapping keeps it when free;
 /// the session has no TCP state, as the bench's flows are UDP.
@@ -183,28 +186,17 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
     let port = internal.port;
     let outbound = mapping_key(config, packet.proto, internal, remote);
     let full = |_| Counter::DropTableFull;
-    BINDINGS
-        .insert(
-            BindingKey::inbound(packet.proto, port),
-            Binding {
-                addr: internal.addr,
-                port,
-                remote_port: outbound.remote_port,
-                remote_addr: outbound.remote_addr,
-                _pad: [0; 4],
-                last_seen_ns: now,
-            },
-            BPF_NOEXIST,
-        )
-        .map_err(full)?;
+    if !ports::claim(port, &outbound, now) {
+        return Err(Counter::DropPortExhausted);
+    }
     with_binding_key(outbound, |key| {
         BINDINGS.insert(
             key,
             Binding {
                 addr: config.wan_addr,
                 port,
+                _pad: [0; 2],
                 last_seen_ns: now,
-                ..Binding::default()
             },
             BPF_NOEXIST,
         )
@@ -225,7 +217,7 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
         .map_err(full)
 }
 
-/// `XDP_DROP` once all three inserts are made, `XDP_ABORTED` if one fails.
+/// `XDP_DROP` once all three writes are made, `XDP_ABORTED` if one fails.
 #[xdp]
 pub fn bench_inserts(ctx: XdpContext) -> u32 {
     match try_bench_inserts(&ctx) {

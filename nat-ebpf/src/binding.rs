@@ -3,7 +3,7 @@
 //! address-and-port-dependent mapping, its first toward each remote, RFC
 //! 4787 section 4.1), on a port no static rule and no other mapping holds.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use nat_common::{Binding, BindingKey, Counter, LOW_PORTS_END, NatConfig, PROTO_ICMP};
+use nat_common::{Binding, Counter, LOW_PORTS_END, NatConfig, PROTO_ICMP};
 
 use crate::{
     context::NatContext,
@@ -14,6 +14,7 @@ use crate::{
     },
     maps::{BINDINGS, BPF_NOEXIST},
     parse::Endpoint,
+    ports,
 };
 
 const EEXIST: i32 = 17;
@@ -68,7 +69,7 @@ fn with_parity_of(own: u32, port: u32, port_min: u32, port_max: u32) -> u32 {
 /// remote's packets on it; else a bounded number of pseudo-random probes
 /// with the same parity, of `low_port_min..=low_port_max` for a system
 /// port and of the dynamic range for any other (RFC 4787 REQ-3a). Claims
-/// are atomic (`BPF_NOEXIST`) and skip ports held by static rules. Every mapping owns
+/// are atomic (`ports::claim`) and skip ports held by static rules. Every mapping owns
 /// its port, so under address(-and-port)-dependent mapping a second remote
 /// finds the endpoint's own port taken by the first and gets another: that
 /// is what makes the NAT "symmetric" to a STUN client.
@@ -112,14 +113,6 @@ fn create_binding(
     } else {
         own_port >= port_min && own_port - port_min < span
     };
-    let inbound_value = Binding {
-        addr: internal.addr,
-        port: internal.port,
-        remote_port: outbound.remote_port,
-        remote_addr: outbound.remote_addr,
-        _pad: [0; 4],
-        last_seen_ns: now,
-    };
     for probe in 0..PORT_PROBES {
         let candidate = if probe == 0 && keep_own {
             own_port
@@ -129,34 +122,35 @@ fn create_binding(
             with_parity_of(own_port, random, port_min, port_min + span - 1)
         };
         let port = candidate as u16;
-        let inbound = BindingKey::inbound(proto, port);
         if rule_holds_port(proto, port) {
             continue;
         }
-        match BINDINGS.insert(inbound, inbound_value, BPF_NOEXIST) {
-            Ok(()) => {}
-            Err(err) if err == -EEXIST => continue,
-            Err(_) => return Err(Counter::DropTableFull),
+        if !ports::claim(port, &outbound, now) {
+            continue;
         }
         let outbound_value = Binding {
             addr: config.wan_addr,
             port,
+            _pad: [0; 2],
             last_seen_ns: now,
-            ..Binding::default()
         };
-        if with_binding_key(outbound, |key| {
+        match with_binding_key(outbound, |key| {
             BINDINGS.insert(key, outbound_value, BPF_NOEXIST)
-        })
-        .is_ok()
-        {
-            return Ok(port);
+        }) {
+            Ok(()) => return Ok(port),
+            Err(err) if err == -EEXIST => {
+                // Another CPU mapped the same endpoint (toward the same
+                // remote) first: give our port back and use theirs, so
+                // that one key has one mapping.
+                ports::unclaim(proto, port);
+                return binding_outbound(config, proto, internal, remote, now)
+                    .ok_or(Counter::DropTableFull);
+            }
+            Err(_) => {
+                ports::unclaim(proto, port);
+                return Err(Counter::DropTableFull);
+            }
         }
-        // Another CPU mapped the same endpoint (toward the same remote)
-        // first: give our port back and use theirs, so that one key has
-        // one mapping.
-        let _ = BINDINGS.remove(inbound);
-        return binding_outbound(config, proto, internal, remote, now)
-            .ok_or(Counter::DropTableFull);
     }
     Err(Counter::DropPortExhausted)
 }

@@ -204,12 +204,10 @@ fn hairpin(
     }
     let now = now_ns();
     let target_port = packet.port(Side::Destination);
-    let target = inbound_target(packet.proto, target_port).ok_or(Counter::PassLocal)?;
-    let to = target.endpoint();
-    let route = leaving_by(
-        route(ctx, packet, config.wan_addr, to.addr)?,
-        config.lan_ifindex,
-    )?;
+    // Nobody's port: the router's own, for its stack, and no mapping made.
+    if inbound_target(packet.proto, target_port).is_none() {
+        return Err(Counter::PassLocal);
+    }
     let internal = packet.endpoint(Side::Source);
     // What each side sees of the other is the WAN address and a port.
     let remote = Endpoint {
@@ -221,6 +219,16 @@ fn hairpin(
         addr: config.wan_addr,
         port: source.port,
     };
+    // Looked up again rather than kept from above: held across the
+    // mapping's creation, the target and its route would take `nat_lan`'s
+    // stack past the verifier's limit in TC mode. (A route that fails now
+    // leaves the mapping to age out, as an unanswered flow's does.)
+    let target = inbound_target(packet.proto, target_port).ok_or(Counter::PassLocal)?;
+    let to = target.endpoint();
+    let route = leaving_by(
+        route(ctx, packet, config.wan_addr, to.addr)?,
+        config.lan_ifindex,
+    )?;
     if source.rule_id != 0 {
         // A forwarded server answering a LAN client through the WAN address.
         count_rule(source.rule_id, false, len);

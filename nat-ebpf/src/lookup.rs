@@ -141,12 +141,7 @@ fn touch(binding: *mut Binding, now: u64) {
 /// nothing alive (the attack of RFC 4787 section 4.3).
 #[inline(always)]
 pub fn binding_inbound(proto: u8, external_port: u16) -> Option<Endpoint> {
-    // SAFETY: a map lookup, copied out at once.
-    let binding = unsafe { BINDINGS.get(BindingKey::inbound(proto, external_port)) }?;
-    Some(Endpoint {
-        addr: binding.addr,
-        port: binding.port,
-    })
+    crate::ports::owner(proto, external_port)
 }
 
 /// Calls `f` with `key` as the map helpers read it: stored a word at a

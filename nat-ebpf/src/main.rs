@@ -38,6 +38,9 @@
 // program with an empty main.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `ports`: the compare-and-swap the BPF target's atomics lack.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod aging;
 mod bench;
@@ -51,6 +54,7 @@ mod lan;
 mod lookup;
 mod maps;
 mod parse;
+mod ports;
 mod proto;
 mod reject;
 mod relay;

@@ -6,8 +6,8 @@ use aya_ebpf::{
 use nat_common::{
     ALLOWED_REMOTES_MAX, AllowedRemote, Binding, BindingKey, COUNTER_COUNT, CounterValue,
     DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX,
-    EndpointKey, FORWARD_HINT_SLOTS, FRAGS_MAX, Forward, FragEntry, FragKey, LIVE_PORT_SLOTS,
-    MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX,
+    EndpointKey, FORWARD_HINT_SLOTS, FRAGS_MAX, Forward, FragEntry, FragKey, MAX_RULES,
+    NEW_CONNECTIONS_BYTES, NatConfig, PORT_SLOTS, PortOwner, RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX,
     RelayTarget, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
 };
 
@@ -33,12 +33,18 @@ pub static FORWARDS: HashMap<EndpointKey, Forward> =
 #[map(name = "FORWARD_HINTS")]
 pub static FORWARD_HINTS: Array<u32> = Array::with_max_entries(FORWARD_HINT_SLOTS, 0);
 
-/// Dynamic mappings, created here on the first outbound packet. A plain hash
-/// (not LRU): evicting a live mapping under pressure would silently break a
-/// flow, so a full table is a counted drop instead.
+/// The outbound halves of dynamic mappings, created here on the first
+/// outbound packet. A plain hash (not LRU): evicting a live mapping under
+/// pressure would silently break a flow, so a full table is a counted drop
+/// instead.
 #[map(name = "BINDINGS")]
 pub static BINDINGS: HashMap<BindingKey, Binding> =
     HashMap::with_max_entries(DEFAULT_BINDINGS_MAX, 0);
+
+/// The inbound halves: who holds each external port (`ports`), claimed
+/// here and released by the sweep.
+#[map(name = "PORT_OWNERS")]
+pub static PORT_OWNERS: Array<PortOwner> = Array::with_max_entries(PORT_SLOTS, 0);
 
 #[map(name = "SESSIONS")]
 pub static SESSIONS: HashMap<SessionKey, Session> =
@@ -75,7 +81,7 @@ pub static SWEEP_STATS: Array<SweepStats> = Array::with_max_entries(1, 0);
 /// The generation of the last sweep that saw a live session on each
 /// (protocol, external port): no clearing between sweeps needed.
 #[map(name = "LIVE_PORTS")]
-pub static LIVE_PORTS: Array<u32> = Array::with_max_entries(LIVE_PORT_SLOTS, 0);
+pub static LIVE_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 
 /// IP datagrams in flight as fragments (`frag`), by their identity as they
 /// arrived: what their later fragments, which carry no L4 header, are

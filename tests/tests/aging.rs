@@ -14,13 +14,14 @@ use std::{
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use nat_common::{
-    Binding, BindingKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_CLOSING,
-    TCP_STATE_ESTABLISHED, TCP_STATE_NONE, TCP_STATE_OPENING,
+    Binding, BindingKey, DIR_INBOUND, DIR_OUTBOUND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortOwner,
+    Session, SessionKey, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED, TCP_STATE_NONE,
+    TCP_STATE_OPENING,
 };
 use nat_ctl::{
     aging::{datapath_now_ns, sweep_params},
     config::Timeouts,
-    datapath::{self as batch, Datapath, SweepReport, TableSizes},
+    datapath::{self as batch, Datapath, MapView, SweepReport, TableSizes},
 };
 use nat_tests::{netns::require_root, plan};
 
@@ -94,52 +95,64 @@ fn binding(addr: [u8; 4], port: u16, last_seen_ns: u64) -> Binding {
     Binding {
         addr,
         port,
-        remote_port: 0,
-        remote_addr: [0; 4],
-        _pad: [0; 4],
+        _pad: [0; 2],
         last_seen_ns,
     }
 }
 
+/// One half of a mapping as the tables hold it: (protocol, direction,
+/// internal address, port). An inbound half is its external port's
+/// `PORT_OWNERS` slot (address zero), an outbound half its `BINDINGS` key
+/// (the internal endpoint).
+type Half = (u8, u8, [u8; 4], u16);
+
 fn inbound_half(
-    map: &mut HashMap<MapData, BindingKey, Binding>,
+    view: &mut MapView,
     proto: u8,
     external_port: u16,
     internal: ([u8; 4], u16),
-    last_seen_ns: u64,
-) -> BindingKey {
-    let key = BindingKey::inbound(proto, external_port);
-    map.insert(key, binding(internal.0, internal.1, last_seen_ns), 0)
-        .expect("inserting an inbound binding");
-    key
+    claimed_ns: u64,
+) -> Half {
+    view.set_port_owner(
+        proto,
+        external_port,
+        PortOwner {
+            owner: PortOwner::owner_word(internal.0, internal.1),
+            claimed_ns,
+            ..PortOwner::default()
+        },
+    )
+    .expect("claiming a port");
+    (proto, DIR_INBOUND, [0; 4], external_port)
 }
 
 fn outbound_half(
-    map: &mut HashMap<MapData, BindingKey, Binding>,
+    view: &mut MapView,
     proto: u8,
     internal: ([u8; 4], u16),
     external_port: u16,
     last_seen_ns: u64,
-) -> BindingKey {
+) -> Half {
     let key = BindingKey::outbound(proto, internal.0, internal.1);
-    map.insert(key, binding(WAN, external_port, last_seen_ns), 0)
+    view.bindings_mut()
+        .insert(key, binding(WAN, external_port, last_seen_ns), 0)
         .expect("inserting an outbound binding");
-    key
+    (proto, DIR_OUTBOUND, internal.0, internal.1)
 }
 
 /// A whole mapping: internal endpoint <-> external port, each half with its
-/// own idle time. Returns (inbound key, outbound key).
+/// own idle time. Returns (inbound half, outbound half).
 fn mapping(
-    map: &mut HashMap<MapData, BindingKey, Binding>,
+    view: &mut MapView,
     proto: u8,
     internal: ([u8; 4], u16),
     external_port: u16,
     inbound_seen: u64,
     outbound_seen: u64,
-) -> [BindingKey; 2] {
+) -> [Half; 2] {
     [
-        inbound_half(map, proto, external_port, internal, inbound_seen),
-        outbound_half(map, proto, internal, external_port, outbound_seen),
+        inbound_half(view, proto, external_port, internal, inbound_seen),
+        outbound_half(view, proto, internal, external_port, outbound_seen),
     ]
 }
 
@@ -150,26 +163,25 @@ fn sorted_sessions(map: &HashMap<MapData, SessionKey, Session>) -> BTreeSet<(u8,
         .collect()
 }
 
-fn endpoint_tuple(key: &BindingKey) -> (u8, u8, [u8; 4], u16) {
-    (key.proto, key.direction, key.addr, key.port)
-}
-
-fn sorted_bindings(
-    map: &HashMap<MapData, BindingKey, Binding>,
-) -> BTreeSet<(u8, u8, [u8; 4], u16)> {
-    map.keys()
-        .map(|key| endpoint_tuple(&key.expect("reading a binding key")))
-        .collect()
+/// Every half the tables hold.
+fn halves(view: &MapView) -> BTreeSet<Half> {
+    let outbound = view
+        .bindings()
+        .keys()
+        .map(|key| key.expect("reading a binding key"))
+        .map(|k| (k.proto, DIR_OUTBOUND, k.addr, k.port));
+    let inbound = view
+        .held_ports()
+        .expect("reading the port owners")
+        .into_iter()
+        .map(|(proto, port, _)| (proto, DIR_INBOUND, [0; 4], port));
+    outbound.chain(inbound).collect()
 }
 
 fn session_tuples(keys: &[SessionKey]) -> BTreeSet<(u8, u16, u16)> {
     keys.iter()
         .map(|k| (k.proto, k.external_port, k.remote_port))
         .collect()
-}
-
-fn binding_tuples(keys: &[BindingKey]) -> BTreeSet<(u8, u8, [u8; 4], u16)> {
-    keys.iter().map(endpoint_tuple).collect()
 }
 
 fn assert_counts(
@@ -221,8 +233,8 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
     // Stamped after the sweep read its clock: never expired.
     let udp_future = insert_session(s, PROTO_UDP, 3003, now + SEC, TCP_STATE_NONE);
 
-    // Bindings. Mapping timeouts: TCP 240 s, UDP 300 s, ICMP 60 s.
-    let b = maps.bindings_mut();
+    // Mappings. Timeouts: TCP 240 s, UDP 300 s, ICMP 60 s.
+    let b = &mut *maps;
     // Idle itself, but its session (established, 1000 s) is live: kept.
     let kept_live = mapping(b, PROTO_TCP, (lan(12), 40002), 2002, ago(1000), ago(1000));
     // No live session and both halves idle: both go.
@@ -252,11 +264,9 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
 
     let report = run(&mut datapath, &timeouts, now, 1);
     eprintln!("{report:?}");
-    // The kernel visits entries as it walks: an outbound half its inbound
-    // partner removed before the walk reached it is not visited (3 such
-    // mappings here), so it may count fewer entries scanned.
-    let scanned = report.scanned.clamp(9 + 20 + 4 - 3, 9 + 20 + 4);
-    assert_counts(&report, scanned, 4, 2, 10);
+    // Inbound halves are walked first: the outbound half of a mapping
+    // they removed (3 such here) is not visited.
+    assert_counts(&report, 9 + 20 + 4 - 3, 4, 2, 10);
     let maps = datapath.maps().view();
 
     assert_eq!(
@@ -280,27 +290,21 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
         kept.extend_from_slice(&pair);
     }
     kept.extend([kept_orphan_in_fresh, kept_orphan_in_live]);
-    assert_eq!(
-        sorted_bindings(maps.bindings()),
-        binding_tuples(&kept),
-        "bindings left"
-    );
+    let left = halves(maps);
+    assert_eq!(left, kept.iter().copied().collect(), "halves left");
     assert_eq!(
         sorted_sessions(maps.forward_sessions()),
         session_tuples(&[fwd_tcp_idle, fwd_icmp_fresh]),
         "forward sessions left"
     );
     // The removed ones, spelled out.
-    for key in gone_tcp.iter().chain(&gone_udp).chain(&gone_icmp).chain(&[
+    for half in gone_tcp.iter().chain(&gone_udp).chain(&gone_icmp).chain(&[
         gone_orphan_in,
         gone_orphan_out,
         gone_crossed_in,
         gone_crossed_out,
     ]) {
-        assert!(
-            maps.bindings().get(key, 0).is_err(),
-            "{key:?} should have been removed"
-        );
+        assert!(!left.contains(half), "{half:?} should have been removed");
     }
     for key in [tcp_established_old, tcp_opening_old, udp_old, icmp_old] {
         assert!(
@@ -315,8 +319,13 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
         );
     }
     // Survivors keep their values untouched.
-    let survivor = maps.bindings().get(&kept_live[1], 0).unwrap();
-    assert_eq!(survivor, binding(WAN, 2002, ago(1000)));
+    let survivor = maps
+        .binding(&BindingKey::outbound(PROTO_TCP, lan(12), 40002))
+        .unwrap();
+    assert_eq!(survivor, Some(binding(WAN, 2002, ago(1000))));
+    let owner = maps.port_owner(PROTO_TCP, 2002).unwrap().unwrap();
+    assert_eq!(owner.endpoint(), Some((lan(12), 40002)));
+    assert_eq!(owner.claimed_ns, ago(1000));
 
     // A second sweep at the same time finds nothing more to do.
     let again = run(&mut datapath, &timeouts, now, 2);
@@ -340,14 +349,7 @@ fn sweep_keeps_everything_fresh_and_handles_empty_maps() {
         now - SEC,
         TCP_STATE_NONE,
     );
-    mapping(
-        maps.bindings_mut(),
-        PROTO_UDP,
-        (lan(12), 5000),
-        3001,
-        now - SEC,
-        now,
-    );
+    mapping(maps, PROTO_UDP, (lan(12), 5000), 3001, now - SEC, now);
     insert_session(
         maps.forward_sessions_mut(),
         PROTO_TCP,
@@ -365,10 +367,9 @@ fn sweep_keeps_everything_fresh_and_handles_empty_maps() {
         ..timeouts
     };
     let report = run(&mut datapath, &short, now + 2 * SEC, 3);
-    // The mapping's outbound half is not visited when its inbound half,
+    // The mapping's outbound half is not visited: its inbound half,
     // walked first, removed it.
-    let scanned = report.scanned.clamp(3, 4);
-    assert_counts(&report, scanned, 1, 1, 2);
+    assert_counts(&report, 3, 1, 1, 2);
     let report = run(&mut datapath, &short, now + 2 * SEC, 4);
     assert_counts(&report, 0, 0, 0, 0);
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use nat_common::{BindingKey, FRAGS_MAX, RelayTarget, SessionKey, UNSOLICITED_DROP};
+use nat_common::{FRAGS_MAX, RelayTarget, SessionKey, UNSOLICITED_DROP};
 use nat_tests::packet::*;
 
 #[test]
@@ -258,8 +258,7 @@ fn a_later_fragment_before_its_first() {
 /// its mapping, and a reply finds its LAN host by its session alone.
 fn forget_mapping(lab: &mut PacketLab, proto: u8, remote: std::net::SocketAddrV4, port: u16) {
     let view = lab.datapath.maps_mut().view_mut();
-    view.bindings_mut()
-        .remove(&BindingKey::inbound(proto, port))
+    view.set_port_owner(proto, port, nat_common::PortOwner::default())
         .unwrap();
     view.sessions_mut()
         .remove(&SessionKey {

@@ -5,7 +5,6 @@
 use std::{net::SocketAddrV4, sync::Arc, time::Duration};
 
 use ipnet::Ipv4Net;
-use nat_common::BindingKey;
 use serde::Serialize;
 
 use super::Nic;
@@ -403,10 +402,11 @@ impl State {
         let mut claimed: Vec<_> = next.claimed_ports().difference(&held).copied().collect();
         claimed.sort_unstable();
         for (proto, port) in claimed {
-            let Some(binding) = self
+            let Some((addr, internal_port)) = self
                 .view
-                .binding(&BindingKey::inbound(proto, port))
+                .port_owner(proto, port)
                 .map_err(internal)?
+                .and_then(|owner| owner.endpoint())
             else {
                 continue;
             };
@@ -418,7 +418,7 @@ impl State {
             // A rule for the port its own target already holds adopts that
             // mapping: the endpoint keeps its port (RFC 4787 REQ-11), and
             // a client asking for the port it has is not sent elsewhere.
-            let holder = SocketAddrV4::new(binding.addr.into(), binding.port);
+            let holder = SocketAddrV4::new(addr.into(), internal_port);
             if claimant.is_some_and(|(_, rule)| rule.target_of(port) == Some(holder)) {
                 continue;
             }

@@ -11,11 +11,12 @@ use nat_common::{RelayTarget, SessionKey, maps as names};
 use super::{DatapathError, MapView, MapWriter, Result, SweepMaps};
 
 /// Every map's name, as pinned in the pin directory.
-pub const PINNED: [&str; 15] = [
+pub const PINNED: [&str; 16] = [
     names::CONFIG,
     names::FORWARDS,
     names::FORWARD_HINTS,
     names::BINDINGS,
+    names::PORT_OWNERS,
     names::SESSIONS,
     names::COUNTERS,
     names::EGRESS,
@@ -105,6 +106,7 @@ impl Maps {
             },
             view: MapView {
                 bindings: open!(names::BINDINGS),
+                port_owners: open!(names::PORT_OWNERS),
                 sessions: open!(names::SESSIONS),
                 forward_sessions: open!(names::FORWARD_SESSIONS),
                 counters: open!(names::COUNTERS),

@@ -1,15 +1,17 @@
 //! Read-only handles on the tables the datapath writes: mappings, sessions
 //! and counters, for the NAT table, the statistics and the rule
 //! transaction's check for live mappings.
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use nat_common::{
-    Binding, BindingKey, Counter, CounterValue, RuleCounters, Session, SessionKey, maps as names,
+    Binding, BindingKey, Counter, CounterValue, PortOwner, RuleCounters, Session, SessionKey,
+    maps as names, port_slot,
 };
 
 use super::{Result, is_not_found, map_error};
 
 pub struct MapView {
     pub(super) bindings: HashMap<MapData, BindingKey, Binding>,
+    pub(super) port_owners: Array<MapData, PortOwner>,
     pub(super) sessions: HashMap<MapData, SessionKey, Session>,
     pub(super) forward_sessions: HashMap<MapData, SessionKey, Session>,
     pub(super) counters: PerCpuArray<MapData, CounterValue>,
@@ -27,6 +29,23 @@ impl MapView {
 
     pub fn bindings(&self) -> &HashMap<MapData, BindingKey, Binding> {
         &self.bindings
+    }
+
+    pub fn port_owners(&self) -> &Array<MapData, PortOwner> {
+        &self.port_owners
+    }
+
+    /// Who holds a dynamic mapping's external port (its inbound half),
+    /// `None` when nobody does or the protocol has no mappings.
+    pub fn port_owner(&self, proto: u8, port: u16) -> Result<Option<PortOwner>> {
+        let Some(slot) = port_slot(proto, port) else {
+            return Ok(None);
+        };
+        let owner = self
+            .port_owners
+            .get(&slot, 0)
+            .map_err(map_error(names::PORT_OWNERS))?;
+        Ok(owner.endpoint().is_some().then_some(owner))
     }
 
     pub fn sessions(&self) -> &HashMap<MapData, SessionKey, Session> {
@@ -105,6 +124,87 @@ impl MapView {
 impl MapView {
     pub fn bindings_mut(&mut self) -> &mut HashMap<MapData, BindingKey, Binding> {
         &mut self.bindings
+    }
+
+    /// Writes (or, with `PortOwner::default()`, frees) a port's slot.
+    pub fn set_port_owner(&mut self, proto: u8, port: u16, owner: PortOwner) -> Result<()> {
+        let slot = port_slot(proto, port).expect("a protocol with mappings");
+        self.port_owners
+            .set(slot, owner, 0)
+            .map_err(map_error(names::PORT_OWNERS))
+    }
+
+    /// Writes a whole mapping as the datapath makes one: `key`'s outbound
+    /// half to `external_addr:external_port`, last seen at `last_seen_ns`,
+    /// and that port held by `key`'s endpoint since `claimed_ns`.
+    pub fn insert_mapping(
+        &mut self,
+        key: BindingKey,
+        external_addr: [u8; 4],
+        external_port: u16,
+        claimed_ns: u64,
+        last_seen_ns: u64,
+    ) -> Result<()> {
+        self.set_port_owner(
+            key.proto,
+            external_port,
+            PortOwner {
+                owner: PortOwner::owner_word(key.addr, key.port),
+                remote_addr: key.remote_addr,
+                remote_port: key.remote_port,
+                _pad: [0; 2],
+                claimed_ns,
+            },
+        )?;
+        self.bindings
+            .insert(
+                key,
+                Binding {
+                    addr: external_addr,
+                    port: external_port,
+                    _pad: [0; 2],
+                    last_seen_ns,
+                },
+                0,
+            )
+            .map_err(map_error(names::BINDINGS))
+    }
+
+    /// Removes `key`'s mapping, both halves, if it has one.
+    pub fn remove_mapping(&mut self, key: &BindingKey) -> Result<()> {
+        let Some(binding) = self.binding(key)? else {
+            return Ok(());
+        };
+        match self.bindings.remove(key) {
+            Ok(()) => {}
+            Err(error) if is_not_found(&error) => {}
+            Err(error) => return Err(map_error(names::BINDINGS)(error)),
+        }
+        if self
+            .port_owner(key.proto, binding.port)?
+            .and_then(|owner| owner.outbound_partner(key.proto))
+            == Some(*key)
+        {
+            self.set_port_owner(key.proto, binding.port, PortOwner::default())?;
+        }
+        Ok(())
+    }
+
+    /// Every held port: (protocol, port, owner).
+    pub fn held_ports(&self) -> Result<Vec<(u8, u16, PortOwner)>> {
+        let mut held = Vec::new();
+        for proto in [
+            nat_common::PROTO_TCP,
+            nat_common::PROTO_UDP,
+            nat_common::PROTO_ICMP,
+        ] {
+            for port in 0..=u16::MAX {
+                if let Some(owner) = self.port_owner(proto, port)? {
+                    held.push((proto, port, owner));
+                }
+            }
+        }
+        Ok(held)
     }
 
     pub fn sessions_mut(&mut self) -> &mut HashMap<MapData, SessionKey, Session> {

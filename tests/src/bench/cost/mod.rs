@@ -247,13 +247,11 @@ impl<'a> CostRig<'a> {
                 continue;
             };
             let maps = self.datapath.maps_mut().view_mut();
-            maps.bindings_mut().remove(&BindingKey::outbound(
+            maps.remove_mapping(&BindingKey::outbound(
                 PROTO_UDP,
                 super::topo::LAN_HOST.octets(),
                 port,
             ))?;
-            maps.bindings_mut()
-                .remove(&BindingKey::inbound(PROTO_UDP, external))?;
             let _ = maps.sessions_mut().remove(&SessionKey {
                 remote_addr: WAN_HOST.octets(),
                 remote_port: SINK_PORT,

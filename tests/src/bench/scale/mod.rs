@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use nat_common::{
-    Binding, BindingKey, Counter, DEFAULT_BINDINGS_MAX, DEFAULT_SESSIONS_MAX, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_ESTABLISHED, TCP_STATE_NONE, programs,
+    BindingKey, Counter, DEFAULT_BINDINGS_MAX, DEFAULT_SESSIONS_MAX, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, Session, SessionKey, TCP_STATE_ESTABLISHED, TCP_STATE_NONE, programs,
 };
 use nat_ctl::{aging::datapath_now_ns, datapath::TableSizes};
 use serde::{Deserialize, Serialize};
@@ -165,29 +165,12 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
     let now = datapath_now_ns();
     for j in 0..pairs {
         let (proto, external, internal, internal_port) = mapping(j);
-        maps.bindings_mut().insert(
-            BindingKey::inbound(proto, external),
-            Binding {
-                addr: internal,
-                port: internal_port,
-                remote_port: 0,
-                remote_addr: [0; 4],
-                _pad: [0; 4],
-                last_seen_ns: now,
-            },
-            0,
-        )?;
-        maps.bindings_mut().insert(
+        maps.insert_mapping(
             BindingKey::outbound(proto, internal, internal_port),
-            Binding {
-                addr: ROUTER_WAN.octets(),
-                port: external,
-                remote_port: 0,
-                remote_addr: [0; 4],
-                _pad: [0; 4],
-                last_seen_ns: now,
-            },
-            0,
+            ROUTER_WAN.octets(),
+            external,
+            now,
+            now,
         )?;
     }
     for i in 0..mappings {
@@ -258,7 +241,7 @@ pub fn run(options: &Options) -> Result<Output> {
     }
     let sizes = TableSizes {
         forwards: 1024,
-        bindings: DEFAULT_BINDINGS_MAX.max(2 * largest.min(MAX_PAIRS) + 4096),
+        bindings: DEFAULT_BINDINGS_MAX.max(largest.min(MAX_PAIRS) + 4096),
         sessions: DEFAULT_SESSIONS_MAX.max(largest + 65536),
         forward_sessions: 1024,
     };

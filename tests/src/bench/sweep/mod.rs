@@ -20,8 +20,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use nat_common::{
-    Binding, BindingKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey,
-    TCP_STATE_ESTABLISHED, TCP_STATE_NONE,
+    BindingKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_ESTABLISHED,
+    TCP_STATE_NONE,
 };
 use nat_ctl::{
     aging::{datapath_now_ns, sweep_params},
@@ -86,7 +86,11 @@ fn mapping(j: u32) -> (u8, u16, [u8; 4], u16) {
 /// The `memlock:` line of a map's fdinfo: the kernel's count of the memory
 /// the map holds.
 fn memlock<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<u64> {
-    let fd = map.map().fd().as_fd().as_raw_fd();
+    memlock_of(map.map())
+}
+
+fn memlock_of(map: &MapData) -> Result<u64> {
+    let fd = map.fd().as_fd().as_raw_fd();
     let path = format!("/proc/self/fdinfo/{fd}");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     text.lines()
@@ -127,34 +131,14 @@ fn fill(maps: &mut MapView, entries: u32, pairs: u32, old: u64, fresh: u64) -> R
     for j in 0..pairs {
         let (proto, external_port, internal, internal_port) = mapping(j);
         let last_seen_ns = seen(j);
-        maps.bindings_mut()
-            .insert(
-                BindingKey::inbound(proto, external_port),
-                Binding {
-                    addr: internal,
-                    port: internal_port,
-                    remote_port: 0,
-                    remote_addr: [0; 4],
-                    _pad: [0; 4],
-                    last_seen_ns,
-                },
-                0,
-            )
-            .context("inserting an inbound binding")?;
-        maps.bindings_mut()
-            .insert(
-                BindingKey::outbound(proto, internal, internal_port),
-                Binding {
-                    addr: ROUTER_WAN.octets(),
-                    port: external_port,
-                    remote_port: 0,
-                    remote_addr: [0; 4],
-                    _pad: [0; 4],
-                    last_seen_ns,
-                },
-                0,
-            )
-            .context("inserting an outbound binding")?;
+        maps.insert_mapping(
+            BindingKey::outbound(proto, internal, internal_port),
+            ROUTER_WAN.octets(),
+            external_port,
+            last_seen_ns,
+            last_seen_ns,
+        )
+        .context("inserting a mapping")?;
     }
     for i in 0..entries {
         let j = i % pairs;
@@ -196,7 +180,7 @@ pub fn run(entries: u32) -> Result<Output> {
     let pairs = (entries / 2).min(MAX_MAPPINGS);
     let sizes = TableSizes {
         forwards: 1024,
-        bindings: 2 * entries + 1024,
+        bindings: pairs + 1024,
         sessions: entries + 1024,
         forward_sessions: 1024,
     };
@@ -215,9 +199,11 @@ pub fn run(entries: u32) -> Result<Output> {
     let maps = datapath.maps().view();
 
     let sessions_memory = map_figures(maps.sessions(), sizes.sessions, u64::from(entries))?;
-    let bindings_memory = map_figures(maps.bindings(), sizes.bindings, 2 * u64::from(pairs))?;
+    let bindings_memory = map_figures(maps.bindings(), sizes.bindings, u64::from(pairs))?;
     let per_session = memlock(maps.sessions())? as f64 / f64::from(sizes.sessions);
-    let per_binding = memlock(maps.bindings())? as f64 / f64::from(sizes.bindings);
+    // A mapping is one BINDINGS entry and one PORT_OWNERS slot.
+    let per_mapping = memlock(maps.bindings())? as f64 / f64::from(sizes.bindings)
+        + memlock_of(maps.port_owners().map())? as f64 / f64::from(nat_common::PORT_SLOTS);
 
     let expired_pairs = pairs / 2;
     let expired_sessions = (0..entries).filter(|i| (i % pairs) % 2 == 1).count();
@@ -256,6 +242,6 @@ pub fn run(entries: u32) -> Result<Output> {
         sessions: sessions_memory,
         bindings: bindings_memory,
         memlock_bytes_per_session: Some(per_session),
-        memlock_bytes_per_mapping: Some(2.0 * per_binding),
+        memlock_bytes_per_mapping: Some(per_mapping),
     })
 }

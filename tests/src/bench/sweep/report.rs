@@ -41,7 +41,7 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
     ) {
         rows.push(Row {
             part: 4,
-            what: "map memory per mapping (its two BINDINGS entries, preallocated)".to_owned(),
+            what: "map memory per mapping (its BINDINGS entry, preallocated, and its PORT_OWNERS slot)".to_owned(),
             target: "<= 256 B".to_owned(),
             measured: format!(
                 "{pair:.0} B; each conversation on it adds a {session:.0} B session: {:.0} B \
