@@ -2,8 +2,9 @@
 //! one `PORT_OWNERS` slot per (protocol, port). A new mapping claims its
 //! port with one compare-and-swap of the slot's owner word from 0 (free),
 //! so of two CPUs claiming one port exactly one wins, as a `BPF_NOEXIST`
-//! insert would decide it, at a fraction of a hash-table insert's cost; a
-//! reply finds its internal endpoint by indexing the array.
+//! insert would decide it, but with no hash-table element to take from a
+//! free list and link under a bucket lock; a reply finds its internal
+//! endpoint by indexing the array instead of hashing a key.
 //!
 //! A slot is released by the mapping's creator when its outbound half
 //! lost a race (right after claiming it), or by the sweep when the mapping

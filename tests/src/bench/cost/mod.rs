@@ -53,8 +53,8 @@ pub struct Output {
     pub unit: String,
     /// By case name: `minimal`, `restore_only`, `forwarder`,
     /// `established_outbound`, `established_inbound`, `forwarded_inbound`,
-    /// `new_flow`, `inserts_only` (`bench_inserts`: the hash-table inserts
-    /// of `new_flow`'s mappings alone), `fragment_outbound`,
+    /// `new_flow`, `inserts_only` (`bench_inserts`: the table writes of
+    /// `new_flow`'s mappings alone), `fragment_outbound`,
     /// `fragment_inbound` (a later IP
     /// fragment of a tracked datagram: the fragment path's cost); in TC
     /// mode `tc_restore_only`, `tc_established_outbound`,
@@ -290,7 +290,8 @@ impl<'a> CostRig<'a> {
     }
 
     /// `bench_inserts` over the same flows as [`Self::time_new_flows`],
-    /// from the same table: the three inserts a new mapping makes, alone.
+    /// from the same table: the writes a new mapping makes (its port's claim,
+    /// two inserts), alone.
     pub fn time_inserts(&mut self, repeat: u32) -> Result<f64> {
         let (template, ports) = self.fresh_flows(repeat)?;
         let lan = self.lan_ifindex;
