@@ -222,12 +222,16 @@ mod tests {
 
     #[test]
     fn port_slots_are_per_protocol() {
-        use crate::{PORT_SLOTS, port_slot};
+        use crate::{PORT_SLOTS, port_slot, slot_port};
         assert_eq!(port_slot(PROTO_TCP, 0), Some(0));
         assert_eq!(port_slot(PROTO_TCP, 65535), Some(65_535));
         assert_eq!(port_slot(PROTO_UDP, 0), Some(65_536));
         assert_eq!(port_slot(PROTO_ICMP, 4242), Some(2 * 65_536 + 4242));
         assert_eq!(port_slot(PROTO_ICMP, 65535), Some(PORT_SLOTS - 1));
         assert_eq!(port_slot(47, 1), None);
+        for (proto, port) in [(PROTO_TCP, 0), (PROTO_UDP, 65535), (PROTO_ICMP, 4242)] {
+            assert_eq!(slot_port(port_slot(proto, port).unwrap()), Some((proto, port)));
+        }
+        assert_eq!(slot_port(PORT_SLOTS), None);
     }
 }

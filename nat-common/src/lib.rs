@@ -150,7 +150,8 @@ impl BindingKey {
 
 /// The outbound half of a dynamic mapping: the external address and port
 /// its internal endpoint (the key) is translated to. The inbound half is the
-/// port's [`PortOwner`] slot.
+/// port's [`PortOwner`] slot; a mapping that kept its endpoint's own port
+/// has no outbound half here, its slot says it all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Binding {
@@ -179,6 +180,18 @@ pub const fn port_slot(proto: u8, port: u16) -> Option<u32> {
     Some(row * 65_536 + port as u32)
 }
 
+/// The (protocol, port) of a `PORT_OWNERS` slot: [`port_slot`]'s inverse.
+#[inline(always)]
+pub const fn slot_port(slot: u32) -> Option<(u8, u16)> {
+    let proto = match slot >> 16 {
+        0 => PROTO_TCP,
+        1 => PROTO_UDP,
+        2 => PROTO_ICMP,
+        _ => return None,
+    };
+    Some((proto, slot as u16))
+}
+
 /// The inbound half of a dynamic mapping: who holds an external port, in
 /// `PORT_OWNERS` (an array, one slot per protocol and port). A port is
 /// claimed by one compare-and-swap of [`PortOwner::owner`] from 0, where a
@@ -197,9 +210,12 @@ pub struct PortOwner {
     pub remote_addr: [u8; 4],
     pub remote_port: u16,
     pub _pad: [u8; 2],
-    /// When the port was claimed; 0 from its release until its next
-    /// claimant has stamped it, which the sweep leaves alone.
-    pub claimed_ns: u64,
+    /// When the port was claimed and, for a mapping that kept its
+    /// endpoint's own port (which has no outbound half in `BINDINGS`, see
+    /// [`PortOwner::own_port_mapping_of`]), when an outbound packet last
+    /// refreshed it. 0 from its release until its next claimant has
+    /// stamped it, which the sweep leaves alone.
+    pub seen_ns: u64,
 }
 
 /// The mark in [`PortOwner::owner`] that tells a held port from a free one
@@ -226,6 +242,17 @@ impl PortOwner {
     /// The internal endpoint holding the port, `None` when it is free.
     pub const fn endpoint(&self) -> Option<([u8; 4], u16)> {
         Self::endpoint_of(self.owner)
+    }
+
+    /// Whether this slot, of `port`, is the whole of `key`'s mapping: a
+    /// mapping whose external port is its endpoint's own has no
+    /// `BINDINGS` entry (the slot already names the endpoint and the
+    /// remote it is for), which spares a new flow a hash-table insert.
+    pub fn own_port_mapping_of(&self, key: &BindingKey, port: u16) -> bool {
+        key.port == port
+            && self.owner == Self::owner_word(key.addr, key.port)
+            && self.remote_addr == key.remote_addr
+            && self.remote_port == key.remote_port
     }
 
     /// The key of this port's outbound half, `None` when it is free.

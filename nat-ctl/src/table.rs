@@ -381,20 +381,12 @@ pub fn stats(
             outbound: counters.outbound.into(),
         });
     }
-    // One outbound half per mapping (its inbound half is its port's slot).
-    let mut binding_keys = 0usize;
-    datapath::for_each_in(
-        maps.bindings(),
-        |_: &nat_common::BindingKey, _: &nat_common::Binding| binding_keys += 1,
-    )
-    .map_err(|source| DatapathError::Walk {
-        name: nat_common::maps::BINDINGS,
-        source,
-    })?;
+    // Each mapping holds exactly one port (its outbound half may be implied).
+    let dynamic_mappings = maps.held_ports()?.len();
     Ok(Stats {
         counters,
         rules: rule_stats,
-        dynamic_mappings: binding_keys,
+        dynamic_mappings,
         last_sweep,
     })
 }

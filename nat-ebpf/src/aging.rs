@@ -7,8 +7,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_for_each_map_elem;
 use nat_common::{
-    Binding, BindingKey, Counter, FragEntry, FragKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortOwner,
-    Session, SessionKey, SweepParams, SweepStats, idle_past, port_slot,
+    Binding, BindingKey, Counter, FragEntry, FragKey, PortOwner, Session, SessionKey, SweepParams,
+    SweepStats, idle_past, port_slot, slot_port,
 };
 
 use crate::{
@@ -88,9 +88,11 @@ extern "C" fn visit_forward_session(
 
 /// A mapping is an inbound half (its external port's `PORT_OWNERS` slot:
 /// port -> internal endpoint) and an outbound half (the `BINDINGS` entry:
-/// internal endpoint -> port). The inbound half decides for both, as old
-/// as its claim; an outbound half is only looked at on its own when its
-/// partner is gone (an orphan, e.g. a daemon's stray write).
+/// internal endpoint -> port), implied by the slot when the port is the
+/// endpoint's own. The inbound half decides for both, as old as its claim
+/// (or, for an own-port mapping, its last outbound packet); an outbound
+/// half is only looked at on its own when its partner is gone (an orphan,
+/// e.g. a daemon's stray write).
 extern "C" fn visit_port_owner(
     _map: *mut c_void,
     slot: *const u32,
@@ -99,7 +101,7 @@ extern "C" fn visit_port_owner(
 ) -> i64 {
     // SAFETY: as in `visit_session`.
     let (slot, owner, sweep) = unsafe { (*slot, *value, &mut *sweep) };
-    let Some((proto, port)) = port_of_slot(slot) else {
+    let Some((proto, port)) = slot_port(slot) else {
         return 0;
     };
     // A free port, or one whose claimant has not stamped it yet.
@@ -107,15 +109,18 @@ extern "C" fn visit_port_owner(
         return 0;
     };
     sweep.stats.scanned += 1;
-    if owner.claimed_ns == 0 {
+    if owner.seen_ns == 0 {
         return 0;
     }
     let timeout = sweep.params.binding_timeout_ns(proto);
-    if !idle_past(owner.claimed_ns, sweep.now, timeout) || is_live(sweep, proto, port) {
+    if !idle_past(owner.seen_ns, sweep.now, timeout) || is_live(sweep, proto, port) {
         return 0;
     }
+    // A mapping on its endpoint's own port has no outbound half: its
+    // stamp, just judged, is its last outbound packet's.
     // SAFETY: a map lookup, copied out at once.
-    if let Some(partner) = unsafe { BINDINGS.get(outbound) }.copied()
+    if outbound.port != port
+        && let Some(partner) = unsafe { BINDINGS.get(outbound) }.copied()
         && partner.port == port
     {
         if !idle_past(partner.last_seen_ns, sweep.now, timeout) {
@@ -126,22 +131,11 @@ extern "C" fn visit_port_owner(
         remove_binding(sweep, &outbound);
     }
     if ports::release_slot(value, owner.owner) {
-        sweep.stats.bindings_removed += 1;
+        // Two halves, as every mapping counts, the outbound one implied
+        // when the mapping kept its endpoint's port.
+        sweep.stats.bindings_removed += if outbound.port == port { 2 } else { 1 };
     }
     0
-}
-
-/// The (protocol, port) of a `PORT_OWNERS` slot: the inverse of
-/// `port_slot`.
-#[inline(always)]
-fn port_of_slot(slot: u32) -> Option<(u8, u16)> {
-    let proto = match slot >> 16 {
-        0 => PROTO_TCP,
-        1 => PROTO_UDP,
-        2 => PROTO_ICMP,
-        _ => return None,
-    };
-    Some((proto, slot as u16))
 }
 
 #[inline(always)]

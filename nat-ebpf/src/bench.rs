@@ -14,10 +14,10 @@
 //! - `bench_fwd_cached`: the same, routed by the NAT's route cache (the
 //!   egress stage as the NAT runs it), for the report to say what the
 //!   NAT's own work costs beside a forwarder that caches routes too.
-//! - `bench_inserts`: the three table writes a new mapping makes (its
-//!   port's `PORT_OWNERS` claim, its outbound `BINDINGS` key and its
-//!   `SESSIONS` entry), under the keys `nat_lan` gives the packet's flow
-//!   when the mapping keeps the LAN port, and nothing else: what a new
+//! - `bench_inserts`: the table writes a new mapping makes when it keeps
+//!   the LAN port (its port's `PORT_OWNERS` claim, which is then the whole
+//!   mapping, and its `SESSIONS` entry), under the keys `nat_lan` gives
+//!   the packet's flow, and nothing else: what a new
 //!   flow's cost owes to the kernel's tables rather than to the NAT's own
 //!   work.
 //! - `bench_redirect`: one `EGRESS` redirect by ingress ifindex and
@@ -42,7 +42,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use nat_common::{
-    Binding, Counter, TCP_STATE_NONE,
+    Counter, TCP_STATE_NONE,
     bench::{BenchTemplate, TEMPLATE_MAX},
 };
 
@@ -51,8 +51,8 @@ use crate::{
     context::{NatContext, TcPacket},
     counters::settle,
     egress::{redirect, route, route_uncached},
-    lookup::{config, mapping_key, now_ns, with_binding_key},
-    maps::{BINDINGS, BPF_NOEXIST, EGRESS, SESSIONS},
+    lookup::{config, mapping_key, now_ns},
+    maps::{EGRESS, SESSIONS},
     parse::{Side, frame_len, parse_frame, ptr_at},
     ports,
     session::{Conversation, new_session, session_key},
@@ -171,11 +171,11 @@ pub fn bench_fwd_cached(ctx: XdpContext) -> u32 {
     settle(&ctx, try_bench_fwd::<true>(&ctx))
 }
 
-/// A new mapping's table writes and nothing else (its port's claim, its
-/// outbound half, its session): parsed as `nat_lan` parses,
-/// keyed as `nat_lan` keys them (`mapping_key`, `session_key`), the LAN
-/// port kept as the external one, as a new mapping keeps it when free;
-/// the session has no TCP state, as the bench's flows are UDP.
+/// A new mapping's table writes and nothing else: parsed as `nat_lan`
+/// parses, keyed as `nat_lan` keys them (`mapping_key`, `session_key`),
+/// the LAN port kept as the external one, as a new mapping keeps it when
+/// free, so its port's claim (which is then the whole mapping) and its
+/// session; the session has no TCP state, as the bench's flows are UDP.
 #[inline(always)]
 fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
     let config = config().ok_or(Counter::PassLocal)?;
@@ -189,19 +189,6 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
     if !ports::claim(port, &outbound, now) {
         return Err(Counter::DropPortExhausted);
     }
-    with_binding_key(outbound, |key| {
-        BINDINGS.insert(
-            key,
-            Binding {
-                addr: config.wan_addr,
-                port,
-                _pad: [0; 2],
-                last_seen_ns: now,
-            },
-            BPF_NOEXIST,
-        )
-    })
-    .map_err(full)?;
     let conversation = Conversation {
         proto: packet.proto,
         external_port: port,
@@ -217,7 +204,7 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
         .map_err(full)
 }
 
-/// `XDP_DROP` once all three writes are made, `XDP_ABORTED` if one fails.
+/// `XDP_DROP` once both writes are made, `XDP_ABORTED` if one fails.
 #[xdp]
 pub fn bench_inserts(ctx: XdpContext) -> u32 {
     match try_bench_inserts(&ctx) {

@@ -72,7 +72,13 @@ fn with_parity_of(own: u32, port: u32, port_min: u32, port_max: u32) -> u32 {
 /// are atomic (`ports::claim`) and skip ports held by static rules. Every mapping owns
 /// its port, so under address(-and-port)-dependent mapping a second remote
 /// finds the endpoint's own port taken by the first and gets another: that
-/// is what makes the NAT "symmetric" to a STUN client.
+/// is what makes the NAT "symmetric" to a STUN client. A mapping on its
+/// endpoint's own port is its port's slot alone; one on another port also
+/// has an outbound half in `BINDINGS`, inserted with `BPF_NOEXIST` so that
+/// of two CPUs mapping one endpoint (toward one remote) on two ports one
+/// gives its port back. (Two CPUs mapping one endpoint, one on its own port
+/// and one on another, can only meet in the instant the own port is freed
+/// under them; the own-port mapping is then the one packets find.)
 #[inline(always)]
 fn create_binding(
     ctx: &impl NatContext,
@@ -126,7 +132,17 @@ fn create_binding(
             continue;
         }
         if !ports::claim(port, &outbound, now) {
+            // Another CPU may just have mapped this endpoint (toward this
+            // remote) to its own port: use that mapping, not a second one.
+            if candidate == own_port && ports::own_port_mapping(&outbound).is_some() {
+                return Ok(port);
+            }
             continue;
+        }
+        // A mapping that keeps its endpoint's port is all in its port's
+        // slot: no outbound half to insert (`PortOwner::own_port_mapping_of`).
+        if candidate == own_port {
+            return Ok(port);
         }
         let outbound_value = Binding {
             addr: config.wan_addr,

@@ -13,9 +13,8 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use nat_common::{
-    AllowedRemote, Binding, BindingKey, EndpointKey, FILTER_ENDPOINT_INDEPENDENT,
-    FORWARD_RESTRICTED, Forward, MAPPING_ENDPOINT_INDEPENDENT, NatConfig, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP,
+    AllowedRemote, BindingKey, EndpointKey, FILTER_ENDPOINT_INDEPENDENT, FORWARD_RESTRICTED,
+    Forward, MAPPING_ENDPOINT_INDEPENDENT, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -123,13 +122,17 @@ pub fn remote_allowed(forward: &Forward, remote: [u8; 4]) -> bool {
     ALLOWED_REMOTES.get(key).is_some()
 }
 
+/// Refreshes a mapping's stamp (`Binding::last_seen_ns`, or
+/// `PortOwner::seen_ns` for one that kept its endpoint's port), at most
+/// once per `TOUCH_GRANULARITY_NS`, so that a busy flow does not write a
+/// shared cache line on every packet.
 #[inline(always)]
-fn touch(binding: *mut Binding, now: u64) {
-    // SAFETY: a pointer returned by a map lookup; a torn last-seen time is
-    // harmless (aging re-reads it).
+fn touch(stamp: *mut u64, now: u64) {
+    // SAFETY: a pointer into a map value; a torn stamp is harmless (aging
+    // re-reads it).
     unsafe {
-        if now.wrapping_sub((*binding).last_seen_ns) > nat_common::TOUCH_GRANULARITY_NS {
-            (*binding).last_seen_ns = now;
+        if now.wrapping_sub(*stamp) > nat_common::TOUCH_GRANULARITY_NS {
+            *stamp = now;
         }
     }
 }
@@ -184,6 +187,19 @@ pub fn mapping_key(
     )
 }
 
+/// The external port of `key`'s mapping, and the stamp an outbound packet
+/// refreshes: its port's slot when it kept its endpoint's own port (it has
+/// no outbound half then), else its `BINDINGS` entry.
+#[inline(always)]
+fn mapping_of(key: BindingKey) -> Option<(u16, *mut u64)> {
+    if let Some(stamp) = crate::ports::own_port_mapping(&key) {
+        return Some((key.port, stamp));
+    }
+    let binding = with_binding_key(key, |key| BINDINGS.get_ptr_mut(key))?;
+    // SAFETY: a pointer returned by a map lookup.
+    Some(unsafe { ((*binding).port, &raw mut (*binding).last_seen_ns) })
+}
+
 /// The external port of `internal`'s existing dynamic mapping toward
 /// `remote` (any remote under endpoint-independent mapping).
 #[inline(always)]
@@ -194,11 +210,9 @@ pub fn binding_outbound(
     remote: Endpoint,
     now: u64,
 ) -> Option<u16> {
-    let key = mapping_key(config, proto, internal, remote);
-    let binding = with_binding_key(key, |key| BINDINGS.get_ptr_mut(key))?;
-    touch(binding, now);
-    // SAFETY: a pointer returned by a map lookup.
-    Some(unsafe { (*binding).port })
+    let (port, stamp) = mapping_of(mapping_key(config, proto, internal, remote))?;
+    touch(stamp, now);
+    Some(port)
 }
 
 /// As [`outbound_external`], for an ICMP error about the flow: the mapping
@@ -210,11 +224,7 @@ pub fn outbound_external_unrefreshed(
     internal: Endpoint,
     remote: Endpoint,
 ) -> Option<u16> {
-    let key = mapping_key(config, proto, internal, remote);
-    // SAFETY: a map lookup, copied out at once.
-    let mapped = with_binding_key(key, |key| {
-        unsafe { BINDINGS.get(key) }.map(|binding| binding.port)
-    });
+    let mapped = mapping_of(mapping_key(config, proto, internal, remote)).map(|(port, _)| port);
     match forward_outbound(proto, internal) {
         Some(forward) => match mapped {
             Some(port) if keeps_mapping_port(&forward, port, proto, remote) => Some(port),
@@ -246,13 +256,9 @@ pub fn note_admitted(
         return;
     }
     let key = mapping_key(config, proto, internal, remote);
-    // SAFETY: map lookups, copied out at once.
-    let known = unsafe {
-        BINDINGS.get(key).is_some_and(|b| b.port == external_port)
-            || STRANGER_PORTS
-                .get(key)
-                .is_some_and(|port| *port == u32::from(external_port))
-    };
+    // SAFETY: a map lookup, copied out at once.
+    let known = mapping_of(key).is_some_and(|(port, _)| port == external_port)
+        || unsafe { STRANGER_PORTS.get(key) }.is_some_and(|port| *port == u32::from(external_port));
     if !known {
         let _ = STRANGER_PORTS.insert(key, u32::from(external_port), 0);
     }
@@ -335,18 +341,15 @@ pub fn outbound_external(
         // mapping never re-ports that mapping's flows (RFC 4787 REQ-11):
         // only the rule's own conversations, whose remotes came in on its
         // port, leave by it. (A rule for the mapping's own port adopts it.)
-        let key = mapping_key(config, proto, internal, remote);
-        if let Some(binding) = with_binding_key(key, |key| BINDINGS.get_ptr_mut(key)) {
-            // SAFETY: a pointer returned by a map lookup.
-            let port = unsafe { (*binding).port };
-            if keeps_mapping_port(&forward, port, proto, remote) {
-                touch(binding, now);
-                return Some(External {
-                    port,
-                    rule_id: 0,
-                    new_mapping: false,
-                });
-            }
+        if let Some((port, stamp)) = mapping_of(mapping_key(config, proto, internal, remote))
+            && keeps_mapping_port(&forward, port, proto, remote)
+        {
+            touch(stamp, now);
+            return Some(External {
+                port,
+                rule_id: 0,
+                new_mapping: false,
+            });
         }
         return Some(External {
             port: forward.port,

@@ -8,7 +8,7 @@
 //!
 //! A slot is released by the mapping's creator when its outbound half
 //! lost a race (right after claiming it), or by the sweep when the mapping
-//! has aged out. `claimed_ns` is cleared before the owner word, and a new
+//! has aged out. `seen_ns` is cleared before the owner word, and a new
 //! claimant stamps it only after its compare-and-swap: the sweep leaves a
 //! slot alone while it reads 0 there, so it never judges a claim by its
 //! predecessor's age.
@@ -83,12 +83,12 @@ pub fn claim(port: u16, outbound: &BindingKey, now: u64) -> bool {
         return false;
     }
     // SAFETY: as in `read_owner`; the slot is ours until released, and
-    // the sweep reads these fields only once `claimed_ns` is set.
+    // the sweep reads these fields only once `seen_ns` is set.
     unsafe {
         (*slot).remote_addr = outbound.remote_addr;
         (*slot).remote_port = outbound.remote_port;
         (*slot)._pad = [0; 2];
-        (*slot).claimed_ns = now;
+        (*slot).seen_ns = now;
     }
     true
 }
@@ -103,11 +103,27 @@ pub fn unclaim(proto: u8, port: u16) {
         return;
     };
     // SAFETY: as in `read_owner`. The slot is ours (nobody else frees a
-    // claim this fresh), so plain stores do; `claimed_ns` first, as in
+    // claim this fresh), so plain stores do; `seen_ns` first, as in
     // `release_slot`.
     unsafe {
-        core::ptr::write_volatile(&raw mut (*slot).claimed_ns, 0);
+        core::ptr::write_volatile(&raw mut (*slot).seen_ns, 0);
         core::ptr::write_volatile(&raw mut (*slot).owner, 0);
+    }
+}
+
+/// The stamp of `key`'s mapping if it kept its endpoint's own port (and
+/// so is all in its port's slot, `PortOwner::own_port_mapping_of`), for
+/// the packet to refresh.
+#[inline(always)]
+pub fn own_port_mapping(key: &BindingKey) -> Option<*mut u64> {
+    let slot = slot(key.proto, key.port)?;
+    if read_owner(slot) != PortOwner::owner_word(key.addr, key.port) {
+        return None;
+    }
+    // SAFETY: as in `read_owner`.
+    unsafe {
+        ((*slot).remote_addr == key.remote_addr && (*slot).remote_port == key.remote_port)
+            .then_some(&raw mut (*slot).seen_ns)
     }
 }
 
@@ -126,6 +142,6 @@ pub fn owner_of(proto: u8, port: u16) -> Option<PortOwner> {
 #[inline(always)]
 pub fn release_slot(slot: *mut PortOwner, word: u64) -> bool {
     // SAFETY: as in `read_owner`.
-    unsafe { (*slot).claimed_ns = 0 };
+    unsafe { (*slot).seen_ns = 0 };
     swap_owner(slot, word, 0)
 }

@@ -111,14 +111,14 @@ fn inbound_half(
     proto: u8,
     external_port: u16,
     internal: ([u8; 4], u16),
-    claimed_ns: u64,
+    seen_ns: u64,
 ) -> Half {
     view.set_port_owner(
         proto,
         external_port,
         PortOwner {
             owner: PortOwner::owner_word(internal.0, internal.1),
-            claimed_ns,
+            seen_ns,
             ..PortOwner::default()
         },
     )
@@ -254,6 +254,10 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
     let gone_crossed_in = inbound_half(b, PROTO_UDP, 3007, (lan(53), 7001), ago(400));
     // An idle orphan on a port that has a live session (udp_fresh): kept.
     let kept_orphan_in_live = inbound_half(b, PROTO_UDP, 3002, (lan(54), 5002), ago(400));
+    // Mappings that kept their endpoint's port: the slot alone, its stamp
+    // the last outbound packet's.
+    let gone_own_port = inbound_half(b, PROTO_UDP, 3010, (lan(14), 3010), ago(301));
+    let kept_own_port = inbound_half(b, PROTO_UDP, 3011, (lan(14), 3011), ago(299));
 
     // Forward sessions (an LRU map).
     let f = maps.forward_sessions_mut();
@@ -265,8 +269,9 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
     let report = run(&mut datapath, &timeouts, now, 1);
     eprintln!("{report:?}");
     // Inbound halves are walked first: the outbound half of a mapping
-    // they removed (3 such here) is not visited.
-    assert_counts(&report, 9 + 20 + 4 - 3, 4, 2, 10);
+    // they removed (3 such here) is not visited. An own-port mapping
+    // counts two halves removed, as every mapping does.
+    assert_counts(&report, 9 + 22 + 4 - 3, 4, 2, 12);
     let maps = datapath.maps().view();
 
     assert_eq!(
@@ -289,7 +294,7 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
     ] {
         kept.extend_from_slice(&pair);
     }
-    kept.extend([kept_orphan_in_fresh, kept_orphan_in_live]);
+    kept.extend([kept_orphan_in_fresh, kept_orphan_in_live, kept_own_port]);
     let left = halves(maps);
     assert_eq!(left, kept.iter().copied().collect(), "halves left");
     assert_eq!(
@@ -303,6 +308,7 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
         gone_orphan_out,
         gone_crossed_in,
         gone_crossed_out,
+        gone_own_port,
     ]) {
         assert!(!left.contains(half), "{half:?} should have been removed");
     }
@@ -325,11 +331,11 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
     assert_eq!(survivor, Some(binding(WAN, 2002, ago(1000))));
     let owner = maps.port_owner(PROTO_TCP, 2002).unwrap().unwrap();
     assert_eq!(owner.endpoint(), Some((lan(12), 40002)));
-    assert_eq!(owner.claimed_ns, ago(1000));
+    assert_eq!(owner.seen_ns, ago(1000));
 
     // A second sweep at the same time finds nothing more to do.
     let again = run(&mut datapath, &timeouts, now, 2);
-    assert_counts(&again, 5 + 10 + 2, 0, 0, 0);
+    assert_counts(&again, 5 + 11 + 2, 0, 0, 0);
 }
 
 #[test]
@@ -466,9 +472,11 @@ fn batch_walk_refuses_mismatched_maps() {
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
     let error = batch::for_each_entry::<SessionKey, Binding>(fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
-    // An array (CONFIG) has the wrong layout for a hash walk.
+    // An array walks by index (PORT_OWNERS is walked so), with its own
+    // value type only.
     let config_fd = datapath.maps_mut().writer().config_map().map().fd().as_fd();
-    let error =
-        batch::for_each_entry::<u32, nat_common::NatConfig>(config_fd, 16, |_, _| {}).unwrap_err();
+    let visited = batch::for_each_entry::<u32, nat_common::NatConfig>(config_fd, 16, |_, _| {});
+    assert_eq!(visited.unwrap(), 1, "CONFIG has one slot");
+    let error = batch::for_each_entry::<u32, Session>(config_fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
 }

@@ -67,7 +67,7 @@ fn go_quiet(lab: &mut PacketLab, idle: Duration) {
         view.bindings_mut().insert(key, binding, 0).unwrap();
     }
     for (proto, port, mut owner) in view.held_ports().unwrap() {
-        owner.claimed_ns = now - idle;
+        owner.seen_ns = now - idle;
         view.set_port_owner(proto, port, owner).unwrap();
     }
     let sessions: Vec<_> = view.sessions().iter().map(Result::unwrap).collect();
@@ -389,6 +389,70 @@ fn forwarded_ports_stay_endpoint_independent_under_symmetric_mapping() {
     assert_counters(&lab, &[("new_binding", 0)]);
 }
 
+/// RFC 4787 REQ-1: one mapping per endpoint, its port kept when free. A
+/// mapping that keeps its endpoint's port is all in that port's slot (no
+/// `BINDINGS` entry); one that could not keep it has both halves. Either
+/// way a second remote reuses it, and the sweep keeps it while it is
+/// used and removes it, both halves, once it is not.
+#[test]
+fn an_endpoint_keeps_its_mapping_for_every_remote_wherever_it_is_kept() {
+    let mut lab = PacketLab::new().unwrap();
+    // Port 40002 is another LAN host's already.
+    lab.datapath
+        .maps_mut()
+        .view_mut()
+        .insert_mapping(
+            BindingKey::outbound(PROTO_UDP, LAN_HOST2.octets(), 40002),
+            ROUTER_WAN.octets(),
+            40002,
+            datapath_now_ns(),
+            datapath_now_ns(),
+        )
+        .unwrap();
+    let out = |port, remote| udp(ep(LAN_HOST, port), remote, b"x");
+    let own = external_port(&mut lab, &out(40000, ep(REMOTE, 3478)));
+    let moved = external_port(&mut lab, &out(40002, ep(REMOTE, 3478)));
+    assert_eq!(own, 40000, "a free port is kept");
+    assert_ne!(moved, 40002, "a held port is not shared");
+    for remote in [ep(REMOTE, 3479), ep(OTHER_REMOTE, 53)] {
+        assert_eq!(external_port(&mut lab, &out(40000, remote)), own);
+        assert_eq!(external_port(&mut lab, &out(40002, remote)), moved);
+    }
+    let view = lab.datapath.maps().view();
+    let key = |port| BindingKey::outbound(PROTO_UDP, LAN_HOST.octets(), port);
+    assert_eq!(view.binding(&key(40000)).unwrap(), None, "no outbound half");
+    assert_eq!(view.mapped_port(&key(40000)).unwrap(), Some(40000));
+    assert_eq!(
+        view.binding(&key(40002)).unwrap().map(|b| b.port),
+        Some(moved)
+    );
+    assert_eq!(
+        view.held_ports().unwrap().len(),
+        3,
+        "the two and the other host's"
+    );
+    // Quiet past the UDP timeout, then the own-port one talks again: it
+    // stays, the other (and the other host's) go.
+    go_quiet(&mut lab, Duration::from_secs(400));
+    assert_eq!(external_port(&mut lab, &out(40000, ep(REMOTE, 3478))), own);
+    sweep(&mut lab, 1);
+    assert!(
+        has_mapping(&lab, own),
+        "a refreshed own-port mapping was swept"
+    );
+    assert!(
+        !has_mapping(&lab, moved),
+        "an idle mapping outlived its timeout"
+    );
+    let view = lab.datapath.maps().view();
+    assert_eq!(view.held_ports().unwrap().len(), 1);
+    assert_eq!(
+        view.bindings().keys().count(),
+        0,
+        "its outbound half is gone too"
+    );
+}
+
 /// Per-remote mappings age like any other: the sweep removes both halves
 /// of each once idle, and keeps one whose session is live.
 #[test]
@@ -397,8 +461,8 @@ fn per_remote_mappings_are_swept() {
     let out = |remote| udp(ep(LAN_HOST, 40000), remote, b"x");
     let port_a = external_port(&mut lab, &out(ep(REMOTE, 3478)));
     let port_b = external_port(&mut lab, &out(ep(REMOTE, 3479)));
-    let count = |lab: &PacketLab| lab.datapath.maps().view().bindings().keys().count();
-    assert_eq!(count(&lab), 2, "two mappings, an outbound half each");
+    let count = |lab: &PacketLab| lab.datapath.maps().view().held_ports().unwrap().len();
+    assert_eq!(count(&lab), 2, "two mappings, a port each");
     go_quiet(&mut lab, Duration::from_secs(400));
     // B talks again: its mapping lives, A's goes.
     external_port(&mut lab, &out(ep(REMOTE, 3479)));
@@ -408,7 +472,7 @@ fn per_remote_mappings_are_swept() {
         "A's mapping outlived its timeout"
     );
     assert!(has_mapping(&lab, port_b), "B's live mapping was swept");
-    assert_eq!(count(&lab), 1, "A's outbound half is gone with it");
+    assert_eq!(count(&lab), 1, "A's mapping is gone, B's is left");
     let view = lab.datapath.maps().view();
     let outbound = BindingKey::outbound_for(
         MAPPING_ADDRESS_AND_PORT_DEPENDENT,
@@ -418,10 +482,7 @@ fn per_remote_mappings_are_swept() {
         REMOTE.octets(),
         3479,
     );
-    assert_eq!(
-        view.binding(&outbound).unwrap().map(|b| b.port),
-        Some(port_b)
-    );
+    assert_eq!(view.mapped_port(&outbound).unwrap(), Some(port_b));
 }
 
 /// RFC 7857 section 2.1 and RFC 5382 REQ-5: a connection still opening and

@@ -101,13 +101,13 @@ impl Gateway for DaemonGateway<'_> {
             remote.ip().octets(),
             remote.port(),
         );
-        let binding = self.state.view.binding(&key).ok().flatten()?;
+        let port = self.state.view.mapped_port(&key).ok().flatten()?;
         let timeouts = &self.state.config.timeouts;
         let idle = match protocol {
             MapProtocol::Udp => timeouts.udp,
             MapProtocol::Tcp => timeouts.tcp_established,
         };
-        Some((binding.port, idle.as_secs().min(u64::from(u32::MAX)) as u32))
+        Some((port, idle.as_secs().min(u64::from(u32::MAX)) as u32))
     }
 }
 

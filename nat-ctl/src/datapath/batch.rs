@@ -1,4 +1,5 @@
-//! Reading a whole BPF hash map in chunks with `BPF_MAP_LOOKUP_BATCH`.
+//! Reading a whole BPF hash map or array in chunks with
+//! `BPF_MAP_LOOKUP_BATCH`.
 //!
 //! Hand-written because aya 0.14 has no batch map operations: its map
 //! iterators walk with `BPF_MAP_GET_NEXT_KEY` and then fetch each value with
@@ -7,10 +8,11 @@
 //! that would be two million syscalls per walk; one batch lookup copies up to
 //! `chunk` keys and values at once, so the same walk takes a few hundred.
 //!
-//! Only `BPF_MAP_TYPE_HASH` and `BPF_MAP_TYPE_LRU_HASH` are accepted: their
-//! values are laid out one `value_size` after the other (the per-CPU
-//! variants are not), and their batch token is a bucket index, so a walk
-//! visits each bucket once even while the datapath inserts and deletes.
+//! Only `BPF_MAP_TYPE_HASH`, `BPF_MAP_TYPE_LRU_HASH` and
+//! `BPF_MAP_TYPE_ARRAY` are accepted: their values are laid out one
+//! `value_size` after the other (the per-CPU variants are not), and their
+//! batch token is a bucket index (an array's: an index), so a walk visits
+//! each bucket once even while the datapath inserts and deletes.
 //! Entries added or removed during the walk may or may not be seen, as with
 //! any walk of a live map.
 use std::{
@@ -50,7 +52,7 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Checks that `map_fd` is a (LRU) hash map whose keys are exactly a `K`
+/// Checks that `map_fd` is a (LRU) hash map or an array whose keys are exactly a `K`
 /// and whose values are exactly a `V`: the kernel writes `key_size` and
 /// `value_size` bytes per entry into our buffers, so this is what keeps the
 /// walk memory-safe. Returns the map's capacity.
@@ -59,10 +61,12 @@ fn check_map<K, V>(map_fd: BorrowedFd<'_>) -> io::Result<u32> {
         .and_then(|map| map.info())
         .map_err(io::Error::other)?;
     let map_type = info.map_type().map_err(io::Error::other)?;
-    if !matches!(map_type, MapType::Hash | MapType::LruHash) {
+    if !matches!(map_type, MapType::Hash | MapType::LruHash | MapType::Array) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("batch walk of a {map_type:?}: only hash and LRU hash maps are supported"),
+            format!(
+                "batch walk of a {map_type:?}: only hash, LRU hash and array maps are supported"
+            ),
         ));
     }
     if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>() {
@@ -80,7 +84,7 @@ fn check_map<K, V>(map_fd: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(info.max_entries())
 }
 
-/// Calls `f` on every entry of the hash or LRU hash map `map_fd`, fetching
+/// Calls `f` on every entry of the hash, LRU hash or array map `map_fd`, fetching
 /// up to `chunk` entries per syscall; returns how many entries it visited.
 ///
 /// Fails with `InvalidInput` if the map is of another type or its key or

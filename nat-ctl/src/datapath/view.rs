@@ -1,13 +1,18 @@
 //! Read-only handles on the tables the datapath writes: mappings, sessions
 //! and counters, for the NAT table, the statistics and the rule
 //! transaction's check for live mappings.
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use std::os::fd::AsFd as _;
+
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray};
 use nat_common::{
     Binding, BindingKey, Counter, CounterValue, PortOwner, RuleCounters, Session, SessionKey,
-    maps as names, port_slot,
+    maps as names, port_slot, slot_port,
 };
 
 use super::{Result, is_not_found, map_error};
+
+/// Slots per batch of a `PORT_OWNERS` walk: 48 syscalls for the whole.
+const PORT_WALK_CHUNK: u32 = 4096;
 
 pub struct MapView {
     pub(super) bindings: HashMap<MapData, BindingKey, Binding>,
@@ -33,6 +38,41 @@ impl MapView {
 
     pub fn port_owners(&self) -> &Array<MapData, PortOwner> {
         &self.port_owners
+    }
+
+    /// Every held port: (protocol, port, owner), one per dynamic mapping,
+    /// in one batch walk of `PORT_OWNERS` (196,608 slots, ~4.7 MB).
+    pub fn held_ports(&self) -> Result<Vec<(u8, u16, PortOwner)>> {
+        let mut held = Vec::new();
+        super::for_each_entry(
+            self.port_owners.map().fd().as_fd(),
+            PORT_WALK_CHUNK,
+            |slot: &u32, owner: &PortOwner| {
+                if owner.endpoint().is_some()
+                    && let Some((proto, port)) = slot_port(*slot)
+                {
+                    held.push((proto, port, *owner));
+                }
+            },
+        )
+        .map_err(|source| super::DatapathError::Walk {
+            name: names::PORT_OWNERS,
+            source,
+        })?;
+        Ok(held)
+    }
+
+    /// The external port of `key`'s dynamic mapping (its outbound half's
+    /// key), wherever it is kept: in its port's slot when it kept its
+    /// endpoint's own port, else in `BINDINGS`.
+    pub fn mapped_port(&self, key: &BindingKey) -> Result<Option<u16>> {
+        if self
+            .port_owner(key.proto, key.port)?
+            .is_some_and(|owner| owner.own_port_mapping_of(key, key.port))
+        {
+            return Ok(Some(key.port));
+        }
+        Ok(self.binding(key)?.map(|binding| binding.port))
     }
 
     /// Who holds a dynamic mapping's external port (its inbound half),
@@ -134,15 +174,16 @@ impl MapView {
             .map_err(map_error(names::PORT_OWNERS))
     }
 
-    /// Writes a whole mapping as the datapath makes one: `key`'s outbound
-    /// half to `external_addr:external_port`, last seen at `last_seen_ns`,
-    /// and that port held by `key`'s endpoint since `claimed_ns`.
+    /// Writes a whole mapping as the datapath makes one: that port held by
+    /// `key`'s endpoint since `seen_ns` and, unless it is the endpoint's own
+    /// port, `key`'s outbound half to `external_addr:external_port`, last
+    /// seen at `last_seen_ns`.
     pub fn insert_mapping(
         &mut self,
         key: BindingKey,
         external_addr: [u8; 4],
         external_port: u16,
-        claimed_ns: u64,
+        seen_ns: u64,
         last_seen_ns: u64,
     ) -> Result<()> {
         self.set_port_owner(
@@ -153,9 +194,13 @@ impl MapView {
                 remote_addr: key.remote_addr,
                 remote_port: key.remote_port,
                 _pad: [0; 2],
-                claimed_ns,
+                seen_ns,
             },
         )?;
+        if external_port == key.port {
+            // All in the slot, as the datapath keeps such a mapping.
+            return Ok(());
+        }
         self.bindings
             .insert(
                 key,
@@ -172,6 +217,12 @@ impl MapView {
 
     /// Removes `key`'s mapping, both halves, if it has one.
     pub fn remove_mapping(&mut self, key: &BindingKey) -> Result<()> {
+        if self
+            .port_owner(key.proto, key.port)?
+            .is_some_and(|owner| owner.own_port_mapping_of(key, key.port))
+        {
+            return self.set_port_owner(key.proto, key.port, PortOwner::default());
+        }
         let Some(binding) = self.binding(key)? else {
             return Ok(());
         };
@@ -188,23 +239,6 @@ impl MapView {
             self.set_port_owner(key.proto, binding.port, PortOwner::default())?;
         }
         Ok(())
-    }
-
-    /// Every held port: (protocol, port, owner).
-    pub fn held_ports(&self) -> Result<Vec<(u8, u16, PortOwner)>> {
-        let mut held = Vec::new();
-        for proto in [
-            nat_common::PROTO_TCP,
-            nat_common::PROTO_UDP,
-            nat_common::PROTO_ICMP,
-        ] {
-            for port in 0..=u16::MAX {
-                if let Some(owner) = self.port_owner(proto, port)? {
-                    held.push((proto, port, owner));
-                }
-            }
-        }
-        Ok(held)
     }
 
     pub fn sessions_mut(&mut self) -> &mut HashMap<MapData, SessionKey, Session> {

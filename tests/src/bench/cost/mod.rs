@@ -234,8 +234,7 @@ impl<'a> CostRig<'a> {
     /// mapping.
     pub fn external_port(&self, port: u16) -> Option<u16> {
         let key = BindingKey::outbound(PROTO_UDP, super::topo::LAN_HOST.octets(), port);
-        let binding = self.datapath.maps().view().binding(&key).ok()??;
-        Some(binding.port)
+        self.datapath.maps().view().mapped_port(&key).ok()?
     }
 
     /// Removes the mappings (both directions) and the session to the WAN
@@ -291,7 +290,7 @@ impl<'a> CostRig<'a> {
 
     /// `bench_inserts` over the same flows as [`Self::time_new_flows`],
     /// from the same table: the writes a new mapping makes (its port's claim,
-    /// two inserts), alone.
+    /// its session's insert), alone.
     pub fn time_inserts(&mut self, repeat: u32) -> Result<f64> {
         let (template, ports) = self.fresh_flows(repeat)?;
         let lan = self.lan_ifindex;

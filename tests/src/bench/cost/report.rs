@@ -25,7 +25,7 @@ const COST_CASES: [(&str, &str); 16] = [
     ("new_flow", "NAT, new flow (creates a mapping)"),
     (
         "inserts_only",
-        "a new mapping's table writes alone (bench_inserts: its port's claim, two hash-table inserts)",
+        "a new mapping's table writes alone (bench_inserts: its port's claim and its session's insert)",
     ),
     (
         "fragment_outbound",
@@ -235,10 +235,10 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
 fn new_flow_why(data: &Output, new: f64, established: f64) -> String {
     let added = new - established;
     let generic = format!(
-        "a new flow adds {added:.0} ns: its port's claim (a compare-and-swap in PORT_OWNERS), \
-         the mapping's outbound half and the session (two BPF_NOEXIST inserts, each a \
-         hash-table element taken from the kernel's free list and linked into a bucket under \
-         its lock), and the lookups that miss before them"
+        "a new flow adds {added:.0} ns: its port's claim (a compare-and-swap in PORT_OWNERS, \
+         which is the whole mapping when it keeps the LAN port, as here), the session's \
+         insert (a hash-table element taken from the kernel's free list and linked into a \
+         bucket under its lock), and the lookups that miss before them"
     );
     let Some(inserts) = data
         .cases
@@ -248,12 +248,11 @@ fn new_flow_why(data: &Output, new: f64, established: f64) -> String {
         return generic;
     };
     format!(
-        "{generic}; those writes alone (bench_inserts: the same claim and keys into the same \
+        "{generic}; those writes alone (bench_inserts: the same claim and key into the same \
          tables, nothing else, the program's parse and clock read included) take {inserts:.0} \
          ns over the baseline, {:.0}% of what a new flow adds, so that no new flow can cost \
-         less than {:.0} ns here ({:.1}x) while a mapping is two hash-table inserts. The next \
-         insert to go: a mapping that keeps its endpoint's own port needs no outbound half, \
-         its port's slot already naming the endpoint",
+         less than {:.0} ns here ({:.1}x) while it makes a session by a kernel hash-table \
+         insert",
         100.0 * inserts / added,
         established + inserts,
         (established + inserts) / established,
