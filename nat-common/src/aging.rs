@@ -230,7 +230,10 @@ mod tests {
         assert_eq!(port_slot(PROTO_ICMP, 65535), Some(PORT_SLOTS - 1));
         assert_eq!(port_slot(47, 1), None);
         for (proto, port) in [(PROTO_TCP, 0), (PROTO_UDP, 65535), (PROTO_ICMP, 4242)] {
-            assert_eq!(slot_port(port_slot(proto, port).unwrap()), Some((proto, port)));
+            assert_eq!(
+                slot_port(port_slot(proto, port).unwrap()),
+                Some((proto, port))
+            );
         }
         assert_eq!(slot_port(PORT_SLOTS), None);
     }

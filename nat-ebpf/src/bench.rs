@@ -61,9 +61,13 @@ use crate::{
 #[map(name = "BENCH_TEMPLATE")]
 static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 
-/// Packets generated so far on this CPU: picks the next flow.
+/// Packets generated so far: picks the next flow. One counter, not one
+/// per CPU: a BPF_PROG_TEST_RUN loop may move to another CPU when it
+/// yields, and a per-CPU count would then replay the flows from that CPU's
+/// count, so that a run of "new" flows met mappings of its own. Only one
+/// generator or test run uses it at a time.
 #[map(name = "BENCH_SEQ")]
-static BENCH_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static BENCH_SEQ: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Slot 0: the program `bench_restore` hands the packet to.
 #[map(name = "BENCH_NEXT")]
@@ -100,7 +104,8 @@ fn restore_template(ctx: &impl NatContext) -> Option<()> {
     }
     if template.flows > 1 {
         let seq = BENCH_SEQ.get_ptr_mut(0)?;
-        // SAFETY: a per-CPU slot, touched only by this CPU.
+        // SAFETY: a map value; only the one running generator or test
+        // run touches it.
         let n = unsafe {
             let n = *seq;
             *seq = n + 1;
@@ -137,7 +142,8 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_sink(_ctx: XdpContext) -> u32 {
     if let Some(count) = BENCH_RX.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot, touched only by this CPU.
+        // SAFETY: a map value; only the one running generator or test
+        // run touches it.
         unsafe { *count += 1 };
     }
     xdp_action::XDP_DROP

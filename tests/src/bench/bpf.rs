@@ -5,9 +5,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, DevMapHash, Map, MapData, PerCpuArray, ProgramArray},
     programs::{ProgramFd, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
-    util::nr_cpus,
 };
 use nat_common::{
     bench::{self, BenchTemplate},
@@ -29,7 +28,7 @@ pub const LIVE_BATCH: u32 = 64;
 /// The benchmark maps of one loaded instance of the object.
 pub struct BenchMaps {
     template: Array<MapData, BenchTemplate>,
-    seq: PerCpuArray<MapData, u64>,
+    seq: Array<MapData, u64>,
     next: ProgramArray<MapData>,
     /// The sink's counter: only instances that run the sink use it.
     rx: Option<PerCpuArray<MapData, u64>>,
@@ -78,10 +77,9 @@ impl BenchMaps {
         Ok(())
     }
 
-    /// Restarts the flow sequence on every CPU.
+    /// Restarts the flow sequence.
     pub fn reset_seq(&mut self) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![0u64; nr_cpus().map_err(|(_, e)| e)?])?;
-        self.seq.set(0, zeros, 0)?;
+        self.seq.set(0, 0, 0)?;
         Ok(())
     }
 
