@@ -2,9 +2,10 @@
 //! tables hold many live mappings.
 //!
 //! A "mapping" here is one live conversation: a `SESSIONS` entry (external
-//! port and remote endpoint) on a dynamic mapping (an inbound and an
-//! outbound `BINDINGS` entry). One WAN address has at most 3 x 64512
-//! dynamic mappings (an inbound key is only protocol and external port), so
+//! port and remote endpoint) on a dynamic mapping (its port's `PORT_OWNERS`
+//! slot and, when the port is not its endpoint's own, an outbound
+//! `BINDINGS` entry). One WAN address has at most 3 x 64512 dynamic
+//! mappings (a port is held by one mapping, whatever its remotes), so
 //! beyond 193,536 the extra conversations are further remotes on the same
 //! mappings: 1M live mappings are 1M sessions on 193,536 mappings. Every
 //! size runs with the same table sizes, so that only how full they are

@@ -220,9 +220,10 @@ pub fn detail(data: &Output, md: &mut String) {
     let sizes: Vec<u64> = data.sizes.iter().map(|&n| u64::from(n)).collect();
     let _ = writeln!(
         md,
-        "A mapping is one live conversation: a SESSIONS entry on a dynamic mapping (a BINDINGS \
-         pair). One WAN address holds at most {} dynamic mappings (an inbound key is protocol \
-         and external port), so beyond that the conversations are further remotes on the same \
+        "A mapping is one live conversation: a SESSIONS entry on a dynamic mapping (its port's \
+         PORT_OWNERS slot, and a BINDINGS entry when the port is not its endpoint's own). One \
+         WAN address holds at most {} dynamic mappings (a port is held by one mapping, whatever \
+         its remotes), so beyond that the conversations are further remotes on the same \
          mappings. Tables: {} (same for every size). Router: {}. Flow sets: 1 flow, a hot set \
          of {} flows (the same at every size), and all = as many of the LAN host's UDP \
          mappings as the size has (at most 64512).\n",
