@@ -244,13 +244,14 @@ impl PortOwner {
         Self::endpoint_of(self.owner)
     }
 
-    /// Whether this slot, of `port`, is the whole of `key`'s mapping: a
-    /// mapping whose external port is its endpoint's own has no
-    /// `BINDINGS` entry (the slot already names the endpoint and the
-    /// remote it is for), which spares a new flow a hash-table insert.
-    pub fn own_port_mapping_of(&self, key: &BindingKey, port: u16) -> bool {
-        key.port == port
-            && self.owner == Self::owner_word(key.addr, key.port)
+    /// Whether this slot, the one of `key`'s own port, is the whole of
+    /// `key`'s mapping: a mapping whose external port is its endpoint's own
+    /// has no `BINDINGS` entry (the slot already names the endpoint and
+    /// the remote it is for), which spares a new flow a hash-table insert.
+    /// The datapath asks the same of a live slot in `ports::own_port_mapping`,
+    /// reading the owner word once.
+    pub fn own_port_mapping_of(&self, key: &BindingKey) -> bool {
+        self.owner == Self::owner_word(key.addr, key.port)
             && self.remote_addr == key.remote_addr
             && self.remote_port == key.remote_port
     }

@@ -72,7 +72,7 @@ pub fn owner(proto: u8, port: u16) -> Option<Endpoint> {
 }
 
 /// Claims `port` for the mapping whose outbound half `outbound` keys (its
-/// internal endpoint and the remote it is for): `None` when another
+/// internal endpoint and the remote it is for): `false` when another
 /// mapping holds it.
 #[inline(always)]
 pub fn claim(port: u16, outbound: &BindingKey, now: u64) -> bool {
@@ -112,8 +112,9 @@ pub fn unclaim(proto: u8, port: u16) {
 }
 
 /// The stamp of `key`'s mapping if it kept its endpoint's own port (and
-/// so is all in its port's slot, `PortOwner::own_port_mapping_of`), for
-/// the packet to refresh.
+/// so is all in its port's slot: `PortOwner::own_port_mapping_of`, asked
+/// of the live slot with the owner word read once), for the packet to
+/// refresh.
 #[inline(always)]
 pub fn own_port_mapping(key: &BindingKey) -> Option<*mut u64> {
     let slot = slot(key.proto, key.port)?;

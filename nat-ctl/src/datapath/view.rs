@@ -66,13 +66,17 @@ impl MapView {
     /// key), wherever it is kept: in its port's slot when it kept its
     /// endpoint's own port, else in `BINDINGS`.
     pub fn mapped_port(&self, key: &BindingKey) -> Result<Option<u16>> {
-        if self
-            .port_owner(key.proto, key.port)?
-            .is_some_and(|owner| owner.own_port_mapping_of(key, key.port))
-        {
+        if self.has_own_port_mapping(key)? {
             return Ok(Some(key.port));
         }
         Ok(self.binding(key)?.map(|binding| binding.port))
+    }
+
+    /// Whether `key`'s mapping is its own port's slot alone.
+    fn has_own_port_mapping(&self, key: &BindingKey) -> Result<bool> {
+        Ok(self
+            .port_owner(key.proto, key.port)?
+            .is_some_and(|owner| owner.own_port_mapping_of(key)))
     }
 
     /// Who holds a dynamic mapping's external port (its inbound half),
@@ -217,10 +221,7 @@ impl MapView {
 
     /// Removes `key`'s mapping, both halves, if it has one.
     pub fn remove_mapping(&mut self, key: &BindingKey) -> Result<()> {
-        if self
-            .port_owner(key.proto, key.port)?
-            .is_some_and(|owner| owner.own_port_mapping_of(key, key.port))
-        {
+        if self.has_own_port_mapping(key)? {
             return self.set_port_owner(key.proto, key.port, PortOwner::default());
         }
         let Some(binding) = self.binding(key)? else {
