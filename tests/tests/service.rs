@@ -93,15 +93,37 @@ fn metrics_are_scraped_during_traffic_and_agree_with_natctl_stats() {
         assert_eq!(lab.wan_tcp_reaches(8080, &server).ip(), WAN_HOST);
     }
 
-    let scraped = samples(&scrape(&lab).unwrap());
-    let stats = lab.counters().unwrap();
-    for name in ["forwarded", "snat", "wan_rx", "lan_rx"] {
-        assert_eq!(
-            counter(&scraped, name),
-            stats[name] as f64,
-            "{name}: the scrape and natctl stats disagree"
-        );
-    }
+    // The LAN keeps talking on its own (a last ACK, neighbour discovery), so
+    // a counter may move between two readings. Counters only grow: natctl's
+    // reading must lie between a scrape before it and one after it, and in a
+    // quiet moment, when both scrapes agree, it must equal them.
+    const COMPARED: [&str; 4] = ["forwarded", "snat", "wan_rx", "lan_rx"];
+    let scraped = wait_for(
+        "a quiet moment to compare the scrape with natctl stats",
+        Duration::from_secs(20),
+        || {
+            let before = samples(&scrape(&lab).unwrap());
+            let stats = lab.counters().unwrap();
+            let after = samples(&scrape(&lab).unwrap());
+            for name in COMPARED {
+                let (low, read, high) = (
+                    counter(&before, name),
+                    stats[name] as f64,
+                    counter(&after, name),
+                );
+                assert!(
+                    low <= read && read <= high,
+                    "{name}: natctl stats read {read}, outside the scrapes around it \
+                     ({low} before, {high} after)"
+                );
+            }
+            COMPARED
+                .iter()
+                .all(|name| counter(&before, name) == counter(&after, name))
+                .then_some(after)
+        },
+    )
+    .unwrap();
     assert!(counter(&scraped, "forwarded") >= 3.0, "{scraped:?}");
     // The rule's own hits, and the rule counted by its type.
     let rule_in = (
