@@ -59,7 +59,10 @@ pub struct Output {
     /// fragment of a tracked datagram: the fragment path's cost); in TC
     /// mode `tc_restore_only`, `tc_established_outbound`,
     /// `tc_established_inbound`, `tc_fragment_outbound`,
-    /// `tc_fragment_inbound` (their ratios against `tc_restore_only`).
+    /// `tc_fragment_inbound` (their ratios against `tc_restore_only`);
+    /// `established_outbound_many`, `established_inbound_many`,
+    /// `forwarded_inbound_many`: the same as their one-flow cases over
+    /// `MANY_FLOWS` flows, one after another.
     pub cases: BTreeMap<String, CaseOutput>,
     /// The size of each program the cases run, by program name.
     #[serde(default)]
@@ -89,6 +92,11 @@ pub struct CaseOutput {
 
 /// Source ports of the new flows: a range no other case uses.
 pub const NEW_FLOW_BASE_PORT: u16 = 20000;
+
+/// Flows of the `*_many` cases, as many as part 1's many-flow rows: ports
+/// `FLOW_BASE_PORT..NEW_FLOW_BASE_PORT`.
+pub const MANY_FLOWS: u32 = 10_000;
+const _: () = assert!(FLOW_BASE_PORT as u32 + MANY_FLOWS <= NEW_FLOW_BASE_PORT as u32);
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -367,6 +375,40 @@ fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, Bench
         ),
         Vary::Fixed,
     );
+    // The same with MANY_FLOWS flows, as part 1's many-flow rows send them:
+    // the LAN host's source ports from FLOW_BASE_PORT (the one flow above
+    // among them), their replies, and as many remotes on the forwarded
+    // port. Established once here, so that every measurement meets them.
+    let outbound_many = template(&outbound_flow(FLOW_BASE_PORT), Vary::SourcePort(MANY_FLOWS));
+    let forwarded_many = template(
+        &inbound_flow(
+            FLOW_BASE_PORT,
+            std::net::SocketAddrV4::new(ROUTER_WAN, FORWARD_PORT),
+        ),
+        Vary::SourcePort(MANY_FLOWS),
+    );
+    rig.time(programs::LAN, &outbound_many, lan, MANY_FLOWS, XDP_REDIRECT)?;
+    rig.time(
+        programs::WAN,
+        &forwarded_many,
+        wan,
+        MANY_FLOWS,
+        XDP_REDIRECT,
+    )?;
+    let last = FLOW_BASE_PORT + (MANY_FLOWS - 1) as u16;
+    if rig.external_port(last) != Some(last) {
+        bail!(
+            "the last of {MANY_FLOWS} flows did not keep its port {last}: {:?}",
+            rig.external_port(last)
+        );
+    }
+    let reply_many = template(
+        &inbound_flow(
+            SINK_PORT,
+            std::net::SocketAddrV4::new(ROUTER_WAN, FLOW_BASE_PORT),
+        ),
+        Vary::DestinationPort(MANY_FLOWS),
+    );
     Ok(vec![
         ("tc_restore_only", TC_PASS, outbound, lan),
         ("tc_established_outbound", programs::LAN_TC, outbound, lan),
@@ -401,6 +443,14 @@ fn cases(rig: &mut CostRig<'_>) -> Result<Vec<(&'static str, &'static str, Bench
             as_fragment(&reply, 185, false),
             wan,
         ),
+        (
+            "established_outbound_many",
+            programs::LAN,
+            outbound_many,
+            lan,
+        ),
+        ("established_inbound_many", programs::WAN, reply_many, wan),
+        ("forwarded_inbound_many", programs::WAN, forwarded_many, wan),
     ])
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::Output;
 use crate::bench::report::{Row, Verdict, spread_text};
 
-const COST_CASES: [(&str, &str); 16] = [
+const COST_CASES: [(&str, &str); 19] = [
     ("minimal", "minimal XDP program (xdp_pass run directly)"),
     (
         "restore_only",
@@ -22,6 +22,18 @@ const COST_CASES: [(&str, &str); 16] = [
         "NAT, established flow WAN -> LAN (reply)",
     ),
     ("forwarded_inbound", "NAT, WAN -> LAN on a forwarded port"),
+    (
+        "established_outbound_many",
+        "NAT, established flows LAN -> WAN, 10000 flows in turn",
+    ),
+    (
+        "established_inbound_many",
+        "NAT, established flows WAN -> LAN (replies), 10000 flows in turn",
+    ),
+    (
+        "forwarded_inbound_many",
+        "NAT, WAN -> LAN on a forwarded port, 10000 remotes in turn",
+    ),
     ("new_flow", "NAT, new flow (creates a mapping)"),
     (
         "inserts_only",
@@ -197,6 +209,7 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
             },
         });
     }
+    many_flow_rows(data, rows);
     for case in [
         "forwarded_inbound",
         "new_flow",
@@ -226,6 +239,48 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
         }
     }
     tc_rows(data, rows);
+}
+
+/// What many flows cost the program itself, beside one: the same packet
+/// path, only each packet's flow state elsewhere in the tables, so the
+/// difference is what reaching it costs (cache and TLB misses). Part 1's
+/// many-flow rows pay this on the router's core.
+fn many_flow_rows(data: &Output, rows: &mut Vec<Row>) {
+    for (many, one, what) in [
+        (
+            "established_outbound_many",
+            "established_outbound",
+            "NAT, established LAN -> WAN: 10000 flows vs 1, the program alone",
+        ),
+        (
+            "established_inbound_many",
+            "established_inbound",
+            "NAT, established WAN -> LAN (replies): 10000 flows vs 1, the program alone",
+        ),
+        (
+            "forwarded_inbound_many",
+            "forwarded_inbound",
+            "NAT, WAN -> LAN on a forwarded port: 10000 remotes vs 1, the program alone",
+        ),
+    ] {
+        let ns_of = |case: &str| data.cases.get(case).and_then(|c| c.ns.median());
+        let (Some(many_ns), Some(one_ns)) = (ns_of(many), ns_of(one)) else {
+            continue;
+        };
+        let ratio = paired_ratio(data, one, many).unwrap_or(one_ns / many_ns);
+        rows.push(Row {
+            part: 3,
+            what: what.to_owned(),
+            target: "- (as a rate)".to_owned(),
+            measured: format!(
+                "{ratio:.2}x ({many_ns:.0} vs {one_ns:.0} ns per packet: {:.0} ns more for \
+                 reaching each packet's flow among 10000)",
+                many_ns - one_ns
+            ),
+            verdict: Verdict::Info,
+            why: String::new(),
+        });
+    }
 }
 
 /// Why a new flow costs more than 3x an established packet, in the run's
