@@ -62,15 +62,27 @@ impl EndpointKey {
     }
 }
 
-/// `FORWARD_HINTS` has `1 << FORWARD_HINT_BITS` slots: each the number of
-/// `FORWARDS` keys whose [`EndpointKey::hint_slot`] it is. A packet looks
-/// its key up in `FORWARDS` only where the count is not 0, so that the
-/// hash-table miss almost every packet would pay (most flows are no rule's)
-/// becomes an array read. The daemon counts a key before it inserts it and
-/// uncounts it after it removes it: a count is never lower than the keys
-/// it stands for.
+/// Where `slot` is in `FORWARD_HINTS`: the index of its word and its bit
+/// in that word.
+pub const fn hint_word_of(slot: u32) -> (u32, u64) {
+    (slot / 64, 1 << (slot % 64))
+}
+
+/// `FORWARD_HINTS` is a bitmap of `1 << FORWARD_HINT_BITS` slots: a slot's
+/// bit is set while a `FORWARDS` key has it as its
+/// [`EndpointKey::hint_slot`]. A packet looks its key up in `FORWARDS` only
+/// where the bit is set, so that the hash-table miss almost every packet
+/// would pay (most flows are no rule's) becomes an array read. Bits, not
+/// counts: at 8 KiB the map stays in the L1 cache, where an array of
+/// 65,536 counts (256 KiB) cost a flow of its own a cache line, a miss
+/// per packet once flows are many. The daemon counts each slot's keys in
+/// its own memory (from `FORWARDS` when it opens the maps), sets a bit
+/// before it inserts its slot's first key and clears it after it removes
+/// the last: a bit is never clear while a key it stands for is there.
 pub const FORWARD_HINT_BITS: u32 = 16;
 pub const FORWARD_HINT_SLOTS: u32 = 1 << FORWARD_HINT_BITS;
+/// `FORWARD_HINTS`' entries: 64 slots to a word.
+pub const FORWARD_HINT_WORDS: u32 = FORWARD_HINT_SLOTS / 64;
 
 /// Key of `BINDINGS`, which holds the outbound halves of dynamic mappings:
 /// like an outbound [`EndpointKey`] (`direction` is always
@@ -430,6 +442,73 @@ pub struct NatConfig {
     /// the datapath's cached routes of an older epoch are looked up again
     /// (`egress`).
     pub route_epoch: u32,
+    /// The external ports static rules hold, which a new mapping skips.
+    /// Written with the rules, by the daemon alone (a write of the rest of
+    /// the configuration keeps them).
+    pub rule_ports: RulePorts,
+}
+
+/// Words of [`RulePorts`]: a bit for each [`port_slot`].
+pub const RULE_PORT_WORDS: usize = (PORT_SLOTS / 64) as usize;
+
+/// A bit for each (protocol, external port) a `FORWARDS` inbound key holds,
+/// by [`port_slot`]: set before the key is inserted, cleared after it is
+/// removed. In `CONFIG`'s value, which every packet has at hand, so that a
+/// new mapping's port search asks no hash table and puts no key on the
+/// stack for each port it tries: a `FORWARDS` lookup that missed cost a
+/// new flow about 130 ns (bench part 3), and a `FORWARD_HINTS` lookup in
+/// the loop took `nat_lan_tc` past the verifier's 512-byte stack. 24 KiB.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RulePorts {
+    pub words: [u64; RULE_PORT_WORDS],
+}
+
+impl RulePorts {
+    /// Whether a rule holds `port` of `proto` (never, for a protocol
+    /// without ports).
+    #[inline(always)]
+    pub fn holds(&self, proto: u8, port: u16) -> bool {
+        match port_slot(proto, port) {
+            Some(slot) => {
+                let (word, bit) = hint_word_of(slot);
+                // `get`: the verifier sees the index bounded.
+                self.words
+                    .get(word as usize)
+                    .is_some_and(|bits| bits & bit != 0)
+            }
+            None => false,
+        }
+    }
+
+    /// Marks `port` of `proto` held by a rule, or no longer held.
+    pub fn set(&mut self, proto: u8, port: u16, held: bool) {
+        if let Some(slot) = port_slot(proto, port) {
+            let (word, bit) = hint_word_of(slot);
+            let bits = &mut self.words[word as usize];
+            if held {
+                *bits |= bit;
+            } else {
+                *bits &= !bit;
+            }
+        }
+    }
+}
+
+impl Default for RulePorts {
+    fn default() -> Self {
+        Self {
+            words: [0; RULE_PORT_WORDS],
+        }
+    }
+}
+
+impl core::fmt::Debug for RulePorts {
+    /// How many ports, not 3,072 words.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let held: u32 = self.words.iter().map(|word| word.count_ones()).sum();
+        write!(f, "RulePorts({held} held)")
+    }
 }
 
 /// Source ports below this are mapped into `NatConfig::low_port_min..=
@@ -455,7 +534,9 @@ pub const LOW_PORTS_END: u16 = 1024;
 /// 7: `NatConfig::route_epoch`.
 /// 8: a mapping's inbound half in `PORT_OWNERS` (pinned), not `BINDINGS`,
 /// whose `Binding` lost the remote fields (16 bytes).
-pub const DATAPATH_LAYOUT: u32 = 8;
+/// 9: `FORWARD_HINTS` a bitmap of `u64` words, not an array of counts;
+/// `NatConfig::rule_ports`.
+pub const DATAPATH_LAYOUT: u32 = 9;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -908,6 +989,24 @@ mod tests {
     /// `FORWARD_HINTS`, so that a few rules leave almost every packet's
     /// slot at 0 (nothing to look up).
     #[test]
+    fn rule_ports_hold_each_protocols_ports_apart() {
+        let mut ports = RulePorts::default();
+        ports.set(PROTO_TCP, 40000, true);
+        ports.set(PROTO_ICMP, 65535, true);
+        assert!(ports.holds(PROTO_TCP, 40000));
+        assert!(!ports.holds(PROTO_UDP, 40000));
+        assert!(!ports.holds(PROTO_TCP, 40001));
+        assert!(ports.holds(PROTO_ICMP, 65535));
+        // GRE and the like have no ports to hold.
+        ports.set(47, 40000, true);
+        assert!(!ports.holds(47, 40000));
+        ports.set(PROTO_TCP, 40000, false);
+        assert!(!ports.holds(PROTO_TCP, 40000));
+        let held: u32 = ports.words.iter().map(|word| word.count_ones()).sum();
+        assert_eq!(held, 1);
+    }
+
+    #[test]
     fn forward_hint_slots_spread_nearby_keys() {
         let mut seen = [false; FORWARD_HINT_SLOTS as usize];
         let mut distinct = 0;
@@ -954,7 +1053,7 @@ mod tests {
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
-        assert_eq!(size_of::<NatConfig>(), 40);
+        assert_eq!(size_of::<NatConfig>(), 40 + 8 * RULE_PORT_WORDS);
         assert_eq!(size_of::<bench::BenchTemplate>(), 152);
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);

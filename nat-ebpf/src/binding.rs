@@ -128,7 +128,7 @@ fn create_binding(
             with_parity_of(own_port, random, port_min, port_min + span - 1)
         };
         let port = candidate as u16;
-        if rule_holds_port(proto, port) {
+        if rule_holds_port(config, proto, port) {
             continue;
         }
         if !ports::claim(port, &outbound, now) {

@@ -78,10 +78,8 @@ pub fn in_prefix(addr: [u8; 4], net: [u8; 4], prefix_len: u8) -> bool {
 /// `FORWARD_HINTS` says no key of its slot is there.
 #[inline(always)]
 fn forward(key: EndpointKey) -> Option<Forward> {
-    if FORWARD_HINTS
-        .get(key.hint_slot())
-        .is_some_and(|count| *count == 0)
-    {
+    let (word, bit) = nat_common::hint_word_of(key.hint_slot());
+    if FORWARD_HINTS.get(word).is_some_and(|bits| *bits & bit == 0) {
         return None;
     }
     // SAFETY: only the controller writes FORWARDS; a concurrent update can at
@@ -95,13 +93,11 @@ pub fn forward_inbound(proto: u8, external_port: u16) -> Option<Forward> {
 }
 
 /// Whether a static rule holds `external_port`: for the port search of a
-/// new mapping, which asks `FORWARDS` directly. Each of its probes through
-/// `FORWARD_HINTS` would be one more branch in a loop of `PORT_PROBES`,
-/// past what the verifier explores of `nat_lan`.
+/// new mapping, by `NatConfig::rule_ports`, with no hash-table lookup and
+/// no key on the stack in any of its probes.
 #[inline(always)]
-pub fn rule_holds_port(proto: u8, external_port: u16) -> bool {
-    // SAFETY: a map lookup, only tested for presence.
-    unsafe { FORWARDS.get(EndpointKey::inbound(proto, external_port)) }.is_some()
+pub fn rule_holds_port(config: &NatConfig, proto: u8, external_port: u16) -> bool {
+    config.rule_ports.holds(proto, external_port)
 }
 
 /// The static rule whose internal server is `internal`: its `port` is the

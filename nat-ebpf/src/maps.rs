@@ -6,7 +6,7 @@ use aya_ebpf::{
 use nat_common::{
     ALLOWED_REMOTES_MAX, AllowedRemote, Binding, BindingKey, COUNTER_COUNT, CounterValue,
     DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX,
-    EndpointKey, FORWARD_HINT_SLOTS, FRAGS_MAX, Forward, FragEntry, FragKey, MAX_RULES,
+    EndpointKey, FORWARD_HINT_WORDS, FRAGS_MAX, Forward, FragEntry, FragKey, MAX_RULES,
     NEW_CONNECTIONS_BYTES, NatConfig, PORT_SLOTS, PortOwner, RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX,
     RelayTarget, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
 };
@@ -28,10 +28,11 @@ pub static CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 pub static FORWARDS: HashMap<EndpointKey, Forward> =
     HashMap::with_max_entries(DEFAULT_FORWARDS_MAX, 0);
 
-/// How many `FORWARDS` keys hash to each slot (`EndpointKey::hint_slot`),
-/// written only by the controller: 0 says there is nothing to look up.
+/// One bit per slot (`EndpointKey::hint_slot`) that some `FORWARDS` key
+/// hashes to, written only by the controller: a clear bit says there is
+/// nothing to look up (see `nat_common::FORWARD_HINT_BITS`).
 #[map(name = "FORWARD_HINTS")]
-pub static FORWARD_HINTS: Array<u32> = Array::with_max_entries(FORWARD_HINT_SLOTS, 0);
+pub static FORWARD_HINTS: Array<u64> = Array::with_max_entries(FORWARD_HINT_WORDS, 0);
 
 /// The outbound halves of dynamic mappings, created here on the first
 /// outbound packet. A plain hash (not LRU): evicting a live mapping under

@@ -215,6 +215,24 @@ impl PacketLab {
         Ok(())
     }
 
+    /// Removes the forwarding entry `forward` added for `spec`.
+    pub fn unforward(&mut self, spec: &str) -> Result<()> {
+        let rule: ForwardRule = spec.parse()?;
+        // Removal goes by key: the rule id the entries carry is not asked.
+        self.datapath
+            .maps_mut()
+            .writer()
+            .apply(&MapChange::between(&rule.entries(0), &Default::default()))?;
+        Ok(())
+    }
+
+    /// Writes the configuration again, as a daemon's reload does.
+    pub fn rewrite_config(&mut self) -> Result<()> {
+        let config = self.config;
+        self.datapath.maps_mut().writer().set_config(&config)?;
+        Ok(())
+    }
+
     fn run(
         &mut self,
         xdp: &'static str,

@@ -217,6 +217,34 @@ fn a_port_held_by_a_static_forward_is_never_taken() {
         snat(&mut lab, &udp(ep(LAN_HOST2, 40000), ep(REMOTE, 53), b"x")),
         40000
     );
+    // A configuration written again (a reload) keeps the rule's port held.
+    lab.rewrite_config().unwrap();
+    assert_ne!(
+        snat(
+            &mut lab,
+            &tcp(
+                ep(Ipv4Addr::new(192, 168, 0, 21), 40000),
+                ep(REMOTE, 443),
+                SYN,
+                b""
+            )
+        ),
+        40000
+    );
+    // Once the rule is gone, its port is a new mapping's again.
+    lab.unforward("tcp/40000=192.168.0.12:80").unwrap();
+    assert_eq!(
+        snat(
+            &mut lab,
+            &tcp(
+                ep(Ipv4Addr::new(192, 168, 0, 22), 40000),
+                ep(REMOTE, 443),
+                SYN,
+                b""
+            )
+        ),
+        40000
+    );
 
     // With the forwarded port the whole range, there is nothing to take.
     let mut lab = lab_with(|c| {

@@ -190,8 +190,10 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
             .octets(),
         low_port_min: config.nat.low_ports.first,
         low_port_max: config.nat.low_ports.last,
-        // Set by the writer, which moves it on with every write.
+        // Set by the writer, which moves it on with every write and keeps
+        // the ports of the rules it wrote.
         route_epoch: 0,
+        rule_ports: Default::default(),
     }
 }
 

@@ -95,15 +95,18 @@ impl Maps {
         // The writer zeroes a new rule's counters, the view reads them: two
         // handles on one map.
         let rule_counters_view = second_handle(names::RULE_COUNTERS, &rule_counters)?;
+        let mut writer = MapWriter {
+            config: open!(names::CONFIG),
+            egress: open!(names::EGRESS),
+            forwards: open!(names::FORWARDS),
+            forward_hints: open!(names::FORWARD_HINTS),
+            hint_counts: Default::default(),
+            allowed_remotes: open!(names::ALLOWED_REMOTES),
+            rule_counters: typed(names::RULE_COUNTERS, rule_counters)?,
+        };
+        writer.recount_hints()?;
         Ok(Self {
-            writer: MapWriter {
-                config: open!(names::CONFIG),
-                egress: open!(names::EGRESS),
-                forwards: open!(names::FORWARDS),
-                forward_hints: open!(names::FORWARD_HINTS),
-                allowed_remotes: open!(names::ALLOWED_REMOTES),
-                rule_counters: typed(names::RULE_COUNTERS, rule_counters)?,
-            },
+            writer,
             view: MapView {
                 bindings: open!(names::BINDINGS),
                 port_owners: open!(names::PORT_OWNERS),

@@ -4,7 +4,12 @@
 use aya::maps::{
     Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::LpmTrie,
 };
-use nat_common::{AllowedRemote, EndpointKey, Forward, NatConfig, RuleCounters, maps as names};
+use std::collections::HashMap as StdHashMap;
+
+use nat_common::{
+    AllowedRemote, DIR_INBOUND, EndpointKey, FORWARD_HINT_WORDS, Forward, NatConfig, RuleCounters,
+    RulePorts, hint_word_of, maps as names,
+};
 
 use super::{DatapathError, MapChange, Result, Step, is_not_found, map_error};
 use crate::rules::{AllowEntry, RuleEntries};
@@ -13,28 +18,88 @@ pub struct MapWriter {
     pub(super) config: Array<MapData, NatConfig>,
     pub(super) egress: DevMapHash<MapData>,
     pub(super) forwards: HashMap<MapData, EndpointKey, Forward>,
-    pub(super) forward_hints: Array<MapData, u32>,
+    pub(super) forward_hints: Array<MapData, u64>,
+    /// How many `FORWARDS` keys each `FORWARD_HINTS` slot stands for, by
+    /// slot (slots with none left out): the bitmap alone cannot say when
+    /// a removal leaves its slot empty.
+    pub(super) hint_counts: StdHashMap<u32, u32>,
     pub(super) allowed_remotes: LpmTrie<MapData, AllowedRemote, u8>,
     pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
 }
 
 impl MapWriter {
+    /// Counts the slots of the keys `FORWARDS` holds (none in a fresh
+    /// datapath; a pinned one's rules) and writes the bitmap they make, and
+    /// the ports their inbound keys hold: called once, when the maps are
+    /// opened, before any change.
+    pub(super) fn recount_hints(&mut self) -> Result<()> {
+        let mut counts = StdHashMap::new();
+        let mut rule_ports = RulePorts::default();
+        for key in self.forwards.keys() {
+            let key = key.map_err(map_error(names::FORWARDS))?;
+            *counts.entry(key.hint_slot()).or_insert(0u32) += 1;
+            if key.direction == DIR_INBOUND {
+                rule_ports.set(key.proto, key.port, true);
+            }
+        }
+        let config = self.config()?;
+        if config.rule_ports != rule_ports {
+            self.write_config(&NatConfig {
+                rule_ports,
+                ..config
+            })?;
+        }
+        let mut words = vec![0u64; FORWARD_HINT_WORDS as usize];
+        for slot in counts.keys() {
+            let (word, bit) = hint_word_of(*slot);
+            words[word as usize] |= bit;
+        }
+        for (index, word) in (0..).zip(words) {
+            let error = map_error(names::FORWARD_HINTS);
+            if self.forward_hints.get(&index, 0).map_err(error)? != word {
+                self.forward_hints
+                    .set(index, word, 0)
+                    .map_err(map_error(names::FORWARD_HINTS))?;
+            }
+        }
+        self.hint_counts = counts;
+        Ok(())
+    }
+
     pub fn config(&self) -> Result<NatConfig> {
         self.config.get(&0, 0).map_err(map_error(names::CONFIG))
     }
 
-    /// Writes `config` with the next route epoch (its own `route_epoch` is
-    /// ignored): a new configuration may move the NICs or the WAN address,
-    /// and the datapath's cached routes are then looked up afresh.
+    /// Writes `config` with the next route epoch and the ports the rules
+    /// hold now (its own `route_epoch` and `rule_ports` are ignored): a new
+    /// configuration may move the NICs or the WAN address, and the
+    /// datapath's cached routes are then looked up afresh.
     pub fn set_config(&mut self, config: &NatConfig) -> Result<()> {
-        let epoch = self.config()?.route_epoch.wrapping_add(1);
+        let running = self.config()?;
         let config = NatConfig {
-            route_epoch: epoch,
+            route_epoch: running.route_epoch.wrapping_add(1),
+            rule_ports: running.rule_ports,
             ..*config
         };
+        self.write_config(&config)
+    }
+
+    fn write_config(&mut self, config: &NatConfig) -> Result<()> {
         self.config
             .set(0, config, 0)
             .map_err(map_error(names::CONFIG))
+    }
+
+    /// Marks the port of an inbound `FORWARDS` key held by a rule, or no
+    /// longer held, in `NatConfig::rule_ports` (an outbound key holds no
+    /// port).
+    fn mark_rule_port(&mut self, key: &EndpointKey, held: bool) -> Result<()> {
+        if key.direction != DIR_INBOUND {
+            return Ok(());
+        }
+        let mut config = self.config()?;
+        config.rule_ports.set(key.proto, key.port, held);
+        self.write_config(&config)
     }
 
     /// The kernel's routes, neighbours, links or addresses changed: the
@@ -114,22 +179,33 @@ impl MapWriter {
                 _ => Ok(()),
             },
             Step::PutForward(key, value) => {
-                // Counted before it is there, so that no packet skips it.
+                // Counted and its port marked before it is there, so that
+                // no packet skips it and no new mapping takes its port.
                 let new_key = self.forward(&key)?.is_none();
                 if new_key {
                     self.count_hint(&key, true)?;
+                    if let Err(error) = self.mark_rule_port(&key, true) {
+                        let _ = self.count_hint(&key, false);
+                        return Err(error);
+                    }
                 }
                 self.forwards.insert(key, value, 0).map_err(|error| {
                     if new_key {
                         let _ = self.count_hint(&key, false);
+                        let _ = self.mark_rule_port(&key, false);
                     }
                     map_error(names::FORWARDS)(error)
                 })
             }
             Step::RemoveForward(key) => match self.forwards.remove(&key) {
-                // Uncounted once it is gone; should that fail, the count
-                // stays high, which costs a packet a lookup, never a rule.
-                Ok(()) => self.count_hint(&key, false),
+                // Uncounted and its port freed once it is gone; should that
+                // fail, the count stays high, which costs a packet a
+                // lookup, and the port stays out of the new mappings'
+                // reach, never a rule lost.
+                Ok(()) => {
+                    self.count_hint(&key, false)?;
+                    self.mark_rule_port(&key, false)
+                }
                 Err(error) if !is_not_found(&error) => Err(map_error(names::FORWARDS)(error)),
                 Err(_) => Ok(()),
             },
@@ -137,20 +213,34 @@ impl MapWriter {
     }
 
     /// One more (`up`) or one fewer `FORWARDS` key in `key`'s slot of
-    /// `FORWARD_HINTS` (see `nat_common::FORWARD_HINT_BITS`). A
-    /// read-modify-write: this writer is the map's only one.
+    /// `FORWARD_HINTS` (see `nat_common::FORWARD_HINT_BITS`): its bit set
+    /// as its first key comes, cleared as its last goes. A
+    /// read-modify-write of the bit's word: this writer is the map's only
+    /// one.
     fn count_hint(&mut self, key: &EndpointKey, up: bool) -> Result<()> {
         let slot = key.hint_slot();
-        let error = map_error(names::FORWARD_HINTS);
-        let count = self.forward_hints.get(&slot, 0).map_err(error)?;
+        let count = self.hint_counts.get(&slot).copied().unwrap_or(0);
         let count = if up {
             count.saturating_add(1)
         } else {
             count.saturating_sub(1)
         };
-        self.forward_hints
-            .set(slot, count, 0)
-            .map_err(map_error(names::FORWARD_HINTS))
+        let occupied = count > 0;
+        if occupied != self.hint_counts.contains_key(&slot) {
+            let (index, bit) = hint_word_of(slot);
+            let error = map_error(names::FORWARD_HINTS);
+            let word = self.forward_hints.get(&index, 0).map_err(error)?;
+            let word = if occupied { word | bit } else { word & !bit };
+            self.forward_hints
+                .set(index, word, 0)
+                .map_err(map_error(names::FORWARD_HINTS))?;
+        }
+        if occupied {
+            self.hint_counts.insert(slot, count);
+        } else {
+            self.hint_counts.remove(&slot);
+        }
+        Ok(())
     }
 
     fn reset_rule_counters(&mut self, rule_id: u32) -> Result<()> {
