@@ -42,13 +42,7 @@ impl MapWriter {
                 rule_ports.set(key.proto, key.port, true);
             }
         }
-        let config = self.config()?;
-        if config.rule_ports != rule_ports {
-            self.write_config(&NatConfig {
-                rule_ports,
-                ..config
-            })?;
-        }
+        self.write_rule_ports(&rule_ports)?;
         let mut words = vec![0u64; FORWARD_HINT_WORDS as usize];
         for slot in counts.keys() {
             let (word, bit) = hint_word_of(*slot);
@@ -88,18 +82,6 @@ impl MapWriter {
         self.config
             .set(0, config, 0)
             .map_err(map_error(names::CONFIG))
-    }
-
-    /// Marks the port of an inbound `FORWARDS` key held by a rule, or no
-    /// longer held, in `NatConfig::rule_ports` (an outbound key holds no
-    /// port).
-    fn mark_rule_port(&mut self, key: &EndpointKey, held: bool) -> Result<()> {
-        if key.direction != DIR_INBOUND {
-            return Ok(());
-        }
-        let mut config = self.config()?;
-        config.rule_ports.set(key.proto, key.port, held);
-        self.write_config(&config)
     }
 
     /// The kernel's routes, neighbours, links or addresses changed: the
@@ -151,19 +133,69 @@ impl MapWriter {
     /// already taken are undone (best effort: they restore entries that
     /// were just there). Counters of fresh rule ids are zeroed first, so no
     /// packet of a new rule is counted for an old one.
+    ///
+    /// The ports the change's inbound keys hold are marked in
+    /// `NatConfig::rule_ports` before any key goes in, and those of the keys
+    /// it removes freed only once all of it is done (a configuration write
+    /// each, not one per key: a rule for a range of 60,000 ports would
+    /// otherwise write 24 KiB 60,000 times); a failed change puts the bits
+    /// back as they were, with the entries.
     pub fn apply(&mut self, change: &MapChange) -> Result<()> {
         for &rule_id in change.fresh_rule_ids() {
             self.reset_rule_counters(rule_id)?;
         }
+        let before = self.config()?.rule_ports;
+        let mut marked = before;
+        for step in change.steps() {
+            if let Step::PutForward(key, _) = step
+                && key.direction == DIR_INBOUND
+            {
+                marked.set(key.proto, key.port, true);
+            }
+        }
+        self.write_rule_ports(&marked)?;
         for (done, step) in change.steps().enumerate() {
             if let Err(error) = self.step(step) {
                 for undo in change.undo_of(done) {
                     let _ = self.step(undo);
                 }
+                // As they were, but for a key the undo could not take out.
+                let mut restored = before;
+                for step in change.steps() {
+                    if let Step::PutForward(key, _) = step
+                        && key.direction == DIR_INBOUND
+                        && !matches!(self.forward(&key), Ok(None))
+                    {
+                        restored.set(key.proto, key.port, true);
+                    }
+                }
+                let _ = self.write_rule_ports(&restored);
                 return Err(error);
             }
         }
-        Ok(())
+        let mut held = marked;
+        for step in change.steps() {
+            if let Step::RemoveForward(key) = step
+                && key.direction == DIR_INBOUND
+                && self.forward(&key)?.is_none()
+            {
+                held.set(key.proto, key.port, false);
+            }
+        }
+        self.write_rule_ports(&held)
+    }
+
+    /// `NatConfig::rule_ports` as `ports` says, the rest of the
+    /// configuration as it is (no write when nothing changes).
+    fn write_rule_ports(&mut self, ports: &RulePorts) -> Result<()> {
+        let config = self.config()?;
+        if config.rule_ports == *ports {
+            return Ok(());
+        }
+        self.write_config(&NatConfig {
+            rule_ports: *ports,
+            ..config
+        })
     }
 
     fn step(&mut self, step: Step) -> Result<()> {
@@ -179,33 +211,24 @@ impl MapWriter {
                 _ => Ok(()),
             },
             Step::PutForward(key, value) => {
-                // Counted and its port marked before it is there, so that
-                // no packet skips it and no new mapping takes its port.
+                // Counted before it is there, so that no packet skips it
+                // (its port is marked already: `apply`).
                 let new_key = self.forward(&key)?.is_none();
                 if new_key {
                     self.count_hint(&key, true)?;
-                    if let Err(error) = self.mark_rule_port(&key, true) {
-                        let _ = self.count_hint(&key, false);
-                        return Err(error);
-                    }
                 }
                 self.forwards.insert(key, value, 0).map_err(|error| {
                     if new_key {
                         let _ = self.count_hint(&key, false);
-                        let _ = self.mark_rule_port(&key, false);
                     }
                     map_error(names::FORWARDS)(error)
                 })
             }
             Step::RemoveForward(key) => match self.forwards.remove(&key) {
-                // Uncounted and its port freed once it is gone; should that
-                // fail, the count stays high, which costs a packet a
-                // lookup, and the port stays out of the new mappings'
-                // reach, never a rule lost.
-                Ok(()) => {
-                    self.count_hint(&key, false)?;
-                    self.mark_rule_port(&key, false)
-                }
+                // Uncounted once it is gone (its port is freed by `apply`);
+                // should that fail, the count stays high, which costs a
+                // packet a lookup, never a rule.
+                Ok(()) => self.count_hint(&key, false),
                 Err(error) if !is_not_found(&error) => Err(map_error(names::FORWARDS)(error)),
                 Err(_) => Ok(()),
             },
