@@ -62,9 +62,9 @@ impl EndpointKey {
     }
 }
 
-/// Where `slot` is in `FORWARD_HINTS`: the index of its word and its bit
-/// in that word.
-pub const fn hint_word_of(slot: u32) -> (u32, u64) {
+/// Where `slot` is in a bitmap of `u64` words (`FORWARD_HINTS`,
+/// [`RulePorts`]): the index of its word and its bit in that word.
+pub const fn bit_position(slot: u32) -> (u32, u64) {
     (slot / 64, 1 << (slot % 64))
 }
 
@@ -471,7 +471,7 @@ impl RulePorts {
     pub fn holds(&self, proto: u8, port: u16) -> bool {
         match port_slot(proto, port) {
             Some(slot) => {
-                let (word, bit) = hint_word_of(slot);
+                let (word, bit) = bit_position(slot);
                 // `get`: the verifier sees the index bounded.
                 self.words
                     .get(word as usize)
@@ -484,7 +484,7 @@ impl RulePorts {
     /// Marks `port` of `proto` held by a rule, or no longer held.
     pub fn set(&mut self, proto: u8, port: u16, held: bool) {
         if let Some(slot) = port_slot(proto, port) {
-            let (word, bit) = hint_word_of(slot);
+            let (word, bit) = bit_position(slot);
             let bits = &mut self.words[word as usize];
             if held {
                 *bits |= bit;
@@ -987,25 +987,7 @@ mod tests {
 
     /// Rule keys of nearby ports and hosts land in different slots of
     /// `FORWARD_HINTS`, so that a few rules leave almost every packet's
-    /// slot at 0 (nothing to look up).
-    #[test]
-    fn rule_ports_hold_each_protocols_ports_apart() {
-        let mut ports = RulePorts::default();
-        ports.set(PROTO_TCP, 40000, true);
-        ports.set(PROTO_ICMP, 65535, true);
-        assert!(ports.holds(PROTO_TCP, 40000));
-        assert!(!ports.holds(PROTO_UDP, 40000));
-        assert!(!ports.holds(PROTO_TCP, 40001));
-        assert!(ports.holds(PROTO_ICMP, 65535));
-        // GRE and the like have no ports to hold.
-        ports.set(47, 40000, true);
-        assert!(!ports.holds(47, 40000));
-        ports.set(PROTO_TCP, 40000, false);
-        assert!(!ports.holds(PROTO_TCP, 40000));
-        let held: u32 = ports.words.iter().map(|word| word.count_ones()).sum();
-        assert_eq!(held, 1);
-    }
-
+    /// bit clear (nothing to look up).
     #[test]
     fn forward_hint_slots_spread_nearby_keys() {
         let mut seen = [false; FORWARD_HINT_SLOTS as usize];
@@ -1027,6 +1009,24 @@ mod tests {
         }
         // 4,253 keys in 65,536 slots: random ones would share about 130.
         assert!(distinct > 4_000, "only {distinct} distinct slots");
+    }
+
+    #[test]
+    fn rule_ports_hold_each_protocols_ports_apart() {
+        let mut ports = RulePorts::default();
+        ports.set(PROTO_TCP, 40000, true);
+        ports.set(PROTO_ICMP, 65535, true);
+        assert!(ports.holds(PROTO_TCP, 40000));
+        assert!(!ports.holds(PROTO_UDP, 40000));
+        assert!(!ports.holds(PROTO_TCP, 40001));
+        assert!(ports.holds(PROTO_ICMP, 65535));
+        // GRE and the like have no ports to hold.
+        ports.set(47, 40000, true);
+        assert!(!ports.holds(47, 40000));
+        ports.set(PROTO_TCP, 40000, false);
+        assert!(!ports.holds(PROTO_TCP, 40000));
+        let held: u32 = ports.words.iter().map(|word| word.count_ones()).sum();
+        assert_eq!(held, 1);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub fn in_prefix(addr: [u8; 4], net: [u8; 4], prefix_len: u8) -> bool {
 /// `FORWARD_HINTS` says no key of its slot is there.
 #[inline(always)]
 fn forward(key: EndpointKey) -> Option<Forward> {
-    let (word, bit) = nat_common::hint_word_of(key.hint_slot());
+    let (word, bit) = nat_common::bit_position(key.hint_slot());
     if FORWARD_HINTS.get(word).is_some_and(|bits| *bits & bit == 0) {
         return None;
     }

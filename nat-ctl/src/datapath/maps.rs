@@ -104,7 +104,7 @@ impl Maps {
             allowed_remotes: open!(names::ALLOWED_REMOTES),
             rule_counters: typed(names::RULE_COUNTERS, rule_counters)?,
         };
-        writer.recount_hints()?;
+        writer.rebuild_rule_bitmaps()?;
         Ok(Self {
             writer,
             view: MapView {

@@ -8,7 +8,7 @@ use std::collections::HashMap as StdHashMap;
 
 use nat_common::{
     AllowedRemote, DIR_INBOUND, EndpointKey, FORWARD_HINT_WORDS, Forward, NatConfig, RuleCounters,
-    RulePorts, hint_word_of, maps as names,
+    RulePorts, bit_position, maps as names,
 };
 
 use super::{DatapathError, MapChange, Result, Step, is_not_found, map_error};
@@ -32,7 +32,7 @@ impl MapWriter {
     /// datapath; a pinned one's rules) and writes the bitmap they make, and
     /// the ports their inbound keys hold: called once, when the maps are
     /// opened, before any change.
-    pub(super) fn recount_hints(&mut self) -> Result<()> {
+    pub(super) fn rebuild_rule_bitmaps(&mut self) -> Result<()> {
         let mut counts = StdHashMap::new();
         let mut rule_ports = RulePorts::default();
         for key in self.forwards.keys() {
@@ -45,7 +45,7 @@ impl MapWriter {
         self.write_rule_ports(&rule_ports)?;
         let mut words = vec![0u64; FORWARD_HINT_WORDS as usize];
         for slot in counts.keys() {
-            let (word, bit) = hint_word_of(*slot);
+            let (word, bit) = bit_position(*slot);
             words[word as usize] |= bit;
         }
         for (index, word) in (0..).zip(words) {
@@ -173,13 +173,20 @@ impl MapWriter {
                 return Err(error);
             }
         }
+        // Every step done: the ports of the keys removed and not put back.
         let mut held = marked;
         for step in change.steps() {
             if let Step::RemoveForward(key) = step
                 && key.direction == DIR_INBOUND
-                && self.forward(&key)?.is_none()
             {
                 held.set(key.proto, key.port, false);
+            }
+        }
+        for step in change.steps() {
+            if let Step::PutForward(key, _) = step
+                && key.direction == DIR_INBOUND
+            {
+                held.set(key.proto, key.port, true);
             }
         }
         self.write_rule_ports(&held)
@@ -250,7 +257,7 @@ impl MapWriter {
         };
         let occupied = count > 0;
         if occupied != self.hint_counts.contains_key(&slot) {
-            let (index, bit) = hint_word_of(slot);
+            let (index, bit) = bit_position(slot);
             let error = map_error(names::FORWARD_HINTS);
             let word = self.forward_hints.get(&index, 0).map_err(error)?;
             let word = if occupied { word | bit } else { word & !bit };

@@ -274,8 +274,9 @@ fn many_flow_rows(data: &Output, rows: &mut Vec<Row>) {
             target: "- (as a rate)".to_owned(),
             measured: format!(
                 "{ratio:.2}x ({many_ns:.0} vs {one_ns:.0} ns per packet: {:.0} ns more for \
-                 reaching each packet's flow among 10000)",
-                many_ns - one_ns
+                 reaching each packet's flow among {})",
+                many_ns - one_ns,
+                super::MANY_FLOWS
             ),
             verdict: Verdict::Info,
             why: String::new(),
