@@ -228,6 +228,16 @@ pub struct PortOwner {
     /// refreshed it. 0 from its release until its next claimant has
     /// stamped it, which the sweep leaves alone.
     pub seen_ns: u64,
+    /// How many `BINDINGS` entries have this port as their internal
+    /// endpoint's (a mapping whose endpoint's own port was taken): 0 tells
+    /// a new flow, which reads this slot anyway, that its endpoint has no
+    /// remapped mapping, without a `BINDINGS` miss. Whoever inserts such an
+    /// entry adds one first and whoever removes one takes one off after,
+    /// both atomically, so it is never below the number of entries; it
+    /// counts no matter who holds the port, and is kept when the slot is
+    /// claimed or freed.
+    pub remapped: u32,
+    pub _pad_end: [u8; 4],
 }
 
 /// The mark in [`PortOwner::owner`] that tells a held port from a free one
@@ -536,7 +546,8 @@ pub const LOW_PORTS_END: u16 = 1024;
 /// whose `Binding` lost the remote fields (16 bytes).
 /// 9: `FORWARD_HINTS` a bitmap of `u64` words, not an array of counts;
 /// `NatConfig::rule_ports`.
-pub const DATAPATH_LAYOUT: u32 = 9;
+/// 10: `PortOwner::remapped` (32 bytes).
+pub const DATAPATH_LAYOUT: u32 = 10;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -1044,7 +1055,7 @@ mod tests {
         assert_eq!(size_of::<EndpointKey>(), 8);
         assert_eq!(size_of::<BindingKey>(), 16);
         assert_eq!(size_of::<Binding>(), 16);
-        assert_eq!(size_of::<PortOwner>(), 24);
+        assert_eq!(size_of::<PortOwner>(), 32);
         assert_eq!(size_of::<Forward>(), 12);
         assert_eq!(size_of::<AllowedRemote>(), 8);
         assert_eq!(size_of::<RuleCounters>(), 32);

@@ -138,9 +138,12 @@ extern "C" fn visit_port_owner(
     0
 }
 
+/// Removes an outbound half, and then its count on its endpoint's own
+/// port (`ports::count_remapped`).
 #[inline(always)]
 fn remove_binding(sweep: &mut Sweep, key: &BindingKey) {
     if BINDINGS.remove(key).is_ok() {
+        ports::uncount_remapped(key.proto, key.port);
         sweep.stats.bindings_removed += 1;
     }
 }

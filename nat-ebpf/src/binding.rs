@@ -150,23 +150,26 @@ fn create_binding(
             _pad: [0; 2],
             last_seen_ns: now,
         };
-        match with_binding_key(outbound, |key| {
+        // Counted on the endpoint's own port before it can be found, so
+        // that no reader's `may_be_remapped` ever misses it.
+        ports::count_remapped(proto, internal.port);
+        let inserted = with_binding_key(outbound, |key| {
             BINDINGS.insert(key, outbound_value, BPF_NOEXIST)
-        }) {
-            Ok(()) => return Ok(port),
-            Err(err) if err == -EEXIST => {
-                // Another CPU mapped the same endpoint (toward the same
-                // remote) first: give our port back and use theirs, so
-                // that one key has one mapping.
-                ports::unclaim(proto, port);
-                return binding_outbound(config, proto, internal, remote, now)
-                    .ok_or(Counter::DropTableFull);
-            }
-            Err(_) => {
-                ports::unclaim(proto, port);
-                return Err(Counter::DropTableFull);
-            }
+        });
+        if inserted.is_ok() {
+            return Ok(port);
         }
+        ports::uncount_remapped(proto, internal.port);
+        ports::unclaim(proto, port);
+        return match inserted {
+            // Another CPU mapped the same endpoint (toward the same remote)
+            // first: our port is given back and theirs used, so that one
+            // key has one mapping.
+            Err(err) if err == -EEXIST => {
+                binding_outbound(config, proto, internal, remote, now).ok_or(Counter::DropTableFull)
+            }
+            _ => Err(Counter::DropTableFull),
+        };
     }
     Err(Counter::DropPortExhausted)
 }

@@ -185,11 +185,17 @@ pub fn mapping_key(
 
 /// The external port of `key`'s mapping, and the stamp an outbound packet
 /// refreshes: its port's slot when it kept its endpoint's own port (it has
-/// no outbound half then), else its `BINDINGS` entry.
+/// no outbound half then), else its `BINDINGS` entry, looked up only if
+/// that slot counts any remapped endpoint on its port: a new flow's
+/// endpoint nearly never is, and the miss would cost it a hash and a
+/// bucket's cache line.
 #[inline(always)]
 fn mapping_of(key: BindingKey) -> Option<(u16, *mut u64)> {
     if let Some(stamp) = crate::ports::own_port_mapping(&key) {
         return Some((key.port, stamp));
+    }
+    if !crate::ports::may_be_remapped(key.proto, key.port) {
+        return None;
     }
     let binding = with_binding_key(key, |key| BINDINGS.get_ptr_mut(key))?;
     // SAFETY: a pointer returned by a map lookup.

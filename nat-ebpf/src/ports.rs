@@ -62,6 +62,57 @@ fn swap_owner(slot: *mut PortOwner, current: u64, new: u64) -> bool {
     }
 }
 
+/// Adds `delta` (wrapping: -1 is `u32::MAX`) to `slot`'s count of
+/// remapped mappings (`PortOwner::remapped`), atomically: many CPUs'
+/// mappings and the sweep share one port's count.
+#[inline(always)]
+fn add_remapped(slot: *mut PortOwner, delta: u32) {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::{AtomicOrdering, atomic_xadd};
+        // SAFETY: as in `read_owner`; `remapped` is 4-byte aligned.
+        unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*slot).remapped, delta);
+        }
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU32, Ordering};
+        // SAFETY: as in `read_owner`.
+        unsafe { AtomicU32::from_ptr(&raw mut (*slot).remapped) }
+            .fetch_add(delta, Ordering::SeqCst);
+    }
+}
+
+/// Counts a remapped mapping of an endpoint on `own_port` (a `BINDINGS`
+/// entry), before its entry is inserted.
+#[inline(always)]
+pub fn count_remapped(proto: u8, own_port: u16) {
+    if let Some(slot) = slot(proto, own_port) {
+        add_remapped(slot, 1);
+    }
+}
+
+/// Takes back one [`count_remapped`], after its entry was removed or its
+/// insert failed.
+#[inline(always)]
+pub fn uncount_remapped(proto: u8, own_port: u16) {
+    if let Some(slot) = slot(proto, own_port) {
+        add_remapped(slot, u32::MAX);
+    }
+}
+
+/// Whether an endpoint on `own_port` may have a remapped mapping: `false`
+/// spares its flow a `BINDINGS` lookup that could only miss.
+#[inline(always)]
+pub fn may_be_remapped(proto: u8, own_port: u16) -> bool {
+    // SAFETY: as in `read_owner`; a count read while it changes is the
+    // old or the new one, either of which the caller's lookup agrees with
+    // (an insert counts first, a removal uncounts after).
+    slot(proto, own_port)
+        .is_some_and(|slot| unsafe { core::ptr::read_volatile(&raw const (*slot).remapped) } != 0)
+}
+
 /// The internal endpoint holding `port`, `None` when it is free (or the
 /// protocol has no mappings).
 #[inline(always)]

@@ -134,8 +134,7 @@ fn outbound_half(
     last_seen_ns: u64,
 ) -> Half {
     let key = BindingKey::outbound(proto, internal.0, internal.1);
-    view.bindings_mut()
-        .insert(key, binding(WAN, external_port, last_seen_ns), 0)
+    view.put_binding(key, binding(WAN, external_port, last_seen_ns))
         .expect("inserting an outbound binding");
     (proto, DIR_OUTBOUND, internal.0, internal.1)
 }

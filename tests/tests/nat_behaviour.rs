@@ -64,7 +64,7 @@ fn go_quiet(lab: &mut PacketLab, idle: Duration) {
     let bindings: Vec<_> = view.bindings().iter().map(Result::unwrap).collect();
     for (key, mut binding) in bindings {
         binding.last_seen_ns = now - idle;
-        view.bindings_mut().insert(key, binding, 0).unwrap();
+        view.put_binding(key, binding).unwrap();
     }
     for (proto, port, mut owner) in view.held_ports().unwrap() {
         owner.seen_ns = now - idle;
@@ -451,6 +451,63 @@ fn an_endpoint_keeps_its_mapping_for_every_remote_wherever_it_is_kept() {
         0,
         "its outbound half is gone too"
     );
+}
+
+/// A remapped endpoint (its own port was another host's when it mapped)
+/// keeps its port once its own port is free again: its flow's lookup is
+/// led to `BINDINGS` by the count on its own port's slot
+/// (`PortOwner::remapped`), which the sweep takes back with the mapping,
+/// and then the endpoint's next flow gets its own port.
+#[test]
+fn a_remapped_endpoint_keeps_its_port_when_its_own_port_is_freed() {
+    let mut lab = PacketLab::new().unwrap();
+    let other = BindingKey::outbound(PROTO_UDP, LAN_HOST2.octets(), 40002);
+    let view = lab.datapath.maps_mut().view_mut();
+    view.insert_mapping(
+        other,
+        ROUTER_WAN.octets(),
+        40002,
+        datapath_now_ns(),
+        datapath_now_ns(),
+    )
+    .unwrap();
+    let out = |remote| udp(ep(LAN_HOST, 40002), remote, b"x");
+    let remapped_on = |lab: &PacketLab| {
+        let view = lab.datapath.maps().view();
+        view.remapped_on(PROTO_UDP, 40002).unwrap()
+    };
+    assert_eq!(remapped_on(&lab), 0, "nobody remapped yet");
+    let moved = external_port(&mut lab, &out(ep(REMOTE, 3478)));
+    assert_ne!(moved, 40002, "a held port is not shared");
+    assert_eq!(remapped_on(&lab), 1, "the remapped endpoint is counted");
+
+    // The other host's mapping goes: the own port is free, the count stays.
+    let view = lab.datapath.maps_mut().view_mut();
+    view.remove_mapping(&other).unwrap();
+    assert!(!has_mapping(&lab, 40002));
+    assert_eq!(remapped_on(&lab), 1);
+    for remote in [ep(REMOTE, 3478), ep(OTHER_REMOTE, 53)] {
+        assert_eq!(
+            external_port(&mut lab, &out(remote)),
+            moved,
+            "the endpoint got a second mapping on its freed own port"
+        );
+    }
+    assert!(!has_mapping(&lab, 40002), "its own port was claimed again");
+    assert_counters(&lab, &[("new_binding", 1)]);
+
+    // Swept: both halves and the count go; the next flow keeps its port.
+    go_quiet(&mut lab, Duration::from_secs(400));
+    sweep(&mut lab, 1);
+    assert!(
+        !has_mapping(&lab, moved),
+        "an idle mapping outlived its timeout"
+    );
+    assert_eq!(remapped_on(&lab), 0, "the sweep left the count behind");
+    assert_eq!(external_port(&mut lab, &out(ep(REMOTE, 3478))), 40002);
+    assert_eq!(remapped_on(&lab), 0, "an own-port mapping is not remapped");
+    let view = lab.datapath.maps().view();
+    assert_eq!(view.bindings().keys().count(), 0, "no outbound half");
 }
 
 /// Per-remote mappings age like any other: the sweep removes both halves

@@ -41,7 +41,7 @@ impl MapView {
     }
 
     /// Every held port: (protocol, port, owner), one per dynamic mapping,
-    /// in one batch walk of `PORT_OWNERS` (196,608 slots, ~4.7 MB).
+    /// in one batch walk of `PORT_OWNERS` (196,608 slots of 32 bytes, ~6.3 MB).
     pub fn held_ports(&self) -> Result<Vec<(u8, u16, PortOwner)>> {
         let mut held = Vec::new();
         super::for_each_entry(
@@ -90,6 +90,19 @@ impl MapView {
             .get(&slot, 0)
             .map_err(map_error(names::PORT_OWNERS))?;
         Ok(owner.endpoint().is_some().then_some(owner))
+    }
+
+    /// How many outbound halves in `BINDINGS` belong to endpoints on
+    /// `own_port` (`PortOwner::remapped`), held or not.
+    pub fn remapped_on(&self, proto: u8, own_port: u16) -> Result<u32> {
+        let Some(slot) = port_slot(proto, own_port) else {
+            return Ok(0);
+        };
+        Ok(self
+            .port_owners
+            .get(&slot, 0)
+            .map_err(map_error(names::PORT_OWNERS))?
+            .remapped)
     }
 
     pub fn sessions(&self) -> &HashMap<MapData, SessionKey, Session> {
@@ -163,19 +176,62 @@ impl MapView {
 
 /// Write access for tests and benchmarks that set up mappings and sessions
 /// themselves; natctl never writes these tables (the datapath and the sweep
-/// do).
+/// do). Each write reads a slot and writes it back whole, so it is only
+/// for tables no packet is changing meanwhile.
 #[cfg(feature = "harness")]
 impl MapView {
-    pub fn bindings_mut(&mut self) -> &mut HashMap<MapData, BindingKey, Binding> {
-        &mut self.bindings
+    /// Writes (or, with `PortOwner::default()`, frees) a port's slot. Its
+    /// `remapped` count is kept: it counts `BINDINGS` entries, which only
+    /// [`Self::put_binding`] and [`Self::remove_binding`] change.
+    pub fn set_port_owner(&mut self, proto: u8, port: u16, owner: PortOwner) -> Result<()> {
+        let remapped = self.remapped_on(proto, port)?;
+        self.write_slot(proto, port, PortOwner { remapped, ..owner })
     }
 
-    /// Writes (or, with `PortOwner::default()`, frees) a port's slot.
-    pub fn set_port_owner(&mut self, proto: u8, port: u16, owner: PortOwner) -> Result<()> {
+    fn write_slot(&mut self, proto: u8, port: u16, owner: PortOwner) -> Result<()> {
         let slot = port_slot(proto, port).expect("a protocol with mappings");
         self.port_owners
             .set(slot, owner, 0)
             .map_err(map_error(names::PORT_OWNERS))
+    }
+
+    /// Adds `delta` to the `remapped` count on `key`'s own port.
+    fn count_remapped(&mut self, key: &BindingKey, delta: i32) -> Result<()> {
+        let Some(slot) = port_slot(key.proto, key.port) else {
+            return Ok(());
+        };
+        let mut owner = self
+            .port_owners
+            .get(&slot, 0)
+            .map_err(map_error(names::PORT_OWNERS))?;
+        owner.remapped = owner.remapped.wrapping_add_signed(delta);
+        self.write_slot(key.proto, key.port, owner)
+    }
+
+    /// Inserts or replaces an outbound half; a new one is counted on its
+    /// endpoint's own port first, as the datapath counts its own.
+    pub fn put_binding(&mut self, key: BindingKey, binding: Binding) -> Result<()> {
+        let new = self.binding(&key)?.is_none();
+        if new {
+            self.count_remapped(&key, 1)?;
+        }
+        let inserted = self
+            .bindings
+            .insert(key, binding, 0)
+            .map_err(map_error(names::BINDINGS));
+        if inserted.is_err() && new {
+            self.count_remapped(&key, -1)?;
+        }
+        inserted
+    }
+
+    /// Removes an outbound half, if there is one, and its count.
+    pub fn remove_binding(&mut self, key: &BindingKey) -> Result<()> {
+        match self.bindings.remove(key) {
+            Ok(()) => self.count_remapped(key, -1),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(error) => Err(map_error(names::BINDINGS)(error)),
+        }
     }
 
     /// Writes a whole mapping as the datapath makes one: that port held by
@@ -197,26 +253,23 @@ impl MapView {
                 owner: PortOwner::owner_word(key.addr, key.port),
                 remote_addr: key.remote_addr,
                 remote_port: key.remote_port,
-                _pad: [0; 2],
                 seen_ns,
+                ..PortOwner::default()
             },
         )?;
         if external_port == key.port {
             // All in the slot, as the datapath keeps such a mapping.
             return Ok(());
         }
-        self.bindings
-            .insert(
-                key,
-                Binding {
-                    addr: external_addr,
-                    port: external_port,
-                    _pad: [0; 2],
-                    last_seen_ns,
-                },
-                0,
-            )
-            .map_err(map_error(names::BINDINGS))
+        self.put_binding(
+            key,
+            Binding {
+                addr: external_addr,
+                port: external_port,
+                _pad: [0; 2],
+                last_seen_ns,
+            },
+        )
     }
 
     /// Removes `key`'s mapping, both halves, if it has one.
@@ -227,11 +280,7 @@ impl MapView {
         let Some(binding) = self.binding(key)? else {
             return Ok(());
         };
-        match self.bindings.remove(key) {
-            Ok(()) => {}
-            Err(error) if is_not_found(&error) => {}
-            Err(error) => return Err(map_error(names::BINDINGS)(error)),
-        }
+        self.remove_binding(key)?;
         if self
             .port_owner(key.proto, binding.port)?
             .and_then(|owner| owner.outbound_partner(key.proto))

@@ -9,7 +9,7 @@
 //! is capped there; the sessions, keyed by remote too, are not.
 //!
 //! The maps are written directly (through the `harness` feature's
-//! `MapView::bindings_mut` and `sessions_mut`) in [`fill`] only.
+//! `MapView::insert_mapping` and `sessions_mut`) in [`fill`] only.
 pub mod report;
 
 use std::{
