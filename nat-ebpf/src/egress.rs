@@ -219,8 +219,8 @@ fn lookup<C: NatContext>(
     let rc = if hit {
         unsafe {
             params.ifindex = (*entry).ifindex;
-            params.smac = (*entry).smac;
-            params.dmac = (*entry).dmac;
+            write_mac(&raw mut params.smac, (*entry).smac);
+            write_mac(&raw mut params.dmac, (*entry).dmac);
         }
         i64::from(BPF_FIB_LKUP_RET_SUCCESS)
     } else {
@@ -244,8 +244,8 @@ fn lookup<C: NatContext>(
     // across the call.
     if route.neighbour_known && unsafe { (*entry).ifindex } == 0 {
         unsafe {
-            (*entry).smac = route.smac;
-            (*entry).dmac = route.dmac;
+            write_mac(&raw mut (*entry).smac, route.smac);
+            write_mac(&raw mut (*entry).dmac, route.dmac);
             (*entry).ifindex = route.ifindex;
         }
     }
@@ -316,6 +316,25 @@ fn route_of(params: &FibParams, rc: i64) -> Result<Route, Counter> {
     })
 }
 
+/// Writes a MAC address byte by byte. As an array assignment between two
+/// places LLVM cannot tell apart (a map value, the frame, the FIB
+/// scratch), it becomes a `memmove`, which the BPF target has only as a
+/// call to a byte-at-a-time loop: two of them on every established
+/// packet, from the route cache into the lookup's parameters.
+#[inline(always)]
+fn write_mac(to: *mut [u8; 6], mac: [u8; 6]) {
+    let to = to.cast::<u8>();
+    // SAFETY: the caller's `to` is six writable bytes.
+    unsafe {
+        to.write(mac[0]);
+        to.add(1).write(mac[1]);
+        to.add(2).write(mac[2]);
+        to.add(3).write(mac[3]);
+        to.add(4).write(mac[4]);
+        to.add(5).write(mac[5]);
+    }
+}
+
 /// Sends the translated packet on its way and counts it under `counter`.
 #[inline(always)]
 pub fn redirect<C: NatContext>(
@@ -338,8 +357,8 @@ pub fn redirect<C: NatContext>(
     decrement_ttl(packet);
     // SAFETY: `eth` was bounds-checked by the parser.
     unsafe {
-        (*eth).src_addr = route.smac;
-        (*eth).dst_addr = route.dmac;
+        write_mac(&raw mut (*eth).src_addr, route.smac);
+        write_mac(&raw mut (*eth).dst_addr, route.dmac);
     }
     let action = ctx
         .redirect(route.ifindex)
