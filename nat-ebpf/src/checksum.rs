@@ -4,6 +4,16 @@
 /// The one's-complement sum of `new - old` over every 16-bit word a rewrite
 /// changed. One delta can be applied to every checksum that covers those
 /// words (IP header, L4 pseudo-header, an enclosing ICMP error).
+///
+/// Kept unfolded (a plain 32-bit sum, congruent modulo 0xffff) and folded
+/// only where it is read: a fold after every word is a chain of six
+/// dependent instructions, and an established packet's rewrite made seven
+/// of them. Each word adds at most 0x1fffe, so some 32,000 words fit
+/// before the sum could wrap; a delta covers a few dozen at most (the
+/// longest, `reject`'s header sums, are bounded arrays). The result is the
+/// same bit for bit: a folded sum is 0 only when every term is, else the
+/// one value in 1..=0xffff of its residue, however often it was folded on
+/// the way.
 #[derive(Clone, Copy, Default)]
 pub struct CsumDelta(u32);
 
@@ -18,7 +28,7 @@ pub fn fold(sum: u32) -> u32 {
 impl CsumDelta {
     #[inline(always)]
     pub fn word(&mut self, old: u16, new: u16) {
-        self.0 = fold(self.0 + u32::from(!old) + u32::from(new));
+        self.0 += u32::from(!old) + u32::from(new);
     }
 
     #[inline(always)]
@@ -33,15 +43,23 @@ impl CsumDelta {
         );
     }
 
+    /// As [`word`](Self::word), folded at once: for a long run of words,
+    /// where LLVM would otherwise keep every unfolded partial sum live at
+    /// once and overflow the 512-byte stack (`reject`'s header sums).
+    #[inline(always)]
+    pub fn word_folded(&mut self, old: u16, new: u16) {
+        self.0 = fold(self.0 + u32::from(!old) + u32::from(new));
+    }
+
     #[inline(always)]
     pub fn merge(&mut self, other: CsumDelta) {
-        self.0 = fold(self.0 + other.0);
+        self.0 += other.0;
     }
 
     /// The folded sum, as `bpf_l4_csum_replace` takes a difference.
     #[inline(always)]
     pub fn value(self) -> u32 {
-        self.0
+        fold(self.0)
     }
 
     /// HC' = ~(~HC + sum(~m + m')).

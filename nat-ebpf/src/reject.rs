@@ -56,7 +56,7 @@ pub struct ErrorBudget {
 fn sum_of<const N: usize>(bytes: &[u8; N]) -> CsumDelta {
     let mut sum = CsumDelta::default();
     for word in bytes.chunks_exact(2) {
-        sum.word(0, u16::from_be_bytes([word[0], word[1]]));
+        sum.word_folded(0, u16::from_be_bytes([word[0], word[1]]));
     }
     sum
 }
@@ -251,7 +251,7 @@ fn prohibited<C: NatContext>(
     ];
     let mut ip_sum = CsumDelta::default();
     for word in ip_header.chunks_exact(2) {
-        ip_sum.word(0, u16::from_be_bytes([word[0], word[1]]));
+        ip_sum.word_folded(0, u16::from_be_bytes([word[0], word[1]]));
     }
     let ip_check = ip_sum.apply(0xffff).to_be_bytes();
     ip_header[10] = ip_check[0];
