@@ -428,13 +428,12 @@ pub fn withdraw_relay(packet: &Ipv4Packet) {
 #[inline(always)]
 fn relay_key(packet: &Ipv4Packet) -> SessionKey {
     let remote = packet.endpoint(Side::Source);
-    SessionKey {
-        remote_addr: remote.addr,
-        remote_port: remote.port,
-        external_port: packet.port(Side::Destination),
-        proto: packet.proto,
-        _pad: [0; 3],
-    }
+    crate::session::key_of(
+        remote.addr,
+        remote.port,
+        packet.port(Side::Destination),
+        packet.proto,
+    )
 }
 
 /// Removes an expired `FRAGS` entry for the sweep; whether it did.

@@ -44,7 +44,7 @@ pub fn session_key(config: &NatConfig, conversation: &Conversation) -> SessionKe
 /// A session key built from three words: a literal `_pad: [0; 3]` becomes
 /// a call to the BPF target's byte-at-a-time `memset` on every packet.
 #[inline(always)]
-fn key_of(remote_addr: [u8; 4], remote_port: u16, external_port: u16, proto: u8) -> SessionKey {
+pub fn key_of(remote_addr: [u8; 4], remote_port: u16, external_port: u16, proto: u8) -> SessionKey {
     let [rp0, rp1] = remote_port.to_ne_bytes();
     let [ep0, ep1] = external_port.to_ne_bytes();
     let words = [
