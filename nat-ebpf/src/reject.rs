@@ -249,11 +249,7 @@ fn prohibited<C: NatContext>(
         to[2],
         to[3],
     ];
-    let mut ip_sum = CsumDelta::default();
-    for word in ip_header.chunks_exact(2) {
-        ip_sum.word_folded(0, u16::from_be_bytes([word[0], word[1]]));
-    }
-    let ip_check = ip_sum.apply(0xffff).to_be_bytes();
+    let ip_check = sum_of(&ip_header).apply(0xffff).to_be_bytes();
     ip_header[10] = ip_check[0];
     ip_header[11] = ip_check[1];
     let icmp_check = icmp_sum.apply(0xffff).to_be_bytes();
