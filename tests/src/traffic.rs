@@ -1,6 +1,7 @@
 //! Real traffic for the labs: TCP and UDP from Rust sockets created inside
 //! a namespace (see `Netns::spawn`), every operation bounded in time.
 use std::{
+    io,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
@@ -10,6 +11,24 @@ use anyhow::{Context, Result};
 use crate::wait_for;
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How many interruptions one wait sits out before the error is passed on.
+const INTERRUPTIONS_SAT_OUT: usize = 16;
+
+/// `call` (a receive or read that waits) taken again when a stop of the
+/// process ended its wait early. With a receive timeout set, Linux does not
+/// restart such a call after a stop and continue (a frozen cgroup, a paused
+/// VM: signal(7)) but fails it with EINTR, which std passes on; the wait was
+/// cut short, not over, so neither "nothing came" nor an error is the answer.
+pub fn uninterrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    for _ in 0..INTERRUPTIONS_SAT_OUT {
+        match call() {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            answer => return answer,
+        }
+    }
+    call()
+}
 
 /// Deterministic bytes that no offset or reordering bug can reproduce.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {

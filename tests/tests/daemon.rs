@@ -25,7 +25,7 @@ use nat_tests::{
     join,
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
     netns::Netns,
-    traffic::{accept, connect, pattern},
+    traffic::{accept, connect, pattern, uninterrupted},
     wait_for,
 };
 use serde_json::Value;
@@ -418,13 +418,13 @@ fn both_protocols_allow_lists_and_port_ranges() {
     wan_udp
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let (len, from) = wan_udp.recv_from(&mut buffer).unwrap();
+    let (len, from) = uninterrupted(|| wan_udp.recv_from(&mut buffer)).unwrap();
     assert_eq!(&buffer[..len], b"reply");
     assert_eq!(from, SocketAddr::from((ROUTER_WAN, 5001)));
     drain(&neighbour);
     let mut buffer = [0u8; 16];
     assert!(
-        neighbour.recv_from(&mut buffer).is_err(),
+        uninterrupted(|| neighbour.recv_from(&mut buffer)).is_err(),
         "port 5001 must not land on 6000"
     );
     let table = lab
@@ -563,8 +563,7 @@ fn bad_rules_are_refused_and_change_nothing() {
     // The mapping still works both ways.
     wan.send_to(b"back", seen).unwrap();
     let mut buffer = [0u8; 16];
-    let (len, from) = lan
-        .recv_from(&mut buffer)
+    let (len, from) = uninterrupted(|| lan.recv_from(&mut buffer))
         .expect("the mapping must survive the refused rule");
     assert_eq!(
         (&buffer[..len], from),
@@ -680,8 +679,7 @@ fn verifying_reader(
     let mut buffer = vec![0u8; CHUNK];
     let mut position = 0;
     while position < expected.len() {
-        let len = stream
-            .read(&mut buffer)
+        let len = uninterrupted(|| stream.read(&mut buffer))
             .with_context(|| format!("reading at offset {position}"))?;
         ensure!(
             len > 0,
@@ -702,7 +700,10 @@ fn verifying_reader(
         position += len;
         progress.store(position, Ordering::SeqCst);
     }
-    ensure!(stream.read(&mut buffer)? == 0, "data after the end");
+    ensure!(
+        uninterrupted(|| stream.read(&mut buffer))? == 0,
+        "data after the end"
+    );
     Ok(())
 }
 
@@ -1228,7 +1229,11 @@ fn idle_flows_age_out_and_busy_ones_stay() {
     let idle_external = lan_udp_seen_from(&idle, &wan);
     wan.send_to(b"reply", idle_external).unwrap();
     let mut buffer = [0u8; 16];
-    assert_eq!(idle.recv(&mut buffer).unwrap(), 5, "the reply must come in");
+    assert_eq!(
+        uninterrupted(|| idle.recv(&mut buffer)).unwrap(),
+        5,
+        "the reply must come in"
+    );
 
     // A busy UDP flow and a busy TCP connection.
     let busy = udp_socket(&lab.lan, LAN_CLIENT, 0);
@@ -1241,7 +1246,7 @@ fn idle_flows_age_out_and_busy_ones_stay() {
         let mut byte = [0u8; 1];
         let mut echoed = 0;
         for _ in 0..200 {
-            if echo.read(&mut byte)? == 0 {
+            if uninterrupted(|| echo.read(&mut byte))? == 0 {
                 break;
             }
             echo.write_all(&byte)?;
@@ -1360,7 +1365,7 @@ fn udp_blocked_to(from: &UdpSocket, to: SocketAddr, lan: &UdpSocket, what: &str)
         .filter(|left| !left.is_zero())
     {
         lan.set_read_timeout(Some(left)).unwrap();
-        match lan.recv_from(&mut buffer) {
+        match uninterrupted(|| lan.recv_from(&mut buffer)) {
             // A retry `udp_reaches` sent while the port was open may land
             // after the drain on a loaded machine: not one of these probes.
             Ok((len, _)) if len == 0 || buffer[0] != b'x' => continue,

@@ -13,7 +13,7 @@ use anyhow::Result;
 use nat_tests::{
     join,
     lab::{LAN_CLIENT, LAN_SERVER, Lab, LabMode, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
-    traffic::{IO_TIMEOUT, accept, connect, connect_from, pattern},
+    traffic::{IO_TIMEOUT, accept, connect, connect_from, pattern, uninterrupted},
 };
 
 fn counter(lab: &Lab, label: &str) -> u64 {
@@ -164,11 +164,11 @@ fn udp_both_ways_and_icmp_errors_come_back_translated() {
 
     lan_socket.send(b"ping over udp").unwrap();
     let mut buffer = [0u8; 64];
-    let (len, from) = wan_socket.recv_from(&mut buffer).unwrap();
+    let (len, from) = uninterrupted(|| wan_socket.recv_from(&mut buffer)).unwrap();
     assert_eq!(&buffer[..len], b"ping over udp");
     assert_eq!(from.ip(), ROUTER_WAN);
     wan_socket.send_to(b"pong over udp", from).unwrap();
-    let len = lan_socket.recv(&mut buffer).unwrap();
+    let len = uninterrupted(|| lan_socket.recv(&mut buffer)).unwrap();
     assert_eq!(&buffer[..len], b"pong over udp");
 
     // A closed port on the WAN host answers with ICMP port unreachable,
@@ -313,7 +313,7 @@ fn a_flow_that_gets_no_port_is_refused(lab: &Lab) {
     }));
     let mut buffer = [0u8; 64];
     for _ in PORTS {
-        let (_, from) = wan_socket.recv_from(&mut buffer).unwrap();
+        let (_, from) = uninterrupted(|| wan_socket.recv_from(&mut buffer)).unwrap();
         assert!(PORTS.contains(&from.port()), "{from}");
     }
     let one_too_many = join(lab.lan.spawn(|| {
@@ -321,7 +321,7 @@ fn a_flow_that_gets_no_port_is_refused(lab: &Lab) {
         socket.connect((WAN_HOST, 9001))?;
         socket.set_read_timeout(Some(IO_TIMEOUT))?;
         socket.send(b"one too many")?;
-        Ok(socket.recv(&mut [0u8; 64]).map_err(|error| error.kind()))
+        Ok(uninterrupted(|| socket.recv(&mut [0u8; 64])).map_err(|error| error.kind()))
     }));
     assert_eq!(one_too_many, Err(ErrorKind::HostUnreachable));
     assert!(
@@ -334,7 +334,7 @@ fn a_flow_that_gets_no_port_is_refused(lab: &Lab) {
         .send_to(b"still yours", (ROUTER_WAN, *PORTS.start()))
         .unwrap();
     holders[0].set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let len = holders[0].recv(&mut buffer).unwrap();
+    let len = uninterrupted(|| holders[0].recv(&mut buffer)).unwrap();
     assert_eq!(&buffer[..len], b"still yours");
 }
 

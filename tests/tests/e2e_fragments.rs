@@ -13,7 +13,8 @@ use nat_tests::{
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_WAN, WAN_HOST},
     netns::Netns,
     traffic::{
-        IO_TIMEOUT, accept, connect, icmp_message, internet_checksum, pattern, raw_recv, raw_socket,
+        IO_TIMEOUT, accept, connect, icmp_message, internet_checksum, pattern, raw_recv,
+        raw_socket, uninterrupted,
     },
 };
 
@@ -33,7 +34,7 @@ fn datagram(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, len: usize, seed: 
     let data = pattern(len, seed);
     from.send_to(&data, to).unwrap();
     let mut buffer = vec![0u8; 65536];
-    let (got, source) = at.recv_from(&mut buffer).unwrap();
+    let (got, source) = uninterrupted(|| at.recv_from(&mut buffer)).unwrap();
     assert!(
         buffer[..got] == data[..],
         "{len}-byte datagram: {got} bytes, or different ones"
@@ -166,7 +167,7 @@ fn reordered_fragments_both_ways() {
                 fragments.swap(1, 11);
             }
             send_raw(netns, fragments);
-            let (len, from) = at.recv_from(&mut buffer).unwrap_or_else(|error| {
+            let (len, from) = uninterrupted(|| at.recv_from(&mut buffer)).unwrap_or_else(|error| {
                 panic!(
                     "round {round}, order {order}: {error}: {:?}",
                     lab.counters()
@@ -391,7 +392,7 @@ fn send_last_first(
 /// Receives one datagram at `at` and checks it is `data` from `from`.
 fn received_from(lab: &Lab, at: &UdpSocket, data: &[u8], from: SocketAddrV4) {
     let mut buffer = vec![0u8; 65536];
-    let (got, source) = at.recv_from(&mut buffer).unwrap_or_else(|error| {
+    let (got, source) = uninterrupted(|| at.recv_from(&mut buffer)).unwrap_or_else(|error| {
         panic!(
             "{}-byte datagram: {error}: {:?}\n{}",
             data.len(),
@@ -501,13 +502,14 @@ fn a_hairpinned_datagram_last_fragment_first_reaches_the_server_through_the_rela
         );
         fragments.reverse();
         send_raw(&lab.lan, fragments);
-        let (got, source) = server.recv_from(&mut buffer).unwrap_or_else(|error| {
-            panic!(
-                "{len}-byte datagram: {error}: {:?}\n{}",
-                lab.counters(),
-                lab.natctl_log()
-            )
-        });
+        let (got, source) =
+            uninterrupted(|| server.recv_from(&mut buffer)).unwrap_or_else(|error| {
+                panic!(
+                    "{len}-byte datagram: {error}: {:?}\n{}",
+                    lab.counters(),
+                    lab.natctl_log()
+                )
+            });
         assert!(
             buffer[..got] == data[..],
             "{len}-byte datagram: {got} bytes, or different ones"

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use nat_tests::{
     lab::{LAN_CLIENT, LAN_SERVER, Lab, LabMode, ROUTER_WAN, WAN_HOST},
-    traffic::{accept, connect, connect_from},
+    traffic::{accept, connect, connect_from, uninterrupted},
     wait_for,
 };
 
@@ -295,7 +295,7 @@ fn a_scheduled_rule_lets_remotes_in_only_inside_its_window_and_cuts_at_its_end()
     // Cut: the remote's next segment is not forwarded, and the router's
     // own stack answers it with a reset.
     client.write_all(b"more").unwrap();
-    let read = client.read(&mut buffer);
+    let read = uninterrupted(|| client.read(&mut buffer));
     assert!(
         matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
         "the connection outlived its window: {read:?}"
@@ -311,7 +311,7 @@ fn a_scheduled_rule_lets_remotes_in_only_inside_its_window_and_cuts_at_its_end()
     // it.
     inside.set_nonblocking(false).unwrap();
     inside.write_all(b"bye").unwrap();
-    let read = inside.read(&mut buffer);
+    let read = uninterrupted(|| inside.read(&mut buffer));
     assert!(
         matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
         "the server's side outlived the window: {read:?}"

@@ -30,6 +30,7 @@ use nat_tests::{
     join,
     lab::{LAN_CLIENT, LAN_SERVER, Lab, ROUTER_LAN, ROUTER_WAN, WAN_HOST},
     netns::Netns,
+    traffic::uninterrupted,
     wait_for,
 };
 use serde_json::Value;
@@ -298,7 +299,8 @@ fn udp_round_trip(wan: &UdpSocket, port: u16, lan: &UdpSocket) -> SocketAddr {
         if let Ok((len, peer)) = lan.recv_from(&mut buffer) {
             assert_eq!(&buffer[..len], &[b'u', attempt], "from {peer}");
             lan.send_to(b"pong", peer).unwrap();
-            let (len, from) = wan.recv_from(&mut buffer).expect("the LAN host's reply");
+            let (len, from) =
+                uninterrupted(|| wan.recv_from(&mut buffer)).expect("the LAN host's reply");
             assert_eq!(&buffer[..len], b"pong");
             assert_eq!(from, SocketAddr::from((ROUTER_WAN, port)));
             return peer;
@@ -317,7 +319,7 @@ fn udp_blocked(wan: &UdpSocket, port: u16, lan: &UdpSocket, what: &str) {
         wan.send_to(&[b'x', attempt], (ROUTER_WAN, port)).unwrap();
     }
     let mut buffer = [0u8; 64];
-    match lan.recv_from(&mut buffer) {
+    match uninterrupted(|| lan.recv_from(&mut buffer)) {
         Ok((len, peer)) => panic!("{what}: {len} bytes from {peer} reached the LAN"),
         Err(error) => assert!(
             matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
@@ -364,7 +366,7 @@ fn ssdp_search(
                     break;
                 }
                 socket.set_read_timeout(Some(left))?;
-                match socket.recv_from(&mut buffer) {
+                match uninterrupted(|| socket.recv_from(&mut buffer)) {
                     Ok((len, from)) => {
                         answers.push((from, String::from_utf8_lossy(&buffer[..len]).into_owned()))
                     }
@@ -441,7 +443,7 @@ fn http_exchange(
             let mut bytes = Vec::new();
             let mut buffer = [0u8; 8192];
             while bytes.len() < 1 << 20 {
-                match stream.read(&mut buffer) {
+                match uninterrupted(|| stream.read(&mut buffer)) {
                     Ok(0) | Err(_) => break,
                     Ok(len) => bytes.extend_from_slice(&buffer[..len]),
                 }
@@ -1598,7 +1600,7 @@ fn the_routers_own_ports_are_never_mapped_and_its_listener_keeps_its_connections
         Ok(())
     }));
     let mut datagram = [0u8; 32];
-    let (len, from) = router_udp.recv_from(&mut datagram).unwrap();
+    let (len, from) = uninterrupted(|| router_udp.recv_from(&mut datagram)).unwrap();
     assert_eq!(&datagram[..len], b"to the router");
     assert_eq!(from.ip(), WAN_HOST);
 }

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     netns::Netns,
     plan::{LAN_HOST, ROUTER_WAN, WAN_HOST},
+    traffic::uninterrupted,
 };
 
 /// Ports of the forwarding-delay mappings: 12000 + k, below the router's
@@ -125,7 +126,7 @@ pub(super) fn forwarding_delay(lan: &Netns, wan: &Netns, count: usize) -> Result
                     .context("the prober is gone")?;
                 let mut buffer = [0u8; 64];
                 let outcome = loop {
-                    match socket.recv_from(&mut buffer) {
+                    match uninterrupted(|| socket.recv_from(&mut buffer)) {
                         Ok((16, _)) if buffer[..4] == PROBE_MAGIC.to_be_bytes() => {
                             let received = epoch.elapsed();
                             let seq = u32::from_be_bytes(buffer[4..8].try_into().unwrap());

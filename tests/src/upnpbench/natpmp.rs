@@ -20,6 +20,7 @@ use crate::{
     lab::Lab,
     netns::Netns,
     plan::{LAN_HOST, ROUTER_LAN},
+    traffic::uninterrupted,
     wait_for,
 };
 
@@ -88,7 +89,7 @@ fn call(socket: &UdpSocket, to: SocketAddr, proto: Proto, request: &[u8]) -> Res
     for _ in 0..3 {
         let started = Instant::now();
         socket.send_to(request, to)?;
-        while let Ok(len) = socket.recv(&mut buffer) {
+        while let Ok(len) = uninterrupted(|| socket.recv(&mut buffer)) {
             if let Some(result) = proto.result(&buffer[..len]) {
                 if result != 0 {
                     bail!("{} answered result code {result}", proto.label());

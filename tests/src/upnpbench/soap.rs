@@ -9,6 +9,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use socket2::{Domain, Socket, Type};
 
+use crate::traffic::uninterrupted;
+
 pub const SERVICE: &str = "urn:schemas-upnp-org:service:WANIPConnection:1";
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -124,7 +126,7 @@ fn read_response(stream: &mut TcpStream) -> Result<(Response, Instant)> {
     let mut chunk = [0u8; 4096];
     let mut first_byte = None;
     let head_end = loop {
-        let read = stream.read(&mut chunk).context("reading the response")?;
+        let read = uninterrupted(|| stream.read(&mut chunk)).context("reading the response")?;
         if read == 0 {
             bail!("connection closed after {} bytes of response", buffer.len());
         }
@@ -160,7 +162,7 @@ fn read_response(stream: &mut TcpStream) -> Result<(Response, Instant)> {
                 bail!("response body too large");
             }
             while buffer.len() < head_end + length {
-                let read = stream.read(&mut chunk).context("reading the body")?;
+                let read = uninterrupted(|| stream.read(&mut chunk)).context("reading the body")?;
                 if read == 0 {
                     bail!("connection closed inside the body");
                 }
@@ -171,7 +173,7 @@ fn read_response(stream: &mut TcpStream) -> Result<(Response, Instant)> {
         None => {
             // No length: the body runs to EOF.
             loop {
-                let read = stream.read(&mut chunk).context("reading the body")?;
+                let read = uninterrupted(|| stream.read(&mut chunk)).context("reading the body")?;
                 if read == 0 {
                     break;
                 }
