@@ -51,7 +51,7 @@ impl Placement {
     }
 }
 
-fn allowed_cpus() -> Result<Vec<usize>> {
+pub fn allowed_cpus() -> Result<Vec<usize>> {
     // SAFETY: sched_getaffinity fills the set it is given.
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

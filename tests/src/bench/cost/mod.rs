@@ -53,8 +53,11 @@ pub struct Output {
     pub unit: String,
     /// By case name: `minimal`, `restore_only`, `forwarder`,
     /// `established_outbound`, `established_inbound`, `forwarded_inbound`,
-    /// `new_flow`, `inserts_only` (`bench_inserts`: the table writes of
-    /// `new_flow`'s mappings alone), `fragment_outbound`,
+    /// `new_flow` (each flow's `SESSIONS` bucket as the rep before left
+    /// it: not in this CPU's caches), `new_flow_cached` (the same flows,
+    /// their buckets read by lookups from this CPU just before, as an
+    /// established flow's are), `inserts_only` (`bench_inserts`: the table
+    /// writes of `new_flow`'s mappings alone), `fragment_outbound`,
     /// `fragment_inbound` (a later IP
     /// fragment of a tracked datagram: the fragment path's cost); in TC
     /// mode `tc_restore_only`, `tc_established_outbound`,
@@ -259,13 +262,7 @@ impl<'a> CostRig<'a> {
                 super::topo::LAN_HOST.octets(),
                 port,
             ))?;
-            let _ = maps.sessions_mut().remove(&SessionKey {
-                remote_addr: WAN_HOST.octets(),
-                remote_port: SINK_PORT,
-                external_port: external,
-                proto: PROTO_UDP,
-                _pad: [0; 3],
-            });
+            let _ = maps.sessions_mut().remove(&new_flow_session(external));
         }
         Ok(())
     }
@@ -283,8 +280,23 @@ impl<'a> CostRig<'a> {
     /// One new flow per run: `repeat` runs from as many fresh source ports,
     /// each of which must create a mapping; the mappings are removed again
     /// afterwards, so that every measurement starts from the same table.
-    pub fn time_new_flows(&mut self, repeat: u32) -> Result<f64> {
+    /// `cached`: each flow's session key is looked up (and missed) from
+    /// user space first, which brings its `SESSIONS` bucket into this CPU's
+    /// caches and TLB, where an established flow's is: the new flow's own
+    /// work, without the miss that reaching a bucket nobody touched lately
+    /// costs.
+    pub fn time_new_flows(&mut self, repeat: u32, cached: bool) -> Result<f64> {
         let (template, ports) = self.fresh_flows(repeat)?;
+        if cached {
+            let view = self.datapath.maps().view();
+            for port in ports.clone() {
+                // The mapping keeps its LAN port, so this is its session's key.
+                let key = new_flow_session(port as u16);
+                if view.sessions().get(&key, 0).is_ok() {
+                    bail!("a session of new flow {port} outlived its removal");
+                }
+            }
+        }
         let before = self.counter(Counter::NewBinding)?;
         let lan = self.lan_ifindex;
         let ns = self.time(programs::LAN, &template, lan, repeat, XDP_REDIRECT)?;
@@ -315,6 +327,18 @@ impl<'a> CostRig<'a> {
             );
         }
         Ok(ns)
+    }
+}
+
+/// The session key of a bench flow from the LAN host to the WAN host's
+/// sink, seen outside on `external_port`.
+fn new_flow_session(external_port: u16) -> SessionKey {
+    SessionKey {
+        remote_addr: WAN_HOST.octets(),
+        remote_port: SINK_PORT,
+        external_port,
+        proto: PROTO_UDP,
+        _pad: [0; 3],
     }
 }
 
@@ -460,6 +484,14 @@ pub fn run(options: &Options) -> Result<Output> {
         forward: true,
     })?;
     topology.with_nat(|router| {
+        // One CPU for the whole run: the user-space removals and lookups
+        // between measurements leave the tables' lines in the caches of
+        // the CPU the next measurement runs on, not of whichever CPU the
+        // scheduler picked for the syscall.
+        let cpu = *super::placement::allowed_cpus()?
+            .last()
+            .context("no CPU to run on")?;
+        super::placement::pin(0, cpu)?;
         let mut rig = CostRig::new(router)?;
         let cases = cases(&mut rig)?;
         let minimal_template = cases[3].2;
@@ -488,7 +520,10 @@ pub fn run(options: &Options) -> Result<Output> {
             }
             ns.entry("new_flow")
                 .or_default()
-                .push(rig.time_new_flows(options.new_flow_repeat)?);
+                .push(rig.time_new_flows(options.new_flow_repeat, false)?);
+            ns.entry("new_flow_cached")
+                .or_default()
+                .push(rig.time_new_flows(options.new_flow_repeat, true)?);
             ns.entry("inserts_only")
                 .or_default()
                 .push(rig.time_inserts(options.new_flow_repeat)?);
