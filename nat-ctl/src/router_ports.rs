@@ -68,9 +68,16 @@ impl RouterPorts {
     /// none yet) and its ephemeral range.
     pub fn read(wan: Option<Ipv4Addr>, reserved: &[PortRange]) -> io::Result<Self> {
         let mut sockets = Vec::new();
+        // One netlink socket for the four dumps, one after another: every
+        // mapping a client asks for reads them, and a socket's set-up and
+        // tear-down cost about what a dump does.
+        let mut netlink = Socket::new(NETLINK_SOCK_DIAG)?;
+        netlink.bind_auto()?;
+        netlink.connect(&SocketAddr::new(0, 0))?;
+        let mut buffer = Vec::with_capacity(DUMP_BUFFER);
         for family in [AF_INET, AF_INET6] {
             for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
-                for header in dump(family, protocol)? {
+                for header in dump(&netlink, &mut buffer, family, protocol)? {
                     if let Some(socket) = on_wan(&header, protocol, wan) {
                         sockets.push(socket);
                     }
@@ -228,10 +235,17 @@ fn states_of(protocol: u8) -> StateFlags {
 
 /// Every socket of one family and protocol in the daemon's network
 /// namespace.
-fn dump(family: u8, protocol: u8) -> io::Result<Vec<InetResponseHeader>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+/// Room for one datagram of a dump: the kernel fills each to at most a
+/// page's worth of messages (or 8 KiB, whichever is larger) unless the
+/// reader offers more.
+const DUMP_BUFFER: usize = 32 * 1024;
+
+fn dump(
+    socket: &Socket,
+    buffer: &mut Vec<u8>,
+    family: u8,
+    protocol: u8,
+) -> io::Result<Vec<InetResponseHeader>> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut request = NetlinkMessage::new(
@@ -250,13 +264,23 @@ fn dump(family: u8, protocol: u8) -> io::Result<Vec<InetResponseHeader>> {
         .into(),
     );
     request.finalize();
-    let mut buffer = vec![0; request.buffer_len()];
-    request.serialize(&mut buffer);
-    socket.send(&buffer, 0)?;
+    let mut message = vec![0; request.buffer_len()];
+    request.serialize(&mut message);
+    socket.send(&message, 0)?;
     let mut found = Vec::new();
     // A dump ends with NLMSG_DONE; each datagram holds whole messages.
     loop {
-        let (datagram, _) = socket.recv_from_full()?;
+        buffer.clear();
+        // With MSG_TRUNC the length is the datagram's, even where it did
+        // not fit (which the kernel's sizing to the reader's buffer rules
+        // out; checked, not assumed).
+        let length = socket.recv(buffer, libc::MSG_TRUNC)?;
+        if length > DUMP_BUFFER {
+            return Err(io::Error::other(format!(
+                "sock_diag: a {length}-byte datagram, larger than the {DUMP_BUFFER} bytes read"
+            )));
+        }
+        let datagram = &buffer[..length.min(buffer.len())];
         if datagram.is_empty() {
             return Err(io::Error::other("sock_diag: the kernel closed the dump"));
         }
