@@ -15,8 +15,14 @@
 //! from 1024 up, each mapped to the same external port, each in a session
 //! with the WAN host's port 9. They are measured as 1 flow, a fixed hot set
 //! (the same for every size) and as many as the size allows (at most
-//! 64512, one LAN address's ports), in both directions. [`report`] judges
-//! its [`Output`].
+//! 64512, one LAN address's ports), in both directions. The sessions are
+//! inserted in an order that spreads the measured ones evenly among the
+//! rest ([`spread_order`]), as the flows a busy router carries were made
+//! at all times: each then has about half its bucket's other entries in
+//! front of it in the chain (a hash bucket lists its newest entry first)
+//! and its element anywhere in the table's preallocated pool, not all of
+//! them behind every other entry and side by side. [`report`] judges its
+//! [`Output`].
 pub mod report;
 
 use std::time::Instant;
@@ -158,6 +164,21 @@ fn mapping(j: u32) -> (u8, u16, [u8; 4], u16) {
     (proto, external, internal, (PORT_MIN + k / 100) as u16)
 }
 
+/// `0..n`, each once, in an order where any stretch of it holds its share
+/// of every stretch of `0..n`: `k * stride mod n` for a stride near
+/// `n / golden ratio` that shares no factor with `n`.
+fn spread_order(n: u32) -> impl Iterator<Item = u32> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let n64 = u64::from(n);
+    let mut stride = ((n64 * 618) / 1000).max(1);
+    while n64 > 1 && gcd(stride, n64) != 1 {
+        stride += 1;
+    }
+    (0..n64).map(move |k| ((k * stride) % n64.max(1)) as u32)
+}
+
 /// Fills `mappings` live conversations (see the module's note); returns
 /// the number of dynamic mappings used.
 fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
@@ -174,7 +195,7 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
             now,
         )?;
     }
-    for i in 0..mappings {
+    for i in spread_order(mappings) {
         let j = i % pairs;
         let (proto, external, internal, internal_port) = mapping(j);
         let (remote_addr, remote_port) = if i < pairs && j < PORTS {
@@ -443,6 +464,27 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn the_fill_order_takes_every_session_once_and_spreads_the_measured_ones() {
+        for n in [0, 1, 2, 1000, 100_000, 1_000_000] {
+            let order: Vec<u32> = spread_order(n).collect();
+            let distinct: HashSet<u32> = order.iter().copied().collect();
+            assert_eq!(
+                (order.len(), distinct.len()),
+                (n as usize, n as usize),
+                "{n}"
+            );
+            assert!(order.iter().all(|&i| i < n.max(1)), "{n}");
+        }
+        // At 1M, the 64512 measured sessions (the first indices) come a
+        // tenth at a time in each tenth of the insertions.
+        let order: Vec<u32> = spread_order(1_000_000).collect();
+        for tenth in order.chunks(100_000) {
+            let measured = tenth.iter().filter(|&&i| i < PORTS).count();
+            assert!((5_900..=7_000).contains(&measured), "{measured}");
+        }
+    }
 
     #[test]
     fn mappings_are_distinct_and_traffic_ones_keep_their_port() {
