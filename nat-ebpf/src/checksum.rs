@@ -7,9 +7,10 @@
 ///
 /// Kept unfolded (a plain 32-bit sum, congruent modulo 0xffff) and folded
 /// only where it is read: a fold after every word is a chain of six
-/// dependent instructions, several of them in each rewrite. Each word adds at most 0x1fffe, so some 32,000 words fit
-/// before the sum could wrap; a delta covers a few dozen at most (the
-/// longest, `reject`'s header sums, are bounded arrays). The result is the
+/// dependent instructions, several of them in each rewrite. Each word
+/// adds at most 0x1fffe, so some 32,000 words fit before the sum could
+/// wrap; a delta covers a few dozen at most (the longest, `reject`'s
+/// header sums, are bounded arrays). The result is the
 /// same bit for bit: a folded sum is 0 only when every term is, else the
 /// one value in 1..=0xffff of its residue, however often it was folded on
 /// the way.

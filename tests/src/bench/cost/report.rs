@@ -517,8 +517,9 @@ pub fn detail(data: &Output, md: &mut String) {
          flows: {} runs per measurement, each from a fresh source port, the mappings removed \
          between measurements (the table stays far from full, so the first port probed is \
          free); the cached variant first looks each flow's session key up from user space, \
-         on the one CPU the whole run is pinned to. Every case restores a {}-byte frame template before the program runs, as a \
-         repeated run would otherwise see the frame it rewrote.\n",
+         on the one CPU the whole run is pinned to. Every case restores a {}-byte frame \
+         template before the program runs, as a repeated run would otherwise see the frame \
+         it rewrote.\n",
         data.unit, data.repeat, data.reps, data.new_flow_repeat, data.frame_bytes,
     );
     let _ = writeln!(

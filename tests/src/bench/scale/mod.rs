@@ -176,7 +176,7 @@ fn spread_order(n: u32) -> impl Iterator<Item = u32> {
     while n64 > 1 && gcd(stride, n64) != 1 {
         stride += 1;
     }
-    (0..n64).map(move |k| ((k * stride) % n64.max(1)) as u32)
+    (0..n64).map(move |k| ((k * stride) % n64) as u32)
 }
 
 /// Fills `mappings` live conversations (see the module's note); returns
