@@ -21,8 +21,11 @@ pub const DIR_OUTBOUND: u8 = 0;
 /// (looked up by packets arriving for the WAN address). `addr` is zero.
 pub const DIR_INBOUND: u8 = 1;
 
-/// Key of `FORWARDS`: one entry per direction, so that every packet needs a
-/// single lookup whichever way it goes.
+/// Key of a static rule's entry, one per direction. An outbound key (the
+/// server's own endpoint) is a `FORWARDS` key; an inbound one (the external
+/// port) names the rule's `FORWARD_PORTS` slot ([`forward_port_slot`]),
+/// which a packet arriving for the WAN address finds by indexing, not
+/// hashing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct EndpointKey {
@@ -69,8 +72,9 @@ pub const fn bit_position(slot: u32) -> (u32, u64) {
 }
 
 /// `FORWARD_HINTS` is a bitmap of `1 << FORWARD_HINT_BITS` slots: a slot's
-/// bit is set while a `FORWARDS` key has it as its
-/// [`EndpointKey::hint_slot`]. A packet looks its key up in `FORWARDS` only
+/// bit is set while a `FORWARDS` key (outbound: inbound keys are not
+/// there) has it as its [`EndpointKey::hint_slot`]. A packet from the LAN
+/// looks its key up in `FORWARDS` only
 /// where the bit is set, so that the hash-table miss almost every packet
 /// would pay (most flows are no rule's) becomes an array read. Bits, not
 /// counts: at 8 KiB the map stays in the L1 cache, where an array of
@@ -294,8 +298,9 @@ impl PortOwner {
 }
 
 /// A static forwarding entry, written only by the controller. For an inbound
-/// key, `addr:port` is the internal server; for an outbound key (the server's
-/// replies), `port` is the external port and `addr` is unused.
+/// key, `addr:port` is the internal server (in `FORWARD_PORTS` as one word,
+/// [`Forward::to_port_word`]); for an outbound key (the server's replies),
+/// `port` is the external port and `addr` is unused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Forward {
@@ -313,6 +318,76 @@ pub const FORWARD_RESTRICTED: u8 = 1;
 
 /// Rule ids run from 1 to `MAX_RULES - 1`; 0 is never a rule.
 pub const MAX_RULES: u32 = 8192;
+
+/// `FORWARD_PORTS` slots: the TCP and UDP rows of [`port_slot`] (ICMP
+/// query ids are never forwarded, so their row is left out).
+pub const FORWARD_PORT_SLOTS: u32 = 2 * 65_536;
+
+/// `BPF_F_MMAPABLE`: an array user space may map into its memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+// A `FORWARD_PORTS` word: the server's address (bits 0-31, in memory
+// order), its port (32-47), the rule id (48-60) and `FORWARD_RESTRICTED`
+// (61). One word, so that the controller changes a rule with one 8-byte
+// store, which no CPU tears: a packet reads the old rule or the new one,
+// never one's address with the other's port.
+const WORD_PORT_SHIFT: u32 = 32;
+const WORD_RULE_SHIFT: u32 = 48;
+const WORD_RULE_BITS: u32 = 13;
+const WORD_RESTRICTED_BIT: u64 = 1 << 61;
+const _: () = assert!(MAX_RULES <= 1 << WORD_RULE_BITS);
+
+impl Forward {
+    /// This inbound rule as its `FORWARD_PORTS` word; `None` for a rule id
+    /// outside `1..MAX_RULES` or a flag the word has no bit for.
+    pub const fn to_port_word(&self) -> Option<u64> {
+        if self.rule_id == 0 || self.rule_id >= MAX_RULES || self.flags & !FORWARD_RESTRICTED != 0 {
+            return None;
+        }
+        let restricted = if self.flags & FORWARD_RESTRICTED != 0 {
+            WORD_RESTRICTED_BIT
+        } else {
+            0
+        };
+        Some(
+            u32::from_ne_bytes(self.addr) as u64
+                | (self.port as u64) << WORD_PORT_SHIFT
+                | (self.rule_id as u64) << WORD_RULE_SHIFT
+                | restricted,
+        )
+    }
+
+    /// The rule a `FORWARD_PORTS` word holds; `None` for an empty slot (0:
+    /// no rule has id 0).
+    #[inline(always)]
+    pub const fn from_port_word(word: u64) -> Option<Forward> {
+        let rule_id = (word >> WORD_RULE_SHIFT) as u32 & ((1 << WORD_RULE_BITS) - 1);
+        if rule_id == 0 {
+            return None;
+        }
+        Some(Forward {
+            addr: (word as u32).to_ne_bytes(),
+            port: (word >> WORD_PORT_SHIFT) as u16,
+            flags: if word & WORD_RESTRICTED_BIT != 0 {
+                FORWARD_RESTRICTED
+            } else {
+                0
+            },
+            _pad: 0,
+            rule_id,
+        })
+    }
+}
+
+/// The slot of an inbound rule on (protocol, external port) in
+/// `FORWARD_PORTS`: its [`port_slot`], for TCP and UDP only.
+#[inline(always)]
+pub const fn forward_port_slot(proto: u8, port: u16) -> Option<u32> {
+    match proto {
+        PROTO_TCP | PROTO_UDP => port_slot(proto, port),
+        _ => None,
+    }
+}
 
 /// Data of an `ALLOWED_REMOTES` key (an LPM trie): the rule id, always
 /// matched in full, then the remote's address, matched up to the allowed
@@ -461,9 +536,11 @@ pub struct NatConfig {
 /// Words of [`RulePorts`]: a bit for each [`port_slot`].
 pub const RULE_PORT_WORDS: usize = (PORT_SLOTS / 64) as usize;
 
-/// A bit for each (protocol, external port) a `FORWARDS` inbound key holds,
-/// by [`port_slot`]: set before the key is inserted, cleared after it is
-/// removed. In `CONFIG`'s value, which every packet has at hand, so that a
+/// A bit for each (protocol, external port) an inbound rule holds, by
+/// [`port_slot`]: set before its `FORWARD_PORTS` slot is written, cleared
+/// after the slot is emptied. Also the gate of that slot for every packet
+/// to the WAN address: 24 KiB of bits rather than a line of the 1 MiB array
+/// for each reply on a dynamic port. In `CONFIG`'s value, which every packet has at hand, so that a
 /// new mapping's port search asks no hash table and puts no key on the
 /// stack for each port it tries: a `FORWARDS` lookup that missed cost a
 /// new flow about 130 ns (bench part 3), and a `FORWARD_HINTS` lookup in
@@ -547,7 +624,9 @@ pub const LOW_PORTS_END: u16 = 1024;
 /// 9: `FORWARD_HINTS` a bitmap of `u64` words, not an array of counts;
 /// `NatConfig::rule_ports`.
 /// 10: `PortOwner::remapped` (32 bytes).
-pub const DATAPATH_LAYOUT: u32 = 10;
+/// 11: inbound rules in `FORWARD_PORTS` (pinned), no longer in `FORWARDS`,
+/// which keeps the outbound keys alone.
+pub const DATAPATH_LAYOUT: u32 = 11;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -802,6 +881,7 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const FORWARDS: &str = "FORWARDS";
     pub const FORWARD_HINTS: &str = "FORWARD_HINTS";
+    pub const FORWARD_PORTS: &str = "FORWARD_PORTS";
     pub const BINDINGS: &str = "BINDINGS";
     pub const PORT_OWNERS: &str = "PORT_OWNERS";
     pub const SESSIONS: &str = "SESSIONS";
@@ -1020,6 +1100,58 @@ mod tests {
         }
         // 4,253 keys in 65,536 slots: random ones would share about 130.
         assert!(distinct > 4_000, "only {distinct} distinct slots");
+    }
+
+    #[test]
+    fn a_forward_goes_through_its_port_word_unchanged() {
+        for forward in [
+            Forward {
+                addr: [192, 168, 1, 20],
+                port: 8080,
+                flags: 0,
+                _pad: 0,
+                rule_id: 1,
+            },
+            Forward {
+                addr: [255, 255, 255, 254],
+                port: 65535,
+                flags: FORWARD_RESTRICTED,
+                _pad: 0,
+                rule_id: MAX_RULES - 1,
+            },
+        ] {
+            let word = forward.to_port_word().unwrap();
+            assert_ne!(word, 0);
+            assert_eq!(Forward::from_port_word(word), Some(forward));
+        }
+        assert_eq!(Forward::from_port_word(0), None);
+    }
+
+    #[test]
+    fn a_forward_the_word_cannot_hold_has_none() {
+        let fits = Forward {
+            addr: [10, 0, 0, 1],
+            port: 22,
+            flags: 0,
+            _pad: 0,
+            rule_id: 7,
+        };
+        assert!(fits.to_port_word().is_some());
+        for forward in [
+            Forward { rule_id: 0, ..fits },
+            Forward {
+                rule_id: MAX_RULES,
+                ..fits
+            },
+            Forward { flags: 2, ..fits },
+        ] {
+            assert_eq!(forward.to_port_word(), None, "{forward:?}");
+        }
+        assert_eq!(forward_port_slot(PROTO_ICMP, 1), None);
+        assert_eq!(
+            forward_port_slot(PROTO_UDP, 65535),
+            Some(FORWARD_PORT_SLOTS - 1)
+        );
     }
 
     #[test]

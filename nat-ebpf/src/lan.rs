@@ -205,7 +205,7 @@ fn hairpin(
     let now = now_ns();
     let target_port = packet.port(Side::Destination);
     // Nobody's port: the router's own, for its stack, and no mapping made.
-    if inbound_target(packet.proto, target_port).is_none() {
+    if inbound_target(config, packet.proto, target_port).is_none() {
         return Err(Counter::PassLocal);
     }
     let internal = packet.endpoint(Side::Source);
@@ -223,7 +223,7 @@ fn hairpin(
     // mapping's creation, the target and its route would take `nat_lan`'s
     // stack past the verifier's limit in TC mode. (A route that fails now
     // leaves the mapping to age out, as an unanswered flow's does.)
-    let target = inbound_target(packet.proto, target_port).ok_or(Counter::PassLocal)?;
+    let target = inbound_target(config, packet.proto, target_port).ok_or(Counter::PassLocal)?;
     let to = target.endpoint();
     let route = leaving_by(
         route(ctx, packet, config.wan_addr, to.addr)?,
@@ -309,7 +309,7 @@ fn hairpin_icmp_error(
     // the register that holds the rule's map pointer, at the tag's width,
     // which the verifier refuses ("invalid size of register spill").
     let port = quoted.port(Side::Source);
-    let sender = match forward_inbound(quoted.proto, port) {
+    let sender = match forward_inbound(config, quoted.proto, port) {
         Some(forward) => Endpoint {
             addr: forward.addr,
             port: forward.port,

@@ -14,12 +14,15 @@ use aya_ebpf::{
 };
 use nat_common::{
     AllowedRemote, BindingKey, EndpointKey, FILTER_ENDPOINT_INDEPENDENT, FORWARD_RESTRICTED,
-    Forward, MAPPING_ENDPOINT_INDEPENDENT, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    Forward, MAPPING_ENDPOINT_INDEPENDENT, NatConfig, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     context::NatContext,
-    maps::{ALLOWED_REMOTES, BINDINGS, CLOCK, CONFIG, FORWARD_HINTS, FORWARDS, STRANGER_PORTS},
+    maps::{
+        ALLOWED_REMOTES, BINDINGS, CLOCK, CONFIG, FORWARD_HINTS, FORWARD_PORTS, FORWARDS,
+        STRANGER_PORTS,
+    },
     parse::{Endpoint, Ipv4Packet, Side},
     session::{
         Conversation, forward_conversation_exists, session_inbound, session_outbound_existing,
@@ -74,7 +77,7 @@ pub fn in_prefix(addr: [u8; 4], net: [u8; 4], prefix_len: u8) -> bool {
     u32::from_be_bytes(addr) & mask == u32::from_be_bytes(net) & mask
 }
 
-/// The rule `FORWARDS` holds for `key`; not looked up where
+/// The rule `FORWARDS` holds for the outbound `key`; not looked up where
 /// `FORWARD_HINTS` says no key of its slot is there.
 #[inline(always)]
 fn forward(key: EndpointKey) -> Option<Forward> {
@@ -87,9 +90,18 @@ fn forward(key: EndpointKey) -> Option<Forward> {
     unsafe { FORWARDS.get(key).copied() }
 }
 
+/// The rule on `external_port`: its `FORWARD_PORTS` word, read only where
+/// `NatConfig::rule_ports` marks the port (so a reply on a dynamic port
+/// touches no line of that array).
 #[inline(always)]
-pub fn forward_inbound(proto: u8, external_port: u16) -> Option<Forward> {
-    forward(EndpointKey::inbound(proto, external_port))
+pub fn forward_inbound(config: &NatConfig, proto: u8, external_port: u16) -> Option<Forward> {
+    if !config.rule_ports.holds(proto, external_port) {
+        return None;
+    }
+    let slot = FORWARD_PORTS.get_ptr(nat_common::forward_port_slot(proto, external_port)?)?;
+    // SAFETY: a pointer into a live array value, 8-byte aligned; read once
+    // (the kernel's READ_ONCE), as the controller stores it whole.
+    Forward::from_port_word(unsafe { core::ptr::read_volatile(slot) })
 }
 
 /// Whether a static rule holds `external_port`: for the port search of a
@@ -457,9 +469,7 @@ pub fn inbound_admitted(
     frame_len: usize,
 ) -> Option<Target> {
     let (proto, external_port) = (conversation.proto, conversation.external_port);
-    if proto != PROTO_ICMP
-        && let Some(forward) = forward_inbound(proto, external_port)
-    {
+    if let Some(forward) = forward_inbound(config, proto, external_port) {
         return Some(Target::Forward(forward));
     }
     if let Some(internal) = session_inbound(config, conversation, now, frame_len) {
@@ -475,10 +485,8 @@ pub fn inbound_admitted(
 /// (dynamic ports never collide with a rule's, see `binding`). ICMP query
 /// ids are only ever dynamic.
 #[inline(always)]
-pub fn inbound_target(proto: u8, external_port: u16) -> Option<Target> {
-    if proto != PROTO_ICMP
-        && let Some(forward) = forward_inbound(proto, external_port)
-    {
+pub fn inbound_target(config: &NatConfig, proto: u8, external_port: u16) -> Option<Target> {
+    if let Some(forward) = forward_inbound(config, proto, external_port) {
         return Some(Target::Forward(forward));
     }
     binding_inbound(proto, external_port).map(Target::Binding)

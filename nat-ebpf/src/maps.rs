@@ -4,11 +4,12 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap},
 };
 use nat_common::{
-    ALLOWED_REMOTES_MAX, AllowedRemote, Binding, BindingKey, COUNTER_COUNT, CounterValue,
-    DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX, DEFAULT_SESSIONS_MAX,
-    EndpointKey, FORWARD_HINT_WORDS, FRAGS_MAX, Forward, FragEntry, FragKey, MAX_RULES,
-    NEW_CONNECTIONS_BYTES, NatConfig, PORT_SLOTS, PortOwner, RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX,
-    RelayTarget, RuleCounters, Session, SessionKey, SweepParams, SweepStats,
+    ALLOWED_REMOTES_MAX, AllowedRemote, BPF_F_MMAPABLE, Binding, BindingKey, COUNTER_COUNT,
+    CounterValue, DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX,
+    DEFAULT_SESSIONS_MAX, EndpointKey, FORWARD_HINT_WORDS, FORWARD_PORT_SLOTS, FRAGS_MAX, Forward,
+    FragEntry, FragKey, MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, PORT_SLOTS, PortOwner,
+    RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX, RelayTarget, RuleCounters, Session, SessionKey,
+    SweepParams, SweepStats,
 };
 
 use crate::{
@@ -23,10 +24,21 @@ pub const BPF_NOEXIST: u64 = 1;
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 
-/// Static forwarding entries, written only by the controller.
+/// The outbound keys of static rules (a server's endpoint: the external
+/// port its replies leave by), written only by the controller.
 #[map(name = "FORWARDS")]
 pub static FORWARDS: HashMap<EndpointKey, Forward> =
     HashMap::with_max_entries(DEFAULT_FORWARDS_MAX, 0);
+
+/// The inbound rule on each (protocol, external port), by
+/// `nat_common::forward_port_slot`: a `Forward::to_port_word`, 0 where no
+/// rule is. Indexed, not hashed: a packet to a forwarded port costs an
+/// array read where a `FORWARDS` lookup cost a hash, a bucket and a key
+/// compare. The controller writes it through a memory map, one 8-byte
+/// store a rule (a syscall update copies a value with `memcpy`, which a
+/// packet could read half done). 1 MiB.
+#[map(name = "FORWARD_PORTS")]
+pub static FORWARD_PORTS: Array<u64> = Array::with_max_entries(FORWARD_PORT_SLOTS, BPF_F_MMAPABLE);
 
 /// One bit per slot (`EndpointKey::hint_slot`) that some `FORWARDS` key
 /// hashes to, written only by the controller: a clear bit says there is

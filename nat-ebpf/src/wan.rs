@@ -179,7 +179,7 @@ fn icmp_error_inbound(
         return Err(Counter::PassLocal);
     }
     // An error never refreshes the mapping it is about (RFC 5508 REQ-6).
-    let to = inbound_target(quoted.proto, quoted.port(Side::Source))
+    let to = inbound_target(config, quoted.proto, quoted.port(Side::Source))
         .ok_or(Counter::PassLocal)?
         .endpoint();
     let route = leaving_by(

@@ -8,13 +8,14 @@ use aya::{
 };
 use nat_common::{RelayTarget, SessionKey, maps as names};
 
-use super::{DatapathError, MapView, MapWriter, Result, SweepMaps};
+use super::{DatapathError, MapView, MapWriter, Result, SweepMaps, forward_ports::ForwardPorts};
 
 /// Every map's name, as pinned in the pin directory.
-pub const PINNED: [&str; 16] = [
+pub const PINNED: [&str; 17] = [
     names::CONFIG,
     names::FORWARDS,
     names::FORWARD_HINTS,
+    names::FORWARD_PORTS,
     names::BINDINGS,
     names::PORT_OWNERS,
     names::SESSIONS,
@@ -101,6 +102,7 @@ impl Maps {
             forwards: open!(names::FORWARDS),
             forward_hints: open!(names::FORWARD_HINTS),
             hint_counts: Default::default(),
+            forward_ports: ForwardPorts::open(source(names::FORWARD_PORTS)?)?,
             allowed_remotes: open!(names::ALLOWED_REMOTES),
             rule_counters: typed(names::RULE_COUNTERS, rule_counters)?,
         };

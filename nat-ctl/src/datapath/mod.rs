@@ -14,6 +14,7 @@
 pub mod attach;
 mod batch;
 mod change;
+mod forward_ports;
 mod maps;
 pub mod pins;
 mod sweep;
@@ -125,6 +126,24 @@ pub enum DatapathError {
     },
     #[error("the pinned rules do not fit this natctl's rule model: {0}")]
     Rules(#[from] crate::rules::RuleError),
+    #[error("map {name} is not as this natctl builds it: {reason}")]
+    MapShape { name: &'static str, reason: String },
+    #[error("mapping map {name} into memory: {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no inbound rule can be on {}/{} (only TCP and UDP ports are forwarded)",
+        .0.proto, .0.port
+    )]
+    UnforwardableKey(nat_common::EndpointKey),
+    #[error(
+        "rule {} (flags {:#x}) does not fit FORWARD_PORTS: rule ids run from 1 to {}, and          FORWARD_RESTRICTED is the only flag",
+        .0.rule_id, .0.flags, nat_common::MAX_RULES - 1
+    )]
+    UnpackableForward(nat_common::Forward),
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;

@@ -11,18 +11,23 @@ use nat_common::{
     RulePorts, bit_position, maps as names,
 };
 
-use super::{DatapathError, MapChange, Result, Step, is_not_found, map_error};
+use super::{
+    DatapathError, MapChange, Result, Step, forward_ports::ForwardPorts, is_not_found, map_error,
+};
 use crate::rules::{AllowEntry, RuleEntries};
 
 pub struct MapWriter {
     pub(super) config: Array<MapData, NatConfig>,
     pub(super) egress: DevMapHash<MapData>,
+    /// The rules' outbound keys.
     pub(super) forwards: HashMap<MapData, EndpointKey, Forward>,
     pub(super) forward_hints: Array<MapData, u64>,
     /// How many `FORWARDS` keys each `FORWARD_HINTS` slot stands for, by
     /// slot (slots with none left out): the bitmap alone cannot say when
     /// a removal leaves its slot empty.
     pub(super) hint_counts: StdHashMap<u32, u32>,
+    /// The rules' inbound keys, by external port.
+    pub(super) forward_ports: ForwardPorts,
     pub(super) allowed_remotes: LpmTrie<MapData, AllowedRemote, u8>,
     pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
 }
@@ -30,17 +35,17 @@ pub struct MapWriter {
 impl MapWriter {
     /// Counts the slots of the keys `FORWARDS` holds (none in a fresh
     /// datapath; a pinned one's rules) and writes the bitmap they make, and
-    /// the ports their inbound keys hold: called once, when the maps are
-    /// opened, before any change.
+    /// the ports `FORWARD_PORTS` holds rules on: called once, when the maps
+    /// are opened, before any change.
     pub(super) fn rebuild_rule_bitmaps(&mut self) -> Result<()> {
         let mut counts = StdHashMap::new();
         let mut rule_ports = RulePorts::default();
         for key in self.forwards.keys() {
             let key = key.map_err(map_error(names::FORWARDS))?;
             *counts.entry(key.hint_slot()).or_insert(0u32) += 1;
-            if key.direction == DIR_INBOUND {
-                rule_ports.set(key.proto, key.port, true);
-            }
+        }
+        for (key, _) in self.forward_ports.entries() {
+            rule_ports.set(key.proto, key.port, true);
         }
         self.write_rule_ports(&rule_ports)?;
         let mut words = vec![0u64; FORWARD_HINT_WORDS as usize];
@@ -100,6 +105,9 @@ impl MapWriter {
 
     /// The forward a pinned datapath holds for `key`, if any.
     pub fn forward(&self, key: &EndpointKey) -> Result<Option<Forward>> {
+        if key.direction == DIR_INBOUND {
+            return self.forward_ports.get(key);
+        }
         match self.forwards.get(key, 0) {
             Ok(forward) => Ok(Some(forward)),
             Err(error) if is_not_found(&error) => Ok(None),
@@ -110,11 +118,12 @@ impl MapWriter {
     /// What the rule maps hold now, read back from the kernel: the starting
     /// point of the first change after picking up a pinned datapath.
     pub fn entries(&self) -> Result<RuleEntries> {
-        let forwards = self
+        let mut forwards: Vec<_> = self
             .forwards
             .iter()
             .collect::<std::result::Result<_, _>>()
             .map_err(map_error(names::FORWARDS))?;
+        forwards.extend(self.forward_ports.entries());
         let allowed = self
             .allowed_remotes
             .keys()
@@ -217,9 +226,15 @@ impl MapWriter {
                 }
                 _ => Ok(()),
             },
+            // Its port is marked already (`apply`).
+            Step::PutForward(key, value) if key.direction == DIR_INBOUND => {
+                self.forward_ports.put(&key, &value)
+            }
+            Step::RemoveForward(key) if key.direction == DIR_INBOUND => {
+                self.forward_ports.remove(&key)
+            }
             Step::PutForward(key, value) => {
-                // Counted before it is there, so that no packet skips it
-                // (its port is marked already: `apply`).
+                // Counted before it is there, so that no packet skips it.
                 let new_key = self.forward(&key)?.is_none();
                 if new_key {
                     self.count_hint(&key, true)?;
@@ -232,8 +247,7 @@ impl MapWriter {
                 })
             }
             Step::RemoveForward(key) => match self.forwards.remove(&key) {
-                // Uncounted once it is gone (its port is freed by `apply`);
-                // should that fail, the count stays high, which costs a
+                // Uncounted once it is gone; should that fail, the count stays high, which costs a
                 // packet a lookup, never a rule.
                 Ok(()) => self.count_hint(&key, false),
                 Err(error) if !is_not_found(&error) => Err(map_error(names::FORWARDS)(error)),
