@@ -1823,15 +1823,15 @@ fn soak_control_path(source: Ipv4Addr) -> Option<String> {
     Some(rest.split_once("</controlURL>")?.0.to_owned())
 }
 
-/// The (protocol, external port) keys the datapath's FORWARDS map holds.
+/// The (protocol, external port) the datapath's inbound rules are on: the
+/// `FORWARD_PORTS` slots that hold a rule.
 fn datapath_forwards(lab: &Lab) -> std::collections::BTreeSet<(u8, u16)> {
-    let data = aya::maps::MapData::from_pin(lab.pin_dir().join("FORWARDS")).unwrap();
-    let map: aya::maps::HashMap<_, nat_common::EndpointKey, nat_common::Forward> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
-    map.keys()
-        .map(Result::unwrap)
-        .filter(|key| key.direction == nat_common::DIR_INBOUND)
-        .map(|key| (key.proto, key.port))
+    let data = aya::maps::MapData::from_pin(lab.pin_dir().join("FORWARD_PORTS")).unwrap();
+    let map: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    (0..nat_common::FORWARD_PORT_SLOTS)
+        .filter(|&slot| nat_common::Forward::from_port_word(map.get(&slot, 0).unwrap()).is_some())
+        .map(|slot| nat_common::slot_port(slot).unwrap())
         .collect()
 }
 

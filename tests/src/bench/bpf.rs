@@ -102,6 +102,7 @@ fn small_loader() -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
     for name in [
         maps::FORWARDS,
+        maps::FORWARD_PORTS,
         maps::BINDINGS,
         maps::SESSIONS,
         maps::FORWARD_SESSIONS,

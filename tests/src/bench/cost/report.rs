@@ -143,8 +143,9 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
                     "the forwarder's own work (over the {base:.0} ns baseline) is {:.0} ns, \
                      the NAT's {:.0} ns, its route from the route cache where the forwarder \
                      makes a FIB lookup: its {:.0} ns more are the NAT's table lookup \
-                     (one SESSIONS hit for a flow on its own port or a reply; BINDINGS or \
-                     FORWARDS besides for a remapped port or a rule), the session's \
+                     (one SESSIONS hit for a flow on its own port or a reply; BINDINGS \
+                     besides for a remapped port, FORWARDS for a rule's server going out, \
+                     a FORWARD_PORTS read for a rule's port coming in), the session's \
                      counters and the checksum rewrites{}",
                     fwd - base,
                     ns - base,
