@@ -1,7 +1,6 @@
 //! Port-forwarding rules as a router's "virtual server" page has them, their
 //! validation, and their expansion into datapath entries.
 use std::{
-    collections::HashMap,
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
     str::FromStr,
@@ -458,6 +457,13 @@ pub struct RuleEntries {
     pub allowed: Vec<AllowEntry>,
 }
 
+impl RuleEntries {
+    pub fn append(&mut self, other: RuleEntries) {
+        self.forwards.extend(other.forwards);
+        self.allowed.extend(other.allowed);
+    }
+}
+
 /// An `ALLOWED_REMOTES` key, in a form that can be compared and hashed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AllowEntry {
@@ -671,9 +677,10 @@ impl PortIndex {
 /// not know which external port to use). Disabled rules still hold their
 /// name but no ports.
 pub fn check_conflicts(rules: &[ForwardRule]) -> Result<(), RuleError> {
-    let mut names = HashMap::new();
-    let mut external = HashMap::new();
-    let mut internal = HashMap::new();
+    // Every rule's every port, on each change: foldhash, not SipHash.
+    let mut names = foldhash::HashMap::default();
+    let mut external = foldhash::HashMap::default();
+    let mut internal = foldhash::HashMap::default();
     for rule in rules {
         if names.insert(rule.name.as_str(), ()).is_some() {
             return Err(RuleError::DuplicateName(rule.name.clone()));
@@ -807,9 +814,7 @@ impl RuleSet {
     pub fn entries(&self) -> RuleEntries {
         let mut all = RuleEntries::default();
         for (id, rule) in &self.rules {
-            let entries = rule.entries(*id);
-            all.forwards.extend(entries.forwards);
-            all.allowed.extend(entries.allowed);
+            all.append(rule.entries(*id));
         }
         all
     }

@@ -367,17 +367,7 @@ impl State {
     /// and none of `[nat] reserved_ports` either. Ports a rule already
     /// held are not checked again, so a renewal goes through.
     fn check_router_ports(&self, next: &RuleSet) -> Result<(), ChangeError> {
-        let held = self.rules.claimed_ports();
-        let claimed: Vec<(&ForwardRule, u8, u16)> = next
-            .iter()
-            .filter(|(_, rule)| rule.enabled)
-            .flat_map(|(_, rule)| {
-                rule.protocol.numbers().iter().flat_map(move |&proto| {
-                    rule.external.ports().map(move |port| (rule, proto, port))
-                })
-            })
-            .filter(|(_, proto, port)| !held.contains(&(*proto, *port)))
-            .collect();
+        let claimed = self.newly_claimed(next);
         if claimed.is_empty() {
             return Ok(());
         }
@@ -396,12 +386,29 @@ impl State {
         Ok(())
     }
 
+    /// The (rule, protocol, port) that `next`'s enabled rules hold and the
+    /// rules in force do not, by protocol and port. Only a rule `next`
+    /// added or changed can hold one, so the others are not walked: with
+    /// 1000 UPnP mappings held, a request looks at its own rule's ports.
+    fn newly_claimed<'a>(&self, next: &'a RuleSet) -> Vec<(&'a ForwardRule, u8, u16)> {
+        let before: foldhash::HashMap<u32, &ForwardRule> = self.rules.iter().collect();
+        let mut claimed: Vec<_> = next
+            .iter()
+            .filter(|(id, rule)| rule.enabled && before.get(id) != Some(rule))
+            .flat_map(|(_, rule)| {
+                rule.protocol.numbers().iter().flat_map(move |&proto| {
+                    rule.external.ports().map(move |port| (rule, proto, port))
+                })
+            })
+            .filter(|(_, proto, port)| self.ports.holding(*proto, *port).is_none())
+            .collect();
+        claimed.sort_unstable_by_key(|(_, proto, port)| (*proto, *port));
+        claimed
+    }
+
     /// A port a rule newly claims must not be a live dynamic mapping's.
     fn check_mappings(&self, next: &RuleSet) -> Result<(), ChangeError> {
-        let held = self.rules.claimed_ports();
-        let mut claimed: Vec<_> = next.claimed_ports().difference(&held).copied().collect();
-        claimed.sort_unstable();
-        for (proto, port) in claimed {
+        for (claimant, proto, port) in self.newly_claimed(next) {
             let Some((addr, internal_port)) = self
                 .view
                 .port_owner(proto, port)
@@ -410,21 +417,15 @@ impl State {
             else {
                 continue;
             };
-            let claimant = next.iter().find(|(_, rule)| {
-                rule.enabled
-                    && rule.protocol.numbers().contains(&proto)
-                    && (rule.external.first..=rule.external.last).contains(&port)
-            });
             // A rule for the port its own target already holds adopts that
             // mapping: the endpoint keeps its port (RFC 4787 REQ-11), and
             // a client asking for the port it has is not sent elsewhere.
             let holder = SocketAddrV4::new(addr.into(), internal_port);
-            if claimant.is_some_and(|(_, rule)| rule.target_of(port) == Some(holder)) {
+            if claimant.target_of(port) == Some(holder) {
                 continue;
             }
-            let name = claimant.map_or_else(String::new, |(_, rule)| rule.name.clone());
             return Err(RuleError::InUseByMapping {
-                name,
+                name: claimant.name.clone(),
                 protocol: protocol_name(proto),
                 port,
                 internal: holder,

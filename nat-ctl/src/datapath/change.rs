@@ -1,13 +1,12 @@
 //! A rule change as the maps see it: the difference between the entries
-//! `FORWARDS` and `ALLOWED_REMOTES` hold and the ones they must hold, as a
-//! plain value. Computing it needs no kernel, so its order and its undo are
+//! `FORWARDS`, `FORWARD_PORTS` and `ALLOWED_REMOTES` hold and the ones
+//! they must hold, as a plain value. Computing it needs no kernel, so its order and its undo are
 //! unit-tested here; [`super::MapWriter::apply`] is the only code that
 //! carries one out.
-use std::collections::{HashMap, HashSet};
-
+use foldhash::{HashMap, HashSet};
 use nat_common::{EndpointKey, Forward};
 
-use crate::rules::{AllowEntry, RuleEntries, RuleSet};
+use crate::rules::{AllowEntry, ForwardRule, RuleEntries, RuleSet};
 
 /// One map operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,18 +69,37 @@ impl MapChange {
         }
     }
 
-    /// The change from one rule set to the next: their entries, and the ids
-    /// `next` gives to rules `current` does not have (a removed rule's id
-    /// may be reused, and its counts must not carry over).
+    /// The change from one rule set to the next: the entries of the rules
+    /// that differ, and the ids `next` gives to rules `current` does not
+    /// have (a removed rule's id may be reused, and its counts must not
+    /// carry over). A rule the same under the same id puts the same entries
+    /// in, and no two rules share a key, so the rules left as they were
+    /// drop out of the difference: with 1000 UPnP mappings held, a request
+    /// diffs its own rule's entries, not every rule's.
     pub fn for_rules(current: &RuleSet, next: &RuleSet) -> Self {
-        let known: HashSet<u32> = current.iter().map(|(id, _)| id).collect();
+        let before: HashMap<u32, &ForwardRule> = current.iter().collect();
+        let after: HashMap<u32, &ForwardRule> = next.iter().collect();
+        let mut old = RuleEntries::default();
+        for (id, rule) in current.iter() {
+            if after.get(&id) != Some(&rule) {
+                old.append(rule.entries(id));
+            }
+        }
+        let mut new = RuleEntries::default();
+        let mut fresh_rule_ids = Vec::new();
+        for (id, rule) in next.iter() {
+            match before.get(&id) {
+                Some(was) if *was == rule => {}
+                Some(_) => new.append(rule.entries(id)),
+                None => {
+                    fresh_rule_ids.push(id);
+                    new.append(rule.entries(id));
+                }
+            }
+        }
         Self {
-            fresh_rule_ids: next
-                .iter()
-                .map(|(id, _)| id)
-                .filter(|id| !known.contains(id))
-                .collect(),
-            ..Self::between(&current.entries(), &next.entries())
+            fresh_rule_ids,
+            ..Self::between(&old, &new)
         }
     }
 
@@ -127,7 +145,7 @@ impl MapChange {
 }
 
 fn dedup(entries: &[AllowEntry]) -> Vec<AllowEntry> {
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     entries
         .iter()
         .copied()
@@ -247,6 +265,31 @@ mod tests {
             matches!(steps.last(), Some(Step::RemoveAllowed(_))),
             "{steps:?}"
         );
+    }
+
+    #[test]
+    fn the_changed_rules_alone_give_the_whole_sets_difference() {
+        let before = rules(&[
+            "tcp/2222=192.168.0.12:22,allow=198.51.100.0/24,name=ssh",
+            "udp/6881-6883=192.168.0.20,name=torrent",
+            "tcp/443=192.168.0.14,name=web",
+            "udp/27015=192.168.0.15,name=game",
+        ]);
+        let mut after = before.clone();
+        after.remove("torrent").unwrap();
+        // Its port goes to another server in the same change.
+        after
+            .add("udp/6881=192.168.0.21,name=other".parse().unwrap(), None)
+            .unwrap();
+        after.get_mut("ssh").unwrap().allow = vec!["203.0.113.0/24".parse().unwrap()];
+        after.get_mut("game").unwrap().enabled = false;
+        let whole = MapChange::between(&before.entries(), &after.entries());
+        let change = MapChange::for_rules(&before, &after);
+        assert_eq!(
+            change.steps().collect::<Vec<_>>(),
+            whole.steps().collect::<Vec<_>>()
+        );
+        assert_eq!(change.inverse().steps().count(), whole.steps().count());
     }
 
     #[test]
