@@ -74,9 +74,9 @@ pub const fn bit_position(slot: u32) -> (u32, u64) {
 /// `FORWARD_HINTS` is a bitmap of `1 << FORWARD_HINT_BITS` slots: a slot's
 /// bit is set while a `FORWARDS` key (outbound: inbound keys are not
 /// there) has it as its [`EndpointKey::hint_slot`]. A packet from the LAN
-/// looks its key up in `FORWARDS` only
-/// where the bit is set, so that the hash-table miss almost every packet
-/// would pay (most flows are no rule's) becomes an array read. Bits, not
+/// looks its key up in `FORWARDS` only where the bit is set, so that the
+/// hash-table miss almost every packet would pay (most flows are no
+/// rule's) becomes an array read. Bits, not
 /// counts: at 8 KiB the map stays in the L1 cache, where an array of
 /// 65,536 counts (256 KiB) cost a flow of its own a cache line, a miss
 /// per packet once flows are many. The daemon counts each slot's keys in

@@ -834,8 +834,23 @@ impl RuleSet {
             .min()
     }
 
+    /// The rules of this set that `other` does not hold as they are under
+    /// the same id, each with whether `other` has that id at all. A rule
+    /// change touches only these: a rule the same under the same id puts
+    /// the same entries in and holds the same ports.
+    pub fn differing<'a>(&'a self, other: &RuleSet) -> Vec<(u32, &'a ForwardRule, bool)> {
+        let theirs: foldhash::HashMap<u32, &ForwardRule> = other.iter().collect();
+        self.iter()
+            .filter_map(|(id, rule)| match theirs.get(&id) {
+                Some(same) if *same == rule => None,
+                known => Some((id, rule, known.is_some())),
+            })
+            .collect()
+    }
+
     /// The (protocol, external port) pairs the enabled rules hold (on their
     /// schedule or not).
+    #[cfg(test)]
     pub fn claimed_ports(&self) -> std::collections::HashSet<(u8, u16)> {
         self.rules
             .iter()

@@ -246,7 +246,8 @@ impl State {
         // a rule added or edited outside its window is closed from the
         // first moment.
         next.refresh_schedules(&self.local_now());
-        self.check_router_ports(&next)?;
+        let claimed = self.newly_claimed(&next);
+        self.check_router_ports(&claimed)?;
         // The daemon is the maps' only writer: the difference between the
         // rule sets is the difference between what the maps hold and what
         // they must hold, so only the changed entries are touched.
@@ -255,7 +256,7 @@ impl State {
         // Checked once the new forwards are in: from then on the datapath
         // gives none of their ports to a new dynamic mapping, so a mapping
         // found now is one that was there before.
-        if let Err(conflict) = self.check_mappings(&next) {
+        if let Err(conflict) = self.check_mappings(&claimed) {
             let _ = self.writer.apply(&change.inverse());
             return Err(conflict);
         }
@@ -366,8 +367,7 @@ impl State {
     /// clients make no port the router uses, none of its ephemeral range
     /// and none of `[nat] reserved_ports` either. Ports a rule already
     /// held are not checked again, so a renewal goes through.
-    fn check_router_ports(&self, next: &RuleSet) -> Result<(), ChangeError> {
-        let claimed = self.newly_claimed(next);
+    fn check_router_ports(&self, claimed: &[(&ForwardRule, u8, u16)]) -> Result<(), ChangeError> {
         if claimed.is_empty() {
             return Ok(());
         }
@@ -378,7 +378,7 @@ impl State {
                  checked against them: {error}; nothing was changed"
             ))
         })?;
-        for (rule, proto, port) in claimed {
+        for &(rule, proto, port) in claimed {
             if let Some(refusal) = ports.refusal(proto, port, rule.client().is_some()) {
                 return Err(refusal.into_error(&rule.name, proto, port).into());
             }
@@ -391,11 +391,11 @@ impl State {
     /// added or changed can hold one, so the others are not walked: with
     /// 1000 UPnP mappings held, a request looks at its own rule's ports.
     fn newly_claimed<'a>(&self, next: &'a RuleSet) -> Vec<(&'a ForwardRule, u8, u16)> {
-        let before: foldhash::HashMap<u32, &ForwardRule> = self.rules.iter().collect();
         let mut claimed: Vec<_> = next
-            .iter()
-            .filter(|(id, rule)| rule.enabled && before.get(id) != Some(rule))
-            .flat_map(|(_, rule)| {
+            .differing(&self.rules)
+            .into_iter()
+            .filter(|(_, rule, _)| rule.enabled)
+            .flat_map(|(_, rule, _)| {
                 rule.protocol.numbers().iter().flat_map(move |&proto| {
                     rule.external.ports().map(move |port| (rule, proto, port))
                 })
@@ -407,8 +407,8 @@ impl State {
     }
 
     /// A port a rule newly claims must not be a live dynamic mapping's.
-    fn check_mappings(&self, next: &RuleSet) -> Result<(), ChangeError> {
-        for (claimant, proto, port) in self.newly_claimed(next) {
+    fn check_mappings(&self, claimed: &[(&ForwardRule, u8, u16)]) -> Result<(), ChangeError> {
+        for &(claimant, proto, port) in claimed {
             let Some((addr, internal_port)) = self
                 .view
                 .port_owner(proto, port)

@@ -1,12 +1,12 @@
 //! A rule change as the maps see it: the difference between the entries
 //! `FORWARDS`, `FORWARD_PORTS` and `ALLOWED_REMOTES` hold and the ones
-//! they must hold, as a plain value. Computing it needs no kernel, so its order and its undo are
-//! unit-tested here; [`super::MapWriter::apply`] is the only code that
-//! carries one out.
+//! they must hold, as a plain value. Computing it needs no kernel, so its
+//! order and its undo are unit-tested here; [`super::MapWriter::apply`]
+//! is the only code that carries one out.
 use foldhash::{HashMap, HashSet};
 use nat_common::{EndpointKey, Forward};
 
-use crate::rules::{AllowEntry, ForwardRule, RuleEntries, RuleSet};
+use crate::rules::{AllowEntry, RuleEntries, RuleSet};
 
 /// One map operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,25 +77,17 @@ impl MapChange {
     /// drop out of the difference: with 1000 UPnP mappings held, a request
     /// diffs its own rule's entries, not every rule's.
     pub fn for_rules(current: &RuleSet, next: &RuleSet) -> Self {
-        let before: HashMap<u32, &ForwardRule> = current.iter().collect();
-        let after: HashMap<u32, &ForwardRule> = next.iter().collect();
         let mut old = RuleEntries::default();
-        for (id, rule) in current.iter() {
-            if after.get(&id) != Some(&rule) {
-                old.append(rule.entries(id));
-            }
+        for (id, rule, _) in current.differing(next) {
+            old.append(rule.entries(id));
         }
         let mut new = RuleEntries::default();
         let mut fresh_rule_ids = Vec::new();
-        for (id, rule) in next.iter() {
-            match before.get(&id) {
-                Some(was) if *was == rule => {}
-                Some(_) => new.append(rule.entries(id)),
-                None => {
-                    fresh_rule_ids.push(id);
-                    new.append(rule.entries(id));
-                }
+        for (id, rule, known) in next.differing(current) {
+            if !known {
+                fresh_rule_ids.push(id);
             }
+            new.append(rule.entries(id));
         }
         Self {
             fresh_rule_ids,

@@ -140,7 +140,8 @@ pub enum DatapathError {
     )]
     UnforwardableKey(nat_common::EndpointKey),
     #[error(
-        "rule {} (flags {:#x}) does not fit FORWARD_PORTS: rule ids run from 1 to {}, and          FORWARD_RESTRICTED is the only flag",
+        "rule {} (flags {:#x}) does not fit FORWARD_PORTS: rule ids run from 1 to {}, and \
+         FORWARD_RESTRICTED is the only flag",
         .0.rule_id, .0.flags, nat_common::MAX_RULES - 1
     )]
     UnpackableForward(nat_common::Forward),

@@ -247,8 +247,8 @@ impl MapWriter {
                 })
             }
             Step::RemoveForward(key) => match self.forwards.remove(&key) {
-                // Uncounted once it is gone; should that fail, the count stays high, which costs a
-                // packet a lookup, never a rule.
+                // Uncounted once it is gone; should that fail, the count
+                // stays high, which costs a packet a lookup, never a rule.
                 Ok(()) => self.count_hint(&key, false),
                 Err(error) if !is_not_found(&error) => Err(map_error(names::FORWARDS)(error)),
                 Err(_) => Ok(()),
