@@ -476,6 +476,121 @@ pub struct Session {
     pub _pad: u8,
 }
 
+/// `SessionSlot::state`: free, for any key to claim.
+pub const SLOT_EMPTY: u64 = 0;
+/// Claimed by one writer, which is filling in its key and session: no
+/// reader matches it, no other writer takes it.
+pub const SLOT_CLAIMED: u64 = 1;
+/// Holds a session in its key's home slot ([`session_home`]).
+pub const SLOT_LIVE: u64 = 2;
+/// Holds a session whose home slot was taken when it was made: it is in
+/// its second window ([`session_spill_home`]), counted in its home slot's
+/// `spilled`.
+pub const SLOT_LIVE_SPILLED: u64 = 3;
+
+/// Whether a slot's state word says it holds a session.
+#[inline(always)]
+pub const fn slot_is_live(state: u64) -> bool {
+    state == SLOT_LIVE || state == SLOT_LIVE_SPILLED
+}
+
+/// The slots of a key's second window, from [`session_spill_home`] on
+/// (linear probing): a lookup there reads at most this many slots, and an
+/// insert that finds them all taken fails (`session_table_full`). Linear
+/// probing clusters, so the window must be wide: in simulation, a table
+/// half full (as [`session_slots`] sizes it for its full load) fails about
+/// 3 inserts in 100,000 under churn with 32 slots (with 16, 150), and none
+/// at 40% full. Only the sessions whose home slot was taken go there.
+pub const SESSION_PROBES: u32 = 32;
+
+/// One slot of `SESSIONS`, an open-addressing table in an array: key,
+/// state and session in one 64-byte cache line (the array is mappable, so
+/// its values start on a page boundary and every slot is one line). A
+/// kernel hash map keeps a bucket array apart from its elements, and each
+/// element (96 bytes here) straddles lines: two or three dependent misses
+/// a packet with many flows, where this is one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SessionSlot {
+    /// `SLOT_EMPTY`, `SLOT_CLAIMED`, `SLOT_LIVE` or `SLOT_LIVE_SPILLED`;
+    /// changed only by atomic swaps and compare-and-swaps (64 bits: the
+    /// BPF CPUs this runs on all have a 64-bit compare-and-swap, not all a
+    /// 32-bit one).
+    pub state: u64,
+    pub key: SessionKey,
+    pub _pad: u32,
+    pub session: Session,
+    /// How many sessions whose home this slot is live in their second
+    /// window: while 0, a key that is not here is nowhere. Counted up
+    /// (atomically) before such a session is made, down by the sweep after
+    /// it frees one; whatever the slot itself holds.
+    pub spilled: u64,
+}
+
+const _: () = assert!(size_of::<SessionSlot>() == 64);
+
+/// The slots of a `SESSIONS` table that is to hold `sessions`: a power of
+/// two, so that a hash masks to a slot, and twice the sessions, so that the
+/// table is at most half full and few sessions find their home taken.
+pub const fn session_slots(sessions: u32) -> u32 {
+    let wanted = if sessions < SESSION_PROBES {
+        SESSION_PROBES
+    } else {
+        sessions
+    };
+    let slots = (wanted as u64 * 2).next_power_of_two();
+    if slots > MAX_SESSION_SLOTS as u64 {
+        MAX_SESSION_SLOTS
+    } else {
+        slots as u32
+    }
+}
+
+/// The largest `SESSIONS` table: 2^26 slots, 4 GiB.
+pub const MAX_SESSION_SLOTS: u32 = 1 << 26;
+
+/// MurmurHash3's 64-bit finalizer: every input bit moves the low bits.
+#[inline(always)]
+const fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+/// The home slot of `key` in a `SESSIONS` table under `seed` (before the
+/// table's mask): a hash of the remote endpoint and protocol, plus the
+/// external port. The sessions of one remote (a server many of a LAN's
+/// connections go to, each from its own port) so lie side by side in the
+/// order of their ports, a page holding 64 of them: a packet reaches its
+/// flow's line through a TLB entry and prefetched lines its neighbours
+/// already used, where a hash of the whole key would scatter them over the
+/// whole table, a page (and a page walk) each. Seeded at random per table
+/// (`NatConfig::session_seed`), so that nobody outside can tell where a
+/// remote's sessions lie. A key whose home is taken goes to its second
+/// window, so dense runs of one remote's sessions crowd nobody out.
+#[inline(always)]
+pub fn session_home(seed: u32, key: &SessionKey) -> u32 {
+    let remote = (u32::from_ne_bytes(key.remote_addr) as u64) | ((key.remote_port as u64) << 32);
+    let mixed = fmix64(
+        remote ^ ((seed as u64) | ((key.proto as u64) << 48)).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    (mixed as u32).wrapping_add(key.external_port as u32)
+}
+
+/// Where the second window of `key` starts (before the table's mask): a
+/// hash of the whole key, independent of [`session_home`], so that the
+/// sessions that found their home taken spread over the table.
+#[inline(always)]
+pub fn session_spill_home(seed: u32, key: &SessionKey) -> u32 {
+    let ports = (key.remote_port as u64) | ((key.external_port as u64) << 16);
+    let words = (u32::from_ne_bytes(key.remote_addr) as u64) | (ports << 32);
+    let salt = ((seed as u64) << 8 | key.proto as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    fmix64(words ^ salt) as u32
+}
+
 /// RFC 4787 filtering behaviour for inbound packets on a dynamic mapping.
 pub const FILTER_ENDPOINT_INDEPENDENT: u8 = 0;
 pub const FILTER_ADDRESS_DEPENDENT: u8 = 1;
@@ -527,6 +642,13 @@ pub struct NatConfig {
     /// the datapath's cached routes of an older epoch are looked up again
     /// (`egress`).
     pub route_epoch: u32,
+    /// The seed of `SESSIONS`' hashes ([`session_home`],
+    /// [`session_spill_home`]), chosen at random when the table is made and
+    /// kept with it (a write of the rest of the configuration keeps it).
+    pub session_seed: u32,
+    /// `SESSIONS`' slots less one ([`session_slots`], a power of two),
+    /// written with the seed.
+    pub session_mask: u32,
     /// The external ports static rules hold, which a new mapping skips.
     /// Written with the rules, by the daemon alone (a write of the rest of
     /// the configuration keeps them).
@@ -626,7 +748,9 @@ pub const LOW_PORTS_END: u16 = 1024;
 /// 10: `PortOwner::remapped` (32 bytes).
 /// 11: inbound rules in `FORWARD_PORTS` (pinned), no longer in `FORWARDS`,
 /// which keeps the outbound keys alone.
-pub const DATAPATH_LAYOUT: u32 = 11;
+/// 12: `SESSIONS` an open-addressing array of `SessionSlot`s (mappable),
+/// not a hash map; `NatConfig::session_seed`, `session_mask`.
+pub const DATAPATH_LAYOUT: u32 = 12;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -1059,6 +1183,7 @@ mod pod {
     unsafe impl aya::Pod for Forward {}
     unsafe impl aya::Pod for SessionKey {}
     unsafe impl aya::Pod for Session {}
+    unsafe impl aya::Pod for SessionSlot {}
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for CounterValue {}
     unsafe impl aya::Pod for AllowedRemote {}
@@ -1183,6 +1308,46 @@ mod tests {
     }
 
     #[test]
+    fn session_tables_are_twice_their_load_in_a_power_of_two() {
+        assert_eq!(session_slots(DEFAULT_SESSIONS_MAX), 1 << 20);
+        assert_eq!(session_slots(1_000_000), 1 << 21);
+        assert_eq!(session_slots(0), 2 * SESSION_PROBES);
+        assert_eq!(session_slots(u32::MAX), MAX_SESSION_SLOTS);
+    }
+
+    #[test]
+    fn one_remotes_sessions_lie_side_by_side_and_the_seed_moves_them() {
+        let key = |remote_port, external_port| SessionKey {
+            remote_addr: [198, 51, 100, 7],
+            remote_port,
+            external_port,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let home = session_home(7, &key(443, 40000));
+        for offset in 1..100u16 {
+            let next = session_home(7, &key(443, 40000 + offset));
+            assert_eq!(next, home.wrapping_add(u32::from(offset)));
+        }
+        // Another remote port, protocol or seed: somewhere else.
+        assert_ne!(session_home(7, &key(80, 40000)), home);
+        assert_ne!(session_home(8, &key(443, 40000)), home);
+        let udp = SessionKey {
+            proto: PROTO_UDP,
+            ..key(443, 40000)
+        };
+        assert_ne!(session_home(7, &udp), home);
+        // The second window does not follow the home: neighbours spread.
+        let mut spills = [0u32; 64];
+        for (offset, spill) in spills.iter_mut().enumerate() {
+            *spill = session_spill_home(7, &key(443, 40000 + offset as u16)) >> 20;
+        }
+        spills.sort_unstable();
+        let distinct = 1 + spills.windows(2).filter(|pair| pair[0] != pair[1]).count();
+        assert!(distinct > 32, "second windows bunched: {spills:?}");
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 8);
         assert_eq!(size_of::<BindingKey>(), 16);
@@ -1196,7 +1361,8 @@ mod tests {
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
-        assert_eq!(size_of::<NatConfig>(), 40 + 8 * RULE_PORT_WORDS);
+        assert_eq!(size_of::<NatConfig>(), 48 + 8 * RULE_PORT_WORDS);
+        assert_eq!(size_of::<SessionSlot>(), 64);
         assert_eq!(size_of::<bench::BenchTemplate>(), 152);
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);

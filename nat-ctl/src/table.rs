@@ -261,16 +261,13 @@ pub fn table_rows(
         source,
     })?;
     let mut dynamic = Vec::new();
-    datapath::for_each_in(maps.sessions(), |key: &SessionKey, session: &Session| {
-        let row = conversation_row(key, session, "DYNAMIC", None, &policy);
-        if row.matches(filter) {
-            dynamic.push(row);
-        }
-    })
-    .map_err(|source| DatapathError::Walk {
-        name: nat_common::maps::SESSIONS,
-        source,
-    })?;
+    maps.sessions()
+        .for_each(|key: &SessionKey, session: &Session| {
+            let row = conversation_row(key, session, "DYNAMIC", None, &policy);
+            if row.matches(filter) {
+                dynamic.push(row);
+            }
+        });
     let order = |row: &TableRow| {
         (
             row.external_port.first,

@@ -7,18 +7,19 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_for_each_map_elem;
 use nat_common::{
-    Binding, BindingKey, Counter, FragEntry, FragKey, PortOwner, Session, SessionKey, SweepParams,
-    SweepStats, idle_past, port_slot, slot_port,
+    Binding, BindingKey, Counter, FragEntry, FragKey, PortOwner, Session, SessionKey, SessionSlot,
+    SweepParams, SweepStats, idle_past, port_slot, slot_is_live, slot_port,
 };
 
 use crate::{
     counters::count,
     lookup::now_ns,
     maps::{
-        BINDINGS, FORWARD_SESSIONS, FRAGS, LIVE_PORTS, PORT_OWNERS, SESSIONS, SWEEP_PARAMS,
+        BINDINGS, CONFIG, FORWARD_SESSIONS, FRAGS, LIVE_PORTS, PORT_OWNERS, SESSIONS, SWEEP_PARAMS,
         SWEEP_STATS,
     },
     ports,
+    session_table::{self, TableShape},
 };
 
 /// Passed to every callback of one sweep.
@@ -26,6 +27,7 @@ struct Sweep {
     now: u64,
     params: SweepParams,
     stats: SweepStats,
+    sessions: TableShape,
 }
 
 #[inline(always)]
@@ -48,18 +50,30 @@ fn is_live(sweep: &Sweep, proto: u8, port: u16) -> bool {
 
 extern "C" fn visit_session(
     _map: *mut c_void,
-    key: *const SessionKey,
-    value: *mut Session,
+    _index: *const u32,
+    slot: *mut SessionSlot,
     sweep: *mut Sweep,
 ) -> i64 {
-    // SAFETY: the kernel passes this map's key and value and our context.
-    let (key, session, sweep) = unsafe { (*key, *value, &mut *sweep) };
+    // SAFETY: the kernel passes this map's index and value and our
+    // context; the state is read before the rest, which its writer
+    // published after them.
+    let (state, sweep) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*slot).state),
+            &mut *sweep,
+        )
+    };
+    if !slot_is_live(state) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let (key, session) = unsafe { ((*slot).key, (*slot).session) };
     sweep.stats.scanned += 1;
     let timeout = sweep
         .params
         .session_timeout_ns(key.proto, session.tcp_state);
     if idle_past(session.last_seen_ns, sweep.now, timeout) {
-        if SESSIONS.remove(key).is_ok() {
+        if session_table::release(&sweep.sessions, slot, state, &key) {
             sweep.stats.sessions_removed += 1;
         }
     } else {
@@ -216,6 +230,14 @@ pub fn try_nat_sweep() -> u32 {
     if params.generation == 0 {
         return 1;
     }
+    // Read whether or not the WAN NIC has an address: sessions age either
+    // way. Set when the table was made.
+    let Some((seed, mask)) = CONFIG
+        .get(0)
+        .map(|config| (config.session_seed, config.session_mask))
+    else {
+        return 1;
+    };
     let mut sweep = Sweep {
         now: if params.now_ns != 0 {
             params.now_ns
@@ -224,6 +246,7 @@ pub fn try_nat_sweep() -> u32 {
         },
         params,
         stats: SweepStats::default(),
+        sessions: TableShape { seed, mask },
     };
     // Sessions first: they mark the ports whose mappings must stay.
     for_each(

@@ -52,10 +52,11 @@ use crate::{
     counters::settle,
     egress::{redirect, route, route_uncached},
     lookup::{config, mapping_key, now_ns},
-    maps::{EGRESS, SESSIONS},
+    maps::EGRESS,
     parse::{Side, frame_len, parse_frame, ptr_at},
     ports,
     session::{Conversation, new_session, session_key},
+    session_table,
 };
 
 #[map(name = "BENCH_TEMPLATE")]
@@ -191,7 +192,6 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
     let remote = packet.endpoint(Side::Destination);
     let port = internal.port;
     let outbound = mapping_key(config, packet.proto, internal, remote);
-    let full = |_| Counter::DropTableFull;
     if !ports::claim(port, &outbound, now) {
         return Err(Counter::DropPortExhausted);
     }
@@ -201,13 +201,12 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
         remote,
         tcp_flags: packet.tcp_flags,
     };
-    SESSIONS
-        .insert(
-            session_key(config, &conversation),
-            new_session(internal, TCP_STATE_NONE, now, frame_len(ctx)),
-            0,
-        )
-        .map_err(full)
+    let session = new_session(internal, TCP_STATE_NONE, now, frame_len(ctx));
+    if session_table::insert(config, &session_key(config, &conversation), &session) {
+        Ok(())
+    } else {
+        Err(Counter::DropTableFull)
+    }
 }
 
 /// `XDP_DROP` once both writes are made, `XDP_ABORTED` if one fails.

@@ -59,6 +59,7 @@ mod proto;
 mod reject;
 mod relay;
 mod session;
+mod session_table;
 mod translate;
 mod validate;
 mod wan;

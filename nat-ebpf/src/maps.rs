@@ -9,7 +9,7 @@ use nat_common::{
     DEFAULT_SESSIONS_MAX, EndpointKey, FORWARD_HINT_WORDS, FORWARD_PORT_SLOTS, FRAGS_MAX, Forward,
     FragEntry, FragKey, MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, PORT_SLOTS, PortOwner,
     RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX, RelayTarget, RuleCounters, Session, SessionKey,
-    SweepParams, SweepStats,
+    SessionSlot, SweepParams, SweepStats, session_slots,
 };
 
 use crate::{
@@ -59,9 +59,12 @@ pub static BINDINGS: HashMap<BindingKey, Binding> =
 #[map(name = "PORT_OWNERS")]
 pub static PORT_OWNERS: Array<PortOwner> = Array::with_max_entries(PORT_SLOTS, 0);
 
+/// Dynamic sessions, an open-addressing table of `SessionSlot`s
+/// (`session_table`): one cache line a flow. Its size is set at load
+/// (`nat_common::session_slots`), with `NatConfig::session_mask`.
 #[map(name = "SESSIONS")]
-pub static SESSIONS: HashMap<SessionKey, Session> =
-    HashMap::with_max_entries(DEFAULT_SESSIONS_MAX, 0);
+pub static SESSIONS: Array<SessionSlot> =
+    Array::with_max_entries(session_slots(DEFAULT_SESSIONS_MAX), BPF_F_MMAPABLE);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

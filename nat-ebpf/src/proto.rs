@@ -52,7 +52,7 @@ pub fn outbound(
     )?;
     let now = now_ns();
     let host = hdr.addr(Side::Source);
-    address_session_outbound(hdr.proto, host, remote, now, len)?;
+    address_session_outbound(config, hdr.proto, host, remote, now, len)?;
     frag::track_outbound(config.wan_addr, hdr, now, len)?;
     rewrite_addr(hdr, Side::Source, config.wan_addr);
     redirect(ctx, eth, hdr, &route, Counter::Snat, len)
@@ -73,7 +73,7 @@ pub fn inbound(
     }
     let remote = hdr.addr(Side::Source);
     let now = now_ns();
-    let Some(host) = address_session_inbound(hdr.proto, remote, now, len) else {
+    let Some(host) = address_session_inbound(config, hdr.proto, remote, now, len) else {
         return Err(if config.unsolicited == UNSOLICITED_DROP {
             Counter::DropUnsolicited
         } else {
@@ -106,7 +106,7 @@ pub fn icmp_error_inbound(
     }
     let remote = quoted.addr(Side::Destination);
     // An error never refreshes the session it is about (RFC 5508 REQ-6).
-    let host = address_session_host(quoted.proto, remote).ok_or(Counter::PassLocal)?;
+    let host = address_session_host(config, quoted.proto, remote).ok_or(Counter::PassLocal)?;
     let route = leaving_by(
         route(ctx, packet, packet.addr(Side::Source), host)?,
         config.lan_ifindex,
@@ -138,7 +138,7 @@ pub fn icmp_error_outbound(
         return Err(untranslated);
     }
     // An error never refreshes the session it is about (RFC 5508 REQ-6).
-    if address_session_host(quoted.proto, remote) != Some(host) {
+    if address_session_host(config, quoted.proto, remote) != Some(host) {
         return Err(untranslated);
     }
     let route = leaving_by(

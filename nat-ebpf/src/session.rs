@@ -11,8 +11,9 @@ use nat_common::{
 
 use crate::{
     counters::count,
-    maps::{BPF_NOEXIST, FORWARD_SESSIONS, NEW_CONNECTIONS, SESSIONS},
+    maps::{BPF_NOEXIST, FORWARD_SESSIONS, NEW_CONNECTIONS},
     parse::{Endpoint, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    session_table,
 };
 
 /// One external endpoint talking to one remote endpoint, as a packet of
@@ -148,7 +149,7 @@ pub fn session_outbound_existing(
     frame_len: usize,
 ) -> bool {
     let key = session_key(config, conversation);
-    let Some(session) = SESSIONS.get_ptr_mut(key) else {
+    let Some(session) = session_table::find(config, &key) else {
         return false;
     };
     // SAFETY: a pointer returned by a map lookup.
@@ -176,7 +177,7 @@ pub fn session_outbound(
     frame_len: usize,
 ) {
     let key = session_key(config, conversation);
-    if !new_mapping && let Some(session) = SESSIONS.get_ptr_mut(key) {
+    if !new_mapping && let Some(session) = session_table::find(config, &key) {
         touch_session(session, conversation, true, now, frame_len);
         return;
     }
@@ -187,7 +188,7 @@ pub fn session_outbound(
     };
     let session = new_session(internal, tcp_state, now, frame_len);
     // Racing CPUs may both insert; either value is right.
-    if SESSIONS.insert(key, session, 0).is_err() {
+    if !session_table::insert(config, &key, &session) {
         count(Counter::SessionTableFull, frame_len);
     }
 }
@@ -218,7 +219,7 @@ pub fn session_inbound(
     frame_len: usize,
 ) -> Option<Endpoint> {
     let key = session_key(config, conversation);
-    let session = SESSIONS.get_ptr_mut(key)?;
+    let session = session_table::find(config, &key)?;
     touch_session(session, conversation, false, now, frame_len);
     // SAFETY: a pointer returned by a map lookup.
     unsafe {
@@ -378,6 +379,7 @@ fn address_session_key(proto: u8, remote: [u8; 4]) -> SessionKey {
 /// remote at a time, until the sweep ages that one out).
 #[inline(always)]
 pub fn address_session_outbound(
+    config: &NatConfig,
     proto: u8,
     host: [u8; 4],
     remote: [u8; 4],
@@ -394,7 +396,7 @@ pub fn address_session_outbound(
         },
         tcp_flags: 0,
     };
-    if let Some(session) = SESSIONS.get_ptr_mut(key) {
+    if let Some(session) = session_table::find(config, &key) {
         // SAFETY: a pointer returned by a map lookup.
         if unsafe { (*session).internal_addr } != host {
             return Err(Counter::DropProtoBusy);
@@ -407,32 +409,29 @@ pub fn address_session_outbound(
         port: 0,
     };
     let session = new_session(internal, TCP_STATE_NONE, now, frame_len);
-    // Of two hosts racing for it, one wins.
-    match SESSIONS.insert(key, session, BPF_NOEXIST) {
-        Ok(()) => {
-            count(Counter::NewBinding, frame_len);
-            Ok(())
-        }
-        // SAFETY: a map lookup, read at once.
-        Err(_) => match unsafe { SESSIONS.get(key) }.map(|other| other.internal_addr) {
-            Some(addr) if addr == host => Ok(()),
-            Some(_) => Err(Counter::DropProtoBusy),
-            None => Err(Counter::DropTableFull),
-        },
+    // Two hosts racing for it at one instant may both get a slot; from
+    // their next packet on, both find the earlier slot of the window, so
+    // one host holds the pair and the other's packets are dropped as busy
+    // while its unused slot ages out.
+    if !session_table::insert(config, &key, &session) {
+        return Err(Counter::DropTableFull);
     }
+    count(Counter::NewBinding, frame_len);
+    Ok(())
 }
 
 /// The LAN host that talks `proto` with `remote`, if one does; its
 /// session is refreshed.
 #[inline(always)]
 pub fn address_session_inbound(
+    config: &NatConfig,
     proto: u8,
     remote: [u8; 4],
     now: u64,
     frame_len: usize,
 ) -> Option<[u8; 4]> {
     let key = address_session_key(proto, remote);
-    let session = SESSIONS.get_ptr_mut(key)?;
+    let session = session_table::find(config, &key)?;
     let conversation = Conversation {
         proto,
         external_port: 0,
@@ -451,7 +450,8 @@ pub fn address_session_inbound(
 /// left as it is: for an ICMP error about it, which refreshes nothing (RFC
 /// 5508 REQ-6).
 #[inline(always)]
-pub fn address_session_host(proto: u8, remote: [u8; 4]) -> Option<[u8; 4]> {
-    // SAFETY: a map lookup, read at once.
-    unsafe { SESSIONS.get(address_session_key(proto, remote)) }.map(|session| session.internal_addr)
+pub fn address_session_host(config: &NatConfig, proto: u8, remote: [u8; 4]) -> Option<[u8; 4]> {
+    let session = session_table::find(config, &address_session_key(proto, remote))?;
+    // SAFETY: a pointer into a map value, read at once.
+    Some(unsafe { (*session).internal_addr })
 }

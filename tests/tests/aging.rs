@@ -21,7 +21,7 @@ use nat_common::{
 use nat_ctl::{
     aging::{datapath_now_ns, sweep_params},
     config::Timeouts,
-    datapath::{self as batch, Datapath, MapView, SweepReport, TableSizes},
+    datapath::{self as batch, Datapath, MapView, SessionTable, SweepReport, TableSizes},
 };
 use nat_tests::{netns::require_root, plan};
 
@@ -78,16 +78,50 @@ fn session(last_seen_ns: u64, tcp_state: u8) -> Session {
     }
 }
 
+/// The two session tables as these tests use them: `SESSIONS`, the
+/// datapath's own open-addressing table, and `FORWARD_SESSIONS`, an LRU
+/// hash map.
+trait Sessions {
+    fn put(&mut self, key: SessionKey, session: Session);
+    fn keys(&self) -> Vec<SessionKey>;
+    fn holds(&self, key: &SessionKey) -> bool;
+}
+
+impl Sessions for SessionTable {
+    fn put(&mut self, key: SessionKey, session: Session) {
+        self.insert(key, session).expect("inserting a session");
+    }
+    fn keys(&self) -> Vec<SessionKey> {
+        self.entries().into_iter().map(|(key, _)| key).collect()
+    }
+    fn holds(&self, key: &SessionKey) -> bool {
+        self.get(key).is_some()
+    }
+}
+
+impl Sessions for HashMap<MapData, SessionKey, Session> {
+    fn put(&mut self, key: SessionKey, session: Session) {
+        self.insert(key, session, 0).expect("inserting a session");
+    }
+    fn keys(&self) -> Vec<SessionKey> {
+        aya::maps::HashMap::keys(self)
+            .map(|key| key.expect("reading a session key"))
+            .collect()
+    }
+    fn holds(&self, key: &SessionKey) -> bool {
+        self.get(key, 0).is_ok()
+    }
+}
+
 fn insert_session(
-    map: &mut HashMap<MapData, SessionKey, Session>,
+    map: &mut impl Sessions,
     proto: u8,
     external_port: u16,
     last_seen_ns: u64,
     tcp_state: u8,
 ) -> SessionKey {
     let key = session_key(proto, external_port);
-    map.insert(key, session(last_seen_ns, tcp_state), 0)
-        .expect("inserting a session");
+    map.put(key, session(last_seen_ns, tcp_state));
     key
 }
 
@@ -155,9 +189,9 @@ fn mapping(
     ]
 }
 
-fn sorted_sessions(map: &HashMap<MapData, SessionKey, Session>) -> BTreeSet<(u8, u16, u16)> {
+fn sorted_sessions(map: &impl Sessions) -> BTreeSet<(u8, u16, u16)> {
     map.keys()
-        .map(|key| key.expect("reading a session key"))
+        .into_iter()
         .map(|k| (k.proto, k.external_port, k.remote_port))
         .collect()
 }
@@ -312,14 +346,11 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
         assert!(!left.contains(half), "{half:?} should have been removed");
     }
     for key in [tcp_established_old, tcp_opening_old, udp_old, icmp_old] {
-        assert!(
-            maps.sessions().get(&key, 0).is_err(),
-            "{key:?} should be gone"
-        );
+        assert!(!maps.sessions().holds(&key), "{key:?} should be gone");
     }
     for key in [fwd_tcp_old, fwd_udp_old] {
         assert!(
-            maps.forward_sessions().get(&key, 0).is_err(),
+            !maps.forward_sessions().holds(&key),
             "{key:?} should be gone"
         );
     }
@@ -380,12 +411,12 @@ fn sweep_keeps_everything_fresh_and_handles_empty_maps() {
 }
 
 /// Fills `map` with `n` distinct sessions whose value encodes the key.
-fn fill_sessions(map: &mut HashMap<MapData, SessionKey, Session>, n: u32) {
+fn fill_sessions(map: &mut impl Sessions, n: u32) {
     for i in 0..n {
         let key = numbered_key(i);
         let mut value = session(u64::from(i), TCP_STATE_NONE);
         value.packets = u64::from(i) * 3;
-        map.insert(key, value, 0).expect("inserting a session");
+        map.put(key, value);
     }
 }
 
@@ -447,26 +478,131 @@ fn batch_walk_visits_every_entry_once() {
     let mut datapath = load(16_384, 64, 16_384);
     let maps = datapath.maps_mut().view_mut();
     // An empty map: nothing, and no error.
-    check_walk(maps.sessions(), 0, batch::DEFAULT_CHUNK);
-    fill_sessions(maps.sessions_mut(), N);
+    check_walk(maps.forward_sessions(), 0, batch::DEFAULT_CHUNK);
+    fill_sessions(maps.forward_sessions_mut(), N);
     // Chunk 1 is smaller than a bucket that holds two entries: the walk has
     // to grow it (ENOSPC) rather than fail or skip the bucket.
     for chunk in [batch::DEFAULT_CHUNK, 1, 3, 1000, N, 1 << 20] {
-        check_walk(maps.sessions(), N, chunk);
+        check_walk(maps.forward_sessions(), N, chunk);
     }
-    // The same through the LRU hash map.
-    fill_sessions(maps.forward_sessions_mut(), N);
-    check_walk(maps.forward_sessions(), N, batch::DEFAULT_CHUNK);
     assert_eq!(
         batch::for_each_in(maps.forward_sessions(), |_, _| {}).unwrap(),
         N as usize
     );
 }
 
+/// `SESSIONS`, sized for 16,384 sessions (32,768 slots), filled to three
+/// quarters of that, where a full window is vanishingly rare: every session
+/// is found under its key and seen once by a walk, a replaced one holds its
+/// new value, and a removed one is gone without hiding any other in its
+/// window.
+#[test]
+fn session_table_holds_what_it_is_sized_for() {
+    const SIZED_FOR: u32 = 16_384;
+    const N: u32 = SIZED_FOR / 4 * 3;
+    let mut datapath = load(SIZED_FOR, 64, 64);
+    let maps = datapath.maps_mut().view_mut();
+    let table = maps.sessions_mut();
+    assert_eq!(table.slots(), 2 * SIZED_FOR);
+    assert!(table.is_empty());
+    fill_sessions(table, N);
+    let mut visits: BTreeMap<u32, u32> = BTreeMap::new();
+    let seen = table.for_each(|key, value| {
+        let i = numbered_index(key);
+        assert_eq!(*key, numbered_key(i), "key {i}");
+        assert_eq!(value.packets, u64::from(i) * 3, "value of key {i}");
+        *visits.entry(i).or_default() += 1;
+    });
+    assert_eq!(seen, N as usize);
+    assert!(visits.values().all(|&v| v == 1), "a session seen twice");
+    for i in 0..N {
+        let got = table.get(&numbered_key(i)).expect("every session found");
+        assert_eq!(got.last_seen_ns, u64::from(i));
+    }
+    let mut replaced = session(77, TCP_STATE_NONE);
+    replaced.packets = 1;
+    table.put(numbered_key(5), replaced);
+    assert_eq!(table.get(&numbered_key(5)), Some(replaced));
+    assert_eq!(table.len(), N as usize, "a replaced session is not added");
+    for i in (0..N).step_by(2) {
+        assert!(table.remove(&numbered_key(i)), "removing {i}");
+        assert!(!table.remove(&numbered_key(i)), "removing {i} twice");
+    }
+    for i in 0..N {
+        assert_eq!(
+            table.get(&numbered_key(i)).is_some(),
+            i % 2 == 1,
+            "session {i}"
+        );
+    }
+    assert_eq!(table.len(), (N / 2) as usize);
+}
+
+/// A table of 64 slots (the smallest) holding 31 sessions, eight of them
+/// with one home: seven live in their second window, counted at that home.
+/// (With 31 sessions no 32-slot window can be full.) Every one is found;
+/// removing some from user space, then the kernel sweep aging out the
+/// rest, leaves no count behind (a count left over would send every later
+/// miss at that home through its second window).
+#[test]
+fn session_table_counts_spilled_sessions_back() {
+    let mut datapath = load(16, 64, 64);
+    let timeouts = Timeouts::default();
+    let now = sweep_now();
+    let maps = datapath.maps_mut().view_mut();
+    let table = maps.sessions_mut();
+    assert_eq!(table.slots(), 64);
+    // Eight keys sharing a home (there must be such among 64 * 7 + 1),
+    // then others up to 31.
+    let mut by_home: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for i in 0..64 * 7 + 1 {
+        by_home
+            .entry(table.home_slot(&numbered_key(i)))
+            .or_default()
+            .push(i);
+    }
+    let crowded = by_home
+        .values()
+        .find(|keys| keys.len() >= 8)
+        .expect("pigeonhole");
+    let mut chosen: Vec<u32> = crowded[..8].to_vec();
+    chosen.extend((0..).filter(|i| !crowded[..8].contains(i)).take(31 - 8));
+    for &i in &chosen {
+        // Idle past the UDP timeout: the sweep takes them all.
+        table.put(numbered_key(i), session(now - 1000 * SEC, TCP_STATE_NONE));
+    }
+    let (in_window, counted) = table.spilled();
+    assert!(
+        in_window >= 7,
+        "eight sessions of one home, {in_window} spilled"
+    );
+    assert_eq!(
+        in_window, counted,
+        "spilled sessions against their homes' counts"
+    );
+    for &i in &chosen {
+        assert!(table.holds(&numbered_key(i)), "session {i} lost");
+    }
+    for &i in chosen.iter().step_by(3) {
+        assert!(table.remove(&numbered_key(i)), "removing {i}");
+    }
+    let (in_window, counted) = table.spilled();
+    assert_eq!(in_window, counted, "after removals from user space");
+    for (n, &i) in chosen.iter().enumerate() {
+        assert_eq!(table.holds(&numbered_key(i)), n % 3 != 0, "session {i}");
+    }
+    let left = table.len();
+    let report = run(&mut datapath, &timeouts, now, 1);
+    assert_eq!(report.sessions_removed, left, "the sweep's removals");
+    let table = datapath.maps().view().sessions();
+    assert!(table.is_empty());
+    assert_eq!(table.spilled(), (0, 0), "counts left behind by the sweep");
+}
+
 #[test]
 fn batch_walk_refuses_mismatched_maps() {
     let mut datapath = load(64, 64, 64);
-    let fd = datapath.maps().view().sessions().map().fd().as_fd();
+    let fd = datapath.maps().view().forward_sessions().map().fd().as_fd();
     let error = batch::for_each_entry::<u32, Session>(fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
     let error = batch::for_each_entry::<SessionKey, Binding>(fd, 16, |_, _| {}).unwrap_err();

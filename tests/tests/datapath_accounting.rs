@@ -48,7 +48,7 @@ fn entries(map: &HashMap<MapData, SessionKey, Session>) -> Vec<(SessionKey, Sess
 }
 
 fn dynamic_sessions(lab: &PacketLab) -> Vec<(SessionKey, Session)> {
-    entries(lab.datapath.maps().view().sessions())
+    lab.datapath.maps().view().sessions().entries()
 }
 
 fn forward_sessions(lab: &PacketLab) -> Vec<(SessionKey, Session)> {
@@ -70,8 +70,8 @@ fn session(lab: &PacketLab, key: SessionKey) -> Session {
         .maps()
         .view()
         .sessions()
-        .get(&key, 0)
-        .unwrap_or_else(|e| panic!("no session {key:?}: {e}; all: {:?}", dynamic_sessions(lab)))
+        .get(&key)
+        .unwrap_or_else(|| panic!("no session {key:?}; all: {:?}", dynamic_sessions(lab)))
 }
 
 fn forward_session(lab: &PacketLab, key: SessionKey) -> Session {

@@ -260,15 +260,14 @@ fn forget_mapping(lab: &mut PacketLab, proto: u8, remote: std::net::SocketAddrV4
     let view = lab.datapath.maps_mut().view_mut();
     view.set_port_owner(proto, port, nat_common::PortOwner::default())
         .unwrap();
-    view.sessions_mut()
-        .remove(&SessionKey {
-            remote_addr: remote.ip().octets(),
-            remote_port: remote.port(),
-            external_port: port,
-            proto,
-            _pad: [0; 3],
-        })
-        .unwrap();
+    let removed = view.sessions_mut().remove(&SessionKey {
+        remote_addr: remote.ip().octets(),
+        remote_port: remote.port(),
+        external_port: port,
+        proto,
+        _pad: [0; 3],
+    });
+    assert!(removed, "no session of {remote} on port {port} to remove");
 }
 
 /// The relay's record of a datagram of `proto` from `remote` to external

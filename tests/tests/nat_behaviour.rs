@@ -71,10 +71,10 @@ fn go_quiet(lab: &mut PacketLab, idle: Duration) {
         owner.seen_ns = now - idle;
         view.set_port_owner(proto, port, owner).unwrap();
     }
-    let sessions: Vec<_> = view.sessions().iter().map(Result::unwrap).collect();
+    let sessions = view.sessions().entries();
     for (key, mut session) in sessions {
         session.last_seen_ns = now - idle;
-        view.sessions_mut().insert(key, session, 0).unwrap();
+        view.sessions_mut().insert(key, session).unwrap();
     }
 }
 
@@ -142,14 +142,7 @@ fn icmp_errors_do_not_keep_a_mapping_alive() {
 
 /// The TCP state of the only dynamic session.
 fn tcp_state(lab: &PacketLab) -> u8 {
-    let sessions: Vec<_> = lab
-        .datapath
-        .maps()
-        .view()
-        .sessions()
-        .iter()
-        .map(Result::unwrap)
-        .collect();
+    let sessions = lab.datapath.maps().view().sessions().entries();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     sessions[0].1.tcp_state
 }
@@ -578,8 +571,8 @@ fn opening_and_closing_connections_age_by_their_own_timeouts() {
             let view = lab.datapath.maps().view();
             let mut states: Vec<_> = view
                 .sessions()
-                .iter()
-                .map(Result::unwrap)
+                .entries()
+                .into_iter()
                 .map(|(key, session)| (key.external_port, session.tcp_state))
                 .collect();
             states.sort_unstable();

@@ -190,9 +190,12 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
             .octets(),
         low_port_min: config.nat.low_ports.first,
         low_port_max: config.nat.low_ports.last,
-        // Set by the writer, which moves it on with every write and keeps
-        // the ports of the rules it wrote.
+        // Set by the writer, which moves the epoch on with every write and
+        // keeps the ports of the rules it wrote and its session table's
+        // seed and mask.
         route_epoch: 0,
+        session_seed: 0,
+        session_mask: 0,
         rule_ports: Default::default(),
     }
 }

@@ -8,7 +8,9 @@ use aya::{
 };
 use nat_common::{RelayTarget, SessionKey, maps as names};
 
-use super::{DatapathError, MapView, MapWriter, Result, SweepMaps, forward_ports::ForwardPorts};
+use super::{
+    DatapathError, MapView, MapWriter, Result, SessionTable, SweepMaps, forward_ports::ForwardPorts,
+};
 
 /// Every map's name, as pinned in the pin directory.
 pub const PINNED: [&str; 17] = [
@@ -64,7 +66,7 @@ impl Maps {
     /// Takes the maps out of a freshly loaded object, pinning each under
     /// `pin_dir` when given.
     pub(super) fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self> {
-        Self::from_source(|name: &'static str| {
+        Self::from_source(true, |name: &'static str| {
             let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
             if let Some(dir) = pin_dir {
                 let path = dir.join(name);
@@ -78,14 +80,19 @@ impl Maps {
     /// Opens the maps a running datapath pinned under `dir`. A pin whose
     /// key or value size differs from this build's is refused.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
-        Self::from_source(|name: &'static str| {
+        Self::from_source(false, |name: &'static str| {
             MapData::from_pin(dir.join(name))
                 .and_then(Map::from_map_data)
                 .map_err(|source| DatapathError::Map { name, source })
         })
     }
 
-    fn from_source(mut source: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+    /// `fresh`: the maps were just made (their session table gets its
+    /// seed), rather than opened from a running datapath's pins.
+    fn from_source(
+        fresh: bool,
+        mut source: impl FnMut(&'static str) -> Result<Map>,
+    ) -> Result<Self> {
         // A macro, not a closure: each map converts to a different type.
         macro_rules! open {
             ($name:expr) => {
@@ -107,12 +114,14 @@ impl Maps {
             rule_counters: typed(names::RULE_COUNTERS, rule_counters)?,
         };
         writer.rebuild_rule_bitmaps()?;
+        let mut sessions = SessionTable::open(source(names::SESSIONS)?, 0)?;
+        sessions.seed = writer.session_seed(sessions.slots(), fresh)?;
         Ok(Self {
             writer,
             view: MapView {
                 bindings: open!(names::BINDINGS),
                 port_owners: open!(names::PORT_OWNERS),
-                sessions: open!(names::SESSIONS),
+                sessions,
                 forward_sessions: open!(names::FORWARD_SESSIONS),
                 counters: open!(names::COUNTERS),
                 rule_counters: typed(names::RULE_COUNTERS, rule_counters_view)?,

@@ -17,6 +17,7 @@ mod change;
 mod forward_ports;
 mod maps;
 pub mod pins;
+mod sessions;
 mod sweep;
 mod view;
 mod writer;
@@ -38,6 +39,7 @@ pub use attach::{Attach, Mode, NicAttach};
 pub use batch::{DEFAULT_CHUNK, for_each_entry, for_each_in};
 pub use change::{MapChange, Step};
 pub use maps::{MapParts, Maps, RelayMaps};
+pub use sessions::SessionTable;
 pub use sweep::{KernelSweep, SweepMaps, SweepReport};
 pub use view::MapView;
 pub use writer::MapWriter;
@@ -145,6 +147,15 @@ pub enum DatapathError {
         .0.rule_id, .0.flags, nat_common::MAX_RULES - 1
     )]
     UnpackableForward(nat_common::Forward),
+    #[error(
+        "no free slot for session {key:?} among the {probes} its hash allows in SESSIONS' \
+         {slots}: the table is too full there",
+        probes = nat_common::SESSION_PROBES
+    )]
+    SessionWindowFull {
+        key: nat_common::SessionKey,
+        slots: u32,
+    },
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
@@ -163,6 +174,8 @@ pub enum AttachMode {
 pub struct TableSizes {
     pub forwards: u32,
     pub bindings: u32,
+    /// The sessions `SESSIONS` is to hold: it gets twice as many slots
+    /// (`nat_common::session_slots`).
     pub sessions: u32,
     pub forward_sessions: u32,
 }
@@ -192,7 +205,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::FORWARDS, sizes.forwards)
             .map_max_entries(names::BINDINGS, sizes.bindings)
-            .map_max_entries(names::SESSIONS, sizes.sessions)
+            .map_max_entries(names::SESSIONS, nat_common::session_slots(sizes.sessions))
             .map_max_entries(names::FORWARD_SESSIONS, sizes.forward_sessions)
             .load(OBJECT)?;
         load_programs(&mut ebpf)?;

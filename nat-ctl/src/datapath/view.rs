@@ -9,7 +9,7 @@ use nat_common::{
     maps as names, port_slot, slot_port,
 };
 
-use super::{Result, is_not_found, map_error};
+use super::{Result, SessionTable, is_not_found, map_error};
 
 /// Slots per batch of a `PORT_OWNERS` walk: 48 syscalls for the whole.
 const PORT_WALK_CHUNK: u32 = 4096;
@@ -17,7 +17,7 @@ const PORT_WALK_CHUNK: u32 = 4096;
 pub struct MapView {
     pub(super) bindings: HashMap<MapData, BindingKey, Binding>,
     pub(super) port_owners: Array<MapData, PortOwner>,
-    pub(super) sessions: HashMap<MapData, SessionKey, Session>,
+    pub(super) sessions: SessionTable,
     pub(super) forward_sessions: HashMap<MapData, SessionKey, Session>,
     pub(super) counters: PerCpuArray<MapData, CounterValue>,
     pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
@@ -105,7 +105,7 @@ impl MapView {
             .remapped)
     }
 
-    pub fn sessions(&self) -> &HashMap<MapData, SessionKey, Session> {
+    pub fn sessions(&self) -> &SessionTable {
         &self.sessions
     }
 
@@ -291,7 +291,7 @@ impl MapView {
         Ok(())
     }
 
-    pub fn sessions_mut(&mut self) -> &mut HashMap<MapData, SessionKey, Session> {
+    pub fn sessions_mut(&mut self) -> &mut SessionTable {
         &mut self.sessions
     }
 

@@ -69,18 +69,43 @@ impl MapWriter {
         self.config.get(&0, 0).map_err(map_error(names::CONFIG))
     }
 
-    /// Writes `config` with the next route epoch and the ports the rules
-    /// hold now (its own `route_epoch` and `rule_ports` are ignored): a new
-    /// configuration may move the NICs or the WAN address, and the
-    /// datapath's cached routes are then looked up afresh.
+    /// Writes `config` with the next route epoch, the ports the rules
+    /// hold now and the session table's seed and mask (its own
+    /// `route_epoch`, `rule_ports`, `session_seed` and `session_mask` are
+    /// ignored): a new configuration may move the NICs or the WAN address,
+    /// and the datapath's cached routes are then looked up afresh.
     pub fn set_config(&mut self, config: &NatConfig) -> Result<()> {
         let running = self.config()?;
         let config = NatConfig {
             route_epoch: running.route_epoch.wrapping_add(1),
             rule_ports: running.rule_ports,
+            session_seed: running.session_seed,
+            session_mask: running.session_mask,
             ..*config
         };
         self.write_config(&config)
+    }
+
+    /// The seed of a `SESSIONS` table of `slots`: a new table (`fresh`)
+    /// gets one at random, written into `CONFIG` with its mask before any
+    /// packet can make a session; a pinned one keeps the seed it was made
+    /// with, and must be the size its mask says.
+    pub(super) fn session_seed(&mut self, slots: u32, fresh: bool) -> Result<u32> {
+        let mut config = self.config()?;
+        if fresh {
+            config.session_seed = random_seed();
+            config.session_mask = slots - 1;
+            self.write_config(&config)?;
+        } else if config.session_mask != slots - 1 {
+            return Err(super::DatapathError::MapShape {
+                name: names::SESSIONS,
+                reason: format!(
+                    "{slots} slots, but CONFIG's session mask is {:#x}",
+                    config.session_mask
+                ),
+            });
+        }
+        Ok(config.session_seed)
     }
 
     fn write_config(&mut self, config: &NatConfig) -> Result<()> {
@@ -304,4 +329,11 @@ impl MapWriter {
     pub fn config_map(&self) -> &Array<MapData, NatConfig> {
         &self.config
     }
+}
+
+/// A seed nobody outside can guess: std's hasher keys come from the
+/// operating system's random source.
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
 }

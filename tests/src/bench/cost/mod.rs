@@ -53,9 +53,9 @@ pub struct Output {
     pub unit: String,
     /// By case name: `minimal`, `restore_only`, `forwarder`,
     /// `established_outbound`, `established_inbound`, `forwarded_inbound`,
-    /// `new_flow` (each flow's `SESSIONS` bucket as the rep before left
+    /// `new_flow` (each flow's `SESSIONS` home slot as the rep before left
     /// it: not in this CPU's caches), `new_flow_cached` (the same flows,
-    /// their buckets read by lookups from this CPU just before, as an
+    /// their slots read by lookups from this CPU just before, as an
     /// established flow's are), `inserts_only` (`bench_inserts`: the table
     /// writes of `new_flow`'s mappings alone), `fragment_outbound`,
     /// `fragment_inbound` (a later IP
@@ -262,7 +262,7 @@ impl<'a> CostRig<'a> {
                 super::topo::LAN_HOST.octets(),
                 port,
             ))?;
-            let _ = maps.sessions_mut().remove(&new_flow_session(external));
+            maps.sessions_mut().remove(&new_flow_session(external));
         }
         Ok(())
     }
@@ -281,9 +281,9 @@ impl<'a> CostRig<'a> {
     /// each of which must create a mapping; the mappings are removed again
     /// afterwards, so that every measurement starts from the same table.
     /// `cached`: each flow's session key is looked up (and missed) from
-    /// user space first, which brings its `SESSIONS` bucket into this CPU's
+    /// user space first, which brings its `SESSIONS` slots into this CPU's
     /// caches and TLB, where an established flow's is: the new flow's own
-    /// work, without the miss that reaching a bucket nobody touched lately
+    /// work, without the miss that reaching a slot nobody touched lately
     /// costs.
     pub fn time_new_flows(&mut self, repeat: u32, cached: bool) -> Result<f64> {
         let (template, ports) = self.fresh_flows(repeat)?;
@@ -292,7 +292,7 @@ impl<'a> CostRig<'a> {
             for port in ports.clone() {
                 // The mapping keeps its LAN port, so this is its session's key.
                 let key = new_flow_session(port as u16);
-                if view.sessions().get(&key, 0).is_ok() {
+                if view.sessions().get(&key).is_some() {
                     bail!("a session of new flow {port} outlived its removal");
                 }
             }

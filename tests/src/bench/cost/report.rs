@@ -36,11 +36,11 @@ const COST_CASES: [(&str, &str); 20] = [
     ),
     (
         "new_flow",
-        "NAT, new flow (creates a mapping; its session bucket not cached)",
+        "NAT, new flow (creates a mapping; its session's home slot not cached)",
     ),
     (
         "new_flow_cached",
-        "NAT, new flow (creates a mapping; its session bucket cached, as an established flow's)",
+        "NAT, new flow (creates a mapping; its session's home slot cached, as an established flow's)",
     ),
     (
         "inserts_only",
@@ -199,8 +199,8 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
         }
     }
     // Judged like for like: the established packet's flow is in the
-    // CPU's caches, so the new flow's bucket is too; what an uncached
-    // bucket adds is shown beside it.
+    // CPU's caches, so the new flow's home slot is too; what an uncached
+    // one adds is shown beside it.
     if let (Some(new), Some(established)) =
         (ns_of("new_flow_cached"), ns_of("established_outbound"))
     {
@@ -233,17 +233,17 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
             paired_ratio(data, "new_flow", "established_outbound").unwrap_or(cold / established);
         rows.push(Row {
             part: 3,
-            what: "NAT, new flow with its session bucket not cached vs an established packet \
-                   LAN -> WAN"
+            what: "NAT, new flow with its session's home slot not cached vs an established \
+                   packet LAN -> WAN"
                 .to_owned(),
             target: "-".to_owned(),
             measured: format!(
                 "{ratio:.2}x ({cold:.0} vs {established:.0} ns): {:.0} ns more than the cached \
-                 new flow's {cached:.0}, which is reaching a bucket of the {} MiB SESSIONS \
-                 bucket array that this CPU has not touched lately (a cache and TLB miss, \
-                 paid by the lookup any hash table makes for a key it has not seen)",
+                 new flow's {cached:.0}, which is reaching a slot of the {} MiB SESSIONS \
+                 table that this CPU has not touched lately (a cache and TLB miss, paid by \
+                 the lookup any hash table makes for a key it has not seen)",
                 cold - cached,
-                sessions_bucket_bytes() >> 20
+                sessions_table_bytes() >> 20
             ),
             verdict: Verdict::Info,
             why: String::new(),
@@ -325,11 +325,11 @@ fn many_flow_rows(data: &Output, rows: &mut Vec<Row>) {
     }
 }
 
-/// The size of the kernel's bucket array for a `SESSIONS` of the default
-/// size: a power of two of buckets at least as many as the entries, each
-/// a list head and a lock (16 bytes on 64-bit kernels).
-fn sessions_bucket_bytes() -> u64 {
-    u64::from(nat_common::DEFAULT_SESSIONS_MAX.next_power_of_two()) * 16
+/// The size of a `SESSIONS` table of the default size: its slots, one
+/// cache line each.
+fn sessions_table_bytes() -> u64 {
+    u64::from(nat_common::session_slots(nat_common::DEFAULT_SESSIONS_MAX))
+        * size_of::<nat_common::SessionSlot>() as u64
 }
 
 /// Why a new flow costs more than 3x an established packet, in the run's
@@ -341,8 +341,8 @@ fn new_flow_why(data: &Output, new: f64, established: f64) -> String {
     let generic = format!(
         "a new flow adds {added:.0} ns: its port's claim (a compare-and-swap in PORT_OWNERS, \
          which is the whole mapping when it keeps the LAN port, as here), the session's \
-         insert (a hash-table element taken from the kernel's free list and linked into a \
-         bucket under its lock), and the lookups that miss before them"
+         insert (a compare-and-swap of its home slot's state, the slot filled in and made \
+         live by an atomic swap), and the lookups that miss before them"
     );
     let Some(inserts) = data
         .cases
@@ -355,8 +355,7 @@ fn new_flow_why(data: &Output, new: f64, established: f64) -> String {
         "{generic}; those writes alone (bench_inserts: the same claim and key into the same \
          tables, nothing else, the program's parse and clock read included) take {inserts:.0} \
          ns over the baseline, {:.0}% of what a new flow adds, so that no new flow can cost \
-         less than {:.0} ns here ({:.1}x) while it makes a session by a kernel hash-table \
-         insert",
+         less than {:.0} ns here ({:.1}x) while it makes its mapping and session so",
         100.0 * inserts / added,
         established + inserts,
         (established + inserts) / established,

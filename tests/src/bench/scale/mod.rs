@@ -18,11 +18,10 @@
 //! 64512, one LAN address's ports), in both directions. The sessions are
 //! inserted in an order that spreads the measured ones evenly among the
 //! rest ([`spread_order`]), as the flows a busy router carries were made
-//! at all times: each then has about half its bucket's other entries in
-//! front of it in the chain (a hash bucket lists its newest entry first)
-//! and its element anywhere in the table's preallocated pool, not all of
-//! them behind every other entry and side by side. [`report`] judges its
-//! [`Output`].
+//! at all times: each then finds its home slot in `SESSIONS` taken by an
+//! earlier session about as often as the table's fill says, and lives in
+//! its second window then, rather than all of them having their homes
+//! first. [`report`] judges its [`Output`].
 pub mod report;
 
 use std::time::Instant;
@@ -228,7 +227,7 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
             },
             _pad: 0,
         };
-        maps.sessions_mut().insert(key, session, 0)?;
+        maps.sessions_mut().insert(key, session)?;
     }
     Ok(pairs)
 }

@@ -61,7 +61,7 @@ fn plural(flows: u32) -> &'static str {
 }
 
 pub fn rows(data: &Output, rows: &mut Vec<Row>) {
-    let buckets = u64::from(data.table_max_entries.sessions).next_power_of_two();
+    let slots = nat_common::session_slots(data.table_max_entries.sessions);
     let label = |r: &dyn AtSize| size_label(u64::from(r.mappings()));
     // The same flows, so the difference is the table's, unless it is noise.
     let table_why = |small: &dyn AtSize,
@@ -71,8 +71,9 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
                      decimals: usize| {
         let flows = large.flows();
         let cause = format!(
-            "the same {flows} flow{}, a fuller table: SESSIONS holds {} entries in {buckets} \
-             hash buckets against {}, so lookups walk longer chains and miss the caches more",
+            "the same {flows} flow{}, a fuller table: SESSIONS holds {} entries in {slots} \
+             slots against {}, so more of them find their home taken and live in their second \
+             window, and the other sessions' lines crowd the caches and the TLB",
             plural(flows),
             large.mappings(),
             small.mappings()

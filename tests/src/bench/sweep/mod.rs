@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, IterableMap as _, MapData};
+use aya::maps::{IterableMap as _, MapData};
 use nat_common::{
     BindingKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session, SessionKey, TCP_STATE_ESTABLISHED,
     TCP_STATE_NONE,
@@ -85,10 +85,6 @@ fn mapping(j: u32) -> (u8, u16, [u8; 4], u16) {
 
 /// The `memlock:` line of a map's fdinfo: the kernel's count of the memory
 /// the map holds.
-fn memlock<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<u64> {
-    memlock_of(map.map())
-}
-
 fn memlock_of(map: &MapData) -> Result<u64> {
     let fd = map.fd().as_fd().as_raw_fd();
     let path = format!("/proc/self/fdinfo/{fd}");
@@ -101,12 +97,8 @@ fn memlock_of(map: &MapData) -> Result<u64> {
         .context("parsing memlock")
 }
 
-fn map_figures<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    max_entries: u32,
-    filled: u64,
-) -> Result<MapMemory> {
-    let bytes = memlock(map)?;
+fn map_figures(map: &MapData, max_entries: u32, filled: u64) -> Result<MapMemory> {
+    let bytes = memlock_of(map)?;
     Ok(MapMemory {
         max_entries,
         filled,
@@ -166,7 +158,7 @@ fn fill(maps: &mut MapView, entries: u32, pairs: u32, old: u64, fresh: u64) -> R
             _pad: 0,
         };
         maps.sessions_mut()
-            .insert(key, session, 0)
+            .insert(key, session)
             .context("inserting a session")?;
     }
     Ok(())
@@ -198,11 +190,12 @@ pub fn run(entries: u32) -> Result<Output> {
     let fill_time = fill_start.elapsed();
     let maps = datapath.maps().view();
 
-    let sessions_memory = map_figures(maps.sessions(), sizes.sessions, u64::from(entries))?;
-    let bindings_memory = map_figures(maps.bindings(), sizes.bindings, u64::from(pairs))?;
-    let per_session = memlock(maps.sessions())? as f64 / f64::from(sizes.sessions);
+    let sessions_memory = map_figures(maps.sessions().map(), sizes.sessions, u64::from(entries))?;
+    let bindings_memory = map_figures(maps.bindings().map(), sizes.bindings, u64::from(pairs))?;
+    // The table has two slots for each session it is sized for.
+    let per_session = memlock_of(maps.sessions().map())? as f64 / f64::from(sizes.sessions);
     // A mapping is one BINDINGS entry and one PORT_OWNERS slot.
-    let per_mapping = memlock(maps.bindings())? as f64 / f64::from(sizes.bindings)
+    let per_mapping = memlock_of(maps.bindings().map())? as f64 / f64::from(sizes.bindings)
         + memlock_of(maps.port_owners().map())? as f64 / f64::from(nat_common::PORT_SLOTS);
 
     let expired_pairs = pairs / 2;

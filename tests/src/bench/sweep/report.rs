@@ -52,8 +52,8 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
             why: if pair <= 256.0 {
                 String::new()
             } else {
-                "preallocated hash map slots cost their key, value and the kernel's per-element \
-                 header and bucket"
+                "preallocated slots cost their key and value, and a hash map's also the \
+                 kernel's per-element header and bucket"
                     .to_owned()
             },
         });
