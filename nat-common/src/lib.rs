@@ -484,7 +484,7 @@ pub const SLOT_CLAIMED: u64 = 1;
 /// Holds a session in its key's home slot ([`session_home`]).
 pub const SLOT_LIVE: u64 = 2;
 /// Holds a session whose home slot was taken when it was made: it is in
-/// its second window ([`session_spill_home`]), counted in its home slot's
+/// its second window ([`session_spill_probes`]), counted in its home slot's
 /// `spilled`.
 pub const SLOT_LIVE_SPILLED: u64 = 3;
 
@@ -494,13 +494,17 @@ pub const fn slot_is_live(state: u64) -> bool {
     state == SLOT_LIVE || state == SLOT_LIVE_SPILLED
 }
 
-/// The slots of a key's second window, from [`session_spill_home`] on
-/// (linear probing): a lookup there reads at most this many slots, and an
-/// insert that finds them all taken fails (`session_table_full`). Linear
-/// probing clusters, so the window must be wide: in simulation, a table
-/// half full (as [`session_slots`] sizes it for its full load) fails about
-/// 3 inserts in 100,000 under churn with 32 slots (with 16, 150), and none
-/// at 40% full. Only the sessions whose home slot was taken go there.
+/// The slots of a key's second window ([`session_spill_probes`]): a
+/// lookup there reads at most this many slots, and an insert that finds
+/// them all taken fails (`session_table_full`). The slots are spread over
+/// the table (double hashing), not side by side: homes make dense runs
+/// (one remote's sessions on every port), and a window of neighbours that
+/// fell inside one would be full however empty the table (the part 4
+/// benchmark's fill found one at a quarter full). Spread, each slot is
+/// taken about as often as the table is full, so with the table at most
+/// half full (as [`session_slots`] sizes it) all 32 are taken about once
+/// in 4 billion inserts. Only the sessions whose home slot was taken go
+/// there.
 pub const SESSION_PROBES: u32 = 32;
 
 /// One slot of `SESSIONS`, an open-addressing table in an array: key,
@@ -580,15 +584,18 @@ pub fn session_home(seed: u32, key: &SessionKey) -> u32 {
     (mixed as u32).wrapping_add(key.external_port as u32)
 }
 
-/// Where the second window of `key` starts (before the table's mask): a
-/// hash of the whole key, independent of [`session_home`], so that the
-/// sessions that found their home taken spread over the table.
+/// The second window of `key` (before the table's mask): its first slot
+/// and the odd step to each next one (probe `i` is `first + i * step`, so
+/// every slot of a power-of-two table is reachable), from a hash of the
+/// whole key independent of [`session_home`], so that the sessions that
+/// found their home taken spread over the table.
 #[inline(always)]
-pub fn session_spill_home(seed: u32, key: &SessionKey) -> u32 {
+pub fn session_spill_probes(seed: u32, key: &SessionKey) -> (u32, u32) {
     let ports = (key.remote_port as u64) | ((key.external_port as u64) << 16);
     let words = (u32::from_ne_bytes(key.remote_addr) as u64) | (ports << 32);
     let salt = ((seed as u64) << 8 | key.proto as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    fmix64(words ^ salt) as u32
+    let hash = fmix64(words ^ salt);
+    (hash as u32, (hash >> 32) as u32 | 1)
 }
 
 /// RFC 4787 filtering behaviour for inbound packets on a dynamic mapping.
@@ -643,7 +650,7 @@ pub struct NatConfig {
     /// (`egress`).
     pub route_epoch: u32,
     /// The seed of `SESSIONS`' hashes ([`session_home`],
-    /// [`session_spill_home`]), chosen at random when the table is made and
+    /// [`session_spill_probes`]), chosen at random when the table is made and
     /// kept with it (a write of the rest of the configuration keeps it).
     pub session_seed: u32,
     /// `SESSIONS`' slots less one ([`session_slots`], a power of two),
@@ -1340,7 +1347,7 @@ mod tests {
         // The second window does not follow the home: neighbours spread.
         let mut spills = [0u32; 64];
         for (offset, spill) in spills.iter_mut().enumerate() {
-            *spill = session_spill_home(7, &key(443, 40000 + offset as u16)) >> 20;
+            *spill = session_spill_probes(7, &key(443, 40000 + offset as u16)).0 >> 20;
         }
         spills.sort_unstable();
         let distinct = 1 + spills.windows(2).filter(|pair| pair[0] != pair[1]).count();

@@ -4,10 +4,10 @@
 //! (`nat_common::session_home`: a hash of the remote endpoint plus the
 //! external port, so that one remote's sessions lie side by side), or, if
 //! that was taken when the session was made, in one of the
-//! `SESSION_PROBES` slots of its second window (`session_spill_home`, a
-//! hash of the whole key), counted in its home slot's `spilled`. A lookup
-//! reads the home slot; only if the key is not there and `spilled` is not
-//! 0 does it read the second window. With many flows this is one cache
+//! `SESSION_PROBES` slots of its second window (`session_spill_probes`,
+//! spread over the table by a hash of the whole key), counted in its home
+//! slot's `spilled`. A lookup reads the home slot; only if the key is not
+//! there and `spilled` is not 0 does it read the second window. With many flows this is one cache
 //! miss a packet, often not even that, where the kernel's hash map takes
 //! two or three (its bucket array, then an element that straddles lines).
 //!
@@ -30,7 +30,7 @@
 //! the home one, and the other, refreshed by nobody, ages out.
 use nat_common::{
     NatConfig, SESSION_PROBES, SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE, SLOT_LIVE_SPILLED, Session,
-    SessionKey, SessionSlot, session_home, session_spill_home, slot_is_live,
+    SessionKey, SessionSlot, session_home, session_spill_probes, slot_is_live,
 };
 
 use core::ffi::c_void;
@@ -71,27 +71,36 @@ fn slot(config: &NatConfig, index: u32) -> Option<*mut SessionSlot> {
 /// A walk of a second window through `bpf_loop`: `probe_window` is
 /// verified once, where a loop written out would be walked by the verifier
 /// 32 times at every call, on every path to it (which took `nat_lan` past
-/// the verifier's limit). The kernel inlines the helper into a plain loop.
+/// the verifier's limit). The callback only reads this: the probe that hit
+/// is told by how many iterations ran, so the verifier sees the same
+/// context at every iteration and settles at once. The kernel inlines the
+/// helper into a plain loop.
 #[repr(C)]
 struct WindowWalk {
     start: u32,
+    step: u32,
     mask: u32,
     want: [u32; 3],
     /// 1: claim the first free slot; 0: find the live one under `want`.
     claim: u32,
-    /// The slot found or claimed, `NO_SLOT` if none.
-    found: u32,
-    _pad: u32,
 }
 
-const NO_SLOT: u32 = u32::MAX;
+impl WindowWalk {
+    #[inline(always)]
+    fn index(&self, probe: u32) -> u32 {
+        self.start.wrapping_add(probe.wrapping_mul(self.step)) & self.mask
+    }
+}
 
-extern "C" fn probe_window(probe: u64, walk: *mut WindowWalk) -> i64 {
+extern "C" fn probe_window(probe: u64, walk: *const WindowWalk) -> i64 {
+    // The iteration after the last probe: nothing hit.
+    if probe >= u64::from(SESSION_PROBES) {
+        return 1;
+    }
     // SAFETY: `bpf_loop` hands over the context `walk_window` gave it, on
     // its stack.
-    let walk = unsafe { &mut *walk };
-    let index = walk.start.wrapping_add(probe as u32) & walk.mask;
-    let Some(slot) = SESSIONS.get_ptr_mut(index) else {
+    let walk = unsafe { &*walk };
+    let Some(slot) = SESSIONS.get_ptr_mut(walk.index(probe as u32)) else {
         return 1;
     };
     let hit = if walk.claim != 0 {
@@ -99,63 +108,73 @@ extern "C" fn probe_window(probe: u64, walk: *mut WindowWalk) -> i64 {
     } else {
         holds(slot, &walk.want)
     };
-    if hit {
-        walk.found = index;
-        return 1;
-    }
-    0
+    i64::from(hit)
 }
 
-/// The slot of `key`'s second window that holds it (`claim` false) or
-/// that this CPU claimed for it (`claim` true).
+/// The walk of `key`'s second window: for the slot that holds it
+/// (`claim` false) or a free one to claim for it (`claim` true).
 #[inline(always)]
-fn walk_window(
-    config: &NatConfig,
-    key: &SessionKey,
-    want: [u32; 3],
-    claim: bool,
-) -> Option<*mut SessionSlot> {
-    let mut walk = WindowWalk {
-        start: session_spill_home(config.session_seed, key),
+fn window_of(config: &NatConfig, key: &SessionKey, claim: bool) -> WindowWalk {
+    let (start, step) = session_spill_probes(config.session_seed, key);
+    WindowWalk {
+        start,
+        step,
         mask: config.session_mask,
-        want,
+        want: key_words(key),
         claim: u32::from(claim),
-        found: NO_SLOT,
-        _pad: 0,
-    };
-    // SAFETY: the callback's signature is what `bpf_loop` calls, and `walk`
-    // lives on this frame for the whole call.
-    unsafe {
-        bpf_loop(
-            SESSION_PROBES,
-            probe_window as *mut c_void,
-            &raw mut walk as *mut c_void,
-            0,
-        );
     }
-    if walk.found == NO_SLOT {
-        return None;
-    }
-    SESSIONS.get_ptr_mut(walk.found)
 }
 
-/// The session under `key`, if there is one.
+/// The slot the walk found (or claimed), `NO_SLOT` if none.
+#[inline(always)]
+fn walk_window(walk: &WindowWalk) -> u32 {
+    // SAFETY: the callback's signature is what `bpf_loop` calls, and `walk`
+    // lives on the caller's frame for the whole call.
+    let iterations = unsafe {
+        bpf_loop(
+            SESSION_PROBES + 1,
+            probe_window as *mut c_void,
+            walk as *const WindowWalk as *mut c_void,
+            0,
+        )
+    };
+    // The callback stops the loop at the probe that hit, or at the one
+    // past the last.
+    match u32::try_from(iterations) {
+        Ok(ran @ 1..=SESSION_PROBES) => walk.index(ran - 1),
+        _ => NO_SLOT,
+    }
+}
+
+/// No slot: past the end of any table, so that looking it up finds
+/// nothing.
+const NO_SLOT: u32 = u32::MAX;
+
+/// The session under `key`, if there is one. Every way of finding it
+/// ends in one slot index, looked up once: the verifier then carries the
+/// caller on from one state, not one per way.
 #[inline(always)]
 pub fn find(config: &NatConfig, key: &SessionKey) -> Option<*mut Session> {
-    let want = key_words(key);
-    let home = slot(config, session_home(config.session_seed, key))?;
-    // SAFETY: a pointer returned by a map lookup.
-    unsafe {
-        if holds(home, &want) {
-            return Some(&raw mut (*home).session);
-        }
-        if core::ptr::read_volatile(&raw const (*home).spilled) == 0 {
-            return None;
-        }
-    }
-    let slot = walk_window(config, key, want, false)?;
+    let slot = SESSIONS.get_ptr_mut(find_index(config, key))?;
     // SAFETY: a pointer returned by a map lookup.
     Some(unsafe { &raw mut (*slot).session })
+}
+
+#[inline(always)]
+fn find_index(config: &NatConfig, key: &SessionKey) -> u32 {
+    let want = key_words(key);
+    let index = session_home(config.session_seed, key) & config.session_mask;
+    let Some(home) = SESSIONS.get_ptr_mut(index) else {
+        return NO_SLOT;
+    };
+    if holds(home, &want) {
+        return index;
+    }
+    // SAFETY: a pointer returned by a map lookup.
+    if unsafe { core::ptr::read_volatile(&raw const (*home).spilled) } == 0 {
+        return NO_SLOT;
+    }
+    walk_window(&window_of(config, key, false))
 }
 
 /// Adds `session` under `key`, which the caller looked up and did not
@@ -163,12 +182,11 @@ pub fn find(config: &NatConfig, key: &SessionKey) -> Option<*mut Session> {
 /// second window; `false` when that too is full.
 #[inline(always)]
 pub fn insert(config: &NatConfig, key: &SessionKey, session: &Session) -> bool {
-    let words = key_words(key);
     let Some(home) = slot(config, session_home(config.session_seed, key)) else {
         return false;
     };
     if claim(home) {
-        fill(home, &words, session);
+        fill(home, &key_words(key), session);
         // SAFETY: a pointer returned by a map lookup.
         publish(unsafe { &raw mut (*home).state }, SLOT_LIVE);
         return true;
@@ -177,8 +195,9 @@ pub fn insert(config: &NatConfig, key: &SessionKey, session: &Session) -> bool {
     // see the session skips the second window.
     // SAFETY: as above.
     count_spilled(unsafe { &raw mut (*home).spilled }, 1);
-    if let Some(slot) = walk_window(config, key, words, true) {
-        fill(slot, &words, session);
+    let walk = window_of(config, key, true);
+    if let Some(slot) = SESSIONS.get_ptr_mut(walk_window(&walk)) {
+        fill(slot, &walk.want, session);
         // SAFETY: a pointer returned by a map lookup.
         publish(unsafe { &raw mut (*slot).state }, SLOT_LIVE_SPILLED);
         return true;

@@ -16,7 +16,7 @@ use aya::maps::{Map, MapData};
 use memmap2::{MmapOptions, MmapRaw};
 use nat_common::{
     BPF_F_MMAPABLE, SESSION_PROBES, Session, SessionKey, SessionSlot, maps as names, session_home,
-    session_spill_home, slot_is_live,
+    session_spill_probes, slot_is_live,
 };
 #[cfg(feature = "harness")]
 use nat_common::{SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE, SLOT_LIVE_SPILLED};
@@ -139,9 +139,9 @@ impl SessionTable {
     /// The second window of `key`: the slots it may be in when its home
     /// was taken, in probe order.
     fn window(&self, key: &SessionKey) -> impl Iterator<Item = u32> + use<> {
-        let start = session_spill_home(self.seed, key);
+        let (start, step) = session_spill_probes(self.seed, key);
         let mask = self.slots - 1;
-        (0..SESSION_PROBES).map(move |probe| start.wrapping_add(probe) & mask)
+        (0..SESSION_PROBES).map(move |probe| start.wrapping_add(probe.wrapping_mul(step)) & mask)
     }
 
     fn holds(&self, index: u32, key: &SessionKey) -> bool {
