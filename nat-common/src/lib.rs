@@ -656,6 +656,10 @@ pub struct NatConfig {
     /// `SESSIONS`' slots less one ([`session_slots`], a power of two),
     /// written with the seed.
     pub session_mask: u32,
+    /// `FORWARD_SESSIONS`' slots less one, written with the seed, which
+    /// that table shares.
+    pub forward_session_mask: u32,
+    pub _pad_masks: u32,
     /// The external ports static rules hold, which a new mapping skips.
     /// Written with the rules, by the daemon alone (a write of the rest of
     /// the configuration keeps them).
@@ -757,7 +761,9 @@ pub const LOW_PORTS_END: u16 = 1024;
 /// which keeps the outbound keys alone.
 /// 12: `SESSIONS` an open-addressing array of `SessionSlot`s (mappable),
 /// not a hash map; `NatConfig::session_seed`, `session_mask`.
-pub const DATAPATH_LAYOUT: u32 = 12;
+/// 13: `FORWARD_SESSIONS` such a table too, not an LRU hash map;
+/// `NatConfig::forward_session_mask`.
+pub const DATAPATH_LAYOUT: u32 = 13;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -847,6 +853,9 @@ counters! {
     DropTableFull = "drop_table_full",
     /// Translated, but the session table is full: replies may be filtered.
     SessionTableFull = "session_table_full",
+    /// A new conversation on a forwarded port found `FORWARD_SESSIONS`
+    /// full where it would go and took an older conversation's slot.
+    ForwardSessionEvicted = "forward_session_evicted",
     /// Inbound packet on a forwarded port from a remote outside the rule's
     /// allowed prefix (then handled as unsolicited).
     RemoteNotAllowed = "remote_not_allowed",
@@ -1091,9 +1100,10 @@ pub const DEFAULT_FORWARDS_MAX: u32 = 131_072;
 /// One outbound half per held port at most (`PORT_SLOTS`, 196,608).
 pub const DEFAULT_BINDINGS_MAX: u32 = 262_144;
 pub const DEFAULT_SESSIONS_MAX: u32 = 524_288;
-/// Conversations through forwarded ports: an LRU, because they only feed
-/// the table, the counters and the connection log, and a flood of new
-/// remotes must not crowd out the dynamic sessions that filtering needs.
+/// Conversations through forwarded ports, in a table of their own (twice
+/// the slots, as `SESSIONS`): a flood of new remotes there evicts older
+/// conversations, as an LRU would, and never crowds out the dynamic
+/// sessions that filtering needs.
 pub const DEFAULT_FORWARD_SESSIONS_MAX: u32 = 65_536;
 pub const ALLOWED_REMOTES_MAX: u32 = 16_384;
 /// Bytes of the new-connection ring; when it is full, events are counted
@@ -1368,7 +1378,7 @@ mod tests {
         assert_eq!(size_of::<SweepStats>(), 32);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
-        assert_eq!(size_of::<NatConfig>(), 48 + 8 * RULE_PORT_WORDS);
+        assert_eq!(size_of::<NatConfig>(), 56 + 8 * RULE_PORT_WORDS);
         assert_eq!(size_of::<SessionSlot>(), 64);
         assert_eq!(size_of::<bench::BenchTemplate>(), 152);
         assert_eq!(size_of::<CounterValue>(), 16);

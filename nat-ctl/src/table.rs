@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     aging,
     config::Timeouts,
-    datapath::{self, DatapathError, MapView, SweepReport},
+    datapath::{DatapathError, MapView, SweepReport},
     rules::{PortRange, Protocol, RuleSet, protocol_name},
 };
 
@@ -245,21 +245,15 @@ pub fn table_rows(
     // The sweep's own decisions, so the table shows what it will do.
     let policy = aging::sweep_params(timeouts, now_ns, 0);
     let mut conversations = Vec::new();
-    datapath::for_each_in(
-        maps.forward_sessions(),
-        |key: &SessionKey, session: &Session| {
+    maps.forward_sessions()
+        .for_each(|key: &SessionKey, session: &Session| {
             let (rule, kind) = rule_of(key.proto, key.external_port)
                 .map_or((None, "STATIC"), |(name, kind)| (Some(name), kind));
             let row = conversation_row(key, session, kind, rule, &policy);
             if row.matches(filter) {
                 conversations.push(row);
             }
-        },
-    )
-    .map_err(|source| DatapathError::Walk {
-        name: nat_common::maps::FORWARD_SESSIONS,
-        source,
-    })?;
+        });
     let mut dynamic = Vec::new();
     maps.sessions()
         .for_each(|key: &SessionKey, session: &Session| {
@@ -440,6 +434,10 @@ const GROUPS: &[(&str, &[Counter])] = &[
 const EVENTS: &[(Counter, &str)] = &[
     (Counter::NewBinding, "mappings created"),
     (Counter::SessionTableFull, "sessions not recorded"),
+    (
+        Counter::ForwardSessionEvicted,
+        "conversations evicted by newer ones",
+    ),
     (
         Counter::RemoteNotAllowed,
         "refused by a rule's allowed remotes",

@@ -19,7 +19,7 @@ use crate::{
         SWEEP_STATS,
     },
     ports,
-    session_table::{self, TableShape},
+    session_table::{self, Dynamic, Forwarded, SlotTable, TableShape},
 };
 
 /// Passed to every callback of one sweep.
@@ -28,6 +28,14 @@ struct Sweep {
     params: SweepParams,
     stats: SweepStats,
     sessions: TableShape,
+    forward_sessions: TableShape,
+}
+
+impl Sweep {
+    #[inline(always)]
+    fn timeout_of(&self, key: &SessionKey, session: &Session) -> u64 {
+        self.params.session_timeout_ns(key.proto, session.tcp_state)
+    }
 }
 
 #[inline(always)]
@@ -55,49 +63,78 @@ extern "C" fn visit_session(
     sweep: *mut Sweep,
 ) -> i64 {
     // SAFETY: the kernel passes this map's index and value and our
-    // context; the state is read before the rest, which its writer
-    // published after them.
-    let (state, sweep) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*slot).state),
-            &mut *sweep,
-        )
-    };
-    if !slot_is_live(state) {
-        return 0;
-    }
-    // SAFETY: as above.
-    let (key, session) = unsafe { ((*slot).key, (*slot).session) };
-    sweep.stats.scanned += 1;
-    let timeout = sweep
-        .params
-        .session_timeout_ns(key.proto, session.tcp_state);
-    if idle_past(session.last_seen_ns, sweep.now, timeout) {
-        if session_table::release(&sweep.sessions, slot, state, &key) {
-            sweep.stats.sessions_removed += 1;
-        }
-    } else {
-        mark_live(sweep, key.proto, key.external_port);
+    // context.
+    let sweep = unsafe { &mut *sweep };
+    match expire::<Dynamic>(sweep.sessions, slot, sweep) {
+        Some(Expiry::Removed) => sweep.stats.sessions_removed += 1,
+        Some(Expiry::Kept(key)) => mark_live(sweep, key.proto, key.external_port),
+        None => {}
     }
     0
 }
 
 extern "C" fn visit_forward_session(
     _map: *mut c_void,
-    key: *const SessionKey,
-    value: *mut Session,
+    _index: *const u32,
+    slot: *mut SessionSlot,
     sweep: *mut Sweep,
 ) -> i64 {
     // SAFETY: as in `visit_session`.
-    let (key, session, sweep) = unsafe { (*key, *value, &mut *sweep) };
-    sweep.stats.scanned += 1;
-    let timeout = sweep
-        .params
-        .session_timeout_ns(key.proto, session.tcp_state);
-    if idle_past(session.last_seen_ns, sweep.now, timeout) && FORWARD_SESSIONS.remove(key).is_ok() {
+    let sweep = unsafe { &mut *sweep };
+    if let Some(Expiry::Removed) = expire::<Forwarded>(sweep.forward_sessions, slot, sweep) {
         sweep.stats.forward_sessions_removed += 1;
     }
     0
+}
+
+/// What the sweep did with a live slot.
+enum Expiry {
+    Removed,
+    Kept(SessionKey),
+}
+
+/// Frees a slot of table `T` (of `shape`) if its session is idle past its
+/// timeout; `None` for a slot with no session.
+#[inline(always)]
+fn expire<T: SlotTable>(
+    shape: TableShape,
+    slot: *mut SessionSlot,
+    sweep: &mut Sweep,
+) -> Option<Expiry> {
+    // SAFETY: a value the kernel's walk handed over; the state is read
+    // before the rest, which its writer published after them.
+    let state = unsafe { core::ptr::read_volatile(&raw const (*slot).state) };
+    if !slot_is_live(state) {
+        return None;
+    }
+    sweep.stats.scanned += 1;
+    // SAFETY: as above.
+    let (key, session) = unsafe { ((*slot).key, (*slot).session) };
+    if !idle_past(
+        session.last_seen_ns,
+        sweep.now,
+        sweep.timeout_of(&key, &session),
+    ) {
+        return Some(Expiry::Kept(key));
+    }
+    if !session_table::take(slot, state) {
+        // Removed or refreshed meanwhile: left to the next sweep.
+        return Some(Expiry::Kept(key));
+    }
+    // Owned now: judged again, in case the slot was freed and filled with
+    // another session between the look and the take.
+    // SAFETY: as above.
+    let (key, session) = unsafe { ((*slot).key, (*slot).session) };
+    if !idle_past(
+        session.last_seen_ns,
+        sweep.now,
+        sweep.timeout_of(&key, &session),
+    ) {
+        session_table::put_back(slot, state);
+        return Some(Expiry::Kept(key));
+    }
+    session_table::free::<T>(&shape, slot, state);
+    Some(Expiry::Removed)
 }
 
 /// A mapping is an inbound half (its external port's `PORT_OWNERS` slot:
@@ -232,9 +269,9 @@ pub fn try_nat_sweep() -> u32 {
     }
     // Read whether or not the WAN NIC has an address: sessions age either
     // way. Set when the table was made.
-    let Some((seed, mask)) = CONFIG
+    let Some((sessions, forward_sessions)) = CONFIG
         .get(0)
-        .map(|config| (config.session_seed, config.session_mask))
+        .map(|config| (Dynamic::shape(config), Forwarded::shape(config)))
     else {
         return 1;
     };
@@ -246,7 +283,8 @@ pub fn try_nat_sweep() -> u32 {
         },
         params,
         stats: SweepStats::default(),
-        sessions: TableShape { seed, mask },
+        sessions,
+        forward_sessions,
     };
     // Sessions first: they mark the ports whose mappings must stay.
     for_each(

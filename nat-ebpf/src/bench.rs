@@ -202,7 +202,11 @@ fn try_bench_inserts(ctx: &XdpContext) -> Result<(), Counter> {
         tcp_flags: packet.tcp_flags,
     };
     let session = new_session(internal, TCP_STATE_NONE, now, frame_len(ctx));
-    if session_table::insert(config, &session_key(config, &conversation), &session) {
+    if session_table::insert::<session_table::Dynamic>(
+        config,
+        &session_key(config, &conversation),
+        &session,
+    ) {
         Ok(())
     } else {
         Err(Counter::DropTableFull)

@@ -148,7 +148,7 @@ fn nat_lan(ctx: &impl NatContext) -> Result<u32, Counter> {
                 len,
             );
         } else {
-            forward_session_outbound(&conversation, internal, now, len);
+            forward_session_outbound(config, &conversation, internal, now, len);
             count_rule(external.rule_id, false, len);
         }
     }

@@ -241,7 +241,7 @@ pub fn outbound_external_unrefreshed(
     let mapped = mapping_of(mapping_key(config, proto, internal, remote)).map(|(port, _)| port);
     match forward_outbound(proto, internal) {
         Some(forward) => match mapped {
-            Some(port) if keeps_mapping_port(&forward, port, proto, remote) => Some(port),
+            Some(port) if keeps_mapping_port(config, &forward, port, proto, remote) => Some(port),
             _ => Some(forward.port),
         },
         None => mapped.or_else(|| stranger_port(config, proto, internal, remote)),
@@ -300,8 +300,14 @@ fn stranger_port(
 /// server endpoint's live mapping (`mapped`) rather than the rule's: so
 /// unless the remote came in on the rule's port.
 #[inline(always)]
-fn keeps_mapping_port(forward: &Forward, mapped: u16, proto: u8, remote: Endpoint) -> bool {
-    mapped != forward.port && !forward_conversation_exists(proto, forward.port, remote)
+fn keeps_mapping_port(
+    config: &NatConfig,
+    forward: &Forward,
+    mapped: u16,
+    proto: u8,
+    remote: Endpoint,
+) -> bool {
+    mapped != forward.port && !forward_conversation_exists(config, proto, forward.port, remote)
 }
 
 /// Where a LAN endpoint appears outside.
@@ -356,7 +362,7 @@ pub fn outbound_external(
         // only the rule's own conversations, whose remotes came in on its
         // port, leave by it. (A rule for the mapping's own port adopts it.)
         if let Some((port, stamp)) = mapping_of(mapping_key(config, proto, internal, remote))
-            && keeps_mapping_port(&forward, port, proto, remote)
+            && keeps_mapping_port(config, &forward, port, proto, remote)
         {
             touch(stamp, now);
             return Some(External {

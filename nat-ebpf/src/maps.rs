@@ -8,8 +8,8 @@ use nat_common::{
     CounterValue, DEFAULT_BINDINGS_MAX, DEFAULT_FORWARD_SESSIONS_MAX, DEFAULT_FORWARDS_MAX,
     DEFAULT_SESSIONS_MAX, EndpointKey, FORWARD_HINT_WORDS, FORWARD_PORT_SLOTS, FRAGS_MAX, Forward,
     FragEntry, FragKey, MAX_RULES, NEW_CONNECTIONS_BYTES, NatConfig, PORT_SLOTS, PortOwner,
-    RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX, RelayTarget, RuleCounters, Session, SessionKey,
-    SessionSlot, SweepParams, SweepStats, session_slots,
+    RELAY_SOCKET_SLOTS, RELAY_TARGETS_MAX, RelayTarget, RuleCounters, SessionKey, SessionSlot,
+    SweepParams, SweepStats, session_slots,
 };
 
 use crate::{
@@ -73,9 +73,14 @@ pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(C
 #[map(name = "EGRESS")]
 pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(16, 0);
 
+/// Conversations through forwarded ports, a table like `SESSIONS`
+/// (`session_table`) of its own, sized at load, with
+/// `NatConfig::forward_session_mask`: a flood of new remotes on a
+/// forwarded port evicts older conversations there and never crowds out
+/// the dynamic sessions.
 #[map(name = "FORWARD_SESSIONS")]
-pub static FORWARD_SESSIONS: LruHashMap<SessionKey, Session> =
-    LruHashMap::with_max_entries(DEFAULT_FORWARD_SESSIONS_MAX, 0);
+pub static FORWARD_SESSIONS: Array<SessionSlot> =
+    Array::with_max_entries(session_slots(DEFAULT_FORWARD_SESSIONS_MAX), BPF_F_MMAPABLE);
 
 /// Remote prefixes allowed through restricted forwards, per rule id.
 #[map(name = "ALLOWED_REMOTES")]

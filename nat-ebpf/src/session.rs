@@ -11,9 +11,9 @@ use nat_common::{
 
 use crate::{
     counters::count,
-    maps::{BPF_NOEXIST, FORWARD_SESSIONS, NEW_CONNECTIONS},
+    maps::NEW_CONNECTIONS,
     parse::{Endpoint, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    session_table,
+    session_table::{self, Dynamic, Forwarded, Placed},
 };
 
 /// One external endpoint talking to one remote endpoint, as a packet of
@@ -149,7 +149,7 @@ pub fn session_outbound_existing(
     frame_len: usize,
 ) -> bool {
     let key = session_key(config, conversation);
-    let Some(session) = session_table::find(config, &key) else {
+    let Some(session) = session_table::find::<Dynamic>(config, &key) else {
         return false;
     };
     // SAFETY: a pointer returned by a map lookup.
@@ -177,7 +177,7 @@ pub fn session_outbound(
     frame_len: usize,
 ) {
     let key = session_key(config, conversation);
-    if !new_mapping && let Some(session) = session_table::find(config, &key) {
+    if !new_mapping && let Some(session) = session_table::find::<Dynamic>(config, &key) {
         touch_session(session, conversation, true, now, frame_len);
         return;
     }
@@ -188,7 +188,7 @@ pub fn session_outbound(
     };
     let session = new_session(internal, tcp_state, now, frame_len);
     // Racing CPUs may both insert; either value is right.
-    if !session_table::insert(config, &key, &session) {
+    if !session_table::insert::<Dynamic>(config, &key, &session) {
         count(Counter::SessionTableFull, frame_len);
     }
 }
@@ -219,7 +219,7 @@ pub fn session_inbound(
     frame_len: usize,
 ) -> Option<Endpoint> {
     let key = session_key(config, conversation);
-    let session = session_table::find(config, &key)?;
+    let session = session_table::find::<Dynamic>(config, &key)?;
     touch_session(session, conversation, false, now, frame_len);
     // SAFETY: a pointer returned by a map lookup.
     unsafe {
@@ -256,6 +256,7 @@ fn forward_session_key(conversation: &Conversation) -> SessionKey {
 /// time is reported to the controller, which logs it.
 #[inline(always)]
 pub fn forward_session_inbound(
+    config: &NatConfig,
     conversation: &Conversation,
     server: Endpoint,
     forward: &Forward,
@@ -264,7 +265,7 @@ pub fn forward_session_inbound(
     router_socket_wants: impl FnOnce() -> bool,
 ) -> Result<(), Counter> {
     let key = forward_session_key(conversation);
-    if let Some(session) = FORWARD_SESSIONS.get_ptr_mut(key) {
+    if let Some(session) = session_table::find::<Forwarded>(config, &key) {
         // A SYN after either side's FIN (or an RST) is a new connection on
         // the same ports.
         // SAFETY: a pointer returned by a map lookup.
@@ -302,8 +303,9 @@ pub fn forward_session_inbound(
         TCP_STATE_NONE
     };
     let session = new_session(server, tcp_state, now, frame_len);
-    // Only the CPU whose insert wins reports the conversation.
-    if FORWARD_SESSIONS.insert(key, session, BPF_NOEXIST).is_ok() {
+    // Two CPUs making it at one instant both report it (and the later
+    // slot ages out unused); one that found no room does not.
+    if forward_session_insert(config, &key, &session, frame_len) {
         report_connection(conversation, server, forward, frame_len);
     }
     Ok(())
@@ -339,13 +341,14 @@ fn report_connection(
 /// but not reported: the log is about who comes in.
 #[inline(always)]
 pub fn forward_session_outbound(
+    config: &NatConfig,
     conversation: &Conversation,
     server: Endpoint,
     now: u64,
     frame_len: usize,
 ) {
     let key = forward_session_key(conversation);
-    if let Some(session) = FORWARD_SESSIONS.get_ptr_mut(key) {
+    if let Some(session) = session_table::find::<Forwarded>(config, &key) {
         touch_session(session, conversation, false, now, frame_len);
         return;
     }
@@ -354,17 +357,44 @@ pub fn forward_session_outbound(
     } else {
         TCP_STATE_NONE
     };
-    let _ = FORWARD_SESSIONS.insert(key, new_session(server, tcp_state, now, frame_len), 0);
+    let session = new_session(server, tcp_state, now, frame_len);
+    forward_session_insert(config, &key, &session, frame_len);
+}
+
+/// Adds a conversation to `FORWARD_SESSIONS`, at an older one's cost if
+/// the table is full there; `false` if there was no room even so.
+#[inline(always)]
+fn forward_session_insert(
+    config: &NatConfig,
+    key: &SessionKey,
+    session: &Session,
+    frame_len: usize,
+) -> bool {
+    match session_table::insert_evicting::<Forwarded>(config, key, session) {
+        Some(Placed::Free) => true,
+        Some(Placed::Evicting) => {
+            count(Counter::ForwardSessionEvicted, frame_len);
+            true
+        }
+        None => {
+            count(Counter::SessionTableFull, frame_len);
+            false
+        }
+    }
 }
 
 /// Whether `remote` came in on forwarded `external_port` and is still in
 /// conversation with its server: the server's replies must leave by that
 /// port.
 #[inline(always)]
-pub fn forward_conversation_exists(proto: u8, external_port: u16, remote: Endpoint) -> bool {
+pub fn forward_conversation_exists(
+    config: &NatConfig,
+    proto: u8,
+    external_port: u16,
+    remote: Endpoint,
+) -> bool {
     let key = key_of(remote.addr, remote.port, external_port, proto);
-    // SAFETY: a map lookup, only tested for presence.
-    unsafe { FORWARD_SESSIONS.get(key) }.is_some()
+    session_table::find::<Forwarded>(config, &key).is_some()
 }
 
 /// The session of another IP protocol (no ports) with `remote`: keyed with
@@ -396,7 +426,7 @@ pub fn address_session_outbound(
         },
         tcp_flags: 0,
     };
-    if let Some(session) = session_table::find(config, &key) {
+    if let Some(session) = session_table::find::<Dynamic>(config, &key) {
         // SAFETY: a pointer returned by a map lookup.
         if unsafe { (*session).internal_addr } != host {
             return Err(Counter::DropProtoBusy);
@@ -413,7 +443,7 @@ pub fn address_session_outbound(
     // their next packet on, both find the earlier slot of the window, so
     // one host holds the pair and the other's packets are dropped as busy
     // while its unused slot ages out.
-    if !session_table::insert(config, &key, &session) {
+    if !session_table::insert::<Dynamic>(config, &key, &session) {
         return Err(Counter::DropTableFull);
     }
     count(Counter::NewBinding, frame_len);
@@ -431,7 +461,7 @@ pub fn address_session_inbound(
     frame_len: usize,
 ) -> Option<[u8; 4]> {
     let key = address_session_key(proto, remote);
-    let session = session_table::find(config, &key)?;
+    let session = session_table::find::<Dynamic>(config, &key)?;
     let conversation = Conversation {
         proto,
         external_port: 0,
@@ -451,7 +481,7 @@ pub fn address_session_inbound(
 /// 5508 REQ-6).
 #[inline(always)]
 pub fn address_session_host(config: &NatConfig, proto: u8, remote: [u8; 4]) -> Option<[u8; 4]> {
-    let session = session_table::find(config, &address_session_key(proto, remote))?;
+    let session = session_table::find::<Dynamic>(config, &address_session_key(proto, remote))?;
     // SAFETY: a pointer into a map value, read at once.
     Some(unsafe { (*session).internal_addr })
 }

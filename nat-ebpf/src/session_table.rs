@@ -1,6 +1,7 @@
-//! `SESSIONS`, the dynamic sessions: an open-addressing table in an array
-//! of `nat_common::SessionSlot`s, each a key, its state word and its
-//! session in one cache line. A key lives in its home slot
+//! The datapath's two session tables, `SESSIONS` (the dynamic sessions) and
+//! `FORWARD_SESSIONS` (the conversations through forwarded ports): each an
+//! open-addressing table in an array of `nat_common::SessionSlot`s, a key,
+//! its state word and its session in one cache line. A key lives in its home slot
 //! (`nat_common::session_home`: a hash of the remote endpoint plus the
 //! external port, so that one remote's sessions lie side by side), or, if
 //! that was taken when the session was made, in one of the
@@ -16,16 +17,28 @@
 //! publishes it by swapping the state to `SLOT_LIVE` (or
 //! `SLOT_LIVE_SPILLED`; an atomic swap, a full barrier, so the key and
 //! session are seen before the state on any CPU); a spilled session's
-//! home count goes up before its slot is claimed. The sweep frees a live
-//! slot by compare-and-swap back to `SLOT_EMPTY`, then counts a spilled
-//! one down at its home. Nothing else changes the state word.
+//! home count goes up before its slot is claimed. Whoever removes a live
+//! session (the sweep, an eviction, the daemon) first takes its slot by
+//! compare-and-swap of the state it saw to `SLOT_CLAIMED`, and only then
+//! reads the key it now owns: so two removers never count one spilled
+//! session down twice, even when the slot was freed and filled again
+//! between one's look and its swap. It then counts a spilled one down at
+//! its home and swaps the state to `SLOT_EMPTY` (or fills the slot with
+//! its own session). Nothing else changes the state word.
+//!
+//! When a `FORWARD_SESSIONS` window is full (a flood of new remotes on a
+//! forwarded port has filled the table), the new conversation takes the
+//! slot of the older of two of its window's sessions, picked at random:
+//! the table keeps up with whoever is talking, as the LRU hash map it
+//! replaced did, and a flood there never touches `SESSIONS`.
 //!
 //! What this allows, as the kernel's preallocated hash map allows it too
 //! (its elements are reused at once when deleted): a packet holding a slot
 //! that the sweep frees and another packet claims may still count into
 //! it. The sweep frees only a session idle past its timeout, so that
-//! packet raced the session's last instant; what it writes is a count or
-//! a timestamp. Two CPUs making the same session at one instant may both
+//! packet raced the session's last instant; an eviction, only when the
+//! forwarded table is full, so that packet's conversation was thrown out
+//! at that instant anyway. What it writes is a count or a timestamp. Two CPUs making the same session at one instant may both
 //! get a slot (one the home, the other in the second window): lookups find
 //! the home one, and the other, refreshed by nobody, ages out.
 use nat_common::{
@@ -35,9 +48,57 @@ use nat_common::{
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::bpf_loop;
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_loop},
+    maps::Array,
+};
 
-use crate::maps::SESSIONS;
+use crate::maps::{FORWARD_SESSIONS, SESSIONS};
+
+/// One of the session tables: its array and its shape's place in
+/// `NatConfig` (both share `session_seed`).
+pub trait SlotTable {
+    fn slots() -> &'static Array<SessionSlot>;
+    fn mask(config: &NatConfig) -> u32;
+
+    #[inline(always)]
+    fn shape(config: &NatConfig) -> TableShape {
+        TableShape {
+            seed: config.session_seed,
+            mask: Self::mask(config),
+        }
+    }
+}
+
+/// `SESSIONS`.
+pub struct Dynamic;
+
+impl SlotTable for Dynamic {
+    #[inline(always)]
+    fn slots() -> &'static Array<SessionSlot> {
+        &SESSIONS
+    }
+
+    #[inline(always)]
+    fn mask(config: &NatConfig) -> u32 {
+        config.session_mask
+    }
+}
+
+/// `FORWARD_SESSIONS`.
+pub struct Forwarded;
+
+impl SlotTable for Forwarded {
+    #[inline(always)]
+    fn slots() -> &'static Array<SessionSlot> {
+        &FORWARD_SESSIONS
+    }
+
+    #[inline(always)]
+    fn mask(config: &NatConfig) -> u32 {
+        config.forward_session_mask
+    }
+}
 
 /// A key as three words, compared and copied word by word: a struct
 /// compare or copy between two places LLVM cannot tell apart becomes a
@@ -64,8 +125,8 @@ fn holds(slot: *const SessionSlot, want: &[u32; 3]) -> bool {
 }
 
 #[inline(always)]
-fn slot(config: &NatConfig, index: u32) -> Option<*mut SessionSlot> {
-    SESSIONS.get_ptr_mut(index & config.session_mask)
+fn slot_at<T: SlotTable>(index: u32) -> Option<*mut SessionSlot> {
+    T::slots().get_ptr_mut(index)
 }
 
 /// A walk of a second window through `bpf_loop`: `probe_window` is
@@ -92,7 +153,7 @@ impl WindowWalk {
     }
 }
 
-extern "C" fn probe_window(probe: u64, walk: *const WindowWalk) -> i64 {
+extern "C" fn probe_window<T: SlotTable>(probe: u64, walk: *const WindowWalk) -> i64 {
     // The iteration after the last probe: nothing hit.
     if probe >= u64::from(SESSION_PROBES) {
         return 1;
@@ -100,7 +161,7 @@ extern "C" fn probe_window(probe: u64, walk: *const WindowWalk) -> i64 {
     // SAFETY: `bpf_loop` hands over the context `walk_window` gave it, on
     // its stack.
     let walk = unsafe { &*walk };
-    let Some(slot) = SESSIONS.get_ptr_mut(walk.index(probe as u32)) else {
+    let Some(slot) = slot_at::<T>(walk.index(probe as u32)) else {
         return 1;
     };
     let hit = if walk.claim != 0 {
@@ -114,12 +175,12 @@ extern "C" fn probe_window(probe: u64, walk: *const WindowWalk) -> i64 {
 /// The walk of `key`'s second window: for the slot that holds it
 /// (`claim` false) or a free one to claim for it (`claim` true).
 #[inline(always)]
-fn window_of(config: &NatConfig, key: &SessionKey, claim: bool) -> WindowWalk {
+fn window_of<T: SlotTable>(config: &NatConfig, key: &SessionKey, claim: bool) -> WindowWalk {
     let (start, step) = session_spill_probes(config.session_seed, key);
     WindowWalk {
         start,
         step,
-        mask: config.session_mask,
+        mask: T::mask(config),
         want: key_words(key),
         claim: u32::from(claim),
     }
@@ -127,13 +188,13 @@ fn window_of(config: &NatConfig, key: &SessionKey, claim: bool) -> WindowWalk {
 
 /// The slot the walk found (or claimed), `NO_SLOT` if none.
 #[inline(always)]
-fn walk_window(walk: &WindowWalk) -> u32 {
+fn walk_window<T: SlotTable>(walk: &WindowWalk) -> u32 {
     // SAFETY: the callback's signature is what `bpf_loop` calls, and `walk`
     // lives on the caller's frame for the whole call.
     let iterations = unsafe {
         bpf_loop(
             SESSION_PROBES + 1,
-            probe_window as *mut c_void,
+            probe_window::<T> as *mut c_void,
             walk as *const WindowWalk as *mut c_void,
             0,
         )
@@ -154,17 +215,17 @@ const NO_SLOT: u32 = u32::MAX;
 /// ends in one slot index, looked up once: the verifier then carries the
 /// caller on from one state, not one per way.
 #[inline(always)]
-pub fn find(config: &NatConfig, key: &SessionKey) -> Option<*mut Session> {
-    let slot = SESSIONS.get_ptr_mut(find_index(config, key))?;
+pub fn find<T: SlotTable>(config: &NatConfig, key: &SessionKey) -> Option<*mut Session> {
+    let slot = slot_at::<T>(find_index::<T>(config, key))?;
     // SAFETY: a pointer returned by a map lookup.
     Some(unsafe { &raw mut (*slot).session })
 }
 
 #[inline(always)]
-fn find_index(config: &NatConfig, key: &SessionKey) -> u32 {
+fn find_index<T: SlotTable>(config: &NatConfig, key: &SessionKey) -> u32 {
     let want = key_words(key);
-    let index = session_home(config.session_seed, key) & config.session_mask;
-    let Some(home) = SESSIONS.get_ptr_mut(index) else {
+    let index = session_home(config.session_seed, key) & T::mask(config);
+    let Some(home) = slot_at::<T>(index) else {
         return NO_SLOT;
     };
     if holds(home, &want) {
@@ -174,37 +235,109 @@ fn find_index(config: &NatConfig, key: &SessionKey) -> u32 {
     if unsafe { core::ptr::read_volatile(&raw const (*home).spilled) } == 0 {
         return NO_SLOT;
     }
-    walk_window(&window_of(config, key, false))
+    walk_window::<T>(&window_of::<T>(config, key, false))
 }
 
 /// Adds `session` under `key`, which the caller looked up and did not
 /// find: in its home slot if free, else in the first free slot of its
 /// second window; `false` when that too is full.
 #[inline(always)]
-pub fn insert(config: &NatConfig, key: &SessionKey, session: &Session) -> bool {
-    let Some(home) = slot(config, session_home(config.session_seed, key)) else {
-        return false;
-    };
+pub fn insert<T: SlotTable>(config: &NatConfig, key: &SessionKey, session: &Session) -> bool {
+    insert_or_evict::<T>(config, key, session, false).is_some()
+}
+
+/// How `insert_evicting` found room.
+pub enum Placed {
+    Free,
+    /// In the slot of an older session, which is gone.
+    Evicting,
+}
+
+/// As `insert`, but a full second window gives up the older of two of its
+/// sessions, picked at random, to this one; `None` only when other CPUs
+/// changed both first.
+#[inline(always)]
+pub fn insert_evicting<T: SlotTable>(
+    config: &NatConfig,
+    key: &SessionKey,
+    session: &Session,
+) -> Option<Placed> {
+    insert_or_evict::<T>(config, key, session, true)
+}
+
+#[inline(always)]
+fn insert_or_evict<T: SlotTable>(
+    config: &NatConfig,
+    key: &SessionKey,
+    session: &Session,
+    evict: bool,
+) -> Option<Placed> {
+    let mask = T::mask(config);
+    let home = slot_at::<T>(session_home(config.session_seed, key) & mask)?;
     if claim(home) {
         fill(home, &key_words(key), session);
         // SAFETY: a pointer returned by a map lookup.
         publish(unsafe { &raw mut (*home).state }, SLOT_LIVE);
-        return true;
+        return Some(Placed::Free);
     }
     // Counted before the session exists, so that no lookup that could
     // see the session skips the second window.
     // SAFETY: as above.
     count_spilled(unsafe { &raw mut (*home).spilled }, 1);
-    let walk = window_of(config, key, true);
-    if let Some(slot) = SESSIONS.get_ptr_mut(walk_window(&walk)) {
+    let walk = window_of::<T>(config, key, true);
+    let mut index = walk_window::<T>(&walk);
+    let mut placed = Placed::Free;
+    if index == NO_SLOT && evict {
+        index = evict_from::<T>(config, &walk);
+        placed = Placed::Evicting;
+    }
+    if let Some(slot) = slot_at::<T>(index) {
         fill(slot, &walk.want, session);
         // SAFETY: a pointer returned by a map lookup.
         publish(unsafe { &raw mut (*slot).state }, SLOT_LIVE_SPILLED);
-        return true;
+        return Some(placed);
     }
     // SAFETY: as above.
     count_spilled(unsafe { &raw mut (*home).spilled }, -1);
-    false
+    None
+}
+
+/// Takes, for a new session, the slot of the older of two sessions of a
+/// full window (`walk`), picked at random: its index, claimed by this
+/// CPU, or `NO_SLOT` if another CPU changed both first. Two choices
+/// rather than one keep a talking conversation from being thrown out
+/// about as well as the whole window's oldest would, at two reads.
+#[inline(always)]
+fn evict_from<T: SlotTable>(config: &NatConfig, walk: &WindowWalk) -> u32 {
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    let first = walk.index(random % SESSION_PROBES);
+    let second = walk.index((random >> 16) % SESSION_PROBES);
+    let (Some(a), Some(b)) = (slot_at::<T>(first), slot_at::<T>(second)) else {
+        return NO_SLOT;
+    };
+    // SAFETY: pointers returned by map lookups; a stale reading only
+    // picks the younger.
+    let (seen_a, seen_b) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*a).session.last_seen_ns),
+            core::ptr::read_volatile(&raw const (*b).session.last_seen_ns),
+        )
+    };
+    let (index, victim) = if seen_a <= seen_b {
+        (first, a)
+    } else {
+        (second, b)
+    };
+    // SAFETY: as above.
+    let state = unsafe { core::ptr::read_volatile(&raw const (*victim).state) };
+    if slot_is_live(state) && take(victim, state) {
+        disown::<T>(&T::shape(config), victim, state);
+        return index;
+    }
+    // Freed meanwhile (by the sweep, or another CPU's eviction, which
+    // then filled it): free, it is as good.
+    if claim(victim) { index } else { NO_SLOT }
 }
 
 /// Takes a free slot for this CPU to fill in.
@@ -241,26 +374,50 @@ fn fill(slot: *mut SessionSlot, key: &[u32; 3], session: &Session) {
     }
 }
 
-/// Frees a live slot (the sweep, for an idle session) whose state was
-/// `state` and key `key`; `false` if it was not that any more. A spilled
-/// session is counted down at its home once its slot is free.
+/// Takes a live slot whose state was `state` for this CPU, which then owns
+/// its key: to free it (`free`) or fill it with another session.
 #[inline(always)]
-pub fn release(shape: &TableShape, slot: *mut SessionSlot, state: u64, key: &SessionKey) -> bool {
-    // SAFETY: a pointer the map's walk handed over.
-    if !swap_state(unsafe { &raw mut (*slot).state }, state, SLOT_EMPTY) {
-        return false;
+pub fn take(slot: *mut SessionSlot, state: u64) -> bool {
+    // SAFETY: a pointer returned by a map lookup or walk.
+    swap_state(unsafe { &raw mut (*slot).state }, state, SLOT_CLAIMED)
+}
+
+/// Puts back a slot taken with `take` but kept after all (its session,
+/// read again once owned, was not the one judged).
+#[inline(always)]
+pub fn put_back(slot: *mut SessionSlot, state: u64) {
+    // SAFETY: a pointer returned by a map lookup or walk.
+    publish(unsafe { &raw mut (*slot).state }, state);
+}
+
+/// Frees a slot taken with `take` from `state`, in a table of `shape`.
+#[inline(always)]
+pub fn free<T: SlotTable>(shape: &TableShape, slot: *mut SessionSlot, state: u64) {
+    disown::<T>(shape, slot, state);
+    // SAFETY: a pointer returned by a map lookup or walk.
+    publish(unsafe { &raw mut (*slot).state }, SLOT_EMPTY);
+}
+
+/// The session in a slot this CPU took from `state` is gone: a spilled
+/// one is counted down at its home. The key is read only now, when no
+/// other CPU can be changing it.
+#[inline(always)]
+fn disown<T: SlotTable>(shape: &TableShape, slot: *mut SessionSlot, state: u64) {
+    if state != SLOT_LIVE_SPILLED {
+        return;
     }
-    if state == SLOT_LIVE_SPILLED
-        && let Some(home) = SESSIONS.get_ptr_mut(session_home(shape.seed, key) & shape.mask)
-    {
+    // SAFETY: a pointer returned by a map lookup or walk, to a slot this
+    // CPU claimed.
+    let key = unsafe { (*slot).key };
+    if let Some(home) = slot_at::<T>(session_home(shape.seed, &key) & shape.mask) {
         // SAFETY: a pointer returned by a map lookup.
         count_spilled(unsafe { &raw mut (*home).spilled }, -1);
     }
-    true
 }
 
-/// The table's seed and mask (`NatConfig::session_seed`, `session_mask`),
-/// for the sweep, which keeps no `NatConfig` (24 KiB) on its stack.
+/// A table's seed and mask (`NatConfig::session_seed`, `session_mask`,
+/// `forward_session_mask`), for the sweep, which keeps no `NatConfig`
+/// (24 KiB) on its stack.
 #[derive(Clone, Copy)]
 pub struct TableShape {
     pub seed: u32,

@@ -127,9 +127,11 @@ pub fn try_nat_wan(ctx: &impl NatContext) -> Result<u32, Counter> {
         // After the route check: a conversation is logged only once it is
         // actually let through to the server. Before the fragment table
         // learns where the datagram goes: the router's socket may take it.
-        if let Err(yielded) = forward_session_inbound(&conversation, to, &forward, now, len, || {
-            local_socket_wants(ctx, &packet)
-        }) {
+        if let Err(yielded) =
+            forward_session_inbound(config, &conversation, to, &forward, now, len, || {
+                local_socket_wants(ctx, &packet)
+            })
+        {
             frag::track_inbound(&packet, config.wan_addr, now, len);
             return Err(yielded);
         }

@@ -107,6 +107,15 @@ impl PacketLab {
 
     /// As [`PacketLab::with_config`], in `mode`.
     pub fn build(mode: Mode, adjust: impl FnOnce(&mut NatConfig)) -> Result<Self> {
+        Self::build_sized(mode, TableSizes::default(), adjust)
+    }
+
+    /// As [`PacketLab::build`], with tables of `sizes`.
+    pub fn build_sized(
+        mode: Mode,
+        sizes: TableSizes,
+        adjust: impl FnOnce(&mut NatConfig),
+    ) -> Result<Self> {
         require_root();
         let netns = Netns::new("pkt")?;
         // Both ends of each veth stay in the namespace: the peers only have
@@ -168,7 +177,7 @@ impl PacketLab {
         netns.enter()?;
         let wan_ifindex = netns.ifindex(ROUTER_WAN_IF)?;
         let lan_ifindex = netns.ifindex(ROUTER_LAN_IF)?;
-        let mut datapath = Datapath::load(TableSizes::default(), None)?;
+        let mut datapath = Datapath::load(sizes, None)?;
         let mut config = NatConfig {
             wan_addr: WAN_ADDR.octets(),
             lan_net: plan::LAN_NET.octets(),

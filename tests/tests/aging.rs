@@ -99,20 +99,6 @@ impl Sessions for SessionTable {
     }
 }
 
-impl Sessions for HashMap<MapData, SessionKey, Session> {
-    fn put(&mut self, key: SessionKey, session: Session) {
-        self.insert(key, session, 0).expect("inserting a session");
-    }
-    fn keys(&self) -> Vec<SessionKey> {
-        aya::maps::HashMap::keys(self)
-            .map(|key| key.expect("reading a session key"))
-            .collect()
-    }
-    fn holds(&self, key: &SessionKey) -> bool {
-        self.get(key, 0).is_ok()
-    }
-}
-
 fn insert_session(
     map: &mut impl Sessions,
     proto: u8,
@@ -292,7 +278,7 @@ fn kernel_sweep_removes_exactly_the_expired_entries() {
     let gone_own_port = inbound_half(b, PROTO_UDP, 3010, (lan(14), 3010), ago(301));
     let kept_own_port = inbound_half(b, PROTO_UDP, 3011, (lan(14), 3011), ago(299));
 
-    // Forward sessions (an LRU map).
+    // Forward sessions.
     let f = maps.forward_sessions_mut();
     let fwd_tcp_old = insert_session(f, PROTO_TCP, 8080, ago(7441), TCP_STATE_ESTABLISHED);
     let fwd_tcp_idle = insert_session(f, PROTO_TCP, 8081, ago(239), TCP_STATE_OPENING);
@@ -439,18 +425,26 @@ fn numbered_index(key: &SessionKey) -> u32 {
     ])
 }
 
+/// A distinct outbound half for each `i`, its value telling `i`.
+fn numbered_binding(i: u32) -> (BindingKey, Binding) {
+    let key = BindingKey::outbound(PROTO_UDP, [10, 1, (i >> 8) as u8, i as u8], 5000);
+    (key, binding(WAN, (i % 60000) as u16, u64::from(i) * 3))
+}
+
+fn numbered_binding_index(key: &BindingKey) -> u32 {
+    u32::from_be_bytes([0, 0, key.addr[2], key.addr[3]])
+}
+
 /// Walks `map` with the batch walk and checks it against aya's iterator:
 /// every entry visited exactly once, with its own value.
-fn check_walk(map: &HashMap<MapData, SessionKey, Session>, n: u32, chunk: u32) {
+fn check_walk(map: &HashMap<MapData, BindingKey, Binding>, n: u32, chunk: u32) {
     let mut visits: BTreeMap<u32, u32> = BTreeMap::new();
     let visited = batch::for_each_entry(
         map.map().fd().as_fd(),
         chunk,
-        |key: &SessionKey, value: &Session| {
-            let i = numbered_index(key);
-            assert_eq!(*key, numbered_key(i), "key {i}");
-            assert_eq!(value.last_seen_ns, u64::from(i), "value of key {i}");
-            assert_eq!(value.packets, u64::from(i) * 3, "value of key {i}");
+        |key: &BindingKey, value: &Binding| {
+            let i = numbered_binding_index(key);
+            assert_eq!((*key, *value), numbered_binding(i), "entry {i}");
             *visits.entry(i).or_default() += 1;
         },
     )
@@ -462,8 +456,8 @@ fn check_walk(map: &HashMap<MapData, SessionKey, Session>, n: u32, chunk: u32) {
         .iter()
         .map(|item| {
             let (key, value) = item.expect("aya iter");
-            let i = numbered_index(&key);
-            assert_eq!(value.last_seen_ns, u64::from(i));
+            let i = numbered_binding_index(&key);
+            assert_eq!((key, value), numbered_binding(i));
             i
         })
         .collect();
@@ -472,21 +466,26 @@ fn check_walk(map: &HashMap<MapData, SessionKey, Session>, n: u32, chunk: u32) {
     assert_eq!(by_batch, by_iter, "batch walk and aya's iter disagree");
 }
 
+/// The batch walk over a hash map (`BINDINGS`; the session tables are
+/// arrays, read through a memory map).
 #[test]
 fn batch_walk_visits_every_entry_once() {
     const N: u32 = 10_000;
-    let mut datapath = load(16_384, 64, 16_384);
+    let mut datapath = load(64, 16_384, 64);
     let maps = datapath.maps_mut().view_mut();
     // An empty map: nothing, and no error.
-    check_walk(maps.forward_sessions(), 0, batch::DEFAULT_CHUNK);
-    fill_sessions(maps.forward_sessions_mut(), N);
+    check_walk(maps.bindings(), 0, batch::DEFAULT_CHUNK);
+    for i in 0..N {
+        let (key, value) = numbered_binding(i);
+        maps.put_binding(key, value).expect("inserting a binding");
+    }
     // Chunk 1 is smaller than a bucket that holds two entries: the walk has
     // to grow it (ENOSPC) rather than fail or skip the bucket.
     for chunk in [batch::DEFAULT_CHUNK, 1, 3, 1000, N, 1 << 20] {
-        check_walk(maps.forward_sessions(), N, chunk);
+        check_walk(maps.bindings(), N, chunk);
     }
     assert_eq!(
-        batch::for_each_in(maps.forward_sessions(), |_, _| {}).unwrap(),
+        batch::for_each_in(maps.bindings(), |_: &BindingKey, _: &Binding| {}).unwrap(),
         N as usize
     );
 }
@@ -602,10 +601,10 @@ fn session_table_counts_spilled_sessions_back() {
 #[test]
 fn batch_walk_refuses_mismatched_maps() {
     let mut datapath = load(64, 64, 64);
-    let fd = datapath.maps().view().forward_sessions().map().fd().as_fd();
-    let error = batch::for_each_entry::<u32, Session>(fd, 16, |_, _| {}).unwrap_err();
+    let fd = datapath.maps().view().bindings().map().fd().as_fd();
+    let error = batch::for_each_entry::<u32, Binding>(fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
-    let error = batch::for_each_entry::<SessionKey, Binding>(fd, 16, |_, _| {}).unwrap_err();
+    let error = batch::for_each_entry::<BindingKey, Session>(fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
     // An array walks by index (PORT_OWNERS is walked so), with its own
     // value type only.

@@ -11,7 +11,8 @@ mod common;
 
 use std::{mem::size_of, net::Ipv4Addr};
 
-use aya::maps::{HashMap, MapData};
+use nat_ctl::datapath::TableSizes;
+
 use common::*;
 use nat_common::{
     ConnectionEvent, CounterValue, FILTER_ADDRESS_DEPENDENT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
@@ -41,18 +42,12 @@ fn key(remote: Ipv4Addr, remote_port: u16, external_port: u16, proto: u8) -> Ses
     }
 }
 
-fn entries(map: &HashMap<MapData, SessionKey, Session>) -> Vec<(SessionKey, Session)> {
-    map.iter()
-        .collect::<Result<Vec<_>, _>>()
-        .expect("walking a session map")
-}
-
 fn dynamic_sessions(lab: &PacketLab) -> Vec<(SessionKey, Session)> {
     lab.datapath.maps().view().sessions().entries()
 }
 
 fn forward_sessions(lab: &PacketLab) -> Vec<(SessionKey, Session)> {
-    entries(lab.datapath.maps().view().forward_sessions())
+    lab.datapath.maps().view().forward_sessions().entries()
 }
 
 /// The only entry of a session map, which must hold exactly one.
@@ -79,10 +74,10 @@ fn forward_session(lab: &PacketLab, key: SessionKey) -> Session {
         .maps()
         .view()
         .forward_sessions()
-        .get(&key, 0)
-        .unwrap_or_else(|e| {
+        .get(&key)
+        .unwrap_or_else(|| {
             panic!(
-                "no forward session {key:?}: {e}; all: {:?}",
+                "no forward session {key:?}; all: {:?}",
                 forward_sessions(lab)
             )
         })
@@ -582,6 +577,54 @@ fn conversations_of_different_remotes_are_separate_forward_sessions() {
         forward_session(&lab, key(REMOTE2, 3333, 8053, PROTO_UDP)).packets,
         1
     );
+}
+
+/// A flood of new remotes on a forwarded port fills `FORWARD_SESSIONS`
+/// (here 32 sessions, 64 slots): every new conversation still gets its
+/// session and its event, each at an older one's cost once the table is
+/// full there; the table never holds more than its slots, its homes'
+/// counts of spilled sessions stay right, and the dynamic sessions are
+/// untouched.
+#[test]
+fn a_flood_of_remotes_on_a_forwarded_port_evicts_older_conversations() {
+    const REMOTES: u16 = 512;
+    let sizes = TableSizes {
+        forward_sessions: 32,
+        ..TableSizes::default()
+    };
+    let mut lab = PacketLab::build_sized(Mode::Xdp, sizes, |_| {}).unwrap();
+    lab.forward("udp/8053=192.168.0.13:53").unwrap();
+    let server = (Ipv4Addr::new(192, 168, 0, 13), 53);
+    let slots = lab.datapath.maps().view().forward_sessions().slots();
+    assert_eq!(slots, 64, "FORWARD_SESSIONS' slots");
+    let mut reported = 0;
+    for i in 0..REMOTES {
+        let remote = Ipv4Addr::new(198, 51, (i >> 8) as u8, i as u8);
+        forward_in(
+            &mut lab,
+            &udp(ep(remote, 40000 + i), ep(WAN_ADDR, 8053), b"x"),
+            server,
+        );
+        // The newest conversation is always there.
+        forward_session(&lab, key(remote, 40000 + i, 8053, PROTO_UDP));
+        reported += events(&mut lab).len();
+    }
+    assert_eq!(reported, usize::from(REMOTES), "connection events");
+    let table = lab.datapath.maps().view().forward_sessions();
+    let held = table.len();
+    assert!(held <= slots as usize, "{held} sessions in {slots} slots");
+    let (in_window, counted) = table.spilled();
+    assert_eq!(
+        in_window, counted,
+        "spilled sessions and their homes' counts"
+    );
+    let evicted = counter(&lab, "forward_session_evicted");
+    assert!(
+        evicted > 0 && evicted as usize + held >= usize::from(REMOTES),
+        "{evicted} evicted, {held} held of {REMOTES}"
+    );
+    assert_eq!(counter(&lab, "session_table_full"), 0);
+    assert!(dynamic_sessions(&lab).is_empty(), "dynamic sessions made");
 }
 
 // ---------------------------------------------------------------------------

@@ -2306,7 +2306,12 @@ fn counters_follow_every_frame() {
         .filter(|(label, _)| {
             !matches!(
                 **label,
-                "lan_rx" | "wan_rx" | "new_binding" | "remote_not_allowed" | "session_table_full"
+                "lan_rx"
+                    | "wan_rx"
+                    | "new_binding"
+                    | "remote_not_allowed"
+                    | "session_table_full"
+                    | "forward_session_evicted"
             )
         })
         .map(|(_, n)| n)

@@ -196,6 +196,8 @@ fn nat_config(config: &DaemonConfig, wan: &Nic, lan: &Nic) -> NatConfig {
         route_epoch: 0,
         session_seed: 0,
         session_mask: 0,
+        forward_session_mask: 0,
+        _pad_masks: 0,
         rule_ports: Default::default(),
     }
 }

@@ -318,10 +318,9 @@ impl State {
         if closed.is_empty() {
             return;
         }
-        match self.view.forget_forward_sessions(&closed) {
-            Ok(cut) if cut > 0 => tracing::info!("schedule: cut {cut} conversation(s)"),
-            Ok(_) => {}
-            Err(error) => tracing::warn!("cutting the conversations of closed rules: {error}"),
+        let cut = self.view.forget_forward_sessions(&closed);
+        if cut > 0 {
+            tracing::info!("schedule: cut {cut} conversation(s)");
         }
     }
 

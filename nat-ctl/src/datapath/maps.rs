@@ -114,15 +114,19 @@ impl Maps {
             rule_counters: typed(names::RULE_COUNTERS, rule_counters)?,
         };
         writer.rebuild_rule_bitmaps()?;
-        let mut sessions = SessionTable::open(source(names::SESSIONS)?, 0)?;
-        sessions.seed = writer.session_seed(sessions.slots(), fresh)?;
+        let mut sessions = SessionTable::open(names::SESSIONS, source(names::SESSIONS)?)?;
+        let mut forward_sessions =
+            SessionTable::open(names::FORWARD_SESSIONS, source(names::FORWARD_SESSIONS)?)?;
+        let seed = writer.session_seed(sessions.slots(), forward_sessions.slots(), fresh)?;
+        sessions.seed = seed;
+        forward_sessions.seed = seed;
         Ok(Self {
             writer,
             view: MapView {
                 bindings: open!(names::BINDINGS),
                 port_owners: open!(names::PORT_OWNERS),
                 sessions,
-                forward_sessions: open!(names::FORWARD_SESSIONS),
+                forward_sessions,
                 counters: open!(names::COUNTERS),
                 rule_counters: typed(names::RULE_COUNTERS, rule_counters_view)?,
             },

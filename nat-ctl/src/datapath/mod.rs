@@ -148,11 +148,12 @@ pub enum DatapathError {
     )]
     UnpackableForward(nat_common::Forward),
     #[error(
-        "no free slot for session {key:?} among the {probes} its hash allows in SESSIONS' \
+        "no free slot for session {key:?} among the {probes} its hash allows in {table}'s \
          {slots}: the table is too full there",
         probes = nat_common::SESSION_PROBES
     )]
     SessionWindowFull {
+        table: &'static str,
         key: nat_common::SessionKey,
         slots: u32,
     },
@@ -177,6 +178,7 @@ pub struct TableSizes {
     /// The sessions `SESSIONS` is to hold: it gets twice as many slots
     /// (`nat_common::session_slots`).
     pub sessions: u32,
+    /// The same for `FORWARD_SESSIONS`.
     pub forward_sessions: u32,
 }
 
@@ -206,7 +208,10 @@ impl Datapath {
             .map_max_entries(names::FORWARDS, sizes.forwards)
             .map_max_entries(names::BINDINGS, sizes.bindings)
             .map_max_entries(names::SESSIONS, nat_common::session_slots(sizes.sessions))
-            .map_max_entries(names::FORWARD_SESSIONS, sizes.forward_sessions)
+            .map_max_entries(
+                names::FORWARD_SESSIONS,
+                nat_common::session_slots(sizes.forward_sessions),
+            )
             .load(OBJECT)?;
         load_programs(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf, pin_dir)?;

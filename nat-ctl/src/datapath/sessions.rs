@@ -1,12 +1,15 @@
-//! `SESSIONS` seen from user space: the datapath's open-addressing table
-//! of `SessionSlot`s (`nat-ebpf/src/session_table.rs`), read and, for
-//! tests and benchmarks, written through a memory map of the array. The
-//! slot protocol is the datapath's: a key is in its home slot, or, counted
-//! in its home's `spilled`, in its second window; a slot is claimed by
+//! `SESSIONS` and `FORWARD_SESSIONS` seen from user space: the
+//! datapath's open-addressing tables of `SessionSlot`s
+//! (`nat-ebpf/src/session_table.rs`), read and written through a memory
+//! map of the array (natctl removes the conversations of a rule whose
+//! schedule closed it; tests and benchmarks make sessions). The slot
+//! protocol is the datapath's: a key is in its home slot, or, counted in
+//! its home's `spilled`, in its second window; a slot is claimed by
 //! compare-and-swap of its state word from empty, filled in, then made
-//! live by an atomic swap, and freed by compare-and-swap from live to
-//! empty. Reading a whole table is one pass over memory, no syscall per
-//! entry.
+//! live by an atomic swap; a remover takes a live slot by compare-and-swap
+//! to claimed, reads the key it now owns, counts a spilled one down and
+//! swaps the state to empty. Reading a whole table is one pass over
+//! memory, no syscall per entry.
 use std::{
     os::fd::{AsFd, AsRawFd},
     sync::atomic::{AtomicU64, Ordering},
@@ -14,18 +17,20 @@ use std::{
 
 use aya::maps::{Map, MapData};
 use memmap2::{MmapOptions, MmapRaw};
-use nat_common::{
-    BPF_F_MMAPABLE, SESSION_PROBES, Session, SessionKey, SessionSlot, maps as names, session_home,
-    session_spill_probes, slot_is_live,
-};
 #[cfg(feature = "harness")]
-use nat_common::{SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE, SLOT_LIVE_SPILLED};
+use nat_common::SLOT_LIVE;
+use nat_common::{
+    BPF_F_MMAPABLE, SESSION_PROBES, SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE_SPILLED, Session,
+    SessionKey, SessionSlot, session_home, session_spill_probes, slot_is_live,
+};
 
 use super::{DatapathError, Result};
 
 const SLOT_BYTES: usize = size_of::<SessionSlot>();
 
 pub struct SessionTable {
+    /// `SESSIONS` or `FORWARD_SESSIONS`.
+    name: &'static str,
     /// Held for its descriptor's lifetime; the mapping keeps the map
     /// alive on its own as well.
     map: MapData,
@@ -35,21 +40,18 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// Maps the array into memory, once it is the shape this build
+    /// Maps the array `name` into memory, once it is the shape this build
     /// expects: slots of `SessionSlot`, a power of two of them, created
-    /// mappable. `seed` is the table's (`NatConfig::session_seed`).
-    pub(super) fn open(map: Map, seed: u32) -> Result<Self> {
-        let shape = |reason: String| DatapathError::MapShape {
-            name: names::SESSIONS,
-            reason,
-        };
+    /// mappable. Its seed (`NatConfig::session_seed`) is set once `CONFIG`
+    /// is read.
+    pub(super) fn open(name: &'static str, map: Map) -> Result<Self> {
+        let shape = |reason: String| DatapathError::MapShape { name, reason };
         let Map::Array(map) = map else {
             return Err(shape(format!("a {map:?}, not an array")));
         };
-        let info = map.info().map_err(|source| DatapathError::Map {
-            name: names::SESSIONS,
-            source,
-        })?;
+        let info = map
+            .info()
+            .map_err(|source| DatapathError::Map { name, source })?;
         let slots = info.max_entries();
         if info.value_size() as usize != SLOT_BYTES
             || !slots.is_power_of_two()
@@ -66,15 +68,13 @@ impl SessionTable {
         let memory = MmapOptions::new()
             .len(slots as usize * SLOT_BYTES)
             .map_raw(map.fd().as_fd().as_raw_fd())
-            .map_err(|source| DatapathError::Mmap {
-                name: names::SESSIONS,
-                source,
-            })?;
+            .map_err(|source| DatapathError::Mmap { name, source })?;
         Ok(Self {
+            name,
             map,
             memory,
             slots,
-            seed,
+            seed: 0,
         })
     }
 
@@ -89,7 +89,7 @@ impl SessionTable {
     }
 
     fn slot(&self, index: u32) -> *mut SessionSlot {
-        assert!(index < self.slots, "SESSIONS slot {index}");
+        assert!(index < self.slots, "{} slot {index}", self.name);
         // SAFETY: within the mapping, `slots` slots long (checked in
         // `open`); the mapping is page-aligned and slots are 64 bytes, so
         // every slot is 8-aligned.
@@ -193,10 +193,56 @@ impl SessionTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Removes the session under `key`; `false` if there was none.
+    pub fn remove(&mut self, key: &SessionKey) -> bool {
+        self.find(key).is_some_and(|index| self.free(index, key))
+    }
+
+    /// Removes every session `doomed` picks; returns how many went.
+    pub fn remove_where(&mut self, mut doomed: impl FnMut(&SessionKey) -> bool) -> usize {
+        let mut removed = 0;
+        for index in 0..self.slots {
+            if let Some((key, _)) = self.read(index)
+                && doomed(&key)
+                && self.free(index, &key)
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Frees slot `index` if it holds `key`, as the datapath's sweep does:
+    /// taken first, so that the key is read once it cannot change.
+    fn free(&self, index: u32, key: &SessionKey) -> bool {
+        let state = self.state(index).load(Ordering::Acquire);
+        if !slot_is_live(state)
+            || self
+                .state(index)
+                .compare_exchange(state, SLOT_CLAIMED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return false;
+        }
+        // SAFETY: a slot of the mapping, claimed by this call.
+        let held = unsafe { std::ptr::read_volatile(&raw const (*self.slot(index)).key) };
+        if held != *key {
+            // Freed and filled with another session since it was read.
+            self.state(index).swap(state, Ordering::SeqCst);
+            return false;
+        }
+        if state == SLOT_LIVE_SPILLED {
+            self.spilled_at(self.home(key))
+                .fetch_sub(1, Ordering::SeqCst);
+        }
+        self.state(index).swap(SLOT_EMPTY, Ordering::SeqCst);
+        true
+    }
 }
 
 /// Writes, for tests and benchmarks that set up sessions themselves;
-/// natctl never writes `SESSIONS` (the datapath and the sweep do).
+/// natctl never makes sessions (the datapath does).
 #[cfg(feature = "harness")]
 impl SessionTable {
     /// Adds `session` under `key`, or replaces the one there, as the
@@ -222,6 +268,7 @@ impl SessionTable {
         }
         self.spilled_at(home).fetch_sub(1, Ordering::SeqCst);
         Err(DatapathError::SessionWindowFull {
+            table: self.name,
             key,
             slots: self.slots,
         })
@@ -260,23 +307,5 @@ impl SessionTable {
             counted = counted.wrapping_add(self.spilled_at(index).load(Ordering::Acquire));
         }
         (in_window, counted)
-    }
-
-    /// Removes the session under `key`; `false` if there was none.
-    pub fn remove(&mut self, key: &SessionKey) -> bool {
-        let Some(index) = self.find(key) else {
-            return false;
-        };
-        let state = self.state(index).load(Ordering::Acquire);
-        let freed = slot_is_live(state)
-            && self
-                .state(index)
-                .compare_exchange(state, SLOT_EMPTY, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok();
-        if freed && state == SLOT_LIVE_SPILLED {
-            self.spilled_at(self.home(key))
-                .fetch_sub(1, Ordering::SeqCst);
-        }
-        freed
     }
 }

@@ -5,8 +5,8 @@ use std::os::fd::AsFd as _;
 
 use aya::maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray};
 use nat_common::{
-    Binding, BindingKey, Counter, CounterValue, PortOwner, RuleCounters, Session, SessionKey,
-    maps as names, port_slot, slot_port,
+    Binding, BindingKey, Counter, CounterValue, PortOwner, RuleCounters, maps as names, port_slot,
+    slot_port,
 };
 
 use super::{Result, SessionTable, is_not_found, map_error};
@@ -18,7 +18,7 @@ pub struct MapView {
     pub(super) bindings: HashMap<MapData, BindingKey, Binding>,
     pub(super) port_owners: Array<MapData, PortOwner>,
     pub(super) sessions: SessionTable,
-    pub(super) forward_sessions: HashMap<MapData, SessionKey, Session>,
+    pub(super) forward_sessions: SessionTable,
     pub(super) counters: PerCpuArray<MapData, CounterValue>,
     pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
 }
@@ -109,7 +109,7 @@ impl MapView {
         &self.sessions
     }
 
-    pub fn forward_sessions(&self) -> &HashMap<MapData, SessionKey, Session> {
+    pub fn forward_sessions(&self) -> &SessionTable {
         &self.forward_sessions
     }
 
@@ -119,27 +119,9 @@ impl MapView {
     pub fn forget_forward_sessions(
         &mut self,
         ports: &std::collections::HashSet<(u8, u16)>,
-    ) -> Result<usize> {
-        let mut doomed = Vec::new();
-        super::for_each_in(&self.forward_sessions, |key: &SessionKey, _: &Session| {
-            if ports.contains(&(key.proto, key.external_port)) {
-                doomed.push(*key);
-            }
-        })
-        .map_err(|source| super::DatapathError::Walk {
-            name: names::FORWARD_SESSIONS,
-            source,
-        })?;
-        let mut removed = 0;
-        for key in doomed {
-            match self.forward_sessions.remove(&key) {
-                Ok(()) => removed += 1,
-                // Aged out meanwhile.
-                Err(error) if is_not_found(&error) => {}
-                Err(error) => return Err(map_error(names::FORWARD_SESSIONS)(error)),
-            }
-        }
-        Ok(removed)
+    ) -> usize {
+        self.forward_sessions
+            .remove_where(|key| ports.contains(&(key.proto, key.external_port)))
     }
 
     /// A rule's packets and bytes, summed over the CPUs.
@@ -295,7 +277,7 @@ impl MapView {
         &mut self.sessions
     }
 
-    pub fn forward_sessions_mut(&mut self) -> &mut HashMap<MapData, SessionKey, Session> {
+    pub fn forward_sessions_mut(&mut self) -> &mut SessionTable {
         &mut self.forward_sessions
     }
 }

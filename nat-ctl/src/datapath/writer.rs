@@ -70,10 +70,11 @@ impl MapWriter {
     }
 
     /// Writes `config` with the next route epoch, the ports the rules
-    /// hold now and the session table's seed and mask (its own
-    /// `route_epoch`, `rule_ports`, `session_seed` and `session_mask` are
-    /// ignored): a new configuration may move the NICs or the WAN address,
-    /// and the datapath's cached routes are then looked up afresh.
+    /// hold now and the session tables' seed and masks (its own
+    /// `route_epoch`, `rule_ports`, `session_seed`, `session_mask` and
+    /// `forward_session_mask` are ignored): a new configuration may move
+    /// the NICs or the WAN address, and the datapath's cached routes are
+    /// then looked up afresh.
     pub fn set_config(&mut self, config: &NatConfig) -> Result<()> {
         let running = self.config()?;
         let config = NatConfig {
@@ -81,29 +82,45 @@ impl MapWriter {
             rule_ports: running.rule_ports,
             session_seed: running.session_seed,
             session_mask: running.session_mask,
+            forward_session_mask: running.forward_session_mask,
             ..*config
         };
         self.write_config(&config)
     }
 
-    /// The seed of a `SESSIONS` table of `slots`: a new table (`fresh`)
-    /// gets one at random, written into `CONFIG` with its mask before any
-    /// packet can make a session; a pinned one keeps the seed it was made
-    /// with, and must be the size its mask says.
-    pub(super) fn session_seed(&mut self, slots: u32, fresh: bool) -> Result<u32> {
+    /// The seed of the session tables, `SESSIONS` of `slots` and
+    /// `FORWARD_SESSIONS` of `forward_slots`: new tables (`fresh`) get one
+    /// at random, written into `CONFIG` with their masks before any packet
+    /// can make a session; pinned ones keep the seed they were made with,
+    /// and must be the sizes their masks say.
+    pub(super) fn session_seed(
+        &mut self,
+        slots: u32,
+        forward_slots: u32,
+        fresh: bool,
+    ) -> Result<u32> {
         let mut config = self.config()?;
         if fresh {
             config.session_seed = random_seed();
             config.session_mask = slots - 1;
+            config.forward_session_mask = forward_slots - 1;
             self.write_config(&config)?;
-        } else if config.session_mask != slots - 1 {
-            return Err(super::DatapathError::MapShape {
-                name: names::SESSIONS,
-                reason: format!(
-                    "{slots} slots, but CONFIG's session mask is {:#x}",
-                    config.session_mask
-                ),
-            });
+            return Ok(config.session_seed);
+        }
+        for (name, slots, mask) in [
+            (names::SESSIONS, slots, config.session_mask),
+            (
+                names::FORWARD_SESSIONS,
+                forward_slots,
+                config.forward_session_mask,
+            ),
+        ] {
+            if mask != slots - 1 {
+                return Err(super::DatapathError::MapShape {
+                    name,
+                    reason: format!("{slots} slots, but CONFIG's mask for it is {mask:#x}"),
+                });
+            }
         }
         Ok(config.session_seed)
     }

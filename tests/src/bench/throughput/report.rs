@@ -263,8 +263,7 @@ pub fn rows(data: &Output, cost: Option<&cost::Output>, rows: &mut Vec<Row>) {
                     "on the router's core {flows} flows take {:.0} ns per packet against \
                      {:.0} for one; its program's own run time goes from {} to {} ns: the \
                      difference is the table entries of another flow at every packet (its \
-                     SESSIONS slot, or on a forwarded port its FORWARD_SESSIONS hash element \
-                     and bucket), which the caches no longer hold{}",
+                     SESSIONS slot, or on a forwarded port its FORWARD_SESSIONS slot), which the caches no longer hold{}",
                     nat.ns(),
                     one.ns(),
                     ns_text(one.bpf_ns()),
