@@ -584,6 +584,46 @@ pub fn session_home(seed: u32, key: &SessionKey) -> u32 {
     (mixed as u32).wrapping_add(key.external_port as u32)
 }
 
+/// The home slot of `key` in a `FORWARD_SESSIONS` table under `seed`:
+/// as [`session_home`] with the ports' parts swapped, a hash of the remote
+/// address, protocol and external (forwarded) port, plus the remote port.
+/// There the external port is the rule's, the same for every
+/// conversation, and what varies is the remote: one remote's connections
+/// to a forwarded server (a browser's parallel requests, a peer's
+/// streams, each from the next ephemeral port) so lie side by side. A
+/// hash of the whole key put each on a page of its own: at 10,000
+/// conversations, a page walk a packet that made the table slower than the
+/// kernel's LRU hash map it replaced, whose elements lie in the order they
+/// were made (bench part 3, `forwarded_inbound_many`).
+#[inline(always)]
+pub fn forward_session_home(seed: u32, key: &SessionKey) -> u32 {
+    let remote = (u32::from_ne_bytes(key.remote_addr) as u64) | ((key.external_port as u64) << 32);
+    let mixed = fmix64(
+        remote ^ ((seed as u64) | ((key.proto as u64) << 48)).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    (mixed as u32).wrapping_add(key.remote_port as u32)
+}
+
+/// Which of the two session tables, for the code both share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionTableKind {
+    /// `SESSIONS`, homed by [`session_home`].
+    Dynamic,
+    /// `FORWARD_SESSIONS`, homed by [`forward_session_home`].
+    Forwarded,
+}
+
+impl SessionTableKind {
+    /// `key`'s home slot under `seed`, before the table's mask.
+    #[inline(always)]
+    pub fn home(self, seed: u32, key: &SessionKey) -> u32 {
+        match self {
+            Self::Dynamic => session_home(seed, key),
+            Self::Forwarded => forward_session_home(seed, key),
+        }
+    }
+}
+
 /// The second window of `key` (before the table's mask): its first slot
 /// and the odd step to each next one (probe `i` is `first + i * step`, so
 /// every slot of a power-of-two table is reachable), from a hash of the
@@ -1330,6 +1370,34 @@ mod tests {
         assert_eq!(session_slots(1_000_000), 1 << 21);
         assert_eq!(session_slots(0), 2 * SESSION_PROBES);
         assert_eq!(session_slots(u32::MAX), MAX_SESSION_SLOTS);
+    }
+
+    #[test]
+    fn one_remotes_conversations_on_a_forwarded_port_lie_side_by_side() {
+        let key = |remote_port, external_port| SessionKey {
+            remote_addr: [198, 51, 100, 7],
+            remote_port,
+            external_port,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let home = forward_session_home(7, &key(40000, 443));
+        for offset in 1..100u16 {
+            let next = forward_session_home(7, &key(40000 + offset, 443));
+            assert_eq!(next, home.wrapping_add(u32::from(offset)));
+        }
+        assert_ne!(forward_session_home(7, &key(40000, 80)), home);
+        assert_ne!(forward_session_home(8, &key(40000, 443)), home);
+        let other_remote = SessionKey {
+            remote_addr: [198, 51, 100, 8],
+            ..key(40000, 443)
+        };
+        assert_ne!(forward_session_home(7, &other_remote), home);
+        assert_eq!(SessionTableKind::Forwarded.home(7, &key(40000, 443)), home);
+        assert_eq!(
+            SessionTableKind::Dynamic.home(7, &key(40000, 443)),
+            session_home(7, &key(40000, 443))
+        );
     }
 
     #[test]

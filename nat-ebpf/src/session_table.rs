@@ -3,7 +3,9 @@
 //! open-addressing table in an array of `nat_common::SessionSlot`s, a key,
 //! its state word and its session in one cache line. A key lives in its home slot
 //! (`nat_common::session_home`: a hash of the remote endpoint plus the
-//! external port, so that one remote's sessions lie side by side), or, if
+//! external port, so that one remote's sessions lie side by side; in
+//! `FORWARD_SESSIONS`, `forward_session_home`, the same with the ports'
+//! parts swapped, the external port being the rule's), or, if
 //! that was taken when the session was made, in one of the
 //! `SESSION_PROBES` slots of its second window (`session_spill_probes`,
 //! spread over the table by a hash of the whole key), counted in its home
@@ -43,7 +45,7 @@
 //! the home one, and the other, refreshed by nobody, ages out.
 use nat_common::{
     NatConfig, SESSION_PROBES, SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE, SLOT_LIVE_SPILLED, Session,
-    SessionKey, SessionSlot, session_home, session_spill_probes, slot_is_live,
+    SessionKey, SessionSlot, SessionTableKind, session_spill_probes, slot_is_live,
 };
 
 use core::ffi::c_void;
@@ -58,8 +60,16 @@ use crate::maps::{FORWARD_SESSIONS, SESSIONS};
 /// One of the session tables: its array and its shape's place in
 /// `NatConfig` (both share `session_seed`).
 pub trait SlotTable {
+    const KIND: SessionTableKind;
+
     fn slots() -> &'static Array<SessionSlot>;
     fn mask(config: &NatConfig) -> u32;
+
+    /// `key`'s home slot (before the mask).
+    #[inline(always)]
+    fn home(seed: u32, key: &SessionKey) -> u32 {
+        Self::KIND.home(seed, key)
+    }
 
     #[inline(always)]
     fn shape(config: &NatConfig) -> TableShape {
@@ -74,6 +84,8 @@ pub trait SlotTable {
 pub struct Dynamic;
 
 impl SlotTable for Dynamic {
+    const KIND: SessionTableKind = SessionTableKind::Dynamic;
+
     #[inline(always)]
     fn slots() -> &'static Array<SessionSlot> {
         &SESSIONS
@@ -89,6 +101,8 @@ impl SlotTable for Dynamic {
 pub struct Forwarded;
 
 impl SlotTable for Forwarded {
+    const KIND: SessionTableKind = SessionTableKind::Forwarded;
+
     #[inline(always)]
     fn slots() -> &'static Array<SessionSlot> {
         &FORWARD_SESSIONS
@@ -224,7 +238,7 @@ pub fn find<T: SlotTable>(config: &NatConfig, key: &SessionKey) -> Option<*mut S
 #[inline(always)]
 fn find_index<T: SlotTable>(config: &NatConfig, key: &SessionKey) -> u32 {
     let want = key_words(key);
-    let index = session_home(config.session_seed, key) & T::mask(config);
+    let index = T::home(config.session_seed, key) & T::mask(config);
     let Some(home) = slot_at::<T>(index) else {
         return NO_SLOT;
     };
@@ -273,7 +287,7 @@ fn insert_or_evict<T: SlotTable>(
     evict: bool,
 ) -> Option<Placed> {
     let mask = T::mask(config);
-    let home = slot_at::<T>(session_home(config.session_seed, key) & mask)?;
+    let home = slot_at::<T>(T::home(config.session_seed, key) & mask)?;
     if claim(home) {
         fill(home, &key_words(key), session);
         // SAFETY: a pointer returned by a map lookup.
@@ -409,7 +423,7 @@ fn disown<T: SlotTable>(shape: &TableShape, slot: *mut SessionSlot, state: u64) 
     // SAFETY: a pointer returned by a map lookup or walk, to a slot this
     // CPU claimed.
     let key = unsafe { (*slot).key };
-    if let Some(home) = slot_at::<T>(session_home(shape.seed, &key) & shape.mask) {
+    if let Some(home) = slot_at::<T>(T::home(shape.seed, &key) & shape.mask) {
         // SAFETY: a pointer returned by a map lookup.
         count_spilled(unsafe { &raw mut (*home).spilled }, -1);
     }

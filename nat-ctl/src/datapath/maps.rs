@@ -6,7 +6,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData, RingBuf, SockMap},
 };
-use nat_common::{RelayTarget, SessionKey, maps as names};
+use nat_common::{RelayTarget, SessionKey, SessionTableKind, maps as names};
 
 use super::{
     DatapathError, MapView, MapWriter, Result, SessionTable, SweepMaps, forward_ports::ForwardPorts,
@@ -114,9 +114,16 @@ impl Maps {
             rule_counters: typed(names::RULE_COUNTERS, rule_counters)?,
         };
         writer.rebuild_rule_bitmaps()?;
-        let mut sessions = SessionTable::open(names::SESSIONS, source(names::SESSIONS)?)?;
-        let mut forward_sessions =
-            SessionTable::open(names::FORWARD_SESSIONS, source(names::FORWARD_SESSIONS)?)?;
+        let mut sessions = SessionTable::open(
+            names::SESSIONS,
+            SessionTableKind::Dynamic,
+            source(names::SESSIONS)?,
+        )?;
+        let mut forward_sessions = SessionTable::open(
+            names::FORWARD_SESSIONS,
+            SessionTableKind::Forwarded,
+            source(names::FORWARD_SESSIONS)?,
+        )?;
         let seed = writer.session_seed(sessions.slots(), forward_sessions.slots(), fresh)?;
         sessions.seed = seed;
         forward_sessions.seed = seed;

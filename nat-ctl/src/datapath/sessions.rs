@@ -21,7 +21,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use nat_common::SLOT_LIVE;
 use nat_common::{
     BPF_F_MMAPABLE, SESSION_PROBES, SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE_SPILLED, Session,
-    SessionKey, SessionSlot, session_home, session_spill_probes, slot_is_live,
+    SessionKey, SessionSlot, SessionTableKind, session_spill_probes, slot_is_live,
 };
 
 use super::{DatapathError, Result};
@@ -31,6 +31,7 @@ const SLOT_BYTES: usize = size_of::<SessionSlot>();
 pub struct SessionTable {
     /// `SESSIONS` or `FORWARD_SESSIONS`.
     name: &'static str,
+    kind: SessionTableKind,
     /// Held for its descriptor's lifetime; the mapping keeps the map
     /// alive on its own as well.
     map: MapData,
@@ -40,11 +41,11 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// Maps the array `name` into memory, once it is the shape this build
+    /// Maps the array `name`, a table of `kind`, into memory, once it is the shape this build
     /// expects: slots of `SessionSlot`, a power of two of them, created
     /// mappable. Its seed (`NatConfig::session_seed`) is set once `CONFIG`
     /// is read.
-    pub(super) fn open(name: &'static str, map: Map) -> Result<Self> {
+    pub(super) fn open(name: &'static str, kind: SessionTableKind, map: Map) -> Result<Self> {
         let shape = |reason: String| DatapathError::MapShape { name, reason };
         let Map::Array(map) = map else {
             return Err(shape(format!("a {map:?}, not an array")));
@@ -71,6 +72,7 @@ impl SessionTable {
             .map_err(|source| DatapathError::Mmap { name, source })?;
         Ok(Self {
             name,
+            kind,
             map,
             memory,
             slots,
@@ -133,7 +135,7 @@ impl SessionTable {
     }
 
     fn home(&self, key: &SessionKey) -> u32 {
-        session_home(self.seed, key) & (self.slots - 1)
+        self.kind.home(self.seed, key) & (self.slots - 1)
     }
 
     /// The second window of `key`: the slots it may be in when its home
