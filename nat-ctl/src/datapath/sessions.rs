@@ -297,6 +297,12 @@ impl SessionTable {
         self.home(key)
     }
 
+    /// Whether the session under `key` lives in its second window (its
+    /// home was taken when it was made); `None` if there is none.
+    pub fn in_second_window(&self, key: &SessionKey) -> Option<bool> {
+        self.find(key).map(|index| index != self.home(key))
+    }
+
     /// How many live sessions are in their second window, and the sum of
     /// every home's count of them: equal whenever no write is under way.
     pub fn spilled(&self) -> (u64, u64) {

@@ -94,6 +94,20 @@ pub struct Fill {
     pub binding_pairs: u32,
     pub bindings_entries: u32,
     pub fill_secs: f64,
+    /// For each flow set, how many of its sessions (the LAN host's UDP
+    /// ports to the sink) live in their second window, their home taken
+    /// when they were made: a lookup of theirs reads more than one slot.
+    #[serde(default)]
+    pub traffic_spilled: Vec<SpilledAmong>,
+    /// Of all the sessions held, how many are in their second window.
+    #[serde(default)]
+    pub sessions_spilled: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SpilledAmong {
+    pub flows: u32,
+    pub spilled: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -232,6 +246,36 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
     Ok(pairs)
 }
 
+/// For each flow set of `flows`, how many of the sessions its traffic uses
+/// live in their second window; and how many of all the sessions do.
+fn spills(router: &NatRouter<'_>, flows: &[u32]) -> Result<(Vec<SpilledAmong>, u64)> {
+    let table = router.datapath.maps().view().sessions();
+    let most = flows.iter().copied().max().unwrap_or(0);
+    let mut in_window = Vec::with_capacity(most as usize);
+    for j in 0..most {
+        let (proto, external, _, _) = mapping(j);
+        let key = SessionKey {
+            remote_addr: WAN_HOST.octets(),
+            remote_port: SINK_PORT,
+            external_port: external,
+            proto,
+            _pad: [0; 3],
+        };
+        match table.in_second_window(&key) {
+            Some(spilled) => in_window.push(spilled),
+            None => bail!("the fill made no session for traffic flow {j}"),
+        }
+    }
+    let among = flows
+        .iter()
+        .map(|&flows| SpilledAmong {
+            flows,
+            spilled: in_window[..flows as usize].iter().filter(|&&s| s).count() as u32,
+        })
+        .collect();
+    Ok((among, table.spilled().0))
+}
+
 /// Flow sets measured at a size: label and count.
 fn flow_sets(options: &Options, mappings: u32) -> [(&'static str, u32); 3] {
     [
@@ -285,12 +329,18 @@ pub fn run(options: &Options) -> Result<Output> {
         )?;
         let start = Instant::now();
         let pairs = topology.with_nat(|mut router| fill(&mut router, mappings))?;
+        let fill_secs = start.elapsed().as_secs_f64();
+        let flows = flow_sets(options, mappings).map(|(_, flows)| flows);
+        let (traffic_spilled, sessions_spilled) =
+            topology.with_nat(|router| spills(&router, &flows))?;
         fills.push(Fill {
             mappings,
             sessions: mappings,
             binding_pairs: pairs,
             bindings_entries: 2 * pairs,
-            fill_secs: start.elapsed().as_secs_f64(),
+            fill_secs,
+            traffic_spilled,
+            sessions_spilled,
         });
         topologies.push(topology);
     }

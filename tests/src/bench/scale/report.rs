@@ -56,6 +56,10 @@ fn pairs<T: AtSize>(results: &[T]) -> Vec<(&T, &T, bool)> {
     pairs
 }
 
+fn percent(part: u32, whole: u32) -> f64 {
+    100.0 * f64::from(part) / f64::from(whole.max(1))
+}
+
 fn plural(flows: u32) -> &'static str {
     if flows == 1 { "" } else { "s" }
 }
@@ -70,10 +74,29 @@ pub fn rows(data: &Output, rows: &mut Vec<Row>) {
                      large_spread: &Spread,
                      decimals: usize| {
         let flows = large.flows();
+        let spilled = |at: &dyn AtSize| {
+            data.fill
+                .iter()
+                .find(|fill| fill.mappings == at.mappings())
+                .and_then(|fill| fill.traffic_spilled.iter().find(|s| s.flows == flows))
+                .map(|among| among.spilled)
+        };
+        let windows = match (spilled(small), spilled(large)) {
+            (Some(at_small), Some(at_large)) => format!(
+                ": {at_large} of the {flows} flows' sessions ({:.1}%) live in their second \
+                 window at {} against {at_small} ({:.1}%) at {}, each of their lookups a read \
+                 of the home slot and then of slots spread over the table",
+                percent(at_large, flows),
+                label(large),
+                percent(at_small, flows),
+                label(small)
+            ),
+            _ => String::new(),
+        };
         let cause = format!(
             "the same {flows} flow{}, a fuller table: SESSIONS holds {} entries in {slots} \
              slots against {}, so more of them find their home taken and live in their second \
-             window, and the other sessions' lines crowd the caches and the TLB",
+             window{windows}; and the other sessions' lines crowd the caches and the TLB",
             plural(flows),
             large.mappings(),
             small.mappings()
@@ -234,13 +257,33 @@ pub fn detail(data: &Output, md: &mut String) {
         data.hot_flows,
     );
     for fill in &data.fill {
+        let spilled: Vec<String> = fill
+            .traffic_spilled
+            .iter()
+            .map(|among| {
+                format!(
+                    "{} of {} ({:.1}%)",
+                    among.spilled,
+                    among.flows,
+                    percent(among.spilled, among.flows)
+                )
+            })
+            .collect();
         let _ = writeln!(
             md,
-            "- {} mappings: {} sessions on {} dynamic mappings, filled in {:.1} s",
+            "- {} mappings: {} sessions on {} dynamic mappings, filled in {:.1} s; {} of the \
+             sessions ({:.1}%) live in their second window, of the measured flows' sessions {}",
             size_label(u64::from(fill.mappings)),
             fill.sessions,
             fill.binding_pairs,
-            fill.fill_secs
+            fill.fill_secs,
+            fill.sessions_spilled,
+            100.0 * fill.sessions_spilled as f64 / f64::from(fill.sessions.max(1)),
+            if spilled.is_empty() {
+                "not counted".to_owned()
+            } else {
+                spilled.join(", ")
+            }
         );
     }
     let _ = writeln!(
