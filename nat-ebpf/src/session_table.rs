@@ -29,7 +29,8 @@
 //! its own session). Nothing else changes the state word.
 //!
 //! When a `FORWARD_SESSIONS` window is full (a flood of new remotes on a
-//! forwarded port has filled the table), the new conversation takes the
+//! forwarded port has filled the table), a new conversation a remote
+//! opens takes the
 //! slot of the older of two of its window's sessions, picked at random:
 //! the table keeps up with whoever is talking, as the LRU hash map it
 //! replaced did, and a flood there never touches `SESSIONS`.
