@@ -507,6 +507,13 @@ pub const fn slot_is_live(state: u64) -> bool {
 /// there.
 pub const SESSION_PROBES: u32 = 32;
 
+/// How much longer ago a home slot's session must have been seen than a
+/// session spilled from that home for the sweep to swap them (the spilled
+/// one home, the other to its own second window): the sessions that talk
+/// then cost a lookup one slot, while two that both talk stay put rather
+/// than trade places at every sweep.
+pub const HOMECOMING_MARGIN_NS: u64 = 1_000_000_000;
+
 /// One slot of `SESSIONS`, an open-addressing table in an array: key,
 /// state and session in one 64-byte cache line (the array is mappable, so
 /// its values start on a page boundary and every slot is one line). A
@@ -803,7 +810,8 @@ pub const LOW_PORTS_END: u16 = 1024;
 /// not a hash map; `NatConfig::session_seed`, `session_mask`.
 /// 13: `FORWARD_SESSIONS` such a table too, not an LRU hash map;
 /// `NatConfig::forward_session_mask`.
-pub const DATAPATH_LAYOUT: u32 = 13;
+/// 14: `SweepStats::sessions_moved_home`, `forward_sessions_moved_home`.
+pub const DATAPATH_LAYOUT: u32 = 14;
 
 /// Per-CPU packet and byte counts, indexed by [`Counter`].
 #[repr(C)]
@@ -1133,6 +1141,9 @@ pub struct SweepStats {
     pub forward_sessions_removed: u64,
     /// BINDINGS entries: a mapping is two.
     pub bindings_removed: u64,
+    /// Spilled sessions the sweep brought back to their home slot.
+    pub sessions_moved_home: u64,
+    pub forward_sessions_moved_home: u64,
 }
 
 /// Default map sizes; user space may override them before loading.

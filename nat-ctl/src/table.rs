@@ -488,12 +488,13 @@ pub fn format_stats(stats: &Stats) -> String {
     if let Some(sweep) = &stats.last_sweep {
         let _ = writeln!(
             out,
-            "last aging sweep: {} entries scanned in {:.1} ms; removed {} sessions, {} forward sessions, {} mappings",
+            "last aging sweep: {} entries scanned in {:.1} ms; removed {} sessions, {} forward sessions, {} mappings; brought {} sessions home",
             sweep.scanned,
             sweep.elapsed.as_secs_f64() * 1000.0,
             sweep.sessions_removed,
             sweep.forward_sessions_removed,
-            sweep.bindings_removed
+            sweep.bindings_removed,
+            sweep.sessions_moved_home + sweep.forward_sessions_moved_home
         );
     }
     if !stats.rules.is_empty() {

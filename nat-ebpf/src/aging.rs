@@ -7,8 +7,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_for_each_map_elem;
 use nat_common::{
-    Binding, BindingKey, Counter, FragEntry, FragKey, PortOwner, Session, SessionKey, SessionSlot,
-    SweepParams, SweepStats, idle_past, port_slot, slot_is_live, slot_port,
+    Binding, BindingKey, Counter, FragEntry, FragKey, PortOwner, SLOT_LIVE_SPILLED, Session,
+    SessionKey, SessionSlot, SweepParams, SweepStats, idle_past, port_slot, slot_is_live,
+    slot_port,
 };
 
 use crate::{
@@ -67,7 +68,10 @@ extern "C" fn visit_session(
     let sweep = unsafe { &mut *sweep };
     match expire::<Dynamic>(sweep.sessions, slot, sweep) {
         Some(Expiry::Removed) => sweep.stats.sessions_removed += 1,
-        Some(Expiry::Kept(key)) => mark_live(sweep, key.proto, key.external_port),
+        Some(Expiry::Kept { key, moved_home }) => {
+            sweep.stats.sessions_moved_home += u64::from(moved_home);
+            mark_live(sweep, key.proto, key.external_port);
+        }
         None => {}
     }
     0
@@ -81,8 +85,12 @@ extern "C" fn visit_forward_session(
 ) -> i64 {
     // SAFETY: as in `visit_session`.
     let sweep = unsafe { &mut *sweep };
-    if let Some(Expiry::Removed) = expire::<Forwarded>(sweep.forward_sessions, slot, sweep) {
-        sweep.stats.forward_sessions_removed += 1;
+    match expire::<Forwarded>(sweep.forward_sessions, slot, sweep) {
+        Some(Expiry::Removed) => sweep.stats.forward_sessions_removed += 1,
+        Some(Expiry::Kept { moved_home, .. }) => {
+            sweep.stats.forward_sessions_moved_home += u64::from(moved_home);
+        }
+        None => {}
     }
     0
 }
@@ -90,7 +98,12 @@ extern "C" fn visit_forward_session(
 /// What the sweep did with a live slot.
 enum Expiry {
     Removed,
-    Kept(SessionKey),
+    /// Still live; `moved_home` when it was brought back from its second
+    /// window (`session_table::bring_home`).
+    Kept {
+        key: SessionKey,
+        moved_home: bool,
+    },
 }
 
 /// Frees a slot of table `T` (of `shape`) if its session is idle past its
@@ -115,11 +128,16 @@ fn expire<T: SlotTable>(
         sweep.now,
         sweep.timeout_of(&key, &session),
     ) {
-        return Some(Expiry::Kept(key));
+        let moved_home =
+            state == SLOT_LIVE_SPILLED && session_table::bring_home::<T>(&shape, slot, &key);
+        return Some(Expiry::Kept { key, moved_home });
     }
     if !session_table::take(slot, state) {
         // Removed or refreshed meanwhile: left to the next sweep.
-        return Some(Expiry::Kept(key));
+        return Some(Expiry::Kept {
+            key,
+            moved_home: false,
+        });
     }
     // Owned now: judged again, in case the slot was freed and filled with
     // another session between the look and the take.
@@ -131,7 +149,10 @@ fn expire<T: SlotTable>(
         sweep.timeout_of(&key, &session),
     ) {
         session_table::put_back(slot, state);
-        return Some(Expiry::Kept(key));
+        return Some(Expiry::Kept {
+            key,
+            moved_home: false,
+        });
     }
     session_table::free::<T>(&shape, slot, state);
     Some(Expiry::Removed)

@@ -45,8 +45,9 @@
 //! get a slot (one the home, the other in the second window): lookups find
 //! the home one, and the other, refreshed by nobody, ages out.
 use nat_common::{
-    NatConfig, SESSION_PROBES, SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE, SLOT_LIVE_SPILLED, Session,
-    SessionKey, SessionSlot, SessionTableKind, session_spill_probes, slot_is_live,
+    HOMECOMING_MARGIN_NS, NatConfig, SESSION_PROBES, SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE,
+    SLOT_LIVE_SPILLED, Session, SessionKey, SessionSlot, SessionTableKind, session_spill_probes,
+    slot_is_live,
 };
 
 use core::ffi::c_void;
@@ -191,11 +192,16 @@ extern "C" fn probe_window<T: SlotTable>(probe: u64, walk: *const WindowWalk) ->
 /// (`claim` false) or a free one to claim for it (`claim` true).
 #[inline(always)]
 fn window_of<T: SlotTable>(config: &NatConfig, key: &SessionKey, claim: bool) -> WindowWalk {
-    let (start, step) = session_spill_probes(config.session_seed, key);
+    window_in(&T::shape(config), key, claim)
+}
+
+#[inline(always)]
+fn window_in(shape: &TableShape, key: &SessionKey, claim: bool) -> WindowWalk {
+    let (start, step) = session_spill_probes(shape.seed, key);
     WindowWalk {
         start,
         step,
-        mask: T::mask(config),
+        mask: shape.mask,
         want: key_words(key),
         claim: u32::from(claim),
     }
@@ -428,6 +434,151 @@ fn disown<T: SlotTable>(shape: &TableShape, slot: *mut SessionSlot, state: u64) 
         // SAFETY: a pointer returned by a map lookup.
         count_spilled(unsafe { &raw mut (*home).spilled }, -1);
     }
+}
+
+/// Takes a live slot whose state was `state` if it still holds `key`:
+/// between a look at a slot and the take, its session may have been freed
+/// and another made there.
+#[inline(always)]
+fn take_holding(slot: *mut SessionSlot, state: u64, key: &[u32; 3]) -> bool {
+    if !take(slot, state) {
+        return false;
+    }
+    // SAFETY: a pointer returned by a map lookup, to a slot this CPU
+    // took; the key is 4-aligned (offset 8).
+    let held = unsafe { key_words(&(*slot).key) };
+    if held[0] == key[0] && held[1] == key[1] && held[2] == key[2] {
+        return true;
+    }
+    put_back(slot, state);
+    false
+}
+
+/// Brings the session under `key`, which lives in `slot` of its second
+/// window (its home was taken when it was made), back to its home slot
+/// when that is free, or holds a session last seen
+/// `HOMECOMING_MARGIN_NS` or more before this one, which then goes to its
+/// own second window: the sweep's way of keeping the sessions that talk
+/// at one slot a lookup (the spilled ones cost a second, far away), where
+/// a home taken once would otherwise hold its session out for good.
+/// Whether it moved.
+///
+/// Neither session is ever missing from the table meanwhile: the home's
+/// occupant is copied into its window, counted at its home, before its
+/// slot is taken; this one is written into its home and published before
+/// its old slot is freed, and lookups find the home copy first. A packet
+/// counting into a copy that is then freed loses that count, as with any
+/// slot the sweep frees; a TCP state change it made there is carried over.
+#[inline(always)]
+pub fn bring_home<T: SlotTable>(
+    shape: &TableShape,
+    slot: *mut SessionSlot,
+    key: &SessionKey,
+) -> bool {
+    let Some(home) = slot_at::<T>(T::home(shape.seed, key) & shape.mask) else {
+        return false;
+    };
+    // SAFETY: pointers returned by map lookups.
+    let (home_state, seen) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*home).state),
+            core::ptr::read_volatile(&raw const (*slot).session.last_seen_ns),
+        )
+    };
+    let room = if home_state == SLOT_EMPTY {
+        claim(home)
+    } else {
+        make_room::<T>(shape, home, home_state, seen)
+    };
+    if !room {
+        return false;
+    }
+    let want = key_words(key);
+    // SAFETY: as above; the home is this CPU's now.
+    let session = unsafe { (*slot).session };
+    fill(home, &want, &session);
+    // SAFETY: as above.
+    publish(unsafe { &raw mut (*home).state }, SLOT_LIVE);
+    if take_holding(slot, SLOT_LIVE_SPILLED, &want) {
+        // SAFETY: as above; a packet may still be writing the old copy.
+        unsafe {
+            let tcp_state = core::ptr::read_volatile(&raw const (*slot).session.tcp_state);
+            if tcp_state != session.tcp_state {
+                (*home).session.tcp_state = tcp_state;
+            }
+        }
+        free::<T>(shape, slot, SLOT_LIVE_SPILLED);
+        return true;
+    }
+    // Removed meanwhile (by the daemon): so goes the copy at home.
+    if take_holding(home, SLOT_LIVE, &want) {
+        free::<T>(shape, home, SLOT_LIVE);
+    }
+    false
+}
+
+/// Takes a live home slot (of state `state`) for a session last seen at
+/// `seen`, if its occupant was last seen `HOMECOMING_MARGIN_NS` or more
+/// before: the occupant first goes to its own second window. On `true`
+/// the home is this CPU's, as if claimed.
+#[inline(always)]
+fn make_room<T: SlotTable>(
+    shape: &TableShape,
+    home: *mut SessionSlot,
+    state: u64,
+    seen: u64,
+) -> bool {
+    // Claimed by another CPU, being filled or freed.
+    if !slot_is_live(state) {
+        return false;
+    }
+    // SAFETY: a pointer returned by a map lookup; a torn read is caught
+    // once the slot is taken.
+    let (key, session) = unsafe { ((*home).key, (*home).session) };
+    if session.last_seen_ns.saturating_add(HOMECOMING_MARGIN_NS) > seen {
+        return false;
+    }
+    let Some(shelf) = slot_at::<T>(shelve::<T>(shape, &key, &session)) else {
+        return false;
+    };
+    let want = key_words(&key);
+    if take_holding(home, state, &want) {
+        // SAFETY: as above, the slot this CPU's now.
+        let now_seen = unsafe { (*home).session.last_seen_ns };
+        if now_seen == session.last_seen_ns {
+            disown::<T>(shape, home, state);
+            return true;
+        }
+        // Refreshed since it was copied: it stays.
+        put_back(home, state);
+    }
+    if take_holding(shelf, SLOT_LIVE_SPILLED, &want) {
+        free::<T>(shape, shelf, SLOT_LIVE_SPILLED);
+    }
+    false
+}
+
+/// Copies `key`'s session into a free slot of its second window, counted
+/// at its home first (as `insert` counts): that slot's index, `NO_SLOT`
+/// if the window is full.
+#[inline(always)]
+fn shelve<T: SlotTable>(shape: &TableShape, key: &SessionKey, session: &Session) -> u32 {
+    let Some(home) = slot_at::<T>(T::home(shape.seed, key) & shape.mask) else {
+        return NO_SLOT;
+    };
+    // SAFETY: a pointer returned by a map lookup.
+    count_spilled(unsafe { &raw mut (*home).spilled }, 1);
+    let walk = window_in(shape, key, true);
+    let index = walk_window::<T>(&walk);
+    if let Some(slot) = slot_at::<T>(index) {
+        fill(slot, &walk.want, session);
+        // SAFETY: as above.
+        publish(unsafe { &raw mut (*slot).state }, SLOT_LIVE_SPILLED);
+        return index;
+    }
+    // SAFETY: as above.
+    count_spilled(unsafe { &raw mut (*home).spilled }, -1);
+    NO_SLOT
 }
 
 /// A table's seed and mask (`NatConfig::session_seed`, `session_mask`,

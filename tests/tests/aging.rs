@@ -14,9 +14,9 @@ use std::{
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use nat_common::{
-    Binding, BindingKey, DIR_INBOUND, DIR_OUTBOUND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortOwner,
-    Session, SessionKey, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED, TCP_STATE_NONE,
-    TCP_STATE_OPENING,
+    Binding, BindingKey, DIR_INBOUND, DIR_OUTBOUND, HOMECOMING_MARGIN_NS, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, PortOwner, Session, SessionKey, TCP_STATE_CLOSING, TCP_STATE_ESTABLISHED,
+    TCP_STATE_NONE, TCP_STATE_OPENING,
 };
 use nat_ctl::{
     aging::{datapath_now_ns, sweep_params},
@@ -613,4 +613,138 @@ fn batch_walk_refuses_mismatched_maps() {
     assert_eq!(visited.unwrap(), 1, "CONFIG has one slot");
     let error = batch::for_each_entry::<u32, Session>(config_fd, 16, |_, _| {}).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+}
+
+fn table_of(datapath: &mut Datapath, forward: bool) -> &mut SessionTable {
+    let view = datapath.maps_mut().view_mut();
+    if forward {
+        view.forward_sessions_mut()
+    } else {
+        view.sessions_mut()
+    }
+}
+
+/// Three homes of a small table, each with an owner and a session spilled
+/// from it: where the owner was last seen long before the spilled one, the
+/// sweep swaps them (the talking one home, the idle one to its own second
+/// window); where both were seen within `HOMECOMING_MARGIN_NS` of each
+/// other, nothing moves; where the owner is gone, the spilled one comes
+/// home. No session is lost or changed by the move, and every home's count
+/// of spilled sessions still matches them; a second sweep moves nothing.
+fn check_homecoming(forward: bool) {
+    let mut datapath = load(16, 64, 64);
+    let timeouts = Timeouts::default();
+    let now = sweep_now();
+    let sessions = table_of(&mut datapath, forward);
+    let mut by_home: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for i in 0..4096 {
+        by_home
+            .entry(sessions.home_slot(&numbered_key(i)))
+            .or_default()
+            .push(i);
+    }
+    let pairs: Vec<(u32, u32)> = by_home
+        .values()
+        .filter(|keys| keys.len() >= 2)
+        .map(|keys| (keys[0], keys[1]))
+        .take(3)
+        .collect();
+    let [swapped, close, vacated] = pairs[..] else {
+        panic!(
+            "three homes of two keys among 4096 in {} slots",
+            sessions.slots()
+        );
+    };
+    let stamped = |i: u32, ago: u64| {
+        let mut value = session(now - ago, TCP_STATE_NONE);
+        value.packets = u64::from(i) + 1;
+        (numbered_key(i), value)
+    };
+    let owners = [
+        stamped(swapped.0, 100 * SEC),
+        stamped(close.0, 2 * SEC),
+        stamped(vacated.0, 50 * SEC),
+    ];
+    let spilled = [
+        stamped(swapped.1, SEC),
+        stamped(close.1, 2 * SEC - HOMECOMING_MARGIN_NS / 2),
+        stamped(vacated.1, 40 * SEC),
+    ];
+    for (key, value) in owners.iter().chain(&spilled) {
+        sessions.put(*key, *value);
+    }
+    for (key, _) in &spilled {
+        assert_eq!(
+            sessions.in_second_window(key),
+            Some(true),
+            "{key:?} spilled"
+        );
+    }
+    assert!(sessions.remove(&owners[2].0));
+    let report = run(&mut datapath, &timeouts, now, 1);
+    let moved = if forward {
+        (
+            report.forward_sessions_moved_home,
+            report.sessions_moved_home,
+        )
+    } else {
+        (
+            report.sessions_moved_home,
+            report.forward_sessions_moved_home,
+        )
+    };
+    assert_eq!(moved, (2, 0), "sessions brought home in {report:?}");
+    assert_eq!(
+        report.sessions_removed + report.forward_sessions_removed,
+        0,
+        "nothing is idle past its timeout: {report:?}"
+    );
+    let sessions = table_of(&mut datapath, forward);
+    let expect = [
+        (&owners[0], Some(true)),
+        (&spilled[0], Some(false)),
+        (&owners[1], Some(false)),
+        (&spilled[1], Some(true)),
+        (&spilled[2], Some(false)),
+    ];
+    for ((key, value), placed) in expect {
+        assert_eq!(
+            sessions.in_second_window(key),
+            placed,
+            "{key:?} after the sweep"
+        );
+        assert_eq!(
+            sessions.get(key),
+            Some(*value),
+            "{key:?}'s session moved unchanged"
+        );
+    }
+    assert_eq!(
+        sessions.get(&owners[2].0),
+        None,
+        "a removed session stays gone"
+    );
+    assert_eq!(sessions.len(), 5);
+    let (in_window, counted) = sessions.spilled();
+    assert_eq!(
+        (in_window, counted),
+        (2, 2),
+        "spilled sessions against their homes' counts"
+    );
+    let again = run(&mut datapath, &timeouts, now, 2);
+    assert_eq!(
+        again.sessions_moved_home + again.forward_sessions_moved_home,
+        0,
+        "a second sweep moves {again:?}"
+    );
+}
+
+#[test]
+fn the_sweep_brings_a_talking_session_home() {
+    check_homecoming(false);
+}
+
+#[test]
+fn the_sweep_brings_a_talking_forwarded_conversation_home() {
+    check_homecoming(true);
 }

@@ -22,6 +22,13 @@ pub struct SweepReport {
     pub sessions_removed: usize,
     pub forward_sessions_removed: usize,
     pub bindings_removed: usize,
+    /// Spilled sessions brought back to their home slot (see
+    /// `nat_common::HOMECOMING_MARGIN_NS`); absent from a daemon older
+    /// than them.
+    #[serde(default)]
+    pub sessions_moved_home: usize,
+    #[serde(default)]
+    pub forward_sessions_moved_home: usize,
     pub elapsed: std::time::Duration,
 }
 
@@ -102,6 +109,8 @@ pub(super) fn run(program: &Xdp, maps: &mut SweepMaps, params: SweepParams) -> R
         sessions_removed: stats.sessions_removed as usize,
         forward_sessions_removed: stats.forward_sessions_removed as usize,
         bindings_removed: stats.bindings_removed as usize,
+        sessions_moved_home: stats.sessions_moved_home as usize,
+        forward_sessions_moved_home: stats.forward_sessions_moved_home as usize,
         elapsed: start.elapsed(),
     })
 }
