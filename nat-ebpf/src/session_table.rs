@@ -26,7 +26,9 @@
 //! session down twice, even when the slot was freed and filled again
 //! between one's look and its swap. It then counts a spilled one down at
 //! its home and swaps the state to `SLOT_EMPTY` (or fills the slot with
-//! its own session). Nothing else changes the state word.
+//! its own session). The sweep's move of a spilled session home
+//! (`bring_home`) is made of these same steps. Nothing else changes the
+//! state word.
 //!
 //! When a `FORWARD_SESSIONS` window is full (a flood of new remotes on a
 //! forwarded port has filled the table), a new conversation a remote

@@ -79,8 +79,7 @@ fn session(last_seen_ns: u64, tcp_state: u8) -> Session {
 }
 
 /// The two session tables as these tests use them: `SESSIONS`, the
-/// datapath's own open-addressing table, and `FORWARD_SESSIONS`, an LRU
-/// hash map.
+/// datapath's open-addressing tables.
 trait Sessions {
     fn put(&mut self, key: SessionKey, session: Session);
     fn keys(&self) -> Vec<SessionKey>;
