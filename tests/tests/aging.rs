@@ -78,8 +78,8 @@ fn session(last_seen_ns: u64, tcp_state: u8) -> Session {
     }
 }
 
-/// The two session tables as these tests use them: `SESSIONS`, the
-/// datapath's open-addressing tables.
+/// The session tables as these tests use them: `SESSIONS` and
+/// `FORWARD_SESSIONS`, the datapath's open-addressing tables.
 trait Sessions {
     fn put(&mut self, key: SessionKey, session: Session);
     fn keys(&self) -> Vec<SessionKey>;
