@@ -1454,7 +1454,7 @@ mod tests {
         assert_eq!(size_of::<RuleCounters>(), 32);
         assert_eq!(size_of::<ConnectionEvent>(), 20);
         assert_eq!(size_of::<SweepParams>(), 56);
-        assert_eq!(size_of::<SweepStats>(), 32);
+        assert_eq!(size_of::<SweepStats>(), 48);
         assert_eq!(size_of::<SessionKey>(), 12);
         assert_eq!(size_of::<Session>(), 32);
         assert_eq!(size_of::<NatConfig>(), 56 + 8 * RULE_PORT_WORDS);
