@@ -27,12 +27,23 @@ use crate::{
 struct Sweep {
     now: u64,
     params: SweepParams,
-    stats: SweepStats,
+    /// `SWEEP_STATS`' value, counted into in place: the verifier tracks no
+    /// value in a map, where counters on this stack, known to be 0 at the
+    /// start, would be known numbers at each visit, and it would walk the
+    /// callbacks again for each count rather than once for any.
+    stats: *mut SweepStats,
     sessions: TableShape,
     forward_sessions: TableShape,
 }
 
 impl Sweep {
+    #[inline(always)]
+    fn stats(&mut self) -> &mut SweepStats {
+        // SAFETY: a pointer returned by a map lookup; one sweep runs at a
+        // time (the daemon's, or a test's).
+        unsafe { &mut *self.stats }
+    }
+
     #[inline(always)]
     fn timeout_of(&self, key: &SessionKey, session: &Session) -> u64 {
         self.params.session_timeout_ns(key.proto, session.tcp_state)
@@ -67,9 +78,9 @@ extern "C" fn visit_session(
     // context.
     let sweep = unsafe { &mut *sweep };
     match expire::<Dynamic>(sweep.sessions, slot, sweep) {
-        Some(Expiry::Removed) => sweep.stats.sessions_removed += 1,
+        Some(Expiry::Removed) => sweep.stats().sessions_removed += 1,
         Some(Expiry::Kept { key, moved_home }) => {
-            sweep.stats.sessions_moved_home += u64::from(moved_home);
+            sweep.stats().sessions_moved_home += u64::from(moved_home);
             mark_live(sweep, key.proto, key.external_port);
         }
         None => {}
@@ -86,9 +97,9 @@ extern "C" fn visit_forward_session(
     // SAFETY: as in `visit_session`.
     let sweep = unsafe { &mut *sweep };
     match expire::<Forwarded>(sweep.forward_sessions, slot, sweep) {
-        Some(Expiry::Removed) => sweep.stats.forward_sessions_removed += 1,
+        Some(Expiry::Removed) => sweep.stats().forward_sessions_removed += 1,
         Some(Expiry::Kept { moved_home, .. }) => {
-            sweep.stats.forward_sessions_moved_home += u64::from(moved_home);
+            sweep.stats().forward_sessions_moved_home += u64::from(moved_home);
         }
         None => {}
     }
@@ -120,7 +131,7 @@ fn expire<T: SlotTable>(
     if !slot_is_live(state) {
         return None;
     }
-    sweep.stats.scanned += 1;
+    sweep.stats().scanned += 1;
     // SAFETY: as above.
     let (key, session) = unsafe { ((*slot).key, (*slot).session) };
     if !idle_past(
@@ -180,7 +191,7 @@ extern "C" fn visit_port_owner(
     let Some(outbound) = owner.outbound_partner(proto) else {
         return 0;
     };
-    sweep.stats.scanned += 1;
+    sweep.stats().scanned += 1;
     if owner.seen_ns == 0 {
         return 0;
     }
@@ -205,7 +216,7 @@ extern "C" fn visit_port_owner(
     if ports::release_slot(value, owner.owner) {
         // Two halves, as every mapping counts, the outbound one implied
         // when the mapping kept its endpoint's port.
-        sweep.stats.bindings_removed += if outbound.port == port { 2 } else { 1 };
+        sweep.stats().bindings_removed += if outbound.port == port { 2 } else { 1 };
     }
     0
 }
@@ -216,7 +227,7 @@ extern "C" fn visit_port_owner(
 fn remove_binding(sweep: &mut Sweep, key: &BindingKey) {
     if BINDINGS.remove(key).is_ok() {
         ports::uncount_remapped(key.proto, key.port);
-        sweep.stats.bindings_removed += 1;
+        sweep.stats().bindings_removed += 1;
     }
 }
 
@@ -230,7 +241,7 @@ extern "C" fn visit_binding(
 ) -> i64 {
     // SAFETY: as in `visit_session`.
     let (key, binding, sweep) = unsafe { (*key, *value, &mut *sweep) };
-    sweep.stats.scanned += 1;
+    sweep.stats().scanned += 1;
     let timeout = sweep.params.binding_timeout_ns(key.proto);
     if !idle_past(binding.last_seen_ns, sweep.now, timeout) {
         return 0;
@@ -254,7 +265,7 @@ extern "C" fn visit_frag(
 ) -> i64 {
     // SAFETY: as in `visit_session`.
     let (key, entry, sweep) = unsafe { (*key, *value, &mut *sweep) };
-    sweep.stats.scanned += 1;
+    sweep.stats().scanned += 1;
     if crate::frag::expire(&key, &entry, sweep.now) {
         count(Counter::FragExpired, 0);
     }
@@ -296,6 +307,11 @@ pub fn try_nat_sweep() -> u32 {
     else {
         return 1;
     };
+    let Some(stats) = SWEEP_STATS.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: as in `Sweep::stats`.
+    unsafe { *stats = SweepStats::default() };
     let mut sweep = Sweep {
         now: if params.now_ns != 0 {
             params.now_ns
@@ -303,7 +319,7 @@ pub fn try_nat_sweep() -> u32 {
             now_ns()
         },
         params,
-        stats: SweepStats::default(),
+        stats,
         sessions,
         forward_sessions,
     };
@@ -331,9 +347,5 @@ pub fn try_nat_sweep() -> u32 {
         &mut sweep,
     );
     for_each(&FRAGS as *const _ as *const c_void, visit_frag, &mut sweep);
-    if let Some(stats) = SWEEP_STATS.get_ptr_mut(0) {
-        // SAFETY: a pointer returned by a map lookup.
-        unsafe { *stats = sweep.stats };
-    }
     0
 }
