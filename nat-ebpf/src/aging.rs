@@ -8,8 +8,8 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::bpf_for_each_map_elem;
 use nat_common::{
     Binding, BindingKey, Counter, FragEntry, FragKey, PortOwner, SLOT_LIVE_SPILLED, Session,
-    SessionKey, SessionSlot, SweepParams, SweepStats, idle_past, port_slot, slot_is_live,
-    slot_port,
+    SessionKey, SessionSlot, SessionTableKind, SweepParams, SweepStats, idle_past, port_slot,
+    slot_is_live, slot_port,
 };
 
 use crate::{
@@ -70,14 +70,14 @@ fn is_live(sweep: &Sweep, proto: u8, port: u16) -> bool {
 
 extern "C" fn visit_session(
     _map: *mut c_void,
-    _index: *const u32,
+    index: *const u32,
     slot: *mut SessionSlot,
     sweep: *mut Sweep,
 ) -> i64 {
     // SAFETY: the kernel passes this map's index and value and our
     // context.
-    let sweep = unsafe { &mut *sweep };
-    match expire::<Dynamic>(sweep.sessions, slot, sweep) {
+    let (sweep, index) = unsafe { (&mut *sweep, *index) };
+    match expire::<Dynamic>(sweep.sessions, index, slot, sweep) {
         Some(Expiry::Removed) => sweep.stats().sessions_removed += 1,
         Some(Expiry::Kept { key, moved_home }) => {
             sweep.stats().sessions_moved_home += u64::from(moved_home);
@@ -90,13 +90,13 @@ extern "C" fn visit_session(
 
 extern "C" fn visit_forward_session(
     _map: *mut c_void,
-    _index: *const u32,
+    index: *const u32,
     slot: *mut SessionSlot,
     sweep: *mut Sweep,
 ) -> i64 {
     // SAFETY: as in `visit_session`.
-    let sweep = unsafe { &mut *sweep };
-    match expire::<Forwarded>(sweep.forward_sessions, slot, sweep) {
+    let (sweep, index) = unsafe { (&mut *sweep, *index) };
+    match expire::<Forwarded>(sweep.forward_sessions, index, slot, sweep) {
         Some(Expiry::Removed) => sweep.stats().forward_sessions_removed += 1,
         Some(Expiry::Kept { moved_home, .. }) => {
             sweep.stats().forward_sessions_moved_home += u64::from(moved_home);
@@ -122,6 +122,7 @@ enum Expiry {
 #[inline(always)]
 fn expire<T: SlotTable>(
     shape: TableShape,
+    index: u32,
     slot: *mut SessionSlot,
     sweep: &mut Sweep,
 ) -> Option<Expiry> {
@@ -139,8 +140,14 @@ fn expire<T: SlotTable>(
         sweep.now,
         sweep.timeout_of(&key, &session),
     ) {
-        let moved_home =
-            state == SLOT_LIVE_SPILLED && session_table::bring_home::<T>(&shape, slot, &key);
+        let (seed, mask, now) = (shape.seed, shape.mask, sweep.now);
+        let moved_home = state == SLOT_LIVE_SPILLED
+            && match T::KIND {
+                SessionTableKind::Dynamic => nat_bring_session_home(index, seed, mask, now),
+                SessionTableKind::Forwarded => {
+                    nat_bring_forward_session_home(index, seed, mask, now)
+                }
+            } != 0;
         return Some(Expiry::Kept { key, moved_home });
     }
     if !session_table::take(slot, state) {
@@ -167,6 +174,58 @@ fn expire<T: SlotTable>(
     }
     session_table::free::<T>(&shape, slot, state);
     Some(Expiry::Removed)
+}
+
+/// Brings the live spilled session in slot `index` of `SESSIONS` home
+/// (`session_table::bring_home`), judged at `now` by this sweep's
+/// `SWEEP_PARAMS`: 1 if it moved. A home's occupant that is idle past its
+/// timeout is left where it is for the walk to free, rather than shelved
+/// in a slot the walk may have passed; this session comes home at the
+/// next sweep. A global function, so that the verifier checks it once, on
+/// its own with any arguments, where inlined it was walked again in every
+/// state the callback reached it in, past the verifier's budget.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_bring_session_home(index: u32, seed: u32, mask: u32, now: u64) -> u32 {
+    bring_home_at::<Dynamic>(index, &TableShape { seed, mask }, now)
+}
+
+/// The same for `FORWARD_SESSIONS`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_bring_forward_session_home(
+    index: u32,
+    seed: u32,
+    mask: u32,
+    now: u64,
+) -> u32 {
+    bring_home_at::<Forwarded>(index, &TableShape { seed, mask }, now)
+}
+
+#[inline(always)]
+fn bring_home_at<T: SlotTable>(index: u32, shape: &TableShape, now: u64) -> u32 {
+    let (Some(params), Some(slot)) = (SWEEP_PARAMS.get(0), session_table::slot_at::<T>(index))
+    else {
+        return 0;
+    };
+    // SAFETY: a pointer returned by a map lookup; `bring_home` takes the
+    // slot before it trusts what it read.
+    let (state, key) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*slot).state),
+            (*slot).key,
+        )
+    };
+    let expired = |key: &SessionKey, session: &Session| {
+        idle_past(
+            session.last_seen_ns,
+            now,
+            params.session_timeout_ns(key.proto, session.tcp_state),
+        )
+    };
+    u32::from(
+        state == SLOT_LIVE_SPILLED && session_table::bring_home::<T>(shape, slot, &key, &expired),
+    )
 }
 
 /// A mapping is an inbound half (its external port's `PORT_OWNERS` slot:

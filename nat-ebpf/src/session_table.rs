@@ -143,7 +143,7 @@ fn holds(slot: *const SessionSlot, want: &[u32; 3]) -> bool {
 }
 
 #[inline(always)]
-fn slot_at<T: SlotTable>(index: u32) -> Option<*mut SessionSlot> {
+pub(crate) fn slot_at<T: SlotTable>(index: u32) -> Option<*mut SessionSlot> {
     T::slots().get_ptr_mut(index)
 }
 
@@ -476,6 +476,7 @@ pub fn bring_home<T: SlotTable>(
     shape: &TableShape,
     slot: *mut SessionSlot,
     key: &SessionKey,
+    expired: &impl Fn(&SessionKey, &Session) -> bool,
 ) -> bool {
     let Some(home) = slot_at::<T>(T::home(shape.seed, key) & shape.mask) else {
         return false;
@@ -490,7 +491,7 @@ pub fn bring_home<T: SlotTable>(
     let room = if home_state == SLOT_EMPTY {
         claim(home)
     } else {
-        make_room::<T>(shape, home, home_state, seen)
+        make_room::<T>(shape, home, home_state, seen, expired)
     };
     if !room {
         return false;
@@ -521,14 +522,16 @@ pub fn bring_home<T: SlotTable>(
 
 /// Takes a live home slot (of state `state`) for a session last seen at
 /// `seen`, if its occupant was last seen `HOMECOMING_MARGIN_NS` or more
-/// before: the occupant first goes to its own second window. On `true`
-/// the home is this CPU's, as if claimed.
+/// before and is not `expired` (that one is the sweep's to free): the
+/// occupant first goes to its own second window. On `true` the home is
+/// this CPU's, as if claimed.
 #[inline(always)]
 fn make_room<T: SlotTable>(
     shape: &TableShape,
     home: *mut SessionSlot,
     state: u64,
     seen: u64,
+    expired: &impl Fn(&SessionKey, &Session) -> bool,
 ) -> bool {
     // Claimed by another CPU, being filled or freed.
     if !slot_is_live(state) {
@@ -537,7 +540,7 @@ fn make_room<T: SlotTable>(
     // SAFETY: a pointer returned by a map lookup; a torn read is caught
     // once the slot is taken.
     let (key, session) = unsafe { ((*home).key, (*home).session) };
-    if session.last_seen_ns.saturating_add(HOMECOMING_MARGIN_NS) > seen {
+    if session.last_seen_ns.saturating_add(HOMECOMING_MARGIN_NS) > seen || expired(&key, &session) {
         return false;
     }
     let Some(shelf) = slot_at::<T>(shelve::<T>(shape, &key, &session)) else {

@@ -646,11 +646,11 @@ fn check_homecoming(forward: bool) {
         .values()
         .filter(|keys| keys.len() >= 2)
         .map(|keys| (keys[0], keys[1]))
-        .take(3)
+        .take(4)
         .collect();
-    let [swapped, close, vacated] = pairs[..] else {
+    let [swapped, close, vacated, expired] = pairs[..] else {
         panic!(
-            "three homes of two keys among 4096 in {} slots",
+            "four homes of two keys among 4096 in {} slots",
             sessions.slots()
         );
     };
@@ -663,11 +663,14 @@ fn check_homecoming(forward: bool) {
         stamped(swapped.0, 100 * SEC),
         stamped(close.0, 2 * SEC),
         stamped(vacated.0, 50 * SEC),
+        // Idle past the UDP timeout: the sweep's to free, never shelved.
+        stamped(expired.0, timeouts.udp.as_nanos() as u64 + 10 * SEC),
     ];
     let spilled = [
         stamped(swapped.1, SEC),
         stamped(close.1, 2 * SEC - HOMECOMING_MARGIN_NS / 2),
         stamped(vacated.1, 40 * SEC),
+        stamped(expired.1, SEC),
     ];
     for (key, value) in owners.iter().chain(&spilled) {
         sessions.put(*key, *value);
@@ -680,6 +683,13 @@ fn check_homecoming(forward: bool) {
         );
     }
     assert!(sessions.remove(&owners[2].0));
+    // The walk goes by slot: past the expired occupant's home first, it
+    // finds that home free when it reaches the spilled session; else that
+    // one waits for the next sweep.
+    let freed_first = sessions.home_slot(&spilled[3].0)
+        < sessions
+            .slot_of(&spilled[3].0)
+            .expect("the spilled session's slot");
     let report = run(&mut datapath, &timeouts, now, 1);
     let moved = if forward {
         (
@@ -692,11 +702,16 @@ fn check_homecoming(forward: bool) {
             report.forward_sessions_moved_home,
         )
     };
-    assert_eq!(moved, (2, 0), "sessions brought home in {report:?}");
+    let moved_at_once = if freed_first { 3 } else { 2 };
     assert_eq!(
-        report.sessions_removed + report.forward_sessions_removed,
-        0,
-        "nothing is idle past its timeout: {report:?}"
+        moved,
+        (moved_at_once, 0),
+        "sessions brought home in {report:?}"
+    );
+    assert_eq!(
+        (report.sessions_removed + report.forward_sessions_removed),
+        1,
+        "only the expired home's occupant is idle past its timeout: {report:?}"
     );
     let sessions = table_of(&mut datapath, forward);
     let expect = [
@@ -705,6 +720,8 @@ fn check_homecoming(forward: bool) {
         (&owners[1], Some(false)),
         (&spilled[1], Some(true)),
         (&spilled[2], Some(false)),
+        // Its home's occupant was freed, never shelved.
+        (&spilled[3], Some(!freed_first)),
     ];
     for ((key, value), placed) in expect {
         assert_eq!(
@@ -718,23 +735,31 @@ fn check_homecoming(forward: bool) {
             "{key:?}'s session moved unchanged"
         );
     }
-    assert_eq!(
-        sessions.get(&owners[2].0),
-        None,
-        "a removed session stays gone"
-    );
-    assert_eq!(sessions.len(), 5);
+    for (key, _) in [&owners[2], &owners[3]] {
+        assert_eq!(sessions.get(key), None, "{key:?}, removed, stays gone");
+    }
+    assert_eq!(sessions.len(), 6);
     let (in_window, counted) = sessions.spilled();
+    let left_out = if freed_first { 2 } else { 3 };
     assert_eq!(
         (in_window, counted),
-        (2, 2),
+        (left_out, left_out),
         "spilled sessions against their homes' counts"
     );
     let again = run(&mut datapath, &timeouts, now, 2);
     assert_eq!(
         again.sessions_moved_home + again.forward_sessions_moved_home,
+        usize::from(!freed_first),
+        "a second sweep brings the one whose home was freed home: {again:?}"
+    );
+    let sessions = table_of(&mut datapath, forward);
+    assert_eq!(sessions.in_second_window(&spilled[3].0), Some(false));
+    assert_eq!(sessions.get(&spilled[3].0), Some(spilled[3].1));
+    let last = run(&mut datapath, &timeouts, now, 3);
+    assert_eq!(
+        last.sessions_moved_home + last.forward_sessions_moved_home,
         0,
-        "a second sweep moves {again:?}"
+        "a third sweep moves {last:?}"
     );
 }
 

@@ -297,6 +297,11 @@ impl SessionTable {
         self.home(key)
     }
 
+    /// The slot that holds the session under `key`, if there is one.
+    pub fn slot_of(&self, key: &SessionKey) -> Option<u32> {
+        self.find(key)
+    }
+
     /// Whether the session under `key` lives in its second window (its
     /// home was taken when it was made); `None` if there is none.
     pub fn in_second_window(&self, key: &SessionKey) -> Option<bool> {
