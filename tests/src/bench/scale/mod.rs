@@ -21,17 +21,26 @@
 //! at all times: each then finds its home slot in `SESSIONS` taken by an
 //! earlier session about as often as the table's fill says, and lives in
 //! its second window then, rather than all of them having their homes
-//! first. [`report`] judges its [`Output`].
+//! first. Then, as on a router that has carried them a while, the measured
+//! flows carry traffic and the daemon's sweep runs once ([`settle`]): it
+//! brings a spilled session that talks home when its home's occupant has
+//! been idle, so what is measured is the table a running router holds,
+//! not the one its first second left. [`report`] judges its [`Output`].
 pub mod report;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use nat_common::{
-    BindingKey, Counter, DEFAULT_BINDINGS_MAX, DEFAULT_SESSIONS_MAX, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, Session, SessionKey, TCP_STATE_ESTABLISHED, TCP_STATE_NONE, programs,
+    BindingKey, Counter, DEFAULT_BINDINGS_MAX, DEFAULT_SESSIONS_MAX, HOMECOMING_MARGIN_NS,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, STAMP_SLACK_NS, Session, SessionKey, TCP_STATE_ESTABLISHED,
+    TCP_STATE_NONE, programs,
 };
-use nat_ctl::{aging::datapath_now_ns, datapath::TableSizes};
+use nat_ctl::{
+    aging::{datapath_now_ns, sweep_params},
+    config::Timeouts,
+    datapath::TableSizes,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -95,13 +104,22 @@ pub struct Fill {
     pub bindings_entries: u32,
     pub fill_secs: f64,
     /// For each flow set, how many of its sessions (the LAN host's UDP
-    /// ports to the sink) live in their second window, their home taken
-    /// when they were made: a lookup of theirs reads more than one slot.
+    /// ports to the sink) live in their second window when measured, their
+    /// home taken when they were made and not given back by the sweep: a
+    /// lookup of theirs reads more than one slot.
     #[serde(default)]
     pub traffic_spilled: Vec<SpilledAmong>,
     /// Of all the sessions held, how many are in their second window.
     #[serde(default)]
     pub sessions_spilled: u64,
+    /// The same two right after the fill, before [`settle`].
+    #[serde(default)]
+    pub traffic_spilled_at_fill: Vec<SpilledAmong>,
+    #[serde(default)]
+    pub sessions_spilled_at_fill: u64,
+    /// Sessions the sweep in [`settle`] brought home.
+    #[serde(default)]
+    pub sessions_moved_home: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -246,6 +264,51 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
     Ok(pairs)
 }
 
+/// Carries traffic on every measured flow, in both directions, once their
+/// fill's stamp is `HOMECOMING_MARGIN_NS` old, then runs the sweep once, as
+/// the daemon does every few seconds: the measured sessions that live in
+/// their second window move home when the home's occupant (a session that
+/// has been silent since the fill) is idle by that margin. Returns how
+/// many sessions it brought home.
+fn settle(topology: &mut Topology, options: &Options, mappings: u32) -> Result<u64> {
+    // The fill stamped every session before this reading.
+    let ready = datapath_now_ns() + HOMECOMING_MARGIN_NS + STAMP_SLACK_NS;
+    std::thread::sleep(Duration::from_nanos(
+        ready.saturating_sub(datapath_now_ns()),
+    ));
+    let all = flow_sets(options, mappings)[2].1;
+    for direction in [Direction::LanToWan, Direction::WanToLan] {
+        let template = flow_template(direction, all);
+        // The generator walks the flows in turn: half a second is a packet
+        // for each at any rate this lab carries. A flow it missed stays in
+        // its window, which the spills counted after the sweep show.
+        let sample = topology.measure(direction, &template, options.warmup_secs.max(0.5))?;
+        if sample.received == 0 {
+            bail!(
+                "nothing received {} at {mappings} mappings before the sweep",
+                direction.label()
+            );
+        }
+    }
+    // Longer than the fill and the runs take, so that the sweep ages out
+    // nothing of the fill: only the move home is wanted of it.
+    let hour = Duration::from_secs(3600);
+    let timeouts = Timeouts {
+        tcp_transitory: hour,
+        udp: hour,
+        icmp: hour,
+        ..Timeouts::default()
+    };
+    let report = topology
+        .with_nat(|router| Ok(router.datapath.run_sweep(sweep_params(&timeouts, 0, 1))?))?;
+    let removed =
+        report.sessions_removed + report.forward_sessions_removed + report.bindings_removed;
+    if removed > 0 {
+        bail!("the sweep after the fill at {mappings} mappings removed {removed} entries of it");
+    }
+    Ok(report.sessions_moved_home as u64)
+}
+
 /// For each flow set of `flows`, how many of the sessions its traffic uses
 /// live in their second window; and how many of all the sessions do.
 fn spills(router: &NatRouter<'_>, flows: &[u32]) -> Result<(Vec<SpilledAmong>, u64)> {
@@ -331,6 +394,9 @@ pub fn run(options: &Options) -> Result<Output> {
         let pairs = topology.with_nat(|mut router| fill(&mut router, mappings))?;
         let fill_secs = start.elapsed().as_secs_f64();
         let flows = flow_sets(options, mappings).map(|(_, flows)| flows);
+        let (traffic_spilled_at_fill, sessions_spilled_at_fill) =
+            topology.with_nat(|router| spills(&router, &flows))?;
+        let sessions_moved_home = settle(&mut topology, options, mappings)?;
         let (traffic_spilled, sessions_spilled) =
             topology.with_nat(|router| spills(&router, &flows))?;
         fills.push(Fill {
@@ -341,6 +407,9 @@ pub fn run(options: &Options) -> Result<Output> {
             fill_secs,
             traffic_spilled,
             sessions_spilled,
+            traffic_spilled_at_fill,
+            sessions_spilled_at_fill,
+            sessions_moved_home,
         });
         topologies.push(topology);
     }
@@ -493,7 +562,8 @@ pub fn run(options: &Options) -> Result<Output> {
         repeat: options.repeat,
         cost_reps: options.cost_reps,
         router: "our XDP NAT loaded by natbench (same programs as natctl, tables sized for the \
-                 largest size), no aging running"
+                 largest size); after the fill the measured flows carry traffic and the \
+                 daemon's sweep runs once, none runs during the measurements"
             .to_owned(),
         placement: match placement {
             Some(placement) => placement.describe(),

@@ -2,7 +2,7 @@
 //! size against smaller ones, throughput and per-packet cost (>= 0.8x).
 use std::fmt::Write as _;
 
-use super::{Output, SizedCost, SizedSamples};
+use super::{Output, SizedCost, SizedSamples, SpilledAmong};
 use crate::bench::{
     Spread,
     report::{Row, Verdict, direction_text, json_number, overlap, size_label, spread_text},
@@ -256,9 +256,11 @@ pub fn detail(data: &Output, md: &mut String) {
         data.router,
         data.hot_flows,
     );
-    for fill in &data.fill {
-        let spilled: Vec<String> = fill
-            .traffic_spilled
+    let among = |counts: &[SpilledAmong]| {
+        if counts.is_empty() {
+            return "not counted".to_owned();
+        }
+        counts
             .iter()
             .map(|among| {
                 format!(
@@ -268,22 +270,28 @@ pub fn detail(data: &Output, md: &mut String) {
                     percent(among.spilled, among.flows)
                 )
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for fill in &data.fill {
+        let share = |spilled: u64| 100.0 * spilled as f64 / f64::from(fill.sessions.max(1));
         let _ = writeln!(
             md,
             "- {} mappings: {} sessions on {} dynamic mappings, filled in {:.1} s; {} of the \
-             sessions ({:.1}%) live in their second window, of the measured flows' sessions {}",
+             sessions ({:.1}%) live in their second window, of the measured flows' sessions {}; \
+             after the measured flows' first traffic the sweep brought {} sessions home, \
+             leaving {} ({:.1}%) in their second window, of the measured flows' {}",
             size_label(u64::from(fill.mappings)),
             fill.sessions,
             fill.binding_pairs,
             fill.fill_secs,
+            fill.sessions_spilled_at_fill,
+            share(fill.sessions_spilled_at_fill),
+            among(&fill.traffic_spilled_at_fill),
+            fill.sessions_moved_home,
             fill.sessions_spilled,
-            100.0 * fill.sessions_spilled as f64 / f64::from(fill.sessions.max(1)),
-            if spilled.is_empty() {
-                "not counted".to_owned()
-            } else {
-                spilled.join(", ")
-            }
+            share(fill.sessions_spilled),
+            among(&fill.traffic_spilled),
         );
     }
     let _ = writeln!(
