@@ -303,22 +303,36 @@ fn insert_or_evict<T: SlotTable>(
         publish(unsafe { &raw mut (*home).state }, SLOT_LIVE);
         return Some(Placed::Free);
     }
+    spill::<T>(&T::shape(config), home, key, session, evict).map(|(_, placed)| placed)
+}
+
+/// Puts `session` in a free slot of `key`'s second window, its home slot
+/// `home` taken; with `evict`, in a full window, in the slot of the older
+/// of two sessions there. Returns the slot's index and how it was got.
+#[inline(always)]
+fn spill<T: SlotTable>(
+    shape: &TableShape,
+    home: *mut SessionSlot,
+    key: &SessionKey,
+    session: &Session,
+    evict: bool,
+) -> Option<(u32, Placed)> {
     // Counted before the session exists, so that no lookup that could
     // see the session skips the second window.
-    // SAFETY: as above.
+    // SAFETY: a pointer returned by a map lookup.
     count_spilled(unsafe { &raw mut (*home).spilled }, 1);
-    let walk = window_of::<T>(config, key, true);
+    let walk = window_in(shape, key, true);
     let mut index = walk_window::<T>(&walk);
     let mut placed = Placed::Free;
     if index == NO_SLOT && evict {
-        index = evict_from::<T>(config, &walk);
+        index = evict_from::<T>(shape, &walk);
         placed = Placed::Evicting;
     }
     if let Some(slot) = slot_at::<T>(index) {
         fill(slot, &walk.want, session);
-        // SAFETY: a pointer returned by a map lookup.
+        // SAFETY: as above.
         publish(unsafe { &raw mut (*slot).state }, SLOT_LIVE_SPILLED);
-        return Some(placed);
+        return Some((index, placed));
     }
     // SAFETY: as above.
     count_spilled(unsafe { &raw mut (*home).spilled }, -1);
@@ -331,7 +345,7 @@ fn insert_or_evict<T: SlotTable>(
 /// rather than one keep a talking conversation from being thrown out
 /// about as well as the whole window's oldest would, at two reads.
 #[inline(always)]
-fn evict_from<T: SlotTable>(config: &NatConfig, walk: &WindowWalk) -> u32 {
+fn evict_from<T: SlotTable>(shape: &TableShape, walk: &WindowWalk) -> u32 {
     // SAFETY: a helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() };
     let first = walk.index(random % SESSION_PROBES);
@@ -355,7 +369,7 @@ fn evict_from<T: SlotTable>(config: &NatConfig, walk: &WindowWalk) -> u32 {
     // SAFETY: as above.
     let state = unsafe { core::ptr::read_volatile(&raw const (*victim).state) };
     if slot_is_live(state) && take(victim, state) {
-        disown::<T>(&T::shape(config), victim, state);
+        disown::<T>(shape, victim, state);
         return index;
     }
     // Freed meanwhile (by the sweep, or another CPU's eviction, which
@@ -571,19 +585,7 @@ fn shelve<T: SlotTable>(shape: &TableShape, key: &SessionKey, session: &Session)
     let Some(home) = slot_at::<T>(T::home(shape.seed, key) & shape.mask) else {
         return NO_SLOT;
     };
-    // SAFETY: a pointer returned by a map lookup.
-    count_spilled(unsafe { &raw mut (*home).spilled }, 1);
-    let walk = window_in(shape, key, true);
-    let index = walk_window::<T>(&walk);
-    if let Some(slot) = slot_at::<T>(index) {
-        fill(slot, &walk.want, session);
-        // SAFETY: as above.
-        publish(unsafe { &raw mut (*slot).state }, SLOT_LIVE_SPILLED);
-        return index;
-    }
-    // SAFETY: as above.
-    count_spilled(unsafe { &raw mut (*home).spilled }, -1);
-    NO_SLOT
+    spill::<T>(shape, home, key, session, false).map_or(NO_SLOT, |(index, _)| index)
 }
 
 /// A table's seed and mask (`NatConfig::session_seed`, `session_mask`,
