@@ -45,8 +45,8 @@ impl Sweep {
     }
 
     #[inline(always)]
-    fn timeout_of(&self, key: &SessionKey, session: &Session) -> u64 {
-        self.params.session_timeout_ns(key.proto, session.tcp_state)
+    fn expired(&self, key: &SessionKey, session: &Session) -> bool {
+        session_expired(&self.params, self.now, key, session)
     }
 }
 
@@ -135,11 +135,7 @@ fn expire<T: SlotTable>(
     sweep.stats().scanned += 1;
     // SAFETY: as above.
     let (key, session) = unsafe { ((*slot).key, (*slot).session) };
-    if !idle_past(
-        session.last_seen_ns,
-        sweep.now,
-        sweep.timeout_of(&key, &session),
-    ) {
+    if !sweep.expired(&key, &session) {
         let (seed, mask, now) = (shape.seed, shape.mask, sweep.now);
         let moved_home = state == SLOT_LIVE_SPILLED
             && match T::KIND {
@@ -161,11 +157,7 @@ fn expire<T: SlotTable>(
     // another session between the look and the take.
     // SAFETY: as above.
     let (key, session) = unsafe { ((*slot).key, (*slot).session) };
-    if !idle_past(
-        session.last_seen_ns,
-        sweep.now,
-        sweep.timeout_of(&key, &session),
-    ) {
+    if !sweep.expired(&key, &session) {
         session_table::put_back(slot, state);
         return Some(Expiry::Kept {
             key,
@@ -176,14 +168,26 @@ fn expire<T: SlotTable>(
     Some(Expiry::Removed)
 }
 
+/// Whether `key`'s `session` is idle past its timeout at `now`.
+#[inline(always)]
+fn session_expired(params: &SweepParams, now: u64, key: &SessionKey, session: &Session) -> bool {
+    idle_past(
+        session.last_seen_ns,
+        now,
+        params.session_timeout_ns(key.proto, session.tcp_state),
+    )
+}
+
 /// Brings the live spilled session in slot `index` of `SESSIONS` home
 /// (`session_table::bring_home`), judged at `now` by this sweep's
 /// `SWEEP_PARAMS`: 1 if it moved. A home's occupant that is idle past its
 /// timeout is left where it is for the walk to free, rather than shelved
-/// in a slot the walk may have passed; this session comes home at the
-/// next sweep. A global function, so that the verifier checks it once, on
-/// its own with any arguments, where inlined it was walked again in every
-/// state the callback reached it in, past the verifier's budget.
+/// in a slot the walk may have passed; this session then comes home once
+/// the walk has freed it, in this sweep or the next. A global function, so
+/// that the verifier checks it once, on its own with any arguments, where
+/// inlined it was walked again in every state the callback reached it in,
+/// past the verifier's budget. It reads the slot again: the caller's look
+/// only spares the call for the slots that are not spilled.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn nat_bring_session_home(index: u32, seed: u32, mask: u32, now: u64) -> u32 {
@@ -216,13 +220,7 @@ fn bring_home_at<T: SlotTable>(index: u32, shape: &TableShape, now: u64) -> u32 
             (*slot).key,
         )
     };
-    let expired = |key: &SessionKey, session: &Session| {
-        idle_past(
-            session.last_seen_ns,
-            now,
-            params.session_timeout_ns(key.proto, session.tcp_state),
-        )
-    };
+    let expired = |key: &SessionKey, session: &Session| session_expired(params, now, key, session);
     u32::from(
         state == SLOT_LIVE_SPILLED && session_table::bring_home::<T>(shape, slot, &key, &expired),
     )

@@ -709,7 +709,7 @@ fn check_homecoming(forward: bool) {
         "sessions brought home in {report:?}"
     );
     assert_eq!(
-        (report.sessions_removed + report.forward_sessions_removed),
+        report.sessions_removed + report.forward_sessions_removed,
         1,
         "only the expired home's occupant is idle past its timeout: {report:?}"
     );

@@ -271,11 +271,8 @@ fn fill(router: &mut NatRouter<'_>, mappings: u32) -> Result<u32> {
 /// has been silent since the fill) is idle by that margin. Returns how
 /// many sessions it brought home.
 fn settle(topology: &mut Topology, options: &Options, mappings: u32) -> Result<u64> {
-    // The fill stamped every session before this reading.
-    let ready = datapath_now_ns() + HOMECOMING_MARGIN_NS + STAMP_SLACK_NS;
-    std::thread::sleep(Duration::from_nanos(
-        ready.saturating_sub(datapath_now_ns()),
-    ));
+    // The fill has stamped every session by now.
+    std::thread::sleep(Duration::from_nanos(HOMECOMING_MARGIN_NS + STAMP_SLACK_NS));
     let all = flow_sets(options, mappings)[2].1;
     for direction in [Direction::LanToWan, Direction::WanToLan] {
         let template = flow_template(direction, all);
